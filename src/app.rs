@@ -1,0 +1,180 @@
+//! Builds the application state, binds the listener, serves, and shuts down gracefully.
+//!
+//! The application binds its own listener and reports the address it got, so tests run the
+//! production code path on `127.0.0.1:0`.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::Router;
+use axum::extract::{MatchedPath, Request};
+use tokio::net::TcpListener;
+use tower_http::trace::TraceLayer;
+
+use crate::config::{AuthConfig, Config};
+use crate::domain::{EventCode, IntegrationName, ServiceId};
+use crate::routes;
+use crate::store::{SledStore, Store};
+
+/// One configured integration, ready for requests.
+#[derive(Debug, Clone)]
+pub struct Integration {
+    pub name: IntegrationName,
+    pub auth: AuthConfig,
+    /// Accepted event codes; empty accepts all.
+    pub events: Vec<EventCode>,
+    pub default_service: Option<ServiceId>,
+}
+
+/// Counts of what the webhook did with deliveries, since start.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub stored: AtomicU64,
+    pub duplicates: AtomicU64,
+    pub ignored: AtomicU64,
+    pub rejected: AtomicU64,
+}
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Arc<dyn Store>,
+    integrations: Arc<BTreeMap<String, Integration>>,
+    pub max_body_bytes: usize,
+    pub counters: Arc<Counters>,
+}
+
+impl AppState {
+    pub fn new(config: &Config, store: Arc<dyn Store>) -> Self {
+        let integrations = config
+            .integrations
+            .iter()
+            .map(|(name, c)| {
+                let integration = Integration {
+                    name: name.clone(),
+                    auth: c.auth.clone(),
+                    events: c.events.clone(),
+                    default_service: c.default_service(),
+                };
+                (name.to_string(), integration)
+            })
+            .collect();
+        Self {
+            store,
+            integrations: Arc::new(integrations),
+            max_body_bytes: config.server.max_body_bytes,
+            counters: Arc::default(),
+        }
+    }
+
+    pub fn integration(&self, name: &str) -> Option<&Integration> {
+        self.integrations.get(name)
+    }
+}
+
+/// The router with its layers: request spans carry the matched route, never the body or headers.
+pub fn router(state: AppState) -> Router {
+    routes::router(state).layer(
+        TraceLayer::new_for_http().make_span_with(|request: &Request| {
+            let route = request
+                .extensions()
+                .get::<MatchedPath>()
+                .map_or("unmatched", MatchedPath::as_str);
+            tracing::info_span!("request", method = %request.method(), route)
+        }),
+    )
+}
+
+/// A bound, ready-to-run server.
+pub struct Application {
+    listener: TcpListener,
+    router: Router,
+    shutdown_timeout: Duration,
+}
+
+impl Application {
+    /// Opens the sled store in the configured data dir and binds the listener.
+    pub async fn build(config: &Config) -> anyhow::Result<Self> {
+        let store = SledStore::open(&config.server.data_dir)?;
+        Self::build_with_store(config, Arc::new(store)).await
+    }
+
+    /// Binds the listener with the given store (tests pass their own implementations).
+    pub async fn build_with_store(config: &Config, store: Arc<dyn Store>) -> anyhow::Result<Self> {
+        for (name, integration) in &config.integrations {
+            if integration.auth == AuthConfig::None {
+                tracing::warn!(integration = %name, "integration accepts unauthenticated requests (auth scheme none); use it only for connectivity tests");
+            }
+        }
+        let listener = TcpListener::bind(config.server.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", config.server.listen))?;
+        Ok(Self {
+            listener,
+            router: router(AppState::new(config, store)),
+            shutdown_timeout: Duration::from_secs(config.server.shutdown_timeout_secs),
+        })
+    }
+
+    /// The address actually bound (useful with port 0).
+    pub fn local_addr(&self) -> anyhow::Result<SocketAddr> {
+        Ok(self.listener.local_addr()?)
+    }
+
+    /// Serves until `shutdown` completes, then stops accepting connections and lets in-flight
+    /// requests finish for at most the configured drain timeout.
+    pub async fn run_until(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let (stopping_tx, mut stopping) = tokio::sync::watch::channel(false);
+        let server = axum::serve(self.listener, self.router).with_graceful_shutdown(async move {
+            shutdown.await;
+            tracing::info!("shutting down: no new connections, draining requests in flight");
+            let _ = stopping_tx.send(true);
+        });
+        let timeout = self.shutdown_timeout;
+        let deadline = async move {
+            let _ = stopping.wait_for(|s| *s).await;
+            tokio::time::sleep(timeout).await;
+        };
+        tokio::select! {
+            result = server => result.context("HTTP server failed")?,
+            () = deadline => tracing::warn!(timeout_secs = timeout.as_secs(), "requests still in flight after the drain timeout; exiting"),
+        }
+        Ok(())
+    }
+}
+
+/// Completes on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+}

@@ -1,0 +1,301 @@
+//! Typed configuration: the embedded `config/default.toml`, then a file, then `RELAY__*`
+//! environment variables (with `_FILE` variants), then command-line flags. Validated once at
+//! start; every error names the key it is about.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Deserializer, Serialize};
+
+use crate::domain::{EventCode, IntegrationName, ServiceId};
+
+/// The documented defaults, built into the binary as the base layer.
+pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
+
+/// Prefix of environment variables; `__` separates nesting levels.
+const ENV_PREFIX: &str = "RELAY__";
+
+/// The whole configuration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub log: LogConfig,
+    /// Ocean integrations by name; the name is part of the webhook URL.
+    #[serde(default)]
+    pub integrations: BTreeMap<IntegrationName, IntegrationConfig>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address the HTTP server binds.
+    pub listen: SocketAddr,
+    /// Directory of the embedded store.
+    pub data_dir: PathBuf,
+    /// Largest accepted request body in bytes; larger ones get 413.
+    pub max_body_bytes: usize,
+    /// Bound on draining in-flight requests at shutdown.
+    pub shutdown_timeout_secs: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// EnvFilter directive (`RUST_LOG` wins when set).
+    pub level: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IntegrationConfig {
+    /// How callers of this integration's webhook authenticate.
+    pub auth: AuthConfig,
+    /// Event codes accepted; empty accepts all.
+    #[serde(default)]
+    pub events: Vec<EventCode>,
+    /// External Service ID for messages that carry none; empty for none.
+    #[serde(default, deserialize_with = "string_or_number")]
+    pub default_service_id: String,
+}
+
+impl IntegrationConfig {
+    /// The configured default External Service ID, if any (checked by [`Config::validate`]).
+    pub fn default_service(&self) -> Option<ServiceId> {
+        ServiceId::parse(&self.default_service_id).ok()
+    }
+}
+
+/// The inbound authentication scheme of an integration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "scheme", rename_all = "lowercase", deny_unknown_fields)]
+pub enum AuthConfig {
+    /// Anyone may post. Only for first connectivity tests; warned about at start.
+    None,
+}
+
+/// Values given on the command line, the last layer.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub listen: Option<SocketAddr>,
+    pub data_dir: Option<PathBuf>,
+}
+
+impl Config {
+    /// Loads every layer from the process environment and `file`.
+    pub fn load(file: Option<&Path>, overrides: &Overrides) -> anyhow::Result<Self> {
+        Self::load_with_env(file, overrides, std::env::vars())
+    }
+
+    /// Like [`Config::load`], with the `*_FILE` indirections resolved from `env`
+    /// (the plain variables are still read from the process environment by figment).
+    pub fn load_with_env(
+        file: Option<&Path>,
+        overrides: &Overrides,
+        env: impl Iterator<Item = (String, String)>,
+    ) -> anyhow::Result<Self> {
+        let env: Vec<(String, String)> = env.filter(|(k, _)| k.starts_with(ENV_PREFIX)).collect();
+        let mut base: toml::Table =
+            toml::from_str(DEFAULT_TOML).context("the built-in default config does not parse")?;
+
+        let mut figment = Figment::new();
+        // Integration names the operator's layers mention (environment keys are lower-cased).
+        let mut named: Vec<String> = env
+            .iter()
+            .filter_map(|(k, _)| k.strip_prefix("RELAY__INTEGRATIONS__"))
+            .filter_map(|rest| rest.split("__").next())
+            .map(str::to_ascii_lowercase)
+            .collect();
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read config file {}", path.display()))?;
+            let table: toml::Table = toml::from_str(&text)
+                .with_context(|| format!("config file {} is not valid TOML", path.display()))?;
+            if let Some(toml::Value::Table(integrations)) = table.get("integrations") {
+                named.extend(integrations.keys().cloned());
+            }
+            figment = figment.merge(Toml::string(&text));
+        }
+        if named.iter().any(|n| n != "default") {
+            // The built-in `default` integration (auth none) must not survive next to the
+            // integrations an operator configured.
+            base.remove("integrations");
+        }
+        figment = Figment::from(Serialized::defaults(base))
+            .merge(figment)
+            .merge(
+                Env::prefixed(ENV_PREFIX)
+                    .split("__")
+                    .filter(|k| !k.as_str().ends_with("_file")),
+            );
+        for (name, path) in &env {
+            let Some(key) = name.strip_suffix("_FILE") else {
+                continue;
+            };
+            let key_path = key[ENV_PREFIX.len()..]
+                .split("__")
+                .map(str::to_ascii_lowercase)
+                .collect::<Vec<_>>()
+                .join(".");
+            let mut value = std::fs::read_to_string(path)
+                .with_context(|| format!("{name}: cannot read the file it names"))?;
+            if value.ends_with('\n') {
+                value.pop();
+                if value.ends_with('\r') {
+                    value.pop();
+                }
+            }
+            figment = figment.merge(Serialized::default(&key_path, value));
+        }
+        if let Some(listen) = overrides.listen {
+            figment = figment.merge(Serialized::default("server.listen", listen));
+        }
+        if let Some(dir) = &overrides.data_dir {
+            figment = figment.merge(Serialized::default("server.data_dir", dir));
+        }
+
+        let config: Config = figment.extract().map_err(|e| {
+            // figment prefixes keys with its profile name; operators know them without it.
+            anyhow::anyhow!(
+                "invalid configuration: {}",
+                e.to_string().replace("\"default.", "\"")
+            )
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks what types alone cannot.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.server.max_body_bytes < 1024 {
+            bail!("server.max_body_bytes must be at least 1024");
+        }
+        if self.integrations.is_empty() {
+            bail!("integrations: at least one integration must be configured");
+        }
+        for (name, integration) in &self.integrations {
+            if !integration.default_service_id.trim().is_empty() {
+                ServiceId::parse(&integration.default_service_id)
+                    .map_err(|e| anyhow::anyhow!("integrations.{name}.default_service_id: {e}"))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The effective configuration as TOML, for `check-config`. Secrets are redacted by their
+    /// types' `Serialize`.
+    pub fn to_redacted_toml(&self) -> anyhow::Result<String> {
+        toml::to_string_pretty(self).context("cannot print the configuration")
+    }
+}
+
+/// External Service IDs are often numeric; an environment variable `12345` arrives as a number.
+fn string_or_number<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Text(String),
+        Int(i64),
+        Float(f64),
+    }
+    Ok(match Raw::deserialize(d)? {
+        Raw::Text(s) => s,
+        Raw::Int(i) => i.to_string(),
+        Raw::Float(f) => f.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn load(file: Option<&str>, env: &[(&str, &str)]) -> anyhow::Result<Config> {
+        let tmp = tempfile::NamedTempFile::new().unwrap();
+        if let Some(text) = file {
+            tmp.as_file().write_all(text.as_bytes()).unwrap();
+        }
+        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string()));
+        Config::load_with_env(
+            file.map(|_| tmp.path()),
+            &Overrides::default(),
+            env.collect::<Vec<_>>().into_iter(),
+        )
+    }
+
+    #[test]
+    fn with_nothing_configured_the_defaults_run() {
+        let c = load(None, &[]).unwrap();
+        assert_eq!(c.server.listen.to_string(), "0.0.0.0:8080");
+        assert_eq!(c.server.data_dir, PathBuf::from("./data"));
+        assert_eq!(c.server.max_body_bytes, 16 * 1024 * 1024);
+        let default = IntegrationName::parse("default").unwrap();
+        assert_eq!(c.integrations[&default].auth, AuthConfig::None);
+    }
+
+    #[test]
+    fn a_configured_integration_replaces_the_built_in_default() {
+        let c = load(
+            Some("[integrations.ocean]\nauth = { scheme = \"none\" }\ndefault_service_id = 42\n"),
+            &[],
+        )
+        .unwrap();
+        let names: Vec<_> = c.integrations.keys().map(|k| k.to_string()).collect();
+        assert_eq!(names, vec!["ocean"]);
+        assert_eq!(
+            c.integrations.values().next().unwrap().default_service_id,
+            "42"
+        );
+    }
+
+    #[test]
+    fn errors_name_the_offending_key() {
+        let e = load(Some("[server]\nmax_body_bytes = \"lots\"\n"), &[]).unwrap_err();
+        assert!(e.to_string().contains("server.max_body_bytes"), "{e}");
+        let e = load(Some("[server]\nlisten = \"nowhere\"\n"), &[]).unwrap_err();
+        assert!(e.to_string().contains("server.listen"), "{e}");
+        let e = load(
+            Some("[integrations.\"a/b\"]\nauth = { scheme = \"none\" }\n"),
+            &[],
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("integration name"), "{e}");
+        let e = load(Some("[server]\nmax_body_bytes = 10\n"), &[]).unwrap_err();
+        assert!(e.to_string().contains("server.max_body_bytes"), "{e}");
+        let e = load(Some("[sever]\nlisten = \"0.0.0.0:1\"\n"), &[]).unwrap_err();
+        assert!(e.to_string().contains("sever"), "{e}");
+    }
+
+    #[test]
+    fn environment_and_file_indirection_override_the_file() {
+        let secret = tempfile::NamedTempFile::new().unwrap();
+        secret.as_file().write_all(b"SVC-FROM-FILE\n").unwrap();
+        let path = secret.path().to_str().unwrap().to_owned();
+        let c = load(
+            Some("[integrations.default]\ndefault_service_id = \"FROM-TOML\"\n"),
+            &[(
+                "RELAY__INTEGRATIONS__DEFAULT__DEFAULT_SERVICE_ID_FILE",
+                &path,
+            )],
+        )
+        .unwrap();
+        let default = IntegrationName::parse("default").unwrap();
+        // Tweaking the built-in integration keeps its other keys.
+        assert_eq!(c.integrations[&default].auth, AuthConfig::None);
+        assert_eq!(c.integrations[&default].default_service_id, "SVC-FROM-FILE");
+
+        let e = load(
+            None,
+            &[("RELAY__INTEGRATIONS__X__EVENTS_FILE", "/nonexistent/x")],
+        );
+        assert!(
+            e.unwrap_err()
+                .to_string()
+                .contains("RELAY__INTEGRATIONS__X__EVENTS_FILE")
+        );
+    }
+}

@@ -1,0 +1,90 @@
+//! One error type for every HTTP handler: a status code and a FHIR OperationOutcome body.
+//!
+//! Client errors carry a message meant for the caller. Internal errors become an opaque 500 and
+//! are logged once with their cause chain; their text is never sent.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+use crate::fhir::outcome::{IssueCode, Severity, operation_outcome};
+use crate::store::StoreError;
+
+/// The FHIR JSON media type of every response body the webhook writes.
+pub const FHIR_JSON: &str = "application/fhir+json";
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// The request cannot be read (not JSON, empty, wrong content type): 400.
+    #[error("{0}")]
+    BadRequest(String),
+    /// JSON, but not something the relay can process: 422.
+    #[error("{0}")]
+    Unprocessable(String),
+    /// No such integration or resource: 404.
+    #[error("{0}")]
+    NotFound(String),
+    /// The body is larger than the configured limit: 413.
+    #[error("the request body is larger than the limit of {limit} bytes")]
+    PayloadTooLarge { limit: usize },
+    /// Storage cannot take the delivery now; the sender should retry: 503.
+    #[error("the relay cannot store deliveries right now; retry later")]
+    Unavailable(#[source] StoreError),
+    /// Anything else: an opaque 500.
+    #[error("internal error")]
+    Internal(#[source] anyhow::Error),
+}
+
+impl AppError {
+    pub fn status_code(&self) -> StatusCode {
+        match self {
+            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn issue_code(&self) -> IssueCode {
+        match self {
+            Self::BadRequest(_) | Self::Unprocessable(_) => IssueCode::Invalid,
+            Self::NotFound(_) => IssueCode::NotFound,
+            Self::PayloadTooLarge { .. } => IssueCode::TooLong,
+            Self::Unavailable(_) => IssueCode::Transient,
+            Self::Internal(_) => IssueCode::Exception,
+        }
+    }
+}
+
+impl From<StoreError> for AppError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Unavailable(_) => Self::Unavailable(e),
+            StoreError::Corrupt(_) => Self::Internal(e.into()),
+        }
+    }
+}
+
+impl IntoResponse for AppError {
+    fn into_response(self) -> Response {
+        match &self {
+            Self::Internal(cause) => {
+                tracing::error!(error = format!("{cause:#}"), "request failed")
+            }
+            Self::Unavailable(cause) => tracing::error!(error = %cause, "storage unavailable"),
+            _ => {}
+        }
+        let body = operation_outcome(Severity::Error, self.issue_code(), &self.to_string());
+        fhir_json(self.status_code(), &body)
+    }
+}
+
+/// A response with a FHIR JSON body.
+pub fn fhir_json(status: StatusCode, body: &serde_json::Value) -> Response {
+    let mut response = (status, body.to_string()).into_response();
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(FHIR_JSON));
+    response
+}

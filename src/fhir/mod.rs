@@ -1,0 +1,9 @@
+//! The FHIR model layer: reading Ocean's message Bundles and writing FHIR answers.
+//!
+//! Nothing here knows about HTTP or storage: functions take bytes or values and return plain data.
+
+mod json;
+pub mod message;
+pub mod outcome;
+
+pub use message::{ParseError, ParsedMessage, parse_message};

@@ -1,0 +1,144 @@
+//! FHIR answers the webhook gives: OperationOutcome for errors and notes, and the response
+//! message Bundle that acknowledges a processed message.
+
+use serde_json::{Value, json};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+/// `OperationOutcome.issue.severity`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Severity {
+    Error,
+    Information,
+}
+
+/// `OperationOutcome.issue.code` values the relay uses (from the R4 `issue-type` value set).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IssueCode {
+    /// The content is not valid (unreadable JSON, not a message Bundle).
+    Invalid,
+    /// A required element is missing.
+    Required,
+    /// Authentication failed.
+    Login,
+    /// The resource or integration was not found.
+    NotFound,
+    /// Content too long.
+    TooLong,
+    /// The store or another dependency is unavailable.
+    Transient,
+    /// An unexpected internal error.
+    Exception,
+    /// Informational: the message was accepted.
+    Informational,
+    /// The request is not supported (wrong media type, method).
+    NotSupported,
+}
+
+impl IssueCode {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Invalid => "invalid",
+            Self::Required => "required",
+            Self::Login => "login",
+            Self::NotFound => "not-found",
+            Self::TooLong => "too-long",
+            Self::Transient => "transient",
+            Self::Exception => "exception",
+            Self::Informational => "informational",
+            Self::NotSupported => "not-supported",
+        }
+    }
+}
+
+/// An OperationOutcome with one issue whose `diagnostics` carries `message`.
+pub fn operation_outcome(severity: Severity, code: IssueCode, message: &str) -> Value {
+    let severity = match severity {
+        Severity::Error => "error",
+        Severity::Information => "information",
+    };
+    json!({
+        "resourceType": "OperationOutcome",
+        "issue": [{
+            "severity": severity,
+            "code": code.as_str(),
+            "diagnostics": message,
+        }]
+    })
+}
+
+/// The response message Bundle for a processed request message: a MessageHeader whose
+/// `response.identifier` is the request's MessageHeader id and `response.code` is `ok`, plus an
+/// OperationOutcome entry when there is something to say.
+pub fn response_bundle(
+    request_header_id: &str,
+    event_code: &str,
+    endpoint: &str,
+    note: Option<&str>,
+) -> Value {
+    let header_id = uuid::Uuid::new_v4();
+    let outcome_id = uuid::Uuid::new_v4();
+    let now = OffsetDateTime::now_utc()
+        .format(&Rfc3339)
+        .unwrap_or_else(|_| "1970-01-01T00:00:00Z".into());
+    let mut header = json!({
+        "resourceType": "MessageHeader",
+        "id": header_id.to_string(),
+        "eventCoding": {
+            "system": "https://ehealthontario.ca/fhir/CodeSystem/message-event-code",
+            "code": event_code,
+        },
+        "source": {"name": "referral-relay", "software": "referral-relay",
+                   "version": env!("CARGO_PKG_VERSION"), "endpoint": endpoint},
+        "response": {"identifier": request_header_id, "code": "ok"},
+    });
+    let mut entries = vec![json!({
+        "fullUrl": format!("urn:uuid:{header_id}"),
+        "resource": header.clone(),
+    })];
+    if let Some(note) = note {
+        let mut outcome = operation_outcome(Severity::Information, IssueCode::Informational, note);
+        outcome["id"] = json!(outcome_id.to_string());
+        header["response"]["details"] = json!({"reference": format!("urn:uuid:{outcome_id}")});
+        entries[0]["resource"] = header;
+        entries.push(json!({
+            "fullUrl": format!("urn:uuid:{outcome_id}"),
+            "resource": outcome,
+        }));
+    }
+    json!({
+        "resourceType": "Bundle",
+        "id": uuid::Uuid::new_v4().to_string(),
+        "type": "message",
+        "timestamp": now,
+        "entry": entries,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fhir_sdk::r4b::resources::{Bundle, OperationOutcome};
+
+    #[test]
+    fn outcomes_and_responses_are_valid_fhir() {
+        let o = operation_outcome(Severity::Error, IssueCode::Invalid, "bad");
+        let parsed: OperationOutcome = serde_json::from_value(o).unwrap();
+        assert_eq!(parsed.issue.len(), 1);
+
+        let r = response_bundle(
+            "mh-1",
+            "add-service-request",
+            "https://relay/fhir/x",
+            Some("n"),
+        );
+        let parsed: Bundle = serde_json::from_value(r.clone()).unwrap();
+        assert_eq!(parsed.entry.len(), 2);
+        assert_eq!(r["entry"][0]["resource"]["response"]["identifier"], "mh-1");
+        assert_eq!(r["entry"][0]["resource"]["response"]["code"], "ok");
+        assert_eq!(
+            r["entry"][0]["resource"]["response"]["details"]["reference"],
+            r["entry"][1]["fullUrl"]
+        );
+    }
+}

@@ -1,0 +1,12 @@
+//! referral-relay: receives Ocean eReferral messages over HL7 FHIR R4, stores every delivery
+//! durably before acknowledging it, and serves the referrals to the clinic's own systems.
+
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod domain;
+pub mod error;
+pub mod fhir;
+pub mod routes;
+pub mod store;
+pub mod telemetry;

@@ -1,0 +1,37 @@
+//! Liveness and readiness for orchestrators.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::{Value, json};
+
+use crate::app::AppState;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+}
+
+/// The process is up and serving HTTP.
+async fn healthz() -> Json<Value> {
+    Json(json!({"status": "ok"}))
+}
+
+/// The store can take a durable write now.
+async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
+    match state.store.check_writable().await {
+        Ok(()) => (
+            StatusCode::OK,
+            Json(json!({"status": "ready", "store": "writable"})),
+        ),
+        Err(e) => {
+            tracing::warn!(error = %e, "readiness check: store not writable");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(json!({"status": "not ready", "store": "not writable"})),
+            )
+        }
+    }
+}

@@ -1,0 +1,180 @@
+//! The inbound webhook Ocean posts message Bundles to.
+//!
+//! Order of work: find the integration, check the media type, read the body within the limit,
+//! parse and check the Bundle, store it durably, and only then answer 200 with a response
+//! message Bundle. Every refusal is a 4xx with an OperationOutcome; a store that cannot write
+//! answers 503 so Ocean retries.
+
+use std::sync::atomic::Ordering;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::rejection::PathRejection;
+use axum::extract::{OriginalUri, Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::Response;
+use axum::routing::post;
+use bytes::Bytes;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use time::OffsetDateTime;
+
+use crate::app::{AppState, Integration};
+use crate::error::{AppError, fhir_json};
+use crate::fhir::outcome::response_bundle;
+use crate::fhir::{ParseError, parse_message};
+use crate::store::{NewDelivery, ServiceAssignment, delivery_key};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/fhir/{integration}/$process-message", post(receive))
+        .route("/fhir/{integration}/Bundle", post(receive))
+        .route("/fhir/{integration}", post(receive))
+}
+
+async fn receive(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    OriginalUri(uri): OriginalUri,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, AppError> {
+    let Path(name) = path.map_err(|e| AppError::BadRequest(e.body_text()))?;
+    let integration = state.integration(&name).ok_or_else(|| {
+        AppError::NotFound(format!(
+            "no integration named '{}' is configured",
+            printable(&name)
+        ))
+    })?;
+    check_media_type(&headers)?;
+    let body = read_body(body, state.max_body_bytes).await?;
+
+    let message = parse_message(&body).map_err(|e| {
+        state.counters.rejected.fetch_add(1, Ordering::Relaxed);
+        let reason = match &e {
+            ParseError::Malformed(_) => "malformed",
+            ParseError::Unusable(_) => "unusable",
+        };
+        tracing::info!(integration = %integration.name, reason, "delivery rejected");
+        match e {
+            ParseError::Malformed(m) => AppError::BadRequest(m),
+            ParseError::Unusable(m) => AppError::Unprocessable(m),
+        }
+    })?;
+    let header_id = message
+        .message_header_id
+        .clone()
+        .unwrap_or_else(|| "unknown".into());
+    let endpoint = uri.path().to_owned();
+
+    if !integration.accepts(&message.event) {
+        state.counters.ignored.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(integration = %integration.name, event = %message.event, "event not accepted by this integration; acknowledged, not stored");
+        let note = format!(
+            "event code '{}' is not among those integration '{}' accepts; the message was acknowledged and not stored",
+            message.event, integration.name
+        );
+        let body = response_bundle(&header_id, message.event.as_str(), &endpoint, Some(&note));
+        return Ok(fhir_json(StatusCode::OK, &body));
+    }
+
+    let service = match (&message.service_id, &integration.default_service) {
+        (Some(named), _) => ServiceAssignment::Named(named.clone()),
+        (None, Some(default)) => ServiceAssignment::Default(default.clone()),
+        (None, None) => ServiceAssignment::Unassigned,
+    };
+    let delivery = NewDelivery {
+        dedup_key: delivery_key(&integration.name, message.bundle_id.as_deref(), &body),
+        integration: integration.name.clone(),
+        referral: message.referral.clone(),
+        service,
+        event: message.event.clone(),
+        message_header_id: message.message_header_id.clone(),
+        bundle_id: message.bundle_id.clone(),
+        raw: body,
+        summary: message.summary,
+        problems: message.problems,
+        received_at: OffsetDateTime::now_utc(),
+    };
+    let outcome = state.store.put_delivery(delivery).await?;
+    let counter = if outcome.duplicate {
+        &state.counters.duplicates
+    } else {
+        &state.counters.stored
+    };
+    counter.fetch_add(1, Ordering::Relaxed);
+    tracing::info!(
+        integration = %integration.name,
+        event = %message.event,
+        referral = %message.referral,
+        version = outcome.version,
+        duplicate = outcome.duplicate,
+        "delivery stored"
+    );
+    let note = outcome.duplicate.then(|| {
+        format!(
+            "this delivery was already stored as version {} of referral {}; nothing new was stored",
+            outcome.version, message.referral
+        )
+    });
+    let body = response_bundle(
+        &header_id,
+        message.event.as_str(),
+        &endpoint,
+        note.as_deref(),
+    );
+    Ok(fhir_json(StatusCode::OK, &body))
+}
+
+/// FHIR JSON (`application/fhir+json`) or plain `application/json`, parameters allowed.
+fn check_media_type(headers: &HeaderMap) -> Result<(), AppError> {
+    let Some(value) = headers.get(header::CONTENT_TYPE) else {
+        return Err(AppError::BadRequest(
+            "Content-Type is missing; send application/fhir+json".into(),
+        ));
+    };
+    let essence = value
+        .to_str()
+        .unwrap_or("")
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    if essence == "application/fhir+json" || essence == "application/json" {
+        Ok(())
+    } else {
+        Err(AppError::BadRequest(
+            "unsupported Content-Type; send application/fhir+json or application/json".into(),
+        ))
+    }
+}
+
+/// Reads the whole body, refusing it as soon as it passes `limit` bytes.
+async fn read_body(body: Body, limit: usize) -> Result<Bytes, AppError> {
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<LengthLimitError>() => Err(AppError::PayloadTooLarge { limit }),
+        Err(_) => Err(AppError::BadRequest(
+            "the request body could not be read completely".into(),
+        )),
+    }
+}
+
+/// Echoes a path segment in an error only when it is a plausible integration name.
+fn printable(name: &str) -> &str {
+    if name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        name
+    } else {
+        "(invalid name)"
+    }
+}
+
+impl Integration {
+    fn accepts(&self, event: &crate::domain::EventCode) -> bool {
+        self.events.is_empty() || self.events.contains(event)
+    }
+}

@@ -1,0 +1,185 @@
+//! Durable storage behind one trait, so the embedded sled store can later be joined by
+//! PostgreSQL for several replicas. The store knows the relay's records, not FHIR.
+
+mod sled_store;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use time::OffsetDateTime;
+
+use crate::domain::{EventCode, IntegrationName, ReferralRef, ServiceId, Summary};
+
+pub use sled_store::SledStore;
+
+/// Errors at the storage boundary.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The store cannot read or write now (I/O error, disk full, closed). Callers answer 503 and
+    /// the sender retries.
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
+    /// A stored record could not be decoded.
+    #[error("stored record is corrupt: {0}")]
+    Corrupt(String),
+}
+
+/// Which External Service ID a delivery is filed under, and how sure we are of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServiceAssignment {
+    /// The message itself names the External Service ID.
+    Named(ServiceId),
+    /// The message names none; this is the integration's configured default.
+    Default(ServiceId),
+    /// Neither: filed explicitly as unassigned.
+    Unassigned,
+}
+
+/// One inbound delivery, ready to store.
+#[derive(Debug, Clone)]
+pub struct NewDelivery {
+    pub integration: IntegrationName,
+    /// Identifies the delivery for deduplication; see [`delivery_key`].
+    pub dedup_key: String,
+    pub referral: ReferralRef,
+    pub service: ServiceAssignment,
+    pub event: EventCode,
+    pub message_header_id: Option<String>,
+    pub bundle_id: Option<String>,
+    /// The body exactly as received.
+    pub raw: Bytes,
+    pub summary: Summary,
+    pub problems: Vec<String>,
+    pub received_at: OffsetDateTime,
+}
+
+/// The deduplication key of a delivery: the integration, the sender's delivery id (Bundle.id,
+/// or a webhook id), and the SHA-256 of the body.
+///
+/// The body hash is part of the key even when there is an id: a retry of the same delivery has
+/// the same bytes and is recognised, while a sender that reuses an id for different content
+/// gets a new version instead of having it silently dropped.
+pub fn delivery_key(
+    integration: &IntegrationName,
+    delivery_id: Option<&str>,
+    body: &[u8],
+) -> String {
+    let hash = Sha256::digest(body);
+    let mut key = format!("{integration}\u{1f}{}\u{1f}", delivery_id.unwrap_or(""));
+    for byte in hash {
+        key.push_str(&format!("{byte:02x}"));
+    }
+    key
+}
+
+/// The result of storing a delivery. Either way it is on disk when this is returned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PutOutcome {
+    pub version: u64,
+    /// True when the same delivery had been stored before; nothing new was written.
+    pub duplicate: bool,
+}
+
+/// The current state of a referral.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReferralRecord {
+    pub referral: ReferralRef,
+    /// `None` = unassigned: no External Service ID in any delivery and no default configured.
+    pub service_id: Option<ServiceId>,
+    pub integration: IntegrationName,
+    pub latest_event: EventCode,
+    /// Number of the latest version (versions count from 1).
+    pub version: u64,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub modified_at: OffsetDateTime,
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub exported_at: Option<OffsetDateTime>,
+    /// The latest values of the summary fields over all versions.
+    pub summary: Summary,
+}
+
+/// One stored delivery of a referral (its raw bytes are read with [`Store::payload`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VersionRecord {
+    pub referral: ReferralRef,
+    pub version: u64,
+    pub event: EventCode,
+    pub integration: IntegrationName,
+    pub service_id: Option<ServiceId>,
+    pub message_header_id: Option<String>,
+    pub bundle_id: Option<String>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub received_at: OffsetDateTime,
+    /// What this delivery alone said.
+    pub summary: Summary,
+    /// Resources that did not conform to FHIR R4 and were read leniently.
+    pub problems: Vec<String>,
+    pub size: u64,
+    pub sha256: String,
+}
+
+/// One entry of the ordered feed of stored deliveries.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventRecord {
+    pub seq: u64,
+    pub referral: ReferralRef,
+    pub version: u64,
+    pub event: EventCode,
+    pub service_id: Option<ServiceId>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub received_at: OffsetDateTime,
+}
+
+/// Durable storage for deliveries and referrals.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Stores a delivery in one atomic write (raw bytes, version, referral summary, feed entry,
+    /// dedup entry) and returns once it is on disk. A delivery already stored is recognised by
+    /// its `dedup_key` and stores nothing new.
+    async fn put_delivery(&self, delivery: NewDelivery) -> Result<PutOutcome, StoreError>;
+
+    /// The current state of one referral.
+    async fn referral(&self, referral: &ReferralRef) -> Result<Option<ReferralRecord>, StoreError>;
+
+    /// Referrals filed under one External Service ID (`None`: the unassigned ones).
+    async fn referrals_for_service(
+        &self,
+        service: Option<&ServiceId>,
+    ) -> Result<Vec<ReferralRecord>, StoreError>;
+
+    /// All versions of a referral, oldest first.
+    async fn versions(&self, referral: &ReferralRef) -> Result<Vec<VersionRecord>, StoreError>;
+
+    /// The raw bytes of one version, exactly as received.
+    async fn payload(
+        &self,
+        referral: &ReferralRef,
+        version: u64,
+    ) -> Result<Option<Bytes>, StoreError>;
+
+    /// Feed entries with a sequence number greater than `after`, in order.
+    async fn events_after(&self, after: u64, limit: usize) -> Result<Vec<EventRecord>, StoreError>;
+
+    /// Writes and syncs a marker record: proves the store can take deliveries now.
+    async fn check_writable(&self) -> Result<(), StoreError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delivery_keys_separate_integrations_ids_and_bodies() {
+        let a = IntegrationName::parse("a").unwrap();
+        let b = IntegrationName::parse("b").unwrap();
+        let k = delivery_key(&a, Some("id"), b"x");
+        assert_eq!(k, delivery_key(&a, Some("id"), b"x"));
+        assert_ne!(k, delivery_key(&b, Some("id"), b"x"));
+        assert_ne!(k, delivery_key(&a, Some("id2"), b"x"));
+        assert_ne!(k, delivery_key(&a, Some("id"), b"y"));
+        assert_ne!(k, delivery_key(&a, None, b"x"));
+    }
+}

@@ -1,0 +1,479 @@
+//! The embedded store: sled 0.34, one tree per record kind, one transaction per delivery, and a
+//! group-commit flusher so every acknowledged write is fsync'd without one fsync per request.
+//!
+//! Trees (keys are ordered so scans are range reads; `\0` separates key parts, which
+//! identifiers cannot contain):
+//! - `referrals`:   referral ref → [`ReferralRecord`]
+//! - `by_service`:  service id (empty = unassigned) `\0` referral ref → ()
+//! - `versions`:    referral ref `\0` version (u64 BE) → [`VersionRecord`]
+//! - `payloads`:    same key → raw bytes as received (kept apart so listings do not read them)
+//! - `deliveries`:  dedup key → (referral ref, version)
+//! - `events`:      seq (u64 BE) → [`EventRecord`]
+//! - `by_modified`: modified-at (µs, u64 BE) `\0` referral ref → ()
+//! - `meta`:        counters and the readiness marker
+
+use std::path::Path;
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::thread::JoinHandle;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use sled::Transactional;
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+use time::OffsetDateTime;
+use tokio::sync::watch;
+
+use super::{
+    EventRecord, NewDelivery, PutOutcome, ReferralRecord, ServiceAssignment, Store, StoreError,
+    VersionRecord,
+};
+use crate::domain::{ReferralRef, ServiceId};
+
+const EVENT_SEQ: &[u8] = b"event_seq";
+const READY_MARKER: &[u8] = b"ready_marker";
+
+/// The sled-backed [`Store`].
+pub struct SledStore {
+    db: sled::Db,
+    trees: Trees,
+    flusher: Flusher,
+}
+
+#[derive(Clone)]
+struct Trees {
+    referrals: sled::Tree,
+    by_service: sled::Tree,
+    versions: sled::Tree,
+    payloads: sled::Tree,
+    deliveries: sled::Tree,
+    events: sled::Tree,
+    by_modified: sled::Tree,
+    meta: sled::Tree,
+}
+
+/// What the dedup tree remembers about a delivery.
+#[derive(Serialize, Deserialize)]
+struct DeliveryRef {
+    referral: ReferralRef,
+    version: u64,
+}
+
+impl SledStore {
+    /// Opens (or creates) the store in `dir` and starts its flusher thread.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            StoreError::Unavailable(format!("cannot create data dir {}: {e}", dir.display()))
+        })?;
+        let db = sled::Config::new()
+            .path(dir.join("sled"))
+            .open()
+            .map_err(|e| match e {
+                sled::Error::Io(io) if io.to_string().contains("lock") => {
+                    StoreError::Unavailable(format!(
+                        "data dir {} is in use by another process ({io})",
+                        dir.display()
+                    ))
+                }
+                other => StoreError::Unavailable(format!(
+                    "cannot open the store in {}: {other}",
+                    dir.display()
+                )),
+            })?;
+        let tree = |name: &str| db.open_tree(name).map_err(unavailable);
+        let trees = Trees {
+            referrals: tree("referrals")?,
+            by_service: tree("by_service")?,
+            versions: tree("versions")?,
+            payloads: tree("payloads")?,
+            deliveries: tree("deliveries")?,
+            events: tree("events")?,
+            by_modified: tree("by_modified")?,
+            meta: tree("meta")?,
+        };
+        let flusher = Flusher::start(db.clone())?;
+        Ok(Self { db, trees, flusher })
+    }
+
+    fn write_delivery(&self, d: &NewDelivery) -> Result<PutOutcome, StoreError> {
+        let t = &self.trees;
+        let referral_key = d.referral.as_str().as_bytes();
+        let size = d.raw.len() as u64;
+        let sha256 = hex(&Sha256::digest(&d.raw));
+        let modified_key = modified_key(d.received_at, &d.referral);
+
+        let result = (
+            &t.referrals,
+            &t.by_service,
+            &t.versions,
+            &t.payloads,
+            &t.deliveries,
+            &t.events,
+            &t.by_modified,
+            &t.meta,
+        )
+            .transaction(
+                |(
+                    referrals,
+                    by_service,
+                    versions,
+                    payloads,
+                    deliveries,
+                    events,
+                    by_modified,
+                    meta,
+                )| {
+                    if let Some(existing) = deliveries.get(d.dedup_key.as_bytes())? {
+                        let existing: DeliveryRef = decode(&existing).map_err(abort)?;
+                        return Ok(PutOutcome {
+                            version: existing.version,
+                            duplicate: true,
+                        });
+                    }
+                    let previous: Option<ReferralRecord> = referrals
+                        .get(referral_key)?
+                        .map(|v| decode(&v))
+                        .transpose()
+                        .map_err(abort)?;
+
+                    // A message that names its External Service ID files (or moves) the
+                    // referral there; otherwise an existing referral stays where it is.
+                    let service_id = match (&d.service, &previous) {
+                        (ServiceAssignment::Named(s), _) => Some(s.clone()),
+                        (_, Some(p)) => p.service_id.clone(),
+                        (ServiceAssignment::Default(s), None) => Some(s.clone()),
+                        (ServiceAssignment::Unassigned, None) => None,
+                    };
+                    let version = previous.as_ref().map_or(1, |p| p.version + 1);
+                    let mut summary = d.summary.clone();
+                    if let Some(p) = &previous {
+                        summary.fill_from(&p.summary);
+                        by_service.remove(service_key(p.service_id.as_ref(), &d.referral))?;
+                        by_modified.remove(modified_key_of(p))?;
+                    }
+                    let record = ReferralRecord {
+                        referral: d.referral.clone(),
+                        service_id: service_id.clone(),
+                        integration: d.integration.clone(),
+                        latest_event: d.event.clone(),
+                        version,
+                        created_at: previous.as_ref().map_or(d.received_at, |p| p.created_at),
+                        modified_at: d.received_at,
+                        exported_at: previous.as_ref().and_then(|p| p.exported_at),
+                        summary,
+                    };
+                    let version_record = VersionRecord {
+                        referral: d.referral.clone(),
+                        version,
+                        event: d.event.clone(),
+                        integration: d.integration.clone(),
+                        service_id: service_id.clone(),
+                        message_header_id: d.message_header_id.clone(),
+                        bundle_id: d.bundle_id.clone(),
+                        received_at: d.received_at,
+                        summary: d.summary.clone(),
+                        problems: d.problems.clone(),
+                        size,
+                        sha256: sha256.clone(),
+                    };
+                    let seq = meta
+                        .get(EVENT_SEQ)?
+                        .map(|v| read_u64(&v))
+                        .transpose()
+                        .map_err(abort)?
+                        .unwrap_or(0)
+                        + 1;
+                    let event = EventRecord {
+                        seq,
+                        referral: d.referral.clone(),
+                        version,
+                        event: d.event.clone(),
+                        service_id: service_id.clone(),
+                        received_at: d.received_at,
+                    };
+                    let version_key = version_key(&d.referral, version);
+
+                    meta.insert(EVENT_SEQ, &seq.to_be_bytes())?;
+                    referrals.insert(referral_key, encode(&record).map_err(abort)?)?;
+                    by_service.insert(service_key(service_id.as_ref(), &d.referral), &[])?;
+                    by_modified.insert(modified_key.as_slice(), &[])?;
+                    versions.insert(
+                        version_key.as_slice(),
+                        encode(&version_record).map_err(abort)?,
+                    )?;
+                    payloads.insert(version_key.as_slice(), d.raw.as_ref())?;
+                    events.insert(&seq.to_be_bytes(), encode(&event).map_err(abort)?)?;
+                    deliveries.insert(
+                        d.dedup_key.as_bytes(),
+                        encode(&DeliveryRef {
+                            referral: d.referral.clone(),
+                            version,
+                        })
+                        .map_err(abort)?,
+                    )?;
+                    Ok(PutOutcome {
+                        version,
+                        duplicate: false,
+                    })
+                },
+            );
+        result.map_err(|e| match e {
+            TransactionError::Abort(e) => e,
+            TransactionError::Storage(e) => unavailable(e),
+        })
+    }
+}
+
+#[async_trait]
+impl Store for SledStore {
+    async fn put_delivery(&self, delivery: NewDelivery) -> Result<PutOutcome, StoreError> {
+        let outcome = self.write_delivery(&delivery)?;
+        // A duplicate waits too: the first copy may still be on its way to disk.
+        self.flusher.durable().await?;
+        Ok(outcome)
+    }
+
+    async fn referral(&self, referral: &ReferralRef) -> Result<Option<ReferralRecord>, StoreError> {
+        self.trees
+            .referrals
+            .get(referral.as_str().as_bytes())
+            .map_err(unavailable)?
+            .map(|v| decode(&v))
+            .transpose()
+    }
+
+    async fn referrals_for_service(
+        &self,
+        service: Option<&ServiceId>,
+    ) -> Result<Vec<ReferralRecord>, StoreError> {
+        let mut prefix = service
+            .map(|s| s.as_str().as_bytes().to_vec())
+            .unwrap_or_default();
+        prefix.push(0);
+        let mut records = Vec::new();
+        for item in self.trees.by_service.scan_prefix(&prefix) {
+            let (key, _) = item.map_err(unavailable)?;
+            let referral = String::from_utf8_lossy(&key[prefix.len()..]).into_owned();
+            if let Some(v) = self
+                .trees
+                .referrals
+                .get(referral.as_bytes())
+                .map_err(unavailable)?
+            {
+                records.push(decode(&v)?);
+            }
+        }
+        Ok(records)
+    }
+
+    async fn versions(&self, referral: &ReferralRef) -> Result<Vec<VersionRecord>, StoreError> {
+        let mut prefix = referral.as_str().as_bytes().to_vec();
+        prefix.push(0);
+        self.trees
+            .versions
+            .scan_prefix(&prefix)
+            .map(|item| decode(&item.map_err(unavailable)?.1))
+            .collect()
+    }
+
+    async fn payload(
+        &self,
+        referral: &ReferralRef,
+        version: u64,
+    ) -> Result<Option<Bytes>, StoreError> {
+        Ok(self
+            .trees
+            .payloads
+            .get(version_key(referral, version))
+            .map_err(unavailable)?
+            .map(|v| Bytes::copy_from_slice(&v)))
+    }
+
+    async fn events_after(&self, after: u64, limit: usize) -> Result<Vec<EventRecord>, StoreError> {
+        let start = after.saturating_add(1).to_be_bytes();
+        self.trees
+            .events
+            .range(start..)
+            .take(limit)
+            .map(|item| decode(&item.map_err(unavailable)?.1))
+            .collect()
+    }
+
+    async fn check_writable(&self) -> Result<(), StoreError> {
+        let now = OffsetDateTime::now_utc().unix_timestamp().to_be_bytes();
+        self.trees
+            .meta
+            .insert(READY_MARKER, &now)
+            .map_err(unavailable)?;
+        self.flusher.durable().await
+    }
+}
+
+impl Drop for SledStore {
+    fn drop(&mut self) {
+        self.flusher.stop();
+        if let Err(e) = self.db.flush() {
+            tracing::error!(error = %e, "final flush of the store failed");
+        }
+    }
+}
+
+/// Group commit. Writers bump `requested` after their write is in sled's log; one thread calls
+/// the blocking `Db::flush` (fsync) for everything requested so far and publishes how far it
+/// got. Every writer whose number that flush covered is woken at once, so concurrent deliveries
+/// share fsyncs. sled's `flush_async` is never used: it deadlocks when called concurrently
+/// (sled issue 1308).
+struct Flusher {
+    queue: Arc<(Mutex<Queue>, Condvar)>,
+    marks: watch::Receiver<Marks>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+#[derive(Default)]
+struct Queue {
+    requested: u64,
+    stop: bool,
+}
+
+/// How far flushing has got: writes numbered up to `ok` are on disk; writes numbered up to
+/// `failed` were covered by a flush that failed, so they must not be acknowledged.
+#[derive(Debug, Clone, Copy, Default)]
+struct Marks {
+    ok: u64,
+    failed: u64,
+}
+
+impl Flusher {
+    fn start(db: sled::Db) -> Result<Self, StoreError> {
+        let queue = Arc::new((Mutex::new(Queue::default()), Condvar::new()));
+        let (tx, marks) = watch::channel(Marks::default());
+        let thread_queue = Arc::clone(&queue);
+        let thread = std::thread::Builder::new()
+            .name("store-flusher".into())
+            .spawn(move || flush_loop(&db, &thread_queue, &tx))
+            .map_err(|e| StoreError::Unavailable(format!("cannot start flusher thread: {e}")))?;
+        Ok(Self {
+            queue,
+            marks,
+            thread: Mutex::new(Some(thread)),
+        })
+    }
+
+    /// Waits until everything written before this call is on disk.
+    async fn durable(&self) -> Result<(), StoreError> {
+        let ticket = {
+            let (lock, wake) = &*self.queue;
+            let mut q = lock.lock().unwrap_or_else(PoisonError::into_inner);
+            if q.stop {
+                return Err(StoreError::Unavailable("the store is shutting down".into()));
+            }
+            q.requested += 1;
+            wake.notify_one();
+            q.requested
+        };
+        let mut marks = self.marks.clone();
+        let reached = marks
+            .wait_for(|m| m.ok >= ticket || m.failed >= ticket)
+            .await
+            .map_err(|_| StoreError::Unavailable("the store flusher stopped".into()))?;
+        if reached.failed >= ticket {
+            return Err(StoreError::Unavailable("flushing to disk failed".into()));
+        }
+        Ok(())
+    }
+
+    fn stop(&self) {
+        let (lock, wake) = &*self.queue;
+        lock.lock().unwrap_or_else(PoisonError::into_inner).stop = true;
+        wake.notify_all();
+        let handle = self
+            .thread
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(handle) = handle {
+            let _ = handle.join();
+        }
+    }
+}
+
+fn flush_loop(db: &sled::Db, queue: &(Mutex<Queue>, Condvar), marks: &watch::Sender<Marks>) {
+    let (lock, wake) = queue;
+    let mut done = 0;
+    loop {
+        let target = {
+            let mut q = lock.lock().unwrap_or_else(PoisonError::into_inner);
+            while q.requested == done && !q.stop {
+                q = wake.wait(q).unwrap_or_else(PoisonError::into_inner);
+            }
+            if q.requested == done {
+                return;
+            }
+            q.requested
+        };
+        match db.flush() {
+            Ok(_) => marks.send_modify(|m| m.ok = target),
+            Err(e) => {
+                tracing::error!(error = %e, "flushing the store to disk failed");
+                marks.send_modify(|m| m.failed = target);
+            }
+        }
+        done = target;
+    }
+}
+
+fn unavailable(e: sled::Error) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+fn abort(e: StoreError) -> ConflictableTransactionError<StoreError> {
+    ConflictableTransactionError::Abort(e)
+}
+
+fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(value).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+fn read_u64(bytes: &[u8]) -> Result<u64, StoreError> {
+    let array: [u8; 8] = bytes
+        .try_into()
+        .map_err(|_| StoreError::Corrupt("counter is not 8 bytes".into()))?;
+    Ok(u64::from_be_bytes(array))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn version_key(referral: &ReferralRef, version: u64) -> Vec<u8> {
+    let mut key = referral.as_str().as_bytes().to_vec();
+    key.push(0);
+    key.extend_from_slice(&version.to_be_bytes());
+    key
+}
+
+fn service_key(service: Option<&ServiceId>, referral: &ReferralRef) -> Vec<u8> {
+    let mut key = service
+        .map(|s| s.as_str().as_bytes().to_vec())
+        .unwrap_or_default();
+    key.push(0);
+    key.extend_from_slice(referral.as_str().as_bytes());
+    key
+}
+
+fn modified_key(at: OffsetDateTime, referral: &ReferralRef) -> Vec<u8> {
+    let micros = u64::try_from(at.unix_timestamp_nanos() / 1000).unwrap_or(0);
+    let mut key = micros.to_be_bytes().to_vec();
+    key.push(0);
+    key.extend_from_slice(referral.as_str().as_bytes());
+    key
+}
+
+fn modified_key_of(record: &ReferralRecord) -> Vec<u8> {
+    modified_key(record.modified_at, &record.referral)
+}
