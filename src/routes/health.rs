@@ -1,5 +1,7 @@
 //! Liveness and readiness for orchestrators.
 
+use std::sync::atomic::Ordering;
+
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
@@ -14,9 +16,19 @@ pub fn router() -> Router<AppState> {
         .route("/readyz", get(readyz))
 }
 
-/// The process is up and serving HTTP.
-async fn healthz() -> Json<Value> {
-    Json(json!({"status": "ok"}))
+/// The process is up and serving HTTP; with what the webhook has done since start.
+async fn healthz(State(state): State<AppState>) -> Json<Value> {
+    let c = &state.counters;
+    let read = |n: &std::sync::atomic::AtomicU64| n.load(Ordering::Relaxed);
+    Json(json!({
+        "status": "ok",
+        "deliveries": {
+            "stored": read(&c.stored),
+            "duplicate": read(&c.duplicates),
+            "ignored": read(&c.ignored),
+            "rejected": read(&c.rejected),
+        }
+    }))
 }
 
 /// The store can take a durable write now.

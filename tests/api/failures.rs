@@ -1,0 +1,68 @@
+//! A store that cannot write makes the webhook answer 503, never 2xx.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use referral_relay::domain::{ReferralRef, ServiceId};
+use referral_relay::store::{
+    EventRecord, NewDelivery, PutOutcome, ReferralRecord, Store, StoreError, VersionRecord,
+};
+
+use crate::fixtures::fixture;
+use crate::helpers::{FHIR_JSON, config, spawn_with_store};
+
+/// Every write fails as a full disk would; reads find nothing.
+struct DiskFull;
+
+fn disk_full() -> StoreError {
+    StoreError::Unavailable("No space left on device (os error 28)".into())
+}
+
+#[async_trait]
+impl Store for DiskFull {
+    async fn put_delivery(&self, _: NewDelivery) -> Result<PutOutcome, StoreError> {
+        Err(disk_full())
+    }
+    async fn referral(&self, _: &ReferralRef) -> Result<Option<ReferralRecord>, StoreError> {
+        Ok(None)
+    }
+    async fn referrals_for_service(
+        &self,
+        _: Option<&ServiceId>,
+    ) -> Result<Vec<ReferralRecord>, StoreError> {
+        Ok(Vec::new())
+    }
+    async fn versions(&self, _: &ReferralRef) -> Result<Vec<VersionRecord>, StoreError> {
+        Ok(Vec::new())
+    }
+    async fn payload(&self, _: &ReferralRef, _: u64) -> Result<Option<Bytes>, StoreError> {
+        Ok(None)
+    }
+    async fn events_after(&self, _: u64, _: usize) -> Result<Vec<EventRecord>, StoreError> {
+        Ok(Vec::new())
+    }
+    async fn check_writable(&self) -> Result<(), StoreError> {
+        Err(disk_full())
+    }
+}
+
+#[tokio::test]
+async fn a_store_that_cannot_write_gets_503_with_an_outcome() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let app = spawn_with_store(&config("", dir.path()), Arc::new(DiskFull)).await;
+
+    let answer = app
+        .deliver("default", fixture("v0.11-add-service-request.json"))
+        .await;
+    assert_eq!(answer.status, 503, "{}", answer.body);
+    assert_eq!(answer.content_type, FHIR_JSON);
+    assert_eq!(answer.body["issue"][0]["code"], "transient");
+    assert!(answer.diagnostics().contains("retry later"));
+    // The cause stays in the logs: the caller is not told about our disk.
+    assert!(!answer.diagnostics().contains("os error"));
+
+    let ready = app.get("/readyz").await;
+    assert_eq!(ready.status, 503);
+    assert_eq!(app.get("/healthz").await.status, 200);
+}

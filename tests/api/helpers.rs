@@ -1,0 +1,170 @@
+//! Test harness: the real server on 127.0.0.1:0 with a temp data dir, and typed helpers.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use referral_relay::app::Application;
+use referral_relay::config::{Config, Overrides};
+use referral_relay::store::{SledStore, Store};
+use serde_json::Value;
+use tempfile::TempDir;
+
+pub const FHIR_JSON: &str = "application/fhir+json";
+
+/// A running service and what the test needs to talk to it.
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub store: Arc<dyn Store>,
+    pub client: reqwest::Client,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    server: Option<tokio::task::JoinHandle<()>>,
+    _dir: Option<TempDir>,
+}
+
+/// The HTTP answer, read whole.
+pub struct Answer {
+    pub status: u16,
+    pub content_type: String,
+    pub body: Value,
+}
+
+/// Logs stay silent unless `TEST_LOG` is set.
+fn init_logs() {
+    if std::env::var_os("TEST_LOG").is_some() {
+        referral_relay::telemetry::init("debug");
+    }
+}
+
+/// Loads `toml` as the config file, listening on 127.0.0.1:0 with `data_dir`.
+pub fn config(toml: &str, data_dir: &Path) -> Config {
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), toml).unwrap();
+    let overrides = Overrides {
+        listen: Some("127.0.0.1:0".parse().unwrap()),
+        data_dir: Some(data_dir.to_path_buf()),
+    };
+    Config::load_with_env(Some(file.path()), &overrides, std::iter::empty()).unwrap()
+}
+
+/// The service on the built-in defaults (integration `default`, auth none).
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with("").await
+}
+
+/// The service with `toml` layered over the defaults, on the real sled store.
+pub async fn spawn_app_with(toml: &str) -> TestApp {
+    let dir = TempDir::new().unwrap();
+    let config = config(toml, dir.path());
+    let store: Arc<dyn Store> = Arc::new(SledStore::open(dir.path()).unwrap());
+    let mut app = spawn_with_store(&config, store).await;
+    app._dir = Some(dir);
+    app
+}
+
+/// The service with `config` and any store (tests pass failing ones).
+pub async fn spawn_with_store(config: &Config, store: Arc<dyn Store>) -> TestApp {
+    init_logs();
+    let app = Application::build_with_store(config, Arc::clone(&store))
+        .await
+        .unwrap();
+    let addr = app.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        app.run_until(async {
+            let _ = rx.await;
+        })
+        .await
+        .unwrap();
+    });
+    TestApp {
+        addr,
+        store,
+        client: reqwest::Client::new(),
+        shutdown: Some(tx),
+        server: Some(server),
+        _dir: None,
+    }
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// POSTs `body` to `path` with the given Content-Type (none when `None`).
+    pub async fn post(&self, path: &str, content_type: Option<&str>, body: Vec<u8>) -> Answer {
+        let mut request = self.client.post(self.url(path)).body(body);
+        if let Some(ct) = content_type {
+            request = request.header("content-type", ct);
+        }
+        answer(request.send().await.unwrap()).await
+    }
+
+    /// POSTs a message Bundle to the `$process-message` endpoint of `integration`.
+    pub async fn deliver(&self, integration: &str, body: Vec<u8>) -> Answer {
+        self.post(
+            &format!("/fhir/{integration}/$process-message"),
+            Some(FHIR_JSON),
+            body,
+        )
+        .await
+    }
+
+    pub async fn get(&self, path: &str) -> Answer {
+        answer(self.client.get(self.url(path)).send().await.unwrap()).await
+    }
+
+    /// Stops the server and waits for it to finish.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(server) = self.server.take() {
+            server.await.unwrap();
+        }
+    }
+}
+
+pub async fn answer(response: reqwest::Response) -> Answer {
+    let status = response.status().as_u16();
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    let bytes = response.bytes().await.unwrap();
+    let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    Answer {
+        status,
+        content_type,
+        body,
+    }
+}
+
+impl Answer {
+    /// The diagnostics of the first issue of an OperationOutcome body.
+    pub fn diagnostics(&self) -> &str {
+        assert_eq!(
+            self.body["resourceType"], "OperationOutcome",
+            "not an OperationOutcome: {}",
+            self.body
+        );
+        self.body["issue"][0]["diagnostics"].as_str().unwrap()
+    }
+
+    /// For a response message Bundle: its MessageHeader.
+    pub fn response_header(&self) -> &Value {
+        assert_eq!(
+            self.body["type"], "message",
+            "not a message Bundle: {}",
+            self.body
+        );
+        &self.body["entry"][0]["resource"]
+    }
+
+    /// For a response message Bundle: the diagnostics of its OperationOutcome entry, if any.
+    pub fn response_note(&self) -> Option<&str> {
+        self.body["entry"][1]["resource"]["issue"][0]["diagnostics"].as_str()
+    }
+}

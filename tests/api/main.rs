@@ -1,0 +1,10 @@
+//! Integration tests: one binary, the real server on a loopback socket, the real store on disk.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod crash;
+mod dedup;
+mod failures;
+mod fixtures;
+mod helpers;
+mod ingest;
+mod rejections;

@@ -1,0 +1,117 @@
+//! Bad input of every kind gets the right 4xx with an OperationOutcome, and nothing is stored.
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::fixtures::fixture;
+use crate::helpers::{Answer, FHIR_JSON, TestApp, spawn_app, spawn_app_with};
+
+async fn assert_nothing_stored(app: &TestApp) {
+    assert!(app.store.events_after(0, 10).await.unwrap().is_empty());
+}
+
+fn assert_outcome(answer: &Answer, status: u16, what: &str) {
+    assert_eq!(answer.status, status, "{what}: {}", answer.body);
+    assert_eq!(answer.content_type, FHIR_JSON, "{what}");
+    assert_eq!(answer.body["issue"][0]["severity"], "error", "{what}");
+    assert!(!answer.diagnostics().is_empty(), "{what}");
+}
+
+#[tokio::test]
+async fn every_bad_fixture_gets_its_4xx_with_a_diagnosis() {
+    let app = spawn_app().await;
+    // (file, status, words the diagnostics must contain)
+    let cases = [
+        ("bad/not-json.json", 400, "not valid JSON"),
+        ("bad/empty.json", 400, "empty"),
+        ("bad/deeply-nested.json", 400, "recursion limit"),
+        ("bad/invalid-utf8.json", 400, "not valid JSON"),
+        (
+            "bad/json-array.json",
+            422,
+            "a JSON array, not a FHIR Bundle",
+        ),
+        (
+            "bad/wrong-resource-type.json",
+            422,
+            "expected resourceType Bundle, got 'Patient'",
+        ),
+        (
+            "bad/bundle-not-message.json",
+            422,
+            "Bundle.type is 'transaction'",
+        ),
+        ("bad/no-message-header.json", 422, "no MessageHeader"),
+        ("bad/no-event-code.json", 422, "eventCoding.code"),
+        ("bad/no-referral-ref.json", 422, "no referral reference"),
+    ];
+    for (name, status, words) in cases {
+        let answer = app.deliver("default", fixture(name)).await;
+        assert_outcome(&answer, status, name);
+        assert!(
+            answer.diagnostics().contains(words),
+            "{name}: {}",
+            answer.diagnostics()
+        );
+    }
+    assert_nothing_stored(&app).await;
+    let health = app.get("/healthz").await;
+    assert_eq!(health.body["deliveries"]["rejected"], cases.len());
+}
+
+#[tokio::test]
+async fn a_body_over_the_limit_gets_413() {
+    let app = spawn_app_with("[server]\nmax_body_bytes = 4096\n").await;
+    let big = fixture("v0.11-add-service-request.json");
+    assert!(big.len() > 4096);
+    let answer = app.deliver("default", big).await;
+    assert_outcome(&answer, 413, "oversized");
+    assert!(answer.diagnostics().contains("4096"));
+
+    // Without a Content-Length (chunked), the limit holds as the body streams in.
+    let mut stream = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    let chunk = " ".repeat(3000);
+    let request = format!(
+        "POST /fhir/default/$process-message HTTP/1.1\r\nHost: relay\r\n\
+         Content-Type: application/fhir+json\r\nTransfer-Encoding: chunked\r\n\
+         Connection: close\r\n\r\n{len:x}\r\n{chunk}\r\n{len:x}\r\n{chunk}\r\n0\r\n\r\n",
+        len = chunk.len()
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await.unwrap();
+    let response = String::from_utf8_lossy(&response);
+    assert!(response.starts_with("HTTP/1.1 413"), "{response}");
+    assert!(response.contains("OperationOutcome"));
+    assert_nothing_stored(&app).await;
+}
+
+#[tokio::test]
+async fn the_content_type_must_be_fhir_json_or_json() {
+    let app = spawn_app().await;
+    let body = fixture("v0.11-add-service-request.json");
+    let answer = app
+        .post(
+            "/fhir/default/$process-message",
+            Some("text/plain"),
+            body.clone(),
+        )
+        .await;
+    assert_outcome(&answer, 400, "text/plain");
+    assert!(answer.diagnostics().contains("Content-Type"));
+    let answer = app.post("/fhir/default/$process-message", None, body).await;
+    assert_outcome(&answer, 400, "no content type");
+    assert!(answer.diagnostics().contains("Content-Type is missing"));
+    assert_nothing_stored(&app).await;
+}
+
+#[tokio::test]
+async fn an_unknown_integration_gets_404() {
+    let app = spawn_app().await;
+    let answer = app
+        .deliver("nobody", fixture("v0.11-add-service-request.json"))
+        .await;
+    assert_outcome(&answer, 404, "unknown integration");
+    assert!(answer.diagnostics().contains("'nobody'"));
+    assert_eq!(answer.body["issue"][0]["code"], "not-found");
+    assert_nothing_stored(&app).await;
+}
