@@ -1,1 +1,255 @@
-fn main() {}
+//! Ingest benchmark: durable acknowledgements per second and latency of the real service,
+//! beside a no-op axum handler (the HTTP ceiling of this machine) measured in the same run.
+//!
+//! `cargo bench --bench ingest` (set `BENCH_SECS` to change the time per measurement, default 5).
+//! Each request posts the ~30 KB v0.11 fixture with a fresh Bundle id and referral reference,
+//! so every one is a new stored, fsync'd version; the no-op handler reads the same bodies.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "../tests/api/fixtures.rs"]
+#[allow(dead_code)]
+mod fixtures;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::routing::post;
+use referral_relay::app::Application;
+use referral_relay::config::{Config, Overrides};
+use referral_relay::domain::{IntegrationName, ReferralRef};
+use referral_relay::fhir::parse_message;
+use referral_relay::store::{NewDelivery, ServiceAssignment, SledStore, Store, delivery_key};
+
+const CONCURRENCY: [usize; 3] = [1, 16, 64];
+
+/// Result of one measurement.
+struct Run {
+    requests: usize,
+    elapsed: Duration,
+    latencies: Vec<Duration>,
+}
+
+impl Run {
+    fn per_second(&self) -> f64 {
+        self.requests as f64 / self.elapsed.as_secs_f64()
+    }
+
+    fn percentile(&self, p: f64) -> Duration {
+        let mut sorted = self.latencies.clone();
+        sorted.sort();
+        let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+        sorted[index]
+    }
+}
+
+fn main() {
+    let seconds: u64 = std::env::var("BENCH_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(5);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(bench(Duration::from_secs(seconds)));
+}
+
+async fn bench(duration: Duration) {
+    let dir = tempfile::TempDir::new().unwrap();
+    let relay = start_relay(dir.path()).await;
+    let noop = start_noop().await;
+    let template = String::from_utf8(fixtures::fixture("v0.11-add-service-request.json")).unwrap();
+    let size = template.len();
+    let sequence = Arc::new(AtomicUsize::new(0));
+
+    println!(
+        "ingest: {size}-byte v0.11 Bundle, fresh Bundle id and referral per request, {}s per row",
+        duration.as_secs()
+    );
+    println!(
+        "{:<8} {:>11} {:>10} {:>10} {:>10} {:>9} {:>9} {:>9}",
+        "conc", "relay req/s", "p50 ms", "p99 ms", "noop req/s", "p50 ms", "p99 ms", "ratio"
+    );
+    for concurrency in CONCURRENCY {
+        // Warm both up (connections, allocator) before measuring.
+        load(
+            noop,
+            &template,
+            &sequence,
+            concurrency,
+            Duration::from_millis(300),
+        )
+        .await;
+        load(
+            relay,
+            &template,
+            &sequence,
+            concurrency,
+            Duration::from_millis(300),
+        )
+        .await;
+        let base = load(noop, &template, &sequence, concurrency, duration).await;
+        let real = load(relay, &template, &sequence, concurrency, duration).await;
+        println!(
+            "{:<8} {:>11.0} {:>10.2} {:>10.2} {:>10.0} {:>9.2} {:>9.2} {:>8.2}x",
+            concurrency,
+            real.per_second(),
+            ms(real.percentile(0.5)),
+            ms(real.percentile(0.99)),
+            base.per_second(),
+            ms(base.percentile(0.5)),
+            ms(base.percentile(0.99)),
+            real.per_second() / base.per_second(),
+        );
+    }
+    breakdown(&template, &sequence, duration).await;
+}
+
+/// Where the time goes: the FHIR layer alone, and the store alone (no HTTP), in the same run.
+async fn breakdown(template: &str, sequence: &Arc<AtomicUsize>, duration: Duration) {
+    let started = Instant::now();
+    let mut parsed = 0usize;
+    while started.elapsed() < duration {
+        let n = sequence.fetch_add(1, Ordering::Relaxed);
+        let body = fixtures::unique_v011(template, &format!("PARSE-{n}"), &format!("parse-{n}"));
+        std::hint::black_box(parse_message(&body).unwrap());
+        parsed += 1;
+    }
+    println!(
+        "parse:  {:.0} Bundles/s through the fhir layer alone (one core)",
+        parsed as f64 / started.elapsed().as_secs_f64()
+    );
+
+    let dir = tempfile::TempDir::new().unwrap();
+    let store = Arc::new(SledStore::open(dir.path()).unwrap());
+    let message = parse_message(template.as_bytes()).unwrap();
+    for concurrency in [1, 64] {
+        let stored = Arc::new(AtomicUsize::new(0));
+        let started = Instant::now();
+        let mut tasks = Vec::new();
+        for _ in 0..concurrency {
+            let (store, stored, sequence, message) = (
+                Arc::clone(&store),
+                Arc::clone(&stored),
+                Arc::clone(sequence),
+                message.clone(),
+            );
+            let template = template.to_owned();
+            tasks.push(tokio::spawn(async move {
+                while started.elapsed() < duration {
+                    let n = sequence.fetch_add(1, Ordering::Relaxed);
+                    let name = format!("STORE-{n}");
+                    let raw = fixtures::unique_v011(&template, &name, &format!("store-{n}"));
+                    let integration = IntegrationName::parse("default").unwrap();
+                    let delivery = NewDelivery {
+                        dedup_key: delivery_key(&integration, Some(&name), &raw),
+                        integration,
+                        referral: ReferralRef::parse(&name).unwrap(),
+                        service: ServiceAssignment::Unassigned,
+                        event: message.event.clone(),
+                        message_header_id: message.message_header_id.clone(),
+                        bundle_id: Some(name.clone()),
+                        raw: raw.into(),
+                        summary: message.summary.clone(),
+                        problems: Vec::new(),
+                        received_at: time::OffsetDateTime::now_utc(),
+                    };
+                    store.put_delivery(delivery).await.unwrap();
+                    stored.fetch_add(1, Ordering::Relaxed);
+                }
+            }));
+        }
+        for task in tasks {
+            task.await.unwrap();
+        }
+        println!(
+            "store:  {:.0} durable puts/s at concurrency {concurrency} (no HTTP, no parsing)",
+            stored.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64()
+        );
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// The real service on the real store, on 127.0.0.1:0.
+async fn start_relay(data_dir: &std::path::Path) -> SocketAddr {
+    let overrides = Overrides {
+        listen: Some("127.0.0.1:0".parse().unwrap()),
+        data_dir: Some(data_dir.to_path_buf()),
+    };
+    let config = Config::load_with_env(None, &overrides, std::iter::empty()).unwrap();
+    let store: Arc<dyn Store> = Arc::new(SledStore::open(data_dir).unwrap());
+    let app = Application::build_with_store(&config, store).await.unwrap();
+    let addr = app.local_addr().unwrap();
+    tokio::spawn(app.run_until(std::future::pending()));
+    addr
+}
+
+/// An axum handler that reads the body and answers 200: the ceiling for HTTP on this machine.
+async fn start_noop() -> SocketAddr {
+    async fn handler(body: Bytes) -> &'static str {
+        std::hint::black_box(body.len());
+        "{}"
+    }
+    let router = Router::new()
+        .route("/fhir/default/$process-message", post(handler))
+        .layer(axum::extract::DefaultBodyLimit::max(16 * 1024 * 1024));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    addr
+}
+
+/// `concurrency` clients posting fresh deliveries for `duration`; every answer must be 200.
+async fn load(
+    addr: SocketAddr,
+    template: &str,
+    sequence: &Arc<AtomicUsize>,
+    concurrency: usize,
+    duration: Duration,
+) -> Run {
+    let client = reqwest::Client::new();
+    let url = format!("http://{addr}/fhir/default/$process-message");
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let (client, url, template, sequence) = (
+            client.clone(),
+            url.clone(),
+            template.to_owned(),
+            Arc::clone(sequence),
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            while started.elapsed() < duration {
+                let n = sequence.fetch_add(1, Ordering::Relaxed);
+                let body =
+                    fixtures::unique_v011(&template, &format!("BENCH-{n}"), &format!("bench-{n}"));
+                let sent = Instant::now();
+                let response = client
+                    .post(&url)
+                    .header("content-type", "application/fhir+json")
+                    .body(body)
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(response.status().as_u16(), 200);
+                response.bytes().await.unwrap();
+                latencies.push(sent.elapsed());
+            }
+            latencies
+        }));
+    }
+    let mut latencies = Vec::new();
+    for task in tasks {
+        latencies.extend(task.await.unwrap());
+    }
+    Run {
+        requests: latencies.len(),
+        elapsed: started.elapsed(),
+        latencies,
+    }
+}
