@@ -150,6 +150,7 @@ async fn breakdown(template: &str, sequence: &Arc<AtomicUsize>, duration: Durati
                         event: message.event.clone(),
                         message_header_id: message.message_header_id.clone(),
                         bundle_id: Some(name.clone()),
+                        bundle_timestamp: message.timestamp.clone(),
                         raw: raw.into(),
                         summary: message.summary.clone(),
                         problems: Vec::new(),

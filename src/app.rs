@@ -46,6 +46,7 @@ pub struct AppState {
     pub store: Arc<dyn Store>,
     integrations: Arc<BTreeMap<String, Integration>>,
     pub max_body_bytes: usize,
+    pub body_timeout: Duration,
     pub counters: Arc<Counters>,
 }
 
@@ -68,6 +69,7 @@ impl AppState {
             store,
             integrations: Arc::new(integrations),
             max_body_bytes: config.server.max_body_bytes,
+            body_timeout: Duration::from_secs(config.server.body_timeout_secs),
             counters: Arc::default(),
         }
     }

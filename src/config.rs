@@ -39,6 +39,8 @@ pub struct ServerConfig {
     pub data_dir: PathBuf,
     /// Largest accepted request body in bytes; larger ones get 413.
     pub max_body_bytes: usize,
+    /// Bound on receiving one request body; slower uploads get 408.
+    pub body_timeout_secs: u64,
     /// Bound on draining in-flight requests at shutdown.
     pub shutdown_timeout_secs: u64,
 }

@@ -23,6 +23,12 @@ pub enum AppError {
     /// No such integration or resource: 404.
     #[error("{0}")]
     NotFound(String),
+    /// The route exists, the method does not: 405.
+    #[error("method not allowed here; the webhook takes POST")]
+    MethodNotAllowed,
+    /// The client took too long to send the body: 408.
+    #[error("the request body did not arrive within {secs} s")]
+    Timeout { secs: u64 },
     /// The body is larger than the configured limit: 413.
     #[error("the request body is larger than the limit of {limit} bytes")]
     PayloadTooLarge { limit: usize },
@@ -40,6 +46,8 @@ impl AppError {
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::Timeout { .. } => StatusCode::REQUEST_TIMEOUT,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -50,6 +58,8 @@ impl AppError {
         match self {
             Self::BadRequest(_) | Self::Unprocessable(_) => IssueCode::Invalid,
             Self::NotFound(_) => IssueCode::NotFound,
+            Self::MethodNotAllowed => IssueCode::NotSupported,
+            Self::Timeout { .. } => IssueCode::Timeout,
             Self::PayloadTooLarge { .. } => IssueCode::TooLong,
             Self::Unavailable(_) => IssueCode::Transient,
             Self::Internal(_) => IssueCode::Exception,

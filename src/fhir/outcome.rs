@@ -23,6 +23,8 @@ pub enum IssueCode {
     Login,
     /// The resource or integration was not found.
     NotFound,
+    /// The request took too long.
+    Timeout,
     /// Content too long.
     TooLong,
     /// The store or another dependency is unavailable.
@@ -43,6 +45,7 @@ impl IssueCode {
             Self::Login => "login",
             Self::NotFound => "not-found",
             Self::TooLong => "too-long",
+            Self::Timeout => "timeout",
             Self::Transient => "transient",
             Self::Exception => "exception",
             Self::Informational => "informational",

@@ -46,7 +46,11 @@ async fn receive(
         ))
     })?;
     check_media_type(&headers)?;
-    let body = read_body(body, state.max_body_bytes).await?;
+    let body = tokio::time::timeout(state.body_timeout, read_body(body, state.max_body_bytes))
+        .await
+        .map_err(|_| AppError::Timeout {
+            secs: state.body_timeout.as_secs(),
+        })??;
 
     let message = parse_message(&body).map_err(|e| {
         state.counters.rejected.fetch_add(1, Ordering::Relaxed);
@@ -90,6 +94,7 @@ async fn receive(
         event: message.event.clone(),
         message_header_id: message.message_header_id.clone(),
         bundle_id: message.bundle_id.clone(),
+        bundle_timestamp: message.timestamp.clone(),
         raw: body,
         summary: message.summary,
         problems: message.problems,

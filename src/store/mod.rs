@@ -47,6 +47,8 @@ pub struct NewDelivery {
     pub event: EventCode,
     pub message_header_id: Option<String>,
     pub bundle_id: Option<String>,
+    /// `Bundle.timestamp` as sent.
+    pub bundle_timestamp: Option<String>,
     /// The body exactly as received.
     pub raw: Bytes,
     pub summary: Summary,
@@ -111,6 +113,9 @@ pub struct VersionRecord {
     pub service_id: Option<ServiceId>,
     pub message_header_id: Option<String>,
     pub bundle_id: Option<String>,
+    /// `Bundle.timestamp` as sent.
+    #[serde(default)]
+    pub bundle_timestamp: Option<String>,
     #[serde(with = "time::serde::rfc3339")]
     pub received_at: OffsetDateTime,
     /// What this delivery alone said.

@@ -171,6 +171,7 @@ impl SledStore {
                         service_id: service_id.clone(),
                         message_header_id: d.message_header_id.clone(),
                         bundle_id: d.bundle_id.clone(),
+                        bundle_timestamp: d.bundle_timestamp.clone(),
                         received_at: d.received_at,
                         summary: d.summary.clone(),
                         problems: d.problems.clone(),

@@ -217,6 +217,10 @@ async fn the_v011_fixture_yields_every_summary_field() {
         v.bundle_id.as_deref(),
         Some("b0110000-0000-4000-8000-000000000001")
     );
+    assert_eq!(
+        v.bundle_timestamp.as_deref(),
+        Some("2026-11-02T09:15:27.123-05:00")
+    );
     assert!(v.problems.is_empty(), "{:?}", v.problems);
     assert_eq!(
         v.size,

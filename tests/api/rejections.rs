@@ -115,3 +115,35 @@ async fn an_unknown_integration_gets_404() {
     assert_eq!(answer.body["issue"][0]["code"], "not-found");
     assert_nothing_stored(&app).await;
 }
+
+#[tokio::test]
+async fn unknown_paths_and_methods_answer_with_an_outcome() {
+    let app = spawn_app().await;
+    let answer = app.get("/nowhere").await;
+    assert_outcome(&answer, 404, "unknown path");
+    assert!(answer.diagnostics().contains("/nowhere"));
+    let answer = app.get("/fhir/default/$process-message").await;
+    assert_outcome(&answer, 405, "GET on the webhook");
+}
+
+#[tokio::test]
+async fn a_stalled_body_gets_408_instead_of_holding_the_request() {
+    let app = spawn_app_with("[server]\nbody_timeout_secs = 1\n").await;
+    let mut stream = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    let head = "POST /fhir/default/$process-message HTTP/1.1\r\nHost: relay\r\n\
+                Content-Type: application/fhir+json\r\nContent-Length: 5000\r\n\r\n{\"res";
+    stream.write_all(head.as_bytes()).await.unwrap();
+    // Send nothing more: the relay gives up after the body timeout and says so.
+    let mut response = vec![0; 4096];
+    let n = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        stream.read(&mut response),
+    )
+    .await
+    .expect("the relay answered a stalled body")
+    .unwrap();
+    let response = String::from_utf8_lossy(&response[..n]);
+    assert!(response.starts_with("HTTP/1.1 408"), "{response}");
+    assert!(response.contains("did not arrive within 1 s"));
+    assert_nothing_stored(&app).await;
+}

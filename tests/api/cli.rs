@@ -1,0 +1,82 @@
+//! The real binary's configuration commands: layers, environment, errors naming keys.
+
+use std::process::{Command, Output};
+
+fn relay(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_referral-relay"));
+    command.args(args).env_remove("RELAY_CONFIG");
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    command.output().unwrap()
+}
+
+#[test]
+fn check_config_prints_the_defaults_with_no_config_at_all() {
+    let out = relay(&["check-config"], &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed: toml::Table = toml::from_str(&String::from_utf8(out.stdout).unwrap()).unwrap();
+    assert_eq!(printed["server"]["listen"].as_str(), Some("0.0.0.0:8080"));
+    assert_eq!(printed["server"]["data_dir"].as_str(), Some("./data"));
+    assert_eq!(
+        printed["server"]["max_body_bytes"].as_integer(),
+        Some(16_777_216)
+    );
+    assert_eq!(
+        printed["integrations"]["default"]["auth"]["scheme"].as_str(),
+        Some("none")
+    );
+}
+
+#[test]
+fn the_environment_overrides_the_file() {
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        file.path(),
+        "[server]\nlisten = \"127.0.0.1:7000\"\ndata_dir = \"/srv/relay\"\n\
+         [integrations.ocean]\nauth = { scheme = \"none\" }\n",
+    )
+    .unwrap();
+    let out = relay(
+        &["check-config", "--config", file.path().to_str().unwrap()],
+        &[("RELAY__SERVER__LISTEN", "127.0.0.1:7001")],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed: toml::Table = toml::from_str(&String::from_utf8(out.stdout).unwrap()).unwrap();
+    assert_eq!(printed["server"]["listen"].as_str(), Some("127.0.0.1:7001"));
+    assert_eq!(printed["server"]["data_dir"].as_str(), Some("/srv/relay"));
+    let integrations: Vec<&String> = printed["integrations"].as_table().unwrap().keys().collect();
+    assert_eq!(
+        integrations,
+        vec!["ocean"],
+        "the built-in default must be gone"
+    );
+}
+
+#[test]
+fn a_bad_environment_value_is_refused_naming_the_key() {
+    let out = relay(
+        &["check-config"],
+        &[("RELAY__SERVER__MAX_BODY_BYTES", "lots")],
+    );
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.to_lowercase().contains("server.max_body_bytes"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("RELAY__"), "{stderr}");
+
+    let out = relay(&["serve", "--config", "/nonexistent/relay.toml"], &[]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("/nonexistent/relay.toml"), "{stderr}");
+}
