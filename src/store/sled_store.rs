@@ -6,8 +6,8 @@
 //! - `referrals`:   referral ref → [`ReferralRecord`]
 //! - `by_service`:  service id (empty = unassigned) `\0` referral ref → ()
 //! - `versions`:    referral ref `\0` version (u64 BE) → [`VersionRecord`]
-//! - `payloads`:    same key → the bytes as received, LZ4-compressed behind a one-byte format tag
-//!                  (kept apart so listings do not read them)
+//! - `payloads`:    same key → the bytes as received, LZ4-compressed behind a format tag
+//!   (kept apart from `versions` so listings do not read them)
 //! - `deliveries`:  dedup key → (referral ref, version)
 //! - `events`:      seq (u64 BE) → [`EventRecord`]
 //! - `by_modified`: modified-at (µs, u64 BE) `\0` referral ref → ()
