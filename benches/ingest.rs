@@ -21,8 +21,10 @@ use axum::routing::post;
 use referral_relay::app::Application;
 use referral_relay::config::{Config, Overrides};
 use referral_relay::domain::{IntegrationName, ReferralRef};
-use referral_relay::fhir::parse_message;
-use referral_relay::store::{NewDelivery, ServiceAssignment, SledStore, Store, delivery_key};
+use referral_relay::fhir::{Parsed, parse_message};
+use referral_relay::store::{
+    NewDelivery, ServiceAssignment, SledStore, Store, delivery_key, sha256_hex,
+};
 
 const CONCURRENCY: [usize; 3] = [1, 16, 64];
 
@@ -113,7 +115,7 @@ async fn breakdown(template: &str, sequence: &Arc<AtomicUsize>, duration: Durati
     while started.elapsed() < duration {
         let n = sequence.fetch_add(1, Ordering::Relaxed);
         let body = fixtures::unique_v011(template, &format!("PARSE-{n}"), &format!("parse-{n}"));
-        std::hint::black_box(parse_message(&body).unwrap());
+        std::hint::black_box(parse_message(&body, |_| true).unwrap());
         parsed += 1;
     }
     println!(
@@ -123,7 +125,9 @@ async fn breakdown(template: &str, sequence: &Arc<AtomicUsize>, duration: Durati
 
     let dir = tempfile::TempDir::new().unwrap();
     let store = Arc::new(SledStore::open(dir.path()).unwrap());
-    let message = parse_message(template.as_bytes()).unwrap();
+    let Parsed::Message(message) = parse_message(template.as_bytes(), |_| true).unwrap() else {
+        unreachable!("every event is accepted")
+    };
     for concurrency in [1, 64] {
         let stored = Arc::new(AtomicUsize::new(0));
         let started = Instant::now();
@@ -133,7 +137,7 @@ async fn breakdown(template: &str, sequence: &Arc<AtomicUsize>, duration: Durati
                 Arc::clone(&store),
                 Arc::clone(&stored),
                 Arc::clone(sequence),
-                message.clone(),
+                (*message).clone(),
             );
             let template = template.to_owned();
             tasks.push(tokio::spawn(async move {
@@ -143,7 +147,8 @@ async fn breakdown(template: &str, sequence: &Arc<AtomicUsize>, duration: Durati
                     let raw = fixtures::unique_v011(&template, &name, &format!("store-{n}"));
                     let integration = IntegrationName::parse("default").unwrap();
                     let delivery = NewDelivery {
-                        dedup_key: delivery_key(&integration, Some(&name), &raw),
+                        sha256: sha256_hex(&raw),
+                        dedup_key: delivery_key(&integration, Some(&name), &sha256_hex(&raw)),
                         integration,
                         referral: ReferralRef::parse(&name).unwrap(),
                         service: ServiceAssignment::Unassigned,

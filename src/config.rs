@@ -11,7 +11,7 @@ use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Deserializer, Serialize};
 
-use crate::domain::{EventCode, IntegrationName, ServiceId};
+use crate::domain::{EventCode, IntegrationName, ServiceId, redact_quoted};
 
 /// The documented defaults, built into the binary as the base layer.
 pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
@@ -160,13 +160,9 @@ impl Config {
             figment = figment.merge(Serialized::default("server.data_dir", dir));
         }
 
-        let config: Config = figment.extract().map_err(|e| {
-            // figment prefixes keys with its profile name; operators know them without it.
-            anyhow::anyhow!(
-                "invalid configuration: {}",
-                e.to_string().replace("\"default.", "\"")
-            )
-        })?;
+        let config: Config = figment
+            .extract()
+            .map_err(|e| anyhow::anyhow!("invalid configuration: {}", describe(&e)))?;
         config.validate()?;
         Ok(config)
     }
@@ -193,6 +189,29 @@ impl Config {
     pub fn to_redacted_toml(&self) -> anyhow::Result<String> {
         toml::to_string_pretty(self).context("cannot print the configuration")
     }
+}
+
+/// A figment error without the value it quotes (it may be a secret), with the key shown as
+/// operators write it (figment prefixes its profile name, `default.`).
+fn describe(error: &figment::Error) -> String {
+    let text = error.to_string();
+    let Some(start) = text.find("for key \"") else {
+        return redact_quoted(&text);
+    };
+    let key_start = start + "for key \"".len();
+    let Some(key_len) = text[key_start..].find('"') else {
+        return redact_quoted(&text);
+    };
+    let key = &text[key_start..key_start + key_len];
+    let key = key
+        .strip_prefix("default.")
+        .unwrap_or(key)
+        .to_ascii_lowercase();
+    format!(
+        "{}for key {key}{}",
+        redact_quoted(&text[..start]),
+        redact_quoted(&text[key_start + key_len + 1..])
+    )
 }
 
 /// External Service IDs are often numeric; an environment variable `12345` arrives as a number.
@@ -257,7 +276,12 @@ mod tests {
     #[test]
     fn errors_name_the_offending_key() {
         let e = load(Some("[server]\nmax_body_bytes = \"lots\"\n"), &[]).unwrap_err();
-        assert!(e.to_string().contains("server.max_body_bytes"), "{e}");
+        assert!(
+            e.to_string().contains("for key server.max_body_bytes"),
+            "{e}"
+        );
+        // The offending value is not repeated: for a secret key it would be the secret.
+        assert!(!e.to_string().contains("lots"), "{e}");
         let e = load(Some("[server]\nlisten = \"nowhere\"\n"), &[]).unwrap_err();
         assert!(e.to_string().contains("server.listen"), "{e}");
         let e = load(

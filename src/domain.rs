@@ -20,6 +20,45 @@ pub enum InvalidId {
     BadCharacter { kind: &'static str },
 }
 
+/// True for short tokens made of ASCII letters, digits, `-`, `_` and `.`: the shape of a FHIR
+/// code or a configured name. Only such tokens from a request are echoed in error messages.
+pub fn is_code_like(token: &str) -> bool {
+    !token.is_empty()
+        && token.len() <= 64
+        && token
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+/// An error message (serde's, figment's) with the values it quotes removed: `"..."` strings become
+/// `"…"`, and `` `...` `` spans survive only when they look like a code (an unknown status is
+/// worth seeing; a name, a date or a secret is not).
+pub fn redact_quoted(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(start) = rest.find(['"', '`']) {
+        let quote = rest[start..].chars().next().unwrap_or('"');
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 1..];
+        let Some(len) = after.find(quote) else {
+            out.push(quote);
+            out.push('…');
+            return out;
+        };
+        let inner = &after[..len];
+        out.push(quote);
+        out.push_str(if quote == '`' && is_code_like(inner) {
+            inner
+        } else {
+            "…"
+        });
+        out.push(quote);
+        rest = &after[len + 1..];
+    }
+    out.push_str(rest);
+    out
+}
+
 /// Checks the rules every identifier shares: trimmed, non-empty, bounded, no control characters
 /// (which also keeps the NUL byte that separates key parts out of every key).
 fn check_text(kind: &'static str, value: &str, max: usize) -> Result<String, InvalidId> {
@@ -38,6 +77,9 @@ fn check_text(kind: &'static str, value: &str, max: usize) -> Result<String, Inv
 
 macro_rules! text_id {
     ($(#[$doc:meta])* $name:ident, $kind:literal, $max:literal) => {
+        text_id!($(#[$doc])* $name, $kind, $max, |_: &str| true);
+    };
+    ($(#[$doc:meta])* $name:ident, $kind:literal, $max:literal, $allowed:expr) => {
         $(#[$doc])*
         #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
         #[serde(transparent)]
@@ -46,7 +88,11 @@ macro_rules! text_id {
         impl $name {
             /// Checks `value` and wraps it; surrounding white space is dropped.
             pub fn parse(value: &str) -> Result<Self, InvalidId> {
-                check_text($kind, value, $max).map(Self)
+                let value = check_text($kind, value, $max)?;
+                if !($allowed)(value.as_str()) {
+                    return Err(InvalidId::BadCharacter { kind: $kind });
+                }
+                Ok(Self(value))
             }
 
             pub fn as_str(&self) -> &str {
@@ -90,41 +136,26 @@ text_id!(
     128
 );
 
-/// The name of a configured integration; it appears in the webhook URL, so it is restricted to
-/// URL-safe characters.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-#[serde(transparent)]
-pub struct IntegrationName(String);
+text_id!(
+    /// The name of a configured integration; it appears in the webhook URL, so it is restricted
+    /// to URL-safe characters.
+    IntegrationName,
+    "integration name",
+    64,
+    |v: &str| v.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+);
 
-impl IntegrationName {
-    pub fn parse(value: &str) -> Result<Self, InvalidId> {
-        const KIND: &str = "integration name";
-        let value = check_text(KIND, value, 64)?;
-        if !value
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-        {
-            return Err(InvalidId::BadCharacter { kind: KIND });
-        }
-        Ok(Self(value))
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Display for IntegrationName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl<'de> Deserialize<'de> for IntegrationName {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let raw = String::deserialize(d)?;
-        Self::parse(&raw).map_err(serde::de::Error::custom)
-    }
+/// Which parts of the summary a delivery carried. When a referral is updated, a part the new
+/// delivery carried replaces the earlier one whole (an Appointment without a start clears the
+/// start); a part it did not carry keeps its earlier values.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Carried {
+    pub service_request: bool,
+    pub task: bool,
+    pub appointment: bool,
+    pub patient: bool,
+    pub referrer: bool,
+    pub recipient: bool,
 }
 
 /// What one delivery says about its referral: the fields the API lists and the CSV export needs.
@@ -133,6 +164,9 @@ impl<'de> Deserialize<'de> for IntegrationName {
 /// when a referral is updated, fields a newer delivery leaves out keep their earlier value.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Summary {
+    /// Which parts this summary's source carried (for a referral: any of its versions).
+    #[serde(default)]
+    pub carried: Carried,
     pub service_request_status: Option<String>,
     pub task_status: Option<String>,
     pub task_status_reason: Option<String>,
@@ -153,37 +187,51 @@ pub struct Summary {
 }
 
 impl Summary {
-    /// Fills the fields `self` lacks from `earlier`, so an update that omits, say, the Patient
-    /// does not erase the name an earlier delivery gave.
+    /// Completes a newer delivery's summary with what `earlier` knew, part by part: a part the
+    /// newer one did not carry is taken from `earlier` whole.
     pub fn fill_from(&mut self, earlier: &Summary) {
-        fn keep(new: &mut Option<String>, old: &Option<String>) {
-            if new.is_none() {
-                new.clone_from(old);
-            }
-        }
-        keep(
-            &mut self.service_request_status,
-            &earlier.service_request_status,
-        );
-        keep(&mut self.task_status, &earlier.task_status);
-        keep(&mut self.task_status_reason, &earlier.task_status_reason);
-        keep(&mut self.appointment_status, &earlier.appointment_status);
-        keep(&mut self.appointment_start, &earlier.appointment_start);
-        keep(&mut self.authored_on, &earlier.authored_on);
-        keep(&mut self.patient_name, &earlier.patient_name);
-        keep(&mut self.patient_phone, &earlier.patient_phone);
-        keep(&mut self.patient_email, &earlier.patient_email);
-        keep(&mut self.referrer_name, &earlier.referrer_name);
-        keep(
-            &mut self.referrer_professional_id,
-            &earlier.referrer_professional_id,
-        );
-        keep(&mut self.referring_site, &earlier.referring_site);
-        keep(&mut self.recipient_listing, &earlier.recipient_listing);
-        keep(&mut self.description, &earlier.description);
-        if self.notes.is_empty() {
+        let (new, old) = (self.carried, earlier.carried);
+        if !new.service_request {
+            self.service_request_status
+                .clone_from(&earlier.service_request_status);
+            self.authored_on.clone_from(&earlier.authored_on);
+            self.description.clone_from(&earlier.description);
             self.notes.clone_from(&earlier.notes);
         }
+        if !new.task {
+            self.task_status.clone_from(&earlier.task_status);
+            self.task_status_reason
+                .clone_from(&earlier.task_status_reason);
+        }
+        if !new.appointment {
+            self.appointment_status
+                .clone_from(&earlier.appointment_status);
+            self.appointment_start
+                .clone_from(&earlier.appointment_start);
+        }
+        if !new.patient {
+            self.patient_name.clone_from(&earlier.patient_name);
+            self.patient_phone.clone_from(&earlier.patient_phone);
+            self.patient_email.clone_from(&earlier.patient_email);
+        }
+        if !new.referrer {
+            self.referrer_name.clone_from(&earlier.referrer_name);
+            self.referrer_professional_id
+                .clone_from(&earlier.referrer_professional_id);
+            self.referring_site.clone_from(&earlier.referring_site);
+        }
+        if !new.recipient {
+            self.recipient_listing
+                .clone_from(&earlier.recipient_listing);
+        }
+        self.carried = Carried {
+            service_request: new.service_request || old.service_request,
+            task: new.task || old.task,
+            appointment: new.appointment || old.appointment,
+            patient: new.patient || old.patient,
+            referrer: new.referrer || old.referrer,
+            recipient: new.recipient || old.recipient,
+        };
     }
 }
 
@@ -214,20 +262,61 @@ mod tests {
     }
 
     #[test]
-    fn an_update_keeps_fields_it_does_not_carry() {
+    fn an_update_replaces_the_parts_it_carries_and_keeps_the_others() {
         let earlier = Summary {
+            carried: Carried {
+                patient: true,
+                task: true,
+                appointment: true,
+                ..Carried::default()
+            },
             patient_name: Some("A".into()),
             task_status: Some("requested".into()),
-            notes: vec!["n".into()],
+            task_status_reason: Some("triage".into()),
+            appointment_status: Some("booked".into()),
+            appointment_start: Some("2026-12-03T14:30:00-05:00".into()),
             ..Summary::default()
         };
         let mut newer = Summary {
+            carried: Carried {
+                task: true,
+                appointment: true,
+                ..Carried::default()
+            },
             task_status: Some("accepted".into()),
+            appointment_status: Some("proposed".into()),
             ..Summary::default()
         };
         newer.fill_from(&earlier);
         assert_eq!(newer.patient_name.as_deref(), Some("A"));
         assert_eq!(newer.task_status.as_deref(), Some("accepted"));
-        assert_eq!(newer.notes, vec!["n".to_string()]);
+        // Carried parts are replaced whole: no stale reason, no start of a cancelled booking.
+        assert_eq!(newer.task_status_reason, None);
+        assert_eq!(newer.appointment_status.as_deref(), Some("proposed"));
+        assert_eq!(newer.appointment_start, None);
+        assert!(newer.carried.patient && newer.carried.task && !newer.carried.referrer);
+    }
+
+    #[test]
+    fn code_like_tokens() {
+        assert!(is_code_like("add-service-request"));
+        assert!(is_code_like("Patient"));
+        assert!(!is_code_like(""));
+        assert!(!is_code_like("<script>"));
+        assert!(!is_code_like("Avery Testpatient"));
+        assert!(!is_code_like(&"a".repeat(65)));
+    }
+    #[test]
+    fn problems_keep_codes_and_drop_payload_values() {
+        assert_eq!(
+            redact_quoted("unknown variant `pending-review`, expected one of `active`"),
+            "unknown variant `pending-review`, expected one of `active`"
+        );
+        assert_eq!(
+            redact_quoted("invalid type: string \"Avery Testpatient\", expected u32"),
+            "invalid type: string \"…\", expected u32"
+        );
+        assert_eq!(redact_quoted("bad `Jane Doe` here"), "bad `…` here");
+        assert_eq!(redact_quoted("open \"quote"), "open \"…");
     }
 }

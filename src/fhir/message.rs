@@ -16,7 +16,9 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use super::json;
-use crate::domain::{EventCode, ReferralRef, ServiceId, Summary};
+use crate::domain::{
+    Carried, EventCode, ReferralRef, ServiceId, Summary, is_code_like, redact_quoted,
+};
 
 /// The v0.11 extension holding the referral reference as an Identifier.
 const EXT_REFERRAL_IDENTIFIER: &str = "/ext-referral-identifier";
@@ -44,19 +46,41 @@ pub enum ParseError {
 pub struct ParsedMessage {
     pub event: EventCode,
     pub referral: ReferralRef,
-    /// The External Service ID the message names, if it names one.
+    /// The External Service ID the message names, if it names a valid one.
     pub service_id: Option<ServiceId>,
-    /// `MessageHeader.id`, or the UUID of its `fullUrl` when the resource has no id.
+    /// `MessageHeader.id`, or the id in its `fullUrl` when the resource has none.
     pub message_header_id: Option<String>,
     pub bundle_id: Option<String>,
     pub timestamp: Option<String>,
     pub summary: Summary,
     /// Resources that did not conform and were read leniently; kept on the stored version.
+    /// They name the resource and the rule broken, with quoted payload values removed.
     pub problems: Vec<String>,
 }
 
-/// Parses and checks a message Bundle.
-pub fn parse_message(body: &[u8]) -> Result<ParsedMessage, ParseError> {
+/// The outcome of reading a message Bundle.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Parsed {
+    /// A message with an accepted event code, ready to store.
+    Message(Box<ParsedMessage>),
+    /// A readable message whose event code the caller does not accept; nothing else was
+    /// required of it (an ignored message without a referral reference is still acknowledged).
+    Ignored {
+        event: EventCode,
+        message_header_id: Option<String>,
+    },
+}
+
+/// JSON nesting allowed before typed reading. serde_json stops at 128 levels; fhir-sdk's
+/// recursive types use far more stack per level than a `Value` does, so the relay refuses
+/// deeper documents before reading them (real FHIR messages stay well under 30).
+pub const MAX_DEPTH: usize = 64;
+
+/// Parses and checks a message Bundle; `accepts` says which event codes the caller stores.
+pub fn parse_message(
+    body: &[u8],
+    accepts: impl Fn(&EventCode) -> bool,
+) -> Result<Parsed, ParseError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(ParseError::Malformed("the request body is empty".into()));
     }
@@ -64,6 +88,11 @@ pub fn parse_message(body: &[u8]) -> Result<ParsedMessage, ParseError> {
     // the stack; that refusal is reported like any other unreadable body.
     let root: Value = serde_json::from_slice(body)
         .map_err(|e| ParseError::Malformed(format!("the body is not valid JSON: {e}")))?;
+    if depth(&root) > MAX_DEPTH {
+        return Err(ParseError::Malformed(format!(
+            "the JSON nests deeper than {MAX_DEPTH} levels"
+        )));
+    }
     let bundle = Bundle::new(&root)?;
 
     let mut problems = Vec::new();
@@ -79,6 +108,16 @@ pub fn parse_message(body: &[u8]) -> Result<ParsedMessage, ParseError> {
             EventCode::parse(code)
                 .map_err(|e| ParseError::Unusable(format!("MessageHeader.eventCoding.code: {e}")))
         })?;
+    let message_header_id = header
+        .id
+        .clone()
+        .or_else(|| header_entry.full_url.and_then(id_of_full_url));
+    if !accepts(&event) {
+        return Ok(Parsed::Ignored {
+            event,
+            message_header_id,
+        });
+    }
 
     let service_request_entry = header
         .focus
@@ -114,42 +153,46 @@ pub fn parse_message(body: &[u8]) -> Result<ParsedMessage, ParseError> {
                 .map_err(|e| ParseError::Unusable(format!("referral reference: {e}")))
         })?;
 
-    // The directory listing the referral was sent to: the destination's receiver, else the
+    // The directory listing the referral was sent to: a destination's receiver, else the
     // ServiceRequest's performer.
     let target = header
-        .receiver
+        .receivers
         .iter()
         .chain(&service_request.performer)
         .filter_map(|r| bundle.resolve(r))
         .find(|e| e.kind == "PractitionerRole")
         .map(|e| read(e, &mut problems, role_typed, role_json));
+    // The External Service ID: the target's identifier, then any destination receiver's; an
+    // invalid candidate (blank, control characters) falls through to the next.
     let service_id = target
-        .as_ref()
-        .and_then(|t| t.service_id.as_deref())
-        .or(header.receiver_service_id.as_deref())
-        .and_then(|s| ServiceId::parse(s).ok());
+        .iter()
+        .filter_map(|t| t.service_id.as_deref())
+        .chain(header.receiver_service_ids.iter().map(String::as_str))
+        .find_map(|s| ServiceId::parse(s).ok());
 
-    let patient = service_request
+    let patient_entry = service_request
         .subject
         .as_deref()
         .and_then(|r| bundle.resolve(r))
         .filter(|e| e.kind == "Patient")
-        .or_else(|| bundle.first("Patient"))
+        .or_else(|| bundle.first("Patient"));
+    let patient = patient_entry
         .map(|e| read(e, &mut problems, patient_typed, patient_json))
         .unwrap_or_default();
-    let task = bundle
-        .first("Task")
+    let task_entry = bundle.first("Task");
+    let task = task_entry
         .map(|e| read(e, &mut problems, task_typed, task_json))
         .unwrap_or_default();
-    let appointment = bundle
-        .first("Appointment")
+    let appointment_entry = bundle.first("Appointment");
+    let appointment = appointment_entry
         .map(|e| read(e, &mut problems, appointment_typed, appointment_json))
         .unwrap_or_default();
-    let referrer = service_request
+    let referrer_entry = service_request
         .requester
         .iter()
         .chain(&header.sender)
-        .find_map(|r| bundle.resolve(r))
+        .find_map(|r| bundle.resolve(r));
+    let referrer = referrer_entry
         .map(|e| referrer(&bundle, e, &mut problems))
         .unwrap_or_default();
 
@@ -163,6 +206,14 @@ pub fn parse_message(body: &[u8]) -> Result<ParsedMessage, ParseError> {
         });
 
     let summary = Summary {
+        carried: Carried {
+            service_request: service_request_entry.is_some(),
+            task: task_entry.is_some(),
+            appointment: appointment_entry.is_some(),
+            patient: patient_entry.is_some(),
+            referrer: referrer_entry.is_some(),
+            recipient: recipient_listing.is_some(),
+        },
         service_request_status: service_request.status,
         task_status: task.status,
         task_status_reason: task.status_reason,
@@ -180,20 +231,41 @@ pub fn parse_message(body: &[u8]) -> Result<ParsedMessage, ParseError> {
         notes: service_request.notes,
     };
 
-    Ok(ParsedMessage {
+    Ok(Parsed::Message(Box::new(ParsedMessage {
         event,
         referral,
         service_id,
-        message_header_id: header.id.or_else(|| {
-            header_entry
-                .full_url
-                .map(|u| u.strip_prefix("urn:uuid:").unwrap_or(u).to_owned())
-        }),
+        message_header_id,
         bundle_id: json::str_at(&root, &["id"]).map(str::to_owned),
         timestamp: json::str_at(&root, &["timestamp"]).map(str::to_owned),
         summary,
         problems,
-    })
+    })))
+}
+
+/// How deeply `value` nests, counted without recursion.
+fn depth(value: &Value) -> usize {
+    let mut deepest = 0;
+    let mut stack = vec![(value, 1)];
+    while let Some((v, level)) = stack.pop() {
+        deepest = deepest.max(level);
+        match v {
+            Value::Array(items) => stack.extend(items.iter().map(|i| (i, level + 1))),
+            Value::Object(fields) => stack.extend(fields.values().map(|f| (f, level + 1))),
+            _ => {}
+        }
+    }
+    deepest
+}
+
+/// The id a MessageHeader's `fullUrl` stands for: the UUID of `urn:uuid:X` or a bare `X`, or
+/// the last segment of a RESTful URL (`.../MessageHeader/id`).
+fn id_of_full_url(url: &str) -> Option<String> {
+    let id = match type_and_id_tail(url) {
+        Some((_, tail)) => tail.rsplit('/').next().unwrap_or(tail),
+        None => normalise_uuid(url),
+    };
+    (!id.trim().is_empty()).then(|| id.to_owned())
 }
 
 /// One `Bundle.entry` with a resource.
@@ -327,7 +399,7 @@ fn type_and_id_tail(url: &str) -> Option<(&str, &str)> {
 /// Echoes a short sender-chosen token (a resourceType, a Bundle.type) only when it looks like a
 /// code, so error messages never carry arbitrary payload text.
 fn printable(code: &str) -> String {
-    if code.len() <= 64 && code.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+    if is_code_like(code) {
         format!("'{code}'")
     } else {
         "an unrecognised value".into()
@@ -346,8 +418,9 @@ fn read<T: DeserializeOwned, V>(
         Err(e) => {
             let at = entry.full_url.unwrap_or("(no fullUrl)");
             problems.push(format!(
-                "{} {at} does not conform to FHIR R4 ({e}); its fields were read leniently",
-                entry.kind
+                "{} {at} does not conform to FHIR R4 ({}); its fields were read leniently",
+                entry.kind,
+                redact_quoted(&e.to_string())
             ));
             lenient(entry.resource)
         }
@@ -393,13 +466,15 @@ fn as_text<T: serde::Serialize>(value: &T) -> Option<String> {
     }
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, PartialEq, Eq)]
 struct HeaderView {
     id: Option<String>,
     event: Option<String>,
     referral: Option<String>,
-    receiver: Option<String>,
-    receiver_service_id: Option<String>,
+    /// `destination[].receiver.reference`, in order.
+    receivers: Vec<String>,
+    /// `destination[].receiver.identifier.value` where the system is the External Service ID's.
+    receiver_service_ids: Vec<String>,
     receiver_display: Option<String>,
     destination_name: Option<String>,
     focus: Vec<String>,
@@ -418,8 +493,11 @@ fn header_typed(h: &MessageHeader) -> HeaderView {
             _ => None,
         }
     }
-    let destination = h.destination.iter().flatten().next();
-    let receiver = destination.and_then(|d| d.receiver.as_ref());
+    let destinations: Vec<_> = h.destination.iter().flatten().collect();
+    let receivers: Vec<&Reference> = destinations
+        .iter()
+        .filter_map(|d| d.receiver.as_ref())
+        .collect();
     HeaderView {
         id: h.id.clone(),
         event: match &h.event {
@@ -427,17 +505,26 @@ fn header_typed(h: &MessageHeader) -> HeaderView {
             MessageHeaderEvent::Uri(_) => None,
         },
         referral: h.extension.iter().find_map(referral),
-        receiver: receiver.and_then(|r| r.reference.clone()),
-        receiver_service_id: receiver
-            .and_then(|r| r.identifier.as_ref())
+        receivers: receivers
+            .iter()
+            .filter_map(|r| r.reference.clone())
+            .collect(),
+        receiver_service_ids: receivers
+            .iter()
+            .filter_map(|r| r.identifier.as_ref())
             .filter(|i| {
                 i.system
                     .as_deref()
                     .is_some_and(|s| s.ends_with(SYS_EXTERNAL_SERVICE))
             })
-            .and_then(|i| i.value.clone()),
-        receiver_display: non_empty(receiver.and_then(|r| r.display.as_deref())),
-        destination_name: non_empty(destination.and_then(|d| d.name.as_deref())),
+            .filter_map(|i| i.value.clone())
+            .collect(),
+        receiver_display: receivers
+            .iter()
+            .find_map(|r| non_empty(r.display.as_deref())),
+        destination_name: destinations
+            .iter()
+            .find_map(|d| non_empty(d.name.as_deref())),
         focus: references(&h.focus),
         sender: h
             .sender
@@ -458,30 +545,38 @@ fn header_json(h: &Value) -> HeaderView {
             None
         }
     });
-    let destination = json::items(h, "destination").next();
-    let receiver = destination.and_then(|d| d.get("receiver"));
+    let receivers: Vec<&Value> = json::items(h, "destination")
+        .filter_map(|d| d.get("receiver"))
+        .collect();
     HeaderView {
         id: json::str_at(h, &["id"]).map(str::to_owned),
         event: json::str_at(h, &["eventCoding", "code"]).map(str::to_owned),
         referral: referral.map(str::to_owned),
-        receiver: receiver
-            .and_then(|r| json::str_at(r, &["reference"]))
-            .map(str::to_owned),
-        receiver_service_id: receiver
-            .and_then(|r| r.get("identifier"))
+        receivers: receivers
+            .iter()
+            .filter_map(|r| json::str_at(r, &["reference"]))
+            .map(str::to_owned)
+            .collect(),
+        receiver_service_ids: receivers
+            .iter()
+            .filter_map(|r| r.get("identifier"))
             .filter(|i| {
                 json::str_at(i, &["system"]).is_some_and(|s| s.ends_with(SYS_EXTERNAL_SERVICE))
             })
-            .and_then(|i| json::str_at(i, &["value"]))
-            .map(str::to_owned),
-        receiver_display: non_empty(receiver.and_then(|r| json::str_at(r, &["display"]))),
-        destination_name: non_empty(destination.and_then(|d| json::str_at(d, &["name"]))),
+            .filter_map(|i| json::str_at(i, &["value"]))
+            .map(str::to_owned)
+            .collect(),
+        receiver_display: receivers
+            .iter()
+            .find_map(|r| non_empty(json::str_at(r, &["display"]))),
+        destination_name: json::items(h, "destination")
+            .find_map(|d| non_empty(json::str_at(d, &["name"]))),
         focus: json_references(h, "focus"),
         sender: json_reference(h, "sender").or_else(|| json_reference(h, "author")),
     }
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, PartialEq, Eq)]
 struct ServiceRequestView {
     status: Option<String>,
     referral: Option<String>,
@@ -544,7 +639,7 @@ fn service_request_json(s: &Value) -> ServiceRequestView {
     }
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, PartialEq, Eq)]
 struct TaskView {
     status: Option<String>,
     status_reason: Option<String>,
@@ -567,7 +662,7 @@ fn task_json(t: &Value) -> TaskView {
     }
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, PartialEq, Eq)]
 struct AppointmentView {
     status: Option<String>,
     start: Option<String>,
@@ -587,7 +682,7 @@ fn appointment_json(a: &Value) -> AppointmentView {
     }
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, PartialEq, Eq)]
 struct PatientView {
     name: Option<String>,
     phone: Option<String>,
@@ -658,7 +753,7 @@ fn patient_json(p: &Value) -> PatientView {
     }
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, PartialEq, Eq)]
 struct RoleView {
     service_id: Option<String>,
     practitioner: Option<String>,
@@ -752,6 +847,14 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    /// Parses accepting every event code.
+    fn accepted(body: &[u8]) -> Result<ParsedMessage, ParseError> {
+        match parse_message(body, |_| true)? {
+            Parsed::Message(m) => Ok(*m),
+            Parsed::Ignored { .. } => unreachable!("every event is accepted"),
+        }
+    }
+
     fn bundle(entries: Value) -> Vec<u8> {
         serde_json::to_vec(&json!({
             "resourceType": "Bundle", "id": "b1", "type": "message", "entry": entries
@@ -791,7 +894,7 @@ mod tests {
                 "resourceType": "Patient", "id": "p1", "name": [{"family": "Doe", "given": ["Sam"]}]
             }}
         ]));
-        let m = parse_message(&body).unwrap();
+        let m = accepted(&body).unwrap();
         assert_eq!(m.referral.as_str(), "R-1");
         assert_eq!(m.service_id.unwrap().as_str(), "SVC-1");
         assert_eq!(m.summary.patient_name.as_deref(), Some("Doe, Sam"));
@@ -813,7 +916,7 @@ mod tests {
                 "statusReason": {"text": "thinking"}
             }}
         ]));
-        let m = parse_message(&body).unwrap();
+        let m = accepted(&body).unwrap();
         assert_eq!(m.referral.as_str(), "R-2");
         assert_eq!(m.summary.task_status.as_deref(), Some("mulling-it-over"));
         assert_eq!(m.summary.task_status_reason.as_deref(), Some("thinking"));
@@ -825,20 +928,17 @@ mod tests {
     fn unusable_bundles_name_what_is_missing() {
         let no_ref = bundle(json!([{"fullUrl": "urn:uuid:a", "resource": header(json!({}))}]));
         assert!(
-            matches!(parse_message(&no_ref), Err(ParseError::Unusable(m)) if m.starts_with("no referral reference"))
+            matches!(accepted(&no_ref), Err(ParseError::Unusable(m)) if m.starts_with("no referral reference"))
         );
         assert_eq!(
-            parse_message(b"{\"resourceType\": \"Patient\"}"),
+            accepted(b"{\"resourceType\": \"Patient\"}"),
             Err(ParseError::Unusable(
                 "expected resourceType Bundle, got 'Patient'".into()
             ))
         );
+        assert!(matches!(accepted(b"  "), Err(ParseError::Malformed(_))));
         assert!(matches!(
-            parse_message(b"  "),
-            Err(ParseError::Malformed(_))
-        ));
-        assert!(matches!(
-            parse_message(b"{\"resourceType\": \"<script>\"}"),
+            accepted(b"{\"resourceType\": \"<script>\"}"),
             Err(ParseError::Unusable(m)) if m.contains("unrecognised")
         ));
     }
@@ -854,5 +954,97 @@ mod tests {
             Some(("Patient", "Patient/p-1"))
         );
         assert_eq!(type_and_id_tail("urn:uuid:abc"), None);
+    }
+
+    #[test]
+    fn an_ignored_event_needs_no_referral_reference() {
+        let body = bundle(
+            json!([{"fullUrl": "https://h/MessageHeader/mh-9", "resource": header(json!({}))}]),
+        );
+        let parsed = parse_message(&body, |e| e.as_str() != "add-service-request").unwrap();
+        assert_eq!(
+            parsed,
+            Parsed::Ignored {
+                event: EventCode::parse("add-service-request").unwrap(),
+                // A RESTful fullUrl stands for the id at its end.
+                message_header_id: Some("mh-9".into()),
+            }
+        );
+    }
+
+    #[test]
+    fn an_invalid_service_id_candidate_falls_through_to_the_next() {
+        let body = bundle(json!([
+            {"fullUrl": "urn:uuid:a", "resource": header(json!({
+                "extension": [{"url": "x/ext-id-message-header", "valueString": "R-3"}],
+                "destination": [
+                    {"endpoint": "e1", "receiver": {"reference": "urn:uuid:pr"}},
+                    {"endpoint": "e2", "receiver": {"identifier": {
+                        "system": "https://h/NamingSystem/id-referral-target-external-service",
+                        "value": "SVC-2"}}}
+                ]
+            }))},
+            {"fullUrl": "urn:uuid:pr", "resource": {"resourceType": "PractitionerRole",
+                "identifier": [{"system": "https://h/NamingSystem/id-referral-target-external-service", "value": "   "}]}}
+        ]));
+        assert_eq!(
+            accepted(&body).unwrap().service_id.unwrap().as_str(),
+            "SVC-2"
+        );
+    }
+
+    #[test]
+    fn documents_nested_beyond_the_limit_are_refused_before_typed_reading() {
+        let mut deep = json!("leaf");
+        for _ in 0..MAX_DEPTH {
+            deep = json!([deep]);
+        }
+        let body =
+            bundle(json!([{"fullUrl": "urn:uuid:a", "resource": header(json!({"x": deep}))}]));
+        assert!(
+            matches!(accepted(&body), Err(ParseError::Malformed(m)) if m.contains("deeper than 64"))
+        );
+        assert_eq!(depth(&json!({"a": [1, {"b": 2}]})), 4);
+    }
+
+    /// The typed and the lenient readers must agree on every resource fhir-sdk accepts, or the
+    /// stored summary would depend on whether an unrelated field was odd.
+    #[test]
+    fn typed_and_lenient_readers_agree_on_every_fixture() {
+        fn agree<T: DeserializeOwned, V: PartialEq + std::fmt::Debug>(
+            resource: &Value,
+            typed: fn(&T) -> V,
+            lenient: fn(&Value) -> V,
+        ) -> bool {
+            match T::deserialize(resource) {
+                Ok(t) => {
+                    assert_eq!(typed(&t), lenient(resource), "{resource}");
+                    true
+                }
+                Err(_) => false,
+            }
+        }
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/fhir-fixtures");
+        let mut compared = 0;
+        for file in std::fs::read_dir(dir).unwrap() {
+            let path = file.unwrap().path();
+            if path.extension().is_none_or(|e| e != "json") {
+                continue;
+            }
+            let root: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+            for entry in json::items(&root, "entry") {
+                let r = &entry["resource"];
+                compared += usize::from(match r["resourceType"].as_str() {
+                    Some("MessageHeader") => agree(r, header_typed, header_json),
+                    Some("ServiceRequest") => agree(r, service_request_typed, service_request_json),
+                    Some("Task") => agree(r, task_typed, task_json),
+                    Some("Appointment") => agree(r, appointment_typed, appointment_json),
+                    Some("Patient") => agree(r, patient_typed, patient_json),
+                    Some("PractitionerRole") => agree(r, role_typed, role_json),
+                    _ => false,
+                });
+            }
+        }
+        assert!(compared >= 35, "only {compared} resources compared");
     }
 }

@@ -6,4 +6,4 @@ mod json;
 pub mod message;
 pub mod outcome;
 
-pub use message::{ParseError, ParsedMessage, parse_message};
+pub use message::{ParseError, Parsed, ParsedMessage, parse_message};

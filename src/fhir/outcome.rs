@@ -72,9 +72,11 @@ pub fn operation_outcome(severity: Severity, code: IssueCode, message: &str) -> 
 
 /// The response message Bundle for a processed request message: a MessageHeader whose
 /// `response.identifier` is the request's MessageHeader id and `response.code` is `ok`, plus an
-/// OperationOutcome entry when there is something to say.
+/// OperationOutcome entry when there is something to say. Without a request id (a MessageHeader
+/// with neither id nor fullUrl) there is nothing to answer to, and `response` is left out rather
+/// than invented.
 pub fn response_bundle(
-    request_header_id: &str,
+    request_header_id: Option<&str>,
     event_code: &str,
     endpoint: &str,
     note: Option<&str>,
@@ -93,8 +95,10 @@ pub fn response_bundle(
         },
         "source": {"name": "referral-relay", "software": "referral-relay",
                    "version": env!("CARGO_PKG_VERSION"), "endpoint": endpoint},
-        "response": {"identifier": request_header_id, "code": "ok"},
     });
+    if let Some(id) = request_header_id {
+        header["response"] = json!({"identifier": id, "code": "ok"});
+    }
     let mut entries = vec![json!({
         "fullUrl": format!("urn:uuid:{header_id}"),
         "resource": header.clone(),
@@ -102,7 +106,9 @@ pub fn response_bundle(
     if let Some(note) = note {
         let mut outcome = operation_outcome(Severity::Information, IssueCode::Informational, note);
         outcome["id"] = json!(outcome_id.to_string());
-        header["response"]["details"] = json!({"reference": format!("urn:uuid:{outcome_id}")});
+        if request_header_id.is_some() {
+            header["response"]["details"] = json!({"reference": format!("urn:uuid:{outcome_id}")});
+        }
         entries[0]["resource"] = header;
         entries.push(json!({
             "fullUrl": format!("urn:uuid:{outcome_id}"),
@@ -130,7 +136,7 @@ mod tests {
         assert_eq!(parsed.issue.len(), 1);
 
         let r = response_bundle(
-            "mh-1",
+            Some("mh-1"),
             "add-service-request",
             "https://relay/fhir/x",
             Some("n"),

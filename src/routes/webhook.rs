@@ -19,10 +19,11 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use time::OffsetDateTime;
 
 use crate::app::{AppState, Integration};
+use crate::domain::is_code_like;
 use crate::error::{AppError, fhir_json};
 use crate::fhir::outcome::response_bundle;
-use crate::fhir::{ParseError, parse_message};
-use crate::store::{NewDelivery, ServiceAssignment, delivery_key};
+use crate::fhir::{ParseError, Parsed, parse_message};
+use crate::store::{NewDelivery, ServiceAssignment, delivery_key, sha256_hex};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -52,7 +53,8 @@ async fn receive(
             secs: state.body_timeout.as_secs(),
         })??;
 
-    let message = parse_message(&body).map_err(|e| {
+    let endpoint = uri.path().to_owned();
+    let parsed = parse_message(&body, |event| integration.accepts(event)).map_err(|e| {
         state.counters.rejected.fetch_add(1, Ordering::Relaxed);
         let reason = match &e {
             ParseError::Malformed(_) => "malformed",
@@ -64,30 +66,37 @@ async fn receive(
             ParseError::Unusable(m) => AppError::Unprocessable(m),
         }
     })?;
-    let header_id = message
-        .message_header_id
-        .clone()
-        .unwrap_or_else(|| "unknown".into());
-    let endpoint = uri.path().to_owned();
-
-    if !integration.accepts(&message.event) {
-        state.counters.ignored.fetch_add(1, Ordering::Relaxed);
-        tracing::info!(integration = %integration.name, event = %message.event, "event not accepted by this integration; acknowledged, not stored");
-        let note = format!(
-            "event code '{}' is not among those integration '{}' accepts; the message was acknowledged and not stored",
-            message.event, integration.name
-        );
-        let body = response_bundle(&header_id, message.event.as_str(), &endpoint, Some(&note));
-        return Ok(fhir_json(StatusCode::OK, &body));
-    }
+    let message = match parsed {
+        Parsed::Message(message) => message,
+        Parsed::Ignored {
+            event,
+            message_header_id,
+        } => {
+            state.counters.ignored.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(integration = %integration.name, %event, "event not accepted by this integration; acknowledged, not stored");
+            let note = format!(
+                "event code '{event}' is not among those integration '{}' accepts; the message was acknowledged and not stored",
+                integration.name
+            );
+            let body = response_bundle(
+                message_header_id.as_deref(),
+                event.as_str(),
+                &endpoint,
+                Some(&note),
+            );
+            return Ok(fhir_json(StatusCode::OK, &body));
+        }
+    };
 
     let service = match (&message.service_id, &integration.default_service) {
         (Some(named), _) => ServiceAssignment::Named(named.clone()),
         (None, Some(default)) => ServiceAssignment::Default(default.clone()),
         (None, None) => ServiceAssignment::Unassigned,
     };
+    let sha256 = sha256_hex(&body);
     let delivery = NewDelivery {
-        dedup_key: delivery_key(&integration.name, message.bundle_id.as_deref(), &body),
+        dedup_key: delivery_key(&integration.name, message.bundle_id.as_deref(), &sha256),
+        sha256,
         integration: integration.name.clone(),
         referral: message.referral.clone(),
         service,
@@ -122,7 +131,7 @@ async fn receive(
         )
     });
     let body = response_bundle(
-        &header_id,
+        message.message_header_id.as_deref(),
         message.event.as_str(),
         &endpoint,
         note.as_deref(),
@@ -167,11 +176,7 @@ async fn read_body(body: Body, limit: usize) -> Result<Bytes, AppError> {
 
 /// Echoes a path segment in an error only when it is a plausible integration name.
 fn printable(name: &str) -> &str {
-    if name.len() <= 64
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-    {
+    if is_code_like(name) {
         name
     } else {
         "(invalid name)"

@@ -51,13 +51,15 @@ pub struct NewDelivery {
     pub bundle_timestamp: Option<String>,
     /// The body exactly as received.
     pub raw: Bytes,
+    /// [`sha256_hex`] of `raw`.
+    pub sha256: String,
     pub summary: Summary,
     pub problems: Vec<String>,
     pub received_at: OffsetDateTime,
 }
 
 /// The deduplication key of a delivery: the integration, the sender's delivery id (Bundle.id,
-/// or a webhook id), and the SHA-256 of the body.
+/// or a webhook id), and the SHA-256 of the body (from [`sha256_hex`]).
 ///
 /// The body hash is part of the key even when there is an id: a retry of the same delivery has
 /// the same bytes and is recognised, while a sender that reuses an id for different content
@@ -65,14 +67,20 @@ pub struct NewDelivery {
 pub fn delivery_key(
     integration: &IntegrationName,
     delivery_id: Option<&str>,
-    body: &[u8],
+    sha256: &str,
 ) -> String {
-    let hash = Sha256::digest(body);
-    let mut key = format!("{integration}\u{1f}{}\u{1f}", delivery_id.unwrap_or(""));
-    for byte in hash {
-        key.push_str(&format!("{byte:02x}"));
-    }
-    key
+    format!(
+        "{integration}\u{1f}{}\u{1f}{sha256}",
+        delivery_id.unwrap_or("")
+    )
+}
+
+/// The SHA-256 of `bytes` in lower-case hex.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// The result of storing a delivery. Either way it is on disk when this is returned.
@@ -180,11 +188,16 @@ mod tests {
     fn delivery_keys_separate_integrations_ids_and_bodies() {
         let a = IntegrationName::parse("a").unwrap();
         let b = IntegrationName::parse("b").unwrap();
-        let k = delivery_key(&a, Some("id"), b"x");
-        assert_eq!(k, delivery_key(&a, Some("id"), b"x"));
-        assert_ne!(k, delivery_key(&b, Some("id"), b"x"));
-        assert_ne!(k, delivery_key(&a, Some("id2"), b"x"));
-        assert_ne!(k, delivery_key(&a, Some("id"), b"y"));
-        assert_ne!(k, delivery_key(&a, None, b"x"));
+        let (x, y) = (sha256_hex(b"x"), sha256_hex(b"y"));
+        let k = delivery_key(&a, Some("id"), &x);
+        assert_eq!(k, delivery_key(&a, Some("id"), &x));
+        assert_ne!(k, delivery_key(&b, Some("id"), &x));
+        assert_ne!(k, delivery_key(&a, Some("id2"), &x));
+        assert_ne!(k, delivery_key(&a, Some("id"), &y));
+        assert_ne!(k, delivery_key(&a, None, &x));
+        assert_eq!(
+            sha256_hex(b"abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
     }
 }

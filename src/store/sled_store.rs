@@ -20,7 +20,6 @@ use std::thread::JoinHandle;
 use async_trait::async_trait;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 use time::OffsetDateTime;
@@ -99,7 +98,8 @@ impl SledStore {
             by_modified: tree("by_modified")?,
             meta: tree("meta")?,
         };
-        let flusher = Flusher::start(db.clone())?;
+        let flushed = db.clone();
+        let flusher = Flusher::start(move || flushed.flush().map(drop).map_err(|e| e.to_string()))?;
         Ok(Self { db, trees, flusher })
     }
 
@@ -107,7 +107,6 @@ impl SledStore {
         let t = &self.trees;
         let referral_key = d.referral.as_str().as_bytes();
         let size = d.raw.len() as u64;
-        let sha256 = hex(&Sha256::digest(&d.raw));
         let modified_key = modified_key(d.received_at, &d.referral);
         let payload = seal_payload(&d.raw);
 
@@ -184,7 +183,7 @@ impl SledStore {
                         summary: d.summary.clone(),
                         problems: d.problems.clone(),
                         size,
-                        sha256: sha256.clone(),
+                        sha256: d.sha256.clone(),
                     };
                     let seq = meta
                         .get(EVENT_SEQ)?
@@ -354,13 +353,16 @@ struct Marks {
 }
 
 impl Flusher {
-    fn start(db: sled::Db) -> Result<Self, StoreError> {
+    /// Starts the flusher thread; `flush` makes everything written so far durable.
+    fn start(
+        flush: impl FnMut() -> Result<(), String> + Send + 'static,
+    ) -> Result<Self, StoreError> {
         let queue = Arc::new((Mutex::new(Queue::default()), Condvar::new()));
         let (tx, marks) = watch::channel(Marks::default());
         let thread_queue = Arc::clone(&queue);
         let thread = std::thread::Builder::new()
             .name("store-flusher".into())
-            .spawn(move || flush_loop(&db, &thread_queue, &tx))
+            .spawn(move || flush_loop(flush, &thread_queue, &tx))
             .map_err(|e| StoreError::Unavailable(format!("cannot start flusher thread: {e}")))?;
         Ok(Self {
             queue,
@@ -407,7 +409,11 @@ impl Flusher {
     }
 }
 
-fn flush_loop(db: &sled::Db, queue: &(Mutex<Queue>, Condvar), marks: &watch::Sender<Marks>) {
+fn flush_loop(
+    mut flush: impl FnMut() -> Result<(), String>,
+    queue: &(Mutex<Queue>, Condvar),
+    marks: &watch::Sender<Marks>,
+) {
     let (lock, wake) = queue;
     let mut done = 0;
     loop {
@@ -421,8 +427,8 @@ fn flush_loop(db: &sled::Db, queue: &(Mutex<Queue>, Condvar), marks: &watch::Sen
             }
             q.requested
         };
-        match db.flush() {
-            Ok(_) => marks.send_modify(|m| m.ok = target),
+        match flush() {
+            Ok(()) => marks.send_modify(|m| m.ok = target),
             Err(e) => {
                 tracing::error!(error = %e, "flushing the store to disk failed");
                 marks.send_modify(|m| m.failed = target);
@@ -473,10 +479,6 @@ fn open_payload(stored: &[u8]) -> Result<Bytes, StoreError> {
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 fn version_key(referral: &ReferralRef, version: u64) -> Vec<u8> {
     let mut key = referral.as_str().as_bytes().to_vec();
     key.push(0);
@@ -508,6 +510,54 @@ fn modified_key_of(record: &ReferralRecord) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A flush that fails must fail every write it covered; a later good flush serves the
+    /// writes after it. Concurrent waiters share flushes.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_flush_fails_the_writes_it_covered() {
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        let failing = Arc::new(AtomicBool::new(false));
+        let flushes = Arc::new(AtomicUsize::new(0));
+        let (f, n) = (Arc::clone(&failing), Arc::clone(&flushes));
+        let flusher = Arc::new(
+            Flusher::start(move || {
+                n.fetch_add(1, Ordering::SeqCst);
+                std::thread::sleep(std::time::Duration::from_millis(20));
+                if f.load(Ordering::SeqCst) {
+                    Err("injected I/O error".into())
+                } else {
+                    Ok(())
+                }
+            })
+            .unwrap(),
+        );
+        flusher.durable().await.unwrap();
+
+        failing.store(true, Ordering::SeqCst);
+        assert!(matches!(
+            flusher.durable().await,
+            Err(StoreError::Unavailable(m)) if m.contains("flushing to disk failed")
+        ));
+
+        failing.store(false, Ordering::SeqCst);
+        let before = flushes.load(Ordering::SeqCst);
+        let waiters: Vec<_> = (0..32)
+            .map(|_| {
+                let flusher = Arc::clone(&flusher);
+                tokio::spawn(async move { flusher.durable().await })
+            })
+            .collect();
+        for waiter in waiters {
+            waiter.await.unwrap().unwrap();
+        }
+        // 32 writers, far fewer fsyncs: they waited on shared flushes.
+        assert!(flushes.load(Ordering::SeqCst) - before < 32);
+        flusher.stop();
+        assert!(matches!(
+            flusher.durable().await,
+            Err(StoreError::Unavailable(_))
+        ));
+    }
 
     #[test]
     fn payloads_come_back_byte_for_byte() {

@@ -308,6 +308,12 @@ async fn updates_carry_task_status_and_appointments() {
     assert_eq!(cancelled.appointment_status.as_deref(), Some("proposed"));
     assert_eq!(cancelled.appointment_start, None);
     assert_eq!(versions.len(), 4);
+    // The referral's current state drops the cancelled booking's start, keeps the Task.
+    let s = app.store.referral(&r).await.unwrap().unwrap().summary;
+    assert_eq!(s.appointment_status.as_deref(), Some("proposed"));
+    assert_eq!(s.appointment_start, None);
+    assert_eq!(s.task_status.as_deref(), Some("accepted"));
+    assert_eq!(s.patient_name.as_deref(), Some("Testpatient, Avery Jordan"));
     let numbers: Vec<u64> = versions.iter().map(|v| v.version).collect();
     assert_eq!(numbers, vec![1, 2, 3, 4]);
 }
@@ -499,4 +505,28 @@ async fn health_and_readiness_answer() {
     assert_eq!(ready.status, 200);
     assert_eq!(ready.body["store"], "writable");
     app.stop().await;
+}
+
+#[tokio::test]
+async fn ignored_events_are_acknowledged_even_without_a_referral_reference() {
+    let app = spawn_app_with(
+        "[integrations.default]\nauth = { scheme = \"none\" }\nevents = [\"notify-update-service-request\"]\n",
+    )
+    .await;
+    let answer = app
+        .deliver("default", fixture("bad/no-referral-ref.json"))
+        .await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    assert!(
+        answer
+            .response_note()
+            .unwrap()
+            .contains("acknowledged and not stored")
+    );
+    assert!(app.store.events_after(0, 10).await.unwrap().is_empty());
+    // An unreadable event code is still refused: there is nothing to decide on.
+    let answer = app
+        .deliver("default", fixture("bad/no-event-code.json"))
+        .await;
+    assert_eq!(answer.status, 422);
 }

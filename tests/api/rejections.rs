@@ -147,3 +147,30 @@ async fn a_stalled_body_gets_408_instead_of_holding_the_request() {
     assert!(response.contains("did not arrive within 1 s"));
     assert_nothing_stored(&app).await;
 }
+
+/// The v0.11 fixture with `levels` extensions nested inside one more MessageHeader extension.
+fn nested_extensions(levels: usize) -> Vec<u8> {
+    let mut v: serde_json::Value =
+        serde_json::from_slice(&fixture("v0.11-add-service-request.json")).unwrap();
+    let mut nested =
+        serde_json::json!({"url": "https://relay.example.test/leaf", "valueString": "x"});
+    for _ in 0..levels {
+        nested =
+            serde_json::json!({"url": "https://relay.example.test/level", "extension": [nested]});
+    }
+    let header = &mut v["entry"][0]["resource"];
+    header["extension"].as_array_mut().unwrap().push(nested);
+    serde_json::to_vec(&v).unwrap()
+}
+
+#[tokio::test]
+async fn nesting_within_the_limit_is_read_and_beyond_it_refused() {
+    let app = spawn_app().await;
+    // 28 levels put the innermost extension at a depth of 63: read through fhir-sdk's types
+    // on a server worker thread without exhausting its stack.
+    let answer = app.deliver("default", nested_extensions(28)).await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let answer = app.deliver("default", nested_extensions(40)).await;
+    assert_outcome(&answer, 400, "nested 40 levels");
+    assert!(answer.diagnostics().contains("deeper than 64 levels"));
+}
