@@ -3,7 +3,7 @@
 //! The application binds its own listener and reports the address it got, so tests run the
 //! production code path on `127.0.0.1:0`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,16 +16,22 @@ use axum::extract::{MatchedPath, Request};
 use tokio::net::TcpListener;
 use tower_http::trace::TraceLayer;
 
-use crate::config::{AuthConfig, Config};
+use crate::auth::Inbound;
+use crate::auth::limiter::LoginLimiter;
+use crate::auth::token::TokenIssuer;
+use crate::config::{AuthConfig, Config, Secret};
 use crate::domain::{EventCode, IntegrationName, ServiceId};
 use crate::routes;
 use crate::store::{SledStore, Store};
 
+/// Window of the token endpoint's failed-login limiter.
+const LOGIN_WINDOW: Duration = Duration::from_secs(60);
+
 /// One configured integration, ready for requests.
-#[derive(Debug, Clone)]
 pub struct Integration {
     pub name: IntegrationName,
-    pub auth: AuthConfig,
+    /// How its callers are authenticated.
+    pub inbound: Inbound,
     /// Accepted event codes; empty accepts all.
     pub events: Vec<EventCode>,
     pub default_service: Option<ServiceId>,
@@ -38,6 +44,15 @@ pub struct Counters {
     pub duplicates: AtomicU64,
     pub ignored: AtomicU64,
     pub rejected: AtomicU64,
+    pub auth_failures: AtomicU64,
+}
+
+/// A client of the token endpoint and what it may do.
+pub struct OAuthClientEntry {
+    pub integration: IntegrationName,
+    /// Accepted secrets (more than one while a secret is rotated).
+    pub secrets: Vec<Secret>,
+    pub ttl_secs: u64,
 }
 
 /// What every handler shares.
@@ -45,33 +60,73 @@ pub struct Counters {
 pub struct AppState {
     pub store: Arc<dyn Store>,
     integrations: Arc<BTreeMap<String, Integration>>,
+    /// Issues and checks the relay's own OAuth2 tokens (only when an integration uses them).
+    pub tokens: Option<Arc<TokenIssuer>>,
+    oauth_clients: Arc<HashMap<String, OAuthClientEntry>>,
+    pub login_limiter: Arc<LoginLimiter>,
     pub max_body_bytes: usize,
     pub body_timeout: Duration,
     pub counters: Arc<Counters>,
 }
 
 impl AppState {
-    pub fn new(config: &Config, store: Arc<dyn Store>) -> Self {
-        let integrations = config
+    pub fn new(config: &Config, store: Arc<dyn Store>) -> anyhow::Result<Self> {
+        let uses_oauth2 = config
             .integrations
-            .iter()
-            .map(|(name, c)| {
-                let integration = Integration {
-                    name: name.clone(),
-                    auth: c.auth.clone(),
-                    events: c.events.clone(),
-                    default_service: c.default_service(),
-                };
-                (name.to_string(), integration)
-            })
-            .collect();
-        Self {
+            .values()
+            .any(|i| matches!(i.auth, AuthConfig::Oauth2 { .. }));
+        let tokens = if uses_oauth2 {
+            Some(Arc::new(TokenIssuer::load(
+                &config.oauth2,
+                &config.server.data_dir,
+            )?))
+        } else {
+            None
+        };
+        let mut integrations = BTreeMap::new();
+        let mut oauth_clients: HashMap<String, OAuthClientEntry> = HashMap::new();
+        for (name, c) in &config.integrations {
+            if let AuthConfig::Oauth2 {
+                clients,
+                token_ttl_secs,
+            } = &c.auth
+            {
+                for client in clients {
+                    oauth_clients
+                        .entry(client.client_id.clone())
+                        .or_insert_with(|| OAuthClientEntry {
+                            integration: name.clone(),
+                            secrets: Vec::new(),
+                            ttl_secs: *token_ttl_secs,
+                        })
+                        .secrets
+                        .push(client.client_secret.clone());
+                }
+            }
+            let integration = Integration {
+                name: name.clone(),
+                inbound: Inbound::from_config(&c.auth, tokens.as_ref())
+                    .with_context(|| format!("integrations.{name}.auth"))?,
+                events: c.events.clone(),
+                default_service: c.default_service(),
+            };
+            integrations.insert(name.to_string(), integration);
+        }
+        Ok(Self {
             store,
             integrations: Arc::new(integrations),
+            tokens,
+            oauth_clients: Arc::new(oauth_clients),
+            login_limiter: Arc::new(LoginLimiter::new(LOGIN_WINDOW)),
             max_body_bytes: config.server.max_body_bytes,
             body_timeout: Duration::from_secs(config.server.body_timeout_secs),
             counters: Arc::default(),
-        }
+        })
+    }
+
+    /// The token endpoint's client with this id.
+    pub fn oauth_client(&self, client_id: &str) -> Option<&OAuthClientEntry> {
+        self.oauth_clients.get(client_id)
     }
 
     pub fn integration(&self, name: &str) -> Option<&Integration> {
@@ -118,7 +173,7 @@ impl Application {
             .with_context(|| format!("cannot listen on {}", config.server.listen))?;
         Ok(Self {
             listener,
-            router: router(AppState::new(config, store)),
+            router: router(AppState::new(config, store)?),
             shutdown_timeout: Duration::from_secs(config.server.shutdown_timeout_secs),
         })
     }

@@ -25,6 +25,9 @@ const ENV_PREFIX: &str = "RELAY__";
 pub struct Config {
     pub server: ServerConfig,
     pub log: LogConfig,
+    /// The OAuth2 token endpoint the relay serves (used by `oauth2` integrations).
+    #[serde(default)]
+    pub oauth2: OAuth2Config,
     /// Ocean integrations by name; the name is part of the webhook URL.
     #[serde(default)]
     pub integrations: BTreeMap<IntegrationName, IntegrationConfig>,
@@ -78,6 +81,113 @@ impl IntegrationConfig {
 pub enum AuthConfig {
     /// Anyone may post. Only for first connectivity tests; warned about at start.
     None,
+    /// HTTP Basic: the username and password the Ocean admin enters.
+    Basic {
+        username: String,
+        password: Secret,
+        /// Passwords still accepted while a rotation is under way.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        previous_passwords: Vec<Secret>,
+    },
+    /// OAuth 2.0 client credentials with the relay as the authorization server: Ocean fetches
+    /// a token from `POST /oauth2/token` and sends it as a bearer token.
+    Oauth2 {
+        /// Clients allowed to fetch tokens for this integration. A client id may appear twice
+        /// with different secrets while its secret is rotated.
+        clients: Vec<OAuthClient>,
+        /// Lifetime of issued tokens, in seconds.
+        #[serde(default = "default_token_ttl")]
+        token_ttl_secs: u64,
+    },
+    /// Static bearer tokens, as FHIR rest-hook subscriptions send them; several for rotation.
+    Bearer { tokens: Vec<Secret> },
+    /// Standard Webhooks HMAC-SHA256 signatures; several `whsec_` secrets for rotation.
+    Hmac {
+        secrets: Vec<Secret>,
+        /// Largest accepted distance between `webhook-timestamp` and now, in seconds.
+        #[serde(default = "default_tolerance")]
+        tolerance_secs: u64,
+    },
+}
+
+impl AuthConfig {
+    /// The scheme's name as configured.
+    pub fn scheme(&self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Basic { .. } => "basic",
+            Self::Oauth2 { .. } => "oauth2",
+            Self::Bearer { .. } => "bearer",
+            Self::Hmac { .. } => "hmac",
+        }
+    }
+}
+
+fn default_token_ttl() -> u64 {
+    3600
+}
+
+fn default_tolerance() -> u64 {
+    300
+}
+
+/// A client allowed to fetch tokens from the relay's token endpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OAuthClient {
+    #[serde(deserialize_with = "string_or_number")]
+    pub client_id: String,
+    pub client_secret: Secret,
+}
+
+/// The token endpoint the relay serves to Ocean.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OAuth2Config {
+    /// Key that signs issued tokens (HS256), at least 32 bytes. Empty: a random key is made
+    /// once and kept in `<data_dir>/oauth2-signing.key`, so tokens survive restarts.
+    #[serde(default)]
+    pub signing_key: Secret,
+    /// Earlier signing keys whose tokens are still accepted while a rotation is under way.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub previous_signing_keys: Vec<Secret>,
+}
+
+/// A configuration value that must never be printed: `Debug` and `Serialize` show
+/// `[redacted]`; only [`Secret::expose`] gives the value.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret([redacted])")
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(if self.0.is_empty() { "" } else { "[redacted]" })
+    }
+}
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        string_or_number(d).map(Self)
+    }
 }
 
 /// Values given on the command line, the last layer.
@@ -169,13 +279,82 @@ impl Config {
 
     /// Checks what types alone cannot.
     pub fn validate(&self) -> anyhow::Result<()> {
+        for (i, key) in std::iter::once(&self.oauth2.signing_key)
+            .chain(&self.oauth2.previous_signing_keys)
+            .enumerate()
+        {
+            if (i == 0 && key.is_empty()) || key.expose().len() >= 32 {
+                continue;
+            }
+            bail!("oauth2 signing keys must be at least 32 bytes long");
+        }
         if self.server.max_body_bytes < 1024 {
             bail!("server.max_body_bytes must be at least 1024");
         }
         if self.integrations.is_empty() {
             bail!("integrations: at least one integration must be configured");
         }
+        let mut client_owner: BTreeMap<&str, &IntegrationName> = BTreeMap::new();
         for (name, integration) in &self.integrations {
+            let key = format!("integrations.{name}.auth");
+            match &integration.auth {
+                AuthConfig::None => {}
+                AuthConfig::Basic {
+                    username,
+                    password,
+                    previous_passwords,
+                } => {
+                    if username.is_empty() || username.contains(':') {
+                        bail!("{key}.username must be non-empty and contain no ':'");
+                    }
+                    if password.is_empty() || previous_passwords.iter().any(Secret::is_empty) {
+                        bail!("{key}.password must not be empty");
+                    }
+                }
+                AuthConfig::Oauth2 {
+                    clients,
+                    token_ttl_secs,
+                } => {
+                    if clients.is_empty() {
+                        bail!("{key}.clients must list at least one client");
+                    }
+                    for client in clients {
+                        if client.client_id.is_empty() || client.client_secret.is_empty() {
+                            bail!("{key}.clients: client_id and client_secret must not be empty");
+                        }
+                        let owner = client_owner.entry(&client.client_id).or_insert(name);
+                        if *owner != name {
+                            bail!(
+                                "{key}.clients: client_id '{}' is also used by integration '{owner}'; a client belongs to one integration",
+                                client.client_id
+                            );
+                        }
+                    }
+                    if !(60..=86_400).contains(token_ttl_secs) {
+                        bail!("{key}.token_ttl_secs must be between 60 and 86400");
+                    }
+                }
+                AuthConfig::Bearer { tokens } => {
+                    if tokens.is_empty() || tokens.iter().any(Secret::is_empty) {
+                        bail!("{key}.tokens must list at least one non-empty token");
+                    }
+                }
+                AuthConfig::Hmac {
+                    secrets,
+                    tolerance_secs,
+                } => {
+                    if secrets.is_empty() {
+                        bail!("{key}.secrets must list at least one whsec_ secret");
+                    }
+                    for secret in secrets {
+                        crate::auth::hmac::decode_secret(secret.expose())
+                            .map_err(|e| anyhow::anyhow!("{key}.secrets: {e}"))?;
+                    }
+                    if *tolerance_secs == 0 {
+                        bail!("{key}.tolerance_secs must be at least 1");
+                    }
+                }
+            }
             if !integration.default_service_id.trim().is_empty() {
                 ServiceId::parse(&integration.default_service_id)
                     .map_err(|e| anyhow::anyhow!("integrations.{name}.default_service_id: {e}"))?;

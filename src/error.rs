@@ -20,6 +20,12 @@ pub enum AppError {
     /// JSON, but not something the relay can process: 422.
     #[error("{0}")]
     Unprocessable(String),
+    /// The caller did not authenticate as the integration requires: 401 with a challenge.
+    #[error("authentication failed: {reason}")]
+    Unauthorized {
+        challenge: &'static str,
+        reason: String,
+    },
     /// No such integration or resource: 404.
     #[error("{0}")]
     NotFound(String),
@@ -45,6 +51,7 @@ impl AppError {
         match self {
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::Timeout { .. } => StatusCode::REQUEST_TIMEOUT,
@@ -57,6 +64,7 @@ impl AppError {
     fn issue_code(&self) -> IssueCode {
         match self {
             Self::BadRequest(_) | Self::Unprocessable(_) => IssueCode::Invalid,
+            Self::Unauthorized { .. } => IssueCode::Login,
             Self::NotFound(_) => IssueCode::NotFound,
             Self::MethodNotAllowed => IssueCode::NotSupported,
             Self::Timeout { .. } => IssueCode::Timeout,
@@ -86,7 +94,14 @@ impl IntoResponse for AppError {
             _ => {}
         }
         let body = operation_outcome(Severity::Error, self.issue_code(), &self.to_string());
-        fhir_json(self.status_code(), &body)
+        let mut response = fhir_json(self.status_code(), &body);
+        if let Self::Unauthorized { challenge, .. } = self {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static(challenge),
+            );
+        }
+        response
     }
 }
 

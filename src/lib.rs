@@ -2,6 +2,7 @@
 //! durably before acknowledging it, and serves the referrals to the clinic's own systems.
 
 pub mod app;
+pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod domain;

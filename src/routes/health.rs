@@ -27,7 +27,8 @@ async fn healthz(State(state): State<AppState>) -> Json<Value> {
             "duplicate": read(&c.duplicates),
             "ignored": read(&c.ignored),
             "rejected": read(&c.rejected),
-        }
+        },
+        "auth_failures": read(&c.auth_failures),
     }))
 }
 

@@ -1,6 +1,7 @@
 //! HTTP routes: one `router()` per module, merged here.
 
 pub mod health;
+pub mod oauth;
 pub mod webhook;
 
 use axum::Router;
@@ -14,6 +15,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(webhook::router())
         .merge(health::router())
+        .merge(oauth::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)

@@ -19,6 +19,7 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use time::OffsetDateTime;
 
 use crate::app::{AppState, Integration};
+use crate::auth::Refusal;
 use crate::domain::is_code_like;
 use crate::error::{AppError, fhir_json};
 use crate::fhir::outcome::response_bundle;
@@ -46,12 +47,37 @@ async fn receive(
             printable(&name)
         ))
     })?;
+    let inbound = &integration.inbound;
+    let refuse = |refusal: Refusal| {
+        state.counters.auth_failures.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(
+            integration = %integration.name,
+            scheme = inbound.scheme(),
+            reason = %refusal.reason,
+            "authentication failed"
+        );
+        AppError::Unauthorized {
+            challenge: refusal.challenge,
+            reason: refusal.reason,
+        }
+    };
+    // Schemes that only look at headers are checked before the body is read; a signature
+    // over the body is checked on the raw bytes, before anything parses them.
+    if !inbound.signs_body() {
+        inbound
+            .check_headers(&integration.name, &headers)
+            .map_err(refuse)?;
+    }
     check_media_type(&headers)?;
     let body = tokio::time::timeout(state.body_timeout, read_body(body, state.max_body_bytes))
         .await
         .map_err(|_| AppError::Timeout {
             secs: state.body_timeout.as_secs(),
         })??;
+
+    let webhook_id = inbound
+        .check_signature(&headers, &body, OffsetDateTime::now_utc().unix_timestamp())
+        .map_err(refuse)?;
 
     let endpoint = uri.path().to_owned();
     let parsed = parse_message(&body, |event| integration.accepts(event)).map_err(|e| {
@@ -95,7 +121,12 @@ async fn receive(
     };
     let sha256 = sha256_hex(&body);
     let delivery = NewDelivery {
-        dedup_key: delivery_key(&integration.name, message.bundle_id.as_deref(), &sha256),
+        // A signed delivery's webhook-id names it; otherwise its Bundle.id does.
+        dedup_key: delivery_key(
+            &integration.name,
+            webhook_id.as_deref().or(message.bundle_id.as_deref()),
+            &sha256,
+        ),
         sha256,
         integration: integration.name.clone(),
         referral: message.referral.clone(),

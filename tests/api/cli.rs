@@ -80,3 +80,64 @@ fn a_bad_environment_value_is_refused_naming_the_key() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("/nonexistent/relay.toml"), "{stderr}");
 }
+
+#[test]
+fn check_config_redacts_every_secret() {
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        file.path(),
+        r#"
+[oauth2]
+signing_key = "signing-key-SECRET-0123456789abcdef"
+
+[integrations.basic]
+auth = { scheme = "basic", username = "ocean", password = "password-SECRET" }
+[integrations.oauth]
+auth = { scheme = "oauth2", clients = [{ client_id = "ocean-client", client_secret = "client-SECRET" }] }
+[integrations.bearer]
+auth = { scheme = "bearer", tokens = ["token-SECRET"] }
+[integrations.hmac]
+auth = { scheme = "hmac", secrets = ["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"] }
+"#,
+    )
+    .unwrap();
+    let out = relay(
+        &["check-config", "--config", file.path().to_str().unwrap()],
+        &[(
+            "RELAY__INTEGRATIONS__BEARER__AUTH__TOKENS",
+            "[\"env-token-SECRET\"]",
+        )],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed = String::from_utf8(out.stdout).unwrap();
+    assert!(!printed.contains("SECRET"), "{printed}");
+    assert!(
+        !printed.contains("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"),
+        "{printed}"
+    );
+    assert!(printed.contains("[redacted]"));
+    // What is not secret stays readable.
+    assert!(printed.contains("ocean-client") && printed.contains("username = \"ocean\""));
+}
+
+#[test]
+fn a_secret_with_the_wrong_type_is_not_echoed_in_the_error() {
+    let out = relay(
+        &["check-config"],
+        &[
+            ("RELAY__INTEGRATIONS__X__AUTH__SCHEME", "bearer"),
+            (
+                "RELAY__INTEGRATIONS__X__AUTH__TOKENS",
+                "lonely-token-SECRET",
+            ),
+        ],
+    );
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("integrations.x.auth"), "{stderr}");
+    assert!(!stderr.contains("SECRET"), "{stderr}");
+}

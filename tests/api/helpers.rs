@@ -26,6 +26,8 @@ pub struct TestApp {
 pub struct Answer {
     pub status: u16,
     pub content_type: String,
+    /// The `WWW-Authenticate` header, empty when absent.
+    pub challenge: String,
     pub body: Value,
 }
 
@@ -60,6 +62,13 @@ pub async fn spawn_app_with(toml: &str) -> TestApp {
     let mut app = spawn_with_store(&config, store).await;
     app._dir = Some(dir);
     app
+}
+
+/// The service with `toml` on the sled store in `data_dir`, which outlives it (restart tests).
+pub async fn spawn_app_in(data_dir: &Path, toml: &str) -> TestApp {
+    let config = config(toml, data_dir);
+    let store: Arc<dyn Store> = Arc::new(SledStore::open(data_dir).unwrap());
+    spawn_with_store(&config, store).await
 }
 
 /// The service with `config` and any store (tests pass failing ones).
@@ -128,16 +137,20 @@ impl TestApp {
 
 pub async fn answer(response: reqwest::Response) -> Answer {
     let status = response.status().as_u16();
-    let content_type = response
-        .headers()
-        .get("content-type")
-        .map(|v| v.to_str().unwrap().to_owned())
-        .unwrap_or_default();
+    let header = |name: &str| {
+        response
+            .headers()
+            .get(name)
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default()
+    };
+    let (content_type, challenge) = (header("content-type"), header("www-authenticate"));
     let bytes = response.bytes().await.unwrap();
     let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
     Answer {
         status,
         content_type,
+        challenge,
         body,
     }
 }

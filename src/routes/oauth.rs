@@ -1,0 +1,249 @@
+//! `POST /oauth2/token`: the relay as the OAuth 2.0 authorization server Ocean calls
+//! (client credentials grant, RFC 6749 §4.4). Ocean sends `grant_type`, `client_id` and
+//! `client_secret` in a form body; an HTTP Basic header with the client credentials works too.
+//! Errors are RFC 6749 JSON (`invalid_client` 401, `invalid_request` and
+//! `unsupported_grant_type` 400), never OperationOutcomes: this is OAuth, not FHIR.
+
+use std::sync::atomic::Ordering;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use http_body_util::{BodyExt, Limited};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::app::AppState;
+use crate::auth::{basic, bearer};
+use crate::config::Secret;
+
+/// A token request is a few short form fields.
+const MAX_FORM_BYTES: usize = 16 * 1024;
+/// Failed logins of unknown client ids share one limiter bucket.
+const UNKNOWN_CLIENT: &str = "(unknown client)";
+
+pub fn router() -> Router<AppState> {
+    Router::new().route("/oauth2/token", post(token))
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct TokenForm {
+    grant_type: Option<String>,
+    client_id: Option<String>,
+    client_secret: Option<String>,
+    /// Accepted and ignored: tokens grant posting to one integration, nothing narrower.
+    #[allow(dead_code)]
+    scope: Option<String>,
+}
+
+async fn token(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+    let read = tokio::time::timeout(
+        state.body_timeout,
+        Limited::new(body, MAX_FORM_BYTES).collect(),
+    )
+    .await;
+    let Ok(Ok(body)) = read else {
+        return oauth_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "the form body could not be read",
+        );
+    };
+    let Ok(form) = serde_urlencoded::from_bytes::<TokenForm>(&body.to_bytes()) else {
+        return oauth_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "the body is not application/x-www-form-urlencoded",
+        );
+    };
+    match form.grant_type.as_deref() {
+        Some("client_credentials") => {}
+        Some(_) => {
+            return oauth_error(
+                StatusCode::BAD_REQUEST,
+                "unsupported_grant_type",
+                "only grant_type=client_credentials is supported",
+            );
+        }
+        None => {
+            return oauth_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "grant_type is missing",
+            );
+        }
+    }
+    let from_header = match basic_client(&headers) {
+        Ok(credentials) => credentials,
+        Err(reason) => return oauth_error(StatusCode::BAD_REQUEST, "invalid_request", reason),
+    };
+    let (client_id, secret) = match (from_header, form.client_id, form.client_secret) {
+        (Some(_), _, Some(_)) => {
+            return oauth_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "client credentials were sent both in the Authorization header and in the body",
+            );
+        }
+        (Some(credentials), _, None) => credentials,
+        (None, Some(id), Some(secret)) => (id, Secret::new(secret)),
+        (None, _, _) => return invalid_client("client_id and client_secret are required"),
+    };
+
+    let client = state.oauth_client(&client_id);
+    let bucket = if client.is_some() {
+        client_id.as_str()
+    } else {
+        UNKNOWN_CLIENT
+    };
+    if let Err(wait) = state.login_limiter.check(bucket) {
+        let mut response = oauth_error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "invalid_client",
+            &format!("too many failed attempts for this client; retry in {wait} s"),
+        );
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(wait));
+        return response;
+    }
+    let Some(client) = client.filter(|c| bearer::matches_any(secret.expose(), &c.secrets)) else {
+        state.login_limiter.failed(bucket);
+        state.counters.auth_failures.fetch_add(1, Ordering::Relaxed);
+        let integration = state
+            .oauth_client(&client_id)
+            .map(|c| c.integration.to_string());
+        tracing::warn!(
+            integration = integration.as_deref().unwrap_or("-"),
+            scheme = "oauth2",
+            reason = if integration.is_some() {
+                "wrong client secret"
+            } else {
+                "unknown client"
+            },
+            "token request refused"
+        );
+        return invalid_client("unknown client or wrong client secret");
+    };
+    state.login_limiter.succeeded(bucket);
+    let Some(issuer) = state.tokens.as_ref() else {
+        return oauth_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "server_error",
+            "no token issuer",
+        );
+    };
+    match issuer.issue(&client.integration, &client_id, client.ttl_secs) {
+        Ok(token) => {
+            tracing::info!(integration = %client.integration, "token issued");
+            no_store(
+                (
+                    StatusCode::OK,
+                    axum::Json(json!({
+                        "access_token": token,
+                        "token_type": "Bearer",
+                        "expires_in": client.ttl_secs,
+                    })),
+                )
+                    .into_response(),
+            )
+        }
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "cannot issue a token");
+            oauth_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "server_error",
+                "cannot issue a token",
+            )
+        }
+    }
+}
+
+/// Client credentials from an `Authorization: Basic` header: form-encoded id and secret
+/// (RFC 6749 §2.3.1), base64 joined by ':'. `Ok(None)` when there is no such header.
+fn basic_client(headers: &HeaderMap) -> Result<Option<(String, Secret)>, &'static str> {
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        return Ok(None);
+    };
+    let value = value
+        .to_str()
+        .map_err(|_| "the Authorization header is unreadable")?;
+    let Some((scheme, encoded)) = value.trim().split_once(' ') else {
+        return Err("the Authorization header is not Basic client credentials");
+    };
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return Err("the Authorization header is not Basic client credentials");
+    }
+    let decoded = STANDARD
+        .decode(encoded.trim())
+        .ok()
+        .and_then(|d| String::from_utf8(d).ok())
+        .ok_or("the Basic client credentials are not valid base64")?;
+    let (id, secret) = decoded
+        .split_once(':')
+        .ok_or("the Basic client credentials have no ':'")?;
+    let (id, secret) = (form_decode(id)?, form_decode(secret)?);
+    Ok(Some((id, Secret::new(secret))))
+}
+
+/// Undoes application/x-www-form-urlencoded encoding of one value.
+fn form_decode(value: &str) -> Result<String, &'static str> {
+    #[derive(Deserialize)]
+    struct One {
+        v: String,
+    }
+    serde_urlencoded::from_str::<One>(&format!("v={}", value.replace('&', "%26")))
+        .map(|one| one.v)
+        .map_err(|_| "the Basic client credentials are not form-encoded")
+}
+
+fn invalid_client(description: &str) -> Response {
+    let mut response = oauth_error(StatusCode::UNAUTHORIZED, "invalid_client", description);
+    response.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static(basic::CHALLENGE),
+    );
+    response
+}
+
+fn oauth_error(status: StatusCode, error: &str, description: &str) -> Response {
+    no_store(
+        (
+            status,
+            axum::Json(json!({"error": error, "error_description": description})),
+        )
+            .into_response(),
+    )
+}
+
+/// Token responses must not be cached (RFC 6749 §5.1).
+fn no_store(mut response: Response) -> Response {
+    let headers = response.headers_mut();
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn basic_client_credentials_are_form_decoded() {
+        let mut h = HeaderMap::new();
+        assert_eq!(basic_client(&h), Ok(None));
+        let encoded = STANDARD.encode("ocean%3Aprod:s3cr%2Bt+x");
+        h.insert(
+            header::AUTHORIZATION,
+            format!("Basic {encoded}").parse().unwrap(),
+        );
+        let (id, secret) = basic_client(&h).unwrap().unwrap();
+        assert_eq!(id, "ocean:prod");
+        assert_eq!(secret.expose(), "s3cr+t x");
+    }
+}
