@@ -17,6 +17,7 @@ use tokio::net::TcpListener;
 use tower_http::trace::TraceLayer;
 
 use crate::auth::Inbound;
+use crate::auth::api::ApiClients;
 use crate::auth::limiter::LoginLimiter;
 use crate::auth::token::TokenIssuer;
 use crate::config::{AuthConfig, Config, Secret};
@@ -64,6 +65,8 @@ pub struct AppState {
     pub tokens: Option<Arc<TokenIssuer>>,
     oauth_clients: Arc<HashMap<String, OAuthClientEntry>>,
     pub login_limiter: Arc<LoginLimiter>,
+    /// Clients of the point-of-service API.
+    pub api_clients: Arc<ApiClients>,
     pub max_body_bytes: usize,
     pub body_timeout: Duration,
     pub counters: Arc<Counters>,
@@ -118,10 +121,16 @@ impl AppState {
             tokens,
             oauth_clients: Arc::new(oauth_clients),
             login_limiter: Arc::new(LoginLimiter::new(LOGIN_WINDOW)),
+            api_clients: Arc::new(ApiClients::from_config(&config.api)),
             max_body_bytes: config.server.max_body_bytes,
             body_timeout: Duration::from_secs(config.server.body_timeout_secs),
             counters: Arc::default(),
         })
+    }
+
+    /// Names of the configured integrations.
+    pub fn integration_names(&self) -> impl Iterator<Item = &str> {
+        self.integrations.keys().map(String::as_str)
     }
 
     /// The token endpoint's client with this id.

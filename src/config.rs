@@ -25,6 +25,9 @@ const ENV_PREFIX: &str = "RELAY__";
 pub struct Config {
     pub server: ServerConfig,
     pub log: LogConfig,
+    /// The point-of-service API and its clients.
+    #[serde(default)]
+    pub api: ApiConfig,
     /// The OAuth2 token endpoint the relay serves (used by `oauth2` integrations).
     #[serde(default)]
     pub oauth2: OAuth2Config,
@@ -138,6 +141,27 @@ pub struct OAuthClient {
     #[serde(deserialize_with = "string_or_number")]
     pub client_id: String,
     pub client_secret: Secret,
+}
+
+/// The point-of-service API (`/api/v1`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiConfig {
+    /// Clients by name; each sends its key as `Authorization: Bearer <key>`. None configured:
+    /// the API answers 401 to everyone.
+    #[serde(default)]
+    pub clients: BTreeMap<String, ApiClientConfig>,
+}
+
+/// One consumer of the API, such as the clinic's EMR.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiClientConfig {
+    /// The client's API key (`key_FILE` reads it from a file). At least 16 characters.
+    pub key: Secret,
+    /// External Service IDs whose referrals it may see; empty sees all.
+    #[serde(default)]
+    pub service_ids: Vec<ServiceId>,
 }
 
 /// The token endpoint the relay serves to Ocean.
@@ -293,6 +317,11 @@ impl Config {
         }
         if self.integrations.is_empty() {
             bail!("integrations: at least one integration must be configured");
+        }
+        for (name, client) in &self.api.clients {
+            if client.key.expose().len() < 16 {
+                bail!("api.clients.{name}.key must be at least 16 characters");
+            }
         }
         let mut client_owner: BTreeMap<&str, &IntegrationName> = BTreeMap::new();
         for (name, integration) in &self.integrations {

@@ -4,6 +4,7 @@
 //! Failures carry a fixed, low-cardinality reason that is safe to log and to return; secrets,
 //! tokens and header values never appear in them. Secrets are compared in constant time.
 
+pub mod api;
 pub mod basic;
 pub mod bearer;
 pub mod hmac;

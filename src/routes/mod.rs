@@ -1,6 +1,8 @@
 //! HTTP routes: one `router()` per module, merged here.
 
+pub mod api;
 pub mod health;
+pub mod metadata;
 pub mod oauth;
 pub mod webhook;
 
@@ -16,6 +18,8 @@ pub fn router(state: AppState) -> Router {
         .merge(webhook::router())
         .merge(health::router())
         .merge(oauth::router())
+        .merge(api::router())
+        .merge(metadata::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)

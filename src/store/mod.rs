@@ -132,6 +132,17 @@ pub struct VersionRecord {
     pub problems: Vec<String>,
     pub size: u64,
     pub sha256: String,
+    /// This version's position in the event feed.
+    pub seq: u64,
+}
+
+/// A slice of [`Store::referrals_changed`].
+#[derive(Debug, Clone)]
+pub struct ChangedReferrals {
+    /// `(seq of the latest change up to the bound, current record)`, in feed order.
+    pub referrals: Vec<(u64, ReferralRecord)>,
+    /// The last feed sequence read; the next slice starts after it.
+    pub scanned_to: u64,
 }
 
 /// One entry of the ordered feed of stored deliveries.
@@ -173,8 +184,29 @@ pub trait Store: Send + Sync + 'static {
         version: u64,
     ) -> Result<Option<Bytes>, StoreError>;
 
-    /// Feed entries with a sequence number greater than `after`, in order.
+    /// Feed entries with a sequence number greater than `after`, in order. Only entries that
+    /// are on disk are shown, so a consumer never sees an event a crash could take back.
     async fn events_after(&self, after: u64, limit: usize) -> Result<Vec<EventRecord>, StoreError>;
+
+    /// The highest feed sequence on disk.
+    fn durable_seq(&self) -> u64;
+
+    /// Completes once the durable feed sequence is greater than `after` (callers bound the
+    /// wait with a timeout).
+    async fn wait_for_events_after(&self, after: u64);
+
+    /// The feed sequence just before the first delivery received at or after `since`.
+    async fn seq_before(&self, since: OffsetDateTime) -> Result<u64, StoreError>;
+
+    /// Referrals as they stood at feed sequence `until`, in the order of their latest change up
+    /// to `until`, for those whose latest change lies in `(after, until]`. Reads at most
+    /// `max_events` feed entries; `scanned_to` says where to go on from.
+    async fn referrals_changed(
+        &self,
+        after: u64,
+        until: u64,
+        max_events: usize,
+    ) -> Result<ChangedReferrals, StoreError>;
 
     /// Writes and syncs a marker record: proves the store can take deliveries now.
     async fn check_writable(&self) -> Result<(), StoreError>;

@@ -26,13 +26,14 @@ use time::OffsetDateTime;
 use tokio::sync::watch;
 
 use super::{
-    EventRecord, NewDelivery, PutOutcome, ReferralRecord, ServiceAssignment, Store, StoreError,
-    VersionRecord,
+    ChangedReferrals, EventRecord, NewDelivery, PutOutcome, ReferralRecord, ServiceAssignment,
+    Store, StoreError, VersionRecord,
 };
 use crate::domain::{ReferralRef, ServiceId};
 
 const EVENT_SEQ: &[u8] = b"event_seq";
 const READY_MARKER: &[u8] = b"ready_marker";
+const LAST_RECEIVED: &[u8] = b"last_received_micros";
 
 /// Format tags of stored payloads. LZ4 cuts the bytes sled writes (and rewrites when it
 /// consolidates pages) about fourfold for FHIR JSON, which more than doubles write throughput;
@@ -98,8 +99,22 @@ impl SledStore {
             by_modified: tree("by_modified")?,
             meta: tree("meta")?,
         };
+        // Each flush reports the feed sequence it made durable: the counter as read before
+        // the flush, since every write it covers was committed before that read.
+        let meta = trees.meta.clone();
+        let read_seq = move || -> Result<u64, String> {
+            let seq = meta.get(EVENT_SEQ).map_err(|e| e.to_string())?;
+            seq.map(|v| read_u64(&v).map_err(|e| e.to_string()))
+                .transpose()
+                .map(Option::unwrap_or_default)
+        };
+        let on_disk = read_seq().map_err(StoreError::Unavailable)?;
         let flushed = db.clone();
-        let flusher = Flusher::start(move || flushed.flush().map(drop).map_err(|e| e.to_string()))?;
+        let flusher = Flusher::start(on_disk, move || {
+            let seq = read_seq()?;
+            flushed.flush().map_err(|e| e.to_string())?;
+            Ok(seq)
+        })?;
         Ok(Self { db, trees, flusher })
     }
 
@@ -107,7 +122,6 @@ impl SledStore {
         let t = &self.trees;
         let referral_key = d.referral.as_str().as_bytes();
         let size = d.raw.len() as u64;
-        let modified_key = modified_key(d.received_at, &d.referral);
         let payload = seal_payload(&d.raw);
 
         let result = (
@@ -152,6 +166,15 @@ impl SledStore {
                         (ServiceAssignment::Default(s), None) => Some(s.clone()),
                         (ServiceAssignment::Unassigned, None) => None,
                     };
+                    // Receive times never go backwards along the feed, so a time maps to a
+                    // position in it (see `first_seq_since`).
+                    let last_micros = meta
+                        .get(LAST_RECEIVED)?
+                        .map(|v| read_u64(&v))
+                        .transpose()
+                        .map_err(abort)?
+                        .unwrap_or(0);
+                    let received_at = d.received_at.max(from_micros(last_micros));
                     let version = previous.as_ref().map_or(1, |p| p.version + 1);
                     let mut summary = d.summary.clone();
                     if let Some(p) = &previous {
@@ -165,11 +188,18 @@ impl SledStore {
                         integration: d.integration.clone(),
                         latest_event: d.event.clone(),
                         version,
-                        created_at: previous.as_ref().map_or(d.received_at, |p| p.created_at),
-                        modified_at: d.received_at,
+                        created_at: previous.as_ref().map_or(received_at, |p| p.created_at),
+                        modified_at: received_at,
                         exported_at: previous.as_ref().and_then(|p| p.exported_at),
                         summary,
                     };
+                    let seq = meta
+                        .get(EVENT_SEQ)?
+                        .map(|v| read_u64(&v))
+                        .transpose()
+                        .map_err(abort)?
+                        .unwrap_or(0)
+                        + 1;
                     let version_record = VersionRecord {
                         referral: d.referral.clone(),
                         version,
@@ -179,33 +209,28 @@ impl SledStore {
                         message_header_id: d.message_header_id.clone(),
                         bundle_id: d.bundle_id.clone(),
                         bundle_timestamp: d.bundle_timestamp.clone(),
-                        received_at: d.received_at,
+                        received_at,
                         summary: d.summary.clone(),
                         problems: d.problems.clone(),
                         size,
                         sha256: d.sha256.clone(),
+                        seq,
                     };
-                    let seq = meta
-                        .get(EVENT_SEQ)?
-                        .map(|v| read_u64(&v))
-                        .transpose()
-                        .map_err(abort)?
-                        .unwrap_or(0)
-                        + 1;
                     let event = EventRecord {
                         seq,
                         referral: d.referral.clone(),
                         version,
                         event: d.event.clone(),
                         service_id: service_id.clone(),
-                        received_at: d.received_at,
+                        received_at,
                     };
                     let version_key = version_key(&d.referral, version);
 
                     meta.insert(EVENT_SEQ, &seq.to_be_bytes())?;
+                    meta.insert(LAST_RECEIVED, &micros(received_at).to_be_bytes())?;
                     referrals.insert(referral_key, encode(&record).map_err(abort)?)?;
                     by_service.insert(service_key(service_id.as_ref(), &d.referral), &[])?;
-                    by_modified.insert(modified_key.as_slice(), &[])?;
+                    by_modified.insert(modified_key(received_at, &d.referral), &[])?;
                     versions.insert(
                         version_key.as_slice(),
                         encode(&version_record).map_err(abort)?,
@@ -299,13 +324,105 @@ impl Store for SledStore {
     }
 
     async fn events_after(&self, after: u64, limit: usize) -> Result<Vec<EventRecord>, StoreError> {
-        let start = after.saturating_add(1).to_be_bytes();
+        let durable = self.durable_seq();
+        if after >= durable {
+            return Ok(Vec::new());
+        }
+        let range = after.saturating_add(1).to_be_bytes()..=durable.to_be_bytes();
         self.trees
             .events
-            .range(start..)
+            .range(range)
             .take(limit)
             .map(|item| decode(&item.map_err(unavailable)?.1))
             .collect()
+    }
+
+    fn durable_seq(&self) -> u64 {
+        self.flusher.marks.borrow().seq
+    }
+
+    async fn wait_for_events_after(&self, after: u64) {
+        let mut marks = self.flusher.marks.clone();
+        if marks.wait_for(|m| m.seq > after).await.is_err() {
+            // The flusher is gone (shutting down): nothing new will arrive.
+            std::future::pending::<()>().await;
+        }
+    }
+
+    async fn seq_before(&self, since: OffsetDateTime) -> Result<u64, StoreError> {
+        // Receive times are non-decreasing along the feed: binary search for the first
+        // entry at or after `since`.
+        let (mut low, mut high) = (1, self.durable_seq() + 1);
+        while low < high {
+            let middle = low + (high - low) / 2;
+            let event: EventRecord = match self
+                .trees
+                .events
+                .get(middle.to_be_bytes())
+                .map_err(unavailable)?
+            {
+                Some(bytes) => decode(&bytes)?,
+                None => {
+                    return Err(StoreError::Corrupt(format!(
+                        "feed entry {middle} is missing"
+                    )));
+                }
+            };
+            if event.received_at < since {
+                low = middle + 1;
+            } else {
+                high = middle;
+            }
+        }
+        Ok(low - 1)
+    }
+
+    async fn referrals_changed(
+        &self,
+        after: u64,
+        until: u64,
+        max_events: usize,
+    ) -> Result<ChangedReferrals, StoreError> {
+        let mut referrals = Vec::new();
+        let mut scanned_to = after;
+        if after >= until {
+            return Ok(ChangedReferrals {
+                referrals,
+                scanned_to: until,
+            });
+        }
+        let range = after.saturating_add(1).to_be_bytes()..=until.to_be_bytes();
+        for item in self.trees.events.range(range).take(max_events) {
+            let event: EventRecord = decode(&item.map_err(unavailable)?.1)?;
+            scanned_to = event.seq;
+            // Listed at its latest change up to `until`: skip this entry if the referral has
+            // a later version that is still within the bound.
+            let next = self
+                .trees
+                .versions
+                .get(version_key(&event.referral, event.version + 1))
+                .map_err(unavailable)?
+                .map(|v| decode::<VersionRecord>(&v))
+                .transpose()?;
+            if next.is_some_and(|n| n.seq <= until) {
+                continue;
+            }
+            if let Some(record) = self
+                .trees
+                .referrals
+                .get(event.referral.as_str().as_bytes())
+                .map_err(unavailable)?
+            {
+                referrals.push((event.seq, decode(&record)?));
+            }
+        }
+        if referrals.is_empty() && scanned_to == after {
+            scanned_to = until;
+        }
+        Ok(ChangedReferrals {
+            referrals,
+            scanned_to,
+        })
     }
 
     async fn check_writable(&self) -> Result<(), StoreError> {
@@ -345,20 +462,27 @@ struct Queue {
 }
 
 /// How far flushing has got: writes numbered up to `ok` are on disk; writes numbered up to
-/// `failed` were covered by a flush that failed, so they must not be acknowledged.
+/// `failed` were covered by a flush that failed, so they must not be acknowledged. `seq` is
+/// the highest feed sequence on disk: the event feed shows nothing beyond it.
 #[derive(Debug, Clone, Copy, Default)]
 struct Marks {
     ok: u64,
     failed: u64,
+    seq: u64,
 }
 
 impl Flusher {
-    /// Starts the flusher thread; `flush` makes everything written so far durable.
+    /// Starts the flusher thread; `flush` makes everything written so far durable and returns
+    /// the feed sequence that is now on disk (`on_disk` is where it starts).
     fn start(
-        flush: impl FnMut() -> Result<(), String> + Send + 'static,
+        on_disk: u64,
+        flush: impl FnMut() -> Result<u64, String> + Send + 'static,
     ) -> Result<Self, StoreError> {
         let queue = Arc::new((Mutex::new(Queue::default()), Condvar::new()));
-        let (tx, marks) = watch::channel(Marks::default());
+        let (tx, marks) = watch::channel(Marks {
+            seq: on_disk,
+            ..Marks::default()
+        });
         let thread_queue = Arc::clone(&queue);
         let thread = std::thread::Builder::new()
             .name("store-flusher".into())
@@ -410,7 +534,7 @@ impl Flusher {
 }
 
 fn flush_loop(
-    mut flush: impl FnMut() -> Result<(), String>,
+    mut flush: impl FnMut() -> Result<u64, String>,
     queue: &(Mutex<Queue>, Condvar),
     marks: &watch::Sender<Marks>,
 ) {
@@ -428,7 +552,10 @@ fn flush_loop(
             q.requested
         };
         match flush() {
-            Ok(()) => marks.send_modify(|m| m.ok = target),
+            Ok(seq) => marks.send_modify(|m| {
+                m.ok = target;
+                m.seq = m.seq.max(seq);
+            }),
             Err(e) => {
                 tracing::error!(error = %e, "flushing the store to disk failed");
                 marks.send_modify(|m| m.failed = target);
@@ -495,9 +622,17 @@ fn service_key(service: Option<&ServiceId>, referral: &ReferralRef) -> Vec<u8> {
     key
 }
 
+fn micros(at: OffsetDateTime) -> u64 {
+    u64::try_from(at.unix_timestamp_nanos() / 1000).unwrap_or(0)
+}
+
+fn from_micros(micros: u64) -> OffsetDateTime {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(micros) * 1000)
+        .unwrap_or(OffsetDateTime::UNIX_EPOCH)
+}
+
 fn modified_key(at: OffsetDateTime, referral: &ReferralRef) -> Vec<u8> {
-    let micros = u64::try_from(at.unix_timestamp_nanos() / 1000).unwrap_or(0);
-    let mut key = micros.to_be_bytes().to_vec();
+    let mut key = micros(at).to_be_bytes().to_vec();
     key.push(0);
     key.extend_from_slice(referral.as_str().as_bytes());
     key
@@ -520,13 +655,13 @@ mod tests {
         let flushes = Arc::new(AtomicUsize::new(0));
         let (f, n) = (Arc::clone(&failing), Arc::clone(&flushes));
         let flusher = Arc::new(
-            Flusher::start(move || {
+            Flusher::start(0, move || {
                 n.fetch_add(1, Ordering::SeqCst);
                 std::thread::sleep(std::time::Duration::from_millis(20));
                 if f.load(Ordering::SeqCst) {
                     Err("injected I/O error".into())
                 } else {
-                    Ok(())
+                    Ok(0)
                 }
             })
             .unwrap(),

@@ -6,8 +6,10 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use referral_relay::domain::{ReferralRef, ServiceId};
 use referral_relay::store::{
-    EventRecord, NewDelivery, PutOutcome, ReferralRecord, Store, StoreError, VersionRecord,
+    ChangedReferrals, EventRecord, NewDelivery, PutOutcome, ReferralRecord, Store, StoreError,
+    VersionRecord,
 };
+use time::OffsetDateTime;
 
 use crate::fixtures::fixture;
 use crate::helpers::{FHIR_JSON, config, spawn_with_store};
@@ -41,6 +43,26 @@ impl Store for DiskFull {
     }
     async fn events_after(&self, _: u64, _: usize) -> Result<Vec<EventRecord>, StoreError> {
         Ok(Vec::new())
+    }
+    fn durable_seq(&self) -> u64 {
+        0
+    }
+    async fn wait_for_events_after(&self, _: u64) {
+        std::future::pending::<()>().await;
+    }
+    async fn seq_before(&self, _: OffsetDateTime) -> Result<u64, StoreError> {
+        Ok(0)
+    }
+    async fn referrals_changed(
+        &self,
+        _: u64,
+        until: u64,
+        _: usize,
+    ) -> Result<ChangedReferrals, StoreError> {
+        Ok(ChangedReferrals {
+            referrals: Vec::new(),
+            scanned_to: until,
+        })
     }
     async fn check_writable(&self) -> Result<(), StoreError> {
         Err(disk_full())

@@ -1,6 +1,7 @@
 //! Integration tests: one binary, the real server on a loopback socket, the real store on disk.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod api;
 mod auth;
 mod cli;
 mod crash;

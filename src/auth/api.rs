@@ -1,0 +1,56 @@
+//! Keys of the point-of-service API's clients, and what each may see.
+
+use axum::http::HeaderMap;
+
+use super::{bearer, same_secret};
+use crate::config::{ApiConfig, Secret};
+use crate::domain::ServiceId;
+
+/// One configured API client.
+#[derive(Debug, Clone)]
+pub struct ApiClient {
+    pub name: String,
+    key: Secret,
+    /// External Service IDs it may see; empty: all.
+    pub service_ids: Vec<ServiceId>,
+}
+
+impl ApiClient {
+    /// Whether referrals filed under `service` (`None`: unassigned) are visible to this client.
+    /// A scoped client never sees unassigned referrals.
+    pub fn may_see(&self, service: Option<&ServiceId>) -> bool {
+        self.service_ids.is_empty() || service.is_some_and(|s| self.service_ids.contains(s))
+    }
+}
+
+/// Every configured client.
+pub struct ApiClients(Vec<ApiClient>);
+
+impl ApiClients {
+    pub fn from_config(config: &ApiConfig) -> Self {
+        Self(
+            config
+                .clients
+                .iter()
+                .map(|(name, c)| ApiClient {
+                    name: name.clone(),
+                    key: c.key.clone(),
+                    service_ids: c.service_ids.clone(),
+                })
+                .collect(),
+        )
+    }
+
+    /// The client whose key is presented as a bearer token. Every key is compared, in constant
+    /// time, so timing does not reveal which client's key was close.
+    pub fn authenticate(&self, headers: &HeaderMap) -> Result<&ApiClient, &'static str> {
+        let presented = bearer::presented(headers)?;
+        let mut found = None;
+        for client in &self.0 {
+            if same_secret(presented.as_bytes(), client.key.expose().as_bytes()) {
+                found = Some(client);
+            }
+        }
+        found.ok_or("the API key is not recognised")
+    }
+}
