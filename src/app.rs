@@ -22,8 +22,12 @@ use crate::auth::limiter::LoginLimiter;
 use crate::auth::token::TokenIssuer;
 use crate::config::{AuthConfig, Config, Secret};
 use crate::domain::{EventCode, IntegrationName, ServiceId};
+use crate::ocean::client::OceanClient;
+use crate::ocean::transitions::Transitions;
+use crate::ocean::worker::Worker;
 use crate::routes;
 use crate::store::{SledStore, Store};
+use tokio::sync::Notify;
 
 /// Window of the token endpoint's failed-login limiter.
 const LOGIN_WINDOW: Duration = Duration::from_secs(60);
@@ -67,6 +71,15 @@ pub struct AppState {
     pub login_limiter: Arc<LoginLimiter>,
     /// Clients of the point-of-service API.
     pub api_clients: Arc<ApiClients>,
+    config: Arc<Config>,
+    /// One client per Ocean site.
+    pub ocean: Arc<HashMap<String, Arc<OceanClient>>>,
+    /// Allowed Task status changes.
+    pub transitions: Arc<Transitions>,
+    /// Serialises acceptance of updates, so each transition is checked against the last.
+    pub outbox_lock: Arc<tokio::sync::Mutex<()>>,
+    /// Wakes the outbox worker when an update is accepted or replayed.
+    pub outbox_wake: Arc<Notify>,
     pub max_body_bytes: usize,
     pub body_timeout: Duration,
     pub counters: Arc<Counters>,
@@ -122,10 +135,35 @@ impl AppState {
             oauth_clients: Arc::new(oauth_clients),
             login_limiter: Arc::new(LoginLimiter::new(LOGIN_WINDOW)),
             api_clients: Arc::new(ApiClients::from_config(&config.api)),
+            config: Arc::new(config.clone()),
+            ocean: Arc::new(crate::ocean::clients(config)?),
+            transitions: Arc::new(Transitions::new(&config.outbox.transitions)),
+            outbox_lock: Arc::default(),
+            outbox_wake: Arc::default(),
             max_body_bytes: config.server.max_body_bytes,
             body_timeout: Duration::from_secs(config.server.body_timeout_secs),
             counters: Arc::default(),
         })
+    }
+
+    /// The Ocean site that answers for referrals filed under `service`.
+    pub fn site_for(&self, service: Option<&ServiceId>) -> Option<String> {
+        crate::ocean::site_for(&self.config, service)
+    }
+
+    /// Where messages for `site` are posted.
+    pub fn ocean_messages_url(&self, site: &str) -> Option<String> {
+        self.ocean.get(site).map(|c| c.messages_url())
+    }
+
+    /// The outbox worker over this state's store and sites.
+    pub fn worker(&self) -> Worker {
+        Worker {
+            store: Arc::clone(&self.store),
+            sites: (*self.ocean).clone(),
+            config: self.config.outbox.clone(),
+            wake: Arc::clone(&self.outbox_wake),
+        }
     }
 
     /// Names of the configured integrations.
@@ -160,6 +198,7 @@ pub fn router(state: AppState) -> Router {
 pub struct Application {
     listener: TcpListener,
     router: Router,
+    worker: Worker,
     shutdown_timeout: Duration,
 }
 
@@ -180,9 +219,11 @@ impl Application {
         let listener = TcpListener::bind(config.server.listen)
             .await
             .with_context(|| format!("cannot listen on {}", config.server.listen))?;
+        let state = AppState::new(config, store)?;
         Ok(Self {
             listener,
-            router: router(AppState::new(config, store)?),
+            worker: state.worker(),
+            router: router(state),
             shutdown_timeout: Duration::from_secs(config.server.shutdown_timeout_secs),
         })
     }
@@ -199,6 +240,8 @@ impl Application {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let (stopping_tx, mut stopping) = tokio::sync::watch::channel(false);
+        // The outbox worker stops between attempts when shutdown begins.
+        let worker = tokio::spawn(self.worker.run(stopping.clone()));
         let server = axum::serve(self.listener, self.router).with_graceful_shutdown(async move {
             shutdown.await;
             tracing::info!("shutting down: no new connections, draining requests in flight");
@@ -212,6 +255,9 @@ impl Application {
         tokio::select! {
             result = server => result.context("HTTP server failed")?,
             () = deadline => tracing::warn!(timeout_secs = timeout.as_secs(), "requests still in flight after the drain timeout; exiting"),
+        }
+        if tokio::time::timeout(timeout, worker).await.is_err() {
+            tracing::warn!("the outbox worker did not stop within the drain timeout");
         }
         Ok(())
     }

@@ -25,6 +25,12 @@ const ENV_PREFIX: &str = "RELAY__";
 pub struct Config {
     pub server: ServerConfig,
     pub log: LogConfig,
+    /// Ocean sites that issued OAuth credentials, by name; status updates go out through them.
+    #[serde(default)]
+    pub sites: BTreeMap<String, SiteConfig>,
+    /// How updates to Ocean are retried.
+    #[serde(default)]
+    pub outbox: OutboxConfig,
     /// The point-of-service API and its clients.
     #[serde(default)]
     pub api: ApiConfig,
@@ -141,6 +147,61 @@ pub struct OAuthClient {
     #[serde(deserialize_with = "string_or_number")]
     pub client_id: String,
     pub client_secret: Secret,
+}
+
+/// An Ocean site the relay sends updates to.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SiteConfig {
+    /// e.g. `https://ocean.cognisantmd.com`; tokens come from `{base_url}/svc/oauth2/token`.
+    pub base_url: String,
+    #[serde(deserialize_with = "string_or_number")]
+    pub client_id: String,
+    pub client_secret: Secret,
+    /// How the client credentials are sent to the token endpoint.
+    #[serde(default)]
+    pub token_auth: TokenAuth,
+    /// External Service IDs whose referrals this site answers for; empty: all.
+    #[serde(default)]
+    pub service_ids: Vec<ServiceId>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TokenAuth {
+    /// `client_id` and `client_secret` in the form body.
+    #[default]
+    Form,
+    /// An HTTP Basic header.
+    Basic,
+}
+
+/// Delivery of updates to Ocean.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutboxConfig {
+    /// How long an update is retried before it becomes a dead letter (Ocean's own is 96 h).
+    pub retry_horizon_secs: u64,
+    /// First backoff; it doubles per attempt, with jitter, up to `max_backoff_secs`.
+    pub initial_backoff_secs: u64,
+    pub max_backoff_secs: u64,
+    /// Bound on one request to Ocean.
+    pub request_timeout_secs: u64,
+    /// Allowed Task status changes: current status → statuses it may move to. Keys given here
+    /// replace the built-in row for that status.
+    pub transitions: BTreeMap<String, Vec<String>>,
+}
+
+impl Default for OutboxConfig {
+    fn default() -> Self {
+        Self {
+            retry_horizon_secs: 96 * 3600,
+            initial_backoff_secs: 2,
+            max_backoff_secs: 3600,
+            request_timeout_secs: 30,
+            transitions: BTreeMap::new(),
+        }
+    }
 }
 
 /// The point-of-service API (`/api/v1`).
@@ -317,6 +378,18 @@ impl Config {
         }
         if self.integrations.is_empty() {
             bail!("integrations: at least one integration must be configured");
+        }
+        for (name, site) in &self.sites {
+            let url = site.base_url.trim_end_matches('/');
+            if !(url.starts_with("https://") || url.starts_with("http://")) || url.len() < 10 {
+                bail!("sites.{name}.base_url must be an http(s) URL");
+            }
+            if site.client_id.is_empty() || site.client_secret.is_empty() {
+                bail!("sites.{name}: client_id and client_secret are required");
+            }
+        }
+        if self.outbox.initial_backoff_secs == 0 || self.outbox.request_timeout_secs == 0 {
+            bail!("outbox.initial_backoff_secs and outbox.request_timeout_secs must be at least 1");
         }
         for (name, client) in &self.api.clients {
             if client.key.expose().len() < 16 {

@@ -8,6 +8,7 @@ pub mod config;
 pub mod domain;
 pub mod error;
 pub mod fhir;
+pub mod ocean;
 pub mod routes;
 pub mod store;
 pub mod telemetry;

@@ -5,5 +5,6 @@
 mod json;
 pub mod message;
 pub mod outcome;
+pub mod outgoing;
 
 pub use message::{ParseError, Parsed, ParsedMessage, parse_message};

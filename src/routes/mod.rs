@@ -4,6 +4,7 @@ pub mod api;
 pub mod health;
 pub mod metadata;
 pub mod oauth;
+pub mod updates;
 pub mod webhook;
 
 use axum::Router;

@@ -136,6 +136,61 @@ pub struct VersionRecord {
     pub seq: u64,
 }
 
+/// Where an outgoing update stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UpdateState {
+    /// Waiting to be sent, or between attempts.
+    Pending,
+    /// Ocean answered 2xx; never sent again.
+    Delivered,
+    /// Refused by Ocean (a 4xx other than 401/429) or out of retry time; holds back later
+    /// updates of its referral until it is replayed.
+    Dead,
+}
+
+/// An update for Ocean, as accepted from the point-of-service API.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpdateRecord {
+    pub id: u64,
+    pub referral: ReferralRef,
+    /// The configured Ocean site it goes to.
+    pub site: String,
+    /// `status`, `appointment`, `cancel-appointment` or `message`.
+    pub kind: String,
+    /// For status updates: the Task status requested.
+    pub task_status: Option<String>,
+    /// The message event code.
+    pub event: String,
+    /// The FHIR message Bundle to post, built when the update was accepted.
+    pub bundle: String,
+    pub state: UpdateState,
+    pub attempts: u32,
+    pub last_error: Option<String>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub next_attempt_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub delivered_at: Option<OffsetDateTime>,
+}
+
+/// What the relay has told Ocean about a referral's Task.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskState {
+    /// The last Task status accepted for sending.
+    pub status: Option<String>,
+    /// True once a Task update was accepted: later ones are `notify-update-process-request`.
+    pub task_sent: bool,
+    /// The id of the Task resource used for this referral's updates.
+    pub task_id: Option<String>,
+    /// The id of the current Appointment, if one was booked and not cancelled.
+    pub appointment_id: Option<String>,
+    /// Its start and end (RFC 3339), repeated when it is cancelled.
+    pub appointment_start: Option<String>,
+    pub appointment_end: Option<String>,
+}
+
 /// A slice of [`Store::referrals_changed`].
 #[derive(Debug, Clone)]
 pub struct ChangedReferrals {
@@ -207,6 +262,31 @@ pub trait Store: Send + Sync + 'static {
         until: u64,
         max_events: usize,
     ) -> Result<ChangedReferrals, StoreError>;
+
+    /// Stores a new outgoing update (its `id` is assigned here) together with the referral's
+    /// new [`TaskState`], durably, and returns it.
+    async fn enqueue_update(
+        &self,
+        update: UpdateRecord,
+        task: TaskState,
+    ) -> Result<UpdateRecord, StoreError>;
+
+    /// Records a new state of an update, durably.
+    async fn save_update(&self, update: &UpdateRecord) -> Result<(), StoreError>;
+
+    async fn update(&self, id: u64) -> Result<Option<UpdateRecord>, StoreError>;
+
+    /// Updates in id order, optionally only those in `state`.
+    async fn updates(
+        &self,
+        state: Option<UpdateState>,
+        limit: usize,
+    ) -> Result<Vec<UpdateRecord>, StoreError>;
+
+    /// Updates not yet delivered (pending and dead), in the order they were accepted.
+    async fn open_updates(&self) -> Result<Vec<UpdateRecord>, StoreError>;
+
+    async fn task_state(&self, referral: &ReferralRef) -> Result<TaskState, StoreError>;
 
     /// Writes and syncs a marker record: proves the store can take deliveries now.
     async fn check_writable(&self) -> Result<(), StoreError>;

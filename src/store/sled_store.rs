@@ -12,6 +12,9 @@
 //! - `events`:      seq (u64 BE) → [`EventRecord`]
 //! - `by_modified`: modified-at (µs, u64 BE) `\0` referral ref → ()
 //! - `meta`:        counters and the readiness marker
+//! - `updates`:     update id (u64 BE) → [`UpdateRecord`] (the outbox to Ocean)
+//! - `open_updates`: update id → () while not delivered
+//! - `task_states`: referral ref → [`TaskState`]
 
 use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
@@ -27,13 +30,14 @@ use tokio::sync::watch;
 
 use super::{
     ChangedReferrals, EventRecord, NewDelivery, PutOutcome, ReferralRecord, ServiceAssignment,
-    Store, StoreError, VersionRecord,
+    Store, StoreError, TaskState, UpdateRecord, UpdateState, VersionRecord,
 };
 use crate::domain::{ReferralRef, ServiceId};
 
 const EVENT_SEQ: &[u8] = b"event_seq";
 const READY_MARKER: &[u8] = b"ready_marker";
 const LAST_RECEIVED: &[u8] = b"last_received_micros";
+const UPDATE_SEQ: &[u8] = b"update_seq";
 
 /// Format tags of stored payloads. LZ4 cuts the bytes sled writes (and rewrites when it
 /// consolidates pages) about fourfold for FHIR JSON, which more than doubles write throughput;
@@ -58,6 +62,12 @@ struct Trees {
     events: sled::Tree,
     by_modified: sled::Tree,
     meta: sled::Tree,
+    /// id (u64 BE) → [`UpdateRecord`]
+    updates: sled::Tree,
+    /// id (u64 BE) → () for updates not yet delivered
+    open_updates: sled::Tree,
+    /// referral ref → [`TaskState`]
+    task_states: sled::Tree,
 }
 
 /// What the dedup tree remembers about a delivery.
@@ -98,6 +108,9 @@ impl SledStore {
             events: tree("events")?,
             by_modified: tree("by_modified")?,
             meta: tree("meta")?,
+            updates: tree("updates")?,
+            open_updates: tree("open_updates")?,
+            task_states: tree("task_states")?,
         };
         // Each flush reports the feed sequence it made durable: the counter as read before
         // the flush, since every write it covers was committed before that read.
@@ -423,6 +436,110 @@ impl Store for SledStore {
             referrals,
             scanned_to,
         })
+    }
+
+    async fn enqueue_update(
+        &self,
+        mut update: UpdateRecord,
+        task: TaskState,
+    ) -> Result<UpdateRecord, StoreError> {
+        let t = &self.trees;
+        let referral_key = update.referral.as_str().as_bytes().to_vec();
+        let task = encode(&task)?;
+        let stored = (&t.updates, &t.open_updates, &t.task_states, &t.meta)
+            .transaction(|(updates, open, tasks, meta)| {
+                let id = meta
+                    .get(UPDATE_SEQ)?
+                    .map(|v| read_u64(&v))
+                    .transpose()
+                    .map_err(abort)?
+                    .unwrap_or(0)
+                    + 1;
+                let mut record = update.clone();
+                record.id = id;
+                meta.insert(UPDATE_SEQ, &id.to_be_bytes())?;
+                updates.insert(&id.to_be_bytes(), encode(&record).map_err(abort)?)?;
+                open.insert(&id.to_be_bytes(), &[])?;
+                tasks.insert(referral_key.as_slice(), task.as_slice())?;
+                Ok(record)
+            })
+            .map_err(|e| match e {
+                TransactionError::Abort(e) => e,
+                TransactionError::Storage(e) => unavailable(e),
+            })?;
+        self.flusher.durable().await?;
+        update.id = stored.id;
+        Ok(stored)
+    }
+
+    async fn save_update(&self, update: &UpdateRecord) -> Result<(), StoreError> {
+        let t = &self.trees;
+        let key = update.id.to_be_bytes();
+        let value = encode(update)?;
+        (&t.updates, &t.open_updates)
+            .transaction(|(updates, open)| {
+                updates.insert(&key, value.as_slice())?;
+                if update.state == UpdateState::Delivered {
+                    open.remove(&key)?;
+                } else {
+                    open.insert(&key, &[])?;
+                }
+                Ok::<_, ConflictableTransactionError<StoreError>>(())
+            })
+            .map_err(|e| match e {
+                TransactionError::Abort(e) => e,
+                TransactionError::Storage(e) => unavailable(e),
+            })?;
+        self.flusher.durable().await
+    }
+
+    async fn update(&self, id: u64) -> Result<Option<UpdateRecord>, StoreError> {
+        self.trees
+            .updates
+            .get(id.to_be_bytes())
+            .map_err(unavailable)?
+            .map(|v| decode(&v))
+            .transpose()
+    }
+
+    async fn updates(
+        &self,
+        state: Option<UpdateState>,
+        limit: usize,
+    ) -> Result<Vec<UpdateRecord>, StoreError> {
+        let mut found = Vec::new();
+        for item in self.trees.updates.iter() {
+            let record: UpdateRecord = decode(&item.map_err(unavailable)?.1)?;
+            if state.is_none_or(|s| s == record.state) {
+                found.push(record);
+                if found.len() == limit {
+                    break;
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    async fn open_updates(&self) -> Result<Vec<UpdateRecord>, StoreError> {
+        let mut found = Vec::new();
+        for item in self.trees.open_updates.iter() {
+            let (key, _) = item.map_err(unavailable)?;
+            if let Some(v) = self.trees.updates.get(&key).map_err(unavailable)? {
+                found.push(decode(&v)?);
+            }
+        }
+        Ok(found)
+    }
+
+    async fn task_state(&self, referral: &ReferralRef) -> Result<TaskState, StoreError> {
+        Ok(self
+            .trees
+            .task_states
+            .get(referral.as_str().as_bytes())
+            .map_err(unavailable)?
+            .map(|v| decode(&v))
+            .transpose()?
+            .unwrap_or_default())
     }
 
     async fn check_writable(&self) -> Result<(), StoreError> {

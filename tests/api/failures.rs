@@ -7,7 +7,7 @@ use bytes::Bytes;
 use referral_relay::domain::{ReferralRef, ServiceId};
 use referral_relay::store::{
     ChangedReferrals, EventRecord, NewDelivery, PutOutcome, ReferralRecord, Store, StoreError,
-    VersionRecord,
+    TaskState, UpdateRecord, UpdateState, VersionRecord,
 };
 use time::OffsetDateTime;
 
@@ -63,6 +63,32 @@ impl Store for DiskFull {
             referrals: Vec::new(),
             scanned_to: until,
         })
+    }
+    async fn enqueue_update(
+        &self,
+        _: UpdateRecord,
+        _: TaskState,
+    ) -> Result<UpdateRecord, StoreError> {
+        Err(disk_full())
+    }
+    async fn save_update(&self, _: &UpdateRecord) -> Result<(), StoreError> {
+        Err(disk_full())
+    }
+    async fn update(&self, _: u64) -> Result<Option<UpdateRecord>, StoreError> {
+        Ok(None)
+    }
+    async fn updates(
+        &self,
+        _: Option<UpdateState>,
+        _: usize,
+    ) -> Result<Vec<UpdateRecord>, StoreError> {
+        Ok(Vec::new())
+    }
+    async fn open_updates(&self) -> Result<Vec<UpdateRecord>, StoreError> {
+        Ok(Vec::new())
+    }
+    async fn task_state(&self, _: &ReferralRef) -> Result<TaskState, StoreError> {
+        Ok(TaskState::default())
     }
     async fn check_writable(&self) -> Result<(), StoreError> {
         Err(disk_full())

@@ -1,0 +1,267 @@
+//! The outbound client for one Ocean site: OAuth client-credentials tokens (cached, one fetch
+//! at a time, refreshed once on 401) and `POST {base}/svc/fhir/v1/$process-messages`.
+
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER};
+use serde::Deserialize;
+use tokio::sync::Mutex;
+use tokio::time::Instant;
+
+use crate::config::{Secret, SiteConfig, TokenAuth};
+
+/// Refresh a token this long before Ocean says it expires.
+const TOKEN_MARGIN: Duration = Duration::from_secs(60);
+/// Life assumed for a token when Ocean gives no `expires_in`.
+const DEFAULT_TOKEN_LIFE: Duration = Duration::from_secs(300);
+
+/// Why a send did not land.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SendError {
+    /// Worth retrying (5xx, 429, 408, timeouts, connection errors, token trouble).
+    #[error("{reason}")]
+    Retry {
+        reason: String,
+        /// `Retry-After`, when Ocean sent one.
+        after: Option<Duration>,
+    },
+    /// Ocean refused the message (another 4xx): retrying cannot help.
+    #[error("{0}")]
+    Rejected(String),
+}
+
+struct CachedToken {
+    value: String,
+    refresh_at: Instant,
+}
+
+/// A typed client for one site, built once from config.
+pub struct OceanClient {
+    http: reqwest::Client,
+    base_url: String,
+    client_id: String,
+    client_secret: Secret,
+    token_auth: TokenAuth,
+    token: Mutex<Option<CachedToken>>,
+}
+
+#[derive(Deserialize)]
+struct TokenResponse {
+    access_token: String,
+    expires_in: Option<u64>,
+}
+
+impl OceanClient {
+    pub fn new(site: &SiteConfig, timeout: Duration) -> anyhow::Result<Self> {
+        let http = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout.min(Duration::from_secs(10)))
+            .user_agent(concat!("referral-relay/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        Ok(Self {
+            http,
+            base_url: site.base_url.trim_end_matches('/').to_owned(),
+            client_id: site.client_id.clone(),
+            client_secret: site.client_secret.clone(),
+            token_auth: site.token_auth,
+            token: Mutex::new(None),
+        })
+    }
+
+    /// The URL messages are posted to.
+    pub fn messages_url(&self) -> String {
+        format!("{}/svc/fhir/v1/$process-messages", self.base_url)
+    }
+
+    /// A valid token: the cached one, or a new one (`renew` forces that). The lock makes
+    /// concurrent callers share one fetch.
+    async fn token(&self, renew: bool) -> Result<String, SendError> {
+        let mut cached = self.token.lock().await;
+        if !renew
+            && let Some(token) = cached.as_ref()
+            && token.refresh_at > Instant::now()
+        {
+            return Ok(token.value.clone());
+        }
+        let url = format!("{}/svc/oauth2/token", self.base_url);
+        let mut request = self
+            .http
+            .post(&url)
+            .header(CONTENT_TYPE, "application/x-www-form-urlencoded");
+        let mut form = vec![("grant_type", "client_credentials")];
+        match self.token_auth {
+            TokenAuth::Form => {
+                form.push(("client_id", &self.client_id));
+                form.push(("client_secret", self.client_secret.expose()));
+            }
+            TokenAuth::Basic => {
+                request = request.basic_auth(&self.client_id, Some(self.client_secret.expose()));
+            }
+        }
+        let body = serde_urlencoded::to_string(&form).map_err(|e| SendError::Retry {
+            reason: format!("cannot encode the token request: {e}"),
+            after: None,
+        })?;
+        let response = request
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| SendError::Retry {
+                reason: format!("token endpoint unreachable: {}", transport(&e)),
+                after: None,
+            })?;
+        let status = response.status();
+        if !status.is_success() {
+            // Even a 401 here is retried: credentials are fixed by an operator, and updates
+            // must not die in the meantime.
+            return Err(SendError::Retry {
+                reason: format!(
+                    "token endpoint answered {status}; check the site's client_id and client_secret"
+                ),
+                after: retry_after(&response),
+            });
+        }
+        let token: TokenResponse =
+            response
+                .json_body()
+                .await
+                .map_err(|reason| SendError::Retry {
+                    reason: format!("token endpoint answered {reason}"),
+                    after: None,
+                })?;
+        let life = token
+            .expires_in
+            .map_or(DEFAULT_TOKEN_LIFE, Duration::from_secs)
+            .saturating_sub(TOKEN_MARGIN);
+        let value = token.access_token;
+        *cached = Some(CachedToken {
+            value: value.clone(),
+            refresh_at: Instant::now() + life,
+        });
+        tracing::info!(
+            token_life_secs = life.as_secs(),
+            "fetched an Ocean access grant"
+        );
+        Ok(value)
+    }
+
+    /// Posts one message Bundle; a 401 gets one retry with a fresh token.
+    pub async fn send(&self, bundle: &str) -> Result<(), SendError> {
+        let mut renewed = false;
+        loop {
+            let token = self.token(renewed).await?;
+            let response = self
+                .http
+                .post(self.messages_url())
+                .header(AUTHORIZATION, format!("Bearer {token}"))
+                .header(CONTENT_TYPE, "application/fhir+json")
+                .body(bundle.to_owned())
+                .send()
+                .await
+                .map_err(|e| SendError::Retry {
+                    reason: format!("Ocean unreachable: {}", transport(&e)),
+                    after: None,
+                })?;
+            let status = response.status();
+            if status.is_success() {
+                return Ok(());
+            }
+            if status == StatusCode::UNAUTHORIZED && !renewed {
+                renewed = true;
+                continue;
+            }
+            let after = retry_after(&response);
+            let detail = outcome_text(response).await;
+            let reason = format!("Ocean answered {status}{detail}");
+            return Err(
+                if status.is_server_error()
+                    || status == StatusCode::TOO_MANY_REQUESTS
+                    || status == StatusCode::REQUEST_TIMEOUT
+                    || status == StatusCode::UNAUTHORIZED
+                {
+                    SendError::Retry { reason, after }
+                } else {
+                    SendError::Rejected(reason)
+                },
+            );
+        }
+    }
+
+    /// Proves the credentials work: a token, then `GET .../NamingSystem/id-site-number`.
+    pub async fn check(&self) -> anyhow::Result<u16> {
+        let token = self.token(true).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        let url = format!("{}/svc/fhir/v1/NamingSystem/id-site-number", self.base_url);
+        let response = self
+            .http
+            .get(&url)
+            .header(AUTHORIZATION, format!("Bearer {token}"))
+            .send()
+            .await
+            .map_err(|e| anyhow::anyhow!("{url} unreachable: {}", transport(&e)))?;
+        let status = response.status();
+        if !status.is_success() {
+            anyhow::bail!("{url} answered {status}");
+        }
+        Ok(status.as_u16())
+    }
+}
+
+/// A transport error without its URL's query or anything sent.
+fn transport(e: &reqwest::Error) -> &'static str {
+    if e.is_timeout() {
+        "timed out"
+    } else if e.is_connect() {
+        "connection failed"
+    } else {
+        "request failed"
+    }
+}
+
+fn retry_after(response: &reqwest::Response) -> Option<Duration> {
+    response
+        .headers()
+        .get(RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .map(Duration::from_secs)
+}
+
+/// `: <diagnostics>` of an OperationOutcome body, if Ocean sent one.
+async fn outcome_text(response: reqwest::Response) -> String {
+    let Ok(bytes) = response.bytes().await else {
+        return String::new();
+    };
+    let Ok(body) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
+        return String::new();
+    };
+    let texts: Vec<&str> = body["issue"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|i| i["diagnostics"].as_str().or(i["details"]["text"].as_str()))
+        .collect();
+    if texts.is_empty() {
+        String::new()
+    } else {
+        format!(
+            ": {}",
+            texts.join("; ").chars().take(500).collect::<String>()
+        )
+    }
+}
+
+/// Reads a JSON body (reqwest is built without its `json` feature).
+trait JsonBody {
+    async fn json_body<T: for<'de> Deserialize<'de>>(self) -> Result<T, String>;
+}
+
+impl JsonBody for reqwest::Response {
+    async fn json_body<T: for<'de> Deserialize<'de>>(self) -> Result<T, String> {
+        let bytes = self.bytes().await.map_err(|e| transport(&e).to_owned())?;
+        serde_json::from_slice(&bytes).map_err(|_| "a body that is not the expected JSON".into())
+    }
+}

@@ -1,0 +1,147 @@
+//! The outbox worker: sends accepted updates to Ocean in the order they were accepted per
+//! referral, retrying with exponential backoff and jitter (honouring `Retry-After`) until they
+//! land, the retry horizon passes, or Ocean refuses them (dead letter).
+//!
+//! Ordering: an update that is waiting for its next attempt, or dead, holds back every later
+//! update of the same referral. A dead letter holds them back until it is replayed.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use time::OffsetDateTime;
+use tokio::sync::{Notify, watch};
+
+use super::client::{OceanClient, SendError};
+use crate::config::OutboxConfig;
+use crate::domain::ReferralRef;
+use crate::store::{Store, UpdateRecord, UpdateState};
+
+/// Longest sleep between passes when nothing is due (new updates wake the worker at once).
+const IDLE: Duration = Duration::from_secs(30);
+
+pub struct Worker {
+    pub store: Arc<dyn Store>,
+    pub sites: HashMap<String, Arc<OceanClient>>,
+    pub config: OutboxConfig,
+    /// Woken when an update is accepted or replayed.
+    pub wake: Arc<Notify>,
+}
+
+impl Worker {
+    /// Runs until `stop` turns true; stops between attempts, never in the middle of one.
+    pub async fn run(self, mut stop: watch::Receiver<bool>) {
+        loop {
+            if *stop.borrow() {
+                return;
+            }
+            let sleep = match self.pass(&stop).await {
+                Ok(next) => next,
+                Err(e) => {
+                    tracing::error!(error = %e, "outbox pass failed");
+                    Duration::from_secs(5)
+                }
+            };
+            tokio::select! {
+                () = self.wake.notified() => {}
+                () = tokio::time::sleep(sleep) => {}
+                _ = stop.changed() => {}
+            }
+        }
+    }
+
+    /// Sends everything due; returns how long until the next update is due.
+    async fn pass(
+        &self,
+        stop: &watch::Receiver<bool>,
+    ) -> Result<Duration, crate::store::StoreError> {
+        let mut held: HashSet<ReferralRef> = HashSet::new();
+        let mut next = IDLE;
+        for mut update in self.store.open_updates().await? {
+            if *stop.borrow() {
+                break;
+            }
+            if held.contains(&update.referral) {
+                continue;
+            }
+            let now = OffsetDateTime::now_utc();
+            if update.state == UpdateState::Dead {
+                held.insert(update.referral.clone());
+                continue;
+            }
+            if update.next_attempt_at > now {
+                next = next.min(duration(update.next_attempt_at - now));
+                held.insert(update.referral.clone());
+                continue;
+            }
+            let result = match self.sites.get(&update.site) {
+                Some(site) => site.send(&update.bundle).await,
+                None => Err(SendError::Rejected(format!(
+                    "site '{}' is no longer configured",
+                    update.site
+                ))),
+            };
+            self.record(&mut update, result);
+            self.store.save_update(&update).await?;
+            if update.state != UpdateState::Delivered {
+                held.insert(update.referral.clone());
+                if update.state == UpdateState::Pending {
+                    next = next.min(duration(update.next_attempt_at - OffsetDateTime::now_utc()));
+                }
+            }
+        }
+        Ok(next)
+    }
+
+    fn record(&self, update: &mut UpdateRecord, result: Result<(), SendError>) {
+        update.attempts += 1;
+        let now = OffsetDateTime::now_utc();
+        match result {
+            Ok(()) => {
+                update.state = UpdateState::Delivered;
+                update.delivered_at = Some(now);
+                update.last_error = None;
+                tracing::info!(update = update.id, event = %update.event, attempts = update.attempts, "update delivered to Ocean");
+            }
+            Err(SendError::Rejected(reason)) => {
+                tracing::warn!(update = update.id, %reason, "Ocean refused the update; dead letter");
+                update.state = UpdateState::Dead;
+                update.last_error = Some(reason);
+            }
+            Err(SendError::Retry { reason, after }) => {
+                let horizon = Duration::from_secs(self.config.retry_horizon_secs);
+                if duration(now - update.created_at) >= horizon {
+                    tracing::warn!(update = update.id, %reason, "retry horizon passed; dead letter");
+                    update.state = UpdateState::Dead;
+                    update.last_error = Some(format!(
+                        "gave up after {} attempts over {} s: {reason}",
+                        update.attempts,
+                        horizon.as_secs()
+                    ));
+                } else {
+                    let wait = after.unwrap_or_default().max(self.backoff(update.attempts));
+                    tracing::info!(update = update.id, %reason, retry_in_secs = wait.as_secs_f32(), "update not delivered; will retry");
+                    update.last_error = Some(reason);
+                    update.next_attempt_at = now + wait;
+                }
+            }
+        }
+    }
+
+    /// `initial · 2^(attempts-1)`, capped, scaled by a random factor in [0.5, 1].
+    fn backoff(&self, attempts: u32) -> Duration {
+        let base = Duration::from_secs(self.config.initial_backoff_secs)
+            .saturating_mul(1u32 << attempts.saturating_sub(1).min(20))
+            .min(Duration::from_secs(self.config.max_backoff_secs));
+        let mut byte = [0u8; 1];
+        let jitter = match aws_lc_rs::rand::fill(&mut byte) {
+            Ok(()) => 0.5 + f64::from(byte[0]) / 510.0,
+            Err(_) => 0.75,
+        };
+        base.mul_f64(jitter)
+    }
+}
+
+fn duration(d: time::Duration) -> Duration {
+    Duration::try_from(d).unwrap_or(Duration::ZERO)
+}

@@ -1,0 +1,503 @@
+//! Status updates from the clinic to Ocean: accepted here, stored durably in the outbox, and
+//! delivered by the outbox worker. `202 {update_id}` means the update is on disk.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::StatusCode;
+use axum::routing::{MethodRouter, delete, get, post};
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+use utoipa::{IntoParams, ToSchema};
+
+use super::api::{Caller, query, rfc3339, visible};
+use crate::app::AppState;
+use crate::domain::ReferralRef;
+use crate::error::Problem;
+use crate::fhir::outgoing::{
+    AppointmentUpdate, OutgoingMessage, TaskUpdate, appointment_message, communication_message,
+    task_message,
+};
+use crate::ocean::transitions::ACTIONABLE;
+use crate::store::{TaskState, UpdateRecord, UpdateState};
+
+/// An appointment without an end lasts this long (FHIR requires an end on a booked one).
+const DEFAULT_APPOINTMENT_MINUTES: i64 = 30;
+
+pub fn routes() -> Vec<(&'static str, MethodRouter<AppState>)> {
+    vec![
+        ("/api/v1/referrals/{referral}/status", post(set_status)),
+        ("/api/v1/referrals/{referral}/appointments", post(book)),
+        (
+            "/api/v1/referrals/{referral}/appointments/current",
+            delete(cancel),
+        ),
+        ("/api/v1/referrals/{referral}/messages", post(send_message)),
+        ("/api/v1/updates", get(list_updates)),
+        ("/api/v1/updates/{id}", get(get_update)),
+        ("/api/v1/updates/{id}/replay", post(replay)),
+    ]
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StatusRequest {
+    /// A Task status Ocean acts on: requested, received, accepted, in-progress, on-hold, ready,
+    /// rejected or cancelled.
+    status: String,
+    /// Why (shown in Ocean, e.g. the reason for declining).
+    reason: Option<String>,
+    description: Option<String>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AppointmentRequest {
+    /// RFC 3339 date-time.
+    start: String,
+    /// RFC 3339 date-time; 30 minutes after `start` when absent.
+    end: Option<String>,
+    /// Confirmed with the patient (participant `accepted`) or not yet (`tentative`).
+    #[serde(default)]
+    confirmed: bool,
+    location: Option<String>,
+    notes: Option<String>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MessageRequest {
+    text: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Accepted {
+    update_id: u64,
+}
+
+/// An update and how its delivery is going.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UpdateView {
+    id: u64,
+    referral: String,
+    site: String,
+    kind: String,
+    task_status: Option<String>,
+    event: String,
+    /// pending, delivered or dead.
+    state: String,
+    attempts: u32,
+    last_error: Option<String>,
+    next_attempt_at: Option<String>,
+    created_at: String,
+    delivered_at: Option<String>,
+}
+
+impl From<UpdateRecord> for UpdateView {
+    fn from(u: UpdateRecord) -> Self {
+        let state = match u.state {
+            UpdateState::Pending => "pending",
+            UpdateState::Delivered => "delivered",
+            UpdateState::Dead => "dead",
+        };
+        Self {
+            id: u.id,
+            referral: u.referral.to_string(),
+            site: u.site,
+            kind: u.kind,
+            task_status: u.task_status,
+            event: u.event,
+            state: state.to_owned(),
+            attempts: u.attempts,
+            last_error: u.last_error,
+            next_attempt_at: (u.state == UpdateState::Pending).then(|| rfc3339(u.next_attempt_at)),
+            created_at: rfc3339(u.created_at),
+            delivered_at: u.delivered_at.map(rfc3339),
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UpdatePage {
+    updates: Vec<UpdateView>,
+}
+
+fn json<T: for<'de> Deserialize<'de>>(body: &Bytes) -> Result<T, Problem> {
+    serde_json::from_slice(body).map_err(|e| {
+        Problem::BadRequest(format!(
+            "invalid JSON body: {}",
+            crate::domain::redact_quoted(&e.to_string())
+        ))
+    })
+}
+
+/// Builds the message for a referral the caller may see, and stores it in the outbox together
+/// with the referral's new Task state. One update at a time, so transitions are checked
+/// against the state the previous update left.
+async fn enqueue(
+    state: &AppState,
+    caller: &Caller,
+    referral: &str,
+    kind: &str,
+    build: impl FnOnce(&ReferralRef, &mut TaskState, &str, &str) -> Result<OutgoingMessage, Problem>,
+) -> Result<(StatusCode, Json<Accepted>), Problem> {
+    let _one_at_a_time = state.outbox_lock.lock().await;
+    let (reference, record) = visible(state, &caller.0, referral).await?;
+    let site = state.site_for(record.service_id.as_ref()).ok_or_else(|| {
+        Problem::Unprocessable(format!(
+            "no Ocean site is configured for the External Service ID of referral {reference}"
+        ))
+    })?;
+    let endpoint = state.ocean_messages_url(&site).unwrap_or_default();
+    let mut task = state.store.task_state(&reference).await?;
+    let current = task
+        .status
+        .clone()
+        .or(record.summary.task_status.clone())
+        .unwrap_or_else(|| "requested".into());
+    let message = build(&reference, &mut task, &current, &endpoint)?;
+    let now = OffsetDateTime::now_utc();
+    let update = UpdateRecord {
+        id: 0,
+        referral: reference.clone(),
+        site,
+        kind: kind.to_owned(),
+        task_status: task.status.clone().filter(|_| kind == "status"),
+        event: message.event.to_owned(),
+        bundle: message.json,
+        state: UpdateState::Pending,
+        attempts: 0,
+        last_error: None,
+        next_attempt_at: now,
+        created_at: now,
+        delivered_at: None,
+    };
+    let stored = state.store.enqueue_update(update, task).await?;
+    state.outbox_wake.notify_one();
+    tracing::info!(update = stored.id, referral = %reference, kind, event = %stored.event, "update accepted for Ocean");
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(Accepted {
+            update_id: stored.id,
+        }),
+    ))
+}
+
+fn built(
+    result: Result<OutgoingMessage, crate::fhir::outgoing::BuildError>,
+) -> Result<OutgoingMessage, Problem> {
+    result.map_err(|e| Problem::Unprocessable(e.to_string()))
+}
+
+/// Change the referral's Task status in Ocean.
+#[utoipa::path(
+    post,
+    path = "/api/v1/referrals/{referral}/status",
+    params(("referral" = String, Path, description = "Ocean's referral reference")),
+    request_body = StatusRequest,
+    responses(
+        (status = 202, description = "Stored in the outbox", body = Accepted),
+        (status = 409, description = "Not allowed from the current status", body = super::api::ProblemDoc, content_type = "application/problem+json"),
+        (status = 422, description = "A status Ocean does not act on, or no site for the referral", body = super::api::ProblemDoc, content_type = "application/problem+json"),
+    )
+)]
+pub(crate) async fn set_status(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(referral): Path<String>,
+    body: Bytes,
+) -> Result<(StatusCode, Json<Accepted>), Problem> {
+    let request: StatusRequest = json(&body)?;
+    if !ACTIONABLE.contains(&request.status.as_str()) {
+        return Err(Problem::Unprocessable(format!(
+            "status must be one Ocean acts on: {}",
+            ACTIONABLE.join(", ")
+        )));
+    }
+    let transitions = state.transitions.clone();
+    enqueue(
+        &state,
+        &caller,
+        &referral,
+        "status",
+        |reference, task, current, endpoint| {
+            if !transitions.allows(current, &request.status) {
+                return Err(Problem::Conflict(format!(
+                    "referral {reference} cannot go from {current} to {}",
+                    request.status
+                )));
+            }
+            let status = request
+                .status
+                .parse()
+                .map_err(|_| Problem::Unprocessable("unknown Task status".into()))?;
+            let first = !task.task_sent;
+            let task_id = task
+                .task_id
+                .get_or_insert_with(|| uuid::Uuid::new_v4().to_string())
+                .clone();
+            task.task_sent = true;
+            task.status = Some(request.status.clone());
+            built(task_message(
+                reference,
+                &TaskUpdate {
+                    task_id: &task_id,
+                    status,
+                    reason: request.reason.as_deref(),
+                    description: request.description.as_deref(),
+                    first,
+                },
+                endpoint,
+            ))
+        },
+    )
+    .await
+}
+
+fn instant(name: &str, raw: &str) -> Result<OffsetDateTime, Problem> {
+    OffsetDateTime::parse(raw, &Rfc3339)
+        .map_err(|_| Problem::BadRequest(format!("{name} must be an RFC 3339 date-time")))
+}
+
+/// Book an appointment for the referral (shown in Ocean as booking unconfirmed or confirmed).
+#[utoipa::path(
+    post,
+    path = "/api/v1/referrals/{referral}/appointments",
+    params(("referral" = String, Path, description = "Ocean's referral reference")),
+    request_body = AppointmentRequest,
+    responses((status = 202, description = "Stored in the outbox", body = Accepted))
+)]
+pub(crate) async fn book(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(referral): Path<String>,
+    body: Bytes,
+) -> Result<(StatusCode, Json<Accepted>), Problem> {
+    let request: AppointmentRequest = json(&body)?;
+    let start = instant("start", &request.start)?;
+    let end = match request.end.as_deref() {
+        Some(end) => instant("end", end)?,
+        None => start + time::Duration::minutes(DEFAULT_APPOINTMENT_MINUTES),
+    };
+    if end <= start {
+        return Err(Problem::BadRequest("end must be after start".into()));
+    }
+    enqueue(
+        &state,
+        &caller,
+        &referral,
+        "appointment",
+        |reference, task, _, endpoint| {
+            let id = uuid::Uuid::new_v4().to_string();
+            task.appointment_id = Some(id.clone());
+            task.appointment_start = Some(rfc3339(start));
+            task.appointment_end = Some(rfc3339(end));
+            built(appointment_message(
+                reference,
+                &AppointmentUpdate {
+                    appointment_id: &id,
+                    start,
+                    end,
+                    confirmed: request.confirmed,
+                    location: request.location.as_deref(),
+                    notes: request.notes.as_deref(),
+                    cancelled: false,
+                },
+                endpoint,
+            ))
+        },
+    )
+    .await
+}
+
+/// Cancel the appointment booked last.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/referrals/{referral}/appointments/current",
+    params(("referral" = String, Path, description = "Ocean's referral reference")),
+    responses(
+        (status = 202, description = "Stored in the outbox", body = Accepted),
+        (status = 404, description = "No current appointment", body = super::api::ProblemDoc, content_type = "application/problem+json"),
+    )
+)]
+pub(crate) async fn cancel(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(referral): Path<String>,
+) -> Result<(StatusCode, Json<Accepted>), Problem> {
+    enqueue(
+        &state,
+        &caller,
+        &referral,
+        "cancel-appointment",
+        |reference, task, _, endpoint| {
+            let (Some(id), Some(start), Some(end)) = (
+                task.appointment_id.take(),
+                task.appointment_start.take(),
+                task.appointment_end.take(),
+            ) else {
+                return Err(Problem::NotFound(format!(
+                    "referral {reference} has no current appointment booked through this relay"
+                )));
+            };
+            built(appointment_message(
+                reference,
+                &AppointmentUpdate {
+                    appointment_id: &id,
+                    start: instant("start", &start)?,
+                    end: instant("end", &end)?,
+                    confirmed: false,
+                    location: None,
+                    notes: None,
+                    cancelled: true,
+                },
+                endpoint,
+            ))
+        },
+    )
+    .await
+}
+
+/// Send a message to the referrer (Ocean's Awaiting Reply).
+#[utoipa::path(
+    post,
+    path = "/api/v1/referrals/{referral}/messages",
+    params(("referral" = String, Path, description = "Ocean's referral reference")),
+    request_body = MessageRequest,
+    responses((status = 202, description = "Stored in the outbox", body = Accepted))
+)]
+pub(crate) async fn send_message(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(referral): Path<String>,
+    body: Bytes,
+) -> Result<(StatusCode, Json<Accepted>), Problem> {
+    let request: MessageRequest = json(&body)?;
+    if request.text.trim().is_empty() {
+        return Err(Problem::BadRequest("text must not be empty".into()));
+    }
+    enqueue(
+        &state,
+        &caller,
+        &referral,
+        "message",
+        |reference, _, _, endpoint| {
+            built(communication_message(
+                reference,
+                &uuid::Uuid::new_v4().to_string(),
+                &request.text,
+                endpoint,
+            ))
+        },
+    )
+    .await
+}
+
+async fn visible_update(
+    state: &AppState,
+    caller: &Caller,
+    id: &str,
+) -> Result<UpdateRecord, Problem> {
+    let id: u64 = id
+        .parse()
+        .map_err(|_| Problem::BadRequest("the update id must be a whole number".into()))?;
+    let update = state
+        .store
+        .update(id)
+        .await?
+        .ok_or_else(|| Problem::NotFound(format!("no update {id}")))?;
+    visible(state, &caller.0, update.referral.as_str()).await?;
+    Ok(update)
+}
+
+/// One update and its delivery state.
+#[utoipa::path(
+    get,
+    path = "/api/v1/updates/{id}",
+    params(("id" = u64, Path, description = "The update id")),
+    responses((status = 200, description = "The update", body = UpdateView))
+)]
+pub(crate) async fn get_update(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<UpdateView>, Problem> {
+    Ok(Json(visible_update(&state, &caller, &id).await?.into()))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+struct UpdatesQuery {
+    /// pending, delivered or dead.
+    state: Option<String>,
+}
+
+/// Updates, oldest first, optionally by state (`state=dead` lists the dead letters).
+#[utoipa::path(
+    get,
+    path = "/api/v1/updates",
+    params(UpdatesQuery),
+    responses((status = 200, description = "Updates", body = UpdatePage))
+)]
+pub(crate) async fn list_updates(
+    State(state): State<AppState>,
+    caller: Caller,
+    RawQuery(raw): RawQuery,
+) -> Result<Json<UpdatePage>, Problem> {
+    let q: UpdatesQuery = query(raw.as_deref())?;
+    let wanted = match q.state.as_deref() {
+        None => None,
+        Some("pending") => Some(UpdateState::Pending),
+        Some("delivered") => Some(UpdateState::Delivered),
+        Some("dead") => Some(UpdateState::Dead),
+        Some(_) => {
+            return Err(Problem::BadRequest(
+                "state must be pending, delivered or dead".into(),
+            ));
+        }
+    };
+    let mut updates = Vec::new();
+    for update in state.store.updates(wanted, 10_000).await? {
+        if let Some(record) = state.store.referral(&update.referral).await?
+            && caller.0.may_see(record.service_id.as_ref())
+        {
+            updates.push(update.into());
+        }
+    }
+    Ok(Json(UpdatePage { updates }))
+}
+
+/// Send a dead letter again (its retry horizon starts over).
+#[utoipa::path(
+    post,
+    path = "/api/v1/updates/{id}/replay",
+    params(("id" = u64, Path, description = "The update id")),
+    responses(
+        (status = 202, description = "Pending again", body = UpdateView),
+        (status = 409, description = "Not a dead letter", body = super::api::ProblemDoc, content_type = "application/problem+json"),
+    )
+)]
+pub(crate) async fn replay(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<(StatusCode, Json<UpdateView>), Problem> {
+    let _one_at_a_time = state.outbox_lock.lock().await;
+    let mut update = visible_update(&state, &caller, &id).await?;
+    if update.state != UpdateState::Dead {
+        return Err(Problem::Conflict(format!(
+            "update {} is not a dead letter; only dead letters are replayed",
+            update.id
+        )));
+    }
+    let now = OffsetDateTime::now_utc();
+    update.state = UpdateState::Pending;
+    update.next_attempt_at = now;
+    update.created_at = now;
+    state.store.save_update(&update).await?;
+    state.outbox_wake.notify_one();
+    tracing::info!(update = update.id, "dead letter replayed");
+    Ok((StatusCode::ACCEPTED, Json(update.into())))
+}
