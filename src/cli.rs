@@ -40,6 +40,24 @@ enum Command {
         #[arg(long, env = "RELAY_CONFIG")]
         config: Option<PathBuf>,
     },
+    /// Prove an Ocean site's credentials work: fetch a token, then read its site number.
+    CheckSite {
+        /// The site's name in [sites.NAME].
+        name: String,
+        #[arg(long, env = "RELAY_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Send a dead-lettered update again, through the running service's API.
+    Replay {
+        /// The update id (see GET /api/v1/updates?state=dead).
+        id: u64,
+        /// Where the service listens.
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        url: String,
+        /// An API client key.
+        #[arg(long, env = "RELAY_API_KEY", hide_env_values = true)]
+        key: String,
+    },
 }
 
 /// Parses the command line and runs the command; the process exit code comes from here.
@@ -76,6 +94,37 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::CheckConfig { config } => {
             let config = Config::load(config.as_deref(), &Overrides::default())?;
             print!("{}", config.to_redacted_toml()?);
+            Ok(())
+        }
+        Command::CheckSite { name, config } => {
+            let config = Config::load(config.as_deref(), &Overrides::default())?;
+            let site = config
+                .sites
+                .get(&name)
+                .ok_or_else(|| anyhow::anyhow!("no site named '{name}' in [sites]"))?;
+            let timeout = std::time::Duration::from_secs(config.outbox.request_timeout_secs);
+            let client = crate::ocean::client::OceanClient::new(site, timeout)?;
+            let status = tokio::runtime::Runtime::new()?.block_on(client.check())?;
+            println!(
+                "site '{name}': token fetched, site number read (HTTP {status}); the credentials work"
+            );
+            Ok(())
+        }
+        Command::Replay { id, url, key } => {
+            let url = format!("{}/api/v1/updates/{id}/replay", url.trim_end_matches('/'));
+            let (status, body) = tokio::runtime::Runtime::new()?.block_on(async {
+                let response = reqwest::Client::new()
+                    .post(&url)
+                    .bearer_auth(&key)
+                    .send()
+                    .await?;
+                let status = response.status();
+                Ok::<_, reqwest::Error>((status, response.text().await?))
+            })?;
+            if !status.is_success() {
+                anyhow::bail!("replay refused ({status}): {body}");
+            }
+            println!("update {id} is pending again");
             Ok(())
         }
     }

@@ -10,4 +10,6 @@ mod failures;
 mod fixtures;
 mod helpers;
 mod ingest;
+mod ocean_mock;
+mod outbound;
 mod rejections;

@@ -1,0 +1,207 @@
+//! A stand-in Ocean on loopback: its token endpoint, `$process-messages` with scripted answers,
+//! and the site-number read `check-site` uses. It records everything it is sent.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::{Value, json};
+
+pub const CLIENT_ID: &str = "relay-client";
+pub const CLIENT_SECRET: &str = "relay-secret";
+
+/// What `$process-messages` answers next.
+#[derive(Debug, Clone)]
+pub enum Answer {
+    Status(u16),
+    RetryAfter(u16, u64),
+    Outcome(u16, &'static str),
+    /// Answers 401 and forgets every token issued so far (as if they expired).
+    ExpireTokens,
+    /// Waits this long before answering 200.
+    Slow(Duration),
+}
+
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub at: Instant,
+    pub authorization: String,
+    pub content_type: String,
+    pub body: Value,
+    pub answered: u16,
+}
+
+/// One token request: its form fields and its Authorization header, if any.
+pub type TokenRequest = (HashMap<String, String>, Option<String>);
+
+#[derive(Default)]
+struct Inner {
+    script: Mutex<VecDeque<Answer>>,
+    tokens: Mutex<HashSet<String>>,
+    token_requests: Mutex<Vec<TokenRequest>>,
+    issued: AtomicU64,
+    received: Mutex<Vec<Received>>,
+}
+
+#[derive(Clone)]
+pub struct MockOcean {
+    pub addr: SocketAddr,
+    inner: Arc<Inner>,
+}
+
+impl MockOcean {
+    pub async fn start() -> Self {
+        let inner = Arc::new(Inner::default());
+        let router = Router::new()
+            .route("/svc/oauth2/token", post(token))
+            .route("/svc/fhir/v1/$process-messages", post(message))
+            .route("/svc/fhir/v1/NamingSystem/id-site-number", get(site_number))
+            .with_state(Arc::clone(&inner));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+        Self { addr, inner }
+    }
+
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Queues answers for the next messages (then 200 again).
+    pub fn script(&self, answers: impl IntoIterator<Item = Answer>) {
+        self.inner.script.lock().unwrap().extend(answers);
+    }
+
+    pub fn received(&self) -> Vec<Received> {
+        self.inner.received.lock().unwrap().clone()
+    }
+
+    pub fn delivered(&self) -> Vec<Value> {
+        self.received()
+            .into_iter()
+            .filter(|r| (200..300).contains(&r.answered))
+            .map(|r| r.body)
+            .collect()
+    }
+
+    /// Token requests: the form fields and the Authorization header, if any.
+    pub fn token_requests(&self) -> Vec<TokenRequest> {
+        self.inner.token_requests.lock().unwrap().clone()
+    }
+}
+
+async fn token(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: Bytes) -> Response {
+    let form: HashMap<String, String> = serde_urlencoded::from_bytes(&body).unwrap_or_default();
+    let basic = headers
+        .get("authorization")
+        .map(|v| v.to_str().unwrap_or("").to_owned());
+    inner
+        .token_requests
+        .lock()
+        .unwrap()
+        .push((form.clone(), basic.clone()));
+    let expected_basic = format!(
+        "Basic {}",
+        base64::Engine::encode(
+            &base64::engine::general_purpose::STANDARD,
+            format!("{CLIENT_ID}:{CLIENT_SECRET}")
+        )
+    );
+    let form_ok = form.get("client_id").map(String::as_str) == Some(CLIENT_ID)
+        && form.get("client_secret").map(String::as_str) == Some(CLIENT_SECRET);
+    let ok = form.get("grant_type").map(String::as_str) == Some("client_credentials")
+        && (form_ok || basic.as_deref() == Some(expected_basic.as_str()));
+    if !ok {
+        return (
+            StatusCode::UNAUTHORIZED,
+            axum::Json(json!({"error": "invalid_client"})),
+        )
+            .into_response();
+    }
+    let n = inner.issued.fetch_add(1, Ordering::SeqCst) + 1;
+    let token = format!("ocean-token-{n}");
+    inner.tokens.lock().unwrap().insert(token.clone());
+    axum::Json(json!({"access_token": token, "token_type": "Bearer", "expires_in": 3600}))
+        .into_response()
+}
+
+async fn message(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: Bytes) -> Response {
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .map(|v| v.to_str().unwrap_or("").to_owned())
+            .unwrap_or_default()
+    };
+    let authorization = header("authorization");
+    let known = authorization
+        .strip_prefix("Bearer ")
+        .is_some_and(|t| inner.tokens.lock().unwrap().contains(t));
+    let next = if known {
+        inner.script.lock().unwrap().pop_front()
+    } else {
+        Some(Answer::Status(401))
+    };
+    let mut status = 200;
+    let mut response = StatusCode::OK.into_response();
+    match next {
+        None => {}
+        Some(Answer::Status(code)) => {
+            status = code;
+            response = StatusCode::from_u16(code).unwrap().into_response();
+        }
+        Some(Answer::RetryAfter(code, secs)) => {
+            status = code;
+            response = (
+                StatusCode::from_u16(code).unwrap(),
+                [("retry-after", secs.to_string())],
+            )
+                .into_response();
+        }
+        Some(Answer::Outcome(code, text)) => {
+            status = code;
+            let outcome = json!({"resourceType": "OperationOutcome",
+                                 "issue": [{"severity": "error", "code": "invalid", "diagnostics": text}]});
+            response = (StatusCode::from_u16(code).unwrap(), axum::Json(outcome)).into_response();
+        }
+        Some(Answer::ExpireTokens) => {
+            inner.tokens.lock().unwrap().clear();
+            status = 401;
+            response = StatusCode::UNAUTHORIZED.into_response();
+        }
+        Some(Answer::Slow(delay)) => {
+            tokio::time::sleep(delay).await;
+            // The caller gave up long ago: nobody learns of this 200.
+            status = 599;
+        }
+    }
+    inner.received.lock().unwrap().push(Received {
+        at: Instant::now(),
+        authorization,
+        content_type: header("content-type"),
+        body: serde_json::from_slice(&body).unwrap_or(Value::Null),
+        answered: status,
+    });
+    response
+}
+
+async fn site_number(State(inner): State<Arc<Inner>>, headers: HeaderMap) -> Response {
+    let known = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .is_some_and(|t| inner.tokens.lock().unwrap().contains(t));
+    if known {
+        axum::Json(json!({"resourceType": "NamingSystem", "name": "id-site-number"}))
+            .into_response()
+    } else {
+        StatusCode::UNAUTHORIZED.into_response()
+    }
+}
