@@ -14,14 +14,23 @@ use referral_relay::store::{SledStore, Store};
 use crate::fixtures::{fixture, unique_v011};
 
 /// The `referral-relay serve` process and the address it reported.
-struct Relay {
-    child: Child,
-    addr: SocketAddr,
+pub struct Relay {
+    pub child: Child,
+    pub addr: SocketAddr,
 }
 
 fn start_relay(data_dir: &Path) -> Relay {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_referral-relay"))
-        .arg("serve")
+    start_relay_with(data_dir, None)
+}
+
+/// Starts the real binary on `data_dir`, with `config` as its config file when given.
+pub fn start_relay_with(data_dir: &Path, config: Option<&Path>) -> Relay {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_referral-relay"));
+    command.arg("serve");
+    if let Some(config) = config {
+        command.arg("--config").arg(config);
+    }
+    let mut child = command
         .args(["--listen", "127.0.0.1:0"])
         .arg("--data-dir")
         .arg(data_dir)

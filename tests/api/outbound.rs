@@ -404,3 +404,142 @@ async fn appointments_are_booked_and_cancelled() {
     let bad = post(&app, &path, json!({"start": "tomorrow"})).await;
     assert_eq!(bad.status, 400);
 }
+
+/// Polls `check` every 50 ms for at most 20 s.
+async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    for _ in 0..400 {
+        if check() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{what} did not happen");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_update_in_backoff_survives_kill_9_and_lands_exactly_once() {
+    let ocean = MockOcean::start().await;
+    ocean.script([Answer::RetryAfter(503, 3)]);
+    let dir = tempfile::TempDir::new().unwrap();
+    let config_file = dir.path().join("relay.toml");
+    std::fs::write(&config_file, config(&ocean, "form")).unwrap();
+    let data = dir.path().join("data");
+    let client = reqwest::Client::new();
+
+    let mut relay = crate::crash::start_relay_with(&data, Some(&config_file));
+    let base = format!("http://{}", relay.addr);
+    let stored = client
+        .post(format!("{base}/fhir/default/$process-message"))
+        .header("content-type", "application/fhir+json")
+        .body(fixture("v0.11-add-service-request.json"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stored.status().as_u16(), 200);
+    let reply = answer(
+        client
+            .post(format!("{base}/api/v1/referrals/{REF}/status"))
+            .bearer_auth(KEY)
+            .header("content-type", "application/json")
+            .body(json!({"status": "accepted"}).to_string())
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(reply.status, 202, "{}", reply.body);
+    let id = reply.body["update_id"].as_u64().unwrap();
+
+    // The first attempt gets 503 with Retry-After: 3. Kill -9 during the backoff.
+    eventually("the first attempt", || ocean.received().len() == 1).await;
+    relay.child.kill().unwrap();
+    relay.child.wait().unwrap();
+
+    let mut relay = crate::crash::start_relay_with(&data, Some(&config_file));
+    eventually("delivery after the restart", || {
+        ocean.delivered().len() == 1
+    })
+    .await;
+    let state = answer(
+        client
+            .get(format!("http://{}/api/v1/updates/{id}", relay.addr))
+            .bearer_auth(KEY)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(state.body["state"], "delivered", "{}", state.body);
+    assert_eq!(state.body["attempts"], 2);
+    relay.child.kill().unwrap();
+    relay.child.wait().unwrap();
+
+    // Recorded as delivered: another restart posts nothing.
+    let mut relay = crate::crash::start_relay_with(&data, Some(&config_file));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        ocean.received().len(),
+        2,
+        "one failed attempt, one delivery, nothing more"
+    );
+    relay.child.kill().unwrap();
+    relay.child.wait().unwrap();
+}
+
+fn relay_command(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_referral-relay"))
+        .args(args)
+        .env_remove("RELAY_CONFIG")
+        .output()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_site_proves_the_credentials_and_replay_works_from_the_command_line() {
+    let (app, ocean) = setup("form").await;
+    let dir = tempfile::TempDir::new().unwrap();
+    let good = dir.path().join("good.toml");
+    std::fs::write(&good, config(&ocean, "basic")).unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        config(&ocean, "form").replace(CLIENT_SECRET, "wrong-secret"),
+    )
+    .unwrap();
+    let (good, bad) = (
+        good.to_str().unwrap().to_owned(),
+        bad.to_str().unwrap().to_owned(),
+    );
+    let out = tokio::task::spawn_blocking(move || {
+        (
+            relay_command(&["check-site", "main", "--config", &good]),
+            relay_command(&["check-site", "main", "--config", &bad]),
+        )
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.0.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.0.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.0.stdout).contains("the credentials work"));
+    assert!(!out.1.status.success());
+    assert!(String::from_utf8_lossy(&out.1.stderr).contains("401"));
+
+    ocean.script([Answer::Status(422)]);
+    let id = status(&app, "accepted").await;
+    until_state(&app, id, "dead").await;
+    let url = format!("http://{}", app.addr);
+    let replay = tokio::task::spawn_blocking(move || {
+        relay_command(&["replay", &id.to_string(), "--url", &url, "--key", KEY])
+    })
+    .await
+    .unwrap();
+    assert!(
+        replay.status.success(),
+        "{}",
+        String::from_utf8_lossy(&replay.stderr)
+    );
+    until_state(&app, id, "delivered").await;
+}
