@@ -3,7 +3,8 @@
 //! land, the retry horizon passes, or Ocean refuses them (dead letter).
 //!
 //! Ordering: an update that is waiting for its next attempt, or dead, holds back every later
-//! update of the same referral. A dead letter holds them back until it is replayed.
+//! update of the same referral. A dead letter holds them back until it is replayed or
+//! discarded.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;

@@ -69,7 +69,7 @@ pub fn router() -> Router<AppState> {
         crate::routes::updates::set_status, crate::routes::updates::book,
         crate::routes::updates::cancel, crate::routes::updates::send_message,
         crate::routes::updates::list_updates, crate::routes::updates::get_update,
-        crate::routes::updates::replay
+        crate::routes::updates::replay, crate::routes::updates::discard
     ),
     components(schemas(ReferralView, VersionView, ReferralPage, ReferralDetail, EventView, EventPage, ProblemDoc)),
     modifiers(&BearerKey)

@@ -37,6 +37,7 @@ pub fn routes() -> Vec<(&'static str, MethodRouter<AppState>)> {
         ("/api/v1/updates", get(list_updates)),
         ("/api/v1/updates/{id}", get(get_update)),
         ("/api/v1/updates/{id}/replay", post(replay)),
+        ("/api/v1/updates/{id}/discard", post(discard)),
     ]
 }
 
@@ -100,6 +101,7 @@ impl From<UpdateRecord> for UpdateView {
             UpdateState::Pending => "pending",
             UpdateState::Delivered => "delivered",
             UpdateState::Dead => "dead",
+            UpdateState::Discarded => "discarded",
         };
         Self {
             id: u.id,
@@ -452,9 +454,10 @@ pub(crate) async fn list_updates(
         Some("pending") => Some(UpdateState::Pending),
         Some("delivered") => Some(UpdateState::Delivered),
         Some("dead") => Some(UpdateState::Dead),
+        Some("discarded") => Some(UpdateState::Discarded),
         Some(_) => {
             return Err(Problem::BadRequest(
-                "state must be pending, delivered or dead".into(),
+                "state must be pending, delivered, dead or discarded".into(),
             ));
         }
     };
@@ -500,4 +503,34 @@ pub(crate) async fn replay(
     state.outbox_wake.notify_one();
     tracing::info!(update = update.id, "dead letter replayed");
     Ok((StatusCode::ACCEPTED, Json(update.into())))
+}
+
+/// Give up on a dead letter: it stays on record, and the referral's later updates go out.
+#[utoipa::path(
+    post,
+    path = "/api/v1/updates/{id}/discard",
+    params(("id" = u64, Path, description = "The update id")),
+    responses(
+        (status = 200, description = "Discarded", body = UpdateView),
+        (status = 409, description = "Not a dead letter", body = super::api::ProblemDoc, content_type = "application/problem+json"),
+    )
+)]
+pub(crate) async fn discard(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<UpdateView>, Problem> {
+    let _one_at_a_time = state.outbox_lock.lock().await;
+    let mut update = visible_update(&state, &caller, &id).await?;
+    if update.state != UpdateState::Dead {
+        return Err(Problem::Conflict(format!(
+            "update {} is not a dead letter; only dead letters are discarded",
+            update.id
+        )));
+    }
+    update.state = UpdateState::Discarded;
+    state.store.save_update(&update).await?;
+    state.outbox_wake.notify_one();
+    tracing::info!(update = update.id, "dead letter discarded");
+    Ok(Json(update.into()))
 }

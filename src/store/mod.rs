@@ -145,8 +145,10 @@ pub enum UpdateState {
     /// Ocean answered 2xx; never sent again.
     Delivered,
     /// Refused by Ocean (a 4xx other than 401/429) or out of retry time; holds back later
-    /// updates of its referral until it is replayed.
+    /// updates of its referral until it is replayed or discarded.
     Dead,
+    /// A dead letter given up on by the clinic; no longer holds anything back.
+    Discarded,
 }
 
 /// An update for Ocean, as accepted from the point-of-service API.

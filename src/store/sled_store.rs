@@ -479,7 +479,10 @@ impl Store for SledStore {
         (&t.updates, &t.open_updates)
             .transaction(|(updates, open)| {
                 updates.insert(&key, value.as_slice())?;
-                if update.state == UpdateState::Delivered {
+                if matches!(
+                    update.state,
+                    UpdateState::Delivered | UpdateState::Discarded
+                ) {
                     open.remove(&key)?;
                 } else {
                     open.insert(&key, &[])?;

@@ -567,3 +567,34 @@ async fn check_site_proves_the_credentials_and_replay_works_from_the_command_lin
     );
     until_state(&app, id, "delivered").await;
 }
+
+#[tokio::test]
+async fn a_discarded_dead_letter_stops_holding_back_its_referral() {
+    let (app, ocean) = setup("form").await;
+    ocean.script([Answer::Outcome(400, "Unknown referral")]);
+    let dead = status(&app, "accepted").await;
+    until_state(&app, dead, "dead").await;
+    let later = accepted(
+        &app,
+        &format!("/api/v1/referrals/{REF}/messages"),
+        json!({"text": "Hello"}),
+    )
+    .await;
+    let reply = post(&app, &format!("/api/v1/updates/{dead}/discard"), json!({})).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(reply.body["state"], "discarded");
+    until_state(&app, later, "delivered").await;
+    let delivered = ocean.delivered();
+    assert_eq!(delivered.len(), 1, "the discarded update is never sent");
+    assert_message(
+        &delivered[0],
+        "send-communication-from-provider",
+        "Communication",
+    );
+    assert_eq!(
+        post(&app, &format!("/api/v1/updates/{dead}/discard"), json!({}))
+            .await
+            .status,
+        409
+    );
+}
