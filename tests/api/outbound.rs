@@ -598,3 +598,24 @@ async fn a_discarded_dead_letter_stops_holding_back_its_referral() {
         409
     );
 }
+
+#[tokio::test]
+async fn past_the_retry_horizon_an_update_becomes_a_dead_letter() {
+    let ocean = MockOcean::start().await;
+    let app = spawn_app_with(
+        &config(&ocean, "form").replace("[outbox]", "[outbox]\nretry_horizon_secs = 1"),
+    )
+    .await;
+    assert_eq!(
+        app.deliver("default", fixture("v0.11-add-service-request.json"))
+            .await
+            .status,
+        200
+    );
+    ocean.script(std::iter::repeat_n(Answer::Status(503), 10));
+    let body = until_state(&app, status(&app, "accepted").await, "dead").await;
+    let error = body["last_error"].as_str().unwrap();
+    assert!(error.starts_with("gave up after"), "{error}");
+    assert!(error.contains("503"), "{error}");
+    assert!(ocean.delivered().is_empty());
+}
