@@ -80,6 +80,8 @@ pub struct AppState {
     pub outbox_lock: Arc<tokio::sync::Mutex<()>>,
     /// Wakes the outbox worker when an update is accepted or replayed.
     pub outbox_wake: Arc<Notify>,
+    /// Turns true when shutdown begins: long-polls answer at once, the worker stops.
+    pub stopping: Arc<tokio::sync::watch::Sender<bool>>,
     pub max_body_bytes: usize,
     pub body_timeout: Duration,
     pub counters: Arc<Counters>,
@@ -140,6 +142,7 @@ impl AppState {
             transitions: Arc::new(Transitions::new(&config.outbox.transitions)),
             outbox_lock: Arc::default(),
             outbox_wake: Arc::default(),
+            stopping: Arc::new(tokio::sync::watch::channel(false).0),
             max_body_bytes: config.server.max_body_bytes,
             body_timeout: Duration::from_secs(config.server.body_timeout_secs),
             counters: Arc::default(),
@@ -182,16 +185,19 @@ impl AppState {
 }
 
 /// The router with its layers: request spans carry the matched route, never the body or headers.
+/// A handler that panics despite everything answers 500 instead of dropping the connection.
 pub fn router(state: AppState) -> Router {
-    routes::router(state).layer(
-        TraceLayer::new_for_http().make_span_with(|request: &Request| {
-            let route = request
-                .extensions()
-                .get::<MatchedPath>()
-                .map_or("unmatched", MatchedPath::as_str);
-            tracing::info_span!("request", method = %request.method(), route)
-        }),
-    )
+    routes::router(state)
+        .layer(tower_http::catch_panic::CatchPanicLayer::new())
+        .layer(
+            TraceLayer::new_for_http().make_span_with(|request: &Request| {
+                let route = request
+                    .extensions()
+                    .get::<MatchedPath>()
+                    .map_or("unmatched", MatchedPath::as_str);
+                tracing::info_span!("request", method = %request.method(), route)
+            }),
+        )
 }
 
 /// A bound, ready-to-run server.
@@ -199,7 +205,10 @@ pub struct Application {
     listener: TcpListener,
     router: Router,
     worker: Worker,
+    stopping: Arc<tokio::sync::watch::Sender<bool>>,
     shutdown_timeout: Duration,
+    /// Longest one send to Ocean can take (token fetch, post, one 401 retry).
+    send_bound: Duration,
 }
 
 impl Application {
@@ -223,6 +232,8 @@ impl Application {
         Ok(Self {
             listener,
             worker: state.worker(),
+            stopping: Arc::clone(&state.stopping),
+            send_bound: Duration::from_secs(config.outbox.request_timeout_secs * 4),
             router: router(state),
             shutdown_timeout: Duration::from_secs(config.server.shutdown_timeout_secs),
         })
@@ -239,13 +250,14 @@ impl Application {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        let (stopping_tx, mut stopping) = tokio::sync::watch::channel(false);
+        let stopping_tx = Arc::clone(&self.stopping);
+        let mut stopping = self.stopping.subscribe();
         // The outbox worker stops between attempts when shutdown begins.
-        let worker = tokio::spawn(self.worker.run(stopping.clone()));
+        let worker = tokio::spawn(supervise(self.worker, self.stopping.subscribe()));
         let server = axum::serve(self.listener, self.router).with_graceful_shutdown(async move {
             shutdown.await;
             tracing::info!("shutting down: no new connections, draining requests in flight");
-            let _ = stopping_tx.send(true);
+            stopping_tx.send_replace(true);
         });
         let timeout = self.shutdown_timeout;
         let deadline = async move {
@@ -256,10 +268,29 @@ impl Application {
             result = server => result.context("HTTP server failed")?,
             () = deadline => tracing::warn!(timeout_secs = timeout.as_secs(), "requests still in flight after the drain timeout; exiting"),
         }
-        if tokio::time::timeout(timeout, worker).await.is_err() {
-            tracing::warn!("the outbox worker did not stop within the drain timeout");
+        // A send in progress is allowed to finish: cutting it off could post it twice.
+        self.stopping.send_replace(true);
+        if tokio::time::timeout(timeout.max(self.send_bound), worker)
+            .await
+            .is_err()
+        {
+            tracing::warn!("the outbox worker did not stop in time");
         }
         Ok(())
+    }
+}
+
+/// Runs the outbox worker, restarting it should it ever panic, until shutdown.
+async fn supervise(worker: Worker, stop: tokio::sync::watch::Receiver<bool>) {
+    loop {
+        match tokio::spawn(worker.clone().run(stop.clone())).await {
+            Ok(()) => return,
+            Err(e) if e.is_panic() => {
+                tracing::error!("the outbox worker panicked; restarting it");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(_) => return,
+        }
     }
 }
 

@@ -123,7 +123,24 @@ pub fn appointment_message(
     } else {
         ParticipationStatus::Tentative
     };
-    let mut participant = AppointmentParticipant::builder().status(participant_status);
+    // R4 app-1: a participant names a type or an actor. The clinic is the performer.
+    let mut participant = AppointmentParticipant::builder()
+        .status(participant_status)
+        .r#type(vec![Some(
+            CodeableConcept::builder()
+                .coding(vec![Some(
+                    Coding::builder()
+                        .system(
+                            "http://terminology.hl7.org/CodeSystem/v3-ParticipationType".to_owned(),
+                        )
+                        .code("PPRF".to_owned())
+                        .display("primary performer".to_owned())
+                        .build()
+                        .map_err(err)?,
+                )])
+                .build()
+                .map_err(err)?,
+        )]);
     if let Some(location) = update.location {
         participant = participant.actor(
             Reference::builder()

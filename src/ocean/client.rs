@@ -130,10 +130,11 @@ impl OceanClient {
                     reason: format!("token endpoint answered {reason}"),
                     after: None,
                 })?;
-        let life = token
+        // Refresh a minute early, or halfway through a token shorter-lived than two minutes.
+        let given = token
             .expires_in
-            .map_or(DEFAULT_TOKEN_LIFE, Duration::from_secs)
-            .saturating_sub(TOKEN_MARGIN);
+            .map_or(DEFAULT_TOKEN_LIFE, Duration::from_secs);
+        let life = given.saturating_sub(TOKEN_MARGIN.min(given / 2));
         let value = token.access_token;
         *cached = Some(CachedToken {
             value: value.clone(),
@@ -219,15 +220,19 @@ fn transport(e: &reqwest::Error) -> &'static str {
 }
 
 fn retry_after(response: &reqwest::Response) -> Option<Duration> {
-    response
-        .headers()
-        .get(RETRY_AFTER)?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse::<u64>()
-        .ok()
-        .map(Duration::from_secs)
+    let value = response.headers().get(RETRY_AFTER)?.to_str().ok()?;
+    parse_retry_after(value, time::OffsetDateTime::now_utc())
+}
+
+/// `Retry-After` as delay-seconds or an HTTP-date, seen at `now`.
+fn parse_retry_after(value: &str, now: time::OffsetDateTime) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at =
+        time::OffsetDateTime::parse(value, &time::format_description::well_known::Rfc2822).ok()?;
+    Some(Duration::try_from(at - now).unwrap_or(Duration::ZERO))
 }
 
 /// `: <diagnostics>` of an OperationOutcome body, if Ocean sent one.
@@ -263,5 +268,28 @@ impl JsonBody for reqwest::Response {
     async fn json_body<T: for<'de> Deserialize<'de>>(self) -> Result<T, String> {
         let bytes = self.bytes().await.map_err(|e| transport(&e).to_owned())?;
         serde_json::from_slice(&bytes).map_err(|_| "a body that is not the expected JSON".into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_takes_seconds_or_an_http_date() {
+        let now = time::macros::datetime!(2015-10-21 07:27:00 UTC);
+        assert_eq!(
+            parse_retry_after(" 120 ", now),
+            Some(Duration::from_secs(120))
+        );
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now),
+            Some(Duration::from_secs(60))
+        );
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:00:00 GMT", now),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(parse_retry_after("soon", now), None);
     }
 }

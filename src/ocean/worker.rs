@@ -21,6 +21,7 @@ use crate::store::{Store, UpdateRecord, UpdateState};
 /// Longest sleep between passes when nothing is due (new updates wake the worker at once).
 const IDLE: Duration = Duration::from_secs(30);
 
+#[derive(Clone)]
 pub struct Worker {
     pub store: Arc<dyn Store>,
     pub sites: HashMap<String, Arc<OceanClient>>,
@@ -57,6 +58,9 @@ impl Worker {
         stop: &watch::Receiver<bool>,
     ) -> Result<Duration, crate::store::StoreError> {
         let mut held: HashSet<ReferralRef> = HashSet::new();
+        // A site that failed with a retryable error is not tried again in this pass, so one
+        // unreachable site does not hold up the others for a timeout per update.
+        let mut failing: HashSet<String> = HashSet::new();
         let mut next = IDLE;
         for mut update in self.store.open_updates().await? {
             if *stop.borrow() {
@@ -75,6 +79,11 @@ impl Worker {
                 held.insert(update.referral.clone());
                 continue;
             }
+            if failing.contains(&update.site) {
+                held.insert(update.referral.clone());
+                next = next.min(Duration::from_secs(self.config.initial_backoff_secs));
+                continue;
+            }
             let result = match self.sites.get(&update.site) {
                 Some(site) => site.send(&update.bundle).await,
                 None => Err(SendError::Rejected(format!(
@@ -82,6 +91,9 @@ impl Worker {
                     update.site
                 ))),
             };
+            if matches!(result, Err(SendError::Retry { .. })) {
+                failing.insert(update.site.clone());
+            }
             self.record(&mut update, result);
             self.store.save_update(&update).await?;
             if update.state != UpdateState::Delivered {
@@ -104,26 +116,41 @@ impl Worker {
                 update.last_error = None;
                 tracing::info!(update = update.id, event = %update.event, attempts = update.attempts, "update delivered to Ocean");
             }
+            // Ocean's diagnostics may echo message content, so they go to `last_error` (read
+            // through the API), not to the logs.
             Err(SendError::Rejected(reason)) => {
-                tracing::warn!(update = update.id, %reason, "Ocean refused the update; dead letter");
+                tracing::warn!(update = update.id, "Ocean refused the update; dead letter");
                 update.state = UpdateState::Dead;
                 update.last_error = Some(reason);
             }
             Err(SendError::Retry { reason, after }) => {
                 let horizon = Duration::from_secs(self.config.retry_horizon_secs);
-                if duration(now - update.created_at) >= horizon {
-                    tracing::warn!(update = update.id, %reason, "retry horizon passed; dead letter");
-                    update.state = UpdateState::Dead;
-                    update.last_error = Some(format!(
-                        "gave up after {} attempts over {} s: {reason}",
-                        update.attempts,
-                        horizon.as_secs()
-                    ));
-                } else {
-                    let wait = after.unwrap_or_default().max(self.backoff(update.attempts));
-                    tracing::info!(update = update.id, %reason, retry_in_secs = wait.as_secs_f32(), "update not delivered; will retry");
-                    update.last_error = Some(reason);
-                    update.next_attempt_at = now + wait;
+                let left = horizon.saturating_sub(duration(now - update.created_at));
+                // Retry-After is honoured but never beyond the horizon; an update whose next
+                // attempt would fall past it is a dead letter now.
+                let wait = after.unwrap_or_default().max(self.backoff(update.attempts));
+                let next = time::Duration::try_from(wait)
+                    .ok()
+                    .and_then(|w| now.checked_add(w));
+                match next.filter(|_| wait < left) {
+                    Some(next) => {
+                        tracing::info!(
+                            update = update.id,
+                            retry_in_secs = wait.as_secs_f32(),
+                            "update not delivered; will retry"
+                        );
+                        update.last_error = Some(reason);
+                        update.next_attempt_at = next;
+                    }
+                    None => {
+                        tracing::warn!(update = update.id, "retry horizon reached; dead letter");
+                        update.state = UpdateState::Dead;
+                        update.last_error = Some(format!(
+                            "gave up after {} attempts within the {} s retry horizon: {reason}",
+                            update.attempts,
+                            horizon.as_secs()
+                        ));
+                    }
                 }
             }
         }

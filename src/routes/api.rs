@@ -303,14 +303,14 @@ pub(crate) fn query<T: for<'de> Deserialize<'de>>(raw: Option<&str>) -> Result<T
 fn limit(raw: Option<&str>) -> Result<usize, Problem> {
     match raw {
         None => Ok(DEFAULT_LIMIT),
+        // Larger limits are capped, not refused.
         Some(text) => text
             .parse::<usize>()
             .ok()
-            .filter(|n| (1..=MAX_LIMIT).contains(n))
+            .filter(|n| *n >= 1)
+            .map(|n| n.min(MAX_LIMIT))
             .ok_or_else(|| {
-                Problem::BadRequest(format!(
-                    "limit must be a whole number from 1 to {MAX_LIMIT}"
-                ))
+                Problem::BadRequest("limit must be a whole number of at least 1".into())
             }),
     }
 }
@@ -365,7 +365,7 @@ struct ListQuery {
     event: Option<String>,
     /// Only referrals modified at or after this date or date-time.
     modified_since: Option<String>,
-    /// Page size, 1 to 500 (default 100).
+    /// Page size (default 100; more than 500 is capped at 500).
     limit: Option<String>,
     /// From the previous page's `next_cursor`.
     cursor: Option<String>,
@@ -558,7 +558,7 @@ async fn get_version(
 struct EventsQuery {
     /// The last sequence already processed (0 for the beginning).
     after: Option<String>,
-    /// Most events to return, 1 to 500 (default 100).
+    /// Most events to return (default 100; capped at 500).
     limit: Option<String>,
     /// Long-poll: wait up to this many seconds (at most 60) for something newer.
     wait: Option<String>,
@@ -598,6 +598,12 @@ async fn events(
             .map_err(|_| Problem::BadRequest("wait must be a whole number of seconds".into()))?
             .min(MAX_WAIT_SECS),
     };
+    if after > state.store.durable_seq() {
+        return Err(Problem::Conflict(format!(
+            "after={after} is beyond the end of the feed ({}): this store is not the one the cursor came from (restored or reset?); start again from 0",
+            state.store.durable_seq()
+        )));
+    }
     let deadline = tokio::time::Instant::now() + Duration::from_secs(wait);
     loop {
         let batch = state.store.events_after(after, limit).await?;
@@ -615,8 +621,13 @@ async fn events(
                 next: after,
             }));
         }
-        // Nothing (visible) yet: sleep until the feed moves past `after` or the wait ends.
-        let _ = tokio::time::timeout_at(deadline, state.store.wait_for_events_after(after)).await;
+        // Nothing (visible) yet: sleep until the feed moves past `after`, the wait ends, or
+        // shutdown begins (a long-poll must not hold up a drain).
+        let mut stopping = state.stopping.subscribe();
+        tokio::select! {
+            _ = tokio::time::timeout_at(deadline, state.store.wait_for_events_after(after)) => {}
+            _ = stopping.wait_for(|s| *s) => return Ok(Json(EventPage { events: Vec::new(), next: after })),
+        }
     }
 }
 

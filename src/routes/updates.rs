@@ -280,7 +280,9 @@ pub(crate) async fn book(
     let start = instant("start", &request.start)?;
     let end = match request.end.as_deref() {
         Some(end) => instant("end", end)?,
-        None => start + time::Duration::minutes(DEFAULT_APPOINTMENT_MINUTES),
+        None => start
+            .checked_add(time::Duration::minutes(DEFAULT_APPOINTMENT_MINUTES))
+            .ok_or_else(|| Problem::BadRequest("start is too far in the future".into()))?,
     };
     if end <= start {
         return Err(Problem::BadRequest("end must be after start".into()));

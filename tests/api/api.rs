@@ -207,10 +207,11 @@ async fn listings_filter_and_order_by_modification() {
     }
     assert_eq!(seen, ["TST-0010-BBBB", "TST-0011-AAAA", "TST-0012-CCCC"]);
 
+    let capped = api(&app, &q("limit=100000"), Some(EMR_KEY)).await;
+    assert_eq!(capped.status, 200, "a large limit is capped, not refused");
     for (query, words) in [
         ("limit=0", "limit"),
         ("limit=many", "limit"),
-        ("limit=501", "limit"),
         ("modified_since=yesterday", "modified_since"),
         ("cursor=forged", "cursor"),
         ("colour=blue", "colour"),
@@ -348,6 +349,12 @@ async fn errors_are_problem_documents() {
         400,
         "wait",
     );
+    // A cursor from another (reset or restored) store is refused, not silently skipped ahead.
+    assert_problem(
+        &api(&app, "/api/v1/events?after=999", Some(EMR_KEY)).await,
+        409,
+        "beyond the end of the feed",
+    );
 }
 
 #[tokio::test]
@@ -383,11 +390,13 @@ async fn a_long_poll_wakes_for_a_new_delivery_and_otherwise_ends_empty() {
     assert!(quiet.body["events"].as_array().unwrap().is_empty());
     assert_eq!(quiet.body["next"], 8);
 
-    // A delivery during a 30 s wait is returned by that same request.
+    // A delivery during a 60 s wait is returned by that same request, long before the wait
+    // ends (were the wake-up broken, the request would sit out the whole minute).
+    let started = std::time::Instant::now();
     let poll = {
         let request = app
             .client
-            .get(app.url("/api/v1/events?after=8&wait=30"))
+            .get(app.url("/api/v1/events?after=8&wait=60"))
             .header("authorization", format!("Bearer {EMR_KEY}"));
         tokio::spawn(async move { answer(request.send().await.unwrap()).await })
     };
@@ -400,6 +409,10 @@ async fn a_long_poll_wakes_for_a_new_delivery_and_otherwise_ends_empty() {
     assert_eq!(events.len(), 1, "{}", woke.body);
     assert_eq!(events[0]["referral"], "TST-LONG-POLL");
     assert_eq!(events[0]["seq"], 9);
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "the long-poll was not woken"
+    );
 }
 
 #[tokio::test]

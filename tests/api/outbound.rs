@@ -382,6 +382,10 @@ async fn appointments_are_booked_and_cancelled() {
     assert_eq!(appointment["start"], "2026-12-03T14:30:00-05:00");
     assert_eq!(appointment["end"], "2026-12-03T15:00:00-05:00");
     assert_eq!(appointment["participant"][0]["status"], "accepted");
+    assert_eq!(
+        appointment["participant"][0]["type"][0]["coding"][0]["code"],
+        "PPRF"
+    );
     assert_eq!(appointment["participant"][0]["actor"]["display"], "Room 4");
     assert_eq!(appointment["comment"], "Bring ECG");
     assert_message(&delivered[1], "notify-update-appointment", "Appointment");
@@ -481,30 +485,60 @@ async fn an_update_in_backoff_survives_kill_9_and_lands_exactly_once() {
         ocean.delivered().len() == 1
     })
     .await;
-    let state = answer(
+    let mut state = Value::Null;
+    for _ in 0..200 {
+        state = answer(
+            client
+                .get(format!("http://{}/api/v1/updates/{id}", relay.addr))
+                .bearer_auth(KEY)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await
+        .body;
+        if state["state"] == "delivered" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(state["state"], "delivered", "{state}");
+    // 2 when the first attempt was on disk before the kill (the usual case); had the kill
+    // beaten that flush, the attempt would simply be unrecorded and the count 1.
+    let attempts = state["attempts"].as_u64().unwrap();
+    assert!((1..=2).contains(&attempts), "{attempts}");
+    relay.child.kill().unwrap();
+    relay.child.wait().unwrap();
+
+    // Recorded as delivered: after another restart, a new update goes out and the old one
+    // is not posted again (the worker has made a full pass by the time the new one lands).
+    let mut relay = crate::crash::start_relay_with(&data, Some(&config_file));
+    let reply = answer(
         client
-            .get(format!("http://{}/api/v1/updates/{id}", relay.addr))
+            .post(format!(
+                "http://{}/api/v1/referrals/{REF}/messages",
+                relay.addr
+            ))
             .bearer_auth(KEY)
+            .header("content-type", "application/json")
+            .body(json!({"text": "after the restarts"}).to_string())
             .send()
             .await
             .unwrap(),
     )
     .await;
-    assert_eq!(state.body["state"], "delivered", "{}", state.body);
-    // 2 when the first attempt was on disk before the kill (the usual case); had the kill
-    // beaten that flush, the attempt would simply be unrecorded and the count 1.
-    let attempts = state.body["attempts"].as_u64().unwrap();
-    assert!((1..=2).contains(&attempts), "{attempts}");
-    relay.child.kill().unwrap();
-    relay.child.wait().unwrap();
-
-    // Recorded as delivered: another restart posts nothing.
-    let mut relay = crate::crash::start_relay_with(&data, Some(&config_file));
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(reply.status, 202, "{}", reply.body);
+    eventually("the new update", || ocean.delivered().len() == 2).await;
+    let received = ocean.received();
     assert_eq!(
-        ocean.received().len(),
-        2,
-        "one failed attempt, one delivery, nothing more"
+        received.len(),
+        3,
+        "one failed attempt, one delivery, the new update"
+    );
+    assert_message(
+        &received[2].body,
+        "send-communication-from-provider",
+        "Communication",
     );
     relay.child.kill().unwrap();
     relay.child.wait().unwrap();
@@ -618,4 +652,32 @@ async fn past_the_retry_horizon_an_update_becomes_a_dead_letter() {
     assert!(error.starts_with("gave up after"), "{error}");
     assert!(error.contains("503"), "{error}");
     assert!(ocean.delivered().is_empty());
+}
+
+#[tokio::test]
+async fn an_absurd_retry_after_ends_in_a_dead_letter_not_a_stuck_worker() {
+    let (app, ocean) = setup("form").await;
+    ocean.script([Answer::RetryAfter(503, 999_999_999_999)]);
+    let body = until_state(&app, status(&app, "accepted").await, "dead").await;
+    assert!(
+        body["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("retry horizon")
+    );
+    // The worker is alive: once the dead letter is discarded, the next update is delivered.
+    let next = accepted(
+        &app,
+        &format!("/api/v1/referrals/{REF}/messages"),
+        json!({"text": "still here"}),
+    )
+    .await;
+    let reply = post(
+        &app,
+        &format!("/api/v1/updates/{}/discard", body["id"]),
+        json!({}),
+    )
+    .await;
+    assert_eq!(reply.status, 200);
+    until_state(&app, next, "delivered").await;
 }
