@@ -300,7 +300,7 @@ pub(crate) fn query<T: for<'de> Deserialize<'de>>(raw: Option<&str>) -> Result<T
     })
 }
 
-fn limit(raw: Option<&str>) -> Result<usize, Problem> {
+pub(crate) fn limit(raw: Option<&str>) -> Result<usize, Problem> {
     match raw {
         None => Ok(DEFAULT_LIMIT),
         // Larger limits are capped, not refused.

@@ -11,7 +11,7 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use utoipa::{IntoParams, ToSchema};
 
-use super::api::{Caller, query, rfc3339, visible};
+use super::api::{Caller, limit, query, rfc3339, visible};
 use crate::app::AppState;
 use crate::domain::ReferralRef;
 use crate::error::Problem;
@@ -123,6 +123,8 @@ impl From<UpdateRecord> for UpdateView {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct UpdatePage {
     updates: Vec<UpdateView>,
+    /// Pass as `after` for the next page.
+    next: u64,
 }
 
 fn json<T: for<'de> Deserialize<'de>>(body: &Bytes) -> Result<T, Problem> {
@@ -434,8 +436,12 @@ pub(crate) async fn get_update(
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 struct UpdatesQuery {
-    /// pending, delivered or dead.
+    /// pending, delivered, dead or discarded.
     state: Option<String>,
+    /// The last update id already seen (from `next`).
+    after: Option<String>,
+    /// Page size (default 100; capped at 500).
+    limit: Option<String>,
 }
 
 /// Updates, oldest first, optionally by state (`state=dead` lists the dead letters).
@@ -463,15 +469,41 @@ pub(crate) async fn list_updates(
             ));
         }
     };
+    let mut after: u64 = match q.after.as_deref() {
+        None => 0,
+        Some(text) => text
+            .parse()
+            .map_err(|_| Problem::BadRequest("after must be a whole number".into()))?,
+    };
+    let limit = limit(q.limit.as_deref())?;
+    // The client's scope is applied before the page is cut, so a scoped client pages
+    // through its own updates.
     let mut updates = Vec::new();
-    for update in state.store.updates(wanted, 10_000).await? {
-        if let Some(record) = state.store.referral(&update.referral).await?
-            && caller.0.may_see(record.service_id.as_ref())
-        {
-            updates.push(update.into());
+    loop {
+        let batch = state.store.updates(wanted, after, 500).await?;
+        let Some(last) = batch.last().map(|u| u.id) else {
+            break;
+        };
+        for update in batch {
+            let id = update.id;
+            if let Some(record) = state.store.referral(&update.referral).await?
+                && caller.0.may_see(record.service_id.as_ref())
+            {
+                updates.push(update.into());
+            }
+            after = id;
+            if updates.len() == limit {
+                break;
+            }
+        }
+        if updates.len() == limit || after < last {
+            break;
         }
     }
-    Ok(Json(UpdatePage { updates }))
+    Ok(Json(UpdatePage {
+        next: after,
+        updates,
+    }))
 }
 
 /// Send a dead letter again (its retry horizon starts over).
@@ -531,8 +563,66 @@ pub(crate) async fn discard(
         )));
     }
     update.state = UpdateState::Discarded;
-    state.store.save_update(&update).await?;
+    // Ocean never received the discarded update: what the relay believes Ocean knows about
+    // the referral's Task and appointment is rebuilt from the updates that remain.
+    let task = task_state_without(&state, &update).await?;
+    state.store.discard_update(&update, task).await?;
     state.outbox_wake.notify_one();
     tracing::info!(update = update.id, "dead letter discarded");
     Ok(Json(update.into()))
+}
+
+/// The referral's [`TaskState`] as if `discarded` had never been accepted.
+async fn task_state_without(
+    state: &AppState,
+    discarded: &UpdateRecord,
+) -> Result<TaskState, Problem> {
+    let previous = state.store.task_state(&discarded.referral).await?;
+    let mut task = TaskState {
+        task_id: previous.task_id,
+        ..TaskState::default()
+    };
+    let mut after = 0;
+    loop {
+        let batch = state.store.updates(None, after, 500).await?;
+        let Some(last) = batch.last().map(|u| u.id) else {
+            break;
+        };
+        for u in batch.iter().filter(|u| {
+            u.referral == discarded.referral
+                && u.id != discarded.id
+                && u.state != UpdateState::Discarded
+        }) {
+            match u.kind.as_str() {
+                "status" => {
+                    task.status.clone_from(&u.task_status);
+                    task.task_sent = true;
+                }
+                "appointment" => {
+                    let bundle: serde_json::Value =
+                        serde_json::from_str(&u.bundle).map_err(|e| Problem::Internal(e.into()))?;
+                    let appointment = bundle["entry"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .map(|e| &e["resource"])
+                        .find(|r| r["resourceType"] == "Appointment");
+                    if let Some(a) = appointment {
+                        let text = |k: &str| a[k].as_str().map(str::to_owned);
+                        task.appointment_id = text("id");
+                        task.appointment_start = text("start");
+                        task.appointment_end = text("end");
+                    }
+                }
+                "cancel-appointment" => {
+                    task.appointment_id = None;
+                    task.appointment_start = None;
+                    task.appointment_end = None;
+                }
+                _ => {}
+            }
+        }
+        after = last;
+    }
+    Ok(task)
 }

@@ -278,10 +278,11 @@ pub trait Store: Send + Sync + 'static {
 
     async fn update(&self, id: u64) -> Result<Option<UpdateRecord>, StoreError>;
 
-    /// Updates in id order, optionally only those in `state`.
+    /// Updates with an id greater than `after`, in id order, optionally only those in `state`.
     async fn updates(
         &self,
         state: Option<UpdateState>,
+        after: u64,
         limit: usize,
     ) -> Result<Vec<UpdateRecord>, StoreError>;
 
@@ -289,6 +290,13 @@ pub trait Store: Send + Sync + 'static {
     async fn open_updates(&self) -> Result<Vec<UpdateRecord>, StoreError>;
 
     async fn task_state(&self, referral: &ReferralRef) -> Result<TaskState, StoreError>;
+
+    /// Marks an update discarded and sets the referral's [`TaskState`] in one durable write.
+    async fn discard_update(
+        &self,
+        update: &UpdateRecord,
+        task: TaskState,
+    ) -> Result<(), StoreError>;
 
     /// Writes and syncs a marker record: proves the store can take deliveries now.
     async fn check_writable(&self) -> Result<(), StoreError>;

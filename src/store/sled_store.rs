@@ -508,10 +508,15 @@ impl Store for SledStore {
     async fn updates(
         &self,
         state: Option<UpdateState>,
+        after: u64,
         limit: usize,
     ) -> Result<Vec<UpdateRecord>, StoreError> {
         let mut found = Vec::new();
-        for item in self.trees.updates.iter() {
+        for item in self
+            .trees
+            .updates
+            .range(after.saturating_add(1).to_be_bytes()..)
+        {
             let record: UpdateRecord = decode(&item.map_err(unavailable)?.1)?;
             if state.is_none_or(|s| s == record.state) {
                 found.push(record);
@@ -532,6 +537,30 @@ impl Store for SledStore {
             }
         }
         Ok(found)
+    }
+
+    async fn discard_update(
+        &self,
+        update: &UpdateRecord,
+        task: TaskState,
+    ) -> Result<(), StoreError> {
+        let t = &self.trees;
+        let key = update.id.to_be_bytes();
+        let value = encode(update)?;
+        let task = encode(&task)?;
+        let referral = update.referral.as_str().as_bytes();
+        (&t.updates, &t.open_updates, &t.task_states)
+            .transaction(|(updates, open, tasks)| {
+                updates.insert(&key, value.as_slice())?;
+                open.remove(&key)?;
+                tasks.insert(referral, task.as_slice())?;
+                Ok::<_, ConflictableTransactionError<StoreError>>(())
+            })
+            .map_err(|e| match e {
+                TransactionError::Abort(e) => e,
+                TransactionError::Storage(e) => unavailable(e),
+            })?;
+        self.flusher.durable().await
     }
 
     async fn task_state(&self, referral: &ReferralRef) -> Result<TaskState, StoreError> {

@@ -80,12 +80,16 @@ impl Store for DiskFull {
     async fn updates(
         &self,
         _: Option<UpdateState>,
+        _: u64,
         _: usize,
     ) -> Result<Vec<UpdateRecord>, StoreError> {
         Ok(Vec::new())
     }
     async fn open_updates(&self) -> Result<Vec<UpdateRecord>, StoreError> {
         Ok(Vec::new())
+    }
+    async fn discard_update(&self, _: &UpdateRecord, _: TaskState) -> Result<(), StoreError> {
+        Err(disk_full())
     }
     async fn task_state(&self, _: &ReferralRef) -> Result<TaskState, StoreError> {
         Ok(TaskState::default())

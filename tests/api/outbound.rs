@@ -681,3 +681,44 @@ async fn an_absurd_retry_after_ends_in_a_dead_letter_not_a_stuck_worker() {
     assert_eq!(reply.status, 200);
     until_state(&app, next, "delivered").await;
 }
+
+#[tokio::test]
+async fn discarding_an_update_forgets_what_ocean_never_received() {
+    let (app, ocean) = setup("form").await;
+    ocean.script([Answer::Outcome(400, "No")]);
+    let dead = status(&app, "accepted").await;
+    until_state(&app, dead, "dead").await;
+    assert_eq!(
+        post(&app, &format!("/api/v1/updates/{dead}/discard"), json!({}))
+            .await
+            .status,
+        200
+    );
+    // Ocean never saw "accepted": accepting again is allowed, and it is the referral's first Task.
+    let again = status(&app, "accepted").await;
+    until_state(&app, again, "delivered").await;
+    let delivered = ocean.delivered();
+    assert_eq!(delivered.len(), 1);
+    assert_message(&delivered[0], "notify-add-process-request", "Task");
+
+    // The updates listing pages through everything, discarded letter included.
+    let first = call(&app, reqwest::Method::GET, "/api/v1/updates?limit=1", None).await;
+    assert_eq!(first.body["updates"][0]["state"], "discarded");
+    let next = first.body["next"].as_u64().unwrap();
+    let second = call(
+        &app,
+        reqwest::Method::GET,
+        &format!("/api/v1/updates?limit=1&after={next}"),
+        None,
+    )
+    .await;
+    assert_eq!(second.body["updates"][0]["state"], "delivered");
+    let discarded = call(
+        &app,
+        reqwest::Method::GET,
+        "/api/v1/updates?state=discarded",
+        None,
+    )
+    .await;
+    assert_eq!(discarded.body["updates"].as_array().unwrap().len(), 1);
+}
