@@ -155,11 +155,17 @@ async fn enqueue(
     })?;
     let endpoint = state.ocean_messages_url(&site).unwrap_or_default();
     let mut task = state.store.task_state(&reference).await?;
-    let current = task
-        .status
-        .clone()
-        .or(record.summary.task_status.clone())
-        .unwrap_or_else(|| "requested".into());
+    // The current status is the newer of what the relay last sent and what Ocean last said
+    // (a referral can also be declined or reopened in Ocean's own screens).
+    let ours_is_newer = task
+        .status_set_at
+        .is_some_and(|at| at >= record.modified_at);
+    let current = if ours_is_newer {
+        task.status.clone()
+    } else {
+        record.summary.task_status.clone().or(task.status.clone())
+    }
+    .unwrap_or_else(|| "requested".into());
     let message = build(&reference, &mut task, &current, &endpoint)?;
     let now = OffsetDateTime::now_utc();
     let update = UpdateRecord {
@@ -243,6 +249,7 @@ pub(crate) async fn set_status(
                 .clone();
             task.task_sent = true;
             task.status = Some(request.status.clone());
+            task.status_set_at = Some(OffsetDateTime::now_utc());
             built(task_message(
                 reference,
                 &TaskUpdate {
@@ -596,6 +603,7 @@ async fn task_state_without(
             match u.kind.as_str() {
                 "status" => {
                     task.status.clone_from(&u.task_status);
+                    task.status_set_at = Some(u.created_at);
                     task.task_sent = true;
                 }
                 "appointment" => {

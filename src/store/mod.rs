@@ -180,8 +180,10 @@ pub struct UpdateRecord {
 /// What the relay has told Ocean about a referral's Task.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TaskState {
-    /// The last Task status accepted for sending.
+    /// The last Task status accepted for sending, and when.
     pub status: Option<String>,
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub status_set_at: Option<OffsetDateTime>,
     /// True once a Task update was accepted: later ones are `notify-update-process-request`.
     pub task_sent: bool,
     /// The id of the Task resource used for this referral's updates.

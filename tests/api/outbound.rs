@@ -722,3 +722,23 @@ async fn discarding_an_update_forgets_what_ocean_never_received() {
     .await;
     assert_eq!(discarded.body["updates"].as_array().unwrap().len(), 1);
 }
+
+#[tokio::test]
+async fn a_task_status_changed_in_ocean_is_the_current_one() {
+    let (app, ocean) = setup("form").await;
+    until_state(&app, status(&app, "rejected").await, "delivered").await;
+    // Later, Ocean reports the referral accepted (reopened in Ocean's own screens).
+    assert_eq!(
+        app.deliver("default", fixture("update-task-accepted.json"))
+            .await
+            .status,
+        200
+    );
+    // From accepted, in-progress is allowed (it would not be from rejected).
+    let next = status(&app, "in-progress").await;
+    until_state(&app, next, "delivered").await;
+    assert_eq!(
+        resource(&ocean.delivered()[1], "Task")["status"],
+        "in-progress"
+    );
+}
