@@ -188,14 +188,24 @@ pub struct Summary {
 
 impl Summary {
     /// Completes a newer delivery's summary with what `earlier` knew, part by part: a part the
-    /// newer one did not carry is taken from `earlier` whole.
+    /// newer one did not carry is taken from `earlier` whole; the referral's own text is kept
+    /// field by field.
     pub fn fill_from(&mut self, earlier: &Summary) {
         let (new, old) = (self.carried, earlier.carried);
         if !new.service_request {
             self.service_request_status
                 .clone_from(&earlier.service_request_status);
+        }
+        // The referral's own text (its date, description and note) is kept when a later
+        // ServiceRequest leaves it out: update messages often carry a trimmed ServiceRequest,
+        // and the backup must not lose the referral note.
+        if self.authored_on.is_none() {
             self.authored_on.clone_from(&earlier.authored_on);
+        }
+        if self.description.is_none() {
             self.description.clone_from(&earlier.description);
+        }
+        if self.notes.is_empty() {
             self.notes.clone_from(&earlier.notes);
         }
         if !new.task {
@@ -295,6 +305,29 @@ mod tests {
         assert_eq!(newer.appointment_status.as_deref(), Some("proposed"));
         assert_eq!(newer.appointment_start, None);
         assert!(newer.carried.patient && newer.carried.task && !newer.carried.referrer);
+
+        // A trimmed ServiceRequest in an update keeps the referral note and description.
+        let with_note = Summary {
+            carried: Carried {
+                service_request: true,
+                ..Carried::default()
+            },
+            notes: vec!["the note".into()],
+            description: Some("Cardiology".into()),
+            ..Summary::default()
+        };
+        let mut trimmed = Summary {
+            carried: Carried {
+                service_request: true,
+                ..Carried::default()
+            },
+            service_request_status: Some("revoked".into()),
+            ..Summary::default()
+        };
+        trimmed.fill_from(&with_note);
+        assert_eq!(trimmed.notes, vec!["the note".to_string()]);
+        assert_eq!(trimmed.description.as_deref(), Some("Cardiology"));
+        assert_eq!(trimmed.service_request_status.as_deref(), Some("revoked"));
     }
 
     #[test]

@@ -44,6 +44,7 @@ pub fn routes() -> Vec<(&'static str, MethodRouter<AppState>)> {
         ),
         ("/api/v1/events", get(events)),
         ("/api/v1/openapi.json", get(openapi)),
+        ("/api/v1/export.csv", get(super::export::export_csv)),
     ]
     .into_iter()
     .chain(super::updates::routes())
@@ -69,7 +70,8 @@ pub fn router() -> Router<AppState> {
         crate::routes::updates::set_status, crate::routes::updates::book,
         crate::routes::updates::cancel, crate::routes::updates::send_message,
         crate::routes::updates::list_updates, crate::routes::updates::get_update,
-        crate::routes::updates::replay, crate::routes::updates::discard
+        crate::routes::updates::replay, crate::routes::updates::discard,
+        crate::routes::export::export_csv
     ),
     components(schemas(ReferralView, VersionView, ReferralPage, ReferralDetail, EventView, EventPage, ProblemDoc)),
     modifiers(&BearerKey)

@@ -1,6 +1,7 @@
 //! HTTP routes: one `router()` per module, merged here.
 
 pub mod api;
+pub mod export;
 pub mod health;
 pub mod metadata;
 pub mod oauth;

@@ -195,6 +195,14 @@ pub struct TaskState {
     pub appointment_end: Option<String>,
 }
 
+/// A batch of [`Store::referrals_modified`].
+#[derive(Debug, Clone, Default)]
+pub struct ModifiedBatch {
+    pub referrals: Vec<ReferralRecord>,
+    /// Where the next batch starts; `None` when the range is exhausted.
+    pub next: Option<Vec<u8>>,
+}
+
 /// A slice of [`Store::referrals_changed`].
 #[derive(Debug, Clone)]
 pub struct ChangedReferrals {
@@ -292,6 +300,24 @@ pub trait Store: Send + Sync + 'static {
     async fn open_updates(&self) -> Result<Vec<UpdateRecord>, StoreError>;
 
     async fn task_state(&self, referral: &ReferralRef) -> Result<TaskState, StoreError>;
+
+    /// Referrals modified within `[from, to]` (either side open), in order of modification,
+    /// at most `limit`, starting after `after` (a key from the previous batch).
+    async fn referrals_modified(
+        &self,
+        from: Option<OffsetDateTime>,
+        to: Option<OffsetDateTime>,
+        after: Option<Vec<u8>>,
+        limit: usize,
+    ) -> Result<ModifiedBatch, StoreError>;
+
+    /// Sets `exported_at = at` on each referral whose modification time is still the one
+    /// given (a referral modified since it was written is left unexported). Durable.
+    async fn mark_exported(
+        &self,
+        written: &[(ReferralRef, OffsetDateTime)],
+        at: OffsetDateTime,
+    ) -> Result<usize, StoreError>;
 
     /// Marks an update discarded and sets the referral's [`TaskState`] in one durable write.
     async fn discard_update(

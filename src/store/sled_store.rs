@@ -29,8 +29,8 @@ use time::OffsetDateTime;
 use tokio::sync::watch;
 
 use super::{
-    ChangedReferrals, EventRecord, NewDelivery, PutOutcome, ReferralRecord, ServiceAssignment,
-    Store, StoreError, TaskState, UpdateRecord, UpdateState, VersionRecord,
+    ChangedReferrals, EventRecord, ModifiedBatch, NewDelivery, PutOutcome, ReferralRecord,
+    ServiceAssignment, Store, StoreError, TaskState, UpdateRecord, UpdateState, VersionRecord,
 };
 use crate::domain::{ReferralRef, ServiceId};
 
@@ -561,6 +561,77 @@ impl Store for SledStore {
                 TransactionError::Storage(e) => unavailable(e),
             })?;
         self.flusher.durable().await
+    }
+
+    async fn referrals_modified(
+        &self,
+        from: Option<OffsetDateTime>,
+        to: Option<OffsetDateTime>,
+        after: Option<Vec<u8>>,
+        limit: usize,
+    ) -> Result<ModifiedBatch, StoreError> {
+        use std::ops::Bound;
+        let start = match after {
+            Some(key) => Bound::Excluded(key),
+            None => Bound::Included(from.map_or(0, micros).to_be_bytes().to_vec()),
+        };
+        // Keys are (micros, 0, ref): everything at `to`'s microsecond sorts below micros + 1.
+        let end = match to {
+            Some(to) => Bound::Excluded(micros(to).saturating_add(1).to_be_bytes().to_vec()),
+            None => Bound::Unbounded,
+        };
+        let mut batch = ModifiedBatch::default();
+        for item in self.trees.by_modified.range::<Vec<u8>, _>((start, end)) {
+            let (key, _) = item.map_err(unavailable)?;
+            let referral = &key[9..];
+            if let Some(record) = self.trees.referrals.get(referral).map_err(unavailable)? {
+                batch.referrals.push(decode(&record)?);
+            }
+            if batch.referrals.len() == limit {
+                batch.next = Some(key.to_vec());
+                break;
+            }
+        }
+        Ok(batch)
+    }
+
+    async fn mark_exported(
+        &self,
+        written: &[(ReferralRef, OffsetDateTime)],
+        at: OffsetDateTime,
+    ) -> Result<usize, StoreError> {
+        let mut marked = 0;
+        for chunk in written.chunks(500) {
+            // A transaction, so a delivery committing meanwhile is never overwritten: the
+            // record is read and rewritten atomically, and one modified since it was written
+            // to the export keeps `exported_at` unset.
+            marked += self
+                .trees
+                .referrals
+                .transaction(|tx| {
+                    let mut marked = 0;
+                    for (referral, modified_at) in chunk {
+                        let key = referral.as_str().as_bytes();
+                        let Some(bytes) = tx.get(key)? else {
+                            continue;
+                        };
+                        let mut record: ReferralRecord = decode(&bytes).map_err(abort)?;
+                        if record.modified_at != *modified_at {
+                            continue;
+                        }
+                        record.exported_at = Some(at);
+                        tx.insert(key, encode(&record).map_err(abort)?)?;
+                        marked += 1;
+                    }
+                    Ok(marked)
+                })
+                .map_err(|e| match e {
+                    TransactionError::Abort(e) => e,
+                    TransactionError::Storage(e) => unavailable(e),
+                })?;
+        }
+        self.flusher.durable().await?;
+        Ok(marked)
     }
 
     async fn task_state(&self, referral: &ReferralRef) -> Result<TaskState, StoreError> {

@@ -6,8 +6,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use referral_relay::domain::{ReferralRef, ServiceId};
 use referral_relay::store::{
-    ChangedReferrals, EventRecord, NewDelivery, PutOutcome, ReferralRecord, Store, StoreError,
-    TaskState, UpdateRecord, UpdateState, VersionRecord,
+    ChangedReferrals, EventRecord, ModifiedBatch, NewDelivery, PutOutcome, ReferralRecord, Store,
+    StoreError, TaskState, UpdateRecord, UpdateState, VersionRecord,
 };
 use time::OffsetDateTime;
 
@@ -89,6 +89,22 @@ impl Store for DiskFull {
         Ok(Vec::new())
     }
     async fn discard_update(&self, _: &UpdateRecord, _: TaskState) -> Result<(), StoreError> {
+        Err(disk_full())
+    }
+    async fn referrals_modified(
+        &self,
+        _: Option<OffsetDateTime>,
+        _: Option<OffsetDateTime>,
+        _: Option<Vec<u8>>,
+        _: usize,
+    ) -> Result<ModifiedBatch, StoreError> {
+        Err(disk_full())
+    }
+    async fn mark_exported(
+        &self,
+        _: &[(ReferralRef, OffsetDateTime)],
+        _: OffsetDateTime,
+    ) -> Result<usize, StoreError> {
         Err(disk_full())
     }
     async fn task_state(&self, _: &ReferralRef) -> Result<TaskState, StoreError> {

@@ -6,6 +6,7 @@ mod auth;
 mod cli;
 mod crash;
 mod dedup;
+mod export;
 mod failures;
 mod fixtures;
 mod helpers;
