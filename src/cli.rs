@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 
 use crate::app::{Application, shutdown_signal};
 use crate::config::{Config, Overrides};
+use crate::store::Store;
 use crate::telemetry;
 
 #[derive(Debug, Parser)]
@@ -47,6 +48,16 @@ enum Command {
         #[arg(long, env = "RELAY_CONFIG")]
         config: Option<PathBuf>,
     },
+    /// Read or check the audit log (opens the data dir: stop the service first).
+    Audit {
+        #[command(subcommand)]
+        action: AuditAction,
+        #[arg(long, env = "RELAY_CONFIG", global = true)]
+        config: Option<PathBuf>,
+        /// Data directory (overrides server.data_dir).
+        #[arg(long, global = true)]
+        data_dir: Option<PathBuf>,
+    },
     /// Send a dead-lettered update again, through the running service's API.
     Replay {
         /// The update id (see GET /api/v1/updates?state=dead).
@@ -57,6 +68,18 @@ enum Command {
         /// An API client key.
         #[arg(long, env = "RELAY_API_KEY", hide_env_values = true)]
         key: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditAction {
+    /// Check the hash chain; names the first broken entry.
+    Verify,
+    /// Print the entries as JSON lines.
+    List {
+        /// Only entries after this sequence number.
+        #[arg(long, default_value_t = 0)]
+        after: u64,
     },
 }
 
@@ -109,6 +132,43 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 "site '{name}': token fetched, site number read (HTTP {status}); the credentials work"
             );
             Ok(())
+        }
+        Command::Audit {
+            action,
+            config,
+            data_dir,
+        } => {
+            let overrides = Overrides {
+                listen: None,
+                data_dir,
+            };
+            let config = Config::load(config.as_deref(), &overrides)?;
+            let store = crate::store::SledStore::open(&config.server.data_dir)?;
+            tokio::runtime::Runtime::new()?.block_on(async {
+                let mut entries = Vec::new();
+                let mut after = match &action {
+                    AuditAction::List { after } => *after,
+                    AuditAction::Verify => 0,
+                };
+                loop {
+                    let batch = store.audit_entries(after, 1000).await?;
+                    let Some(last) = batch.last() else { break };
+                    after = last.seq;
+                    entries.extend(batch);
+                }
+                match action {
+                    AuditAction::List { .. } => {
+                        for entry in &entries {
+                            println!("{}", serde_json::to_string(entry)?);
+                        }
+                    }
+                    AuditAction::Verify => {
+                        let count = crate::store::verify_chain(entries)?;
+                        println!("audit log intact: {count} entries");
+                    }
+                }
+                anyhow::Ok(())
+            })
         }
         Command::Replay { id, url, key } => {
             let url = format!("{}/api/v1/updates/{id}/replay", url.trim_end_matches('/'));

@@ -96,6 +96,17 @@ impl Worker {
             }
             self.record(&mut update, result);
             self.store.save_update(&update).await?;
+            let action = match update.state {
+                UpdateState::Delivered => Some("UPDATE_SENT"),
+                UpdateState::Dead => Some("UPDATE_DEAD_LETTERED"),
+                _ => None,
+            };
+            if let Some(action) = action {
+                let details = serde_json::json!({"update": update.id, "referral": update.referral.as_str(), "event": update.event, "attempts": update.attempts});
+                self.store
+                    .audit(action, &format!("site:{}", update.site), details)
+                    .await?;
+            }
             if update.state != UpdateState::Delivered {
                 held.insert(update.referral.clone());
                 if update.state == UpdateState::Pending {

@@ -45,6 +45,7 @@ pub fn routes() -> Vec<(&'static str, MethodRouter<AppState>)> {
         ("/api/v1/events", get(events)),
         ("/api/v1/openapi.json", get(openapi)),
         ("/api/v1/export.csv", get(super::export::export_csv)),
+        ("/api/v1/audit", get(audit)),
     ]
     .into_iter()
     .chain(super::updates::routes())
@@ -71,7 +72,7 @@ pub fn router() -> Router<AppState> {
         crate::routes::updates::cancel, crate::routes::updates::send_message,
         crate::routes::updates::list_updates, crate::routes::updates::get_update,
         crate::routes::updates::replay, crate::routes::updates::discard,
-        crate::routes::export::export_csv
+        crate::routes::export::export_csv, audit
     ),
     components(schemas(ReferralView, VersionView, ReferralPage, ReferralDetail, EventView, EventPage, ProblemDoc)),
     modifiers(&BearerKey)
@@ -631,6 +632,52 @@ async fn events(
             _ = stopping.wait_for(|s| *s) => return Ok(Json(EventPage { events: Vec::new(), next: after })),
         }
     }
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+struct AuditQuery {
+    /// Entries after this sequence number.
+    after: Option<String>,
+    /// Page size (default 100; capped at 500).
+    limit: Option<String>,
+}
+
+/// The audit log, oldest first. Only clients not limited to some service ids may read it.
+#[utoipa::path(
+    get,
+    path = "/api/v1/audit",
+    params(AuditQuery),
+    responses(
+        (status = 200, description = "Audit entries, each with the hash of the one before"),
+        (status = 403, description = "The client is limited to some service ids", body = ProblemDoc, content_type = "application/problem+json"),
+    )
+)]
+async fn audit(
+    State(state): State<AppState>,
+    Caller(client): Caller,
+    RawQuery(raw): RawQuery,
+) -> Result<Json<serde_json::Value>, Problem> {
+    if !client.service_ids.is_empty() {
+        return Err(Problem::Forbidden(format!(
+            "client '{}' is limited to some service ids and may not read the whole audit log",
+            client.name
+        )));
+    }
+    let q: AuditQuery = query(raw.as_deref())?;
+    let after: u64 = match q.after.as_deref() {
+        None => 0,
+        Some(text) => text
+            .parse()
+            .map_err(|_| Problem::BadRequest("after must be a whole number".into()))?,
+    };
+    let entries = state
+        .store
+        .audit_entries(after, limit(q.limit.as_deref())?)
+        .await?;
+    let next = entries.last().map_or(after, |e| e.seq);
+    Ok(Json(serde_json::json!({"entries": entries, "next": next})))
 }
 
 /// This API's OpenAPI 3.1 document.

@@ -116,6 +116,7 @@ pub(crate) async fn export_csv(
             buffer.extend_from_slice(BOM);
         }
         let mut written: Vec<(ReferralRef, OffsetDateTime)> = Vec::new();
+        let mut rows = 0usize;
         let _ = write_header(&mut buffer);
         let mut after = None;
         loop {
@@ -142,6 +143,7 @@ pub(crate) async fn export_csv(
                     continue;
                 }
                 let _ = write_row(&mut buffer, record);
+                rows += 1;
                 if mark {
                     written.push((record.referral.clone(), record.modified_at));
                 }
@@ -168,13 +170,29 @@ pub(crate) async fn export_csv(
             tracing::info!("export cut off by the client; nothing marked");
             return;
         }
-        let rows = written.len();
+        let audited = store
+            .audit(
+                "EXPORTED_REFERRALS",
+                &format!("api:{}", client.name),
+                serde_json::json!({
+                    "rows": rows,
+                    "from": from.map(|t| t.to_string()),
+                    "to": to.map(|t| t.to_string()),
+                    "service_id": service.as_ref().map(ToString::to_string),
+                    "unexported_only": unexported_only,
+                    "mark_exported": mark,
+                }),
+            )
+            .await;
+        if let Err(e) = audited {
+            tracing::error!(error = %e, "export complete, but the audit entry could not be written");
+        }
         if mark {
             match store
                 .mark_exported(&written, OffsetDateTime::now_utc())
                 .await
             {
-                Ok(marked) => tracing::info!(rows, marked, "export complete; rows marked exported"),
+                Ok(marked) => tracing::info!(rows, marked, "rows marked exported"),
                 Err(e) => tracing::error!(error = %e, "export complete, but marking failed"),
             }
         }

@@ -541,6 +541,14 @@ pub(crate) async fn replay(
     update.next_attempt_at = now;
     update.created_at = now;
     state.store.save_update(&update).await?;
+    state
+        .store
+        .audit(
+            "UPDATE_REPLAYED",
+            &format!("api:{}", caller.0.name),
+            serde_json::json!({"update": update.id, "referral": update.referral.as_str()}),
+        )
+        .await?;
     state.outbox_wake.notify_one();
     tracing::info!(update = update.id, "dead letter replayed");
     Ok((StatusCode::ACCEPTED, Json(update.into())))
@@ -574,6 +582,14 @@ pub(crate) async fn discard(
     // the referral's Task and appointment is rebuilt from the updates that remain.
     let task = task_state_without(&state, &update).await?;
     state.store.discard_update(&update, task).await?;
+    state
+        .store
+        .audit(
+            "UPDATE_DISCARDED",
+            &format!("api:{}", caller.0.name),
+            serde_json::json!({"update": update.id, "referral": update.referral.as_str()}),
+        )
+        .await?;
     state.outbox_wake.notify_one();
     tracing::info!(update = update.id, "dead letter discarded");
     Ok(Json(update.into()))

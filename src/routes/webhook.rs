@@ -50,6 +50,17 @@ async fn receive(
     let inbound = &integration.inbound;
     let refuse = |refusal: Refusal| {
         state.counters.auth_failures.fetch_add(1, Ordering::Relaxed);
+        let (store, actor) = (
+            state.store.clone(),
+            format!("integration:{}", integration.name),
+        );
+        let details = serde_json::json!({"scheme": inbound.scheme(), "reason": refusal.reason});
+        // Written in the background: a refusal is answered without waiting for the disk.
+        tokio::spawn(async move {
+            if let Err(e) = store.audit("AUTH_FAILURE", &actor, details).await {
+                tracing::error!(error = %e, "cannot audit an authentication failure");
+            }
+        });
         tracing::warn!(
             integration = %integration.name,
             scheme = inbound.scheme(),

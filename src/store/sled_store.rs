@@ -29,8 +29,9 @@ use time::OffsetDateTime;
 use tokio::sync::watch;
 
 use super::{
-    ChangedReferrals, EventRecord, ModifiedBatch, NewDelivery, PutOutcome, ReferralRecord,
-    ServiceAssignment, Store, StoreError, TaskState, UpdateRecord, UpdateState, VersionRecord,
+    AUDIT_GENESIS, AuditEntry, ChangedReferrals, EventRecord, ModifiedBatch, NewDelivery,
+    PutOutcome, ReferralRecord, ServiceAssignment, Store, StoreError, TaskState, UpdateRecord,
+    UpdateState, VersionRecord,
 };
 use crate::domain::{ReferralRef, ServiceId};
 
@@ -38,6 +39,7 @@ const EVENT_SEQ: &[u8] = b"event_seq";
 const READY_MARKER: &[u8] = b"ready_marker";
 const LAST_RECEIVED: &[u8] = b"last_received_micros";
 const UPDATE_SEQ: &[u8] = b"update_seq";
+const AUDIT_HEAD: &[u8] = b"audit_head";
 
 /// Format tags of stored payloads. LZ4 cuts the bytes sled writes (and rewrites when it
 /// consolidates pages) about fourfold for FHIR JSON, which more than doubles write throughput;
@@ -68,6 +70,8 @@ struct Trees {
     open_updates: sled::Tree,
     /// referral ref → [`TaskState`]
     task_states: sled::Tree,
+    /// seq (u64 BE) → [`AuditEntry`]
+    audit: sled::Tree,
 }
 
 /// What the dedup tree remembers about a delivery.
@@ -111,6 +115,7 @@ impl SledStore {
             updates: tree("updates")?,
             open_updates: tree("open_updates")?,
             task_states: tree("task_states")?,
+            audit: tree("audit")?,
         };
         // Each flush reports the feed sequence it made durable: the counter as read before
         // the flush, since every write it covers was committed before that read.
@@ -146,6 +151,7 @@ impl SledStore {
             &t.events,
             &t.by_modified,
             &t.meta,
+            &t.audit,
         )
             .transaction(
                 |(
@@ -157,6 +163,7 @@ impl SledStore {
                     events,
                     by_modified,
                     meta,
+                    audit,
                 )| {
                     if let Some(existing) = deliveries.get(d.dedup_key.as_bytes())? {
                         let existing: DeliveryRef = decode(&existing).map_err(abort)?;
@@ -239,6 +246,20 @@ impl SledStore {
                     };
                     let version_key = version_key(&d.referral, version);
 
+                    // The audit entry is part of the same write: stored, then audited, or neither.
+                    append_audit(
+                        meta,
+                        audit,
+                        received_at,
+                        "DELIVERY_STORED",
+                        d.integration.as_str(),
+                        serde_json::json!({
+                            "referral": d.referral.as_str(),
+                            "version": version,
+                            "event": d.event.as_str(),
+                            "seq": seq,
+                        }),
+                    )?;
                     meta.insert(EVENT_SEQ, &seq.to_be_bytes())?;
                     meta.insert(LAST_RECEIVED, &micros(received_at).to_be_bytes())?;
                     referrals.insert(referral_key, encode(&record).map_err(abort)?)?;
@@ -634,6 +655,41 @@ impl Store for SledStore {
         Ok(marked)
     }
 
+    async fn audit(
+        &self,
+        action: &str,
+        actor: &str,
+        details: serde_json::Value,
+    ) -> Result<AuditEntry, StoreError> {
+        let t = &self.trees;
+        let entry = (&t.meta, &t.audit)
+            .transaction(|(meta, audit)| {
+                append_audit(
+                    meta,
+                    audit,
+                    OffsetDateTime::now_utc(),
+                    action,
+                    actor,
+                    details.clone(),
+                )
+            })
+            .map_err(|e| match e {
+                TransactionError::Abort(e) => e,
+                TransactionError::Storage(e) => unavailable(e),
+            })?;
+        self.flusher.durable().await?;
+        Ok(entry)
+    }
+
+    async fn audit_entries(&self, after: u64, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
+        self.trees
+            .audit
+            .range(after.saturating_add(1).to_be_bytes()..)
+            .take(limit)
+            .map(|item| decode(&item.map_err(unavailable)?.1))
+            .collect()
+    }
+
     async fn task_state(&self, referral: &ReferralRef) -> Result<TaskState, StoreError> {
         Ok(self
             .trees
@@ -783,6 +839,37 @@ fn flush_loop(
         }
         done = target;
     }
+}
+
+/// Appends an entry chained to the current head, inside the caller's transaction.
+fn append_audit(
+    meta: &sled::transaction::TransactionalTree,
+    audit: &sled::transaction::TransactionalTree,
+    at: OffsetDateTime,
+    action: &str,
+    actor: &str,
+    details: serde_json::Value,
+) -> Result<AuditEntry, ConflictableTransactionError<StoreError>> {
+    let (seq, prev) = match meta.get(AUDIT_HEAD)? {
+        Some(head) => {
+            let (seq, prev): (u64, String) = decode(&head).map_err(abort)?;
+            (seq + 1, prev)
+        }
+        None => (1, AUDIT_GENESIS.to_owned()),
+    };
+    let mut entry = AuditEntry {
+        seq,
+        at,
+        action: action.to_owned(),
+        actor: actor.to_owned(),
+        details,
+        prev,
+        hash: String::new(),
+    };
+    entry.hash = entry.expected_hash();
+    audit.insert(&seq.to_be_bytes(), encode(&entry).map_err(abort)?)?;
+    meta.insert(AUDIT_HEAD, encode(&(seq, &entry.hash)).map_err(abort)?)?;
+    Ok(entry)
 }
 
 fn unavailable(e: sled::Error) -> StoreError {

@@ -6,8 +6,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use referral_relay::domain::{ReferralRef, ServiceId};
 use referral_relay::store::{
-    ChangedReferrals, EventRecord, ModifiedBatch, NewDelivery, PutOutcome, ReferralRecord, Store,
-    StoreError, TaskState, UpdateRecord, UpdateState, VersionRecord,
+    AuditEntry, ChangedReferrals, EventRecord, ModifiedBatch, NewDelivery, PutOutcome,
+    ReferralRecord, Store, StoreError, TaskState, UpdateRecord, UpdateState, VersionRecord,
 };
 use time::OffsetDateTime;
 
@@ -106,6 +106,17 @@ impl Store for DiskFull {
         _: OffsetDateTime,
     ) -> Result<usize, StoreError> {
         Err(disk_full())
+    }
+    async fn audit(
+        &self,
+        _: &str,
+        _: &str,
+        _: serde_json::Value,
+    ) -> Result<AuditEntry, StoreError> {
+        Err(disk_full())
+    }
+    async fn audit_entries(&self, _: u64, _: usize) -> Result<Vec<AuditEntry>, StoreError> {
+        Ok(Vec::new())
     }
     async fn task_state(&self, _: &ReferralRef) -> Result<TaskState, StoreError> {
         Ok(TaskState::default())
