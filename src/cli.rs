@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use crate::app::{Application, shutdown_signal};
@@ -47,6 +48,41 @@ enum Command {
         name: String,
         #[arg(long, env = "RELAY_CONFIG")]
         config: Option<PathBuf>,
+    },
+    /// Export referrals as CSV: through a running service (--url and --key), or straight from
+    /// the data dir while the service is stopped.
+    Export {
+        /// Modified at or after this date (YYYY-MM-DD) or RFC 3339 date-time.
+        #[arg(long)]
+        from: Option<String>,
+        /// Modified at or before this date (the whole day) or date-time.
+        #[arg(long)]
+        to: Option<String>,
+        #[arg(long)]
+        service_id: Option<String>,
+        /// Only referrals never exported, or modified since.
+        #[arg(long)]
+        unexported_only: bool,
+        /// Mark the rows written as exported once the file is complete.
+        #[arg(long)]
+        mark_exported: bool,
+        /// Start the file with a UTF-8 byte order mark for Excel.
+        #[arg(long)]
+        excel: bool,
+        /// Output file, or - for standard output.
+        #[arg(long, default_value = "-")]
+        out: String,
+        /// A running service, e.g. http://127.0.0.1:8080.
+        #[arg(long)]
+        url: Option<String>,
+        /// An API client key (with --url).
+        #[arg(long, env = "RELAY_API_KEY", hide_env_values = true)]
+        key: Option<String>,
+        #[arg(long, env = "RELAY_CONFIG")]
+        config: Option<PathBuf>,
+        /// Data directory (overrides server.data_dir).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
     },
     /// Read or check the audit log (opens the data dir: stop the service first).
     Audit {
@@ -133,6 +169,105 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Command::Export {
+            from,
+            to,
+            service_id,
+            unexported_only,
+            mark_exported,
+            excel,
+            out,
+            url,
+            key,
+            config,
+            data_dir,
+        } => {
+            let mut sink: Box<dyn std::io::Write> = if out == "-" {
+                Box::new(std::io::stdout().lock())
+            } else {
+                Box::new(
+                    std::fs::File::create(&out).with_context(|| format!("cannot create {out}"))?,
+                )
+            };
+            let runtime = tokio::runtime::Runtime::new()?;
+            if let Some(url) = url {
+                let key =
+                    key.ok_or_else(|| anyhow::anyhow!("--url needs --key (or RELAY_API_KEY)"))?;
+                let mut query = vec![
+                    ("unexported_only", unexported_only.to_string()),
+                    ("mark_exported", mark_exported.to_string()),
+                    ("excel", excel.to_string()),
+                ];
+                query.extend(from.map(|v| ("from", v)));
+                query.extend(to.map(|v| ("to", v)));
+                query.extend(service_id.map(|v| ("service_id", v)));
+                let url = format!(
+                    "{}/api/v1/export.csv?{}",
+                    url.trim_end_matches('/'),
+                    serde_urlencoded::to_string(&query)?
+                );
+                runtime.block_on(async {
+                    let mut response = reqwest::Client::new()
+                        .get(&url)
+                        .bearer_auth(&key)
+                        .send()
+                        .await?;
+                    if !response.status().is_success() {
+                        let status = response.status();
+                        anyhow::bail!(
+                            "the service refused the export ({status}): {}",
+                            response.text().await?
+                        );
+                    }
+                    while let Some(chunk) = response.chunk().await? {
+                        sink.write_all(&chunk)?;
+                    }
+                    sink.flush()?;
+                    anyhow::Ok(())
+                })?;
+                return Ok(());
+            }
+            let bound = |name: &str, raw: Option<String>, end: bool| {
+                raw.map(|r| {
+                    crate::export::parse_bound(&r, end).ok_or_else(|| {
+                        anyhow::anyhow!(
+                            "--{name} must be a date (YYYY-MM-DD) or an RFC 3339 date-time"
+                        )
+                    })
+                })
+                .transpose()
+            };
+            let filter = crate::export::ExportFilter {
+                from: bound("from", from, false)?,
+                to: bound("to", to, true)?,
+                service: service_id
+                    .map(|s| crate::domain::ServiceId::parse(&s))
+                    .transpose()
+                    .map_err(|e| anyhow::anyhow!("--service-id: {e}"))?,
+                unexported_only,
+            };
+            let config = Config::load(
+                config.as_deref(),
+                &Overrides {
+                    listen: None,
+                    data_dir,
+                },
+            )?;
+            let store = open_stopped(&config)?;
+            let rows = runtime.block_on(crate::export::export_from_store(
+                &store,
+                &filter,
+                mark_exported,
+                excel,
+                &mut sink,
+                &format!(
+                    "cli:{}",
+                    std::env::var("USER").unwrap_or_else(|_| "unknown".into())
+                ),
+            ))?;
+            eprintln!("exported {rows} referrals");
+            Ok(())
+        }
         Command::Audit {
             action,
             config,
@@ -143,7 +278,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 data_dir,
             };
             let config = Config::load(config.as_deref(), &overrides)?;
-            let store = crate::store::SledStore::open(&config.server.data_dir)?;
+            let store = open_stopped(&config)?;
             tokio::runtime::Runtime::new()?.block_on(async {
                 let mut entries = Vec::new();
                 let mut after = match &action {
@@ -188,4 +323,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// Opens the data dir for a command that reads it directly, saying what to do when a running
+/// service holds it.
+fn open_stopped(config: &Config) -> anyhow::Result<crate::store::SledStore> {
+    crate::store::SledStore::open(&config.server.data_dir).map_err(|e| {
+        if e.to_string().contains("in use") {
+            anyhow::anyhow!(
+                "{e}. A running referral-relay holds it: stop it, or (for export) go through it with --url and --key"
+            )
+        } else {
+            e.into()
+        }
+    })
 }

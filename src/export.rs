@@ -10,6 +10,7 @@ use std::io::{self, Write};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
+use crate::domain::ServiceId;
 use crate::store::ReferralRecord;
 
 /// The header row, in order.
@@ -33,6 +34,109 @@ pub const COLUMNS: [&str; 18] = [
     "Last Modified",
     "Exported At",
 ];
+
+/// Which referrals an export holds.
+#[derive(Debug, Clone, Default)]
+pub struct ExportFilter {
+    /// Modified at or after.
+    pub from: Option<OffsetDateTime>,
+    /// Modified at or before.
+    pub to: Option<OffsetDateTime>,
+    pub service: Option<ServiceId>,
+    /// Only referrals never exported, or modified since their last export.
+    pub unexported_only: bool,
+}
+
+impl ExportFilter {
+    /// Whether `r` belongs in the export (the date range is applied by the store scan).
+    pub fn keeps(&self, r: &ReferralRecord) -> bool {
+        self.service
+            .as_ref()
+            .is_none_or(|s| r.service_id.as_ref() == Some(s))
+            && (!self.unexported_only || r.exported_at.is_none_or(|at| r.modified_at > at))
+    }
+
+    /// The filter as recorded in the audit entry.
+    pub fn describe(&self) -> serde_json::Value {
+        serde_json::json!({
+            "from": self.from.map(timestamp),
+            "to": self.to.map(timestamp),
+            "service_id": self.service.as_ref().map(ToString::to_string),
+            "unexported_only": self.unexported_only,
+        })
+    }
+}
+
+/// Writes the export straight from a store (the CLI, with the service stopped): every row
+/// the filter keeps, then marks and audits. Returns the number of rows. A terminal on stderr
+/// gets a running count.
+pub async fn export_from_store(
+    store: &dyn crate::store::Store,
+    filter: &ExportFilter,
+    mark: bool,
+    excel: bool,
+    out: &mut dyn Write,
+    actor: &str,
+) -> anyhow::Result<usize> {
+    use std::io::IsTerminal;
+    let progress = std::io::stderr().is_terminal();
+    let mut out = io::BufWriter::new(out);
+    if excel {
+        out.write_all(BOM)?;
+    }
+    write_header(&mut out)?;
+    let (mut rows, mut written, mut after) = (0usize, Vec::new(), None);
+    loop {
+        let batch = store
+            .referrals_modified(filter.from, filter.to, after, 500)
+            .await?;
+        for record in batch.referrals.iter().filter(|r| filter.keeps(r)) {
+            write_row(&mut out, record)?;
+            rows += 1;
+            if mark {
+                written.push((record.referral.clone(), record.modified_at));
+            }
+            if progress && rows % 1000 == 0 {
+                eprint!("\r{rows} referrals");
+            }
+        }
+        after = batch.next;
+        if after.is_none() {
+            break;
+        }
+    }
+    out.flush()?;
+    if progress {
+        eprint!("\r");
+    }
+    store
+        .audit(
+            "EXPORTED_REFERRALS",
+            actor,
+            serde_json::json!({"rows": rows, "filter": filter.describe(), "mark_exported": mark}),
+        )
+        .await?;
+    if mark {
+        store
+            .mark_exported(&written, OffsetDateTime::now_utc())
+            .await?;
+    }
+    Ok(rows)
+}
+
+/// A date (`YYYY-MM-DD`) or RFC 3339 date-time; a bare date as an upper bound covers the day.
+pub fn parse_bound(raw: &str, end_of_day: bool) -> Option<OffsetDateTime> {
+    if let Ok(at) = OffsetDateTime::parse(raw, &Rfc3339) {
+        return Some(at);
+    }
+    let format = time::macros::format_description!("[year]-[month]-[day]");
+    let at = time::Date::parse(raw, format).ok()?.midnight().assume_utc();
+    Some(if end_of_day {
+        at + time::Duration::days(1) - time::Duration::nanoseconds(1)
+    } else {
+        at
+    })
+}
 
 /// UTF-8 byte order mark, so Excel reads the file as UTF-8.
 pub const BOM: &[u8] = b"\xEF\xBB\xBF";

@@ -20,7 +20,7 @@ use super::api::{Caller, query};
 use crate::app::AppState;
 use crate::domain::{ReferralRef, ServiceId};
 use crate::error::Problem;
-use crate::export::{BOM, write_header, write_row};
+use crate::export::{BOM, ExportFilter, parse_bound, write_header, write_row};
 
 /// Bytes gathered before a chunk is sent.
 const CHUNK: usize = 64 * 1024;
@@ -44,23 +44,11 @@ pub(crate) struct ExportQuery {
     excel: Option<bool>,
 }
 
-/// A date or date-time bound; a bare date as `to` covers that whole day.
 fn bound(name: &str, raw: &str, end_of_day: bool) -> Result<OffsetDateTime, Problem> {
-    use time::format_description::well_known::Rfc3339;
-    if let Ok(at) = OffsetDateTime::parse(raw, &Rfc3339) {
-        return Ok(at);
-    }
-    let format = time::macros::format_description!("[year]-[month]-[day]");
-    let date = time::Date::parse(raw, format).map_err(|_| {
+    parse_bound(raw, end_of_day).ok_or_else(|| {
         Problem::BadRequest(format!(
             "{name} must be a date (YYYY-MM-DD) or an RFC 3339 date-time"
         ))
-    })?;
-    let at = date.midnight().assume_utc();
-    Ok(if end_of_day {
-        at + time::Duration::days(1) - time::Duration::nanoseconds(1)
-    } else {
-        at
     })
 }
 
@@ -101,11 +89,13 @@ pub(crate) async fn export_csv(
             client.name
         )));
     }
-    let (unexported_only, mark, excel) = (
-        q.unexported_only.unwrap_or(false),
-        q.mark_exported.unwrap_or(false),
-        q.excel.unwrap_or(false),
-    );
+    let filter = ExportFilter {
+        from,
+        to,
+        service,
+        unexported_only: q.unexported_only.unwrap_or(false),
+    };
+    let (mark, excel) = (q.mark_exported.unwrap_or(false), q.excel.unwrap_or(false));
 
     let (chunks, receiver) = mpsc::channel::<Result<Bytes, std::io::Error>>(4);
     let (finished, taken) = oneshot::channel::<()>();
@@ -120,7 +110,10 @@ pub(crate) async fn export_csv(
         let _ = write_header(&mut buffer);
         let mut after = None;
         loop {
-            let batch = match store.referrals_modified(from, to, after, BATCH).await {
+            let batch = match store
+                .referrals_modified(filter.from, filter.to, after, BATCH)
+                .await
+            {
                 Ok(batch) => batch,
                 Err(e) => {
                     // The status line is long sent: an error item aborts the response, so the
@@ -133,12 +126,7 @@ pub(crate) async fn export_csv(
                 }
             };
             for record in &batch.referrals {
-                let visible = client.may_see(record.service_id.as_ref())
-                    && service
-                        .as_ref()
-                        .is_none_or(|s| record.service_id.as_ref() == Some(s))
-                    && (!unexported_only
-                        || record.exported_at.is_none_or(|at| record.modified_at > at));
+                let visible = client.may_see(record.service_id.as_ref()) && filter.keeps(record);
                 if !visible {
                     continue;
                 }
@@ -176,10 +164,7 @@ pub(crate) async fn export_csv(
                 &format!("api:{}", client.name),
                 serde_json::json!({
                     "rows": rows,
-                    "from": from.map(|t| t.to_string()),
-                    "to": to.map(|t| t.to_string()),
-                    "service_id": service.as_ref().map(ToString::to_string),
-                    "unexported_only": unexported_only,
+                    "filter": filter.describe(),
                     "mark_exported": mark,
                 }),
             )

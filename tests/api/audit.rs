@@ -86,7 +86,10 @@ async fn deliveries_auth_failures_and_exports_are_audited_and_tampering_is_found
         .unwrap();
     assert_eq!(exported["actor"], "api:emr");
     assert_eq!(exported["details"]["rows"], 1);
-    assert_eq!(exported["details"]["service_id"], "CARDIO-RAPID-01");
+    assert_eq!(
+        exported["details"]["filter"]["service_id"],
+        "CARDIO-RAPID-01"
+    );
     let failure = log.iter().find(|e| e["action"] == "AUTH_FAILURE").unwrap();
     assert_eq!(failure["details"]["scheme"], "bearer");
     assert!(

@@ -219,3 +219,75 @@ async fn an_interrupted_export_marks_nothing() {
     let table = rows(&String::from_utf8(body).unwrap());
     assert_eq!(table.len(), 1001, "an interrupted export marks nothing");
 }
+
+fn relay(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_referral-relay"))
+        .args(args)
+        .env_remove("RELAY_CONFIG")
+        .env_remove("RELAY_API_KEY")
+        .output()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_command_line_exports_through_the_service_or_from_a_stopped_data_dir() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let data = dir.path().join("data");
+    let app = crate::helpers::spawn_app_in(&data, CONFIG).await;
+    for name in FIXTURES {
+        app.deliver("default", fixture(name)).await;
+    }
+    let data_arg = data.to_str().unwrap().to_owned();
+    let out = dir.path().join("through-service.csv");
+    let (url, out_arg, data_for_locked) = (
+        format!("http://{}", app.addr),
+        out.to_str().unwrap().to_owned(),
+        data_arg.clone(),
+    );
+    let (locked, through) = tokio::task::spawn_blocking(move || {
+        (
+            relay(&["export", "--data-dir", &data_for_locked]),
+            relay(&["export", "--url", &url, "--key", KEY, "--out", &out_arg]),
+        )
+    })
+    .await
+    .unwrap();
+    assert!(!locked.status.success());
+    assert!(String::from_utf8_lossy(&locked.stderr).contains("--url and --key"));
+    assert!(
+        through.status.success(),
+        "{}",
+        String::from_utf8_lossy(&through.stderr)
+    );
+    assert_eq!(rows(&std::fs::read_to_string(&out).unwrap()).len(), 4);
+    app.stop().await;
+
+    let direct = dir.path().join("direct.csv");
+    let direct_arg = direct.to_str().unwrap().to_owned();
+    let first = relay(&[
+        "export",
+        "--data-dir",
+        &data_arg,
+        "--unexported-only",
+        "--mark-exported",
+        "--out",
+        &direct_arg,
+    ]);
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    assert_eq!(rows(&std::fs::read_to_string(&direct).unwrap()).len(), 4);
+    let again = relay(&["export", "--data-dir", &data_arg, "--unexported-only"]);
+    assert!(again.status.success());
+    assert_eq!(
+        rows(&String::from_utf8(again.stdout).unwrap()).len(),
+        1,
+        "all marked"
+    );
+    let audit = relay(&["audit", "list", "--data-dir", &data_arg]);
+    let log = String::from_utf8(audit.stdout).unwrap();
+    assert_eq!(log.matches("EXPORTED_REFERRALS").count(), 3);
+    assert!(log.contains("\"actor\":\"cli:"));
+}
