@@ -203,6 +203,8 @@ pub fn router(state: AppState) -> Router {
 /// A bound, ready-to-run server.
 pub struct Application {
     listener: TcpListener,
+    store: Arc<dyn Store>,
+    keep_days: u64,
     router: Router,
     worker: Worker,
     stopping: Arc<tokio::sync::watch::Sender<bool>>,
@@ -231,6 +233,8 @@ impl Application {
         let state = AppState::new(config, store)?;
         Ok(Self {
             listener,
+            store: Arc::clone(&state.store),
+            keep_days: config.retention.keep_days,
             worker: state.worker(),
             stopping: Arc::clone(&state.stopping),
             send_bound: Duration::from_secs(config.outbox.request_timeout_secs * 4),
@@ -254,6 +258,13 @@ impl Application {
         let mut stopping = self.stopping.subscribe();
         // The outbox worker stops between attempts when shutdown begins.
         let worker = tokio::spawn(supervise(self.worker, self.stopping.subscribe()));
+        if self.keep_days > 0 {
+            tokio::spawn(retention(
+                Arc::clone(&self.store),
+                self.keep_days,
+                self.stopping.subscribe(),
+            ));
+        }
         let server = axum::serve(self.listener, self.router).with_graceful_shutdown(async move {
             shutdown.await;
             tracing::info!("shutting down: no new connections, draining requests in flight");
@@ -277,6 +288,36 @@ impl Application {
             tracing::warn!("the outbox worker did not stop in time");
         }
         Ok(())
+    }
+}
+
+/// Purges versions older than `keep_days` (except each referral's latest) at start and daily.
+async fn retention(
+    store: Arc<dyn Store>,
+    keep_days: u64,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        let keep = time::Duration::days(i64::try_from(keep_days).unwrap_or(i64::MAX / 86_400));
+        let cutoff = time::OffsetDateTime::now_utc()
+            .checked_sub(keep)
+            .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+        match store.purge_versions_before(cutoff).await {
+            Ok(0) => {}
+            Ok(purged) => {
+                tracing::info!(purged, keep_days, "retention purged old versions");
+                let details =
+                    serde_json::json!({"keep_days": keep_days, "versions_purged": purged});
+                if let Err(e) = store.audit("RETENTION_PURGE", "retention", details).await {
+                    tracing::error!(error = %e, "cannot audit a retention purge");
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "retention purge failed"),
+        }
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs(24 * 3600)) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
     }
 }
 

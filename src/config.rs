@@ -31,6 +31,9 @@ pub struct Config {
     /// How updates to Ocean are retried.
     #[serde(default)]
     pub outbox: OutboxConfig,
+    /// How long old versions are kept.
+    #[serde(default)]
+    pub retention: RetentionConfig,
     /// The point-of-service API and its clients.
     #[serde(default)]
     pub api: ApiConfig,
@@ -202,6 +205,16 @@ impl Default for OutboxConfig {
             transitions: BTreeMap::new(),
         }
     }
+}
+
+/// Retention of old versions.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionConfig {
+    /// Versions received more than this many days ago are purged (their payload and summary),
+    /// except each referral's latest. 0 keeps everything forever.
+    #[serde(default)]
+    pub keep_days: u64,
 }
 
 /// The point-of-service API (`/api/v1`).

@@ -225,6 +225,8 @@ pub struct VersionView {
     sha256: String,
     /// Resources that did not conform to FHIR R4 and were read leniently.
     problems: Vec<String>,
+    /// True when retention has purged this version's payload and summary.
+    purged: bool,
 }
 
 impl From<VersionRecord> for VersionView {
@@ -240,6 +242,7 @@ impl From<VersionRecord> for VersionView {
             size: v.size,
             sha256: v.sha256,
             problems: v.problems,
+            purged: v.purged,
         }
     }
 }

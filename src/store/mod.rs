@@ -134,6 +134,10 @@ pub struct VersionRecord {
     pub sha256: String,
     /// This version's position in the event feed.
     pub seq: u64,
+    /// True once retention purged its payload and summary (the record stays, so the feed and
+    /// listings keep their structure).
+    #[serde(default)]
+    pub purged: bool,
 }
 
 /// Where an outgoing update stands.
@@ -392,6 +396,10 @@ pub trait Store: Send + Sync + 'static {
         written: &[(ReferralRef, OffsetDateTime)],
         at: OffsetDateTime,
     ) -> Result<usize, StoreError>;
+
+    /// Purges the payload and summary of every version received before `cutoff` that is not
+    /// its referral's latest; returns how many were purged. Durable.
+    async fn purge_versions_before(&self, cutoff: OffsetDateTime) -> Result<u64, StoreError>;
 
     /// Appends an audit entry, durably.
     async fn audit(

@@ -235,6 +235,7 @@ impl SledStore {
                         size,
                         sha256: d.sha256.clone(),
                         seq,
+                        purged: false,
                     };
                     let event = EventRecord {
                         seq,
@@ -653,6 +654,45 @@ impl Store for SledStore {
         }
         self.flusher.durable().await?;
         Ok(marked)
+    }
+
+    async fn purge_versions_before(&self, cutoff: OffsetDateTime) -> Result<u64, StoreError> {
+        let mut purged = 0;
+        for item in self.trees.versions.iter() {
+            let (key, value) = item.map_err(unavailable)?;
+            let mut version: VersionRecord = decode(&value)?;
+            if version.purged || version.received_at >= cutoff {
+                continue;
+            }
+            let latest = self
+                .trees
+                .referrals
+                .get(version.referral.as_str().as_bytes())
+                .map_err(unavailable)?
+                .map(|r| decode::<ReferralRecord>(&r))
+                .transpose()?
+                .map_or(version.version, |r| r.version);
+            if version.version >= latest {
+                continue;
+            }
+            version.purged = true;
+            version.summary = crate::domain::Summary::default();
+            version.problems.clear();
+            let value = encode(&version)?;
+            (&self.trees.versions, &self.trees.payloads)
+                .transaction(|(versions, payloads)| {
+                    versions.insert(&*key, value.as_slice())?;
+                    payloads.remove(&*key)?;
+                    Ok::<_, ConflictableTransactionError<StoreError>>(())
+                })
+                .map_err(|e| match e {
+                    TransactionError::Abort(e) => e,
+                    TransactionError::Storage(e) => unavailable(e),
+                })?;
+            purged += 1;
+        }
+        self.flusher.durable().await?;
+        Ok(purged)
     }
 
     async fn audit(

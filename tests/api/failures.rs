@@ -107,6 +107,9 @@ impl Store for DiskFull {
     ) -> Result<usize, StoreError> {
         Err(disk_full())
     }
+    async fn purge_versions_before(&self, _: OffsetDateTime) -> Result<u64, StoreError> {
+        Err(disk_full())
+    }
     async fn audit(
         &self,
         _: &str,

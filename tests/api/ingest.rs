@@ -530,3 +530,43 @@ async fn ignored_events_are_acknowledged_even_without_a_referral_reference() {
         .await;
     assert_eq!(answer.status, 422);
 }
+
+#[tokio::test]
+async fn retention_purges_old_versions_but_never_a_referrals_latest() {
+    let app = spawn_app().await;
+    for name in [
+        "v0.11-add-service-request.json",
+        "update-task-accepted.json",
+        "v0.10-add-service-request.json",
+    ] {
+        assert_eq!(app.deliver("default", fixture(name)).await.status, 200);
+    }
+    // Everything so far is "old" against a cutoff in the future.
+    let cutoff = time::OffsetDateTime::now_utc() + time::Duration::days(1);
+    assert_eq!(app.store.purge_versions_before(cutoff).await.unwrap(), 1);
+    let aaaa = referral(V011_REFERRAL);
+    let versions = app.store.versions(&aaaa).await.unwrap();
+    assert!(versions[0].purged && versions[0].summary == Default::default());
+    assert!(app.store.payload(&aaaa, 1).await.unwrap().is_none());
+    assert!(!versions[1].purged);
+    assert!(app.store.payload(&aaaa, 2).await.unwrap().is_some());
+    // A referral with a single version keeps it.
+    assert!(
+        app.store
+            .payload(&referral("TST-0010-BBBB"), 1)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    // The referral's current summary is untouched.
+    let record = app.store.referral(&aaaa).await.unwrap().unwrap();
+    assert_eq!(
+        record.summary.patient_name.as_deref(),
+        Some("Testpatient, Avery Jordan")
+    );
+    assert_eq!(
+        app.store.purge_versions_before(cutoff).await.unwrap(),
+        0,
+        "purging twice does nothing"
+    );
+}
