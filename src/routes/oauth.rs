@@ -118,16 +118,25 @@ async fn token(State(state): State<AppState>, headers: HeaderMap, body: Body) ->
         let integration = state
             .oauth_client(&client_id)
             .map(|c| c.integration.to_string());
+        let reason = if integration.is_some() {
+            "wrong client secret"
+        } else {
+            "unknown client"
+        };
         tracing::warn!(
             integration = integration.as_deref().unwrap_or("-"),
             scheme = "oauth2",
-            reason = if integration.is_some() {
-                "wrong client secret"
-            } else {
-                "unknown client"
-            },
+            reason,
             "token request refused"
         );
+        let store = state.store.clone();
+        let actor = format!("integration:{}", integration.as_deref().unwrap_or("-"));
+        tokio::spawn(async move {
+            let details = serde_json::json!({"scheme": "oauth2", "reason": reason});
+            if let Err(e) = store.audit("AUTH_FAILURE", &actor, details).await {
+                tracing::error!(error = %e, "cannot audit an authentication failure");
+            }
+        });
         return invalid_client("unknown client or wrong client secret");
     };
     state.login_limiter.succeeded(bucket);
