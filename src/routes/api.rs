@@ -400,19 +400,7 @@ async fn list_referrals(
 ) -> Result<Json<ReferralPage>, Problem> {
     let q: ListQuery = query(raw.as_deref())?;
     let limit = limit(q.limit.as_deref())?;
-    let service = q
-        .service_id
-        .as_deref()
-        .map(|s| ServiceId::parse(s).map_err(|e| Problem::BadRequest(format!("service_id: {e}"))))
-        .transpose()?;
-    if let Some(s) = &service
-        && !client.may_see(Some(s))
-    {
-        return Err(Problem::Forbidden(format!(
-            "client '{}' may not read service_id {s}",
-            client.name
-        )));
-    }
+    let service = service_param(&client, q.service_id.as_deref())?;
     let since = q
         .modified_since
         .as_deref()
@@ -471,6 +459,25 @@ async fn list_referrals(
         referrals,
         next_cursor,
     }))
+}
+
+/// The `service_id` query parameter, checked and within the client's service ids.
+pub(crate) fn service_param(
+    client: &ApiClient,
+    raw: Option<&str>,
+) -> Result<Option<ServiceId>, Problem> {
+    let Some(raw) = raw else {
+        return Ok(None);
+    };
+    let service =
+        ServiceId::parse(raw).map_err(|e| Problem::BadRequest(format!("service_id: {e}")))?;
+    if !client.may_see(Some(&service)) {
+        return Err(Problem::Forbidden(format!(
+            "client '{}' may not read service_id {service}",
+            client.name
+        )));
+    }
+    Ok(Some(service))
 }
 
 /// Looks up a referral the client may see.

@@ -16,9 +16,9 @@ use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot};
 use utoipa::IntoParams;
 
-use super::api::{Caller, query};
+use super::api::{Caller, query, service_param};
 use crate::app::AppState;
-use crate::domain::{ReferralRef, ServiceId};
+use crate::domain::ReferralRef;
 use crate::error::Problem;
 use crate::export::{BOM, ExportFilter, parse_bound, write_header, write_row};
 
@@ -76,19 +76,7 @@ pub(crate) async fn export_csv(
         .map(|f| bound("from", f, false))
         .transpose()?;
     let to = q.to.as_deref().map(|t| bound("to", t, true)).transpose()?;
-    let service = q
-        .service_id
-        .as_deref()
-        .map(|s| ServiceId::parse(s).map_err(|e| Problem::BadRequest(format!("service_id: {e}"))))
-        .transpose()?;
-    if let Some(s) = &service
-        && !client.may_see(Some(s))
-    {
-        return Err(Problem::Forbidden(format!(
-            "client '{}' may not export service_id {s}",
-            client.name
-        )));
-    }
+    let service = service_param(&client, q.service_id.as_deref())?;
     let filter = ExportFilter {
         from,
         to,

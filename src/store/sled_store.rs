@@ -286,10 +286,7 @@ impl SledStore {
                     })
                 },
             );
-        result.map_err(|e| match e {
-            TransactionError::Abort(e) => e,
-            TransactionError::Storage(e) => unavailable(e),
-        })
+        result.map_err(tx_error)
     }
 }
 
@@ -485,10 +482,7 @@ impl Store for SledStore {
                 tasks.insert(referral_key.as_slice(), task.as_slice())?;
                 Ok(record)
             })
-            .map_err(|e| match e {
-                TransactionError::Abort(e) => e,
-                TransactionError::Storage(e) => unavailable(e),
-            })?;
+            .map_err(tx_error)?;
         self.flusher.durable().await?;
         update.id = stored.id;
         Ok(stored)
@@ -511,10 +505,7 @@ impl Store for SledStore {
                 }
                 Ok::<_, ConflictableTransactionError<StoreError>>(())
             })
-            .map_err(|e| match e {
-                TransactionError::Abort(e) => e,
-                TransactionError::Storage(e) => unavailable(e),
-            })?;
+            .map_err(tx_error)?;
         self.flusher.durable().await
     }
 
@@ -578,10 +569,7 @@ impl Store for SledStore {
                 tasks.insert(referral, task.as_slice())?;
                 Ok::<_, ConflictableTransactionError<StoreError>>(())
             })
-            .map_err(|e| match e {
-                TransactionError::Abort(e) => e,
-                TransactionError::Storage(e) => unavailable(e),
-            })?;
+            .map_err(tx_error)?;
         self.flusher.durable().await
     }
 
@@ -647,10 +635,7 @@ impl Store for SledStore {
                     }
                     Ok(marked)
                 })
-                .map_err(|e| match e {
-                    TransactionError::Abort(e) => e,
-                    TransactionError::Storage(e) => unavailable(e),
-                })?;
+                .map_err(tx_error)?;
         }
         self.flusher.durable().await?;
         Ok(marked)
@@ -685,10 +670,7 @@ impl Store for SledStore {
                     payloads.remove(&*key)?;
                     Ok::<_, ConflictableTransactionError<StoreError>>(())
                 })
-                .map_err(|e| match e {
-                    TransactionError::Abort(e) => e,
-                    TransactionError::Storage(e) => unavailable(e),
-                })?;
+                .map_err(tx_error)?;
             purged += 1;
         }
         self.flusher.durable().await?;
@@ -713,10 +695,7 @@ impl Store for SledStore {
                     details.clone(),
                 )
             })
-            .map_err(|e| match e {
-                TransactionError::Abort(e) => e,
-                TransactionError::Storage(e) => unavailable(e),
-            })?;
+            .map_err(tx_error)?;
         self.flusher.durable().await?;
         Ok(entry)
     }
@@ -910,6 +889,14 @@ fn append_audit(
     audit.insert(&seq.to_be_bytes(), encode(&entry).map_err(abort)?)?;
     meta.insert(AUDIT_HEAD, encode(&(seq, &entry.hash)).map_err(abort)?)?;
     Ok(entry)
+}
+
+/// A failed transaction as a store error: our own abort, or sled's I/O failure.
+fn tx_error(e: TransactionError<StoreError>) -> StoreError {
+    match e {
+        TransactionError::Abort(e) => e,
+        TransactionError::Storage(e) => unavailable(e),
+    }
 }
 
 fn unavailable(e: sled::Error) -> StoreError {
