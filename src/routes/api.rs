@@ -322,18 +322,20 @@ pub(crate) fn limit(raw: Option<&str>) -> Result<usize, Problem> {
 }
 
 /// `2026-11-02` (midnight UTC) or an RFC 3339 date-time.
-fn instant(name: &str, raw: &str) -> Result<OffsetDateTime, Problem> {
-    if let Ok(at) = OffsetDateTime::parse(raw, &Rfc3339) {
-        return Ok(at);
-    }
-    let date_format = time::macros::format_description!("[year]-[month]-[day]");
-    time::Date::parse(raw, date_format)
-        .map(|d| d.midnight().assume_utc())
-        .map_err(|_| {
-            Problem::BadRequest(format!(
-                "{name} must be a date (YYYY-MM-DD) or an RFC 3339 date-time"
-            ))
-        })
+pub(crate) fn instant(name: &str, raw: &str, end_of_day: bool) -> Result<OffsetDateTime, Problem> {
+    crate::export::parse_bound(raw, end_of_day).ok_or_else(|| {
+        Problem::BadRequest(format!(
+            "{name} must be a date (YYYY-MM-DD) or an RFC 3339 date-time"
+        ))
+    })
+}
+
+/// The `after` query parameter: a sequence number or id, 0 when absent.
+pub(crate) fn after_param(raw: Option<&str>) -> Result<u64, Problem> {
+    raw.map_or(Ok(0), |text| {
+        text.parse()
+            .map_err(|_| Problem::BadRequest("after must be a whole number".into()))
+    })
 }
 
 /// The listing's position: after `after`, in the snapshot bounded by `until`.
@@ -404,7 +406,7 @@ async fn list_referrals(
     let since = q
         .modified_since
         .as_deref()
-        .map(|s| instant("modified_since", s))
+        .map(|s| instant("modified_since", s, false))
         .transpose()?;
     let store = &state.store;
     let (mut after, until) = match q.cursor.as_deref() {
@@ -598,12 +600,7 @@ async fn events(
 ) -> Result<Json<EventPage>, Problem> {
     let q: EventsQuery = query(raw.as_deref())?;
     let limit = limit(q.limit.as_deref())?;
-    let mut after: u64 = match q.after.as_deref() {
-        None => 0,
-        Some(text) => text
-            .parse()
-            .map_err(|_| Problem::BadRequest("after must be a whole number".into()))?,
-    };
+    let mut after = after_param(q.after.as_deref())?;
     let wait = match q.wait.as_deref() {
         None => 0,
         Some(text) => text
@@ -676,12 +673,7 @@ async fn audit(
         )));
     }
     let q: AuditQuery = query(raw.as_deref())?;
-    let after: u64 = match q.after.as_deref() {
-        None => 0,
-        Some(text) => text
-            .parse()
-            .map_err(|_| Problem::BadRequest("after must be a whole number".into()))?,
-    };
+    let after = after_param(q.after.as_deref())?;
     let entries = state
         .store
         .audit_entries(after, limit(q.limit.as_deref())?)

@@ -16,11 +16,11 @@ use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot};
 use utoipa::IntoParams;
 
-use super::api::{Caller, query, service_param};
+use super::api::{Caller, instant, query, service_param};
 use crate::app::AppState;
 use crate::domain::ReferralRef;
 use crate::error::Problem;
-use crate::export::{BOM, ExportFilter, parse_bound, write_header, write_row};
+use crate::export::{BOM, ExportFilter, write_header, write_row};
 
 /// Bytes gathered before a chunk is sent.
 const CHUNK: usize = 64 * 1024;
@@ -44,14 +44,6 @@ pub(crate) struct ExportQuery {
     excel: Option<bool>,
 }
 
-fn bound(name: &str, raw: &str, end_of_day: bool) -> Result<OffsetDateTime, Problem> {
-    parse_bound(raw, end_of_day).ok_or_else(|| {
-        Problem::BadRequest(format!(
-            "{name} must be a date (YYYY-MM-DD) or an RFC 3339 date-time"
-        ))
-    })
-}
-
 /// Export referrals as CSV (Ocean's columns, then External Service ID, Last Modified and
 /// Exported At), ordered by modification.
 #[utoipa::path(
@@ -73,9 +65,12 @@ pub(crate) async fn export_csv(
     let from = q
         .from
         .as_deref()
-        .map(|f| bound("from", f, false))
+        .map(|f| instant("from", f, false))
         .transpose()?;
-    let to = q.to.as_deref().map(|t| bound("to", t, true)).transpose()?;
+    let to =
+        q.to.as_deref()
+            .map(|t| instant("to", t, true))
+            .transpose()?;
     let service = service_param(&client, q.service_id.as_deref())?;
     let filter = ExportFilter {
         from,

@@ -11,7 +11,7 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use utoipa::{IntoParams, ToSchema};
 
-use super::api::{Caller, limit, query, rfc3339, visible};
+use super::api::{Caller, after_param, limit, query, rfc3339, visible};
 use crate::app::AppState;
 use crate::domain::ReferralRef;
 use crate::error::Problem;
@@ -476,12 +476,7 @@ pub(crate) async fn list_updates(
             ));
         }
     };
-    let mut after: u64 = match q.after.as_deref() {
-        None => 0,
-        Some(text) => text
-            .parse()
-            .map_err(|_| Problem::BadRequest("after must be a whole number".into()))?,
-    };
+    let mut after = after_param(q.after.as_deref())?;
     let limit = limit(q.limit.as_deref())?;
     // The client's scope is applied before the page is cut, so a scoped client pages
     // through its own updates.
