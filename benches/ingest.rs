@@ -185,6 +185,7 @@ async fn start_relay(data_dir: &std::path::Path) -> SocketAddr {
     let overrides = Overrides {
         listen: Some("127.0.0.1:0".parse().unwrap()),
         data_dir: Some(data_dir.to_path_buf()),
+        ..Overrides::default()
     };
     let config = Config::load_with_env(None, &overrides, std::iter::empty()).unwrap();
     let store: Arc<dyn Store> = Arc::new(SledStore::open(data_dir).unwrap());

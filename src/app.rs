@@ -8,13 +8,16 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use axum::Router;
-use axum::extract::{MatchedPath, Request};
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{HeaderName, HeaderValue};
+use axum::middleware::Next;
+use axum::response::Response;
 use tokio::net::TcpListener;
-use tower_http::trace::TraceLayer;
+use tracing::Instrument;
 
 use crate::auth::Inbound;
 use crate::auth::api::ApiClients;
@@ -24,9 +27,10 @@ use crate::config::{AuthConfig, Config, Secret};
 use crate::domain::{EventCode, IntegrationName, ServiceId};
 use crate::ocean::client::OceanClient;
 use crate::ocean::transitions::Transitions;
-use crate::ocean::worker::Worker;
+use crate::ocean::worker::{Worker, WorkerHealth};
 use crate::routes;
 use crate::store::{SledStore, Store};
+use crate::telemetry::Metrics;
 use tokio::sync::Notify;
 
 /// Window of the token endpoint's failed-login limiter.
@@ -85,6 +89,9 @@ pub struct AppState {
     pub max_body_bytes: usize,
     pub body_timeout: Duration,
     pub counters: Arc<Counters>,
+    pub metrics: Metrics,
+    /// Liveness of the outbox worker, for `/readyz`.
+    pub worker_health: Arc<WorkerHealth>,
 }
 
 impl AppState {
@@ -146,6 +153,8 @@ impl AppState {
             max_body_bytes: config.server.max_body_bytes,
             body_timeout: Duration::from_secs(config.server.body_timeout_secs),
             counters: Arc::default(),
+            metrics: Metrics::new(),
+            worker_health: Arc::new(WorkerHealth::new(send_bound(config))),
         })
     }
 
@@ -166,6 +175,8 @@ impl AppState {
             sites: (*self.ocean).clone(),
             config: self.config.outbox.clone(),
             wake: Arc::clone(&self.outbox_wake),
+            metrics: self.metrics.clone(),
+            health: Arc::clone(&self.worker_health),
         }
     }
 
@@ -184,20 +195,45 @@ impl AppState {
     }
 }
 
-/// The router with its layers: request spans carry the matched route, never the body or headers.
-/// A handler that panics despite everything answers 500 instead of dropping the connection.
+/// The router with its layers. Each request gets an id, returned as `x-request-id` and carried
+/// by the `request` span on every log line written while it is handled; the span holds the
+/// matched route, never the body or a header value. A handler that panics despite everything
+/// answers 500 instead of dropping the connection.
 pub fn router(state: AppState) -> Router {
+    let metrics = state.metrics.clone();
     routes::router(state)
         .layer(tower_http::catch_panic::CatchPanicLayer::new())
-        .layer(
-            TraceLayer::new_for_http().make_span_with(|request: &Request| {
-                let route = request
-                    .extensions()
-                    .get::<MatchedPath>()
-                    .map_or("unmatched", MatchedPath::as_str);
-                tracing::info_span!("request", method = %request.method(), route)
-            }),
-        )
+        .layer(axum::middleware::from_fn_with_state(metrics, observe))
+}
+
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Wraps each request in its span, counts it by route and status, and logs its end.
+async fn observe(State(metrics): State<Metrics>, request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", MatchedPath::as_str)
+        .to_owned();
+    let method = request.method().clone();
+    let request_id = uuid::Uuid::new_v4().to_string();
+    let span =
+        tracing::info_span!("request", request_id = %request_id, method = %method, route = %route);
+    let started = Instant::now();
+    let mut response = next.run(request).instrument(span.clone()).await;
+    let status = response.status();
+    metrics.http_request(method.as_str(), &route, status.as_u16());
+    span.in_scope(|| {
+        tracing::debug!(
+            status = status.as_u16(),
+            latency_ms = started.elapsed().as_secs_f64() * 1000.0,
+            "request finished"
+        );
+    });
+    if let Ok(value) = HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert(REQUEST_ID, value);
+    }
+    response
 }
 
 /// A bound, ready-to-run server.
@@ -207,6 +243,7 @@ pub struct Application {
     keep_days: u64,
     router: Router,
     worker: Worker,
+    metrics: Metrics,
     stopping: Arc<tokio::sync::watch::Sender<bool>>,
     shutdown_timeout: Duration,
     /// Longest one send to Ocean can take (token fetch, post, one 401 retry).
@@ -236,8 +273,9 @@ impl Application {
             store: Arc::clone(&state.store),
             keep_days: config.retention.keep_days,
             worker: state.worker(),
+            metrics: state.metrics.clone(),
             stopping: Arc::clone(&state.stopping),
-            send_bound: Duration::from_secs(config.outbox.request_timeout_secs * 4),
+            send_bound: send_bound(config),
             router: router(state),
             shutdown_timeout: Duration::from_secs(config.server.shutdown_timeout_secs),
         })
@@ -258,6 +296,10 @@ impl Application {
         let mut stopping = self.stopping.subscribe();
         // The outbox worker stops between attempts when shutdown begins.
         let worker = tokio::spawn(supervise(self.worker, self.stopping.subscribe()));
+        tokio::spawn(metrics_upkeep(
+            self.metrics.clone(),
+            self.stopping.subscribe(),
+        ));
         if self.keep_days > 0 {
             tokio::spawn(retention(
                 Arc::clone(&self.store),
@@ -291,6 +333,11 @@ impl Application {
     }
 }
 
+/// Longest one send to Ocean can take: token fetch, post, and one retry after a 401.
+fn send_bound(config: &Config) -> Duration {
+    Duration::from_secs(config.outbox.request_timeout_secs.saturating_mul(4))
+}
+
 /// Purges versions older than `keep_days` (except each referral's latest) at start and daily.
 async fn retention(
     store: Arc<dyn Store>,
@@ -321,12 +368,24 @@ async fn retention(
     }
 }
 
+/// Folds histogram samples into buckets every few seconds, so memory stays bounded however
+/// rarely `/metrics` is scraped.
+async fn metrics_upkeep(metrics: Metrics, mut stop: tokio::sync::watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs(5)) => metrics.upkeep(),
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+}
+
 /// Runs the outbox worker, restarting it should it ever panic, until shutdown.
 async fn supervise(worker: Worker, stop: tokio::sync::watch::Receiver<bool>) {
     loop {
         match tokio::spawn(worker.clone().run(stop.clone())).await {
             Ok(()) => return,
             Err(e) if e.is_panic() => {
+                worker.health.mark_panicked();
                 tracing::error!("the outbox worker panicked; restarting it");
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }

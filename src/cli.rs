@@ -8,7 +8,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use crate::app::{Application, shutdown_signal};
-use crate::config::{Config, Overrides};
+use crate::config::{Config, LogFormat, Overrides};
 use crate::store::Store;
 use crate::telemetry;
 
@@ -36,6 +36,9 @@ enum Command {
         /// Data directory (overrides server.data_dir).
         #[arg(long)]
         data_dir: Option<PathBuf>,
+        /// Log format: text or json (overrides log.format).
+        #[arg(long, value_enum)]
+        log_format: Option<LogFormat>,
     },
     /// Print the effective configuration, secrets redacted, and exit.
     CheckConfig {
@@ -137,10 +140,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             config,
             listen,
             data_dir,
+            log_format,
         } => {
-            let overrides = Overrides { listen, data_dir };
+            let overrides = Overrides {
+                listen,
+                data_dir,
+                log_format,
+            };
             let config = Config::load(config.as_deref(), &overrides)?;
-            telemetry::init(&config.log.level);
+            telemetry::init(&config.log.level, config.log.format);
             let runtime = tokio::runtime::Runtime::new()?;
             runtime.block_on(async {
                 let app = Application::build(&config).await?;
@@ -249,8 +257,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let config = Config::load(
                 config.as_deref(),
                 &Overrides {
-                    listen: None,
                     data_dir,
+                    ..Overrides::default()
                 },
             )?;
             let store = open_stopped(&config)?;
@@ -274,8 +282,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             data_dir,
         } => {
             let overrides = Overrides {
-                listen: None,
                 data_dir,
+                ..Overrides::default()
             };
             let config = Config::load(config.as_deref(), &overrides)?;
             let store = open_stopped(&config)?;

@@ -65,6 +65,18 @@ pub struct ServerConfig {
 pub struct LogConfig {
     /// EnvFilter directive (`RUST_LOG` wins when set).
     pub level: String,
+    /// `text` (readable on a terminal) or `json` (one object per line, for log shippers).
+    #[serde(default)]
+    pub format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -293,6 +305,7 @@ impl<'de> Deserialize<'de> for Secret {
 pub struct Overrides {
     pub listen: Option<SocketAddr>,
     pub data_dir: Option<PathBuf>,
+    pub log_format: Option<LogFormat>,
 }
 
 impl Config {
@@ -366,6 +379,9 @@ impl Config {
         }
         if let Some(dir) = &overrides.data_dir {
             figment = figment.merge(Serialized::default("server.data_dir", dir));
+        }
+        if let Some(format) = overrides.log_format {
+            figment = figment.merge(Serialized::default("log.format", format));
         }
 
         let config: Config = figment

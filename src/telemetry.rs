@@ -1,20 +1,198 @@
-//! Logging setup. Logs go to stderr so command output on stdout stays clean.
+//! Logging and metrics.
 //!
-//! Never log a request body, a header value, a secret or a patient field: FHIR payloads are PHI.
+//! Logs go to stderr so command output on stdout stays clean: readable text on a terminal, or
+//! one JSON object per line. Every line written while a request is handled carries its request
+//! id (the `request` span). Never log a request body, a header value, a secret or a patient
+//! field: FHIR payloads are PHI.
+//!
+//! Metrics are kept per application in a Prometheus recorder of its own (not the process-wide
+//! one), so several instances in one process (the tests) do not mix their numbers. Every metric
+//! name is defined here, once.
 
 use std::io::IsTerminal;
+use std::sync::Arc;
+use std::time::Duration;
 
+use metrics::{Label, with_local_recorder};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusRecorder};
 use tracing_subscriber::EnvFilter;
+
+use crate::config::LogFormat;
 
 /// Installs the global subscriber. `RUST_LOG` overrides `default_level` when set. Calling it
 /// twice is harmless (the second call changes nothing).
-pub fn init(default_level: &str) {
+pub fn init(default_level: &str, format: LogFormat) {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(default_level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder
+            .with_ansi(std::io::stderr().is_terminal())
+            .try_init(),
+        // The current span (with the request id) on every line, and the span list so fields
+        // of outer spans are kept too.
+        LogFormat::Json => builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(true)
+            .try_init(),
+    };
+}
+
+/// Buckets of the ingest latency histogram, in seconds: group commit puts a durable ack in
+/// the low milliseconds, and anything near a second means the disk is struggling.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+const HTTP_REQUESTS: &str = "relay_http_requests_total";
+const INGEST_SECONDS: &str = "relay_ingest_duration_seconds";
+const DELIVERIES: &str = "relay_deliveries_total";
+const AUTH_FAILURES: &str = "relay_auth_failures_total";
+const OUTBOX_PENDING: &str = "relay_outbox_pending";
+const OUTBOX_OLDEST: &str = "relay_outbox_oldest_pending_age_seconds";
+const DEAD_LETTERS: &str = "relay_outbox_dead_letters";
+const OUTBOX_SENDS: &str = "relay_outbox_sends_total";
+const TOKEN_FETCHES: &str = "relay_ocean_token_fetches_total";
+const EXPORT_ROWS: &str = "relay_export_rows_total";
+
+/// The application's metrics. Cheap to clone.
+#[derive(Clone)]
+pub struct Metrics {
+    recorder: Arc<PrometheusRecorder>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Full(INGEST_SECONDS.into()), LATENCY_BUCKETS)
+            // Refused only for an empty bucket list; without buckets it renders a summary.
+            .unwrap_or_else(|_| PrometheusBuilder::new())
+            .build_recorder();
+        let metrics = Self {
+            recorder: Arc::new(recorder),
+        };
+        metrics.with(|| {
+            use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+            describe_counter!(HTTP_REQUESTS, "HTTP requests answered, by matched route and status");
+            describe_histogram!(
+                INGEST_SECONDS,
+                Unit::Seconds,
+                "Time from a webhook request's arrival to its answer (a stored delivery is on disk by then)"
+            );
+            describe_counter!(
+                DELIVERIES,
+                "Webhook deliveries by outcome: stored, duplicate, ignored, rejected (with reason)"
+            );
+            describe_counter!(
+                AUTH_FAILURES,
+                "Refused webhook and token-endpoint callers, by scheme"
+            );
+            describe_gauge!(OUTBOX_PENDING, "Updates for Ocean waiting to be sent");
+            describe_gauge!(
+                OUTBOX_OLDEST,
+                Unit::Seconds,
+                "Age of the oldest update still waiting to be sent (0 when none)"
+            );
+            describe_gauge!(DEAD_LETTERS, "Updates Ocean refused or that ran out of retry time");
+            describe_counter!(OUTBOX_SENDS, "Attempts to send an update to Ocean, by site and result");
+            describe_counter!(TOKEN_FETCHES, "OAuth2 tokens fetched from Ocean, by site and result");
+            describe_counter!(EXPORT_ROWS, "Referrals written to CSV exports");
+        });
+        metrics
+    }
+
+    fn with<T>(&self, f: impl FnOnce() -> T) -> T {
+        with_local_recorder(self.recorder.as_ref(), f)
+    }
+
+    /// One answered HTTP request; `route` is the matched route template, never the raw path.
+    pub fn http_request(&self, method: &str, route: &str, status: u16) {
+        let labels = [
+            Label::new("method", method.to_owned()),
+            Label::new("route", route.to_owned()),
+            Label::new("status", status.to_string()),
+        ];
+        self.with(|| metrics::counter!(HTTP_REQUESTS, labels.iter()).increment(1));
+    }
+
+    /// One webhook request, from arrival to answer.
+    pub fn ingest_latency(&self, integration: &str, elapsed: Duration) {
+        let integration = integration.to_owned();
+        self.with(|| {
+            metrics::histogram!(INGEST_SECONDS, "integration" => integration)
+                .record(elapsed.as_secs_f64());
+        });
+    }
+
+    /// What the webhook did with one delivery. `reason` says why a rejected one was refused.
+    pub fn delivery(&self, integration: &str, outcome: &'static str, reason: Option<&'static str>) {
+        let mut labels = vec![
+            Label::new("integration", integration.to_owned()),
+            Label::new("outcome", outcome),
+        ];
+        if let Some(reason) = reason {
+            labels.push(Label::new("reason", reason));
+        }
+        self.with(|| metrics::counter!(DELIVERIES, labels.iter()).increment(1));
+    }
+
+    /// A refused caller of an integration's webhook or of the token endpoint.
+    pub fn auth_failure(&self, integration: &str, scheme: &'static str) {
+        let integration = integration.to_owned();
+        self.with(|| {
+            metrics::counter!(AUTH_FAILURES, "integration" => integration, "scheme" => scheme)
+                .increment(1);
+        });
+    }
+
+    /// The state of the outbox, read from the store when metrics are scraped.
+    pub fn outbox(&self, pending: usize, dead: usize, oldest_pending: Duration) {
+        self.with(|| {
+            metrics::gauge!(OUTBOX_PENDING).set(pending as f64);
+            metrics::gauge!(DEAD_LETTERS).set(dead as f64);
+            metrics::gauge!(OUTBOX_OLDEST).set(oldest_pending.as_secs_f64());
+        });
+    }
+
+    /// One attempt to send an update: `delivered`, `retry` or `dead`.
+    pub fn outbox_send(&self, site: &str, result: &'static str) {
+        let site = site.to_owned();
+        self.with(|| {
+            metrics::counter!(OUTBOX_SENDS, "site" => site, "result" => result).increment(1);
+        });
+    }
+
+    /// Token requests to an Ocean site since start, as the site's client counted them.
+    pub fn token_fetches(&self, site: &str, ok: u64, failed: u64) {
+        self.with(|| {
+            for (result, count) in [("ok", ok), ("error", failed)] {
+                metrics::counter!(TOKEN_FETCHES, "site" => site.to_owned(), "result" => result)
+                    .absolute(count);
+            }
+        });
+    }
+
+    pub fn export_rows(&self, rows: u64) {
+        self.with(|| metrics::counter!(EXPORT_ROWS).increment(rows));
+    }
+
+    /// The Prometheus text exposition of everything recorded.
+    pub fn render(&self) -> String {
+        self.recorder.handle().render()
+    }
+
+    /// Folds histogram samples into their buckets so memory stays bounded between scrapes.
+    pub fn upkeep(&self) {
+        self.recorder.handle().run_upkeep();
+    }
 }

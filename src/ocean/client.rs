@@ -1,6 +1,7 @@
 //! The outbound client for one Ocean site: OAuth client-credentials tokens (cached, one fetch
 //! at a time, refreshed once on 401) and `POST {base}/svc/fhir/v1/$process-messages`.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use reqwest::StatusCode;
@@ -44,6 +45,8 @@ pub struct OceanClient {
     client_secret: Secret,
     token_auth: TokenAuth,
     token: Mutex<Option<CachedToken>>,
+    /// Token requests that succeeded and that failed, since start (for metrics).
+    token_fetches: [AtomicU64; 2],
 }
 
 #[derive(Deserialize)]
@@ -66,12 +69,19 @@ impl OceanClient {
             client_secret: site.client_secret.clone(),
             token_auth: site.token_auth,
             token: Mutex::new(None),
+            token_fetches: Default::default(),
         })
     }
 
     /// The URL messages are posted to.
     pub fn messages_url(&self) -> String {
         format!("{}/svc/fhir/v1/$process-messages", self.base_url)
+    }
+
+    /// How many token requests succeeded and how many failed, since start.
+    pub fn token_fetches(&self) -> (u64, u64) {
+        let [ok, failed] = &self.token_fetches;
+        (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed))
     }
 
     /// A valid token: the cached one, or a new one (`renew` forces that). The lock makes
@@ -84,6 +94,24 @@ impl OceanClient {
         {
             return Ok(token.value.clone());
         }
+        let fetched = self.fetch_token().await;
+        let [ok, failed] = &self.token_fetches;
+        let counter = if fetched.is_ok() { ok } else { failed };
+        counter.fetch_add(1, Ordering::Relaxed);
+        let (value, life) = fetched?;
+        *cached = Some(CachedToken {
+            value: value.clone(),
+            refresh_at: Instant::now() + life,
+        });
+        tracing::info!(
+            token_life_secs = life.as_secs(),
+            "fetched an Ocean access grant"
+        );
+        Ok(value)
+    }
+
+    /// Asks the site's token endpoint for a token; returns it and how long to use it.
+    async fn fetch_token(&self) -> Result<(String, Duration), SendError> {
         let url = format!("{}/svc/oauth2/token", self.base_url);
         let mut request = self
             .http
@@ -135,16 +163,7 @@ impl OceanClient {
             .expires_in
             .map_or(DEFAULT_TOKEN_LIFE, Duration::from_secs);
         let life = given.saturating_sub(TOKEN_MARGIN.min(given / 2));
-        let value = token.access_token;
-        *cached = Some(CachedToken {
-            value: value.clone(),
-            refresh_at: Instant::now() + life,
-        });
-        tracing::info!(
-            token_life_secs = life.as_secs(),
-            "fetched an Ocean access grant"
-        );
-        Ok(value)
+        Ok((token.access_token, life))
     }
 
     /// Posts one message Bundle; a 401 gets one retry with a fresh token.

@@ -8,6 +8,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use time::OffsetDateTime;
@@ -17,9 +18,14 @@ use super::client::{OceanClient, SendError};
 use crate::config::OutboxConfig;
 use crate::domain::ReferralRef;
 use crate::store::{Store, UpdateRecord, UpdateState};
+use crate::telemetry::Metrics;
 
 /// Longest sleep between passes when nothing is due (new updates wake the worker at once).
 const IDLE: Duration = Duration::from_secs(30);
+
+/// Slack on top of the longest legitimate silence (an idle sleep plus one send) before a
+/// worker that shows no progress is called stalled.
+const STALL_SLACK: Duration = Duration::from_secs(60);
 
 #[derive(Clone)]
 pub struct Worker {
@@ -28,6 +34,63 @@ pub struct Worker {
     pub config: OutboxConfig,
     /// Woken when an update is accepted or replayed.
     pub wake: Arc<Notify>,
+    pub metrics: Metrics,
+    pub health: Arc<WorkerHealth>,
+}
+
+/// Whether the worker is doing its job, for `/readyz`. The worker beats at the top of every
+/// loop and before every send; a panic marks it unhealthy until a pass completes again.
+#[derive(Debug)]
+pub struct WorkerHealth {
+    origin: std::time::Instant,
+    /// Milliseconds from `origin` to the last sign of progress.
+    beat_ms: AtomicU64,
+    panicked: AtomicBool,
+    stall_after: Duration,
+}
+
+impl WorkerHealth {
+    /// `send_bound`: the longest one send to Ocean can take.
+    pub fn new(send_bound: Duration) -> Self {
+        Self {
+            origin: std::time::Instant::now(),
+            beat_ms: AtomicU64::new(0),
+            panicked: AtomicBool::new(false),
+            stall_after: IDLE + send_bound + STALL_SLACK,
+        }
+    }
+
+    fn beat(&self) {
+        let now = u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.beat_ms.store(now, Ordering::Relaxed);
+    }
+
+    fn pass_completed(&self) {
+        self.panicked.store(false, Ordering::Relaxed);
+        self.beat();
+    }
+
+    /// Called by the supervisor when the worker panicked.
+    pub fn mark_panicked(&self) {
+        self.panicked.store(true, Ordering::Relaxed);
+    }
+
+    /// Time since the last sign of progress.
+    pub fn since_beat(&self) -> Duration {
+        let beat = Duration::from_millis(self.beat_ms.load(Ordering::Relaxed));
+        self.origin.elapsed().saturating_sub(beat)
+    }
+
+    /// `None` when the worker is alive; otherwise what is wrong.
+    pub fn problem(&self) -> Option<&'static str> {
+        if self.panicked.load(Ordering::Relaxed) {
+            Some("the outbox worker panicked and has not completed a pass since")
+        } else if self.since_beat() > self.stall_after {
+            Some("the outbox worker has shown no progress for too long")
+        } else {
+            None
+        }
+    }
 }
 
 impl Worker {
@@ -37,8 +100,12 @@ impl Worker {
             if *stop.borrow() {
                 return;
             }
+            self.health.beat();
             let sleep = match self.pass(&stop).await {
-                Ok(next) => next,
+                Ok(next) => {
+                    self.health.pass_completed();
+                    next
+                }
                 Err(e) => {
                     tracing::error!(error = %e, "outbox pass failed");
                     Duration::from_secs(5)
@@ -84,6 +151,7 @@ impl Worker {
                 next = next.min(Duration::from_secs(self.config.initial_backoff_secs));
                 continue;
             }
+            self.health.beat();
             let result = match self.sites.get(&update.site) {
                 Some(site) => site.send(&update.bundle).await,
                 None => Err(SendError::Rejected(format!(
@@ -95,6 +163,12 @@ impl Worker {
                 failing.insert(update.site.clone());
             }
             self.record(&mut update, result);
+            let outcome = match update.state {
+                UpdateState::Delivered => "delivered",
+                UpdateState::Dead => "dead",
+                UpdateState::Pending | UpdateState::Discarded => "retry",
+            };
+            self.metrics.outbox_send(&update.site, outcome);
             self.store.save_update(&update).await?;
             let action = match update.state {
                 UpdateState::Delivered => Some("UPDATE_SENT"),

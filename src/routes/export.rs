@@ -83,6 +83,7 @@ pub(crate) async fn export_csv(
     let (chunks, receiver) = mpsc::channel::<Result<Bytes, std::io::Error>>(4);
     let (finished, taken) = oneshot::channel::<()>();
     let store = state.store.clone();
+    let metrics = state.metrics.clone();
     tokio::spawn(async move {
         let mut buffer = Vec::with_capacity(CHUNK + 4096);
         if excel {
@@ -135,6 +136,8 @@ pub(crate) async fn export_csv(
             tracing::info!("export cut off by the client; nothing marked");
             return;
         }
+        // Counted before the stream ends, so a client that has read it all sees the count.
+        metrics.export_rows(rows as u64);
         drop(chunks);
         // Only once the response body has handed out its last chunk is the export complete.
         if taken.await.is_err() {

@@ -32,19 +32,32 @@ async fn healthz(State(state): State<AppState>) -> Json<Value> {
     }))
 }
 
-/// The store can take a durable write now.
+/// Ready when the store can take a durable write now and the outbox worker is alive.
 async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
-    match state.store.check_writable().await {
-        Ok(()) => (
-            StatusCode::OK,
-            Json(json!({"status": "ready", "store": "writable"})),
-        ),
+    let store = match state.store.check_writable().await {
+        Ok(()) => None,
         Err(e) => {
             tracing::warn!(error = %e, "readiness check: store not writable");
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                Json(json!({"status": "not ready", "store": "not writable"})),
-            )
+            Some("not writable")
         }
+    };
+    let worker = state.worker_health.problem();
+    if let Some(problem) = worker {
+        tracing::warn!(problem, "readiness check: outbox worker not alive");
     }
+    let ready = store.is_none() && worker.is_none();
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        Json(json!({
+            "status": if ready { "ready" } else { "not ready" },
+            "store": store.unwrap_or("writable"),
+            "worker": worker.unwrap_or("alive"),
+            "worker_last_progress_secs": state.worker_health.since_beat().as_secs(),
+        })),
+    )
 }

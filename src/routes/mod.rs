@@ -4,6 +4,7 @@ pub mod api;
 pub mod export;
 pub mod health;
 pub mod metadata;
+pub mod metrics;
 pub mod oauth;
 pub mod updates;
 pub mod webhook;
@@ -22,6 +23,7 @@ pub fn router(state: AppState) -> Router {
         .merge(oauth::router())
         .merge(api::router())
         .merge(metadata::router())
+        .merge(metrics::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)

@@ -118,6 +118,9 @@ async fn token(State(state): State<AppState>, headers: HeaderMap, body: Body) ->
         let integration = state
             .oauth_client(&client_id)
             .map(|c| c.integration.to_string());
+        state
+            .metrics
+            .auth_failure(integration.as_deref().unwrap_or("unknown"), "oauth2");
         let reason = if integration.is_some() {
             "wrong client secret"
         } else {

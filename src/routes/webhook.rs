@@ -6,6 +6,7 @@
 //! answers 503 so Ocean retries.
 
 use std::sync::atomic::Ordering;
+use std::time::Instant;
 
 use axum::Router;
 use axum::body::Body;
@@ -33,13 +34,75 @@ pub fn router() -> Router<AppState> {
         .route("/fhir/{integration}", post(receive))
 }
 
+/// What the webhook did with a delivery it answered 200.
+enum Handled {
+    Stored,
+    Duplicate,
+    Ignored,
+}
+
+/// Counts and times every delivery, then answers.
 async fn receive(
     State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    uri: OriginalUri,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, AppError> {
+    let started = Instant::now();
+    // Only configured names become metric labels: a path segment is the caller's to choose.
+    let label = match &path {
+        Ok(Path(name)) if state.integration(name).is_some() => name.clone(),
+        _ => "unknown".to_owned(),
+    };
+    let result = handle(&state, path, uri, headers, body).await;
+    let metrics = &state.metrics;
+    metrics.ingest_latency(&label, started.elapsed());
+    let counters = &state.counters;
+    match &result {
+        Ok((_, Handled::Stored)) => {
+            counters.stored.fetch_add(1, Ordering::Relaxed);
+            metrics.delivery(&label, "stored", None);
+        }
+        Ok((_, Handled::Duplicate)) => {
+            counters.duplicates.fetch_add(1, Ordering::Relaxed);
+            metrics.delivery(&label, "duplicate", None);
+        }
+        Ok((_, Handled::Ignored)) => {
+            counters.ignored.fetch_add(1, Ordering::Relaxed);
+            metrics.delivery(&label, "ignored", None);
+        }
+        // Counted as authentication failures where they are refused.
+        Err(AppError::Unauthorized { .. }) => {}
+        Err(e) => {
+            counters.rejected.fetch_add(1, Ordering::Relaxed);
+            metrics.delivery(&label, "rejected", Some(rejection_reason(e)));
+        }
+    }
+    result.map(|(response, _)| response)
+}
+
+/// A metric label for why a delivery was refused.
+fn rejection_reason(e: &AppError) -> &'static str {
+    match e {
+        AppError::BadRequest(_) => "bad_request",
+        AppError::Unprocessable(_) => "unprocessable",
+        AppError::NotFound(_) => "unknown_integration",
+        AppError::Timeout { .. } => "body_timeout",
+        AppError::PayloadTooLarge { .. } => "too_large",
+        AppError::Unavailable(_) => "store_unavailable",
+        AppError::Unauthorized { .. } => "unauthorized",
+        AppError::MethodNotAllowed | AppError::Internal(_) => "internal",
+    }
+}
+
+async fn handle(
+    state: &AppState,
     path: Result<Path<String>, PathRejection>,
     OriginalUri(uri): OriginalUri,
     headers: HeaderMap,
     body: Body,
-) -> Result<Response, AppError> {
+) -> Result<(Response, Handled), AppError> {
     let Path(name) = path.map_err(|e| AppError::BadRequest(e.body_text()))?;
     let integration = state.integration(&name).ok_or_else(|| {
         AppError::NotFound(format!(
@@ -50,6 +113,9 @@ async fn receive(
     let inbound = &integration.inbound;
     let refuse = |refusal: Refusal| {
         state.counters.auth_failures.fetch_add(1, Ordering::Relaxed);
+        state
+            .metrics
+            .auth_failure(integration.name.as_str(), inbound.scheme());
         let (store, actor) = (
             state.store.clone(),
             format!("integration:{}", integration.name),
@@ -92,7 +158,6 @@ async fn receive(
 
     let endpoint = uri.path().to_owned();
     let parsed = parse_message(&body, |event| integration.accepts(event)).map_err(|e| {
-        state.counters.rejected.fetch_add(1, Ordering::Relaxed);
         let reason = match &e {
             ParseError::Malformed(_) => "malformed",
             ParseError::Unusable(_) => "unusable",
@@ -109,7 +174,6 @@ async fn receive(
             event,
             message_header_id,
         } => {
-            state.counters.ignored.fetch_add(1, Ordering::Relaxed);
             tracing::info!(integration = %integration.name, %event, "event not accepted by this integration; acknowledged, not stored");
             let note = format!(
                 "event code '{event}' is not among those integration '{}' accepts; the message was acknowledged and not stored",
@@ -121,7 +185,7 @@ async fn receive(
                 &endpoint,
                 Some(&note),
             );
-            return Ok(fhir_json(StatusCode::OK, &body));
+            return Ok((fhir_json(StatusCode::OK, &body), Handled::Ignored));
         }
     };
 
@@ -152,12 +216,6 @@ async fn receive(
         received_at: OffsetDateTime::now_utc(),
     };
     let outcome = state.store.put_delivery(delivery).await?;
-    let counter = if outcome.duplicate {
-        &state.counters.duplicates
-    } else {
-        &state.counters.stored
-    };
-    counter.fetch_add(1, Ordering::Relaxed);
     tracing::info!(
         integration = %integration.name,
         event = %message.event,
@@ -178,7 +236,12 @@ async fn receive(
         &endpoint,
         note.as_deref(),
     );
-    Ok(fhir_json(StatusCode::OK, &body))
+    let handled = if outcome.duplicate {
+        Handled::Duplicate
+    } else {
+        Handled::Stored
+    };
+    Ok((fhir_json(StatusCode::OK, &body), handled))
 }
 
 /// FHIR JSON (`application/fhir+json`) or plain `application/json`, parameters allowed.

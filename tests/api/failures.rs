@@ -14,8 +14,12 @@ use time::OffsetDateTime;
 use crate::fixtures::fixture;
 use crate::helpers::{FHIR_JSON, config, spawn_with_store};
 
-/// Every write fails as a full disk would; reads find nothing.
-struct DiskFull;
+/// Every write fails as a full disk would; reads find nothing. With `outbox_panics`, reading
+/// the outbox panics, as a bug in the worker's path would.
+#[derive(Default)]
+struct DiskFull {
+    outbox_panics: bool,
+}
 
 fn disk_full() -> StoreError {
     StoreError::Unavailable("No space left on device (os error 28)".into())
@@ -86,6 +90,7 @@ impl Store for DiskFull {
         Ok(Vec::new())
     }
     async fn open_updates(&self) -> Result<Vec<UpdateRecord>, StoreError> {
+        assert!(!self.outbox_panics, "the outbox cannot be read");
         Ok(Vec::new())
     }
     async fn discard_update(&self, _: &UpdateRecord, _: TaskState) -> Result<(), StoreError> {
@@ -132,7 +137,7 @@ impl Store for DiskFull {
 #[tokio::test]
 async fn a_store_that_cannot_write_gets_503_with_an_outcome() {
     let dir = tempfile::TempDir::new().unwrap();
-    let app = spawn_with_store(&config("", dir.path()), Arc::new(DiskFull)).await;
+    let app = spawn_with_store(&config("", dir.path()), Arc::new(DiskFull::default())).await;
 
     let answer = app
         .deliver("default", fixture("v0.11-add-service-request.json"))
@@ -146,5 +151,31 @@ async fn a_store_that_cannot_write_gets_503_with_an_outcome() {
 
     let ready = app.get("/readyz").await;
     assert_eq!(ready.status, 503);
+    assert_eq!(app.get("/healthz").await.status, 200);
+}
+
+#[tokio::test]
+async fn readiness_fails_while_the_outbox_worker_keeps_panicking() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let store = DiskFull {
+        outbox_panics: true,
+    };
+    let app = spawn_with_store(&config("", dir.path()), Arc::new(store)).await;
+    // The worker's first pass panics at start; the supervisor restarts it and it panics again.
+    let mut ready = app.get("/readyz").await;
+    for _ in 0..100 {
+        if ready.body["worker"] != "alive" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        ready = app.get("/readyz").await;
+    }
+    assert_eq!(ready.status, 503);
+    assert!(
+        ready.body["worker"].as_str().unwrap().contains("panicked"),
+        "{}",
+        ready.body
+    );
+    // Liveness is about the process, which is still serving.
     assert_eq!(app.get("/healthz").await.status, 200);
 }

@@ -34,7 +34,7 @@ pub struct Answer {
 /// Logs stay silent unless `TEST_LOG` is set.
 fn init_logs() {
     if std::env::var_os("TEST_LOG").is_some() {
-        referral_relay::telemetry::init("debug");
+        referral_relay::telemetry::init("debug", referral_relay::config::LogFormat::Text);
     }
 }
 
@@ -45,6 +45,7 @@ pub fn config(toml: &str, data_dir: &Path) -> Config {
     let overrides = Overrides {
         listen: Some("127.0.0.1:0".parse().unwrap()),
         data_dir: Some(data_dir.to_path_buf()),
+        ..Overrides::default()
     };
     Config::load_with_env(Some(file.path()), &overrides, std::iter::empty()).unwrap()
 }
@@ -180,4 +181,41 @@ impl Answer {
     pub fn response_note(&self) -> Option<&str> {
         self.body["entry"][1]["resource"]["issue"][0]["diagnostics"].as_str()
     }
+}
+
+impl TestApp {
+    /// The `/metrics` page as text.
+    pub async fn metrics(&self) -> String {
+        let response = self.client.get(self.url("/metrics")).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        response.text().await.unwrap()
+    }
+}
+
+/// The value of the one series of `name` whose labels include all of `labels`, from a
+/// Prometheus text page; `None` when there is no such series.
+pub fn metric(page: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let mut found = None;
+    for line in page.lines().filter(|l| !l.starts_with('#')) {
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let (series_name, series_labels) = match series.split_once('{') {
+            Some((n, rest)) => (n, rest.trim_end_matches('}')),
+            None => (series, ""),
+        };
+        if series_name != name {
+            continue;
+        }
+        let pairs: Vec<(&str, &str)> = series_labels
+            .split(',')
+            .filter_map(|pair| pair.split_once('='))
+            .map(|(k, v)| (k, v.trim_matches('"')))
+            .collect();
+        if labels.iter().all(|wanted| pairs.contains(wanted)) {
+            assert!(found.is_none(), "{name} {labels:?} matches several series");
+            found = Some(value.parse().unwrap());
+        }
+    }
+    found
 }

@@ -504,6 +504,7 @@ async fn health_and_readiness_answer() {
     let ready = app.get("/readyz").await;
     assert_eq!(ready.status, 200);
     assert_eq!(ready.body["store"], "writable");
+    assert_eq!(ready.body["worker"], "alive");
     app.stop().await;
 }
 

@@ -13,5 +13,6 @@ mod fixtures;
 mod helpers;
 mod ingest;
 mod ocean_mock;
+mod ops;
 mod outbound;
 mod rejections;

@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::fixtures::fixture;
-use crate::helpers::{Answer as Reply, TestApp, answer, spawn_app_with};
+use crate::helpers::{Answer as Reply, TestApp, answer, metric, spawn_app_with};
 use crate::ocean_mock::{Answer, CLIENT_ID, CLIENT_SECRET, MockOcean};
 
 const KEY: &str = "emr-key-0123456789";
@@ -275,6 +275,27 @@ async fn a_refused_update_is_a_dead_letter_that_holds_back_its_referral_until_re
     )
     .await;
     assert_eq!(dead_letters.body["updates"].as_array().unwrap().len(), 1);
+    let page = app.metrics().await;
+    assert_eq!(metric(&page, "relay_outbox_dead_letters", &[]), Some(1.0));
+    assert_eq!(metric(&page, "relay_outbox_pending", &[]), Some(1.0));
+    assert!(metric(&page, "relay_outbox_oldest_pending_age_seconds", &[]).unwrap() >= 0.4);
+    let sends = |page: &str, result| {
+        metric(
+            page,
+            "relay_outbox_sends_total",
+            &[("site", "main"), ("result", result)],
+        )
+    };
+    assert_eq!(sends(&page, "dead"), Some(1.0));
+    let tokens = |page: &str, result| {
+        metric(
+            page,
+            "relay_ocean_token_fetches_total",
+            &[("site", "main"), ("result", result)],
+        )
+    };
+    assert_eq!(tokens(&page, "ok"), Some(1.0));
+    assert_eq!(tokens(&page, "error"), Some(0.0));
 
     let replay = post(&app, &format!("/api/v1/updates/{dead}/replay"), json!({})).await;
     assert_eq!(replay.status, 202, "{}", replay.body);
@@ -300,6 +321,10 @@ async fn a_refused_update_is_a_dead_letter_that_holds_back_its_referral_until_re
     );
     let again = post(&app, &format!("/api/v1/updates/{dead}/replay"), json!({})).await;
     assert_eq!(again.status, 409);
+    let page = app.metrics().await;
+    assert_eq!(sends(&page, "delivered"), Some(2.0));
+    assert_eq!(metric(&page, "relay_outbox_dead_letters", &[]), Some(0.0));
+    assert_eq!(metric(&page, "relay_outbox_pending", &[]), Some(0.0));
 }
 
 #[tokio::test]

@@ -1,0 +1,54 @@
+//! `/metrics` in the Prometheus text format. It holds counts and route templates only, never
+//! identifiers or patient data; still, expose it on the operations network, not to the world.
+
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use time::OffsetDateTime;
+
+use crate::app::AppState;
+use crate::store::UpdateState;
+
+const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+pub fn router() -> Router<AppState> {
+    Router::new().route("/metrics", get(metrics))
+}
+
+/// Reads the outbox and the Ocean clients' token counts, then renders everything.
+async fn metrics(State(state): State<AppState>) -> Response {
+    match state.store.open_updates().await {
+        Ok(open) => {
+            let now = OffsetDateTime::now_utc();
+            let pending: Vec<_> = open
+                .iter()
+                .filter(|u| u.state == UpdateState::Pending)
+                .collect();
+            let dead = open.iter().filter(|u| u.state == UpdateState::Dead).count();
+            let oldest = pending
+                .iter()
+                .map(|u| u.created_at)
+                .min()
+                .map_or(Duration::ZERO, |created| {
+                    Duration::try_from(now - created).unwrap_or(Duration::ZERO)
+                });
+            state.metrics.outbox(pending.len(), dead, oldest);
+        }
+        // The rest is still worth having; the outbox gauges keep their last values.
+        Err(e) => tracing::warn!(error = %e, "metrics: cannot read the outbox"),
+    }
+    for (site, client) in state.ocean.iter() {
+        let (ok, failed) = client.token_fetches();
+        state.metrics.token_fetches(site, ok, failed);
+    }
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, PROMETHEUS_TEXT)],
+        state.metrics.render(),
+    )
+        .into_response()
+}

@@ -1,0 +1,153 @@
+//! Operations: metrics by outcome, request ids, and what `/metrics` shows after real traffic.
+
+use base64::Engine;
+
+use crate::fixtures::fixture;
+use crate::helpers::{FHIR_JSON, metric, spawn_app_with};
+
+const KEY: &str = "emr-key-0123456789";
+
+#[tokio::test]
+async fn metrics_count_deliveries_auth_failures_requests_and_export_rows() {
+    let app = spawn_app_with(&format!(
+        r#"
+[api.clients.emr]
+key = "{KEY}"
+
+[integrations.clinic]
+auth = {{ scheme = "basic", username = "ocean", password = "correct horse" }}
+"#
+    ))
+    .await;
+    let sent = [
+        ("v0.11-add-service-request.json", "correct horse", 200),
+        ("v0.10-add-service-request.json", "correct horse", 200),
+        ("v0.10-add-service-request.json", "correct horse", 200),
+        ("bad/not-json.json", "correct horse", 400),
+        ("bad/no-event-code.json", "correct horse", 422),
+        ("v0.11-add-service-request.json", "wrong horse", 401),
+    ];
+    for (name, password, expected) in sent {
+        let pair = base64::engine::general_purpose::STANDARD.encode(format!("ocean:{password}"));
+        let response = app
+            .client
+            .post(app.url("/fhir/clinic/$process-message"))
+            .header("content-type", FHIR_JSON)
+            .header("authorization", format!("Basic {pair}"))
+            .body(fixture(name))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), expected, "{name}");
+    }
+    assert_eq!(
+        app.deliver("nowhere", fixture("v0.11-add-service-request.json"))
+            .await
+            .status,
+        404
+    );
+    let csv = app
+        .client
+        .get(app.url("/api/v1/export.csv"))
+        .header("authorization", format!("Bearer {KEY}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(csv.status(), 200);
+    csv.text().await.unwrap();
+
+    let page = app.metrics().await;
+    let deliveries = |labels: &[(&str, &str)]| metric(&page, "relay_deliveries_total", labels);
+    let clinic = ("integration", "clinic");
+    assert_eq!(deliveries(&[clinic, ("outcome", "stored")]), Some(2.0));
+    assert_eq!(deliveries(&[clinic, ("outcome", "duplicate")]), Some(1.0));
+    assert_eq!(
+        deliveries(&[clinic, ("outcome", "rejected"), ("reason", "bad_request")]),
+        Some(1.0)
+    );
+    assert_eq!(
+        deliveries(&[clinic, ("outcome", "rejected"), ("reason", "unprocessable")]),
+        Some(1.0)
+    );
+    // The caller's path segment never becomes a label.
+    assert_eq!(
+        deliveries(&[
+            ("integration", "unknown"),
+            ("reason", "unknown_integration")
+        ]),
+        Some(1.0)
+    );
+    assert!(!page.contains("nowhere"), "{page}");
+    assert_eq!(
+        metric(
+            &page,
+            "relay_auth_failures_total",
+            &[clinic, ("scheme", "basic")]
+        ),
+        Some(1.0)
+    );
+    // Every webhook request is timed, refused ones too.
+    assert_eq!(
+        metric(&page, "relay_ingest_duration_seconds_count", &[clinic]),
+        Some(6.0)
+    );
+    assert_eq!(
+        metric(
+            &page,
+            "relay_ingest_duration_seconds_bucket",
+            &[clinic, ("le", "+Inf")]
+        ),
+        Some(6.0)
+    );
+    assert_eq!(
+        metric(
+            &page,
+            "relay_http_requests_total",
+            &[
+                ("method", "POST"),
+                ("route", "/fhir/{integration}/$process-message"),
+                ("status", "200")
+            ]
+        ),
+        Some(3.0)
+    );
+    assert_eq!(
+        metric(
+            &page,
+            "relay_http_requests_total",
+            &[("route", "/api/v1/export.csv"), ("status", "200")]
+        ),
+        Some(1.0)
+    );
+    // One row per referral: the two stored.
+    assert_eq!(metric(&page, "relay_export_rows_total", &[]), Some(2.0));
+    assert_eq!(metric(&page, "relay_outbox_pending", &[]), Some(0.0));
+    assert_eq!(metric(&page, "relay_outbox_dead_letters", &[]), Some(0.0));
+    assert!(
+        page.contains("# TYPE relay_ingest_duration_seconds histogram"),
+        "{page}"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn every_response_carries_its_own_request_id() {
+    let app = spawn_app_with("").await;
+    let mut ids = Vec::new();
+    for path in ["/healthz", "/healthz", "/no/such/path"] {
+        let response = app.client.get(app.url(path)).send().await.unwrap();
+        let id = response.headers()["x-request-id"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        assert!(uuid_like(&id), "{id}");
+        ids.push(id);
+    }
+    ids.dedup();
+    assert_eq!(ids.len(), 3, "ids repeat: {ids:?}");
+    app.stop().await;
+}
+
+fn uuid_like(id: &str) -> bool {
+    id.len() == 36 && id.chars().all(|c| c.is_ascii_hexdigit() || c == '-')
+}
