@@ -253,7 +253,11 @@ pub struct Application {
 impl Application {
     /// Opens the sled store in the configured data dir and binds the listener.
     pub async fn build(config: &Config) -> anyhow::Result<Self> {
-        let store = SledStore::open(&config.server.data_dir)?;
+        let keys = crate::store::Keyring::from_config(&config.storage)?;
+        if keys.is_none() {
+            tracing::info!("storage.encryption_key is not set: patient data is stored unencrypted");
+        }
+        let store = SledStore::open_with(&config.server.data_dir, keys)?;
         Self::build_with_store(config, Arc::new(store)).await
     }
 

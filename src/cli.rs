@@ -97,6 +97,16 @@ enum Command {
         #[arg(long, global = true)]
         data_dir: Option<PathBuf>,
     },
+    /// Re-seal stored patient data with storage.encryption_key: records written before
+    /// encryption was enabled and records sealed with one of storage.previous_keys. Stop the
+    /// service first.
+    Rekey {
+        #[arg(long, env = "RELAY_CONFIG")]
+        config: Option<PathBuf>,
+        /// Data directory (overrides server.data_dir).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
     /// Send a dead-lettered update again, through the running service's API.
     Replay {
         /// The update id (see GET /api/v1/updates?state=dead).
@@ -268,12 +278,25 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 mark_exported,
                 excel,
                 &mut sink,
-                &format!(
-                    "cli:{}",
-                    std::env::var("USER").unwrap_or_else(|_| "unknown".into())
-                ),
+                &cli_actor(),
             ))?;
             eprintln!("exported {rows} referrals");
+            Ok(())
+        }
+        Command::Rekey { config, data_dir } => {
+            let overrides = Overrides {
+                data_dir,
+                ..Overrides::default()
+            };
+            let config = Config::load(config.as_deref(), &overrides)?;
+            let store = open_stopped(&config)?;
+            let rewritten = store.rekey()?;
+            tokio::runtime::Runtime::new()?.block_on(store.audit(
+                "STORE_REKEYED",
+                &cli_actor(),
+                serde_json::json!({"records_resealed": rewritten}),
+            ))?;
+            println!("{rewritten} records re-sealed with the current storage.encryption_key");
             Ok(())
         }
         Command::Audit {
@@ -335,8 +358,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 
 /// Opens the data dir for a command that reads it directly, saying what to do when a running
 /// service holds it.
+/// Who ran a command, for the audit trail.
+fn cli_actor() -> String {
+    format!(
+        "cli:{}",
+        std::env::var("USER").unwrap_or_else(|_| "unknown".into())
+    )
+}
+
 fn open_stopped(config: &Config) -> anyhow::Result<crate::store::SledStore> {
-    crate::store::SledStore::open(&config.server.data_dir).map_err(|e| {
+    let keys = crate::store::Keyring::from_config(&config.storage)?;
+    crate::store::SledStore::open_with(&config.server.data_dir, keys).map_err(|e| {
         if e.to_string().contains("in use") {
             anyhow::anyhow!(
                 "{e}. A running referral-relay holds it: stop it, or (for export) go through it with --url and --key"

@@ -34,6 +34,9 @@ pub struct Config {
     /// How long old versions are kept.
     #[serde(default)]
     pub retention: RetentionConfig,
+    /// Encryption of patient data at rest.
+    #[serde(default)]
+    pub storage: StorageConfig,
     /// The point-of-service API and its clients.
     #[serde(default)]
     pub api: ApiConfig,
@@ -229,6 +232,20 @@ pub struct RetentionConfig {
     pub keep_days: u64,
 }
 
+/// Encryption at rest: with a key, raw payloads, referral and version summaries and outgoing
+/// updates are sealed with AES-256-GCM before they reach the disk.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageConfig {
+    /// 32 random bytes, base64. Empty: records are stored unencrypted.
+    #[serde(default)]
+    pub encryption_key: Secret,
+    /// Earlier keys, still used to read records sealed with them; `referral-relay rekey`
+    /// re-seals those with the current key, after which they can be removed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub previous_keys: Vec<Secret>,
+}
+
 /// The point-of-service API (`/api/v1`).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -393,6 +410,7 @@ impl Config {
 
     /// Checks what types alone cannot.
     pub fn validate(&self) -> anyhow::Result<()> {
+        crate::store::Keyring::from_config(&self.storage)?;
         for (i, key) in std::iter::once(&self.oauth2.signing_key)
             .chain(&self.oauth2.previous_signing_keys)
             .enumerate()

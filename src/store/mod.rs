@@ -1,6 +1,7 @@
 //! Durable storage behind one trait, so the embedded sled store can later be joined by
 //! PostgreSQL for several replicas. The store knows the relay's records, not FHIR.
 
+mod seal;
 mod sled_store;
 
 use async_trait::async_trait;
@@ -10,6 +11,7 @@ use time::OffsetDateTime;
 
 use crate::domain::{EventCode, IntegrationName, ReferralRef, ServiceId, Summary};
 
+pub use seal::Keyring;
 pub use sled_store::SledStore;
 
 /// Errors at the storage boundary.

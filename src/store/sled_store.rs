@@ -16,6 +16,7 @@
 //! - `open_updates`: update id → () while not delivered
 //! - `task_states`: referral ref → [`TaskState`]
 
+use std::borrow::Cow;
 use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::JoinHandle;
@@ -28,6 +29,7 @@ use sled::transaction::{ConflictableTransactionError, TransactionError};
 use time::OffsetDateTime;
 use tokio::sync::watch;
 
+use super::seal::{Keyring, SEALED, hex, sealed_key_id, unknown_key};
 use super::{
     AUDIT_GENESIS, AuditEntry, ChangedReferrals, EventRecord, ModifiedBatch, NewDelivery,
     PutOutcome, ReferralRecord, ServiceAssignment, Store, StoreError, TaskState, UpdateRecord,
@@ -47,11 +49,112 @@ const AUDIT_HEAD: &[u8] = b"audit_head";
 const PAYLOAD_RAW: u8 = 0;
 const PAYLOAD_LZ4: u8 = 1;
 
+/// Trees whose records hold patient data: sealed when a key is configured. Their names are
+/// part of each record's associated data.
+const REFERRALS: &str = "referrals";
+const VERSIONS: &str = "versions";
+const PAYLOADS: &str = "payloads";
+const UPDATES: &str = "updates";
+const SEALED_TREES: [&str; 4] = [REFERRALS, VERSIONS, PAYLOADS, UPDATES];
+
+/// Reads and writes the records of [`SEALED_TREES`]: sealed with the current key when one is
+/// configured, plain otherwise. Records written before encryption was enabled are still read
+/// (they start with `{` or a payload format tag, never with [`SEALED`]).
+#[derive(Clone, Default)]
+struct Codec(Option<Arc<Keyring>>);
+
+impl Codec {
+    fn seal(&self, tree: &str, key: &[u8], plain: &[u8]) -> Result<Vec<u8>, StoreError> {
+        match &self.0 {
+            Some(keys) => keys.seal(&context(tree, key), plain),
+            None => Ok(plain.to_vec()),
+        }
+    }
+
+    fn open<'a>(
+        &self,
+        tree: &str,
+        key: &[u8],
+        stored: &'a [u8],
+    ) -> Result<Cow<'a, [u8]>, StoreError> {
+        if stored.first() != Some(&SEALED) {
+            return Ok(Cow::Borrowed(stored));
+        }
+        match &self.0 {
+            Some(keys) => keys.open(&context(tree, key), stored).map(Cow::Owned),
+            None => Err(StoreError::Corrupt(
+                "the record is encrypted and storage.encryption_key is not set".into(),
+            )),
+        }
+    }
+
+    fn encode<T: Serialize>(
+        &self,
+        tree: &str,
+        key: &[u8],
+        value: &T,
+    ) -> Result<Vec<u8>, StoreError> {
+        self.seal(tree, key, &encode(value)?)
+    }
+
+    fn decode<T: for<'de> Deserialize<'de>>(
+        &self,
+        tree: &str,
+        key: &[u8],
+        stored: &[u8],
+    ) -> Result<T, StoreError> {
+        decode(&self.open(tree, key, stored)?)
+    }
+
+    /// Refuses to run on a store that holds records this keyring cannot open, by looking at
+    /// the first and last record of each sealed tree: better a clear error at start than
+    /// failing reads later.
+    fn check_keys(&self, trees: &Trees) -> Result<(), StoreError> {
+        for tree in [
+            &trees.referrals,
+            &trees.versions,
+            &trees.payloads,
+            &trees.updates,
+        ] {
+            let ends = [tree.first(), tree.last()];
+            for end in ends {
+                let Some((_, value)) = end.map_err(unavailable)? else {
+                    continue;
+                };
+                let Some(id) = sealed_key_id(&value) else {
+                    continue;
+                };
+                match &self.0 {
+                    None => {
+                        return Err(StoreError::Unavailable(format!(
+                            "the store holds records encrypted with key {}; set storage.encryption_key",
+                            hex(&id)
+                        )));
+                    }
+                    Some(keys) if !keys.knows(&id) => return Err(unknown_key(&id)),
+                    Some(_) => {}
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The associated data of a sealed record: its tree and key.
+fn context(tree: &str, key: &[u8]) -> Vec<u8> {
+    let mut context = Vec::with_capacity(tree.len() + 1 + key.len());
+    context.extend_from_slice(tree.as_bytes());
+    context.push(0);
+    context.extend_from_slice(key);
+    context
+}
+
 /// The sled-backed [`Store`].
 pub struct SledStore {
     db: sled::Db,
     trees: Trees,
     flusher: Flusher,
+    codec: Codec,
 }
 
 #[derive(Clone)]
@@ -82,8 +185,14 @@ struct DeliveryRef {
 }
 
 impl SledStore {
-    /// Opens (or creates) the store in `dir` and starts its flusher thread.
+    /// Opens (or creates) the store in `dir`, unencrypted, and starts its flusher thread.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        Self::open_with(dir, None)
+    }
+
+    /// Opens the store with `keys` sealing records that hold patient data (see `seal`). Refuses
+    /// a store whose records were sealed with a key `keys` does not hold.
+    pub fn open_with(dir: &Path, keys: Option<Keyring>) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir).map_err(|e| {
             StoreError::Unavailable(format!("cannot create data dir {}: {e}", dir.display()))
         })?;
@@ -117,6 +226,9 @@ impl SledStore {
             task_states: tree("task_states")?,
             audit: tree("audit")?,
         };
+        // Before the flusher starts: it holds the database (and its lock) until stopped.
+        let codec = Codec(keys.map(Arc::new));
+        codec.check_keys(&trees)?;
         // Each flush reports the feed sequence it made durable: the counter as read before
         // the flush, since every write it covers was committed before that read.
         let meta = trees.meta.clone();
@@ -133,14 +245,65 @@ impl SledStore {
             flushed.flush().map_err(|e| e.to_string())?;
             Ok(seq)
         })?;
-        Ok(Self { db, trees, flusher })
+        Ok(Self {
+            db,
+            trees,
+            flusher,
+            codec,
+        })
+    }
+
+    /// Re-seals with the current key every record of the sealed trees that is not sealed with
+    /// it: records written before encryption was enabled, and records sealed with a previous
+    /// key. Run it with the service stopped. Returns how many records were rewritten.
+    pub fn rekey(&self) -> Result<u64, StoreError> {
+        let Some(keys) = &self.codec.0 else {
+            return Err(StoreError::Unavailable(
+                "storage.encryption_key is not set: there is no key to seal with".into(),
+            ));
+        };
+        let current = keys.current_id();
+        let mut rewritten = 0;
+        for name in SEALED_TREES {
+            let tree = self.db.open_tree(name).map_err(unavailable)?;
+            for item in tree.iter() {
+                let (key, value) = item.map_err(unavailable)?;
+                if sealed_key_id(&value) == Some(current) {
+                    continue;
+                }
+                let plain = self.codec.open(name, &key, &value)?;
+                let sealed = keys.seal(&context(name, &key), &plain)?;
+                // Only if unchanged since it was read; a record written meanwhile is sealed
+                // already.
+                if tree
+                    .compare_and_swap(&key, Some(&value), Some(sealed))
+                    .map_err(unavailable)?
+                    .is_ok()
+                {
+                    rewritten += 1;
+                }
+            }
+        }
+        self.db.flush().map_err(unavailable)?;
+        Ok(rewritten)
+    }
+
+    /// The referral stored under `key` (its ref), opened and decoded.
+    fn referral_record(&self, key: &[u8]) -> Result<Option<ReferralRecord>, StoreError> {
+        self.trees
+            .referrals
+            .get(key)
+            .map_err(unavailable)?
+            .map(|v| self.codec.decode(REFERRALS, key, &v))
+            .transpose()
     }
 
     fn write_delivery(&self, d: &NewDelivery) -> Result<PutOutcome, StoreError> {
         let t = &self.trees;
         let referral_key = d.referral.as_str().as_bytes();
         let size = d.raw.len() as u64;
-        let payload = seal_payload(&d.raw);
+        let codec = &self.codec;
+        let payload = compress(&d.raw);
 
         let result = (
             &t.referrals,
@@ -174,7 +337,7 @@ impl SledStore {
                     }
                     let previous: Option<ReferralRecord> = referrals
                         .get(referral_key)?
-                        .map(|v| decode(&v))
+                        .map(|v| codec.decode(REFERRALS, referral_key, &v))
                         .transpose()
                         .map_err(abort)?;
 
@@ -263,14 +426,26 @@ impl SledStore {
                     )?;
                     meta.insert(EVENT_SEQ, &seq.to_be_bytes())?;
                     meta.insert(LAST_RECEIVED, &micros(received_at).to_be_bytes())?;
-                    referrals.insert(referral_key, encode(&record).map_err(abort)?)?;
+                    referrals.insert(
+                        referral_key,
+                        codec
+                            .encode(REFERRALS, referral_key, &record)
+                            .map_err(abort)?,
+                    )?;
                     by_service.insert(service_key(service_id.as_ref(), &d.referral), &[])?;
                     by_modified.insert(modified_key(received_at, &d.referral), &[])?;
                     versions.insert(
                         version_key.as_slice(),
-                        encode(&version_record).map_err(abort)?,
+                        codec
+                            .encode(VERSIONS, &version_key, &version_record)
+                            .map_err(abort)?,
                     )?;
-                    payloads.insert(version_key.as_slice(), payload.as_slice())?;
+                    payloads.insert(
+                        version_key.as_slice(),
+                        codec
+                            .seal(PAYLOADS, &version_key, &payload)
+                            .map_err(abort)?,
+                    )?;
                     events.insert(&seq.to_be_bytes(), encode(&event).map_err(abort)?)?;
                     deliveries.insert(
                         d.dedup_key.as_bytes(),
@@ -300,12 +475,7 @@ impl Store for SledStore {
     }
 
     async fn referral(&self, referral: &ReferralRef) -> Result<Option<ReferralRecord>, StoreError> {
-        self.trees
-            .referrals
-            .get(referral.as_str().as_bytes())
-            .map_err(unavailable)?
-            .map(|v| decode(&v))
-            .transpose()
+        self.referral_record(referral.as_str().as_bytes())
     }
 
     async fn referrals_for_service(
@@ -319,14 +489,8 @@ impl Store for SledStore {
         let mut records = Vec::new();
         for item in self.trees.by_service.scan_prefix(&prefix) {
             let (key, _) = item.map_err(unavailable)?;
-            let referral = String::from_utf8_lossy(&key[prefix.len()..]).into_owned();
-            if let Some(v) = self
-                .trees
-                .referrals
-                .get(referral.as_bytes())
-                .map_err(unavailable)?
-            {
-                records.push(decode(&v)?);
+            if let Some(record) = self.referral_record(&key[prefix.len()..])? {
+                records.push(record);
             }
         }
         Ok(records)
@@ -338,7 +502,10 @@ impl Store for SledStore {
         self.trees
             .versions
             .scan_prefix(&prefix)
-            .map(|item| decode(&item.map_err(unavailable)?.1))
+            .map(|item| {
+                let (key, value) = item.map_err(unavailable)?;
+                self.codec.decode(VERSIONS, &key, &value)
+            })
             .collect()
     }
 
@@ -347,11 +514,12 @@ impl Store for SledStore {
         referral: &ReferralRef,
         version: u64,
     ) -> Result<Option<Bytes>, StoreError> {
+        let key = version_key(referral, version);
         self.trees
             .payloads
-            .get(version_key(referral, version))
+            .get(&key)
             .map_err(unavailable)?
-            .map(|v| open_payload(&v))
+            .map(|v| open_payload(&self.codec.open(PAYLOADS, &key, &v)?))
             .transpose()
     }
 
@@ -429,23 +597,19 @@ impl Store for SledStore {
             scanned_to = event.seq;
             // Listed at its latest change up to `until`: skip this entry if the referral has
             // a later version that is still within the bound.
+            let next_key = version_key(&event.referral, event.version + 1);
             let next = self
                 .trees
                 .versions
-                .get(version_key(&event.referral, event.version + 1))
+                .get(&next_key)
                 .map_err(unavailable)?
-                .map(|v| decode::<VersionRecord>(&v))
+                .map(|v| self.codec.decode::<VersionRecord>(VERSIONS, &next_key, &v))
                 .transpose()?;
             if next.is_some_and(|n| n.seq <= until) {
                 continue;
             }
-            if let Some(record) = self
-                .trees
-                .referrals
-                .get(event.referral.as_str().as_bytes())
-                .map_err(unavailable)?
-            {
-                referrals.push((event.seq, decode(&record)?));
+            if let Some(record) = self.referral_record(event.referral.as_str().as_bytes())? {
+                referrals.push((event.seq, record));
             }
         }
         if referrals.is_empty() && scanned_to == after {
@@ -465,6 +629,7 @@ impl Store for SledStore {
         let t = &self.trees;
         let referral_key = update.referral.as_str().as_bytes().to_vec();
         let task = encode(&task)?;
+        let codec = &self.codec;
         let stored = (&t.updates, &t.open_updates, &t.task_states, &t.meta)
             .transaction(|(updates, open, tasks, meta)| {
                 let id = meta
@@ -477,7 +642,8 @@ impl Store for SledStore {
                 let mut record = update.clone();
                 record.id = id;
                 meta.insert(UPDATE_SEQ, &id.to_be_bytes())?;
-                updates.insert(&id.to_be_bytes(), encode(&record).map_err(abort)?)?;
+                let key = id.to_be_bytes();
+                updates.insert(&key, codec.encode(UPDATES, &key, &record).map_err(abort)?)?;
                 open.insert(&id.to_be_bytes(), &[])?;
                 tasks.insert(referral_key.as_slice(), task.as_slice())?;
                 Ok(record)
@@ -491,7 +657,7 @@ impl Store for SledStore {
     async fn save_update(&self, update: &UpdateRecord) -> Result<(), StoreError> {
         let t = &self.trees;
         let key = update.id.to_be_bytes();
-        let value = encode(update)?;
+        let value = self.codec.encode(UPDATES, &key, update)?;
         (&t.updates, &t.open_updates)
             .transaction(|(updates, open)| {
                 updates.insert(&key, value.as_slice())?;
@@ -510,11 +676,12 @@ impl Store for SledStore {
     }
 
     async fn update(&self, id: u64) -> Result<Option<UpdateRecord>, StoreError> {
+        let key = id.to_be_bytes();
         self.trees
             .updates
-            .get(id.to_be_bytes())
+            .get(key)
             .map_err(unavailable)?
-            .map(|v| decode(&v))
+            .map(|v| self.codec.decode(UPDATES, &key, &v))
             .transpose()
     }
 
@@ -530,7 +697,8 @@ impl Store for SledStore {
             .updates
             .range(after.saturating_add(1).to_be_bytes()..)
         {
-            let record: UpdateRecord = decode(&item.map_err(unavailable)?.1)?;
+            let (key, value) = item.map_err(unavailable)?;
+            let record: UpdateRecord = self.codec.decode(UPDATES, &key, &value)?;
             if state.is_none_or(|s| s == record.state) {
                 found.push(record);
                 if found.len() == limit {
@@ -546,7 +714,7 @@ impl Store for SledStore {
         for item in self.trees.open_updates.iter() {
             let (key, _) = item.map_err(unavailable)?;
             if let Some(v) = self.trees.updates.get(&key).map_err(unavailable)? {
-                found.push(decode(&v)?);
+                found.push(self.codec.decode(UPDATES, &key, &v)?);
             }
         }
         Ok(found)
@@ -559,7 +727,7 @@ impl Store for SledStore {
     ) -> Result<(), StoreError> {
         let t = &self.trees;
         let key = update.id.to_be_bytes();
-        let value = encode(update)?;
+        let value = self.codec.encode(UPDATES, &key, update)?;
         let task = encode(&task)?;
         let referral = update.referral.as_str().as_bytes();
         (&t.updates, &t.open_updates, &t.task_states)
@@ -593,9 +761,8 @@ impl Store for SledStore {
         let mut batch = ModifiedBatch::default();
         for item in self.trees.by_modified.range::<Vec<u8>, _>((start, end)) {
             let (key, _) = item.map_err(unavailable)?;
-            let referral = &key[9..];
-            if let Some(record) = self.trees.referrals.get(referral).map_err(unavailable)? {
-                batch.referrals.push(decode(&record)?);
+            if let Some(record) = self.referral_record(&key[9..])? {
+                batch.referrals.push(record);
             }
             if batch.referrals.len() == limit {
                 batch.next = Some(key.to_vec());
@@ -615,6 +782,7 @@ impl Store for SledStore {
             // A transaction, so a delivery committing meanwhile is never overwritten: the
             // record is read and rewritten atomically, and one modified since it was written
             // to the export keeps `exported_at` unset.
+            let codec = &self.codec;
             marked += self
                 .trees
                 .referrals
@@ -625,12 +793,13 @@ impl Store for SledStore {
                         let Some(bytes) = tx.get(key)? else {
                             continue;
                         };
-                        let mut record: ReferralRecord = decode(&bytes).map_err(abort)?;
+                        let mut record: ReferralRecord =
+                            codec.decode(REFERRALS, key, &bytes).map_err(abort)?;
                         if record.modified_at != *modified_at {
                             continue;
                         }
                         record.exported_at = Some(at);
-                        tx.insert(key, encode(&record).map_err(abort)?)?;
+                        tx.insert(key, codec.encode(REFERRALS, key, &record).map_err(abort)?)?;
                         marked += 1;
                     }
                     Ok(marked)
@@ -645,17 +814,12 @@ impl Store for SledStore {
         let mut purged = 0;
         for item in self.trees.versions.iter() {
             let (key, value) = item.map_err(unavailable)?;
-            let mut version: VersionRecord = decode(&value)?;
+            let mut version: VersionRecord = self.codec.decode(VERSIONS, &key, &value)?;
             if version.purged || version.received_at >= cutoff {
                 continue;
             }
             let latest = self
-                .trees
-                .referrals
-                .get(version.referral.as_str().as_bytes())
-                .map_err(unavailable)?
-                .map(|r| decode::<ReferralRecord>(&r))
-                .transpose()?
+                .referral_record(version.referral.as_str().as_bytes())?
                 .map_or(version.version, |r| r.version);
             if version.version >= latest {
                 continue;
@@ -663,7 +827,7 @@ impl Store for SledStore {
             version.purged = true;
             version.summary = crate::domain::Summary::default();
             version.problems.clear();
-            let value = encode(&version)?;
+            let value = self.codec.encode(VERSIONS, &key, &version)?;
             (&self.trees.versions, &self.trees.payloads)
                 .transaction(|(versions, payloads)| {
                     versions.insert(&*key, value.as_slice())?;
@@ -922,7 +1086,7 @@ fn read_u64(bytes: &[u8]) -> Result<u64, StoreError> {
     Ok(u64::from_be_bytes(array))
 }
 
-fn seal_payload(raw: &[u8]) -> Vec<u8> {
+fn compress(raw: &[u8]) -> Vec<u8> {
     let mut sealed = vec![PAYLOAD_LZ4];
     sealed.extend_from_slice(&lz4_flex::compress_prepend_size(raw));
     sealed
@@ -1036,7 +1200,7 @@ mod tests {
             "{\"name\": \"\u{e9}\"}".as_bytes(),
             &[0xff, 0x00, 0x7f][..],
         ] {
-            let sealed = seal_payload(raw);
+            let sealed = compress(raw);
             assert_eq!(sealed[0], PAYLOAD_LZ4);
             assert_eq!(open_payload(&sealed).unwrap().as_ref(), raw);
         }

@@ -2,6 +2,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod api;
+mod at_rest;
 mod audit;
 mod auth;
 mod cli;

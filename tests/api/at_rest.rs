@@ -1,0 +1,202 @@
+//! Encryption at rest: with a key no patient detail reaches the disk in the clear, rotation
+//! keeps old records readable, and `rekey` re-seals them.
+
+use std::path::Path;
+use std::process::Command;
+
+use base64::Engine;
+use referral_relay::domain::ReferralRef;
+use referral_relay::store::{Keyring, SledStore, Store};
+use serde_json::Value;
+
+use crate::fixtures::{V011_REFERRAL, fixture};
+use crate::helpers::spawn_app_in;
+
+/// The fixtures that carry a referral, all stored by the tests here.
+pub const STORED: [&str; 6] = [
+    "v0.11-add-service-request.json",
+    "v0.10-add-service-request.json",
+    "update-task-accepted.json",
+    "update-appointment-booked.json",
+    "update-appointment-proposed.json",
+    "revoke-service-request.json",
+];
+
+/// Every patient name, phone number, e-mail and identifier in the fixtures' Patient resources.
+pub fn patient_details() -> Vec<String> {
+    let mut found = Vec::new();
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fhir-fixtures");
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "json") {
+            continue;
+        }
+        let bundle: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        let patients = bundle["entry"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|e| &e["resource"])
+            .filter(|r| r["resourceType"] == "Patient");
+        for patient in patients {
+            let strings = |v: &Value| -> Vec<String> {
+                v.as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|s| s.as_str().map(str::to_owned))
+                    .collect()
+            };
+            for name in patient["name"].as_array().into_iter().flatten() {
+                found.extend(name["family"].as_str().map(str::to_owned));
+                found.extend(strings(&name["given"]));
+            }
+            for field in ["telecom", "identifier"] {
+                for item in patient[field].as_array().into_iter().flatten() {
+                    found.extend(item["value"].as_str().map(str::to_owned));
+                }
+            }
+        }
+    }
+    found.sort();
+    found.dedup();
+    assert!(
+        found.len() >= 10,
+        "too few patient details found: {found:?}"
+    );
+    found
+}
+
+/// Which of `needles` occur anywhere in the files under `dir`.
+fn grep(dir: &Path, needles: &[String]) -> Vec<String> {
+    let mut contents = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(path) = pending.pop() {
+        if path.is_dir() {
+            pending.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+        } else {
+            contents.push(std::fs::read(&path).unwrap());
+        }
+    }
+    needles
+        .iter()
+        .filter(|n| {
+            contents
+                .iter()
+                .any(|c| c.windows(n.len()).any(|w| w == n.as_bytes()))
+        })
+        .cloned()
+        .collect()
+}
+
+fn key(byte: u8) -> String {
+    base64::engine::general_purpose::STANDARD.encode([byte; 32])
+}
+
+fn keyring(current: u8, previous: &[u8]) -> Option<Keyring> {
+    let previous: Vec<[u8; 32]> = previous.iter().map(|b| [*b; 32]).collect();
+    Some(Keyring::new(&[current; 32], &previous).unwrap())
+}
+
+#[tokio::test]
+async fn with_a_key_no_patient_detail_reaches_the_disk_and_the_api_still_reads_them() {
+    let details = patient_details();
+    for encrypted in [false, true] {
+        let dir = tempfile::TempDir::new().unwrap();
+        let toml = if encrypted {
+            format!("[storage]\nencryption_key = \"{}\"\n", key(1))
+        } else {
+            String::new()
+        };
+        let app = spawn_app_in(dir.path(), &toml).await;
+        for name in STORED {
+            assert_eq!(
+                app.deliver("default", fixture(name)).await.status,
+                200,
+                "{name}"
+            );
+        }
+        let referral = ReferralRef::parse(V011_REFERRAL).unwrap();
+        let record = app.store.referral(&referral).await.unwrap().unwrap();
+        let patient = record.summary.patient_name.unwrap();
+        assert!(patient.contains("Testpatient"), "{patient}");
+        let raw = app.store.payload(&referral, 1).await.unwrap().unwrap();
+        assert_eq!(raw.as_ref(), fixture(STORED[0]).as_slice());
+        app.stop().await;
+
+        let found = grep(dir.path(), &details);
+        if encrypted {
+            assert!(found.is_empty(), "found on disk despite the key: {found:?}");
+        } else {
+            assert!(found.iter().any(|f| f == "Testpatient"), "{found:?}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn rotation_keeps_old_records_readable_and_rekey_reseals_them() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let referral = ReferralRef::parse(V011_REFERRAL).unwrap();
+    let app = spawn_app_in(dir.path(), "").await;
+    assert_eq!(app.deliver("default", fixture(STORED[0])).await.status, 200);
+    app.stop().await;
+
+    // Encryption switched on over plain records: they stay readable; rekey seals them.
+    let store = SledStore::open_with(dir.path(), keyring(1, &[])).unwrap();
+    assert!(store.referral(&referral).await.unwrap().is_some());
+    let sealed = store.rekey().unwrap();
+    assert!(sealed >= 3, "{sealed}");
+    assert_eq!(store.rekey().unwrap(), 0, "everything is sealed already");
+    drop(store);
+    let refused = SledStore::open(dir.path()).err().unwrap().to_string();
+    assert!(refused.contains("storage.encryption_key"), "{refused}");
+
+    // Rotation: key 2 seals, key 1 still opens; a new delivery is sealed with key 2.
+    let toml = format!(
+        "[storage]\nencryption_key = \"{}\"\nprevious_keys = [\"{}\"]\n",
+        key(2),
+        key(1)
+    );
+    let app = spawn_app_in(dir.path(), &toml).await;
+    assert_eq!(app.deliver("default", fixture(STORED[2])).await.status, 200);
+    let record = app.store.referral(&referral).await.unwrap().unwrap();
+    assert_eq!(record.version, 2);
+    app.stop().await;
+
+    // Without the previous key, a store holding records sealed with it is refused at start.
+    let refused = SledStore::open_with(dir.path(), keyring(2, &[]))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(refused.contains("storage.previous_keys"), "{refused}");
+
+    // `referral-relay rekey` re-seals what key 1 sealed; then key 2 alone reads everything.
+    let config = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(config.path(), &toml).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_referral-relay"))
+        .args(["rekey", "--config"])
+        .arg(config.path())
+        .arg("--data-dir")
+        .arg(dir.path())
+        .env_remove("RELAY_CONFIG")
+        .output()
+        .unwrap();
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(printed.contains("re-sealed"), "{printed}");
+    let store = SledStore::open_with(dir.path(), keyring(2, &[])).unwrap();
+    let record = store.referral(&referral).await.unwrap().unwrap();
+    assert!(record.summary.patient_name.unwrap().contains("Testpatient"));
+    for version in [1, 2] {
+        let raw = store.payload(&referral, version).await.unwrap().unwrap();
+        assert_eq!(
+            raw.as_ref(),
+            fixture(STORED[version as usize * 2 - 2]).as_slice()
+        );
+    }
+    let audit = store.audit_entries(0, 100).await.unwrap();
+    assert_eq!(audit.last().unwrap().action, "STORE_REKEYED");
+}
