@@ -226,7 +226,7 @@ async fn observe(State(metrics): State<Metrics>, request: Request, next: Next) -
     span.in_scope(|| {
         tracing::debug!(
             status = status.as_u16(),
-            latency_ms = started.elapsed().as_secs_f64() * 1000.0,
+            latency_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
             "request finished"
         );
     });

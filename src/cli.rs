@@ -40,6 +40,19 @@ enum Command {
         #[arg(long, value_enum)]
         log_format: Option<LogFormat>,
     },
+    /// Exit 0 when the running service answers /healthz, 1 otherwise: for a container's
+    /// HEALTHCHECK, so the image needs no curl.
+    Healthcheck {
+        /// The service's base URL; by default the configured listen address (on loopback when
+        /// it listens on all addresses).
+        #[arg(long)]
+        url: Option<String>,
+        #[arg(long, env = "RELAY_CONFIG")]
+        config: Option<PathBuf>,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 5)]
+        timeout_secs: u64,
+    },
     /// Print the effective configuration, secrets redacted, and exit.
     CheckConfig {
         #[arg(long, env = "RELAY_CONFIG")]
@@ -167,6 +180,33 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             })?;
             tracing::info!("stopped");
             Ok(())
+        }
+        Command::Healthcheck {
+            url,
+            config,
+            timeout_secs,
+        } => {
+            let base = match url {
+                Some(url) => url,
+                None => {
+                    let config = Config::load(config.as_deref(), &Overrides::default())?;
+                    local_url(config.server.listen)
+                }
+            };
+            let url = format!("{}/healthz", base.trim_end_matches('/'));
+            let timeout = std::time::Duration::from_secs(timeout_secs);
+            let status = tokio::runtime::Runtime::new()?.block_on(async {
+                let client = reqwest::Client::builder().timeout(timeout).build()?;
+                anyhow::Ok(client.get(&url).send().await?.status())
+            });
+            match status {
+                Ok(status) if status.is_success() => {
+                    println!("healthy: {url} answered {status}");
+                    Ok(())
+                }
+                Ok(status) => anyhow::bail!("unhealthy: {url} answered {status}"),
+                Err(e) => anyhow::bail!("unhealthy: {url} did not answer: {e:#}"),
+            }
         }
         Command::CheckConfig { config } => {
             let config = Config::load(config.as_deref(), &Overrides::default())?;
@@ -358,6 +398,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 
 /// Opens the data dir for a command that reads it directly, saying what to do when a running
 /// service holds it.
+/// Where a service listening on `listen` is reached from the same host.
+fn local_url(listen: SocketAddr) -> String {
+    let ip = match listen.ip() {
+        std::net::IpAddr::V4(ip) if ip.is_unspecified() => std::net::Ipv4Addr::LOCALHOST.into(),
+        std::net::IpAddr::V6(ip) if ip.is_unspecified() => std::net::Ipv6Addr::LOCALHOST.into(),
+        ip => ip,
+    };
+    format!("http://{}", SocketAddr::new(ip, listen.port()))
+}
+
 /// Who ran a command, for the audit trail.
 fn cli_actor() -> String {
     format!(

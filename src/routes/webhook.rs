@@ -34,6 +34,9 @@ pub fn router() -> Router<AppState> {
         .route("/fhir/{integration}", post(receive))
 }
 
+/// Longest wait for the rest of a refused request's body.
+const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// What the webhook did with a delivery it answered 200.
 enum Handled {
     Stored,
@@ -55,7 +58,13 @@ async fn receive(
         Ok(Path(name)) if state.integration(name).is_some() => name.clone(),
         _ => "unknown".to_owned(),
     };
-    let result = handle(&state, path, uri, headers, body).await;
+    let mut body = Some(body);
+    let result = handle(&state, path, uri, headers, &mut body).await;
+    if let Some(unread) = body {
+        // Refused before the body was read: read it anyway (bounded), so the client gets the
+        // answer instead of a connection reset while it is still sending.
+        let _ = tokio::time::timeout(DRAIN_TIMEOUT, read_body(unread, state.max_body_bytes)).await;
+    }
     let metrics = &state.metrics;
     metrics.ingest_latency(&label, started.elapsed());
     let counters = &state.counters;
@@ -101,7 +110,7 @@ async fn handle(
     path: Result<Path<String>, PathRejection>,
     OriginalUri(uri): OriginalUri,
     headers: HeaderMap,
-    body: Body,
+    body: &mut Option<Body>,
 ) -> Result<(Response, Handled), AppError> {
     let Path(name) = path.map_err(|e| AppError::BadRequest(e.body_text()))?;
     let integration = state.integration(&name).ok_or_else(|| {
@@ -146,6 +155,7 @@ async fn handle(
             .map_err(refuse)?;
     }
     check_media_type(&headers)?;
+    let body = body.take().unwrap_or_default();
     let body = tokio::time::timeout(state.body_timeout, read_body(body, state.max_body_bytes))
         .await
         .map_err(|_| AppError::Timeout {

@@ -407,7 +407,7 @@ async fn static_bearer_tokens_rotate_and_nothing_else_passes() {
 }
 
 /// Standard Webhooks headers for `body` signed with `secret` at `timestamp`.
-fn signed(secret: &str, id: &str, timestamp: i64, body: &[u8]) -> Vec<(String, String)> {
+pub fn signed(secret: &str, id: &str, timestamp: i64, body: &[u8]) -> Vec<(String, String)> {
     let key = STANDARD
         .decode(secret.trim_start_matches("whsec_"))
         .unwrap();

@@ -13,10 +13,12 @@ use referral_relay::store::{SledStore, Store};
 
 use crate::fixtures::{fixture, unique_v011};
 
-/// The `referral-relay serve` process and the address it reported.
+/// The `referral-relay serve` process, the address it reported, and what it logs.
 pub struct Relay {
     pub child: Child,
     pub addr: SocketAddr,
+    /// Every line written to stderr so far.
+    pub logs: Arc<Mutex<Vec<String>>>,
 }
 
 fn start_relay(data_dir: &Path) -> Relay {
@@ -25,38 +27,74 @@ fn start_relay(data_dir: &Path) -> Relay {
 
 /// Starts the real binary on `data_dir`, with `config` as its config file when given.
 pub fn start_relay_with(data_dir: &Path, config: Option<&Path>) -> Relay {
+    launch(data_dir, config, &[], &[("RUST_LOG", "info")])
+}
+
+/// Starts `referral-relay serve` on 127.0.0.1:0 with extra arguments and environment, and
+/// waits until it reports its address (from a text or a JSON log line).
+pub fn launch(
+    data_dir: &Path,
+    config: Option<&Path>,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> Relay {
     let mut command = Command::new(env!("CARGO_BIN_EXE_referral-relay"));
     command.arg("serve");
     if let Some(config) = config {
         command.arg("--config").arg(config);
     }
-    let mut child = command
+    command
         .args(["--listen", "127.0.0.1:0"])
         .arg("--data-dir")
         .arg(data_dir)
-        .env("RUST_LOG", "info")
+        .args(args)
         .env_remove("RELAY_CONFIG")
+        .env_remove("RUST_LOG");
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    let mut child = command
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    let logs = Arc::new(Mutex::new(Vec::new()));
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     let addr = loop {
         let line = lines
             .next()
             .expect("the relay exited before it was listening")
             .unwrap();
-        if line.contains("listening") {
-            let addr = line
-                .split_whitespace()
-                .find_map(|w| w.strip_prefix("addr="))
-                .expect("the listening line names the address");
-            break addr.parse().unwrap();
+        logs.lock().unwrap().push(line.clone());
+        if let Some(addr) = listening_address(&line) {
+            break addr;
         }
     };
     // Keep draining stderr so the process never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    Relay { child, addr }
+    let kept = Arc::clone(&logs);
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            kept.lock().unwrap().push(line);
+        }
+    });
+    Relay { child, addr, logs }
+}
+
+fn listening_address(line: &str) -> Option<SocketAddr> {
+    if line.starts_with('{') {
+        let json: serde_json::Value = serde_json::from_str(line).ok()?;
+        if json["fields"]["message"] != "listening" {
+            return None;
+        }
+        return json["fields"]["addr"].as_str()?.parse().ok();
+    }
+    if !line.contains("listening") {
+        return None;
+    }
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix("addr="))?
+        .parse()
+        .ok()
 }
 
 fn delivery_name(cycle: usize, client: usize, n: usize) -> String {

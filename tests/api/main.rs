@@ -13,6 +13,7 @@ mod failures;
 mod fixtures;
 mod helpers;
 mod ingest;
+mod lifecycle;
 mod ocean_mock;
 mod ops;
 mod outbound;

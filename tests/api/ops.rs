@@ -151,3 +151,37 @@ async fn every_response_carries_its_own_request_id() {
 fn uuid_like(id: &str) -> bool {
     id.len() == 36 && id.chars().all(|c| c.is_ascii_hexdigit() || c == '-')
 }
+
+/// A request refused before its body is read keeps its connection usable: the relay reads
+/// the rest of the body, instead of closing a connection the client will reuse.
+#[tokio::test]
+async fn a_body_refused_before_it_is_read_does_not_break_the_connection() {
+    let app = spawn_app_with(
+        "[integrations.clinic]\nauth = { scheme = \"basic\", username = \"ocean\", password = \"correct horse\" }\n",
+    )
+    .await;
+    let body = fixture("v0.11-add-service-request.json");
+    for (path, auth, expected) in [
+        ("/fhir/nowhere/$process-message", "Basic b2NlYW46eA==", 404),
+        ("/fhir/clinic/$process-message", "Basic b2NlYW46eA==", 401),
+        ("/fhir/clinic/$process-message", "Basic b2NlYW46eA==", 401),
+    ] {
+        let answer = crate::helpers::answer(
+            app.client
+                .post(app.url(path))
+                .header("content-type", FHIR_JSON)
+                .header("authorization", auth)
+                .body(body.clone())
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(answer.status, expected);
+        assert_eq!(answer.body["resourceType"], "OperationOutcome");
+        // The next request goes over the same pooled connection.
+        let next = app.client.get(app.url("/healthz")).send().await;
+        assert!(next.is_ok(), "{next:?}");
+    }
+    app.stop().await;
+}

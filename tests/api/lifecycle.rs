@@ -1,0 +1,363 @@
+//! The real binary as operations see it: SIGTERM under load, the healthcheck command, and debug
+//! logs that carry request ids and nothing a patient or a secret would mind.
+
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use base64::Engine;
+use referral_relay::domain::ReferralRef;
+use referral_relay::store::{SledStore, Store};
+use serde_json::{Value, json};
+
+use crate::at_rest::{STORED, patient_details};
+use crate::auth::signed;
+use crate::crash::{Relay, launch};
+use crate::fixtures::{V011_REFERRAL, fixture, unique_v011};
+use crate::ocean_mock::{CLIENT_ID, CLIENT_SECRET, MockOcean};
+
+const FHIR_JSON: &str = "application/fhir+json";
+
+/// Sends SIGTERM and waits (bounded) for the process to exit; returns whether it exited 0.
+fn terminate(relay: &mut Relay) -> bool {
+    let status = Command::new("kill")
+        .args(["-TERM", &relay.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    for _ in 0..1200 {
+        if let Some(status) = relay.child.try_wait().unwrap() {
+            return status.success();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    relay.child.kill().unwrap();
+    panic!("the relay did not exit within a minute of SIGTERM");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_under_load_keeps_every_acknowledged_delivery_and_exits_0() {
+    const CLIENTS: usize = 8;
+    let dir = tempfile::TempDir::new().unwrap();
+    let mut relay = launch(dir.path(), None, &[], &[("RUST_LOG", "info")]);
+    let url = format!("http://{}/fhir/default/$process-message", relay.addr);
+    let template = String::from_utf8(fixture(STORED[0])).unwrap();
+    let acked: Arc<Mutex<Vec<String>>> = Arc::default();
+    let mut clients = Vec::new();
+    for client in 0..CLIENTS {
+        let (url, template, acked) = (url.clone(), template.clone(), Arc::clone(&acked));
+        clients.push(tokio::spawn(async move {
+            let http = reqwest::Client::new();
+            // Until the relay stops answering: refused connections end the loop.
+            for n in 0.. {
+                let name = format!("TERM-{client}-{n}");
+                let body = unique_v011(&template, &name, &format!("bundle-{name}"));
+                let sent = http
+                    .post(&url)
+                    .header("content-type", FHIR_JSON)
+                    .body(body)
+                    .send()
+                    .await;
+                match sent {
+                    Ok(r) if r.status() == 200 => acked.lock().unwrap().push(name),
+                    Ok(r) => assert_eq!(r.status(), 503, "only 200 or a retryable refusal"),
+                    Err(_) => break,
+                }
+            }
+        }));
+    }
+    while acked.lock().unwrap().len() < 60 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let exited_cleanly = tokio::task::spawn_blocking(move || {
+        let ok = terminate(&mut relay);
+        (ok, relay)
+    })
+    .await
+    .unwrap();
+    for client in clients {
+        client.await.unwrap();
+    }
+    let (ok, relay) = exited_cleanly;
+    let logs = relay.logs.lock().unwrap().join("\n");
+    assert!(ok, "the relay did not exit 0 after SIGTERM:\n{logs}");
+    assert!(logs.contains("shutting down"), "{logs}");
+
+    let store = SledStore::open(dir.path()).unwrap();
+    let acked = acked.lock().unwrap().clone();
+    for name in &acked {
+        let referral = ReferralRef::parse(name).unwrap();
+        let payload = store.payload(&referral, 1).await.unwrap();
+        let expected = unique_v011(&template, name, &format!("bundle-{name}"));
+        assert_eq!(payload.as_deref(), Some(expected.as_slice()), "{name} lost");
+    }
+}
+
+#[tokio::test]
+async fn the_healthcheck_command_passes_for_a_running_service_and_fails_for_a_stopped_one() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let mut relay = launch(dir.path(), None, &[], &[("RUST_LOG", "info")]);
+    let healthcheck = |env: &[(&str, &str)], args: &[&str]| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_referral-relay"));
+        command
+            .arg("healthcheck")
+            .args(args)
+            .env_remove("RELAY_CONFIG");
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        command.output().unwrap()
+    };
+    let url = format!("http://{}", relay.addr);
+    let out = healthcheck(&[], &["--url", &url]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Without --url it finds the service from the configured listen address.
+    let listen = relay.addr.to_string();
+    let out = healthcheck(&[("RELAY__SERVER__LISTEN", &listen)], &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    assert!(
+        tokio::task::spawn_blocking(move || terminate(&mut relay))
+            .await
+            .unwrap()
+    );
+    let out = healthcheck(&[], &["--url", &url, "--timeout-secs", "2"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unhealthy"));
+}
+
+const PASSWORD: &str = "correct horse battery";
+const STATIC_TOKEN: &str = "static-token-9c1f5e2a";
+const CLIENT_SECRET_IN: &str = "oauth-client-secret-77d1";
+const HMAC_SECRET: &str = "whsec_c2VjcmV0LWZvci1sb2ctdGVzdHMtb25seQ==";
+const API_KEY: &str = "emr-key-log-test-0123";
+const MESSAGE: &str = "Please bring the Holter results to the visit";
+
+fn scenario_config(ocean: &MockOcean) -> String {
+    format!(
+        r#"
+[api.clients.emr]
+key = "{API_KEY}"
+
+[sites.main]
+base_url = "{}"
+client_id = "{CLIENT_ID}"
+client_secret = "{CLIENT_SECRET}"
+
+[integrations.basic]
+auth = {{ scheme = "basic", username = "ocean", password = "{PASSWORD}" }}
+
+[integrations.bearer]
+auth = {{ scheme = "bearer", tokens = ["{STATIC_TOKEN}"] }}
+
+[integrations.oauth]
+auth = {{ scheme = "oauth2", clients = [{{ client_id = "ocean-client", client_secret = "{CLIENT_SECRET_IN}" }}] }}
+
+[integrations.hmac]
+auth = {{ scheme = "hmac", secrets = ["{HMAC_SECRET}"] }}
+"#,
+        ocean.base_url()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn debug_logs_carry_request_ids_and_no_patient_detail_or_secret() {
+    let ocean = MockOcean::start().await;
+    let dir = tempfile::TempDir::new().unwrap();
+    let config = dir.path().join("config.toml");
+    std::fs::write(&config, scenario_config(&ocean)).unwrap();
+    let data = dir.path().join("data");
+    let mut relay = launch(
+        &data,
+        Some(&config),
+        &["--log-format", "json"],
+        &[("RUST_LOG", "debug")],
+    );
+    let base = format!("http://{}", relay.addr);
+    let http = reqwest::Client::new();
+    let webhook = |integration: &str| format!("{base}/fhir/{integration}/$process-message");
+    let mut secrets: Vec<String> = [
+        PASSWORD,
+        STATIC_TOKEN,
+        CLIENT_SECRET_IN,
+        HMAC_SECRET,
+        API_KEY,
+        CLIENT_SECRET,
+        MESSAGE,
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    let basic = base64::engine::general_purpose::STANDARD.encode(format!("ocean:{PASSWORD}"));
+    secrets.push(basic.clone());
+
+    // Basic: every referral fixture, one refused password, one malformed body.
+    for name in STORED {
+        let r = http
+            .post(webhook("basic"))
+            .header("content-type", FHIR_JSON)
+            .header("authorization", format!("Basic {basic}"))
+            .body(fixture(name))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{name}");
+    }
+    let wrong = base64::engine::general_purpose::STANDARD.encode("ocean:wrong horse");
+    secrets.push(wrong.clone());
+    let posted = |integration: &str, auth: String, body: Vec<u8>| {
+        http.post(webhook(integration))
+            .header("content-type", FHIR_JSON)
+            .header("authorization", auth)
+            .body(body)
+            .send()
+    };
+    let r = posted("basic", format!("Basic {wrong}"), fixture(STORED[0]))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let r = posted(
+        "basic",
+        format!("Basic {basic}"),
+        fixture("bad/no-referral-ref.json"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 422);
+    // Static bearer, and a token from the relay's own token endpoint.
+    let r = posted(
+        "bearer",
+        format!("Bearer {STATIC_TOKEN}"),
+        fixture(STORED[1]),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 200);
+    let token = http
+        .post(format!("{base}/oauth2/token"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!(
+            "grant_type=client_credentials&client_id=ocean-client&client_secret={CLIENT_SECRET_IN}"
+        ))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let token: Value = serde_json::from_slice(&token).unwrap();
+    let access = token["access_token"].as_str().unwrap().to_owned();
+    secrets.push(access.clone());
+    let r = posted("oauth", format!("Bearer {access}"), fixture(STORED[2]))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // Standard Webhooks signature.
+    let body = fixture(STORED[3]);
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let mut request = http
+        .post(webhook("hmac"))
+        .header("content-type", FHIR_JSON)
+        .body(body.clone());
+    for (name, value) in signed(HMAC_SECRET, "msg_log_test", now, &body) {
+        secrets.push(value.trim_start_matches("v1,").to_owned());
+        request = request.header(name, value);
+    }
+    assert_eq!(request.send().await.unwrap().status(), 200);
+
+    // The point-of-service API: read, update, message, export.
+    let api = |method: reqwest::Method, path: &str| {
+        http.request(method, format!("{base}/api/v1{path}"))
+            .header("authorization", format!("Bearer {API_KEY}"))
+    };
+    for path in [
+        "/referrals".to_owned(),
+        format!("/referrals/{V011_REFERRAL}"),
+        format!("/referrals/{V011_REFERRAL}/versions/1"),
+        "/events".to_owned(),
+        "/export.csv".to_owned(),
+    ] {
+        let r = api(reqwest::Method::GET, &path).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+        r.bytes().await.unwrap();
+    }
+    for (path, body) in [
+        (
+            "status",
+            json!({"status": "in-progress", "reason": "Triaged"}),
+        ),
+        ("messages", json!({"text": MESSAGE})),
+    ] {
+        let r = api(
+            reqwest::Method::POST,
+            &format!("/referrals/{V011_REFERRAL}/{path}"),
+        )
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+        assert_eq!(r.status(), 202, "{path}");
+    }
+    for _ in 0..200 {
+        if ocean.delivered().len() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(ocean.delivered().len(), 2, "both updates reach Ocean");
+    for received in ocean.received() {
+        secrets.push(
+            received
+                .authorization
+                .trim_start_matches("Bearer ")
+                .to_owned(),
+        );
+    }
+
+    assert!(
+        tokio::task::spawn_blocking(move || {
+            let ok = terminate(&mut relay);
+            (ok, relay)
+        })
+        .await
+        .map(|(ok, relay)| {
+            check_logs(&relay.logs.lock().unwrap(), &secrets);
+            ok
+        })
+        .unwrap()
+    );
+}
+
+/// Every line is a JSON object; every line written inside a request carries its request id;
+/// no patient detail or secret appears anywhere.
+fn check_logs(lines: &[String], secrets: &[String]) {
+    let mut in_requests = 0;
+    for line in lines {
+        let json: Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("not a JSON log line ({e}): {line}"));
+        let spans = json["spans"].as_array().cloned().unwrap_or_default();
+        if let Some(request) = spans.iter().find(|s| s["name"] == "request") {
+            in_requests += 1;
+            let id = request["request_id"].as_str().unwrap_or_default();
+            assert_eq!(id.len(), 36, "no request id: {line}");
+            assert_eq!(json["span"]["request_id"], id, "{line}");
+        }
+    }
+    assert!(in_requests > 20, "too few request log lines: {in_requests}");
+    let all = lines.join("\n");
+    let mut needles = patient_details();
+    needles.extend(secrets.iter().filter(|s| s.len() >= 6).cloned());
+    let leaked: Vec<&String> = needles
+        .iter()
+        .filter(|n| all.contains(n.as_str()))
+        .collect();
+    assert!(leaked.is_empty(), "found in the logs: {leaked:?}");
+}
