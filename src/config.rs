@@ -370,7 +370,8 @@ impl Config {
             .merge(
                 Env::prefixed(ENV_PREFIX)
                     .split("__")
-                    .filter(|k| !k.as_str().ends_with("_file")),
+                    // Resolved below. `Uncased` keeps the variable's own case: compare without it.
+                    .filter(|k| !k.as_str().to_ascii_lowercase().ends_with("_file")),
             );
         for (name, path) in &env {
             let Some(key) = name.strip_suffix("_FILE") else {

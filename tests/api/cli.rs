@@ -141,3 +141,63 @@ fn a_secret_with_the_wrong_type_is_not_echoed_in_the_error() {
     assert!(stderr.contains("integrations.x.auth"), "{stderr}");
     assert!(!stderr.contains("SECRET"), "{stderr}");
 }
+
+#[test]
+fn the_container_image_config_loads_and_points_at_the_volume() {
+    let file = concat!(env!("CARGO_MANIFEST_DIR"), "/config/container.toml");
+    let out = relay(&["check-config", "--config", file], &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed: toml::Table = toml::from_str(&String::from_utf8(out.stdout).unwrap()).unwrap();
+    assert_eq!(printed["server"]["data_dir"].as_str(), Some("/data"));
+    assert_eq!(printed["server"]["listen"].as_str(), Some("0.0.0.0:8080"));
+    assert_eq!(printed["log"]["format"].as_str(), Some("json"));
+    // The image's config file as RELAY_CONFIG, overridden from the environment.
+    let out = relay(
+        &["check-config"],
+        &[("RELAY_CONFIG", file), ("RELAY__LOG__FORMAT", "text")],
+    );
+    let printed: toml::Table = toml::from_str(&String::from_utf8(out.stdout).unwrap()).unwrap();
+    assert_eq!(printed["log"]["format"].as_str(), Some("text"));
+    assert_eq!(printed["server"]["data_dir"].as_str(), Some("/data"));
+}
+
+#[test]
+fn secrets_are_read_from_files_named_by_the_environment() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let password = dir.path().join("ocean-password");
+    std::fs::write(&password, "from-a-secret-file\n").unwrap();
+    let key = dir.path().join("storage-key");
+    std::fs::write(&key, "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=\n").unwrap();
+    let env = [
+        ("RELAY__INTEGRATIONS__OCEAN__AUTH__SCHEME", "basic"),
+        ("RELAY__INTEGRATIONS__OCEAN__AUTH__USERNAME", "ocean"),
+        (
+            "RELAY__INTEGRATIONS__OCEAN__AUTH__PASSWORD_FILE",
+            password.to_str().unwrap(),
+        ),
+        ("RELAY__STORAGE__ENCRYPTION_KEY_FILE", key.to_str().unwrap()),
+    ];
+    let out = relay(&["check-config"], &env);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let printed: toml::Table = toml::from_str(&String::from_utf8(out.stdout).unwrap()).unwrap();
+    let auth = &printed["integrations"]["ocean"]["auth"];
+    assert_eq!(auth["scheme"].as_str(), Some("basic"));
+    assert_eq!(auth["password"].as_str(), Some("[redacted]"));
+    assert_eq!(
+        printed["storage"]["encryption_key"].as_str(),
+        Some("[redacted]")
+    );
+
+    // A file holding a key of the wrong size is refused, naming the key, not its value.
+    std::fs::write(&key, "c2hvcnQ=").unwrap();
+    let out = relay(&["check-config"], &env);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("storage.encryption_key"), "{stderr}");
+    assert!(!stderr.contains("c2hvcnQ="), "{stderr}");
+}
