@@ -329,8 +329,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 ..Overrides::default()
             };
             let config = Config::load(config.as_deref(), &overrides)?;
+            let keys = crate::store::Keyring::from_config(&config.storage)?.ok_or_else(|| {
+                anyhow::anyhow!("storage.encryption_key is not set: there is no key to seal with")
+            })?;
+            // Through open_stopped first, for its error when the service still holds the store.
+            drop(open_stopped(&config)?);
+            let rewritten = crate::store::SledStore::rekey(&config.server.data_dir, keys)?;
             let store = open_stopped(&config)?;
-            let rewritten = store.rekey()?;
             tokio::runtime::Runtime::new()?.block_on(store.audit(
                 "STORE_REKEYED",
                 &cli_actor(),

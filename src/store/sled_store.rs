@@ -49,6 +49,42 @@ const AUDIT_HEAD: &[u8] = b"audit_head";
 const PAYLOAD_RAW: u8 = 0;
 const PAYLOAD_LZ4: u8 = 1;
 
+/// The live store under the data dir, and the two directories of a `rekey` swap.
+const LIVE_DIR: &str = "sled";
+const REKEY_DIR: &str = "sled.rekey";
+const OLD_DIR: &str = "sled.old";
+
+/// Finishes or undoes a `rekey` swap that a crash interrupted. `sled.old` exists only once the
+/// copy in `sled.rekey` was complete, so: with `sled.old` and no `sled`, the copy goes live;
+/// with `sled` and `sled.rekey` (no `sled.old`), the copy was unfinished and is removed; with
+/// `sled` and `sled.old`, only the removal of the old store was left.
+fn recover_swap(dir: &Path) -> Result<(), StoreError> {
+    let (live, fresh, old) = (dir.join(LIVE_DIR), dir.join(REKEY_DIR), dir.join(OLD_DIR));
+    if old.exists() {
+        if !live.exists() {
+            std::fs::rename(&fresh, &live).map_err(io_unavailable)?;
+            sync_dir(dir)?;
+            tracing::warn!("finished a rekey that was interrupted: the re-sealed store is live");
+        }
+        std::fs::remove_dir_all(&old).map_err(io_unavailable)?;
+    } else if fresh.exists() {
+        tracing::warn!("removing the copy left by an interrupted rekey; run rekey again");
+        std::fs::remove_dir_all(&fresh).map_err(io_unavailable)?;
+    }
+    Ok(())
+}
+
+/// Makes renames in `dir` durable.
+fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_unavailable)
+}
+
+fn io_unavailable(e: std::io::Error) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
 /// Trees whose records hold patient data: sealed when a key is configured. Their names are
 /// part of each record's associated data.
 const REFERRALS: &str = "referrals";
@@ -196,8 +232,9 @@ impl SledStore {
         std::fs::create_dir_all(dir).map_err(|e| {
             StoreError::Unavailable(format!("cannot create data dir {}: {e}", dir.display()))
         })?;
+        recover_swap(dir)?;
         let db = sled::Config::new()
-            .path(dir.join("sled"))
+            .path(dir.join(LIVE_DIR))
             .open()
             .map_err(|e| match e {
                 sled::Error::Io(io) if io.to_string().contains("lock") => {
@@ -253,39 +290,64 @@ impl SledStore {
         })
     }
 
-    /// Re-seals with the current key every record of the sealed trees that is not sealed with
-    /// it: records written before encryption was enabled, and records sealed with a previous
-    /// key. Run it with the service stopped. Returns how many records were rewritten.
-    pub fn rekey(&self) -> Result<u64, StoreError> {
-        let Some(keys) = &self.codec.0 else {
-            return Err(StoreError::Unavailable(
-                "storage.encryption_key is not set: there is no key to seal with".into(),
-            ));
-        };
-        let current = keys.current_id();
-        let mut rewritten = 0;
-        for name in SEALED_TREES {
-            let tree = self.db.open_tree(name).map_err(unavailable)?;
-            for item in tree.iter() {
+    /// Re-seals every record that holds patient data with the current key of `keys` (records
+    /// written before encryption was enabled, and records sealed with a previous key) by
+    /// copying the whole store into a fresh one and swapping it in. A copy rather than
+    /// rewriting in place: sled keeps superseded bytes in its log files, so only a new store
+    /// leaves no plaintext or old-key records behind. The service must be stopped. Returns how
+    /// many records were sealed.
+    ///
+    /// Crash-safe: the copy is complete and flushed before `sled` is renamed to `sled.old` and
+    /// `sled.rekey` to `sled`; [`recover_swap`] finishes or undoes a swap a crash interrupted.
+    pub fn rekey(dir: &Path, keys: Keyring) -> Result<u64, StoreError> {
+        let store = Self::open_with(dir, Some(keys))?;
+        let fresh_dir = dir.join(REKEY_DIR);
+        if fresh_dir.exists() {
+            std::fs::remove_dir_all(&fresh_dir).map_err(io_unavailable)?;
+        }
+        let fresh = sled::Config::new()
+            .path(&fresh_dir)
+            .open()
+            .map_err(unavailable)?;
+        let codec = &store.codec;
+        let mut sealed = 0;
+        for name in store.db.tree_names() {
+            let from = store.db.open_tree(&name).map_err(unavailable)?;
+            let to = fresh.open_tree(&name).map_err(unavailable)?;
+            let tree = SEALED_TREES
+                .into_iter()
+                .find(|t| t.as_bytes() == name.as_ref());
+            let mut batch = sled::Batch::default();
+            let mut batched = 0;
+            for item in from.iter() {
                 let (key, value) = item.map_err(unavailable)?;
-                if sealed_key_id(&value) == Some(current) {
-                    continue;
+                match tree {
+                    Some(tree) => {
+                        let plain = codec.open(tree, &key, &value)?;
+                        batch.insert(&*key, codec.seal(tree, &key, &plain)?);
+                        sealed += 1;
+                    }
+                    None => batch.insert(key, value),
                 }
-                let plain = self.codec.open(name, &key, &value)?;
-                let sealed = keys.seal(&context(name, &key), &plain)?;
-                // Only if unchanged since it was read; a record written meanwhile is sealed
-                // already.
-                if tree
-                    .compare_and_swap(&key, Some(&value), Some(sealed))
-                    .map_err(unavailable)?
-                    .is_ok()
-                {
-                    rewritten += 1;
+                batched += 1;
+                if batched == 1000 {
+                    to.apply_batch(std::mem::take(&mut batch))
+                        .map_err(unavailable)?;
+                    batched = 0;
                 }
             }
+            to.apply_batch(batch).map_err(unavailable)?;
         }
-        self.db.flush().map_err(unavailable)?;
-        Ok(rewritten)
+        fresh.flush().map_err(unavailable)?;
+        drop(fresh);
+        drop(store);
+        let (live, old) = (dir.join(LIVE_DIR), dir.join(OLD_DIR));
+        std::fs::rename(&live, &old).map_err(io_unavailable)?;
+        sync_dir(dir)?;
+        std::fs::rename(&fresh_dir, &live).map_err(io_unavailable)?;
+        sync_dir(dir)?;
+        std::fs::remove_dir_all(&old).map_err(io_unavailable)?;
+        Ok(sealed)
     }
 
     /// The referral stored under `key` (its ref), opened and decoded.

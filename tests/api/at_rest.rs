@@ -140,13 +140,16 @@ async fn rotation_keeps_old_records_readable_and_rekey_reseals_them() {
     assert_eq!(app.deliver("default", fixture(STORED[0])).await.status, 200);
     app.stop().await;
 
-    // Encryption switched on over plain records: they stay readable; rekey seals them.
+    // Encryption switched on over plain records: they stay readable; rekey seals them, and
+    // leaves none of them in the clear anywhere in the data dir.
     let store = SledStore::open_with(dir.path(), keyring(1, &[])).unwrap();
     assert!(store.referral(&referral).await.unwrap().is_some());
-    let sealed = store.rekey().unwrap();
-    assert!(sealed >= 3, "{sealed}");
-    assert_eq!(store.rekey().unwrap(), 0, "everything is sealed already");
     drop(store);
+    assert!(!grep(dir.path(), &patient_details()).is_empty());
+    let sealed = SledStore::rekey(dir.path(), keyring(1, &[]).unwrap()).unwrap();
+    assert!(sealed >= 3, "{sealed}");
+    let left = grep(dir.path(), &patient_details());
+    assert!(left.is_empty(), "in the clear after rekey: {left:?}");
     let refused = SledStore::open(dir.path()).err().unwrap().to_string();
     assert!(refused.contains("storage.encryption_key"), "{refused}");
 
@@ -199,4 +202,39 @@ async fn rotation_keeps_old_records_readable_and_rekey_reseals_them() {
     }
     let audit = store.audit_entries(0, 100).await.unwrap();
     assert_eq!(audit.last().unwrap().action, "STORE_REKEYED");
+    assert_eq!(
+        audit.first().unwrap().action,
+        "DELIVERY_STORED",
+        "history kept"
+    );
+}
+
+#[tokio::test]
+async fn a_rekey_interrupted_by_a_crash_is_finished_or_undone_at_the_next_start() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let referral = ReferralRef::parse(V011_REFERRAL).unwrap();
+    let app = spawn_app_in(dir.path(), "").await;
+    assert_eq!(app.deliver("default", fixture(STORED[0])).await.status, 200);
+    app.stop().await;
+    let (live, fresh, old) = (
+        dir.path().join("sled"),
+        dir.path().join("sled.rekey"),
+        dir.path().join("sled.old"),
+    );
+
+    // Crashed while copying: the partial copy is dropped, the live store is untouched.
+    std::fs::create_dir(&fresh).unwrap();
+    std::fs::write(fresh.join("db"), b"partial").unwrap();
+    let store = SledStore::open(dir.path()).unwrap();
+    assert!(store.referral(&referral).await.unwrap().is_some());
+    drop(store);
+    assert!(!fresh.exists());
+
+    // Crashed between the two renames: the complete copy goes live.
+    std::fs::rename(&live, &fresh).unwrap();
+    std::fs::create_dir(&old).unwrap();
+    let store = SledStore::open(dir.path()).unwrap();
+    assert!(store.referral(&referral).await.unwrap().is_some());
+    drop(store);
+    assert!(!old.exists() && !fresh.exists());
 }
