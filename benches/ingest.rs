@@ -21,9 +21,9 @@ use axum::routing::post;
 use referral_relay::app::Application;
 use referral_relay::config::{Config, Overrides};
 use referral_relay::domain::{IntegrationName, ReferralRef};
-use referral_relay::fhir::{Parsed, parse_message};
+use referral_relay::fhir::{Parsed, ParsedMessage, parse_message};
 use referral_relay::store::{
-    NewDelivery, ServiceAssignment, SledStore, Store, delivery_key, sha256_hex,
+    Keyring, NewDelivery, ServiceAssignment, SledStore, Store, delivery_key, sha256_hex,
 };
 
 const CONCURRENCY: [usize; 3] = [1, 16, 64];
@@ -123,21 +123,37 @@ async fn breakdown(template: &str, sequence: &Arc<AtomicUsize>, duration: Durati
         parsed as f64 / started.elapsed().as_secs_f64()
     );
 
-    let dir = tempfile::TempDir::new().unwrap();
-    let store = Arc::new(SledStore::open(dir.path()).unwrap());
     let Parsed::Message(message) = parse_message(template.as_bytes(), |_| true).unwrap() else {
         unreachable!("every event is accepted")
     };
+    // Unencrypted, then with storage.encryption_key (AES-256-GCM over each patient record).
+    for sealed in [false, true] {
+        let keys = sealed.then(|| Keyring::new(&[7; 32], &[]).unwrap());
+        let dir = tempfile::TempDir::new().unwrap();
+        let store = Arc::new(SledStore::open_with(dir.path(), keys).unwrap());
+        store_rows(&store, &message, template, sequence, duration, sealed).await;
+    }
+}
+
+/// Durable puts per second straight into `store`, at concurrency 1 and 64.
+async fn store_rows(
+    store: &Arc<SledStore>,
+    message: &ParsedMessage,
+    template: &str,
+    sequence: &Arc<AtomicUsize>,
+    duration: Duration,
+    sealed: bool,
+) {
     for concurrency in [1, 64] {
         let stored = Arc::new(AtomicUsize::new(0));
         let started = Instant::now();
         let mut tasks = Vec::new();
         for _ in 0..concurrency {
             let (store, stored, sequence, message) = (
-                Arc::clone(&store),
+                Arc::clone(store),
                 Arc::clone(&stored),
                 Arc::clone(sequence),
-                (*message).clone(),
+                message.clone(),
             );
             let template = template.to_owned();
             tasks.push(tokio::spawn(async move {
@@ -170,8 +186,9 @@ async fn breakdown(template: &str, sequence: &Arc<AtomicUsize>, duration: Durati
             task.await.unwrap();
         }
         println!(
-            "store:  {:.0} durable puts/s at concurrency {concurrency} (no HTTP, no parsing)",
-            stored.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64()
+            "store:  {:.0} durable puts/s at concurrency {concurrency} (no HTTP, no parsing){}",
+            stored.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64(),
+            if sealed { ", encrypted" } else { "" }
         );
     }
 }
