@@ -222,7 +222,7 @@ async fn observe(State(metrics): State<Metrics>, request: Request, next: Next) -
     let started = Instant::now();
     let mut response = next.run(request).instrument(span.clone()).await;
     let status = response.status();
-    metrics.http_request(method.as_str(), &route, status.as_u16());
+    metrics.http_request(&method, &route, status.as_u16());
     span.in_scope(|| {
         tracing::debug!(
             status = status.as_u16(),

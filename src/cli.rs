@@ -178,7 +178,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 tracing::info!(addr = %app.local_addr()?, data_dir = %config.server.data_dir.display(), "listening");
                 app.run_until(shutdown_signal()).await
             })?;
-            tracing::info!("stopped");
+            // Dropping the runtime ended every task still holding the store: it is closed and
+            // flushed by now.
+            drop(runtime);
+            tracing::info!("stopped; the store is flushed and closed");
             Ok(())
         }
         Command::Healthcheck {

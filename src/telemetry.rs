@@ -13,6 +13,7 @@ use std::io::IsTerminal;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::http;
 use metrics::{Label, with_local_recorder};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusRecorder};
 use tracing_subscriber::EnvFilter;
@@ -116,9 +117,20 @@ impl Metrics {
     }
 
     /// One answered HTTP request; `route` is the matched route template, never the raw path.
-    pub fn http_request(&self, method: &str, route: &str, status: u16) {
+    /// Methods outside the standard ones are counted as `other`, so a caller cannot mint labels.
+    pub fn http_request(&self, method: &http::Method, route: &str, status: u16) {
+        let method = match *method {
+            http::Method::GET => "GET",
+            http::Method::POST => "POST",
+            http::Method::PUT => "PUT",
+            http::Method::DELETE => "DELETE",
+            http::Method::HEAD => "HEAD",
+            http::Method::OPTIONS => "OPTIONS",
+            http::Method::PATCH => "PATCH",
+            _ => "other",
+        };
         let labels = [
-            Label::new("method", method.to_owned()),
+            Label::new("method", method),
             Label::new("route", route.to_owned()),
             Label::new("status", status.to_string()),
         ];

@@ -959,8 +959,9 @@ impl Store for SledStore {
 impl Drop for SledStore {
     fn drop(&mut self) {
         self.flusher.stop();
-        if let Err(e) = self.db.flush() {
-            tracing::error!(error = %e, "final flush of the store failed");
+        match self.db.flush() {
+            Ok(_) => tracing::debug!("store flushed and closed"),
+            Err(e) => tracing::error!(error = %e, "final flush of the store failed"),
         }
     }
 }

@@ -82,6 +82,7 @@ async fn sigterm_under_load_keeps_every_acknowledged_delivery_and_exits_0() {
     let logs = relay.logs.lock().unwrap().join("\n");
     assert!(ok, "the relay did not exit 0 after SIGTERM:\n{logs}");
     assert!(logs.contains("shutting down"), "{logs}");
+    assert!(logs.contains("the store is flushed and closed"), "{logs}");
 
     let store = SledStore::open(dir.path()).unwrap();
     let acked = acked.lock().unwrap().clone();

@@ -56,7 +56,26 @@ auth = {{ scheme = "basic", username = "ocean", password = "correct horse" }}
     assert_eq!(csv.status(), 200);
     csv.text().await.unwrap();
 
+    let brew = reqwest::Method::from_bytes(b"BREW").unwrap();
+    let teapot = app
+        .client
+        .request(brew, app.url("/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(teapot.status(), 405);
+
     let page = app.metrics().await;
+    // A method the caller invents is counted, not turned into a label.
+    assert!(!page.contains("BREW"), "{page}");
+    assert_eq!(
+        metric(
+            &page,
+            "relay_http_requests_total",
+            &[("method", "other"), ("status", "405")]
+        ),
+        Some(1.0)
+    );
     let deliveries = |labels: &[(&str, &str)]| metric(&page, "relay_deliveries_total", labels);
     let clinic = ("integration", "clinic");
     assert_eq!(deliveries(&[clinic, ("outcome", "stored")]), Some(2.0));
