@@ -20,11 +20,18 @@ const FHIR_JSON: &str = "application/fhir+json";
 
 /// Sends SIGTERM and waits (bounded) for the process to exit; returns whether it exited 0.
 fn terminate(relay: &mut Relay) -> bool {
-    let status = Command::new("kill")
-        .args(["-TERM", &relay.child.id().to_string()])
-        .status()
-        .unwrap();
+    send_sigterm(relay);
+    wait_exit(relay)
+}
+
+fn send_sigterm(relay: &Relay) {
+    let pid = relay.child.id().to_string();
+    let status = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
     assert!(status.success());
+}
+
+/// Waits up to a minute for the process to exit; returns whether it exited 0.
+fn wait_exit(relay: &mut Relay) -> bool {
     for _ in 0..1200 {
         if let Some(status) = relay.child.try_wait().unwrap() {
             return status.success();
@@ -361,4 +368,61 @@ fn check_logs(lines: &[String], secrets: &[String]) {
         .filter(|n| all.contains(n.as_str()))
         .collect();
     assert!(leaked.is_empty(), "found in the logs: {leaked:?}");
+}
+
+/// Sends the request line, headers and the first half of `body` over a fresh connection.
+async fn half_sent(addr: std::net::SocketAddr, body: &[u8]) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "POST /fhir/default/$process-message HTTP/1.1\r\nHost: relay\r\nContent-Type: {FHIR_JSON}\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(&body[..body.len() / 2]).await.unwrap();
+    stream
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_a_request_in_flight_finish_and_bounds_the_wait_for_a_stalled_one() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::TempDir::new().unwrap();
+    let config = dir.path().join("config.toml");
+    std::fs::write(&config, "[server]\nshutdown_timeout_secs = 2\n").unwrap();
+    let data = dir.path().join("data");
+    let mut relay = launch(&data, Some(&config), &[], &[("RUST_LOG", "info")]);
+    let template = String::from_utf8(fixture(STORED[0])).unwrap();
+    let finishing = unique_v011(&template, "INFLIGHT-1", "bundle-inflight-1");
+    let stalled = unique_v011(&template, "STALLED-1", "bundle-stalled-1");
+    let mut in_flight = half_sent(relay.addr, &finishing).await;
+    let _stalled = half_sent(relay.addr, &stalled).await;
+    // Both requests are being read when the signal arrives.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    send_sigterm(&relay);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    in_flight
+        .write_all(&finishing[finishing.len() / 2..])
+        .await
+        .unwrap();
+    let mut response = Vec::new();
+    in_flight.read_to_end(&mut response).await.unwrap();
+    let response = String::from_utf8_lossy(&response);
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+
+    // The stalled request does not hold the process: it exits 0 after the drain bound.
+    let (ok, relay) = tokio::task::spawn_blocking(move || (wait_exit(&mut relay), relay))
+        .await
+        .unwrap();
+    let logs = relay.logs.lock().unwrap().join("\n");
+    assert!(ok, "{logs}");
+    assert!(logs.contains("after the drain timeout"), "{logs}");
+    let store = SledStore::open(&data).unwrap();
+    let payload = store
+        .payload(&ReferralRef::parse("INFLIGHT-1").unwrap(), 1)
+        .await
+        .unwrap();
+    assert_eq!(payload.as_deref(), Some(finishing.as_slice()));
+    let stalled = ReferralRef::parse("STALLED-1").unwrap();
+    assert!(store.referral(&stalled).await.unwrap().is_none());
 }
