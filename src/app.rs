@@ -137,6 +137,10 @@ impl AppState {
             };
             integrations.insert(name.to_string(), integration);
         }
+        let metrics = Metrics::new();
+        for integration in integrations.values() {
+            metrics.register_integration(integration.name.as_str(), integration.inbound.scheme());
+        }
         Ok(Self {
             store,
             integrations: Arc::new(integrations),
@@ -153,7 +157,7 @@ impl AppState {
             max_body_bytes: config.server.max_body_bytes,
             body_timeout: Duration::from_secs(config.server.body_timeout_secs),
             counters: Arc::default(),
-            metrics: Metrics::new(),
+            metrics,
             worker_health: Arc::new(WorkerHealth::new(send_bound(config))),
         })
     }

@@ -112,6 +112,20 @@ impl Metrics {
         metrics
     }
 
+    /// Shows the series of a configured integration at zero from the start, so alerts on
+    /// their rates work before the first event.
+    pub fn register_integration(&self, integration: &str, scheme: &'static str) {
+        self.with(|| {
+            for outcome in ["stored", "duplicate", "ignored"] {
+                metrics::counter!(DELIVERIES, "integration" => integration.to_owned(), "outcome" => outcome)
+                    .increment(0);
+            }
+            metrics::counter!(AUTH_FAILURES, "integration" => integration.to_owned(), "scheme" => scheme)
+                .increment(0);
+            metrics::counter!(EXPORT_ROWS).increment(0);
+        });
+    }
+
     fn with<T>(&self, f: impl FnOnce() -> T) -> T {
         with_local_recorder(self.recorder.as_ref(), f)
     }

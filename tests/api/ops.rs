@@ -19,6 +19,19 @@ auth = {{ scheme = "basic", username = "ocean", password = "correct horse" }}
 "#
     ))
     .await;
+    // Configured integrations' series exist at zero before anything happens.
+    let page = app.metrics().await;
+    let zero = |labels: &[(&str, &str)]| metric(&page, "relay_deliveries_total", labels);
+    assert_eq!(
+        zero(&[("integration", "clinic"), ("outcome", "stored")]),
+        Some(0.0)
+    );
+    assert_eq!(
+        metric(&page, "relay_auth_failures_total", &[("scheme", "basic")]),
+        Some(0.0)
+    );
+    assert_eq!(metric(&page, "relay_export_rows_total", &[]), Some(0.0));
+
     let sent = [
         ("v0.11-add-service-request.json", "correct horse", 200),
         ("v0.10-add-service-request.json", "correct horse", 200),
