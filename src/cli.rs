@@ -178,10 +178,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 tracing::info!(addr = %app.local_addr()?, data_dir = %config.server.data_dir.display(), "listening");
                 app.run_until(shutdown_signal()).await
             })?;
-            // Dropping the runtime ended every task still holding the store: it is closed and
-            // flushed by now.
+            // Ends every task still holding the store, which closes it (the store logs that).
             drop(runtime);
-            tracing::info!("stopped; the store is flushed and closed");
+            tracing::info!("stopped");
             Ok(())
         }
         Command::Healthcheck {
@@ -199,7 +198,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let url = format!("{}/healthz", base.trim_end_matches('/'));
             let timeout = std::time::Duration::from_secs(timeout_secs);
             let status = tokio::runtime::Runtime::new()?.block_on(async {
-                let client = reqwest::Client::builder().timeout(timeout).build()?;
+                // Straight to the service: a proxy configured for reaching Ocean is not for this.
+                let client = reqwest::Client::builder()
+                    .timeout(timeout)
+                    .no_proxy()
+                    .build()?;
                 anyhow::Ok(client.get(&url).send().await?.status())
             });
             match status {
@@ -425,6 +428,8 @@ fn cli_actor() -> String {
 }
 
 fn open_stopped(config: &Config) -> anyhow::Result<crate::store::SledStore> {
+    // Opening may repair an interrupted rekey or warn about unsealed records: say so.
+    telemetry::init(&config.log.level, config.log.format);
     let keys = crate::store::Keyring::from_config(&config.storage)?;
     crate::store::SledStore::open_with(&config.server.data_dir, keys).map_err(|e| {
         if e.to_string().contains("in use") {
@@ -435,4 +440,17 @@ fn open_stopped(config: &Config) -> anyhow::Result<crate::store::SledStore> {
             e.into()
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_healthcheck_reaches_a_wildcard_listener_on_loopback() {
+        let url = |listen: &str| local_url(listen.parse().unwrap());
+        assert_eq!(url("0.0.0.0:8080"), "http://127.0.0.1:8080");
+        assert_eq!(url("[::]:8080"), "http://[::1]:8080");
+        assert_eq!(url("10.1.2.3:9000"), "http://10.1.2.3:9000");
+    }
 }

@@ -241,8 +241,14 @@ pub struct StorageConfig {
     #[serde(default)]
     pub encryption_key: Secret,
     /// Earlier keys, still used to read records sealed with them; `referral-relay rekey`
-    /// re-seals those with the current key, after which they can be removed.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    /// re-seals those with the current key, after which they can be removed. A list, or one
+    /// string of keys separated by commas or whitespace (so `_FILE` and environment variables
+    /// can carry them).
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "list_or_separated"
+    )]
     pub previous_keys: Vec<Secret>,
 }
 
@@ -309,6 +315,24 @@ impl Serialize for Secret {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(if self.0.is_empty() { "" } else { "[redacted]" })
     }
+}
+
+/// A list of secrets, or one string of them separated by commas or whitespace.
+fn list_or_separated<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Secret>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum ListOrString {
+        List(Vec<Secret>),
+        Separated(String),
+    }
+    Ok(match ListOrString::deserialize(d)? {
+        ListOrString::List(list) => list,
+        ListOrString::Separated(text) => text
+            .split(|c: char| c == ',' || c.is_whitespace())
+            .filter(|k| !k.is_empty())
+            .map(Secret::new)
+            .collect(),
+    })
 }
 
 impl<'de> Deserialize<'de> for Secret {

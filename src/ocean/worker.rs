@@ -52,11 +52,15 @@ pub struct WorkerHealth {
 impl WorkerHealth {
     /// `send_bound`: the longest one send to Ocean can take.
     pub fn new(send_bound: Duration) -> Self {
+        Self::stalled_after(IDLE + send_bound + STALL_SLACK)
+    }
+
+    fn stalled_after(stall_after: Duration) -> Self {
         Self {
             origin: std::time::Instant::now(),
             beat_ms: AtomicU64::new(0),
             panicked: AtomicBool::new(false),
-            stall_after: IDLE + send_bound + STALL_SLACK,
+            stall_after,
         }
     }
 
@@ -100,7 +104,7 @@ impl Worker {
             if *stop.borrow() {
                 return;
             }
-            self.health.beat();
+            // Progress is a completed pass or a send; a pass that keeps failing shows none.
             let sleep = match self.pass(&stop).await {
                 Ok(next) => {
                     self.health.pass_completed();
@@ -257,4 +261,26 @@ impl Worker {
 
 fn duration(d: time::Duration) -> Duration {
     Duration::try_from(d).unwrap_or(Duration::ZERO)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_worker_is_alive_while_it_makes_progress_and_not_after_a_panic() {
+        let health = WorkerHealth::stalled_after(Duration::from_millis(200));
+        assert_eq!(health.problem(), None);
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(health.problem().unwrap().contains("no progress"));
+        health.beat();
+        assert_eq!(health.problem(), None);
+        health.mark_panicked();
+        assert!(health.problem().unwrap().contains("panicked"));
+        // Restarted, it is alive again only once a pass completes.
+        health.beat();
+        assert!(health.problem().unwrap().contains("panicked"));
+        health.pass_completed();
+        assert_eq!(health.problem(), None);
+    }
 }

@@ -6,6 +6,7 @@
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use tracing::Instrument;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{RawQuery, State};
@@ -167,7 +168,9 @@ pub(crate) async fn export_csv(
                 Err(e) => tracing::error!(error = %e, "export complete, but marking failed"),
             }
         }
-    });
+    }
+    // Its log lines keep the request's id.
+    .in_current_span());
 
     let mut response = (
         StatusCode::OK,

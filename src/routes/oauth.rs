@@ -5,6 +5,7 @@
 //! `unsupported_grant_type` 400), never OperationOutcomes: this is OAuth, not FHIR.
 
 use std::sync::atomic::Ordering;
+use tracing::Instrument;
 
 use axum::Router;
 use axum::body::Body;
@@ -134,12 +135,16 @@ async fn token(State(state): State<AppState>, headers: HeaderMap, body: Body) ->
         );
         let store = state.store.clone();
         let actor = format!("integration:{}", integration.as_deref().unwrap_or("-"));
-        tokio::spawn(async move {
-            let details = serde_json::json!({"scheme": "oauth2", "reason": reason});
-            if let Err(e) = store.audit("AUTH_FAILURE", &actor, details).await {
-                tracing::error!(error = %e, "cannot audit an authentication failure");
+        tokio::spawn(
+            async move {
+                let details = serde_json::json!({"scheme": "oauth2", "reason": reason});
+                if let Err(e) = store.audit("AUTH_FAILURE", &actor, details).await {
+                    tracing::error!(error = %e, "cannot audit an authentication failure");
+                }
             }
-        });
+            // Its log lines keep the request's id.
+            .in_current_span(),
+        );
         return invalid_client("unknown client or wrong client secret");
     };
     state.login_limiter.succeeded(bucket);

@@ -7,13 +7,14 @@
 
 use std::sync::atomic::Ordering;
 use std::time::Instant;
+use tracing::Instrument;
 
 use axum::Router;
 use axum::body::Body;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{OriginalUri, Path, State};
-use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::Response;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use bytes::Bytes;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
@@ -34,8 +35,9 @@ pub fn router() -> Router<AppState> {
         .route("/fhir/{integration}", post(receive))
 }
 
-/// Longest wait for the rest of a refused request's body.
+/// Longest wait for the rest of a refused request's body, and the most of it that is read.
 const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+const DRAIN_LIMIT: usize = 1024 * 1024;
 
 /// What the webhook did with a delivery it answered 200.
 enum Handled {
@@ -58,15 +60,29 @@ async fn receive(
         Ok(Path(name)) if state.integration(name).is_some() => name.clone(),
         _ => "unknown".to_owned(),
     };
+    // A body small enough to be worth reading even when the request is refused.
+    // Neither a length nor chunked transfer means no body at all.
+    let length = match headers.get(header::CONTENT_LENGTH) {
+        Some(v) => v.to_str().ok().and_then(|v| v.parse::<usize>().ok()),
+        None if headers.contains_key(header::TRANSFER_ENCODING) => None,
+        None => Some(0),
+    };
+    let drainable =
+        !headers.contains_key(header::EXPECT) && length.is_some_and(|length| length <= DRAIN_LIMIT);
     let mut body = Some(body);
     let result = handle(&state, path, uri, headers, &mut body).await;
-    if let Some(unread) = body {
-        // Refused before the body was read: read it anyway (bounded), so the client gets the
-        // answer instead of a connection reset while it is still sending.
-        let _ = tokio::time::timeout(DRAIN_TIMEOUT, read_body(unread, state.max_body_bytes)).await;
-    }
     let metrics = &state.metrics;
     metrics.ingest_latency(&label, started.elapsed());
+    // Refused before the body was read. A small one is read anyway (bounded), so the
+    // connection stays usable; a large or unknown one is not invited: the connection closes.
+    let mut close = false;
+    if let Some(unread) = body {
+        if drainable {
+            let _ = tokio::time::timeout(DRAIN_TIMEOUT, read_body(unread, DRAIN_LIMIT)).await;
+        } else {
+            close = true;
+        }
+    }
     let counters = &state.counters;
     match &result {
         Ok((_, Handled::Stored)) => {
@@ -88,7 +104,16 @@ async fn receive(
             metrics.delivery(&label, "rejected", Some(rejection_reason(e)));
         }
     }
-    result.map(|(response, _)| response)
+    let mut response = match result {
+        Ok((response, _)) => response,
+        Err(e) => e.into_response(),
+    };
+    if close {
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    Ok(response)
 }
 
 /// A metric label for why a delivery was refused.
@@ -131,11 +156,15 @@ async fn handle(
         );
         let details = serde_json::json!({"scheme": inbound.scheme(), "reason": refusal.reason});
         // Written in the background: a refusal is answered without waiting for the disk.
-        tokio::spawn(async move {
-            if let Err(e) = store.audit("AUTH_FAILURE", &actor, details).await {
-                tracing::error!(error = %e, "cannot audit an authentication failure");
+        tokio::spawn(
+            async move {
+                if let Err(e) = store.audit("AUTH_FAILURE", &actor, details).await {
+                    tracing::error!(error = %e, "cannot audit an authentication failure");
+                }
             }
-        });
+            // Its log lines keep the request's id.
+            .in_current_span(),
+        );
         tracing::warn!(
             integration = %integration.name,
             scheme = inbound.scheme(),

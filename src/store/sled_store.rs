@@ -29,7 +29,7 @@ use sled::transaction::{ConflictableTransactionError, TransactionError};
 use time::OffsetDateTime;
 use tokio::sync::watch;
 
-use super::seal::{Keyring, SEALED, hex, sealed_key_id, unknown_key};
+use super::seal::{KeyId, Keyring, SEALED, hex, sealed_key_id, unknown_key};
 use super::{
     AUDIT_GENESIS, AuditEntry, ChangedReferrals, EventRecord, ModifiedBatch, NewDelivery,
     PutOutcome, ReferralRecord, ServiceAssignment, Store, StoreError, TaskState, UpdateRecord,
@@ -53,6 +53,9 @@ const PAYLOAD_LZ4: u8 = 1;
 const LIVE_DIR: &str = "sled";
 const REKEY_DIR: &str = "sled.rekey";
 const OLD_DIR: &str = "sled.old";
+const LOCK_FILE: &str = "lock";
+/// `meta` key: the ids of every key that has sealed records in this store (8 bytes each).
+const SEAL_KEYS: &[u8] = b"seal_key_ids";
 
 /// Finishes or undoes a `rekey` swap that a crash interrupted. `sled.old` exists only once the
 /// copy in `sled.rekey` was complete, so: with `sled.old` and no `sled`, the copy goes live;
@@ -62,16 +65,46 @@ fn recover_swap(dir: &Path) -> Result<(), StoreError> {
     let (live, fresh, old) = (dir.join(LIVE_DIR), dir.join(REKEY_DIR), dir.join(OLD_DIR));
     if old.exists() {
         if !live.exists() {
-            std::fs::rename(&fresh, &live).map_err(io_unavailable)?;
+            if fresh.exists() {
+                std::fs::rename(&fresh, &live).map_err(io_unavailable)?;
+                tracing::warn!(
+                    "finished a rekey that was interrupted: the re-sealed store is live"
+                );
+            } else {
+                // Should not happen under the lock; never lose the only copy.
+                std::fs::rename(&old, &live).map_err(io_unavailable)?;
+                tracing::warn!("a rekey left no copy behind: the store before it is live again");
+            }
             sync_dir(dir)?;
-            tracing::warn!("finished a rekey that was interrupted: the re-sealed store is live");
         }
-        std::fs::remove_dir_all(&old).map_err(io_unavailable)?;
+        if old.exists() {
+            std::fs::remove_dir_all(&old).map_err(io_unavailable)?;
+        }
     } else if fresh.exists() {
         tracing::warn!("removing the copy left by an interrupted rekey; run rekey again");
         std::fs::remove_dir_all(&fresh).map_err(io_unavailable)?;
     }
     Ok(())
+}
+
+/// Takes an exclusive lock on `<dir>/lock` for as long as the returned file is held, so no two
+/// processes open, repair or swap the same data dir (sled's own lock covers only its
+/// directory, not the `rekey` swap around it).
+fn lock_dir(dir: &Path) -> Result<Arc<std::fs::File>, StoreError> {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join(LOCK_FILE))
+        .map_err(io_unavailable)?;
+    match file.try_lock() {
+        Ok(()) => Ok(Arc::new(file)),
+        Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::Unavailable(format!(
+            "data dir {} is in use by another process (its lock file is held)",
+            dir.display()
+        ))),
+        Err(std::fs::TryLockError::Error(e)) => Err(io_unavailable(e)),
+    }
 }
 
 /// Makes renames in `dir` durable.
@@ -91,7 +124,9 @@ const REFERRALS: &str = "referrals";
 const VERSIONS: &str = "versions";
 const PAYLOADS: &str = "payloads";
 const UPDATES: &str = "updates";
-const SEALED_TREES: [&str; 4] = [REFERRALS, VERSIONS, PAYLOADS, UPDATES];
+/// Task states hold appointment times.
+const TASK_STATES: &str = "task_states";
+const SEALED_TREES: [&str; 5] = [REFERRALS, VERSIONS, PAYLOADS, UPDATES, TASK_STATES];
 
 /// Reads and writes the records of [`SEALED_TREES`]: sealed with the current key when one is
 /// configured, plain otherwise. Records written before encryption was enabled are still read
@@ -142,34 +177,63 @@ impl Codec {
         decode(&self.open(tree, key, stored)?)
     }
 
-    /// Refuses to run on a store that holds records this keyring cannot open, by looking at
-    /// the first and last record of each sealed tree: better a clear error at start than
-    /// failing reads later.
-    fn check_keys(&self, trees: &Trees) -> Result<(), StoreError> {
+    /// Refuses to run on a store holding records this keyring cannot open: better a clear
+    /// error at start than failing reads later. The store lists every key id that ever sealed
+    /// a record in it (`meta`), so the check is complete without reading the records; the
+    /// first and last record of each sealed tree are looked at as well. Then records the
+    /// current key (when there is one) in that list, before it seals anything.
+    fn admit_keys(&self, trees: &Trees) -> Result<(), StoreError> {
+        let listed = trees.meta.get(SEAL_KEYS).map_err(unavailable)?;
+        let mut ids: Vec<KeyId> = listed
+            .as_deref()
+            .unwrap_or_default()
+            .chunks_exact(8)
+            .filter_map(|c| c.try_into().ok())
+            .collect();
+        let mut plain = false;
         for tree in [
             &trees.referrals,
             &trees.versions,
             &trees.payloads,
             &trees.updates,
+            &trees.task_states,
         ] {
-            let ends = [tree.first(), tree.last()];
-            for end in ends {
+            for end in [tree.first(), tree.last()] {
                 let Some((_, value)) = end.map_err(unavailable)? else {
                     continue;
                 };
-                let Some(id) = sealed_key_id(&value) else {
-                    continue;
-                };
-                match &self.0 {
-                    None => {
-                        return Err(StoreError::Unavailable(format!(
-                            "the store holds records encrypted with key {}; set storage.encryption_key",
-                            hex(&id)
-                        )));
-                    }
-                    Some(keys) if !keys.knows(&id) => return Err(unknown_key(&id)),
+                match sealed_key_id(&value) {
+                    Some(id) if !ids.contains(&id) => ids.push(id),
                     Some(_) => {}
+                    None => plain = true,
                 }
+            }
+        }
+        for id in &ids {
+            match &self.0 {
+                None => {
+                    return Err(StoreError::Unavailable(format!(
+                        "the store holds records encrypted with key {}; set storage.encryption_key",
+                        hex(id)
+                    )));
+                }
+                Some(keys) if !keys.knows(id) => return Err(unknown_key(id)),
+                Some(_) => {}
+            }
+        }
+        if let Some(keys) = &self.0 {
+            if plain {
+                tracing::warn!(
+                    "records written before encryption was enabled are stored unencrypted; run `referral-relay rekey` to seal them"
+                );
+            }
+            let current = keys.current_id();
+            if !ids.contains(&current) {
+                ids.push(current);
+                trees
+                    .meta
+                    .insert(SEAL_KEYS, ids.concat())
+                    .map_err(unavailable)?;
             }
         }
         Ok(())
@@ -191,6 +255,8 @@ pub struct SledStore {
     trees: Trees,
     flusher: Flusher,
     codec: Codec,
+    /// Held while the store is open (see [`lock_dir`]).
+    _lock: Arc<std::fs::File>,
 }
 
 #[derive(Clone)]
@@ -232,6 +298,15 @@ impl SledStore {
         std::fs::create_dir_all(dir).map_err(|e| {
             StoreError::Unavailable(format!("cannot create data dir {}: {e}", dir.display()))
         })?;
+        Self::open_locked(dir, keys, lock_dir(dir)?)
+    }
+
+    /// Opens the store under a lock already taken on `dir`.
+    fn open_locked(
+        dir: &Path,
+        keys: Option<Keyring>,
+        lock: Arc<std::fs::File>,
+    ) -> Result<Self, StoreError> {
         recover_swap(dir)?;
         let db = sled::Config::new()
             .path(dir.join(LIVE_DIR))
@@ -265,7 +340,7 @@ impl SledStore {
         };
         // Before the flusher starts: it holds the database (and its lock) until stopped.
         let codec = Codec(keys.map(Arc::new));
-        codec.check_keys(&trees)?;
+        codec.admit_keys(&trees)?;
         // Each flush reports the feed sequence it made durable: the counter as read before
         // the flush, since every write it covers was committed before that read.
         let meta = trees.meta.clone();
@@ -287,6 +362,7 @@ impl SledStore {
             trees,
             flusher,
             codec,
+            _lock: lock,
         })
     }
 
@@ -300,7 +376,9 @@ impl SledStore {
     /// Crash-safe: the copy is complete and flushed before `sled` is renamed to `sled.old` and
     /// `sled.rekey` to `sled`; [`recover_swap`] finishes or undoes a swap a crash interrupted.
     pub fn rekey(dir: &Path, keys: Keyring) -> Result<u64, StoreError> {
-        let store = Self::open_with(dir, Some(keys))?;
+        // The lock outlives the store opened here: no one may open the data dir mid-swap.
+        let lock = lock_dir(dir)?;
+        let store = Self::open_locked(dir, Some(keys), Arc::clone(&lock))?;
         let fresh_dir = dir.join(REKEY_DIR);
         if fresh_dir.exists() {
             std::fs::remove_dir_all(&fresh_dir).map_err(io_unavailable)?;
@@ -338,6 +416,12 @@ impl SledStore {
             }
             to.apply_batch(batch).map_err(unavailable)?;
         }
+        // Everything is sealed with the current key now; earlier keys are no longer needed.
+        let current = store.codec.0.as_ref().map(|k| k.current_id().to_vec());
+        fresh
+            .open_tree("meta")
+            .and_then(|meta| meta.insert(SEAL_KEYS, current.unwrap_or_default()))
+            .map_err(unavailable)?;
         fresh.flush().map_err(unavailable)?;
         drop(fresh);
         drop(store);
@@ -347,6 +431,7 @@ impl SledStore {
         std::fs::rename(&fresh_dir, &live).map_err(io_unavailable)?;
         sync_dir(dir)?;
         std::fs::remove_dir_all(&old).map_err(io_unavailable)?;
+        drop(lock);
         Ok(sealed)
     }
 
@@ -690,7 +775,7 @@ impl Store for SledStore {
     ) -> Result<UpdateRecord, StoreError> {
         let t = &self.trees;
         let referral_key = update.referral.as_str().as_bytes().to_vec();
-        let task = encode(&task)?;
+        let task = self.codec.encode(TASK_STATES, &referral_key, &task)?;
         let codec = &self.codec;
         let stored = (&t.updates, &t.open_updates, &t.task_states, &t.meta)
             .transaction(|(updates, open, tasks, meta)| {
@@ -790,8 +875,8 @@ impl Store for SledStore {
         let t = &self.trees;
         let key = update.id.to_be_bytes();
         let value = self.codec.encode(UPDATES, &key, update)?;
-        let task = encode(&task)?;
         let referral = update.referral.as_str().as_bytes();
+        let task = self.codec.encode(TASK_STATES, referral, &task)?;
         (&t.updates, &t.open_updates, &t.task_states)
             .transaction(|(updates, open, tasks)| {
                 updates.insert(&key, value.as_slice())?;
@@ -936,12 +1021,13 @@ impl Store for SledStore {
     }
 
     async fn task_state(&self, referral: &ReferralRef) -> Result<TaskState, StoreError> {
+        let key = referral.as_str().as_bytes();
         Ok(self
             .trees
             .task_states
-            .get(referral.as_str().as_bytes())
+            .get(key)
             .map_err(unavailable)?
-            .map(|v| decode(&v))
+            .map(|v| self.codec.decode(TASK_STATES, key, &v))
             .transpose()?
             .unwrap_or_default())
     }
@@ -960,7 +1046,7 @@ impl Drop for SledStore {
     fn drop(&mut self) {
         self.flusher.stop();
         match self.db.flush() {
-            Ok(_) => tracing::debug!("store flushed and closed"),
+            Ok(_) => tracing::info!("store flushed and closed"),
             Err(e) => tracing::error!(error = %e, "final flush of the store failed"),
         }
     }

@@ -238,3 +238,61 @@ async fn a_rekey_interrupted_by_a_crash_is_finished_or_undone_at_the_next_start(
     drop(store);
     assert!(!old.exists() && !fresh.exists());
 }
+
+#[tokio::test]
+async fn a_key_still_needed_anywhere_in_the_store_cannot_be_dropped() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let template = String::from_utf8(fixture(STORED[0])).unwrap();
+    let deliver = |name: &str| crate::fixtures::unique_v011(&template, name, &format!("b-{name}"));
+    // Key 1 seals a referral that sorts in the middle ...
+    let one = format!("[storage]\nencryption_key = \"{}\"\n", key(1));
+    let app = spawn_app_in(dir.path(), &one).await;
+    assert_eq!(
+        app.deliver("default", deliver("TST-MMMM")).await.status,
+        200
+    );
+    app.stop().await;
+    // ... key 2 seals the first and the last.
+    let two = format!(
+        "[storage]\nencryption_key = \"{}\"\nprevious_keys = [\"{}\"]\n",
+        key(2),
+        key(1)
+    );
+    let app = spawn_app_in(dir.path(), &two).await;
+    for name in ["TST-AAAA", "TST-ZZZZ"] {
+        assert_eq!(app.deliver("default", deliver(name)).await.status, 200);
+    }
+    app.stop().await;
+    let refused = SledStore::open_with(dir.path(), keyring(2, &[]))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(refused.contains(&hex_id(1)), "{refused}");
+}
+
+/// The id `seal` gives key `byte` (the start of what `rekey` and errors print).
+fn hex_id(byte: u8) -> String {
+    let mut input = b"referral-relay storage key id\0".to_vec();
+    input.extend_from_slice(&[byte; 32]);
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &input);
+    digest.as_ref()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_second_process_cannot_repair_or_open_a_data_dir_in_use() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let open = SledStore::open(dir.path()).unwrap();
+    // What a rekey in progress looks like from outside.
+    let copy = dir.path().join("sled.rekey");
+    std::fs::create_dir(&copy).unwrap();
+    let refused = SledStore::open(dir.path()).err().unwrap().to_string();
+    assert!(refused.contains("in use"), "{refused}");
+    assert!(
+        copy.exists(),
+        "the copy in progress was removed by another opener"
+    );
+    drop(open);
+}

@@ -181,6 +181,24 @@ fn secrets_are_read_from_files_named_by_the_environment() {
         ),
         ("RELAY__STORAGE__ENCRYPTION_KEY_FILE", key.to_str().unwrap()),
     ];
+    let previous = dir.path().join("previous-keys");
+    std::fs::write(
+        &previous,
+        "AgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAgI=\nAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwM=\n",
+    )
+    .unwrap();
+    let mut with_previous = env.to_vec();
+    with_previous.push((
+        "RELAY__STORAGE__PREVIOUS_KEYS_FILE",
+        previous.to_str().unwrap(),
+    ));
+    let out = relay(&["check-config"], &with_previous);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let printed: toml::Table = toml::from_str(&String::from_utf8(out.stdout).unwrap()).unwrap();
+    let previous = printed["storage"]["previous_keys"].as_array().unwrap();
+    assert_eq!(previous.len(), 2, "{previous:?}");
+
     let out = relay(&["check-config"], &env);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");

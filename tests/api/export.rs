@@ -261,6 +261,13 @@ async fn the_command_line_exports_through_the_service_or_from_a_stopped_data_dir
     );
     assert_eq!(rows(&std::fs::read_to_string(&out).unwrap()).len(), 4);
     app.stop().await;
+    // The export's own task (audit entry, marking) may still hold the store for a moment.
+    for _ in 0..100 {
+        match referral_relay::store::SledStore::open(std::path::Path::new(&data_arg)) {
+            Ok(_) => break,
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+        }
+    }
 
     let direct = dir.path().join("direct.csv");
     let direct_arg = direct.to_str().unwrap().to_owned();

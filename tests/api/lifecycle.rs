@@ -89,7 +89,8 @@ async fn sigterm_under_load_keeps_every_acknowledged_delivery_and_exits_0() {
     let logs = relay.logs.lock().unwrap().join("\n");
     assert!(ok, "the relay did not exit 0 after SIGTERM:\n{logs}");
     assert!(logs.contains("shutting down"), "{logs}");
-    assert!(logs.contains("the store is flushed and closed"), "{logs}");
+    // Logged by the store itself as it closes, after its final flush.
+    assert!(logs.contains("store flushed and closed"), "{logs}");
 
     let store = SledStore::open(dir.path()).unwrap();
     let acked = acked.lock().unwrap().clone();
@@ -352,7 +353,12 @@ fn check_logs(lines: &[String], secrets: &[String]) {
         let json: Value = serde_json::from_str(line)
             .unwrap_or_else(|e| panic!("not a JSON log line ({e}): {line}"));
         let spans = json["spans"].as_array().cloned().unwrap_or_default();
-        if let Some(request) = spans.iter().find(|s| s["name"] == "request") {
+        let from_routes = json["target"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("referral_relay::routes"));
+        let request = spans.iter().find(|s| s["name"] == "request");
+        assert!(request.is_some() || !from_routes, "no request span: {line}");
+        if let Some(request) = request {
             in_requests += 1;
             let id = request["request_id"].as_str().unwrap_or_default();
             assert_eq!(id.len(), 36, "no request id: {line}");

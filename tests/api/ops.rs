@@ -217,3 +217,36 @@ async fn a_body_refused_before_it_is_read_does_not_break_the_connection() {
     }
     app.stop().await;
 }
+
+/// A large body refused before it is read is not invited: the answer closes the connection.
+#[tokio::test]
+async fn a_large_refused_body_is_not_read_and_the_connection_closes() {
+    let app = spawn_app_with("").await;
+    let mut large = fixture("v0.11-add-service-request.json");
+    large.resize(2 * 1024 * 1024, b' ');
+    for (body, closes) in [
+        (large, true),
+        (fixture("bad/not-json.json"), false),
+        (Vec::new(), false),
+    ] {
+        let response = app
+            .client
+            .post(app.url("/fhir/nowhere/$process-message"))
+            .header("content-type", FHIR_JSON)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 404);
+        let connection = response
+            .headers()
+            .get("connection")
+            .map(|v| v.to_str().unwrap().to_owned());
+        assert_eq!(
+            connection.as_deref() == Some("close"),
+            closes,
+            "{connection:?}"
+        );
+    }
+    app.stop().await;
+}
