@@ -184,6 +184,11 @@ impl AppState {
         }
     }
 
+    /// The configuration the state was built from.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
     /// Names of the configured integrations.
     pub fn integration_names(&self) -> impl Iterator<Item = &str> {
         self.integrations.keys().map(String::as_str)

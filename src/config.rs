@@ -61,6 +61,9 @@ pub struct ServerConfig {
     pub body_timeout_secs: u64,
     /// Bound on draining in-flight requests at shutdown.
     pub shutdown_timeout_secs: u64,
+    /// When set, `/metrics` answers only `Authorization: Bearer <this>`; empty leaves it open.
+    #[serde(default)]
+    pub metrics_token: Secret,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -1,16 +1,17 @@
 //! `/metrics` in the Prometheus text format. It holds counts and route templates only, never
-//! identifiers or patient data; still, expose it on the operations network, not to the world.
+//! identifiers or patient data; `server.metrics_token` keeps it from anyone without the token.
 
 use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use time::OffsetDateTime;
 
 use crate::app::AppState;
+use crate::auth::bearer;
 use crate::store::UpdateState;
 
 const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -20,7 +21,22 @@ pub fn router() -> Router<AppState> {
 }
 
 /// Reads the outbox and the Ocean clients' token counts, then renders everything.
-async fn metrics(State(state): State<AppState>) -> Response {
+async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let token = &state.config().server.metrics_token;
+    if !token.is_empty() {
+        let presented = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if !presented.is_some_and(|p| bearer::matches_any(p, std::slice::from_ref(token))) {
+            return (
+                StatusCode::UNAUTHORIZED,
+                [(header::WWW_AUTHENTICATE, "Bearer realm=\"metrics\"")],
+                "a bearer token is required for /metrics\n",
+            )
+                .into_response();
+        }
+    }
     match state.store.open_updates().await {
         Ok(open) => {
             let now = OffsetDateTime::now_utc();

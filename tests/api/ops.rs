@@ -250,3 +250,30 @@ async fn a_large_refused_body_is_not_read_and_the_connection_closes() {
     }
     app.stop().await;
 }
+
+#[tokio::test]
+async fn with_a_metrics_token_only_its_bearer_reads_metrics() {
+    let app = spawn_app_with("[server]\nmetrics_token = \"scrape-token-0123\"\n").await;
+    let scrape = |auth: Option<&'static str>| {
+        let mut request = app.client.get(app.url("/metrics"));
+        if let Some(auth) = auth {
+            request = request.header("authorization", auth);
+        }
+        request.send()
+    };
+    for refused in [None, Some("Bearer wrong"), Some("Basic c2NyYXBl")] {
+        let response = scrape(refused).await.unwrap();
+        assert_eq!(response.status(), 401, "{refused:?}");
+        assert!(response.headers().contains_key("www-authenticate"));
+    }
+    let response = scrape(Some("Bearer scrape-token-0123")).await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(
+        response
+            .text()
+            .await
+            .unwrap()
+            .contains("relay_deliveries_total")
+    );
+    app.stop().await;
+}
