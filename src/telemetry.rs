@@ -108,12 +108,13 @@ impl Metrics {
             describe_counter!(OUTBOX_SENDS, "Attempts to send an update to Ocean, by site and result");
             describe_counter!(TOKEN_FETCHES, "OAuth2 tokens fetched from Ocean, by site and result");
             describe_counter!(EXPORT_ROWS, "Referrals written to CSV exports");
+            metrics::counter!(EXPORT_ROWS).increment(0);
         });
         metrics
     }
 
     /// Shows the series of a configured integration at zero from the start, so alerts on
-    /// their rates work before the first event.
+    /// their rates work before the first event (export rows start at zero in [`Metrics::new`]).
     pub fn register_integration(&self, integration: &str, scheme: &'static str) {
         self.with(|| {
             for outcome in ["stored", "duplicate", "ignored"] {
@@ -122,7 +123,6 @@ impl Metrics {
             }
             metrics::counter!(AUTH_FAILURES, "integration" => integration.to_owned(), "scheme" => scheme)
                 .increment(0);
-            metrics::counter!(EXPORT_ROWS).increment(0);
         });
     }
 

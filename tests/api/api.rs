@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::fixtures::{fixture, unique_v011};
-use crate::helpers::{Answer, TestApp, answer, spawn_app_with};
+use crate::helpers::{Answer, FIXTURES, TestApp, answer, spawn_app_with};
 
 const EMR_KEY: &str = "emr-key-0123456789";
 const CARDIO_KEY: &str = "cardio-key-0123456789";
@@ -19,17 +19,6 @@ key = "emr-key-0123456789"
 key = "cardio-key-0123456789"
 service_ids = ["CARDIO-RAPID-01"]
 "#;
-
-const FIXTURES: [&str; 8] = [
-    "v0.11-add-service-request.json",
-    "v0.10-add-service-request.json",
-    "update-task-accepted.json",
-    "update-appointment-proposed.json",
-    "update-appointment-booked.json",
-    "revoke-service-request.json",
-    "unknown-event-code.json",
-    "unknown-servicerequest-status.json",
-];
 
 async fn with_fixtures() -> TestApp {
     let app = spawn_app_with(CONFIG).await;

@@ -6,21 +6,10 @@ use std::path::PathBuf;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::fixtures::{fixture, unique_v011};
-use crate::helpers::{TestApp, spawn_app_with};
+use crate::helpers::{FIXTURES, TestApp, spawn_app_with};
 
 const KEY: &str = "emr-key-0123456789";
 const CONFIG: &str = "[api.clients.emr]\nkey = \"emr-key-0123456789\"\n";
-
-const FIXTURES: [&str; 8] = [
-    "v0.11-add-service-request.json",
-    "v0.10-add-service-request.json",
-    "update-task-accepted.json",
-    "update-appointment-proposed.json",
-    "update-appointment-booked.json",
-    "revoke-service-request.json",
-    "unknown-event-code.json",
-    "unknown-servicerequest-status.json",
-];
 
 async fn export(app: &TestApp, query: &str) -> (u16, String, Vec<u8>) {
     let response = app

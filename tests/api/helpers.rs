@@ -12,6 +12,18 @@ use tempfile::TempDir;
 
 pub const FHIR_JSON: &str = "application/fhir+json";
 
+/// Every top-level fixture (the bad/ ones aside), in the order the tests deliver them.
+pub const FIXTURES: [&str; 8] = [
+    "v0.11-add-service-request.json",
+    "v0.10-add-service-request.json",
+    "update-task-accepted.json",
+    "update-appointment-proposed.json",
+    "update-appointment-booked.json",
+    "revoke-service-request.json",
+    "unknown-event-code.json",
+    "unknown-servicerequest-status.json",
+];
+
 /// A running service and what the test needs to talk to it.
 pub struct TestApp {
     pub addr: SocketAddr,
