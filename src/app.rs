@@ -257,7 +257,12 @@ pub struct Application {
     shutdown_timeout: Duration,
     /// Longest one send to Ocean can take (token fetch, post, one 401 retry).
     send_bound: Duration,
+    limits: crate::server::Limits,
 }
+
+/// Descriptors kept free of client connections: the store's files, connections to Ocean,
+/// shed connections being answered.
+const DESCRIPTOR_RESERVE: u64 = 256;
 
 impl Application {
     /// Opens the sled store in the configured data dir and binds the listener.
@@ -281,7 +286,25 @@ impl Application {
             .await
             .with_context(|| format!("cannot listen on {}", config.server.listen))?;
         let state = AppState::new(config, store)?;
+        let server = &config.server;
+        let (max_connections, lowered_by) =
+            crate::server::fit_connection_cap(server.max_connections, DESCRIPTOR_RESERVE);
+        if let Some(limit) = lowered_by {
+            tracing::warn!(
+                configured = server.max_connections,
+                max_connections,
+                descriptor_limit = limit,
+                "server.max_connections does not fit the descriptor limit (ulimit -n); lowered"
+            );
+        }
+        let limits = crate::server::Limits {
+            header_read_timeout: Duration::from_secs(server.header_read_timeout_secs),
+            keep_alive_timeout: Duration::from_secs(server.keep_alive_timeout_secs),
+            send_timeout: Duration::from_secs(server.send_timeout_secs),
+            max_connections,
+        };
         Ok(Self {
+            limits,
             listener,
             store: Arc::clone(&state.store),
             keep_days: config.retention.keep_days,
@@ -320,18 +343,24 @@ impl Application {
                 self.stopping.subscribe(),
             ));
         }
-        let server = axum::serve(self.listener, self.router).with_graceful_shutdown(async move {
-            shutdown.await;
-            tracing::info!("shutting down: no new connections, draining requests in flight");
-            stopping_tx.send_replace(true);
-        });
+        let server = crate::server::serve(
+            self.listener,
+            self.router,
+            self.limits,
+            self.metrics.clone(),
+            async move {
+                shutdown.await;
+                tracing::info!("shutting down: no new connections, draining requests in flight");
+                stopping_tx.send_replace(true);
+            },
+        );
         let timeout = self.shutdown_timeout;
         let deadline = async move {
             let _ = stopping.wait_for(|s| *s).await;
             tokio::time::sleep(timeout).await;
         };
         tokio::select! {
-            result = server => result.context("HTTP server failed")?,
+            () = server => {}
             () = deadline => tracing::warn!(timeout_secs = timeout.as_secs(), "requests still in flight after the drain timeout; exiting"),
         }
         // A send in progress is allowed to finish: cutting it off could post it twice.

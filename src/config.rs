@@ -64,6 +64,28 @@ pub struct ServerConfig {
     /// When set, `/metrics` answers only `Authorization: Bearer <this>`; empty leaves it open.
     #[serde(default)]
     pub metrics_token: Secret,
+    /// A request head must arrive whole within this many seconds of its first byte (for a new
+    /// connection, of its opening); otherwise the connection is dropped.
+    pub header_read_timeout_secs: u64,
+    /// A connection idle between requests for longer than this is closed. Keep it above the
+    /// idle timeout of any load balancer in front (often 60 s).
+    pub keep_alive_timeout_secs: u64,
+    /// A response the client does not read for this long ends its connection.
+    pub send_timeout_secs: u64,
+    /// Open connections at most; a connection beyond is answered 503 with `Retry-After` and
+    /// closed. Lowered at start when the descriptor limit cannot hold it.
+    pub max_connections: usize,
+    /// Bytes of request bodies held, all requests together, before their sender is
+    /// authenticated (`hmac` integrations verify a signature over the body). Past it such
+    /// uploads are answered 503 with `Retry-After`.
+    pub max_unauthenticated_body_bytes: usize,
+    /// Networks of reverse proxies and load balancers whose `X-Forwarded-For` names the client
+    /// (CIDR, e.g. `10.0.0.0/8`). Empty: the peer address is the client.
+    #[serde(default)]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Authentication failures are written to the audit log and the log once per this many
+    /// seconds, one entry per integration, scheme and reason with the sources and counts.
+    pub auth_failure_report_secs: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -96,6 +118,11 @@ pub struct IntegrationConfig {
     /// External Service ID for messages that carry none; empty for none.
     #[serde(default, deserialize_with = "string_or_number")]
     pub default_service_id: String,
+    /// Other integrations whose referrals this one may deliver updates for (and they for its
+    /// own: sharing goes both ways). A referral belongs to the integration that first delivered
+    /// it; a delivery for it on any other integration is refused with 403.
+    #[serde(default)]
+    pub share_referrals_with: Vec<IntegrationName>,
 }
 
 impl IntegrationConfig {
@@ -448,8 +475,23 @@ impl Config {
             }
             bail!("oauth2 signing keys must be at least 32 bytes long");
         }
-        if self.server.max_body_bytes < 1024 {
+        let server = &self.server;
+        if server.max_body_bytes < 1024 {
             bail!("server.max_body_bytes must be at least 1024");
+        }
+        for (key, value) in [
+            ("header_read_timeout_secs", server.header_read_timeout_secs),
+            ("keep_alive_timeout_secs", server.keep_alive_timeout_secs),
+            ("send_timeout_secs", server.send_timeout_secs),
+            ("auth_failure_report_secs", server.auth_failure_report_secs),
+            ("max_connections", server.max_connections as u64),
+        ] {
+            if value == 0 {
+                bail!("server.{key} must be at least 1");
+            }
+        }
+        if server.max_unauthenticated_body_bytes < server.max_body_bytes {
+            bail!("server.max_unauthenticated_body_bytes must be at least server.max_body_bytes");
         }
         if self.integrations.is_empty() {
             bail!("integrations: at least one integration must be configured");
@@ -530,6 +572,13 @@ impl Config {
                     if *tolerance_secs == 0 {
                         bail!("{key}.tolerance_secs must be at least 1");
                     }
+                }
+            }
+            for other in &integration.share_referrals_with {
+                if !self.integrations.contains_key(other) || other == name {
+                    bail!(
+                        "integrations.{name}.share_referrals_with: '{other}' is not another configured integration"
+                    );
                 }
             }
             if !integration.default_service_id.trim().is_empty() {

@@ -11,5 +11,6 @@ pub mod export;
 pub mod fhir;
 pub mod ocean;
 pub mod routes;
+pub mod server;
 pub mod store;
 pub mod telemetry;

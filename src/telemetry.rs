@@ -59,6 +59,9 @@ const DEAD_LETTERS: &str = "relay_outbox_dead_letters";
 const OUTBOX_SENDS: &str = "relay_outbox_sends_total";
 const TOKEN_FETCHES: &str = "relay_ocean_token_fetches_total";
 const EXPORT_ROWS: &str = "relay_export_rows_total";
+const CONNECTIONS_OPEN: &str = "relay_connections_open";
+const CONNECTIONS_SHED: &str = "relay_connections_shed_total";
+const CONNECTION_TIMEOUTS: &str = "relay_connection_timeouts_total";
 
 /// The application's metrics. Cheap to clone.
 #[derive(Clone)]
@@ -108,7 +111,18 @@ impl Metrics {
             describe_counter!(OUTBOX_SENDS, "Attempts to send an update to Ocean, by site and result");
             describe_counter!(TOKEN_FETCHES, "OAuth2 tokens fetched from Ocean, by site and result");
             describe_counter!(EXPORT_ROWS, "Referrals written to CSV exports");
+            describe_gauge!(CONNECTIONS_OPEN, "Open client connections");
+            describe_counter!(
+                CONNECTIONS_SHED,
+                "Connections over server.max_connections, answered 503 and closed"
+            );
+            describe_counter!(
+                CONNECTION_TIMEOUTS,
+                "Connections closed by a timeout: header_read, keep_alive or send"
+            );
             metrics::counter!(EXPORT_ROWS).increment(0);
+            metrics::gauge!(CONNECTIONS_OPEN).set(0.0);
+            metrics::counter!(CONNECTIONS_SHED).increment(0);
         });
         metrics
     }
@@ -206,6 +220,24 @@ impl Metrics {
                     .absolute(count);
             }
         });
+    }
+
+    pub fn connection_opened(&self) {
+        self.with(|| metrics::gauge!(CONNECTIONS_OPEN).increment(1.0));
+    }
+
+    pub fn connection_closed(&self) {
+        self.with(|| metrics::gauge!(CONNECTIONS_OPEN).decrement(1.0));
+    }
+
+    /// A connection over the cap, answered 503.
+    pub fn connection_shed(&self) {
+        self.with(|| metrics::counter!(CONNECTIONS_SHED).increment(1));
+    }
+
+    /// A connection closed by a timeout: `header_read`, `keep_alive` or `send`.
+    pub fn connection_timeout(&self, kind: &'static str) {
+        self.with(|| metrics::counter!(CONNECTION_TIMEOUTS, "kind" => kind).increment(1));
     }
 
     pub fn export_rows(&self, rows: u64) {

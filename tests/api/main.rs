@@ -6,6 +6,7 @@ mod at_rest;
 mod audit;
 mod auth;
 mod cli;
+mod connections;
 mod crash;
 mod dedup;
 mod export;
