@@ -74,6 +74,7 @@ fn main() {
                             dedup_key: delivery_key(&integration, Some(&name), &sha256),
                             sha256,
                             integration,
+                            shares_with: Vec::new(),
                             referral: ReferralRef::parse(&name).unwrap(),
                             service: ServiceAssignment::Unassigned,
                             event: message.event.clone(),

@@ -166,6 +166,7 @@ async fn store_rows(
                         sha256: sha256_hex(&raw),
                         dedup_key: delivery_key(&integration, Some(&name), &sha256_hex(&raw)),
                         integration,
+                        shares_with: Vec::new(),
                         referral: ReferralRef::parse(&name).unwrap(),
                         service: ServiceAssignment::Unassigned,
                         event: message.event.clone(),

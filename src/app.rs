@@ -22,6 +22,7 @@ use tracing::Instrument;
 use crate::auth::Inbound;
 use crate::auth::api::ApiClients;
 use crate::auth::limiter::LoginLimiter;
+use crate::auth::refusals::Refusals;
 use crate::auth::token::TokenIssuer;
 use crate::config::{AuthConfig, Config, Secret};
 use crate::domain::{EventCode, IntegrationName, ServiceId};
@@ -44,6 +45,9 @@ pub struct Integration {
     /// Accepted event codes; empty accepts all.
     pub events: Vec<EventCode>,
     pub default_service: Option<ServiceId>,
+    /// Integrations whose referrals it may deliver for, besides its own (sharing is mutual:
+    /// listed by either side).
+    pub shares_with: Vec<IntegrationName>,
 }
 
 /// Counts of what the webhook did with deliveries, since start.
@@ -92,6 +96,11 @@ pub struct AppState {
     pub metrics: Metrics,
     /// Liveness of the outbox worker, for `/readyz`.
     pub worker_health: Arc<WorkerHealth>,
+    /// Refused authentication, reported once per interval.
+    pub refusals: Arc<Refusals>,
+    /// Bytes of request bodies held before their sender is authenticated, at most
+    /// `server.max_unauthenticated_body_bytes` (one permit per byte).
+    pub unauthenticated_bytes: Arc<tokio::sync::Semaphore>,
 }
 
 impl AppState {
@@ -128,12 +137,23 @@ impl AppState {
                         .push(client.client_secret.clone());
                 }
             }
+            let shares_with = config
+                .integrations
+                .iter()
+                .filter(|(other, o)| {
+                    *other != name
+                        && (c.share_referrals_with.contains(other)
+                            || o.share_referrals_with.contains(name))
+                })
+                .map(|(other, _)| other.clone())
+                .collect();
             let integration = Integration {
                 name: name.clone(),
                 inbound: Inbound::from_config(&c.auth, tokens.as_ref())
                     .with_context(|| format!("integrations.{name}.auth"))?,
                 events: c.events.clone(),
                 default_service: c.default_service(),
+                shares_with,
             };
             integrations.insert(name.to_string(), integration);
         }
@@ -159,6 +179,10 @@ impl AppState {
             counters: Arc::default(),
             metrics,
             worker_health: Arc::new(WorkerHealth::new(send_bound(config))),
+            refusals: Arc::new(Refusals::new()),
+            unauthenticated_bytes: Arc::new(tokio::sync::Semaphore::new(
+                config.server.max_unauthenticated_body_bytes,
+            )),
         })
     }
 
@@ -258,6 +282,9 @@ pub struct Application {
     /// Longest one send to Ocean can take (token fetch, post, one 401 retry).
     send_bound: Duration,
     limits: crate::server::Limits,
+    refusals: Arc<Refusals>,
+    /// How often refused authentication is reported.
+    refusals_every: Duration,
 }
 
 /// Descriptors kept free of client connections: the store's files, connections to Ocean,
@@ -305,6 +332,8 @@ impl Application {
         };
         Ok(Self {
             limits,
+            refusals: Arc::clone(&state.refusals),
+            refusals_every: Duration::from_secs(server.auth_failure_report_secs),
             listener,
             store: Arc::clone(&state.store),
             keep_days: config.retention.keep_days,
@@ -336,6 +365,12 @@ impl Application {
             self.metrics.clone(),
             self.stopping.subscribe(),
         ));
+        tokio::spawn(report_refusals(
+            Arc::clone(&self.refusals),
+            Arc::clone(&self.store),
+            self.refusals_every,
+            self.stopping.subscribe(),
+        ));
         if self.keep_days > 0 {
             tokio::spawn(retention(
                 Arc::clone(&self.store),
@@ -362,6 +397,10 @@ impl Application {
         tokio::select! {
             () = server => {}
             () = deadline => tracing::warn!(timeout_secs = timeout.as_secs(), "requests still in flight after the drain timeout; exiting"),
+        }
+        // Refusals counted since the last report are not lost at shutdown.
+        if let Err(e) = self.refusals.report(self.store.as_ref()).await {
+            tracing::error!(error = %e, "cannot report authentication failures");
         }
         // A send in progress is allowed to finish: cutting it off could post it twice.
         self.stopping.send_replace(true);
@@ -406,6 +445,24 @@ async fn retention(
         tokio::select! {
             () = tokio::time::sleep(Duration::from_secs(24 * 3600)) => {}
             _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+}
+
+/// Writes the refused authentication counted in each interval to the audit log.
+async fn report_refusals(
+    refusals: Arc<Refusals>,
+    store: Arc<dyn Store>,
+    every: Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(every) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        if let Err(e) = refusals.report(store.as_ref()).await {
+            tracing::error!(error = %e, "cannot report authentication failures");
         }
     }
 }

@@ -12,6 +12,9 @@ use crate::store::StoreError;
 /// The FHIR JSON media type of every response body the webhook writes.
 pub const FHIR_JSON: &str = "application/fhir+json";
 
+/// The content codings the webhook decodes, as `Accept-Encoding` names them.
+pub const ACCEPTED_ENCODINGS: &str = "gzip, deflate";
+
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
     /// The request cannot be read (not JSON, empty, wrong content type): 400.
@@ -26,9 +29,22 @@ pub enum AppError {
         challenge: &'static str,
         reason: String,
     },
+    /// Authenticated, but not allowed to do this: 403.
+    #[error("{0}")]
+    Forbidden(String),
     /// No such integration or resource: 404.
     #[error("{0}")]
     NotFound(String),
+    /// A media type the relay does not take: 415.
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    /// A content coding the relay does not decode: 415 with `Accept-Encoding`
+    /// (RFC 9110 §12.5.3).
+    #[error("{0}")]
+    UnsupportedEncoding(String),
+    /// Too busy to take this request now; the sender should retry: 503 with `Retry-After`.
+    #[error("{0}")]
+    Busy(String),
     /// The route exists, the method does not: 405.
     #[error("method not allowed here; the webhook takes POST")]
     MethodNotAllowed,
@@ -52,7 +68,12 @@ impl AppError {
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::UnsupportedMediaType(_) | Self::UnsupportedEncoding(_) => {
+                StatusCode::UNSUPPORTED_MEDIA_TYPE
+            }
+            Self::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::Timeout { .. } => StatusCode::REQUEST_TIMEOUT,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
@@ -65,7 +86,10 @@ impl AppError {
         match self {
             Self::BadRequest(_) | Self::Unprocessable(_) => IssueCode::Invalid,
             Self::Unauthorized { .. } => IssueCode::Login,
+            Self::Forbidden(_) => IssueCode::Forbidden,
             Self::NotFound(_) => IssueCode::NotFound,
+            Self::UnsupportedMediaType(_) | Self::UnsupportedEncoding(_) => IssueCode::NotSupported,
+            Self::Busy(_) => IssueCode::Transient,
             Self::MethodNotAllowed => IssueCode::NotSupported,
             Self::Timeout { .. } => IssueCode::Timeout,
             Self::PayloadTooLarge { .. } => IssueCode::TooLong,
@@ -95,11 +119,24 @@ impl IntoResponse for AppError {
         }
         let body = operation_outcome(Severity::Error, self.issue_code(), &self.to_string());
         let mut response = fhir_json(self.status_code(), &body);
-        if let Self::Unauthorized { challenge, .. } = self {
-            response.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                HeaderValue::from_static(challenge),
-            );
+        let headers = response.headers_mut();
+        match self {
+            Self::Unauthorized { challenge, .. } => {
+                headers.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static(challenge),
+                );
+            }
+            Self::UnsupportedEncoding(_) => {
+                headers.insert(
+                    header::ACCEPT_ENCODING,
+                    HeaderValue::from_static(ACCEPTED_ENCODINGS),
+                );
+            }
+            Self::Busy(_) | Self::Unavailable(_) => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+            }
+            _ => {}
         }
         response
     }

@@ -1,9 +1,13 @@
 //! Standard Webhooks signatures (<https://www.standardwebhooks.com/>): `webhook-id`,
 //! `webhook-timestamp` and `webhook-signature` headers, HMAC-SHA256 over
-//! `{id}.{timestamp}.{raw body}` with the key base64-decoded from a `whsec_` secret.
+//! `{id}.{timestamp}.{raw body}` with the key base64-decoded from a `whsec_` secret. Senders
+//! built on Svix send the same scheme as `svix-id`, `svix-timestamp` and `svix-signature`; those
+//! names are accepted too, and a request that mixes the two sets inconsistently is refused.
 //!
-//! The raw bytes as received are verified before anything parses them; a re-serialised body
-//! would not match. Comparison is constant-time (aws-lc's `hmac::verify`).
+//! The headers are checked before the body is read ([`HmacVerifier::check_headers`]), so an
+//! unsigned or stale request costs no memory; the raw bytes as received are then verified before
+//! anything parses them (a re-serialised body would not match). Comparison is constant-time
+//! (aws-lc's `hmac::verify`).
 
 use aws_lc_rs::hmac;
 use axum::http::HeaderMap;
@@ -15,11 +19,19 @@ use crate::config::Secret;
 /// `WWW-Authenticate` for signed webhooks (there is no registered scheme; this names it).
 pub const CHALLENGE: &str = "Signature realm=\"referral-relay\", headers=\"webhook-id webhook-timestamp webhook-signature\"";
 
-/// Why a signed request was refused. `reason()` is a fixed phrase, safe to log and return.
+/// The header names of the scheme: Standard Webhooks', then Svix's for the same thing.
+const NAMES: [[&str; 3]; 2] = [
+    ["webhook-id", "webhook-timestamp", "webhook-signature"],
+    ["svix-id", "svix-timestamp", "svix-signature"],
+];
+
+/// Why a signed request was refused. Its text is a fixed phrase, safe to log and return.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum SignatureError {
     #[error("the {0} header is missing")]
     MissingHeader(&'static str),
+    #[error("the webhook-* and svix-* signature headers disagree; send one set")]
+    MixedHeaders,
     #[error("webhook-id is not a usable delivery id")]
     BadId,
     #[error("webhook-timestamp is not a whole number of seconds")]
@@ -34,6 +46,16 @@ pub enum SignatureError {
     MalformedSignature,
     #[error("no signature matches")]
     NoMatch,
+}
+
+/// The signature headers of a request, checked for presence, form and freshness.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignedHeaders {
+    /// The sender's delivery id.
+    pub id: String,
+    timestamp: String,
+    /// The decoded `v1` signatures.
+    signatures: Vec<Vec<u8>>,
 }
 
 /// Decodes a `whsec_<base64>` secret into its HMAC key.
@@ -68,16 +90,15 @@ impl HmacVerifier {
         })
     }
 
-    /// Checks the request signed at `now` (Unix seconds); returns its `webhook-id`.
-    pub fn verify(
+    /// Checks the signature headers of a request at `now` (Unix seconds), before its body is
+    /// read: present (under one set of names), a usable id, a timestamp within the tolerance,
+    /// and at least one decodable `v1` signature.
+    pub fn check_headers(
         &self,
         headers: &HeaderMap,
-        body: &[u8],
         now: i64,
-    ) -> Result<String, SignatureError> {
-        let id = header(headers, "webhook-id")?;
-        let timestamp = header(headers, "webhook-timestamp")?;
-        let signatures = header(headers, "webhook-signature")?;
+    ) -> Result<SignedHeaders, SignatureError> {
+        let [id, timestamp, signatures] = signature_headers(headers)?;
         if id.is_empty() || id.len() > 256 || id.chars().any(char::is_control) {
             return Err(SignatureError::BadId);
         }
@@ -90,47 +111,83 @@ impl HmacVerifier {
         if sent.saturating_sub(now) > self.tolerance_secs {
             return Err(SignatureError::InFuture);
         }
-
-        let mut signed = Vec::with_capacity(id.len() + timestamp.len() + body.len() + 2);
-        signed.extend_from_slice(id.as_bytes());
-        signed.push(b'.');
-        signed.extend_from_slice(timestamp.as_bytes());
-        signed.push(b'.');
-        signed.extend_from_slice(body);
-
-        let (mut saw_v1, mut saw_decodable) = (false, false);
-        for entry in signatures.split(' ') {
-            // Other versions (v1a, v2, ...) are for other schemes; they are skipped, not errors.
-            let Some(encoded) = entry.strip_prefix("v1,") else {
-                continue;
-            };
-            saw_v1 = true;
-            let Ok(signature) = STANDARD.decode(encoded) else {
-                continue;
-            };
-            saw_decodable = true;
-            if self
-                .keys
-                .iter()
-                .any(|key| hmac::verify(key, &signed, &signature).is_ok())
-            {
-                return Ok(id.to_owned());
-            }
+        // Other versions (v1a, v2, ...) are for other schemes; they are skipped, not errors.
+        let v1: Vec<&str> = signatures
+            .split(' ')
+            .filter_map(|entry| entry.strip_prefix("v1,"))
+            .collect();
+        if v1.is_empty() {
+            return Err(SignatureError::NoV1Signature);
         }
-        Err(match (saw_v1, saw_decodable) {
-            (false, _) => SignatureError::NoV1Signature,
-            (true, false) => SignatureError::MalformedSignature,
-            (true, true) => SignatureError::NoMatch,
+        let decoded: Vec<Vec<u8>> = v1.iter().filter_map(|s| STANDARD.decode(s).ok()).collect();
+        if decoded.is_empty() {
+            return Err(SignatureError::MalformedSignature);
+        }
+        Ok(SignedHeaders {
+            id: id.to_owned(),
+            timestamp: timestamp.to_owned(),
+            signatures: decoded,
         })
+    }
+
+    /// Whether one of the signatures is a configured secret's over `body`.
+    pub fn verify_body(&self, signed: &SignedHeaders, body: &[u8]) -> Result<(), SignatureError> {
+        let mut message =
+            Vec::with_capacity(signed.id.len() + signed.timestamp.len() + body.len() + 2);
+        message.extend_from_slice(signed.id.as_bytes());
+        message.push(b'.');
+        message.extend_from_slice(signed.timestamp.as_bytes());
+        message.push(b'.');
+        message.extend_from_slice(body);
+        let matches = signed.signatures.iter().any(|signature| {
+            self.keys
+                .iter()
+                .any(|key| hmac::verify(key, &message, signature).is_ok())
+        });
+        if matches {
+            Ok(())
+        } else {
+            Err(SignatureError::NoMatch)
+        }
+    }
+
+    /// Checks the headers and the signature over `body` at `now`; returns the delivery id.
+    pub fn verify(
+        &self,
+        headers: &HeaderMap,
+        body: &[u8],
+        now: i64,
+    ) -> Result<String, SignatureError> {
+        let signed = self.check_headers(headers, now)?;
+        self.verify_body(&signed, body)?;
+        Ok(signed.id)
     }
 }
 
-fn header<'a>(headers: &'a HeaderMap, name: &'static str) -> Result<&'a str, SignatureError> {
-    headers
-        .get(name)
-        .and_then(|v| v.to_str().ok())
-        .map(str::trim)
-        .ok_or(SignatureError::MissingHeader(name))
+/// The id, timestamp and signature headers under one set of names. A value present under both
+/// names must be the same, and one set may not be completed from the other's names.
+fn signature_headers(headers: &HeaderMap) -> Result<[&str; 3], SignatureError> {
+    let read = |name: &str| {
+        headers
+            .get(name)
+            .map(|v| v.to_str().map(str::trim).unwrap_or("\u{fffd}"))
+    };
+    let [standard, svix] = NAMES.map(|names| names.map(read));
+    let complete = |set: &[Option<&str>; 3]| set.iter().all(Option::is_some);
+    let absent = |set: &[Option<&str>; 3]| set.iter().all(Option::is_none);
+    let missing = |set: &[Option<&str>; 3], names: &[&'static str; 3]| {
+        let at = set.iter().position(Option::is_none).unwrap_or(0);
+        SignatureError::MissingHeader(names[at])
+    };
+    let chosen = match (complete(&standard), complete(&svix)) {
+        (true, true) if standard == svix => standard,
+        (true, false) if absent(&svix) => standard,
+        (false, true) if absent(&standard) => svix,
+        (false, false) if absent(&svix) => return Err(missing(&standard, &NAMES[0])),
+        (false, false) if absent(&standard) => return Err(missing(&svix, &NAMES[1])),
+        _ => return Err(SignatureError::MixedHeaders),
+    };
+    Ok(chosen.map(Option::unwrap_or_default))
 }
 
 #[cfg(test)]
@@ -233,6 +290,43 @@ mod tests {
         assert_eq!(
             check(&missing, BODY, at),
             SignatureError::MissingHeader("webhook-timestamp")
+        );
+    }
+
+    #[test]
+    fn svix_header_names_are_the_same_scheme_and_may_not_be_mixed() {
+        let v = verifier(&[SECRET]);
+        let ts = TIMESTAMP.to_string();
+        let mut svix = HeaderMap::new();
+        for (from, to) in NAMES[0].iter().zip(NAMES[1]) {
+            let value = headers(ID, &ts, SIGNATURE).remove(*from).unwrap();
+            svix.insert(to, value);
+        }
+        assert_eq!(v.verify(&svix, BODY, TIMESTAMP).unwrap(), ID);
+        // Both sets with the same values: fine.
+        let mut both = headers(ID, &ts, SIGNATURE);
+        both.extend(svix.clone());
+        assert_eq!(v.verify(&both, BODY, TIMESTAMP).unwrap(), ID);
+        // Both sets with different ids: refused, although one set verifies.
+        let mut differ = headers("msg_other", &ts, SIGNATURE);
+        differ.extend(svix.clone());
+        assert_eq!(
+            v.verify(&differ, BODY, TIMESTAMP).unwrap_err(),
+            SignatureError::MixedHeaders
+        );
+        // One set completed from the other's names.
+        let mut mixed = headers(ID, &ts, SIGNATURE);
+        let signature = mixed.remove("webhook-signature").unwrap();
+        mixed.insert("svix-signature", signature);
+        assert_eq!(
+            v.verify(&mixed, BODY, TIMESTAMP).unwrap_err(),
+            SignatureError::MixedHeaders
+        );
+        let mut partial = svix.clone();
+        partial.remove("svix-timestamp");
+        assert_eq!(
+            v.verify(&partial, BODY, TIMESTAMP).unwrap_err(),
+            SignatureError::MissingHeader("svix-timestamp")
         );
     }
 

@@ -9,6 +9,8 @@ pub mod basic;
 pub mod bearer;
 pub mod hmac;
 pub mod limiter;
+pub mod refusals;
+pub mod source;
 pub mod token;
 
 use std::sync::Arc;
@@ -18,7 +20,7 @@ use axum::http::HeaderMap;
 use crate::config::{AuthConfig, Secret};
 use crate::domain::IntegrationName;
 use basic::BasicCredentials;
-use hmac::HmacVerifier;
+use hmac::{HmacVerifier, SignedHeaders};
 use token::TokenIssuer;
 
 /// A refused request: the scheme's challenge and why.
@@ -79,28 +81,37 @@ impl Inbound {
         }
     }
 
-    /// True when the check needs the raw body (a signature over it), so it runs after the
-    /// body is read and before it is parsed.
+    /// True when the check needs the raw body (a signature over it): the sender is known only
+    /// once the body is read.
     pub fn signs_body(&self) -> bool {
         matches!(self, Self::Hmac(_))
     }
 
-    /// Checks the headers of a request for `integration` (every scheme but `hmac`).
+    /// Checks what a request for `integration` carries in its headers, at `now` (Unix
+    /// seconds), before its body is read: the credentials of every scheme but `hmac`, and for
+    /// `hmac` the signature headers (present, fresh, well formed), which are returned so that
+    /// [`Inbound::check_signature`] can verify the body against them.
     pub fn check_headers(
         &self,
         integration: &IntegrationName,
         headers: &HeaderMap,
-    ) -> Result<(), Refusal> {
+        now: i64,
+    ) -> Result<Option<SignedHeaders>, Refusal> {
         match self {
-            Self::None | Self::Hmac(_) => Ok(()),
-            Self::Basic(credentials) => credentials.check(headers).map_err(|reason| Refusal {
-                challenge: basic::CHALLENGE,
-                reason: reason.to_owned(),
-            }),
+            Self::None => Ok(None),
+            Self::Basic(credentials) => {
+                credentials
+                    .check(headers)
+                    .map(|()| None)
+                    .map_err(|reason| Refusal {
+                        challenge: basic::CHALLENGE,
+                        reason: reason.to_owned(),
+                    })
+            }
             Self::Bearer(tokens) => {
                 let presented = bearer::presented(headers).map_err(bearer::refusal)?;
                 if bearer::matches_any(presented, tokens) {
-                    Ok(())
+                    Ok(None)
                 } else {
                     Err(bearer::refusal("the bearer token is not recognised"))
                 }
@@ -109,31 +120,29 @@ impl Inbound {
                 let presented = bearer::presented(headers).map_err(bearer::refusal)?;
                 issuer
                     .verify(presented, integration)
+                    .map(|()| None)
                     .map_err(|e| bearer::refusal(&e.to_string()))
             }
+            Self::Hmac(verifier) => verifier
+                .check_headers(headers, now)
+                .map(Some)
+                .map_err(hmac_refusal),
         }
     }
 
-    /// Checks the signature over `body` (`hmac` only) at `now`, Unix seconds. Returns the
-    /// sender's delivery id (`webhook-id`), which then identifies the delivery for dedup.
-    pub fn check_signature(
-        &self,
-        headers: &HeaderMap,
-        body: &[u8],
-        now: i64,
-    ) -> Result<Option<String>, Refusal> {
+    /// Verifies the signature over `body` (`hmac` only; other schemes have nothing to check).
+    pub fn check_signature(&self, signed: &SignedHeaders, body: &[u8]) -> Result<(), Refusal> {
         match self {
-            Self::Hmac(verifier) => {
-                verifier
-                    .verify(headers, body, now)
-                    .map(Some)
-                    .map_err(|e| Refusal {
-                        challenge: hmac::CHALLENGE,
-                        reason: e.to_string(),
-                    })
-            }
-            _ => Ok(None),
+            Self::Hmac(verifier) => verifier.verify_body(signed, body).map_err(hmac_refusal),
+            _ => Ok(()),
         }
+    }
+}
+
+fn hmac_refusal(e: hmac::SignatureError) -> Refusal {
+    Refusal {
+        challenge: hmac::CHALLENGE,
+        reason: e.to_string(),
     }
 }
 

@@ -21,6 +21,8 @@ pub enum IssueCode {
     Required,
     /// Authentication failed.
     Login,
+    /// Authenticated, but not allowed.
+    Forbidden,
     /// The resource or integration was not found.
     NotFound,
     /// The request took too long.
@@ -43,6 +45,7 @@ impl IssueCode {
             Self::Invalid => "invalid",
             Self::Required => "required",
             Self::Login => "login",
+            Self::Forbidden => "forbidden",
             Self::NotFound => "not-found",
             Self::TooLong => "too-long",
             Self::Timeout => "timeout",

@@ -21,6 +21,8 @@ use utoipa::{IntoParams, OpenApi, ToSchema};
 
 use crate::app::AppState;
 use crate::auth::api::ApiClient;
+use crate::auth::refusals::RefusalKind;
+use crate::auth::source::ClientAddr;
 use crate::domain::{ReferralRef, ServiceId, Summary};
 use crate::error::{FHIR_JSON, Problem};
 use crate::store::{EventRecord, ReferralRecord, VersionRecord};
@@ -106,14 +108,23 @@ impl FromRequestParts<AppState> for Caller {
     type Rejection = Problem;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Problem> {
-        state
-            .api_clients
-            .authenticate(&parts.headers)
-            .map(|client| Caller(client.clone()))
-            .map_err(|reason| {
-                tracing::warn!(reason, "API authentication failed");
-                Problem::Unauthorized(format!("authentication failed: {reason}"))
-            })
+        match state.api_clients.authenticate(&parts.headers) {
+            Ok(client) => Ok(Caller(client.clone())),
+            Err(reason) => {
+                let Ok(ClientAddr(source)) = ClientAddr::from_request_parts(parts, state).await;
+                state.refusals.record(
+                    RefusalKind {
+                        actor: "api".into(),
+                        scheme: "bearer",
+                        reason: reason.into(),
+                    },
+                    source,
+                );
+                Err(Problem::Unauthorized(format!(
+                    "authentication failed: {reason}"
+                )))
+            }
+        }
     }
 }
 

@@ -5,7 +5,6 @@
 //! `unsupported_grant_type` 400), never OperationOutcomes: this is OAuth, not FHIR.
 
 use std::sync::atomic::Ordering;
-use tracing::Instrument;
 
 use axum::Router;
 use axum::body::Body;
@@ -20,6 +19,8 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::app::AppState;
+use crate::auth::refusals::RefusalKind;
+use crate::auth::source::ClientAddr;
 use crate::auth::{basic, bearer};
 use crate::config::Secret;
 
@@ -42,7 +43,12 @@ struct TokenForm {
     scope: Option<String>,
 }
 
-async fn token(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+async fn token(
+    State(state): State<AppState>,
+    ClientAddr(source): ClientAddr,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     let read = tokio::time::timeout(
         state.body_timeout,
         Limited::new(body, MAX_FORM_BYTES).collect(),
@@ -97,16 +103,19 @@ async fn token(State(state): State<AppState>, headers: HeaderMap, body: Body) ->
     };
 
     let client = state.oauth_client(&client_id);
-    let bucket = if client.is_some() {
+    // Unknown client ids share one account name, so inventing ids gains a guesser nothing.
+    let account = if client.is_some() {
         client_id.as_str()
     } else {
         UNKNOWN_CLIENT
     };
-    if let Err(wait) = state.login_limiter.check(bucket) {
+    if let Err(wait) = state.login_limiter.check(source, account) {
         let mut response = oauth_error(
             StatusCode::TOO_MANY_REQUESTS,
             "invalid_client",
-            &format!("too many failed attempts for this client; retry in {wait} s"),
+            &format!(
+                "too many failed attempts for this client from this address; retry in {wait} s"
+            ),
         );
         response
             .headers_mut()
@@ -114,7 +123,7 @@ async fn token(State(state): State<AppState>, headers: HeaderMap, body: Body) ->
         return response;
     }
     let Some(client) = client.filter(|c| bearer::matches_any(secret.expose(), &c.secrets)) else {
-        state.login_limiter.failed(bucket);
+        state.login_limiter.failed(source, account);
         state.counters.auth_failures.fetch_add(1, Ordering::Relaxed);
         let integration = state
             .oauth_client(&client_id)
@@ -127,27 +136,17 @@ async fn token(State(state): State<AppState>, headers: HeaderMap, body: Body) ->
         } else {
             "unknown client"
         };
-        tracing::warn!(
-            integration = integration.as_deref().unwrap_or("-"),
-            scheme = "oauth2",
-            reason,
-            "token request refused"
-        );
-        let store = state.store.clone();
-        let actor = format!("integration:{}", integration.as_deref().unwrap_or("-"));
-        tokio::spawn(
-            async move {
-                let details = serde_json::json!({"scheme": "oauth2", "reason": reason});
-                if let Err(e) = store.audit("AUTH_FAILURE", &actor, details).await {
-                    tracing::error!(error = %e, "cannot audit an authentication failure");
-                }
-            }
-            // Its log lines keep the request's id.
-            .in_current_span(),
+        state.refusals.record(
+            RefusalKind {
+                actor: format!("integration:{}", integration.as_deref().unwrap_or("-")),
+                scheme: "oauth2",
+                reason: format!("token request: {reason}"),
+            },
+            source,
         );
         return invalid_client("unknown client or wrong client secret");
     };
-    state.login_limiter.succeeded(bucket);
+    state.login_limiter.succeeded(source, account);
     let Some(issuer) = state.tokens.as_ref() else {
         return oauth_error(
             StatusCode::INTERNAL_SERVER_ERROR,

@@ -41,6 +41,8 @@ pub enum ServiceAssignment {
 #[derive(Debug, Clone)]
 pub struct NewDelivery {
     pub integration: IntegrationName,
+    /// Integrations whose referrals this delivery may add versions to, besides its own.
+    pub shares_with: Vec<IntegrationName>,
     /// Identifies the delivery for deduplication; see [`delivery_key`].
     pub dedup_key: String,
     pub referral: ReferralRef,
@@ -85,12 +87,16 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
         .collect()
 }
 
-/// The result of storing a delivery. Either way it is on disk when this is returned.
+/// The result of storing a delivery. What is stored is on disk when this is returned.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PutOutcome {
-    pub version: u64,
-    /// True when the same delivery had been stored before; nothing new was written.
-    pub duplicate: bool,
+pub enum PutOutcome {
+    /// Stored as this version of its referral.
+    Stored { version: u64 },
+    /// The same delivery had been stored before, as this version; nothing new was written.
+    Duplicate { version: u64 },
+    /// The referral belongs to another integration, which does not share referrals with the
+    /// delivering one; nothing was written.
+    OwnedElsewhere { owner: IntegrationName },
 }
 
 /// The current state of a referral.
@@ -99,7 +105,12 @@ pub struct ReferralRecord {
     pub referral: ReferralRef,
     /// `None` = unassigned: no External Service ID in any delivery and no default configured.
     pub service_id: Option<ServiceId>,
+    /// The integration of the latest delivery.
     pub integration: IntegrationName,
+    /// The integration that first delivered the referral, which it belongs to. Records written
+    /// before ownership was kept have none; their first version's integration is the owner.
+    #[serde(default)]
+    pub owner: Option<IntegrationName>,
     pub latest_event: EventCode,
     /// Number of the latest version (versions count from 1).
     pub version: u64,

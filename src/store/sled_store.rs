@@ -477,9 +477,8 @@ impl SledStore {
                 )| {
                     if let Some(existing) = deliveries.get(d.dedup_key.as_bytes())? {
                         let existing: DeliveryRef = decode(&existing).map_err(abort)?;
-                        return Ok(PutOutcome {
+                        return Ok(PutOutcome::Duplicate {
                             version: existing.version,
-                            duplicate: true,
                         });
                     }
                     let previous: Option<ReferralRecord> = referrals
@@ -487,6 +486,25 @@ impl SledStore {
                         .map(|v| codec.decode(REFERRALS, referral_key, &v))
                         .transpose()
                         .map_err(abort)?;
+                    // A referral belongs to the integration that first delivered it.
+                    let owner = match &previous {
+                        None => d.integration.clone(),
+                        Some(p) => match &p.owner {
+                            Some(owner) => owner.clone(),
+                            None => {
+                                let first = version_key(&d.referral, 1);
+                                versions
+                                    .get(&first)?
+                                    .map(|v| codec.decode::<VersionRecord>(VERSIONS, &first, &v))
+                                    .transpose()
+                                    .map_err(abort)?
+                                    .map_or_else(|| p.integration.clone(), |v| v.integration)
+                            }
+                        },
+                    };
+                    if owner != d.integration && !d.shares_with.contains(&owner) {
+                        return Ok(PutOutcome::OwnedElsewhere { owner });
+                    }
 
                     // A message that names its External Service ID files (or moves) the
                     // referral there; otherwise an existing referral stays where it is.
@@ -516,6 +534,7 @@ impl SledStore {
                         referral: d.referral.clone(),
                         service_id: service_id.clone(),
                         integration: d.integration.clone(),
+                        owner: Some(owner.clone()),
                         latest_event: d.event.clone(),
                         version,
                         created_at: previous.as_ref().map_or(received_at, |p| p.created_at),
@@ -602,10 +621,7 @@ impl SledStore {
                         })
                         .map_err(abort)?,
                     )?;
-                    Ok(PutOutcome {
-                        version,
-                        duplicate: false,
-                    })
+                    Ok(PutOutcome::Stored { version })
                 },
             );
         result.map_err(tx_error)

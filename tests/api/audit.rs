@@ -4,7 +4,8 @@ use crate::fixtures::fixture;
 use crate::helpers::{TestApp, answer, spawn_app_in};
 
 const KEY: &str = "emr-key-0123456789";
-const CONFIG: &str = "[api.clients.emr]\nkey = \"emr-key-0123456789\"\n\
+const CONFIG: &str = "[server]\nauth_failure_report_secs = 1\n\
+                      [api.clients.emr]\nkey = \"emr-key-0123456789\"\n\
                       [integrations.default]\nauth = { scheme = \"bearer\", tokens = [\"sender-token\"] }\n";
 
 async fn entries(app: &TestApp) -> Vec<serde_json::Value> {
@@ -64,9 +65,10 @@ async fn deliveries_auth_failures_and_exports_are_audited_and_tampering_is_found
     assert_eq!(export.status().as_u16(), 200);
     let _ = export.bytes().await.unwrap();
 
-    // The failure and the export are written in the background: wait (bounded) for them.
+    // The failure is reported once its interval ends, and the export in the background: wait
+    // (bounded) for them.
     let mut log = Vec::new();
-    for _ in 0..100 {
+    for _ in 0..250 {
         log = entries(&app).await;
         if log.len() == 4 {
             break;
@@ -92,6 +94,8 @@ async fn deliveries_auth_failures_and_exports_are_audited_and_tampering_is_found
     );
     let failure = log.iter().find(|e| e["action"] == "AUTH_FAILURE").unwrap();
     assert_eq!(failure["details"]["scheme"], "bearer");
+    assert_eq!(failure["details"]["count"], 1);
+    assert_eq!(failure["details"]["sources"]["127.0.0.1"], 1);
     assert!(
         !failure.to_string().contains("wrong-token"),
         "no secrets in the audit log"

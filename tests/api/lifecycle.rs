@@ -163,6 +163,7 @@ client_secret = "{CLIENT_SECRET}"
 
 [integrations.basic]
 auth = {{ scheme = "basic", username = "ocean", password = "{PASSWORD}" }}
+share_referrals_with = ["bearer", "oauth", "hmac"]
 
 [integrations.bearer]
 auth = {{ scheme = "bearer", tokens = ["{STATIC_TOKEN}"] }}

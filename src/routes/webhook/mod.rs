@@ -1,0 +1,390 @@
+//! The inbound webhook Ocean posts message Bundles to.
+//!
+//! Order of work, cheapest refusal first, and nothing read before it is needed:
+//! 1. find the integration (404);
+//! 2. check what the headers say about the caller (401): credentials, or for `hmac` the
+//!    signature headers;
+//! 3. check the media type and content coding (415) and a declared length (413, without
+//!    inviting the body with `100 Continue`);
+//! 4. read the body within its size and time limits (413, 408); a body whose sender is not
+//!    authenticated yet counts against a shared budget (503 when it is spent);
+//! 5. verify the signature over the raw bytes (`hmac`, 401), then undo the content coding (the
+//!    size limit applies to the decoded body);
+//! 6. read and check the Bundle (400, 422), and refuse a referral of another integration (403);
+//! 7. store it durably, and only then answer 200 with a response message Bundle.
+//!
+//! Every refusal is a 4xx with an OperationOutcome; a store that cannot write answers 503 so
+//! Ocean retries.
+
+mod body;
+
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::rejection::PathRejection;
+use axum::extract::{OriginalUri, Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use time::OffsetDateTime;
+
+use crate::app::{AppState, Integration};
+use crate::auth::Refusal;
+use crate::auth::refusals::RefusalKind;
+use crate::auth::source::ClientAddr;
+use crate::domain::is_code_like;
+use crate::error::{AppError, fhir_json};
+use crate::fhir::outcome::response_bundle;
+use crate::fhir::{ParseError, Parsed, parse_message};
+use crate::store::{NewDelivery, PutOutcome, ServiceAssignment, delivery_key, sha256_hex};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/fhir/{integration}/$process-message", post(receive))
+        .route("/fhir/{integration}/Bundle", post(receive))
+        .route("/fhir/{integration}", post(receive))
+}
+
+/// Longest wait for the rest of a refused request's body, and the most of it that is read.
+const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+const DRAIN_LIMIT: usize = 1024 * 1024;
+
+/// What the webhook did with a delivery it answered 200.
+enum Handled {
+    Stored,
+    Duplicate,
+    Ignored,
+}
+
+/// Counts and times every delivery, then answers.
+async fn receive(
+    State(state): State<AppState>,
+    ClientAddr(source): ClientAddr,
+    path: Result<Path<String>, PathRejection>,
+    uri: OriginalUri,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, AppError> {
+    let started = Instant::now();
+    // Only configured names become metric labels: a path segment is the caller's to choose.
+    let label = match &path {
+        Ok(Path(name)) if state.integration(name).is_some() => name.clone(),
+        _ => "unknown".to_owned(),
+    };
+    // A body small enough to be worth reading even when the request is refused.
+    // Neither a length nor chunked transfer means no body at all.
+    let length = match headers.get(header::CONTENT_LENGTH) {
+        Some(v) => v.to_str().ok().and_then(|v| v.parse::<usize>().ok()),
+        None if headers.contains_key(header::TRANSFER_ENCODING) => None,
+        None => Some(0),
+    };
+    let drainable =
+        !headers.contains_key(header::EXPECT) && length.is_some_and(|length| length <= DRAIN_LIMIT);
+    let mut body = Some(body);
+    let request = Request {
+        state: &state,
+        source,
+        uri,
+        headers,
+    };
+    let result = request.handle(path, &mut body).await;
+    let metrics = &state.metrics;
+    metrics.ingest_latency(&label, started.elapsed());
+    // Refused before the body was read. A small one is read anyway (bounded), so the
+    // connection stays usable; a large or unknown one is not invited: the connection closes.
+    let mut close = false;
+    if let Some(unread) = body {
+        if drainable {
+            let _ = tokio::time::timeout(DRAIN_TIMEOUT, unread.collect_limited(DRAIN_LIMIT)).await;
+        } else {
+            close = true;
+        }
+    }
+    let counters = &state.counters;
+    match &result {
+        Ok((_, Handled::Stored)) => {
+            counters.stored.fetch_add(1, Ordering::Relaxed);
+            metrics.delivery(&label, "stored", None);
+        }
+        Ok((_, Handled::Duplicate)) => {
+            counters.duplicates.fetch_add(1, Ordering::Relaxed);
+            metrics.delivery(&label, "duplicate", None);
+        }
+        Ok((_, Handled::Ignored)) => {
+            counters.ignored.fetch_add(1, Ordering::Relaxed);
+            metrics.delivery(&label, "ignored", None);
+        }
+        // Counted as authentication failures where they are refused.
+        Err(AppError::Unauthorized { .. }) => {}
+        Err(e) => {
+            counters.rejected.fetch_add(1, Ordering::Relaxed);
+            metrics.delivery(&label, "rejected", Some(rejection_reason(e)));
+        }
+    }
+    let mut response = match result {
+        Ok((response, _)) => response,
+        Err(e) => e.into_response(),
+    };
+    if close {
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    Ok(response)
+}
+
+/// A metric label for why a delivery was refused.
+fn rejection_reason(e: &AppError) -> &'static str {
+    match e {
+        AppError::BadRequest(_) => "bad_request",
+        AppError::Unprocessable(_) => "unprocessable",
+        AppError::NotFound(_) => "unknown_integration",
+        AppError::Timeout { .. } => "body_timeout",
+        AppError::PayloadTooLarge { .. } => "too_large",
+        AppError::Unavailable(_) => "store_unavailable",
+        AppError::Unauthorized { .. } => "unauthorized",
+        AppError::Forbidden(_) => "foreign_referral",
+        AppError::UnsupportedMediaType(_) | AppError::UnsupportedEncoding(_) => {
+            "unsupported_media_type"
+        }
+        AppError::Busy(_) => "busy",
+        AppError::MethodNotAllowed | AppError::Internal(_) => "internal",
+    }
+}
+
+/// One webhook request, before its body is read.
+struct Request<'s> {
+    state: &'s AppState,
+    source: std::net::IpAddr,
+    uri: OriginalUri,
+    headers: HeaderMap,
+}
+
+impl Request<'_> {
+    async fn handle(
+        self,
+        path: Result<Path<String>, PathRejection>,
+        body: &mut Option<Body>,
+    ) -> Result<(Response, Handled), AppError> {
+        let state = self.state;
+        let Path(name) = path.map_err(|e| AppError::BadRequest(e.body_text()))?;
+        let integration = state.integration(&name).ok_or_else(|| {
+            AppError::NotFound(format!(
+                "no integration named '{}' is configured",
+                printable(&name)
+            ))
+        })?;
+        let inbound = &integration.inbound;
+        let refuse = |refusal: Refusal| refused(state, integration, self.source, refusal);
+        let headers = &self.headers;
+        let now = OffsetDateTime::now_utc().unix_timestamp();
+        let signed = inbound
+            .check_headers(&integration.name, headers, now)
+            .map_err(refuse)?;
+        body::check_media_type(headers)?;
+        let codings = body::content_codings(headers)?;
+        let limit = state.max_body_bytes;
+        let declared = body::declared_length(headers);
+        if declared.is_some_and(|length| length > limit as u64) {
+            return Err(AppError::PayloadTooLarge { limit });
+        }
+
+        // Until a signature over it is verified, the body counts against the shared budget.
+        let budget = signed
+            .as_ref()
+            .map(|_| state.unauthenticated_bytes.as_ref());
+        let unread = body.take().unwrap_or_default();
+        let (raw, held) = body::read(unread, limit, state.body_timeout, declared, budget).await?;
+        let decoded = match &signed {
+            Some(signed) => {
+                // Signed as sent; a sender that signed before compressing is served too.
+                let as_sent = inbound.check_signature(signed, &raw);
+                let decoded = body::decode(raw.clone(), codings.clone(), limit).await?;
+                if as_sent.is_err() && !codings.is_empty() {
+                    inbound.check_signature(signed, &decoded).map_err(refuse)?;
+                } else {
+                    as_sent.map_err(refuse)?;
+                }
+                decoded
+            }
+            None => body::decode(raw, codings, limit).await?,
+        };
+        drop(held);
+        let webhook_id = signed.map(|s| s.id);
+        self.file(integration, decoded, webhook_id).await
+    }
+
+    /// Reads the Bundle and stores it.
+    async fn file(
+        &self,
+        integration: &Integration,
+        body: bytes::Bytes,
+        webhook_id: Option<String>,
+    ) -> Result<(Response, Handled), AppError> {
+        let state = self.state;
+        let endpoint = self.uri.path().to_owned();
+        let parsed = parse_message(&body, |event| integration.accepts(event)).map_err(|e| {
+            let reason = match &e {
+                ParseError::Malformed(_) => "malformed",
+                ParseError::Unusable(_) => "unusable",
+            };
+            tracing::info!(integration = %integration.name, reason, "delivery rejected");
+            match e {
+                ParseError::Malformed(m) => AppError::BadRequest(m),
+                ParseError::Unusable(m) => AppError::Unprocessable(m),
+            }
+        })?;
+        let message = match parsed {
+            Parsed::Message(message) => message,
+            Parsed::Ignored {
+                event,
+                message_header_id,
+            } => {
+                tracing::info!(integration = %integration.name, %event, "event not accepted by this integration; acknowledged, not stored");
+                let note = format!(
+                    "event code '{event}' is not among those integration '{}' accepts; the message was acknowledged and not stored",
+                    integration.name
+                );
+                let body = response_bundle(
+                    message_header_id.as_deref(),
+                    event.as_str(),
+                    &endpoint,
+                    Some(&note),
+                );
+                return Ok((fhir_json(StatusCode::OK, &body), Handled::Ignored));
+            }
+        };
+
+        let service = match (&message.service_id, &integration.default_service) {
+            (Some(named), _) => ServiceAssignment::Named(named.clone()),
+            (None, Some(default)) => ServiceAssignment::Default(default.clone()),
+            (None, None) => ServiceAssignment::Unassigned,
+        };
+        let sha256 = sha256_hex(&body);
+        let delivery = NewDelivery {
+            // A signed delivery's webhook-id names it; otherwise its Bundle.id does.
+            dedup_key: delivery_key(
+                &integration.name,
+                webhook_id.as_deref().or(message.bundle_id.as_deref()),
+                &sha256,
+            ),
+            sha256,
+            integration: integration.name.clone(),
+            shares_with: integration.shares_with.clone(),
+            referral: message.referral.clone(),
+            service,
+            event: message.event.clone(),
+            message_header_id: message.message_header_id.clone(),
+            bundle_id: message.bundle_id.clone(),
+            bundle_timestamp: message.timestamp.clone(),
+            raw: body,
+            summary: message.summary,
+            problems: message.problems,
+            received_at: OffsetDateTime::now_utc(),
+        };
+        let (version, duplicate) = match state.store.put_delivery(delivery).await? {
+            PutOutcome::Stored { version } => (version, false),
+            PutOutcome::Duplicate { version } => (version, true),
+            PutOutcome::OwnedElsewhere { owner } => {
+                tracing::warn!(integration = %integration.name, %owner, event = %message.event, "delivery refused: the referral belongs to another integration");
+                let details = serde_json::json!({
+                    "referral": message.referral.as_str(),
+                    "event": message.event.as_str(),
+                    "owner": owner.as_str(),
+                });
+                state
+                    .store
+                    .audit(
+                        "DELIVERY_REFUSED",
+                        &format!("integration:{}", integration.name),
+                        details,
+                    )
+                    .await?;
+                return Err(AppError::Forbidden(format!(
+                    "referral {} belongs to integration '{owner}', which does not share referrals with integration '{}'; nothing was stored",
+                    message.referral, integration.name
+                )));
+            }
+        };
+        tracing::info!(
+            integration = %integration.name,
+            event = %message.event,
+            referral = %message.referral,
+            version,
+            duplicate,
+            "delivery stored"
+        );
+        let note = duplicate.then(|| {
+            format!(
+                "this delivery was already stored as version {version} of referral {}; nothing new was stored",
+                message.referral
+            )
+        });
+        let body = response_bundle(
+            message.message_header_id.as_deref(),
+            message.event.as_str(),
+            &endpoint,
+            note.as_deref(),
+        );
+        let handled = if duplicate {
+            Handled::Duplicate
+        } else {
+            Handled::Stored
+        };
+        Ok((fhir_json(StatusCode::OK, &body), handled))
+    }
+}
+
+/// Counts a refused caller (metric, health counter, the interval's report) and builds the 401.
+fn refused(
+    state: &AppState,
+    integration: &Integration,
+    source: std::net::IpAddr,
+    refusal: Refusal,
+) -> AppError {
+    let scheme = integration.inbound.scheme();
+    state.counters.auth_failures.fetch_add(1, Ordering::Relaxed);
+    state
+        .metrics
+        .auth_failure(integration.name.as_str(), scheme);
+    state.refusals.record(
+        RefusalKind {
+            actor: format!("integration:{}", integration.name),
+            scheme,
+            reason: refusal.reason.clone(),
+        },
+        source,
+    );
+    AppError::Unauthorized {
+        challenge: refusal.challenge,
+        reason: refusal.reason,
+    }
+}
+
+/// Reads and drops at most `limit` bytes of a body nobody needs.
+trait CollectLimited {
+    async fn collect_limited(self, limit: usize);
+}
+
+impl CollectLimited for Body {
+    async fn collect_limited(self, limit: usize) {
+        let _ = http_body_util::BodyExt::collect(http_body_util::Limited::new(self, limit)).await;
+    }
+}
+
+/// Echoes a path segment in an error only when it is a plausible integration name.
+fn printable(name: &str) -> &str {
+    if is_code_like(name) {
+        name
+    } else {
+        "(invalid name)"
+    }
+}
+
+impl Integration {
+    fn accepts(&self, event: &crate::domain::EventCode) -> bool {
+        self.events.is_empty() || self.events.contains(event)
+    }
+}
