@@ -363,6 +363,95 @@ async fn repeated_failed_client_logins_are_slowed_down() {
     );
 }
 
+/// A token request for the oauth integration's client from `source`, as a trusted proxy on
+/// loopback reports it in `X-Forwarded-For`.
+async fn token_from(app: &TestApp, source: &str, secret: &str) -> u16 {
+    let form =
+        format!("grant_type=client_credentials&client_id=ocean-client&client_secret={secret}");
+    token_request(app, &[("x-forwarded-for", source)], &form)
+        .await
+        .0
+}
+
+#[tokio::test]
+async fn a_third_party_cannot_lock_ocean_out_of_the_token_endpoint() {
+    let app = spawn_app_with(&format!(
+        "[server]\ntrusted_proxies = [\"127.0.0.1/32\"]\n{}",
+        config(true)
+    ))
+    .await;
+    // Someone who knows the client id guesses from their address until refused.
+    for _ in 0..5 {
+        assert_eq!(token_from(&app, "203.0.113.66", "guess").await, 401);
+    }
+    assert_eq!(token_from(&app, "203.0.113.66", "guess").await, 429);
+    // Brute force stays slow: even the right secret waits, from that address.
+    assert_eq!(
+        token_from(&app, "203.0.113.66", "client-secret-1").await,
+        429
+    );
+    // Ocean, from its own address, still gets its token.
+    assert_eq!(
+        token_from(&app, "198.51.100.20", "client-secret-1").await,
+        200
+    );
+    // A client cannot pick its address by sending the header itself: without a trusted
+    // proxy in front, the peer address counts, and the header is ignored.
+    let direct = spawn_app_with(&config(true)).await;
+    for n in 0..5 {
+        let source = format!("203.0.113.{n}");
+        assert_eq!(token_from(&direct, &source, "guess").await, 401);
+    }
+    assert_eq!(token_from(&direct, "203.0.113.99", "guess").await, 429);
+}
+
+#[tokio::test]
+async fn a_flood_of_refusals_writes_one_report_per_interval() {
+    let app = spawn_app_with(&format!(
+        "[server]\nauth_failure_report_secs = 1\n{}",
+        config(true)
+    ))
+    .await;
+    let before = app.store.audit_entries(0, 1000).await.unwrap().len();
+    for n in 0..300 {
+        let password = format!("guess-{n}");
+        let header = format!("Basic {}", STANDARD.encode(format!("ocean:{password}")));
+        let answer = post(&app, "basic", &[("authorization", &header)], body()).await;
+        assert_eq!(answer.status, 401);
+    }
+    let mut reports = Vec::new();
+    for _ in 0..100 {
+        let entries = app.store.audit_entries(0, 1000).await.unwrap();
+        reports = entries
+            .into_iter()
+            .skip(before)
+            .filter(|e| e.action == "AUTH_FAILURE")
+            .collect();
+        let counted: u64 = reports
+            .iter()
+            .map(|e| e.details["count"].as_u64().unwrap())
+            .sum();
+        if counted == 300 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    // 300 refusals, a handful of entries (one per interval they spanned), each counting them.
+    assert!(
+        !reports.is_empty() && reports.len() <= 5,
+        "{}",
+        reports.len()
+    );
+    let counted: u64 = reports
+        .iter()
+        .map(|e| e.details["count"].as_u64().unwrap())
+        .sum();
+    assert_eq!(counted, 300);
+    assert_eq!(reports[0].actor, "integration:basic");
+    assert_eq!(reports[0].details["reason"], "wrong username or password");
+    assert!(reports[0].details["sources"]["127.0.0.1"].as_u64().unwrap() >= 1);
+}
+
 #[tokio::test]
 async fn a_generated_signing_key_keeps_tokens_valid_across_restarts() {
     let dir = tempfile::TempDir::new().unwrap();

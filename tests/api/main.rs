@@ -9,6 +9,7 @@ mod cli;
 mod connections;
 mod crash;
 mod dedup;
+mod edge;
 mod export;
 mod failures;
 mod fixtures;
