@@ -115,6 +115,78 @@ async fn cells_a_spreadsheet_would_run_are_neutralised() {
     assert_eq!(row[11], "'@SUM(A1:A9)");
 }
 
+/// The cells a spreadsheet makes of `csv` when it splits on `separator`, the way Excel imports a
+/// file in a locale whose list separator that is: quotes count only where a cell begins, and
+/// after a closing quote the rest up to the separator is taken as written.
+fn spreadsheet_cells(csv: &str, separator: char) -> Vec<String> {
+    let mut cells = Vec::new();
+    let mut chars = csv.chars().peekable();
+    loop {
+        let mut cell = String::new();
+        if chars.peek() == Some(&'"') {
+            chars.next();
+            while let Some(c) = chars.next() {
+                if c == '"' {
+                    if chars.peek() == Some(&'"') {
+                        cell.push('"');
+                        chars.next();
+                        continue;
+                    }
+                    break;
+                }
+                cell.push(c);
+            }
+        }
+        let mut ended = true;
+        for c in chars.by_ref() {
+            if c == separator || c == '\n' {
+                ended = false;
+                break;
+            }
+            cell.push(c);
+        }
+        cells.push(cell);
+        if ended {
+            return cells;
+        }
+    }
+}
+
+#[tokio::test]
+async fn no_cell_starts_a_formula_whichever_separator_a_spreadsheet_splits_on() {
+    let app = spawn_app_with(CONFIG).await;
+    assert_eq!(
+        app.deliver("default", fixture("edge/csv-semicolon.json"))
+            .await
+            .status,
+        200
+    );
+    let template = String::from_utf8(fixture("v0.11-add-service-request.json")).unwrap();
+    let hostile = unique_v011(&template, "TST-LOCALE", "locale")
+        .into_iter()
+        .collect::<Vec<u8>>();
+    let hostile = String::from_utf8(hostile)
+        .unwrap()
+        .replace("555-010-0142", "555;-1+cmd|' /C calc'!A0")
+        .replace("avery.testpatient@example.test", "x\\t=1+1, @SUM(A1)");
+    assert_eq!(
+        app.deliver("default", hostile.into_bytes()).await.status,
+        200
+    );
+    let (_, _, body) = export(&app, "").await;
+    let text = String::from_utf8(body).unwrap();
+    assert!(text.contains("calc"), "the hostile text is exported");
+    for separator in [',', ';', '\t'] {
+        for cell in spreadsheet_cells(&text, separator) {
+            let start = cell.trim_start_matches([' ', '\r']);
+            assert!(
+                !start.starts_with(['=', '+', '-', '@']),
+                "split on {separator:?}, a cell starts a formula: {cell:?}"
+            );
+        }
+    }
+}
+
 #[tokio::test]
 async fn unexported_only_and_mark_exported_round_trip() {
     let app = spawn_app_with(CONFIG).await;
