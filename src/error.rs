@@ -102,7 +102,9 @@ impl AppError {
 impl From<StoreError> for AppError {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::Unavailable(_) => Self::Unavailable(e),
+            StoreError::Unavailable(_) | StoreError::Io(_) | StoreError::Failed(_) => {
+                Self::Unavailable(e)
+            }
             StoreError::Corrupt(_) => Self::Internal(e.into()),
         }
     }
@@ -114,7 +116,9 @@ impl IntoResponse for AppError {
             Self::Internal(cause) => {
                 tracing::error!(error = format!("{cause:#}"), "request failed")
             }
-            Self::Unavailable(cause) => tracing::error!(error = %cause, "storage unavailable"),
+            // The store logs when it breaks and when it recovers; one line per refused request
+            // would flood the log during an outage.
+            Self::Unavailable(cause) => tracing::debug!(error = %cause, "storage unavailable"),
             _ => {}
         }
         let body = operation_outcome(Severity::Error, self.issue_code(), &self.to_string());
@@ -190,7 +194,9 @@ impl Problem {
 impl From<StoreError> for Problem {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::Unavailable(_) => Self::Unavailable(e),
+            StoreError::Unavailable(_) | StoreError::Io(_) | StoreError::Failed(_) => {
+                Self::Unavailable(e)
+            }
             StoreError::Corrupt(_) => Self::Internal(e.into()),
         }
     }

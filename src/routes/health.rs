@@ -9,6 +9,7 @@ use axum::{Json, Router};
 use serde_json::{Value, json};
 
 use crate::app::AppState;
+use crate::store::StoreHealth;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -16,30 +17,56 @@ pub fn router() -> Router<AppState> {
         .route("/readyz", get(readyz))
 }
 
-/// The process is up and serving HTTP; with what the webhook has done since start.
-async fn healthz(State(state): State<AppState>) -> Json<Value> {
+/// The process is up and serving HTTP; with what the webhook has done since start. 503 when
+/// the store has failed in a way it cannot recover from by itself (restarting may help, and an
+/// operator should look); a store that is only waiting for the disk to take writes again is
+/// healthy, just not ready.
+async fn healthz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     let c = &state.counters;
     let read = |n: &std::sync::atomic::AtomicU64| n.load(Ordering::Relaxed);
-    Json(json!({
-        "status": "ok",
-        "deliveries": {
-            "stored": read(&c.stored),
-            "duplicate": read(&c.duplicates),
-            "ignored": read(&c.ignored),
-            "rejected": read(&c.rejected),
-        },
-        "auth_failures": read(&c.auth_failures),
-    }))
+    let (status, store) = match state.store.health() {
+        StoreHealth::Failed(reason) => {
+            tracing::error!(reason = %reason, "health check: the store cannot recover");
+            (StatusCode::SERVICE_UNAVAILABLE, format!("failed: {reason}"))
+        }
+        StoreHealth::Recovering { .. } => (StatusCode::OK, "recovering".to_owned()),
+        StoreHealth::Writable => (StatusCode::OK, "writable".to_owned()),
+    };
+    (
+        status,
+        Json(json!({
+            "status": if status == StatusCode::OK { "ok" } else { "failed" },
+            "store": store,
+            "deliveries": {
+                "stored": read(&c.stored),
+                "duplicate": read(&c.duplicates),
+                "ignored": read(&c.ignored),
+                "rejected": read(&c.rejected),
+            },
+            "auth_failures": read(&c.auth_failures),
+        })),
+    )
 }
 
-/// Ready when the store can take a durable write now and the outbox worker is alive.
+/// Ready when the store can take a durable write now and the outbox worker is alive. A store
+/// recovering from a write failure is not ready, and says since when and why.
 async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
-    let store = match state.store.check_writable().await {
-        Ok(()) => None,
-        Err(e) => {
-            tracing::warn!(error = %e, "readiness check: store not writable");
-            Some("not writable")
-        }
+    let store = match state.store.health() {
+        StoreHealth::Writable => match state.store.check_writable().await {
+            Ok(()) => None,
+            Err(e) => {
+                tracing::warn!(error = %e, "readiness check: store not writable");
+                Some("not writable".to_owned())
+            }
+        },
+        StoreHealth::Recovering {
+            for_secs,
+            attempts,
+            reason,
+        } => Some(format!(
+            "not writable for {for_secs} s ({reason}); reopened {attempts} times so far"
+        )),
+        StoreHealth::Failed(reason) => Some(format!("failed: {reason}")),
     };
     let worker = state.worker_health.problem();
     if let Some(problem) = worker {
@@ -55,7 +82,7 @@ async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
         status,
         Json(json!({
             "status": if ready { "ready" } else { "not ready" },
-            "store": store.unwrap_or("writable"),
+            "store": store.as_deref().unwrap_or("writable"),
             "worker": worker.unwrap_or("alive"),
             "worker_last_progress_secs": state.worker_health.since_beat().as_secs(),
         })),

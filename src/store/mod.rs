@@ -2,7 +2,7 @@
 //! PostgreSQL for several replicas. The store knows the relay's records, not FHIR.
 
 mod seal;
-mod sled_store;
+mod sled;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -11,16 +11,25 @@ use time::OffsetDateTime;
 
 use crate::domain::{EventCode, IntegrationName, ReferralRef, ServiceId, Summary};
 
+pub use self::sled::SledStore;
 pub use seal::Keyring;
-pub use sled_store::SledStore;
 
 /// Errors at the storage boundary.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// The store cannot read or write now (I/O error, disk full, closed). Callers answer 503 and
-    /// the sender retries.
+    /// The store cannot read or write now (closed, being reopened, shutting down). Callers
+    /// answer 503 and the sender retries.
     #[error("storage unavailable: {0}")]
     Unavailable(String),
+    /// Reading or writing the disk failed (disk full, an I/O error). The store recovers by itself
+    /// once the disk takes writes again (see [`Store::health`]); callers answer 503 meanwhile.
+    #[error("storage I/O failed: {0}")]
+    Io(String),
+    /// Reading or writing the disk failed in a way waiting will not cure (a read-only or
+    /// vanished filesystem, no permission, corruption); callers answer 503, and the store's
+    /// health says it needs an operator.
+    #[error("storage failed: {0}")]
+    Failed(String),
     /// A stored record could not be decoded.
     #[error("stored record is corrupt: {0}")]
     Corrupt(String),
@@ -315,6 +324,22 @@ pub struct EventRecord {
     pub received_at: OffsetDateTime,
 }
 
+/// Whether the store can write, as `/readyz` and `/healthz` report it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreHealth {
+    /// Writes reach the disk.
+    Writable,
+    /// Writes failed and the store is trying to recover; it will once the disk takes writes.
+    Recovering {
+        for_secs: u64,
+        attempts: u32,
+        reason: String,
+    },
+    /// The store cannot recover by itself (corrupt): the process should be restarted and an
+    /// operator look at it.
+    Failed(String),
+}
+
 /// Durable storage for deliveries and referrals.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -434,6 +459,11 @@ pub trait Store: Send + Sync + 'static {
 
     /// Writes and syncs a marker record: proves the store can take deliveries now.
     async fn check_writable(&self) -> Result<(), StoreError>;
+
+    /// Whether the store can write, is recovering from a write failure, or cannot recover.
+    fn health(&self) -> StoreHealth {
+        StoreHealth::Writable
+    }
 }
 
 #[cfg(test)]

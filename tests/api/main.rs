@@ -9,6 +9,7 @@ mod cli;
 mod connections;
 mod crash;
 mod dedup;
+mod disk_full;
 mod edge;
 mod export;
 mod failures;

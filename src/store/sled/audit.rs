@@ -1,0 +1,78 @@
+//! The audit log: an append-only chain, each entry holding the hash of the one before.
+
+use sled::Transactional;
+use sled::transaction::ConflictableTransactionError;
+use time::OffsetDateTime;
+
+use super::codec::{decode, encode};
+use super::{AUDIT_HEAD, Open, abort, tx_error, unavailable};
+use crate::store::{AUDIT_GENESIS, AuditEntry, StoreError};
+
+impl Open {
+    pub(super) async fn audit(
+        &self,
+        action: &str,
+        actor: &str,
+        details: serde_json::Value,
+    ) -> Result<AuditEntry, StoreError> {
+        let t = &self.trees;
+        let entry = (&t.meta, &t.audit)
+            .transaction(|(meta, audit)| {
+                append_audit(
+                    meta,
+                    audit,
+                    OffsetDateTime::now_utc(),
+                    action,
+                    actor,
+                    details.clone(),
+                )
+            })
+            .map_err(tx_error)?;
+        self.flusher.durable().await?;
+        Ok(entry)
+    }
+
+    pub(super) async fn audit_entries(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<AuditEntry>, StoreError> {
+        self.trees
+            .audit
+            .range(after.saturating_add(1).to_be_bytes()..)
+            .take(limit)
+            .map(|item| decode(&item.map_err(unavailable)?.1))
+            .collect()
+    }
+}
+
+/// Appends an entry chained to the current head, inside the caller's transaction.
+pub(super) fn append_audit(
+    meta: &sled::transaction::TransactionalTree,
+    audit: &sled::transaction::TransactionalTree,
+    at: OffsetDateTime,
+    action: &str,
+    actor: &str,
+    details: serde_json::Value,
+) -> Result<AuditEntry, ConflictableTransactionError<StoreError>> {
+    let (seq, prev) = match meta.get(AUDIT_HEAD)? {
+        Some(head) => {
+            let (seq, prev): (u64, String) = decode(&head).map_err(abort)?;
+            (seq + 1, prev)
+        }
+        None => (1, AUDIT_GENESIS.to_owned()),
+    };
+    let mut entry = AuditEntry {
+        seq,
+        at,
+        action: action.to_owned(),
+        actor: actor.to_owned(),
+        details,
+        prev,
+        hash: String::new(),
+    };
+    entry.hash = entry.expected_hash();
+    audit.insert(&seq.to_be_bytes(), encode(&entry).map_err(abort)?)?;
+    meta.insert(AUDIT_HEAD, encode(&(seq, &entry.hash)).map_err(abort)?)?;
+    Ok(entry)
+}

@@ -1,0 +1,284 @@
+//! Deliveries: the one write that stores a delivery (raw bytes, version, referral summary,
+//! feed entry, dedup entry and audit entry together), and the reads of referrals and versions.
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use sled::Transactional;
+
+use super::audit::append_audit;
+use super::codec::{compress, decode, encode, open_payload, read_u64};
+use super::keys::{from_micros, micros, modified_key, modified_key_of, service_key, version_key};
+use super::{
+    EVENT_SEQ, LAST_RECEIVED, Open, PAYLOADS, REFERRALS, VERSIONS, abort, tx_error, unavailable,
+};
+use crate::domain::{ReferralRef, ServiceId};
+use crate::store::{
+    EventRecord, NewDelivery, PutOutcome, ReferralRecord, ServiceAssignment, StoreError,
+    VersionRecord,
+};
+
+/// What the dedup tree remembers about a delivery.
+#[derive(Serialize, Deserialize)]
+struct DeliveryRef {
+    referral: ReferralRef,
+    version: u64,
+}
+
+impl Open {
+    /// The referral stored under `key` (its ref), opened and decoded.
+    pub(super) fn referral_record(&self, key: &[u8]) -> Result<Option<ReferralRecord>, StoreError> {
+        self.trees
+            .referrals
+            .get(key)
+            .map_err(unavailable)?
+            .map(|v| self.codec.decode(REFERRALS, key, &v))
+            .transpose()
+    }
+
+    fn write_delivery(&self, d: &NewDelivery) -> Result<PutOutcome, StoreError> {
+        let t = &self.trees;
+        let referral_key = d.referral.as_str().as_bytes();
+        let size = d.raw.len() as u64;
+        let codec = &self.codec;
+        let payload = compress(&d.raw);
+
+        let result = (
+            &t.referrals,
+            &t.by_service,
+            &t.versions,
+            &t.payloads,
+            &t.deliveries,
+            &t.events,
+            &t.by_modified,
+            &t.meta,
+            &t.audit,
+        )
+            .transaction(
+                |(
+                    referrals,
+                    by_service,
+                    versions,
+                    payloads,
+                    deliveries,
+                    events,
+                    by_modified,
+                    meta,
+                    audit,
+                )| {
+                    if let Some(existing) = deliveries.get(d.dedup_key.as_bytes())? {
+                        let existing: DeliveryRef = decode(&existing).map_err(abort)?;
+                        return Ok(PutOutcome::Duplicate {
+                            version: existing.version,
+                        });
+                    }
+                    let previous: Option<ReferralRecord> = referrals
+                        .get(referral_key)?
+                        .map(|v| codec.decode(REFERRALS, referral_key, &v))
+                        .transpose()
+                        .map_err(abort)?;
+                    // A referral belongs to the integration that first delivered it.
+                    let owner = match &previous {
+                        None => d.integration.clone(),
+                        Some(p) => match &p.owner {
+                            Some(owner) => owner.clone(),
+                            None => {
+                                let first = version_key(&d.referral, 1);
+                                versions
+                                    .get(&first)?
+                                    .map(|v| codec.decode::<VersionRecord>(VERSIONS, &first, &v))
+                                    .transpose()
+                                    .map_err(abort)?
+                                    .map_or_else(|| p.integration.clone(), |v| v.integration)
+                            }
+                        },
+                    };
+                    if owner != d.integration && !d.shares_with.contains(&owner) {
+                        return Ok(PutOutcome::OwnedElsewhere { owner });
+                    }
+
+                    // A message that names its External Service ID files (or moves) the
+                    // referral there; otherwise an existing referral stays where it is.
+                    let service_id = match (&d.service, &previous) {
+                        (ServiceAssignment::Named(s), _) => Some(s.clone()),
+                        (_, Some(p)) => p.service_id.clone(),
+                        (ServiceAssignment::Default(s), None) => Some(s.clone()),
+                        (ServiceAssignment::Unassigned, None) => None,
+                    };
+                    // Receive times never go backwards along the feed, so a time maps to a
+                    // position in it (see `first_seq_since`).
+                    let last_micros = meta
+                        .get(LAST_RECEIVED)?
+                        .map(|v| read_u64(&v))
+                        .transpose()
+                        .map_err(abort)?
+                        .unwrap_or(0);
+                    let received_at = d.received_at.max(from_micros(last_micros));
+                    let version = previous.as_ref().map_or(1, |p| p.version + 1);
+                    let mut summary = d.summary.clone();
+                    if let Some(p) = &previous {
+                        summary.fill_from(&p.summary);
+                        by_service.remove(service_key(p.service_id.as_ref(), &d.referral))?;
+                        by_modified.remove(modified_key_of(p))?;
+                    }
+                    let record = ReferralRecord {
+                        referral: d.referral.clone(),
+                        service_id: service_id.clone(),
+                        integration: d.integration.clone(),
+                        owner: Some(owner.clone()),
+                        latest_event: d.event.clone(),
+                        version,
+                        created_at: previous.as_ref().map_or(received_at, |p| p.created_at),
+                        modified_at: received_at,
+                        exported_at: previous.as_ref().and_then(|p| p.exported_at),
+                        summary,
+                    };
+                    let seq = meta
+                        .get(EVENT_SEQ)?
+                        .map(|v| read_u64(&v))
+                        .transpose()
+                        .map_err(abort)?
+                        .unwrap_or(0)
+                        + 1;
+                    let version_record = VersionRecord {
+                        referral: d.referral.clone(),
+                        version,
+                        event: d.event.clone(),
+                        integration: d.integration.clone(),
+                        service_id: service_id.clone(),
+                        message_header_id: d.message_header_id.clone(),
+                        bundle_id: d.bundle_id.clone(),
+                        bundle_timestamp: d.bundle_timestamp.clone(),
+                        received_at,
+                        summary: d.summary.clone(),
+                        problems: d.problems.clone(),
+                        size,
+                        sha256: d.sha256.clone(),
+                        seq,
+                        purged: false,
+                    };
+                    let event = EventRecord {
+                        seq,
+                        referral: d.referral.clone(),
+                        version,
+                        event: d.event.clone(),
+                        service_id: service_id.clone(),
+                        received_at,
+                    };
+                    let version_key = version_key(&d.referral, version);
+
+                    // The audit entry is part of the same write: stored, then audited, or neither.
+                    append_audit(
+                        meta,
+                        audit,
+                        received_at,
+                        "DELIVERY_STORED",
+                        d.integration.as_str(),
+                        serde_json::json!({
+                            "referral": d.referral.as_str(),
+                            "version": version,
+                            "event": d.event.as_str(),
+                            "seq": seq,
+                        }),
+                    )?;
+                    meta.insert(EVENT_SEQ, &seq.to_be_bytes())?;
+                    meta.insert(LAST_RECEIVED, &micros(received_at).to_be_bytes())?;
+                    referrals.insert(
+                        referral_key,
+                        codec
+                            .encode(REFERRALS, referral_key, &record)
+                            .map_err(abort)?,
+                    )?;
+                    by_service.insert(service_key(service_id.as_ref(), &d.referral), &[])?;
+                    by_modified.insert(modified_key(received_at, &d.referral), &[])?;
+                    versions.insert(
+                        version_key.as_slice(),
+                        codec
+                            .encode(VERSIONS, &version_key, &version_record)
+                            .map_err(abort)?,
+                    )?;
+                    payloads.insert(
+                        version_key.as_slice(),
+                        codec
+                            .seal(PAYLOADS, &version_key, &payload)
+                            .map_err(abort)?,
+                    )?;
+                    events.insert(&seq.to_be_bytes(), encode(&event).map_err(abort)?)?;
+                    deliveries.insert(
+                        d.dedup_key.as_bytes(),
+                        encode(&DeliveryRef {
+                            referral: d.referral.clone(),
+                            version,
+                        })
+                        .map_err(abort)?,
+                    )?;
+                    Ok(PutOutcome::Stored { version })
+                },
+            );
+        result.map_err(tx_error)
+    }
+
+    pub(super) async fn put_delivery(
+        &self,
+        delivery: NewDelivery,
+    ) -> Result<PutOutcome, StoreError> {
+        let outcome = self.write_delivery(&delivery)?;
+        // A duplicate waits too: the first copy may still be on its way to disk.
+        self.flusher.durable().await?;
+        Ok(outcome)
+    }
+
+    pub(super) async fn referral(
+        &self,
+        referral: &ReferralRef,
+    ) -> Result<Option<ReferralRecord>, StoreError> {
+        self.referral_record(referral.as_str().as_bytes())
+    }
+
+    pub(super) async fn referrals_for_service(
+        &self,
+        service: Option<&ServiceId>,
+    ) -> Result<Vec<ReferralRecord>, StoreError> {
+        let mut prefix = service
+            .map(|s| s.as_str().as_bytes().to_vec())
+            .unwrap_or_default();
+        prefix.push(0);
+        let mut records = Vec::new();
+        for item in self.trees.by_service.scan_prefix(&prefix) {
+            let (key, _) = item.map_err(unavailable)?;
+            if let Some(record) = self.referral_record(&key[prefix.len()..])? {
+                records.push(record);
+            }
+        }
+        Ok(records)
+    }
+
+    pub(super) async fn versions(
+        &self,
+        referral: &ReferralRef,
+    ) -> Result<Vec<VersionRecord>, StoreError> {
+        let mut prefix = referral.as_str().as_bytes().to_vec();
+        prefix.push(0);
+        self.trees
+            .versions
+            .scan_prefix(&prefix)
+            .map(|item| {
+                let (key, value) = item.map_err(unavailable)?;
+                self.codec.decode(VERSIONS, &key, &value)
+            })
+            .collect()
+    }
+
+    pub(super) async fn payload(
+        &self,
+        referral: &ReferralRef,
+        version: u64,
+    ) -> Result<Option<Bytes>, StoreError> {
+        let key = version_key(referral, version);
+        self.trees
+            .payloads
+            .get(&key)
+            .map_err(unavailable)?
+            .map(|v| open_payload(&self.codec.open(PAYLOADS, &key, &v)?))
+            .transpose()
+    }
+}

@@ -1,0 +1,125 @@
+//! Maintenance: the export's scan by modification date and its marks, retention, and the
+//! readiness probe.
+
+use sled::Transactional;
+use sled::transaction::ConflictableTransactionError;
+use time::OffsetDateTime;
+
+use super::keys::micros;
+use super::{Open, READY_MARKER, REFERRALS, VERSIONS, abort, tx_error, unavailable};
+use crate::domain::ReferralRef;
+use crate::store::{ModifiedBatch, ReferralRecord, StoreError, VersionRecord};
+
+impl Open {
+    pub(super) async fn referrals_modified(
+        &self,
+        from: Option<OffsetDateTime>,
+        to: Option<OffsetDateTime>,
+        after: Option<Vec<u8>>,
+        limit: usize,
+    ) -> Result<ModifiedBatch, StoreError> {
+        use std::ops::Bound;
+        let start = match after {
+            Some(key) => Bound::Excluded(key),
+            None => Bound::Included(from.map_or(0, micros).to_be_bytes().to_vec()),
+        };
+        // Keys are (micros, 0, ref): everything at `to`'s microsecond sorts below micros + 1.
+        let end = match to {
+            Some(to) => Bound::Excluded(micros(to).saturating_add(1).to_be_bytes().to_vec()),
+            None => Bound::Unbounded,
+        };
+        let mut batch = ModifiedBatch::default();
+        for item in self.trees.by_modified.range::<Vec<u8>, _>((start, end)) {
+            let (key, _) = item.map_err(unavailable)?;
+            if let Some(record) = self.referral_record(&key[9..])? {
+                batch.referrals.push(record);
+            }
+            if batch.referrals.len() == limit {
+                batch.next = Some(key.to_vec());
+                break;
+            }
+        }
+        Ok(batch)
+    }
+
+    pub(super) async fn mark_exported(
+        &self,
+        written: &[(ReferralRef, OffsetDateTime)],
+        at: OffsetDateTime,
+    ) -> Result<usize, StoreError> {
+        let mut marked = 0;
+        for chunk in written.chunks(500) {
+            // A transaction, so a delivery committing meanwhile is never overwritten: the
+            // record is read and rewritten atomically, and one modified since it was written
+            // to the export keeps `exported_at` unset.
+            let codec = &self.codec;
+            marked += self
+                .trees
+                .referrals
+                .transaction(|tx| {
+                    let mut marked = 0;
+                    for (referral, modified_at) in chunk {
+                        let key = referral.as_str().as_bytes();
+                        let Some(bytes) = tx.get(key)? else {
+                            continue;
+                        };
+                        let mut record: ReferralRecord =
+                            codec.decode(REFERRALS, key, &bytes).map_err(abort)?;
+                        if record.modified_at != *modified_at {
+                            continue;
+                        }
+                        record.exported_at = Some(at);
+                        tx.insert(key, codec.encode(REFERRALS, key, &record).map_err(abort)?)?;
+                        marked += 1;
+                    }
+                    Ok(marked)
+                })
+                .map_err(tx_error)?;
+        }
+        self.flusher.durable().await?;
+        Ok(marked)
+    }
+
+    pub(super) async fn purge_versions_before(
+        &self,
+        cutoff: OffsetDateTime,
+    ) -> Result<u64, StoreError> {
+        let mut purged = 0;
+        for item in self.trees.versions.iter() {
+            let (key, value) = item.map_err(unavailable)?;
+            let mut version: VersionRecord = self.codec.decode(VERSIONS, &key, &value)?;
+            if version.purged || version.received_at >= cutoff {
+                continue;
+            }
+            let latest = self
+                .referral_record(version.referral.as_str().as_bytes())?
+                .map_or(version.version, |r| r.version);
+            if version.version >= latest {
+                continue;
+            }
+            version.purged = true;
+            version.summary = crate::domain::Summary::default();
+            version.problems.clear();
+            let value = self.codec.encode(VERSIONS, &key, &version)?;
+            (&self.trees.versions, &self.trees.payloads)
+                .transaction(|(versions, payloads)| {
+                    versions.insert(&*key, value.as_slice())?;
+                    payloads.remove(&*key)?;
+                    Ok::<_, ConflictableTransactionError<StoreError>>(())
+                })
+                .map_err(tx_error)?;
+            purged += 1;
+        }
+        self.flusher.durable().await?;
+        Ok(purged)
+    }
+
+    pub(super) async fn check_writable(&self) -> Result<(), StoreError> {
+        let now = OffsetDateTime::now_utc().unix_timestamp().to_be_bytes();
+        self.trees
+            .meta
+            .insert(READY_MARKER, &now)
+            .map_err(unavailable)?;
+        self.flusher.durable().await
+    }
+}

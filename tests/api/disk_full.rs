@@ -1,0 +1,210 @@
+//! A full disk on a real small filesystem (a tmpfs mounted for the test; the test machines run
+//! as root): deliveries get 503 while it is full, readiness says so, nothing acknowledged is
+//! lost, and once space is freed the store takes writes again without a restart.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use referral_relay::domain::ReferralRef;
+use referral_relay::store::StoreHealth;
+
+use crate::fixtures::{fixture, unique_v011};
+use crate::helpers::spawn_app_in;
+
+/// A tmpfs of `size` mounted at a fresh temporary directory, unmounted on drop.
+pub struct SmallFilesystem {
+    pub path: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl SmallFilesystem {
+    pub fn mount(size: &str) -> Self {
+        let dir = tempfile::TempDir::new().unwrap();
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .expect("cannot run mount");
+        assert!(
+            status.success(),
+            "cannot mount a tmpfs for the disk-full test (it needs root, as on this project's machines)"
+        );
+        Self {
+            path: dir.path().to_path_buf(),
+            _dir: dir,
+        }
+    }
+
+    /// Takes up all but `leave` bytes with a file; returns its path.
+    pub fn fill(&self, leave: u64) -> PathBuf {
+        let filler = self.path.join("filler");
+        let free = free_bytes(&self.path);
+        let file = std::fs::File::create(&filler).unwrap();
+        file.set_len(0).unwrap();
+        use std::io::Write;
+        let mut file = std::io::BufWriter::new(file);
+        let chunk = vec![0u8; 64 * 1024];
+        let mut written = 0;
+        while written + leave < free {
+            let n = chunk
+                .len()
+                .min(usize::try_from(free - leave - written).unwrap());
+            if file.write_all(&chunk[..n]).is_err() {
+                break;
+            }
+            written += n as u64;
+        }
+        let _ = file.flush();
+        filler
+    }
+}
+
+impl Drop for SmallFilesystem {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.path)
+            .status();
+    }
+}
+
+fn free_bytes(path: &Path) -> u64 {
+    let out = std::process::Command::new("df")
+        .args(["--output=avail", "-B1"])
+        .arg(path)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .nth(1)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_refuses_deliveries_until_space_is_freed_and_loses_nothing() {
+    let fs = SmallFilesystem::mount("12m");
+    let data = fs.path.join("data");
+    let app = spawn_app_in(&data, "").await;
+    let template = String::from_utf8(fixture("v0.11-add-service-request.json")).unwrap();
+    // Leave room for a few dozen deliveries.
+    let filler = fs.fill(1 << 20);
+
+    let mut acknowledged = Vec::new();
+    let mut refused = 0;
+    for n in 0..3000 {
+        let name = format!("TST-FULL-{n}");
+        let reply = app
+            .deliver(
+                "default",
+                unique_v011(&template, &name, &format!("full-{n}")),
+            )
+            .await;
+        match reply.status {
+            200 => acknowledged.push(name),
+            503 => {
+                refused += 1;
+                if refused == 5 {
+                    break;
+                }
+            }
+            other => panic!("delivery {n}: {other} {}", reply.body),
+        }
+    }
+    assert!(refused == 5, "the disk never filled");
+    assert!(!acknowledged.is_empty());
+    // Not ready while it cannot write; healthy, since it will recover once there is room.
+    let ready = app.get("/readyz").await;
+    assert_eq!(ready.status, 503, "{}", ready.body);
+    assert!(
+        ready.body["store"]
+            .as_str()
+            .unwrap()
+            .starts_with("not writable")
+    );
+    let health = app.get("/healthz").await;
+    assert_eq!(health.status, 200, "{}", health.body);
+    assert_eq!(health.body["store"], "recovering");
+    assert!(matches!(app.store.health(), StoreHealth::Recovering { .. }));
+
+    std::fs::remove_file(filler).unwrap();
+    // Recovery retries with backoff; a delivery goes through again within a minute.
+    let mut recovered = false;
+    for n in 0..240 {
+        let name = format!("TST-AFTER-{n}");
+        let reply = app
+            .deliver(
+                "default",
+                unique_v011(&template, &name, &format!("after-{n}")),
+            )
+            .await;
+        if reply.status == 200 {
+            acknowledged.push(name);
+            recovered = true;
+            break;
+        }
+        assert_eq!(reply.status, 503, "{}", reply.body);
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(
+        recovered,
+        "the store did not take writes again after space was freed"
+    );
+    assert_eq!(app.get("/readyz").await.status, 200);
+    assert_eq!(app.store.health(), StoreHealth::Writable);
+    // Every delivery acknowledged before, during and after is there, byte for byte.
+    for name in &acknowledged {
+        let referral = ReferralRef::parse(name).unwrap();
+        let payload = app.store.payload(&referral, 1).await.unwrap();
+        assert!(payload.is_some(), "{name} was acknowledged and is missing");
+    }
+    app.stop().await;
+}
+
+/// A store whose files vanish from under it (a volume unmounted, a directory removed) cannot
+/// come back by waiting: the relay reports itself unhealthy, so an orchestrator or operator
+/// acts, and never quietly opens an empty store in their place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_whose_files_vanish_is_reported_failed_and_not_replaced() {
+    let fs = SmallFilesystem::mount("12m");
+    let data = fs.path.join("data");
+    let app = spawn_app_in(&data, "").await;
+    let template = String::from_utf8(fixture("v0.11-add-service-request.json")).unwrap();
+    let deliver = |n: usize| {
+        app.deliver(
+            "default",
+            unique_v011(&template, &format!("TST-GONE-{n}"), &format!("gone-{n}")),
+        )
+    };
+    assert_eq!(deliver(0).await.status, 200);
+    let _filler = fs.fill(256 * 1024);
+    let mut n = 1;
+    while deliver(n).await.status == 200 {
+        n += 1;
+        assert!(n < 3000, "the disk never filled");
+    }
+    std::fs::remove_dir_all(data.join("sled")).unwrap();
+    let mut health = app.get("/healthz").await;
+    for _ in 0..300 {
+        if health.status == 503 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        health = app.get("/healthz").await;
+    }
+    assert_eq!(health.status, 503, "{}", health.body);
+    assert!(
+        health.body["store"].as_str().unwrap().contains("gone"),
+        "{}",
+        health.body
+    );
+    assert_eq!(app.get("/readyz").await.status, 503);
+    assert_eq!(deliver(n + 1).await.status, 503);
+    assert!(
+        !data.join("sled").exists(),
+        "an empty store was created in its place"
+    );
+    app.stop().await;
+}
