@@ -77,9 +77,140 @@ pub fn router() -> Router<AppState> {
         crate::routes::export::export_csv, audit
     ),
     components(schemas(ReferralView, VersionView, ReferralPage, ReferralDetail, EventView, EventPage, ProblemDoc)),
-    modifiers(&BearerKey)
+    modifiers(&BearerKey, &Conventions)
 )]
 pub struct ApiDoc;
+
+/// The API's shared vocabulary, applied to every operation so the document says exactly what
+/// the handlers accept and answer: one schema per parameter name, and the problem answers
+/// every operation can give (each handler's annotation lists only its own successes and
+/// particular refusals).
+struct Conventions;
+
+/// What an identifier (a referral reference, an External Service ID) may be: after trimming,
+/// 1 to 256 characters, none of them a control character.
+const IDENTIFIER_PATTERN: &str = "^[^\\u0000-\\u001f\\u007f-\\u009f]*[^\\s\\u0000-\\u001f\\u007f-\\u009f][^\\u0000-\\u001f\\u007f-\\u009f]*$";
+
+impl Conventions {
+    /// The schema of a parameter of this name, wherever it appears.
+    fn parameter(name: &str) -> Option<utoipa::openapi::Schema> {
+        use utoipa::openapi::schema::{
+            AnyOfBuilder, KnownFormat, ObjectBuilder, SchemaFormat, Type,
+        };
+        // No upper bound: a page size or wait beyond its cap is capped, a position beyond
+        // the end finds nothing.
+        let integer = |minimum: u64| {
+            ObjectBuilder::new()
+                .schema_type(Type::Integer)
+                .minimum(Some(minimum))
+                .build()
+        };
+        let string = |format: KnownFormat| {
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .format(Some(SchemaFormat::KnownFormat(format)))
+                .build()
+        };
+        Some(match name {
+            "referral" | "service_id" => ObjectBuilder::new()
+                .schema_type(Type::String)
+                .min_length(Some(1))
+                .max_length(Some(256))
+                .pattern(Some(IDENTIFIER_PATTERN))
+                .into(),
+            "version" | "id" => integer(1).into(),
+            "after" | "wait" => integer(0).into(),
+            "limit" => integer(1).into(),
+            "modified_since" | "from" | "to" => AnyOfBuilder::new()
+                .item(string(KnownFormat::Date))
+                .item(string(KnownFormat::DateTime))
+                .into(),
+            "cursor" => ObjectBuilder::new()
+                .schema_type(Type::String)
+                .pattern(Some(CURSOR_PATTERN))
+                .into(),
+            "state" => ObjectBuilder::new()
+                .schema_type(Type::String)
+                .enum_values(Some(["pending", "delivered", "dead", "discarded"]))
+                .into(),
+            "unexported_only" | "mark_exported" | "excel" => {
+                ObjectBuilder::new().schema_type(Type::Boolean).into()
+            }
+            _ => return None,
+        })
+    }
+
+    fn problem(description: &str) -> utoipa::openapi::Response {
+        use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+        ResponseBuilder::new()
+            .description(description)
+            .content(
+                "application/problem+json",
+                ContentBuilder::new()
+                    .schema(Some(Ref::from_schema_name("ProblemDoc")))
+                    .build(),
+            )
+            .build()
+    }
+}
+
+impl utoipa::Modify for Conventions {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        for (path, item) in &mut openapi.paths.paths {
+            for operation in [&mut item.get, &mut item.post, &mut item.delete]
+                .into_iter()
+                .flatten()
+            {
+                let names: Vec<String> = operation
+                    .parameters
+                    .iter()
+                    .flatten()
+                    .map(|p| p.name.clone())
+                    .collect();
+                for parameter in operation.parameters.iter_mut().flatten() {
+                    if let Some(schema) = Self::parameter(&parameter.name) {
+                        parameter.schema = Some(schema.into());
+                    }
+                }
+                if path == "/api/v1/openapi.json" {
+                    // Served to anyone: no key needed to learn the API.
+                    operation.security = Some(Vec::new());
+                    continue;
+                }
+                let mut add = |status: &str, description: &str| {
+                    operation
+                        .responses
+                        .responses
+                        .entry(status.to_owned())
+                        .or_insert_with(|| Self::problem(description).into());
+                };
+                if !names.is_empty() || operation.request_body.is_some() {
+                    add(
+                        "400",
+                        "A parameter or the body is invalid; the detail names it",
+                    );
+                }
+                add("401", "No API key, or an unknown one");
+                if names
+                    .iter()
+                    .any(|n| matches!(n.as_str(), "referral" | "id" | "service_id"))
+                {
+                    add("403", "Outside the client's service ids");
+                }
+                if names
+                    .iter()
+                    .any(|n| matches!(n.as_str(), "referral" | "id"))
+                {
+                    add("404", "No such referral, version or update");
+                }
+                add(
+                    "503",
+                    "The store cannot be read or written now; retry later",
+                );
+            }
+        }
+    }
+}
 
 /// Declares the bearer-key security scheme every operation uses.
 struct BearerKey;
@@ -317,15 +448,25 @@ pub(crate) fn query<T: for<'de> Deserialize<'de>>(raw: Option<&str>) -> Result<T
     })
 }
 
+/// A whole number in a query or path: digits only; one too large for 64 bits reads as the
+/// largest (a page size or a wait is capped anyway, a position that far is past the end).
+pub(crate) fn whole_number(text: &str) -> Option<u64> {
+    match text.parse::<u64>() {
+        Ok(n) => Some(n),
+        Err(e) if *e.kind() == std::num::IntErrorKind::PosOverflow && !text.starts_with('+') => {
+            Some(u64::MAX)
+        }
+        Err(_) => None,
+    }
+}
+
+/// The `limit` query parameter: at least 1; larger than [`MAX_LIMIT`] is capped, not refused.
 pub(crate) fn limit(raw: Option<&str>) -> Result<usize, Problem> {
     match raw {
         None => Ok(DEFAULT_LIMIT),
-        // Larger limits are capped, not refused.
-        Some(text) => text
-            .parse::<usize>()
-            .ok()
+        Some(text) => whole_number(text)
             .filter(|n| *n >= 1)
-            .map(|n| n.min(MAX_LIMIT))
+            .map(|n| usize::try_from(n).unwrap_or(MAX_LIMIT).min(MAX_LIMIT))
             .ok_or_else(|| {
                 Problem::BadRequest("limit must be a whole number of at least 1".into())
             }),
@@ -344,32 +485,37 @@ pub(crate) fn instant(name: &str, raw: &str, end_of_day: bool) -> Result<OffsetD
 /// The `after` query parameter: a sequence number or id, 0 when absent.
 pub(crate) fn after_param(raw: Option<&str>) -> Result<u64, Problem> {
     raw.map_or(Ok(0), |text| {
-        text.parse()
-            .map_err(|_| Problem::BadRequest("after must be a whole number".into()))
+        whole_number(text).ok_or_else(|| Problem::BadRequest("after must be a whole number".into()))
     })
 }
 
+/// What a listing cursor looks like: two feed sequence numbers, `after.until`.
+const CURSOR_PATTERN: &str = "^(0|[1-9][0-9]{0,18})\\.(0|[1-9][0-9]{0,18})$";
+
 /// The listing's position: after `after`, in the snapshot bounded by `until`.
 fn encode_cursor(after: u64, until: u64) -> String {
-    URL_SAFE_NO_PAD.encode(format!("{after}.{until}"))
+    format!("{after}.{until}")
 }
 
+/// A cursor as [`encode_cursor`] makes it (or base64url of the same, as earlier versions
+/// issued). A cursor past its own bound reads as a finished listing.
 fn decode_cursor(cursor: &str) -> Result<(u64, u64), Problem> {
     let bad = || Problem::BadRequest("cursor is not one this API issued".into());
-    let text = URL_SAFE_NO_PAD
-        .decode(cursor)
-        .ok()
-        .and_then(|b| String::from_utf8(b).ok())
-        .ok_or_else(bad)?;
+    let text = if cursor.contains('.') {
+        cursor.to_owned()
+    } else {
+        URL_SAFE_NO_PAD
+            .decode(cursor)
+            .ok()
+            .and_then(|b| String::from_utf8(b).ok())
+            .ok_or_else(bad)?
+    };
     let (after, until) = text.split_once('.').ok_or_else(bad)?;
-    let (after, until) = (
+    let (after, until): (u64, u64) = (
         after.parse().map_err(|_| bad())?,
         until.parse().map_err(|_| bad())?,
     );
-    if after > until {
-        return Err(bad());
-    }
-    Ok((after, until))
+    Ok((after.min(until), until))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -560,9 +706,8 @@ async fn get_version(
     Caller(client): Caller,
     Path((referral, version)): Path<(String, String)>,
 ) -> Result<Response, Problem> {
-    let version: u64 = version
-        .parse()
-        .map_err(|_| Problem::BadRequest("version must be a whole number".into()))?;
+    let version = whole_number(&version)
+        .ok_or_else(|| Problem::BadRequest("version must be a whole number".into()))?;
     let (reference, _) = visible(&state, &client, &referral).await?;
     let raw = state
         .store
@@ -600,6 +745,7 @@ struct EventsQuery {
     params(EventsQuery),
     responses(
         (status = 200, description = "Events after `after`; empty when the wait ended", body = EventPage),
+        (status = 409, description = "`after` is beyond the end of this store's feed (a cursor from another or a reset store)", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 400, description = "A query parameter is invalid", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 401, description = "No or an unknown API key", body = ProblemDoc, content_type = "application/problem+json"),
     )
@@ -614,9 +760,8 @@ async fn events(
     let mut after = after_param(q.after.as_deref())?;
     let wait = match q.wait.as_deref() {
         None => 0,
-        Some(text) => text
-            .parse::<u64>()
-            .map_err(|_| Problem::BadRequest("wait must be a whole number of seconds".into()))?
+        Some(text) => whole_number(text)
+            .ok_or_else(|| Problem::BadRequest("wait must be a whole number of seconds".into()))?
             .min(MAX_WAIT_SECS),
     };
     if after > state.store.durable_seq() {
@@ -733,8 +878,13 @@ mod tests {
     #[test]
     fn cursors_round_trip_and_refuse_forgeries() {
         assert_eq!(decode_cursor(&encode_cursor(5, 9)).unwrap(), (5, 9));
+        assert_eq!(
+            decode_cursor(&URL_SAFE_NO_PAD.encode("5.9")).unwrap(),
+            (5, 9)
+        );
+        assert_eq!(decode_cursor("9.5").unwrap(), (5, 5));
         assert!(decode_cursor("!!").is_err());
-        assert!(decode_cursor(&URL_SAFE_NO_PAD.encode("9.5")).is_err());
         assert!(decode_cursor(&URL_SAFE_NO_PAD.encode("x.5")).is_err());
+        assert!(decode_cursor("1.99999999999999999999").is_err());
     }
 }

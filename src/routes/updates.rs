@@ -46,6 +46,9 @@ pub fn routes() -> Vec<(&'static str, MethodRouter<AppState>)> {
 pub struct StatusRequest {
     /// A Task status Ocean acts on: requested, received, accepted, in-progress, on-hold, ready,
     /// rejected or cancelled.
+    #[schema(
+        pattern = "^(requested|received|accepted|in-progress|on-hold|ready|rejected|cancelled)$"
+    )]
     status: String,
     /// Why (shown in Ocean, e.g. the reason for declining).
     reason: Option<String>,
@@ -56,8 +59,10 @@ pub struct StatusRequest {
 #[serde(deny_unknown_fields)]
 pub struct AppointmentRequest {
     /// RFC 3339 date-time.
+    #[schema(format = DateTime)]
     start: String,
-    /// RFC 3339 date-time; 30 minutes after `start` when absent.
+    /// RFC 3339 date-time, after `start` (400 otherwise); 30 minutes after `start` when absent.
+    #[schema(format = DateTime)]
     end: Option<String>,
     /// Confirmed with the patient (participant `accepted`) or not yet (`tentative`).
     #[serde(default)]
@@ -69,6 +74,8 @@ pub struct AppointmentRequest {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MessageRequest {
+    /// The message; not blank.
+    #[schema(min_length = 1, pattern = "\\S")]
     text: String,
 }
 
@@ -412,9 +419,8 @@ async fn visible_update(
     caller: &Caller,
     id: &str,
 ) -> Result<UpdateRecord, Problem> {
-    let id: u64 = id
-        .parse()
-        .map_err(|_| Problem::BadRequest("the update id must be a whole number".into()))?;
+    let id = super::api::whole_number(id)
+        .ok_or_else(|| Problem::BadRequest("the update id must be a whole number".into()))?;
     let update = state
         .store
         .update(id)
