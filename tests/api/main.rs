@@ -14,6 +14,7 @@ mod edge;
 mod export;
 mod failures;
 mod fixtures;
+mod fuzz;
 mod helpers;
 mod ingest;
 mod lifecycle;
