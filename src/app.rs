@@ -181,7 +181,7 @@ impl AppState {
             worker_health: Arc::new(WorkerHealth::new(send_bound(config))),
             refusals: Arc::new(Refusals::new()),
             unauthenticated_bytes: Arc::new(tokio::sync::Semaphore::new(
-                config.server.max_unauthenticated_body_bytes,
+                config.server.unauthenticated_body_budget(),
             )),
         })
     }
@@ -329,6 +329,8 @@ impl Application {
             keep_alive_timeout: Duration::from_secs(server.keep_alive_timeout_secs),
             send_timeout: Duration::from_secs(server.send_timeout_secs),
             max_connections,
+            max_connections_per_client: server.max_connections_per_client,
+            trusted_proxies: server.trusted_proxies.clone(),
         };
         Ok(Self {
             limits,
@@ -381,7 +383,7 @@ impl Application {
         let server = crate::server::serve(
             self.listener,
             self.router,
-            self.limits,
+            self.limits.clone(),
             self.metrics.clone(),
             async move {
                 shutdown.await;

@@ -75,9 +75,13 @@ pub struct ServerConfig {
     /// Open connections at most; a connection beyond is answered 503 with `Retry-After` and
     /// closed. Lowered at start when the descriptor limit cannot hold it.
     pub max_connections: usize,
+    /// Open connections one client (an IPv4 address, or an IPv6 /64) may hold; more are
+    /// answered 503. Peers in `trusted_proxies` are not held to it.
+    pub max_connections_per_client: usize,
     /// Bytes of request bodies held, all requests together, before their sender is
-    /// authenticated (`hmac` integrations verify a signature over the body). Past it such
-    /// uploads are answered 503 with `Retry-After`.
+    /// authenticated (`hmac` integrations verify a signature over the body), counting the
+    /// decoding of a compressed one. Past it such uploads are answered 503 with `Retry-After`.
+    /// At least twice `max_body_bytes`; 0 (the default) is twice `max_body_bytes`.
     pub max_unauthenticated_body_bytes: usize,
     /// Networks of reverse proxies and load balancers whose `X-Forwarded-For` names the client
     /// (CIDR, e.g. `10.0.0.0/8`). Empty: the peer address is the client.
@@ -379,6 +383,16 @@ pub struct Overrides {
     pub log_format: Option<LogFormat>,
 }
 
+impl ServerConfig {
+    /// The budget for unauthenticated bodies, in bytes (see `max_unauthenticated_body_bytes`).
+    pub fn unauthenticated_body_budget(&self) -> usize {
+        match self.max_unauthenticated_body_bytes {
+            0 => self.max_body_bytes.saturating_mul(2),
+            set => set,
+        }
+    }
+}
+
 impl Config {
     /// Loads every layer from the process environment and `file`.
     pub fn load(file: Option<&Path>, overrides: &Overrides) -> anyhow::Result<Self> {
@@ -485,13 +499,22 @@ impl Config {
             ("send_timeout_secs", server.send_timeout_secs),
             ("auth_failure_report_secs", server.auth_failure_report_secs),
             ("max_connections", server.max_connections as u64),
+            (
+                "max_connections_per_client",
+                server.max_connections_per_client as u64,
+            ),
         ] {
             if value == 0 {
                 bail!("server.{key} must be at least 1");
             }
         }
-        if server.max_unauthenticated_body_bytes < server.max_body_bytes {
-            bail!("server.max_unauthenticated_body_bytes must be at least server.max_body_bytes");
+        // One unauthenticated upload at its largest, and its decoding when compressed.
+        if server.max_unauthenticated_body_bytes != 0
+            && server.max_unauthenticated_body_bytes < server.max_body_bytes.saturating_mul(2)
+        {
+            bail!(
+                "server.max_unauthenticated_body_bytes must be at least twice server.max_body_bytes (or 0 for exactly that)"
+            );
         }
         if self.integrations.is_empty() {
             bail!("integrations: at least one integration must be configured");

@@ -5,8 +5,10 @@
 //! - a **keep-alive timeout**: a connection idle between requests for longer is closed;
 //! - a **send timeout**: a response that cannot be written for this long (the client stopped
 //!   reading) ends the connection;
-//! - a **cap on open connections**: past it, a new connection is answered `503` with
-//!   `Retry-After` and closed, so descriptors never run out and real deliveries keep going.
+//! - a **cap on open connections**, overall and per client (an IPv4 address or an IPv6 /64;
+//!   trusted proxies are exempt): past it, a new connection is answered `503` with
+//!   `Retry-After` and closed, so descriptors never run out, one client cannot take every slot,
+//!   and real deliveries keep going.
 //!
 //! Every request carries `ConnectInfo<SocketAddr>` (the peer) as an extension. A watchdog per
 //! connection looks at its activity a few times a second; the work it does is a few atomic
@@ -14,7 +16,7 @@
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -36,12 +38,59 @@ use tower::ServiceExt;
 use crate::telemetry::Metrics;
 
 /// The limits of the listener; see the module documentation.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Limits {
     pub header_read_timeout: Duration,
     pub keep_alive_timeout: Duration,
     pub send_timeout: Duration,
     pub max_connections: usize,
+    pub max_connections_per_client: usize,
+    /// Peers not held to the per-client cap: the reverse proxies in front, whose connections
+    /// carry many clients.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+}
+
+/// What a client is counted as: an IPv4 address, or the /64 of an IPv6 one (one host usually
+/// holds a whole /64, so counting single addresses would not count it at all).
+pub fn host_network(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let mut octets = v6.octets();
+                octets[8..].fill(0);
+                IpAddr::from(octets)
+            }
+        },
+    }
+}
+
+/// Open connections per client.
+#[derive(Default)]
+struct PerClient(std::sync::Mutex<std::collections::HashMap<IpAddr, usize>>);
+
+impl PerClient {
+    /// Counts a connection of `client` unless it already has `max`.
+    fn admit(&self, client: IpAddr, max: usize) -> bool {
+        let mut open = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let count = open.entry(client).or_insert(0);
+        if *count >= max {
+            return false;
+        }
+        *count += 1;
+        true
+    }
+
+    fn release(&self, client: IpAddr) {
+        let mut open = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = open.get_mut(&client) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&client);
+            }
+        }
+    }
 }
 
 /// Connections over the cap that are being answered 503 at once; beyond this many they are
@@ -63,6 +112,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send,
 ) {
     let connections = Arc::new(Semaphore::new(limits.max_connections));
+    let per_client = Arc::new(PerClient::default());
     let shed_slots = Arc::new(Semaphore::new(SHED_SLOTS));
     let (stop_tx, stop) = watch::channel(false);
     let shed_log = Throttle::new(Duration::from_secs(60));
@@ -83,23 +133,43 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
-        match Arc::clone(&connections).try_acquire_owned() {
-            Ok(permit) => {
+        let client = host_network(peer.ip());
+        let counted = !limits
+            .trusted_proxies
+            .iter()
+            .any(|net| net.contains(&peer.ip()));
+        let admitted = !counted || per_client.admit(client, limits.max_connections_per_client);
+        let permit = if admitted {
+            let permit = Arc::clone(&connections).try_acquire_owned().ok();
+            if permit.is_none() && counted {
+                per_client.release(client);
+            }
+            permit
+        } else {
+            None
+        };
+        match permit {
+            Some(permit) => {
                 metrics.connection_opened();
                 let (router, stop, metrics) = (router.clone(), stop.clone(), metrics.clone());
+                let (limits, per_client) = (limits.clone(), Arc::clone(&per_client));
                 tokio::spawn(async move {
-                    serve_connection(stream, peer, router, limits, stop, &metrics).await;
+                    serve_connection(stream, peer, router, &limits, stop, &metrics).await;
                     metrics.connection_closed();
+                    if counted {
+                        per_client.release(client);
+                    }
                     drop(permit);
                 });
             }
-            Err(_) => {
+            None => {
                 metrics.connection_shed();
                 if let Some(count) = shed_log.tick() {
                     tracing::warn!(
                         shed = count,
                         max_connections = limits.max_connections,
-                        "connections over server.max_connections answered 503"
+                        max_connections_per_client = limits.max_connections_per_client,
+                        "connections over server.max_connections or max_connections_per_client answered 503"
                     );
                 }
                 if let Ok(slot) = Arc::clone(&shed_slots).try_acquire_owned() {
@@ -159,7 +229,7 @@ async fn serve_connection(
     stream: TcpStream,
     peer: SocketAddr,
     router: Router,
-    limits: Limits,
+    limits: &Limits,
     mut stop: watch::Receiver<bool>,
     metrics: &Metrics,
 ) {
@@ -211,7 +281,7 @@ async fn serve_connection(
                     connection.as_mut().graceful_shutdown();
                 }
             }
-            _ = watch.tick() => match activity.verdict(&limits) {
+            _ = watch.tick() => match activity.verdict(limits) {
                 Verdict::Keep => {}
                 Verdict::Idle => {
                     metrics.connection_timeout("keep_alive");
@@ -255,6 +325,8 @@ struct Activity {
     head_started: AtomicU64,
     /// When writing began to wait on the client.
     write_blocked: AtomicU64,
+    /// When bytes were last written (a response still going out keeps the connection busy).
+    last_write: AtomicU64,
 }
 
 impl Activity {
@@ -266,6 +338,7 @@ impl Activity {
             idle_since: AtomicU64::new(1),
             head_started: AtomicU64::new(1),
             write_blocked: AtomicU64::new(0),
+            last_write: AtomicU64::new(0),
         }
     }
 
@@ -297,6 +370,7 @@ impl Activity {
             );
         } else {
             self.write_blocked.store(0, Ordering::Release);
+            self.last_write.store(self.now(), Ordering::Release);
         }
     }
 
@@ -320,7 +394,13 @@ impl Activity {
             }
             return Verdict::Keep;
         }
-        if elapsed(self.idle_since.load(Ordering::Acquire)) > limits.keep_alive_timeout {
+        // The end of a response may still be going out after its request is done: idleness
+        // counts from the last byte written, and a write waiting on the client is not idle.
+        let quiet_since = self
+            .idle_since
+            .load(Ordering::Acquire)
+            .max(self.last_write.load(Ordering::Acquire));
+        if blocked == 0 && elapsed(quiet_since) > limits.keep_alive_timeout {
             return Verdict::Idle;
         }
         Verdict::Keep
@@ -485,6 +565,8 @@ mod tests {
         keep_alive_timeout: Duration::from_secs(75),
         send_timeout: Duration::from_secs(30),
         max_connections: 10,
+        max_connections_per_client: 5,
+        trusted_proxies: Vec::new(),
     };
 
     #[test]
@@ -513,6 +595,30 @@ mod tests {
         assert_eq!(busy.verdict_at(at(531), &LIMITS), Verdict::SendTimeout);
         busy.write(false);
         assert_eq!(busy.verdict_at(at(531), &LIMITS), Verdict::Keep);
+
+        // A response still being written after its request finished is not idleness.
+        let slow = Activity::new();
+        slow.head_started.store(0, Ordering::Release);
+        slow.last_write.store(at(70), Ordering::Release);
+        assert_eq!(slow.verdict_at(at(100), &LIMITS), Verdict::Keep);
+        slow.write_blocked.store(at(120), Ordering::Release);
+        assert_eq!(slow.verdict_at(at(146), &LIMITS), Verdict::Keep);
+        slow.write_blocked.store(0, Ordering::Release);
+        assert_eq!(slow.verdict_at(at(146), &LIMITS), Verdict::Idle);
+    }
+
+    #[test]
+    fn clients_are_counted_by_address_or_ipv6_slash_64() {
+        let clients = PerClient::default();
+        let a = host_network("2001:db8::1".parse().unwrap());
+        let b = host_network("2001:db8::2".parse().unwrap());
+        assert_eq!(a, b);
+        assert!(clients.admit(a, 2) && clients.admit(b, 2));
+        assert!(!clients.admit(a, 2));
+        clients.release(a);
+        assert!(clients.admit(b, 2));
+        let mapped = host_network("::ffff:192.0.2.7".parse().unwrap());
+        assert_eq!(mapped, "192.0.2.7".parse::<IpAddr>().unwrap());
     }
 
     #[test]

@@ -62,6 +62,7 @@ const EXPORT_ROWS: &str = "relay_export_rows_total";
 const CONNECTIONS_OPEN: &str = "relay_connections_open";
 const CONNECTIONS_SHED: &str = "relay_connections_shed_total";
 const CONNECTION_TIMEOUTS: &str = "relay_connection_timeouts_total";
+const UNAUTHENTICATED_BYTES: &str = "relay_unauthenticated_body_bytes";
 
 /// The application's metrics. Cheap to clone.
 #[derive(Clone)]
@@ -119,6 +120,11 @@ impl Metrics {
             describe_counter!(
                 CONNECTION_TIMEOUTS,
                 "Connections closed by a timeout: header_read, keep_alive or send"
+            );
+            describe_gauge!(
+                UNAUTHENTICATED_BYTES,
+                Unit::Bytes,
+                "Bytes of request bodies held before their sender is authenticated"
             );
             metrics::counter!(EXPORT_ROWS).increment(0);
             metrics::gauge!(CONNECTIONS_OPEN).set(0.0);
@@ -238,6 +244,11 @@ impl Metrics {
     /// A connection closed by a timeout: `header_read`, `keep_alive` or `send`.
     pub fn connection_timeout(&self, kind: &'static str) {
         self.with(|| metrics::counter!(CONNECTION_TIMEOUTS, "kind" => kind).increment(1));
+    }
+
+    /// Bytes of bodies held before their sender is authenticated, read when metrics are scraped.
+    pub fn unauthenticated_body_bytes(&self, bytes: usize) {
+        self.with(|| metrics::gauge!(UNAUTHENTICATED_BYTES).set(bytes as f64));
     }
 
     pub fn export_rows(&self, rows: u64) {

@@ -44,6 +44,8 @@ pub enum SignatureError {
     NoV1Signature,
     #[error("webhook-signature is not valid base64")]
     MalformedSignature,
+    #[error("webhook-signature carries more signatures than are ever needed")]
+    TooManySignatures,
     #[error("no signature matches")]
     NoMatch,
 }
@@ -57,6 +59,10 @@ pub struct SignedHeaders {
     /// The decoded `v1` signatures.
     signatures: Vec<Vec<u8>>,
 }
+
+/// `v1` signatures looked at, at most: a sender signs with one secret, or two while it rotates.
+/// More are refused, so a request cannot make the relay compare without end.
+pub const MAX_SIGNATURES: usize = 8;
 
 /// Decodes a `whsec_<base64>` secret into its HMAC key.
 pub fn decode_secret(secret: &str) -> Result<Vec<u8>, &'static str> {
@@ -119,6 +125,9 @@ impl HmacVerifier {
         if v1.is_empty() {
             return Err(SignatureError::NoV1Signature);
         }
+        if v1.len() > MAX_SIGNATURES {
+            return Err(SignatureError::TooManySignatures);
+        }
         let decoded: Vec<Vec<u8>> = v1.iter().filter_map(|s| STANDARD.decode(s).ok()).collect();
         if decoded.is_empty() {
             return Err(SignatureError::MalformedSignature);
@@ -130,20 +139,23 @@ impl HmacVerifier {
         })
     }
 
-    /// Whether one of the signatures is a configured secret's over `body`.
+    /// Whether one of the signatures is a configured secret's over `body`. Each secret's HMAC is
+    /// computed once, over the body in place, and compared with every signature in constant
+    /// time: the work is one pass over the body per secret, whatever the request carries.
     pub fn verify_body(&self, signed: &SignedHeaders, body: &[u8]) -> Result<(), SignatureError> {
-        let mut message =
-            Vec::with_capacity(signed.id.len() + signed.timestamp.len() + body.len() + 2);
-        message.extend_from_slice(signed.id.as_bytes());
-        message.push(b'.');
-        message.extend_from_slice(signed.timestamp.as_bytes());
-        message.push(b'.');
-        message.extend_from_slice(body);
-        let matches = signed.signatures.iter().any(|signature| {
-            self.keys
-                .iter()
-                .any(|key| hmac::verify(key, &message, signature).is_ok())
-        });
+        let mut matches = false;
+        for key in &self.keys {
+            let mut context = hmac::Context::with_key(key);
+            context.update(signed.id.as_bytes());
+            context.update(b".");
+            context.update(signed.timestamp.as_bytes());
+            context.update(b".");
+            context.update(body);
+            let tag = context.sign();
+            for signature in &signed.signatures {
+                matches |= super::same_secret(signature, tag.as_ref());
+            }
+        }
         if matches {
             Ok(())
         } else {
@@ -327,6 +339,24 @@ mod tests {
         assert_eq!(
             v.verify(&partial, BODY, TIMESTAMP).unwrap_err(),
             SignatureError::MissingHeader("svix-timestamp")
+        );
+    }
+
+    #[test]
+    fn a_flood_of_signatures_is_refused_before_any_is_computed() {
+        let v = verifier(&[SECRET]);
+        let ts = TIMESTAMP.to_string();
+        let many = ["v1,AA=="; MAX_SIGNATURES + 1].join(" ");
+        assert_eq!(
+            v.verify(&headers(ID, &ts, &many), BODY, TIMESTAMP)
+                .unwrap_err(),
+            SignatureError::TooManySignatures
+        );
+        // Within the bound, the right one among wrong ones still passes.
+        let some = format!("{} {SIGNATURE}", ["v1,AA=="; MAX_SIGNATURES - 1].join(" "));
+        assert_eq!(
+            v.verify(&headers(ID, &ts, &some), BODY, TIMESTAMP).unwrap(),
+            ID
         );
     }
 

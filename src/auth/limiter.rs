@@ -7,9 +7,11 @@
 //! from one address over any accounts, that address may not try at all. The same account from
 //! another address is never refused because of them, so knowing a client id is not enough to
 //! lock Ocean out. A guesser spread over many addresses still gets only [`PER_ACCOUNT`] tries per
-//! address per window.
+//! address per window; an IPv6 address counts by its /64, which one host usually holds whole.
+//! The counts are bounded: when full, the oldest are forgotten (never shared, so no flood of
+//! addresses can lock out one that has not failed).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -18,47 +20,56 @@ use std::time::{Duration, Instant};
 pub const PER_ACCOUNT: u32 = 5;
 /// Failed logins allowed from one address, over all accounts, within one window.
 pub const PER_SOURCE: u32 = 20;
-/// Buckets kept; when full, expired ones are dropped, and if none has expired new sources share
-/// one overflow bucket (which then fills quickly: a guesser with that many addresses is slowed
-/// as one).
+/// Buckets kept; when full, the oldest one is forgotten.
 const MAX_BUCKETS: usize = 10_000;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum Key {
     Account(IpAddr, String),
     Source(IpAddr),
-    Overflow,
+}
+
+/// The address failures are counted by: an IPv4 address, or the /64 of an IPv6 one.
+fn counted(source: IpAddr) -> IpAddr {
+    crate::server::host_network(source)
 }
 
 /// Failure counts per bucket: how many, since when.
 pub struct LoginLimiter {
     window: Duration,
-    buckets: Mutex<HashMap<Key, (u32, Instant)>>,
+    buckets: Mutex<Buckets>,
+}
+
+/// The counts, and the order their buckets were made in (to forget the oldest first).
+#[derive(Default)]
+struct Buckets {
+    counts: HashMap<Key, (u32, Instant)>,
+    order: VecDeque<Key>,
 }
 
 impl LoginLimiter {
     pub fn new(window: Duration) -> Self {
         Self {
             window,
-            buckets: Mutex::new(HashMap::new()),
+            buckets: Mutex::new(Buckets::default()),
         }
     }
 
     /// `Err(seconds to wait)` while `source` may not try `account`.
     pub fn check(&self, source: IpAddr, account: &str) -> Result<(), u64> {
+        let source = counted(source);
         let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
         let mut wait = 0;
         for (key, max) in [
             (Key::Account(source, account.to_owned()), PER_ACCOUNT),
             (Key::Source(source), PER_SOURCE),
-            (Key::Overflow, PER_SOURCE),
         ] {
-            let Some(&(count, since)) = buckets.get(&key) else {
+            let Some(&(count, since)) = buckets.counts.get(&key) else {
                 continue;
             };
             let elapsed = since.elapsed();
             if elapsed >= self.window {
-                buckets.remove(&key);
+                buckets.counts.remove(&key);
             } else if count >= max {
                 wait = wait.max((self.window - elapsed).as_secs().max(1));
             }
@@ -68,35 +79,44 @@ impl LoginLimiter {
 
     /// Counts a failed login of `source` for `account`.
     pub fn failed(&self, source: IpAddr, account: &str) {
+        let source = counted(source);
         let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
+        let Buckets { counts, order } = &mut *buckets;
         for key in [
             Key::Account(source, account.to_owned()),
             Key::Source(source),
         ] {
-            let key = if buckets.len() >= MAX_BUCKETS && !buckets.contains_key(&key) {
-                let window = self.window;
-                buckets.retain(|_, (_, since)| since.elapsed() < window);
-                if buckets.len() >= MAX_BUCKETS {
-                    Key::Overflow
-                } else {
-                    key
+            if !counts.contains_key(&key) {
+                // Forget the oldest buckets (the order may name ones already gone).
+                while counts.len() >= MAX_BUCKETS {
+                    match order.pop_front() {
+                        Some(oldest) => {
+                            counts.remove(&oldest);
+                        }
+                        None => break,
+                    }
                 }
-            } else {
-                key
-            };
-            let bucket = buckets.entry(key).or_insert((0, Instant::now()));
+                order.push_back(key.clone());
+            }
+            let bucket = counts.entry(key).or_insert((0, Instant::now()));
             if bucket.1.elapsed() >= self.window {
                 *bucket = (0, Instant::now());
             }
             bucket.0 += 1;
         }
+        // Keys removed by `check` or `succeeded` linger in the order; keep it in proportion.
+        if order.len() > 2 * MAX_BUCKETS {
+            order.retain(|key| counts.contains_key(key));
+        }
     }
 
     /// A successful login clears the failures of that account from that address.
     pub fn succeeded(&self, source: IpAddr, account: &str) {
+        let source = counted(source);
         self.buckets
             .lock()
             .unwrap_or_else(|e| e.into_inner())
+            .counts
             .remove(&Key::Account(source, account.to_owned()));
     }
 }
@@ -138,12 +158,27 @@ mod tests {
     }
 
     #[test]
-    fn the_buckets_stay_bounded() {
+    fn a_flood_of_addresses_stays_bounded_and_locks_out_no_one_else() {
         let limiter = LoginLimiter::new(Duration::from_secs(60));
-        for n in 0..(MAX_BUCKETS as u32) {
-            limiter.failed(IpAddr::from(n.to_be_bytes()), "x");
+        for n in 0..(MAX_BUCKETS as u32 * 2) {
+            limiter.failed(IpAddr::from(((n + 1) << 8).to_be_bytes()), "ocean");
         }
-        let buckets = limiter.buckets.lock().unwrap().len();
-        assert!(buckets <= MAX_BUCKETS + 1, "{buckets}");
+        assert!(limiter.buckets.lock().unwrap().counts.len() <= MAX_BUCKETS);
+        // Neither a new address nor one that never failed is refused.
+        assert_eq!(limiter.check(ip(200), "ocean"), Ok(()));
+        assert_eq!(limiter.check(IpAddr::from([10, 9, 9, 9]), "ocean"), Ok(()));
+    }
+
+    #[test]
+    fn an_ipv6_host_counts_by_its_slash_64() {
+        let limiter = LoginLimiter::new(Duration::from_secs(60));
+        for n in 0..PER_ACCOUNT {
+            let address: IpAddr = format!("2001:db8:1:2::{n:x}").parse().unwrap();
+            limiter.failed(address, "ocean");
+        }
+        let same_64: IpAddr = "2001:db8:1:2:ffff::1".parse().unwrap();
+        let other_64: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert!(limiter.check(same_64, "ocean").is_err());
+        assert_eq!(limiter.check(other_64, "ocean"), Ok(()));
     }
 }

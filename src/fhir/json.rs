@@ -86,10 +86,22 @@ impl<'a> Object<'a> {
                 .sum::<usize>()
                 + 2,
         );
+        // The last of a repeated name is the one that counts: walk backwards to find them.
+        let mut seen = std::collections::HashSet::with_capacity(self.members.len());
+        let last: Vec<bool> = {
+            let mut last: Vec<bool> = self
+                .members
+                .iter()
+                .rev()
+                .map(|(key, _)| seen.insert(key.as_ref()))
+                .collect();
+            last.reverse();
+            last
+        };
         out.push('{');
         let mut first = true;
-        for (i, (key, value)) in self.members.iter().enumerate() {
-            if self.members[i + 1..].iter().any(|(later, _)| later == key) {
+        for ((key, value), last) in self.members.iter().zip(last) {
+            if !last {
                 continue;
             }
             if !first {
@@ -269,6 +281,19 @@ mod tests {
         assert_eq!(o.text("a").as_deref(), Some("second"));
         let again: serde_json::Value = serde_json::from_str(&o.to_json()).unwrap();
         assert_eq!(again, serde_json::json!({"b": 1, "a": "second"}));
+    }
+
+    /// Linear in the number of members: an object with hundreds of thousands of them (which a
+    /// quadratic search for repeated names would take hours over) is rewritten at once.
+    #[test]
+    fn a_huge_object_is_rewritten_in_linear_time() {
+        let members: Vec<String> = (0..300_000).map(|n| format!("\"k{n}\": {n}")).collect();
+        let text = format!("{{{}, \"k7\": \"last\"}}", members.join(", "));
+        let o = Object::parse_text(&text).unwrap();
+        let again = o.to_json();
+        let reread = Object::parse_text(&again).unwrap();
+        assert_eq!(reread.text("k7").as_deref(), Some("last"));
+        assert_eq!(reread.get("k299999").unwrap().get(), "299999");
     }
 
     #[test]

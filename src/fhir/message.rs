@@ -141,6 +141,13 @@ pub fn parse_message(
             })
         })
         .and_then(|r| {
+            // Two references that differ only where their text does not decode would read
+            // alike: such a reference cannot file a referral.
+            if r.contains(char::REPLACEMENT_CHARACTER) {
+                return Err(ParseError::Unusable(
+                    "referral reference: it holds bytes that are not UTF-8 or an escape that is not Unicode".into(),
+                ));
+            }
             ReferralRef::parse(r)
                 .map_err(|e| ParseError::Unusable(format!("referral reference: {e}")))
         })?;
@@ -168,6 +175,7 @@ pub fn parse_message(
         .iter()
         .filter_map(|t| t.service_id.as_deref())
         .chain(header.receiver_service_ids.iter().map(String::as_str))
+        .filter(|s| !s.contains(char::REPLACEMENT_CHARACTER))
         .find_map(|s| ServiceId::parse(s).ok());
 
     let patient_entry = service_request
@@ -317,6 +325,35 @@ struct Entry<'a> {
     /// `meta.versionId`, which a version-specific reference must match.
     version_id: Option<String>,
     resource: Object<'a>,
+    /// Its contained resources by id, read the first time a `#id` reference needs them.
+    contained: std::cell::OnceCell<HashMap<String, Object<'a>>>,
+}
+
+impl<'a> Entry<'a> {
+    fn new(full_url: Option<String>, kind: String, resource: Object<'a>) -> Self {
+        Self {
+            full_url,
+            version_id: resource.path_text(&["meta", "versionId"]),
+            kind,
+            resource,
+            contained: std::cell::OnceCell::new(),
+        }
+    }
+
+    /// The contained resource with this id (the first, if several claim it).
+    fn contained(&self, id: &str) -> Option<&Object<'a>> {
+        self.contained
+            .get_or_init(|| {
+                let mut by_id = HashMap::new();
+                for resource in self.resource.objects("contained") {
+                    if let Some(id) = resource.text("id") {
+                        by_id.entry(id).or_insert(resource);
+                    }
+                }
+                by_id
+            })
+            .get(id)
+    }
 }
 
 /// The entries of a message Bundle and an index to resolve references between them.
@@ -408,12 +445,7 @@ impl<'a> Bundle<'a> {
             for key in keys {
                 bundle.index.entry(key).or_default().push(position);
             }
-            bundle.entries.push(Entry {
-                full_url,
-                version_id: resource.path_text(&["meta", "versionId"]),
-                kind,
-                resource,
-            });
+            bundle.entries.push(Entry::new(full_url, kind, resource));
         }
         Ok(bundle)
     }
@@ -437,18 +469,13 @@ impl<'a> Bundle<'a> {
     ) -> Option<Cow<'b, Entry<'a>>> {
         if let Some(fragment) = reference.strip_prefix('#') {
             let from = from?;
-            return from
-                .resource
-                .objects("contained")
-                .find(|c| c.text("id").as_deref() == Some(fragment))
-                .and_then(|resource| {
-                    Some(Cow::Owned(Entry {
-                        full_url: from.full_url.clone(),
-                        kind: resource.text("resourceType")?,
-                        version_id: resource.path_text(&["meta", "versionId"]),
-                        resource,
-                    }))
-                });
+            let resource = from.contained(fragment)?.clone();
+            let kind = resource.text("resourceType")?;
+            return Some(Cow::Owned(Entry::new(
+                from.full_url.clone(),
+                kind,
+                resource,
+            )));
         }
         let (unversioned, version) = match Restful::parse(reference) {
             Some(restful) => (restful.unversioned(), restful.version),
@@ -765,7 +792,11 @@ struct ReferrerView {
 
 /// The referring clinician and site, from the requester (a PractitionerRole, or directly a
 /// Practitioner).
-fn referrer(bundle: &Bundle<'_>, entry: &Entry<'_>, problems: &mut Vec<String>) -> ReferrerView {
+fn referrer<'a>(
+    bundle: &Bundle<'a>,
+    entry: &Entry<'a>,
+    problems: &mut Vec<String>,
+) -> ReferrerView {
     let (practitioner, role) = if entry.kind == "PractitionerRole" {
         conform::<PractitionerRole>(entry, problems);
         let role = role_view(&entry.resource);
@@ -810,7 +841,7 @@ fn referrer(bundle: &Bundle<'_>, entry: &Entry<'_>, problems: &mut Vec<String>) 
 
 /// The `name` of the first resolvable resource among `refs` (a Location or an Organization)
 /// referenced from `from`.
-fn first_named(bundle: &Bundle<'_>, refs: &[String], from: &Entry<'_>) -> Option<String> {
+fn first_named<'a>(bundle: &Bundle<'a>, refs: &[String], from: &Entry<'a>) -> Option<String> {
     refs.iter()
         .filter_map(|r| bundle.resolve(r, Some(from)))
         .find_map(|e| non_empty(e.resource.text("name")))
@@ -927,6 +958,30 @@ mod tests {
         assert_eq!(service(contained).as_deref(), Some("SVC-C"));
     }
 
+    /// Many `#id` references against many contained resources: each lookup is one probe of an
+    /// index built once, not a re-read of the contained list (which would take hours here).
+    #[test]
+    fn many_fragment_references_resolve_through_one_index() {
+        let contained: Vec<Value> = (0..20_000)
+            .map(|n| json!({"resourceType": "Basic", "id": format!("c{n}")}))
+            .collect();
+        let performers: Vec<Value> = (0..20_000)
+            .map(|n| json!({"reference": format!("#c{n}")}))
+            .collect();
+        let body = bundle(json!([
+            {"fullUrl": "urn:uuid:h", "resource": header(json!({
+                "extension": [{"url": "x/ext-id-message-header", "valueString": "R-8"}],
+                "focus": [{"reference": "urn:uuid:sr"}]
+            }))},
+            {"fullUrl": "urn:uuid:sr", "resource": {"resourceType": "ServiceRequest",
+                "status": "active", "intent": "order", "subject": {"reference": "#nobody"},
+                "contained": contained, "performer": performers}}
+        ]));
+        let m = accepted(&body).unwrap();
+        assert_eq!(m.referral.as_str(), "R-8");
+        assert_eq!(m.service_id, None);
+    }
+
     #[test]
     fn restful_references_split_into_their_parts() {
         let r = Restful::parse("https://h/fhir/Patient/p-1/_history/3").unwrap();
@@ -990,6 +1045,16 @@ mod tests {
         assert!(matches!(
             accepted(b"\xFF\xFE{\0}\0"),
             Err(ParseError::Malformed(m)) if m.contains("UTF-16")
+        ));
+        let undecodable = bundle(json!([{"fullUrl": "urn:uuid:a", "resource": header(json!({
+            "extension": [{"url": "x/ext-id-message-header", "valueString": "R-LONE"}]
+        }))}]));
+        let undecodable = String::from_utf8(undecodable)
+            .unwrap()
+            .replace("R-LONE", "R-\\udc00");
+        assert!(matches!(
+            accepted(undecodable.as_bytes()),
+            Err(ParseError::Unusable(m)) if m.contains("not UTF-8")
         ));
     }
 

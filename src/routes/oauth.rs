@@ -26,6 +26,8 @@ use crate::config::Secret;
 
 /// A token request is a few short form fields.
 const MAX_FORM_BYTES: usize = 16 * 1024;
+/// Longest wait for them.
+const FORM_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// Failed logins of unknown client ids share one limiter bucket.
 const UNKNOWN_CLIENT: &str = "(unknown client)";
 
@@ -49,8 +51,9 @@ async fn token(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
+    // A few form fields: no reason to wait long for them from anyone.
     let read = tokio::time::timeout(
-        state.body_timeout,
+        state.body_timeout.min(FORM_TIMEOUT),
         Limited::new(body, MAX_FORM_BYTES).collect(),
     )
     .await;

@@ -182,3 +182,106 @@ async fn a_client_that_stops_reading_its_response_is_cut_off() {
     }
     assert_eq!(cut, Some(1.0));
 }
+
+#[tokio::test]
+async fn one_client_cannot_take_every_connection() {
+    let app = spawn_app_with(
+        "[server]\nmax_connections = 100\nmax_connections_per_client = 3\nheader_read_timeout_secs = 60\n",
+    )
+    .await;
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let mut stream = TcpStream::connect(app.addr).await.unwrap();
+        stream
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: relay\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 1024];
+        let n = stream.read(&mut buf).await.unwrap();
+        assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+        held.push(stream);
+    }
+    // A fourth from the same address is refused, though the server has room for 97 more.
+    let mut fourth = TcpStream::connect(app.addr).await.unwrap();
+    fourth
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: relay\r\n\r\n")
+        .await
+        .unwrap();
+    let seen = until_closed(&mut fourth).await;
+    assert!(seen.starts_with("HTTP/1.1 503"), "{seen}");
+    drop(held);
+
+    // Behind a trusted proxy the peer carries many clients: it is not held to the cap.
+    let proxied = spawn_app_with(
+        "[server]\nmax_connections_per_client = 1\ntrusted_proxies = [\"127.0.0.1/32\"]\n",
+    )
+    .await;
+    let mut streams = Vec::new();
+    for _ in 0..3 {
+        let mut stream = TcpStream::connect(proxied.addr).await.unwrap();
+        stream
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: relay\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 1024];
+        let n = stream.read(&mut buf).await.unwrap();
+        assert!(
+            buf[..n].starts_with(b"HTTP/1.1 200"),
+            "{}",
+            String::from_utf8_lossy(&buf[..n])
+        );
+        streams.push(stream);
+    }
+}
+
+#[tokio::test]
+async fn a_slow_steady_download_is_not_cut_off_as_idle() {
+    let app = spawn_app_with(
+        "[server]\nkeep_alive_timeout_secs = 1\nmax_body_bytes = 33554432\n\
+         [api.clients.emr]\nkey = \"emr-key-0123456789abcdef\"\n",
+    )
+    .await;
+    let mut big = fixture("v0.11-add-service-request.json");
+    let at = big.iter().rposition(|&b| b == b'}').unwrap();
+    big.splice(at..at, std::iter::repeat_n(b' ', 8 << 20));
+    let expected = big.len();
+    assert_eq!(app.deliver("default", big).await.status, 200);
+
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(16 * 1024).unwrap();
+    let mut stream = socket.connect(app.addr).await.unwrap();
+    stream
+        .write_all(
+            b"GET /api/v1/referrals/TST-0011-AAAA/versions/1 HTTP/1.1\r\nHost: relay\r\n\
+              Authorization: Bearer emr-key-0123456789abcdef\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    // About 2 MB/s: four seconds for the whole payload, four keep-alive timeouts' worth.
+    let mut received = 0;
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut head = Vec::new();
+    let started = std::time::Instant::now();
+    loop {
+        let n = tokio::time::timeout(Duration::from_secs(30), stream.read(&mut buf))
+            .await
+            .expect("the server stalled")
+            .unwrap();
+        if n == 0 {
+            break;
+        }
+        if head.len() < 4096 {
+            head.extend_from_slice(&buf[..n.min(4096)]);
+        }
+        received += n;
+        if received >= expected {
+            break;
+        }
+        let due = Duration::from_secs_f64(received as f64 / 2_000_000.0);
+        if let Some(wait) = due.checked_sub(started.elapsed()) {
+            tokio::time::sleep(wait).await;
+        }
+    }
+    assert!(String::from_utf8_lossy(&head).starts_with("HTTP/1.1 200"));
+    assert!(received >= expected, "got {received} of {expected} bytes");
+}

@@ -11,7 +11,7 @@ use tokio::net::TcpStream;
 
 use crate::auth::signed;
 use crate::fixtures::fixture;
-use crate::helpers::{FHIR_JSON, TestApp, answer, spawn_app, spawn_app_with};
+use crate::helpers::{FHIR_JSON, TestApp, answer, metric, spawn_app, spawn_app_with};
 
 const HMAC_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
@@ -28,35 +28,12 @@ async fn stored_bytes(app: &TestApp, r: &str, version: u64) -> Vec<u8> {
         .to_vec()
 }
 
-/// Sends raw bytes and reads the answer until the server closes or `timeout` passes.
+/// Sends raw bytes and reads the answer until it is whole, the server closes, or `timeout`
+/// passes.
 async fn raw_exchange(app: &TestApp, request: &[u8], timeout: Duration) -> String {
     let mut stream = TcpStream::connect(app.addr).await.unwrap();
     stream.write_all(request).await.unwrap();
-    let mut seen = Vec::new();
-    let _ = tokio::time::timeout(timeout, async {
-        let mut buf = [0u8; 4096];
-        loop {
-            match stream.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    seen.extend_from_slice(&buf[..n]);
-                    // One whole answer is enough.
-                    let text = String::from_utf8_lossy(&seen);
-                    if let Some(head_end) = text.find("\r\n\r\n")
-                        && let Some(length) = text[..head_end]
-                            .lines()
-                            .find_map(|l| l.strip_prefix("content-length: "))
-                            .and_then(|l| l.trim().parse::<usize>().ok())
-                        && seen.len() >= head_end + 4 + length
-                    {
-                        break;
-                    }
-                }
-            }
-        }
-    })
-    .await;
-    String::from_utf8_lossy(&seen).into_owned()
+    read_answer(&mut stream, timeout).await
 }
 
 #[tokio::test]
@@ -184,7 +161,7 @@ async fn a_declared_length_over_the_limit_is_refused_without_100_continue() {
     assert!(!reply.contains("100 Continue"), "{reply}");
 }
 
-const HMAC_CONFIG: &str = "[server]\nmax_body_bytes = 65536\nmax_unauthenticated_body_bytes = 65536\n\
+const HMAC_CONFIG: &str = "[server]\nmax_body_bytes = 65536\nmax_unauthenticated_body_bytes = 131072\n\
      [integrations.signed]\nauth = { scheme = \"hmac\", secrets = [\"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"] }\n";
 
 #[tokio::test]
@@ -220,46 +197,144 @@ async fn bodies_of_unauthenticated_senders_share_a_bounded_budget() {
         head.push_str("\r\n");
         head
     };
-    // One stalled upload holds 40 KiB of the 64 KiB budget...
+    // A declared length takes nothing from the budget: only bytes sent do. So an upload that
+    // declares much and sends nothing holds nothing...
+    let mut idle = TcpStream::connect(app.addr).await.unwrap();
+    idle.write_all(head(60_000).as_bytes()).await.unwrap();
+    // ... while two that sent 60 KB each of their 64 KB and stalled hold 120 KB of the 128 KiB.
     let mut stalled = TcpStream::connect(app.addr).await.unwrap();
-    stalled
-        .write_all(format!("{}{{\"partial", head(40_000)).as_bytes())
+    stalled.write_all(head(64_000).as_bytes()).await.unwrap();
+    stalled.write_all(&vec![b' '; 60_000]).await.unwrap();
+    let mut stalled_too = TcpStream::connect(app.addr).await.unwrap();
+    stalled_too
+        .write_all(head(64_000).as_bytes())
         .await
         .unwrap();
-    // ... so another that needs 40 KiB is told to come back, at once.
-    let mut refused = None;
-    for _ in 0..50 {
-        let reply = raw_exchange(&app, head(40_000).as_bytes(), Duration::from_secs(10)).await;
-        if reply.starts_with("HTTP/1.1 503") {
-            refused = Some(reply);
+    stalled_too.write_all(&vec![b' '; 60_000]).await.unwrap();
+    for _ in 0..100 {
+        let held = metric(&app.metrics().await, "relay_unauthenticated_body_bytes", &[]);
+        if held >= Some(120_000.0) {
             break;
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let reply = refused.expect("a second unauthenticated upload was not refused");
+    // Another that sends 40 KB is told to come back, at once.
+    let mut second = TcpStream::connect(app.addr).await.unwrap();
+    second.write_all(head(40_000).as_bytes()).await.unwrap();
+    second.write_all(&vec![b' '; 40_000]).await.unwrap();
+    let reply = read_answer(&mut second, Duration::from_secs(20)).await;
+    assert!(reply.starts_with("HTTP/1.1 503"), "{reply}");
     assert!(reply.contains("retry-after: 5"), "{reply}");
     assert!(reply.contains("unauthenticated uploads"), "{reply}");
-    // Once the stalled upload goes away, the budget is whole again.
-    drop(stalled);
+    // The stalled upload gives its share back after a short pause (10 s), not the whole body
+    // timeout, and is told why.
+    let reply = read_answer(&mut stalled, Duration::from_secs(30)).await;
+    assert!(reply.starts_with("HTTP/1.1 408"), "{reply}");
     let body = fixture("edge/svix-signed.json");
     let good = signed(HMAC_SECRET, "msg_after", now, &body);
-    let mut ok = 0;
-    for _ in 0..50 {
+    let mut request = app
+        .client
+        .post(app.url("/fhir/signed/$process-message"))
+        .header("content-type", FHIR_JSON)
+        .body(body.clone());
+    for (name, value) in &good {
+        request = request.header(name, value);
+    }
+    assert_eq!(request.send().await.unwrap().status(), 200);
+    drop(idle);
+}
+
+/// A compressed body whose signature does not match as sent must be decoded to be checked
+/// (a sender may sign before compressing): the decoding counts against the unauthenticated
+/// budget at its largest, so a bomb with a bad signature cannot make the relay inflate it
+/// when the budget cannot hold it.
+#[tokio::test]
+async fn an_unauthenticated_compressed_body_is_decoded_only_within_the_budget() {
+    let app = spawn_app_with(HMAC_CONFIG).await;
+    let now = OffsetDateTime::now_utc().unix_timestamp();
+    let mut bomb = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    std::io::Write::write_all(&mut bomb, &vec![b' '; 60_000]).unwrap();
+    let bomb = bomb.finish().unwrap();
+    let headers = signed(HMAC_SECRET, "msg_bomb", now, b"not this body");
+    let post = || {
         let mut request = app
             .client
             .post(app.url("/fhir/signed/$process-message"))
             .header("content-type", FHIR_JSON)
-            .body(body.clone());
-        for (name, value) in &good {
+            .header("content-encoding", "gzip")
+            .body(bomb.clone());
+        for (name, value) in &headers {
             request = request.header(name, value);
         }
-        ok = request.send().await.unwrap().status().as_u16();
-        if ok == 200 {
+        request.send()
+    };
+    // With the budget free, the bomb is decoded (within the limit), and its signature refused.
+    assert_eq!(post().await.unwrap().status(), 401);
+    // With most of the budget held by stalled uploads, it is not decoded at all.
+    let stall = signed(HMAC_SECRET, "msg_stall", now, b"other");
+    let mut head = "POST /fhir/signed/$process-message HTTP/1.1\r\nHost: relay\r\n\
+                    Content-Type: application/fhir+json\r\nContent-Length: 60000\r\n"
+        .to_owned();
+    for (name, value) in &stall {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str("\r\n");
+    let mut stalled = Vec::new();
+    for _ in 0..2 {
+        let mut stream = TcpStream::connect(app.addr).await.unwrap();
+        stream.write_all(head.as_bytes()).await.unwrap();
+        stream.write_all(&vec![b' '; 40_000]).await.unwrap();
+        stalled.push(stream);
+    }
+    // Once the relay holds their bytes (it says so in its metrics)...
+    for _ in 0..100 {
+        let held = metric(
+            &app.metrics().await,
+            "relay_unauthenticated_body_bytes",
+            &[],
+        );
+        if held >= Some(80_000.0) {
             break;
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(ok, 200);
+    // ... the bomb is refused without being decoded.
+    assert_eq!(post().await.unwrap().status(), 503);
+    drop(stalled);
+}
+
+/// Reads one answer from `stream` (until its body is complete or the server closes).
+async fn read_answer(stream: &mut TcpStream, timeout: Duration) -> String {
+    let mut seen = Vec::new();
+    let _ = tokio::time::timeout(timeout, async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    seen.extend_from_slice(&buf[..n]);
+                    if complete(&seen) {
+                        break;
+                    }
+                }
+            }
+        }
+    })
+    .await;
+    String::from_utf8_lossy(&seen).into_owned()
+}
+
+/// Whether `seen` holds a whole answer (head and as much body as it announced).
+fn complete(seen: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(seen);
+    let Some(head_end) = text.find("\r\n\r\n") else {
+        return false;
+    };
+    text[..head_end]
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length: "))
+        .and_then(|l| l.trim().parse::<usize>().ok())
+        .is_some_and(|length| seen.len() >= head_end + 4 + length)
 }
 
 #[tokio::test]

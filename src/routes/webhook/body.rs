@@ -105,9 +105,20 @@ pub fn declared_length(headers: &HeaderMap) -> Option<u64> {
         .ok()
 }
 
+/// Longest pause between two pieces of a body whose sender is not authenticated yet: an upload
+/// that stalls gives its share of the budget back soon instead of holding it for the whole
+/// body timeout.
+const UNAUTHENTICATED_PAUSE: Duration = Duration::from_secs(10);
+
+/// Refused for lack of budget: 503, come back later.
+pub fn busy() -> AppError {
+    AppError::Busy("too many unauthenticated uploads are in progress; retry later".into())
+}
+
 /// Reads a whole body within `limit` bytes and `timeout`. With `budget`, the bytes held count
-/// against it (the sender is not authenticated yet), and the permit returned holds them until
-/// dropped; a body the budget cannot hold is 503.
+/// against it as they arrive (the sender is not authenticated yet: a declared length takes
+/// nothing until bytes come), pauses longer than [`UNAUTHENTICATED_PAUSE`] end the upload, and
+/// the permit returned holds the bytes until dropped; a body the budget cannot hold is 503.
 pub async fn read<'a>(
     body: Body,
     limit: usize,
@@ -115,21 +126,28 @@ pub async fn read<'a>(
     declared: Option<u64>,
     budget: Option<&'a Semaphore>,
 ) -> Result<(Bytes, Option<SemaphorePermit<'a>>), AppError> {
-    let busy =
-        || AppError::Busy("too many unauthenticated uploads are in progress; retry later".into());
-    // A declared length is taken from the budget at once, so nothing is read for nothing.
-    let mut held = match (budget, declared) {
-        (Some(budget), Some(length)) => {
-            let length = u32::try_from(length).map_err(|_| AppError::PayloadTooLarge { limit })?;
-            Some(budget.try_acquire_many(length).map_err(|_| busy())?)
-        }
-        _ => None,
+    let mut held: Option<SemaphorePermit<'a>> = None;
+    let capacity = match budget {
+        // Allocated as it comes, for a sender nobody knows yet.
+        Some(_) => 0,
+        None => declared.map_or(0, |d| usize::try_from(d).unwrap_or(limit).min(limit)),
     };
-    let capacity = declared.map_or(0, |d| usize::try_from(d).unwrap_or(limit).min(limit));
+    let stalled = || AppError::Timeout {
+        secs: UNAUTHENTICATED_PAUSE.as_secs(),
+    };
     let reading = async {
         let mut body = body;
         let mut buffer = BytesMut::with_capacity(capacity);
-        while let Some(frame) = body.frame().await {
+        loop {
+            let frame = match budget {
+                Some(_) => tokio::time::timeout(UNAUTHENTICATED_PAUSE, body.frame())
+                    .await
+                    .map_err(|_| stalled())?,
+                None => body.frame().await,
+            };
+            let Some(frame) = frame else {
+                break;
+            };
             let frame = frame.map_err(|_| {
                 AppError::BadRequest("the request body could not be read completely".into())
             })?;
@@ -140,16 +158,11 @@ pub async fn read<'a>(
                 return Err(AppError::PayloadTooLarge { limit });
             }
             if let Some(budget) = budget {
-                // A body longer than declared, or one without a declared length, takes more.
-                let needed = (buffer.len() + data.len())
-                    .saturating_sub(held.as_ref().map_or(0, SemaphorePermit::num_permits));
-                if needed > 0 {
-                    let more = u32::try_from(needed).map_err(|_| busy())?;
-                    let more = budget.try_acquire_many(more).map_err(|_| busy())?;
-                    match &mut held {
-                        Some(permit) => permit.merge(more),
-                        None => held = Some(more),
-                    }
+                let more = u32::try_from(data.len()).map_err(|_| busy())?;
+                let more = budget.try_acquire_many(more).map_err(|_| busy())?;
+                match &mut held {
+                    Some(permit) => permit.merge(more),
+                    None => held = Some(more),
                 }
             }
             buffer.extend_from_slice(&data);

@@ -48,7 +48,7 @@ pub fn router() -> Router<AppState> {
 }
 
 /// Longest wait for the rest of a refused request's body, and the most of it that is read.
-const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 const DRAIN_LIMIT: usize = 1024 * 1024;
 
 /// What the webhook did with a delivery it answered 200.
@@ -97,7 +97,7 @@ async fn receive(
     let mut close = false;
     if let Some(unread) = body {
         if drainable {
-            let _ = tokio::time::timeout(DRAIN_TIMEOUT, unread.collect_limited(DRAIN_LIMIT)).await;
+            let _ = tokio::time::timeout(DRAIN_TIMEOUT, unread.drain(DRAIN_LIMIT)).await;
         } else {
             close = true;
         }
@@ -197,20 +197,43 @@ impl Request<'_> {
             .map(|_| state.unauthenticated_bytes.as_ref());
         let unread = body.take().unwrap_or_default();
         let (raw, held) = body::read(unread, limit, state.body_timeout, declared, budget).await?;
-        let decoded = match &signed {
+        let decoded = match signed.clone() {
             Some(signed) => {
-                // Signed as sent; a sender that signed before compressing is served too.
-                let as_sent = inbound.check_signature(signed, &raw);
-                let decoded = body::decode(raw.clone(), codings.clone(), limit).await?;
-                if as_sent.is_err() && !codings.is_empty() {
-                    inbound.check_signature(signed, &decoded).map_err(refuse)?;
-                } else {
-                    as_sent.map_err(refuse)?;
+                let check = |bytes: bytes::Bytes, signed| {
+                    let (state, name) = (state.clone(), integration.name.clone());
+                    off_worker(move || {
+                        let integration = state.integration(name.as_str())?;
+                        Some(integration.inbound.check_signature(&signed, &bytes))
+                    })
+                };
+                // Signed as sent (the usual way), or before the body was compressed: then the
+                // decoded body is needed to know, and while unauthenticated it counts against
+                // the budget at its largest.
+                match check(raw.clone(), signed.clone()).await? {
+                    Some(Ok(())) => body::decode(raw, codings, limit).await?,
+                    Some(Err(refusal)) if codings.is_empty() => return Err(refuse(refusal)),
+                    _ => {
+                        let room = u32::try_from(limit).map_err(|_| body::busy())?;
+                        let _decoding = state
+                            .unauthenticated_bytes
+                            .try_acquire_many(room)
+                            .map_err(|_| body::busy())?;
+                        let decoded = body::decode(raw, codings, limit).await?;
+                        match check(decoded.clone(), signed).await? {
+                            Some(Ok(())) => decoded,
+                            Some(Err(refusal)) => return Err(refuse(refusal)),
+                            None => {
+                                return Err(AppError::Internal(anyhow::anyhow!(
+                                    "integration vanished"
+                                )));
+                            }
+                        }
+                    }
                 }
-                decoded
             }
             None => body::decode(raw, codings, limit).await?,
         };
+        // Authenticated now: the body no longer counts against the budget.
         drop(held);
         let webhook_id = signed.map(|s| s.id);
         self.file(integration, decoded, webhook_id).await
@@ -225,7 +248,15 @@ impl Request<'_> {
     ) -> Result<(Response, Handled), AppError> {
         let state = self.state;
         let endpoint = self.uri.path().to_owned();
-        let parsed = parse_message(&body, |event| integration.accepts(event)).map_err(|e| {
+        // Reading a large Bundle takes a while: off the async workers, with its hash.
+        let events = integration.events.clone();
+        let (parsed, sha256, body) = off_worker(move || {
+            let parsed = parse_message(&body, |event| events.is_empty() || events.contains(event));
+            let sha256 = sha256_hex(&body);
+            (parsed, sha256, body)
+        })
+        .await?;
+        let parsed = parsed.map_err(|e| {
             let reason = match &e {
                 ParseError::Malformed(_) => "malformed",
                 ParseError::Unusable(_) => "unusable",
@@ -262,7 +293,6 @@ impl Request<'_> {
             (None, Some(default)) => ServiceAssignment::Default(default.clone()),
             (None, None) => ServiceAssignment::Unassigned,
         };
-        let sha256 = sha256_hex(&body);
         let delivery = NewDelivery {
             // A signed delivery's webhook-id names it; otherwise its Bundle.id does.
             dedup_key: delivery_key(
@@ -363,14 +393,30 @@ fn refused(
     }
 }
 
-/// Reads and drops at most `limit` bytes of a body nobody needs.
-trait CollectLimited {
-    async fn collect_limited(self, limit: usize);
+/// Runs CPU-bound work (signature checks, decompression, reading a Bundle) on the blocking
+/// pool, so a large body does not hold up the requests the async workers serve meanwhile.
+async fn off_worker<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, AppError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| AppError::Internal(e.into()))
 }
 
-impl CollectLimited for Body {
-    async fn collect_limited(self, limit: usize) {
-        let _ = http_body_util::BodyExt::collect(http_body_util::Limited::new(self, limit)).await;
+/// Reads and drops at most `limit` bytes of a body nobody needs, keeping none of it.
+trait Drain {
+    async fn drain(self, limit: usize);
+}
+
+impl Drain for Body {
+    async fn drain(mut self, limit: usize) {
+        let mut read = 0;
+        while read < limit {
+            match http_body_util::BodyExt::frame(&mut self).await {
+                Some(Ok(frame)) => read += frame.data_ref().map_or(0, bytes::Bytes::len),
+                _ => return,
+            }
+        }
     }
 }
 
@@ -380,11 +426,5 @@ fn printable(name: &str) -> &str {
         name
     } else {
         "(invalid name)"
-    }
-}
-
-impl Integration {
-    fn accepts(&self, event: &crate::domain::EventCode) -> bool {
-        self.events.is_empty() || self.events.contains(event)
     }
 }
