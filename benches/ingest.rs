@@ -205,7 +205,9 @@ async fn start_relay(data_dir: &std::path::Path) -> SocketAddr {
         data_dir: Some(data_dir.to_path_buf()),
         ..Overrides::default()
     };
-    let config = Config::load_with_env(None, &overrides, std::iter::empty()).unwrap();
+    let mut config = Config::load_with_env(None, &overrides, std::iter::empty()).unwrap();
+    // The load comes from one address, 64 connections at once.
+    config.server.max_connections_per_client = 256;
     let store: Arc<dyn Store> = Arc::new(SledStore::open(data_dir).unwrap());
     let app = Application::build_with_store(&config, store).await.unwrap();
     let addr = app.local_addr().unwrap();
