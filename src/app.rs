@@ -30,6 +30,7 @@ use crate::ocean::client::OceanClient;
 use crate::ocean::transitions::Transitions;
 use crate::ocean::worker::{Worker, WorkerHealth};
 use crate::routes;
+use crate::routes::webhook::budget::Budget;
 use crate::store::{SledStore, Store};
 use crate::telemetry::Metrics;
 use tokio::sync::Notify;
@@ -40,8 +41,8 @@ const LOGIN_WINDOW: Duration = Duration::from_secs(60);
 /// One configured integration, ready for requests.
 pub struct Integration {
     pub name: IntegrationName,
-    /// How its callers are authenticated.
-    pub inbound: Inbound,
+    /// How its callers are authenticated (shared with checks on the blocking pool).
+    pub inbound: Arc<Inbound>,
     /// Accepted event codes; empty accepts all.
     pub events: Vec<EventCode>,
     pub default_service: Option<ServiceId>,
@@ -98,9 +99,8 @@ pub struct AppState {
     pub worker_health: Arc<WorkerHealth>,
     /// Refused authentication, reported once per interval.
     pub refusals: Arc<Refusals>,
-    /// Bytes of request bodies held before their sender is authenticated, at most
-    /// `server.max_unauthenticated_body_bytes` (one permit per byte).
-    pub unauthenticated_bytes: Arc<tokio::sync::Semaphore>,
+    /// Bytes of request bodies held before their sender is authenticated.
+    pub unauthenticated: Arc<Budget>,
 }
 
 impl AppState {
@@ -149,8 +149,10 @@ impl AppState {
                 .collect();
             let integration = Integration {
                 name: name.clone(),
-                inbound: Inbound::from_config(&c.auth, tokens.as_ref())
-                    .with_context(|| format!("integrations.{name}.auth"))?,
+                inbound: Arc::new(
+                    Inbound::from_config(&c.auth, tokens.as_ref())
+                        .with_context(|| format!("integrations.{name}.auth"))?,
+                ),
                 events: c.events.clone(),
                 default_service: c.default_service(),
                 shares_with,
@@ -180,9 +182,10 @@ impl AppState {
             metrics,
             worker_health: Arc::new(WorkerHealth::new(send_bound(config))),
             refusals: Arc::new(Refusals::new()),
-            unauthenticated_bytes: Arc::new(tokio::sync::Semaphore::new(
+            unauthenticated: Budget::new(
                 config.server.unauthenticated_body_budget(),
-            )),
+                config.server.max_body_bytes.saturating_mul(2),
+            ),
         })
     }
 

@@ -81,7 +81,8 @@ pub struct ServerConfig {
     /// Bytes of request bodies held, all requests together, before their sender is
     /// authenticated (`hmac` integrations verify a signature over the body), counting the
     /// decoding of a compressed one. Past it such uploads are answered 503 with `Retry-After`.
-    /// At least twice `max_body_bytes`; 0 (the default) is twice `max_body_bytes`.
+    /// One client (an IPv4 address, an IPv6 /64) may hold at most twice `max_body_bytes` of it.
+    /// At least twice `max_body_bytes`; 0 (the default) is four times `max_body_bytes`.
     pub max_unauthenticated_body_bytes: usize,
     /// Networks of reverse proxies and load balancers whose `X-Forwarded-For` names the client
     /// (CIDR, e.g. `10.0.0.0/8`). Empty: the peer address is the client.
@@ -387,7 +388,7 @@ impl ServerConfig {
     /// The budget for unauthenticated bodies, in bytes (see `max_unauthenticated_body_bytes`).
     pub fn unauthenticated_body_budget(&self) -> usize {
         match self.max_unauthenticated_body_bytes {
-            0 => self.max_body_bytes.saturating_mul(2),
+            0 => self.max_body_bytes.saturating_mul(4),
             set => set,
         }
     }
@@ -513,7 +514,7 @@ impl Config {
             && server.max_unauthenticated_body_bytes < server.max_body_bytes.saturating_mul(2)
         {
             bail!(
-                "server.max_unauthenticated_body_bytes must be at least twice server.max_body_bytes (or 0 for exactly that)"
+                "server.max_unauthenticated_body_bytes must be at least twice server.max_body_bytes (0: four times)"
             );
         }
         if self.integrations.is_empty() {

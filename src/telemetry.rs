@@ -115,7 +115,7 @@ impl Metrics {
             describe_gauge!(CONNECTIONS_OPEN, "Open client connections");
             describe_counter!(
                 CONNECTIONS_SHED,
-                "Connections over server.max_connections, answered 503 and closed"
+                "Connections over server.max_connections or max_connections_per_client, answered 503 and closed"
             );
             describe_counter!(
                 CONNECTION_TIMEOUTS,

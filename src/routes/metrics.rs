@@ -57,10 +57,9 @@ async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response 
         // The rest is still worth having; the outbox gauges keep their last values.
         Err(e) => tracing::warn!(error = %e, "metrics: cannot read the outbox"),
     }
-    let budget = state.config().server.unauthenticated_body_budget();
     state
         .metrics
-        .unauthenticated_body_bytes(budget - state.unauthenticated_bytes.available_permits());
+        .unauthenticated_body_bytes(state.unauthenticated.held());
     for (site, client) in state.ocean.iter() {
         let (ok, failed) = client.token_fetches();
         state.metrics.token_fetches(site, ok, failed);

@@ -5,11 +5,11 @@
 use std::io::Read;
 use std::time::Duration;
 
+use super::budget::Held;
 use axum::body::Body;
 use axum::http::{HeaderMap, header};
 use bytes::{Bytes, BytesMut};
 use http_body_util::BodyExt;
-use tokio::sync::{Semaphore, SemaphorePermit};
 
 use crate::error::AppError;
 
@@ -110,24 +110,18 @@ pub fn declared_length(headers: &HeaderMap) -> Option<u64> {
 /// body timeout.
 const UNAUTHENTICATED_PAUSE: Duration = Duration::from_secs(10);
 
-/// Refused for lack of budget: 503, come back later.
-pub fn busy() -> AppError {
-    AppError::Busy("too many unauthenticated uploads are in progress; retry later".into())
-}
-
-/// Reads a whole body within `limit` bytes and `timeout`. With `budget`, the bytes held count
-/// against it as they arrive (the sender is not authenticated yet: a declared length takes
-/// nothing until bytes come), pauses longer than [`UNAUTHENTICATED_PAUSE`] end the upload, and
-/// the permit returned holds the bytes until dropped; a body the budget cannot hold is 503.
-pub async fn read<'a>(
+/// Reads a whole body within `limit` bytes and `timeout`. With an `account` (the sender is not
+/// authenticated yet), the bytes count against the budget as they arrive (a declared length
+/// takes nothing until bytes come) and pauses longer than [`UNAUTHENTICATED_PAUSE`] end the
+/// upload; a body the budget cannot hold is 503.
+pub async fn read(
     body: Body,
     limit: usize,
     timeout: Duration,
     declared: Option<u64>,
-    budget: Option<&'a Semaphore>,
-) -> Result<(Bytes, Option<SemaphorePermit<'a>>), AppError> {
-    let mut held: Option<SemaphorePermit<'a>> = None;
-    let capacity = match budget {
+    mut account: Option<&mut Held>,
+) -> Result<Bytes, AppError> {
+    let capacity = match account {
         // Allocated as it comes, for a sender nobody knows yet.
         Some(_) => 0,
         None => declared.map_or(0, |d| usize::try_from(d).unwrap_or(limit).min(limit)),
@@ -139,7 +133,7 @@ pub async fn read<'a>(
         let mut body = body;
         let mut buffer = BytesMut::with_capacity(capacity);
         loop {
-            let frame = match budget {
+            let frame = match account {
                 Some(_) => tokio::time::timeout(UNAUTHENTICATED_PAUSE, body.frame())
                     .await
                     .map_err(|_| stalled())?,
@@ -157,72 +151,99 @@ pub async fn read<'a>(
             if buffer.len() + data.len() > limit {
                 return Err(AppError::PayloadTooLarge { limit });
             }
-            if let Some(budget) = budget {
-                let more = u32::try_from(data.len()).map_err(|_| busy())?;
-                let more = budget.try_acquire_many(more).map_err(|_| busy())?;
-                match &mut held {
-                    Some(permit) => permit.merge(more),
-                    None => held = Some(more),
-                }
+            if let Some(account) = account.as_deref_mut() {
+                account.take(data.len())?;
             }
             buffer.extend_from_slice(&data);
         }
         Ok(buffer.freeze())
     };
-    let bytes = tokio::time::timeout(timeout, reading)
+    tokio::time::timeout(timeout, reading)
         .await
         .map_err(|_| AppError::Timeout {
             secs: timeout.as_secs(),
-        })??;
-    Ok((bytes, held))
+        })?
 }
 
 /// Undoes `codings` (applied in this order) off the async workers, refusing a result longer
 /// than `limit` bytes: the size limit is on the decoded body, so a small compressed bomb is a
-/// 413, found without ever holding more than `limit` bytes.
-pub async fn decode(encoded: Bytes, codings: Vec<Coding>, limit: usize) -> Result<Bytes, AppError> {
+/// 413, found without ever holding more than `limit` bytes. With an `account`, the decoded
+/// bytes count against the budget as they come out (the account is handed back).
+pub async fn decode(
+    encoded: Bytes,
+    codings: Vec<Coding>,
+    limit: usize,
+    mut account: Option<Held>,
+) -> Result<(Bytes, Option<Held>), AppError> {
     if codings.is_empty() {
-        return Ok(encoded);
+        return Ok((encoded, account));
     }
-    tokio::task::spawn_blocking(move || decode_all(encoded, &codings, limit))
-        .await
-        .map_err(|e| AppError::Internal(e.into()))?
+    tokio::task::spawn_blocking(move || {
+        let decoded = decode_all(encoded, &codings, limit, account.as_mut())?;
+        Ok((decoded, account))
+    })
+    .await
+    .map_err(|e| AppError::Internal(e.into()))?
 }
 
-fn decode_all(encoded: Bytes, codings: &[Coding], limit: usize) -> Result<Bytes, AppError> {
+fn decode_all(
+    encoded: Bytes,
+    codings: &[Coding],
+    limit: usize,
+    mut account: Option<&mut Held>,
+) -> Result<Bytes, AppError> {
     let mut bytes = encoded;
     for coding in codings.iter().rev() {
-        bytes = decode_one(&bytes, *coding, limit)?;
+        bytes = decode_one(&bytes, *coding, limit, account.as_deref_mut())?;
     }
     Ok(bytes)
 }
 
-fn decode_one(encoded: &[u8], coding: Coding, limit: usize) -> Result<Bytes, AppError> {
-    let bounded = |reader: &mut dyn Read| -> Result<Bytes, std::io::Error> {
-        let mut out = Vec::new();
-        reader
-            .take(u64::try_from(limit).unwrap_or(u64::MAX) + 1)
-            .read_to_end(&mut out)?;
-        Ok(Bytes::from(out))
-    };
-    let decoded = match coding {
-        Coding::Gzip => bounded(&mut flate2::read::MultiGzDecoder::new(encoded)),
-        Coding::Deflate => bounded(&mut flate2::read::ZlibDecoder::new(encoded))
-            .or_else(|_| bounded(&mut flate2::read::DeflateDecoder::new(encoded))),
-    };
+/// Bytes decoded at a time.
+const DECODE_CHUNK: usize = 64 * 1024;
+
+fn decode_one(
+    encoded: &[u8],
+    coding: Coding,
+    limit: usize,
+    mut account: Option<&mut Held>,
+) -> Result<Bytes, AppError> {
     let name = match coding {
         Coding::Gzip => "gzip",
         Coding::Deflate => "deflate",
     };
-    let decoded = decoded.map_err(|_| {
+    let invalid = || {
         AppError::BadRequest(format!(
             "the body is not valid {name} data, as its Content-Encoding says"
         ))
-    })?;
-    if decoded.len() > limit {
-        return Err(AppError::PayloadTooLarge { limit });
+    };
+    let mut bounded = |reader: &mut dyn Read| -> Result<Bytes, AppError> {
+        let mut out = Vec::new();
+        let mut chunk = vec![0u8; DECODE_CHUNK];
+        loop {
+            let n = reader.read(&mut chunk).map_err(|_| invalid())?;
+            if n == 0 {
+                return Ok(Bytes::from(out));
+            }
+            if out.len() + n > limit {
+                return Err(AppError::PayloadTooLarge { limit });
+            }
+            if let Some(account) = account.as_deref_mut() {
+                account.take(n)?;
+            }
+            out.extend_from_slice(&chunk[..n]);
+        }
+    };
+    match coding {
+        Coding::Gzip => bounded(&mut flate2::read::MultiGzDecoder::new(encoded)),
+        Coding::Deflate => match bounded(&mut flate2::read::ZlibDecoder::new(encoded)) {
+            // Not zlib: raw deflate data, which some senders send under this name.
+            Err(AppError::BadRequest(_)) => {
+                bounded(&mut flate2::read::DeflateDecoder::new(encoded))
+            }
+            other => other,
+        },
     }
-    Ok(decoded)
 }
 
 #[cfg(test)]
@@ -298,14 +319,16 @@ mod tests {
         let mut zlib = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
         zlib.write_all(&gz).unwrap();
         let both = Bytes::from(zlib.finish().unwrap());
-        let decoded = decode_all(both, &[Coding::Gzip, Coding::Deflate], 4096).unwrap();
+        let decoded = decode_all(both, &[Coding::Gzip, Coding::Deflate], 4096, None).unwrap();
         assert_eq!(decoded.as_ref(), plain.as_slice());
         let mut raw =
             flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::default());
         raw.write_all(&plain).unwrap();
         let raw = Bytes::from(raw.finish().unwrap());
         assert_eq!(
-            decode_all(raw, &[Coding::Deflate], 4096).unwrap().as_ref(),
+            decode_all(raw, &[Coding::Deflate], 4096, None)
+                .unwrap()
+                .as_ref(),
             plain.as_slice()
         );
 
@@ -314,11 +337,11 @@ mod tests {
         let bomb = Bytes::from(bomb.finish().unwrap());
         assert!(bomb.len() < 64 * 1024);
         assert!(matches!(
-            decode_all(bomb, &[Coding::Gzip], 1 << 20),
+            decode_all(bomb, &[Coding::Gzip], 1 << 20, None),
             Err(AppError::PayloadTooLarge { .. })
         ));
         assert!(matches!(
-            decode_all(Bytes::from_static(b"not gzip"), &[Coding::Gzip], 4096),
+            decode_all(Bytes::from_static(b"not gzip"), &[Coding::Gzip], 4096, None),
             Err(AppError::BadRequest(m)) if m.contains("gzip")
         ));
     }

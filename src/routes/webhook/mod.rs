@@ -17,7 +17,9 @@
 //! Ocean retries.
 
 mod body;
+pub mod budget;
 
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
@@ -192,49 +194,42 @@ impl Request<'_> {
         }
 
         // Until a signature over it is verified, the body counts against the shared budget.
-        let budget = signed
+        let mut account = signed
             .as_ref()
-            .map(|_| state.unauthenticated_bytes.as_ref());
+            .map(|_| state.unauthenticated.account(self.source));
         let unread = body.take().unwrap_or_default();
-        let (raw, held) = body::read(unread, limit, state.body_timeout, declared, budget).await?;
+        let raw = body::read(
+            unread,
+            limit,
+            state.body_timeout,
+            declared,
+            account.as_mut(),
+        )
+        .await?;
         let decoded = match signed.clone() {
             Some(signed) => {
                 let check = |bytes: bytes::Bytes, signed| {
-                    let (state, name) = (state.clone(), integration.name.clone());
-                    off_worker(move || {
-                        let integration = state.integration(name.as_str())?;
-                        Some(integration.inbound.check_signature(&signed, &bytes))
-                    })
+                    let inbound = Arc::clone(&integration.inbound);
+                    off_worker(move || inbound.check_signature(&signed, &bytes))
                 };
                 // Signed as sent (the usual way), or before the body was compressed: then the
                 // decoded body is needed to know, and while unauthenticated it counts against
-                // the budget at its largest.
+                // the budget too, as it is decoded.
                 match check(raw.clone(), signed.clone()).await? {
-                    Some(Ok(())) => body::decode(raw, codings, limit).await?,
-                    Some(Err(refusal)) if codings.is_empty() => return Err(refuse(refusal)),
-                    _ => {
-                        let room = u32::try_from(limit).map_err(|_| body::busy())?;
-                        let _decoding = state
-                            .unauthenticated_bytes
-                            .try_acquire_many(room)
-                            .map_err(|_| body::busy())?;
-                        let decoded = body::decode(raw, codings, limit).await?;
-                        match check(decoded.clone(), signed).await? {
-                            Some(Ok(())) => decoded,
-                            Some(Err(refusal)) => return Err(refuse(refusal)),
-                            None => {
-                                return Err(AppError::Internal(anyhow::anyhow!(
-                                    "integration vanished"
-                                )));
-                            }
-                        }
+                    Ok(()) => {
+                        drop(account);
+                        body::decode(raw, codings, limit, None).await?.0
+                    }
+                    Err(refusal) if codings.is_empty() => return Err(refuse(refusal)),
+                    Err(_) => {
+                        let (decoded, _held) = body::decode(raw, codings, limit, account).await?;
+                        check(decoded.clone(), signed).await?.map_err(refuse)?;
+                        decoded
                     }
                 }
             }
-            None => body::decode(raw, codings, limit).await?,
+            None => body::decode(raw, codings, limit, None).await?.0,
         };
-        // Authenticated now: the body no longer counts against the budget.
-        drop(held);
         let webhook_id = signed.map(|s| s.id);
         self.file(integration, decoded, webhook_id).await
     }
