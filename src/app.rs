@@ -24,14 +24,15 @@ use crate::auth::api::ApiClients;
 use crate::auth::limiter::LoginLimiter;
 use crate::auth::refusals::Refusals;
 use crate::auth::token::TokenIssuer;
-use crate::config::{AuthConfig, Config, Secret};
+use crate::config::{AuthConfig, Config};
 use crate::domain::{EventCode, IntegrationName, ServiceId};
 use crate::ocean::client::OceanClient;
 use crate::ocean::transitions::Transitions;
 use crate::ocean::worker::{Worker, WorkerHealth};
 use crate::routes;
 use crate::routes::webhook::budget::Budget;
-use crate::store::{SledStore, Store};
+use crate::secret::Secret;
+use crate::store::{Keyring, SledStore, Store};
 use crate::telemetry::Metrics;
 use tokio::sync::Notify;
 
@@ -297,7 +298,7 @@ const DESCRIPTOR_RESERVE: u64 = 256;
 impl Application {
     /// Opens the sled store in the configured data dir and binds the listener.
     pub async fn build(config: &Config) -> anyhow::Result<Self> {
-        let keys = crate::store::Keyring::from_config(&config.storage)?;
+        let keys = keyring(&config.storage)?;
         if keys.is_none() {
             tracing::info!("storage.encryption_key is not set: patient data is stored unencrypted");
         }
@@ -417,6 +418,15 @@ impl Application {
         }
         Ok(())
     }
+}
+
+/// The keyring the storage section configures; `None` when no key is set.
+pub fn keyring(storage: &crate::config::StorageConfig) -> anyhow::Result<Option<Keyring>> {
+    let Some(current) = &storage.encryption_key else {
+        return Ok(None);
+    };
+    let previous: Vec<[u8; 32]> = storage.previous_keys.iter().map(|k| k.bytes()).collect();
+    Ok(Some(Keyring::new(&current.bytes(), &previous)?))
 }
 
 /// Longest one send to Ocean can take: token fetch, post, and one retry after a 401.

@@ -335,7 +335,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 ..Overrides::default()
             };
             let config = Config::load(config.as_deref(), &overrides)?;
-            let keys = crate::store::Keyring::from_config(&config.storage)?.ok_or_else(|| {
+            let keys = crate::app::keyring(&config.storage)?.ok_or_else(|| {
                 anyhow::anyhow!("storage.encryption_key is not set: there is no key to seal with")
             })?;
             // Through open_stopped first, for its error when the service still holds the store.
@@ -430,7 +430,7 @@ fn cli_actor() -> String {
 fn open_stopped(config: &Config) -> anyhow::Result<crate::store::SledStore> {
     // Opening may repair an interrupted rekey or warn about unsealed records: say so.
     telemetry::init(&config.log.level, config.log.format);
-    let keys = crate::store::Keyring::from_config(&config.storage)?;
+    let keys = crate::app::keyring(&config.storage)?;
     crate::store::SledStore::open_with(&config.server.data_dir, keys).map_err(|e| {
         if e.to_string().contains("in use") {
             anyhow::anyhow!(

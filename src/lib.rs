@@ -11,6 +11,7 @@ pub mod export;
 pub mod fhir;
 pub mod ocean;
 pub mod routes;
+pub mod secret;
 pub mod server;
 pub mod store;
 pub mod telemetry;

@@ -3,8 +3,9 @@
 use axum::http::HeaderMap;
 
 use super::{bearer, same_secret};
-use crate::config::{ApiConfig, Secret};
+use crate::config::ApiConfig;
 use crate::domain::ServiceId;
+use crate::secret::Secret;
 
 /// One configured API client.
 #[derive(Debug, Clone)]

@@ -5,7 +5,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 
 use super::same_secret;
-use crate::config::Secret;
+use crate::secret::Secret;
 
 /// `WWW-Authenticate` for Basic.
 pub const CHALLENGE: &str = "Basic realm=\"referral-relay\", charset=\"UTF-8\"";

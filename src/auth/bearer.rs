@@ -4,7 +4,7 @@
 use axum::http::{HeaderMap, header};
 
 use super::{Refusal, same_secret};
-use crate::config::Secret;
+use crate::secret::Secret;
 
 /// `WWW-Authenticate` for bearer tokens.
 pub const CHALLENGE: &str = "Bearer realm=\"referral-relay\"";

@@ -17,8 +17,9 @@ use std::sync::Arc;
 
 use axum::http::HeaderMap;
 
-use crate::config::{AuthConfig, Secret};
+use crate::config::AuthConfig;
 use crate::domain::IntegrationName;
+use crate::secret::Secret;
 use basic::BasicCredentials;
 use hmac::{HmacVerifier, SignedHeaders};
 use token::TokenIssuer;
@@ -66,7 +67,8 @@ impl Inbound {
                 secrets,
                 tolerance_secs,
             } => {
-                Self::Hmac(HmacVerifier::new(secrets, *tolerance_secs).map_err(anyhow::Error::msg)?)
+                let keys: Vec<&[u8]> = secrets.iter().map(|s| s.key()).collect();
+                Self::Hmac(HmacVerifier::new(&keys, *tolerance_secs))
             }
         })
     }

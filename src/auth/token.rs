@@ -162,7 +162,7 @@ fn load_or_generate_key(data_dir: &Path) -> anyhow::Result<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Secret;
+    use crate::secret::Secret;
 
     fn issuer(key: &str) -> TokenIssuer {
         let config = OAuth2Config {
@@ -188,7 +188,10 @@ mod tests {
     #[test]
     fn a_generated_key_is_kept_in_the_data_dir() {
         let dir = tempfile::TempDir::new().unwrap();
-        let config = OAuth2Config::default();
+        let config = OAuth2Config {
+            signing_key: Secret::default(),
+            previous_signing_keys: Vec::new(),
+        };
         let a = IntegrationName::parse("a").unwrap();
         let token = TokenIssuer::load(&config, dir.path())
             .unwrap()

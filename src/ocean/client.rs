@@ -10,7 +10,8 @@ use serde::Deserialize;
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
-use crate::config::{Secret, SiteConfig, TokenAuth};
+use crate::config::{SiteConfig, TokenAuth};
+use crate::secret::Secret;
 
 /// Refresh a token this long before Ocean says it expires.
 const TOKEN_MARGIN: Duration = Duration::from_secs(60);

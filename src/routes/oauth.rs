@@ -22,7 +22,7 @@ use crate::app::AppState;
 use crate::auth::refusals::RefusalKind;
 use crate::auth::source::ClientAddr;
 use crate::auth::{basic, bearer};
-use crate::config::Secret;
+use crate::secret::Secret;
 
 /// A token request is a few short form fields.
 const MAX_FORM_BYTES: usize = 16 * 1024;

@@ -8,10 +8,8 @@
 //! Random nonces are safe for about 2^32 records per key; rotate long before that.
 
 use aws_lc_rs::aead::{AES_256_GCM, Aad, NONCE_LEN, Nonce, RandomizedNonceKey};
-use base64::Engine;
 
 use super::StoreError;
-use crate::config::{Secret, StorageConfig};
 
 /// First byte of a sealed record. JSON records start with `{` and payloads with a format tag
 /// below this, so sealed and unsealed records can be told apart.
@@ -35,25 +33,7 @@ pub struct Keyring {
 }
 
 impl Keyring {
-    /// The keyring `storage` configures; `None` when no key is set.
-    pub fn from_config(storage: &StorageConfig) -> anyhow::Result<Option<Self>> {
-        if storage.encryption_key.is_empty() {
-            anyhow::ensure!(
-                storage.previous_keys.is_empty(),
-                "storage.previous_keys is set but storage.encryption_key is not"
-            );
-            return Ok(None);
-        }
-        let current = decode_key(&storage.encryption_key, "storage.encryption_key")?;
-        let previous = storage
-            .previous_keys
-            .iter()
-            .enumerate()
-            .map(|(i, k)| decode_key(k, &format!("storage.previous_keys[{i}]")))
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        Ok(Some(Self::new(&current, &previous)?))
-    }
-
+    /// The current key, which seals, and earlier ones, which only open (32 bytes each).
     pub fn new(current: &[u8; 32], previous: &[[u8; 32]]) -> anyhow::Result<Self> {
         let key = |bytes: &[u8; 32]| -> anyhow::Result<Key> {
             Ok(Key {
@@ -151,19 +131,6 @@ fn key_id(key: &[u8; 32]) -> KeyId {
     id
 }
 
-/// A key from config: base64 of exactly 32 bytes. Errors name the key, never the value.
-fn decode_key(secret: &Secret, name: &str) -> anyhow::Result<[u8; 32]> {
-    let bytes = base64::engine::general_purpose::STANDARD
-        .decode(secret.expose().trim())
-        .map_err(|_| anyhow::anyhow!("{name} is not valid base64"))?;
-    bytes.try_into().map_err(|b: Vec<u8>| {
-        anyhow::anyhow!(
-            "{name} must be 32 bytes (base64 of 32 random bytes), not {}",
-            b.len()
-        )
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -190,32 +157,5 @@ mod tests {
         let without_old = Keyring::new(&new, &[]).unwrap();
         let e = without_old.open(b"referrals\0A", &sealed).unwrap_err();
         assert!(e.to_string().contains(&hex(&before.current_id())), "{e}");
-    }
-
-    #[test]
-    fn keys_must_be_32_bytes_of_base64_and_errors_do_not_echo_them() {
-        let config = |key: &str| StorageConfig {
-            encryption_key: Secret::new(key),
-            previous_keys: Vec::new(),
-        };
-        assert!(Keyring::from_config(&config("")).unwrap().is_none());
-        let good = base64::engine::general_purpose::STANDARD.encode([1u8; 32]);
-        assert!(Keyring::from_config(&config(&good)).unwrap().is_some());
-        let short = base64::engine::general_purpose::STANDARD.encode([1u8; 16]);
-        let e = Keyring::from_config(&config(&short))
-            .err()
-            .unwrap()
-            .to_string();
-        assert!(e.contains("32 bytes") && !e.contains(&short), "{e}");
-        let e = Keyring::from_config(&config("not base64!!"))
-            .err()
-            .unwrap()
-            .to_string();
-        assert!(e.contains("base64") && !e.contains("not base64!!"), "{e}");
-        let orphan = StorageConfig {
-            encryption_key: Secret::default(),
-            previous_keys: vec![Secret::new(good)],
-        };
-        assert!(Keyring::from_config(&orphan).is_err());
     }
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use referral_relay::app::Application;
 use referral_relay::config::{Config, Overrides};
-use referral_relay::store::{Keyring, SledStore, Store};
+use referral_relay::store::{SledStore, Store};
 use serde_json::Value;
 use tempfile::TempDir;
 
@@ -80,7 +80,7 @@ pub async fn spawn_app_with(toml: &str) -> TestApp {
 /// The service with `toml` on the sled store in `data_dir`, which outlives it (restart tests).
 pub async fn spawn_app_in(data_dir: &Path, toml: &str) -> TestApp {
     let config = config(toml, data_dir);
-    let keys = Keyring::from_config(&config.storage).unwrap();
+    let keys = referral_relay::app::keyring(&config.storage).unwrap();
     let store: Arc<dyn Store> = Arc::new(SledStore::open_with(data_dir, keys).unwrap());
     spawn_with_store(&config, store).await
 }

@@ -1,0 +1,291 @@
+//! Typed configuration: the embedded `config/default.toml`, then a file, then `RELAY__*`
+//! environment variables (with `_FILE` variants), then command-line flags. Validated once at
+//! start, each section by its own `validate`; every error names the key it is about. The
+//! defaults live in `config/default.toml` alone (the base layer); only keys of entries an
+//! operator names (an integration, a site, a client) have defaults in the types.
+//!
+//! Keys are decoded here, into bytes: a webhook secret or an encryption key that is malformed
+//! stops the service at start, and the modules that use them take bytes.
+
+mod api;
+mod integrations;
+mod outbound;
+mod server;
+mod storage;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+pub use api::{ApiClientConfig, ApiConfig, OAuth2Config};
+pub use integrations::{AuthConfig, IntegrationConfig, OAuthClient, WebhookSecret};
+pub use outbound::{OutboxConfig, SiteConfig, TokenAuth};
+pub use server::{LogConfig, LogFormat, ServerConfig};
+pub use storage::{EncryptionKey, RetentionConfig, StorageConfig};
+
+use crate::domain::{IntegrationName, redact_quoted};
+
+/// The documented defaults, built into the binary as the base layer.
+pub const DEFAULT_TOML: &str = include_str!("../../config/default.toml");
+
+/// Prefix of environment variables; `__` separates nesting levels.
+const ENV_PREFIX: &str = "RELAY__";
+
+/// The whole configuration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub log: LogConfig,
+    /// Ocean sites that issued OAuth credentials, by name; status updates go out through them.
+    pub sites: BTreeMap<String, SiteConfig>,
+    /// How updates to Ocean are retried.
+    pub outbox: OutboxConfig,
+    /// How long old versions are kept.
+    pub retention: RetentionConfig,
+    /// Encryption of patient data at rest.
+    pub storage: StorageConfig,
+    /// The point-of-service API and its clients.
+    pub api: ApiConfig,
+    /// The OAuth2 token endpoint the relay serves (used by `oauth2` integrations).
+    pub oauth2: OAuth2Config,
+    /// Ocean integrations by name; the name is part of the webhook URL.
+    #[serde(default)]
+    pub integrations: BTreeMap<IntegrationName, IntegrationConfig>,
+}
+
+/// Values given on the command line, the last layer.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub listen: Option<SocketAddr>,
+    pub data_dir: Option<PathBuf>,
+    pub log_format: Option<LogFormat>,
+}
+
+impl Config {
+    /// Loads every layer from the process environment and `file`.
+    pub fn load(file: Option<&Path>, overrides: &Overrides) -> anyhow::Result<Self> {
+        Self::load_with_env(file, overrides, std::env::vars())
+    }
+
+    /// Like [`Config::load`], with the `*_FILE` indirections resolved from `env`
+    /// (the plain variables are still read from the process environment by figment).
+    pub fn load_with_env(
+        file: Option<&Path>,
+        overrides: &Overrides,
+        env: impl Iterator<Item = (String, String)>,
+    ) -> anyhow::Result<Self> {
+        let env: Vec<(String, String)> = env.filter(|(k, _)| k.starts_with(ENV_PREFIX)).collect();
+        let mut base: toml::Table =
+            toml::from_str(DEFAULT_TOML).context("the built-in default config does not parse")?;
+
+        let mut figment = Figment::new();
+        // Integration names the operator's layers mention (environment keys are lower-cased).
+        let mut named: Vec<String> = env
+            .iter()
+            .filter_map(|(k, _)| k.strip_prefix("RELAY__INTEGRATIONS__"))
+            .filter_map(|rest| rest.split("__").next())
+            .map(str::to_ascii_lowercase)
+            .collect();
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read config file {}", path.display()))?;
+            let table: toml::Table = toml::from_str(&text)
+                .with_context(|| format!("config file {} is not valid TOML", path.display()))?;
+            if let Some(toml::Value::Table(integrations)) = table.get("integrations") {
+                named.extend(integrations.keys().cloned());
+            }
+            figment = figment.merge(Toml::string(&text));
+        }
+        if named.iter().any(|n| n != "default") {
+            // The built-in `default` integration (auth none) must not survive next to the
+            // integrations an operator configured.
+            base.remove("integrations");
+        }
+        figment = Figment::from(Serialized::defaults(base))
+            .merge(figment)
+            .merge(
+                Env::prefixed(ENV_PREFIX)
+                    .split("__")
+                    // Resolved below. `Uncased` keeps the variable's own case: compare without it.
+                    .filter(|k| !k.as_str().to_ascii_lowercase().ends_with("_file")),
+            );
+        for (name, path) in &env {
+            let Some(key) = name.strip_suffix("_FILE") else {
+                continue;
+            };
+            let key_path = key[ENV_PREFIX.len()..]
+                .split("__")
+                .map(str::to_ascii_lowercase)
+                .collect::<Vec<_>>()
+                .join(".");
+            let mut value = std::fs::read_to_string(path)
+                .with_context(|| format!("{name}: cannot read the file it names"))?;
+            if value.ends_with('\n') {
+                value.pop();
+                if value.ends_with('\r') {
+                    value.pop();
+                }
+            }
+            figment = figment.merge(Serialized::default(&key_path, value));
+        }
+        if let Some(listen) = overrides.listen {
+            figment = figment.merge(Serialized::default("server.listen", listen));
+        }
+        if let Some(dir) = &overrides.data_dir {
+            figment = figment.merge(Serialized::default("server.data_dir", dir));
+        }
+        if let Some(format) = overrides.log_format {
+            figment = figment.merge(Serialized::default("log.format", format));
+        }
+
+        let config: Config = figment
+            .extract()
+            .map_err(|e| anyhow::anyhow!("invalid configuration: {}", describe(&e)))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks what types alone cannot, section by section.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        self.server.validate()?;
+        self.oauth2.validate()?;
+        self.storage.validate()?;
+        self.api.validate()?;
+        self.outbox.validate()?;
+        for (name, site) in &self.sites {
+            site.validate(name)?;
+        }
+        integrations::validate(&self.integrations)
+    }
+
+    /// The effective configuration as TOML, for `check-config`. Secrets are redacted by their
+    /// types' `Serialize`.
+    pub fn to_redacted_toml(&self) -> anyhow::Result<String> {
+        toml::to_string_pretty(self).context("cannot print the configuration")
+    }
+}
+
+/// A figment error without the value it quotes (it may be a secret), with the key shown as
+/// operators write it (figment prefixes its profile name, `default.`).
+fn describe(error: &figment::Error) -> String {
+    let text = error.to_string();
+    let Some(start) = text.find("for key \"") else {
+        return redact_quoted(&text);
+    };
+    let key_start = start + "for key \"".len();
+    let Some(key_len) = text[key_start..].find('"') else {
+        return redact_quoted(&text);
+    };
+    let key = &text[key_start..key_start + key_len];
+    let key = key
+        .strip_prefix("default.")
+        .unwrap_or(key)
+        .to_ascii_lowercase();
+    format!(
+        "{}for key {key}{}",
+        redact_quoted(&text[..start]),
+        redact_quoted(&text[key_start + key_len + 1..])
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn load(file: Option<&str>, env: &[(&str, &str)]) -> anyhow::Result<Config> {
+        let tmp = tempfile::NamedTempFile::new().unwrap();
+        if let Some(text) = file {
+            tmp.as_file().write_all(text.as_bytes()).unwrap();
+        }
+        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string()));
+        Config::load_with_env(
+            file.map(|_| tmp.path()),
+            &Overrides::default(),
+            env.collect::<Vec<_>>().into_iter(),
+        )
+    }
+
+    #[test]
+    fn with_nothing_configured_the_defaults_run() {
+        let c = load(None, &[]).unwrap();
+        assert_eq!(c.server.listen.to_string(), "0.0.0.0:8080");
+        assert_eq!(c.server.data_dir, PathBuf::from("./data"));
+        assert_eq!(c.server.max_body_bytes, 16 * 1024 * 1024);
+        let default = IntegrationName::parse("default").unwrap();
+        assert_eq!(c.integrations[&default].auth, AuthConfig::None);
+    }
+
+    #[test]
+    fn a_configured_integration_replaces_the_built_in_default() {
+        let c = load(
+            Some("[integrations.ocean]\nauth = { scheme = \"none\" }\ndefault_service_id = 42\n"),
+            &[],
+        )
+        .unwrap();
+        let names: Vec<_> = c.integrations.keys().map(|k| k.to_string()).collect();
+        assert_eq!(names, vec!["ocean"]);
+        assert_eq!(
+            c.integrations.values().next().unwrap().default_service_id,
+            "42"
+        );
+    }
+
+    #[test]
+    fn errors_name_the_offending_key() {
+        let e = load(Some("[server]\nmax_body_bytes = \"lots\"\n"), &[]).unwrap_err();
+        assert!(
+            e.to_string().contains("for key server.max_body_bytes"),
+            "{e}"
+        );
+        // The offending value is not repeated: for a secret key it would be the secret.
+        assert!(!e.to_string().contains("lots"), "{e}");
+        let e = load(Some("[server]\nlisten = \"nowhere\"\n"), &[]).unwrap_err();
+        assert!(e.to_string().contains("server.listen"), "{e}");
+        let e = load(
+            Some("[integrations.\"a/b\"]\nauth = { scheme = \"none\" }\n"),
+            &[],
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("integration name"), "{e}");
+        let e = load(Some("[server]\nmax_body_bytes = 10\n"), &[]).unwrap_err();
+        assert!(e.to_string().contains("server.max_body_bytes"), "{e}");
+        let e = load(Some("[sever]\nlisten = \"0.0.0.0:1\"\n"), &[]).unwrap_err();
+        assert!(e.to_string().contains("sever"), "{e}");
+    }
+
+    #[test]
+    fn environment_and_file_indirection_override_the_file() {
+        let secret = tempfile::NamedTempFile::new().unwrap();
+        secret.as_file().write_all(b"SVC-FROM-FILE\n").unwrap();
+        let path = secret.path().to_str().unwrap().to_owned();
+        let c = load(
+            Some("[integrations.default]\ndefault_service_id = \"FROM-TOML\"\n"),
+            &[(
+                "RELAY__INTEGRATIONS__DEFAULT__DEFAULT_SERVICE_ID_FILE",
+                &path,
+            )],
+        )
+        .unwrap();
+        let default = IntegrationName::parse("default").unwrap();
+        // Tweaking the built-in integration keeps its other keys.
+        assert_eq!(c.integrations[&default].auth, AuthConfig::None);
+        assert_eq!(c.integrations[&default].default_service_id, "SVC-FROM-FILE");
+
+        let e = load(
+            None,
+            &[("RELAY__INTEGRATIONS__X__EVENTS_FILE", "/nonexistent/x")],
+        );
+        assert!(
+            e.unwrap_err()
+                .to_string()
+                .contains("RELAY__INTEGRATIONS__X__EVENTS_FILE")
+        );
+    }
+}

@@ -1,0 +1,75 @@
+//! `[sites.NAME]` and `[outbox]`: the Ocean sites updates go to, and how they are retried.
+
+use std::collections::BTreeMap;
+
+use anyhow::bail;
+use serde::{Deserialize, Serialize};
+
+use crate::domain::ServiceId;
+use crate::secret::Secret;
+
+/// An Ocean site the relay sends updates to.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SiteConfig {
+    /// e.g. `https://ocean.cognisantmd.com`; tokens come from `{base_url}/svc/oauth2/token`.
+    pub base_url: String,
+    #[serde(deserialize_with = "crate::secret::string_or_number")]
+    pub client_id: String,
+    pub client_secret: Secret,
+    /// How the client credentials are sent to the token endpoint.
+    #[serde(default)]
+    pub token_auth: TokenAuth,
+    /// External Service IDs whose referrals this site answers for; empty: all.
+    #[serde(default)]
+    pub service_ids: Vec<ServiceId>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TokenAuth {
+    /// `client_id` and `client_secret` in the form body.
+    #[default]
+    Form,
+    /// An HTTP Basic header.
+    Basic,
+}
+
+/// Delivery of updates to Ocean.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutboxConfig {
+    /// How long an update is retried before it becomes a dead letter (Ocean's own is 96 h).
+    pub retry_horizon_secs: u64,
+    /// First backoff; it doubles per attempt, with jitter, up to `max_backoff_secs`.
+    pub initial_backoff_secs: u64,
+    pub max_backoff_secs: u64,
+    /// Bound on one request to Ocean.
+    pub request_timeout_secs: u64,
+    /// Allowed Task status changes: current status → statuses it may move to. Keys given here
+    /// replace the built-in row for that status.
+    pub transitions: BTreeMap<String, Vec<String>>,
+}
+
+impl SiteConfig {
+    /// Checks the site called `name`.
+    pub fn validate(&self, name: &str) -> anyhow::Result<()> {
+        let url = self.base_url.trim_end_matches('/');
+        if !(url.starts_with("https://") || url.starts_with("http://")) || url.len() < 10 {
+            bail!("sites.{name}.base_url must be an http(s) URL");
+        }
+        if self.client_id.is_empty() || self.client_secret.is_empty() {
+            bail!("sites.{name}: client_id and client_secret are required");
+        }
+        Ok(())
+    }
+}
+
+impl OutboxConfig {
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.initial_backoff_secs == 0 || self.request_timeout_secs == 0 {
+            bail!("outbox.initial_backoff_secs and outbox.request_timeout_secs must be at least 1");
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,147 @@
+//! `[storage]` and `[retention]`: encryption at rest and how long old versions are kept.
+
+use anyhow::bail;
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::secret::{Secret, SecretBytes};
+
+/// Retention of old versions.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionConfig {
+    /// Versions received more than this many days ago are purged (their payload and summary),
+    /// except each referral's latest. 0 keeps everything forever.
+    pub keep_days: u64,
+}
+
+/// Encryption at rest: with a key, raw payloads, referral and version summaries and outgoing
+/// updates are sealed with AES-256-GCM before they reach the disk.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageConfig {
+    /// 32 random bytes, base64. Empty: records are stored unencrypted.
+    #[serde(
+        deserialize_with = "optional_key",
+        serialize_with = "redacted_optional_key"
+    )]
+    pub encryption_key: Option<EncryptionKey>,
+    /// Earlier keys, still used to read records sealed with them; `referral-relay rekey`
+    /// re-seals those with the current key, after which they can be removed. A list, or one
+    /// string of keys separated by commas or whitespace (so `_FILE` and environment variables
+    /// can carry them).
+    #[serde(
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "list_of_keys"
+    )]
+    pub previous_keys: Vec<EncryptionKey>,
+}
+
+impl StorageConfig {
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.encryption_key.is_none() && !self.previous_keys.is_empty() {
+            bail!("storage.previous_keys is set but storage.encryption_key is not");
+        }
+        Ok(())
+    }
+}
+
+/// An AES-256 key from configuration: base64 of exactly 32 bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct EncryptionKey(SecretBytes);
+
+impl EncryptionKey {
+    /// Reads base64 of 32 bytes; the error says what is wrong, never the value.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let bytes = STANDARD
+            .decode(text.trim())
+            .map_err(|_| "not valid base64".to_owned())?;
+        if bytes.len() != 32 {
+            return Err(format!(
+                "must be 32 bytes (base64 of 32 random bytes), not {}",
+                bytes.len()
+            ));
+        }
+        Ok(Self(SecretBytes::new(bytes)))
+    }
+
+    pub fn bytes(&self) -> [u8; 32] {
+        let mut key = [0; 32];
+        key.copy_from_slice(self.0.expose());
+        key
+    }
+}
+
+impl<'de> Deserialize<'de> for EncryptionKey {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = Secret::deserialize(d)?;
+        Self::parse(text.expose()).map_err(serde::de::Error::custom)
+    }
+}
+
+/// An empty string for no key.
+fn optional_key<'de, D: Deserializer<'de>>(d: D) -> Result<Option<EncryptionKey>, D::Error> {
+    let text = Secret::deserialize(d)?;
+    if text.is_empty() {
+        return Ok(None);
+    }
+    EncryptionKey::parse(text.expose())
+        .map(Some)
+        .map_err(serde::de::Error::custom)
+}
+
+fn redacted_optional_key<S: Serializer>(
+    key: &Option<EncryptionKey>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    s.serialize_str(if key.is_some() { "[redacted]" } else { "" })
+}
+
+/// A list of keys, or one string of them separated by commas or whitespace.
+fn list_of_keys<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<EncryptionKey>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum ListOrString {
+        List(Vec<Secret>),
+        Separated(String),
+    }
+    let texts: Vec<String> = match ListOrString::deserialize(d)? {
+        ListOrString::List(list) => list.iter().map(|s| s.expose().to_owned()).collect(),
+        ListOrString::Separated(text) => text
+            .split(|c: char| c == ',' || c.is_whitespace())
+            .filter(|k| !k.is_empty())
+            .map(str::to_owned)
+            .collect(),
+    };
+    texts
+        .iter()
+        .enumerate()
+        .map(|(i, text)| {
+            EncryptionKey::parse(text)
+                .map_err(|e| serde::de::Error::custom(format!("key {i}: {e}")))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_must_be_32_bytes_of_base64_and_errors_do_not_echo_them() {
+        let good = STANDARD.encode([1u8; 32]);
+        assert_eq!(EncryptionKey::parse(&good).unwrap().bytes(), [1u8; 32]);
+        let short = STANDARD.encode([1u8; 16]);
+        let e = EncryptionKey::parse(&short).unwrap_err();
+        assert!(e.contains("32 bytes") && !e.contains(&short), "{e}");
+        let e = EncryptionKey::parse("not base64!!").unwrap_err();
+        assert!(e.contains("base64") && !e.contains("not base64!!"), "{e}");
+        let orphan = StorageConfig {
+            encryption_key: None,
+            previous_keys: vec![EncryptionKey::parse(&good).unwrap()],
+        };
+        assert!(orphan.validate().is_err());
+    }
+}
