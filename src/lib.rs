@@ -13,5 +13,6 @@ pub mod ocean;
 pub mod routes;
 pub mod secret;
 pub mod server;
+pub mod state;
 pub mod store;
 pub mod telemetry;

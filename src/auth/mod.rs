@@ -7,6 +7,7 @@
 pub mod api;
 pub mod basic;
 pub mod bearer;
+pub mod budget;
 pub mod hmac;
 pub mod limiter;
 pub mod refusals;

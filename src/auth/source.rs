@@ -4,16 +4,20 @@
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
-use axum::extract::{ConnectInfo, FromRequestParts};
+use std::sync::Arc;
+
+use axum::extract::{ConnectInfo, FromRef, FromRequestParts};
 use axum::http::HeaderMap;
 use axum::http::request::Parts;
 use ipnet::IpNet;
 
-use crate::app::AppState;
-
 /// The address of the client that made a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClientAddr(pub IpAddr);
+
+/// The networks of the reverse proxies whose `X-Forwarded-For` is believed (from the state).
+#[derive(Debug, Clone, Default)]
+pub struct TrustedProxies(pub Arc<Vec<IpNet>>);
 
 /// The client behind `peer`. `X-Forwarded-For` lists the addresses a request passed, the
 /// client first; each proxy appends the address it received from. Read from the right, every
@@ -57,24 +61,22 @@ fn parse_hop(hop: &str) -> Option<IpAddr> {
         })
 }
 
-impl FromRequestParts<AppState> for ClientAddr {
+impl<S> FromRequestParts<S> for ClientAddr
+where
+    TrustedProxies: FromRef<S>,
+    S: Send + Sync,
+{
     type Rejection = std::convert::Infallible;
 
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &AppState,
-    ) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         // Every connection carries its peer (see `server`); a request built without one (an
         // in-process call) counts as unspecified.
         let peer = parts
             .extensions
             .get::<ConnectInfo<SocketAddr>>()
             .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |c| c.0.ip());
-        Ok(Self(client_addr(
-            peer,
-            &parts.headers,
-            &state.config().server.trusted_proxies,
-        )))
+        let TrustedProxies(trusted) = TrustedProxies::from_ref(state);
+        Ok(Self(client_addr(peer, &parts.headers, &trusted)))
     }
 }
 

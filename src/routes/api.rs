@@ -19,12 +19,11 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use utoipa::{IntoParams, OpenApi, ToSchema};
 
-use crate::app::AppState;
 use crate::auth::api::ApiClient;
-use crate::auth::refusals::RefusalKind;
 use crate::auth::source::ClientAddr;
 use crate::domain::{ReferralRef, ServiceId, Summary};
 use crate::error::{FHIR_JSON, Problem};
+use crate::state::AppState;
 use crate::store::{EventRecord, ReferralRecord, VersionRecord};
 
 /// Largest page of referrals or events.
@@ -243,14 +242,7 @@ impl FromRequestParts<AppState> for Caller {
             Ok(client) => Ok(Caller(client.clone())),
             Err(reason) => {
                 let Ok(ClientAddr(source)) = ClientAddr::from_request_parts(parts, state).await;
-                state.refusals.record(
-                    RefusalKind {
-                        actor: "api".into(),
-                        scheme: "bearer",
-                        reason: reason.into(),
-                    },
-                    source,
-                );
+                state.refused(None, "api".into(), "bearer", reason, source);
                 Err(Problem::Unauthorized(format!(
                     "authentication failed: {reason}"
                 )))

@@ -18,10 +18,10 @@ use tokio::sync::{mpsc, oneshot};
 use utoipa::IntoParams;
 
 use super::api::{Caller, instant, query, service_param};
-use crate::app::AppState;
 use crate::domain::ReferralRef;
 use crate::error::Problem;
 use crate::export::{BOM, ExportFilter, write_header, write_row};
+use crate::state::AppState;
 
 /// Bytes gathered before a chunk is sent.
 const CHUNK: usize = 64 * 1024;

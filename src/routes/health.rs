@@ -1,14 +1,12 @@
 //! Liveness and readiness for orchestrators.
 
-use std::sync::atomic::Ordering;
-
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::{Value, json};
 
-use crate::app::AppState;
+use crate::state::AppState;
 use crate::store::StoreHealth;
 
 pub fn router() -> Router<AppState> {
@@ -17,13 +15,11 @@ pub fn router() -> Router<AppState> {
         .route("/readyz", get(readyz))
 }
 
-/// The process is up and serving HTTP; with what the webhook has done since start. 503 when
-/// the store has failed in a way it cannot recover from by itself (restarting may help, and an
-/// operator should look); a store that is only waiting for the disk to take writes again is
-/// healthy, just not ready.
+/// The process is up and serving HTTP (what it has done is in `/metrics`). 503 when the store
+/// has failed in a way it cannot recover from by itself (restarting may help, and an operator
+/// should look); a store that is only waiting for the disk to take writes again is healthy,
+/// just not ready.
 async fn healthz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
-    let c = &state.counters;
-    let read = |n: &std::sync::atomic::AtomicU64| n.load(Ordering::Relaxed);
     let (status, store) = match state.store.health() {
         StoreHealth::Failed(reason) => {
             tracing::error!(reason = %reason, "health check: the store cannot recover");
@@ -37,13 +33,6 @@ async fn healthz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
         Json(json!({
             "status": if status == StatusCode::OK { "ok" } else { "failed" },
             "store": store,
-            "deliveries": {
-                "stored": read(&c.stored),
-                "duplicate": read(&c.duplicates),
-                "ignored": read(&c.ignored),
-                "rejected": read(&c.rejected),
-            },
-            "auth_failures": read(&c.auth_failures),
         })),
     )
 }

@@ -8,8 +8,8 @@ use axum::response::Response;
 use axum::routing::get;
 use serde_json::json;
 
-use crate::app::AppState;
 use crate::error::fhir_json;
+use crate::state::AppState;
 
 /// Event codes the relay knows (others are stored too, unless an integration filters them).
 const EVENT_CODES: &[&str] = &[

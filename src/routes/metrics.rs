@@ -10,8 +10,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use time::OffsetDateTime;
 
-use crate::app::AppState;
 use crate::auth::bearer;
+use crate::state::AppState;
 use crate::store::UpdateState;
 
 const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";

@@ -9,14 +9,62 @@ pub mod oauth;
 pub mod updates;
 pub mod webhook;
 
+use std::time::Instant;
+
 use axum::Router;
-use axum::http::Uri;
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{HeaderName, HeaderValue, Uri};
+use axum::middleware::Next;
+use axum::response::Response;
+use tracing::Instrument;
 
-use crate::app::AppState;
 use crate::error::AppError;
+use crate::state::AppState;
+use crate::telemetry::Metrics;
 
-/// Every route of the service, without the layers `app` adds.
+/// The router with its layers. Each request gets an id, returned as `x-request-id` and carried
+/// by the `request` span on every log line written while it is handled; the span holds the
+/// matched route, never the body or a header value. A handler that panics despite everything
+/// answers 500 instead of dropping the connection.
 pub fn router(state: AppState) -> Router {
+    let metrics = state.metrics.clone();
+    routes(state)
+        .layer(tower_http::catch_panic::CatchPanicLayer::new())
+        .layer(axum::middleware::from_fn_with_state(metrics, observe))
+}
+
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Wraps each request in its span, counts it by route and status, and logs its end.
+async fn observe(State(metrics): State<Metrics>, request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", MatchedPath::as_str)
+        .to_owned();
+    let method = request.method().clone();
+    let request_id = uuid::Uuid::new_v4().to_string();
+    let span =
+        tracing::info_span!("request", request_id = %request_id, method = %method, route = %route);
+    let started = Instant::now();
+    let mut response = next.run(request).instrument(span.clone()).await;
+    let status = response.status();
+    metrics.http_request(&method, &route, status.as_u16());
+    span.in_scope(|| {
+        tracing::debug!(
+            status = status.as_u16(),
+            latency_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+            "request finished"
+        );
+    });
+    if let Ok(value) = HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert(REQUEST_ID, value);
+    }
+    response
+}
+
+/// Every route of the service, without the layers.
+fn routes(state: AppState) -> Router {
     Router::new()
         .merge(webhook::router())
         .merge(health::router())

@@ -4,8 +4,6 @@
 //! Errors are RFC 6749 JSON (`invalid_client` 401, `invalid_request` and
 //! `unsupported_grant_type` 400), never OperationOutcomes: this is OAuth, not FHIR.
 
-use std::sync::atomic::Ordering;
-
 use axum::Router;
 use axum::body::Body;
 use axum::extract::State;
@@ -18,11 +16,10 @@ use http_body_util::{BodyExt, Limited};
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::app::AppState;
-use crate::auth::refusals::RefusalKind;
 use crate::auth::source::ClientAddr;
 use crate::auth::{basic, bearer};
 use crate::secret::Secret;
+use crate::state::AppState;
 
 /// A token request is a few short form fields.
 const MAX_FORM_BYTES: usize = 16 * 1024;
@@ -127,26 +124,15 @@ async fn token(
     }
     let Some(client) = client.filter(|c| bearer::matches_any(secret.expose(), &c.secrets)) else {
         state.login_limiter.failed(source, account);
-        state.counters.auth_failures.fetch_add(1, Ordering::Relaxed);
-        let integration = state
-            .oauth_client(&client_id)
-            .map(|c| c.integration.to_string());
-        state
-            .metrics
-            .auth_failure(integration.as_deref().unwrap_or("unknown"), "oauth2");
+        let integration = state.oauth_client(&client_id).map(|c| &c.integration);
         let reason = if integration.is_some() {
-            "wrong client secret"
+            "token request: wrong client secret"
         } else {
-            "unknown client"
+            "token request: unknown client"
         };
-        state.refusals.record(
-            RefusalKind {
-                actor: format!("integration:{}", integration.as_deref().unwrap_or("-")),
-                scheme: "oauth2",
-                reason: format!("token request: {reason}"),
-            },
-            source,
-        );
+        let actor = format!("integration:{}", integration.map_or("-", |i| i.as_str()));
+        let label = integration.map_or("unknown", |i| i.as_str());
+        state.refused(Some(label), actor, "oauth2", reason, source);
         return invalid_client("unknown client or wrong client secret");
     };
     state.login_limiter.succeeded(source, account);

@@ -12,7 +12,6 @@ use time::format_description::well_known::Rfc3339;
 use utoipa::{IntoParams, ToSchema};
 
 use super::api::{Caller, after_param, limit, query, rfc3339, visible};
-use crate::app::AppState;
 use crate::domain::ReferralRef;
 use crate::error::Problem;
 use crate::fhir::outgoing::{
@@ -20,6 +19,7 @@ use crate::fhir::outgoing::{
     task_message,
 };
 use crate::ocean::transitions::ACTIONABLE;
+use crate::state::AppState;
 use crate::store::{TaskState, UpdateRecord, UpdateState};
 
 /// An appointment without an end lasts this long (FHIR requires an end on a booked one).

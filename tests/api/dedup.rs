@@ -4,7 +4,7 @@ use referral_relay::domain::ReferralRef;
 use serde_json::Value;
 
 use crate::fixtures::{V011_REFERRAL, fixture};
-use crate::helpers::spawn_app;
+use crate::helpers::{metric_series, spawn_app};
 
 fn v011() -> ReferralRef {
     ReferralRef::parse(V011_REFERRAL).unwrap()
@@ -55,9 +55,14 @@ async fn identical_deliveries_in_flight_at_once_store_one_version() {
     }
     assert_eq!(app.store.versions(&v011()).await.unwrap().len(), 1);
     assert_eq!(app.store.events_after(0, 100).await.unwrap().len(), 1);
-    let health = app.get("/healthz").await;
-    assert_eq!(health.body["deliveries"]["stored"], 1);
-    assert_eq!(health.body["deliveries"]["duplicate"], 15);
+    let page = app.metrics().await;
+    let delivered = |outcome| {
+        metric_series(&page, "relay_deliveries_total", &[("outcome", outcome)])
+            .iter()
+            .sum::<f64>()
+    };
+    assert_eq!(delivered("stored"), 1.0);
+    assert_eq!(delivered("duplicate"), 15.0);
 }
 
 #[tokio::test]

@@ -197,6 +197,13 @@ impl Answer {
 }
 
 impl TestApp {
+    /// The sum of every series of `name` whose labels include all of `labels`, from `/metrics`.
+    pub async fn metric_sum(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        metric_series(&self.metrics().await, name, labels)
+            .iter()
+            .sum()
+    }
+
     /// The `/metrics` page as text.
     pub async fn metrics(&self) -> String {
         let response = self.client.get(self.url("/metrics")).send().await.unwrap();
@@ -208,7 +215,17 @@ impl TestApp {
 /// The value of the one series of `name` whose labels include all of `labels`, from a
 /// Prometheus text page; `None` when there is no such series.
 pub fn metric(page: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    let mut found = None;
+    let values = metric_series(page, name, labels);
+    assert!(
+        values.len() <= 1,
+        "{name} {labels:?} matches several series"
+    );
+    values.first().copied()
+}
+
+/// The values of every series of `name` whose labels include all of `labels`.
+pub fn metric_series(page: &str, name: &str, labels: &[(&str, &str)]) -> Vec<f64> {
+    let mut found = Vec::new();
     for line in page.lines().filter(|l| !l.starts_with('#')) {
         let Some((series, value)) = line.rsplit_once(' ') else {
             continue;
@@ -226,8 +243,7 @@ pub fn metric(page: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
             .map(|(k, v)| (k, v.trim_matches('"')))
             .collect();
         if labels.iter().all(|wanted| pairs.contains(wanted)) {
-            assert!(found.is_none(), "{name} {labels:?} matches several series");
-            found = Some(value.parse().unwrap());
+            found.push(value.parse().unwrap());
         }
     }
     found

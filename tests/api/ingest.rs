@@ -5,7 +5,7 @@ use referral_relay::domain::{ReferralRef, ServiceId};
 use serde_json::Value;
 
 use crate::fixtures::{V011_REFERRAL, fixture};
-use crate::helpers::{FHIR_JSON, TestApp, spawn_app, spawn_app_with};
+use crate::helpers::{FHIR_JSON, TestApp, metric_series, spawn_app, spawn_app_with};
 
 fn referral(r: &str) -> ReferralRef {
     ReferralRef::parse(r).unwrap()
@@ -482,9 +482,14 @@ async fn event_codes_outside_the_integration_list_are_acknowledged_and_not_store
     );
     assert!(app.store.events_after(0, 10).await.unwrap().is_empty());
 
-    let health = app.get("/healthz").await;
-    assert_eq!(health.body["deliveries"]["ignored"], 1);
-    assert_eq!(health.body["deliveries"]["stored"], 0);
+    let page = app.metrics().await;
+    let delivered = |outcome| {
+        metric_series(&page, "relay_deliveries_total", &[("outcome", outcome)])
+            .iter()
+            .sum::<f64>()
+    };
+    assert_eq!(delivered("ignored"), 1.0);
+    assert_eq!(delivered("stored"), 0.0);
 
     assert_eq!(
         app.deliver("default", fixture("v0.11-add-service-request.json"))

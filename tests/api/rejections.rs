@@ -57,8 +57,10 @@ async fn every_bad_fixture_gets_its_4xx_with_a_diagnosis() {
         );
     }
     assert_nothing_stored(&app).await;
-    let health = app.get("/healthz").await;
-    assert_eq!(health.body["deliveries"]["rejected"], cases.len());
+    let rejected = app
+        .metric_sum("relay_deliveries_total", &[("outcome", "rejected")])
+        .await;
+    assert_eq!(rejected, cases.len() as f64);
 }
 
 #[tokio::test]

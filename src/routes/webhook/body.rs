@@ -5,7 +5,7 @@
 use std::io::Read;
 use std::time::Duration;
 
-use super::budget::Held;
+use crate::auth::budget::Held;
 use axum::body::Body;
 use axum::http::{HeaderMap, header};
 use bytes::{Bytes, BytesMut};

@@ -17,10 +17,8 @@
 //! Ocean retries.
 
 mod body;
-pub mod budget;
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use axum::Router;
@@ -32,14 +30,13 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use time::OffsetDateTime;
 
-use crate::app::{AppState, Integration};
 use crate::auth::Refusal;
-use crate::auth::refusals::RefusalKind;
 use crate::auth::source::ClientAddr;
 use crate::domain::is_code_like;
 use crate::error::{AppError, fhir_json};
 use crate::fhir::outcome::response_bundle;
 use crate::fhir::{ParseError, Parsed, parse_message};
+use crate::state::{AppState, Integration};
 use crate::store::{NewDelivery, PutOutcome, ServiceAssignment, delivery_key, sha256_hex};
 
 pub fn router() -> Router<AppState> {
@@ -104,26 +101,13 @@ async fn receive(
             close = true;
         }
     }
-    let counters = &state.counters;
     match &result {
-        Ok((_, Handled::Stored)) => {
-            counters.stored.fetch_add(1, Ordering::Relaxed);
-            metrics.delivery(&label, "stored", None);
-        }
-        Ok((_, Handled::Duplicate)) => {
-            counters.duplicates.fetch_add(1, Ordering::Relaxed);
-            metrics.delivery(&label, "duplicate", None);
-        }
-        Ok((_, Handled::Ignored)) => {
-            counters.ignored.fetch_add(1, Ordering::Relaxed);
-            metrics.delivery(&label, "ignored", None);
-        }
+        Ok((_, Handled::Stored)) => metrics.delivery(&label, "stored", None),
+        Ok((_, Handled::Duplicate)) => metrics.delivery(&label, "duplicate", None),
+        Ok((_, Handled::Ignored)) => metrics.delivery(&label, "ignored", None),
         // Counted as authentication failures where they are refused.
         Err(AppError::Unauthorized { .. }) => {}
-        Err(e) => {
-            counters.rejected.fetch_add(1, Ordering::Relaxed);
-            metrics.delivery(&label, "rejected", Some(rejection_reason(e)));
-        }
+        Err(e) => metrics.delivery(&label, "rejected", Some(rejection_reason(e))),
     }
     let mut response = match result {
         Ok((response, _)) => response,
@@ -362,24 +346,18 @@ impl Request<'_> {
     }
 }
 
-/// Counts a refused caller (metric, health counter, the interval's report) and builds the 401.
+/// Records a refused caller and builds the 401.
 fn refused(
     state: &AppState,
     integration: &Integration,
     source: std::net::IpAddr,
     refusal: Refusal,
 ) -> AppError {
-    let scheme = integration.inbound.scheme();
-    state.counters.auth_failures.fetch_add(1, Ordering::Relaxed);
-    state
-        .metrics
-        .auth_failure(integration.name.as_str(), scheme);
-    state.refusals.record(
-        RefusalKind {
-            actor: format!("integration:{}", integration.name),
-            scheme,
-            reason: refusal.reason.clone(),
-        },
+    state.refused(
+        Some(integration.name.as_str()),
+        format!("integration:{}", integration.name),
+        integration.inbound.scheme(),
+        &refusal.reason,
         source,
     );
     AppError::Unauthorized {

@@ -1,0 +1,250 @@
+//! What every request handler shares: the store, the configured integrations with their
+//! authentication, the clients of the API and of Ocean, limits and metrics. Built once at start
+//! from the configuration.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::extract::FromRef;
+use tokio::sync::Notify;
+
+use crate::auth::Inbound;
+use crate::auth::api::ApiClients;
+use crate::auth::budget::Budget;
+use crate::auth::limiter::LoginLimiter;
+use crate::auth::refusals::{RefusalKind, Refusals};
+use crate::auth::source::TrustedProxies;
+use crate::auth::token::TokenIssuer;
+use crate::config::{AuthConfig, Config};
+use crate::domain::{EventCode, IntegrationName, ServiceId};
+use crate::ocean::client::OceanClient;
+use crate::ocean::transitions::Transitions;
+use crate::ocean::worker::{Worker, WorkerHealth};
+use crate::secret::Secret;
+use crate::store::Store;
+use crate::telemetry::Metrics;
+
+/// Window of the token endpoint's failed-login limiter.
+const LOGIN_WINDOW: Duration = Duration::from_secs(60);
+
+/// One configured integration, ready for requests.
+pub struct Integration {
+    pub name: IntegrationName,
+    /// How its callers are authenticated (shared with checks on the blocking pool).
+    pub inbound: Arc<Inbound>,
+    /// Accepted event codes; empty accepts all.
+    pub events: Vec<EventCode>,
+    pub default_service: Option<ServiceId>,
+    /// Integrations whose referrals it may deliver for, besides its own (sharing is mutual:
+    /// listed by either side).
+    pub shares_with: Vec<IntegrationName>,
+}
+
+/// A client of the token endpoint and what it may do.
+pub struct OAuthClientEntry {
+    pub integration: IntegrationName,
+    /// Accepted secrets (more than one while a secret is rotated).
+    pub secrets: Vec<Secret>,
+    pub ttl_secs: u64,
+}
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Arc<dyn Store>,
+    integrations: Arc<BTreeMap<String, Integration>>,
+    /// Issues and checks the relay's own OAuth2 tokens (only when an integration uses them).
+    pub tokens: Option<Arc<TokenIssuer>>,
+    oauth_clients: Arc<HashMap<String, OAuthClientEntry>>,
+    pub login_limiter: Arc<LoginLimiter>,
+    /// Clients of the point-of-service API.
+    pub api_clients: Arc<ApiClients>,
+    config: Arc<Config>,
+    /// One client per Ocean site.
+    pub ocean: Arc<HashMap<String, Arc<OceanClient>>>,
+    /// Allowed Task status changes.
+    pub transitions: Arc<Transitions>,
+    /// Serialises acceptance of updates, so each transition is checked against the last.
+    pub outbox_lock: Arc<tokio::sync::Mutex<()>>,
+    /// Wakes the outbox worker when an update is accepted or replayed.
+    pub outbox_wake: Arc<Notify>,
+    /// Turns true when shutdown begins: long-polls answer at once, the worker stops.
+    pub stopping: Arc<tokio::sync::watch::Sender<bool>>,
+    pub max_body_bytes: usize,
+    pub body_timeout: Duration,
+    pub metrics: Metrics,
+    /// Liveness of the outbox worker, for `/readyz`.
+    pub worker_health: Arc<WorkerHealth>,
+    /// Refused authentication, reported once per interval.
+    pub refusals: Arc<Refusals>,
+    /// Bytes of request bodies held before their sender is authenticated.
+    pub unauthenticated: Arc<Budget>,
+    trusted_proxies: Arc<Vec<ipnet::IpNet>>,
+}
+
+impl AppState {
+    pub fn new(config: &Config, store: Arc<dyn Store>) -> anyhow::Result<Self> {
+        let uses_oauth2 = config
+            .integrations
+            .values()
+            .any(|i| matches!(i.auth, AuthConfig::Oauth2 { .. }));
+        let tokens = if uses_oauth2 {
+            Some(Arc::new(TokenIssuer::load(
+                &config.oauth2,
+                &config.server.data_dir,
+            )?))
+        } else {
+            None
+        };
+        let mut integrations = BTreeMap::new();
+        let mut oauth_clients: HashMap<String, OAuthClientEntry> = HashMap::new();
+        for (name, c) in &config.integrations {
+            if let AuthConfig::Oauth2 {
+                clients,
+                token_ttl_secs,
+            } = &c.auth
+            {
+                for client in clients {
+                    oauth_clients
+                        .entry(client.client_id.clone())
+                        .or_insert_with(|| OAuthClientEntry {
+                            integration: name.clone(),
+                            secrets: Vec::new(),
+                            ttl_secs: *token_ttl_secs,
+                        })
+                        .secrets
+                        .push(client.client_secret.clone());
+                }
+            }
+            let shares_with = config
+                .integrations
+                .iter()
+                .filter(|(other, o)| {
+                    *other != name
+                        && (c.share_referrals_with.contains(other)
+                            || o.share_referrals_with.contains(name))
+                })
+                .map(|(other, _)| other.clone())
+                .collect();
+            let integration = Integration {
+                name: name.clone(),
+                inbound: Arc::new(
+                    Inbound::from_config(&c.auth, tokens.as_ref())
+                        .with_context(|| format!("integrations.{name}.auth"))?,
+                ),
+                events: c.events.clone(),
+                default_service: c.default_service(),
+                shares_with,
+            };
+            integrations.insert(name.to_string(), integration);
+        }
+        let metrics = Metrics::new();
+        for integration in integrations.values() {
+            metrics.register_integration(integration.name.as_str(), integration.inbound.scheme());
+        }
+        Ok(Self {
+            store,
+            integrations: Arc::new(integrations),
+            tokens,
+            oauth_clients: Arc::new(oauth_clients),
+            login_limiter: Arc::new(LoginLimiter::new(LOGIN_WINDOW)),
+            api_clients: Arc::new(ApiClients::from_config(&config.api)),
+            config: Arc::new(config.clone()),
+            ocean: Arc::new(crate::ocean::clients(config)?),
+            transitions: Arc::new(Transitions::new(&config.outbox.transitions)),
+            outbox_lock: Arc::default(),
+            outbox_wake: Arc::default(),
+            stopping: Arc::new(tokio::sync::watch::channel(false).0),
+            max_body_bytes: config.server.max_body_bytes,
+            body_timeout: Duration::from_secs(config.server.body_timeout_secs),
+            metrics,
+            worker_health: Arc::new(WorkerHealth::new(send_bound(config))),
+            refusals: Arc::new(Refusals::new()),
+            unauthenticated: Budget::new(
+                config.server.unauthenticated_body_budget(),
+                config.server.max_body_bytes.saturating_mul(2),
+            ),
+            trusted_proxies: Arc::new(config.server.trusted_proxies.clone()),
+        })
+    }
+
+    /// The Ocean site that answers for referrals filed under `service`.
+    pub fn site_for(&self, service: Option<&ServiceId>) -> Option<String> {
+        crate::ocean::site_for(&self.config, service)
+    }
+
+    /// Where messages for `site` are posted.
+    pub fn ocean_messages_url(&self, site: &str) -> Option<String> {
+        self.ocean.get(site).map(|c| c.messages_url())
+    }
+
+    /// The outbox worker over this state's store and sites.
+    pub fn worker(&self) -> Worker {
+        Worker {
+            store: Arc::clone(&self.store),
+            sites: (*self.ocean).clone(),
+            config: self.config.outbox.clone(),
+            wake: Arc::clone(&self.outbox_wake),
+            metrics: self.metrics.clone(),
+            health: Arc::clone(&self.worker_health),
+        }
+    }
+
+    /// The configuration the state was built from.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Names of the configured integrations.
+    pub fn integration_names(&self) -> impl Iterator<Item = &str> {
+        self.integrations.keys().map(String::as_str)
+    }
+
+    /// The token endpoint's client with this id.
+    pub fn oauth_client(&self, client_id: &str) -> Option<&OAuthClientEntry> {
+        self.oauth_clients.get(client_id)
+    }
+
+    pub fn integration(&self, name: &str) -> Option<&Integration> {
+        self.integrations.get(name)
+    }
+
+    /// Records a refused caller, the one place every refusal goes through: the interval's
+    /// report, which logs and audits it, and, for callers of the webhook and the token endpoint,
+    /// `relay_auth_failures_total` labelled `metric` (a configured integration, or `unknown`).
+    pub fn refused(
+        &self,
+        metric: Option<&str>,
+        actor: String,
+        scheme: &'static str,
+        reason: &str,
+        source: IpAddr,
+    ) {
+        if let Some(label) = metric {
+            self.metrics.auth_failure(label, scheme);
+        }
+        self.refusals.record(
+            RefusalKind {
+                actor,
+                scheme,
+                reason: reason.to_owned(),
+            },
+            source,
+        );
+    }
+}
+
+/// The networks whose `X-Forwarded-For` is believed, for [`ClientAddr`](crate::auth::source::ClientAddr).
+impl FromRef<AppState> for TrustedProxies {
+    fn from_ref(state: &AppState) -> Self {
+        Self(Arc::clone(&state.trusted_proxies))
+    }
+}
+
+/// Longest one send to Ocean can take: token fetch, post, and one retry after a 401.
+pub fn send_bound(config: &Config) -> Duration {
+    Duration::from_secs(config.outbox.request_timeout_secs.saturating_mul(4))
+}
