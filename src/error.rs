@@ -1,4 +1,6 @@
-//! One error type for every HTTP handler: a status code and a FHIR OperationOutcome body.
+//! One error kind for every HTTP handler, [`AppError`], with one status code each, and two
+//! renderings: a FHIR OperationOutcome (the webhook and the FHIR routes) and, through
+//! [`Problem`], an RFC 9457 problem document (the point-of-service API).
 //!
 //! Client errors carry a message meant for the caller. Internal errors become an opaque 500 and
 //! are logged once with their cause chain; their text is never sent.
@@ -35,6 +37,9 @@ pub enum AppError {
     /// No such integration or resource: 404.
     #[error("{0}")]
     NotFound(String),
+    /// Not allowed in the resource's current state: 409.
+    #[error("{0}")]
+    Conflict(String),
     /// A media type the relay does not take: 415.
     #[error("{0}")]
     UnsupportedMediaType(String),
@@ -70,6 +75,7 @@ impl AppError {
             Self::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::Conflict(_) => StatusCode::CONFLICT,
             Self::UnsupportedMediaType(_) | Self::UnsupportedEncoding(_) => {
                 StatusCode::UNSUPPORTED_MEDIA_TYPE
             }
@@ -88,6 +94,7 @@ impl AppError {
             Self::Unauthorized { .. } => IssueCode::Login,
             Self::Forbidden(_) => IssueCode::Forbidden,
             Self::NotFound(_) => IssueCode::NotFound,
+            Self::Conflict(_) => IssueCode::Conflict,
             Self::UnsupportedMediaType(_) | Self::UnsupportedEncoding(_) => IssueCode::NotSupported,
             Self::Busy(_) => IssueCode::Transient,
             Self::MethodNotAllowed => IssueCode::NotSupported,
@@ -110,9 +117,10 @@ impl From<StoreError> for AppError {
     }
 }
 
-impl IntoResponse for AppError {
-    fn into_response(self) -> Response {
-        match &self {
+impl AppError {
+    /// Logs what the caller is not told: an internal error's cause chain, once.
+    fn log(&self) {
+        match self {
             Self::Internal(cause) => {
                 tracing::error!(error = format!("{cause:#}"), "request failed")
             }
@@ -121,9 +129,11 @@ impl IntoResponse for AppError {
             Self::Unavailable(cause) => tracing::debug!(error = %cause, "storage unavailable"),
             _ => {}
         }
-        let body = operation_outcome(Severity::Error, self.issue_code(), &self.to_string());
-        let mut response = fhir_json(self.status_code(), &body);
-        let headers = response.headers_mut();
+    }
+
+    /// The headers an answer of this kind carries (RFC 9110): a challenge, the codings
+    /// accepted, when to retry.
+    fn add_headers(&self, headers: &mut axum::http::HeaderMap) {
         match self {
             Self::Unauthorized { challenge, .. } => {
                 headers.insert(
@@ -142,6 +152,16 @@ impl IntoResponse for AppError {
             }
             _ => {}
         }
+    }
+}
+
+/// The FHIR rendering: an OperationOutcome (`application/fhir+json`).
+impl IntoResponse for AppError {
+    fn into_response(self) -> Response {
+        self.log();
+        let body = operation_outcome(Severity::Error, self.issue_code(), &self.to_string());
+        let mut response = fhir_json(self.status_code(), &body);
+        self.add_headers(response.headers_mut());
         response
     }
 }
@@ -155,81 +175,34 @@ pub fn fhir_json(status: StatusCode, body: &serde_json::Value) -> Response {
     response
 }
 
-/// Errors of the point-of-service API, answered as RFC 9457 `application/problem+json`.
-#[derive(Debug, thiserror::Error)]
-pub enum Problem {
-    #[error("{0}")]
-    BadRequest(String),
-    #[error("{0}")]
-    Unauthorized(String),
-    #[error("{0}")]
-    Forbidden(String),
-    #[error("{0}")]
-    NotFound(String),
-    #[error("{0}")]
-    Conflict(String),
-    #[error("{0}")]
-    Unprocessable(String),
-    #[error("the relay cannot read its store right now; retry later")]
-    Unavailable(#[source] StoreError),
-    #[error("internal error")]
-    Internal(#[source] anyhow::Error),
-}
+/// The same errors, answered as RFC 9457 `application/problem+json`: the rendering of the
+/// point-of-service API (`/api/v1`). Any [`AppError`] (and so any [`StoreError`]) converts.
+#[derive(Debug)]
+pub struct Problem(pub AppError);
 
-impl Problem {
-    pub fn status_code(&self) -> StatusCode {
-        match self {
-            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
-            Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-            Self::Forbidden(_) => StatusCode::FORBIDDEN,
-            Self::NotFound(_) => StatusCode::NOT_FOUND,
-            Self::Conflict(_) => StatusCode::CONFLICT,
-            Self::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-        }
-    }
-}
-
-impl From<StoreError> for Problem {
-    fn from(e: StoreError) -> Self {
-        match e {
-            StoreError::Unavailable(_) | StoreError::Io(_) | StoreError::Failed(_) => {
-                Self::Unavailable(e)
-            }
-            StoreError::Corrupt(_) => Self::Internal(e.into()),
-        }
+impl<E: Into<AppError>> From<E> for Problem {
+    fn from(e: E) -> Self {
+        Self(e.into())
     }
 }
 
 impl IntoResponse for Problem {
     fn into_response(self) -> Response {
-        match &self {
-            Self::Internal(cause) => {
-                tracing::error!(error = format!("{cause:#}"), "API request failed")
-            }
-            Self::Unavailable(cause) => tracing::error!(error = %cause, "storage unavailable"),
-            _ => {}
-        }
-        let status = self.status_code();
+        let error = self.0;
+        error.log();
+        let status = error.status_code();
         let body = serde_json::json!({
             "type": "about:blank",
             "title": status.canonical_reason().unwrap_or("Error"),
             "status": status.as_u16(),
-            "detail": self.to_string(),
+            "detail": error.to_string(),
         });
         let mut response = (status, body.to_string()).into_response();
-        let headers = response.headers_mut();
-        headers.insert(
+        response.headers_mut().insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
-        if matches!(self, Self::Unauthorized(_)) {
-            headers.insert(
-                header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Bearer realm=\"referral-relay-api\""),
-            );
-        }
+        error.add_headers(response.headers_mut());
         response
     }
 }

@@ -25,6 +25,8 @@ pub enum IssueCode {
     Forbidden,
     /// The resource or integration was not found.
     NotFound,
+    /// Not allowed in the resource's current state.
+    Conflict,
     /// The request took too long.
     Timeout,
     /// Content too long.
@@ -47,6 +49,7 @@ impl IssueCode {
             Self::Login => "login",
             Self::Forbidden => "forbidden",
             Self::NotFound => "not-found",
+            Self::Conflict => "conflict",
             Self::TooLong => "too-long",
             Self::Timeout => "timeout",
             Self::Transient => "transient",

@@ -22,7 +22,7 @@ use utoipa::{IntoParams, OpenApi, ToSchema};
 use crate::auth::api::ApiClient;
 use crate::auth::source::ClientAddr;
 use crate::domain::{ReferralRef, ServiceId, Summary};
-use crate::error::{FHIR_JSON, Problem};
+use crate::error::{AppError, FHIR_JSON, Problem};
 use crate::state::AppState;
 use crate::store::{EventRecord, ReferralRecord, VersionRecord};
 
@@ -231,6 +231,9 @@ impl utoipa::Modify for BearerKey {
     }
 }
 
+/// `WWW-Authenticate` of the API: its clients send their key as a bearer token.
+const API_CHALLENGE: &str = "Bearer realm=\"referral-relay-api\"";
+
 /// The authenticated API client of a request.
 pub struct Caller(pub ApiClient);
 
@@ -243,9 +246,10 @@ impl FromRequestParts<AppState> for Caller {
             Err(reason) => {
                 let Ok(ClientAddr(source)) = ClientAddr::from_request_parts(parts, state).await;
                 state.refused(None, "api".into(), "bearer", reason, source);
-                Err(Problem::Unauthorized(format!(
-                    "authentication failed: {reason}"
-                )))
+                Err(Problem(AppError::Unauthorized {
+                    challenge: API_CHALLENGE,
+                    reason: reason.to_owned(),
+                }))
             }
         }
     }
@@ -431,9 +435,9 @@ pub(crate) fn rfc3339(at: OffsetDateTime) -> String {
 }
 
 /// Parses a query string into `T`, naming the offending parameter on failure.
-pub(crate) fn query<T: for<'de> Deserialize<'de>>(raw: Option<&str>) -> Result<T, Problem> {
+pub(crate) fn query<T: for<'de> Deserialize<'de>>(raw: Option<&str>) -> Result<T, AppError> {
     serde_urlencoded::from_str(raw.unwrap_or("")).map_err(|e| {
-        Problem::BadRequest(format!(
+        AppError::BadRequest(format!(
             "invalid query: {}",
             crate::domain::redact_quoted(&e.to_string())
         ))
@@ -453,31 +457,32 @@ pub(crate) fn whole_number(text: &str) -> Option<u64> {
 }
 
 /// The `limit` query parameter: at least 1; larger than [`MAX_LIMIT`] is capped, not refused.
-pub(crate) fn limit(raw: Option<&str>) -> Result<usize, Problem> {
+pub(crate) fn limit(raw: Option<&str>) -> Result<usize, AppError> {
     match raw {
         None => Ok(DEFAULT_LIMIT),
         Some(text) => whole_number(text)
             .filter(|n| *n >= 1)
             .map(|n| usize::try_from(n).unwrap_or(MAX_LIMIT).min(MAX_LIMIT))
             .ok_or_else(|| {
-                Problem::BadRequest("limit must be a whole number of at least 1".into())
+                AppError::BadRequest("limit must be a whole number of at least 1".into())
             }),
     }
 }
 
 /// `2026-11-02` (midnight UTC) or an RFC 3339 date-time.
-pub(crate) fn instant(name: &str, raw: &str, end_of_day: bool) -> Result<OffsetDateTime, Problem> {
+pub(crate) fn instant(name: &str, raw: &str, end_of_day: bool) -> Result<OffsetDateTime, AppError> {
     crate::export::parse_bound(raw, end_of_day).ok_or_else(|| {
-        Problem::BadRequest(format!(
+        AppError::BadRequest(format!(
             "{name} must be a date (YYYY-MM-DD) or an RFC 3339 date-time"
         ))
     })
 }
 
 /// The `after` query parameter: a sequence number or id, 0 when absent.
-pub(crate) fn after_param(raw: Option<&str>) -> Result<u64, Problem> {
+pub(crate) fn after_param(raw: Option<&str>) -> Result<u64, AppError> {
     raw.map_or(Ok(0), |text| {
-        whole_number(text).ok_or_else(|| Problem::BadRequest("after must be a whole number".into()))
+        whole_number(text)
+            .ok_or_else(|| AppError::BadRequest("after must be a whole number".into()))
     })
 }
 
@@ -491,8 +496,8 @@ fn encode_cursor(after: u64, until: u64) -> String {
 
 /// A cursor as [`encode_cursor`] makes it (or base64url of the same, as earlier versions
 /// issued). A cursor past its own bound reads as a finished listing.
-fn decode_cursor(cursor: &str) -> Result<(u64, u64), Problem> {
-    let bad = || Problem::BadRequest("cursor is not one this API issued".into());
+fn decode_cursor(cursor: &str) -> Result<(u64, u64), AppError> {
+    let bad = || AppError::BadRequest("cursor is not one this API issued".into());
     let text = if cursor.contains('.') {
         cursor.to_owned()
     } else {
@@ -616,17 +621,18 @@ async fn list_referrals(
 pub(crate) fn service_param(
     client: &ApiClient,
     raw: Option<&str>,
-) -> Result<Option<ServiceId>, Problem> {
+) -> Result<Option<ServiceId>, AppError> {
     let Some(raw) = raw else {
         return Ok(None);
     };
     let service =
-        ServiceId::parse(raw).map_err(|e| Problem::BadRequest(format!("service_id: {e}")))?;
+        ServiceId::parse(raw).map_err(|e| AppError::BadRequest(format!("service_id: {e}")))?;
     if !client.may_see(Some(&service)) {
-        return Err(Problem::Forbidden(format!(
+        return Err(AppError::Forbidden(format!(
             "client '{}' may not read service_id {service}",
             client.name
-        )));
+        ))
+        .into());
     }
     Ok(Some(service))
 }
@@ -636,19 +642,20 @@ pub(crate) async fn visible(
     state: &AppState,
     client: &ApiClient,
     referral: &str,
-) -> Result<(ReferralRef, ReferralRecord), Problem> {
+) -> Result<(ReferralRef, ReferralRecord), AppError> {
     let reference =
-        ReferralRef::parse(referral).map_err(|e| Problem::BadRequest(format!("referral: {e}")))?;
+        ReferralRef::parse(referral).map_err(|e| AppError::BadRequest(format!("referral: {e}")))?;
     let record = state
         .store
         .referral(&reference)
         .await?
-        .ok_or_else(|| Problem::NotFound(format!("no referral {reference} is stored")))?;
+        .ok_or_else(|| AppError::NotFound(format!("no referral {reference} is stored")))?;
     if !client.may_see(record.service_id.as_ref()) {
-        return Err(Problem::Forbidden(format!(
+        return Err(AppError::Forbidden(format!(
             "client '{}' may not read referrals of this service",
             client.name
-        )));
+        ))
+        .into());
     }
     Ok((reference, record))
 }
@@ -699,14 +706,14 @@ async fn get_version(
     Path((referral, version)): Path<(String, String)>,
 ) -> Result<Response, Problem> {
     let version = whole_number(&version)
-        .ok_or_else(|| Problem::BadRequest("version must be a whole number".into()))?;
+        .ok_or_else(|| AppError::BadRequest("version must be a whole number".into()))?;
     let (reference, _) = visible(&state, &client, &referral).await?;
     let raw = state
         .store
         .payload(&reference, version)
         .await?
         .ok_or_else(|| {
-            Problem::NotFound(format!("referral {reference} has no version {version}"))
+            AppError::NotFound(format!("referral {reference} has no version {version}"))
         })?;
     let mut response = (StatusCode::OK, raw).into_response();
     response
@@ -753,14 +760,14 @@ async fn events(
     let wait = match q.wait.as_deref() {
         None => 0,
         Some(text) => whole_number(text)
-            .ok_or_else(|| Problem::BadRequest("wait must be a whole number of seconds".into()))?
+            .ok_or_else(|| AppError::BadRequest("wait must be a whole number of seconds".into()))?
             .min(MAX_WAIT_SECS),
     };
     if after > state.store.durable_seq() {
-        return Err(Problem::Conflict(format!(
+        return Err(AppError::Conflict(format!(
             "after={after} is beyond the end of the feed ({}): this store is not the one the cursor came from (restored or reset?); start again from 0",
             state.store.durable_seq()
-        )));
+        )).into());
     }
     let deadline = tokio::time::Instant::now() + Duration::from_secs(wait);
     loop {
@@ -815,10 +822,11 @@ async fn audit(
     RawQuery(raw): RawQuery,
 ) -> Result<Json<serde_json::Value>, Problem> {
     if !client.service_ids.is_empty() {
-        return Err(Problem::Forbidden(format!(
+        return Err(AppError::Forbidden(format!(
             "client '{}' is limited to some service ids and may not read the whole audit log",
             client.name
-        )));
+        ))
+        .into());
     }
     let q: AuditQuery = query(raw.as_deref())?;
     let after = after_param(q.after.as_deref())?;

@@ -13,7 +13,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::api::{Caller, after_param, limit, query, rfc3339, visible};
 use crate::domain::ReferralRef;
-use crate::error::Problem;
+use crate::error::{AppError, Problem};
 use crate::fhir::outgoing::{
     AppointmentUpdate, OutgoingMessage, TaskUpdate, appointment_message, communication_message,
     task_message,
@@ -134,9 +134,9 @@ pub struct UpdatePage {
     next: u64,
 }
 
-fn json<T: for<'de> Deserialize<'de>>(body: &Bytes) -> Result<T, Problem> {
+fn json<T: for<'de> Deserialize<'de>>(body: &Bytes) -> Result<T, AppError> {
     serde_json::from_slice(body).map_err(|e| {
-        Problem::BadRequest(format!(
+        AppError::BadRequest(format!(
             "invalid JSON body: {}",
             crate::domain::redact_quoted(&e.to_string())
         ))
@@ -151,12 +151,12 @@ async fn enqueue(
     caller: &Caller,
     referral: &str,
     kind: &str,
-    build: impl FnOnce(&ReferralRef, &mut TaskState, &str, &str) -> Result<OutgoingMessage, Problem>,
-) -> Result<(StatusCode, Json<Accepted>), Problem> {
+    build: impl FnOnce(&ReferralRef, &mut TaskState, &str, &str) -> Result<OutgoingMessage, AppError>,
+) -> Result<(StatusCode, Json<Accepted>), AppError> {
     let _one_at_a_time = state.outbox_lock.lock().await;
     let (reference, record) = visible(state, &caller.0, referral).await?;
     let site = state.site_for(record.service_id.as_ref()).ok_or_else(|| {
-        Problem::Unprocessable(format!(
+        AppError::Unprocessable(format!(
             "no Ocean site is configured for the External Service ID of referral {reference}"
         ))
     })?;
@@ -203,8 +203,8 @@ async fn enqueue(
 
 fn built(
     result: Result<OutgoingMessage, crate::fhir::outgoing::BuildError>,
-) -> Result<OutgoingMessage, Problem> {
-    result.map_err(|e| Problem::Unprocessable(e.to_string()))
+) -> Result<OutgoingMessage, AppError> {
+    result.map_err(|e| AppError::Unprocessable(e.to_string()))
 }
 
 /// Change the referral's Task status in Ocean.
@@ -227,28 +227,30 @@ pub(crate) async fn set_status(
 ) -> Result<(StatusCode, Json<Accepted>), Problem> {
     let request: StatusRequest = json(&body)?;
     if !ACTIONABLE.contains(&request.status.as_str()) {
-        return Err(Problem::Unprocessable(format!(
+        return Err(AppError::Unprocessable(format!(
             "status must be one Ocean acts on: {}",
             ACTIONABLE.join(", ")
-        )));
+        ))
+        .into());
     }
     let transitions = state.transitions.clone();
-    enqueue(
+    Ok(enqueue(
         &state,
         &caller,
         &referral,
         "status",
         |reference, task, current, endpoint| {
             if !transitions.allows(current, &request.status) {
-                return Err(Problem::Conflict(format!(
+                return Err(AppError::Conflict(format!(
                     "referral {reference} cannot go from {current} to {}",
                     request.status
-                )));
+                ))
+                .into());
             }
             let status = request
                 .status
                 .parse()
-                .map_err(|_| Problem::Unprocessable("unknown Task status".into()))?;
+                .map_err(|_| AppError::Unprocessable("unknown Task status".into()))?;
             let first = !task.task_sent;
             let task_id = task
                 .task_id
@@ -270,12 +272,12 @@ pub(crate) async fn set_status(
             ))
         },
     )
-    .await
+    .await?)
 }
 
-fn instant(name: &str, raw: &str) -> Result<OffsetDateTime, Problem> {
+fn instant(name: &str, raw: &str) -> Result<OffsetDateTime, AppError> {
     OffsetDateTime::parse(raw, &Rfc3339)
-        .map_err(|_| Problem::BadRequest(format!("{name} must be an RFC 3339 date-time")))
+        .map_err(|_| AppError::BadRequest(format!("{name} must be an RFC 3339 date-time")))
 }
 
 /// Book an appointment for the referral (shown in Ocean as booking unconfirmed or confirmed).
@@ -298,12 +300,12 @@ pub(crate) async fn book(
         Some(end) => instant("end", end)?,
         None => start
             .checked_add(time::Duration::minutes(DEFAULT_APPOINTMENT_MINUTES))
-            .ok_or_else(|| Problem::BadRequest("start is too far in the future".into()))?,
+            .ok_or_else(|| AppError::BadRequest("start is too far in the future".into()))?,
     };
     if end <= start {
-        return Err(Problem::BadRequest("end must be after start".into()));
+        return Err(AppError::BadRequest("end must be after start".into()).into());
     }
-    enqueue(
+    Ok(enqueue(
         &state,
         &caller,
         &referral,
@@ -328,7 +330,7 @@ pub(crate) async fn book(
             ))
         },
     )
-    .await
+    .await?)
 }
 
 /// Cancel the appointment booked last.
@@ -346,7 +348,7 @@ pub(crate) async fn cancel(
     caller: Caller,
     Path(referral): Path<String>,
 ) -> Result<(StatusCode, Json<Accepted>), Problem> {
-    enqueue(
+    Ok(enqueue(
         &state,
         &caller,
         &referral,
@@ -357,9 +359,10 @@ pub(crate) async fn cancel(
                 task.appointment_start.take(),
                 task.appointment_end.take(),
             ) else {
-                return Err(Problem::NotFound(format!(
+                return Err(AppError::NotFound(format!(
                     "referral {reference} has no current appointment booked through this relay"
-                )));
+                ))
+                .into());
             };
             built(appointment_message(
                 reference,
@@ -376,7 +379,7 @@ pub(crate) async fn cancel(
             ))
         },
     )
-    .await
+    .await?)
 }
 
 /// Send a message to the referrer (Ocean's Awaiting Reply).
@@ -395,9 +398,9 @@ pub(crate) async fn send_message(
 ) -> Result<(StatusCode, Json<Accepted>), Problem> {
     let request: MessageRequest = json(&body)?;
     if request.text.trim().is_empty() {
-        return Err(Problem::BadRequest("text must not be empty".into()));
+        return Err(AppError::BadRequest("text must not be empty".into()).into());
     }
-    enqueue(
+    Ok(enqueue(
         &state,
         &caller,
         &referral,
@@ -411,21 +414,21 @@ pub(crate) async fn send_message(
             ))
         },
     )
-    .await
+    .await?)
 }
 
 async fn visible_update(
     state: &AppState,
     caller: &Caller,
     id: &str,
-) -> Result<UpdateRecord, Problem> {
+) -> Result<UpdateRecord, AppError> {
     let id = super::api::whole_number(id)
-        .ok_or_else(|| Problem::BadRequest("the update id must be a whole number".into()))?;
+        .ok_or_else(|| AppError::BadRequest("the update id must be a whole number".into()))?;
     let update = state
         .store
         .update(id)
         .await?
-        .ok_or_else(|| Problem::NotFound(format!("no update {id}")))?;
+        .ok_or_else(|| AppError::NotFound(format!("no update {id}")))?;
     visible(state, &caller.0, update.referral.as_str()).await?;
     Ok(update)
 }
@@ -477,9 +480,10 @@ pub(crate) async fn list_updates(
         Some("dead") => Some(UpdateState::Dead),
         Some("discarded") => Some(UpdateState::Discarded),
         Some(_) => {
-            return Err(Problem::BadRequest(
+            return Err(AppError::BadRequest(
                 "state must be pending, delivered, dead or discarded".into(),
-            ));
+            )
+            .into());
         }
     };
     let mut after = after_param(q.after.as_deref())?;
@@ -532,10 +536,11 @@ pub(crate) async fn replay(
     let _one_at_a_time = state.outbox_lock.lock().await;
     let mut update = visible_update(&state, &caller, &id).await?;
     if update.state != UpdateState::Dead {
-        return Err(Problem::Conflict(format!(
+        return Err(AppError::Conflict(format!(
             "update {} is not a dead letter; only dead letters are replayed",
             update.id
-        )));
+        ))
+        .into());
     }
     let now = OffsetDateTime::now_utc();
     update.state = UpdateState::Pending;
@@ -573,10 +578,11 @@ pub(crate) async fn discard(
     let _one_at_a_time = state.outbox_lock.lock().await;
     let mut update = visible_update(&state, &caller, &id).await?;
     if update.state != UpdateState::Dead {
-        return Err(Problem::Conflict(format!(
+        return Err(AppError::Conflict(format!(
             "update {} is not a dead letter; only dead letters are discarded",
             update.id
-        )));
+        ))
+        .into());
     }
     update.state = UpdateState::Discarded;
     // Ocean never received the discarded update: what the relay believes Ocean knows about
@@ -600,7 +606,7 @@ pub(crate) async fn discard(
 async fn task_state_without(
     state: &AppState,
     discarded: &UpdateRecord,
-) -> Result<TaskState, Problem> {
+) -> Result<TaskState, AppError> {
     let previous = state.store.task_state(&discarded.referral).await?;
     let mut task = TaskState {
         task_id: previous.task_id,
@@ -624,8 +630,8 @@ async fn task_state_without(
                     task.task_sent = true;
                 }
                 "appointment" => {
-                    let bundle: serde_json::Value =
-                        serde_json::from_str(&u.bundle).map_err(|e| Problem::Internal(e.into()))?;
+                    let bundle: serde_json::Value = serde_json::from_str(&u.bundle)
+                        .map_err(|e| AppError::Internal(e.into()))?;
                     let appointment = bundle["entry"]
                         .as_array()
                         .into_iter()
