@@ -631,8 +631,7 @@ pub(crate) fn service_param(
         return Err(AppError::Forbidden(format!(
             "client '{}' may not read service_id {service}",
             client.name
-        ))
-        .into());
+        )));
     }
     Ok(Some(service))
 }
@@ -654,8 +653,7 @@ pub(crate) async fn visible(
         return Err(AppError::Forbidden(format!(
             "client '{}' may not read referrals of this service",
             client.name
-        ))
-        .into());
+        )));
     }
     Ok((reference, record))
 }

@@ -244,8 +244,7 @@ pub(crate) async fn set_status(
                 return Err(AppError::Conflict(format!(
                     "referral {reference} cannot go from {current} to {}",
                     request.status
-                ))
-                .into());
+                )));
             }
             let status = request
                 .status
@@ -361,8 +360,7 @@ pub(crate) async fn cancel(
             ) else {
                 return Err(AppError::NotFound(format!(
                     "referral {reference} has no current appointment booked through this relay"
-                ))
-                .into());
+                )));
             };
             built(appointment_message(
                 reference,
