@@ -50,9 +50,9 @@ pub enum AppError {
     /// Too busy to take this request now; the sender should retry: 503 with `Retry-After`.
     #[error("{0}")]
     Busy(String),
-    /// The route exists, the method does not: 405.
-    #[error("method not allowed here; the webhook takes POST")]
-    MethodNotAllowed,
+    /// The route exists, the method does not: 405 (with a hint where to look).
+    #[error("method not allowed here; {0}")]
+    MethodNotAllowed(&'static str),
     /// The client took too long to send the body: 408.
     #[error("the request body did not arrive within {secs} s")]
     Timeout { secs: u64 },
@@ -80,7 +80,7 @@ impl AppError {
                 StatusCode::UNSUPPORTED_MEDIA_TYPE
             }
             Self::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
-            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::Timeout { .. } => StatusCode::REQUEST_TIMEOUT,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -97,7 +97,7 @@ impl AppError {
             Self::Conflict(_) => IssueCode::Conflict,
             Self::UnsupportedMediaType(_) | Self::UnsupportedEncoding(_) => IssueCode::NotSupported,
             Self::Busy(_) => IssueCode::Transient,
-            Self::MethodNotAllowed => IssueCode::NotSupported,
+            Self::MethodNotAllowed(_) => IssueCode::NotSupported,
             Self::Timeout { .. } => IssueCode::Timeout,
             Self::PayloadTooLarge { .. } => IssueCode::TooLong,
             Self::Unavailable(_) => IssueCode::Transient,

@@ -1,12 +1,10 @@
 //! HTTP routes: one `router()` per module, merged here.
 
-pub mod api;
-pub mod export;
 pub mod health;
 pub mod metadata;
 pub mod metrics;
 pub mod oauth;
-pub mod updates;
+pub mod v1;
 pub mod webhook;
 
 use std::time::Instant;
@@ -69,7 +67,7 @@ fn routes(state: AppState) -> Router {
         .merge(webhook::router())
         .merge(health::router())
         .merge(oauth::router())
-        .merge(api::router())
+        .merge(v1::router())
         .merge(metadata::router())
         .merge(metrics::router())
         .fallback(not_found)
@@ -89,5 +87,5 @@ async fn not_found(uri: Uri) -> AppError {
 }
 
 async fn method_not_allowed() -> AppError {
-    AppError::MethodNotAllowed
+    AppError::MethodNotAllowed("the webhook takes POST")
 }

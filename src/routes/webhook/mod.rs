@@ -136,7 +136,7 @@ fn rejection_reason(e: &AppError) -> &'static str {
             "unsupported_media_type"
         }
         AppError::Busy(_) => "busy",
-        AppError::MethodNotAllowed | AppError::Conflict(_) | AppError::Internal(_) => "internal",
+        AppError::MethodNotAllowed(_) | AppError::Conflict(_) | AppError::Internal(_) => "internal",
     }
 }
 

@@ -2,16 +2,16 @@
 //! delivered by the outbox worker. `202 {update_id}` means the update is on disk.
 
 use axum::Json;
-use axum::body::Bytes;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::{MethodRouter, delete, get, post};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use utoipa::{IntoParams, ToSchema};
 
-use super::api::{Caller, after_param, limit, query, rfc3339, visible};
+use super::extract::{
+    Caller, JsonBody, Path, ProblemDoc, Query, after_param, limit, rfc3339, visible, whole_number,
+};
 use crate::domain::ReferralRef;
 use crate::error::{AppError, Problem};
 use crate::fhir::outgoing::{
@@ -24,22 +24,6 @@ use crate::store::{TaskState, UpdateRecord, UpdateState};
 
 /// An appointment without an end lasts this long (FHIR requires an end on a booked one).
 const DEFAULT_APPOINTMENT_MINUTES: i64 = 30;
-
-pub fn routes() -> Vec<(&'static str, MethodRouter<AppState>)> {
-    vec![
-        ("/api/v1/referrals/{referral}/status", post(set_status)),
-        ("/api/v1/referrals/{referral}/appointments", post(book)),
-        (
-            "/api/v1/referrals/{referral}/appointments/current",
-            delete(cancel),
-        ),
-        ("/api/v1/referrals/{referral}/messages", post(send_message)),
-        ("/api/v1/updates", get(list_updates)),
-        ("/api/v1/updates/{id}", get(get_update)),
-        ("/api/v1/updates/{id}/replay", post(replay)),
-        ("/api/v1/updates/{id}/discard", post(discard)),
-    ]
-}
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -134,15 +118,6 @@ pub struct UpdatePage {
     next: u64,
 }
 
-fn json<T: for<'de> Deserialize<'de>>(body: &Bytes) -> Result<T, AppError> {
-    serde_json::from_slice(body).map_err(|e| {
-        AppError::BadRequest(format!(
-            "invalid JSON body: {}",
-            crate::domain::redact_quoted(&e.to_string())
-        ))
-    })
-}
-
 /// Builds the message for a referral the caller may see, and stores it in the outbox together
 /// with the referral's new Task state. One update at a time, so transitions are checked
 /// against the state the previous update left.
@@ -210,22 +185,21 @@ fn built(
 /// Change the referral's Task status in Ocean.
 #[utoipa::path(
     post,
-    path = "/api/v1/referrals/{referral}/status",
+    path = "/referrals/{referral}/status",
     params(("referral" = String, Path, description = "Ocean's referral reference")),
     request_body = StatusRequest,
     responses(
         (status = 202, description = "Stored in the outbox", body = Accepted),
-        (status = 409, description = "Not allowed from the current status", body = super::api::ProblemDoc, content_type = "application/problem+json"),
-        (status = 422, description = "A status Ocean does not act on, or no site for the referral", body = super::api::ProblemDoc, content_type = "application/problem+json"),
+        (status = 409, description = "Not allowed from the current status", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 422, description = "A status Ocean does not act on, or no site for the referral", body = ProblemDoc, content_type = "application/problem+json"),
     )
 )]
-pub(crate) async fn set_status(
+pub async fn set_status(
     State(state): State<AppState>,
     caller: Caller,
     Path(referral): Path<String>,
-    body: Bytes,
+    JsonBody(request): JsonBody<StatusRequest>,
 ) -> Result<(StatusCode, Json<Accepted>), Problem> {
-    let request: StatusRequest = json(&body)?;
     if !ACTIONABLE.contains(&request.status.as_str()) {
         return Err(AppError::Unprocessable(format!(
             "status must be one Ocean acts on: {}",
@@ -282,18 +256,17 @@ fn instant(name: &str, raw: &str) -> Result<OffsetDateTime, AppError> {
 /// Book an appointment for the referral (shown in Ocean as booking unconfirmed or confirmed).
 #[utoipa::path(
     post,
-    path = "/api/v1/referrals/{referral}/appointments",
+    path = "/referrals/{referral}/appointments",
     params(("referral" = String, Path, description = "Ocean's referral reference")),
     request_body = AppointmentRequest,
     responses((status = 202, description = "Stored in the outbox", body = Accepted))
 )]
-pub(crate) async fn book(
+pub async fn book(
     State(state): State<AppState>,
     caller: Caller,
     Path(referral): Path<String>,
-    body: Bytes,
+    JsonBody(request): JsonBody<AppointmentRequest>,
 ) -> Result<(StatusCode, Json<Accepted>), Problem> {
-    let request: AppointmentRequest = json(&body)?;
     let start = instant("start", &request.start)?;
     let end = match request.end.as_deref() {
         Some(end) => instant("end", end)?,
@@ -335,14 +308,14 @@ pub(crate) async fn book(
 /// Cancel the appointment booked last.
 #[utoipa::path(
     delete,
-    path = "/api/v1/referrals/{referral}/appointments/current",
+    path = "/referrals/{referral}/appointments/current",
     params(("referral" = String, Path, description = "Ocean's referral reference")),
     responses(
         (status = 202, description = "Stored in the outbox", body = Accepted),
-        (status = 404, description = "No current appointment", body = super::api::ProblemDoc, content_type = "application/problem+json"),
+        (status = 404, description = "No current appointment", body = ProblemDoc, content_type = "application/problem+json"),
     )
 )]
-pub(crate) async fn cancel(
+pub async fn cancel(
     State(state): State<AppState>,
     caller: Caller,
     Path(referral): Path<String>,
@@ -383,18 +356,17 @@ pub(crate) async fn cancel(
 /// Send a message to the referrer (Ocean's Awaiting Reply).
 #[utoipa::path(
     post,
-    path = "/api/v1/referrals/{referral}/messages",
+    path = "/referrals/{referral}/messages",
     params(("referral" = String, Path, description = "Ocean's referral reference")),
     request_body = MessageRequest,
     responses((status = 202, description = "Stored in the outbox", body = Accepted))
 )]
-pub(crate) async fn send_message(
+pub async fn send_message(
     State(state): State<AppState>,
     caller: Caller,
     Path(referral): Path<String>,
-    body: Bytes,
+    JsonBody(request): JsonBody<MessageRequest>,
 ) -> Result<(StatusCode, Json<Accepted>), Problem> {
-    let request: MessageRequest = json(&body)?;
     if request.text.trim().is_empty() {
         return Err(AppError::BadRequest("text must not be empty".into()).into());
     }
@@ -420,7 +392,7 @@ async fn visible_update(
     caller: &Caller,
     id: &str,
 ) -> Result<UpdateRecord, AppError> {
-    let id = super::api::whole_number(id)
+    let id = whole_number(id)
         .ok_or_else(|| AppError::BadRequest("the update id must be a whole number".into()))?;
     let update = state
         .store
@@ -434,11 +406,11 @@ async fn visible_update(
 /// One update and its delivery state.
 #[utoipa::path(
     get,
-    path = "/api/v1/updates/{id}",
+    path = "/updates/{id}",
     params(("id" = u64, Path, description = "The update id")),
     responses((status = 200, description = "The update", body = UpdateView))
 )]
-pub(crate) async fn get_update(
+pub async fn get_update(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
@@ -449,7 +421,7 @@ pub(crate) async fn get_update(
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
-struct UpdatesQuery {
+pub struct UpdatesQuery {
     /// pending, delivered, dead or discarded.
     state: Option<String>,
     /// The last update id already seen (from `next`).
@@ -461,16 +433,15 @@ struct UpdatesQuery {
 /// Updates, oldest first, optionally by state (`state=dead` lists the dead letters).
 #[utoipa::path(
     get,
-    path = "/api/v1/updates",
+    path = "/updates",
     params(UpdatesQuery),
     responses((status = 200, description = "Updates", body = UpdatePage))
 )]
-pub(crate) async fn list_updates(
+pub async fn list_updates(
     State(state): State<AppState>,
     caller: Caller,
-    RawQuery(raw): RawQuery,
+    Query(q): Query<UpdatesQuery>,
 ) -> Result<Json<UpdatePage>, Problem> {
-    let q: UpdatesQuery = query(raw.as_deref())?;
     let wanted = match q.state.as_deref() {
         None => None,
         Some("pending") => Some(UpdateState::Pending),
@@ -519,14 +490,14 @@ pub(crate) async fn list_updates(
 /// Send a dead letter again (its retry horizon starts over).
 #[utoipa::path(
     post,
-    path = "/api/v1/updates/{id}/replay",
+    path = "/updates/{id}/replay",
     params(("id" = u64, Path, description = "The update id")),
     responses(
         (status = 202, description = "Pending again", body = UpdateView),
-        (status = 409, description = "Not a dead letter", body = super::api::ProblemDoc, content_type = "application/problem+json"),
+        (status = 409, description = "Not a dead letter", body = ProblemDoc, content_type = "application/problem+json"),
     )
 )]
-pub(crate) async fn replay(
+pub async fn replay(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
@@ -561,14 +532,14 @@ pub(crate) async fn replay(
 /// Give up on a dead letter: it stays on record, and the referral's later updates go out.
 #[utoipa::path(
     post,
-    path = "/api/v1/updates/{id}/discard",
+    path = "/updates/{id}/discard",
     params(("id" = u64, Path, description = "The update id")),
     responses(
         (status = 200, description = "Discarded", body = UpdateView),
-        (status = 409, description = "Not a dead letter", body = super::api::ProblemDoc, content_type = "application/problem+json"),
+        (status = 409, description = "Not a dead letter", body = ProblemDoc, content_type = "application/problem+json"),
     )
 )]
-pub(crate) async fn discard(
+pub async fn discard(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,

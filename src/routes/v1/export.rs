@@ -9,7 +9,7 @@ use std::task::{Context, Poll};
 use tracing::Instrument;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{RawQuery, State};
+use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
@@ -17,7 +17,7 @@ use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot};
 use utoipa::IntoParams;
 
-use super::api::{Caller, instant, query, service_param};
+use super::extract::{Caller, ProblemDoc, Query, instant, service_param};
 use crate::domain::ReferralRef;
 use crate::error::Problem;
 use crate::export::{BOM, ExportFilter, write_header, write_row};
@@ -31,7 +31,7 @@ const BATCH: usize = 500;
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
-pub(crate) struct ExportQuery {
+pub struct ExportQuery {
     /// Modified at or after this date (YYYY-MM-DD) or RFC 3339 date-time.
     from: Option<String>,
     /// Modified at or before this date (the whole day) or date-time.
@@ -49,20 +49,19 @@ pub(crate) struct ExportQuery {
 /// Exported At), ordered by modification.
 #[utoipa::path(
     get,
-    path = "/api/v1/export.csv",
+    path = "/export.csv",
     params(ExportQuery),
     responses(
         (status = 200, description = "The CSV file, streamed", content_type = "text/csv"),
-        (status = 400, description = "A query parameter is invalid", body = super::api::ProblemDoc, content_type = "application/problem+json"),
-        (status = 403, description = "service_id outside the client's service ids", body = super::api::ProblemDoc, content_type = "application/problem+json"),
+        (status = 400, description = "A query parameter is invalid", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 403, description = "service_id outside the client's service ids", body = ProblemDoc, content_type = "application/problem+json"),
     )
 )]
-pub(crate) async fn export_csv(
+pub async fn export_csv(
     State(state): State<AppState>,
     Caller(client): Caller,
-    RawQuery(raw): RawQuery,
+    Query(q): Query<ExportQuery>,
 ) -> Result<Response, Problem> {
-    let q: ExportQuery = query(raw.as_deref())?;
     let from = q
         .from
         .as_deref()
