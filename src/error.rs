@@ -9,6 +9,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use crate::fhir::outcome::{IssueCode, Severity, operation_outcome};
+use crate::ocean::outbox::OutboxError;
 use crate::store::StoreError;
 
 /// The FHIR JSON media type of every response body the webhook writes.
@@ -102,6 +103,23 @@ impl AppError {
             Self::PayloadTooLarge { .. } => IssueCode::TooLong,
             Self::Unavailable(_) => IssueCode::Transient,
             Self::Internal(_) => IssueCode::Exception,
+        }
+    }
+}
+
+impl From<OutboxError> for AppError {
+    fn from(e: OutboxError) -> Self {
+        let message = e.to_string();
+        match e {
+            OutboxError::Invalid(_) => Self::BadRequest(message),
+            OutboxError::NotActionable | OutboxError::NoSite(_) | OutboxError::Build(_) => {
+                Self::Unprocessable(message)
+            }
+            OutboxError::NotAllowed { .. } | OutboxError::NotDead { .. } => Self::Conflict(message),
+            OutboxError::NoAppointment(_) | OutboxError::UnknownUpdate(_) => {
+                Self::NotFound(message)
+            }
+            OutboxError::Store(e) => e.into(),
         }
     }
 }

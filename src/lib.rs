@@ -9,6 +9,7 @@ pub mod domain;
 pub mod error;
 pub mod export;
 pub mod fhir;
+pub mod ig;
 pub mod ocean;
 pub mod routes;
 pub mod secret;

@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use anyhow::Context;
 use axum::extract::FromRef;
-use tokio::sync::Notify;
 
 use crate::auth::Inbound;
 use crate::auth::api::ApiClients;
@@ -21,7 +20,7 @@ use crate::auth::token::TokenIssuer;
 use crate::config::{AuthConfig, Config};
 use crate::domain::{EventCode, IntegrationName, ServiceId};
 use crate::ocean::client::OceanClient;
-use crate::ocean::transitions::Transitions;
+use crate::ocean::outbox::Outbox;
 use crate::ocean::worker::{Worker, WorkerHealth};
 use crate::secret::Secret;
 use crate::store::Store;
@@ -65,12 +64,8 @@ pub struct AppState {
     config: Arc<Config>,
     /// One client per Ocean site.
     pub ocean: Arc<HashMap<String, Arc<OceanClient>>>,
-    /// Allowed Task status changes.
-    pub transitions: Arc<Transitions>,
-    /// Serialises acceptance of updates, so each transition is checked against the last.
-    pub outbox_lock: Arc<tokio::sync::Mutex<()>>,
-    /// Wakes the outbox worker when an update is accepted or replayed.
-    pub outbox_wake: Arc<Notify>,
+    /// Updates to Ocean: accepted, replayed and discarded here, delivered by the worker.
+    pub outbox: Arc<Outbox>,
     /// Turns true when shutdown begins: long-polls answer at once, the worker stops.
     pub stopping: Arc<tokio::sync::watch::Sender<bool>>,
     pub max_body_bytes: usize,
@@ -141,6 +136,8 @@ impl AppState {
             };
             integrations.insert(name.to_string(), integration);
         }
+        let ocean = crate::ocean::clients(config)?;
+        let outbox = Arc::new(Outbox::new(config, &ocean, Arc::clone(&store)));
         let metrics = Metrics::new();
         for integration in integrations.values() {
             metrics.register_integration(integration.name.as_str(), integration.inbound.scheme());
@@ -153,10 +150,8 @@ impl AppState {
             login_limiter: Arc::new(LoginLimiter::new(LOGIN_WINDOW)),
             api_clients: Arc::new(ApiClients::from_config(&config.api)),
             config: Arc::new(config.clone()),
-            ocean: Arc::new(crate::ocean::clients(config)?),
-            transitions: Arc::new(Transitions::new(&config.outbox.transitions)),
-            outbox_lock: Arc::default(),
-            outbox_wake: Arc::default(),
+            outbox,
+            ocean: Arc::new(ocean),
             stopping: Arc::new(tokio::sync::watch::channel(false).0),
             max_body_bytes: config.server.max_body_bytes,
             body_timeout: Duration::from_secs(config.server.body_timeout_secs),
@@ -171,23 +166,13 @@ impl AppState {
         })
     }
 
-    /// The Ocean site that answers for referrals filed under `service`.
-    pub fn site_for(&self, service: Option<&ServiceId>) -> Option<String> {
-        crate::ocean::site_for(&self.config, service)
-    }
-
-    /// Where messages for `site` are posted.
-    pub fn ocean_messages_url(&self, site: &str) -> Option<String> {
-        self.ocean.get(site).map(|c| c.messages_url())
-    }
-
     /// The outbox worker over this state's store and sites.
     pub fn worker(&self) -> Worker {
         Worker {
             store: Arc::clone(&self.store),
             sites: (*self.ocean).clone(),
             config: self.config.outbox.clone(),
-            wake: Arc::clone(&self.outbox_wake),
+            wake: self.outbox.wake(),
             metrics: self.metrics.clone(),
             health: Arc::clone(&self.worker_health),
         }

@@ -15,13 +15,13 @@ use fhir_sdk::{DateTime, Instant};
 use time::OffsetDateTime;
 
 use crate::domain::ReferralRef;
+use crate::ig::{EVENT_SYSTEM, OutboundEvent};
 
 /// Profile of Ocean's MessageHeader.
 const MESSAGE_HEADER_PROFILE: &str =
     "http://ehealthontario.ca/fhir/StructureDefinition/ca-on-eReferral-profile-MessageHeader|1.0.1";
 const EXT_ID_MESSAGE_HEADER: &str =
     "http://ehealthontario.ca/fhir/StructureDefinition/ext-id-message-header";
-const EVENT_SYSTEM: &str = "https://ehealthontario.ca/fhir/CodeSystem/message-event-code";
 
 /// Why a message could not be built (a value fhir-sdk refuses).
 #[derive(Debug, thiserror::Error)]
@@ -35,7 +35,7 @@ fn err(e: impl std::fmt::Display) -> BuildError {
 /// A built message: its event code and its JSON.
 #[derive(Debug, Clone)]
 pub struct OutgoingMessage {
-    pub event: &'static str,
+    pub event: OutboundEvent,
     pub json: String,
 }
 
@@ -105,9 +105,9 @@ pub fn task_message(
         task = task.description(description.to_owned());
     }
     let event = if update.first {
-        "notify-add-process-request"
+        OutboundEvent::NotifyAddProcessRequest
     } else {
-        "notify-update-process-request"
+        OutboundEvent::NotifyUpdateProcessRequest
     };
     let task = Resource::Task(task.build().map_err(err)?);
     message(referral, event, task, update.task_id, ocean_endpoint)
@@ -166,9 +166,9 @@ pub fn appointment_message(
         appointment = appointment.comment(notes.to_owned());
     }
     let event = if update.cancelled {
-        "notify-update-appointment"
+        OutboundEvent::NotifyUpdateAppointment
     } else {
-        "notify-add-appointment"
+        OutboundEvent::NotifyAddAppointment
     };
     let appointment = Resource::Appointment(appointment.build().map_err(err)?);
     message(
@@ -201,7 +201,7 @@ pub fn communication_message(
         .map_err(err)?;
     message(
         referral,
-        "send-communication-from-provider",
+        OutboundEvent::SendCommunicationFromProvider,
         Resource::Communication(communication),
         communication_id,
         ocean_endpoint,
@@ -211,7 +211,7 @@ pub fn communication_message(
 /// Wraps `focus` in a message Bundle with Ocean's MessageHeader.
 fn message(
     referral: &ReferralRef,
-    event: &'static str,
+    event: OutboundEvent,
     focus: Resource,
     focus_id: &str,
     ocean_endpoint: &str,
@@ -236,7 +236,7 @@ fn message(
         .event(MessageHeaderEvent::Coding(
             Coding::builder()
                 .system(EVENT_SYSTEM.to_owned())
-                .code(event.to_owned())
+                .code(event.code().to_owned())
                 .build()
                 .map_err(err)?,
         ))

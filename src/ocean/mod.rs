@@ -1,6 +1,7 @@
-//! Outbound to Ocean: the per-site client and the outbox worker.
+//! Outbound to Ocean: the per-site client, the outbox (what may be sent) and its worker.
 
 pub mod client;
+pub mod outbox;
 pub mod transitions;
 pub mod worker;
 
@@ -9,7 +10,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::Config;
-use crate::domain::ServiceId;
 use client::OceanClient;
 
 /// One client per configured site.
@@ -20,15 +20,4 @@ pub fn clients(config: &Config) -> anyhow::Result<HashMap<String, Arc<OceanClien
         .iter()
         .map(|(name, site)| Ok((name.clone(), Arc::new(OceanClient::new(site, timeout)?))))
         .collect()
-}
-
-/// The site that answers for referrals filed under `service`: the first (by name) listing it,
-/// else the first that lists no service ids.
-pub fn site_for(config: &Config, service: Option<&ServiceId>) -> Option<String> {
-    let listed = config
-        .sites
-        .iter()
-        .find(|(_, s)| service.is_some_and(|id| s.service_ids.contains(id)));
-    let open = || config.sites.iter().find(|(_, s)| s.service_ids.is_empty());
-    listed.or_else(open).map(|(name, _)| name.clone())
 }

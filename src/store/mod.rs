@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use crate::domain::{EventCode, IntegrationName, ReferralRef, ServiceId, Summary};
+use crate::ig::OutboundEvent;
 
 pub use self::sled::SledStore;
 pub use seal::Keyring;
@@ -177,6 +178,43 @@ pub enum UpdateState {
     Discarded,
 }
 
+/// What an update tells Ocean.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum UpdateKind {
+    /// A Task status change.
+    Status,
+    /// A booked appointment.
+    Appointment,
+    /// The cancellation of the appointment booked last.
+    CancelAppointment,
+    /// A message to the referrer.
+    Message,
+}
+
+impl UpdateKind {
+    /// The name shown in the API and logs (`status`, `appointment`, `cancel-appointment`,
+    /// `message`), the same as stored.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Status => "status",
+            Self::Appointment => "appointment",
+            Self::CancelAppointment => "cancel-appointment",
+            Self::Message => "message",
+        }
+    }
+}
+
+/// An appointment the relay booked: the id of its Appointment resource and its times.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppointmentSlot {
+    pub id: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub start: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub end: OffsetDateTime,
+}
+
 /// An update for Ocean, as accepted from the point-of-service API.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UpdateRecord {
@@ -184,12 +222,19 @@ pub struct UpdateRecord {
     pub referral: ReferralRef,
     /// The configured Ocean site it goes to.
     pub site: String,
-    /// `status`, `appointment`, `cancel-appointment` or `message`.
-    pub kind: String,
+    pub kind: UpdateKind,
     /// For status updates: the Task status requested.
     pub task_status: Option<String>,
-    /// The message event code.
-    pub event: String,
+    /// For status updates: the id of the Task resource sent (absent on updates stored by
+    /// earlier builds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task_id: Option<String>,
+    /// For appointment updates: the appointment booked or cancelled (absent on updates stored
+    /// by earlier builds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub appointment: Option<AppointmentSlot>,
+    /// The message event.
+    pub event: OutboundEvent,
     /// The FHIR message Bundle to post, built when the update was accepted.
     pub bundle: String,
     pub state: UpdateState,
@@ -203,7 +248,38 @@ pub struct UpdateRecord {
     pub delivered_at: Option<OffsetDateTime>,
 }
 
-/// What the relay has told Ocean about a referral's Task.
+impl UpdateRecord {
+    /// A new update, pending from `at`; the store gives it its id.
+    pub fn pending(
+        referral: ReferralRef,
+        site: String,
+        kind: UpdateKind,
+        event: OutboundEvent,
+        bundle: String,
+        at: OffsetDateTime,
+    ) -> Self {
+        Self {
+            id: 0,
+            referral,
+            site,
+            kind,
+            task_status: None,
+            task_id: None,
+            appointment: None,
+            event,
+            bundle,
+            state: UpdateState::Pending,
+            attempts: 0,
+            last_error: None,
+            next_attempt_at: at,
+            created_at: at,
+            delivered_at: None,
+        }
+    }
+}
+
+/// What the relay has told Ocean about a referral's Task, as left by the updates accepted so
+/// far (stored with each accepted update, so the next is checked against it).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TaskState {
     /// The last Task status accepted for sending, and when.
@@ -216,9 +292,29 @@ pub struct TaskState {
     pub task_id: Option<String>,
     /// The id of the current Appointment, if one was booked and not cancelled.
     pub appointment_id: Option<String>,
-    /// Its start and end (RFC 3339), repeated when it is cancelled.
-    pub appointment_start: Option<String>,
-    pub appointment_end: Option<String>,
+    /// Its start and end, repeated when it is cancelled.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub appointment_start: Option<OffsetDateTime>,
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub appointment_end: Option<OffsetDateTime>,
+}
+
+impl TaskState {
+    /// The current appointment, if one was booked and not cancelled.
+    pub fn appointment(&self) -> Option<AppointmentSlot> {
+        Some(AppointmentSlot {
+            id: self.appointment_id.clone()?,
+            start: self.appointment_start?,
+            end: self.appointment_end?,
+        })
+    }
+
+    /// Records `slot` as the current appointment, or none.
+    pub fn set_appointment(&mut self, slot: Option<&AppointmentSlot>) {
+        self.appointment_id = slot.map(|s| s.id.clone());
+        self.appointment_start = slot.map(|s| s.start);
+        self.appointment_end = slot.map(|s| s.end);
+    }
 }
 
 /// One entry of the append-only audit log. Each holds the SHA-256 of the previous entry, so
@@ -415,6 +511,14 @@ pub trait Store: Send + Sync + 'static {
     /// Updates not yet delivered (pending and dead), in the order they were accepted.
     async fn open_updates(&self) -> Result<Vec<UpdateRecord>, StoreError>;
 
+    /// Every update of `referral`, in the order they were accepted (read from an index, not a
+    /// scan of the outbox).
+    async fn referral_updates(
+        &self,
+        referral: &ReferralRef,
+    ) -> Result<Vec<UpdateRecord>, StoreError>;
+
+    /// What the updates accepted so far for `referral` told Ocean (default when none).
     async fn task_state(&self, referral: &ReferralRef) -> Result<TaskState, StoreError>;
 
     /// Referrals modified within `[from, to]` (either side open), in order of modification,

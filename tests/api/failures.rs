@@ -127,6 +127,9 @@ impl Store for DiskFull {
     async fn audit_entries(&self, _: u64, _: usize) -> Result<Vec<AuditEntry>, StoreError> {
         Ok(Vec::new())
     }
+    async fn referral_updates(&self, _: &ReferralRef) -> Result<Vec<UpdateRecord>, StoreError> {
+        Ok(Vec::new())
+    }
     async fn task_state(&self, _: &ReferralRef) -> Result<TaskState, StoreError> {
         Ok(TaskState::default())
     }

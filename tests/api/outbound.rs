@@ -749,6 +749,40 @@ async fn discarding_an_update_forgets_what_ocean_never_received() {
 }
 
 #[tokio::test]
+async fn discarding_a_booking_makes_the_one_before_it_current_again() {
+    let (app, ocean) = setup("form").await;
+    let path = format!("/api/v1/referrals/{REF}/appointments");
+    let cancel_path = format!("{path}/current");
+    let first = accepted(&app, &path, json!({"start": "2026-12-03T14:30:00Z"})).await;
+    until_state(&app, first, "delivered").await;
+    ocean.script([Answer::Outcome(400, "No")]);
+    let second = accepted(&app, &path, json!({"start": "2026-12-05T10:00:00Z"})).await;
+    until_state(&app, second, "dead").await;
+    let reply = post(
+        &app,
+        &format!("/api/v1/updates/{second}/discard"),
+        json!({}),
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    // Ocean knows only the first booking: cancelling the current one cancels that.
+    let cancel = || call(&app, reqwest::Method::DELETE, &cancel_path, None);
+    let reply = cancel().await;
+    assert_eq!(reply.status, 202, "{}", reply.body);
+    until_state(&app, reply.body["update_id"].as_u64().unwrap(), "delivered").await;
+    let delivered = ocean.delivered();
+    assert_eq!(delivered.len(), 2);
+    let booked = resource(&delivered[0], "Appointment");
+    let cancelled = resource(&delivered[1], "Appointment");
+    assert_eq!(cancelled["status"], "cancelled");
+    assert_eq!(cancelled["id"], booked["id"]);
+    assert_eq!(cancelled["start"], booked["start"]);
+    // And nothing is current any more.
+    let reply = cancel().await;
+    assert_eq!(reply.status, 404, "{}", reply.body);
+}
+
+#[tokio::test]
 async fn a_task_status_changed_in_ocean_is_the_current_one() {
     let (app, ocean) = setup("form").await;
     until_state(&app, status(&app, "rejected").await, "delivered").await;

@@ -168,6 +168,12 @@ pub fn instant(name: &str, raw: &str, end_of_day: bool) -> Result<OffsetDateTime
     })
 }
 
+/// A request field that must be an RFC 3339 date-time.
+pub fn date_time(name: &str, raw: &str) -> Result<OffsetDateTime, AppError> {
+    OffsetDateTime::parse(raw, &time::format_description::well_known::Rfc3339)
+        .map_err(|_| AppError::BadRequest(format!("{name} must be an RFC 3339 date-time")))
+}
+
 /// The `after` query parameter: a sequence number or id, 0 when absent.
 pub fn after_param(raw: Option<&str>) -> Result<u64, AppError> {
     raw.map_or(Ok(0), |text| {

@@ -1,29 +1,21 @@
-//! Status updates from the clinic to Ocean: accepted here, stored durably in the outbox, and
-//! delivered by the outbox worker. `202 {update_id}` means the update is on disk.
+//! `/referrals/{referral}/...` updates and `/updates`: a clinic's status changes, appointments
+//! and messages for Ocean, handed to the [`Outbox`](crate::ocean::outbox::Outbox) (`202
+//! {update_id}` means the update is on disk), and the outbox's contents with its dead letters.
 
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
-use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
 use utoipa::{IntoParams, ToSchema};
 
 use super::extract::{
-    Caller, JsonBody, Path, ProblemDoc, Query, after_param, limit, rfc3339, visible, whole_number,
+    Caller, JsonBody, Path, ProblemDoc, Query, after_param, date_time, limit, rfc3339, visible,
+    whole_number,
 };
-use crate::domain::ReferralRef;
 use crate::error::{AppError, Problem};
-use crate::fhir::outgoing::{
-    AppointmentUpdate, OutgoingMessage, TaskUpdate, appointment_message, communication_message,
-    task_message,
-};
-use crate::ocean::transitions::ACTIONABLE;
+use crate::ocean::outbox::UpdateRequest;
 use crate::state::AppState;
-use crate::store::{TaskState, UpdateRecord, UpdateState};
-
-/// An appointment without an end lasts this long (FHIR requires an end on a booked one).
-const DEFAULT_APPOINTMENT_MINUTES: i64 = 30;
+use crate::store::{UpdateRecord, UpdateState};
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -98,9 +90,9 @@ impl From<UpdateRecord> for UpdateView {
             id: u.id,
             referral: u.referral.to_string(),
             site: u.site,
-            kind: u.kind,
+            kind: u.kind.as_str().to_owned(),
             task_status: u.task_status,
-            event: u.event,
+            event: u.event.code().to_owned(),
             state: state.to_owned(),
             attempts: u.attempts,
             last_error: u.last_error,
@@ -118,68 +110,21 @@ pub struct UpdatePage {
     next: u64,
 }
 
-/// Builds the message for a referral the caller may see, and stores it in the outbox together
-/// with the referral's new Task state. One update at a time, so transitions are checked
-/// against the state the previous update left.
-async fn enqueue(
+/// Accepts `request` for a referral the caller may see.
+async fn accept(
     state: &AppState,
     caller: &Caller,
     referral: &str,
-    kind: &str,
-    build: impl FnOnce(&ReferralRef, &mut TaskState, &str, &str) -> Result<OutgoingMessage, AppError>,
-) -> Result<(StatusCode, Json<Accepted>), AppError> {
-    let _one_at_a_time = state.outbox_lock.lock().await;
-    let (reference, record) = visible(state, &caller.0, referral).await?;
-    let site = state.site_for(record.service_id.as_ref()).ok_or_else(|| {
-        AppError::Unprocessable(format!(
-            "no Ocean site is configured for the External Service ID of referral {reference}"
-        ))
-    })?;
-    let endpoint = state.ocean_messages_url(&site).unwrap_or_default();
-    let mut task = state.store.task_state(&reference).await?;
-    // The current status is the newer of what the relay last sent and what Ocean last said
-    // (a referral can also be declined or reopened in Ocean's own screens).
-    let ours_is_newer = task
-        .status_set_at
-        .is_some_and(|at| at >= record.modified_at);
-    let current = if ours_is_newer {
-        task.status.clone()
-    } else {
-        record.summary.task_status.clone().or(task.status.clone())
-    }
-    .unwrap_or_else(|| "requested".into());
-    let message = build(&reference, &mut task, &current, &endpoint)?;
-    let now = OffsetDateTime::now_utc();
-    let update = UpdateRecord {
-        id: 0,
-        referral: reference.clone(),
-        site,
-        kind: kind.to_owned(),
-        task_status: task.status.clone().filter(|_| kind == "status"),
-        event: message.event.to_owned(),
-        bundle: message.json,
-        state: UpdateState::Pending,
-        attempts: 0,
-        last_error: None,
-        next_attempt_at: now,
-        created_at: now,
-        delivered_at: None,
-    };
-    let stored = state.store.enqueue_update(update, task).await?;
-    state.outbox_wake.notify_one();
-    tracing::info!(update = stored.id, referral = %reference, kind, event = %stored.event, "update accepted for Ocean");
+    request: UpdateRequest,
+) -> Result<(StatusCode, Json<Accepted>), Problem> {
+    let (_, record) = visible(state, &caller.0, referral).await?;
+    let stored = state.outbox.accept(&record, request).await?;
     Ok((
         StatusCode::ACCEPTED,
         Json(Accepted {
             update_id: stored.id,
         }),
     ))
-}
-
-fn built(
-    result: Result<OutgoingMessage, crate::fhir::outgoing::BuildError>,
-) -> Result<OutgoingMessage, AppError> {
-    result.map_err(|e| AppError::Unprocessable(e.to_string()))
 }
 
 /// Change the referral's Task status in Ocean.
@@ -200,57 +145,8 @@ pub async fn set_status(
     Path(referral): Path<String>,
     JsonBody(request): JsonBody<StatusRequest>,
 ) -> Result<(StatusCode, Json<Accepted>), Problem> {
-    if !ACTIONABLE.contains(&request.status.as_str()) {
-        return Err(AppError::Unprocessable(format!(
-            "status must be one Ocean acts on: {}",
-            ACTIONABLE.join(", ")
-        ))
-        .into());
-    }
-    let transitions = state.transitions.clone();
-    Ok(enqueue(
-        &state,
-        &caller,
-        &referral,
-        "status",
-        |reference, task, current, endpoint| {
-            if !transitions.allows(current, &request.status) {
-                return Err(AppError::Conflict(format!(
-                    "referral {reference} cannot go from {current} to {}",
-                    request.status
-                )));
-            }
-            let status = request
-                .status
-                .parse()
-                .map_err(|_| AppError::Unprocessable("unknown Task status".into()))?;
-            let first = !task.task_sent;
-            let task_id = task
-                .task_id
-                .get_or_insert_with(|| uuid::Uuid::new_v4().to_string())
-                .clone();
-            task.task_sent = true;
-            task.status = Some(request.status.clone());
-            task.status_set_at = Some(OffsetDateTime::now_utc());
-            built(task_message(
-                reference,
-                &TaskUpdate {
-                    task_id: &task_id,
-                    status,
-                    reason: request.reason.as_deref(),
-                    description: request.description.as_deref(),
-                    first,
-                },
-                endpoint,
-            ))
-        },
-    )
-    .await?)
-}
-
-fn instant(name: &str, raw: &str) -> Result<OffsetDateTime, AppError> {
-    OffsetDateTime::parse(raw, &Rfc3339)
-        .map_err(|_| AppError::BadRequest(format!("{name} must be an RFC 3339 date-time")))
+    let request = UpdateRequest::status(request.status, request.reason, request.description)?;
+    accept(&state, &caller, &referral, request).await
 }
 
 /// Book an appointment for the referral (shown in Ocean as booking unconfirmed or confirmed).
@@ -267,42 +163,20 @@ pub async fn book(
     Path(referral): Path<String>,
     JsonBody(request): JsonBody<AppointmentRequest>,
 ) -> Result<(StatusCode, Json<Accepted>), Problem> {
-    let start = instant("start", &request.start)?;
-    let end = match request.end.as_deref() {
-        Some(end) => instant("end", end)?,
-        None => start
-            .checked_add(time::Duration::minutes(DEFAULT_APPOINTMENT_MINUTES))
-            .ok_or_else(|| AppError::BadRequest("start is too far in the future".into()))?,
-    };
-    if end <= start {
-        return Err(AppError::BadRequest("end must be after start".into()).into());
-    }
-    Ok(enqueue(
-        &state,
-        &caller,
-        &referral,
-        "appointment",
-        |reference, task, _, endpoint| {
-            let id = uuid::Uuid::new_v4().to_string();
-            task.appointment_id = Some(id.clone());
-            task.appointment_start = Some(rfc3339(start));
-            task.appointment_end = Some(rfc3339(end));
-            built(appointment_message(
-                reference,
-                &AppointmentUpdate {
-                    appointment_id: &id,
-                    start,
-                    end,
-                    confirmed: request.confirmed,
-                    location: request.location.as_deref(),
-                    notes: request.notes.as_deref(),
-                    cancelled: false,
-                },
-                endpoint,
-            ))
-        },
-    )
-    .await?)
+    let start = date_time("start", &request.start)?;
+    let end = request
+        .end
+        .as_deref()
+        .map(|end| date_time("end", end))
+        .transpose()?;
+    let request = UpdateRequest::appointment(
+        start,
+        end,
+        request.confirmed,
+        request.location,
+        request.notes,
+    )?;
+    accept(&state, &caller, &referral, request).await
 }
 
 /// Cancel the appointment booked last.
@@ -320,37 +194,13 @@ pub async fn cancel(
     caller: Caller,
     Path(referral): Path<String>,
 ) -> Result<(StatusCode, Json<Accepted>), Problem> {
-    Ok(enqueue(
+    accept(
         &state,
         &caller,
         &referral,
-        "cancel-appointment",
-        |reference, task, _, endpoint| {
-            let (Some(id), Some(start), Some(end)) = (
-                task.appointment_id.take(),
-                task.appointment_start.take(),
-                task.appointment_end.take(),
-            ) else {
-                return Err(AppError::NotFound(format!(
-                    "referral {reference} has no current appointment booked through this relay"
-                )));
-            };
-            built(appointment_message(
-                reference,
-                &AppointmentUpdate {
-                    appointment_id: &id,
-                    start: instant("start", &start)?,
-                    end: instant("end", &end)?,
-                    confirmed: false,
-                    location: None,
-                    notes: None,
-                    cancelled: true,
-                },
-                endpoint,
-            ))
-        },
+        UpdateRequest::cancel_appointment(),
     )
-    .await?)
+    .await
 }
 
 /// Send a message to the referrer (Ocean's Awaiting Reply).
@@ -367,24 +217,8 @@ pub async fn send_message(
     Path(referral): Path<String>,
     JsonBody(request): JsonBody<MessageRequest>,
 ) -> Result<(StatusCode, Json<Accepted>), Problem> {
-    if request.text.trim().is_empty() {
-        return Err(AppError::BadRequest("text must not be empty".into()).into());
-    }
-    Ok(enqueue(
-        &state,
-        &caller,
-        &referral,
-        "message",
-        |reference, _, _, endpoint| {
-            built(communication_message(
-                reference,
-                &uuid::Uuid::new_v4().to_string(),
-                &request.text,
-                endpoint,
-            ))
-        },
-    )
-    .await?)
+    let request = UpdateRequest::message(request.text)?;
+    accept(&state, &caller, &referral, request).await
 }
 
 async fn visible_update(
@@ -502,30 +336,9 @@ pub async fn replay(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<(StatusCode, Json<UpdateView>), Problem> {
-    let _one_at_a_time = state.outbox_lock.lock().await;
-    let mut update = visible_update(&state, &caller, &id).await?;
-    if update.state != UpdateState::Dead {
-        return Err(AppError::Conflict(format!(
-            "update {} is not a dead letter; only dead letters are replayed",
-            update.id
-        ))
-        .into());
-    }
-    let now = OffsetDateTime::now_utc();
-    update.state = UpdateState::Pending;
-    update.next_attempt_at = now;
-    update.created_at = now;
-    state.store.save_update(&update).await?;
-    state
-        .store
-        .audit(
-            "UPDATE_REPLAYED",
-            &format!("api:{}", caller.0.name),
-            serde_json::json!({"update": update.id, "referral": update.referral.as_str()}),
-        )
-        .await?;
-    state.outbox_wake.notify_one();
-    tracing::info!(update = update.id, "dead letter replayed");
+    let update = visible_update(&state, &caller, &id).await?;
+    let actor = format!("api:{}", caller.0.name);
+    let update = state.outbox.replay(update.id, &actor).await?;
     Ok((StatusCode::ACCEPTED, Json(update.into())))
 }
 
@@ -544,85 +357,7 @@ pub async fn discard(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<UpdateView>, Problem> {
-    let _one_at_a_time = state.outbox_lock.lock().await;
-    let mut update = visible_update(&state, &caller, &id).await?;
-    if update.state != UpdateState::Dead {
-        return Err(AppError::Conflict(format!(
-            "update {} is not a dead letter; only dead letters are discarded",
-            update.id
-        ))
-        .into());
-    }
-    update.state = UpdateState::Discarded;
-    // Ocean never received the discarded update: what the relay believes Ocean knows about
-    // the referral's Task and appointment is rebuilt from the updates that remain.
-    let task = task_state_without(&state, &update).await?;
-    state.store.discard_update(&update, task).await?;
-    state
-        .store
-        .audit(
-            "UPDATE_DISCARDED",
-            &format!("api:{}", caller.0.name),
-            serde_json::json!({"update": update.id, "referral": update.referral.as_str()}),
-        )
-        .await?;
-    state.outbox_wake.notify_one();
-    tracing::info!(update = update.id, "dead letter discarded");
-    Ok(Json(update.into()))
-}
-
-/// The referral's [`TaskState`] as if `discarded` had never been accepted.
-async fn task_state_without(
-    state: &AppState,
-    discarded: &UpdateRecord,
-) -> Result<TaskState, AppError> {
-    let previous = state.store.task_state(&discarded.referral).await?;
-    let mut task = TaskState {
-        task_id: previous.task_id,
-        ..TaskState::default()
-    };
-    let mut after = 0;
-    loop {
-        let batch = state.store.updates(None, after, 500).await?;
-        let Some(last) = batch.last().map(|u| u.id) else {
-            break;
-        };
-        for u in batch.iter().filter(|u| {
-            u.referral == discarded.referral
-                && u.id != discarded.id
-                && u.state != UpdateState::Discarded
-        }) {
-            match u.kind.as_str() {
-                "status" => {
-                    task.status.clone_from(&u.task_status);
-                    task.status_set_at = Some(u.created_at);
-                    task.task_sent = true;
-                }
-                "appointment" => {
-                    let bundle: serde_json::Value = serde_json::from_str(&u.bundle)
-                        .map_err(|e| AppError::Internal(e.into()))?;
-                    let appointment = bundle["entry"]
-                        .as_array()
-                        .into_iter()
-                        .flatten()
-                        .map(|e| &e["resource"])
-                        .find(|r| r["resourceType"] == "Appointment");
-                    if let Some(a) = appointment {
-                        let text = |k: &str| a[k].as_str().map(str::to_owned);
-                        task.appointment_id = text("id");
-                        task.appointment_start = text("start");
-                        task.appointment_end = text("end");
-                    }
-                }
-                "cancel-appointment" => {
-                    task.appointment_id = None;
-                    task.appointment_start = None;
-                    task.appointment_end = None;
-                }
-                _ => {}
-            }
-        }
-        after = last;
-    }
-    Ok(task)
+    let update = visible_update(&state, &caller, &id).await?;
+    let actor = format!("api:{}", caller.0.name);
+    Ok(Json(state.outbox.discard(update.id, &actor).await?.into()))
 }

@@ -7,7 +7,10 @@ use sled::Transactional;
 
 use super::audit::append_audit;
 use super::codec::{compress, decode, encode, open_payload, read_u64};
-use super::keys::{from_micros, micros, modified_key, modified_key_of, service_key, version_key};
+use super::keys::{
+    from_micros, micros, modified_key, modified_key_of, referral_prefix, referral_seq_key,
+    service_key,
+};
 use super::{
     EVENT_SEQ, LAST_RECEIVED, Open, PAYLOADS, REFERRALS, VERSIONS, abort, tx_error, unavailable,
 };
@@ -82,7 +85,7 @@ impl Open {
                         Some(p) => match &p.owner {
                             Some(owner) => owner.clone(),
                             None => {
-                                let first = version_key(&d.referral, 1);
+                                let first = referral_seq_key(&d.referral, 1);
                                 versions
                                     .get(&first)?
                                     .map(|v| codec.decode::<VersionRecord>(VERSIONS, &first, &v))
@@ -164,7 +167,7 @@ impl Open {
                         service_id: service_id.clone(),
                         received_at,
                     };
-                    let version_key = version_key(&d.referral, version);
+                    let version_key = referral_seq_key(&d.referral, version);
 
                     // The audit entry is part of the same write: stored, then audited, or neither.
                     append_audit(
@@ -256,11 +259,9 @@ impl Open {
         &self,
         referral: &ReferralRef,
     ) -> Result<Vec<VersionRecord>, StoreError> {
-        let mut prefix = referral.as_str().as_bytes().to_vec();
-        prefix.push(0);
         self.trees
             .versions
-            .scan_prefix(&prefix)
+            .scan_prefix(referral_prefix(referral))
             .map(|item| {
                 let (key, value) = item.map_err(unavailable)?;
                 self.codec.decode(VERSIONS, &key, &value)
@@ -273,7 +274,7 @@ impl Open {
         referral: &ReferralRef,
         version: u64,
     ) -> Result<Option<Bytes>, StoreError> {
-        let key = version_key(referral, version);
+        let key = referral_seq_key(referral, version);
         self.trees
             .payloads
             .get(&key)

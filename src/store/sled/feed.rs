@@ -3,7 +3,7 @@
 use time::OffsetDateTime;
 
 use super::codec::decode;
-use super::keys::version_key;
+use super::keys::referral_seq_key;
 use super::{Open, VERSIONS, unavailable};
 use crate::store::{ChangedReferrals, EventRecord, StoreError, VersionRecord};
 
@@ -74,7 +74,7 @@ impl Open {
             scanned_to = event.seq;
             // Listed at its latest change up to `until`: skip this entry if the referral has
             // a later version that is still within the bound.
-            let next_key = version_key(&event.referral, event.version + 1);
+            let next_key = referral_seq_key(&event.referral, event.version + 1);
             let next = self
                 .trees
                 .versions

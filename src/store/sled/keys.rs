@@ -6,10 +6,18 @@ use time::OffsetDateTime;
 use crate::domain::{ReferralRef, ServiceId};
 use crate::store::ReferralRecord;
 
-pub(super) fn version_key(referral: &ReferralRef, version: u64) -> Vec<u8> {
+/// The prefix of `referral`'s keys in the trees keyed by referral ref `\0` number.
+pub(super) fn referral_prefix(referral: &ReferralRef) -> Vec<u8> {
     let mut key = referral.as_str().as_bytes().to_vec();
     key.push(0);
-    key.extend_from_slice(&version.to_be_bytes());
+    key
+}
+
+/// Referral ref `\0` number (u64 BE): a version in `versions` and `payloads`, an update id in
+/// `referral_updates`.
+pub(super) fn referral_seq_key(referral: &ReferralRef, number: u64) -> Vec<u8> {
+    let mut key = referral_prefix(referral);
+    key.extend_from_slice(&number.to_be_bytes());
     key
 }
 

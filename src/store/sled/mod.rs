@@ -14,6 +14,7 @@
 //! - `meta`:        counters and the readiness marker
 //! - `updates`:     update id (u64 BE) → [`UpdateRecord`] (the outbox to Ocean)
 //! - `open_updates`: update id → () while not delivered
+//! - `referral_updates`: referral ref `\0` update id (u64 BE) → () (a referral's updates)
 //! - `task_states`: referral ref → [`TaskState`]
 //! - `audit`:       seq (u64 BE) → [`AuditEntry`]
 //!
@@ -61,6 +62,9 @@ const EVENT_SEQ: &[u8] = b"event_seq";
 const READY_MARKER: &[u8] = b"ready_marker";
 const LAST_RECEIVED: &[u8] = b"last_received_micros";
 const UPDATE_SEQ: &[u8] = b"update_seq";
+/// Set once `referral_updates` indexes every update (stores written before the index existed
+/// are indexed when first opened).
+const REFERRAL_UPDATES_INDEXED: &[u8] = b"referral_updates_indexed";
 const AUDIT_HEAD: &[u8] = b"audit_head";
 
 /// The live store under the data dir, and the two directories of a `rekey` swap.
@@ -200,6 +204,7 @@ struct Trees {
     meta: sled::Tree,
     updates: sled::Tree,
     open_updates: sled::Tree,
+    referral_updates: sled::Tree,
     task_states: sled::Tree,
     audit: sled::Tree,
 }
@@ -239,11 +244,13 @@ impl Open {
             meta: tree("meta")?,
             updates: tree("updates")?,
             open_updates: tree("open_updates")?,
+            referral_updates: tree("referral_updates")?,
             task_states: tree("task_states")?,
             audit: tree("audit")?,
         };
         // Before the flusher starts: it holds the database (and its lock) until stopped.
         codec.admit_keys(&trees)?;
+        outbox::index_referral_updates(&trees, codec)?;
         // Each flush reports the feed sequence it made durable: the counter as read before
         // the flush, since every write it covers was committed before that read.
         let meta = trees.meta.clone();
@@ -705,6 +712,14 @@ impl Store for SledStore {
     async fn open_updates(&self) -> Result<Vec<UpdateRecord>, StoreError> {
         let open = self.open_db()?;
         self.checked(open.open_updates().await)
+    }
+
+    async fn referral_updates(
+        &self,
+        referral: &ReferralRef,
+    ) -> Result<Vec<UpdateRecord>, StoreError> {
+        let open = self.open_db()?;
+        self.checked(open.referral_updates(referral).await)
     }
 
     async fn task_state(&self, referral: &ReferralRef) -> Result<TaskState, StoreError> {

@@ -3,10 +3,42 @@
 use sled::Transactional;
 use sled::transaction::ConflictableTransactionError;
 
-use super::codec::read_u64;
-use super::{Open, TASK_STATES, UPDATE_SEQ, UPDATES, abort, tx_error, unavailable};
+use super::codec::{Codec, read_u64};
+use super::keys::{referral_prefix, referral_seq_key};
+use super::{
+    Open, REFERRAL_UPDATES_INDEXED, TASK_STATES, Trees, UPDATE_SEQ, UPDATES, abort, tx_error,
+    unavailable,
+};
 use crate::domain::ReferralRef;
 use crate::store::{StoreError, TaskState, UpdateRecord, UpdateState};
+
+/// Indexes the updates of a store written before `referral_updates` existed (once; later
+/// updates are indexed as they are accepted).
+pub(super) fn index_referral_updates(trees: &Trees, codec: &Codec) -> Result<(), StoreError> {
+    if trees
+        .meta
+        .get(REFERRAL_UPDATES_INDEXED)
+        .map_err(unavailable)?
+        .is_some()
+    {
+        return Ok(());
+    }
+    let mut batch = sled::Batch::default();
+    for item in trees.updates.iter() {
+        let (key, value) = item.map_err(unavailable)?;
+        let update: UpdateRecord = codec.decode(UPDATES, &key, &value)?;
+        batch.insert(referral_seq_key(&update.referral, update.id), &[]);
+    }
+    trees
+        .referral_updates
+        .apply_batch(batch)
+        .map_err(unavailable)?;
+    trees
+        .meta
+        .insert(REFERRAL_UPDATES_INDEXED, &[])
+        .map_err(unavailable)?;
+    Ok(())
+}
 
 impl Open {
     pub(super) async fn enqueue_update(
@@ -18,8 +50,14 @@ impl Open {
         let referral_key = update.referral.as_str().as_bytes().to_vec();
         let task = self.codec.encode(TASK_STATES, &referral_key, &task)?;
         let codec = &self.codec;
-        let stored = (&t.updates, &t.open_updates, &t.task_states, &t.meta)
-            .transaction(|(updates, open, tasks, meta)| {
+        let stored = (
+            &t.updates,
+            &t.open_updates,
+            &t.referral_updates,
+            &t.task_states,
+            &t.meta,
+        )
+            .transaction(|(updates, open, by_referral, tasks, meta)| {
                 let id = meta
                     .get(UPDATE_SEQ)?
                     .map(|v| read_u64(&v))
@@ -33,6 +71,7 @@ impl Open {
                 let key = id.to_be_bytes();
                 updates.insert(&key, codec.encode(UPDATES, &key, &record).map_err(abort)?)?;
                 open.insert(&id.to_be_bytes(), &[])?;
+                by_referral.insert(referral_seq_key(&record.referral, id), &[])?;
                 tasks.insert(referral_key.as_slice(), task.as_slice())?;
                 Ok(record)
             })
@@ -108,6 +147,22 @@ impl Open {
         Ok(found)
     }
 
+    pub(super) async fn referral_updates(
+        &self,
+        referral: &ReferralRef,
+    ) -> Result<Vec<UpdateRecord>, StoreError> {
+        let prefix = referral_prefix(referral);
+        let mut found = Vec::new();
+        for item in self.trees.referral_updates.scan_prefix(&prefix) {
+            let (key, _) = item.map_err(unavailable)?;
+            let id = read_u64(&key[prefix.len()..])?;
+            if let Some(update) = self.update(id).await? {
+                found.push(update);
+            }
+        }
+        Ok(found)
+    }
+
     pub(super) async fn discard_update(
         &self,
         update: &UpdateRecord,
@@ -139,5 +194,60 @@ impl Open {
             .map(|v| self.codec.decode(TASK_STATES, key, &v))
             .transpose()?
             .unwrap_or_default())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use time::OffsetDateTime;
+
+    use super::super::{LIVE_DIR, SledStore};
+    use super::*;
+    use crate::ig::OutboundEvent;
+    use crate::store::{Store, UpdateKind};
+
+    fn update(referral: &str) -> UpdateRecord {
+        UpdateRecord::pending(
+            ReferralRef::parse(referral).unwrap(),
+            "main".into(),
+            UpdateKind::Message,
+            OutboundEvent::SendCommunicationFromProvider,
+            "{}".into(),
+            OffsetDateTime::now_utc(),
+        )
+    }
+
+    async fn ids(store: &SledStore, referral: &str) -> Vec<u64> {
+        let referral = ReferralRef::parse(referral).unwrap();
+        let updates = store.referral_updates(&referral).await.unwrap();
+        updates.iter().map(|u| u.id).collect()
+    }
+
+    /// A store written before the index existed gets it when opened.
+    #[tokio::test]
+    async fn the_updates_of_a_referral_are_indexed_even_in_an_older_store() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = SledStore::open(dir.path()).unwrap();
+            for referral in ["ref-a", "ref-b", "ref-a", "ref-a0"] {
+                let task = TaskState::default();
+                store.enqueue_update(update(referral), task).await.unwrap();
+            }
+            assert_eq!(ids(&store, "ref-a").await, [1, 3]);
+            assert_eq!(ids(&store, "ref-c").await, Vec::<u64>::new());
+        }
+        {
+            let db = sled::open(dir.path().join(LIVE_DIR)).unwrap();
+            db.drop_tree("referral_updates").unwrap();
+            db.open_tree("meta")
+                .unwrap()
+                .remove(REFERRAL_UPDATES_INDEXED)
+                .unwrap();
+            db.flush().unwrap();
+        }
+        let store = SledStore::open(dir.path()).unwrap();
+        assert_eq!(ids(&store, "ref-a").await, [1, 3]);
+        assert_eq!(ids(&store, "ref-b").await, [2]);
+        assert_eq!(ids(&store, "ref-a0").await, [4]);
     }
 }
