@@ -18,7 +18,7 @@ use referral_relay::domain::{IntegrationName, ReferralRef};
 use referral_relay::export::{ExportFilter, export_from_store};
 use referral_relay::fhir::{Parsed, parse_message};
 use referral_relay::store::{
-    NewDelivery, ServiceAssignment, SledStore, Store, delivery_key, sha256_hex,
+    DeliveryStore, NewDelivery, ServiceAssignment, SledStore, delivery_key, sha256_hex,
 };
 
 /// A kernel memory figure of this process, in KiB.

@@ -23,7 +23,8 @@ use referral_relay::config::{Config, Overrides};
 use referral_relay::domain::{IntegrationName, ReferralRef};
 use referral_relay::fhir::{Parsed, ParsedMessage, parse_message};
 use referral_relay::store::{
-    Keyring, NewDelivery, ServiceAssignment, SledStore, Store, delivery_key, sha256_hex,
+    DeliveryStore, Keyring, NewDelivery, ServiceAssignment, SledStore, Store, delivery_key,
+    sha256_hex,
 };
 
 const CONCURRENCY: [usize; 3] = [1, 16, 64];

@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 
 use crate::app::{Application, shutdown_signal};
 use crate::config::{Config, LogFormat, Overrides};
-use crate::store::Store;
+use crate::store::{AuditStore, StoreError};
 use crate::telemetry;
 
 #[derive(Debug, Parser)]
@@ -431,14 +431,11 @@ fn open_stopped(config: &Config) -> anyhow::Result<crate::store::SledStore> {
     // Opening may repair an interrupted rekey or warn about unsealed records: say so.
     telemetry::init(&config.log.level, config.log.format);
     let keys = crate::app::keyring(&config.storage)?;
-    crate::store::SledStore::open_with(&config.server.data_dir, keys).map_err(|e| {
-        if e.to_string().contains("in use") {
-            anyhow::anyhow!(
-                "{e}. A running referral-relay holds it: stop it, or (for export) go through it with --url and --key"
-            )
-        } else {
-            e.into()
-        }
+    crate::store::SledStore::open_with(&config.server.data_dir, keys).map_err(|e| match e {
+        StoreError::InUse { .. } => anyhow::anyhow!(
+            "{e}. A running referral-relay holds it: stop it, or (for export) go through it with --url and --key"
+        ),
+        e => e.into(),
     })
 }
 

@@ -127,10 +127,11 @@ impl From<OutboxError> for AppError {
 impl From<StoreError> for AppError {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::Unavailable(_) | StoreError::Io(_) | StoreError::Failed(_) => {
-                Self::Unavailable(e)
-            }
-            StoreError::Corrupt(_) => Self::Internal(e.into()),
+            StoreError::Unavailable { .. }
+            | StoreError::Io { .. }
+            | StoreError::Failed { .. }
+            | StoreError::InUse { .. } => Self::Unavailable(e),
+            StoreError::Corrupt { .. } => Self::Internal(e.into()),
         }
     }
 }

@@ -9,7 +9,7 @@
 
 use aws_lc_rs::aead::{AES_256_GCM, Aad, NONCE_LEN, Nonce, RandomizedNonceKey};
 
-use super::StoreError;
+use super::error::StoreError;
 
 /// First byte of a sealed record. JSON records start with `{` and payloads with a format tag
 /// below this, so sealed and unsealed records can be told apart.
@@ -71,7 +71,7 @@ impl Keyring {
             .current
             .aead
             .seal_in_place_append_tag(Aad::from(context), &mut body)
-            .map_err(|_| StoreError::Unavailable("sealing a record failed".into()))?;
+            .map_err(|_| StoreError::unavailable("sealing a record failed"))?;
         let mut sealed = Vec::with_capacity(HEADER_LEN + body.len());
         sealed.push(SEALED);
         sealed.extend_from_slice(&self.current.id);
@@ -83,18 +83,16 @@ impl Keyring {
     /// Opens a record made by [`Keyring::seal`] under the same `context`.
     pub fn open(&self, context: &[u8], sealed: &[u8]) -> Result<Vec<u8>, StoreError> {
         let id = sealed_key_id(sealed)
-            .ok_or_else(|| StoreError::Corrupt("a sealed record is truncated".into()))?;
+            .ok_or_else(|| StoreError::corrupt("a sealed record is truncated"))?;
         let key = self.find(&id).ok_or_else(|| unknown_key(&id))?;
         let nonce = Nonce::try_assume_unique_for_key(&sealed[1 + KEY_ID_LEN..HEADER_LEN])
-            .map_err(|_| StoreError::Corrupt("a sealed record is truncated".into()))?;
+            .map_err(|_| StoreError::corrupt("a sealed record is truncated"))?;
         let mut body = sealed[HEADER_LEN..].to_vec();
         let plain_len = key
             .aead
             .open_in_place(nonce, Aad::from(context), &mut body)
             .map_err(|_| {
-                StoreError::Corrupt(
-                    "a sealed record failed authentication (altered or moved)".into(),
-                )
+                StoreError::corrupt("a sealed record failed authentication (altered or moved)")
             })?
             .len();
         body.truncate(plain_len);
@@ -112,7 +110,7 @@ pub fn sealed_key_id(stored: &[u8]) -> Option<KeyId> {
 
 /// The error for a record sealed with a key that is not configured.
 pub fn unknown_key(id: &KeyId) -> StoreError {
-    StoreError::Corrupt(format!(
+    StoreError::corrupt(format!(
         "a record is sealed with key {}, which is neither storage.encryption_key nor among storage.previous_keys",
         hex(id)
     ))

@@ -6,7 +6,7 @@ use std::process::Command;
 
 use base64::Engine;
 use referral_relay::domain::ReferralRef;
-use referral_relay::store::{Keyring, SledStore, Store};
+use referral_relay::store::{AuditStore, DeliveryStore, Keyring, SledStore};
 use serde_json::Value;
 
 use crate::fixtures::{V011_REFERRAL, fixture};

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use referral_relay::domain::ReferralRef;
-use referral_relay::store::{SledStore, Store};
+use referral_relay::store::{DeliveryStore, SledStore};
 
 use crate::fixtures::{fixture, unique_v011};
 

@@ -4,10 +4,11 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use referral_relay::domain::{ReferralRef, ServiceId};
+use referral_relay::domain::ReferralRef;
 use referral_relay::store::{
-    AuditEntry, ChangedReferrals, EventRecord, ModifiedBatch, NewDelivery, PutOutcome,
-    ReferralRecord, Store, StoreError, TaskState, UpdateRecord, UpdateState, VersionRecord,
+    AuditEntry, AuditStore, ChangedReferrals, DeliveryStore, EventRecord, FeedStore,
+    MaintenanceStore, ModifiedBatch, NewDelivery, OutboxStore, PutOutcome, ReferralRecord,
+    StoreError, TaskState, UpdateRecord, UpdateState, VersionRecord,
 };
 use time::OffsetDateTime;
 
@@ -23,22 +24,16 @@ struct DiskFull {
 }
 
 fn disk_full() -> StoreError {
-    StoreError::Unavailable("No space left on device (os error 28)".into())
+    StoreError::unavailable("cannot write").caused_by("No space left on device (os error 28)")
 }
 
 #[async_trait]
-impl Store for DiskFull {
+impl DeliveryStore for DiskFull {
     async fn put_delivery(&self, _: NewDelivery) -> Result<PutOutcome, StoreError> {
         Err(disk_full())
     }
     async fn referral(&self, _: &ReferralRef) -> Result<Option<ReferralRecord>, StoreError> {
         Ok(None)
-    }
-    async fn referrals_for_service(
-        &self,
-        _: Option<&ServiceId>,
-    ) -> Result<Vec<ReferralRecord>, StoreError> {
-        Ok(Vec::new())
     }
     async fn versions(&self, _: &ReferralRef) -> Result<Vec<VersionRecord>, StoreError> {
         Ok(Vec::new())
@@ -46,6 +41,10 @@ impl Store for DiskFull {
     async fn payload(&self, _: &ReferralRef, _: u64) -> Result<Option<Bytes>, StoreError> {
         Ok(None)
     }
+}
+
+#[async_trait]
+impl FeedStore for DiskFull {
     async fn events_after(&self, _: u64, _: usize) -> Result<Vec<EventRecord>, StoreError> {
         Ok(Vec::new())
     }
@@ -69,6 +68,10 @@ impl Store for DiskFull {
             scanned_to: until,
         })
     }
+}
+
+#[async_trait]
+impl OutboxStore for DiskFull {
     async fn enqueue_update(
         &self,
         _: UpdateRecord,
@@ -77,6 +80,9 @@ impl Store for DiskFull {
         Err(disk_full())
     }
     async fn save_update(&self, _: &UpdateRecord) -> Result<(), StoreError> {
+        Err(disk_full())
+    }
+    async fn discard_update(&self, _: &UpdateRecord, _: TaskState) -> Result<(), StoreError> {
         Err(disk_full())
     }
     async fn update(&self, _: u64) -> Result<Option<UpdateRecord>, StoreError> {
@@ -94,9 +100,31 @@ impl Store for DiskFull {
         assert!(!self.outbox_panics, "the outbox cannot be read");
         Ok(Vec::new())
     }
-    async fn discard_update(&self, _: &UpdateRecord, _: TaskState) -> Result<(), StoreError> {
+    async fn referral_updates(&self, _: &ReferralRef) -> Result<Vec<UpdateRecord>, StoreError> {
+        Ok(Vec::new())
+    }
+    async fn task_state(&self, _: &ReferralRef) -> Result<TaskState, StoreError> {
+        Ok(TaskState::default())
+    }
+}
+
+#[async_trait]
+impl AuditStore for DiskFull {
+    async fn audit(
+        &self,
+        _: &str,
+        _: &str,
+        _: serde_json::Value,
+    ) -> Result<AuditEntry, StoreError> {
         Err(disk_full())
     }
+    async fn audit_entries(&self, _: u64, _: usize) -> Result<Vec<AuditEntry>, StoreError> {
+        Ok(Vec::new())
+    }
+}
+
+#[async_trait]
+impl MaintenanceStore for DiskFull {
     async fn referrals_modified(
         &self,
         _: Option<OffsetDateTime>,
@@ -115,23 +143,6 @@ impl Store for DiskFull {
     }
     async fn purge_versions_before(&self, _: OffsetDateTime) -> Result<u64, StoreError> {
         Err(disk_full())
-    }
-    async fn audit(
-        &self,
-        _: &str,
-        _: &str,
-        _: serde_json::Value,
-    ) -> Result<AuditEntry, StoreError> {
-        Err(disk_full())
-    }
-    async fn audit_entries(&self, _: u64, _: usize) -> Result<Vec<AuditEntry>, StoreError> {
-        Ok(Vec::new())
-    }
-    async fn referral_updates(&self, _: &ReferralRef) -> Result<Vec<UpdateRecord>, StoreError> {
-        Ok(Vec::new())
-    }
-    async fn task_state(&self, _: &ReferralRef) -> Result<TaskState, StoreError> {
-        Ok(TaskState::default())
     }
     async fn check_writable(&self) -> Result<(), StoreError> {
         if self.outbox_panics {

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use base64::Engine;
 use referral_relay::domain::ReferralRef;
-use referral_relay::store::{SledStore, Store};
+use referral_relay::store::{DeliveryStore, SledStore};
 use serde_json::{Value, json};
 
 use crate::at_rest::{STORED, patient_details};

@@ -1,15 +1,19 @@
 //! The audit log: an append-only chain, each entry holding the hash of the one before.
 
+use async_trait::async_trait;
 use sled::Transactional;
 use sled::transaction::ConflictableTransactionError;
 use time::OffsetDateTime;
 
 use super::codec::{decode, encode};
-use super::{AUDIT_HEAD, Open, abort, tx_error, unavailable};
-use crate::store::{AUDIT_GENESIS, AuditEntry, StoreError};
+use super::handle::SledStore;
+use super::open::Open;
+use super::trees::{AUDIT_HEAD, abort, tx_error, unavailable};
+use crate::store::audit::{AUDIT_GENESIS, AuditEntry, AuditStore};
+use crate::store::error::StoreError;
 
 impl Open {
-    pub(super) async fn audit(
+    async fn audit(
         &self,
         action: &str,
         actor: &str,
@@ -32,11 +36,7 @@ impl Open {
         Ok(entry)
     }
 
-    pub(super) async fn audit_entries(
-        &self,
-        after: u64,
-        limit: usize,
-    ) -> Result<Vec<AuditEntry>, StoreError> {
+    async fn audit_entries(&self, after: u64, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
         self.trees
             .audit
             .range(after.saturating_add(1).to_be_bytes()..)
@@ -75,4 +75,22 @@ pub(super) fn append_audit(
     audit.insert(&seq.to_be_bytes(), encode(&entry).map_err(abort)?)?;
     meta.insert(AUDIT_HEAD, encode(&(seq, &entry.hash)).map_err(abort)?)?;
     Ok(entry)
+}
+
+#[async_trait]
+impl AuditStore for SledStore {
+    async fn audit(
+        &self,
+        action: &str,
+        actor: &str,
+        details: serde_json::Value,
+    ) -> Result<AuditEntry, StoreError> {
+        let open = self.open_db()?;
+        self.checked(open.audit(action, actor, details).await)
+    }
+
+    async fn audit_entries(&self, after: u64, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
+        let open = self.open_db()?;
+        self.checked(open.audit_entries(after, limit).await)
+    }
 }

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use super::{SEAL_KEYS, Trees, unavailable};
-use crate::store::StoreError;
+use super::trees::{SEAL_KEYS, Trees, unavailable};
+use crate::store::error::StoreError;
 use crate::store::seal::{KeyId, Keyring, SEALED, hex, sealed_key_id, unknown_key};
 
 /// Format tags of stored payloads. LZ4 cuts the bytes sled writes (and rewrites when it
@@ -17,7 +17,7 @@ use crate::store::seal::{KeyId, Keyring, SEALED, hex, sealed_key_id, unknown_key
 const PAYLOAD_RAW: u8 = 0;
 const PAYLOAD_LZ4: u8 = 1;
 
-/// Reads and writes the records of [`super::SEALED_TREES`]: sealed with the current key when one is
+/// Reads and writes the records of [`SEALED_TREES`](super::trees::SEALED_TREES): sealed with the current key when one is
 /// configured, plain otherwise. Records written before encryption was enabled are still read
 /// (they start with `{` or a payload format tag, never with [`SEALED`]).
 #[derive(Clone, Default)]
@@ -42,8 +42,8 @@ impl Codec {
         }
         match &self.0 {
             Some(keys) => keys.open(&context(tree, key), stored).map(Cow::Owned),
-            None => Err(StoreError::Corrupt(
-                "the record is encrypted and storage.encryption_key is not set".into(),
+            None => Err(StoreError::corrupt(
+                "the record is encrypted and storage.encryption_key is not set",
             )),
         }
     }
@@ -101,7 +101,7 @@ impl Codec {
         for id in &ids {
             match &self.0 {
                 None => {
-                    return Err(StoreError::Unavailable(format!(
+                    return Err(StoreError::unavailable(format!(
                         "the store holds records encrypted with key {}; set storage.encryption_key",
                         hex(id)
                     )));
@@ -139,17 +139,19 @@ fn context(tree: &str, key: &[u8]) -> Vec<u8> {
 }
 
 pub(super) fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
-    serde_json::to_vec(value).map_err(|e| StoreError::Corrupt(e.to_string()))
+    serde_json::to_vec(value)
+        .map_err(|e| StoreError::corrupt("a record does not encode").caused_by(e))
 }
 
 pub(super) fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, StoreError> {
-    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(e.to_string()))
+    serde_json::from_slice(bytes)
+        .map_err(|e| StoreError::corrupt("a record does not decode").caused_by(e))
 }
 
 pub(super) fn read_u64(bytes: &[u8]) -> Result<u64, StoreError> {
     let array: [u8; 8] = bytes
         .try_into()
-        .map_err(|_| StoreError::Corrupt("counter is not 8 bytes".into()))?;
+        .map_err(|_| StoreError::corrupt("counter is not 8 bytes"))?;
     Ok(u64::from_be_bytes(array))
 }
 
@@ -163,11 +165,9 @@ pub(super) fn open_payload(stored: &[u8]) -> Result<Bytes, StoreError> {
     match stored.split_first() {
         Some((&PAYLOAD_LZ4, compressed)) => lz4_flex::decompress_size_prepended(compressed)
             .map(Bytes::from)
-            .map_err(|e| StoreError::Corrupt(format!("payload does not decompress: {e}"))),
+            .map_err(|e| StoreError::corrupt(format!("payload does not decompress: {e}"))),
         Some((&PAYLOAD_RAW, raw)) => Ok(Bytes::copy_from_slice(raw)),
-        _ => Err(StoreError::Corrupt(
-            "payload has an unknown format tag".into(),
-        )),
+        _ => Err(StoreError::corrupt("payload has an unknown format tag")),
     }
 }
 
@@ -188,11 +188,14 @@ mod tests {
             assert_eq!(open_payload(&sealed).unwrap().as_ref(), raw);
         }
         assert_eq!(open_payload(&[PAYLOAD_RAW, b'x']).unwrap().as_ref(), b"x");
-        assert!(matches!(open_payload(&[9, 1]), Err(StoreError::Corrupt(_))));
+        assert!(matches!(
+            open_payload(&[9, 1]),
+            Err(StoreError::Corrupt { .. })
+        ));
         assert!(matches!(
             open_payload(&[PAYLOAD_LZ4, 10, 0, 0, 0, 0xf0]),
-            Err(StoreError::Corrupt(_))
+            Err(StoreError::Corrupt { .. })
         ));
-        assert!(matches!(open_payload(&[]), Err(StoreError::Corrupt(_))));
+        assert!(matches!(open_payload(&[]), Err(StoreError::Corrupt { .. })));
     }
 }

@@ -1,24 +1,27 @@
 //! Deliveries: the one write that stores a delivery (raw bytes, version, referral summary,
 //! feed entry, dedup entry and audit entry together), and the reads of referrals and versions.
 
+use async_trait::async_trait;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use sled::Transactional;
 
 use super::audit::append_audit;
 use super::codec::{compress, decode, encode, open_payload, read_u64};
+use super::handle::SledStore;
 use super::keys::{
     from_micros, micros, modified_key, modified_key_of, referral_prefix, referral_seq_key,
-    service_key,
 };
-use super::{
-    EVENT_SEQ, LAST_RECEIVED, Open, PAYLOADS, REFERRALS, VERSIONS, abort, tx_error, unavailable,
+use super::open::Open;
+use super::trees::{
+    EVENT_SEQ, LAST_RECEIVED, PAYLOADS, REFERRALS, VERSIONS, abort, tx_error, unavailable,
 };
-use crate::domain::{ReferralRef, ServiceId};
-use crate::store::{
-    EventRecord, NewDelivery, PutOutcome, ReferralRecord, ServiceAssignment, StoreError,
-    VersionRecord,
+use crate::domain::ReferralRef;
+use crate::store::deliveries::{
+    DeliveryStore, NewDelivery, PutOutcome, ReferralRecord, ServiceAssignment, VersionRecord,
 };
+use crate::store::error::StoreError;
+use crate::store::feed::EventRecord;
 
 /// What the dedup tree remembers about a delivery.
 #[derive(Serialize, Deserialize)]
@@ -47,7 +50,6 @@ impl Open {
 
         let result = (
             &t.referrals,
-            &t.by_service,
             &t.versions,
             &t.payloads,
             &t.deliveries,
@@ -57,17 +59,7 @@ impl Open {
             &t.audit,
         )
             .transaction(
-                |(
-                    referrals,
-                    by_service,
-                    versions,
-                    payloads,
-                    deliveries,
-                    events,
-                    by_modified,
-                    meta,
-                    audit,
-                )| {
+                |(referrals, versions, payloads, deliveries, events, by_modified, meta, audit)| {
                     if let Some(existing) = deliveries.get(d.dedup_key.as_bytes())? {
                         let existing: DeliveryRef = decode(&existing).map_err(abort)?;
                         return Ok(PutOutcome::Duplicate {
@@ -120,7 +112,6 @@ impl Open {
                     let mut summary = d.summary.clone();
                     if let Some(p) = &previous {
                         summary.fill_from(&p.summary);
-                        by_service.remove(service_key(p.service_id.as_ref(), &d.referral))?;
                         by_modified.remove(modified_key_of(p))?;
                     }
                     let record = ReferralRecord {
@@ -191,7 +182,6 @@ impl Open {
                             .encode(REFERRALS, referral_key, &record)
                             .map_err(abort)?,
                     )?;
-                    by_service.insert(service_key(service_id.as_ref(), &d.referral), &[])?;
                     by_modified.insert(modified_key(received_at, &d.referral), &[])?;
                     versions.insert(
                         version_key.as_slice(),
@@ -237,24 +227,6 @@ impl Open {
         self.referral_record(referral.as_str().as_bytes())
     }
 
-    pub(super) async fn referrals_for_service(
-        &self,
-        service: Option<&ServiceId>,
-    ) -> Result<Vec<ReferralRecord>, StoreError> {
-        let mut prefix = service
-            .map(|s| s.as_str().as_bytes().to_vec())
-            .unwrap_or_default();
-        prefix.push(0);
-        let mut records = Vec::new();
-        for item in self.trees.by_service.scan_prefix(&prefix) {
-            let (key, _) = item.map_err(unavailable)?;
-            if let Some(record) = self.referral_record(&key[prefix.len()..])? {
-                records.push(record);
-            }
-        }
-        Ok(records)
-    }
-
     pub(super) async fn versions(
         &self,
         referral: &ReferralRef,
@@ -281,5 +253,32 @@ impl Open {
             .map_err(unavailable)?
             .map(|v| open_payload(&self.codec.open(PAYLOADS, &key, &v)?))
             .transpose()
+    }
+}
+
+#[async_trait]
+impl DeliveryStore for SledStore {
+    async fn put_delivery(&self, delivery: NewDelivery) -> Result<PutOutcome, StoreError> {
+        let open = self.open_db()?;
+        self.checked(open.put_delivery(delivery).await)
+    }
+
+    async fn referral(&self, referral: &ReferralRef) -> Result<Option<ReferralRecord>, StoreError> {
+        let open = self.open_db()?;
+        self.checked(open.referral(referral).await)
+    }
+
+    async fn versions(&self, referral: &ReferralRef) -> Result<Vec<VersionRecord>, StoreError> {
+        let open = self.open_db()?;
+        self.checked(open.versions(referral).await)
+    }
+
+    async fn payload(
+        &self,
+        referral: &ReferralRef,
+        version: u64,
+    ) -> Result<Option<Bytes>, StoreError> {
+        let open = self.open_db()?;
+        self.checked(open.payload(referral, version).await)
     }
 }

@@ -1,18 +1,19 @@
 //! The feed: stored deliveries in the order they were stored, shown only once on disk.
 
+use async_trait::async_trait;
 use time::OffsetDateTime;
 
 use super::codec::decode;
+use super::handle::SledStore;
 use super::keys::referral_seq_key;
-use super::{Open, VERSIONS, unavailable};
-use crate::store::{ChangedReferrals, EventRecord, StoreError, VersionRecord};
+use super::open::Open;
+use super::trees::{VERSIONS, unavailable};
+use crate::store::deliveries::VersionRecord;
+use crate::store::error::StoreError;
+use crate::store::feed::{ChangedReferrals, EventRecord, FeedStore};
 
 impl Open {
-    pub(super) async fn events_after(
-        &self,
-        after: u64,
-        limit: usize,
-    ) -> Result<Vec<EventRecord>, StoreError> {
+    async fn events_after(&self, after: u64, limit: usize) -> Result<Vec<EventRecord>, StoreError> {
         let durable = self.durable_seq();
         if after >= durable {
             return Ok(Vec::new());
@@ -26,7 +27,7 @@ impl Open {
             .collect()
     }
 
-    pub(super) async fn seq_before(&self, since: OffsetDateTime) -> Result<u64, StoreError> {
+    async fn seq_before(&self, since: OffsetDateTime) -> Result<u64, StoreError> {
         // Receive times are non-decreasing along the feed: binary search for the first
         // entry at or after `since`.
         let (mut low, mut high) = (1, self.durable_seq() + 1);
@@ -40,7 +41,7 @@ impl Open {
             {
                 Some(bytes) => decode(&bytes)?,
                 None => {
-                    return Err(StoreError::Corrupt(format!(
+                    return Err(StoreError::corrupt(format!(
                         "feed entry {middle} is missing"
                     )));
                 }
@@ -54,7 +55,7 @@ impl Open {
         Ok(low - 1)
     }
 
-    pub(super) async fn referrals_changed(
+    async fn referrals_changed(
         &self,
         after: u64,
         until: u64,
@@ -96,5 +97,40 @@ impl Open {
             referrals,
             scanned_to,
         })
+    }
+}
+
+#[async_trait]
+impl FeedStore for SledStore {
+    async fn events_after(&self, after: u64, limit: usize) -> Result<Vec<EventRecord>, StoreError> {
+        let open = self.open_db()?;
+        self.checked(open.events_after(after, limit).await)
+    }
+
+    fn durable_seq(&self) -> u64 {
+        *self.feed().borrow()
+    }
+
+    async fn wait_for_events_after(&self, after: u64) {
+        let mut feed = self.feed();
+        if feed.wait_for(|seq| *seq > after).await.is_err() {
+            // The store is closing: nothing new will arrive.
+            std::future::pending::<()>().await;
+        }
+    }
+
+    async fn seq_before(&self, since: OffsetDateTime) -> Result<u64, StoreError> {
+        let open = self.open_db()?;
+        self.checked(open.seq_before(since).await)
+    }
+
+    async fn referrals_changed(
+        &self,
+        after: u64,
+        until: u64,
+        max_events: usize,
+    ) -> Result<ChangedReferrals, StoreError> {
+        let open = self.open_db()?;
+        self.checked(open.referrals_changed(after, until, max_events).await)
     }
 }

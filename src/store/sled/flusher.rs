@@ -6,7 +6,7 @@ use std::thread::JoinHandle;
 
 use tokio::sync::watch;
 
-use crate::store::StoreError;
+use crate::store::error::StoreError;
 
 /// Group commit. Writers bump `requested` after their write is in sled's log; one thread calls
 /// the blocking `Db::flush` (fsync) for everything requested so far and publishes how far it
@@ -26,11 +26,13 @@ struct Queue {
 }
 
 /// How far flushing has got: writes numbered up to `ok` are on disk; writes numbered up to
-/// `failed` were covered by a flush that failed, so they must not be acknowledged.
-#[derive(Debug, Clone, Copy, Default)]
+/// `failed` were covered by a flush that failed (with `cause`), so they must not be
+/// acknowledged.
+#[derive(Debug, Clone, Default)]
 struct Marks {
     ok: u64,
     failed: u64,
+    cause: Option<Arc<str>>,
 }
 
 impl Flusher {
@@ -47,7 +49,7 @@ impl Flusher {
         let thread = std::thread::Builder::new()
             .name("store-flusher".into())
             .spawn(move || flush_loop(flush, &thread_queue, &tx, &feed))
-            .map_err(|e| StoreError::Unavailable(format!("cannot start flusher thread: {e}")))?;
+            .map_err(|e| StoreError::unavailable("cannot start the flusher thread").caused_by(e))?;
         Ok(Self {
             queue,
             marks,
@@ -62,7 +64,7 @@ impl Flusher {
             let (lock, wake) = &*self.queue;
             let mut q = lock.lock().unwrap_or_else(PoisonError::into_inner);
             if q.stop {
-                return Err(StoreError::Unavailable("the store is shutting down".into()));
+                return Err(StoreError::unavailable("the store is shutting down"));
             }
             q.requested += 1;
             wake.notify_one();
@@ -72,9 +74,10 @@ impl Flusher {
         let reached = marks
             .wait_for(|m| m.ok >= ticket || m.failed >= ticket)
             .await
-            .map_err(|_| StoreError::Unavailable("the store flusher stopped".into()))?;
+            .map_err(|_| StoreError::unavailable("the store flusher stopped"))?;
         if reached.failed >= ticket {
-            return Err(StoreError::Io("flushing to disk failed".into()));
+            let cause = reached.cause.as_deref().unwrap_or("unknown").to_owned();
+            return Err(StoreError::io("flushing to disk failed").caused_by(cause));
         }
         Ok(())
     }
@@ -127,7 +130,10 @@ fn flush_loop(
             }
             Err(e) => {
                 tracing::error!(error = %e, "flushing the store to disk failed");
-                marks.send_modify(|m| m.failed = target);
+                marks.send_modify(|m| {
+                    m.failed = target;
+                    m.cause = Some(e.into());
+                });
             }
         }
         done = target;
@@ -163,7 +169,7 @@ mod tests {
         failing.store(true, Ordering::SeqCst);
         assert!(matches!(
             flusher.durable().await,
-            Err(StoreError::Io(m)) if m.contains("flushing to disk failed")
+            Err(e @ StoreError::Io { .. }) if e.chain().contains("flushing to disk failed: injected I/O error")
         ));
 
         failing.store(false, Ordering::SeqCst);
@@ -182,7 +188,7 @@ mod tests {
         flusher.stop();
         assert!(matches!(
             flusher.durable().await,
-            Err(StoreError::Unavailable(_))
+            Err(StoreError::Unavailable { .. })
         ));
     }
 }

@@ -3,8 +3,8 @@
 
 use time::OffsetDateTime;
 
-use crate::domain::{ReferralRef, ServiceId};
-use crate::store::ReferralRecord;
+use crate::domain::ReferralRef;
+use crate::store::deliveries::ReferralRecord;
 
 /// The prefix of `referral`'s keys in the trees keyed by referral ref `\0` number.
 pub(super) fn referral_prefix(referral: &ReferralRef) -> Vec<u8> {
@@ -18,15 +18,6 @@ pub(super) fn referral_prefix(referral: &ReferralRef) -> Vec<u8> {
 pub(super) fn referral_seq_key(referral: &ReferralRef, number: u64) -> Vec<u8> {
     let mut key = referral_prefix(referral);
     key.extend_from_slice(&number.to_be_bytes());
-    key
-}
-
-pub(super) fn service_key(service: Option<&ServiceId>, referral: &ReferralRef) -> Vec<u8> {
-    let mut key = service
-        .map(|s| s.as_str().as_bytes().to_vec())
-        .unwrap_or_default();
-    key.push(0);
-    key.extend_from_slice(referral.as_str().as_bytes());
     key
 }
 

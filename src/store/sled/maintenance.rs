@@ -1,17 +1,23 @@
 //! Maintenance: the export's scan by modification date and its marks, retention, and the
 //! readiness probe.
 
+use async_trait::async_trait;
 use sled::Transactional;
 use sled::transaction::ConflictableTransactionError;
 use time::OffsetDateTime;
 
+use super::handle::SledStore;
 use super::keys::micros;
-use super::{Open, READY_MARKER, REFERRALS, VERSIONS, abort, tx_error, unavailable};
+use super::open::Open;
+use super::trees::{READY_MARKER, REFERRALS, VERSIONS, abort, tx_error, unavailable};
 use crate::domain::ReferralRef;
-use crate::store::{ModifiedBatch, ReferralRecord, StoreError, VersionRecord};
+use crate::store::deliveries::{ReferralRecord, VersionRecord};
+use crate::store::error::StoreError;
+use crate::store::maintenance::{MaintenanceStore, ModifiedBatch, StoreHealth};
 
 impl Open {
-    pub(super) async fn referrals_modified(
+    /// Blocking: a range read of up to `limit` referrals.
+    fn referrals_modified(
         &self,
         from: Option<OffsetDateTime>,
         to: Option<OffsetDateTime>,
@@ -42,7 +48,7 @@ impl Open {
         Ok(batch)
     }
 
-    pub(super) async fn mark_exported(
+    async fn mark_exported(
         &self,
         written: &[(ReferralRef, OffsetDateTime)],
         at: OffsetDateTime,
@@ -80,10 +86,8 @@ impl Open {
         Ok(marked)
     }
 
-    pub(super) async fn purge_versions_before(
-        &self,
-        cutoff: OffsetDateTime,
-    ) -> Result<u64, StoreError> {
+    /// Blocking: reads every version. Not yet durable when it returns.
+    fn purge_versions_before(&self, cutoff: OffsetDateTime) -> Result<u64, StoreError> {
         let mut purged = 0;
         for item in self.trees.versions.iter() {
             let (key, value) = item.map_err(unavailable)?;
@@ -110,16 +114,56 @@ impl Open {
                 .map_err(tx_error)?;
             purged += 1;
         }
-        self.flusher.durable().await?;
         Ok(purged)
     }
 
-    pub(super) async fn check_writable(&self) -> Result<(), StoreError> {
+    async fn check_writable(&self) -> Result<(), StoreError> {
         let now = OffsetDateTime::now_utc().unix_timestamp().to_be_bytes();
         self.trees
             .meta
             .insert(READY_MARKER, &now)
             .map_err(unavailable)?;
         self.flusher.durable().await
+    }
+}
+
+#[async_trait]
+impl MaintenanceStore for SledStore {
+    async fn referrals_modified(
+        &self,
+        from: Option<OffsetDateTime>,
+        to: Option<OffsetDateTime>,
+        after: Option<Vec<u8>>,
+        limit: usize,
+    ) -> Result<ModifiedBatch, StoreError> {
+        self.off_worker(move |open| open.referrals_modified(from, to, after, limit))
+            .await
+    }
+
+    async fn mark_exported(
+        &self,
+        written: &[(ReferralRef, OffsetDateTime)],
+        at: OffsetDateTime,
+    ) -> Result<usize, StoreError> {
+        let open = self.open_db()?;
+        self.checked(open.mark_exported(written, at).await)
+    }
+
+    async fn purge_versions_before(&self, cutoff: OffsetDateTime) -> Result<u64, StoreError> {
+        let open = self.open_db()?;
+        let purged = self
+            .off_worker_on(&open, move |open| open.purge_versions_before(cutoff))
+            .await?;
+        self.checked(open.flusher.durable().await)?;
+        Ok(purged)
+    }
+
+    async fn check_writable(&self) -> Result<(), StoreError> {
+        let open = self.open_db()?;
+        self.checked(open.check_writable().await)
+    }
+
+    fn health(&self) -> StoreHealth {
+        self.health_now()
     }
 }

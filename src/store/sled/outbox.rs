@@ -1,47 +1,50 @@
 //! The outbox: updates accepted for Ocean, their delivery state, and each referral's Task state.
 
+use async_trait::async_trait;
 use sled::Transactional;
 use sled::transaction::ConflictableTransactionError;
 
 use super::codec::{Codec, read_u64};
+use super::handle::SledStore;
 use super::keys::{referral_prefix, referral_seq_key};
-use super::{
-    Open, REFERRAL_UPDATES_INDEXED, TASK_STATES, Trees, UPDATE_SEQ, UPDATES, abort, tx_error,
-    unavailable,
+use super::open::Open;
+use super::trees::{
+    REFERRAL_UPDATES_INDEXED, TASK_STATES, Trees, UPDATE_SEQ, UPDATES, abort, tx_error, unavailable,
 };
 use crate::domain::ReferralRef;
-use crate::store::{StoreError, TaskState, UpdateRecord, UpdateState};
+use crate::store::error::StoreError;
+use crate::store::outbox::{OutboxStore, TaskState, UpdateRecord, UpdateState};
 
-/// Indexes the updates of a store written before `referral_updates` existed (once; later
-/// updates are indexed as they are accepted).
-pub(super) fn index_referral_updates(trees: &Trees, codec: &Codec) -> Result<(), StoreError> {
-    if trees
-        .meta
-        .get(REFERRAL_UPDATES_INDEXED)
-        .map_err(unavailable)?
-        .is_some()
-    {
-        return Ok(());
+impl Trees {
+    /// Indexes the updates of a store written before `referral_updates` existed (once; later
+    /// updates are indexed as they are accepted).
+    pub(super) fn index_referral_updates(&self, codec: &Codec) -> Result<(), StoreError> {
+        if self
+            .meta
+            .get(REFERRAL_UPDATES_INDEXED)
+            .map_err(unavailable)?
+            .is_some()
+        {
+            return Ok(());
+        }
+        let mut batch = sled::Batch::default();
+        for item in self.updates.iter() {
+            let (key, value) = item.map_err(unavailable)?;
+            let update: UpdateRecord = codec.decode(UPDATES, &key, &value)?;
+            batch.insert(referral_seq_key(&update.referral, update.id), &[]);
+        }
+        self.referral_updates
+            .apply_batch(batch)
+            .map_err(unavailable)?;
+        self.meta
+            .insert(REFERRAL_UPDATES_INDEXED, &[])
+            .map_err(unavailable)?;
+        Ok(())
     }
-    let mut batch = sled::Batch::default();
-    for item in trees.updates.iter() {
-        let (key, value) = item.map_err(unavailable)?;
-        let update: UpdateRecord = codec.decode(UPDATES, &key, &value)?;
-        batch.insert(referral_seq_key(&update.referral, update.id), &[]);
-    }
-    trees
-        .referral_updates
-        .apply_batch(batch)
-        .map_err(unavailable)?;
-    trees
-        .meta
-        .insert(REFERRAL_UPDATES_INDEXED, &[])
-        .map_err(unavailable)?;
-    Ok(())
 }
 
 impl Open {
-    pub(super) async fn enqueue_update(
+    async fn enqueue_update(
         &self,
         mut update: UpdateRecord,
         task: TaskState,
@@ -81,7 +84,7 @@ impl Open {
         Ok(stored)
     }
 
-    pub(super) async fn save_update(&self, update: &UpdateRecord) -> Result<(), StoreError> {
+    async fn save_update(&self, update: &UpdateRecord) -> Result<(), StoreError> {
         let t = &self.trees;
         let key = update.id.to_be_bytes();
         let value = self.codec.encode(UPDATES, &key, update)?;
@@ -102,7 +105,7 @@ impl Open {
         self.flusher.durable().await
     }
 
-    pub(super) async fn update(&self, id: u64) -> Result<Option<UpdateRecord>, StoreError> {
+    fn update(&self, id: u64) -> Result<Option<UpdateRecord>, StoreError> {
         let key = id.to_be_bytes();
         self.trees
             .updates
@@ -112,7 +115,8 @@ impl Open {
             .transpose()
     }
 
-    pub(super) async fn updates(
+    /// Blocking: with a `state`, may read the whole outbox.
+    fn updates(
         &self,
         state: Option<UpdateState>,
         after: u64,
@@ -136,7 +140,7 @@ impl Open {
         Ok(found)
     }
 
-    pub(super) async fn open_updates(&self) -> Result<Vec<UpdateRecord>, StoreError> {
+    async fn open_updates(&self) -> Result<Vec<UpdateRecord>, StoreError> {
         let mut found = Vec::new();
         for item in self.trees.open_updates.iter() {
             let (key, _) = item.map_err(unavailable)?;
@@ -147,7 +151,7 @@ impl Open {
         Ok(found)
     }
 
-    pub(super) async fn referral_updates(
+    async fn referral_updates(
         &self,
         referral: &ReferralRef,
     ) -> Result<Vec<UpdateRecord>, StoreError> {
@@ -156,14 +160,14 @@ impl Open {
         for item in self.trees.referral_updates.scan_prefix(&prefix) {
             let (key, _) = item.map_err(unavailable)?;
             let id = read_u64(&key[prefix.len()..])?;
-            if let Some(update) = self.update(id).await? {
+            if let Some(update) = self.update(id)? {
                 found.push(update);
             }
         }
         Ok(found)
     }
 
-    pub(super) async fn discard_update(
+    async fn discard_update(
         &self,
         update: &UpdateRecord,
         task: TaskState,
@@ -184,7 +188,7 @@ impl Open {
         self.flusher.durable().await
     }
 
-    pub(super) async fn task_state(&self, referral: &ReferralRef) -> Result<TaskState, StoreError> {
+    async fn task_state(&self, referral: &ReferralRef) -> Result<TaskState, StoreError> {
         let key = referral.as_str().as_bytes();
         Ok(self
             .trees
@@ -197,14 +201,73 @@ impl Open {
     }
 }
 
+#[async_trait]
+impl OutboxStore for SledStore {
+    async fn enqueue_update(
+        &self,
+        update: UpdateRecord,
+        task: TaskState,
+    ) -> Result<UpdateRecord, StoreError> {
+        let open = self.open_db()?;
+        self.checked(open.enqueue_update(update, task).await)
+    }
+
+    async fn save_update(&self, update: &UpdateRecord) -> Result<(), StoreError> {
+        let open = self.open_db()?;
+        self.checked(open.save_update(update).await)
+    }
+
+    async fn discard_update(
+        &self,
+        update: &UpdateRecord,
+        task: TaskState,
+    ) -> Result<(), StoreError> {
+        let open = self.open_db()?;
+        self.checked(open.discard_update(update, task).await)
+    }
+
+    async fn update(&self, id: u64) -> Result<Option<UpdateRecord>, StoreError> {
+        let open = self.open_db()?;
+        self.checked(open.update(id))
+    }
+
+    async fn updates(
+        &self,
+        state: Option<UpdateState>,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<UpdateRecord>, StoreError> {
+        self.off_worker(move |open| open.updates(state, after, limit))
+            .await
+    }
+
+    async fn open_updates(&self) -> Result<Vec<UpdateRecord>, StoreError> {
+        let open = self.open_db()?;
+        self.checked(open.open_updates().await)
+    }
+
+    async fn referral_updates(
+        &self,
+        referral: &ReferralRef,
+    ) -> Result<Vec<UpdateRecord>, StoreError> {
+        let open = self.open_db()?;
+        self.checked(open.referral_updates(referral).await)
+    }
+
+    async fn task_state(&self, referral: &ReferralRef) -> Result<TaskState, StoreError> {
+        let open = self.open_db()?;
+        self.checked(open.task_state(referral).await)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use time::OffsetDateTime;
 
-    use super::super::{LIVE_DIR, SledStore};
+    use super::super::dir::LIVE_DIR;
     use super::*;
     use crate::ig::OutboundEvent;
-    use crate::store::{Store, UpdateKind};
+    use crate::store::outbox::UpdateKind;
 
     fn update(referral: &str) -> UpdateRecord {
         UpdateRecord::pending(

@@ -1,0 +1,181 @@
+//! Deliveries: each one stored as a new version of its referral, in one atomic, durable write,
+//! and the referrals and versions read back.
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use super::error::StoreError;
+use crate::domain::{EventCode, IntegrationName, ReferralRef, ServiceId, Summary};
+
+/// Which External Service ID a delivery is filed under, and how sure we are of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServiceAssignment {
+    /// The message itself names the External Service ID.
+    Named(ServiceId),
+    /// The message names none; this is the integration's configured default.
+    Default(ServiceId),
+    /// Neither: filed explicitly as unassigned.
+    Unassigned,
+}
+
+/// One inbound delivery, ready to store.
+#[derive(Debug, Clone)]
+pub struct NewDelivery {
+    pub integration: IntegrationName,
+    /// Integrations whose referrals this delivery may add versions to, besides its own.
+    pub shares_with: Vec<IntegrationName>,
+    /// Identifies the delivery for deduplication; see [`delivery_key`].
+    pub dedup_key: String,
+    pub referral: ReferralRef,
+    pub service: ServiceAssignment,
+    pub event: EventCode,
+    pub message_header_id: Option<String>,
+    pub bundle_id: Option<String>,
+    /// `Bundle.timestamp` as sent.
+    pub bundle_timestamp: Option<String>,
+    /// The body exactly as received.
+    pub raw: Bytes,
+    /// [`sha256_hex`] of `raw`.
+    pub sha256: String,
+    pub summary: Summary,
+    pub problems: Vec<String>,
+    pub received_at: OffsetDateTime,
+}
+
+/// The deduplication key of a delivery: the integration, the sender's delivery id (Bundle.id,
+/// or a webhook id), and the SHA-256 of the body (from [`sha256_hex`]).
+///
+/// The body hash is part of the key even when there is an id: a retry of the same delivery has
+/// the same bytes and is recognised, while a sender that reuses an id for different content
+/// gets a new version instead of having it silently dropped.
+pub fn delivery_key(
+    integration: &IntegrationName,
+    delivery_id: Option<&str>,
+    sha256: &str,
+) -> String {
+    format!(
+        "{integration}\u{1f}{}\u{1f}{sha256}",
+        delivery_id.unwrap_or("")
+    )
+}
+
+/// The SHA-256 of `bytes` in lower-case hex.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The result of storing a delivery. What is stored is on disk when this is returned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PutOutcome {
+    /// Stored as this version of its referral.
+    Stored { version: u64 },
+    /// The same delivery had been stored before, as this version; nothing new was written.
+    Duplicate { version: u64 },
+    /// The referral belongs to another integration, which does not share referrals with the
+    /// delivering one; nothing was written.
+    OwnedElsewhere { owner: IntegrationName },
+}
+
+/// The current state of a referral.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReferralRecord {
+    pub referral: ReferralRef,
+    /// `None` = unassigned: no External Service ID in any delivery and no default configured.
+    pub service_id: Option<ServiceId>,
+    /// The integration of the latest delivery.
+    pub integration: IntegrationName,
+    /// The integration that first delivered the referral, which it belongs to. Records written
+    /// before ownership was kept have none; their first version's integration is the owner.
+    #[serde(default)]
+    pub owner: Option<IntegrationName>,
+    pub latest_event: EventCode,
+    /// Number of the latest version (versions count from 1).
+    pub version: u64,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub modified_at: OffsetDateTime,
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub exported_at: Option<OffsetDateTime>,
+    /// The latest values of the summary fields over all versions.
+    pub summary: Summary,
+}
+
+/// One stored delivery of a referral (its raw bytes are read with [`DeliveryStore::payload`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VersionRecord {
+    pub referral: ReferralRef,
+    pub version: u64,
+    pub event: EventCode,
+    pub integration: IntegrationName,
+    pub service_id: Option<ServiceId>,
+    pub message_header_id: Option<String>,
+    pub bundle_id: Option<String>,
+    /// `Bundle.timestamp` as sent.
+    #[serde(default)]
+    pub bundle_timestamp: Option<String>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub received_at: OffsetDateTime,
+    /// What this delivery alone said.
+    pub summary: Summary,
+    /// Resources that did not conform to FHIR R4 and were read leniently.
+    pub problems: Vec<String>,
+    pub size: u64,
+    pub sha256: String,
+    /// This version's position in the event feed.
+    pub seq: u64,
+    /// True once retention purged its payload and summary (the record stays, so the feed and
+    /// listings keep their structure).
+    #[serde(default)]
+    pub purged: bool,
+}
+
+/// Storing deliveries and reading referrals and their versions.
+#[async_trait]
+pub trait DeliveryStore: Send + Sync {
+    /// Stores a delivery in one atomic write (raw bytes, version, referral summary, feed entry,
+    /// dedup entry) and returns once it is on disk. A delivery already stored is recognised by
+    /// its `dedup_key` and stores nothing new.
+    async fn put_delivery(&self, delivery: NewDelivery) -> Result<PutOutcome, StoreError>;
+
+    /// The current state of one referral.
+    async fn referral(&self, referral: &ReferralRef) -> Result<Option<ReferralRecord>, StoreError>;
+
+    /// All versions of a referral, oldest first.
+    async fn versions(&self, referral: &ReferralRef) -> Result<Vec<VersionRecord>, StoreError>;
+
+    /// The raw bytes of one version, exactly as received.
+    async fn payload(
+        &self,
+        referral: &ReferralRef,
+        version: u64,
+    ) -> Result<Option<Bytes>, StoreError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delivery_keys_separate_integrations_ids_and_bodies() {
+        let a = IntegrationName::parse("a").unwrap();
+        let b = IntegrationName::parse("b").unwrap();
+        let (x, y) = (sha256_hex(b"x"), sha256_hex(b"y"));
+        let k = delivery_key(&a, Some("id"), &x);
+        assert_eq!(k, delivery_key(&a, Some("id"), &x));
+        assert_ne!(k, delivery_key(&b, Some("id"), &x));
+        assert_ne!(k, delivery_key(&a, Some("id2"), &x));
+        assert_ne!(k, delivery_key(&a, Some("id"), &y));
+        assert_ne!(k, delivery_key(&a, None, &x));
+        assert_eq!(
+            sha256_hex(b"abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+}

@@ -1,0 +1,73 @@
+//! The data dir: its lock, and the directory swap `rekey` does (finished or undone after a
+//! crash).
+
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::store::error::StoreError;
+
+/// The live store under the data dir, and the two directories of a `rekey` swap.
+pub(super) const LIVE_DIR: &str = "sled";
+pub(super) const REKEY_DIR: &str = "sled.rekey";
+pub(super) const OLD_DIR: &str = "sled.old";
+const LOCK_FILE: &str = "lock";
+
+/// Finishes or undoes a `rekey` swap that a crash interrupted. `sled.old` exists only once the
+/// copy in `sled.rekey` was complete, so: with `sled.old` and no `sled`, the copy goes live;
+/// with `sled` and `sled.rekey` (no `sled.old`), the copy was unfinished and is removed; with
+/// `sled` and `sled.old`, only the removal of the old store was left.
+pub(super) fn recover_swap(dir: &Path) -> Result<(), StoreError> {
+    let (live, fresh, old) = (dir.join(LIVE_DIR), dir.join(REKEY_DIR), dir.join(OLD_DIR));
+    if old.exists() {
+        if !live.exists() {
+            if fresh.exists() {
+                std::fs::rename(&fresh, &live).map_err(io_unavailable)?;
+                tracing::warn!(
+                    "finished a rekey that was interrupted: the re-sealed store is live"
+                );
+            } else {
+                // Should not happen under the lock; never lose the only copy.
+                std::fs::rename(&old, &live).map_err(io_unavailable)?;
+                tracing::warn!("a rekey left no copy behind: the store before it is live again");
+            }
+            sync_dir(dir)?;
+        }
+        if old.exists() {
+            std::fs::remove_dir_all(&old).map_err(io_unavailable)?;
+        }
+    } else if fresh.exists() {
+        tracing::warn!("removing the copy left by an interrupted rekey; run rekey again");
+        std::fs::remove_dir_all(&fresh).map_err(io_unavailable)?;
+    }
+    Ok(())
+}
+
+/// Takes an exclusive lock on `<dir>/lock` for as long as the returned file is held, so no two
+/// processes open, repair or swap the same data dir (sled's own lock covers only its
+/// directory, not the `rekey` swap around it).
+pub(super) fn lock_dir(dir: &Path) -> Result<Arc<std::fs::File>, StoreError> {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join(LOCK_FILE))
+        .map_err(io_unavailable)?;
+    match file.try_lock() {
+        Ok(()) => Ok(Arc::new(file)),
+        Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::InUse {
+            dir: dir.to_path_buf(),
+        }),
+        Err(std::fs::TryLockError::Error(e)) => Err(io_unavailable(e)),
+    }
+}
+
+/// Makes renames in `dir` durable.
+pub(super) fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_unavailable)
+}
+
+pub(super) fn io_unavailable(e: std::io::Error) -> StoreError {
+    StoreError::unavailable("data dir I/O failed").caused_by(e)
+}

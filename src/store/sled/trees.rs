@@ -1,0 +1,104 @@
+//! The trees of the database and the names of its `meta` keys, and how sled's errors become
+//! store errors.
+
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+
+use crate::store::error::StoreError;
+
+pub(super) const EVENT_SEQ: &[u8] = b"event_seq";
+pub(super) const READY_MARKER: &[u8] = b"ready_marker";
+pub(super) const LAST_RECEIVED: &[u8] = b"last_received_micros";
+pub(super) const UPDATE_SEQ: &[u8] = b"update_seq";
+/// Set once `referral_updates` indexes every update (stores written before the index existed
+/// are indexed when first opened).
+pub(super) const REFERRAL_UPDATES_INDEXED: &[u8] = b"referral_updates_indexed";
+pub(super) const AUDIT_HEAD: &[u8] = b"audit_head";
+
+/// `meta` key: the ids of every key that has sealed records in this store (8 bytes each).
+pub(super) const SEAL_KEYS: &[u8] = b"seal_key_ids";
+
+/// Trees whose records hold patient data: sealed when a key is configured. Their names are
+/// part of each record's associated data.
+pub(super) const REFERRALS: &str = "referrals";
+pub(super) const VERSIONS: &str = "versions";
+pub(super) const PAYLOADS: &str = "payloads";
+pub(super) const UPDATES: &str = "updates";
+/// Task states hold appointment times.
+pub(super) const TASK_STATES: &str = "task_states";
+pub(super) const SEALED_TREES: [&str; 5] = [REFERRALS, VERSIONS, PAYLOADS, UPDATES, TASK_STATES];
+
+#[derive(Clone)]
+pub(super) struct Trees {
+    pub(super) referrals: sled::Tree,
+    pub(super) versions: sled::Tree,
+    pub(super) payloads: sled::Tree,
+    pub(super) deliveries: sled::Tree,
+    pub(super) events: sled::Tree,
+    pub(super) by_modified: sled::Tree,
+    pub(super) meta: sled::Tree,
+    pub(super) updates: sled::Tree,
+    pub(super) open_updates: sled::Tree,
+    pub(super) referral_updates: sled::Tree,
+    pub(super) task_states: sled::Tree,
+    pub(super) audit: sled::Tree,
+}
+
+impl Trees {
+    pub(super) fn open(db: &sled::Db) -> Result<Self, StoreError> {
+        let tree = |name: &str| db.open_tree(name).map_err(unavailable);
+        Ok(Self {
+            referrals: tree(REFERRALS)?,
+            versions: tree(VERSIONS)?,
+            payloads: tree(PAYLOADS)?,
+            deliveries: tree("deliveries")?,
+            events: tree("events")?,
+            by_modified: tree("by_modified")?,
+            meta: tree("meta")?,
+            updates: tree(UPDATES)?,
+            open_updates: tree("open_updates")?,
+            referral_updates: tree("referral_updates")?,
+            task_states: tree(TASK_STATES)?,
+            audit: tree("audit")?,
+        })
+    }
+}
+
+/// A sled error as a store error, caused by it. A failure to read or write the disk sets
+/// recovery off: [`StoreError::Io`] when waiting can cure it (a full disk, a passing I/O
+/// error), and [`StoreError::Failed`] when it cannot (a read-only or vanished filesystem, no
+/// permission, corruption).
+pub(super) fn from_sled(e: sled::Error, context: &str) -> StoreError {
+    use std::io::ErrorKind;
+    let error = match &e {
+        sled::Error::Io(io)
+            if matches!(
+                io.kind(),
+                ErrorKind::ReadOnlyFilesystem | ErrorKind::PermissionDenied | ErrorKind::NotFound
+            ) =>
+        {
+            StoreError::failed(context)
+        }
+        sled::Error::Io(_) => StoreError::io(context),
+        sled::Error::Corruption { .. } | sled::Error::ReportableBug(_) => {
+            StoreError::failed(context)
+        }
+        _ => StoreError::unavailable(context),
+    };
+    error.caused_by(e)
+}
+
+/// A failed transaction as a store error: our own abort, or sled's failure.
+pub(super) fn tx_error(e: TransactionError<StoreError>) -> StoreError {
+    match e {
+        TransactionError::Abort(e) => e,
+        TransactionError::Storage(e) => unavailable(e),
+    }
+}
+
+pub(super) fn unavailable(e: sled::Error) -> StoreError {
+    from_sled(e, "sled")
+}
+
+pub(super) fn abort(e: StoreError) -> ConflictableTransactionError<StoreError> {
+    ConflictableTransactionError::Abort(e)
+}
