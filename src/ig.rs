@@ -7,6 +7,57 @@ use serde::{Deserialize, Serialize};
 /// CodeSystem of the message event codes (`MessageHeader.eventCoding.system`).
 pub const EVENT_SYSTEM: &str = "https://ehealthontario.ca/fhir/CodeSystem/message-event-code";
 
+/// The MessageDefinition of eReferral and eConsult messages, which the relay receives.
+pub const MESSAGE_DEFINITION: &str =
+    "http://ehealthontario.ca/fhir/MessageDefinition/ereferral-econsult";
+
+/// The event codes of the messages Ocean sends that the relay knows (others are stored too,
+/// unless an integration lists the codes it accepts).
+pub const RECEIVED_EVENTS: &[&str] = &[
+    "add-service-request",
+    "notify-update-service-request",
+    "revoke-service-request",
+    "notify-add-appointment",
+    "notify-update-appointment",
+    "send-communication-from-provider",
+    "send-communication-to-provider",
+    "notify-update-status",
+    "update-patient-data",
+];
+
+/// Where the guide's StructureDefinitions (profiles and extensions) live.
+pub const STRUCTURE_DEFINITIONS: &str = "http://ehealthontario.ca/fhir/StructureDefinition/";
+
+/// The profile of the MessageHeader of the messages the relay sends.
+pub const MESSAGE_HEADER_PROFILE: &str =
+    "http://ehealthontario.ca/fhir/StructureDefinition/ca-on-eReferral-profile-MessageHeader|1.0.1";
+
+/// The v0.10 MessageHeader extension holding the referral reference as a string (the relay
+/// sends it too). Extensions are named by the last segment of their URL.
+pub const EXT_ID_MESSAGE_HEADER: &str = "ext-id-message-header";
+/// The v0.11 MessageHeader extension holding the referral reference as an Identifier.
+pub const EXT_REFERRAL_IDENTIFIER: &str = "ext-referral-identifier";
+
+/// Whether extension `url` is the one named `name`: its last path segment, whatever the scheme
+/// and host before it (senders vary them).
+pub fn is_extension(url: &str, name: &str) -> bool {
+    url.strip_suffix(name)
+        .is_some_and(|head| head.ends_with('/'))
+}
+
+/// The full URL of the extension named `name`, as the relay writes it.
+pub fn extension_url(name: &str) -> String {
+    format!("{STRUCTURE_DEFINITIONS}{name}")
+}
+
+/// Identifier systems live on each Ocean host (`https://{host}/NamingSystem/...`), so they are
+/// matched by how they end. The referral reference:
+pub const SYS_EREFERRAL_REFERENCE: &str = "/id-ereferral-reference";
+/// The External Service ID of a directory listing.
+pub const SYS_EXTERNAL_SERVICE: &str = "/id-referral-target-external-service";
+/// Part of Ontario's professional licence systems (`.../ca-on-license-physician`, ...).
+pub const SYS_LICENCE: &str = "/ca-on-license-";
+
 /// The message events the relay sends to Ocean, stored and shown by their codes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -45,6 +96,29 @@ impl std::fmt::Display for OutboundEvent {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn extensions_are_named_by_their_last_segment() {
+        let written = extension_url(EXT_ID_MESSAGE_HEADER);
+        assert_eq!(
+            written,
+            "http://ehealthontario.ca/fhir/StructureDefinition/ext-id-message-header"
+        );
+        assert!(is_extension(&written, EXT_ID_MESSAGE_HEADER));
+        assert!(is_extension(
+            "https://other.host/x/ext-id-message-header",
+            EXT_ID_MESSAGE_HEADER
+        ));
+        assert!(!is_extension(
+            "ext-id-message-header",
+            EXT_ID_MESSAGE_HEADER
+        ));
+        assert!(!is_extension(&written, EXT_REFERRAL_IDENTIFIER));
+        assert!(!is_extension(
+            "http://h/my-ext-id-message-header",
+            EXT_ID_MESSAGE_HEADER
+        ));
+    }
 
     #[test]
     fn outbound_events_are_stored_by_their_codes() {

@@ -2,9 +2,11 @@
 //!
 //! Nothing here knows about HTTP or storage: functions take bytes or values and return plain data.
 
+mod bundle;
 mod json;
 pub mod message;
 pub mod outcome;
 pub mod outgoing;
+mod resources;
 
 pub use message::{ParseError, Parsed, ParsedMessage, parse_message};

@@ -96,7 +96,7 @@ pub fn response_bundle(
         "resourceType": "MessageHeader",
         "id": header_id.to_string(),
         "eventCoding": {
-            "system": "https://ehealthontario.ca/fhir/CodeSystem/message-event-code",
+            "system": crate::ig::EVENT_SYSTEM,
             "code": event_code,
         },
         "source": {"name": "referral-relay", "software": "referral-relay",

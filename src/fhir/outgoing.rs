@@ -15,13 +15,9 @@ use fhir_sdk::{DateTime, Instant};
 use time::OffsetDateTime;
 
 use crate::domain::ReferralRef;
-use crate::ig::{EVENT_SYSTEM, OutboundEvent};
-
-/// Profile of Ocean's MessageHeader.
-const MESSAGE_HEADER_PROFILE: &str =
-    "http://ehealthontario.ca/fhir/StructureDefinition/ca-on-eReferral-profile-MessageHeader|1.0.1";
-const EXT_ID_MESSAGE_HEADER: &str =
-    "http://ehealthontario.ca/fhir/StructureDefinition/ext-id-message-header";
+use crate::ig::{
+    EVENT_SYSTEM, EXT_ID_MESSAGE_HEADER, MESSAGE_HEADER_PROFILE, OutboundEvent, extension_url,
+};
 
 /// Why a message could not be built (a value fhir-sdk refuses).
 #[derive(Debug, thiserror::Error)]
@@ -228,7 +224,7 @@ fn message(
         )
         .extension(vec![
             Extension::builder()
-                .url(EXT_ID_MESSAGE_HEADER.to_owned())
+                .url(extension_url(EXT_ID_MESSAGE_HEADER))
                 .value(ExtensionValue::String(referral.to_string()))
                 .build()
                 .map_err(err)?,

@@ -9,20 +9,8 @@ use axum::routing::get;
 use serde_json::json;
 
 use crate::error::fhir_json;
+use crate::ig;
 use crate::state::AppState;
-
-/// Event codes the relay knows (others are stored too, unless an integration filters them).
-const EVENT_CODES: &[&str] = &[
-    "add-service-request",
-    "notify-update-service-request",
-    "revoke-service-request",
-    "notify-add-appointment",
-    "notify-update-appointment",
-    "send-communication-from-provider",
-    "send-communication-to-provider",
-    "notify-update-status",
-    "update-patient-data",
-];
 
 pub fn router() -> Router<AppState> {
     Router::new().route("/fhir/metadata", get(metadata))
@@ -38,7 +26,7 @@ async fn metadata(State(state): State<AppState>) -> Response {
             })
         })
         .collect();
-    let codes = EVENT_CODES.join(", ");
+    let codes = ig::RECEIVED_EVENTS.join(", ");
     let body = json!({
         "resourceType": "CapabilityStatement",
         "status": "active",
@@ -65,7 +53,7 @@ async fn metadata(State(state): State<AppState>) -> Response {
             ),
             "supportedMessage": [{
                 "mode": "receiver",
-                "definition": "http://ehealthontario.ca/fhir/MessageDefinition/ereferral-econsult"
+                "definition": ig::MESSAGE_DEFINITION
             }]
         }]
     });
