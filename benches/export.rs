@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use referral_relay::domain::{IntegrationName, ReferralRef};
-use referral_relay::export::{ExportFilter, export_from_store};
+use referral_relay::export::{ExportRequest, WriterSink, export};
 use referral_relay::fhir::{Parsed, parse_message};
 use referral_relay::store::{
     DeliveryStore, NewDelivery, ServiceAssignment, SledStore, delivery_key, sha256_hex,
@@ -103,17 +103,14 @@ fn main() {
         // Resets the peak (VmHWM) to the current size, so the figure below is the export's.
         let _ = std::fs::write("/proc/self/clear_refs", "5");
         let started = Instant::now();
-        let mut sink = std::io::sink();
-        let rows = export_from_store(
-            store.as_ref(),
-            &ExportFilter::default(),
-            false,
-            false,
-            &mut sink,
-            "bench",
-        )
-        .await
-        .unwrap();
+        let mut sink = WriterSink::new(std::io::sink(), false);
+        let request = ExportRequest {
+            actor: "bench".into(),
+            ..ExportRequest::default()
+        };
+        let rows = export(store.as_ref(), &request, |_| true, &mut sink)
+            .await
+            .unwrap();
         let elapsed = started.elapsed().as_secs_f64();
         let peak = status_kib("VmHWM:");
         println!(

@@ -246,8 +246,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             config,
             data_dir,
         } => {
-            let mut sink: Box<dyn std::io::Write> = if out == "-" {
-                Box::new(std::io::stdout().lock())
+            let mut sink: Box<dyn std::io::Write + Send> = if out == "-" {
+                Box::new(std::io::stdout())
             } else {
                 Box::new(
                     std::fs::File::create(&out).with_context(|| format!("cannot create {out}"))?,
@@ -318,14 +318,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 },
             )?;
             let store = open_stopped(&config)?;
-            let rows = runtime.block_on(crate::export::export_from_store(
-                &store,
-                &filter,
+            let request = crate::export::ExportRequest {
+                filter,
                 mark_exported,
                 excel,
-                &mut sink,
-                &cli_actor(),
-            ))?;
+                actor: cli_actor(),
+            };
+            let progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
+            let mut sink = crate::export::WriterSink::new(sink, progress);
+            let rows =
+                runtime.block_on(crate::export::export(&store, &request, |_| true, &mut sink))?;
             eprintln!("exported {rows} referrals");
             Ok(())
         }

@@ -13,8 +13,8 @@ use fhir_sdk::r4b::resources::{
     Appointment, MessageHeader, Patient, PractitionerRole, ServiceRequest, Task,
 };
 
-use super::bundle::{Bundle, conform, id_of_full_url};
 pub use super::bundle::ParseError;
+use super::bundle::{Bundle, conform, id_of_full_url};
 use super::resources::{
     appointment_view, first_named, header_view, patient_view, referrer, role_view,
     service_request_view, task_view,

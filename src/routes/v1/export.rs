@@ -8,25 +8,21 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use tracing::Instrument;
 
+use async_trait::async_trait;
 use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
-use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot};
 use utoipa::IntoParams;
 
 use super::extract::{Caller, ProblemDoc, Query, instant, service_param};
-use crate::domain::ReferralRef;
 use crate::error::Problem;
-use crate::export::{BOM, ExportFilter, write_header, write_row};
+use crate::export::{CsvSink, ExportError, ExportFilter, ExportRequest, export};
 use crate::state::AppState;
-
-/// Bytes gathered before a chunk is sent.
-const CHUNK: usize = 64 * 1024;
-/// Referrals read from the store at a time.
-const BATCH: usize = 500;
+use crate::store::ReferralRecord;
+use crate::telemetry::Metrics;
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
@@ -78,98 +74,39 @@ pub async fn export_csv(
         service,
         unexported_only: q.unexported_only.unwrap_or(false),
     };
-    let (mark, excel) = (q.mark_exported.unwrap_or(false), q.excel.unwrap_or(false));
-
+    let request = ExportRequest {
+        filter,
+        mark_exported: q.mark_exported.unwrap_or(false),
+        excel: q.excel.unwrap_or(false),
+        actor: format!("api:{}", client.name),
+    };
     let (chunks, receiver) = mpsc::channel::<Result<Bytes, std::io::Error>>(4);
     let (finished, taken) = oneshot::channel::<()>();
+    let mut sink = ChannelSink {
+        chunks: Some(chunks),
+        taken: Some(taken),
+        metrics: state.metrics.clone(),
+    };
     let store = state.store.clone();
-    let metrics = state.metrics.clone();
-    tokio::spawn(async move {
-        let mut buffer = Vec::with_capacity(CHUNK + 4096);
-        if excel {
-            buffer.extend_from_slice(BOM);
-        }
-        let mut written: Vec<(ReferralRef, OffsetDateTime)> = Vec::new();
-        let mut rows = 0usize;
-        let _ = write_header(&mut buffer);
-        let mut after = None;
-        loop {
-            let batch = match store
-                .referrals_modified(filter.from, filter.to, after, BATCH)
-                .await
-            {
-                Ok(batch) => batch,
-                Err(e) => {
-                    // The status line is long sent: an error item aborts the response, so the
-                    // client sees a broken transfer rather than a short file that looks whole.
+    tokio::spawn(
+        async move {
+            let visible = |r: &ReferralRecord| client.may_see(r.service_id.as_ref());
+            match export(store.as_ref(), &request, visible, &mut sink).await {
+                Ok(_) => {}
+                Err(ExportError::Sink(_)) => {
+                    tracing::info!("export cut off by the client; nothing marked");
+                }
+                Err(ExportError::Store(e)) if sink.abort().await => {
                     tracing::error!(error = %e, "export stopped: the store could not be read");
-                    let _ = chunks
-                        .send(Err(std::io::Error::other("store unavailable")))
-                        .await;
-                    return;
                 }
-            };
-            for record in &batch.referrals {
-                let visible = client.may_see(record.service_id.as_ref()) && filter.keeps(record);
-                if !visible {
-                    continue;
-                }
-                let _ = write_row(&mut buffer, record);
-                rows += 1;
-                if mark {
-                    written.push((record.referral.clone(), record.modified_at));
-                }
-                if buffer.len() >= CHUNK {
-                    let chunk = Bytes::from(std::mem::take(&mut buffer));
-                    if chunks.send(Ok(chunk)).await.is_err() {
-                        tracing::info!("export cut off by the client; nothing marked");
-                        return;
-                    }
+                Err(ExportError::Store(e)) => {
+                    tracing::error!(error = %e, "export complete, but the audit entry or the marks could not be written");
                 }
             }
-            after = batch.next;
-            if after.is_none() {
-                break;
-            }
         }
-        if !buffer.is_empty() && chunks.send(Ok(Bytes::from(buffer))).await.is_err() {
-            tracing::info!("export cut off by the client; nothing marked");
-            return;
-        }
-        // Counted before the stream ends, so a client that has read it all sees the count.
-        metrics.export_rows(rows as u64);
-        drop(chunks);
-        // Only once the response body has handed out its last chunk is the export complete.
-        if taken.await.is_err() {
-            tracing::info!("export cut off by the client; nothing marked");
-            return;
-        }
-        let audited = store
-            .audit(
-                "EXPORTED_REFERRALS",
-                &format!("api:{}", client.name),
-                serde_json::json!({
-                    "rows": rows,
-                    "filter": filter.describe(),
-                    "mark_exported": mark,
-                }),
-            )
-            .await;
-        if let Err(e) = audited {
-            tracing::error!(error = %e, "export complete, but the audit entry could not be written");
-        }
-        if mark {
-            match store
-                .mark_exported(&written, OffsetDateTime::now_utc())
-                .await
-            {
-                Ok(marked) => tracing::info!(rows, marked, "rows marked exported"),
-                Err(e) => tracing::error!(error = %e, "export complete, but marking failed"),
-            }
-        }
-    }
-    // Its log lines keep the request's id.
-    .in_current_span());
+        // Its log lines keep the request's id.
+        .in_current_span(),
+    );
 
     let mut response = (
         StatusCode::OK,
@@ -189,6 +126,57 @@ pub async fn export_csv(
         HeaderValue::from_static("attachment; filename=\"referrals.csv\""),
     );
     Ok(response)
+}
+
+/// The export's side of the response body: chunks go out through a channel; once the last is
+/// written, it waits for the body to report that the client took it.
+struct ChannelSink {
+    /// Dropped once the last chunk is written, which ends the body.
+    chunks: Option<mpsc::Sender<Result<Bytes, std::io::Error>>>,
+    taken: Option<oneshot::Receiver<()>>,
+    metrics: Metrics,
+}
+
+impl ChannelSink {
+    /// Before the body is complete, aborts it with an error item, so the client sees a broken
+    /// transfer rather than a short file that looks whole (the status line is long sent).
+    /// False when the body was already complete.
+    async fn abort(&mut self) -> bool {
+        match self.chunks.take() {
+            Some(chunks) => {
+                let _ = chunks
+                    .send(Err(std::io::Error::other("store unavailable")))
+                    .await;
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+#[async_trait]
+impl CsvSink for ChannelSink {
+    async fn write(&mut self, chunk: Vec<u8>, _rows: usize) -> std::io::Result<()> {
+        let gone = || std::io::Error::other("the client went away");
+        let chunks = self.chunks.as_ref().ok_or_else(gone)?;
+        chunks
+            .send(Ok(Bytes::from(chunk)))
+            .await
+            .map_err(|_| gone())
+    }
+
+    async fn finish(&mut self, rows: usize) -> std::io::Result<()> {
+        // Counted before the stream ends, so a client that has read it all sees the count.
+        self.metrics.export_rows(rows as u64);
+        self.chunks = None;
+        // Only once the response body has handed out its last chunk is the export complete.
+        match self.taken.take() {
+            Some(taken) => taken
+                .await
+                .map_err(|_| std::io::Error::other("the client did not take the whole file")),
+            None => Ok(()),
+        }
+    }
 }
 
 /// The response body: chunks from the export task; reports when the last one was taken.
