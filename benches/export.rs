@@ -6,7 +6,7 @@
 //! the kernel (VmHWM, reset just before the export starts).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "../tests/api/fixtures.rs"]
+#[path = "../tests/api/support/fixtures.rs"]
 #[allow(dead_code)]
 mod fixtures;
 

@@ -6,7 +6,7 @@
 //! so every one is a new stored, fsync'd version; the no-op handler reads the same bodies.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "../tests/api/fixtures.rs"]
+#[path = "../tests/api/support/fixtures.rs"]
 #[allow(dead_code)]
 mod fixtures;
 

@@ -151,14 +151,17 @@ impl OceanClient {
                 after: retry_after(&response),
             });
         }
-        let token: TokenResponse =
-            response
-                .json_body()
-                .await
-                .map_err(|reason| SendError::Retry {
-                    reason: format!("token endpoint answered {reason}"),
-                    after: None,
-                })?;
+        let token: TokenResponse = response.json().await.map_err(|e| {
+            let reason = if e.is_decode() {
+                "a body that is not the expected JSON"
+            } else {
+                transport(&e)
+            };
+            SendError::Retry {
+                reason: format!("token endpoint answered {reason}"),
+                after: None,
+            }
+        })?;
         // Refresh a minute early, or halfway through a token shorter-lived than two minutes.
         let given = token
             .expires_in
@@ -276,18 +279,6 @@ async fn outcome_text(response: reqwest::Response) -> String {
             ": {}",
             texts.join("; ").chars().take(500).collect::<String>()
         )
-    }
-}
-
-/// Reads a JSON body (reqwest is built without its `json` feature).
-trait JsonBody {
-    async fn json_body<T: for<'de> Deserialize<'de>>(self) -> Result<T, String>;
-}
-
-impl JsonBody for reqwest::Response {
-    async fn json_body<T: for<'de> Deserialize<'de>>(self) -> Result<T, String> {
-        let bytes = self.bytes().await.map_err(|e| transport(&e).to_owned())?;
-        serde_json::from_slice(&bytes).map_err(|_| "a body that is not the expected JSON".into())
     }
 }
 

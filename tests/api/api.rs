@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::fixtures::{fixture, unique_v011};
-use crate::helpers::{Answer, FIXTURES, TestApp, answer, spawn_app_with};
+use crate::support::app::{Answer, FIXTURES, TestApp, answer, spawn_app_with};
+use crate::support::fixtures::{fixture, unique_v011};
 
 const EMR_KEY: &str = "emr-key-0123456789";
 const CARDIO_KEY: &str = "cardio-key-0123456789";

@@ -2,15 +2,15 @@
 //! keeps old records readable, and `rekey` re-seals them.
 
 use std::path::Path;
-use std::process::Command;
 
 use base64::Engine;
 use referral_relay::domain::ReferralRef;
 use referral_relay::store::{AuditStore, DeliveryStore, Keyring, SledStore};
 use serde_json::Value;
 
-use crate::fixtures::{V011_REFERRAL, fixture};
-use crate::helpers::spawn_app_in;
+use crate::support::app::spawn_app_in;
+use crate::support::binary::command;
+use crate::support::fixtures::{V011_REFERRAL, fixture};
 
 /// The fixtures that carry a referral, all stored by the tests here.
 pub const STORED: [&str; 6] = [
@@ -175,12 +175,10 @@ async fn rotation_keeps_old_records_readable_and_rekey_reseals_them() {
     // `referral-relay rekey` re-seals what key 1 sealed; then key 2 alone reads everything.
     let config = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(config.path(), &toml).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_referral-relay"))
-        .args(["rekey", "--config"])
+    let out = command(&["rekey", "--config"], &[])
         .arg(config.path())
         .arg("--data-dir")
         .arg(dir.path())
-        .env_remove("RELAY_CONFIG")
         .output()
         .unwrap();
     let printed = String::from_utf8_lossy(&out.stdout);
@@ -243,7 +241,8 @@ async fn a_rekey_interrupted_by_a_crash_is_finished_or_undone_at_the_next_start(
 async fn a_key_still_needed_anywhere_in_the_store_cannot_be_dropped() {
     let dir = tempfile::TempDir::new().unwrap();
     let template = String::from_utf8(fixture(STORED[0])).unwrap();
-    let deliver = |name: &str| crate::fixtures::unique_v011(&template, name, &format!("b-{name}"));
+    let deliver =
+        |name: &str| crate::support::fixtures::unique_v011(&template, name, &format!("b-{name}"));
     // Key 1 seals a referral that sorts in the middle ...
     let one = format!("[storage]\nencryption_key = \"{}\"\n", key(1));
     let app = spawn_app_in(dir.path(), &one).await;

@@ -1,7 +1,8 @@
 //! The audit log: what is recorded, the hash chain, and tamper detection at the broken entry.
 
-use crate::fixtures::fixture;
-use crate::helpers::{TestApp, answer, spawn_app_in};
+use crate::support::app::{TestApp, answer, spawn_app_in};
+use crate::support::binary::run;
+use crate::support::fixtures::fixture;
 
 const KEY: &str = "emr-key-0123456789";
 const CONFIG: &str = "[server]\nauth_failure_report_secs = 1\n\
@@ -20,14 +21,6 @@ async fn entries(app: &TestApp) -> Vec<serde_json::Value> {
     .await;
     assert_eq!(reply.status, 200, "{}", reply.body);
     reply.body["entries"].as_array().unwrap().clone()
-}
-
-fn relay(args: &[&str]) -> std::process::Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_referral-relay"))
-        .args(args)
-        .env_remove("RELAY_CONFIG")
-        .output()
-        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -109,7 +102,7 @@ async fn deliveries_auth_failures_and_exports_are_audited_and_tampering_is_found
     app.stop().await;
 
     let data = dir.path().to_str().unwrap().to_owned();
-    let verify = relay(&["audit", "verify", "--data-dir", &data]);
+    let verify = run(&["audit", "verify", "--data-dir", &data], &[]);
     assert!(
         verify.status.success(),
         "{}",
@@ -130,10 +123,10 @@ async fn deliveries_auth_failures_and_exports_are_audited_and_tampering_is_found
             .unwrap();
         db.flush().unwrap();
     }
-    let verify = relay(&["audit", "verify", "--data-dir", &data]);
+    let verify = run(&["audit", "verify", "--data-dir", &data], &[]);
     assert!(!verify.status.success());
     let stderr = String::from_utf8_lossy(&verify.stderr);
     assert!(stderr.contains("audit entry 2 is broken"), "{stderr}");
-    let list = relay(&["audit", "list", "--data-dir", &data]);
+    let list = run(&["audit", "list", "--data-dir", &data], &[]);
     assert_eq!(String::from_utf8_lossy(&list.stdout).lines().count(), 4);
 }

@@ -7,8 +7,8 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
 use time::OffsetDateTime;
 
-use crate::fixtures::{fixture, unique_v011};
-use crate::helpers::{Answer, FHIR_JSON, TestApp, answer, spawn_app_in, spawn_app_with};
+use crate::support::app::{Answer, FHIR_JSON, TestApp, answer, spawn_app_in, spawn_app_with};
+use crate::support::fixtures::{fixture, unique_v011};
 
 const SIGNING_KEY: &str = "test-signing-key-0123456789abcdef-0123";
 const HMAC_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
@@ -165,7 +165,7 @@ async fn fetch_token(
         .unwrap();
     let status = response.status().as_u16();
     let headers = response.headers().clone();
-    let body = serde_json::from_slice(&response.bytes().await.unwrap()).unwrap();
+    let body = response.json().await.unwrap();
     (status, body, headers)
 }
 
@@ -180,10 +180,7 @@ async fn token_request(app: &TestApp, headers: &[(&str, &str)], form: &str) -> (
     }
     let response = request.send().await.unwrap();
     let status = response.status().as_u16();
-    (
-        status,
-        serde_json::from_slice(&response.bytes().await.unwrap()).unwrap(),
-    )
+    (status, response.json().await.unwrap())
 }
 
 #[tokio::test]

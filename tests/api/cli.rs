@@ -1,19 +1,10 @@
 //! The real binary's configuration commands: layers, environment, errors naming keys.
 
-use std::process::{Command, Output};
-
-fn relay(args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_referral-relay"));
-    command.args(args).env_remove("RELAY_CONFIG");
-    for (k, v) in env {
-        command.env(k, v);
-    }
-    command.output().unwrap()
-}
+use crate::support::binary::run;
 
 #[test]
 fn check_config_prints_the_defaults_with_no_config_at_all() {
-    let out = relay(&["check-config"], &[]);
+    let out = run(&["check-config"], &[]);
     assert!(
         out.status.success(),
         "{}",
@@ -41,7 +32,7 @@ fn the_environment_overrides_the_file() {
          [integrations.ocean]\nauth = { scheme = \"none\" }\n",
     )
     .unwrap();
-    let out = relay(
+    let out = run(
         &["check-config", "--config", file.path().to_str().unwrap()],
         &[("RELAY__SERVER__LISTEN", "127.0.0.1:7001")],
     );
@@ -63,7 +54,7 @@ fn the_environment_overrides_the_file() {
 
 #[test]
 fn a_bad_environment_value_is_refused_naming_the_key() {
-    let out = relay(
+    let out = run(
         &["check-config"],
         &[("RELAY__SERVER__MAX_BODY_BYTES", "lots")],
     );
@@ -75,7 +66,7 @@ fn a_bad_environment_value_is_refused_naming_the_key() {
     );
     assert!(stderr.contains("RELAY__"), "{stderr}");
 
-    let out = relay(&["serve", "--config", "/nonexistent/relay.toml"], &[]);
+    let out = run(&["serve", "--config", "/nonexistent/relay.toml"], &[]);
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("/nonexistent/relay.toml"), "{stderr}");
@@ -101,7 +92,7 @@ auth = { scheme = "hmac", secrets = ["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"] }
 "#,
     )
     .unwrap();
-    let out = relay(
+    let out = run(
         &["check-config", "--config", file.path().to_str().unwrap()],
         &[(
             "RELAY__INTEGRATIONS__BEARER__AUTH__TOKENS",
@@ -126,7 +117,7 @@ auth = { scheme = "hmac", secrets = ["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"] }
 
 #[test]
 fn a_secret_with_the_wrong_type_is_not_echoed_in_the_error() {
-    let out = relay(
+    let out = run(
         &["check-config"],
         &[
             ("RELAY__INTEGRATIONS__X__AUTH__SCHEME", "bearer"),
@@ -145,7 +136,7 @@ fn a_secret_with_the_wrong_type_is_not_echoed_in_the_error() {
 #[test]
 fn the_container_image_config_loads_and_points_at_the_volume() {
     let file = concat!(env!("CARGO_MANIFEST_DIR"), "/config/container.toml");
-    let out = relay(&["check-config", "--config", file], &[]);
+    let out = run(&["check-config", "--config", file], &[]);
     assert!(
         out.status.success(),
         "{}",
@@ -156,7 +147,7 @@ fn the_container_image_config_loads_and_points_at_the_volume() {
     assert_eq!(printed["server"]["listen"].as_str(), Some("0.0.0.0:8080"));
     assert_eq!(printed["log"]["format"].as_str(), Some("json"));
     // The image's config file as RELAY_CONFIG, overridden from the environment.
-    let out = relay(
+    let out = run(
         &["check-config"],
         &[("RELAY_CONFIG", file), ("RELAY__LOG__FORMAT", "text")],
     );
@@ -192,14 +183,14 @@ fn secrets_are_read_from_files_named_by_the_environment() {
         "RELAY__STORAGE__PREVIOUS_KEYS_FILE",
         previous.to_str().unwrap(),
     ));
-    let out = relay(&["check-config"], &with_previous);
+    let out = run(&["check-config"], &with_previous);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     let printed: toml::Table = toml::from_str(&String::from_utf8(out.stdout).unwrap()).unwrap();
     let previous = printed["storage"]["previous_keys"].as_array().unwrap();
     assert_eq!(previous.len(), 2, "{previous:?}");
 
-    let out = relay(&["check-config"], &env);
+    let out = run(&["check-config"], &env);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     let printed: toml::Table = toml::from_str(&String::from_utf8(out.stdout).unwrap()).unwrap();
@@ -213,7 +204,7 @@ fn secrets_are_read_from_files_named_by_the_environment() {
 
     // A file holding a key of the wrong size is refused, naming the key, not its value.
     std::fs::write(&key, "c2hvcnQ=").unwrap();
-    let out = relay(&["check-config"], &env);
+    let out = run(&["check-config"], &env);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(stderr.contains("storage.encryption_key"), "{stderr}");

@@ -7,8 +7,8 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::fixtures::fixture;
-use crate::helpers::{metric, spawn_app_with};
+use crate::support::app::{metric, spawn_app_with};
+use crate::support::fixtures::fixture;
 
 const LIMITS: &str = "[server]\nheader_read_timeout_secs = 1\nkeep_alive_timeout_secs = 2\n";
 

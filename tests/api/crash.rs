@@ -1,101 +1,14 @@
 //! Kill -9 the real binary while concurrent clients deliver: after a restart on the same data
 //! dir, every delivery that was acknowledged is there. Several cycles in one test.
 
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use referral_relay::domain::ReferralRef;
 use referral_relay::store::{DeliveryStore, SledStore};
 
-use crate::fixtures::{fixture, unique_v011};
-
-/// The `referral-relay serve` process, the address it reported, and what it logs.
-pub struct Relay {
-    pub child: Child,
-    pub addr: SocketAddr,
-    /// Every line written to stderr so far.
-    pub logs: Arc<Mutex<Vec<String>>>,
-}
-
-fn start_relay(data_dir: &Path) -> Relay {
-    start_relay_with(data_dir, None)
-}
-
-/// Starts the real binary on `data_dir`, with `config` as its config file when given.
-pub fn start_relay_with(data_dir: &Path, config: Option<&Path>) -> Relay {
-    launch(data_dir, config, &[], &[("RUST_LOG", "info")])
-}
-
-/// Starts `referral-relay serve` on 127.0.0.1:0 with extra arguments and environment, and
-/// waits until it reports its address (from a text or a JSON log line).
-pub fn launch(
-    data_dir: &Path,
-    config: Option<&Path>,
-    args: &[&str],
-    env: &[(&str, &str)],
-) -> Relay {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_referral-relay"));
-    command.arg("serve");
-    if let Some(config) = config {
-        command.arg("--config").arg(config);
-    }
-    command
-        .args(["--listen", "127.0.0.1:0"])
-        .arg("--data-dir")
-        .arg(data_dir)
-        .args(args)
-        .env_remove("RELAY_CONFIG")
-        .env_remove("RUST_LOG");
-    for (k, v) in env {
-        command.env(k, v);
-    }
-    let mut child = command
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let logs = Arc::new(Mutex::new(Vec::new()));
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let addr = loop {
-        let line = lines
-            .next()
-            .expect("the relay exited before it was listening")
-            .unwrap();
-        logs.lock().unwrap().push(line.clone());
-        if let Some(addr) = listening_address(&line) {
-            break addr;
-        }
-    };
-    // Keep draining stderr so the process never blocks on a full pipe.
-    let kept = Arc::clone(&logs);
-    std::thread::spawn(move || {
-        for line in lines.map_while(Result::ok) {
-            kept.lock().unwrap().push(line);
-        }
-    });
-    Relay { child, addr, logs }
-}
-
-fn listening_address(line: &str) -> Option<SocketAddr> {
-    if line.starts_with('{') {
-        let json: serde_json::Value = serde_json::from_str(line).ok()?;
-        if json["fields"]["message"] != "listening" {
-            return None;
-        }
-        return json["fields"]["addr"].as_str()?.parse().ok();
-    }
-    if !line.contains("listening") {
-        return None;
-    }
-    line.split_whitespace()
-        .find_map(|w| w.strip_prefix("addr="))?
-        .parse()
-        .ok()
-}
+use crate::support::binary::start_relay_with;
+use crate::support::fixtures::{fixture, unique_v011};
 
 fn delivery_name(cycle: usize, client: usize, n: usize) -> String {
     format!("CRASH-{cycle}-{client}-{n}")
@@ -117,7 +30,7 @@ async fn acknowledged_deliveries_survive_kill_9_across_restarts() {
     let mut all_acked: Vec<String> = Vec::new();
 
     for cycle in 0..CYCLES {
-        let mut relay = start_relay(dir.path());
+        let mut relay = start_relay_with(dir.path(), None);
         let url = format!("http://{}/fhir/default/$process-message", relay.addr);
 
         // A delivery acknowledged before the last kill is recognised, not stored again.
@@ -130,7 +43,7 @@ async fn acknowledged_deliveries_survive_kill_9_across_restarts() {
                 .await
                 .unwrap();
             assert_eq!(r.status().as_u16(), 200);
-            let body: serde_json::Value = r.json_body().await;
+            let body: serde_json::Value = r.json().await.unwrap();
             let note = body["entry"][1]["resource"]["issue"][0]["diagnostics"].as_str();
             assert!(note.unwrap_or("").contains("already stored"), "{body}");
         }
@@ -194,16 +107,5 @@ async fn acknowledged_deliveries_survive_kill_9_across_restarts() {
             let raw = store.payload(&referral, 1).await.unwrap().unwrap();
             assert_eq!(raw.as_ref(), delivery(&template, name).as_slice());
         }
-    }
-}
-
-/// Reads a JSON body (reqwest is built without its `json` feature).
-trait JsonBody {
-    async fn json_body(self) -> serde_json::Value;
-}
-
-impl JsonBody for reqwest::Response {
-    async fn json_body(self) -> serde_json::Value {
-        serde_json::from_slice(&self.bytes().await.unwrap()).unwrap()
     }
 }

@@ -3,8 +3,8 @@
 use referral_relay::domain::ReferralRef;
 use serde_json::Value;
 
-use crate::fixtures::{V011_REFERRAL, fixture};
-use crate::helpers::{metric_series, spawn_app};
+use crate::support::app::{metric_series, spawn_app};
+use crate::support::fixtures::{V011_REFERRAL, fixture};
 
 fn v011() -> ReferralRef {
     ReferralRef::parse(V011_REFERRAL).unwrap()

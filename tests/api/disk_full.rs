@@ -8,8 +8,8 @@ use std::time::Duration;
 use referral_relay::domain::ReferralRef;
 use referral_relay::store::StoreHealth;
 
-use crate::fixtures::{fixture, unique_v011};
-use crate::helpers::spawn_app_in;
+use crate::support::app::spawn_app_in;
+use crate::support::fixtures::{fixture, unique_v011};
 
 /// A tmpfs of `size` mounted at a fresh temporary directory, unmounted on drop.
 pub struct SmallFilesystem {

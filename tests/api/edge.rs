@@ -10,8 +10,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::auth::signed;
-use crate::fixtures::fixture;
-use crate::helpers::{FHIR_JSON, TestApp, answer, metric, spawn_app, spawn_app_with};
+use crate::support::app::{FHIR_JSON, TestApp, answer, metric, spawn_app, spawn_app_with};
+use crate::support::fixtures::fixture;
 
 const HMAC_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
@@ -104,7 +104,7 @@ async fn gzip_and_deflate_bodies_are_decoded_and_other_codings_refused() {
     );
 
     // deflate (zlib) of a different delivery.
-    let other = crate::fixtures::unique_v011(
+    let other = crate::support::fixtures::unique_v011(
         &String::from_utf8(fixture("v0.11-add-service-request.json")).unwrap(),
         "TST-DEFLATE",
         "deflate-1",

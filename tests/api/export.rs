@@ -5,8 +5,9 @@ use std::path::PathBuf;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::fixtures::{fixture, unique_v011};
-use crate::helpers::{FIXTURES, TestApp, spawn_app_with};
+use crate::support::app::{FIXTURES, TestApp, spawn_app_with};
+use crate::support::binary::run;
+use crate::support::fixtures::{fixture, unique_v011};
 
 const KEY: &str = "emr-key-0123456789";
 const CONFIG: &str = "[api.clients.emr]\nkey = \"emr-key-0123456789\"\n";
@@ -281,20 +282,11 @@ async fn an_interrupted_export_marks_nothing() {
     assert_eq!(table.len(), 1001, "an interrupted export marks nothing");
 }
 
-fn relay(args: &[&str]) -> std::process::Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_referral-relay"))
-        .args(args)
-        .env_remove("RELAY_CONFIG")
-        .env_remove("RELAY_API_KEY")
-        .output()
-        .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_command_line_exports_through_the_service_or_from_a_stopped_data_dir() {
     let dir = tempfile::TempDir::new().unwrap();
     let data = dir.path().join("data");
-    let app = crate::helpers::spawn_app_in(&data, CONFIG).await;
+    let app = crate::support::app::spawn_app_in(&data, CONFIG).await;
     for name in FIXTURES {
         app.deliver("default", fixture(name)).await;
     }
@@ -307,8 +299,11 @@ async fn the_command_line_exports_through_the_service_or_from_a_stopped_data_dir
     );
     let (locked, through) = tokio::task::spawn_blocking(move || {
         (
-            relay(&["export", "--data-dir", &data_for_locked]),
-            relay(&["export", "--url", &url, "--key", KEY, "--out", &out_arg]),
+            run(&["export", "--data-dir", &data_for_locked], &[]),
+            run(
+                &["export", "--url", &url, "--key", KEY, "--out", &out_arg],
+                &[],
+            ),
         )
     })
     .await
@@ -332,29 +327,35 @@ async fn the_command_line_exports_through_the_service_or_from_a_stopped_data_dir
 
     let direct = dir.path().join("direct.csv");
     let direct_arg = direct.to_str().unwrap().to_owned();
-    let first = relay(&[
-        "export",
-        "--data-dir",
-        &data_arg,
-        "--unexported-only",
-        "--mark-exported",
-        "--out",
-        &direct_arg,
-    ]);
+    let first = run(
+        &[
+            "export",
+            "--data-dir",
+            &data_arg,
+            "--unexported-only",
+            "--mark-exported",
+            "--out",
+            &direct_arg,
+        ],
+        &[],
+    );
     assert!(
         first.status.success(),
         "{}",
         String::from_utf8_lossy(&first.stderr)
     );
     assert_eq!(rows(&std::fs::read_to_string(&direct).unwrap()).len(), 4);
-    let again = relay(&["export", "--data-dir", &data_arg, "--unexported-only"]);
+    let again = run(
+        &["export", "--data-dir", &data_arg, "--unexported-only"],
+        &[],
+    );
     assert!(again.status.success());
     assert_eq!(
         rows(&String::from_utf8(again.stdout).unwrap()).len(),
         1,
         "all marked"
     );
-    let audit = relay(&["audit", "list", "--data-dir", &data_arg]);
+    let audit = run(&["audit", "list", "--data-dir", &data_arg], &[]);
     let log = String::from_utf8(audit.stdout).unwrap();
     assert_eq!(log.matches("EXPORTED_REFERRALS").count(), 3);
     assert!(log.contains("\"actor\":\"cli:"));

@@ -12,8 +12,8 @@ use referral_relay::store::{
 };
 use time::OffsetDateTime;
 
-use crate::fixtures::fixture;
-use crate::helpers::{FHIR_JSON, config, spawn_with_store};
+use crate::support::app::{FHIR_JSON, config, spawn_with_store};
+use crate::support::fixtures::fixture;
 
 /// Every write fails as a full disk would; reads find nothing. With `outbox_panics`, the
 /// store passes the readiness write instead, and reading the outbox panics, as a bug in the

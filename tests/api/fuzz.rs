@@ -5,8 +5,8 @@
 
 use referral_relay::domain::ReferralRef;
 
-use crate::fixtures::fixture;
-use crate::helpers::{FIXTURES, spawn_app};
+use crate::support::app::{FIXTURES, spawn_app};
+use crate::support::fixtures::fixture;
 
 /// A small deterministic generator (xorshift64*), so a failure names a seed that reproduces it.
 struct Rng(u64);
@@ -146,7 +146,7 @@ async fn mutated_deliveries_get_2xx_or_4xx_and_what_is_stored_is_exact() {
 }
 
 /// The latest version of the referral this delivery was filed under holds exactly its bytes.
-async fn check_stored(app: &crate::helpers::TestApp, body: &[u8], context: &str) {
+async fn check_stored(app: &crate::support::app::TestApp, body: &[u8], context: &str) {
     let last = app.store.durable_seq();
     let events = app
         .store

@@ -4,8 +4,8 @@
 use referral_relay::domain::{ReferralRef, ServiceId};
 use serde_json::Value;
 
-use crate::fixtures::{V011_REFERRAL, fixture};
-use crate::helpers::{FHIR_JSON, TestApp, metric_series, spawn_app, spawn_app_with};
+use crate::support::app::{FHIR_JSON, TestApp, metric_series, spawn_app, spawn_app_with};
+use crate::support::fixtures::{V011_REFERRAL, fixture};
 
 fn referral(r: &str) -> ReferralRef {
     ReferralRef::parse(r).unwrap()

@@ -1,7 +1,6 @@
 //! The real binary as operations see it: SIGTERM under load, the healthcheck command, and debug
 //! logs that carry request ids and nothing a patient or a secret would mind.
 
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -12,35 +11,11 @@ use serde_json::{Value, json};
 
 use crate::at_rest::{STORED, patient_details};
 use crate::auth::signed;
-use crate::crash::{Relay, launch};
-use crate::fixtures::{V011_REFERRAL, fixture, unique_v011};
-use crate::ocean_mock::{CLIENT_ID, CLIENT_SECRET, MockOcean};
+use crate::support::binary::{launch, run, send_sigterm, terminate, wait_exit};
+use crate::support::fixtures::{V011_REFERRAL, fixture, unique_v011};
+use crate::support::ocean::{CLIENT_ID, CLIENT_SECRET, MockOcean};
 
 const FHIR_JSON: &str = "application/fhir+json";
-
-/// Sends SIGTERM and waits (bounded) for the process to exit; returns whether it exited 0.
-fn terminate(relay: &mut Relay) -> bool {
-    send_sigterm(relay);
-    wait_exit(relay)
-}
-
-fn send_sigterm(relay: &Relay) {
-    let pid = relay.child.id().to_string();
-    let status = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-    assert!(status.success());
-}
-
-/// Waits up to a minute for the process to exit; returns whether it exited 0.
-fn wait_exit(relay: &mut Relay) -> bool {
-    for _ in 0..1200 {
-        if let Some(status) = relay.child.try_wait().unwrap() {
-            return status.success();
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    relay.child.kill().unwrap();
-    panic!("the relay did not exit within a minute of SIGTERM");
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigterm_under_load_keeps_every_acknowledged_delivery_and_exits_0() {
@@ -106,17 +81,8 @@ async fn sigterm_under_load_keeps_every_acknowledged_delivery_and_exits_0() {
 async fn the_healthcheck_command_passes_for_a_running_service_and_fails_for_a_stopped_one() {
     let dir = tempfile::TempDir::new().unwrap();
     let mut relay = launch(dir.path(), None, &[], &[("RUST_LOG", "info")]);
-    let healthcheck = |env: &[(&str, &str)], args: &[&str]| {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_referral-relay"));
-        command
-            .arg("healthcheck")
-            .args(args)
-            .env_remove("RELAY_CONFIG");
-        for (k, v) in env {
-            command.env(k, v);
-        }
-        command.output().unwrap()
-    };
+    let healthcheck =
+        |env: &[(&str, &str)], args: &[&str]| run(&[&["healthcheck"], args].concat(), env);
     let url = format!("http://{}", relay.addr);
     let out = healthcheck(&[], &["--url", &url]);
     assert!(

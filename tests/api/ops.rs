@@ -2,8 +2,8 @@
 
 use base64::Engine;
 
-use crate::fixtures::fixture;
-use crate::helpers::{FHIR_JSON, metric, spawn_app_with};
+use crate::support::app::{FHIR_JSON, metric, spawn_app_with};
+use crate::support::fixtures::fixture;
 
 const KEY: &str = "emr-key-0123456789";
 
@@ -198,7 +198,7 @@ async fn a_body_refused_before_it_is_read_does_not_break_the_connection() {
         ("/fhir/clinic/$process-message", "Basic b2NlYW46eA==", 401),
         ("/fhir/clinic/$process-message", "Basic b2NlYW46eA==", 401),
     ] {
-        let answer = crate::helpers::answer(
+        let answer = crate::support::app::answer(
             app.client
                 .post(app.url(path))
                 .header("content-type", FHIR_JSON)

@@ -5,9 +5,10 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::fixtures::fixture;
-use crate::helpers::{Answer as Reply, TestApp, answer, metric, spawn_app_with};
-use crate::ocean_mock::{Answer, CLIENT_ID, CLIENT_SECRET, MockOcean};
+use crate::support::app::{Answer as Reply, TestApp, answer, metric, spawn_app_with};
+use crate::support::binary::run;
+use crate::support::fixtures::fixture;
+use crate::support::ocean::{Answer, CLIENT_ID, CLIENT_SECRET, MockOcean};
 
 const KEY: &str = "emr-key-0123456789";
 const REF: &str = "TST-0011-AAAA";
@@ -455,7 +456,7 @@ async fn an_update_in_backoff_survives_kill_9_and_lands_exactly_once() {
     let data = dir.path().join("data");
     let client = reqwest::Client::new();
 
-    let mut relay = crate::crash::start_relay_with(&data, Some(&config_file));
+    let mut relay = crate::support::binary::start_relay_with(&data, Some(&config_file));
     let base = format!("http://{}", relay.addr);
     let stored = client
         .post(format!("{base}/fhir/default/$process-message"))
@@ -505,7 +506,7 @@ async fn an_update_in_backoff_survives_kill_9_and_lands_exactly_once() {
     relay.child.kill().unwrap();
     relay.child.wait().unwrap();
 
-    let mut relay = crate::crash::start_relay_with(&data, Some(&config_file));
+    let mut relay = crate::support::binary::start_relay_with(&data, Some(&config_file));
     eventually("delivery after the restart", || {
         ocean.delivered().len() == 1
     })
@@ -537,7 +538,7 @@ async fn an_update_in_backoff_survives_kill_9_and_lands_exactly_once() {
 
     // Recorded as delivered: after another restart, a new update goes out and the old one
     // is not posted again (the worker has made a full pass by the time the new one lands).
-    let mut relay = crate::crash::start_relay_with(&data, Some(&config_file));
+    let mut relay = crate::support::binary::start_relay_with(&data, Some(&config_file));
     let reply = answer(
         client
             .post(format!(
@@ -569,14 +570,6 @@ async fn an_update_in_backoff_survives_kill_9_and_lands_exactly_once() {
     relay.child.wait().unwrap();
 }
 
-fn relay_command(args: &[&str]) -> std::process::Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_referral-relay"))
-        .args(args)
-        .env_remove("RELAY_CONFIG")
-        .output()
-        .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_site_proves_the_credentials_and_replay_works_from_the_command_line() {
     let (app, ocean) = setup("form").await;
@@ -595,8 +588,8 @@ async fn check_site_proves_the_credentials_and_replay_works_from_the_command_lin
     );
     let out = tokio::task::spawn_blocking(move || {
         (
-            relay_command(&["check-site", "main", "--config", &good]),
-            relay_command(&["check-site", "main", "--config", &bad]),
+            run(&["check-site", "main", "--config", &good], &[]),
+            run(&["check-site", "main", "--config", &bad], &[]),
         )
     })
     .await
@@ -615,7 +608,10 @@ async fn check_site_proves_the_credentials_and_replay_works_from_the_command_lin
     until_state(&app, id, "dead").await;
     let url = format!("http://{}", app.addr);
     let replay = tokio::task::spawn_blocking(move || {
-        relay_command(&["replay", &id.to_string(), "--url", &url, "--key", KEY])
+        run(
+            &["replay", &id.to_string(), "--url", &url, "--key", KEY],
+            &[],
+        )
     })
     .await
     .unwrap();

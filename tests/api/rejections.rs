@@ -2,8 +2,8 @@
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::fixtures::fixture;
-use crate::helpers::{Answer, FHIR_JSON, TestApp, spawn_app, spawn_app_with};
+use crate::support::app::{Answer, FHIR_JSON, TestApp, spawn_app, spawn_app_with};
+use crate::support::fixtures::fixture;
 
 async fn assert_nothing_stored(app: &TestApp) {
     assert!(app.store.events_after(0, 10).await.unwrap().is_empty());
@@ -123,7 +123,7 @@ async fn a_media_type_the_relay_does_not_take_is_415() {
     .into_iter()
     .enumerate()
     {
-        let body = crate::fixtures::unique_v011(
+        let body = crate::support::fixtures::unique_v011(
             &String::from_utf8(body.clone()).unwrap(),
             &format!("TST-MEDIA-{n}"),
             &format!("media-{n}"),
