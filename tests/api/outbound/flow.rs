@@ -1,0 +1,149 @@
+//! What the outbound tests share: a relay pointed at a stand-in Ocean with one referral
+//! stored, the API calls that make updates, and checks of the messages Ocean received.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::support::app::{Answer as Reply, TestApp, answer, spawn_app_with};
+use crate::support::fixtures::fixture;
+use crate::support::ocean::{CLIENT_ID, CLIENT_SECRET, MockOcean};
+
+pub const KEY: &str = "emr-key-0123456789";
+pub const REF: &str = "TST-0011-AAAA";
+
+pub fn config(ocean: &MockOcean, token_auth: &str) -> String {
+    format!(
+        r#"
+[api.clients.emr]
+key = "{KEY}"
+
+[sites.main]
+base_url = "{}"
+client_id = "{CLIENT_ID}"
+client_secret = "{CLIENT_SECRET}"
+token_auth = "{token_auth}"
+
+[outbox]
+initial_backoff_secs = 1
+max_backoff_secs = 1
+request_timeout_secs = 1
+"#,
+        ocean.base_url()
+    )
+}
+
+/// The relay with the v0.11 referral stored, pointed at a fresh stand-in Ocean.
+pub async fn setup(token_auth: &str) -> (TestApp, MockOcean) {
+    let ocean = MockOcean::start().await;
+    let app = spawn_app_with(&config(&ocean, token_auth)).await;
+    assert_eq!(
+        app.deliver("default", fixture("v0.11-add-service-request.json"))
+            .await
+            .status,
+        200
+    );
+    (app, ocean)
+}
+
+pub async fn call(
+    app: &TestApp,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Value>,
+) -> Reply {
+    let mut request = app
+        .client
+        .request(method, app.url(path))
+        .header("authorization", format!("Bearer {KEY}"));
+    if let Some(body) = body {
+        request = request
+            .header("content-type", "application/json")
+            .body(body.to_string());
+    }
+    answer(request.send().await.unwrap()).await
+}
+
+pub async fn post(app: &TestApp, path: &str, body: Value) -> Reply {
+    call(app, reqwest::Method::POST, path, Some(body)).await
+}
+
+/// Accepts an update and returns its id.
+pub async fn accepted(app: &TestApp, path: &str, body: Value) -> u64 {
+    let reply = post(app, path, body).await;
+    assert_eq!(reply.status, 202, "{}", reply.body);
+    reply.body["update_id"].as_u64().unwrap()
+}
+
+pub async fn status(app: &TestApp, status: &str) -> u64 {
+    accepted(
+        app,
+        &format!("/api/v1/referrals/{REF}/status"),
+        json!({"status": status, "reason": "Triaged"}),
+    )
+    .await
+}
+
+/// Waits (bounded) until the update reaches `state`, and returns it.
+pub async fn until_state(app: &TestApp, id: u64, state: &str) -> Value {
+    for _ in 0..200 {
+        let reply = call(
+            app,
+            reqwest::Method::GET,
+            &format!("/api/v1/updates/{id}"),
+            None,
+        )
+        .await;
+        if reply.body["state"] == state {
+            return reply.body;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("update {id} never became {state}");
+}
+
+pub fn resource<'a>(bundle: &'a Value, kind: &str) -> &'a Value {
+    bundle["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| &e["resource"])
+        .find(|r| r["resourceType"] == kind)
+        .unwrap_or_else(|| panic!("no {kind} in {bundle}"))
+}
+
+/// The checks every message must pass: valid R4 (fhir-sdk reads it back), a MessageHeader as
+/// Ocean expects, and a focus that resolves to the entry of `kind`.
+pub fn assert_message(bundle: &Value, event: &str, kind: &str) {
+    let typed: fhir_sdk::r4b::resources::Bundle =
+        serde_json::from_value(bundle.clone()).expect("valid R4 Bundle");
+    assert_eq!(typed.r#type.as_ref(), "message");
+    let header = resource(bundle, "MessageHeader");
+    assert_eq!(
+        bundle["entry"][0]["resource"]["resourceType"],
+        "MessageHeader"
+    );
+    assert_eq!(header["eventCoding"]["code"], event);
+    assert_eq!(
+        header["eventCoding"]["system"],
+        "https://ehealthontario.ca/fhir/CodeSystem/message-event-code"
+    );
+    assert_eq!(
+        header["meta"]["profile"][0],
+        "http://ehealthontario.ca/fhir/StructureDefinition/ca-on-eReferral-profile-MessageHeader|1.0.1"
+    );
+    assert_eq!(
+        header["extension"][0]["url"],
+        "http://ehealthontario.ca/fhir/StructureDefinition/ext-id-message-header"
+    );
+    assert_eq!(header["extension"][0]["valueString"], REF);
+    assert!(header["source"]["endpoint"].is_string());
+    let focus = header["focus"][0]["reference"].as_str().unwrap();
+    let entry = bundle["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["fullUrl"] == focus)
+        .unwrap();
+    assert_eq!(entry["resource"]["resourceType"], kind);
+}

@@ -1,0 +1,7 @@
+//! Status updates to Ocean, against a stand-in Ocean on loopback: the messages themselves field
+//! by field, tokens, retries, ordering, dead letters, and what a clinic may send.
+
+mod dead_letters;
+mod delivery;
+mod flow;
+mod rules;
