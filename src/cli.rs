@@ -1,4 +1,6 @@
-//! The command line: `serve` and `check-config`.
+//! The command line (clap): `serve`, and the commands ops run beside it: `healthcheck`,
+//! `check-config`, `check-site`, `export`, `audit`, `rekey`, `replay`. Commands that open the
+//! data dir need the service stopped; `export` and `replay` can go through a running one.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

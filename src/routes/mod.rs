@@ -1,4 +1,7 @@
-//! HTTP routes: one `router()` per module, merged here.
+//! HTTP routes: one `router()` per module (the webhook, the token endpoint, the FHIR
+//! metadata, health, metrics, and `/api/v1` in its own folder), merged here under the layers
+//! every request goes through: a request id and span, the metrics of each route, and a 500
+//! for a handler that panics.
 
 pub mod health;
 pub mod metadata;
