@@ -83,6 +83,12 @@ impl Serialize for SecretBytes {
     }
 }
 
+/// Constant-time equality of two secrets (the length may leak; the content does not).
+pub fn same_secret(presented: &[u8], expected: &[u8]) -> bool {
+    #[allow(deprecated)]
+    aws_lc_rs::constant_time::verify_slices_are_equal(presented, expected).is_ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

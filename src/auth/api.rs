@@ -2,10 +2,11 @@
 
 use axum::http::HeaderMap;
 
-use super::{bearer, same_secret};
+use super::bearer;
 use crate::config::ApiConfig;
 use crate::domain::ServiceId;
 use crate::secret::Secret;
+use crate::secret::same_secret;
 
 /// One configured API client.
 #[derive(Debug, Clone)]

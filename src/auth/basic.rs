@@ -4,8 +4,8 @@ use axum::http::{HeaderMap, header};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 
-use super::same_secret;
 use crate::secret::Secret;
+use crate::secret::same_secret;
 
 /// `WWW-Authenticate` for Basic.
 pub const CHALLENGE: &str = "Basic realm=\"referral-relay\", charset=\"UTF-8\"";

@@ -3,8 +3,9 @@
 
 use axum::http::{HeaderMap, header};
 
-use super::{Refusal, same_secret};
+use super::refusals::Refusal;
 use crate::secret::Secret;
+use crate::secret::same_secret;
 
 /// `WWW-Authenticate` for bearer tokens.
 pub const CHALLENGE: &str = "Bearer realm=\"referral-relay\"";

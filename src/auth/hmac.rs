@@ -6,8 +6,8 @@
 //!
 //! The headers are checked before the body is read ([`HmacVerifier::check_headers`]), so an
 //! unsigned or stale request costs no memory; the raw bytes as received are then verified before
-//! anything parses them (a re-serialised body would not match). Comparison is constant-time
-//! (aws-lc's `hmac::verify`).
+//! anything parses them (a re-serialised body would not match). Each presented signature is
+//! compared with the computed tag in constant time (`secret::same_secret`).
 
 use aws_lc_rs::hmac;
 use axum::http::HeaderMap;
@@ -138,7 +138,7 @@ impl HmacVerifier {
             context.update(body);
             let tag = context.sign();
             for signature in &signed.signatures {
-                matches |= super::same_secret(signature, tag.as_ref());
+                matches |= crate::secret::same_secret(signature, tag.as_ref());
             }
         }
         if matches {

@@ -25,14 +25,7 @@ use basic::BasicCredentials;
 use hmac::{HmacVerifier, SignedHeaders};
 use token::TokenIssuer;
 
-/// A refused request: the scheme's challenge and why.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Refusal {
-    /// `WWW-Authenticate` value.
-    pub challenge: &'static str,
-    /// A fixed phrase, e.g. "wrong username or password".
-    pub reason: String,
-}
+pub use refusals::Refusal;
 
 /// How one integration checks its callers.
 pub enum Inbound {
@@ -147,10 +140,4 @@ fn hmac_refusal(e: hmac::SignatureError) -> Refusal {
         challenge: hmac::CHALLENGE,
         reason: e.to_string(),
     }
-}
-
-/// Constant-time equality of two secrets (the length may leak; the content does not).
-pub fn same_secret(presented: &[u8], expected: &[u8]) -> bool {
-    #[allow(deprecated)]
-    aws_lc_rs::constant_time::verify_slices_are_equal(presented, expected).is_ok()
 }

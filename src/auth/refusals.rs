@@ -21,6 +21,15 @@ pub const MAX_SOURCES: usize = 16;
 /// Kinds kept per interval; refusals of further kinds are counted under one overflow kind.
 const MAX_KINDS: usize = 64;
 
+/// A refused request: the scheme's challenge and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// `WWW-Authenticate` value.
+    pub challenge: &'static str,
+    /// A fixed phrase, e.g. "wrong username or password".
+    pub reason: String,
+}
+
 /// What was refused: who the caller claimed to be, the scheme, and why.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct RefusalKind {
