@@ -2,13 +2,23 @@
 //! beside a no-op axum handler (the HTTP ceiling of this machine) measured in the same run.
 //!
 //! `cargo bench --bench ingest` (set `BENCH_SECS` to change the time per measurement, default 5).
-//! Each request posts the ~30 KB v0.11 fixture with a fresh Bundle id and referral reference,
+//! Each request posts the ~31 KB v0.11 fixture with a fresh Bundle id and referral reference,
 //! so every one is a new stored, fsync'd version; the no-op handler reads the same bodies.
+//!
+//! Then: where the time goes (the FHIR layer alone, the store alone); the resident memory of
+//! the real binary in its own process, idle and after `BENCH_MEMORY_REFERRALS` (100,000)
+//! referrals; and ingest latency on a store already holding 1,000 referrals beside one holding
+//! `BENCH_GROWTH_REFERRALS` (1,000,000; filled straight through the store, which takes a few
+//! minutes and about 6 GB of disk).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 #[path = "../tests/api/support/fixtures.rs"]
 #[allow(dead_code)]
 mod fixtures;
+
+#[path = "../tests/api/support/binary.rs"]
+#[allow(dead_code)]
+mod binary;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -60,7 +70,8 @@ fn main() {
 
 async fn bench(duration: Duration) {
     let dir = tempfile::TempDir::new().unwrap();
-    let relay = start_relay(dir.path()).await;
+    let store: Arc<dyn Store> = Arc::new(SledStore::open(dir.path()).unwrap());
+    let (relay, _stop, _server) = serve(dir.path(), store).await;
     let noop = start_noop().await;
     let template = String::from_utf8(fixtures::fixture("v0.11-add-service-request.json")).unwrap();
     let size = template.len();
@@ -81,7 +92,7 @@ async fn bench(duration: Duration) {
             &template,
             &sequence,
             concurrency,
-            Duration::from_millis(300),
+            Limit::For(Duration::from_millis(300)),
         )
         .await;
         load(
@@ -89,11 +100,25 @@ async fn bench(duration: Duration) {
             &template,
             &sequence,
             concurrency,
-            Duration::from_millis(300),
+            Limit::For(Duration::from_millis(300)),
         )
         .await;
-        let base = load(noop, &template, &sequence, concurrency, duration).await;
-        let real = load(relay, &template, &sequence, concurrency, duration).await;
+        let base = load(
+            noop,
+            &template,
+            &sequence,
+            concurrency,
+            Limit::For(duration),
+        )
+        .await;
+        let real = load(
+            relay,
+            &template,
+            &sequence,
+            concurrency,
+            Limit::For(duration),
+        )
+        .await;
         println!(
             "{:<8} {:>11.0} {:>10.2} {:>10.2} {:>10.0} {:>9.2} {:>9.2} {:>8.2}x",
             concurrency,
@@ -107,6 +132,148 @@ async fn bench(duration: Duration) {
         );
     }
     breakdown(&template, &sequence, duration).await;
+    memory(&template, &sequence).await;
+    growth(&template, &sequence, duration).await;
+}
+
+fn env_count(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Resident memory of the real binary in its own process, on the default config (so the
+/// default page cache): idle on an empty store, then after referrals were posted to it.
+async fn memory(template: &str, sequence: &Arc<AtomicUsize>) {
+    let referrals = env_count("BENCH_MEMORY_REFERRALS", 100_000);
+    let dir = tempfile::TempDir::new().unwrap();
+    let mut relay = binary::launch(
+        dir.path(),
+        None,
+        &[],
+        &[
+            ("RUST_LOG", "warn,referral_relay=info"),
+            ("RELAY__SERVER__MAX_CONNECTIONS_PER_CLIENT", "256"),
+        ],
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let pid = relay.child.id();
+    let idle = resident_mib(pid);
+    let run = load(
+        relay.addr,
+        template,
+        sequence,
+        64,
+        Limit::Requests(referrals),
+    )
+    .await;
+    let filled = resident_mib(pid);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let settled = resident_mib(pid);
+    println!(
+        "memory: real binary, default config: {idle:.0} MiB resident idle on an empty store; \
+         {filled:.0} MiB after {referrals} referrals ({:.0} acks/s from this separate process at \
+         concurrency 64, p50 {:.2} ms, p99 {:.2} ms), {settled:.0} MiB 2 s later",
+        run.per_second(),
+        ms(run.percentile(0.5)),
+        ms(run.percentile(0.99)),
+    );
+    assert!(
+        binary::terminate(&mut relay),
+        "the relay did not stop cleanly"
+    );
+}
+
+/// `VmRSS` of process `pid`, in MiB.
+fn resident_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    kib / 1024.0
+}
+
+/// Ingest latency at concurrency 1 and 64 on a store already holding 1,000 referrals, and on
+/// one holding `BENCH_GROWTH_REFERRALS`.
+async fn growth(template: &str, sequence: &Arc<AtomicUsize>, duration: Duration) {
+    let large = env_count("BENCH_GROWTH_REFERRALS", 1_000_000);
+    let Parsed::Message(message) = parse_message(template.as_bytes(), |_| true).unwrap() else {
+        unreachable!("every event is accepted")
+    };
+    let mut p99s = Vec::new();
+    for stored in [1_000, large] {
+        let dir = tempfile::TempDir::new().unwrap();
+        let store = Arc::new(SledStore::open(dir.path()).unwrap());
+        let started = Instant::now();
+        fill(&store, &message, template, sequence, stored).await;
+        let filled_in = started.elapsed();
+        let (addr, stop, server) = serve(dir.path(), Arc::clone(&store) as Arc<dyn Store>).await;
+        for concurrency in [1, 64] {
+            load(
+                addr,
+                template,
+                sequence,
+                concurrency,
+                Limit::For(Duration::from_millis(300)),
+            )
+            .await;
+            let run = load(addr, template, sequence, concurrency, Limit::For(duration)).await;
+            println!(
+                "growth: {stored:>9} stored referrals (filled in {:.0} s): concurrency {concurrency:>2}: \
+                 {:.0} acks/s, p50 {:.2} ms, p99 {:.2} ms",
+                filled_in.as_secs_f64(),
+                run.per_second(),
+                ms(run.percentile(0.5)),
+                ms(run.percentile(0.99)),
+            );
+            if concurrency == 64 {
+                p99s.push(run.percentile(0.99));
+            }
+        }
+        let _ = stop.send(());
+        server.await.unwrap();
+    }
+    println!(
+        "growth: p99 at concurrency 64 with {large} stored is {:.2}x the figure with 1000",
+        p99s[1].as_secs_f64() / p99s[0].as_secs_f64()
+    );
+}
+
+/// Stores `count` fresh referrals straight into `store`, 256 at a time.
+async fn fill(
+    store: &Arc<SledStore>,
+    message: &ParsedMessage,
+    template: &str,
+    sequence: &Arc<AtomicUsize>,
+    count: usize,
+) {
+    let left = Arc::new(AtomicUsize::new(count));
+    let mut tasks = Vec::new();
+    for _ in 0..256 {
+        let (store, left, sequence, message, template) = (
+            Arc::clone(store),
+            Arc::clone(&left),
+            Arc::clone(sequence),
+            message.clone(),
+            template.to_owned(),
+        );
+        tasks.push(tokio::spawn(async move {
+            while left
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+                .is_ok()
+            {
+                let n = sequence.fetch_add(1, Ordering::Relaxed);
+                let delivery = new_delivery(&message, &template, &format!("FILL-{n}"));
+                store.put_delivery(delivery).await.unwrap();
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
 }
 
 /// Where the time goes: the FHIR layer alone, and the store alone (no HTTP), in the same run.
@@ -160,25 +327,7 @@ async fn store_rows(
             tasks.push(tokio::spawn(async move {
                 while started.elapsed() < duration {
                     let n = sequence.fetch_add(1, Ordering::Relaxed);
-                    let name = format!("STORE-{n}");
-                    let raw = fixtures::unique_v011(&template, &name, &format!("store-{n}"));
-                    let integration = IntegrationName::parse("default").unwrap();
-                    let delivery = NewDelivery {
-                        sha256: sha256_hex(&raw),
-                        dedup_key: delivery_key(&integration, Some(&name), &sha256_hex(&raw)),
-                        integration,
-                        shares_with: Vec::new(),
-                        referral: ReferralRef::parse(&name).unwrap(),
-                        service: ServiceAssignment::Unassigned,
-                        event: message.event.clone(),
-                        message_header_id: message.message_header_id.clone(),
-                        bundle_id: Some(name.clone()),
-                        bundle_timestamp: message.timestamp.clone(),
-                        raw: raw.into(),
-                        summary: message.summary.clone(),
-                        problems: Vec::new(),
-                        received_at: time::OffsetDateTime::now_utc(),
-                    };
+                    let delivery = new_delivery(&message, &template, &format!("STORE-{n}"));
                     store.put_delivery(delivery).await.unwrap();
                     stored.fetch_add(1, Ordering::Relaxed);
                 }
@@ -195,12 +344,42 @@ async fn store_rows(
     }
 }
 
+/// A fresh delivery of `template` as referral and Bundle `name`, as the webhook would store it.
+fn new_delivery(message: &ParsedMessage, template: &str, name: &str) -> NewDelivery {
+    let raw = fixtures::unique_v011(template, name, &name.to_lowercase());
+    let integration = IntegrationName::parse("default").unwrap();
+    NewDelivery {
+        sha256: sha256_hex(&raw),
+        dedup_key: delivery_key(&integration, Some(name), &sha256_hex(&raw)),
+        integration,
+        shares_with: Vec::new(),
+        referral: ReferralRef::parse(name).unwrap(),
+        service: ServiceAssignment::Unassigned,
+        event: message.event.clone(),
+        message_header_id: message.message_header_id.clone(),
+        bundle_id: Some(name.to_owned()),
+        bundle_timestamp: message.timestamp.clone(),
+        raw: raw.into(),
+        summary: message.summary.clone(),
+        problems: Vec::new(),
+        received_at: time::OffsetDateTime::now_utc(),
+    }
+}
+
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-/// The real service on the real store, on 127.0.0.1:0.
-async fn start_relay(data_dir: &std::path::Path) -> SocketAddr {
+/// The real service on `store` (in `data_dir`), on 127.0.0.1:0; stopped by the sender, and
+/// finished when the task ends.
+async fn serve(
+    data_dir: &std::path::Path,
+    store: Arc<dyn Store>,
+) -> (
+    SocketAddr,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<()>,
+) {
     let overrides = Overrides {
         listen: Some("127.0.0.1:0".parse().unwrap()),
         data_dir: Some(data_dir.to_path_buf()),
@@ -209,11 +388,17 @@ async fn start_relay(data_dir: &std::path::Path) -> SocketAddr {
     let mut config = Config::load_with_env(None, &overrides, std::iter::empty()).unwrap();
     // The load comes from one address, 64 connections at once.
     config.server.max_connections_per_client = 256;
-    let store: Arc<dyn Store> = Arc::new(SledStore::open(data_dir).unwrap());
     let app = Application::build_with_store(&config, store).await.unwrap();
     let addr = app.local_addr().unwrap();
-    tokio::spawn(app.run_until(std::future::pending()));
-    addr
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        app.run_until(async {
+            let _ = stopped.await;
+        })
+        .await
+        .unwrap();
+    });
+    (addr, stop, server)
 }
 
 /// An axum handler that reads the body and answers 200: the ceiling for HTTP on this machine.
@@ -231,28 +416,40 @@ async fn start_noop() -> SocketAddr {
     addr
 }
 
-/// `concurrency` clients posting fresh deliveries for `duration`; every answer must be 200.
+/// How long a load runs.
+#[derive(Clone, Copy)]
+enum Limit {
+    For(Duration),
+    Requests(usize),
+}
+
+/// `concurrency` clients posting fresh deliveries until `limit`; every answer must be 200.
 async fn load(
     addr: SocketAddr,
     template: &str,
     sequence: &Arc<AtomicUsize>,
     concurrency: usize,
-    duration: Duration,
+    limit: Limit,
 ) -> Run {
+    let issued = Arc::new(AtomicUsize::new(0));
     let client = reqwest::Client::new();
     let url = format!("http://{addr}/fhir/default/$process-message");
     let started = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..concurrency {
-        let (client, url, template, sequence) = (
+        let (client, url, template, sequence, issued) = (
             client.clone(),
             url.clone(),
             template.to_owned(),
             Arc::clone(sequence),
+            Arc::clone(&issued),
         );
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
-            while started.elapsed() < duration {
+            while match limit {
+                Limit::For(duration) => started.elapsed() < duration,
+                Limit::Requests(n) => issued.fetch_add(1, Ordering::Relaxed) < n,
+            } {
                 let n = sequence.fetch_add(1, Ordering::Relaxed);
                 let body =
                     fixtures::unique_v011(&template, &format!("BENCH-{n}"), &format!("bench-{n}"));

@@ -16,7 +16,7 @@ use crate::auth::refusals::Refusals;
 use crate::config::{AuthConfig, Config};
 use crate::ocean::worker::Worker;
 use crate::state::{AppState, send_bound};
-use crate::store::{Keyring, SledStore, Store};
+use crate::store::{Keyring, SledOptions, SledStore, Store};
 use crate::telemetry::Metrics;
 
 /// A bound, ready-to-run server.
@@ -44,11 +44,11 @@ const DESCRIPTOR_RESERVE: u64 = 256;
 impl Application {
     /// Opens the sled store in the configured data dir and binds the listener.
     pub async fn build(config: &Config) -> anyhow::Result<Self> {
-        let keys = keyring(&config.storage)?;
-        if keys.is_none() {
+        let options = sled_options(&config.storage)?;
+        if options.keys.is_none() {
             tracing::info!("storage.encryption_key is not set: patient data is stored unencrypted");
         }
-        let store = SledStore::open_with(&config.server.data_dir, keys)?;
+        let store = SledStore::open_opts(&config.server.data_dir, options)?;
         Self::build_with_store(config, Arc::new(store)).await
     }
 
@@ -108,6 +108,15 @@ impl Application {
     pub async fn run_until(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        // Boxed, so the server's code is compiled once, here, not again in every crate that
+        // calls this with its own future (the tests, the benchmarks).
+        self.serve_until(Box::pin(shutdown)).await
+    }
+
+    async fn serve_until(
+        self,
+        shutdown: std::pin::Pin<Box<dyn Future<Output = ()> + Send>>,
     ) -> anyhow::Result<()> {
         let stopping_tx = Arc::clone(&self.stopping);
         let mut stopping = self.stopping.subscribe();
@@ -173,6 +182,15 @@ pub fn keyring(storage: &crate::config::StorageConfig) -> anyhow::Result<Option<
     };
     let previous: Vec<[u8; 32]> = storage.previous_keys.iter().map(|k| k.bytes()).collect();
     Ok(Some(Keyring::new(&current.bytes(), &previous)?))
+}
+
+/// How `[storage]` opens the embedded store: its keys, page cache and write queue.
+pub fn sled_options(storage: &crate::config::StorageConfig) -> anyhow::Result<SledOptions> {
+    Ok(SledOptions {
+        keys: keyring(storage)?,
+        cache_bytes: storage.cache_mib.saturating_mul(1 << 20),
+        write_queue: storage.write_queue,
+    })
 }
 
 /// Purges versions older than `keep_days` (except each referral's latest) at start and daily.

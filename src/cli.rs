@@ -411,8 +411,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-/// Opens the data dir for a command that reads it directly, saying what to do when a running
-/// service holds it.
 /// Where a service listening on `listen` is reached from the same host.
 fn local_url(listen: SocketAddr) -> String {
     let ip = match listen.ip() {
@@ -431,11 +429,13 @@ fn cli_actor() -> String {
     )
 }
 
+/// Opens the data dir for a command that reads it directly, saying what to do when a running
+/// service holds it.
 fn open_stopped(config: &Config) -> anyhow::Result<crate::store::SledStore> {
     // Opening may repair an interrupted rekey or warn about unsealed records: say so.
     telemetry::init(&config.log.level, config.log.format);
-    let keys = crate::app::keyring(&config.storage)?;
-    crate::store::SledStore::open_with(&config.server.data_dir, keys).map_err(|e| match e {
+    let options = crate::app::sled_options(&config.storage)?;
+    crate::store::SledStore::open_opts(&config.server.data_dir, options).map_err(|e| match e {
         StoreError::InUse { .. } => anyhow::anyhow!(
             "{e}. A running referral-relay holds it: stop it, or (for export) go through it with --url and --key"
         ),

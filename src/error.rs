@@ -131,6 +131,7 @@ impl From<StoreError> for AppError {
             | StoreError::Io { .. }
             | StoreError::Failed { .. }
             | StoreError::InUse { .. } => Self::Unavailable(e),
+            StoreError::Busy { .. } => Self::Busy(format!("{e}; retry later")),
             StoreError::Corrupt { .. } => Self::Internal(e.into()),
         }
     }

@@ -36,12 +36,24 @@ pub struct StorageConfig {
         deserialize_with = "list_of_keys"
     )]
     pub previous_keys: Vec<EncryptionKey>,
+    /// The embedded store's page cache, in MiB. Resident memory grows to about this much
+    /// beyond the service's own; more cache serves more reads from memory.
+    pub cache_mib: u64,
+    /// How many writes may queue for the store's writer thread. A delivery that finds the queue
+    /// full is answered 503 with `Retry-After` (Ocean retries) instead of waiting.
+    pub write_queue: usize,
 }
 
 impl StorageConfig {
     pub fn validate(&self) -> anyhow::Result<()> {
         if self.encryption_key.is_none() && !self.previous_keys.is_empty() {
             bail!("storage.previous_keys is set but storage.encryption_key is not");
+        }
+        if self.cache_mib == 0 {
+            bail!("storage.cache_mib must be at least 1");
+        }
+        if self.write_queue == 0 {
+            bail!("storage.write_queue must be at least 1");
         }
         Ok(())
     }
@@ -141,6 +153,8 @@ mod tests {
         let orphan = StorageConfig {
             encryption_key: None,
             previous_keys: vec![EncryptionKey::parse(&good).unwrap()],
+            cache_mib: 64,
+            write_queue: 1024,
         };
         assert!(orphan.validate().is_err());
     }

@@ -39,6 +39,10 @@ pub enum StoreError {
         #[source]
         source: Option<Cause>,
     },
+    /// The store's write queue is full: too many writes are waiting. Nothing was written;
+    /// callers answer 503 with `Retry-After` and the sender retries.
+    #[error("storage busy: {context}")]
+    Busy { context: String },
     /// A stored record could not be decoded.
     #[error("stored record is corrupt: {context}")]
     Corrupt {
@@ -81,7 +85,7 @@ impl StoreError {
     #[must_use]
     pub fn caused_by(mut self, cause: impl Into<Cause>) -> Self {
         match &mut self {
-            Self::InUse { .. } => {}
+            Self::InUse { .. } | Self::Busy { .. } => {}
             Self::Unavailable { source, .. }
             | Self::Io { source, .. }
             | Self::Failed { source, .. }
@@ -94,6 +98,23 @@ impl StoreError {
     /// [`StoreError::Failed`].
     pub fn is_disk_failure(&self) -> bool {
         matches!(self, Self::Io { .. } | Self::Failed { .. })
+    }
+
+    /// An error of the same kind, saying the same (its causes as text): for answering every
+    /// write a failure covered.
+    #[must_use]
+    pub fn replicate(&self) -> Self {
+        let context = self.chain();
+        match self {
+            Self::InUse { dir } => Self::InUse { dir: dir.clone() },
+            Self::Busy { context } => Self::Busy {
+                context: context.clone(),
+            },
+            Self::Unavailable { .. } => Self::unavailable(context),
+            Self::Io { .. } => Self::io(context),
+            Self::Failed { .. } => Self::failed(context),
+            Self::Corrupt { .. } => Self::corrupt(context),
+        }
     }
 
     /// The error and its causes, `error: cause: cause`, for health reports and messages.

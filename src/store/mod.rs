@@ -12,7 +12,7 @@ mod outbox;
 mod seal;
 mod sled;
 
-pub use self::sled::SledStore;
+pub use self::sled::{SledOptions, SledStore};
 pub use audit::{AUDIT_GENESIS, AuditBreak, AuditEntry, AuditStore, verify_chain};
 pub use deliveries::{
     DeliveryStore, NewDelivery, PutOutcome, ReferralRecord, ServiceAssignment, VersionRecord,

@@ -5,6 +5,7 @@ mod api;
 mod at_rest;
 mod audit;
 mod auth;
+mod backpressure;
 mod cli;
 mod connections;
 mod crash;

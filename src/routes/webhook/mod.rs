@@ -10,8 +10,9 @@
 //!    authenticated yet counts against a shared budget (503 when it is spent);
 //! 5. verify the signature over the raw bytes (`hmac`, 401), then undo the content coding (the
 //!    size limit applies to the decoded body);
-//! 6. read and check the Bundle (400, 422), and refuse a referral of another integration (403);
-//! 7. store it durably, and only then answer 200 with a response message Bundle.
+//! 6. read and check the Bundle (400, 422);
+//! 7. store it durably (a referral of another integration is refused with 403, a full write
+//!    queue with 503), and only then answer 200 with a response message Bundle.
 //!
 //! Every refusal is a 4xx with an OperationOutcome; a store that cannot write answers 503 so
 //! Ocean retries.

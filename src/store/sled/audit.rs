@@ -9,6 +9,7 @@ use super::codec::{decode, encode};
 use super::handle::SledStore;
 use super::open::Open;
 use super::trees::{AUDIT_HEAD, abort, tx_error, unavailable};
+use super::writer::Target;
 use crate::store::audit::{AUDIT_GENESIS, AuditEntry, AuditStore};
 use crate::store::error::StoreError;
 
@@ -19,21 +20,23 @@ impl Open {
         actor: &str,
         details: serde_json::Value,
     ) -> Result<AuditEntry, StoreError> {
-        let t = &self.trees;
-        let entry = (&t.meta, &t.audit)
-            .transaction(|(meta, audit)| {
-                append_audit(
-                    meta,
-                    audit,
-                    OffsetDateTime::now_utc(),
-                    action,
-                    actor,
-                    details.clone(),
-                )
+        let (action, actor) = (action.to_owned(), actor.to_owned());
+        self.writer
+            .write(move |Target { trees: t, .. }| {
+                (&t.meta, &t.audit)
+                    .transaction(|(meta, audit)| {
+                        append_audit(
+                            meta,
+                            audit,
+                            OffsetDateTime::now_utc(),
+                            &action,
+                            &actor,
+                            details.clone(),
+                        )
+                    })
+                    .map_err(tx_error)
             })
-            .map_err(tx_error)?;
-        self.flusher.durable().await?;
-        Ok(entry)
+            .await
     }
 
     async fn audit_entries(&self, after: u64, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {

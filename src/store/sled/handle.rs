@@ -4,6 +4,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use super::SledOptions;
 use super::codec::Codec;
 use super::dir::{lock_dir, recover_swap};
 use super::open::Open;
@@ -22,7 +23,8 @@ pub struct SledStore {
 }
 
 impl SledStore {
-    /// Opens (or creates) the store in `dir`, unencrypted, and starts its flusher thread.
+    /// Opens (or creates) the store in `dir`, unencrypted, with the default options, and starts
+    /// its writer thread.
     ///
     /// # Errors
     /// [`StoreError::InUse`] when another process holds `dir`; otherwise why it cannot open.
@@ -37,21 +39,36 @@ impl SledStore {
     /// As [`SledStore::open`], and [`StoreError::Unavailable`] or [`StoreError::Corrupt`] for
     /// records `keys` cannot open.
     pub fn open_with(dir: &Path, keys: Option<Keyring>) -> Result<Self, StoreError> {
+        Self::open_opts(
+            dir,
+            SledOptions {
+                keys,
+                ..SledOptions::default()
+            },
+        )
+    }
+
+    /// Opens the store with `options` (keys, cache size, write queue).
+    ///
+    /// # Errors
+    /// As [`SledStore::open_with`].
+    pub fn open_opts(dir: &Path, options: SledOptions) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir).map_err(|e| {
             StoreError::unavailable(format!("cannot create data dir {}", dir.display()))
                 .caused_by(e)
         })?;
-        Self::open_locked(dir, keys, lock_dir(dir)?)
+        Self::open_locked(dir, options, lock_dir(dir)?)
     }
 
     /// Opens the store under a lock already taken on `dir`.
     pub(super) fn open_locked(
         dir: &Path,
-        keys: Option<Keyring>,
+        mut options: SledOptions,
         lock: Arc<std::fs::File>,
     ) -> Result<Self, StoreError> {
         recover_swap(dir)?;
-        let shared = Arc::new(Shared::open(dir, Codec(keys.map(Arc::new)))?);
+        let codec = Codec(options.keys.take().map(Arc::new));
+        let shared = Arc::new(Shared::open(dir, codec, options)?);
         let recovery = Shared::start_recovery(&shared)?;
         Ok(Self {
             shared,

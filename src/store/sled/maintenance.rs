@@ -10,6 +10,7 @@ use super::handle::SledStore;
 use super::keys::micros;
 use super::open::Open;
 use super::trees::{READY_MARKER, REFERRALS, VERSIONS, abort, tx_error, unavailable};
+use super::writer::Target;
 use crate::domain::ReferralRef;
 use crate::store::deliveries::{ReferralRecord, VersionRecord};
 use crate::store::error::StoreError;
@@ -55,40 +56,21 @@ impl Open {
     ) -> Result<usize, StoreError> {
         let mut marked = 0;
         for chunk in written.chunks(500) {
-            // A transaction, so a delivery committing meanwhile is never overwritten: the
-            // record is read and rewritten atomically, and one modified since it was written
-            // to the export keeps `exported_at` unset.
-            let codec = &self.codec;
+            let chunk = chunk.to_vec();
             marked += self
-                .trees
-                .referrals
-                .transaction(|tx| {
-                    let mut marked = 0;
-                    for (referral, modified_at) in chunk {
-                        let key = referral.as_str().as_bytes();
-                        let Some(bytes) = tx.get(key)? else {
-                            continue;
-                        };
-                        let mut record: ReferralRecord =
-                            codec.decode(REFERRALS, key, &bytes).map_err(abort)?;
-                        if record.modified_at != *modified_at {
-                            continue;
-                        }
-                        record.exported_at = Some(at);
-                        tx.insert(key, codec.encode(REFERRALS, key, &record).map_err(abort)?)?;
-                        marked += 1;
-                    }
-                    Ok(marked)
-                })
-                .map_err(tx_error)?;
+                .writer
+                .write(move |target| mark_chunk(target, &chunk, at))
+                .await?;
         }
-        self.flusher.durable().await?;
         Ok(marked)
     }
 
-    /// Blocking: reads every version. Not yet durable when it returns.
+    /// Blocking (on a blocking thread, never an async worker): reads every version and hands
+    /// the writer the purged ones in chunks; durable when it returns.
     fn purge_versions_before(&self, cutoff: OffsetDateTime) -> Result<u64, StoreError> {
+        const CHUNK: usize = 256;
         let mut purged = 0;
+        let mut chunk = Vec::with_capacity(CHUNK);
         for item in self.trees.versions.iter() {
             let (key, value) = item.map_err(unavailable)?;
             let mut version: VersionRecord = self.codec.decode(VERSIONS, &key, &value)?;
@@ -104,27 +86,81 @@ impl Open {
             version.purged = true;
             version.summary = crate::domain::Summary::default();
             version.problems.clear();
+            // Only the latest version of a referral changes, so this one stays as read.
             let value = self.codec.encode(VERSIONS, &key, &version)?;
-            (&self.trees.versions, &self.trees.payloads)
+            chunk.push((key, value));
+            if chunk.len() == CHUNK {
+                purged += self.purge_chunk(std::mem::take(&mut chunk))?;
+            }
+        }
+        purged += self.purge_chunk(chunk)?;
+        Ok(purged)
+    }
+
+    fn purge_chunk(&self, chunk: Vec<(sled::IVec, Vec<u8>)>) -> Result<u64, StoreError> {
+        if chunk.is_empty() {
+            return Ok(0);
+        }
+        let n = chunk.len() as u64;
+        self.writer.write_blocking(move |Target { trees, .. }| {
+            (&trees.versions, &trees.payloads)
                 .transaction(|(versions, payloads)| {
-                    versions.insert(&*key, value.as_slice())?;
-                    payloads.remove(&*key)?;
+                    for (key, value) in &chunk {
+                        versions.insert(key, value.as_slice())?;
+                        payloads.remove(key)?;
+                    }
                     Ok::<_, ConflictableTransactionError<StoreError>>(())
                 })
-                .map_err(tx_error)?;
-            purged += 1;
-        }
-        Ok(purged)
+                .map_err(tx_error)
+        })?;
+        Ok(n)
     }
 
     async fn check_writable(&self) -> Result<(), StoreError> {
         let now = OffsetDateTime::now_utc().unix_timestamp().to_be_bytes();
-        self.trees
-            .meta
-            .insert(READY_MARKER, &now)
-            .map_err(unavailable)?;
-        self.flusher.durable().await
+        self.writer
+            .write(move |Target { trees, .. }| {
+                trees
+                    .meta
+                    .insert(READY_MARKER, &now)
+                    .map(drop)
+                    .map_err(unavailable)
+            })
+            .await
     }
+}
+
+/// Marks the referrals of `chunk` exported at `at`, each only if it was not modified since it
+/// was written to the export (a delivery since then keeps `exported_at` unset). On the writer
+/// thread, so no delivery commits between the read and the write.
+fn mark_chunk(
+    target: &Target,
+    chunk: &[(ReferralRef, OffsetDateTime)],
+    at: OffsetDateTime,
+) -> Result<usize, StoreError> {
+    let codec = &target.codec;
+    target
+        .trees
+        .referrals
+        .transaction(|tx| {
+            let mut marked = 0;
+            for (referral, modified_at) in chunk {
+                let key = referral.as_str().as_bytes();
+                let Some(bytes) = tx.get(key)? else {
+                    continue;
+                };
+                let mut record: ReferralRecord =
+                    codec.decode(REFERRALS, key, &bytes).map_err(abort)?;
+                if record.modified_at != *modified_at {
+                    continue;
+                }
+                record.exported_at = Some(at);
+                tx.insert(key, codec.encode(REFERRALS, key, &record).map_err(abort)?)?;
+                marked += 1;
+            }
+            Ok(marked)
+        })
+        .map_err(tx_error)
 }
 
 #[async_trait]
@@ -150,12 +186,8 @@ impl MaintenanceStore for SledStore {
     }
 
     async fn purge_versions_before(&self, cutoff: OffsetDateTime) -> Result<u64, StoreError> {
-        let open = self.open_db()?;
-        let purged = self
-            .off_worker_on(&open, move |open| open.purge_versions_before(cutoff))
-            .await?;
-        self.checked(open.flusher.durable().await)?;
-        Ok(purged)
+        self.off_worker(move |open| open.purge_versions_before(cutoff))
+            .await
     }
 
     async fn check_writable(&self) -> Result<(), StoreError> {

@@ -1,5 +1,6 @@
-//! The embedded store: sled 0.34, one tree per record kind, one transaction per delivery, and a
-//! group-commit flusher so every acknowledged write is fsync'd without one fsync per request.
+//! The embedded store: sled 0.34, one tree per record kind, and one [`writer`] thread that
+//! applies queued writes in batches (a batch of deliveries is one transaction) and fsyncs once
+//! per batch, so every acknowledged write is on disk without one fsync per request.
 //!
 //! Trees (keys are ordered so scans are range reads; `\0` separates key parts, which
 //! identifiers cannot contain):
@@ -30,7 +31,7 @@
 
 //!
 //! Files: [`handle`] is the [`SledStore`] its users hold and [`recovery`] what keeps it
-//! writable; [`open`] one open database, its [`trees`] and [`flusher`]; [`codec`] how records
+//! writable; [`open`] one open database, its [`trees`] and [`writer`]; [`codec`] how records
 //! are stored and [`keys`] how they are keyed; [`dir`] the data dir (lock, rekey swap) and
 //! [`rekey`]. Each concern of the [`Store`](crate::store::Store) has its file:
 //! [`deliveries`], [`feed`], [`outbox`], [`audit`], [`maintenance`].
@@ -40,7 +41,6 @@ mod codec;
 mod deliveries;
 mod dir;
 mod feed;
-mod flusher;
 mod handle;
 mod keys;
 mod maintenance;
@@ -49,5 +49,30 @@ mod outbox;
 mod recovery;
 mod rekey;
 mod trees;
+mod writer;
 
 pub use handle::SledStore;
+
+use crate::store::seal::Keyring;
+
+/// How the embedded store is opened: its keys, its page cache and its write queue.
+pub struct SledOptions {
+    /// Keys sealing records that hold patient data; `None` stores them unencrypted.
+    pub keys: Option<Keyring>,
+    /// sled's page cache, in bytes (sled's own default is 1 GiB).
+    pub cache_bytes: u64,
+    /// How many writes may wait for the writer thread; a delivery that finds the queue full
+    /// is refused with [`StoreError::Busy`](crate::store::StoreError::Busy).
+    pub write_queue: usize,
+}
+
+impl Default for SledOptions {
+    /// No keys, a 64 MiB cache, a queue of 1024 writes (the defaults of `[storage]`).
+    fn default() -> Self {
+        Self {
+            keys: None,
+            cache_bytes: 64 << 20,
+            write_queue: 1024,
+        }
+    }
+}

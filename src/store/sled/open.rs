@@ -1,35 +1,39 @@
-//! One open sled database: its trees, its group-commit flusher and the durable feed sequence.
+//! One open sled database: its trees, its writer thread and the durable feed sequence.
 
 use std::path::Path;
 use std::sync::Arc;
 
 use tokio::sync::watch;
 
+use super::SledOptions;
 use super::codec::{Codec, read_u64};
 use super::dir::LIVE_DIR;
-use super::flusher::Flusher;
 use super::trees::{EVENT_SEQ, Trees, from_sled, unavailable};
+use super::writer::{Target, Writer};
 use crate::store::error::StoreError;
 
-/// One open sled database with its trees and its flusher.
+/// One open sled database with its trees and its writer.
 pub(super) struct Open {
     pub(super) db: sled::Db,
     pub(super) trees: Trees,
-    pub(super) flusher: Flusher,
+    /// Every write goes through it.
+    pub(super) writer: Writer,
     pub(super) codec: Codec,
     feed: watch::Receiver<u64>,
 }
 
 impl Open {
-    /// Opens the database in `dir`, checks the keys, and starts its flusher. The feed's durable
+    /// Opens the database in `dir`, checks the keys, and starts its writer. The feed's durable
     /// sequence is published on `feed`.
     pub(super) fn start(
         dir: &Path,
         codec: &Codec,
+        options: &SledOptions,
         feed: &Arc<watch::Sender<u64>>,
     ) -> Result<Self, StoreError> {
         let db = sled::Config::new()
             .path(dir.join(LIVE_DIR))
+            .cache_capacity(options.cache_bytes)
             .open()
             .map_err(|e| match e {
                 sled::Error::Io(io) if io.to_string().contains("lock") => StoreError::InUse {
@@ -41,38 +45,34 @@ impl Open {
                 ),
             })?;
         let trees = Trees::open(&db)?;
-        // Before the flusher starts: it holds the database (and its lock) until stopped.
+        // Before the writer starts: it holds the database (and its lock) until stopped.
         codec.admit_keys(&trees)?;
         trees.index_referral_updates(codec)?;
         // Referrals by service id are no longer indexed (listings filter the modification
         // index); stores written before keep a tree of them, dropped here.
         db.drop_tree("by_service").map_err(unavailable)?;
-        // Each flush reports the feed sequence it made durable: the counter as read before
-        // the flush, since every write it covers was committed before that read.
-        let meta = trees.meta.clone();
-        let read_seq = move || -> Result<u64, String> {
-            let seq = meta.get(EVENT_SEQ).map_err(|e| e.to_string())?;
-            seq.map(|v| read_u64(&v).map_err(|e| e.to_string()))
-                .transpose()
-                .map(Option::unwrap_or_default)
-        };
-        let on_disk = read_seq()
-            .map_err(|e| StoreError::unavailable("cannot read the feed sequence").caused_by(e))?;
+        let on_disk = trees
+            .meta
+            .get(EVENT_SEQ)
+            .map_err(unavailable)?
+            .map(|v| read_u64(&v))
+            .transpose()?
+            .unwrap_or_default();
         feed.send_if_modified(|seq| {
             let moved = on_disk > *seq;
             *seq = (*seq).max(on_disk);
             moved
         });
-        let flushed = db.clone();
-        let flusher = Flusher::start(Arc::clone(feed), move || {
-            let seq = read_seq()?;
-            flushed.flush().map_err(|e| e.to_string())?;
-            Ok(seq)
-        })?;
+        let target = Target {
+            db: db.clone(),
+            trees: trees.clone(),
+            codec: codec.clone(),
+        };
+        let writer = Writer::start(target, options.write_queue, Arc::clone(feed))?;
         Ok(Self {
             db,
             trees,
-            flusher,
+            writer,
             codec: codec.clone(),
             feed: feed.subscribe(),
         })
@@ -86,7 +86,7 @@ impl Open {
 
 impl Drop for Open {
     fn drop(&mut self) {
-        self.flusher.stop();
+        self.writer.stop();
         match self.db.flush() {
             Ok(_) => tracing::info!("store flushed and closed"),
             Err(e) => tracing::error!(error = %e, "final flush of the store failed"),

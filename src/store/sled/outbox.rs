@@ -11,6 +11,7 @@ use super::open::Open;
 use super::trees::{
     REFERRAL_UPDATES_INDEXED, TASK_STATES, Trees, UPDATE_SEQ, UPDATES, abort, tx_error, unavailable,
 };
+use super::writer::Target;
 use crate::domain::ReferralRef;
 use crate::store::error::StoreError;
 use crate::store::outbox::{OutboxStore, TaskState, UpdateRecord, UpdateState};
@@ -46,63 +47,72 @@ impl Trees {
 impl Open {
     async fn enqueue_update(
         &self,
-        mut update: UpdateRecord,
+        update: UpdateRecord,
         task: TaskState,
     ) -> Result<UpdateRecord, StoreError> {
-        let t = &self.trees;
         let referral_key = update.referral.as_str().as_bytes().to_vec();
         let task = self.codec.encode(TASK_STATES, &referral_key, &task)?;
-        let codec = &self.codec;
-        let stored = (
-            &t.updates,
-            &t.open_updates,
-            &t.referral_updates,
-            &t.task_states,
-            &t.meta,
-        )
-            .transaction(|(updates, open, by_referral, tasks, meta)| {
-                let id = meta
-                    .get(UPDATE_SEQ)?
-                    .map(|v| read_u64(&v))
-                    .transpose()
-                    .map_err(abort)?
-                    .unwrap_or(0)
-                    + 1;
-                let mut record = update.clone();
-                record.id = id;
-                meta.insert(UPDATE_SEQ, &id.to_be_bytes())?;
-                let key = id.to_be_bytes();
-                updates.insert(&key, codec.encode(UPDATES, &key, &record).map_err(abort)?)?;
-                open.insert(&id.to_be_bytes(), &[])?;
-                by_referral.insert(referral_seq_key(&record.referral, id), &[])?;
-                tasks.insert(referral_key.as_slice(), task.as_slice())?;
-                Ok(record)
-            })
-            .map_err(tx_error)?;
-        self.flusher.durable().await?;
-        update.id = stored.id;
-        Ok(stored)
+        self.writer
+            .write(
+                move |Target {
+                          trees: t, codec, ..
+                      }| {
+                    (
+                        &t.updates,
+                        &t.open_updates,
+                        &t.referral_updates,
+                        &t.task_states,
+                        &t.meta,
+                    )
+                        .transaction(|(updates, open, by_referral, tasks, meta)| {
+                            let id = meta
+                                .get(UPDATE_SEQ)?
+                                .map(|v| read_u64(&v))
+                                .transpose()
+                                .map_err(abort)?
+                                .unwrap_or(0)
+                                + 1;
+                            let mut record = update.clone();
+                            record.id = id;
+                            meta.insert(UPDATE_SEQ, &id.to_be_bytes())?;
+                            let key = id.to_be_bytes();
+                            updates.insert(
+                                &key,
+                                codec.encode(UPDATES, &key, &record).map_err(abort)?,
+                            )?;
+                            open.insert(&id.to_be_bytes(), &[])?;
+                            by_referral.insert(referral_seq_key(&record.referral, id), &[])?;
+                            tasks.insert(referral_key.as_slice(), task.as_slice())?;
+                            Ok(record)
+                        })
+                        .map_err(tx_error)
+                },
+            )
+            .await
     }
 
     async fn save_update(&self, update: &UpdateRecord) -> Result<(), StoreError> {
-        let t = &self.trees;
         let key = update.id.to_be_bytes();
         let value = self.codec.encode(UPDATES, &key, update)?;
-        (&t.updates, &t.open_updates)
-            .transaction(|(updates, open)| {
-                updates.insert(&key, value.as_slice())?;
-                if matches!(
-                    update.state,
-                    UpdateState::Delivered | UpdateState::Discarded
-                ) {
-                    open.remove(&key)?;
-                } else {
-                    open.insert(&key, &[])?;
-                }
-                Ok::<_, ConflictableTransactionError<StoreError>>(())
+        let settled = matches!(
+            update.state,
+            UpdateState::Delivered | UpdateState::Discarded
+        );
+        self.writer
+            .write(move |Target { trees: t, .. }| {
+                (&t.updates, &t.open_updates)
+                    .transaction(|(updates, open)| {
+                        updates.insert(&key, value.as_slice())?;
+                        if settled {
+                            open.remove(&key)?;
+                        } else {
+                            open.insert(&key, &[])?;
+                        }
+                        Ok::<_, ConflictableTransactionError<StoreError>>(())
+                    })
+                    .map_err(tx_error)
             })
-            .map_err(tx_error)?;
-        self.flusher.durable().await
+            .await
     }
 
     fn update(&self, id: u64) -> Result<Option<UpdateRecord>, StoreError> {
@@ -172,20 +182,22 @@ impl Open {
         update: &UpdateRecord,
         task: TaskState,
     ) -> Result<(), StoreError> {
-        let t = &self.trees;
         let key = update.id.to_be_bytes();
         let value = self.codec.encode(UPDATES, &key, update)?;
-        let referral = update.referral.as_str().as_bytes();
-        let task = self.codec.encode(TASK_STATES, referral, &task)?;
-        (&t.updates, &t.open_updates, &t.task_states)
-            .transaction(|(updates, open, tasks)| {
-                updates.insert(&key, value.as_slice())?;
-                open.remove(&key)?;
-                tasks.insert(referral, task.as_slice())?;
-                Ok::<_, ConflictableTransactionError<StoreError>>(())
+        let referral = update.referral.as_str().as_bytes().to_vec();
+        let task = self.codec.encode(TASK_STATES, &referral, &task)?;
+        self.writer
+            .write(move |Target { trees: t, .. }| {
+                (&t.updates, &t.open_updates, &t.task_states)
+                    .transaction(|(updates, open, tasks)| {
+                        updates.insert(&key, value.as_slice())?;
+                        open.remove(&key)?;
+                        tasks.insert(referral.as_slice(), task.as_slice())?;
+                        Ok::<_, ConflictableTransactionError<StoreError>>(())
+                    })
+                    .map_err(tx_error)
             })
-            .map_err(tx_error)?;
-        self.flusher.durable().await
+            .await
     }
 
     async fn task_state(&self, referral: &ReferralRef) -> Result<TaskState, StoreError> {

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use time::OffsetDateTime;
 use tokio::sync::watch;
 
+use super::SledOptions;
 use super::codec::Codec;
 use super::dir::LIVE_DIR;
 use super::open::Open;
@@ -22,6 +23,8 @@ const RECOVERY_BACKOFF: (Duration, Duration) = (Duration::from_secs(1), Duration
 pub(super) struct Shared {
     dir: PathBuf,
     codec: Codec,
+    /// Cache and queue sizes, for reopening (its keys are in `codec`).
+    options: SledOptions,
     /// The open database; `None` while recovery replaces it.
     current: RwLock<Option<Arc<Open>>>,
     /// The highest feed sequence on disk, across reopenings.
@@ -45,12 +48,13 @@ struct Health {
 
 impl Shared {
     /// Opens the database in `dir`.
-    pub(super) fn open(dir: &Path, codec: Codec) -> Result<Self, StoreError> {
+    pub(super) fn open(dir: &Path, codec: Codec, options: SledOptions) -> Result<Self, StoreError> {
         let feed = Arc::new(watch::channel(0).0);
-        let open = Open::start(dir, &codec, &feed)?;
+        let open = Open::start(dir, &codec, &options, &feed)?;
         Ok(Self {
             dir: dir.to_path_buf(),
             codec,
+            options,
             current: RwLock::new(Some(Arc::new(open))),
             feed,
             health: Mutex::new(Health::default()),
@@ -193,8 +197,8 @@ impl Shared {
             .unwrap_or_else(PoisonError::into_inner)
             .take();
         if let Some(old) = old {
-            // Its flusher fails every write waiting on it; the callers then let go of it.
-            old.flusher.stop();
+            // Its writer fails every write waiting on it; the callers then let go of it.
+            old.writer.stop();
             let deadline = Instant::now() + Duration::from_secs(60);
             while Arc::strong_count(&old) > 1 && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(20));
@@ -215,7 +219,7 @@ impl Shared {
                 self.dir.join(LIVE_DIR).display()
             )));
         }
-        let open = Open::start(&self.dir, &self.codec, &self.feed)?;
+        let open = Open::start(&self.dir, &self.codec, &self.options, &self.feed)?;
         let now = OffsetDateTime::now_utc().unix_timestamp().to_be_bytes();
         open.trees
             .meta

@@ -4,6 +4,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use super::SledOptions;
 use super::dir::{LIVE_DIR, OLD_DIR, REKEY_DIR, io_unavailable, lock_dir, sync_dir};
 use super::handle::SledStore;
 use super::trees::{SEAL_KEYS, SEALED_TREES, unavailable};
@@ -23,7 +24,14 @@ impl SledStore {
     pub fn rekey(dir: &Path, keys: Keyring) -> Result<u64, StoreError> {
         // The lock outlives the store opened here: no one may open the data dir mid-swap.
         let lock = lock_dir(dir)?;
-        let store = Self::open_locked(dir, Some(keys), Arc::clone(&lock))?;
+        let store = Self::open_locked(
+            dir,
+            SledOptions {
+                keys: Some(keys),
+                ..SledOptions::default()
+            },
+            Arc::clone(&lock),
+        )?;
         let open = store.open_db()?;
         let fresh_dir = dir.join(REKEY_DIR);
         if fresh_dir.exists() {

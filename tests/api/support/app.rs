@@ -71,7 +71,8 @@ pub async fn spawn_app() -> TestApp {
 pub async fn spawn_app_with(toml: &str) -> TestApp {
     let dir = TempDir::new().unwrap();
     let config = config(toml, dir.path());
-    let store: Arc<dyn Store> = Arc::new(SledStore::open(dir.path()).unwrap());
+    let options = referral_relay::app::sled_options(&config.storage).unwrap();
+    let store: Arc<dyn Store> = Arc::new(SledStore::open_opts(dir.path(), options).unwrap());
     let mut app = spawn_with_store(&config, store).await;
     app._dir = Some(dir);
     app
@@ -80,8 +81,8 @@ pub async fn spawn_app_with(toml: &str) -> TestApp {
 /// The service with `toml` on the sled store in `data_dir`, which outlives it (restart tests).
 pub async fn spawn_app_in(data_dir: &Path, toml: &str) -> TestApp {
     let config = config(toml, data_dir);
-    let keys = referral_relay::app::keyring(&config.storage).unwrap();
-    let store: Arc<dyn Store> = Arc::new(SledStore::open_with(data_dir, keys).unwrap());
+    let options = referral_relay::app::sled_options(&config.storage).unwrap();
+    let store: Arc<dyn Store> = Arc::new(SledStore::open_opts(data_dir, options).unwrap());
     spawn_with_store(&config, store).await
 }
 
