@@ -124,6 +124,12 @@ impl From<OutboxError> for AppError {
     }
 }
 
+impl From<crate::auth::budget::Spent> for AppError {
+    fn from(e: crate::auth::budget::Spent) -> Self {
+        Self::Busy(e.to_string())
+    }
+}
+
 impl From<StoreError> for AppError {
     fn from(e: StoreError) -> Self {
         match e {

@@ -13,12 +13,12 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::error::AppError;
+use super::source::host_network;
 
-/// Refused for lack of budget: 503, come back later.
-pub fn busy() -> AppError {
-    AppError::Busy("too many unauthenticated uploads are in progress; retry later".into())
-}
+/// Refused for lack of budget: answered 503 with `Retry-After`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("too many unauthenticated uploads are in progress; retry later")]
+pub struct Spent;
 
 /// The budget; see the module documentation.
 pub struct Budget {
@@ -48,7 +48,7 @@ impl Budget {
     pub fn account(self: &Arc<Self>, client: IpAddr) -> Held {
         Held {
             budget: Arc::clone(self),
-            client: crate::server::host_network(client),
+            client: host_network(client),
             bytes: 0,
             permit: None,
         }
@@ -66,7 +66,7 @@ pub struct Held {
 impl Held {
     /// Takes `bytes` more, or refuses (503) when the client's share or the budget cannot hold
     /// them. Never waits.
-    pub fn take(&mut self, bytes: usize) -> Result<(), AppError> {
+    pub fn take(&mut self, bytes: usize) -> Result<(), Spent> {
         if bytes == 0 {
             return Ok(());
         }
@@ -78,7 +78,7 @@ impl Held {
                 if *client == 0 {
                     held_by.remove(&self.client);
                 }
-                return Err(busy());
+                return Err(Spent);
             }
             *client += bytes;
         }
@@ -94,7 +94,7 @@ impl Held {
             }
             None => {
                 self.release(bytes);
-                Err(busy())
+                Err(Spent)
             }
         }
     }

@@ -31,7 +31,7 @@ enum Key {
 
 /// The address failures are counted by: an IPv4 address, or the /64 of an IPv6 one.
 fn counted(source: IpAddr) -> IpAddr {
-    crate::server::host_network(source)
+    super::source::host_network(source)
 }
 
 /// Failure counts per bucket: how many, since when.

@@ -80,6 +80,22 @@ where
     }
 }
 
+/// What a client is counted as: an IPv4 address, or the /64 of an IPv6 one (one host usually
+/// holds a whole /64, so counting single addresses would not count it at all).
+pub fn host_network(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let mut octets = v6.octets();
+                octets[8..].fill(0);
+                IpAddr::from(octets)
+            }
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

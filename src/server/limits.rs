@@ -18,22 +18,6 @@ pub struct Limits {
     pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
-/// What a client is counted as: an IPv4 address, or the /64 of an IPv6 one (one host usually
-/// holds a whole /64, so counting single addresses would not count it at all).
-pub fn host_network(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V4(_) => ip,
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => {
-                let mut octets = v6.octets();
-                octets[8..].fill(0);
-                IpAddr::from(octets)
-            }
-        },
-    }
-}
-
 /// Open connections per client.
 #[derive(Default)]
 pub(super) struct PerClient(Mutex<HashMap<IpAddr, usize>>);
@@ -83,6 +67,7 @@ pub fn fit_connection_cap(wanted: usize, reserve: u64) -> (usize, Option<u64>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::auth::source::host_network;
 
     #[test]
     fn clients_are_counted_by_address_or_ipv6_slash_64() {

@@ -34,7 +34,9 @@ mod limits;
 mod watchdog;
 
 use limits::PerClient;
-pub use limits::{Limits, fit_connection_cap, host_network};
+pub use limits::{Limits, fit_connection_cap};
+
+use crate::auth::source::host_network;
 use watchdog::{Activity, Guarded, InFlight, Verdict, Watched};
 
 use crate::telemetry::Metrics;

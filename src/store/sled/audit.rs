@@ -2,15 +2,15 @@
 
 use async_trait::async_trait;
 use sled::Transactional;
-use sled::transaction::ConflictableTransactionError;
 use time::OffsetDateTime;
 
-use super::codec::{decode, encode};
+use super::apply::append_audit;
+use super::codec::decode;
 use super::handle::SledStore;
 use super::open::Open;
-use super::trees::{AUDIT_HEAD, abort, tx_error, unavailable};
+use super::trees::{tx_error, unavailable};
 use super::writer::Target;
-use crate::store::audit::{AUDIT_GENESIS, AuditEntry, AuditStore};
+use crate::store::audit::{AuditEntry, AuditStore};
 use crate::store::error::StoreError;
 
 impl Open {
@@ -47,37 +47,6 @@ impl Open {
             .map(|item| decode(&item.map_err(unavailable)?.1))
             .collect()
     }
-}
-
-/// Appends an entry chained to the current head, inside the caller's transaction.
-pub(super) fn append_audit(
-    meta: &sled::transaction::TransactionalTree,
-    audit: &sled::transaction::TransactionalTree,
-    at: OffsetDateTime,
-    action: &str,
-    actor: &str,
-    details: serde_json::Value,
-) -> Result<AuditEntry, ConflictableTransactionError<StoreError>> {
-    let (seq, prev) = match meta.get(AUDIT_HEAD)? {
-        Some(head) => {
-            let (seq, prev): (u64, String) = decode(&head).map_err(abort)?;
-            (seq + 1, prev)
-        }
-        None => (1, AUDIT_GENESIS.to_owned()),
-    };
-    let mut entry = AuditEntry {
-        seq,
-        at,
-        action: action.to_owned(),
-        actor: actor.to_owned(),
-        details,
-        prev,
-        hash: String::new(),
-    };
-    entry.hash = entry.expected_hash();
-    audit.insert(&seq.to_be_bytes(), encode(&entry).map_err(abort)?)?;
-    meta.insert(AUDIT_HEAD, encode(&(seq, &entry.hash)).map_err(abort)?)?;
-    Ok(entry)
 }
 
 #[async_trait]

@@ -1,36 +1,19 @@
-//! Deliveries: the write that stores a batch of them (for each, raw bytes, version, referral
-//! summary, feed entry, dedup entry and audit entry together), applied by the
-//! [`writer`](super::writer), and the reads of referrals and versions.
+//! Deliveries: storing one (through the [`writer`](super::writer), which applies them in
+//! batches with [`apply`](super::apply)), and the reads of referrals and versions.
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use serde::{Deserialize, Serialize};
-use sled::Transactional;
-use sled::transaction::{ConflictableTransactionError, TransactionalTree};
 
-use super::audit::append_audit;
-use super::codec::{Codec, compress, decode, encode, open_payload, read_u64};
+use super::codec::open_payload;
 use super::handle::SledStore;
-use super::keys::{
-    from_micros, micros, modified_key, modified_key_of, referral_prefix, referral_seq_key,
-};
+use super::keys::{referral_prefix, referral_seq_key};
 use super::open::Open;
-use super::trees::{
-    EVENT_SEQ, LAST_RECEIVED, PAYLOADS, REFERRALS, Trees, VERSIONS, abort, tx_error, unavailable,
-};
+use super::trees::{PAYLOADS, REFERRALS, VERSIONS, unavailable};
 use crate::domain::ReferralRef;
 use crate::store::deliveries::{
-    DeliveryStore, NewDelivery, PutOutcome, ReferralRecord, ServiceAssignment, VersionRecord,
+    DeliveryStore, NewDelivery, PutOutcome, ReferralRecord, VersionRecord,
 };
 use crate::store::error::StoreError;
-use crate::store::feed::EventRecord;
-
-/// What the dedup tree remembers about a delivery.
-#[derive(Serialize, Deserialize)]
-struct DeliveryRef {
-    referral: ReferralRef,
-    version: u64,
-}
 
 impl Open {
     /// The referral stored under `key` (its ref), opened and decoded.
@@ -84,219 +67,6 @@ impl Open {
             .map(|v| open_payload(&self.codec.open(PAYLOADS, &key, &v)?))
             .transpose()
     }
-}
-
-/// The trees a delivery writes, inside one transaction.
-struct DeliveryTrees<'t> {
-    referrals: &'t TransactionalTree,
-    versions: &'t TransactionalTree,
-    payloads: &'t TransactionalTree,
-    deliveries: &'t TransactionalTree,
-    events: &'t TransactionalTree,
-    by_modified: &'t TransactionalTree,
-    meta: &'t TransactionalTree,
-    audit: &'t TransactionalTree,
-}
-
-/// Stores `batch` in one transaction, in order (so a delivery repeated within the batch is a
-/// duplicate of its first copy, and sequence numbers and audit entries follow the batch), and
-/// returns each delivery's outcome. Not yet durable: the writer flushes after.
-pub(super) fn apply_deliveries(
-    trees: &Trees,
-    codec: &Codec,
-    batch: &[&NewDelivery],
-) -> Result<Vec<PutOutcome>, StoreError> {
-    // Compressed outside the transaction, which sled may run more than once.
-    let payloads: Vec<Vec<u8>> = batch.iter().map(|d| compress(&d.raw)).collect();
-    let t = trees;
-    (
-        &t.referrals,
-        &t.versions,
-        &t.payloads,
-        &t.deliveries,
-        &t.events,
-        &t.by_modified,
-        &t.meta,
-        &t.audit,
-    )
-        .transaction(
-            |(referrals, versions, payloads_tree, deliveries, events, by_modified, meta, audit)| {
-                let tx = DeliveryTrees {
-                    referrals,
-                    versions,
-                    payloads: payloads_tree,
-                    deliveries,
-                    events,
-                    by_modified,
-                    meta,
-                    audit,
-                };
-                batch
-                    .iter()
-                    .zip(&payloads)
-                    .map(|(d, payload)| apply_delivery(&tx, codec, d, payload))
-                    .collect()
-            },
-        )
-        .map_err(tx_error)
-}
-
-/// Stores one delivery inside the batch's transaction.
-fn apply_delivery(
-    t: &DeliveryTrees<'_>,
-    codec: &Codec,
-    d: &NewDelivery,
-    payload: &[u8],
-) -> Result<PutOutcome, ConflictableTransactionError<StoreError>> {
-    let referral_key = d.referral.as_str().as_bytes();
-    if let Some(existing) = t.deliveries.get(d.dedup_key.as_bytes())? {
-        let existing: DeliveryRef = decode(&existing).map_err(abort)?;
-        return Ok(PutOutcome::Duplicate {
-            version: existing.version,
-        });
-    }
-    let previous: Option<ReferralRecord> = t
-        .referrals
-        .get(referral_key)?
-        .map(|v| codec.decode(REFERRALS, referral_key, &v))
-        .transpose()
-        .map_err(abort)?;
-    // A referral belongs to the integration that first delivered it.
-    let owner = match &previous {
-        None => d.integration.clone(),
-        Some(p) => match &p.owner {
-            Some(owner) => owner.clone(),
-            None => {
-                let first = referral_seq_key(&d.referral, 1);
-                t.versions
-                    .get(&first)?
-                    .map(|v| codec.decode::<VersionRecord>(VERSIONS, &first, &v))
-                    .transpose()
-                    .map_err(abort)?
-                    .map_or_else(|| p.integration.clone(), |v| v.integration)
-            }
-        },
-    };
-    if owner != d.integration && !d.shares_with.contains(&owner) {
-        return Ok(PutOutcome::OwnedElsewhere { owner });
-    }
-
-    // A message that names its External Service ID files (or moves) the referral there;
-    // otherwise an existing referral stays where it is.
-    let service_id = match (&d.service, &previous) {
-        (ServiceAssignment::Named(s), _) => Some(s.clone()),
-        (_, Some(p)) => p.service_id.clone(),
-        (ServiceAssignment::Default(s), None) => Some(s.clone()),
-        (ServiceAssignment::Unassigned, None) => None,
-    };
-    // Receive times never go backwards along the feed, so a time maps to a position in it
-    // (see `first_seq_since`).
-    let last_micros = read_counter(t.meta, LAST_RECEIVED)?;
-    let received_at = d.received_at.max(from_micros(last_micros));
-    let version = previous.as_ref().map_or(1, |p| p.version + 1);
-    let mut summary = d.summary.clone();
-    if let Some(p) = &previous {
-        summary.fill_from(&p.summary);
-        t.by_modified.remove(modified_key_of(p))?;
-    }
-    let record = ReferralRecord {
-        referral: d.referral.clone(),
-        service_id: service_id.clone(),
-        integration: d.integration.clone(),
-        owner: Some(owner.clone()),
-        latest_event: d.event.clone(),
-        version,
-        created_at: previous.as_ref().map_or(received_at, |p| p.created_at),
-        modified_at: received_at,
-        exported_at: previous.as_ref().and_then(|p| p.exported_at),
-        summary,
-    };
-    let seq = read_counter(t.meta, EVENT_SEQ)? + 1;
-    let version_record = VersionRecord {
-        referral: d.referral.clone(),
-        version,
-        event: d.event.clone(),
-        integration: d.integration.clone(),
-        service_id: service_id.clone(),
-        message_header_id: d.message_header_id.clone(),
-        bundle_id: d.bundle_id.clone(),
-        bundle_timestamp: d.bundle_timestamp.clone(),
-        received_at,
-        summary: d.summary.clone(),
-        problems: d.problems.clone(),
-        size: d.raw.len() as u64,
-        sha256: d.sha256.clone(),
-        seq,
-        purged: false,
-    };
-    let event = EventRecord {
-        seq,
-        referral: d.referral.clone(),
-        version,
-        event: d.event.clone(),
-        service_id,
-        received_at,
-    };
-    let version_key = referral_seq_key(&d.referral, version);
-
-    // The audit entry is part of the same write: stored, then audited, or neither.
-    append_audit(
-        t.meta,
-        t.audit,
-        received_at,
-        "DELIVERY_STORED",
-        d.integration.as_str(),
-        serde_json::json!({
-            "referral": d.referral.as_str(),
-            "version": version,
-            "event": d.event.as_str(),
-            "seq": seq,
-        }),
-    )?;
-    t.meta.insert(EVENT_SEQ, &seq.to_be_bytes())?;
-    t.meta
-        .insert(LAST_RECEIVED, &micros(received_at).to_be_bytes())?;
-    t.referrals.insert(
-        referral_key,
-        codec
-            .encode(REFERRALS, referral_key, &record)
-            .map_err(abort)?,
-    )?;
-    t.by_modified
-        .insert(modified_key(received_at, &d.referral), &[])?;
-    t.versions.insert(
-        version_key.as_slice(),
-        codec
-            .encode(VERSIONS, &version_key, &version_record)
-            .map_err(abort)?,
-    )?;
-    t.payloads.insert(
-        version_key.as_slice(),
-        codec.seal(PAYLOADS, &version_key, payload).map_err(abort)?,
-    )?;
-    t.events
-        .insert(&seq.to_be_bytes(), encode(&event).map_err(abort)?)?;
-    t.deliveries.insert(
-        d.dedup_key.as_bytes(),
-        encode(&DeliveryRef {
-            referral: d.referral.clone(),
-            version,
-        })
-        .map_err(abort)?,
-    )?;
-    Ok(PutOutcome::Stored { version })
-}
-
-/// A `meta` counter inside a transaction; 0 when unset.
-fn read_counter(
-    meta: &TransactionalTree,
-    key: &[u8],
-) -> Result<u64, ConflictableTransactionError<StoreError>> {
-    meta.get(key)?
-        .map(|v| read_u64(&v))
-        .transpose()
-        .map_err(abort)
-        .map(Option::unwrap_or_default)
 }
 
 #[async_trait]

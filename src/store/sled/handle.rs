@@ -4,10 +4,10 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use super::SledOptions;
 use super::codec::Codec;
 use super::dir::{lock_dir, recover_swap};
 use super::open::Open;
+use super::options::SledOptions;
 use super::recovery::Shared;
 use crate::store::error::StoreError;
 use crate::store::maintenance::StoreHealth;

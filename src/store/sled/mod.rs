@@ -4,38 +4,40 @@
 //!
 //! Trees (keys are ordered so scans are range reads; `\0` separates key parts, which
 //! identifiers cannot contain):
-//! - `referrals`:   referral ref → [`ReferralRecord`]
-//! - `versions`:    referral ref `\0` version (u64 BE) → [`VersionRecord`]
+//! - `referrals`:   referral ref → `ReferralRecord`
+//! - `versions`:    referral ref `\0` version (u64 BE) → `VersionRecord`
 //! - `payloads`:    same key → the bytes as received, LZ4-compressed behind a format tag
 //!   (kept apart from `versions` so listings do not read them)
 //! - `deliveries`:  dedup key → (referral ref, version)
-//! - `events`:      seq (u64 BE) → [`EventRecord`]
+//! - `events`:      seq (u64 BE) → `EventRecord`
 //! - `by_modified`: modified-at (µs, u64 BE) `\0` referral ref → ()
 //! - `meta`:        counters and the readiness marker
-//! - `updates`:     update id (u64 BE) → [`UpdateRecord`] (the outbox to Ocean)
+//! - `updates`:     update id (u64 BE) → `UpdateRecord` (the outbox to Ocean)
 //! - `open_updates`: update id → () while not delivered
 //! - `referral_updates`: referral ref `\0` update id (u64 BE) → () (a referral's updates)
-//! - `task_states`: referral ref → [`TaskState`]
-//! - `audit`:       seq (u64 BE) → [`AuditEntry`]
+//! - `task_states`: referral ref → `TaskState`
+//! - `audit`:       seq (u64 BE) → `AuditEntry`
 //!
 //! **Recovering from write failures.** Once sled fails to write (a full disk, an I/O error) it
-//! refuses every later operation, for good. So the open database lives behind [`Open`], and the
+//! refuses every later operation, for good. So the open database lives behind `Open`, and the
 //! first I/O failure any operation meets marks the store broken and wakes a recovery thread:
 //! it lets the operations in progress fail, closes the database, and opens it again (sled
 //! replays its log, so everything acknowledged is there) until a test write reaches the disk,
 //! backing off from 1 s to 30 s between attempts. Meanwhile every operation answers
-//! [`StoreError::Unavailable`] (the webhook answers 503 and Ocean retries) and
-//! [`StoreHealth`] says why. A failure that waiting cannot cure (the filesystem turned
+//! `StoreError::Unavailable` (the webhook answers 503 and Ocean retries) and
+//! `StoreHealth` says why. A failure that waiting cannot cure (the filesystem turned
 //! read-only, vanished or corrupt) is reported failed, which `/healthz` turns into a 503 for
 //! the orchestrator; attempts go on, so an operator's repair is picked up.
-
 //!
 //! Files: [`handle`] is the [`SledStore`] its users hold and [`recovery`] what keeps it
 //! writable; [`open`] one open database, its [`trees`] and [`writer`]; [`codec`] how records
 //! are stored and [`keys`] how they are keyed; [`dir`] the data dir (lock, rekey swap) and
 //! [`rekey`]. Each concern of the [`Store`](crate::store::Store) has its file:
-//! [`deliveries`], [`feed`], [`outbox`], [`audit`], [`maintenance`].
+//! [`deliveries`], [`feed`], [`outbox`], [`audit`], [`maintenance`]; [`apply`] holds the
+//! transactional writes of deliveries and audit entries the writer applies, [`options`] how the
+//! store is opened.
 
+mod apply;
 mod audit;
 mod codec;
 mod deliveries;
@@ -45,6 +47,7 @@ mod handle;
 mod keys;
 mod maintenance;
 mod open;
+mod options;
 mod outbox;
 mod recovery;
 mod rekey;
@@ -52,27 +55,4 @@ mod trees;
 mod writer;
 
 pub use handle::SledStore;
-
-use crate::store::seal::Keyring;
-
-/// How the embedded store is opened: its keys, its page cache and its write queue.
-pub struct SledOptions {
-    /// Keys sealing records that hold patient data; `None` stores them unencrypted.
-    pub keys: Option<Keyring>,
-    /// sled's page cache, in bytes (sled's own default is 1 GiB).
-    pub cache_bytes: u64,
-    /// How many writes may wait for the writer thread; a delivery that finds the queue full
-    /// is refused with [`StoreError::Busy`](crate::store::StoreError::Busy).
-    pub write_queue: usize,
-}
-
-impl Default for SledOptions {
-    /// No keys, a 64 MiB cache, a queue of 1024 writes (the defaults of `[storage]`).
-    fn default() -> Self {
-        Self {
-            keys: None,
-            cache_bytes: 64 << 20,
-            write_queue: 1024,
-        }
-    }
-}
+pub use options::SledOptions;

@@ -5,9 +5,9 @@ use std::sync::Arc;
 
 use tokio::sync::watch;
 
-use super::SledOptions;
 use super::codec::{Codec, read_u64};
 use super::dir::LIVE_DIR;
+use super::options::SledOptions;
 use super::trees::{EVENT_SEQ, Trees, from_sled, unavailable};
 use super::writer::{Target, Writer};
 use crate::store::error::StoreError;

@@ -8,10 +8,10 @@ use std::time::{Duration, Instant};
 use time::OffsetDateTime;
 use tokio::sync::watch;
 
-use super::SledOptions;
 use super::codec::Codec;
 use super::dir::LIVE_DIR;
 use super::open::Open;
+use super::options::SledOptions;
 use super::trees::{READY_MARKER, from_sled};
 use crate::store::error::StoreError;
 use crate::store::maintenance::StoreHealth;

@@ -4,9 +4,9 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use super::SledOptions;
 use super::dir::{LIVE_DIR, OLD_DIR, REKEY_DIR, io_unavailable, lock_dir, sync_dir};
 use super::handle::SledStore;
+use super::options::SledOptions;
 use super::trees::{SEAL_KEYS, SEALED_TREES, unavailable};
 use crate::store::error::StoreError;
 use crate::store::seal::Keyring;

@@ -16,8 +16,8 @@ use std::thread::JoinHandle;
 
 use tokio::sync::{mpsc, oneshot, watch};
 
+use super::apply::apply_deliveries;
 use super::codec::{Codec, read_u64};
-use super::deliveries::apply_deliveries;
 use super::trees::{EVENT_SEQ, Trees};
 use crate::store::deliveries::{NewDelivery, PutOutcome};
 use crate::store::error::StoreError;
@@ -244,7 +244,8 @@ mod tests {
 
     use bytes::Bytes;
 
-    use super::super::{SledOptions, SledStore};
+    use super::super::handle::SledStore;
+    use super::super::options::SledOptions;
     use crate::domain::{EventCode, IntegrationName, ReferralRef, Summary};
     use crate::store::deliveries::{
         DeliveryStore, NewDelivery, PutOutcome, ServiceAssignment, delivery_key, sha256_hex,
