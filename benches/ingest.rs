@@ -9,7 +9,7 @@
 //! the real binary in its own process, idle and after `BENCH_MEMORY_REFERRALS` (100,000)
 //! referrals; and ingest latency on a store already holding 1,000 referrals beside one holding
 //! `BENCH_GROWTH_REFERRALS` (1,000,000; filled straight through the store, which takes a few
-//! minutes and about 6 GB of disk).
+//! minutes and about 6 GB of disk). `BENCH_SECTIONS=ingest,breakdown,memory,growth` picks some.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 #[path = "../tests/api/support/fixtures.rs"]
@@ -85,55 +85,68 @@ async fn bench(duration: Duration) {
         "{:<8} {:>11} {:>10} {:>10} {:>10} {:>9} {:>9} {:>9}",
         "conc", "relay req/s", "p50 ms", "p99 ms", "noop req/s", "p50 ms", "p99 ms", "ratio"
     );
-    for concurrency in CONCURRENCY {
-        // Warm both up (connections, allocator) before measuring.
-        load(
-            noop,
-            &template,
-            &sequence,
-            concurrency,
-            Limit::For(Duration::from_millis(300)),
-        )
-        .await;
-        load(
-            relay,
-            &template,
-            &sequence,
-            concurrency,
-            Limit::For(Duration::from_millis(300)),
-        )
-        .await;
-        let base = load(
-            noop,
-            &template,
-            &sequence,
-            concurrency,
-            Limit::For(duration),
-        )
-        .await;
-        let real = load(
-            relay,
-            &template,
-            &sequence,
-            concurrency,
-            Limit::For(duration),
-        )
-        .await;
-        println!(
-            "{:<8} {:>11.0} {:>10.2} {:>10.2} {:>10.0} {:>9.2} {:>9.2} {:>8.2}x",
-            concurrency,
-            real.per_second(),
-            ms(real.percentile(0.5)),
-            ms(real.percentile(0.99)),
-            base.per_second(),
-            ms(base.percentile(0.5)),
-            ms(base.percentile(0.99)),
-            real.per_second() / base.per_second(),
-        );
+    if wanted("ingest") {
+        for concurrency in CONCURRENCY {
+            // Warm both up (connections, allocator) before measuring.
+            load(
+                noop,
+                &template,
+                &sequence,
+                concurrency,
+                Limit::For(Duration::from_millis(300)),
+            )
+            .await;
+            load(
+                relay,
+                &template,
+                &sequence,
+                concurrency,
+                Limit::For(Duration::from_millis(300)),
+            )
+            .await;
+            let base = load(
+                noop,
+                &template,
+                &sequence,
+                concurrency,
+                Limit::For(duration),
+            )
+            .await;
+            let real = load(
+                relay,
+                &template,
+                &sequence,
+                concurrency,
+                Limit::For(duration),
+            )
+            .await;
+            println!(
+                "{:<8} {:>11.0} {:>10.2} {:>10.2} {:>10.0} {:>9.2} {:>9.2} {:>8.2}x",
+                concurrency,
+                real.per_second(),
+                ms(real.percentile(0.5)),
+                ms(real.percentile(0.99)),
+                base.per_second(),
+                ms(base.percentile(0.5)),
+                ms(base.percentile(0.99)),
+                real.per_second() / base.per_second(),
+            );
+        }
     }
-    breakdown(&template, &sequence, duration).await;
-    memory(&template, &sequence).await;
-    growth(&template, &sequence, duration).await;
+    if wanted("breakdown") {
+        breakdown(&template, &sequence, duration).await;
+    }
+    if wanted("memory") {
+        memory(&template, &sequence).await;
+    }
+    if wanted("growth") {
+        growth(&template, &sequence, duration).await;
+    }
+}
+
+/// Whether `BENCH_SECTIONS` (a comma-separated list; all when unset) names `section`.
+fn wanted(section: &str) -> bool {
+    std::env::var("BENCH_SECTIONS").map_or(true, |s| s.split(',').any(|x| x.trim() == section))
 }
 
 fn env_count(name: &str, default: usize) -> usize {

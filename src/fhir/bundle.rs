@@ -4,7 +4,6 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 
-use serde::de::DeserializeOwned;
 use serde_json::value::RawValue;
 
 use super::json::{self, Object};
@@ -37,8 +36,8 @@ pub(super) fn id_of_full_url(url: &str) -> Option<String> {
     (!id.trim().is_empty()).then(|| id.to_owned())
 }
 
-/// Checks a resource against fhir-sdk's R4B type and records what it refuses.
-pub(super) fn conform<T: DeserializeOwned>(entry: &Entry<'_>, problems: &mut Vec<String>) {
+/// Checks a resource against fhir-sdk's R4B type of `kind` and records what it refuses.
+pub(super) fn conform(kind: fhir_check::Kind, entry: &Entry<'_>, problems: &mut Vec<String>) {
     let at = entry.full_url.as_deref().unwrap_or("(no fullUrl)");
     let text = entry.resource.to_json();
     let levels = json::depth(&text);
@@ -49,7 +48,7 @@ pub(super) fn conform<T: DeserializeOwned>(entry: &Entry<'_>, problems: &mut Vec
         ));
         return;
     }
-    if let Err(e) = serde_json::from_str::<T>(&text) {
+    if let Err(e) = fhir_check::check(kind, &text) {
         problems.push(format!(
             "{} {at} does not conform to FHIR R4 ({}); its fields were read leniently",
             entry.kind,

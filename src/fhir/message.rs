@@ -9,9 +9,7 @@
 
 use std::borrow::Cow;
 
-use fhir_sdk::r4b::resources::{
-    Appointment, MessageHeader, Patient, PractitionerRole, ServiceRequest, Task,
-};
+use fhir_check::Kind;
 
 pub use super::bundle::ParseError;
 use super::bundle::{Bundle, conform, id_of_full_url};
@@ -64,7 +62,7 @@ pub fn parse_message(
     let header_entry = bundle
         .first("MessageHeader")
         .ok_or_else(|| ParseError::Unusable("the Bundle has no MessageHeader entry".into()))?;
-    conform::<MessageHeader>(header_entry, &mut problems);
+    conform(Kind::MessageHeader, header_entry, &mut problems);
     let header = header_view(&header_entry.resource);
     let event = header
         .event
@@ -92,7 +90,7 @@ pub fn parse_message(
         .find(|e| e.kind == "ServiceRequest")
         .or_else(|| bundle.first("ServiceRequest").map(Cow::Borrowed));
     if let Some(entry) = &service_request_entry {
-        conform::<ServiceRequest>(entry, &mut problems);
+        conform(Kind::ServiceRequest, entry, &mut problems);
     }
     let service_request = service_request_entry
         .as_ref()
@@ -140,7 +138,7 @@ pub fn parse_message(
         )
         .find(|e| e.kind == "PractitionerRole");
     if let Some(entry) = &target_entry {
-        conform::<PractitionerRole>(entry, &mut problems);
+        conform(Kind::PractitionerRole, entry, &mut problems);
     }
     let target = target_entry.as_ref().map(|e| role_view(&e.resource));
     // The External Service ID: the target's identifier, then any destination receiver's; an
@@ -159,7 +157,7 @@ pub fn parse_message(
         .filter(|e| e.kind == "Patient")
         .or_else(|| bundle.first("Patient").map(Cow::Borrowed));
     if let Some(entry) = &patient_entry {
-        conform::<Patient>(entry, &mut problems);
+        conform(Kind::Patient, entry, &mut problems);
     }
     let patient = patient_entry
         .as_ref()
@@ -167,14 +165,14 @@ pub fn parse_message(
         .unwrap_or_default();
     let task_entry = bundle.first("Task");
     if let Some(entry) = task_entry {
-        conform::<Task>(entry, &mut problems);
+        conform(Kind::Task, entry, &mut problems);
     }
     let task = task_entry
         .map(|e| task_view(&e.resource))
         .unwrap_or_default();
     let appointment_entry = bundle.first("Appointment");
     if let Some(entry) = appointment_entry {
-        conform::<Appointment>(entry, &mut problems);
+        conform(Kind::Appointment, entry, &mut problems);
     }
     let appointment = appointment_entry
         .map(|e| appointment_view(&e.resource))

@@ -1,25 +1,19 @@
 //! Messages the relay sends to Ocean: a message Bundle with a MessageHeader and one focus
-//! resource (Task, Appointment or Communication), built with fhir-sdk's types so every required
-//! element and code is checked by construction, and serialised as R4 JSON.
+//! resource (Task, Appointment or Communication), as R4 JSON. Each resource is checked against
+//! fhir-sdk's R4B type (through [`fhir_check`]) before it goes out, so a missing required element
+//! or a code outside its value set is a [`BuildError`] here, never a message Ocean refuses.
 
-use fhir_sdk::r4b::codes::{
-    AppointmentStatus, BundleType, EventStatus, ParticipationStatus, TaskIntent, TaskStatus,
-};
-use fhir_sdk::r4b::resources::{
-    Appointment, AppointmentParticipant, Bundle, BundleEntry, Communication, CommunicationPayload,
-    CommunicationPayloadContent, MessageHeader, MessageHeaderDestination, MessageHeaderEvent,
-    MessageHeaderSource, Resource, Task,
-};
-use fhir_sdk::r4b::types::{CodeableConcept, Coding, Extension, ExtensionValue, Meta, Reference};
-use fhir_sdk::{DateTime, Instant};
+use fhir_check::Kind;
+use serde_json::{Value, json};
 use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
 
 use crate::domain::ReferralRef;
 use crate::ig::{
     EVENT_SYSTEM, EXT_ID_MESSAGE_HEADER, MESSAGE_HEADER_PROFILE, OutboundEvent, extension_url,
 };
 
-/// Why a message could not be built (a value fhir-sdk refuses).
+/// Why a message could not be built (a resource that does not conform to R4).
 #[derive(Debug, thiserror::Error)]
 #[error("cannot build the FHIR message: {0}")]
 pub struct BuildError(String);
@@ -39,7 +33,8 @@ pub struct OutgoingMessage {
 /// ones `notify-update-process-request`.
 pub struct TaskUpdate<'a> {
     pub task_id: &'a str,
-    pub status: TaskStatus,
+    /// An R4 Task status code (`http://hl7.org/fhir/task-status`).
+    pub status: &'a str,
     pub reason: Option<&'a str>,
     pub description: Option<&'a str>,
     pub first: bool,
@@ -56,18 +51,26 @@ pub struct AppointmentUpdate<'a> {
     pub cancelled: bool,
 }
 
-fn service_request(referral: &ReferralRef) -> Result<Reference, BuildError> {
-    Reference::builder()
-        .reference(format!("ServiceRequest/{referral}"))
-        .build()
-        .map_err(err)
+/// An R4 `instant`/`dateTime`: RFC 3339 in UTC.
+fn instant(at: OffsetDateTime) -> Result<String, BuildError> {
+    at.format(&Rfc3339).map_err(err)
 }
 
-fn text(value: &str) -> Result<CodeableConcept, BuildError> {
-    CodeableConcept::builder()
-        .text(value.to_owned())
-        .build()
-        .map_err(err)
+fn service_request(referral: &ReferralRef) -> Value {
+    json!({ "reference": format!("ServiceRequest/{referral}") })
+}
+
+/// Inserts `value` under `name` when there is one.
+fn set(resource: &mut Value, name: &str, value: Option<Value>) {
+    if let (Some(value), Some(object)) = (value, resource.as_object_mut()) {
+        object.insert(name.to_owned(), value);
+    }
+}
+
+/// `resource` once fhir-sdk's R4B type of `kind` takes it.
+fn checked(kind: Kind, resource: Value) -> Result<Value, BuildError> {
+    fhir_check::check(kind, &resource.to_string()).map_err(err)?;
+    Ok(resource)
 }
 
 pub fn task_message(
@@ -75,37 +78,29 @@ pub fn task_message(
     update: &TaskUpdate<'_>,
     ocean_endpoint: &str,
 ) -> Result<OutgoingMessage, BuildError> {
-    let now = OffsetDateTime::now_utc();
-    let mut task = Task::builder()
-        .id(update.task_id.to_owned())
-        .status(update.status)
-        .intent("order".parse::<TaskIntent>().map_err(err)?)
-        .code(
-            CodeableConcept::builder()
-                .coding(vec![Some(
-                    Coding::builder()
-                        .code("process-request".to_owned())
-                        .build()
-                        .map_err(err)?,
-                )])
-                .build()
-                .map_err(err)?,
-        )
-        .based_on(vec![Some(service_request(referral)?)])
-        .authored_on(DateTime::DateTime(Instant(now)))
-        .last_modified(DateTime::DateTime(Instant(now)));
-    if let Some(reason) = update.reason {
-        task = task.status_reason(text(reason)?);
-    }
-    if let Some(description) = update.description {
-        task = task.description(description.to_owned());
-    }
+    let now = instant(OffsetDateTime::now_utc())?;
+    let mut task = json!({
+        "resourceType": "Task",
+        "id": update.task_id,
+        "basedOn": [service_request(referral)],
+        "status": update.status,
+        "intent": "order",
+        "code": { "coding": [{ "code": "process-request" }] },
+        "authoredOn": now,
+        "lastModified": now,
+    });
+    set(
+        &mut task,
+        "statusReason",
+        update.reason.map(|r| json!({ "text": r })),
+    );
+    set(&mut task, "description", update.description.map(Value::from));
     let event = if update.first {
         OutboundEvent::NotifyAddProcessRequest
     } else {
         OutboundEvent::NotifyUpdateProcessRequest
     };
-    let task = Resource::Task(task.build().map_err(err)?);
+    let task = checked(Kind::Task, task)?;
     message(referral, event, task, update.task_id, ocean_endpoint)
 }
 
@@ -114,59 +109,40 @@ pub fn appointment_message(
     update: &AppointmentUpdate<'_>,
     ocean_endpoint: &str,
 ) -> Result<OutgoingMessage, BuildError> {
-    let participant_status = if update.confirmed {
-        ParticipationStatus::Accepted
-    } else {
-        ParticipationStatus::Tentative
-    };
     // R4 app-1: a participant names a type or an actor. The clinic is the performer.
-    let mut participant = AppointmentParticipant::builder()
-        .status(participant_status)
-        .r#type(vec![Some(
-            CodeableConcept::builder()
-                .coding(vec![Some(
-                    Coding::builder()
-                        .system(
-                            "http://terminology.hl7.org/CodeSystem/v3-ParticipationType".to_owned(),
-                        )
-                        .code("PPRF".to_owned())
-                        .display("primary performer".to_owned())
-                        .build()
-                        .map_err(err)?,
-                )])
-                .build()
-                .map_err(err)?,
-        )]);
-    if let Some(location) = update.location {
-        participant = participant.actor(
-            Reference::builder()
-                .display(location.to_owned())
-                .r#type("Location".to_owned())
-                .build()
-                .map_err(err)?,
-        );
-    }
-    let status = if update.cancelled {
-        AppointmentStatus::Cancelled
-    } else {
-        AppointmentStatus::Booked
-    };
-    let mut appointment = Appointment::builder()
-        .id(update.appointment_id.to_owned())
-        .status(status)
-        .start(Instant(update.start))
-        .end(Instant(update.end))
-        .based_on(vec![Some(service_request(referral)?)])
-        .participant(vec![Some(participant.build().map_err(err)?)]);
-    if let Some(notes) = update.notes {
-        appointment = appointment.comment(notes.to_owned());
-    }
+    let mut participant = json!({
+        "type": [{
+            "coding": [{
+                "system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType",
+                "code": "PPRF",
+                "display": "primary performer",
+            }],
+        }],
+        "status": if update.confirmed { "accepted" } else { "tentative" },
+    });
+    set(
+        &mut participant,
+        "actor",
+        update
+            .location
+            .map(|l| json!({ "type": "Location", "display": l })),
+    );
+    let mut appointment = json!({
+        "resourceType": "Appointment",
+        "id": update.appointment_id,
+        "status": if update.cancelled { "cancelled" } else { "booked" },
+        "start": instant(update.start)?,
+        "end": instant(update.end)?,
+        "basedOn": [service_request(referral)],
+        "participant": [participant],
+    });
+    set(&mut appointment, "comment", update.notes.map(Value::from));
     let event = if update.cancelled {
         OutboundEvent::NotifyUpdateAppointment
     } else {
         OutboundEvent::NotifyAddAppointment
     };
-    let appointment = Resource::Appointment(appointment.build().map_err(err)?);
+    let appointment = checked(Kind::Appointment, appointment)?;
     message(
         referral,
         event,
@@ -182,103 +158,67 @@ pub fn communication_message(
     body: &str,
     ocean_endpoint: &str,
 ) -> Result<OutgoingMessage, BuildError> {
-    let communication = Communication::builder()
-        .id(communication_id.to_owned())
-        .status(EventStatus::Completed)
-        .based_on(vec![Some(service_request(referral)?)])
-        .sent(DateTime::DateTime(Instant(OffsetDateTime::now_utc())))
-        .payload(vec![Some(
-            CommunicationPayload::builder()
-                .content(CommunicationPayloadContent::String(body.to_owned()))
-                .build()
-                .map_err(err)?,
-        )])
-        .build()
-        .map_err(err)?;
+    let communication = json!({
+        "resourceType": "Communication",
+        "id": communication_id,
+        "basedOn": [service_request(referral)],
+        "status": "completed",
+        "sent": instant(OffsetDateTime::now_utc())?,
+        "payload": [{ "contentString": body }],
+    });
     message(
         referral,
         OutboundEvent::SendCommunicationFromProvider,
-        Resource::Communication(communication),
+        checked(Kind::Communication, communication)?,
         communication_id,
         ocean_endpoint,
     )
 }
 
-/// Wraps `focus` in a message Bundle with Ocean's MessageHeader.
+/// Wraps `focus` (a checked resource) in a message Bundle with Ocean's MessageHeader.
 fn message(
     referral: &ReferralRef,
     event: OutboundEvent,
-    focus: Resource,
+    focus: Value,
     focus_id: &str,
     ocean_endpoint: &str,
 ) -> Result<OutgoingMessage, BuildError> {
     let header_id = uuid::Uuid::new_v4().to_string();
     let focus_url = format!("urn:uuid:{focus_id}");
-    let header = MessageHeader::builder()
-        .id(header_id.clone())
-        .meta(
-            Meta::builder()
-                .profile(vec![Some(MESSAGE_HEADER_PROFILE.to_owned())])
-                .build()
-                .map_err(err)?,
-        )
-        .extension(vec![
-            Extension::builder()
-                .url(extension_url(EXT_ID_MESSAGE_HEADER))
-                .value(ExtensionValue::String(referral.to_string()))
-                .build()
-                .map_err(err)?,
-        ])
-        .event(MessageHeaderEvent::Coding(
-            Coding::builder()
-                .system(EVENT_SYSTEM.to_owned())
-                .code(event.code().to_owned())
-                .build()
-                .map_err(err)?,
-        ))
-        .destination(vec![Some(
-            MessageHeaderDestination::builder()
-                .endpoint(ocean_endpoint.to_owned())
-                .build()
-                .map_err(err)?,
-        )])
-        .source(
-            MessageHeaderSource::builder()
-                .name("referral-relay".to_owned())
-                .software("referral-relay".to_owned())
-                .version(env!("CARGO_PKG_VERSION").to_owned())
-                .endpoint("urn:referral-relay".to_owned())
-                .build()
-                .map_err(err)?,
-        )
-        .focus(vec![Some(
-            Reference::builder()
-                .reference(focus_url.clone())
-                .build()
-                .map_err(err)?,
-        )])
-        .build()
-        .map_err(err)?;
-    let entry = |url: String, resource: Resource| {
-        BundleEntry::builder()
-            .full_url(url)
-            .resource(resource)
-            .build()
-            .map_err(err)
-    };
-    let bundle = Bundle::builder()
-        .id(uuid::Uuid::new_v4().to_string())
-        .r#type(BundleType::Message)
-        .timestamp(Instant(OffsetDateTime::now_utc()))
-        .entry(vec![
-            Some(entry(
-                format!("urn:uuid:{header_id}"),
-                Resource::MessageHeader(header),
-            )?),
-            Some(entry(focus_url, focus)?),
-        ])
-        .build()
-        .map_err(err)?;
-    let json = serde_json::to_string(&bundle).map_err(err)?;
-    Ok(OutgoingMessage { event, json })
+    let header = checked(
+        Kind::MessageHeader,
+        json!({
+            "resourceType": "MessageHeader",
+            "id": header_id,
+            "meta": { "profile": [MESSAGE_HEADER_PROFILE] },
+            "extension": [{
+                "url": extension_url(EXT_ID_MESSAGE_HEADER),
+                "valueString": referral.to_string(),
+            }],
+            "eventCoding": { "system": EVENT_SYSTEM, "code": event.code() },
+            "destination": [{ "endpoint": ocean_endpoint }],
+            "source": {
+                "name": "referral-relay",
+                "software": "referral-relay",
+                "version": env!("CARGO_PKG_VERSION"),
+                "endpoint": "urn:referral-relay",
+            },
+            "focus": [{ "reference": focus_url }],
+        }),
+    )?;
+    // The Bundle itself: type `message`, the header first (R4 bdl-9, bdl-12).
+    let bundle = json!({
+        "resourceType": "Bundle",
+        "id": uuid::Uuid::new_v4().to_string(),
+        "type": "message",
+        "timestamp": instant(OffsetDateTime::now_utc())?,
+        "entry": [
+            { "fullUrl": format!("urn:uuid:{header_id}"), "resource": header },
+            { "fullUrl": focus_url, "resource": focus },
+        ],
+    });
+    Ok(OutgoingMessage {
+        event,
+        json: bundle.to_string(),
+    })
 }

@@ -3,7 +3,7 @@
 
 use std::borrow::Cow;
 
-use fhir_sdk::r4b::resources::PractitionerRole;
+use fhir_check::Kind;
 
 use super::bundle::{Bundle, Entry, conform};
 use super::json::Object;
@@ -239,7 +239,7 @@ pub(super) fn referrer<'a>(
     problems: &mut Vec<String>,
 ) -> ReferrerView {
     let (practitioner, role) = if entry.kind == "PractitionerRole" {
-        conform::<PractitionerRole>(entry, problems);
+        conform(Kind::PractitionerRole, entry, problems);
         let role = role_view(&entry.resource);
         let practitioner = role
             .practitioner

@@ -245,6 +245,9 @@ impl Outbox {
                         to: status,
                     });
                 }
+                if !fhir_check::is_task_status(&status) {
+                    return Err(OutboxError::NotActionable);
+                }
                 let first = !task.task_sent;
                 let task_id = task
                     .task_id
@@ -254,7 +257,7 @@ impl Outbox {
                     reference,
                     &TaskUpdate {
                         task_id: &task_id,
-                        status: status.parse().map_err(|_| OutboxError::NotActionable)?,
+                        status: &status,
                         reason: reason.as_deref(),
                         description: description.as_deref(),
                         first,
