@@ -94,7 +94,11 @@ pub fn task_message(
         "statusReason",
         update.reason.map(|r| json!({ "text": r })),
     );
-    set(&mut task, "description", update.description.map(Value::from));
+    set(
+        &mut task,
+        "description",
+        update.description.map(Value::from),
+    );
     let event = if update.first {
         OutboundEvent::NotifyAddProcessRequest
     } else {
