@@ -39,11 +39,6 @@ use referral_relay::store::{
 
 const CONCURRENCY: [usize; 3] = [1, 16, 64];
 
-/// The binary's allocator, so the in-process service runs as it does in production (the no-op
-/// handler and the load generator get it too).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// Result of one measurement.
 struct Run {
     requests: usize,
