@@ -282,6 +282,29 @@ mod tests {
         SledStore::open_opts(dir, options).unwrap()
     }
 
+    /// Holds the writer thread inside a write until the sender is used; returns once it is held.
+    fn hold_writer(
+        open: &std::sync::Arc<super::super::open::Open>,
+    ) -> (
+        std_mpsc::Sender<()>,
+        tokio::task::JoinHandle<Result<(), StoreError>>,
+    ) {
+        let (release, held) = std_mpsc::channel::<()>();
+        let (entered, in_write) = std_mpsc::channel::<()>();
+        let open = std::sync::Arc::clone(open);
+        let holding = tokio::spawn(async move {
+            open.writer
+                .write(move |_| {
+                    entered.send(()).unwrap();
+                    held.recv().unwrap();
+                    Ok(())
+                })
+                .await
+        });
+        in_write.recv().unwrap();
+        (release, holding)
+    }
+
     /// While the writer is busy, a delivery finding the queue full is refused at once and
     /// nothing of it is stored; the one that found room is stored once the writer is free.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -289,22 +312,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = std::sync::Arc::new(store(dir.path(), 1));
         let open = store.open_db().unwrap();
-        // Hold the writer thread inside a write until released.
-        let (release, held) = std_mpsc::channel::<()>();
-        let (entered, in_write) = std_mpsc::channel::<()>();
-        let holding = tokio::spawn({
-            let open = std::sync::Arc::clone(&open);
-            async move {
-                open.writer
-                    .write(move |_| {
-                        entered.send(()).unwrap();
-                        held.recv().unwrap();
-                        Ok(())
-                    })
-                    .await
-            }
-        });
-        in_write.recv().unwrap();
+        let (release, holding) = hold_writer(&open);
         // This one takes the one place in the queue...
         let queued = tokio::spawn({
             let store = std::sync::Arc::clone(&store);
@@ -344,21 +352,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = std::sync::Arc::new(store(dir.path(), 64));
         let open = store.open_db().unwrap();
-        let (release, held) = std_mpsc::channel::<()>();
-        let (entered, in_write) = std_mpsc::channel::<()>();
-        let holding = tokio::spawn({
-            let open = std::sync::Arc::clone(&open);
-            async move {
-                open.writer
-                    .write(move |_| {
-                        entered.send(()).unwrap();
-                        held.recv().unwrap();
-                        Ok(())
-                    })
-                    .await
-            }
-        });
-        in_write.recv().unwrap();
+        let (release, holding) = hold_writer(&open);
         let mut puts = Vec::new();
         for (name, body) in [("R1", "1"), ("R2", "2"), ("R1", "1"), ("R1", "3")] {
             let store = std::sync::Arc::clone(&store);
