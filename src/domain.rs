@@ -187,6 +187,14 @@ pub struct Summary {
 }
 
 impl Summary {
+    /// The referral's status as shown to users: the Task's status once there is a Task, else
+    /// the ServiceRequest's.
+    pub fn status(&self) -> Option<&str> {
+        self.task_status
+            .as_deref()
+            .or(self.service_request_status.as_deref())
+    }
+
     /// Completes a newer delivery's summary with what `earlier` knew, part by part: a part the
     /// newer one did not carry is taken from `earlier` whole; the referral's own text is kept
     /// field by field.

@@ -69,11 +69,7 @@ pub fn write_row(out: &mut impl Write, r: &ReferralRecord) -> io::Result<()> {
 /// The cells of one referral's row, in [`COLUMNS`] order.
 fn cells(r: &ReferralRecord) -> [String; 18] {
     let s = &r.summary;
-    let status = s
-        .task_status
-        .clone()
-        .or_else(|| s.service_request_status.clone())
-        .unwrap_or_default();
+    let status = s.status().unwrap_or_default().to_owned();
     let booked = if s.appointment_status.as_deref() == Some("booked") {
         s.appointment_start.clone()
     } else {

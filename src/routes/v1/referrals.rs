@@ -56,6 +56,7 @@ pub struct ReferralView {
 
 impl ReferralView {
     fn new(r: ReferralRecord) -> Self {
+        let status = r.summary.status().map(str::to_owned);
         let Summary {
             service_request_status,
             task_status,
@@ -75,9 +76,7 @@ impl ReferralView {
             carried: _,
         } = r.summary;
         Self {
-            status: task_status
-                .clone()
-                .or_else(|| service_request_status.clone()),
+            status,
             referral: r.referral.to_string(),
             service_id: r.service_id.map(|s| s.to_string()),
             integration: r.integration.to_string(),
@@ -256,14 +255,9 @@ pub async fn list_referrals(
                 && q.event
                     .as_deref()
                     .is_none_or(|e| record.latest_event.as_str() == e)
-                && q.status.as_deref().is_none_or(|s| {
-                    record
-                        .summary
-                        .task_status
-                        .as_deref()
-                        .or(record.summary.service_request_status.as_deref())
-                        == Some(s)
-                })
+                && q.status
+                    .as_deref()
+                    .is_none_or(|s| record.summary.status() == Some(s))
                 && since.is_none_or(|t| record.modified_at >= t);
             if keep {
                 referrals.push(ReferralView::new(record));
