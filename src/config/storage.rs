@@ -16,6 +16,12 @@ pub struct RetentionConfig {
     pub keep_days: u64,
 }
 
+/// The largest page cache `storage.cache_mib` may ask for: 1 TiB.
+pub const MAX_CACHE_MIB: u64 = 1 << 20;
+/// The longest write queue `storage.write_queue` may ask for (each waiting delivery holds its body
+/// in memory, so a longer queue is memory, not throughput).
+pub const MAX_WRITE_QUEUE: usize = 1_000_000;
+
 /// Encryption at rest: with a key, raw payloads, referral and version summaries and outgoing
 /// updates are sealed with AES-256-GCM before they reach the disk.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -49,11 +55,11 @@ impl StorageConfig {
         if self.encryption_key.is_none() && !self.previous_keys.is_empty() {
             bail!("storage.previous_keys is set but storage.encryption_key is not");
         }
-        if self.cache_mib == 0 {
-            bail!("storage.cache_mib must be at least 1");
+        if !(1..=MAX_CACHE_MIB).contains(&self.cache_mib) {
+            bail!("storage.cache_mib must be between 1 and {MAX_CACHE_MIB} (MiB)");
         }
-        if self.write_queue == 0 {
-            bail!("storage.write_queue must be at least 1");
+        if !(1..=MAX_WRITE_QUEUE).contains(&self.write_queue) {
+            bail!("storage.write_queue must be between 1 and {MAX_WRITE_QUEUE}");
         }
         Ok(())
     }
@@ -157,5 +163,26 @@ mod tests {
             write_queue: 1024,
         };
         assert!(orphan.validate().is_err());
+        let sized = |cache_mib, write_queue| {
+            StorageConfig {
+                encryption_key: None,
+                previous_keys: Vec::new(),
+                cache_mib,
+                write_queue,
+            }
+            .validate()
+        };
+        assert!(sized(64, 1024).is_ok());
+        assert!(sized(MAX_CACHE_MIB, MAX_WRITE_QUEUE).is_ok());
+        for (cache, queue) in [(0, 1024), (MAX_CACHE_MIB + 1, 1024), (64, 0)] {
+            assert!(sized(cache, queue).is_err(), "{cache} {queue}");
+        }
+        let e = sized(64, 2_305_843_009_213_693_952)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("storage.write_queue must be between 1 and"),
+            "{e}"
+        );
     }
 }
