@@ -124,7 +124,22 @@ impl<'a> Bundle<'a> {
                 "the body is {what}, not a FHIR Bundle resource"
             )));
         }
-        let root = Object::parse_text(text).map_err(not_json)?;
+        // Every sender's shape is read in one pass; any other shape (or a document that is not
+        // JSON, to get the general reader's message) by the general reader.
+        let (root, parts) = match Object::parse_bundle(text) {
+            Ok(read) => read,
+            Err(_) => {
+                let root = Object::parse_text(text).map_err(not_json)?;
+                let parts = root
+                    .objects("entry")
+                    .map(|entry| json::EntryParts {
+                        full_url: entry.text("fullUrl"),
+                        resource: entry.object("resource"),
+                    })
+                    .collect();
+                (root, parts)
+            }
+        };
         match root.text("resourceType").as_deref() {
             Some("Bundle") => {}
             Some(other) => {
@@ -159,14 +174,13 @@ impl<'a> Bundle<'a> {
             index: HashMap::new(),
             root,
         };
-        for entry in bundle.root.objects("entry") {
-            let Some(resource) = entry.object("resource") else {
+        for json::EntryParts { full_url, resource } in parts {
+            let Some(resource) = resource else {
                 continue;
             };
             let Some(kind) = resource.text("resourceType") else {
                 continue;
             };
-            let full_url = entry.text("fullUrl");
             let position = bundle.entries.len();
             let mut keys = Vec::new();
             if let Some(url) = &full_url {
@@ -334,5 +348,67 @@ mod tests {
         assert_eq!((r.base, r.tail(), r.version), ("", "Patient/p-1", None));
         assert_eq!(Restful::parse("urn:uuid:abc"), None);
         assert_eq!(Restful::parse("p-1"), None);
+    }
+
+    /// What `parse` keeps of each entry: `(fullUrl, resourceType, id)`.
+    fn entries(text: &str) -> Vec<(Option<String>, String, Option<String>)> {
+        Bundle::parse(text)
+            .unwrap()
+            .entries
+            .iter()
+            .map(|e| (e.full_url.clone(), e.kind.clone(), e.resource.text("id")))
+            .collect()
+    }
+
+    fn entry(url: &str, id: &str) -> (Option<String>, String, Option<String>) {
+        (Some(url.into()), "Patient".into(), Some(id.into()))
+    }
+
+    /// Shapes the one-pass read does not take go to the general reader and come out the same:
+    /// entries that are not objects, resources that are not objects, a `fullUrl` that is not a
+    /// string, an `entry` that is not an array, repeated names.
+    #[test]
+    fn every_shape_of_entry_reads_the_same_in_one_pass_or_not() {
+        let head = r#"{"resourceType": "Bundle", "type": "message", "#;
+        let p = |url: &str, id: &str| {
+            format!(
+                r#"{{"fullUrl": "{url}", "resource": {{"resourceType": "Patient", "id": "{id}"}}, "request": [1e400]}}"#
+            )
+        };
+        // Every sender's shape: read in one pass.
+        let usual = format!(r#"{head}"entry": [{}, {}]}}"#, p("u:1", "a"), p("u:2", "b"));
+        assert!(Object::parse_bundle(&usual).is_ok());
+        assert_eq!(entries(&usual), vec![entry("u:1", "a"), entry("u:2", "b")]);
+
+        let odd = [
+            // A number beyond f64, a string and null among the entries.
+            format!(r#"{head}"entry": [1e400, {}, "x", null]}}"#, p("u:1", "a")),
+            // A resource that is not an object; a fullUrl that is not a string.
+            format!(
+                r#"{head}"entry": [{{"resource": "no"}}, {}, {{"fullUrl": 7, "resource": {{"resourceType": "Patient", "id": "b"}}}}]}}"#,
+                p("u:1", "a")
+            ),
+            // `entry` repeated: the last counts, in both readers.
+            format!(r#"{head}"entry": 5, "entry": [{}]}}"#, p("u:1", "a")),
+        ];
+        for text in &odd[..2] {
+            assert!(Object::parse_bundle(text).is_err(), "{text}");
+        }
+        assert_eq!(entries(&odd[0]), vec![entry("u:1", "a")]);
+        assert_eq!(
+            entries(&odd[1]),
+            vec![
+                entry("u:1", "a"),
+                (None, "Patient".into(), Some("b".into()))
+            ]
+        );
+        assert_eq!(entries(&odd[2]), vec![entry("u:1", "a")]);
+        // Not an array at all: no entries (the caller then says there is no MessageHeader).
+        assert!(entries(&format!(r#"{head}"entry": {{"a": 1}}}}"#)).is_empty());
+        // Not JSON: the general reader's message.
+        let Err(ParseError::Malformed(why)) = Bundle::parse(&format!("{head}\"entry\": [")) else {
+            panic!("truncated JSON must be refused")
+        };
+        assert!(why.starts_with("the body is not valid JSON"), "{why}");
     }
 }

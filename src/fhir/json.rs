@@ -50,8 +50,11 @@ impl<'a> Object<'a> {
     /// The string at `path` below this object, every step but the last an object.
     pub fn path_text(&self, path: &[&str]) -> Option<String> {
         let (last, steps) = path.split_last()?;
-        let mut object = self.clone();
-        for step in steps {
+        let Some((first, rest)) = steps.split_first() else {
+            return self.text(last);
+        };
+        let mut object = self.object(first)?;
+        for step in rest {
             object = object.object(step)?;
         }
         object.text(last)
@@ -86,11 +89,16 @@ impl<'a> Object<'a> {
                 .sum::<usize>()
                 + 2,
         );
-        // The last of a repeated name is the one that counts: walk backwards to find them.
-        let mut seen = std::collections::HashSet::with_capacity(self.members.len());
-        let last: Vec<bool> = {
-            let mut last: Vec<bool> = self
-                .members
+        // The last of a repeated name is the one that counts. Resources have a few dozen
+        // members at most, which a pairwise look finds fastest; a huge object gets a set.
+        let members = &self.members;
+        let keep: Vec<bool> = if members.len() <= 32 {
+            (0..members.len())
+                .map(|i| !members[i + 1..].iter().any(|(k, _)| *k == members[i].0))
+                .collect()
+        } else {
+            let mut seen = std::collections::HashSet::with_capacity(members.len());
+            let mut last: Vec<bool> = members
                 .iter()
                 .rev()
                 .map(|(key, _)| seen.insert(key.as_ref()))
@@ -100,21 +108,146 @@ impl<'a> Object<'a> {
         };
         out.push('{');
         let mut first = true;
-        for ((key, value), last) in self.members.iter().zip(last) {
-            if !last {
+        for ((key, value), keep) in members.iter().zip(keep) {
+            if !keep {
                 continue;
             }
             if !first {
                 out.push(',');
             }
             first = false;
-            // Serialising a str cannot fail.
-            out.push_str(&serde_json::to_string(key.as_ref()).unwrap_or_default());
+            if key.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+                out.push('"');
+                out.push_str(key);
+                out.push('"');
+            } else {
+                // Serialising a str cannot fail.
+                out.push_str(&serde_json::to_string(key.as_ref()).unwrap_or_default());
+            }
             out.push(':');
             out.push_str(value.get());
         }
         out.push('}');
         out
+    }
+}
+
+/// One `Bundle.entry` as read by [`Object::parse_bundle`]: its `fullUrl` and its `resource`.
+#[derive(Debug, Clone, Default)]
+pub struct EntryParts<'a> {
+    pub full_url: Option<String>,
+    pub resource: Option<Object<'a>>,
+}
+
+impl<'a> Object<'a> {
+    /// Reads `text` (a whole document) as a Bundle in one pass over the bytes: the root's
+    /// members stay raw except `entry`, whose elements' `fullUrl` and `resource` (members raw)
+    /// are read on the way, so no byte of an entry is scanned twice. The root it returns has no
+    /// `entry` member.
+    ///
+    /// # Errors
+    /// When the document is not JSON, or is JSON of another shape than every sender's (a
+    /// non-object root, an `entry` that is not an array of objects, a `resource` that is not an
+    /// object, a `fullUrl` that is not a string). The caller then reads it with the general
+    /// reader ([`Object::parse_text`] and friends), which takes any shape.
+    pub fn parse_bundle(text: &'a str) -> Result<(Self, Vec<EntryParts<'a>>), serde_json::Error> {
+        serde_json::from_str::<BundleParts<'a>>(text).map(|b| (b.root, b.entries))
+    }
+}
+
+/// The root of a Bundle and its entries, read in one pass.
+struct BundleParts<'a> {
+    root: Object<'a>,
+    entries: Vec<EntryParts<'a>>,
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for BundleParts<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct RootVisitor<'a>(std::marker::PhantomData<&'a ()>);
+
+        impl<'de: 'a, 'a> Visitor<'de> for RootVisitor<'a> {
+            type Value = BundleParts<'a>;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut members = Vec::with_capacity(map.size_hint().unwrap_or(8));
+                let mut entries = Vec::new();
+                while let Some(Key(key)) = map.next_key()? {
+                    if key == "entry" {
+                        // The last of a repeated name counts, as in the general reader.
+                        entries = map.next_value::<Entries<'a>>()?.0;
+                    } else {
+                        members.push((key, map.next_value::<&'a RawValue>()?));
+                    }
+                }
+                Ok(BundleParts {
+                    root: Object { members },
+                    entries,
+                })
+            }
+        }
+
+        d.deserialize_map(RootVisitor(std::marker::PhantomData))
+    }
+}
+
+/// `Bundle.entry`: an array of objects.
+struct Entries<'a>(Vec<EntryParts<'a>>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Entries<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct EntriesVisitor<'a>(std::marker::PhantomData<&'a ()>);
+
+        impl<'de: 'a, 'a> Visitor<'de> for EntriesVisitor<'a> {
+            type Value = Entries<'a>;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an array of entries")
+            }
+
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                let mut entries = Vec::with_capacity(seq.size_hint().unwrap_or(8));
+                while let Some(entry) = seq.next_element::<EntryParts<'a>>()? {
+                    entries.push(entry);
+                }
+                Ok(Entries(entries))
+            }
+        }
+
+        d.deserialize_seq(EntriesVisitor(std::marker::PhantomData))
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for EntryParts<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct EntryVisitor<'a>(std::marker::PhantomData<&'a ()>);
+
+        impl<'de: 'a, 'a> Visitor<'de> for EntryVisitor<'a> {
+            type Value = EntryParts<'a>;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an entry object")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut entry = EntryParts::default();
+                while let Some(Key(key)) = map.next_key()? {
+                    match key.as_ref() {
+                        "fullUrl" => entry.full_url = Some(map.next_value::<Text>()?.0),
+                        "resource" => entry.resource = Some(map.next_value()?),
+                        _ => {
+                            map.next_value::<de::IgnoredAny>()?;
+                        }
+                    }
+                }
+                Ok(entry)
+            }
+        }
+
+        d.deserialize_map(EntryVisitor(std::marker::PhantomData))
     }
 }
 
@@ -281,6 +414,14 @@ mod tests {
         assert_eq!(o.text("a").as_deref(), Some("second"));
         let again: serde_json::Value = serde_json::from_str(&o.to_json()).unwrap();
         assert_eq!(again, serde_json::json!({"b": 1, "a": "second"}));
+        // Names that need escapes are written with them.
+        let o =
+            Object::parse_text(r#"{"q\"uote": 1, "back\\slash": 2, "tab\t": 3, "é": 4}"#).unwrap();
+        let again: serde_json::Value = serde_json::from_str(&o.to_json()).unwrap();
+        assert_eq!(
+            again,
+            serde_json::json!({"q\"uote": 1, "back\\slash": 2, "tab\t": 3, "é": 4})
+        );
     }
 
     /// Linear in the number of members: an object with hundreds of thousands of them (which a

@@ -255,7 +255,12 @@ fn document_text(body: &[u8]) -> Result<Cow<'_, str>, ParseError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(ParseError::Malformed("the request body is empty".into()));
     }
-    Ok(String::from_utf8_lossy(body))
+    // `from_utf8` checks UTF-8 several times faster than the lossy decoder, which only text
+    // that is not UTF-8 needs.
+    Ok(match std::str::from_utf8(body) {
+        Ok(text) => Cow::Borrowed(text),
+        Err(_) => String::from_utf8_lossy(body),
+    })
 }
 
 #[cfg(test)]
