@@ -9,9 +9,11 @@ mod error;
 mod feed;
 mod maintenance;
 mod outbox;
+mod postgres;
 mod seal;
 mod sled;
 
+pub use self::postgres::{MIGRATIONS as POSTGRES_MIGRATIONS, PgOptions, PgStore};
 pub use self::sled::{SledOptions, SledStore};
 pub use audit::{AUDIT_GENESIS, AuditBreak, AuditEntry, AuditStore, verify_chain};
 pub use deliveries::{

@@ -19,5 +19,6 @@ mod ingest;
 mod lifecycle;
 mod ops;
 mod outbound;
+mod postgres;
 mod rejections;
 mod support;

@@ -1,0 +1,88 @@
+//! The audit log on PostgreSQL: entries are inserted by whatever writes them and linked into one
+//! chain, across replicas, by the [`sequencer`](super::sequencer).
+
+use async_trait::async_trait;
+use time::OffsetDateTime;
+
+use super::deliveries::{to_i64, to_u64};
+use super::{PgStore, db_error};
+use crate::store::audit::{AuditEntry, AuditStore};
+use crate::store::error::StoreError;
+
+/// Adds an entry, not yet linked, inside the caller's transaction; returns its row id.
+pub(super) async fn insert(
+    tx: &tokio_postgres::Transaction<'_>,
+    at: OffsetDateTime,
+    action: &str,
+    actor: &str,
+    details: &serde_json::Value,
+) -> Result<i64, StoreError> {
+    Ok(tx
+        .query_one(
+            "INSERT INTO audit (at, action, actor, details) VALUES ($1, $2, $3, $4) RETURNING id",
+            &[&at, &action, &actor, details],
+        )
+        .await
+        .map_err(db_error("adding an audit entry"))?
+        .get(0))
+}
+
+fn entry(row: &tokio_postgres::Row) -> AuditEntry {
+    AuditEntry {
+        seq: to_u64(row.get(0)),
+        at: row.get(1),
+        action: row.get(2),
+        actor: row.get(3),
+        details: row.get(4),
+        prev: row.get(5),
+        hash: row.get(6),
+    }
+}
+
+#[async_trait]
+impl AuditStore for PgStore {
+    async fn audit(
+        &self,
+        action: &str,
+        actor: &str,
+        details: serde_json::Value,
+    ) -> Result<AuditEntry, StoreError> {
+        let id = {
+            let mut client = self.client().await?;
+            let tx = client
+                .transaction()
+                .await
+                .map_err(db_error("starting an audit entry"))?;
+            let id = insert(&tx, OffsetDateTime::now_utc(), action, actor, &details).await?;
+            tx.commit()
+                .await
+                .map_err(db_error("committing an audit entry"))?;
+            id
+        };
+        self.sequence().await?;
+        let client = self.client().await?;
+        let row = client
+            .query_one(
+                "SELECT seq, at, action, actor, details, prev, hash FROM audit WHERE id = $1",
+                &[&id],
+            )
+            .await
+            .map_err(db_error("reading an audit entry"))?;
+        Ok(entry(&row))
+    }
+
+    async fn audit_entries(&self, after: u64, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
+        let client = self.client().await?;
+        Ok(client
+            .query(
+                "SELECT seq, at, action, actor, details, prev, hash FROM audit
+                 WHERE seq > $1 ORDER BY seq LIMIT $2",
+                &[&to_i64(after), &to_i64(limit as u64)],
+            )
+            .await
+            .map_err(db_error("reading the audit log"))?
+            .iter()
+            .map(entry)
+            .collect())
+    }
+}

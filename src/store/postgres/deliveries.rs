@@ -1,0 +1,262 @@
+//! Deliveries on PostgreSQL: each one a new version of its referral, in one transaction.
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use super::{PgStore, db_error};
+use crate::domain::ReferralRef;
+use crate::store::deliveries::{
+    DeliveryStore, NewDelivery, PutOutcome, ReferralRecord, ServiceAssignment, VersionRecord,
+};
+use crate::store::error::StoreError;
+
+pub(super) fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(value)
+        .map_err(|e| StoreError::corrupt("a record does not encode").caused_by(e))
+}
+
+pub(super) fn decode<T: for<'de> serde::Deserialize<'de>>(bytes: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| StoreError::corrupt("a record does not decode").caused_by(e))
+}
+
+/// A count or number kept as `bigint`.
+pub(super) fn to_i64(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+pub(super) fn to_u64(n: i64) -> u64 {
+    u64::try_from(n).unwrap_or_default()
+}
+
+impl PgStore {
+    /// The delivery's transaction. A duplicate or a referral owned elsewhere writes nothing.
+    async fn write_delivery(&self, d: &NewDelivery) -> Result<PutOutcome, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client
+            .transaction()
+            .await
+            .map_err(db_error("starting a delivery"))?;
+        let referral = d.referral.as_str();
+
+        // Claim the delivery first: a second replica posting the same delivery waits here for
+        // this transaction, then finds the claim and reports the version stored.
+        let claimed = tx
+            .execute(
+                "INSERT INTO deliveries (dedup_key, referral, version) VALUES ($1, $2, 0)
+                 ON CONFLICT (dedup_key) DO NOTHING",
+                &[&d.dedup_key, &referral],
+            )
+            .await
+            .map_err(db_error("claiming a delivery"))?;
+        if claimed == 0 {
+            let version: i64 = tx
+                .query_one(
+                    "SELECT version FROM deliveries WHERE dedup_key = $1",
+                    &[&d.dedup_key],
+                )
+                .await
+                .map_err(db_error("reading a stored delivery"))?
+                .get(0);
+            return Ok(PutOutcome::Duplicate {
+                version: to_u64(version),
+            });
+        }
+
+        // The referral's row, locked: created empty (version 0) when new, so two first
+        // deliveries of one referral follow one another.
+        tx.execute(
+            "INSERT INTO referrals (referral, version, modified_at, record)
+             VALUES ($1, 0, now(), ''::bytea) ON CONFLICT (referral) DO NOTHING",
+            &[&referral],
+        )
+        .await
+        .map_err(db_error("creating a referral"))?;
+        let row = tx
+            .query_one(
+                "SELECT version, record FROM referrals WHERE referral = $1 FOR UPDATE",
+                &[&referral],
+            )
+            .await
+            .map_err(db_error("locking a referral"))?;
+        let previous: Option<ReferralRecord> = if row.get::<_, i64>(0) == 0 {
+            None
+        } else {
+            Some(decode(row.get::<_, &[u8]>(1))?)
+        };
+
+        // A referral belongs to the integration that first delivered it.
+        let owner = previous.as_ref().map_or_else(
+            || d.integration.clone(),
+            |p| p.owner.clone().unwrap_or_else(|| p.integration.clone()),
+        );
+        if owner != d.integration && !d.shares_with.contains(&owner) {
+            tx.rollback()
+                .await
+                .map_err(db_error("rolling back a delivery"))?;
+            return Ok(PutOutcome::OwnedElsewhere { owner });
+        }
+        let service_id = match (&d.service, &previous) {
+            (ServiceAssignment::Named(s), _) => Some(s.clone()),
+            (_, Some(p)) => p.service_id.clone(),
+            (ServiceAssignment::Default(s), None) => Some(s.clone()),
+            (ServiceAssignment::Unassigned, None) => None,
+        };
+        let received_at = d.received_at;
+        let version = previous.as_ref().map_or(1, |p| p.version + 1);
+        let mut summary = d.summary.clone();
+        if let Some(p) = &previous {
+            summary.fill_from(&p.summary);
+        }
+        let record = ReferralRecord {
+            referral: d.referral.clone(),
+            service_id: service_id.clone(),
+            integration: d.integration.clone(),
+            owner: Some(owner),
+            latest_event: d.event.clone(),
+            version,
+            created_at: previous.as_ref().map_or(received_at, |p| p.created_at),
+            modified_at: received_at,
+            exported_at: previous.as_ref().and_then(|p| p.exported_at),
+            summary,
+        };
+        let event_id: i64 = tx
+            .query_one(
+                "INSERT INTO events (referral, version, event, service_id, received_at)
+                 VALUES ($1, $2, $3, $4, $5) RETURNING id",
+                &[
+                    &referral,
+                    &to_i64(version),
+                    &d.event.as_str(),
+                    &service_id.as_ref().map(|s| s.as_str()),
+                    &received_at,
+                ],
+            )
+            .await
+            .map_err(db_error("adding to the feed"))?
+            .get(0);
+        // Its feed position is not known yet (see the sequencer): read back from `events`.
+        let version_record = VersionRecord {
+            referral: d.referral.clone(),
+            version,
+            event: d.event.clone(),
+            integration: d.integration.clone(),
+            service_id,
+            message_header_id: d.message_header_id.clone(),
+            bundle_id: d.bundle_id.clone(),
+            bundle_timestamp: d.bundle_timestamp.clone(),
+            received_at,
+            summary: d.summary.clone(),
+            problems: d.problems.clone(),
+            size: d.raw.len() as u64,
+            sha256: d.sha256.clone(),
+            seq: 0,
+            purged: false,
+        };
+        tx.execute(
+            "INSERT INTO versions (referral, version, event_id, record, payload)
+             VALUES ($1, $2, $3, $4, $5)",
+            &[
+                &referral,
+                &to_i64(version),
+                &event_id,
+                &encode(&version_record)?,
+                &d.raw.as_ref(),
+            ],
+        )
+        .await
+        .map_err(db_error("storing a version"))?;
+        tx.execute(
+            "UPDATE referrals SET version = $2, modified_at = $3, record = $4 WHERE referral = $1",
+            &[&referral, &to_i64(version), &received_at, &encode(&record)?],
+        )
+        .await
+        .map_err(db_error("updating a referral"))?;
+        tx.execute(
+            "UPDATE deliveries SET version = $2 WHERE dedup_key = $1",
+            &[&d.dedup_key, &to_i64(version)],
+        )
+        .await
+        .map_err(db_error("recording a delivery"))?;
+        // Stored, then audited, or neither: the entry is part of the same transaction.
+        super::audit::insert(
+            &tx,
+            received_at,
+            "DELIVERY_STORED",
+            d.integration.as_str(),
+            &serde_json::json!({
+                "referral": referral,
+                "version": version,
+                "event": d.event.as_str(),
+            }),
+        )
+        .await?;
+        tx.commit()
+            .await
+            .map_err(db_error("committing a delivery"))?;
+        Ok(PutOutcome::Stored { version })
+    }
+}
+
+#[async_trait]
+impl DeliveryStore for PgStore {
+    async fn put_delivery(&self, delivery: NewDelivery) -> Result<PutOutcome, StoreError> {
+        let outcome = self.write_delivery(&delivery).await?;
+        if matches!(outcome, PutOutcome::Stored { .. }) {
+            // Durable now. If the run fails, the sweep gives the event its position later.
+            if let Err(e) = self.sequence().await {
+                tracing::warn!(error = %e.chain(), "PostgreSQL sequencer failed after a delivery; the sweep retries");
+            }
+        }
+        Ok(outcome)
+    }
+
+    async fn referral(&self, referral: &ReferralRef) -> Result<Option<ReferralRecord>, StoreError> {
+        let client = self.client().await?;
+        client
+            .query_opt(
+                "SELECT record FROM referrals WHERE referral = $1 AND version > 0",
+                &[&referral.as_str()],
+            )
+            .await
+            .map_err(db_error("reading a referral"))?
+            .map(|row| decode(row.get::<_, &[u8]>(0)))
+            .transpose()
+    }
+
+    async fn versions(&self, referral: &ReferralRef) -> Result<Vec<VersionRecord>, StoreError> {
+        let client = self.client().await?;
+        client
+            .query(
+                "SELECT v.record, e.seq FROM versions v JOIN events e ON e.id = v.event_id
+                 WHERE v.referral = $1 ORDER BY v.version",
+                &[&referral.as_str()],
+            )
+            .await
+            .map_err(db_error("reading versions"))?
+            .iter()
+            .map(|row| {
+                let mut record: VersionRecord = decode(row.get::<_, &[u8]>(0))?;
+                record.seq = row.get::<_, Option<i64>>(1).map_or(0, to_u64);
+                Ok(record)
+            })
+            .collect()
+    }
+
+    async fn payload(
+        &self,
+        referral: &ReferralRef,
+        version: u64,
+    ) -> Result<Option<Bytes>, StoreError> {
+        let client = self.client().await?;
+        Ok(client
+            .query_opt(
+                "SELECT payload FROM versions WHERE referral = $1 AND version = $2",
+                &[&referral.as_str(), &to_i64(version)],
+            )
+            .await
+            .map_err(db_error("reading a payload"))?
+            .and_then(|row| row.get::<_, Option<Vec<u8>>>(0))
+            .map(Bytes::from))
+    }
+}

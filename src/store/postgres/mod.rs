@@ -1,0 +1,192 @@
+//! The PostgreSQL backend, for several replicas of the service on one database.
+//!
+//! Written one concern at a time (see [`crate::store`]): deliveries, the feed and the audit log
+//! are here; the outbox and maintenance are not yet, so [`PgStore`] is not a whole
+//! [`Store`](crate::store::Store) and cannot be configured as the service's backend yet.
+//!
+//! What holds across replicas, and how:
+//! - a delivery posted to two replicas at once is stored once: its dedup key is a primary key
+//!   (`deliveries`), claimed first in the delivery's transaction;
+//! - the feed never skips an event that commits late: feed positions are given after commit by
+//!   the [`sequencer`], one run at a time across every replica;
+//! - a long-poll on one replica wakes when a delivery lands on another: the sequencer sends
+//!   `NOTIFY` with the new end of the feed, and every replica `LISTEN`s ([`listener`]);
+//! - the audit chain is one chain: the sequencer links entries from every replica in order.
+
+mod audit;
+mod deliveries;
+mod feed;
+mod listener;
+mod migrate;
+mod sequencer;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use tokio::sync::watch;
+use tokio_postgres::NoTls;
+
+use super::error::StoreError;
+
+pub use migrate::MIGRATIONS;
+
+/// How to reach the database.
+#[derive(Debug, Clone)]
+pub struct PgOptions {
+    /// A libpq connection string or `postgres://` URL (tokio-postgres's syntax).
+    pub url: String,
+    /// Most connections this process opens (one more is held for `LISTEN`).
+    pub max_connections: usize,
+    /// The schema the tables live in (`public` when `None`); created if missing.
+    pub schema: Option<String>,
+    /// How often this replica looks for feed rows another replica left without a position, and
+    /// rereads the end of the feed in case a notification was missed (1 s by default).
+    pub sweep_interval: Duration,
+}
+
+impl PgOptions {
+    /// Options for `url` with the defaults: 16 connections, schema `public`, a 1 s sweep.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            max_connections: 16,
+            schema: None,
+            sweep_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+/// The PostgreSQL store. Cheap to clone handles are not offered: share it in an `Arc`.
+pub struct PgStore {
+    pool: Pool,
+    /// The highest feed position known sequenced (by this replica or, through `NOTIFY`, others).
+    feed: watch::Sender<u64>,
+    sequencer: sequencer::Sequencer,
+    /// The channel this store's schema notifies on.
+    channel: String,
+    /// Background work (the `LISTEN` connection, the sequencer's sweep), stopped on drop.
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for PgStore {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+/// A database error as a store error: PostgreSQL unreachable or refusing is `Unavailable`
+/// (callers answer 503 and senders retry).
+pub(super) fn db_error(context: &'static str) -> impl Fn(tokio_postgres::Error) -> StoreError {
+    move |e| StoreError::unavailable(format!("PostgreSQL: {context}")).caused_by(e)
+}
+
+/// Moves the known end of the feed to `seq` (never backwards), waking long-polls.
+fn publish(feed: &watch::Sender<u64>, seq: u64) {
+    feed.send_if_modified(|known| {
+        let moved = seq > *known;
+        if moved {
+            *known = seq;
+        }
+        moved
+    });
+}
+
+pub(super) fn pool_error(e: deadpool_postgres::PoolError) -> StoreError {
+    StoreError::unavailable("PostgreSQL: no connection").caused_by(e)
+}
+
+impl PgStore {
+    /// Connects, applies the schema migrations this build knows (see [`MIGRATIONS`]), and
+    /// starts listening for other replicas' feed notifications.
+    ///
+    /// # Errors
+    /// `Unavailable` when the database cannot be reached or a migration fails; `Failed` when the
+    /// URL does not parse or the schema is newer than this build.
+    pub async fn connect(options: &PgOptions) -> Result<Arc<Self>, StoreError> {
+        let mut config: tokio_postgres::Config = options.url.parse().map_err(|e| {
+            StoreError::failed("storage.url is not a PostgreSQL connection string").caused_by(e)
+        })?;
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(Duration::from_secs(10));
+        }
+        let schema = options.schema.clone().unwrap_or_else(|| "public".into());
+        if !schema
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_')
+            || schema.is_empty()
+            || schema.len() > 50
+        {
+            return Err(StoreError::failed(
+                "storage.schema must be 1 to 50 ASCII letters, digits or _",
+            ));
+        }
+        // Every connection works in the schema (created first, on a connection of its own).
+        {
+            let (client, connection) = config
+                .connect(NoTls)
+                .await
+                .map_err(db_error("connecting"))?;
+            let driver = tokio::spawn(connection);
+            client
+                .batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\""))
+                .await
+                .map_err(db_error("creating the schema"))?;
+            drop(client);
+            let _ = driver.await;
+        }
+        config.options(format!("-c search_path=\"{schema}\""));
+
+        let manager = Manager::from_config(
+            config.clone(),
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(options.max_connections.max(1))
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .build()
+            .map_err(|e| StoreError::failed("PostgreSQL: the pool").caused_by(e))?;
+        {
+            let mut client = pool.get().await.map_err(pool_error)?;
+            migrate::apply(&mut client).await?;
+        }
+
+        // Notifications are database-wide: one channel per schema, named by a hash of it
+        // (channel names are at most 63 bytes).
+        let channel = format!("relay_feed_{}", &super::sha256_hex(schema.as_bytes())[..16]);
+        let (feed, _) = watch::channel(0);
+        let mut store = Self {
+            pool,
+            feed,
+            sequencer: sequencer::Sequencer::default(),
+            channel: channel.clone(),
+            tasks: Vec::new(),
+        };
+        // Whatever a replica left unsequenced (killed between its commit and its run) goes now.
+        store.sequence().await?;
+        let store = Arc::new_cyclic(|weak: &std::sync::Weak<Self>| {
+            store
+                .tasks
+                .push(listener::spawn(config, channel, store.feed.clone()));
+            store
+                .tasks
+                .push(sequencer::spawn_sweep(weak.clone(), options.sweep_interval));
+            store
+        });
+        Ok(store)
+    }
+
+    async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
+        self.pool.get().await.map_err(pool_error)
+    }
+
+    /// Publishes `seq` as sequenced.
+    fn published(&self, seq: u64) {
+        publish(&self.feed, seq);
+    }
+}

@@ -1,0 +1,168 @@
+//! The sequencer: gives feed positions and audit links, after commit, to what deliveries and
+//! audit appends committed, one run at a time across every replica.
+//!
+//! Why after commit: a position taken inside the writing transaction (a sequence, or `max + 1`)
+//! is taken in one order and committed in another, so a reader who has seen position 11 may later
+//! find 10 appear, and a consumer resuming "after 11" skips it for good. Taking one lock for the
+//! whole delivery transaction would prevent that but lets only one delivery commit at a time
+//! across all replicas. Instead rows are inserted without a position; a run of the sequencer
+//! takes a transaction-scoped advisory lock (so runs, on any replica, follow one another), numbers
+//! every committed row still without one from the end of the feed on, in insert order, and
+//! commits. A run only numbers committed rows, runs commit in the order they number, so the rows
+//! with a position are always a gap-free prefix of the feed: `WHERE seq > after` never skips.
+//!
+//! A delivery runs the sequencer after its commit and before it answers, so its event is in the
+//! feed when the sender gets its 2xx; runs requested while one is under way are served by the next
+//! single run. A replica killed between its commit and its run leaves rows without a position:
+//! every replica's sweep (once a second by default) and start-up number them.
+
+use std::sync::Weak;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use time::OffsetDateTime;
+
+use super::{PgStore, db_error};
+use crate::store::audit::{AUDIT_GENESIS, AuditEntry};
+use crate::store::error::StoreError;
+
+/// The advisory lock runs of the sequencer take, in every replica.
+const SEQUENCER_LOCK: i64 = 0x7265_6c61_795f_7365;
+
+/// Coalesces this process's requests for a run.
+#[derive(Default)]
+pub(super) struct Sequencer {
+    /// Runs begun by this process.
+    started: AtomicU64,
+    /// The number of the last run that ended; held while a run is under way.
+    ended: tokio::sync::Mutex<u64>,
+}
+
+impl PgStore {
+    /// Returns once a run of the sequencer that began after this call has ended: everything this
+    /// task committed before calling has its feed position and audit link.
+    pub(super) async fn sequence(&self) -> Result<(), StoreError> {
+        let wanted = self.sequencer.started.load(Ordering::SeqCst) + 1;
+        let mut ended = self.sequencer.ended.lock().await;
+        if *ended >= wanted {
+            return Ok(());
+        }
+        let run = self.sequencer.started.fetch_add(1, Ordering::SeqCst) + 1;
+        let top = self.run_sequencer().await?;
+        *ended = run;
+        self.published(top);
+        Ok(())
+    }
+
+    /// One run; returns the end of the feed.
+    async fn run_sequencer(&self) -> Result<u64, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client
+            .transaction()
+            .await
+            .map_err(db_error("starting the sequencer"))?;
+        let pending: bool = tx
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM events WHERE seq IS NULL)
+                     OR EXISTS (SELECT 1 FROM audit WHERE seq IS NULL)",
+                &[],
+            )
+            .await
+            .map_err(db_error("looking for unsequenced rows"))?
+            .get(0);
+        if pending {
+            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SEQUENCER_LOCK])
+                .await
+                .map_err(db_error("locking the sequencer"))?;
+            let numbered = tx
+                .execute(
+                    "WITH top AS (SELECT coalesce(max(seq), 0) AS seq FROM events),
+                          pending AS (
+                              SELECT id, row_number() OVER (ORDER BY id) AS n
+                              FROM events WHERE seq IS NULL)
+                     UPDATE events e SET seq = top.seq + pending.n
+                     FROM pending, top WHERE e.id = pending.id",
+                    &[],
+                )
+                .await
+                .map_err(db_error("numbering the feed"))?;
+            link_audit(&tx).await?;
+            if numbered > 0 {
+                tx.execute(
+                    "SELECT pg_notify($1, (SELECT coalesce(max(seq), 0) FROM events)::text)",
+                    &[&self.channel],
+                )
+                .await
+                .map_err(db_error("notifying the feed"))?;
+            }
+        }
+        let top: i64 = tx
+            .query_one("SELECT coalesce(max(seq), 0) FROM events", &[])
+            .await
+            .map_err(db_error("reading the end of the feed"))?
+            .get(0);
+        tx.commit()
+            .await
+            .map_err(db_error("committing the sequencer"))?;
+        Ok(u64::try_from(top).unwrap_or_default())
+    }
+}
+
+/// Links the audit entries committed without a place in the chain, in insert order, to its head.
+async fn link_audit(tx: &tokio_postgres::Transaction<'_>) -> Result<(), StoreError> {
+    let head = tx
+        .query_opt(
+            "SELECT seq, hash FROM audit WHERE seq IS NOT NULL ORDER BY seq DESC LIMIT 1",
+            &[],
+        )
+        .await
+        .map_err(db_error("reading the audit head"))?;
+    let (mut seq, mut prev) = match head {
+        Some(row) => (row.get::<_, i64>(0), row.get::<_, String>(1)),
+        None => (0, AUDIT_GENESIS.to_owned()),
+    };
+    let pending = tx
+        .query(
+            "SELECT id, at, action, actor, details FROM audit WHERE seq IS NULL ORDER BY id",
+            &[],
+        )
+        .await
+        .map_err(db_error("reading unlinked audit entries"))?;
+    for row in pending {
+        seq += 1;
+        let mut entry = AuditEntry {
+            seq: u64::try_from(seq).unwrap_or_default(),
+            at: row.get::<_, OffsetDateTime>(1),
+            action: row.get(2),
+            actor: row.get(3),
+            details: row.get(4),
+            prev: prev.clone(),
+            hash: String::new(),
+        };
+        entry.hash = entry.expected_hash();
+        tx.execute(
+            "UPDATE audit SET seq = $1, prev = $2, hash = $3 WHERE id = $4",
+            &[&seq, &entry.prev, &entry.hash, &row.get::<_, i64>(0)],
+        )
+        .await
+        .map_err(db_error("linking an audit entry"))?;
+        prev = entry.hash;
+    }
+    Ok(())
+}
+
+/// Every `interval`, a run for rows another replica left without a position, and the end of the
+/// feed read again in case a notification was missed.
+pub(super) fn spawn_sweep(store: Weak<PgStore>, interval: Duration) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let Some(store) = store.upgrade() else { return };
+            if let Err(e) = store.sequence().await {
+                tracing::warn!(error = %e.chain(), "PostgreSQL sequencer sweep failed; retrying");
+            }
+        }
+    })
+}

@@ -1,0 +1,367 @@
+//! The PostgreSQL store against a real server: `RELAY_TEST_POSTGRES_URL`, by default this
+//! project's machines' `host=127.0.0.1 port=5432 user=postgres dbname=test`. Each test works in
+//! a schema of its own, dropped at the end. These tests fail, never skip, when the server is not
+//! there. Two stores on one schema stand for two replicas.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use referral_relay::domain::{EventCode, IntegrationName, ReferralRef, Summary};
+use referral_relay::store::{
+    AuditStore, DeliveryStore, FeedStore, NewDelivery, PgOptions, PgStore, PutOutcome,
+    ServiceAssignment, StoreError, delivery_key, sha256_hex, verify_chain,
+};
+
+fn server_url() -> String {
+    std::env::var("RELAY_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "host=127.0.0.1 port=5432 user=postgres dbname=test".into())
+}
+
+/// A schema of its own for one test, dropped by [`Schema::drop_now`].
+struct Schema {
+    name: String,
+}
+
+impl Schema {
+    fn new() -> Self {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        Self {
+            name: format!(
+                "relay_test_{}_{}_{}",
+                std::process::id(),
+                NEXT.fetch_add(1, Ordering::Relaxed),
+                uuid::Uuid::new_v4().simple()
+            )[..50]
+                .to_owned(),
+        }
+    }
+
+    fn options(&self) -> PgOptions {
+        PgOptions {
+            schema: Some(self.name.clone()),
+            ..PgOptions::new(server_url())
+        }
+    }
+
+    async fn store(&self) -> Arc<PgStore> {
+        PgStore::connect(&self.options())
+            .await
+            .unwrap_or_else(|e| panic!("PostgreSQL at {} is needed: {}", server_url(), e.chain()))
+    }
+
+    /// A plain client in the schema.
+    async fn client(&self) -> tokio_postgres::Client {
+        let mut config: tokio_postgres::Config = server_url().parse().unwrap();
+        config.options(format!("-c search_path={}", self.name));
+        let (client, connection) = config.connect(tokio_postgres::NoTls).await.unwrap();
+        tokio::spawn(connection);
+        client
+    }
+
+    async fn drop_now(self) {
+        self.client()
+            .await
+            .batch_execute(&format!("DROP SCHEMA {} CASCADE", self.name))
+            .await
+            .unwrap();
+    }
+}
+
+fn delivery(referral: &str, body: &str) -> NewDelivery {
+    let integration = IntegrationName::parse("default").unwrap();
+    let raw = bytes::Bytes::from(body.to_owned());
+    let sha256 = sha256_hex(&raw);
+    NewDelivery {
+        dedup_key: delivery_key(&integration, Some(body), &sha256),
+        integration,
+        shares_with: Vec::new(),
+        referral: ReferralRef::parse(referral).unwrap(),
+        service: ServiceAssignment::Unassigned,
+        event: EventCode::parse("add-service-request").unwrap(),
+        message_header_id: None,
+        bundle_id: Some(body.to_owned()),
+        bundle_timestamp: None,
+        raw,
+        sha256,
+        summary: Summary::default(),
+        problems: Vec::new(),
+        received_at: time::OffsetDateTime::now_utc(),
+    }
+}
+
+#[tokio::test]
+async fn a_delivery_is_stored_versioned_fed_and_audited() {
+    let schema = Schema::new();
+    let store = schema.store().await;
+    let first = delivery("PG-1", "{\"resourceType\": \"Bundle\", \"n\": 1}");
+    assert_eq!(
+        store.put_delivery(first.clone()).await.unwrap(),
+        PutOutcome::Stored { version: 1 }
+    );
+    assert_eq!(
+        store.put_delivery(first).await.unwrap(),
+        PutOutcome::Duplicate { version: 1 }
+    );
+    let second = delivery("PG-1", "{\"resourceType\": \"Bundle\", \"n\": 2}");
+    assert_eq!(
+        store.put_delivery(second).await.unwrap(),
+        PutOutcome::Stored { version: 2 }
+    );
+    // Another integration's delivery of the same referral is refused, and writes nothing.
+    let mut other = delivery("PG-1", "{\"other\": true}");
+    other.integration = IntegrationName::parse("other").unwrap();
+    assert_eq!(
+        store.put_delivery(other).await.unwrap(),
+        PutOutcome::OwnedElsewhere {
+            owner: IntegrationName::parse("default").unwrap()
+        }
+    );
+
+    let referral = ReferralRef::parse("PG-1").unwrap();
+    let record = store.referral(&referral).await.unwrap().unwrap();
+    assert_eq!(record.version, 2);
+    let versions = store.versions(&referral).await.unwrap();
+    assert_eq!(
+        versions
+            .iter()
+            .map(|v| (v.version, v.seq))
+            .collect::<Vec<_>>(),
+        vec![(1, 1), (2, 2)]
+    );
+    assert_eq!(
+        store.payload(&referral, 2).await.unwrap().unwrap().as_ref(),
+        b"{\"resourceType\": \"Bundle\", \"n\": 2}"
+    );
+    assert_eq!(store.payload(&referral, 3).await.unwrap(), None);
+    assert_eq!(
+        store
+            .referral(&ReferralRef::parse("PG-NONE").unwrap())
+            .await
+            .unwrap(),
+        None
+    );
+    let events = store.events_after(0, 10).await.unwrap();
+    assert_eq!(
+        events
+            .iter()
+            .map(|e| (e.seq, e.version))
+            .collect::<Vec<_>>(),
+        vec![(1, 1), (2, 2)]
+    );
+    assert_eq!(store.durable_seq(), 2);
+    let audit = store.audit_entries(0, 100).await.unwrap();
+    assert_eq!(audit.len(), 2);
+    assert_eq!(verify_chain(audit), Ok(2));
+    drop(store);
+    schema.drop_now().await;
+}
+
+/// The same delivery posted to two replicas at once, many times: stored once.
+#[tokio::test]
+async fn the_same_delivery_on_two_replicas_at_once_is_stored_once() {
+    let schema = Schema::new();
+    let (a, b) = (schema.store().await, schema.store().await);
+    let same = delivery("PG-TWICE", "{\"same\": 1}");
+    let mut tasks = Vec::new();
+    for n in 0..24 {
+        let store = if n % 2 == 0 {
+            Arc::clone(&a)
+        } else {
+            Arc::clone(&b)
+        };
+        let d = same.clone();
+        tasks.push(tokio::spawn(
+            async move { store.put_delivery(d).await.unwrap() },
+        ));
+    }
+    let mut stored = 0;
+    for task in tasks {
+        match task.await.unwrap() {
+            PutOutcome::Stored { version: 1 } => stored += 1,
+            PutOutcome::Duplicate { version: 1 } => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(stored, 1);
+    let referral = ReferralRef::parse("PG-TWICE").unwrap();
+    assert_eq!(a.versions(&referral).await.unwrap().len(), 1);
+    assert_eq!(b.events_after(0, 100).await.unwrap().len(), 1);
+    drop((a, b));
+    schema.drop_now().await;
+}
+
+/// A transaction that took its feed row first but commits last must not be skipped by a
+/// consumer who has already read the rows committed meanwhile.
+#[tokio::test]
+async fn the_feed_never_skips_an_event_that_commits_late() {
+    let schema = Schema::new();
+    let store = schema.store().await;
+    // A writer on another replica, mid-transaction: its feed row has the lower id.
+    let mut late = schema.client().await;
+    let tx = late.transaction().await.unwrap();
+    tx.execute(
+        "INSERT INTO events (referral, version, event, received_at)
+         VALUES ('PG-LATE', 1, 'add-service-request', now())",
+        &[],
+    )
+    .await
+    .unwrap();
+    // Meanwhile a delivery commits and is in the feed; a consumer reads up to it.
+    store
+        .put_delivery(delivery("PG-EARLY", "{\"early\": 1}"))
+        .await
+        .unwrap();
+    let seen = store.events_after(0, 100).await.unwrap();
+    assert_eq!(
+        seen.iter().map(|e| e.referral.as_str()).collect::<Vec<_>>(),
+        vec!["PG-EARLY"]
+    );
+    let cursor = seen.last().unwrap().seq;
+    // The late one commits; the next delivery's sequencer run numbers it after the cursor.
+    tx.commit().await.unwrap();
+    store
+        .put_delivery(delivery("PG-NEXT", "{\"next\": 1}"))
+        .await
+        .unwrap();
+    let after = store.events_after(cursor, 100).await.unwrap();
+    assert_eq!(
+        after
+            .iter()
+            .map(|e| e.referral.as_str())
+            .collect::<Vec<_>>(),
+        vec!["PG-LATE", "PG-NEXT"]
+    );
+    let all: Vec<u64> = store
+        .events_after(0, 100)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.seq)
+        .collect();
+    assert_eq!(all, vec![1, 2, 3]);
+    drop(store);
+    schema.drop_now().await;
+}
+
+/// A long-poll on replica A wakes when a delivery lands on replica B, through NOTIFY alone (the
+/// sweep that would also find it is slowed to an hour here).
+#[tokio::test]
+async fn a_long_poll_on_one_replica_wakes_for_a_delivery_on_another() {
+    let schema = Schema::new();
+    let quiet = PgOptions {
+        sweep_interval: Duration::from_secs(3600),
+        ..schema.options()
+    };
+    let a = PgStore::connect(&quiet).await.unwrap();
+    let b = PgStore::connect(&quiet).await.unwrap();
+    // A's LISTEN connection may take a moment to start: B delivers until A wakes.
+    let mut waiting = {
+        let a = Arc::clone(&a);
+        tokio::spawn(async move { a.wait_for_events_after(0).await })
+    };
+    let mut woke = false;
+    for n in 0..40 {
+        b.put_delivery(delivery(
+            &format!("PG-WAKE-{n}"),
+            &format!("{{\"n\": {n}}}"),
+        ))
+        .await
+        .unwrap();
+        if tokio::time::timeout(Duration::from_millis(250), &mut waiting)
+            .await
+            .is_ok()
+        {
+            woke = true;
+            break;
+        }
+    }
+    assert!(woke, "replica A never heard of replica B's deliveries");
+    assert!(a.durable_seq() >= 1);
+    drop((a, b));
+    schema.drop_now().await;
+}
+
+/// Audit entries appended on two replicas at once form one chain that verifies.
+#[tokio::test]
+async fn audit_entries_from_two_replicas_form_one_chain() {
+    let schema = Schema::new();
+    let (a, b) = (schema.store().await, schema.store().await);
+    let mut tasks = Vec::new();
+    for n in 0..20 {
+        let store = if n % 2 == 0 {
+            Arc::clone(&a)
+        } else {
+            Arc::clone(&b)
+        };
+        tasks.push(tokio::spawn(async move {
+            store
+                .audit(
+                    "TEST",
+                    "tester",
+                    serde_json::json!({"n": n, "nested": {"z": 1, "a": [1, 2]}}),
+                )
+                .await
+                .unwrap()
+        }));
+    }
+    for task in tasks {
+        let entry = task.await.unwrap();
+        assert!(entry.seq >= 1 && entry.seq <= 20);
+        assert_eq!(entry.hash, entry.expected_hash());
+    }
+    let entries = a.audit_entries(0, 100).await.unwrap();
+    assert_eq!(entries.len(), 20);
+    assert_eq!(verify_chain(entries.clone()), Ok(20));
+    // A changed entry breaks the chain from there.
+    schema
+        .client()
+        .await
+        .execute("UPDATE audit SET actor = 'someone else' WHERE seq = 7", &[])
+        .await
+        .unwrap();
+    let changed = b.audit_entries(0, 100).await.unwrap();
+    assert_eq!(verify_chain(changed).unwrap_err().seq, 7);
+    drop((a, b));
+    schema.drop_now().await;
+}
+
+#[tokio::test]
+async fn migrations_apply_once_and_a_newer_schema_is_refused() {
+    let schema = Schema::new();
+    drop(schema.store().await);
+    drop(schema.store().await);
+    let client = schema.client().await;
+    let applied: i64 = client
+        .query_one("SELECT count(*) FROM relay_schema_migrations", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        applied,
+        i64::try_from(referral_relay::store::POSTGRES_MIGRATIONS.len()).unwrap()
+    );
+    client
+        .execute(
+            "INSERT INTO relay_schema_migrations (version, name) VALUES (9999, 'from the future')",
+            &[],
+        )
+        .await
+        .unwrap();
+    let Err(e) = PgStore::connect(&schema.options()).await else {
+        panic!("a schema newer than this build must be refused")
+    };
+    assert!(matches!(e, StoreError::Failed { .. }), "{e}");
+    assert!(e.to_string().contains("9999"), "{e}");
+    schema.drop_now().await;
+}
+
+#[tokio::test]
+async fn an_unreachable_database_is_unavailable() {
+    let options =
+        PgOptions::new("host=127.0.0.1 port=1 user=postgres dbname=test connect_timeout=5");
+    let Err(e) = PgStore::connect(&options).await else {
+        panic!("nothing listens on port 1")
+    };
+    assert!(matches!(e, StoreError::Unavailable { .. }), "{}", e.chain());
+}
