@@ -42,8 +42,15 @@ pub struct Application {
 const DESCRIPTOR_RESERVE: u64 = 256;
 
 impl Application {
-    /// Opens the sled store in the configured data dir and binds the listener.
+    /// Opens the configured store (sled in the data dir, or PostgreSQL) and binds the listener.
     pub async fn build(config: &Config) -> anyhow::Result<Self> {
+        if config.storage.backend == crate::config::Backend::Postgres {
+            let store = crate::store::PgStore::connect(&pg_options(&config.storage))
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot open the PostgreSQL store: {}", e.chain()))?;
+            tracing::info!(schema = %config.storage.schema, "storing in PostgreSQL");
+            return Self::build_with_store(config, store).await;
+        }
         let options = sled_options(&config.storage)?;
         if options.keys.is_none() {
             tracing::info!("storage.encryption_key is not set: patient data is stored unencrypted");
@@ -191,6 +198,15 @@ pub fn sled_options(storage: &crate::config::StorageConfig) -> anyhow::Result<Sl
         cache_bytes: storage.cache_mib.saturating_mul(1 << 20),
         write_queue: storage.write_queue,
     })
+}
+
+/// How `[storage]` reaches PostgreSQL.
+pub fn pg_options(storage: &crate::config::StorageConfig) -> crate::store::PgOptions {
+    crate::store::PgOptions {
+        schema: Some(storage.schema.clone()),
+        max_connections: storage.max_connections,
+        ..crate::store::PgOptions::new(storage.url.expose())
+    }
 }
 
 /// Purges versions older than `keep_days` (except each referral's latest) at start and daily.

@@ -434,6 +434,11 @@ fn cli_actor() -> String {
 fn open_stopped(config: &Config) -> anyhow::Result<crate::store::SledStore> {
     // Opening may repair an interrupted rekey or warn about unsealed records: say so.
     telemetry::init(&config.log.level, config.log.format);
+    if config.storage.backend == crate::config::Backend::Postgres {
+        anyhow::bail!(
+            "this command reads the embedded store; with storage.backend = postgres, export and audit through the running service (--url and --key) or with PostgreSQL's own tools"
+        );
+    }
     let options = crate::app::sled_options(&config.storage)?;
     crate::store::SledStore::open_opts(&config.server.data_dir, options).map_err(|e| match e {
         StoreError::InUse { .. } => anyhow::anyhow!(

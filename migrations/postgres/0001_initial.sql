@@ -61,3 +61,25 @@ CREATE TABLE audit (
     hash    text
 );
 CREATE INDEX audit_unchained ON audit (id) WHERE seq IS NULL;
+
+-- The outbox to Ocean. `record` is the update as the relay keeps it (its `id` is the row's).
+CREATE TABLE updates (
+    id       bigserial PRIMARY KEY,
+    referral text      NOT NULL,
+    state    text      NOT NULL,
+    record   bytea     NOT NULL
+);
+CREATE INDEX updates_by_referral ON updates (referral, id);
+CREATE INDEX updates_open ON updates (id) WHERE state IN ('pending', 'dead');
+
+-- What the updates accepted so far told Ocean about each referral's Task.
+CREATE TABLE task_states (
+    referral text  PRIMARY KEY,
+    record   bytea NOT NULL
+);
+
+-- A row `check_writable` writes: proves the database takes writes now.
+CREATE TABLE relay_ready (
+    replica text        PRIMARY KEY,
+    at      timestamptz NOT NULL
+);

@@ -26,7 +26,7 @@ pub use api::{ApiClientConfig, ApiConfig, OAuth2Config};
 pub use integrations::{AuthConfig, IntegrationConfig, OAuthClient, WebhookSecret};
 pub use outbound::{OutboxConfig, SiteConfig, TokenAuth};
 pub use server::{LogConfig, LogFormat, ServerConfig};
-pub use storage::{EncryptionKey, RetentionConfig, StorageConfig};
+pub use storage::{Backend, EncryptionKey, RetentionConfig, StorageConfig};
 
 use crate::domain::{IntegrationName, redact_quoted};
 

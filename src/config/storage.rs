@@ -48,6 +48,25 @@ pub struct StorageConfig {
     /// How many writes may queue for the store's writer thread. A delivery that finds the queue
     /// full is answered 503 with `Retry-After` (Ocean retries) instead of waiting.
     pub write_queue: usize,
+    /// Where records are kept: the embedded store in the data dir, or PostgreSQL.
+    pub backend: Backend,
+    /// PostgreSQL: a `postgres://` URL or libpq connection string (`url_FILE` reads it from a
+    /// file; it may hold a password).
+    pub url: Secret,
+    /// PostgreSQL: the most connections this process opens (plus one for `LISTEN`).
+    pub max_connections: usize,
+    /// PostgreSQL: the schema the tables live in; created if missing.
+    pub schema: String,
+}
+
+/// `storage.backend`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// sled in `server.data_dir`: one process, nothing to run beside it.
+    Sled,
+    /// PostgreSQL at `storage.url`: several replicas on one database.
+    Postgres,
 }
 
 impl StorageConfig {
@@ -60,6 +79,30 @@ impl StorageConfig {
         }
         if !(1..=MAX_WRITE_QUEUE).contains(&self.write_queue) {
             bail!("storage.write_queue must be between 1 and {MAX_WRITE_QUEUE}");
+        }
+        if self.backend == Backend::Postgres {
+            if self.url.is_empty() {
+                bail!(
+                    "storage.backend is postgres but storage.url is empty (e.g. postgres://relay@db/relay)"
+                );
+            }
+            if !(1..=1000).contains(&self.max_connections) {
+                bail!("storage.max_connections must be between 1 and 1000");
+            }
+            if self.schema.is_empty()
+                || self.schema.len() > 50
+                || !self
+                    .schema
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_')
+            {
+                bail!("storage.schema must be 1 to 50 ASCII letters, digits or _");
+            }
+            if self.encryption_key.is_some() {
+                bail!(
+                    "storage.encryption_key is not supported with the postgres backend yet; use PostgreSQL's own encryption at rest"
+                );
+            }
         }
         Ok(())
     }
@@ -161,6 +204,10 @@ mod tests {
             previous_keys: vec![EncryptionKey::parse(&good).unwrap()],
             cache_mib: 64,
             write_queue: 1024,
+            backend: Backend::Sled,
+            url: Secret::new(""),
+            max_connections: 16,
+            schema: "public".into(),
         };
         assert!(orphan.validate().is_err());
         let sized = |cache_mib, write_queue| {
@@ -169,6 +216,10 @@ mod tests {
                 previous_keys: Vec::new(),
                 cache_mib,
                 write_queue,
+                backend: Backend::Sled,
+                url: Secret::new(""),
+                max_connections: 16,
+                schema: "public".into(),
             }
             .validate()
         };

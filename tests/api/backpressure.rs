@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use referral_relay::domain::ReferralRef;
 
-use crate::support::app::{FHIR_JSON, spawn_app_with};
+use crate::support::app::{FHIR_JSON, spawn_sled_app_with};
 use crate::support::fixtures::{fixture, unique_v011};
 
 /// With one place in the queue, a flood of concurrent deliveries finds it full while the writer
@@ -13,7 +13,7 @@ use crate::support::fixtures::{fixture, unique_v011};
 /// OperationOutcome and not stored at all.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_write_queue_answers_503_and_stores_only_what_it_acknowledged() {
-    let app = Arc::new(spawn_app_with(
+    let app = Arc::new(spawn_sled_app_with(
         "[storage]\nwrite_queue = 1\n[server]\n# All 64 connections come from one address.\nmax_connections_per_client = 128\n",
     ).await);
     let template = String::from_utf8(fixture("v0.11-add-service-request.json")).unwrap();

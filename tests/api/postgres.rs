@@ -1,10 +1,8 @@
-//! The PostgreSQL store against a real server: `RELAY_TEST_POSTGRES_URL`, by default this
-//! project's machines' `host=127.0.0.1 port=5432 user=postgres dbname=test`. Each test works in
-//! a schema of its own, dropped at the end. These tests fail, never skip, when the server is not
-//! there. Two stores on one schema stand for two replicas.
+//! What the PostgreSQL store adds to the store contract, against a real server (see
+//! `support::postgres`): two stores on one schema stand for two replicas. The rest of the
+//! contract is the whole suite run with `RELAY_TEST_BACKEND=postgres`.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use referral_relay::domain::{EventCode, IntegrationName, ReferralRef, Summary};
@@ -13,60 +11,7 @@ use referral_relay::store::{
     ServiceAssignment, StoreError, delivery_key, sha256_hex, verify_chain,
 };
 
-fn server_url() -> String {
-    std::env::var("RELAY_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "host=127.0.0.1 port=5432 user=postgres dbname=test".into())
-}
-
-/// A schema of its own for one test, dropped by [`Schema::drop_now`].
-struct Schema {
-    name: String,
-}
-
-impl Schema {
-    fn new() -> Self {
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        Self {
-            name: format!(
-                "relay_test_{}_{}_{}",
-                std::process::id(),
-                NEXT.fetch_add(1, Ordering::Relaxed),
-                uuid::Uuid::new_v4().simple()
-            )[..50]
-                .to_owned(),
-        }
-    }
-
-    fn options(&self) -> PgOptions {
-        PgOptions {
-            schema: Some(self.name.clone()),
-            ..PgOptions::new(server_url())
-        }
-    }
-
-    async fn store(&self) -> Arc<PgStore> {
-        PgStore::connect(&self.options())
-            .await
-            .unwrap_or_else(|e| panic!("PostgreSQL at {} is needed: {}", server_url(), e.chain()))
-    }
-
-    /// A plain client in the schema.
-    async fn client(&self) -> tokio_postgres::Client {
-        let mut config: tokio_postgres::Config = server_url().parse().unwrap();
-        config.options(format!("-c search_path={}", self.name));
-        let (client, connection) = config.connect(tokio_postgres::NoTls).await.unwrap();
-        tokio::spawn(connection);
-        client
-    }
-
-    async fn drop_now(self) {
-        self.client()
-            .await
-            .batch_execute(&format!("DROP SCHEMA {} CASCADE", self.name))
-            .await
-            .unwrap();
-    }
-}
+use crate::support::postgres::Schema;
 
 fn delivery(referral: &str, body: &str) -> NewDelivery {
     let integration = IntegrationName::parse("default").unwrap();
@@ -364,4 +309,124 @@ async fn an_unreachable_database_is_unavailable() {
         panic!("nothing listens on port 1")
     };
     assert!(matches!(e, StoreError::Unavailable { .. }), "{}", e.chain());
+}
+
+/// The modules whose tests run the service through `spawn_app*`, which puts it on PostgreSQL
+/// when `RELAY_TEST_BACKEND=postgres`: the store contract as the service uses it.
+const ON_EITHER_BACKEND: [&str; 12] = [
+    "api::",
+    "auth::",
+    "connections::",
+    "dedup::",
+    "edge::",
+    "export::",
+    "fuzz::",
+    "ingest::",
+    "ops::",
+    "outbound::dead_letters::",
+    "outbound::flow::",
+    "rejections::",
+];
+
+/// One `cargo test` covers both backends: this runs the tests of [`ON_EITHER_BACKEND`] again, in
+/// this same test binary, with the service on PostgreSQL, and fails with their output if any
+/// fails.
+#[test]
+fn the_service_tests_pass_on_postgres_too() {
+    if crate::support::postgres::postgres_backend() {
+        return; // this is that run
+    }
+    let output = std::process::Command::new(std::env::current_exe().unwrap())
+        .env("RELAY_TEST_BACKEND", "postgres")
+        .args(ON_EITHER_BACKEND)
+        .args(["--test-threads", "4"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "the service tests failed on PostgreSQL:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    // It ran them: a filter that matched nothing would pass too.
+    let passed = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("test result: ok. "))
+        .and_then(|l| l.split(' ').next())
+        .and_then(|n| n.parse::<usize>().ok())
+        .unwrap_or(0);
+    assert!(
+        passed >= 50,
+        "only {passed} tests ran on PostgreSQL:\n{stdout}"
+    );
+}
+
+/// `[storage] backend = "postgres"` in the config file is what `serve` opens: a delivery posted
+/// to it lands in that schema.
+#[tokio::test]
+async fn the_configured_postgres_backend_is_what_the_service_stores_in() {
+    let schema = Schema::new();
+    drop(schema.store().await); // creates the schema (and drops stale ones)
+    let dir = tempfile::TempDir::new().unwrap();
+    let config = crate::support::app::config(
+        &format!(
+            "[storage]\nbackend = \"postgres\"\nurl = \"{}\"\nschema = \"{}\"\nmax_connections = 4\n",
+            crate::support::postgres::server_url(),
+            schema.name
+        ),
+        dir.path(),
+    );
+    let app = referral_relay::app::Application::build(&config)
+        .await
+        .unwrap();
+    let addr = app.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(app.run_until(async {
+        let _ = stopped.await;
+    }));
+    let answer = reqwest::Client::new()
+        .post(format!("http://{addr}/fhir/default/$process-message"))
+        .header("content-type", "application/fhir+json")
+        .body(crate::support::fixtures::fixture(
+            "v0.11-add-service-request.json",
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    let stored: i64 = schema
+        .client()
+        .await
+        .query_one("SELECT count(*) FROM versions", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(stored, 1);
+    stop.send(()).unwrap();
+    server.await.unwrap().unwrap();
+    schema.drop_now().await;
+}
+
+/// A config naming PostgreSQL without a URL, or with encryption (not supported there yet), is
+/// refused with the key to fix.
+#[test]
+fn a_postgres_config_without_a_url_is_refused() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let file = dir.path().join("config.toml");
+    for (toml, says) in [
+        ("[storage]\nbackend = \"postgres\"\n", "storage.url"),
+        (
+            "[storage]\nbackend = \"postgres\"\nurl = \"host=127.0.0.1\"\nencryption_key = \"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\"\n",
+            "storage.encryption_key",
+        ),
+    ] {
+        std::fs::write(&file, toml).unwrap();
+        let e = referral_relay::config::Config::load_with_env(
+            Some(&file),
+            &referral_relay::config::Overrides::default(),
+            std::iter::empty(),
+        )
+        .unwrap_err();
+        assert!(format!("{e:#}").contains(says), "{e:#}");
+    }
 }

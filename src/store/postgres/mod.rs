@@ -1,8 +1,6 @@
 //! The PostgreSQL backend, for several replicas of the service on one database.
 //!
-//! Written one concern at a time (see [`crate::store`]): deliveries, the feed and the audit log
-//! are here; the outbox and maintenance are not yet, so [`PgStore`] is not a whole
-//! [`Store`](crate::store::Store) and cannot be configured as the service's backend yet.
+//! Written one concern at a time (see [`crate::store`]), one file each, like the embedded store.
 //!
 //! What holds across replicas, and how:
 //! - a delivery posted to two replicas at once is stored once: its dedup key is a primary key
@@ -17,7 +15,9 @@ mod audit;
 mod deliveries;
 mod feed;
 mod listener;
+mod maintenance;
 mod migrate;
+mod outbox;
 mod sequencer;
 
 use std::sync::Arc;
@@ -65,6 +65,8 @@ pub struct PgStore {
     sequencer: sequencer::Sequencer,
     /// The channel this store's schema notifies on.
     channel: String,
+    /// This process among the replicas (a random id), for its readiness row.
+    replica: String,
     /// Background work (the `LISTEN` connection, the sequencer's sweep), stopped on drop.
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -165,6 +167,7 @@ impl PgStore {
             feed,
             sequencer: sequencer::Sequencer::default(),
             channel: channel.clone(),
+            replica: uuid::Uuid::new_v4().to_string(),
             tasks: Vec::new(),
         };
         // Whatever a replica left unsequenced (killed between its commit and its run) goes now.

@@ -32,6 +32,8 @@ pub struct TestApp {
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<()>>,
     _dir: Option<TempDir>,
+    /// Dropped after the server (fields drop in order): the PostgreSQL schema, if any.
+    _schema: super::postgres::SchemaGuard,
 }
 
 /// The HTTP answer, read whole.
@@ -67,10 +69,31 @@ pub async fn spawn_app() -> TestApp {
     spawn_app_with("").await
 }
 
-/// The service with `toml` layered over the defaults, on the real sled store.
+/// The service with `toml` layered over the defaults, on the real sled store, or on a schema of
+/// its own in PostgreSQL when `RELAY_TEST_BACKEND=postgres` (see [`super::postgres`]).
 pub async fn spawn_app_with(toml: &str) -> TestApp {
     let dir = TempDir::new().unwrap();
     let config = config(toml, dir.path());
+    if super::postgres::postgres_backend() {
+        let schema = super::postgres::Schema::new();
+        let store: Arc<dyn Store> = schema.store().await;
+        let mut app = spawn_with_store(&config, store).await;
+        app._dir = Some(dir);
+        app._schema = super::postgres::SchemaGuard(Some(schema));
+        return app;
+    }
+    sled_app(config, dir).await
+}
+
+/// The service with `toml` layered over the defaults, on the sled store whatever the backend
+/// under test (for what only the embedded store has, such as its write queue).
+pub async fn spawn_sled_app_with(toml: &str) -> TestApp {
+    let dir = TempDir::new().unwrap();
+    let config = config(toml, dir.path());
+    sled_app(config, dir).await
+}
+
+async fn sled_app(config: Config, dir: TempDir) -> TestApp {
     let options = referral_relay::app::sled_options(&config.storage).unwrap();
     let store: Arc<dyn Store> = Arc::new(SledStore::open_opts(dir.path(), options).unwrap());
     let mut app = spawn_with_store(&config, store).await;
@@ -108,6 +131,7 @@ pub async fn spawn_with_store(config: &Config, store: Arc<dyn Store>) -> TestApp
         shutdown: Some(tx),
         server: Some(server),
         _dir: None,
+        _schema: super::postgres::SchemaGuard(None),
     }
 }
 

@@ -1,7 +1,9 @@
 //! What the tests share: the server in-process on a loopback port ([`app`]), the real binary
-//! ([`binary`]), the synthetic FHIR fixtures ([`fixtures`]), and a mock Ocean ([`ocean`]).
+//! ([`binary`]), the synthetic FHIR fixtures ([`fixtures`]), a mock Ocean ([`ocean`]), and a
+//! schema of its own on the test PostgreSQL server ([`postgres`]).
 
 pub mod app;
 pub mod binary;
 pub mod fixtures;
 pub mod ocean;
+pub mod postgres;

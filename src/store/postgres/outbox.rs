@@ -1,0 +1,189 @@
+//! The outbox on PostgreSQL: updates accepted for Ocean and each referral's Task state.
+
+use async_trait::async_trait;
+
+use super::deliveries::{decode, encode, to_i64, to_u64};
+use super::{PgStore, db_error};
+use crate::domain::ReferralRef;
+use crate::store::error::StoreError;
+use crate::store::outbox::{OutboxStore, TaskState, UpdateRecord, UpdateState};
+
+/// The stored name of a state (as serde writes it).
+fn state_name(state: UpdateState) -> &'static str {
+    match state {
+        UpdateState::Pending => "pending",
+        UpdateState::Delivered => "delivered",
+        UpdateState::Dead => "dead",
+        UpdateState::Discarded => "discarded",
+    }
+}
+
+fn update(row: &tokio_postgres::Row) -> Result<UpdateRecord, StoreError> {
+    let mut record: UpdateRecord = decode(row.get::<_, &[u8]>(1))?;
+    record.id = to_u64(row.get(0));
+    Ok(record)
+}
+
+const COLUMNS: &str = "SELECT id, record FROM updates";
+
+impl PgStore {
+    async fn updates_where(
+        &self,
+        condition: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Vec<UpdateRecord>, StoreError> {
+        let client = self.client().await?;
+        client
+            .query(&format!("{COLUMNS} {condition}"), params)
+            .await
+            .map_err(db_error("reading the outbox"))?
+            .iter()
+            .map(update)
+            .collect()
+    }
+}
+
+#[async_trait]
+impl OutboxStore for PgStore {
+    async fn enqueue_update(
+        &self,
+        update: UpdateRecord,
+        task: TaskState,
+    ) -> Result<UpdateRecord, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client
+            .transaction()
+            .await
+            .map_err(db_error("starting an update"))?;
+        let referral = update.referral.as_str().to_owned();
+        let id: i64 = tx
+            .query_one(
+                "INSERT INTO updates (referral, state, record) VALUES ($1, $2, ''::bytea) RETURNING id",
+                &[&referral, &state_name(update.state)],
+            )
+            .await
+            .map_err(db_error("adding an update"))?
+            .get(0);
+        let mut record = update;
+        record.id = to_u64(id);
+        tx.execute(
+            "UPDATE updates SET record = $2 WHERE id = $1",
+            &[&id, &encode(&record)?],
+        )
+        .await
+        .map_err(db_error("adding an update"))?;
+        tx.execute(
+            "INSERT INTO task_states (referral, record) VALUES ($1, $2)
+             ON CONFLICT (referral) DO UPDATE SET record = excluded.record",
+            &[&referral, &encode(&task)?],
+        )
+        .await
+        .map_err(db_error("recording a Task state"))?;
+        tx.commit()
+            .await
+            .map_err(db_error("committing an update"))?;
+        Ok(record)
+    }
+
+    async fn save_update(&self, update: &UpdateRecord) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "UPDATE updates SET state = $2, record = $3 WHERE id = $1",
+                &[
+                    &to_i64(update.id),
+                    &state_name(update.state),
+                    &encode(update)?,
+                ],
+            )
+            .await
+            .map_err(db_error("saving an update"))?;
+        Ok(())
+    }
+
+    async fn discard_update(
+        &self,
+        update: &UpdateRecord,
+        task: TaskState,
+    ) -> Result<(), StoreError> {
+        let mut client = self.client().await?;
+        let tx = client
+            .transaction()
+            .await
+            .map_err(db_error("starting a discard"))?;
+        tx.execute(
+            "UPDATE updates SET state = $2, record = $3 WHERE id = $1",
+            &[
+                &to_i64(update.id),
+                &state_name(update.state),
+                &encode(update)?,
+            ],
+        )
+        .await
+        .map_err(db_error("discarding an update"))?;
+        tx.execute(
+            "INSERT INTO task_states (referral, record) VALUES ($1, $2)
+             ON CONFLICT (referral) DO UPDATE SET record = excluded.record",
+            &[&update.referral.as_str(), &encode(&task)?],
+        )
+        .await
+        .map_err(db_error("recording a Task state"))?;
+        tx.commit().await.map_err(db_error("committing a discard"))
+    }
+
+    async fn update(&self, id: u64) -> Result<Option<UpdateRecord>, StoreError> {
+        Ok(self
+            .updates_where("WHERE id = $1", &[&to_i64(id)])
+            .await?
+            .pop())
+    }
+
+    async fn updates(
+        &self,
+        state: Option<UpdateState>,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<UpdateRecord>, StoreError> {
+        let (after, limit) = (to_i64(after), to_i64(limit as u64));
+        match state {
+            Some(state) => {
+                self.updates_where(
+                    "WHERE id > $1 AND state = $2 ORDER BY id LIMIT $3",
+                    &[&after, &state_name(state), &limit],
+                )
+                .await
+            }
+            None => {
+                self.updates_where("WHERE id > $1 ORDER BY id LIMIT $2", &[&after, &limit])
+                    .await
+            }
+        }
+    }
+
+    async fn open_updates(&self) -> Result<Vec<UpdateRecord>, StoreError> {
+        self.updates_where("WHERE state IN ('pending', 'dead') ORDER BY id", &[])
+            .await
+    }
+
+    async fn referral_updates(
+        &self,
+        referral: &ReferralRef,
+    ) -> Result<Vec<UpdateRecord>, StoreError> {
+        self.updates_where("WHERE referral = $1 ORDER BY id", &[&referral.as_str()])
+            .await
+    }
+
+    async fn task_state(&self, referral: &ReferralRef) -> Result<TaskState, StoreError> {
+        let client = self.client().await?;
+        Ok(client
+            .query_opt(
+                "SELECT record FROM task_states WHERE referral = $1",
+                &[&referral.as_str()],
+            )
+            .await
+            .map_err(db_error("reading a Task state"))?
+            .map(|row| decode(row.get::<_, &[u8]>(0)))
+            .transpose()?
+            .unwrap_or_default())
+    }
+}

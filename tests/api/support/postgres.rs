@@ -1,0 +1,126 @@
+//! PostgreSQL for tests: `RELAY_TEST_POSTGRES_URL`, by default this project's machines'
+//! `host=127.0.0.1 port=5432 user=postgres dbname=test`. Each test works in a schema of its own,
+//! dropped at the end. Tests fail, never skip, when the server is not there.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use referral_relay::store::{PgOptions, PgStore};
+
+/// Which store `spawn_app*` runs the service on: `RELAY_TEST_BACKEND=postgres`, else sled.
+pub fn postgres_backend() -> bool {
+    std::env::var("RELAY_TEST_BACKEND").is_ok_and(|b| b == "postgres")
+}
+
+pub fn server_url() -> String {
+    std::env::var("RELAY_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "host=127.0.0.1 port=5432 user=postgres dbname=test".into())
+}
+
+/// A schema of its own for one test, dropped by [`Schema::drop_now`].
+pub struct Schema {
+    pub name: String,
+}
+
+impl Schema {
+    pub fn new() -> Self {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        Self {
+            name: format!(
+                "relay_test_{}_{}_{}",
+                std::process::id(),
+                NEXT.fetch_add(1, Ordering::Relaxed),
+                uuid::Uuid::new_v4().simple()
+            )[..50]
+                .to_owned(),
+        }
+    }
+
+    pub fn options(&self) -> PgOptions {
+        PgOptions {
+            schema: Some(self.name.clone()),
+            ..PgOptions::new(server_url())
+        }
+    }
+
+    pub async fn store(&self) -> Arc<PgStore> {
+        drop_stale_schemas().await;
+        PgStore::connect(&self.options())
+            .await
+            .unwrap_or_else(|e| panic!("PostgreSQL at {} is needed: {}", server_url(), e.chain()))
+    }
+
+    /// A plain client in the schema.
+    pub async fn client(&self) -> tokio_postgres::Client {
+        let mut config: tokio_postgres::Config = server_url().parse().unwrap();
+        config.options(format!("-c search_path={}", self.name));
+        let (client, connection) = config.connect(tokio_postgres::NoTls).await.unwrap();
+        tokio::spawn(connection);
+        client
+    }
+
+    pub async fn drop_now(self) {
+        self.client()
+            .await
+            .batch_execute(&format!("DROP SCHEMA {} CASCADE", self.name))
+            .await
+            .unwrap();
+    }
+}
+
+/// Drops its schema when the test's app goes, from a thread of its own that is not waited for:
+/// the store's tasks may hold locks on the schema until the test's runtime ends. What a test
+/// process leaves behind the next one drops ([`drop_stale_schemas`]).
+pub struct SchemaGuard(pub Option<Schema>);
+
+impl Drop for SchemaGuard {
+    fn drop(&mut self) {
+        if let Some(schema) = self.0.take() {
+            std::thread::spawn(move || {
+                if let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    runtime.block_on(async {
+                        let client = schema.client().await;
+                        let _ = client
+                            .batch_execute(&format!("DROP SCHEMA {} CASCADE", schema.name))
+                            .await;
+                    });
+                }
+            });
+        }
+    }
+}
+
+/// Drops the schemas of test processes that have ended (their pid is in the name), once per
+/// process.
+async fn drop_stale_schemas() {
+    static DONE: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
+    DONE.get_or_init(|| async {
+        let config: tokio_postgres::Config = server_url().parse().unwrap();
+        let Ok((client, connection)) = config.connect(tokio_postgres::NoTls).await else {
+            return;
+        };
+        tokio::spawn(connection);
+        let Ok(rows) = client
+            .query(
+                "SELECT nspname FROM pg_namespace WHERE nspname LIKE 'relay\\_test\\_%'",
+                &[],
+            )
+            .await
+        else {
+            return;
+        };
+        for row in rows {
+            let name: String = row.get(0);
+            let pid = name.split('_').nth(2).unwrap_or_default();
+            if !std::path::Path::new("/proc").join(pid).exists() {
+                let _ = client
+                    .batch_execute(&format!("DROP SCHEMA {name} CASCADE"))
+                    .await;
+            }
+        }
+    })
+    .await;
+}
