@@ -133,18 +133,20 @@ impl Application {
             self.metrics.clone(),
             self.stopping.subscribe(),
         ));
-        tokio::spawn(report_refusals(
+        // Tasks holding the store are awaited at the end, so that when this returns the store
+        // is the caller's alone (a command run next can open the data dir).
+        let mut holding_store = vec![tokio::spawn(report_refusals(
             Arc::clone(&self.refusals),
             Arc::clone(&self.store),
             self.refusals_every,
             self.stopping.subscribe(),
-        ));
+        ))];
         if self.keep_days > 0 {
-            tokio::spawn(retention(
+            holding_store.push(tokio::spawn(retention(
                 Arc::clone(&self.store),
                 self.keep_days,
                 self.stopping.subscribe(),
-            ));
+            )));
         }
         let server = crate::server::serve(
             self.listener,
@@ -177,6 +179,11 @@ impl Application {
             .is_err()
         {
             tracing::warn!("the outbox worker did not stop in time");
+        }
+        for task in holding_store {
+            if tokio::time::timeout(timeout, task).await.is_err() {
+                tracing::warn!("a background task did not stop in time");
+            }
         }
         Ok(())
     }

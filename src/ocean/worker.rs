@@ -23,6 +23,9 @@ use crate::telemetry::Metrics;
 /// Longest sleep between passes when nothing is due (new updates wake the worker at once).
 const IDLE: Duration = Duration::from_secs(30);
 
+/// How often a replica that does not send the outbox checks whether the one that does stopped.
+const STANDBY: Duration = Duration::from_secs(5);
+
 /// Slack on top of the longest legitimate silence (an idle sleep plus one send) before a
 /// worker that shows no progress is called stalled.
 const STALL_SLACK: Duration = Duration::from_secs(60);
@@ -117,6 +120,7 @@ impl Worker {
             };
             tokio::select! {
                 () = self.wake.notified() => {}
+                () = self.store.wait_for_outbox_change() => {}
                 () = tokio::time::sleep(sleep) => {}
                 _ = stop.changed() => {}
             }
@@ -128,6 +132,10 @@ impl Worker {
         &self,
         stop: &watch::Receiver<bool>,
     ) -> Result<Duration, crate::store::StoreError> {
+        if !self.store.may_send_outbox().await? {
+            // Another replica sends; look again in a while in case it stops.
+            return Ok(STANDBY);
+        }
         let mut held: HashSet<ReferralRef> = HashSet::new();
         // A site that failed with a retryable error is not tried again in this pass, so one
         // unreachable site does not hold up the others for a timeout per update.

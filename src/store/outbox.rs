@@ -206,4 +206,17 @@ pub trait OutboxStore: Send + Sync {
 
     /// What the updates accepted so far for `referral` told Ocean (default when none).
     async fn task_state(&self, referral: &ReferralRef) -> Result<TaskState, StoreError>;
+
+    /// Whether this process may send the outbox now. With several replicas on one store one of
+    /// them at a time does, so each update is sent by one replica and each referral's updates go
+    /// in order; when it dies another takes over. A store of one process always may.
+    async fn may_send_outbox(&self) -> Result<bool, StoreError> {
+        Ok(true)
+    }
+
+    /// Completes when another replica accepted an update (so the one sending wakes for it);
+    /// never for a store of one process, whose worker is woken directly.
+    async fn wait_for_outbox_change(&self) {
+        std::future::pending::<()>().await;
+    }
 }

@@ -430,3 +430,53 @@ fn a_postgres_config_without_a_url_is_refused() {
         assert!(format!("{e:#}").contains(says), "{e:#}");
     }
 }
+
+/// One replica at a time sends the outbox; when it goes, another takes over; an update accepted
+/// on one replica wakes the others' workers.
+#[tokio::test]
+async fn one_replica_sends_the_outbox_and_another_takes_over() {
+    use referral_relay::ig::OutboundEvent;
+    use referral_relay::store::{OutboxStore, TaskState, UpdateKind, UpdateRecord};
+
+    let schema = Schema::new();
+    let (a, b) = (schema.store().await, schema.store().await);
+    assert!(a.may_send_outbox().await.unwrap());
+    assert!(a.may_send_outbox().await.unwrap(), "the lease is kept");
+    assert!(!b.may_send_outbox().await.unwrap());
+
+    let waiting = {
+        let a = Arc::clone(&a);
+        tokio::spawn(async move { a.wait_for_outbox_change().await })
+    };
+    let update = UpdateRecord::pending(
+        ReferralRef::parse("PG-OUT").unwrap(),
+        "main".into(),
+        UpdateKind::Message,
+        OutboundEvent::SendCommunicationFromProvider,
+        "{}".into(),
+        time::OffsetDateTime::now_utc(),
+    );
+    let stored = b
+        .enqueue_update(update, TaskState::default())
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(30), waiting)
+        .await
+        .expect("replica A's worker is woken by replica B's update")
+        .unwrap();
+    assert_eq!(a.open_updates().await.unwrap(), vec![stored]);
+
+    // Replica A goes (its lease connection closes): B takes over.
+    drop(a);
+    let mut took_over = false;
+    for _ in 0..100 {
+        if b.may_send_outbox().await.unwrap() {
+            took_over = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(took_over, "replica B never took the outbox over");
+    drop(b);
+    schema.drop_now().await;
+}

@@ -11,20 +11,21 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[(
     include_str!("../../../migrations/postgres/0001_initial.sql"),
 )];
 
-/// Any constant both replicas agree on: two processes starting at once migrate one at a time.
-const MIGRATION_LOCK: i64 = 0x7265_6c61_795f_6d69;
-
-/// Applies the migrations not yet applied, in one transaction under an advisory lock.
+/// Applies the migrations not yet applied, in one transaction under the advisory lock `lock`
+/// (the same in every replica: two processes starting at once migrate one at a time).
 ///
 /// # Errors
 /// `Unavailable` when the database refuses; `Failed` when it holds a migration this build does
 /// not know (a newer build migrated it: run that build).
-pub(super) async fn apply(client: &mut tokio_postgres::Client) -> Result<(), StoreError> {
+pub(super) async fn apply(
+    client: &mut tokio_postgres::Client,
+    lock: i64,
+) -> Result<(), StoreError> {
     let tx = client
         .transaction()
         .await
         .map_err(db_error("starting the migration"))?;
-    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&lock])
         .await
         .map_err(db_error("locking for the migration"))?;
     tx.batch_execute(

@@ -67,6 +67,19 @@ pub struct PgStore {
     channel: String,
     /// This process among the replicas (a random id), for its readiness row.
     replica: String,
+    /// The channel on which replicas say they accepted an update.
+    outbox_channel: String,
+    /// Woken when another replica accepted an update.
+    outbox_changed: Arc<tokio::sync::Notify>,
+    /// Held by the replica that sends the outbox (see [`OutboxStore::may_send_outbox`]).
+    ///
+    /// [`OutboxStore::may_send_outbox`]: crate::store::OutboxStore::may_send_outbox
+    outbox_lease: tokio::sync::Mutex<Option<outbox::Lease>>,
+    /// How to open the connections that are not pooled (the outbox lease).
+    config: tokio_postgres::Config,
+    /// The advisory locks of this schema: runs of the sequencer, the outbox lease.
+    sequencer_lock: i64,
+    outbox_lock: i64,
     /// Background work (the `LISTEN` connection, the sequencer's sweep), stopped on drop.
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -76,6 +89,8 @@ impl Drop for PgStore {
         for task in &self.tasks {
             task.abort();
         }
+        // Closing the lease's connection hands the outbox to another replica at once.
+        drop(self.outbox_lease.get_mut().take());
     }
 }
 
@@ -83,6 +98,19 @@ impl Drop for PgStore {
 /// (callers answer 503 and senders retry).
 pub(super) fn db_error(context: &'static str) -> impl Fn(tokio_postgres::Error) -> StoreError {
     move |e| StoreError::unavailable(format!("PostgreSQL: {context}")).caused_by(e)
+}
+
+/// The advisory lock of `purpose` for the tables in `schema`: locks are database-wide, so
+/// deployments (or tests) in different schemas of one database must not share them. The first 8
+/// bytes of SHA-256 over `purpose/schema`.
+fn advisory_key(purpose: &str, schema: &str) -> i64 {
+    let digest = aws_lc_rs::digest::digest(
+        &aws_lc_rs::digest::SHA256,
+        format!("referral-relay/{purpose}/{schema}").as_bytes(),
+    );
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest.as_ref()[..8]);
+    i64::from_be_bytes(first)
 }
 
 /// Moves the known end of the feed to `seq` (never backwards), waking long-polls.
@@ -155,12 +183,15 @@ impl PgStore {
             .map_err(|e| StoreError::failed("PostgreSQL: the pool").caused_by(e))?;
         {
             let mut client = pool.get().await.map_err(pool_error)?;
-            migrate::apply(&mut client).await?;
+            migrate::apply(&mut client, advisory_key("migrations", &schema)).await?;
         }
 
         // Notifications are database-wide: one channel per schema, named by a hash of it
         // (channel names are at most 63 bytes).
-        let channel = format!("relay_feed_{}", &super::sha256_hex(schema.as_bytes())[..16]);
+        let hash = &super::sha256_hex(schema.as_bytes())[..16];
+        let channel = format!("relay_feed_{hash}");
+        let outbox_channel = format!("relay_outbox_{hash}");
+        let outbox_changed = Arc::new(tokio::sync::Notify::new());
         let (feed, _) = watch::channel(0);
         let mut store = Self {
             pool,
@@ -168,14 +199,26 @@ impl PgStore {
             sequencer: sequencer::Sequencer::default(),
             channel: channel.clone(),
             replica: uuid::Uuid::new_v4().to_string(),
+            outbox_channel: outbox_channel.clone(),
+            outbox_changed: Arc::clone(&outbox_changed),
+            outbox_lease: tokio::sync::Mutex::new(None),
+            config: config.clone(),
+            sequencer_lock: advisory_key("sequencer", &schema),
+            outbox_lock: advisory_key("outbox", &schema),
             tasks: Vec::new(),
         };
         // Whatever a replica left unsequenced (killed between its commit and its run) goes now.
         store.sequence().await?;
         let store = Arc::new_cyclic(|weak: &std::sync::Weak<Self>| {
-            store
-                .tasks
-                .push(listener::spawn(config, channel, store.feed.clone()));
+            store.tasks.push(listener::spawn(
+                config,
+                listener::Channels {
+                    feed: channel,
+                    outbox: outbox_channel,
+                },
+                store.feed.clone(),
+                outbox_changed,
+            ));
             store
                 .tasks
                 .push(sequencer::spawn_sweep(weak.clone(), options.sweep_interval));

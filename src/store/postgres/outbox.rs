@@ -26,6 +26,20 @@ fn update(row: &tokio_postgres::Row) -> Result<UpdateRecord, StoreError> {
 
 const COLUMNS: &str = "SELECT id, record FROM updates";
 
+/// The outbox lease: a connection of its own holding the schema's outbox lock (session-level). PostgreSQL releases the
+/// lock when the connection closes: when this is dropped, or when the process dies (kill -9
+/// closes its sockets), so another replica takes over at its next look.
+pub(super) struct Lease {
+    client: tokio_postgres::Client,
+    connection: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.connection.abort();
+    }
+}
+
 impl PgStore {
     async fn updates_where(
         &self,
@@ -79,6 +93,10 @@ impl OutboxStore for PgStore {
         )
         .await
         .map_err(db_error("recording a Task state"))?;
+        // The replica sending the outbox may be another one: wake it.
+        tx.execute("SELECT pg_notify($1, '')", &[&self.outbox_channel])
+            .await
+            .map_err(db_error("notifying the outbox"))?;
         tx.commit()
             .await
             .map_err(db_error("committing an update"))?;
@@ -171,6 +189,38 @@ impl OutboxStore for PgStore {
     ) -> Result<Vec<UpdateRecord>, StoreError> {
         self.updates_where("WHERE referral = $1 ORDER BY id", &[&referral.as_str()])
             .await
+    }
+
+    async fn may_send_outbox(&self) -> Result<bool, StoreError> {
+        let mut lease = self.outbox_lease.lock().await;
+        if lease.as_ref().is_some_and(|l| !l.client.is_closed()) {
+            return Ok(true);
+        }
+        *lease = None;
+        let (client, connection) = self
+            .config
+            .connect(tokio_postgres::NoTls)
+            .await
+            .map_err(db_error("connecting for the outbox lease"))?;
+        let connection = tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        let candidate = Lease { client, connection };
+        let granted: bool = candidate
+            .client
+            .query_one("SELECT pg_try_advisory_lock($1)", &[&self.outbox_lock])
+            .await
+            .map_err(db_error("taking the outbox lease"))?
+            .get(0);
+        if granted {
+            tracing::info!("this replica sends the outbox");
+            *lease = Some(candidate);
+        }
+        Ok(granted)
+    }
+
+    async fn wait_for_outbox_change(&self) {
+        self.outbox_changed.notified().await;
     }
 
     async fn task_state(&self, referral: &ReferralRef) -> Result<TaskState, StoreError> {

@@ -26,9 +26,6 @@ use super::{PgStore, db_error};
 use crate::store::audit::{AUDIT_GENESIS, AuditEntry};
 use crate::store::error::StoreError;
 
-/// The advisory lock runs of the sequencer take, in every replica.
-const SEQUENCER_LOCK: i64 = 0x7265_6c61_795f_7365;
-
 /// Coalesces this process's requests for a run.
 #[derive(Default)]
 pub(super) struct Sequencer {
@@ -71,7 +68,7 @@ impl PgStore {
             .map_err(db_error("looking for unsequenced rows"))?
             .get(0);
         if pending {
-            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SEQUENCER_LOCK])
+            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&self.sequencer_lock])
                 .await
                 .map_err(db_error("locking the sequencer"))?;
             let numbered = tx
