@@ -9,7 +9,8 @@
 //! the real binary in its own process, idle and after `BENCH_MEMORY_REFERRALS` (100,000)
 //! referrals; and ingest latency on a store already holding 1,000 referrals beside one holding
 //! `BENCH_GROWTH_REFERRALS` (1,000,000; filled straight through the store, which takes a few
-//! minutes and about 6 GB of disk). `BENCH_SECTIONS=ingest,breakdown,memory,growth` picks some.
+//! minutes and about 6 GB of disk); and the service on PostgreSQL (`postgres`).
+//! `BENCH_SECTIONS=ingest,postgres,breakdown,memory,growth` picks some.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 #[path = "../tests/api/support/fixtures.rs"]
@@ -133,6 +134,9 @@ async fn bench(duration: Duration) {
             );
         }
     }
+    if wanted("postgres") {
+        postgres(noop, &template, &sequence, duration).await;
+    }
     if wanted("breakdown") {
         breakdown(&template, &sequence, duration).await;
     }
@@ -142,6 +146,77 @@ async fn bench(duration: Duration) {
     if wanted("growth") {
         growth(&template, &sequence, duration).await;
     }
+}
+
+/// The same rows with the service on PostgreSQL (`BENCH_POSTGRES_URL`, by default this project's
+/// machines' server; `synchronous_commit` as the server has it, on by default), in a schema of
+/// its own dropped afterwards, beside the no-op handler again; then two replicas on that schema,
+/// each taking half the connections.
+async fn postgres(
+    noop: SocketAddr,
+    template: &str,
+    sequence: &Arc<AtomicUsize>,
+    duration: Duration,
+) {
+    use referral_relay::store::{PgOptions, PgStore};
+    let url = std::env::var("BENCH_POSTGRES_URL")
+        .unwrap_or_else(|_| "host=127.0.0.1 port=5432 user=postgres dbname=test".into());
+    let schema = format!("relay_bench_{}", std::process::id());
+    let options = PgOptions {
+        schema: Some(schema.clone()),
+        max_connections: 32,
+        ..PgOptions::new(url.clone())
+    };
+    let dirs = [
+        tempfile::TempDir::new().unwrap(),
+        tempfile::TempDir::new().unwrap(),
+    ];
+    let one: Arc<dyn Store> = PgStore::connect(&options).await.unwrap();
+    let (first, _stop_first, _first) = serve(dirs[0].path(), one).await;
+    let two: Arc<dyn Store> = PgStore::connect(&options).await.unwrap();
+    let (second, _stop_second, _second) = serve(dirs[1].path(), two).await;
+    println!(
+        "postgres: the same Bundle, the service on PostgreSQL (one replica, then two on one schema)"
+    );
+    for concurrency in CONCURRENCY {
+        load(
+            first,
+            template,
+            sequence,
+            concurrency,
+            Limit::For(Duration::from_millis(300)),
+        )
+        .await;
+        let base = load(noop, template, sequence, concurrency, Limit::For(duration)).await;
+        let real = load(first, template, sequence, concurrency, Limit::For(duration)).await;
+        println!(
+            "pg 1    {:<4} {:>7.0} acks/s {:>8.2} p50 ms {:>8.2} p99 ms  noop {:>7.0} req/s  ratio {:.2}x",
+            concurrency,
+            real.per_second(),
+            ms(real.percentile(0.5)),
+            ms(real.percentile(0.99)),
+            base.per_second(),
+            real.per_second() / base.per_second(),
+        );
+    }
+    // Two replicas on one database, each half the load at concurrency 64.
+    let (a, b) = tokio::join!(
+        load(first, template, sequence, 32, Limit::For(duration)),
+        load(second, template, sequence, 32, Limit::For(duration)),
+    );
+    let together = (a.requests + b.requests) as f64 / a.elapsed.max(b.elapsed).as_secs_f64();
+    println!("pg 2    64   {together:>7.0} acks/s (two replicas, 32 connections each)");
+    let (client, connection) = url
+        .parse::<tokio_postgres::Config>()
+        .unwrap()
+        .connect(tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    client
+        .batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
+        .await
+        .unwrap();
 }
 
 /// Whether `BENCH_SECTIONS` (a comma-separated list; all when unset) names `section`.

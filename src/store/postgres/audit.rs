@@ -11,7 +11,7 @@ use crate::store::error::StoreError;
 
 /// Adds an entry, not yet linked, inside the caller's transaction; returns its row id.
 pub(super) async fn insert(
-    tx: &tokio_postgres::Transaction<'_>,
+    tx: &deadpool_postgres::Transaction<'_>,
     at: OffsetDateTime,
     action: &str,
     actor: &str,
@@ -19,7 +19,7 @@ pub(super) async fn insert(
 ) -> Result<i64, StoreError> {
     Ok(tx
         .query_one(
-            "INSERT INTO audit (at, action, actor, details) VALUES ($1, $2, $3, $4) RETURNING id",
+&tx.prepare_cached("INSERT INTO audit (at, action, actor, details) VALUES ($1, $2, $3, $4) RETURNING id").await.map_err(db_error("preparing a statement"))?,
             &[&at, &action, &actor, details],
         )
         .await
@@ -63,7 +63,7 @@ impl AuditStore for PgStore {
         let client = self.client().await?;
         let row = client
             .query_one(
-                "SELECT seq, at, action, actor, details, prev, hash FROM audit WHERE id = $1",
+&client.prepare_cached("SELECT seq, at, action, actor, details, prev, hash FROM audit WHERE id = $1").await.map_err(db_error("preparing a statement"))?,
                 &[&id],
             )
             .await
@@ -75,8 +75,13 @@ impl AuditStore for PgStore {
         let client = self.client().await?;
         Ok(client
             .query(
-                "SELECT seq, at, action, actor, details, prev, hash FROM audit
+                &client
+                    .prepare_cached(
+                        "SELECT seq, at, action, actor, details, prev, hash FROM audit
                  WHERE seq > $1 ORDER BY seq LIMIT $2",
+                    )
+                    .await
+                    .map_err(db_error("preparing a statement"))?,
                 &[&to_i64(after), &to_i64(limit as u64)],
             )
             .await

@@ -43,8 +43,12 @@ impl PgStore {
         // this transaction, then finds the claim and reports the version stored.
         let claimed = tx
             .execute(
-                "INSERT INTO deliveries (dedup_key, referral, version) VALUES ($1, $2, 0)
+                &tx.prepare_cached(
+                    "INSERT INTO deliveries (dedup_key, referral, version) VALUES ($1, $2, 0)
                  ON CONFLICT (dedup_key) DO NOTHING",
+                )
+                .await
+                .map_err(db_error("preparing a statement"))?,
                 &[&d.dedup_key, &referral],
             )
             .await
@@ -52,7 +56,9 @@ impl PgStore {
         if claimed == 0 {
             let version: i64 = tx
                 .query_one(
-                    "SELECT version FROM deliveries WHERE dedup_key = $1",
+                    &tx.prepare_cached("SELECT version FROM deliveries WHERE dedup_key = $1")
+                        .await
+                        .map_err(db_error("preparing a statement"))?,
                     &[&d.dedup_key],
                 )
                 .await
@@ -66,15 +72,23 @@ impl PgStore {
         // The referral's row, locked: created empty (version 0) when new, so two first
         // deliveries of one referral follow one another.
         tx.execute(
-            "INSERT INTO referrals (referral, version, modified_at, record)
+            &tx.prepare_cached(
+                "INSERT INTO referrals (referral, version, modified_at, record)
              VALUES ($1, 0, now(), ''::bytea) ON CONFLICT (referral) DO NOTHING",
+            )
+            .await
+            .map_err(db_error("preparing a statement"))?,
             &[&referral],
         )
         .await
         .map_err(db_error("creating a referral"))?;
         let row = tx
             .query_one(
-                "SELECT version, record FROM referrals WHERE referral = $1 FOR UPDATE",
+                &tx.prepare_cached(
+                    "SELECT version, record FROM referrals WHERE referral = $1 FOR UPDATE",
+                )
+                .await
+                .map_err(db_error("preparing a statement"))?,
                 &[&referral],
             )
             .await
@@ -122,8 +136,12 @@ impl PgStore {
         };
         let event_id: i64 = tx
             .query_one(
-                "INSERT INTO events (referral, version, event, service_id, received_at)
+                &tx.prepare_cached(
+                    "INSERT INTO events (referral, version, event, service_id, received_at)
                  VALUES ($1, $2, $3, $4, $5) RETURNING id",
+                )
+                .await
+                .map_err(db_error("preparing a statement"))?,
                 &[
                     &referral,
                     &to_i64(version),
@@ -154,8 +172,12 @@ impl PgStore {
             purged: false,
         };
         tx.execute(
-            "INSERT INTO versions (referral, version, event_id, record, payload)
+            &tx.prepare_cached(
+                "INSERT INTO versions (referral, version, event_id, record, payload)
              VALUES ($1, $2, $3, $4, $5)",
+            )
+            .await
+            .map_err(db_error("preparing a statement"))?,
             &[
                 &referral,
                 &to_i64(version),
@@ -167,13 +189,15 @@ impl PgStore {
         .await
         .map_err(db_error("storing a version"))?;
         tx.execute(
-            "UPDATE referrals SET version = $2, modified_at = $3, record = $4 WHERE referral = $1",
+&tx.prepare_cached("UPDATE referrals SET version = $2, modified_at = $3, record = $4 WHERE referral = $1").await.map_err(db_error("preparing a statement"))?,
             &[&referral, &to_i64(version), &received_at, &encode(&record)?],
         )
         .await
         .map_err(db_error("updating a referral"))?;
         tx.execute(
-            "UPDATE deliveries SET version = $2 WHERE dedup_key = $1",
+            &tx.prepare_cached("UPDATE deliveries SET version = $2 WHERE dedup_key = $1")
+                .await
+                .map_err(db_error("preparing a statement"))?,
             &[&d.dedup_key, &to_i64(version)],
         )
         .await
@@ -215,7 +239,12 @@ impl DeliveryStore for PgStore {
         let client = self.client().await?;
         client
             .query_opt(
-                "SELECT record FROM referrals WHERE referral = $1 AND version > 0",
+                &client
+                    .prepare_cached(
+                        "SELECT record FROM referrals WHERE referral = $1 AND version > 0",
+                    )
+                    .await
+                    .map_err(db_error("preparing a statement"))?,
                 &[&referral.as_str()],
             )
             .await
@@ -228,8 +257,13 @@ impl DeliveryStore for PgStore {
         let client = self.client().await?;
         client
             .query(
-                "SELECT v.record, e.seq FROM versions v JOIN events e ON e.id = v.event_id
+                &client
+                    .prepare_cached(
+                        "SELECT v.record, e.seq FROM versions v JOIN events e ON e.id = v.event_id
                  WHERE v.referral = $1 ORDER BY v.version",
+                    )
+                    .await
+                    .map_err(db_error("preparing a statement"))?,
                 &[&referral.as_str()],
             )
             .await
@@ -251,7 +285,12 @@ impl DeliveryStore for PgStore {
         let client = self.client().await?;
         Ok(client
             .query_opt(
-                "SELECT payload FROM versions WHERE referral = $1 AND version = $2",
+                &client
+                    .prepare_cached(
+                        "SELECT payload FROM versions WHERE referral = $1 AND version = $2",
+                    )
+                    .await
+                    .map_err(db_error("preparing a statement"))?,
                 &[&referral.as_str(), &to_i64(version)],
             )
             .await

@@ -32,8 +32,13 @@ impl FeedStore for PgStore {
         let client = self.client().await?;
         client
             .query(
-                "SELECT seq, referral, version, event, service_id, received_at FROM events
+                &client
+                    .prepare_cached(
+                        "SELECT seq, referral, version, event, service_id, received_at FROM events
                  WHERE seq > $1 ORDER BY seq LIMIT $2",
+                    )
+                    .await
+                    .map_err(db_error("preparing a statement"))?,
                 &[&to_i64(after), &to_i64(limit as u64)],
             )
             .await
@@ -60,9 +65,14 @@ impl FeedStore for PgStore {
         let client = self.client().await?;
         let seq: i64 = client
             .query_one(
-                "SELECT coalesce(
+                &client
+                    .prepare_cached(
+                        "SELECT coalesce(
                      (SELECT min(seq) FROM events WHERE seq IS NOT NULL AND received_at >= $1),
                      (SELECT coalesce(max(seq), 0) + 1 FROM events)) - 1",
+                    )
+                    .await
+                    .map_err(db_error("preparing a statement"))?,
                 &[&since],
             )
             .await
@@ -88,11 +98,16 @@ impl FeedStore for PgStore {
         // referral's next version is also within the bound.
         let rows = client
             .query(
-                "SELECT e.seq, r.record,
+                &client
+                    .prepare_cached(
+                        "SELECT e.seq, r.record,
                         (SELECT n.seq FROM versions nv JOIN events n ON n.id = nv.event_id
                          WHERE nv.referral = e.referral AND nv.version = e.version + 1)
                  FROM events e JOIN referrals r ON r.referral = e.referral
                  WHERE e.seq > $1 AND e.seq <= $2 ORDER BY e.seq LIMIT $3",
+                    )
+                    .await
+                    .map_err(db_error("preparing a statement"))?,
                 &[&to_i64(after), &to_i64(until), &to_i64(max_events as u64)],
             )
             .await

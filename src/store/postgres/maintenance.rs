@@ -45,12 +45,17 @@ impl MaintenanceStore for PgStore {
         let client = self.client().await?;
         let rows = client
             .query(
-                "SELECT modified_at, referral, record FROM referrals
+                &client
+                    .prepare_cached(
+                        "SELECT modified_at, referral, record FROM referrals
                  WHERE version > 0
                    AND ($1::timestamptz IS NULL OR modified_at >= $1)
                    AND ($2::timestamptz IS NULL OR modified_at <= $2)
                    AND ($3::timestamptz IS NULL OR (modified_at, referral) > ($3, $4::text))
                  ORDER BY modified_at, referral LIMIT $5",
+                    )
+                    .await
+                    .map_err(db_error("preparing a statement"))?,
                 &[
                     &from,
                     &to,
@@ -90,7 +95,7 @@ impl MaintenanceStore for PgStore {
             for (referral, modified_at) in chunk {
                 let Some(row) = tx
                     .query_opt(
-                        "SELECT record FROM referrals WHERE referral = $1 AND version > 0 FOR UPDATE",
+&tx.prepare_cached("SELECT record FROM referrals WHERE referral = $1 AND version > 0 FOR UPDATE").await.map_err(db_error("preparing a statement"))?,
                         &[&referral.as_str()],
                     )
                     .await
@@ -105,7 +110,9 @@ impl MaintenanceStore for PgStore {
                 }
                 record.exported_at = Some(at);
                 tx.execute(
-                    "UPDATE referrals SET record = $2 WHERE referral = $1",
+                    &tx.prepare_cached("UPDATE referrals SET record = $2 WHERE referral = $1")
+                        .await
+                        .map_err(db_error("preparing a statement"))?,
                     &[&referral.as_str(), &encode(&record)?],
                 )
                 .await
@@ -130,11 +137,15 @@ impl MaintenanceStore for PgStore {
             // Every version but its referral's latest, received before the cutoff, not purged.
             let rows = tx
                 .query(
-                    "SELECT v.referral, v.version, v.record FROM versions v
+                    &tx.prepare_cached(
+                        "SELECT v.referral, v.version, v.record FROM versions v
                      JOIN events e ON e.id = v.event_id
                      JOIN referrals r ON r.referral = v.referral
                      WHERE e.received_at < $1 AND v.version < r.version AND v.payload IS NOT NULL
                      LIMIT $2 FOR UPDATE OF v",
+                    )
+                    .await
+                    .map_err(db_error("preparing a statement"))?,
                     &[&cutoff, &PURGE_CHUNK],
                 )
                 .await
@@ -148,7 +159,7 @@ impl MaintenanceStore for PgStore {
                 version.summary = crate::domain::Summary::default();
                 version.problems.clear();
                 tx.execute(
-                    "UPDATE versions SET payload = NULL, record = $3 WHERE referral = $1 AND version = $2",
+&tx.prepare_cached("UPDATE versions SET payload = NULL, record = $3 WHERE referral = $1 AND version = $2").await.map_err(db_error("preparing a statement"))?,
                     &[&row.get::<_, &str>(0), &row.get::<_, i64>(1), &encode(&version)?],
                 )
                 .await
@@ -163,8 +174,13 @@ impl MaintenanceStore for PgStore {
         let client = self.client().await?;
         client
             .execute(
-                "INSERT INTO relay_ready (replica, at) VALUES ($1, now())
+                &client
+                    .prepare_cached(
+                        "INSERT INTO relay_ready (replica, at) VALUES ($1, now())
                  ON CONFLICT (replica) DO UPDATE SET at = excluded.at",
+                    )
+                    .await
+                    .map_err(db_error("preparing a statement"))?,
                 &[&self.replica],
             )
             .await

@@ -72,7 +72,7 @@ impl OutboxStore for PgStore {
         let referral = update.referral.as_str().to_owned();
         let id: i64 = tx
             .query_one(
-                "INSERT INTO updates (referral, state, record) VALUES ($1, $2, ''::bytea) RETURNING id",
+&tx.prepare_cached("INSERT INTO updates (referral, state, record) VALUES ($1, $2, ''::bytea) RETURNING id").await.map_err(db_error("preparing a statement"))?,
                 &[&referral, &state_name(update.state)],
             )
             .await
@@ -81,22 +81,33 @@ impl OutboxStore for PgStore {
         let mut record = update;
         record.id = to_u64(id);
         tx.execute(
-            "UPDATE updates SET record = $2 WHERE id = $1",
+            &tx.prepare_cached("UPDATE updates SET record = $2 WHERE id = $1")
+                .await
+                .map_err(db_error("preparing a statement"))?,
             &[&id, &encode(&record)?],
         )
         .await
         .map_err(db_error("adding an update"))?;
         tx.execute(
-            "INSERT INTO task_states (referral, record) VALUES ($1, $2)
+            &tx.prepare_cached(
+                "INSERT INTO task_states (referral, record) VALUES ($1, $2)
              ON CONFLICT (referral) DO UPDATE SET record = excluded.record",
+            )
+            .await
+            .map_err(db_error("preparing a statement"))?,
             &[&referral, &encode(&task)?],
         )
         .await
         .map_err(db_error("recording a Task state"))?;
         // The replica sending the outbox may be another one: wake it.
-        tx.execute("SELECT pg_notify($1, '')", &[&self.outbox_channel])
-            .await
-            .map_err(db_error("notifying the outbox"))?;
+        tx.execute(
+            &tx.prepare_cached("SELECT pg_notify($1, '')")
+                .await
+                .map_err(db_error("preparing a statement"))?,
+            &[&self.outbox_channel],
+        )
+        .await
+        .map_err(db_error("notifying the outbox"))?;
         tx.commit()
             .await
             .map_err(db_error("committing an update"))?;
@@ -107,7 +118,10 @@ impl OutboxStore for PgStore {
         let client = self.client().await?;
         client
             .execute(
-                "UPDATE updates SET state = $2, record = $3 WHERE id = $1",
+                &client
+                    .prepare_cached("UPDATE updates SET state = $2, record = $3 WHERE id = $1")
+                    .await
+                    .map_err(db_error("preparing a statement"))?,
                 &[
                     &to_i64(update.id),
                     &state_name(update.state),
@@ -130,7 +144,9 @@ impl OutboxStore for PgStore {
             .await
             .map_err(db_error("starting a discard"))?;
         tx.execute(
-            "UPDATE updates SET state = $2, record = $3 WHERE id = $1",
+            &tx.prepare_cached("UPDATE updates SET state = $2, record = $3 WHERE id = $1")
+                .await
+                .map_err(db_error("preparing a statement"))?,
             &[
                 &to_i64(update.id),
                 &state_name(update.state),
@@ -140,8 +156,12 @@ impl OutboxStore for PgStore {
         .await
         .map_err(db_error("discarding an update"))?;
         tx.execute(
-            "INSERT INTO task_states (referral, record) VALUES ($1, $2)
+            &tx.prepare_cached(
+                "INSERT INTO task_states (referral, record) VALUES ($1, $2)
              ON CONFLICT (referral) DO UPDATE SET record = excluded.record",
+            )
+            .await
+            .map_err(db_error("preparing a statement"))?,
             &[&update.referral.as_str(), &encode(&task)?],
         )
         .await
@@ -227,7 +247,10 @@ impl OutboxStore for PgStore {
         let client = self.client().await?;
         Ok(client
             .query_opt(
-                "SELECT record FROM task_states WHERE referral = $1",
+                &client
+                    .prepare_cached("SELECT record FROM task_states WHERE referral = $1")
+                    .await
+                    .map_err(db_error("preparing a statement"))?,
                 &[&referral.as_str()],
             )
             .await

@@ -60,25 +60,38 @@ impl PgStore {
             .map_err(db_error("starting the sequencer"))?;
         let pending: bool = tx
             .query_one(
-                "SELECT EXISTS (SELECT 1 FROM events WHERE seq IS NULL)
+                &tx.prepare_cached(
+                    "SELECT EXISTS (SELECT 1 FROM events WHERE seq IS NULL)
                      OR EXISTS (SELECT 1 FROM audit WHERE seq IS NULL)",
+                )
+                .await
+                .map_err(db_error("preparing a statement"))?,
                 &[],
             )
             .await
             .map_err(db_error("looking for unsequenced rows"))?
             .get(0);
         if pending {
-            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&self.sequencer_lock])
-                .await
-                .map_err(db_error("locking the sequencer"))?;
+            tx.execute(
+                &tx.prepare_cached("SELECT pg_advisory_xact_lock($1)")
+                    .await
+                    .map_err(db_error("preparing a statement"))?,
+                &[&self.sequencer_lock],
+            )
+            .await
+            .map_err(db_error("locking the sequencer"))?;
             let numbered = tx
                 .execute(
-                    "WITH top AS (SELECT coalesce(max(seq), 0) AS seq FROM events),
+                    &tx.prepare_cached(
+                        "WITH top AS (SELECT coalesce(max(seq), 0) AS seq FROM events),
                           pending AS (
                               SELECT id, row_number() OVER (ORDER BY id) AS n
                               FROM events WHERE seq IS NULL)
                      UPDATE events e SET seq = top.seq + pending.n
                      FROM pending, top WHERE e.id = pending.id",
+                    )
+                    .await
+                    .map_err(db_error("preparing a statement"))?,
                     &[],
                 )
                 .await
@@ -86,7 +99,11 @@ impl PgStore {
             link_audit(&tx).await?;
             if numbered > 0 {
                 tx.execute(
-                    "SELECT pg_notify($1, (SELECT coalesce(max(seq), 0) FROM events)::text)",
+                    &tx.prepare_cached(
+                        "SELECT pg_notify($1, (SELECT coalesce(max(seq), 0) FROM events)::text)",
+                    )
+                    .await
+                    .map_err(db_error("preparing a statement"))?,
                     &[&self.channel],
                 )
                 .await
@@ -94,7 +111,12 @@ impl PgStore {
             }
         }
         let top: i64 = tx
-            .query_one("SELECT coalesce(max(seq), 0) FROM events", &[])
+            .query_one(
+                &tx.prepare_cached("SELECT coalesce(max(seq), 0) FROM events")
+                    .await
+                    .map_err(db_error("preparing a statement"))?,
+                &[],
+            )
             .await
             .map_err(db_error("reading the end of the feed"))?
             .get(0);
@@ -106,10 +128,14 @@ impl PgStore {
 }
 
 /// Links the audit entries committed without a place in the chain, in insert order, to its head.
-async fn link_audit(tx: &tokio_postgres::Transaction<'_>) -> Result<(), StoreError> {
+async fn link_audit(tx: &deadpool_postgres::Transaction<'_>) -> Result<(), StoreError> {
     let head = tx
         .query_opt(
-            "SELECT seq, hash FROM audit WHERE seq IS NOT NULL ORDER BY seq DESC LIMIT 1",
+            &tx.prepare_cached(
+                "SELECT seq, hash FROM audit WHERE seq IS NOT NULL ORDER BY seq DESC LIMIT 1",
+            )
+            .await
+            .map_err(db_error("preparing a statement"))?,
             &[],
         )
         .await
@@ -120,11 +146,17 @@ async fn link_audit(tx: &tokio_postgres::Transaction<'_>) -> Result<(), StoreErr
     };
     let pending = tx
         .query(
-            "SELECT id, at, action, actor, details FROM audit WHERE seq IS NULL ORDER BY id",
+            &tx.prepare_cached(
+                "SELECT id, at, action, actor, details FROM audit WHERE seq IS NULL ORDER BY id",
+            )
+            .await
+            .map_err(db_error("preparing a statement"))?,
             &[],
         )
         .await
         .map_err(db_error("reading unlinked audit entries"))?;
+    let (mut ids, mut seqs, mut prevs, mut hashes) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for row in pending {
         seq += 1;
         let mut entry = AuditEntry {
@@ -137,13 +169,26 @@ async fn link_audit(tx: &tokio_postgres::Transaction<'_>) -> Result<(), StoreErr
             hash: String::new(),
         };
         entry.hash = entry.expected_hash();
+        prev = entry.hash.clone();
+        ids.push(row.get::<_, i64>(0));
+        seqs.push(seq);
+        prevs.push(entry.prev);
+        hashes.push(entry.hash);
+    }
+    if !ids.is_empty() {
+        // One statement for the whole run.
         tx.execute(
-            "UPDATE audit SET seq = $1, prev = $2, hash = $3 WHERE id = $4",
-            &[&seq, &entry.prev, &entry.hash, &row.get::<_, i64>(0)],
+            &tx.prepare_cached(
+                "UPDATE audit a SET seq = u.seq, prev = u.prev, hash = u.hash
+                 FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[]) AS u(id, seq, prev, hash)
+                 WHERE a.id = u.id",
+            )
+            .await
+            .map_err(db_error("preparing a statement"))?,
+            &[&ids, &seqs, &prevs, &hashes],
         )
         .await
-        .map_err(db_error("linking an audit entry"))?;
-        prev = entry.hash;
+        .map_err(db_error("linking audit entries"))?;
     }
     Ok(())
 }
