@@ -66,19 +66,36 @@ async fn a_delivery_is_stored_versioned_fed_and_audited() {
     let referral = ReferralRef::parse("PG-1").unwrap();
     let record = store.referral(&referral).await.unwrap().unwrap();
     assert_eq!(record.version, 2);
+    // A delivery stamped earlier (a slower replica, a clock behind) does not move the
+    // referral's modification time back.
+    let mut late = delivery("PG-1", "{\"resourceType\": \"Bundle\", \"n\": 3}");
+    late.received_at = record.modified_at - time::Duration::hours(1);
+    store.put_delivery(late).await.unwrap();
+    let after = store.referral(&referral).await.unwrap().unwrap();
+    assert!(after.modified_at >= record.modified_at, "{after:?}");
+    // A sender's id may hold NUL, which text columns cannot: the delivery is still stored.
+    let nul = delivery("PG-NUL", "{\"id\": \"a\\u0000b\"}");
+    let nul = NewDelivery {
+        dedup_key: format!("{}\u{0}", nul.dedup_key),
+        ..nul
+    };
+    assert_eq!(
+        store.put_delivery(nul).await.unwrap(),
+        PutOutcome::Stored { version: 1 }
+    );
     let versions = store.versions(&referral).await.unwrap();
     assert_eq!(
         versions
             .iter()
             .map(|v| (v.version, v.seq))
             .collect::<Vec<_>>(),
-        vec![(1, 1), (2, 2)]
+        vec![(1, 1), (2, 2), (3, 3)]
     );
     assert_eq!(
         store.payload(&referral, 2).await.unwrap().unwrap().as_ref(),
         b"{\"resourceType\": \"Bundle\", \"n\": 2}"
     );
-    assert_eq!(store.payload(&referral, 3).await.unwrap(), None);
+    assert_eq!(store.payload(&referral, 4).await.unwrap(), None);
     assert_eq!(
         store
             .referral(&ReferralRef::parse("PG-NONE").unwrap())
@@ -92,12 +109,12 @@ async fn a_delivery_is_stored_versioned_fed_and_audited() {
             .iter()
             .map(|e| (e.seq, e.version))
             .collect::<Vec<_>>(),
-        vec![(1, 1), (2, 2)]
+        vec![(1, 1), (2, 2), (3, 3), (4, 1)]
     );
-    assert_eq!(store.durable_seq(), 2);
+    assert_eq!(store.durable_seq(), 4);
     let audit = store.audit_entries(0, 100).await.unwrap();
-    assert_eq!(audit.len(), 2);
-    assert_eq!(verify_chain(audit), Ok(2));
+    assert_eq!(audit.len(), 4);
+    assert_eq!(verify_chain(audit), Ok(4));
     drop(store);
     schema.drop_now().await;
 }

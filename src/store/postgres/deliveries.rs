@@ -9,6 +9,7 @@ use crate::store::deliveries::{
     DeliveryStore, NewDelivery, PutOutcome, ReferralRecord, ServiceAssignment, VersionRecord,
 };
 use crate::store::error::StoreError;
+use crate::store::sled::codec::{compress, open_payload};
 
 pub(super) fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
     serde_json::to_vec(value)
@@ -38,6 +39,8 @@ impl PgStore {
             .await
             .map_err(db_error("starting a delivery"))?;
         let referral = d.referral.as_str();
+        // Kept as its SHA-256: a `text` column cannot hold the NUL a sender's id may carry.
+        let dedup_key = super::super::sha256_hex(d.dedup_key.as_bytes());
 
         // Claim the delivery first: a second replica posting the same delivery waits here for
         // this transaction, then finds the claim and reports the version stored.
@@ -49,7 +52,7 @@ impl PgStore {
                 )
                 .await
                 .map_err(db_error("preparing a statement"))?,
-                &[&d.dedup_key, &referral],
+                &[&dedup_key, &referral],
             )
             .await
             .map_err(db_error("claiming a delivery"))?;
@@ -59,7 +62,7 @@ impl PgStore {
                     &tx.prepare_cached("SELECT version FROM deliveries WHERE dedup_key = $1")
                         .await
                         .map_err(db_error("preparing a statement"))?,
-                    &[&d.dedup_key],
+                    &[&dedup_key],
                 )
                 .await
                 .map_err(db_error("reading a stored delivery"))?
@@ -116,7 +119,15 @@ impl PgStore {
             (ServiceAssignment::Default(s), None) => Some(s.clone()),
             (ServiceAssignment::Unassigned, None) => None,
         };
-        let received_at = d.received_at;
+        // A referral's modification time never goes backwards, nor falls behind its last export
+        // (listings since a time and "unexported only" rely on both), whatever the order in
+        // which replicas' deliveries of it commit or their clocks.
+        let received_at = previous.as_ref().map_or(d.received_at, |p| {
+            let after_export = p.exported_at.map(|at| at + time::Duration::microseconds(1));
+            d.received_at
+                .max(p.modified_at)
+                .max(after_export.unwrap_or(p.modified_at))
+        });
         let version = previous.as_ref().map_or(1, |p| p.version + 1);
         let mut summary = d.summary.clone();
         if let Some(p) = &previous {
@@ -183,7 +194,7 @@ impl PgStore {
                 &to_i64(version),
                 &event_id,
                 &encode(&version_record)?,
-                &d.raw.as_ref(),
+                &compress(&d.raw),
             ],
         )
         .await
@@ -198,7 +209,7 @@ impl PgStore {
             &tx.prepare_cached("UPDATE deliveries SET version = $2 WHERE dedup_key = $1")
                 .await
                 .map_err(db_error("preparing a statement"))?,
-            &[&d.dedup_key, &to_i64(version)],
+            &[&dedup_key, &to_i64(version)],
         )
         .await
         .map_err(db_error("recording a delivery"))?;
@@ -296,6 +307,7 @@ impl DeliveryStore for PgStore {
             .await
             .map_err(db_error("reading a payload"))?
             .and_then(|row| row.get::<_, Option<Vec<u8>>>(0))
-            .map(Bytes::from))
+            .map(|stored| open_payload(&stored))
+            .transpose()?)
     }
 }

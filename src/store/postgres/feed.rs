@@ -61,18 +61,14 @@ impl FeedStore for PgStore {
 
     async fn seq_before(&self, since: OffsetDateTime) -> Result<u64, StoreError> {
         // Receive times from several replicas are not ordered along the feed: the position just
-        // before the first entry received at or after `since`.
+        // before the first entry received at or after `since`. Not a cached statement: a generic
+        // plan of it walks the whole feed.
         let client = self.client().await?;
         let seq: i64 = client
             .query_one(
-                &client
-                    .prepare_cached(
-                        "SELECT coalesce(
+                "SELECT coalesce(
                      (SELECT min(seq) FROM events WHERE seq IS NOT NULL AND received_at >= $1),
                      (SELECT coalesce(max(seq), 0) + 1 FROM events)) - 1",
-                    )
-                    .await
-                    .map_err(db_error("preparing a statement"))?,
                 &[&since],
             )
             .await

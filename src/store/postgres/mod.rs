@@ -167,7 +167,17 @@ impl PgStore {
             drop(client);
             let _ = driver.await;
         }
-        config.options(format!("-c search_path=\"{schema}\""));
+        // Every connection works in the schema, waits at most 30 s for a lock, and is not left
+        // idle in a transaction for more than a minute (a frozen replica cannot hold the
+        // sequencer's lock for long). Options from the URL are kept.
+        let ours = format!(
+            "-c search_path=\"{schema}\" -c lock_timeout=30000 -c idle_in_transaction_session_timeout=60000"
+        );
+        let combined = match config.get_options() {
+            Some(theirs) if !theirs.trim().is_empty() => format!("{theirs} {ours}"),
+            _ => ours,
+        };
+        config.options(combined);
 
         let manager = Manager::from_config(
             config.clone(),
@@ -178,6 +188,7 @@ impl PgStore {
         );
         let pool = Pool::builder(manager)
             .max_size(options.max_connections.max(1))
+            .wait_timeout(Some(Duration::from_secs(30)))
             .runtime(deadpool_postgres::Runtime::Tokio1)
             .build()
             .map_err(|e| StoreError::failed("PostgreSQL: the pool").caused_by(e))?;

@@ -213,8 +213,19 @@ impl OutboxStore for PgStore {
 
     async fn may_send_outbox(&self) -> Result<bool, StoreError> {
         let mut lease = self.outbox_lease.lock().await;
-        if lease.as_ref().is_some_and(|l| !l.client.is_closed()) {
-            return Ok(true);
+        if let Some(held) = lease.as_ref() {
+            // Asked of the server each pass, not of the local socket: a connection dropped by
+            // the network (and its lock freed by the server) is found here, not after sending.
+            let alive = tokio::time::timeout(
+                std::time::Duration::from_secs(5),
+                held.client.simple_query("SELECT 1"),
+            )
+            .await
+            .is_ok_and(|answer| answer.is_ok());
+            if alive {
+                return Ok(true);
+            }
+            tracing::warn!("lost the outbox lease's connection; trying to take the lease again");
         }
         *lease = None;
         let (client, connection) = self

@@ -54,8 +54,11 @@ impl PgStore {
     /// One run; returns the end of the feed.
     async fn run_sequencer(&self) -> Result<u64, StoreError> {
         let mut client = self.client().await?;
+        // The numbering relies on each statement seeing what committed before it.
         let tx = client
-            .transaction()
+            .build_transaction()
+            .isolation_level(tokio_postgres::IsolationLevel::ReadCommitted)
+            .start()
             .await
             .map_err(db_error("starting the sequencer"))?;
         let pending: bool = tx
@@ -88,7 +91,7 @@ impl PgStore {
                               SELECT id, row_number() OVER (ORDER BY id) AS n
                               FROM events WHERE seq IS NULL)
                      UPDATE events e SET seq = top.seq + pending.n
-                     FROM pending, top WHERE e.id = pending.id",
+                     FROM pending, top WHERE e.id = pending.id AND e.seq IS NULL",
                     )
                     .await
                     .map_err(db_error("preparing a statement"))?,

@@ -155,13 +155,15 @@ pub(super) fn read_u64(bytes: &[u8]) -> Result<u64, StoreError> {
     Ok(u64::from_be_bytes(array))
 }
 
-pub(super) fn compress(raw: &[u8]) -> Vec<u8> {
+/// `raw` LZ4-compressed behind its format tag (also the PostgreSQL store's payload format).
+pub(in crate::store) fn compress(raw: &[u8]) -> Vec<u8> {
     let mut sealed = vec![PAYLOAD_LZ4];
     sealed.extend_from_slice(&lz4_flex::compress_prepend_size(raw));
     sealed
 }
 
-pub(super) fn open_payload(stored: &[u8]) -> Result<Bytes, StoreError> {
+/// The bytes as received, from a payload written by [`compress`] (or stored raw).
+pub(in crate::store) fn open_payload(stored: &[u8]) -> Result<Bytes, StoreError> {
     match stored.split_first() {
         Some((&PAYLOAD_LZ4, compressed)) => lz4_flex::decompress_size_prepended(compressed)
             .map(Bytes::from)

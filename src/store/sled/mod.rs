@@ -39,7 +39,7 @@
 
 mod apply;
 mod audit;
-mod codec;
+pub(super) mod codec;
 mod deliveries;
 mod dir;
 mod feed;
