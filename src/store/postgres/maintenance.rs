@@ -86,6 +86,9 @@ impl MaintenanceStore for PgStore {
         at: OffsetDateTime,
     ) -> Result<usize, StoreError> {
         let mut marked = 0;
+        // Rows are locked in referral order, so two exports marking at once cannot deadlock.
+        let mut written = written.to_vec();
+        written.sort_by(|a, b| a.0.cmp(&b.0));
         for chunk in written.chunks(500) {
             let mut client = self.client().await?;
             let tx = client
