@@ -136,6 +136,71 @@ pub struct VersionRecord {
     pub purged: bool,
 }
 
+impl NewDelivery {
+    /// What storing this delivery on top of `previous` (the referral's record, if any) makes,
+    /// the same in every backend: the referral's new record and the new version's (its `seq`
+    /// given by the caller), or the owner that refuses it. `owner` is the integration the referral
+    /// belongs to (the first to deliver it); `received_at` the time to record, which the backend
+    /// may have moved forward so times never go back along its feed or the referral.
+    ///
+    /// # Errors
+    /// The owner, when it is neither this delivery's integration nor shares with it.
+    pub fn next_version(
+        &self,
+        previous: Option<&ReferralRecord>,
+        owner: IntegrationName,
+        received_at: OffsetDateTime,
+        seq: u64,
+    ) -> Result<(ReferralRecord, VersionRecord), IntegrationName> {
+        if owner != self.integration && !self.shares_with.contains(&owner) {
+            return Err(owner);
+        }
+        // A message that names its External Service ID files (or moves) the referral there;
+        // otherwise an existing referral stays where it is.
+        let service_id = match (&self.service, previous) {
+            (ServiceAssignment::Named(s), _) => Some(s.clone()),
+            (_, Some(p)) => p.service_id.clone(),
+            (ServiceAssignment::Default(s), None) => Some(s.clone()),
+            (ServiceAssignment::Unassigned, None) => None,
+        };
+        let version = previous.map_or(1, |p| p.version + 1);
+        let mut summary = self.summary.clone();
+        if let Some(p) = previous {
+            summary.fill_from(&p.summary);
+        }
+        let record = ReferralRecord {
+            referral: self.referral.clone(),
+            service_id: service_id.clone(),
+            integration: self.integration.clone(),
+            owner: Some(owner),
+            latest_event: self.event.clone(),
+            version,
+            created_at: previous.map_or(received_at, |p| p.created_at),
+            modified_at: received_at,
+            exported_at: previous.and_then(|p| p.exported_at),
+            summary,
+        };
+        let version_record = VersionRecord {
+            referral: self.referral.clone(),
+            version,
+            event: self.event.clone(),
+            integration: self.integration.clone(),
+            service_id,
+            message_header_id: self.message_header_id.clone(),
+            bundle_id: self.bundle_id.clone(),
+            bundle_timestamp: self.bundle_timestamp.clone(),
+            received_at,
+            summary: self.summary.clone(),
+            problems: self.problems.clone(),
+            size: self.raw.len() as u64,
+            sha256: self.sha256.clone(),
+            seq,
+            purged: false,
+        };
+        Ok((record, version_record))
+    }
+}
+
 /// Storing deliveries and reading referrals and their versions.
 #[async_trait]
 pub trait DeliveryStore: Send + Sync {

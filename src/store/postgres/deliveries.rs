@@ -6,7 +6,7 @@ use bytes::Bytes;
 use super::{PgStore, db_error};
 use crate::domain::ReferralRef;
 use crate::store::deliveries::{
-    DeliveryStore, NewDelivery, PutOutcome, ReferralRecord, ServiceAssignment, VersionRecord,
+    DeliveryStore, NewDelivery, PutOutcome, ReferralRecord, VersionRecord,
 };
 use crate::store::error::StoreError;
 use crate::store::sled::codec::{compress, open_payload};
@@ -107,18 +107,6 @@ impl PgStore {
             || d.integration.clone(),
             |p| p.owner.clone().unwrap_or_else(|| p.integration.clone()),
         );
-        if owner != d.integration && !d.shares_with.contains(&owner) {
-            tx.rollback()
-                .await
-                .map_err(db_error("rolling back a delivery"))?;
-            return Ok(PutOutcome::OwnedElsewhere { owner });
-        }
-        let service_id = match (&d.service, &previous) {
-            (ServiceAssignment::Named(s), _) => Some(s.clone()),
-            (_, Some(p)) => p.service_id.clone(),
-            (ServiceAssignment::Default(s), None) => Some(s.clone()),
-            (ServiceAssignment::Unassigned, None) => None,
-        };
         // A referral's modification time never goes backwards, nor falls behind its last export
         // (listings since a time and "unexported only" rely on both), whatever the order in
         // which replicas' deliveries of it commit or their clocks.
@@ -128,23 +116,18 @@ impl PgStore {
                 .max(p.modified_at)
                 .max(after_export.unwrap_or(p.modified_at))
         });
-        let version = previous.as_ref().map_or(1, |p| p.version + 1);
-        let mut summary = d.summary.clone();
-        if let Some(p) = &previous {
-            summary.fill_from(&p.summary);
-        }
-        let record = ReferralRecord {
-            referral: d.referral.clone(),
-            service_id: service_id.clone(),
-            integration: d.integration.clone(),
-            owner: Some(owner),
-            latest_event: d.event.clone(),
-            version,
-            created_at: previous.as_ref().map_or(received_at, |p| p.created_at),
-            modified_at: received_at,
-            exported_at: previous.as_ref().and_then(|p| p.exported_at),
-            summary,
-        };
+        // Its feed position is not known yet (see the sequencer): read back from `events`.
+        let (record, version_record) =
+            match d.next_version(previous.as_ref(), owner, received_at, 0) {
+                Ok(made) => made,
+                Err(owner) => {
+                    tx.rollback()
+                        .await
+                        .map_err(db_error("rolling back a delivery"))?;
+                    return Ok(PutOutcome::OwnedElsewhere { owner });
+                }
+            };
+        let (version, service_id) = (record.version, record.service_id.clone());
         let event_id: i64 = tx
             .query_one(
                 &tx.prepare_cached(
@@ -164,24 +147,6 @@ impl PgStore {
             .await
             .map_err(db_error("adding to the feed"))?
             .get(0);
-        // Its feed position is not known yet (see the sequencer): read back from `events`.
-        let version_record = VersionRecord {
-            referral: d.referral.clone(),
-            version,
-            event: d.event.clone(),
-            integration: d.integration.clone(),
-            service_id,
-            message_header_id: d.message_header_id.clone(),
-            bundle_id: d.bundle_id.clone(),
-            bundle_timestamp: d.bundle_timestamp.clone(),
-            received_at,
-            summary: d.summary.clone(),
-            problems: d.problems.clone(),
-            size: d.raw.len() as u64,
-            sha256: d.sha256.clone(),
-            seq: 0,
-            purged: false,
-        };
         tx.execute(
             &tx.prepare_cached(
                 "INSERT INTO versions (referral, version, event_id, record, payload)

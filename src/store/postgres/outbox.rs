@@ -3,6 +3,8 @@
 use async_trait::async_trait;
 
 use super::deliveries::{decode, encode, to_i64, to_u64};
+use deadpool_postgres::GenericClient;
+
 use super::{PgStore, db_error};
 use crate::domain::ReferralRef;
 use crate::store::error::StoreError;
@@ -57,6 +59,51 @@ impl PgStore {
     }
 }
 
+/// Writes an update's state and record.
+async fn write_update<C: GenericClient + Sync>(
+    client: &C,
+    update: &UpdateRecord,
+    doing: &'static str,
+) -> Result<(), StoreError> {
+    client
+        .execute(
+            &client
+                .prepare_cached("UPDATE updates SET state = $2, record = $3 WHERE id = $1")
+                .await
+                .map_err(db_error("preparing a statement"))?,
+            &[
+                &to_i64(update.id),
+                &state_name(update.state),
+                &encode(update)?,
+            ],
+        )
+        .await
+        .map_err(db_error(doing))?;
+    Ok(())
+}
+
+/// Sets the Task state of `referral`.
+async fn write_task_state<C: GenericClient + Sync>(
+    client: &C,
+    referral: &str,
+    task: &TaskState,
+) -> Result<(), StoreError> {
+    client
+        .execute(
+            &client
+                .prepare_cached(
+                    "INSERT INTO task_states (referral, record) VALUES ($1, $2)
+                     ON CONFLICT (referral) DO UPDATE SET record = excluded.record",
+                )
+                .await
+                .map_err(db_error("preparing a statement"))?,
+            &[&referral, &encode(task)?],
+        )
+        .await
+        .map_err(db_error("recording a Task state"))?;
+    Ok(())
+}
+
 #[async_trait]
 impl OutboxStore for PgStore {
     async fn enqueue_update(
@@ -88,17 +135,7 @@ impl OutboxStore for PgStore {
         )
         .await
         .map_err(db_error("adding an update"))?;
-        tx.execute(
-            &tx.prepare_cached(
-                "INSERT INTO task_states (referral, record) VALUES ($1, $2)
-             ON CONFLICT (referral) DO UPDATE SET record = excluded.record",
-            )
-            .await
-            .map_err(db_error("preparing a statement"))?,
-            &[&referral, &encode(&task)?],
-        )
-        .await
-        .map_err(db_error("recording a Task state"))?;
+        write_task_state(&tx, &referral, &task).await?;
         // The replica sending the outbox may be another one: wake it.
         tx.execute(
             &tx.prepare_cached("SELECT pg_notify($1, '')")
@@ -115,22 +152,7 @@ impl OutboxStore for PgStore {
     }
 
     async fn save_update(&self, update: &UpdateRecord) -> Result<(), StoreError> {
-        let client = self.client().await?;
-        client
-            .execute(
-                &client
-                    .prepare_cached("UPDATE updates SET state = $2, record = $3 WHERE id = $1")
-                    .await
-                    .map_err(db_error("preparing a statement"))?,
-                &[
-                    &to_i64(update.id),
-                    &state_name(update.state),
-                    &encode(update)?,
-                ],
-            )
-            .await
-            .map_err(db_error("saving an update"))?;
-        Ok(())
+        write_update(&self.client().await?, update, "saving an update").await
     }
 
     async fn discard_update(
@@ -143,29 +165,8 @@ impl OutboxStore for PgStore {
             .transaction()
             .await
             .map_err(db_error("starting a discard"))?;
-        tx.execute(
-            &tx.prepare_cached("UPDATE updates SET state = $2, record = $3 WHERE id = $1")
-                .await
-                .map_err(db_error("preparing a statement"))?,
-            &[
-                &to_i64(update.id),
-                &state_name(update.state),
-                &encode(update)?,
-            ],
-        )
-        .await
-        .map_err(db_error("discarding an update"))?;
-        tx.execute(
-            &tx.prepare_cached(
-                "INSERT INTO task_states (referral, record) VALUES ($1, $2)
-             ON CONFLICT (referral) DO UPDATE SET record = excluded.record",
-            )
-            .await
-            .map_err(db_error("preparing a statement"))?,
-            &[&update.referral.as_str(), &encode(&task)?],
-        )
-        .await
-        .map_err(db_error("recording a Task state"))?;
+        write_update(&tx, update, "discarding an update").await?;
+        write_task_state(&tx, update.referral.as_str(), &task).await?;
         tx.commit().await.map_err(db_error("committing a discard"))
     }
 

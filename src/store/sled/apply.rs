@@ -13,9 +13,7 @@ use super::trees::{
 };
 use crate::domain::ReferralRef;
 use crate::store::audit::{AUDIT_GENESIS, AuditEntry};
-use crate::store::deliveries::{
-    NewDelivery, PutOutcome, ReferralRecord, ServiceAssignment, VersionRecord,
-};
+use crate::store::deliveries::{NewDelivery, PutOutcome, ReferralRecord, VersionRecord};
 use crate::store::error::StoreError;
 use crate::store::feed::EventRecord;
 
@@ -117,58 +115,20 @@ fn apply_delivery(
             }
         },
     };
-    if owner != d.integration && !d.shares_with.contains(&owner) {
-        return Ok(PutOutcome::OwnedElsewhere { owner });
-    }
-
-    // A message that names its External Service ID files (or moves) the referral there;
-    // otherwise an existing referral stays where it is.
-    let service_id = match (&d.service, &previous) {
-        (ServiceAssignment::Named(s), _) => Some(s.clone()),
-        (_, Some(p)) => p.service_id.clone(),
-        (ServiceAssignment::Default(s), None) => Some(s.clone()),
-        (ServiceAssignment::Unassigned, None) => None,
-    };
     // Receive times never go backwards along the feed, so a time maps to a position in it
     // (see `first_seq_since`).
     let last_micros = read_counter(t.meta, LAST_RECEIVED)?;
     let received_at = d.received_at.max(from_micros(last_micros));
-    let version = previous.as_ref().map_or(1, |p| p.version + 1);
-    let mut summary = d.summary.clone();
+    let seq = read_counter(t.meta, EVENT_SEQ)? + 1;
+    let (record, version_record) = match d.next_version(previous.as_ref(), owner, received_at, seq)
+    {
+        Ok(made) => made,
+        Err(owner) => return Ok(PutOutcome::OwnedElsewhere { owner }),
+    };
     if let Some(p) = &previous {
-        summary.fill_from(&p.summary);
         t.by_modified.remove(modified_key_of(p))?;
     }
-    let record = ReferralRecord {
-        referral: d.referral.clone(),
-        service_id: service_id.clone(),
-        integration: d.integration.clone(),
-        owner: Some(owner.clone()),
-        latest_event: d.event.clone(),
-        version,
-        created_at: previous.as_ref().map_or(received_at, |p| p.created_at),
-        modified_at: received_at,
-        exported_at: previous.as_ref().and_then(|p| p.exported_at),
-        summary,
-    };
-    let seq = read_counter(t.meta, EVENT_SEQ)? + 1;
-    let version_record = VersionRecord {
-        referral: d.referral.clone(),
-        version,
-        event: d.event.clone(),
-        integration: d.integration.clone(),
-        service_id: service_id.clone(),
-        message_header_id: d.message_header_id.clone(),
-        bundle_id: d.bundle_id.clone(),
-        bundle_timestamp: d.bundle_timestamp.clone(),
-        received_at,
-        summary: d.summary.clone(),
-        problems: d.problems.clone(),
-        size: d.raw.len() as u64,
-        sha256: d.sha256.clone(),
-        seq,
-        purged: false,
-    };
+    let (version, service_id) = (record.version, record.service_id.clone());
     let event = EventRecord {
         seq,
         referral: d.referral.clone(),
