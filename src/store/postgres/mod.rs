@@ -31,8 +31,8 @@ use super::error::StoreError;
 
 pub use migrate::MIGRATIONS;
 
-/// How to reach the database.
-#[derive(Debug, Clone)]
+/// How to reach the database. Its `Debug` leaves the URL out (it may hold a password).
+#[derive(Clone)]
 pub struct PgOptions {
     /// A libpq connection string or `postgres://` URL (tokio-postgres's syntax).
     pub url: String,
@@ -43,6 +43,17 @@ pub struct PgOptions {
     /// How often this replica looks for feed rows another replica left without a position, and
     /// rereads the end of the feed in case a notification was missed (1 s by default).
     pub sweep_interval: Duration,
+}
+
+impl std::fmt::Debug for PgOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgOptions")
+            .field("url", &"[redacted]")
+            .field("max_connections", &self.max_connections)
+            .field("schema", &self.schema)
+            .field("sweep_interval", &self.sweep_interval)
+            .finish()
+    }
 }
 
 impl PgOptions {
