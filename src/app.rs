@@ -45,7 +45,7 @@ impl Application {
     /// Opens the configured store (sled in the data dir, or PostgreSQL) and binds the listener.
     pub async fn build(config: &Config) -> anyhow::Result<Self> {
         if config.storage.backend == crate::config::Backend::Postgres {
-            let store = crate::store::PgStore::connect(&pg_options(&config.storage))
+            let store = crate::store::PgStore::connect(&pg_options(&config.storage)?)
                 .await
                 .map_err(|e| anyhow::anyhow!("cannot open the PostgreSQL store: {}", e.chain()))?;
             tracing::info!(schema = %config.storage.schema, "storing in PostgreSQL");
@@ -69,7 +69,21 @@ impl Application {
         let listener = TcpListener::bind(config.server.listen)
             .await
             .with_context(|| format!("cannot listen on {}", config.server.listen))?;
-        let state = AppState::new(config, store)?;
+        // Replicas on a shared store sign tokens with one key, kept there by the first to start
+        // (unless one is configured): a token issued by one is accepted by every other.
+        let uses_oauth2 = config
+            .integrations
+            .values()
+            .any(|i| matches!(i.auth, AuthConfig::Oauth2 { .. }));
+        let shared_signing_key = if uses_oauth2 && config.oauth2.signing_key.is_empty() {
+            store
+                .shared_signing_key(&crate::auth::token::generate_key()?)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot read the shared signing key: {}", e.chain()))?
+        } else {
+            None
+        };
+        let state = AppState::new(config, store, shared_signing_key)?;
         let server = &config.server;
         let (max_connections, lowered_by) =
             crate::server::fit_connection_cap(server.max_connections, DESCRIPTOR_RESERVE);
@@ -207,13 +221,16 @@ pub fn sled_options(storage: &crate::config::StorageConfig) -> anyhow::Result<Sl
     })
 }
 
-/// How `[storage]` reaches PostgreSQL.
-pub fn pg_options(storage: &crate::config::StorageConfig) -> crate::store::PgOptions {
-    crate::store::PgOptions {
+/// How `[storage]` reaches PostgreSQL, and the keys it seals with.
+pub fn pg_options(
+    storage: &crate::config::StorageConfig,
+) -> anyhow::Result<crate::store::PgOptions> {
+    Ok(crate::store::PgOptions {
         schema: Some(storage.schema.clone()),
         max_connections: storage.max_connections,
+        keys: keyring(storage)?.map(Arc::new),
         ..crate::store::PgOptions::new(storage.url.expose())
-    }
+    })
 }
 
 /// Purges versions older than `keep_days` (except each referral's latest) at start and daily.

@@ -81,7 +81,13 @@ pub struct AppState {
 }
 
 impl AppState {
-    pub fn new(config: &Config, store: Arc<dyn Store>) -> anyhow::Result<Self> {
+    /// `shared_signing_key`: the token signing key replicas share through the store, when it
+    /// holds one (see [`TokenIssuer::load`]).
+    pub fn new(
+        config: &Config,
+        store: Arc<dyn Store>,
+        shared_signing_key: Option<Vec<u8>>,
+    ) -> anyhow::Result<Self> {
         let uses_oauth2 = config
             .integrations
             .values()
@@ -89,6 +95,7 @@ impl AppState {
         let tokens = if uses_oauth2 {
             Some(Arc::new(TokenIssuer::load(
                 &config.oauth2,
+                shared_signing_key,
                 &config.server.data_dir,
             )?))
         } else {
@@ -139,6 +146,8 @@ impl AppState {
         let ocean = crate::ocean::clients(config)?;
         let outbox = Arc::new(Outbox::new(config, &ocean, Arc::clone(&store)));
         let metrics = Metrics::new();
+        let login_limiter =
+            Arc::new(LoginLimiter::new(LOGIN_WINDOW).shared_through(Arc::clone(&store)));
         for integration in integrations.values() {
             metrics.register_integration(integration.name.as_str(), integration.inbound.scheme());
         }
@@ -147,7 +156,7 @@ impl AppState {
             integrations: Arc::new(integrations),
             tokens,
             oauth_clients: Arc::new(oauth_clients),
-            login_limiter: Arc::new(LoginLimiter::new(LOGIN_WINDOW)),
+            login_limiter,
             api_clients: Arc::new(ApiClients::from_config(&config.api)),
             config: Arc::new(config.clone()),
             outbox,

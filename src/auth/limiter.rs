@@ -10,11 +10,18 @@
 //! address per window; an IPv6 address counts by its /64, which one host usually holds whole.
 //! The counts are bounded: when full, the oldest are forgotten (never shared, so no flood of
 //! addresses can lock out one that has not failed).
+//!
+//! Replicas on one shared store (PostgreSQL) also count every failure there
+//! ([`ReplicaStore`](crate::store::ReplicaStore)), so tries spread over replicas add up, whichever replica a guess lands
+//! on. The memory counts stay as well: when the store cannot be read, each replica still
+//! limits what it sees itself.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use crate::store::Store;
 
 /// Failed logins allowed for one account from one address within one window.
 pub const PER_ACCOUNT: u32 = 5;
@@ -29,6 +36,25 @@ enum Key {
     Source(IpAddr),
 }
 
+impl Key {
+    /// The bucket's name in a shared store: `account <address> <client id>` or
+    /// `source <address>`.
+    fn bucket(&self) -> String {
+        match self {
+            Key::Account(source, account) => format!("account {source} {account}"),
+            Key::Source(source) => format!("source {source}"),
+        }
+    }
+}
+
+/// The buckets one attempt counts in, with the failures each allows.
+fn keys(source: IpAddr, account: &str) -> [(Key, u32); 2] {
+    [
+        (Key::Account(source, account.to_owned()), PER_ACCOUNT),
+        (Key::Source(source), PER_SOURCE),
+    ]
+}
+
 /// The address failures are counted by: an IPv4 address, or the /64 of an IPv6 one.
 fn counted(source: IpAddr) -> IpAddr {
     super::source::host_network(source)
@@ -38,6 +64,8 @@ fn counted(source: IpAddr) -> IpAddr {
 pub struct LoginLimiter {
     window: Duration,
     buckets: Mutex<Buckets>,
+    /// The store replicas share, when failures are counted there as well.
+    shared: Option<Arc<dyn Store>>,
 }
 
 /// The counts, and the order their buckets were made in (to forget the oldest first).
@@ -48,22 +76,80 @@ struct Buckets {
 }
 
 impl LoginLimiter {
+    /// Counts failures within windows of `window`, in memory.
     pub fn new(window: Duration) -> Self {
         Self {
             window,
             buckets: Mutex::new(Buckets::default()),
+            shared: None,
         }
     }
 
-    /// `Err(seconds to wait)` while `source` may not try `account`.
-    pub fn check(&self, source: IpAddr, account: &str) -> Result<(), u64> {
+    /// Also counts failures in `store` when replicas share it
+    /// ([`ReplicaStore::counts_login_failures`](crate::store::ReplicaStore::counts_login_failures)).
+    pub fn shared_through(mut self, store: Arc<dyn Store>) -> Self {
+        if store.counts_login_failures() {
+            self.shared = Some(store);
+        }
+        self
+    }
+
+    /// `Err(seconds to wait)` while `source` may not try `account`: counted in memory here, or
+    /// in the shared store by any replica.
+    pub async fn check(&self, source: IpAddr, account: &str) -> Result<(), u64> {
+        let here = self.check_here(source, account);
+        let Some(store) = &self.shared else {
+            return here;
+        };
+        let keys = keys(counted(source), account);
+        let buckets: Vec<String> = keys.iter().map(|(key, _)| key.bucket()).collect();
+        let shared = match store.login_failures(&buckets, self.window).await {
+            Ok(counts) => counts
+                .iter()
+                .zip(&keys)
+                .filter(|(count, (_, max))| count.failures >= *max)
+                .map(|(count, _)| count.window_left_secs.max(1))
+                .max()
+                .unwrap_or(0),
+            Err(e) => {
+                tracing::warn!(error = %e.chain(), "cannot read shared failed-login counts; limiting by this replica's own");
+                0
+            }
+        };
+        let wait = here.err().unwrap_or(0).max(shared);
+        if wait > 0 { Err(wait) } else { Ok(()) }
+    }
+
+    /// Counts a failed login of `source` for `account`, here and in the shared store.
+    pub async fn failed(&self, source: IpAddr, account: &str) {
+        self.failed_here(source, account);
+        if let Some(store) = &self.shared {
+            let buckets: Vec<String> = keys(counted(source), account)
+                .iter()
+                .map(|(key, _)| key.bucket())
+                .collect();
+            if let Err(e) = store.count_login_failure(&buckets, self.window).await {
+                tracing::warn!(error = %e.chain(), "cannot count a failed login in the shared store");
+            }
+        }
+    }
+
+    /// A successful login clears the failures of that account from that address.
+    pub async fn succeeded(&self, source: IpAddr, account: &str) {
+        self.succeeded_here(source, account);
+        if let Some(store) = &self.shared {
+            let bucket = Key::Account(counted(source), account.to_owned()).bucket();
+            if let Err(e) = store.clear_login_failures(&bucket).await {
+                tracing::warn!(error = %e.chain(), "cannot clear failed logins in the shared store");
+            }
+        }
+    }
+
+    fn check_here(&self, source: IpAddr, account: &str) -> Result<(), u64> {
         let source = counted(source);
         let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
         let mut wait = 0;
-        for (key, max) in [
-            (Key::Account(source, account.to_owned()), PER_ACCOUNT),
-            (Key::Source(source), PER_SOURCE),
-        ] {
+        for (key, max) in keys(source, account) {
             let Some(&(count, since)) = buckets.counts.get(&key) else {
                 continue;
             };
@@ -77,15 +163,11 @@ impl LoginLimiter {
         if wait > 0 { Err(wait) } else { Ok(()) }
     }
 
-    /// Counts a failed login of `source` for `account`.
-    pub fn failed(&self, source: IpAddr, account: &str) {
+    fn failed_here(&self, source: IpAddr, account: &str) {
         let source = counted(source);
         let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
         let Buckets { counts, order } = &mut *buckets;
-        for key in [
-            Key::Account(source, account.to_owned()),
-            Key::Source(source),
-        ] {
+        for (key, _) in keys(source, account) {
             if !counts.contains_key(&key) {
                 // Forget the oldest buckets (the order may name ones already gone).
                 while counts.len() >= MAX_BUCKETS {
@@ -110,8 +192,7 @@ impl LoginLimiter {
         }
     }
 
-    /// A successful login clears the failures of that account from that address.
-    pub fn succeeded(&self, source: IpAddr, account: &str) {
+    fn succeeded_here(&self, source: IpAddr, account: &str) {
         let source = counted(source);
         self.buckets
             .lock()
@@ -129,56 +210,61 @@ mod tests {
         IpAddr::from([192, 0, 2, last])
     }
 
-    #[test]
-    fn a_guesser_is_locked_out_of_an_account_but_its_owner_elsewhere_is_not() {
+    #[tokio::test]
+    async fn a_guesser_is_locked_out_of_an_account_but_its_owner_elsewhere_is_not() {
         let limiter = LoginLimiter::new(Duration::from_millis(300));
         for _ in 0..PER_ACCOUNT {
-            assert_eq!(limiter.check(ip(1), "ocean"), Ok(()));
-            limiter.failed(ip(1), "ocean");
+            assert_eq!(limiter.check(ip(1), "ocean").await, Ok(()));
+            limiter.failed(ip(1), "ocean").await;
         }
-        assert!(limiter.check(ip(1), "ocean").is_err());
+        assert!(limiter.check(ip(1), "ocean").await.is_err());
         // The rightful owner, from its own address, is unaffected.
-        assert_eq!(limiter.check(ip(2), "ocean"), Ok(()));
-        assert_eq!(limiter.check(ip(1), "other"), Ok(()));
-        std::thread::sleep(Duration::from_millis(350));
-        assert_eq!(limiter.check(ip(1), "ocean"), Ok(()));
-        limiter.failed(ip(1), "ocean");
-        limiter.succeeded(ip(1), "ocean");
-        assert_eq!(limiter.check(ip(1), "ocean"), Ok(()));
+        assert_eq!(limiter.check(ip(2), "ocean").await, Ok(()));
+        assert_eq!(limiter.check(ip(1), "other").await, Ok(()));
+        tokio::time::sleep(Duration::from_millis(350)).await;
+        assert_eq!(limiter.check(ip(1), "ocean").await, Ok(()));
+        limiter.failed(ip(1), "ocean").await;
+        limiter.succeeded(ip(1), "ocean").await;
+        assert_eq!(limiter.check(ip(1), "ocean").await, Ok(()));
     }
 
-    #[test]
-    fn one_address_guessing_many_accounts_is_locked_out_of_all() {
+    #[tokio::test]
+    async fn one_address_guessing_many_accounts_is_locked_out_of_all() {
         let limiter = LoginLimiter::new(Duration::from_secs(60));
         for n in 0..PER_SOURCE {
-            limiter.failed(ip(3), &format!("client-{n}"));
+            limiter.failed(ip(3), &format!("client-{n}")).await;
         }
-        assert!(limiter.check(ip(3), "fresh-account").is_err());
-        assert_eq!(limiter.check(ip(4), "fresh-account"), Ok(()));
+        assert!(limiter.check(ip(3), "fresh-account").await.is_err());
+        assert_eq!(limiter.check(ip(4), "fresh-account").await, Ok(()));
     }
 
-    #[test]
-    fn a_flood_of_addresses_stays_bounded_and_locks_out_no_one_else() {
+    #[tokio::test]
+    async fn a_flood_of_addresses_stays_bounded_and_locks_out_no_one_else() {
         let limiter = LoginLimiter::new(Duration::from_secs(60));
         for n in 0..(MAX_BUCKETS as u32 * 2) {
-            limiter.failed(IpAddr::from(((n + 1) << 8).to_be_bytes()), "ocean");
+            limiter
+                .failed(IpAddr::from(((n + 1) << 8).to_be_bytes()), "ocean")
+                .await;
         }
         assert!(limiter.buckets.lock().unwrap().counts.len() <= MAX_BUCKETS);
         // Neither a new address nor one that never failed is refused.
-        assert_eq!(limiter.check(ip(200), "ocean"), Ok(()));
-        assert_eq!(limiter.check(IpAddr::from([10, 9, 9, 9]), "ocean"), Ok(()));
+        assert_eq!(limiter.check(ip(200), "ocean").await, Ok(()));
+        assert_eq!(
+            limiter.check(IpAddr::from([10, 9, 9, 9]), "ocean").await,
+            Ok(())
+        );
     }
 
-    #[test]
-    fn an_ipv6_host_counts_by_its_slash_64() {
+    #[tokio::test]
+    async fn an_ipv6_host_counts_by_its_slash_64() {
         let limiter = LoginLimiter::new(Duration::from_secs(60));
         for n in 0..PER_ACCOUNT {
             let address: IpAddr = format!("2001:db8:1:2::{n:x}").parse().unwrap();
-            limiter.failed(address, "ocean");
+            limiter.failed(address, "ocean").await;
         }
         let same_64: IpAddr = "2001:db8:1:2:ffff::1".parse().unwrap();
         let other_64: IpAddr = "2001:db8:1:3::1".parse().unwrap();
-        assert!(limiter.check(same_64, "ocean").is_err());
-        assert_eq!(limiter.check(other_64, "ocean"), Ok(()));
+        assert!(limiter.check(same_64, "ocean").await.is_err());
+        assert_eq!(limiter.check(other_64, "ocean").await, Ok(()));
     }
 }

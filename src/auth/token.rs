@@ -57,12 +57,20 @@ pub struct TokenIssuer {
 }
 
 impl TokenIssuer {
-    /// Uses the configured key, or the one generated earlier in `data_dir`, or generates one.
-    pub fn load(config: &OAuth2Config, data_dir: &Path) -> anyhow::Result<Self> {
-        let key = if config.signing_key.is_empty() {
-            load_or_generate_key(data_dir)?
-        } else {
+    /// Uses the configured key; else `shared`, the key replicas share through their store
+    /// ([`crate::store::ReplicaStore::shared_signing_key`]); else the one generated earlier in
+    /// `data_dir`, or generates one there.
+    pub fn load(
+        config: &OAuth2Config,
+        shared: Option<Vec<u8>>,
+        data_dir: &Path,
+    ) -> anyhow::Result<Self> {
+        let key = if !config.signing_key.is_empty() {
             config.signing_key.expose().as_bytes().to_vec()
+        } else if let Some(shared) = shared {
+            shared
+        } else {
+            load_or_generate_key(data_dir)?
         };
         let mut decoding = vec![DecodingKey::from_secret(&key)];
         decoding.extend(
@@ -129,6 +137,13 @@ impl TokenIssuer {
     }
 }
 
+/// A new signing key: 32 random bytes (256 bits, as RFC 7518 §3.2 asks of an HS256 key).
+pub fn generate_key() -> anyhow::Result<Vec<u8>> {
+    let mut key = vec![0; 32];
+    aws_lc_rs::rand::fill(&mut key).map_err(|_| anyhow::anyhow!("no randomness for a key"))?;
+    Ok(key)
+}
+
 /// Reads `<data_dir>/oauth2-signing.key`, creating it (32 random bytes, base64, mode 0600)
 /// the first time.
 fn load_or_generate_key(data_dir: &Path) -> anyhow::Result<Vec<u8>> {
@@ -144,8 +159,7 @@ fn load_or_generate_key(data_dir: &Path) -> anyhow::Result<Vec<u8>> {
     }
     std::fs::create_dir_all(data_dir)
         .with_context(|| format!("cannot create data dir {}", data_dir.display()))?;
-    let mut key = vec![0; 32];
-    aws_lc_rs::rand::fill(&mut key).map_err(|_| anyhow::anyhow!("no randomness for a key"))?;
+    let key = generate_key()?;
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
@@ -169,7 +183,7 @@ mod tests {
             signing_key: Secret::new(key),
             previous_signing_keys: Vec::new(),
         };
-        TokenIssuer::load(&config, Path::new("/nonexistent")).unwrap()
+        TokenIssuer::load(&config, None, Path::new("/nonexistent")).unwrap()
     }
 
     #[test]
@@ -193,11 +207,11 @@ mod tests {
             previous_signing_keys: Vec::new(),
         };
         let a = IntegrationName::parse("a").unwrap();
-        let token = TokenIssuer::load(&config, dir.path())
+        let token = TokenIssuer::load(&config, None, dir.path())
             .unwrap()
             .issue(&a, "c", 60)
             .unwrap();
-        let again = TokenIssuer::load(&config, dir.path()).unwrap();
+        let again = TokenIssuer::load(&config, None, dir.path()).unwrap();
         assert_eq!(again.verify(&token, &a), Ok(()));
         #[cfg(unix)]
         {

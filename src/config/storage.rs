@@ -98,11 +98,6 @@ impl StorageConfig {
             {
                 bail!("storage.schema must be 1 to 50 ASCII letters, digits or _");
             }
-            if self.encryption_key.is_some() {
-                bail!(
-                    "storage.encryption_key is not supported with the postgres backend yet; use PostgreSQL's own encryption at rest"
-                );
-            }
         }
         Ok(())
     }

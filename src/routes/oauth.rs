@@ -109,7 +109,7 @@ async fn token(
     } else {
         UNKNOWN_CLIENT
     };
-    if let Err(wait) = state.login_limiter.check(source, account) {
+    if let Err(wait) = state.login_limiter.check(source, account).await {
         let mut response = oauth_error(
             StatusCode::TOO_MANY_REQUESTS,
             "invalid_client",
@@ -123,7 +123,7 @@ async fn token(
         return response;
     }
     let Some(client) = client.filter(|c| bearer::matches_any(secret.expose(), &c.secrets)) else {
-        state.login_limiter.failed(source, account);
+        state.login_limiter.failed(source, account).await;
         let integration = state.oauth_client(&client_id).map(|c| &c.integration);
         let reason = if integration.is_some() {
             "token request: wrong client secret"
@@ -135,7 +135,7 @@ async fn token(
         state.refused(Some(label), actor, "oauth2", reason, source);
         return invalid_client("unknown client or wrong client secret");
     };
-    state.login_limiter.succeeded(source, account);
+    state.login_limiter.succeeded(source, account).await;
     let Some(issuer) = state.tokens.as_ref() else {
         return oauth_error(
             StatusCode::INTERNAL_SERVER_ERROR,

@@ -1,5 +1,5 @@
 //! Durable storage, split by concern into traits ([`DeliveryStore`], [`FeedStore`],
-//! [`OutboxStore`], [`AuditStore`], [`MaintenanceStore`]) that [`Store`] gathers, so a backend
+//! [`OutboxStore`], [`AuditStore`], [`MaintenanceStore`], [`ReplicaStore`]) that [`Store`] gathers, so a backend
 //! can be written one concern at a time. [`SledStore`] is the embedded backend. The store knows
 //! the relay's records, not FHIR.
 
@@ -10,6 +10,7 @@ mod feed;
 mod maintenance;
 mod outbox;
 mod postgres;
+mod replicas;
 mod seal;
 mod sled;
 
@@ -24,16 +25,23 @@ pub use error::{Cause, StoreError};
 pub use feed::{ChangedReferrals, EventRecord, FeedStore};
 pub use maintenance::{MaintenanceStore, ModifiedBatch, StoreHealth};
 pub use outbox::{AppointmentSlot, OutboxStore, TaskState, UpdateKind, UpdateRecord, UpdateState};
+pub use replicas::{LoginFailures, ReplicaStore};
 pub use seal::Keyring;
 
 /// A whole store: every concern. Implemented by every type that implements them all, and used
 /// as `Arc<dyn Store>`.
 pub trait Store:
-    DeliveryStore + FeedStore + OutboxStore + AuditStore + MaintenanceStore + 'static
+    DeliveryStore + FeedStore + OutboxStore + AuditStore + MaintenanceStore + ReplicaStore + 'static
 {
 }
 
 impl<T> Store for T where
-    T: DeliveryStore + FeedStore + OutboxStore + AuditStore + MaintenanceStore + 'static
+    T: DeliveryStore
+        + FeedStore
+        + OutboxStore
+        + AuditStore
+        + MaintenanceStore
+        + ReplicaStore
+        + 'static
 {
 }

@@ -88,11 +88,11 @@ fn grep(dir: &Path, needles: &[String]) -> Vec<String> {
         .collect()
 }
 
-fn key(byte: u8) -> String {
+pub fn key(byte: u8) -> String {
     base64::engine::general_purpose::STANDARD.encode([byte; 32])
 }
 
-fn keyring(current: u8, previous: &[u8]) -> Option<Keyring> {
+pub fn keyring(current: u8, previous: &[u8]) -> Option<Keyring> {
     let previous: Vec<[u8; 32]> = previous.iter().map(|b| [*b; 32]).collect();
     Some(Keyring::new(&[current; 32], &previous).unwrap())
 }

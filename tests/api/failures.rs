@@ -8,7 +8,7 @@ use referral_relay::domain::ReferralRef;
 use referral_relay::store::{
     AuditEntry, AuditStore, ChangedReferrals, DeliveryStore, EventRecord, FeedStore,
     MaintenanceStore, ModifiedBatch, NewDelivery, OutboxStore, PutOutcome, ReferralRecord,
-    StoreError, TaskState, UpdateRecord, UpdateState, VersionRecord,
+    ReplicaStore, StoreError, TaskState, UpdateRecord, UpdateState, VersionRecord,
 };
 use time::OffsetDateTime;
 
@@ -122,6 +122,9 @@ impl AuditStore for DiskFull {
         Ok(Vec::new())
     }
 }
+
+/// Shares nothing, like the embedded store.
+impl ReplicaStore for DiskFull {}
 
 #[async_trait]
 impl MaintenanceStore for DiskFull {

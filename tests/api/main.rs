@@ -21,4 +21,5 @@ mod ops;
 mod outbound;
 mod postgres;
 mod rejections;
+mod replicas;
 mod support;

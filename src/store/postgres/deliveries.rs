@@ -9,17 +9,6 @@ use crate::store::deliveries::{
     DeliveryStore, NewDelivery, PutOutcome, ReferralRecord, VersionRecord,
 };
 use crate::store::error::StoreError;
-use crate::store::sled::codec::{compress, open_payload};
-
-pub(super) fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
-    serde_json::to_vec(value)
-        .map_err(|e| StoreError::corrupt("a record does not encode").caused_by(e))
-}
-
-pub(super) fn decode<T: for<'de> serde::Deserialize<'de>>(bytes: &[u8]) -> Result<T, StoreError> {
-    serde_json::from_slice(bytes)
-        .map_err(|e| StoreError::corrupt("a record does not decode").caused_by(e))
-}
 
 /// A count or number kept as `bigint`.
 pub(super) fn to_i64(n: u64) -> i64 {
@@ -99,7 +88,7 @@ impl PgStore {
         let previous: Option<ReferralRecord> = if row.get::<_, i64>(0) == 0 {
             None
         } else {
-            Some(decode(row.get::<_, &[u8]>(1))?)
+            Some(self.open_referral(referral, row.get::<_, &[u8]>(1))?)
         };
 
         // A referral belongs to the integration that first delivered it.
@@ -158,15 +147,20 @@ impl PgStore {
                 &referral,
                 &to_i64(version),
                 &event_id,
-                &encode(&version_record)?,
-                &compress(&d.raw),
+                &self.seal_version(referral, &version_record)?,
+                &self.seal_payload(referral, version, &d.raw)?,
             ],
         )
         .await
         .map_err(db_error("storing a version"))?;
         tx.execute(
 &tx.prepare_cached("UPDATE referrals SET version = $2, modified_at = $3, record = $4 WHERE referral = $1").await.map_err(db_error("preparing a statement"))?,
-            &[&referral, &to_i64(version), &received_at, &encode(&record)?],
+            &[
+                &referral,
+                &to_i64(version),
+                &received_at,
+                &self.seal_referral(&record)?,
+            ],
         )
         .await
         .map_err(db_error("updating a referral"))?;
@@ -225,7 +219,7 @@ impl DeliveryStore for PgStore {
             )
             .await
             .map_err(db_error("reading a referral"))?
-            .map(|row| decode(row.get::<_, &[u8]>(0)))
+            .map(|row| self.open_referral(referral.as_str(), row.get::<_, &[u8]>(0)))
             .transpose()
     }
 
@@ -235,7 +229,7 @@ impl DeliveryStore for PgStore {
             .query(
                 &client
                     .prepare_cached(
-                        "SELECT v.record, e.seq FROM versions v JOIN events e ON e.id = v.event_id
+                        "SELECT v.record, e.seq, v.version FROM versions v JOIN events e ON e.id = v.event_id
                  WHERE v.referral = $1 ORDER BY v.version",
                     )
                     .await
@@ -246,7 +240,9 @@ impl DeliveryStore for PgStore {
             .map_err(db_error("reading versions"))?
             .iter()
             .map(|row| {
-                let mut record: VersionRecord = decode(row.get::<_, &[u8]>(0))?;
+                let version = to_u64(row.get(2));
+                let mut record =
+                    self.open_version(referral.as_str(), version, row.get::<_, &[u8]>(0))?;
                 record.seq = row.get::<_, Option<i64>>(1).map_or(0, to_u64);
                 Ok(record)
             })
@@ -272,7 +268,7 @@ impl DeliveryStore for PgStore {
             .await
             .map_err(db_error("reading a payload"))?
             .and_then(|row| row.get::<_, Option<Vec<u8>>>(0))
-            .map(|stored| open_payload(&stored))
+            .map(|stored| self.open_payload(referral.as_str(), version, &stored))
             .transpose()?)
     }
 }

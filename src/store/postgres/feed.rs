@@ -4,7 +4,7 @@
 use async_trait::async_trait;
 use time::OffsetDateTime;
 
-use super::deliveries::{decode, to_i64, to_u64};
+use super::deliveries::{to_i64, to_u64};
 use super::{PgStore, db_error};
 use crate::domain::{EventCode, ReferralRef, ServiceId};
 use crate::store::error::StoreError;
@@ -96,7 +96,7 @@ impl FeedStore for PgStore {
             .query(
                 &client
                     .prepare_cached(
-                        "SELECT e.seq, r.record,
+                        "SELECT e.seq, r.record, r.referral,
                         (SELECT n.seq FROM versions nv JOIN events n ON n.id = nv.event_id
                          WHERE nv.referral = e.referral AND nv.version = e.version + 1)
                  FROM events e JOIN referrals r ON r.referral = e.referral
@@ -113,11 +113,11 @@ impl FeedStore for PgStore {
         for row in &rows {
             let seq = to_u64(row.get(0));
             scanned_to = seq;
-            let next: Option<i64> = row.get(2);
+            let next: Option<i64> = row.get(3);
             if next.is_some_and(|n| to_u64(n) <= until) {
                 continue;
             }
-            referrals.push((seq, decode(row.get::<_, &[u8]>(1))?));
+            referrals.push((seq, self.open_referral(row.get(2), row.get::<_, &[u8]>(1))?));
         }
         if rows.is_empty() {
             scanned_to = until;

@@ -3,10 +3,9 @@
 use async_trait::async_trait;
 use time::OffsetDateTime;
 
-use super::deliveries::{decode, encode, to_i64};
+use super::deliveries::{to_i64, to_u64};
 use super::{PgStore, db_error};
 use crate::domain::ReferralRef;
-use crate::store::deliveries::{ReferralRecord, VersionRecord};
 use crate::store::error::StoreError;
 use crate::store::maintenance::{MaintenanceStore, ModifiedBatch};
 
@@ -70,7 +69,7 @@ impl MaintenanceStore for PgStore {
         for row in &rows {
             batch
                 .referrals
-                .push(decode::<ReferralRecord>(row.get::<_, &[u8]>(2))?);
+                .push(self.open_referral(row.get(1), row.get::<_, &[u8]>(2))?);
         }
         if rows.len() == limit
             && let Some(last) = rows.last()
@@ -106,7 +105,7 @@ impl MaintenanceStore for PgStore {
                 else {
                     continue;
                 };
-                let mut record: ReferralRecord = decode(row.get::<_, &[u8]>(0))?;
+                let mut record = self.open_referral(referral.as_str(), row.get::<_, &[u8]>(0))?;
                 // Modified since it was written: left unexported.
                 if record.modified_at != *modified_at {
                     continue;
@@ -116,7 +115,7 @@ impl MaintenanceStore for PgStore {
                     &tx.prepare_cached("UPDATE referrals SET record = $2 WHERE referral = $1")
                         .await
                         .map_err(db_error("preparing a statement"))?,
-                    &[&referral.as_str(), &encode(&record)?],
+                    &[&referral.as_str(), &self.seal_referral(&record)?],
                 )
                 .await
                 .map_err(db_error("marking a referral exported"))?;
@@ -157,13 +156,15 @@ impl MaintenanceStore for PgStore {
                 return Ok(purged);
             }
             for row in &rows {
-                let mut version: VersionRecord = decode(row.get::<_, &[u8]>(2))?;
+                let (referral, number) = (row.get::<_, &str>(0), row.get::<_, i64>(1));
+                let mut version =
+                    self.open_version(referral, to_u64(number), row.get::<_, &[u8]>(2))?;
                 version.purged = true;
                 version.summary = crate::domain::Summary::default();
                 version.problems.clear();
                 tx.execute(
 &tx.prepare_cached("UPDATE versions SET payload = NULL, record = $3 WHERE referral = $1 AND version = $2").await.map_err(db_error("preparing a statement"))?,
-                    &[&row.get::<_, &str>(0), &row.get::<_, i64>(1), &encode(&version)?],
+                    &[&referral, &number, &self.seal_version(referral, &version)?],
                 )
                 .await
                 .map_err(db_error("purging a version"))?;

@@ -5,11 +5,18 @@ use super::db_error;
 use crate::store::error::StoreError;
 
 /// `(version, name, SQL)` of every migration this build knows, in order.
-pub const MIGRATIONS: &[(i32, &str, &str)] = &[(
-    1,
-    "initial",
-    include_str!("../../../migrations/postgres/0001_initial.sql"),
-)];
+pub const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (
+        1,
+        "initial",
+        include_str!("../../../migrations/postgres/0001_initial.sql"),
+    ),
+    (
+        2,
+        "replica_settings",
+        include_str!("../../../migrations/postgres/0002_replica_settings.sql"),
+    ),
+];
 
 /// Applies the migrations not yet applied, in one transaction under the advisory lock `lock`
 /// (the same in every replica: two processes starting at once migrate one at a time).

@@ -18,6 +18,8 @@ mod listener;
 mod maintenance;
 mod migrate;
 mod outbox;
+mod records;
+mod replicas;
 mod sequencer;
 
 use std::sync::Arc;
@@ -28,6 +30,8 @@ use tokio::sync::watch;
 use tokio_postgres::NoTls;
 
 use super::error::StoreError;
+use super::seal::Keyring;
+use super::sled::codec::Codec;
 
 pub use migrate::MIGRATIONS;
 
@@ -43,6 +47,8 @@ pub struct PgOptions {
     /// How often this replica looks for feed rows another replica left without a position, and
     /// rereads the end of the feed in case a notification was missed (1 s by default).
     pub sweep_interval: Duration,
+    /// Seals patient data and the shared signing key at rest (`None`: stored plain).
+    pub keys: Option<Arc<Keyring>>,
 }
 
 impl std::fmt::Debug for PgOptions {
@@ -52,18 +58,21 @@ impl std::fmt::Debug for PgOptions {
             .field("max_connections", &self.max_connections)
             .field("schema", &self.schema)
             .field("sweep_interval", &self.sweep_interval)
+            .field("encrypted", &self.keys.is_some())
             .finish()
     }
 }
 
 impl PgOptions {
-    /// Options for `url` with the defaults: 16 connections, schema `public`, a 1 s sweep.
+    /// Options for `url` with the defaults: 16 connections, schema `public`, a 1 s sweep, no
+    /// encryption.
     pub fn new(url: impl Into<String>) -> Self {
         Self {
             url: url.into(),
             max_connections: 16,
             schema: None,
             sweep_interval: Duration::from_secs(1),
+            keys: None,
         }
     }
 }
@@ -71,6 +80,8 @@ impl PgOptions {
 /// The PostgreSQL store. Cheap to clone handles are not offered: share it in an `Arc`.
 pub struct PgStore {
     pool: Pool,
+    /// Seals and opens records (see [`records`]).
+    codec: Codec,
     /// The highest feed position known sequenced (by this replica or, through `NOTIFY`, others).
     feed: watch::Sender<u64>,
     sequencer: sequencer::Sequencer,
@@ -206,6 +217,7 @@ impl PgStore {
         {
             let mut client = pool.get().await.map_err(pool_error)?;
             migrate::apply(&mut client, advisory_key("migrations", &schema)).await?;
+            records::admit_keys(&mut client, options.keys.as_deref()).await?;
         }
 
         // Notifications are database-wide: one channel per schema, named by a hash of it
@@ -217,6 +229,7 @@ impl PgStore {
         let (feed, _) = watch::channel(0);
         let mut store = Self {
             pool,
+            codec: Codec(options.keys.clone()),
             feed,
             sequencer: sequencer::Sequencer::default(),
             channel: channel.clone(),

@@ -2,7 +2,7 @@
 
 use async_trait::async_trait;
 
-use super::deliveries::{decode, encode, to_i64, to_u64};
+use super::deliveries::{to_i64, to_u64};
 use deadpool_postgres::GenericClient;
 
 use super::{PgStore, db_error};
@@ -18,12 +18,6 @@ fn state_name(state: UpdateState) -> &'static str {
         UpdateState::Dead => "dead",
         UpdateState::Discarded => "discarded",
     }
-}
-
-fn update(row: &tokio_postgres::Row) -> Result<UpdateRecord, StoreError> {
-    let mut record: UpdateRecord = decode(row.get::<_, &[u8]>(1))?;
-    record.id = to_u64(row.get(0));
-    Ok(record)
 }
 
 const COLUMNS: &str = "SELECT id, record FROM updates";
@@ -54,15 +48,16 @@ impl PgStore {
             .await
             .map_err(db_error("reading the outbox"))?
             .iter()
-            .map(update)
+            .map(|row| self.open_update(to_u64(row.get(0)), row.get::<_, &[u8]>(1)))
             .collect()
     }
 }
 
-/// Writes an update's state and record.
+/// Writes an update's state and record (`sealed`, from [`PgStore::seal_update`]).
 async fn write_update<C: GenericClient + Sync>(
     client: &C,
     update: &UpdateRecord,
+    sealed: &[u8],
     doing: &'static str,
 ) -> Result<(), StoreError> {
     client
@@ -71,22 +66,18 @@ async fn write_update<C: GenericClient + Sync>(
                 .prepare_cached("UPDATE updates SET state = $2, record = $3 WHERE id = $1")
                 .await
                 .map_err(db_error("preparing a statement"))?,
-            &[
-                &to_i64(update.id),
-                &state_name(update.state),
-                &encode(update)?,
-            ],
+            &[&to_i64(update.id), &state_name(update.state), &sealed],
         )
         .await
         .map_err(db_error(doing))?;
     Ok(())
 }
 
-/// Sets the Task state of `referral`.
+/// Sets the Task state of `referral` (`sealed`, from [`PgStore::seal_task_state`]).
 async fn write_task_state<C: GenericClient + Sync>(
     client: &C,
     referral: &str,
-    task: &TaskState,
+    sealed: &[u8],
 ) -> Result<(), StoreError> {
     client
         .execute(
@@ -97,7 +88,7 @@ async fn write_task_state<C: GenericClient + Sync>(
                 )
                 .await
                 .map_err(db_error("preparing a statement"))?,
-            &[&referral, &encode(task)?],
+            &[&referral, &sealed],
         )
         .await
         .map_err(db_error("recording a Task state"))?;
@@ -131,11 +122,11 @@ impl OutboxStore for PgStore {
             &tx.prepare_cached("UPDATE updates SET record = $2 WHERE id = $1")
                 .await
                 .map_err(db_error("preparing a statement"))?,
-            &[&id, &encode(&record)?],
+            &[&id, &self.seal_update(&record)?],
         )
         .await
         .map_err(db_error("adding an update"))?;
-        write_task_state(&tx, &referral, &task).await?;
+        write_task_state(&tx, &referral, &self.seal_task_state(&referral, &task)?).await?;
         // The replica sending the outbox may be another one: wake it.
         tx.execute(
             &tx.prepare_cached("SELECT pg_notify($1, '')")
@@ -152,7 +143,8 @@ impl OutboxStore for PgStore {
     }
 
     async fn save_update(&self, update: &UpdateRecord) -> Result<(), StoreError> {
-        write_update(&self.client().await?, update, "saving an update").await
+        let sealed = self.seal_update(update)?;
+        write_update(&self.client().await?, update, &sealed, "saving an update").await
     }
 
     async fn discard_update(
@@ -165,8 +157,15 @@ impl OutboxStore for PgStore {
             .transaction()
             .await
             .map_err(db_error("starting a discard"))?;
-        write_update(&tx, update, "discarding an update").await?;
-        write_task_state(&tx, update.referral.as_str(), &task).await?;
+        write_update(
+            &tx,
+            update,
+            &self.seal_update(update)?,
+            "discarding an update",
+        )
+        .await?;
+        let referral = update.referral.as_str();
+        write_task_state(&tx, referral, &self.seal_task_state(referral, &task)?).await?;
         tx.commit().await.map_err(db_error("committing a discard"))
     }
 
@@ -267,7 +266,7 @@ impl OutboxStore for PgStore {
             )
             .await
             .map_err(db_error("reading a Task state"))?
-            .map(|row| decode(row.get::<_, &[u8]>(0)))
+            .map(|row| self.open_task_state(referral.as_str(), row.get::<_, &[u8]>(0)))
             .transpose()?
             .unwrap_or_default())
     }

@@ -21,17 +21,22 @@ const PAYLOAD_LZ4: u8 = 1;
 /// configured, plain otherwise. Records written before encryption was enabled are still read
 /// (they start with `{` or a payload format tag, never with [`SEALED`]).
 #[derive(Clone, Default)]
-pub(super) struct Codec(pub(super) Option<Arc<Keyring>>);
+pub(in crate::store) struct Codec(pub(in crate::store) Option<Arc<Keyring>>);
 
 impl Codec {
-    pub(super) fn seal(&self, tree: &str, key: &[u8], plain: &[u8]) -> Result<Vec<u8>, StoreError> {
+    pub(in crate::store) fn seal(
+        &self,
+        tree: &str,
+        key: &[u8],
+        plain: &[u8],
+    ) -> Result<Vec<u8>, StoreError> {
         match &self.0 {
             Some(keys) => keys.seal(&context(tree, key), plain),
             None => Ok(plain.to_vec()),
         }
     }
 
-    pub(super) fn open<'a>(
+    pub(in crate::store) fn open<'a>(
         &self,
         tree: &str,
         key: &[u8],
@@ -48,7 +53,7 @@ impl Codec {
         }
     }
 
-    pub(super) fn encode<T: Serialize>(
+    pub(in crate::store) fn encode<T: Serialize>(
         &self,
         tree: &str,
         key: &[u8],
@@ -57,7 +62,7 @@ impl Codec {
         self.seal(tree, key, &encode(value)?)
     }
 
-    pub(super) fn decode<T: for<'de> Deserialize<'de>>(
+    pub(in crate::store) fn decode<T: for<'de> Deserialize<'de>>(
         &self,
         tree: &str,
         key: &[u8],

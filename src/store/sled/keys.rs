@@ -16,7 +16,14 @@ pub(super) fn referral_prefix(referral: &ReferralRef) -> Vec<u8> {
 /// Referral ref `\0` number (u64 BE): a version in `versions` and `payloads`, an update id in
 /// `referral_updates`.
 pub(super) fn referral_seq_key(referral: &ReferralRef, number: u64) -> Vec<u8> {
-    let mut key = referral_prefix(referral);
+    version_key(referral.as_str(), number)
+}
+
+/// [`referral_seq_key`] from the reference's text. Also the context a version's record and
+/// payload are sealed to in the PostgreSQL store, so sealed records move between the two.
+pub(in crate::store) fn version_key(referral: &str, number: u64) -> Vec<u8> {
+    let mut key = referral.as_bytes().to_vec();
+    key.push(0);
     key.extend_from_slice(&number.to_be_bytes());
     key
 }

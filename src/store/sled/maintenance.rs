@@ -15,6 +15,7 @@ use crate::domain::ReferralRef;
 use crate::store::deliveries::{ReferralRecord, VersionRecord};
 use crate::store::error::StoreError;
 use crate::store::maintenance::{MaintenanceStore, ModifiedBatch, StoreHealth};
+use crate::store::replicas::ReplicaStore;
 
 impl Open {
     /// Blocking: a range read of up to `limit` referrals.
@@ -162,6 +163,10 @@ fn mark_chunk(
         })
         .map_err(tx_error)
 }
+
+/// One process opens the embedded store: it shares nothing with replicas (the signing key is a
+/// file in the data dir, failed logins are counted in memory).
+impl ReplicaStore for SledStore {}
 
 #[async_trait]
 impl MaintenanceStore for SledStore {

@@ -44,14 +44,14 @@ mod deliveries;
 mod dir;
 mod feed;
 mod handle;
-mod keys;
+pub(super) mod keys;
 mod maintenance;
 mod open;
 mod options;
 mod outbox;
 mod recovery;
 mod rekey;
-mod trees;
+pub(super) mod trees;
 mod writer;
 
 pub use handle::SledStore;

@@ -19,12 +19,12 @@ pub(super) const SEAL_KEYS: &[u8] = b"seal_key_ids";
 
 /// Trees whose records hold patient data: sealed when a key is configured. Their names are
 /// part of each record's associated data.
-pub(super) const REFERRALS: &str = "referrals";
-pub(super) const VERSIONS: &str = "versions";
-pub(super) const PAYLOADS: &str = "payloads";
-pub(super) const UPDATES: &str = "updates";
+pub(in crate::store) const REFERRALS: &str = "referrals";
+pub(in crate::store) const VERSIONS: &str = "versions";
+pub(in crate::store) const PAYLOADS: &str = "payloads";
+pub(in crate::store) const UPDATES: &str = "updates";
 /// Task states hold appointment times.
-pub(super) const TASK_STATES: &str = "task_states";
+pub(in crate::store) const TASK_STATES: &str = "task_states";
 pub(super) const SEALED_TREES: [&str; 5] = [REFERRALS, VERSIONS, PAYLOADS, UPDATES, TASK_STATES];
 
 #[derive(Clone)]

@@ -76,7 +76,8 @@ pub async fn spawn_app_with(toml: &str) -> TestApp {
     let config = config(toml, dir.path());
     if super::postgres::postgres_backend() {
         let schema = super::postgres::Schema::new();
-        let store: Arc<dyn Store> = schema.store().await;
+        let keys = referral_relay::app::keyring(&config.storage).unwrap();
+        let store: Arc<dyn Store> = schema.store_with(keys.map(Arc::new)).await;
         let mut app = spawn_with_store(&config, store).await;
         app._dir = Some(dir);
         app._schema = super::postgres::SchemaGuard(Some(schema));

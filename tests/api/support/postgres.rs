@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use referral_relay::store::{PgOptions, PgStore};
+use referral_relay::store::{Keyring, PgOptions, PgStore};
 
 /// Which store `spawn_app*` runs the service on: `RELAY_TEST_BACKEND=postgres`, else sled.
 pub fn postgres_backend() -> bool {
@@ -44,10 +44,18 @@ impl Schema {
     }
 
     pub async fn store(&self) -> Arc<PgStore> {
+        self.store_with(None).await
+    }
+
+    /// A store on the schema sealing with `keys`.
+    pub async fn store_with(&self, keys: Option<Arc<Keyring>>) -> Arc<PgStore> {
         drop_stale_schemas().await;
-        PgStore::connect(&self.options())
-            .await
-            .unwrap_or_else(|e| panic!("PostgreSQL at {} is needed: {}", server_url(), e.chain()))
+        PgStore::connect(&PgOptions {
+            keys,
+            ..self.options()
+        })
+        .await
+        .unwrap_or_else(|e| panic!("PostgreSQL at {} is needed: {}", server_url(), e.chain()))
     }
 
     /// A plain client in the schema.
