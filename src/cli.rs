@@ -1,5 +1,6 @@
 //! The command line (clap): `serve`, and the commands ops run beside it: `healthcheck`,
-//! `check-config`, `check-site`, `export`, `audit`, `rekey`, `replay`. Commands that open the
+//! `check-config`, `check-site`, `export`, `audit`, `rekey`, `replay`, `migrate` (embedded
+//! store to PostgreSQL) and `migrate-schema`. Commands that open the
 //! data dir need the service stopped; `export` and `replay` can go through a running one.
 
 use std::net::SocketAddr;
@@ -102,7 +103,8 @@ enum Command {
         #[arg(long)]
         data_dir: Option<PathBuf>,
     },
-    /// Read or check the audit log (opens the data dir: stop the service first).
+    /// Read or check the audit log (the embedded store: stop the service first; PostgreSQL:
+    /// while replicas run).
     Audit {
         #[command(subcommand)]
         action: AuditAction,
@@ -121,6 +123,29 @@ enum Command {
         /// Data directory (overrides server.data_dir).
         #[arg(long)]
         data_dir: Option<PathBuf>,
+    },
+    /// Copy a stopped embedded store (the data dir) into PostgreSQL: referrals with every
+    /// version's bytes, the feed, the outbox, export marks, the audit chain and the token
+    /// signing key; sealed records stay sealed (no key needed). Safe to run again after an
+    /// interruption. Prints the rows on both sides.
+    Migrate {
+        /// The database: a libpq connection string or postgres:// URL.
+        #[arg(long, env = "RELAY_MIGRATE_TO", hide_env_values = true)]
+        to: String,
+        /// The schema to fill (default: storage.schema of the config, else public).
+        #[arg(long)]
+        schema: Option<String>,
+        #[arg(long, env = "RELAY_CONFIG")]
+        config: Option<PathBuf>,
+        /// Data directory (overrides server.data_dir).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+    /// Apply the PostgreSQL schema migrations this build knows (as `serve` does at start), then
+    /// list them. Needs storage.backend = postgres.
+    MigrateSchema {
+        #[arg(long, env = "RELAY_CONFIG")]
+        config: Option<PathBuf>,
     },
     /// Send a dead-lettered update again, through the running service's API.
     Replay {
@@ -319,7 +344,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     ..Overrides::default()
                 },
             )?;
-            let store = open_stopped(&config)?;
+            let store = open_store(&config, &runtime)?;
             let request = crate::export::ExportRequest {
                 filter,
                 mark_exported,
@@ -328,8 +353,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             };
             let progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
             let mut sink = crate::export::WriterSink::new(sink, progress);
-            let rows =
-                runtime.block_on(crate::export::export(&store, &request, |_| true, &mut sink))?;
+            let rows = runtime.block_on(crate::export::export(
+                &*store,
+                &request,
+                |_| true,
+                &mut sink,
+            ))?;
             eprintln!("exported {rows} referrals");
             Ok(())
         }
@@ -364,8 +393,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 ..Overrides::default()
             };
             let config = Config::load(config.as_deref(), &overrides)?;
-            let store = open_stopped(&config)?;
-            tokio::runtime::Runtime::new()?.block_on(async {
+            let runtime = tokio::runtime::Runtime::new()?;
+            let store = open_store(&config, &runtime)?;
+            runtime.block_on(async {
                 let mut entries = Vec::new();
                 let mut after = match &action {
                     AuditAction::List { after } => *after,
@@ -390,6 +420,71 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 }
                 anyhow::Ok(())
             })
+        }
+        Command::Migrate {
+            to,
+            schema,
+            config,
+            data_dir,
+        } => {
+            let overrides = Overrides {
+                data_dir,
+                ..Overrides::default()
+            };
+            let config = Config::load(config.as_deref(), &overrides)?;
+            telemetry::init(&config.log.level, config.log.format);
+            let options = crate::store::PgOptions {
+                schema: Some(schema.unwrap_or_else(|| config.storage.schema.clone())),
+                ..crate::store::PgOptions::new(to)
+            };
+            let dir = &config.server.data_dir;
+            let counts = tokio::runtime::Runtime::new()?
+                .block_on(crate::store::PgStore::import_sled(&options, dir))
+                .map_err(|e| match e {
+                    StoreError::InUse { .. } => {
+                        anyhow::anyhow!("{e}: stop the service before migrating its data dir")
+                    }
+                    e => anyhow::anyhow!("{}", e.chain()),
+                })?;
+            println!("{:<12} {:>12} {:>12}", "rows", "embedded", "postgresql");
+            for c in &counts {
+                println!("{:<12} {:>12} {:>12}", c.table, c.source, c.target);
+            }
+            if let Some(c) = counts.iter().find(|c| c.source != c.target) {
+                anyhow::bail!(
+                    "{} differs: {} in the data dir, {} in the database (did the database hold rows of its own?)",
+                    c.table,
+                    c.source,
+                    c.target
+                );
+            }
+            println!(
+                "copied {} into PostgreSQL; set storage.backend = \"postgres\" and start the service",
+                dir.display()
+            );
+            Ok(())
+        }
+        Command::MigrateSchema { config } => {
+            let config = Config::load(config.as_deref(), &Overrides::default())?;
+            telemetry::init(&config.log.level, config.log.format);
+            if config.storage.backend != crate::config::Backend::Postgres {
+                anyhow::bail!(
+                    "storage.backend is not postgres: the embedded store has no schema to migrate"
+                );
+            }
+            let options = crate::app::pg_options(&config.storage)?;
+            let migrations = tokio::runtime::Runtime::new()?
+                .block_on(crate::store::PgStore::migrate_schema(&options))
+                .map_err(|e| anyhow::anyhow!("{}", e.chain()))?;
+            for (version, name, now) in migrations {
+                let state = if now {
+                    "applied now"
+                } else {
+                    "already applied"
+                };
+                println!("{version:04} {name}: {state}");
+            }
+            Ok(())
         }
         Command::Replay { id, url, key } => {
             let url = format!("{}/api/v1/updates/{id}/replay", url.trim_end_matches('/'));
@@ -429,6 +524,23 @@ fn cli_actor() -> String {
     )
 }
 
+/// The configured store for a command that reads it directly: PostgreSQL (beside running
+/// replicas), or the embedded store's data dir (see [`open_stopped`]).
+fn open_store(
+    config: &Config,
+    runtime: &tokio::runtime::Runtime,
+) -> anyhow::Result<std::sync::Arc<dyn crate::store::Store>> {
+    if config.storage.backend == crate::config::Backend::Postgres {
+        telemetry::init(&config.log.level, config.log.format);
+        let options = crate::app::pg_options(&config.storage)?;
+        let store = runtime
+            .block_on(crate::store::PgStore::connect(&options))
+            .map_err(|e| anyhow::anyhow!("cannot open the PostgreSQL store: {}", e.chain()))?;
+        return Ok(store);
+    }
+    Ok(std::sync::Arc::new(open_stopped(config)?))
+}
+
 /// Opens the data dir for a command that reads it directly, saying what to do when a running
 /// service holds it.
 fn open_stopped(config: &Config) -> anyhow::Result<crate::store::SledStore> {
@@ -436,7 +548,7 @@ fn open_stopped(config: &Config) -> anyhow::Result<crate::store::SledStore> {
     telemetry::init(&config.log.level, config.log.format);
     if config.storage.backend == crate::config::Backend::Postgres {
         anyhow::bail!(
-            "this command reads the embedded store; with storage.backend = postgres, export and audit through the running service (--url and --key) or with PostgreSQL's own tools"
+            "this command works on the embedded store only; with storage.backend = postgres, use PostgreSQL's own tools"
         );
     }
     let options = crate::app::sled_options(&config.storage)?;

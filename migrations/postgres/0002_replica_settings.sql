@@ -18,3 +18,8 @@ CREATE TABLE login_failures (
     since    timestamptz NOT NULL
 );
 CREATE INDEX login_failures_by_since ON login_failures (since);
+
+-- The nanoseconds of an audit entry's time beyond the microseconds `timestamptz` keeps, for
+-- entries copied from the embedded store (which keeps nanoseconds, and each entry's hash covers
+-- them); NULL for entries written here.
+ALTER TABLE audit ADD COLUMN at_nanos integer;

@@ -14,7 +14,7 @@ mod replicas;
 mod seal;
 mod sled;
 
-pub use self::postgres::{MIGRATIONS as POSTGRES_MIGRATIONS, PgOptions, PgStore};
+pub use self::postgres::{MIGRATIONS as POSTGRES_MIGRATIONS, PgOptions, PgStore, TableCount};
 pub use self::sled::{SledOptions, SledStore};
 pub use audit::{AUDIT_GENESIS, AuditBreak, AuditEntry, AuditStore, verify_chain};
 pub use deliveries::{

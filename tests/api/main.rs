@@ -17,6 +17,7 @@ mod failures;
 mod fuzz;
 mod ingest;
 mod lifecycle;
+mod migrate;
 mod ops;
 mod outbound;
 mod postgres;

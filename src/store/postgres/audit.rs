@@ -27,10 +27,15 @@ pub(super) async fn insert(
         .get(0))
 }
 
+/// The columns [`entry`] reads.
+const COLUMNS: &str = "seq, at, action, actor, details, prev, hash, at_nanos";
+
 fn entry(row: &tokio_postgres::Row) -> AuditEntry {
+    let at: OffsetDateTime = row.get(1);
+    let nanos = row.get::<_, Option<i32>>(7).unwrap_or_default();
     AuditEntry {
         seq: to_u64(row.get(0)),
-        at: row.get(1),
+        at: at + time::Duration::nanoseconds(i64::from(nanos)),
         action: row.get(2),
         actor: row.get(3),
         details: row.get(4),
@@ -63,7 +68,10 @@ impl AuditStore for PgStore {
         let client = self.client().await?;
         let row = client
             .query_one(
-&client.prepare_cached("SELECT seq, at, action, actor, details, prev, hash FROM audit WHERE id = $1").await.map_err(db_error("preparing a statement"))?,
+                &client
+                    .prepare_cached(&format!("SELECT {COLUMNS} FROM audit WHERE id = $1"))
+                    .await
+                    .map_err(db_error("preparing a statement"))?,
                 &[&id],
             )
             .await
@@ -76,10 +84,9 @@ impl AuditStore for PgStore {
         Ok(client
             .query(
                 &client
-                    .prepare_cached(
-                        "SELECT seq, at, action, actor, details, prev, hash FROM audit
-                 WHERE seq > $1 ORDER BY seq LIMIT $2",
-                    )
+                    .prepare_cached(&format!(
+                        "SELECT {COLUMNS} FROM audit WHERE seq > $1 ORDER BY seq LIMIT $2"
+                    ))
                     .await
                     .map_err(db_error("preparing a statement"))?,
                 &[&to_i64(after), &to_i64(limit as u64)],

@@ -18,7 +18,7 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
     ),
 ];
 
-/// Applies the migrations not yet applied, in one transaction under the advisory lock `lock`
+/// Applies the migrations not yet applied (returns their versions), in one transaction under the advisory lock `lock`
 /// (the same in every replica: two processes starting at once migrate one at a time).
 ///
 /// # Errors
@@ -27,7 +27,7 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
 pub(super) async fn apply(
     client: &mut tokio_postgres::Client,
     lock: i64,
-) -> Result<(), StoreError> {
+) -> Result<Vec<i32>, StoreError> {
     let tx = client
         .transaction()
         .await
@@ -62,10 +62,12 @@ pub(super) async fn apply(
             "the database has schema migration {unknown}, which this build does not know: a newer referral-relay migrated it"
         )));
     }
+    let mut now = Vec::new();
     for (version, name, sql) in MIGRATIONS {
         if applied.contains(version) {
             continue;
         }
+        now.push(*version);
         tx.batch_execute(sql)
             .await
             .map_err(db_error("applying a schema migration"))?;
@@ -79,5 +81,6 @@ pub(super) async fn apply(
     }
     tx.commit()
         .await
-        .map_err(db_error("committing the migration"))
+        .map_err(db_error("committing the migration"))?;
+    Ok(now)
 }

@@ -14,6 +14,7 @@
 mod audit;
 mod deliveries;
 mod feed;
+mod import;
 mod listener;
 mod maintenance;
 mod migrate;
@@ -33,6 +34,7 @@ use super::error::StoreError;
 use super::seal::Keyring;
 use super::sled::codec::Codec;
 
+pub use import::TableCount;
 pub use migrate::MIGRATIONS;
 
 /// How to reach the database. Its `Debug` leaves the URL out (it may hold a password).
@@ -146,6 +148,56 @@ fn publish(feed: &watch::Sender<u64>, seq: u64) {
     });
 }
 
+/// The connection settings every connection of `options` uses, and its schema, which is
+/// created if missing (on a connection of its own).
+async fn session_config(
+    options: &PgOptions,
+) -> Result<(tokio_postgres::Config, String), StoreError> {
+    let mut config: tokio_postgres::Config = options.url.parse().map_err(|e| {
+        StoreError::failed("storage.url is not a PostgreSQL connection string").caused_by(e)
+    })?;
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(Duration::from_secs(10));
+    }
+    let schema = options.schema.clone().unwrap_or_else(|| "public".into());
+    if !schema
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '_')
+        || schema.is_empty()
+        || schema.len() > 50
+    {
+        return Err(StoreError::failed(
+            "storage.schema must be 1 to 50 ASCII letters, digits or _",
+        ));
+    }
+    // Every connection works in the schema (created first, on a connection of its own).
+    {
+        let (client, connection) = config
+            .connect(NoTls)
+            .await
+            .map_err(db_error("connecting"))?;
+        let driver = tokio::spawn(connection);
+        client
+            .batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\""))
+            .await
+            .map_err(db_error("creating the schema"))?;
+        drop(client);
+        let _ = driver.await;
+    }
+    // Every connection works in the schema, waits at most 30 s for a lock, and is not left
+    // idle in a transaction for more than a minute (a frozen replica cannot hold the
+    // sequencer's lock for long). Options from the URL are kept.
+    let ours = format!(
+        "-c search_path=\"{schema}\" -c lock_timeout=30000 -c idle_in_transaction_session_timeout=60000"
+    );
+    let combined = match config.get_options() {
+        Some(theirs) if !theirs.trim().is_empty() => format!("{theirs} {ours}"),
+        _ => ours,
+    };
+    config.options(combined);
+    Ok((config, schema))
+}
+
 pub(super) fn pool_error(e: deadpool_postgres::PoolError) -> StoreError {
     StoreError::unavailable("PostgreSQL: no connection").caused_by(e)
 }
@@ -158,49 +210,7 @@ impl PgStore {
     /// `Unavailable` when the database cannot be reached or a migration fails; `Failed` when the
     /// URL does not parse or the schema is newer than this build.
     pub async fn connect(options: &PgOptions) -> Result<Arc<Self>, StoreError> {
-        let mut config: tokio_postgres::Config = options.url.parse().map_err(|e| {
-            StoreError::failed("storage.url is not a PostgreSQL connection string").caused_by(e)
-        })?;
-        if config.get_connect_timeout().is_none() {
-            config.connect_timeout(Duration::from_secs(10));
-        }
-        let schema = options.schema.clone().unwrap_or_else(|| "public".into());
-        if !schema
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_')
-            || schema.is_empty()
-            || schema.len() > 50
-        {
-            return Err(StoreError::failed(
-                "storage.schema must be 1 to 50 ASCII letters, digits or _",
-            ));
-        }
-        // Every connection works in the schema (created first, on a connection of its own).
-        {
-            let (client, connection) = config
-                .connect(NoTls)
-                .await
-                .map_err(db_error("connecting"))?;
-            let driver = tokio::spawn(connection);
-            client
-                .batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\""))
-                .await
-                .map_err(db_error("creating the schema"))?;
-            drop(client);
-            let _ = driver.await;
-        }
-        // Every connection works in the schema, waits at most 30 s for a lock, and is not left
-        // idle in a transaction for more than a minute (a frozen replica cannot hold the
-        // sequencer's lock for long). Options from the URL are kept.
-        let ours = format!(
-            "-c search_path=\"{schema}\" -c lock_timeout=30000 -c idle_in_transaction_session_timeout=60000"
-        );
-        let combined = match config.get_options() {
-            Some(theirs) if !theirs.trim().is_empty() => format!("{theirs} {ours}"),
-            _ => ours,
-        };
-        config.options(combined);
-
+        let (config, schema) = session_config(options).await?;
         let manager = Manager::from_config(
             config.clone(),
             NoTls,
@@ -244,6 +254,8 @@ impl PgStore {
         };
         // Whatever a replica left unsequenced (killed between its commit and its run) goes now.
         store.sequence().await?;
+        // Updates copied sealed by `migrate` get their state columns, now that the key is here.
+        import::settle_migrated_updates(&store).await?;
         let store = Arc::new_cyclic(|weak: &std::sync::Weak<Self>| {
             store.tasks.push(listener::spawn(
                 config,
@@ -264,6 +276,31 @@ impl PgStore {
 
     async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
         self.pool.get().await.map_err(pool_error)
+    }
+
+    /// Applies the schema migrations this build knows that the database lacks (what
+    /// [`PgStore::connect`] does first), and nothing else: `referral-relay migrate-schema`.
+    /// Returns every migration this build knows, each with whether it was applied now.
+    ///
+    /// # Errors
+    /// As [`PgStore::connect`].
+    pub async fn migrate_schema(
+        options: &PgOptions,
+    ) -> Result<Vec<(i32, &'static str, bool)>, StoreError> {
+        let (config, schema) = session_config(options).await?;
+        let (mut client, connection) = config
+            .connect(NoTls)
+            .await
+            .map_err(db_error("connecting"))?;
+        let driver = tokio::spawn(connection);
+        let applied = migrate::apply(&mut client, advisory_key("migrations", &schema)).await;
+        drop(client);
+        let _ = driver.await;
+        let applied = applied?;
+        Ok(MIGRATIONS
+            .iter()
+            .map(|(version, name, _)| (*version, *name, applied.contains(version)))
+            .collect())
     }
 
     /// Publishes `seq` as sequenced.

@@ -11,7 +11,7 @@ use crate::store::error::StoreError;
 use crate::store::outbox::{OutboxStore, TaskState, UpdateRecord, UpdateState};
 
 /// The stored name of a state (as serde writes it).
-fn state_name(state: UpdateState) -> &'static str {
+pub(super) fn state_name(state: UpdateState) -> &'static str {
     match state {
         UpdateState::Pending => "pending",
         UpdateState::Delivered => "delivered",

@@ -19,6 +19,17 @@ use crate::store::sled::trees::{PAYLOADS, REFERRALS, TASK_STATES, UPDATES, VERSI
 
 /// The context of a setting in `relay_settings` (no tree of the embedded store holds them).
 const SETTINGS: &str = "relay_settings";
+/// First byte of a setting stored unsealed.
+const PLAIN_SETTING: u8 = 0;
+
+/// A setting stored unsealed.
+pub(super) fn plain_setting(value: &[u8]) -> Vec<u8> {
+    let mut stored = Vec::with_capacity(1 + value.len());
+    stored.push(PLAIN_SETTING);
+    stored.extend_from_slice(value);
+    stored
+}
+
 /// The setting listing the id of every key that ever sealed a record here, 8 bytes each (as
 /// the embedded store's `seal_key_ids`, which `migrate` copies here).
 pub(in crate::store) const SEAL_KEY_IDS: &str = "seal_key_ids";
@@ -187,15 +198,24 @@ impl PgStore {
         self.decode(TASK_STATES, referral.as_bytes(), stored)
     }
 
-    /// A secret setting (the token signing key), sealed like patient data.
+    /// A secret setting (the token signing key), sealed like patient data; without a key,
+    /// [`PLAIN_SETTING`] and the bytes (a random key may start with any byte, even the one
+    /// that marks sealed records).
     pub(super) fn seal_setting(&self, name: &str, value: &[u8]) -> Result<Vec<u8>, StoreError> {
-        self.codec.seal(SETTINGS, name.as_bytes(), value)
+        if self.codec.0.is_some() {
+            self.codec.seal(SETTINGS, name.as_bytes(), value)
+        } else {
+            Ok(plain_setting(value))
+        }
     }
 
     pub(super) fn open_setting(&self, name: &str, stored: &[u8]) -> Result<Vec<u8>, StoreError> {
-        Ok(self
-            .codec
-            .open(SETTINGS, name.as_bytes(), stored)?
-            .into_owned())
+        match stored.split_first() {
+            Some((&PLAIN_SETTING, value)) => Ok(value.to_vec()),
+            _ => Ok(self
+                .codec
+                .open(SETTINGS, name.as_bytes(), stored)?
+                .into_owned()),
+        }
     }
 }

@@ -19,9 +19,9 @@ use crate::store::feed::EventRecord;
 
 /// What the dedup tree remembers about a delivery.
 #[derive(Serialize, Deserialize)]
-struct DeliveryRef {
-    referral: ReferralRef,
-    version: u64,
+pub(in crate::store) struct DeliveryRef {
+    pub(in crate::store) referral: ReferralRef,
+    pub(in crate::store) version: u64,
 }
 
 /// The trees a delivery writes, inside one transaction.

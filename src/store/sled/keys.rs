@@ -32,7 +32,7 @@ pub(super) fn micros(at: OffsetDateTime) -> u64 {
     u64::try_from(at.unix_timestamp_nanos() / 1000).unwrap_or(0)
 }
 
-pub(super) fn from_micros(micros: u64) -> OffsetDateTime {
+pub(in crate::store) fn from_micros(micros: u64) -> OffsetDateTime {
     OffsetDateTime::from_unix_timestamp_nanos(i128::from(micros) * 1000)
         .unwrap_or(OffsetDateTime::UNIX_EPOCH)
 }

@@ -37,7 +37,7 @@
 //! transactional writes of deliveries and audit entries the writer applies, [`options`] how the
 //! store is opened.
 
-mod apply;
+pub(super) mod apply;
 mod audit;
 pub(super) mod codec;
 mod deliveries;
@@ -51,6 +51,7 @@ mod options;
 mod outbox;
 mod recovery;
 mod rekey;
+pub(super) mod stopped;
 pub(super) mod trees;
 mod writer;
 

@@ -11,11 +11,11 @@ pub(super) const LAST_RECEIVED: &[u8] = b"last_received_micros";
 pub(super) const UPDATE_SEQ: &[u8] = b"update_seq";
 /// Set once `referral_updates` indexes every update (stores written before the index existed
 /// are indexed when first opened).
-pub(super) const REFERRAL_UPDATES_INDEXED: &[u8] = b"referral_updates_indexed";
+pub(in crate::store) const REFERRAL_UPDATES_INDEXED: &[u8] = b"referral_updates_indexed";
 pub(super) const AUDIT_HEAD: &[u8] = b"audit_head";
 
 /// `meta` key: the ids of every key that has sealed records in this store (8 bytes each).
-pub(super) const SEAL_KEYS: &[u8] = b"seal_key_ids";
+pub(in crate::store) const SEAL_KEYS: &[u8] = b"seal_key_ids";
 
 /// Trees whose records hold patient data: sealed when a key is configured. Their names are
 /// part of each record's associated data.
@@ -28,19 +28,19 @@ pub(in crate::store) const TASK_STATES: &str = "task_states";
 pub(super) const SEALED_TREES: [&str; 5] = [REFERRALS, VERSIONS, PAYLOADS, UPDATES, TASK_STATES];
 
 #[derive(Clone)]
-pub(super) struct Trees {
-    pub(super) referrals: sled::Tree,
-    pub(super) versions: sled::Tree,
-    pub(super) payloads: sled::Tree,
-    pub(super) deliveries: sled::Tree,
-    pub(super) events: sled::Tree,
-    pub(super) by_modified: sled::Tree,
-    pub(super) meta: sled::Tree,
-    pub(super) updates: sled::Tree,
-    pub(super) open_updates: sled::Tree,
-    pub(super) referral_updates: sled::Tree,
-    pub(super) task_states: sled::Tree,
-    pub(super) audit: sled::Tree,
+pub(in crate::store) struct Trees {
+    pub(in crate::store) referrals: sled::Tree,
+    pub(in crate::store) versions: sled::Tree,
+    pub(in crate::store) payloads: sled::Tree,
+    pub(in crate::store) deliveries: sled::Tree,
+    pub(in crate::store) events: sled::Tree,
+    pub(in crate::store) by_modified: sled::Tree,
+    pub(in crate::store) meta: sled::Tree,
+    pub(in crate::store) updates: sled::Tree,
+    pub(in crate::store) open_updates: sled::Tree,
+    pub(in crate::store) referral_updates: sled::Tree,
+    pub(in crate::store) task_states: sled::Tree,
+    pub(in crate::store) audit: sled::Tree,
 }
 
 impl Trees {

@@ -1,0 +1,537 @@
+//! `referral-relay migrate --to postgres://…`: copies a stopped embedded store into PostgreSQL.
+//!
+//! Every record is copied as stored: a sealed record stays sealed, bound to the same context it
+//! has in the embedded store (see [`records`](super::records)), so no key is needed here and the
+//! service opens it with its key. What PostgreSQL keeps in columns is read from the embedded
+//! store's indexes, never from a sealed record: a referral's latest version from `versions`,
+//! its modification time from `by_modified`, an update's referral from `referral_updates`. An
+//! update's state is inside its record: a sealed update is written with the state
+//! [`MIGRATED`], which the first replica started with the key replaces by the real one
+//! ([`settle_migrated_updates`]).
+//!
+//! Feed positions, audit sequence numbers and update ids keep their values (they are the row
+//! ids too), so the feed a consumer follows and the audit chain continue unchanged. Every row is
+//! inserted with `ON CONFLICT DO NOTHING` in transactions of [`CHUNK`] rows: an interrupted
+//! run is finished by running it again. A database already holding referrals from elsewhere is
+//! refused.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use time::OffsetDateTime;
+
+use super::deliveries::to_i64;
+use super::records::{SEAL_KEY_IDS, plain_setting};
+use super::replicas::SIGNING_KEY;
+use super::{PgOptions, PgStore, advisory_key, db_error, migrate, session_config};
+use crate::store::audit::AuditEntry;
+use crate::store::error::StoreError;
+use crate::store::feed::EventRecord;
+use crate::store::outbox::UpdateRecord;
+use crate::store::seal::sealed_key_id;
+use crate::store::sled::apply::DeliveryRef;
+use crate::store::sled::keys::from_micros;
+use crate::store::sled::stopped::Stopped;
+use crate::store::sled::trees::{REFERRAL_UPDATES_INDEXED, SEAL_KEYS};
+
+/// Rows per transaction.
+const CHUNK: usize = 500;
+/// The state column of an update copied sealed, until a replica with the key reads its state.
+pub(super) const MIGRATED: &str = "migrated";
+/// The setting naming the data dir a database was filled from.
+const MIGRATED_FROM: &str = "migrated_from";
+/// The file in a data dir holding the generated token signing key.
+const KEY_FILE: &str = crate::auth::token::KEY_FILE;
+
+/// Rows of one kind: how many the embedded store holds, and how many the database holds after
+/// the copy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableCount {
+    /// The PostgreSQL table (the embedded store's tree has the same name).
+    pub table: &'static str,
+    pub source: u64,
+    pub target: u64,
+}
+
+type Row = Vec<Box<dyn tokio_postgres::types::ToSql + Sync + Send>>;
+
+fn bad(what: &str) -> StoreError {
+    StoreError::corrupt(format!(
+        "the embedded store holds a malformed {what}; nothing after it was copied"
+    ))
+}
+
+fn text(bytes: &[u8], what: &str) -> Result<String, StoreError> {
+    String::from_utf8(bytes.to_vec()).map_err(|_| bad(what))
+}
+
+/// A key of `versions` or `payloads`: referral, NUL, version (u64 BE).
+fn version_key(key: &[u8]) -> Result<(String, u64), StoreError> {
+    let (referral, number) = key
+        .split_last_chunk::<8>()
+        .and_then(|(head, n)| Some((head.strip_suffix(&[0])?, n)))
+        .ok_or_else(|| bad("version key"))?;
+    Ok((text(referral, "version key")?, u64::from_be_bytes(*number)))
+}
+
+fn sled_error(e: sled::Error) -> StoreError {
+    StoreError::unavailable("reading the embedded store").caused_by(e)
+}
+
+/// The copy's transactions.
+struct Copier<'a> {
+    client: &'a mut tokio_postgres::Client,
+}
+
+impl Copier<'_> {
+    /// Inserts `rows` with `sql` (its `$n` the row's values), ignoring rows already there.
+    async fn insert(&mut self, sql: &str, rows: &[Row]) -> Result<(), StoreError> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let tx = self
+            .client
+            .transaction()
+            .await
+            .map_err(db_error("starting a copy"))?;
+        let statement = tx
+            .prepare(sql)
+            .await
+            .map_err(db_error("preparing a statement"))?;
+        for row in rows {
+            let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = row
+                .iter()
+                .map(|v| v.as_ref() as &(dyn tokio_postgres::types::ToSql + Sync))
+                .collect();
+            tx.execute(&statement, &params)
+                .await
+                .map_err(db_error("copying a row"))?;
+        }
+        tx.commit().await.map_err(db_error("committing a copy"))
+    }
+
+    /// Copies every item of `tree`, made into a row by `row` (`None` skips it), `CHUNK` at a
+    /// time; returns how many items the tree holds.
+    async fn tree(
+        &mut self,
+        tree: &sled::Tree,
+        sql: &str,
+        mut row: impl FnMut(&[u8], &[u8]) -> Result<Option<Row>, StoreError>,
+    ) -> Result<u64, StoreError> {
+        let mut rows = Vec::with_capacity(CHUNK);
+        let mut count = 0;
+        for item in tree.iter() {
+            let (key, value) = item.map_err(sled_error)?;
+            count += 1;
+            if let Some(r) = row(&key, &value)? {
+                rows.push(r);
+            }
+            if rows.len() == CHUNK {
+                self.insert(sql, &rows).await?;
+                rows.clear();
+            }
+        }
+        self.insert(sql, &rows).await?;
+        Ok(count)
+    }
+
+    async fn count(&mut self, table: &str) -> Result<u64, StoreError> {
+        let n: i64 = self
+            .client
+            .query_one(&format!("SELECT count(*) FROM {table}"), &[])
+            .await
+            .map_err(db_error("counting rows"))?
+            .get(0);
+        Ok(u64::try_from(n).unwrap_or_default())
+    }
+}
+
+impl PgStore {
+    /// Copies the stopped embedded store in `data_dir` into the database `options` names (its
+    /// schema migrated first), as the module documentation describes. Returns the rows of each
+    /// kind on both sides.
+    ///
+    /// # Errors
+    /// `InUse` while a service holds `data_dir`; `Failed` when it holds no store, or the
+    /// database already holds referrals that did not come from it; `Corrupt` for a record the
+    /// embedded store cannot have written; `Unavailable` when the database refuses.
+    pub async fn import_sled(
+        options: &PgOptions,
+        data_dir: &Path,
+    ) -> Result<Vec<TableCount>, StoreError> {
+        let source = Stopped::open(data_dir)?;
+        let t = &source.trees;
+        if !t.updates.is_empty()
+            && t.meta
+                .get(REFERRAL_UPDATES_INDEXED)
+                .map_err(sled_error)?
+                .is_none()
+        {
+            return Err(StoreError::failed(
+                "this data dir was written by an older referral-relay: start this version's service on it once, stop it, then migrate",
+            ));
+        }
+        let (config, schema) = session_config(options).await?;
+        let (mut client, connection) = config
+            .connect(tokio_postgres::NoTls)
+            .await
+            .map_err(db_error("connecting"))?;
+        let driver = tokio::spawn(connection);
+        migrate::apply(&mut client, advisory_key("migrations", &schema)).await?;
+        let counts = copy_all(
+            &mut Copier {
+                client: &mut client,
+            },
+            t,
+            data_dir,
+        )
+        .await;
+        drop(client);
+        let _ = driver.await;
+        counts
+    }
+}
+
+async fn copy_all(
+    copy: &mut Copier<'_>,
+    t: &crate::store::sled::trees::Trees,
+    data_dir: &Path,
+) -> Result<Vec<TableCount>, StoreError> {
+    claim(copy, data_dir).await?;
+
+    // What the columns need, from the indexes.
+    let mut modified: HashMap<String, OffsetDateTime> = HashMap::new();
+    for item in t.by_modified.iter() {
+        let (key, _) = item.map_err(sled_error)?;
+        let (micros, referral) = key
+            .split_first_chunk::<8>()
+            .and_then(|(m, rest)| Some((m, rest.strip_prefix(&[0])?)))
+            .ok_or_else(|| bad("modification index key"))?;
+        let at = from_micros(u64::from_be_bytes(*micros));
+        let referral = text(referral, "modification index key")?;
+        let latest = modified.entry(referral).or_insert(at);
+        *latest = (*latest).max(at);
+    }
+    let mut latest: HashMap<String, u64> = HashMap::new();
+    for item in t.versions.iter() {
+        let (key, _) = item.map_err(sled_error)?;
+        let (referral, version) = version_key(&key)?;
+        let v = latest.entry(referral).or_default();
+        *v = (*v).max(version);
+    }
+    let mut event_of: HashMap<(String, u64), i64> = HashMap::new();
+    for item in t.events.iter() {
+        let (_, value) = item.map_err(sled_error)?;
+        let event: EventRecord = serde_json::from_slice(&value).map_err(|_| bad("feed event"))?;
+        event_of.insert(
+            (event.referral.as_str().to_owned(), event.version),
+            to_i64(event.seq),
+        );
+    }
+    let mut referral_of_update: HashMap<u64, String> = HashMap::new();
+    for item in t.referral_updates.iter() {
+        let (key, _) = item.map_err(sled_error)?;
+        let (referral, id) = version_key(&key)?;
+        referral_of_update.insert(id, referral);
+    }
+
+    let mut counts = Vec::new();
+    let referrals = copy
+        .tree(
+            &t.referrals,
+            "INSERT INTO referrals (referral, version, modified_at, record) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (referral) DO NOTHING",
+            |key, value| {
+                let referral = text(key, "referral key")?;
+                let version = *latest
+                    .get(&referral)
+                    .ok_or_else(|| bad("referral without versions"))?;
+                let at = *modified
+                    .get(&referral)
+                    .ok_or_else(|| bad("referral without a modification time"))?;
+                Ok(Some(vec![
+                    Box::new(referral),
+                    Box::new(to_i64(version)),
+                    Box::new(at),
+                    Box::new(value.to_vec()),
+                ]))
+            },
+        )
+        .await?;
+    counts.push(("referrals", referrals));
+    let events = copy
+        .tree(
+            &t.events,
+            "INSERT INTO events (id, seq, referral, version, event, service_id, received_at)
+             VALUES ($1, $1, $2, $3, $4, $5, $6) ON CONFLICT (id) DO NOTHING",
+            |_, value| {
+                let e: EventRecord =
+                    serde_json::from_slice(value).map_err(|_| bad("feed event"))?;
+                Ok(Some(vec![
+                    Box::new(to_i64(e.seq)),
+                    Box::new(e.referral.as_str().to_owned()),
+                    Box::new(to_i64(e.version)),
+                    Box::new(e.event.as_str().to_owned()),
+                    Box::new(e.service_id.map(|s| s.as_str().to_owned())),
+                    Box::new(e.received_at),
+                ]))
+            },
+        )
+        .await?;
+    counts.push(("events", events));
+    let versions = copy
+        .tree(
+            &t.versions,
+            "INSERT INTO versions (referral, version, event_id, record, payload) VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (referral, version) DO NOTHING",
+            |key, value| {
+                let (referral, version) = version_key(key)?;
+                let event = *event_of
+                    .get(&(referral.clone(), version))
+                    .ok_or_else(|| bad("version without its feed event"))?;
+                // Purged by retention: no payload.
+                let payload = t.payloads.get(key).map_err(sled_error)?.map(|p| p.to_vec());
+                Ok(Some(vec![Box::new(referral), Box::new(to_i64(version)), Box::new(event), Box::new(value.to_vec()), Box::new(payload)]))
+            },
+        )
+        .await?;
+    counts.push(("versions", versions));
+    let deliveries = copy
+        .tree(
+            &t.deliveries,
+            "INSERT INTO deliveries (dedup_key, referral, version) VALUES ($1, $2, $3)
+             ON CONFLICT (dedup_key) DO NOTHING",
+            |key, value| {
+                let d: DeliveryRef = serde_json::from_slice(value).map_err(|_| bad("delivery"))?;
+                Ok(Some(vec![
+                    Box::new(crate::store::sha256_hex(key)),
+                    Box::new(d.referral.as_str().to_owned()),
+                    Box::new(to_i64(d.version)),
+                ]))
+            },
+        )
+        .await?;
+    counts.push(("deliveries", deliveries));
+    let audit = copy
+        .tree(
+            &t.audit,
+            "INSERT INTO audit (id, seq, at, action, actor, details, prev, hash, at_nanos)
+             VALUES ($1, $1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (id) DO NOTHING",
+            |_, value| {
+                let e: AuditEntry =
+                    serde_json::from_slice(value).map_err(|_| bad("audit entry"))?;
+                // timestamptz keeps microseconds; the rest is kept beside it (the hash covers it).
+                let nanos = i32::try_from(e.at.nanosecond() % 1000).unwrap_or_default();
+                let at = e.at - time::Duration::nanoseconds(i64::from(nanos));
+                Ok(Some(vec![
+                    Box::new(to_i64(e.seq)),
+                    Box::new(at),
+                    Box::new(e.action),
+                    Box::new(e.actor),
+                    Box::new(e.details),
+                    Box::new(e.prev),
+                    Box::new(e.hash),
+                    Box::new((nanos != 0).then_some(nanos)),
+                ]))
+            },
+        )
+        .await?;
+    counts.push(("audit", audit));
+    let updates = copy
+        .tree(
+            &t.updates,
+            "INSERT INTO updates (id, referral, state, record) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (id) DO NOTHING",
+            |key, value| {
+                let id = u64::from_be_bytes(key.try_into().map_err(|_| bad("update key"))?);
+                let (referral, state) = if sealed_key_id(value).is_some() {
+                    let referral = referral_of_update
+                        .get(&id)
+                        .cloned()
+                        .ok_or_else(|| bad("update missing from its referral's index"))?;
+                    (referral, MIGRATED.to_owned())
+                } else {
+                    let u: UpdateRecord =
+                        serde_json::from_slice(value).map_err(|_| bad("update"))?;
+                    (
+                        u.referral.as_str().to_owned(),
+                        super::outbox::state_name(u.state).to_owned(),
+                    )
+                };
+                Ok(Some(vec![
+                    Box::new(to_i64(id)),
+                    Box::new(referral),
+                    Box::new(state),
+                    Box::new(value.to_vec()),
+                ]))
+            },
+        )
+        .await?;
+    counts.push(("updates", updates));
+    let task_states = copy
+        .tree(
+            &t.task_states,
+            "INSERT INTO task_states (referral, record) VALUES ($1, $2) ON CONFLICT (referral) DO NOTHING",
+            |key, value| Ok(Some(vec![Box::new(text(key, "Task state key")?), Box::new(value.to_vec())])),
+        )
+        .await?;
+    counts.push(("task_states", task_states));
+
+    settings(copy, t, data_dir).await?;
+    // New rows continue after the copied ids.
+    copy.client
+        .batch_execute(
+            "SELECT setval(pg_get_serial_sequence('events', 'id'), GREATEST((SELECT max(id) FROM events), 1));
+             SELECT setval(pg_get_serial_sequence('audit', 'id'), GREATEST((SELECT max(id) FROM audit), 1));
+             SELECT setval(pg_get_serial_sequence('updates', 'id'), GREATEST((SELECT max(id) FROM updates), 1));",
+        )
+        .await
+        .map_err(db_error("moving the id sequences"))?;
+
+    let mut out = Vec::new();
+    for (table, source) in counts {
+        out.push(TableCount {
+            table,
+            source,
+            target: copy.count(table).await?,
+        });
+    }
+    Ok(out)
+}
+
+/// Marks the database as filled from `data_dir`, or refuses one that already holds referrals
+/// from elsewhere (a re-run after an interruption finds its own mark).
+async fn claim(copy: &mut Copier<'_>, data_dir: &Path) -> Result<(), StoreError> {
+    let from = std::fs::canonicalize(data_dir)
+        .unwrap_or_else(|_| data_dir.to_path_buf())
+        .display()
+        .to_string();
+    let tx = copy
+        .client
+        .transaction()
+        .await
+        .map_err(db_error("starting the copy"))?;
+    let mark: Option<Vec<u8>> = tx
+        .query_opt(
+            "SELECT value FROM relay_settings WHERE name = $1 FOR UPDATE",
+            &[&MIGRATED_FROM],
+        )
+        .await
+        .map_err(db_error("reading the migration mark"))?
+        .map(|row| row.get(0));
+    let holds: bool = tx
+        .query_one("SELECT EXISTS (SELECT 1 FROM referrals)", &[])
+        .await
+        .map_err(db_error("looking for referrals"))?
+        .get(0);
+    match mark {
+        Some(mark) if mark != from.as_bytes() => {
+            return Err(StoreError::failed(format!(
+                "this database was filled from another data dir ({}); migrate into an empty database or schema",
+                String::from_utf8_lossy(&mark)
+            )));
+        }
+        None if holds => {
+            return Err(StoreError::failed(
+                "this database already holds referrals; migrate into an empty database or schema",
+            ));
+        }
+        Some(_) => {}
+        None => {
+            tx.execute(
+                "INSERT INTO relay_settings (name, value) VALUES ($1, $2)",
+                &[&MIGRATED_FROM, &from.as_bytes()],
+            )
+            .await
+            .map_err(db_error("marking the migration"))?;
+        }
+    }
+    tx.commit()
+        .await
+        .map_err(db_error("committing the migration mark"))
+}
+
+/// The ids of the keys that sealed records (merged with any already listed), and the generated
+/// token signing key, so tokens issued before the move stay valid.
+async fn settings(
+    copy: &mut Copier<'_>,
+    t: &crate::store::sled::trees::Trees,
+    data_dir: &Path,
+) -> Result<(), StoreError> {
+    let tx = copy
+        .client
+        .transaction()
+        .await
+        .map_err(db_error("starting the settings copy"))?;
+    if let Some(ids) = t.meta.get(SEAL_KEYS).map_err(sled_error)? {
+        tx.execute(
+            "INSERT INTO relay_settings (name, value) VALUES ($1, ''::bytea) ON CONFLICT (name) DO NOTHING",
+            &[&SEAL_KEY_IDS],
+        )
+        .await
+        .map_err(db_error("listing the sealing keys"))?;
+        let listed: Vec<u8> = tx
+            .query_one(
+                "SELECT value FROM relay_settings WHERE name = $1 FOR UPDATE",
+                &[&SEAL_KEY_IDS],
+            )
+            .await
+            .map_err(db_error("reading the sealing keys"))?
+            .get(0);
+        let mut merged: Vec<&[u8]> = listed.chunks_exact(8).collect();
+        for id in ids.chunks_exact(8) {
+            if !merged.contains(&id) {
+                merged.push(id);
+            }
+        }
+        tx.execute(
+            "UPDATE relay_settings SET value = $2 WHERE name = $1",
+            &[&SEAL_KEY_IDS, &merged.concat()],
+        )
+        .await
+        .map_err(db_error("listing the sealing keys"))?;
+    }
+    let key_file = data_dir.join(KEY_FILE);
+    if let Ok(text) = std::fs::read_to_string(&key_file) {
+        use base64::Engine;
+        let key = base64::engine::general_purpose::STANDARD
+            .decode(text.trim())
+            .map_err(|_| {
+                StoreError::failed(format!("{} is not valid base64", key_file.display()))
+            })?;
+        tx.execute(
+            "INSERT INTO relay_settings (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
+            &[&SIGNING_KEY, &plain_setting(&key)],
+        )
+        .await
+        .map_err(db_error("copying the signing key"))?;
+    }
+    tx.commit()
+        .await
+        .map_err(db_error("committing the settings copy"))
+}
+
+/// Gives each update copied sealed ([`MIGRATED`]) its state, read from its record: run by
+/// every replica at start, after the key check (a store holding sealed records has the key).
+pub(super) async fn settle_migrated_updates(store: &PgStore) -> Result<(), StoreError> {
+    let client = store.client().await?;
+    let rows = client
+        .query(
+            "SELECT id, record FROM updates WHERE state = $1",
+            &[&MIGRATED],
+        )
+        .await
+        .map_err(db_error("reading migrated updates"))?;
+    for row in &rows {
+        let id: i64 = row.get(0);
+        let update = store.open_update(u64::try_from(id).unwrap_or_default(), row.get(1))?;
+        client
+            .execute(
+                "UPDATE updates SET state = $2 WHERE id = $1 AND state = $3",
+                &[&id, &super::outbox::state_name(update.state), &MIGRATED],
+            )
+            .await
+            .map_err(db_error("settling a migrated update"))?;
+    }
+    Ok(())
+}
