@@ -56,6 +56,8 @@ impl Application {
             tracing::info!("storage.encryption_key is not set: patient data is stored unencrypted");
         }
         let store = SledStore::open_opts(&config.server.data_dir, options)?;
+        // Snapshots of backups a stopped service left behind.
+        crate::backup::remove_leftovers(&config.server.data_dir);
         Self::build_with_store(config, Arc::new(store)).await
     }
 

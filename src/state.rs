@@ -78,6 +78,8 @@ pub struct AppState {
     /// Bytes of request bodies held before their sender is authenticated.
     pub unauthenticated: Arc<Budget>,
     trusted_proxies: Arc<Vec<ipnet::IpNet>>,
+    /// One permit: backups of the whole store are taken one at a time.
+    pub backups: Arc<tokio::sync::Semaphore>,
 }
 
 impl AppState {
@@ -172,6 +174,7 @@ impl AppState {
                 config.server.max_body_bytes.saturating_mul(2),
             ),
             trusted_proxies: Arc::new(config.server.trusted_proxies.clone()),
+            backups: Arc::new(tokio::sync::Semaphore::new(1)),
         })
     }
 

@@ -23,7 +23,7 @@ pub use deliveries::{
 };
 pub use error::{Cause, StoreError};
 pub use feed::{ChangedReferrals, EventRecord, FeedStore};
-pub use maintenance::{MaintenanceStore, ModifiedBatch, StoreHealth};
+pub use maintenance::{MaintenanceStore, ModifiedBatch, SnapshotInfo, StoreHealth};
 pub use outbox::{AppointmentSlot, OutboxStore, TaskState, UpdateKind, UpdateRecord, UpdateState};
 pub use replicas::{LoginFailures, ReplicaStore};
 pub use seal::Keyring;

@@ -6,6 +6,7 @@ mod at_rest;
 mod audit;
 mod auth;
 mod backpressure;
+mod backup;
 mod cli;
 mod connections;
 mod crash;

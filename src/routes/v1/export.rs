@@ -179,10 +179,11 @@ impl CsvSink for ChannelSink {
     }
 }
 
-/// The response body: chunks from the export task; reports when the last one was taken.
-struct Chunks {
-    receiver: mpsc::Receiver<Result<Bytes, std::io::Error>>,
-    finished: Option<oneshot::Sender<()>>,
+/// The response body: chunks from the export task; reports when the last one was taken (to
+/// `finished`, when given). Also the backup's body.
+pub(super) struct Chunks {
+    pub(super) receiver: mpsc::Receiver<Result<Bytes, std::io::Error>>,
+    pub(super) finished: Option<oneshot::Sender<()>>,
 }
 
 impl futures_core::Stream for Chunks {

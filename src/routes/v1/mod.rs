@@ -1,5 +1,5 @@
 //! The point-of-service API, `/api/v1`: referrals, their versions, the ordered event feed,
-//! updates to Ocean, the CSV backup and the audit log.
+//! updates to Ocean, the CSV backup, the audit log, and a backup of the whole store.
 //!
 //! Clients authenticate with their key as a bearer token; a client limited to some External
 //! Service IDs sees nothing else. Every error, unknown paths and methods included, is an RFC 9457
@@ -7,6 +7,7 @@
 //! document at `/api/v1/openapi.json` always lists exactly the routes served.
 
 mod audit;
+mod backup;
 mod doc;
 mod events;
 mod export;
@@ -55,6 +56,7 @@ fn build() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(updates::discard))
         .routes(routes!(export::export_csv))
         .routes(routes!(audit::audit))
+        .routes(routes!(backup::backup))
         .routes(routes!(openapi))
         .split_for_parts();
     let mut openapi = doc::ApiDoc::openapi().nest(BASE, openapi);

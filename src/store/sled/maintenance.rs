@@ -170,6 +170,13 @@ impl ReplicaStore for SledStore {}
 
 #[async_trait]
 impl MaintenanceStore for SledStore {
+    async fn snapshot(
+        &self,
+        into: &std::path::Path,
+    ) -> Result<Option<crate::store::maintenance::SnapshotInfo>, StoreError> {
+        self.snapshot_into(into.to_path_buf()).await.map(Some)
+    }
+
     async fn referrals_modified(
         &self,
         from: Option<OffsetDateTime>,

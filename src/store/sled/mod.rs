@@ -51,6 +51,7 @@ mod options;
 mod outbox;
 mod recovery;
 mod rekey;
+mod snapshot;
 pub(super) mod stopped;
 pub(super) mod trees;
 mod writer;

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use super::dir::{LIVE_DIR, OLD_DIR, REKEY_DIR, io_unavailable, lock_dir, sync_dir};
 use super::handle::SledStore;
 use super::options::SledOptions;
+use super::snapshot::copy_tree;
 use super::trees::{SEAL_KEYS, SEALED_TREES, unavailable};
 use crate::store::error::StoreError;
 use crate::store::seal::Keyring;
@@ -49,26 +50,16 @@ impl SledStore {
             let tree = SEALED_TREES
                 .into_iter()
                 .find(|t| t.as_bytes() == name.as_ref());
-            let mut batch = sled::Batch::default();
-            let mut batched = 0;
-            for item in from.iter() {
-                let (key, value) = item.map_err(unavailable)?;
-                match tree {
-                    Some(tree) => {
-                        let plain = codec.open(tree, &key, &value)?;
-                        batch.insert(&*key, codec.seal(tree, &key, &plain)?);
-                        sealed += 1;
-                    }
-                    None => batch.insert(key, value),
+            let copied = copy_tree(&from, &to, |key, value| match tree {
+                Some(tree) => {
+                    let plain = codec.open(tree, key, &value)?;
+                    Ok(codec.seal(tree, key, &plain)?.into())
                 }
-                batched += 1;
-                if batched == 1000 {
-                    to.apply_batch(std::mem::take(&mut batch))
-                        .map_err(unavailable)?;
-                    batched = 0;
-                }
+                None => Ok(value),
+            })?;
+            if tree.is_some() {
+                sealed += copied;
             }
-            to.apply_batch(batch).map_err(unavailable)?;
         }
         // Everything is sealed with the current key now; earlier keys are no longer needed.
         let current = codec.0.as_ref().map(|k| k.current_id().to_vec());

@@ -11,11 +11,17 @@ use crate::store::error::StoreError;
 /// The trees of a data dir no service holds; the dir stays locked while this lives.
 pub(in crate::store) struct Stopped {
     pub(in crate::store) trees: Trees,
+    /// Named with a leading `_` as it is mostly held, to keep the store open.
     _db: sled::Db,
     _lock: Arc<std::fs::File>,
 }
 
 impl Stopped {
+    /// The database, for reading trees not in [`Trees`].
+    pub(super) fn db(&self) -> &sled::Db {
+        &self._db
+    }
+
     /// # Errors
     /// [`StoreError::InUse`] while a service holds `dir`; `Failed` when `dir` holds no store.
     pub(in crate::store) fn open(dir: &Path) -> Result<Self, StoreError> {
