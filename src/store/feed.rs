@@ -39,6 +39,13 @@ pub trait FeedStore: Send + Sync {
     /// The highest feed sequence on disk.
     fn durable_seq(&self) -> u64;
 
+    /// The highest feed sequence on disk, read afresh where [`FeedStore::durable_seq`] may lag:
+    /// a replica learns another's deliveries by notification, so a consumer moving between
+    /// replicas may hold a cursor this one has not heard of yet.
+    async fn feed_end(&self) -> Result<u64, StoreError> {
+        Ok(self.durable_seq())
+    }
+
     /// Completes once the durable feed sequence is greater than `after` (callers bound the
     /// wait with a timeout).
     async fn wait_for_events_after(&self, after: u64);

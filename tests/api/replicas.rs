@@ -134,3 +134,254 @@ async fn failed_logins_on_one_replica_count_on_the_others() {
     b.stop().await;
     schema.drop_now().await;
 }
+
+/// Where the test reaches each replica process (a restarted one listens on a new port).
+type Addresses = Arc<std::sync::Mutex<[std::net::SocketAddr; 2]>>;
+
+fn replica_config(schema: &Schema, ocean: &crate::support::ocean::MockOcean) -> String {
+    use crate::support::ocean::{CLIENT_ID, CLIENT_SECRET};
+    format!(
+        "[storage]\nbackend = \"postgres\"\nurl = \"{}\"\nschema = \"{}\"\nmax_connections = 8\n\n\
+         [api.clients.emr]\nkey = \"{API_KEY}\"\n\n\
+         [sites.main]\nbase_url = \"{}\"\nclient_id = \"{CLIENT_ID}\"\nclient_secret = \"{CLIENT_SECRET}\"\ntoken_auth = \"form\"\n\n\
+         [outbox]\ninitial_backoff_secs = 1\nmax_backoff_secs = 1\nrequest_timeout_secs = 5\n",
+        crate::support::postgres::server_url(),
+        schema.name,
+        ocean.base_url()
+    )
+}
+
+const API_KEY: &str = "emr-key-0123456789";
+
+/// POSTs `body` to replica `first`, then to the other, until one acknowledges it (as Ocean
+/// retries a delivery that was not acknowledged).
+async fn deliver_until_acknowledged(
+    client: &reqwest::Client,
+    addresses: &Addresses,
+    first: usize,
+    body: &[u8],
+) {
+    for attempt in 0..200 {
+        let addr = addresses.lock().unwrap()[(first + attempt) % 2];
+        let sent = client
+            .post(format!("http://{addr}/fhir/default/$process-message"))
+            .header("content-type", FHIR_JSON)
+            .body(body.to_vec())
+            .send()
+            .await;
+        if sent.is_ok_and(|r| r.status() == 200) {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("no replica acknowledged a delivery");
+}
+
+/// Two `referral-relay serve` processes on one database: writers post to both, one is killed
+/// with SIGKILL mid-stream and restarted, a consumer follows the feed from either, updates are
+/// accepted on either and sent by whichever holds the outbox. Every acknowledged delivery is
+/// stored exactly once, the consumer sees the whole feed once and in order, and every update
+/// reaches the stand-in Ocean: once, or, for the one in flight at the kill, resent with the
+/// same Bundle id (which FHIR messaging has a receiver process once).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replica_processes_lose_nothing_when_one_is_killed() {
+    use crate::support::binary::{Relay, launch};
+    use crate::support::fixtures::unique_v011;
+    use crate::support::ocean::MockOcean;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    const WRITERS: usize = 4;
+    const PER_WRITER: usize = 40;
+
+    let schema = Schema::new();
+    drop(schema.store().await); // creates the schema (and drops stale ones)
+    let ocean = MockOcean::start().await;
+    let files = tempfile::TempDir::new().unwrap();
+    let config = files.path().join("relay.toml");
+    std::fs::write(&config, replica_config(&schema, &ocean)).unwrap();
+    let start = |name: &str| -> Relay {
+        let dir = files.path().join(name);
+        launch(&dir, Some(&config), &[], &[("RUST_LOG", "info")])
+    };
+    let mut a = tokio::task::block_in_place(|| start("a"));
+    let b = tokio::task::block_in_place(|| start("b"));
+    let addresses: Addresses = Arc::new(std::sync::Mutex::new([a.addr, b.addr]));
+    let client = reqwest::Client::new();
+    let done = Arc::new(AtomicBool::new(false));
+
+    // The consumer, from either replica, switching on every page and on errors.
+    let consumer = {
+        let (addresses, client, done) = (Arc::clone(&addresses), client.clone(), Arc::clone(&done));
+        tokio::spawn(async move {
+            let mut seen: Vec<(u64, String)> = Vec::new();
+            let (mut after, mut turn, mut quiet) = (0_u64, 0_usize, 0);
+            loop {
+                let addr = addresses.lock().unwrap()[turn % 2];
+                turn += 1;
+                let page = client
+                    .get(format!("http://{addr}/api/v1/events?after={after}&wait=1"))
+                    .bearer_auth(API_KEY)
+                    .send()
+                    .await;
+                let Ok(page) = page else { continue };
+                assert_eq!(page.status(), 200, "{:?}", page.text().await);
+                let page: Value = page.json().await.unwrap();
+                let events = page["events"].as_array().unwrap();
+                for event in events {
+                    seen.push((
+                        event["seq"].as_u64().unwrap(),
+                        event["referral"].as_str().unwrap().to_owned(),
+                    ));
+                }
+                after = page["next"].as_u64().unwrap();
+                quiet = if events.is_empty() { quiet + 1 } else { 0 };
+                if done.load(Ordering::Relaxed) && quiet >= 2 {
+                    return seen;
+                }
+            }
+        })
+    };
+
+    // Writers, each posting its own referrals to both replicas in turn; every tenth referral
+    // also gets a message to Ocean, accepted on one replica or the other.
+    let template = String::from_utf8(fixture("v0.11-add-service-request.json")).unwrap();
+    let accepted = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let written = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut writers = Vec::new();
+    for w in 0..WRITERS {
+        let (addresses, client, template, accepted, written) = (
+            Arc::clone(&addresses),
+            client.clone(),
+            template.clone(),
+            Arc::clone(&accepted),
+            Arc::clone(&written),
+        );
+        writers.push(tokio::spawn(async move {
+            for i in 0..PER_WRITER {
+                let n = w * PER_WRITER + i;
+                let referral = format!("TST-REP-{n:05}");
+                let body = unique_v011(
+                    &template,
+                    &referral,
+                    &format!("b0110000-0000-4000-8000-{n:012}"),
+                );
+                deliver_until_acknowledged(&client, &addresses, n, &body).await;
+                written.fetch_add(1, Ordering::Relaxed);
+                if n.is_multiple_of(10) {
+                    let marker = format!("relay-replica-test-{n:05}");
+                    // Replicas in turn; a refused connection (the replica is down) never
+                    // reached it, so the other is asked.
+                    for attempt in 0..200 {
+                        let addr = addresses.lock().unwrap()[(n / 10 + attempt) % 2];
+                        let reply = client
+                            .post(format!(
+                                "http://{addr}/api/v1/referrals/{referral}/messages"
+                            ))
+                            .bearer_auth(API_KEY)
+                            .json(&serde_json::json!({ "text": marker }))
+                            .send()
+                            .await;
+                        match reply {
+                            Ok(reply) => {
+                                assert_eq!(reply.status(), 202, "{:?}", reply.text().await);
+                                accepted.lock().unwrap().push(marker);
+                                break;
+                            }
+                            Err(e) if e.is_connect() => {
+                                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                            }
+                            // Cut off mid-request by the kill: it may or may not be accepted.
+                            Err(_) => break,
+                        }
+                    }
+                }
+            }
+        }));
+    }
+
+    // Replica A dies mid-stream, and comes back.
+    while written.load(Ordering::Relaxed) < WRITERS * PER_WRITER / 3 {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    a.child.kill().unwrap(); // SIGKILL
+    a.child.wait().unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    a = tokio::task::block_in_place(|| start("a"));
+    addresses.lock().unwrap()[0] = a.addr;
+
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    done.store(true, Ordering::Relaxed);
+    let seen = consumer.await.unwrap();
+
+    // Every acknowledged delivery is stored exactly once.
+    let db = schema.client().await;
+    let stored: Vec<(String, i64)> = db
+        .query(
+            "SELECT referral, count(*) FROM versions WHERE referral LIKE 'TST-REP-%' GROUP BY referral",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect();
+    assert_eq!(stored.len(), WRITERS * PER_WRITER);
+    assert!(stored.iter().all(|(_, n)| *n == 1), "{stored:?}");
+
+    // The consumer saw the whole feed, once, in order.
+    let end: i64 = db
+        .query_one("SELECT coalesce(max(seq), 0) FROM events", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let seqs: Vec<u64> = seen.iter().map(|(seq, _)| *seq).collect();
+    assert_eq!(seqs, (1..=u64::try_from(end).unwrap()).collect::<Vec<_>>());
+    let mut referrals: Vec<&str> = seen.iter().map(|(_, r)| r.as_str()).collect();
+    referrals.sort_unstable();
+    referrals.dedup();
+    assert_eq!(referrals.len(), seen.len(), "a referral was fed twice");
+
+    // Every accepted update reaches Ocean; a resend carries the same Bundle id.
+    let accepted = accepted.lock().unwrap().clone();
+    assert!(
+        accepted.len() >= WRITERS * PER_WRITER / 10 - 1,
+        "{accepted:?}"
+    );
+    let mut arrivals: std::collections::HashMap<String, Vec<String>> = Default::default();
+    for _ in 0..600 {
+        arrivals.clear();
+        for body in ocean.delivered() {
+            let text = body.to_string();
+            if let Some(marker) = accepted.iter().find(|m| text.contains(m.as_str())) {
+                let id = body["id"].as_str().unwrap_or_default().to_owned();
+                arrivals.entry(marker.clone()).or_default().push(id);
+            }
+        }
+        if arrivals.len() == accepted.len() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let missing: Vec<&String> = accepted
+        .iter()
+        .filter(|m| !arrivals.contains_key(*m))
+        .collect();
+    assert!(missing.is_empty(), "never reached Ocean: {missing:?}");
+    let resent: Vec<_> = arrivals.iter().filter(|(_, ids)| ids.len() > 1).collect();
+    assert!(resent.len() <= 1, "resent: {resent:?}");
+    for (_, ids) in &resent {
+        assert!(
+            ids.iter().all(|id| id == &ids[0] && !id.is_empty()),
+            "{ids:?}"
+        );
+    }
+
+    for mut relay in [a, b] {
+        relay.child.kill().unwrap();
+        relay.child.wait().unwrap();
+    }
+    drop(db);
+    schema.drop_now().await;
+}

@@ -87,7 +87,7 @@ pub async fn events(
             .ok_or_else(|| AppError::BadRequest("wait must be a whole number of seconds".into()))?
             .min(MAX_WAIT_SECS),
     };
-    if after > state.store.durable_seq() {
+    if after > state.store.durable_seq() && after > state.store.feed_end().await? {
         return Err(AppError::Conflict(format!(
             "after={after} is beyond the end of the feed ({}): this store is not the one the cursor came from (restored or reset?); start again from 0",
             state.store.durable_seq()

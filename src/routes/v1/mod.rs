@@ -108,6 +108,7 @@ mod tests {
         let paths: Vec<&str> = document.paths.paths.keys().map(String::as_str).collect();
         let expected = [
             "/api/v1/audit",
+            "/api/v1/backup",
             "/api/v1/events",
             "/api/v1/export.csv",
             "/api/v1/openapi.json",

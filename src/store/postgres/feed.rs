@@ -52,6 +52,17 @@ impl FeedStore for PgStore {
         *self.feed.borrow()
     }
 
+    async fn feed_end(&self) -> Result<u64, StoreError> {
+        let client = self.client().await?;
+        let end: i64 = client
+            .query_one("SELECT coalesce(max(seq), 0) FROM events", &[])
+            .await
+            .map_err(db_error("reading the end of the feed"))?
+            .get(0);
+        self.published(to_u64(end));
+        Ok(to_u64(end))
+    }
+
     async fn wait_for_events_after(&self, after: u64) {
         let mut feed = self.feed.subscribe();
         if feed.wait_for(|seq| *seq > after).await.is_err() {

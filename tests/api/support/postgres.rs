@@ -25,15 +25,15 @@ pub struct Schema {
 impl Schema {
     pub fn new() -> Self {
         static NEXT: AtomicUsize = AtomicUsize::new(0);
-        Self {
-            name: format!(
-                "relay_test_{}_{}_{}",
-                std::process::id(),
-                NEXT.fetch_add(1, Ordering::Relaxed),
-                uuid::Uuid::new_v4().simple()
-            )[..50]
-                .to_owned(),
-        }
+        let mut name = format!(
+            "relay_test_{}_{}_{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed),
+            uuid::Uuid::new_v4().simple()
+        );
+        // At most 50 characters (storage.schema's limit), all ASCII.
+        name.truncate(50);
+        Self { name }
     }
 
     pub fn options(&self) -> PgOptions {
