@@ -153,6 +153,9 @@ struct Site {
     messages_url: String,
 }
 
+/// Attempts of [`Outbox::accept`] when other replicas keep changing the referral's Task state.
+const MAX_RACES: usize = 8;
+
 /// Accepts updates into the durable outbox, and replays or discards dead letters.
 pub struct Outbox {
     store: Arc<dyn Store>,
@@ -220,11 +223,34 @@ impl Outbox {
         request: UpdateRequest,
     ) -> Result<UpdateRecord, OutboxError> {
         let _one_at_a_time = self.accepting.lock().await;
+        // Another replica may accept an update of the same referral between reading its Task
+        // state and writing the new one: then this one is decided again from the new state.
+        for _ in 0..MAX_RACES {
+            if let Some(stored) = self.try_accept(referral, request.clone()).await? {
+                self.wake.notify_one();
+                tracing::info!(update = stored.id, referral = %referral.referral, kind = stored.kind.as_str(), event = %stored.event, "update accepted for Ocean");
+                return Ok(stored);
+            }
+        }
+        Err(StoreError::Busy {
+            context: "other replicas keep changing this referral's Task state".into(),
+        }
+        .into())
+    }
+
+    /// One attempt of [`Outbox::accept`]: `None` when the referral's Task state changed
+    /// between reading it and storing the update.
+    async fn try_accept(
+        &self,
+        referral: &ReferralRecord,
+        request: UpdateRequest,
+    ) -> Result<Option<UpdateRecord>, OutboxError> {
         let reference = &referral.referral;
         let site = self
             .site_for(referral.service_id.as_ref())
             .ok_or_else(|| OutboxError::NoSite(reference.clone()))?;
         let mut task = self.store.task_state(reference).await?;
+        let read = task.clone();
         let now = OffsetDateTime::now_utc();
         let endpoint = &site.messages_url;
         let pending = |kind, message: OutgoingMessage| {
@@ -333,10 +359,7 @@ impl Outbox {
                 pending(UpdateKind::Message, message)
             }
         };
-        let stored = self.store.enqueue_update(update, task).await?;
-        self.wake.notify_one();
-        tracing::info!(update = stored.id, referral = %reference, kind = stored.kind.as_str(), event = %stored.event, "update accepted for Ocean");
-        Ok(stored)
+        Ok(self.store.enqueue_update_if(update, task, &read).await?)
     }
 
     /// Makes dead letter `id` pending again, its retry horizon starting over, and records

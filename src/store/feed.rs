@@ -36,7 +36,10 @@ pub trait FeedStore: Send + Sync {
     /// are on disk are shown, so a consumer never sees an event a crash could take back.
     async fn events_after(&self, after: u64, limit: usize) -> Result<Vec<EventRecord>, StoreError>;
 
-    /// The highest feed sequence on disk.
+    /// The highest feed sequence on disk, as this process knows it: exact for the embedded
+    /// store; on PostgreSQL it may lag another replica's (or this one's own just acknowledged)
+    /// deliveries by a notification or a run of the sequencer. [`FeedStore::feed_end`] reads it
+    /// afresh.
     fn durable_seq(&self) -> u64;
 
     /// The highest feed sequence on disk, read afresh where [`FeedStore::durable_seq`] may lag:

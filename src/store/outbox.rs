@@ -174,6 +174,21 @@ pub trait OutboxStore: Send + Sync {
         task: TaskState,
     ) -> Result<UpdateRecord, StoreError>;
 
+    /// As [`OutboxStore::enqueue_update`], only while the referral's Task state is still
+    /// `read` (what the caller decided the update from); `None`, storing nothing, when it
+    /// changed since (another replica accepted an update of the referral): the caller reads it
+    /// again and decides again. By default (one process per store, whose outbox accepts one
+    /// update at a time) it does not look.
+    async fn enqueue_update_if(
+        &self,
+        update: UpdateRecord,
+        task: TaskState,
+        read: &TaskState,
+    ) -> Result<Option<UpdateRecord>, StoreError> {
+        let _ = read;
+        self.enqueue_update(update, task).await.map(Some)
+    }
+
     /// Records a new state of an update, durably.
     async fn save_update(&self, update: &UpdateRecord) -> Result<(), StoreError>;
 

@@ -147,7 +147,7 @@ async fn mutated_deliveries_get_2xx_or_4xx_and_what_is_stored_is_exact() {
 
 /// The latest version of the referral this delivery was filed under holds exactly its bytes.
 async fn check_stored(app: &crate::support::app::TestApp, body: &[u8], context: &str) {
-    let last = app.store.durable_seq();
+    let last = app.store.feed_end().await.unwrap();
     let events = app
         .store
         .events_after(last.saturating_sub(1), 1)

@@ -651,3 +651,63 @@ async fn migrate_schema_and_audit_verify_work_on_postgres() {
     drop(store);
     schema.drop_now().await;
 }
+
+/// Two replicas accepting updates of one referral at once: the second decided from a Task state
+/// the first has since changed, so it stores nothing and is told to decide again.
+#[tokio::test]
+async fn an_update_decided_from_a_task_state_another_replica_changed_is_not_stored() {
+    use referral_relay::ig::OutboundEvent;
+    use referral_relay::store::{OutboxStore, TaskState, UpdateKind, UpdateRecord};
+
+    let schema = Schema::new();
+    let (a, b) = (schema.store().await, schema.store().await);
+    a.put_delivery(delivery("PG-RACE", "race-1")).await.unwrap();
+    let referral = ReferralRef::parse("PG-RACE").unwrap();
+    let update = |text: &str| {
+        UpdateRecord::pending(
+            referral.clone(),
+            "main".into(),
+            UpdateKind::Status,
+            OutboundEvent::SendCommunicationFromProvider,
+            text.into(),
+            time::OffsetDateTime::now_utc(),
+        )
+    };
+    let read = b.task_state(&referral).await.unwrap();
+    assert_eq!(read, TaskState::default());
+    let accepted = TaskState {
+        status: Some("accepted".into()),
+        task_sent: true,
+        ..TaskState::default()
+    };
+    let first = a
+        .enqueue_update_if(update("{}"), accepted.clone(), &read)
+        .await
+        .unwrap();
+    assert!(first.is_some());
+    let declined = TaskState {
+        status: Some("rejected".into()),
+        task_sent: true,
+        ..TaskState::default()
+    };
+    // B decided from the state before A's update: refused, nothing stored.
+    assert_eq!(
+        b.enqueue_update_if(update("{}"), declined.clone(), &read)
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(b.referral_updates(&referral).await.unwrap().len(), 1);
+    assert_eq!(b.task_state(&referral).await.unwrap(), accepted);
+    // Decided again from what A wrote: stored.
+    let read = b.task_state(&referral).await.unwrap();
+    assert!(
+        b.enqueue_update_if(update("{}"), declined.clone(), &read)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert_eq!(b.task_state(&referral).await.unwrap(), declined);
+    drop((a, b));
+    schema.drop_now().await;
+}

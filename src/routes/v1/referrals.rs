@@ -237,7 +237,7 @@ pub async fn list_referrals(
                 Some(since) => store.seq_before(since).await?,
                 None => 0,
             };
-            (start, store.durable_seq())
+            (start, store.feed_end().await?)
         }
     };
 

@@ -80,6 +80,7 @@ impl AuditStore for PgStore {
     }
 
     async fn audit_entries(&self, after: u64, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
+        self.settle().await?;
         let client = self.client().await?;
         Ok(client
             .query(

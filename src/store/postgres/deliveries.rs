@@ -19,72 +19,129 @@ pub(super) fn to_u64(n: i64) -> u64 {
     u64::try_from(n).unwrap_or_default()
 }
 
+/// A statement parameter.
+type Param<'a> = dyn tokio_postgres::types::ToSql + Sync + 'a;
+
+/// The statements of a delivery's transaction, in the order it sends them.
+const CLAIM: &str = "INSERT INTO deliveries (dedup_key, referral, version) VALUES ($1, $2, 0)
+     ON CONFLICT (dedup_key) DO NOTHING";
+const CREATE_REFERRAL: &str = "INSERT INTO referrals (referral, version, modified_at, record)
+     VALUES ($1, 0, now(), ''::bytea) ON CONFLICT (referral) DO NOTHING";
+const LOCK_REFERRAL: &str = "SELECT version, record FROM referrals WHERE referral = $1 FOR UPDATE";
+const STORED_VERSION: &str = "SELECT version FROM deliveries WHERE dedup_key = $1";
+/// The feed entry and the version in one statement (the version names the entry's row).
+const WRITE_VERSION: &str = "WITH e AS (
+         INSERT INTO events (referral, version, event, service_id, received_at)
+         VALUES ($1, $2, $3, $4, $5) RETURNING id)
+     INSERT INTO versions (referral, version, event_id, record, payload)
+     SELECT $1, $2, e.id, $6, $7 FROM e";
+const UPDATE_REFERRAL: &str =
+    "UPDATE referrals SET version = $2, modified_at = $3, record = $4 WHERE referral = $1";
+const RECORD_DELIVERY: &str = "UPDATE deliveries SET version = $2 WHERE dedup_key = $1";
+const AUDIT: &str = "INSERT INTO audit (at, action, actor, details) VALUES ($1, $2, $3, $4)";
+
+/// A pooled connection inside a transaction whose statements are sent back to back
+/// (pipelined): `BEGIN` travels with the first statements and `COMMIT` with the last, so a
+/// delivery costs two round trips to the database instead of one per statement. (A statement
+/// that fails aborts the transaction, so the `COMMIT` sent behind it rolls back.) A transaction
+/// left open (an error, or the request dropped part way) takes its connection out of the pool
+/// and closes it, which rolls the transaction back, rather than let another request use it.
+struct Pipelined {
+    client: Option<deadpool_postgres::Object>,
+}
+
+impl Pipelined {
+    fn client(&self) -> &deadpool_postgres::Object {
+        self.client
+            .as_ref()
+            .expect("the connection is held until the transaction ends")
+    }
+
+    /// Ends the transaction without writing, and gives the connection back.
+    async fn rollback(mut self) -> Result<(), StoreError> {
+        if let Some(client) = self.client.take() {
+            client
+                .batch_execute("ROLLBACK")
+                .await
+                .map_err(db_error("rolling back a delivery"))?;
+        }
+        Ok(())
+    }
+
+    /// The transaction ended (committed): the connection may go back to the pool.
+    fn ended(mut self) {
+        drop(self.client.take());
+    }
+}
+
+impl Drop for Pipelined {
+    fn drop(&mut self) {
+        if let Some(client) = self.client.take() {
+            drop(deadpool_postgres::Object::take(client));
+        }
+    }
+}
+
 impl PgStore {
-    /// The delivery's transaction. A duplicate or a referral owned elsewhere writes nothing.
+    /// The delivery's transaction, in two round trips (see [`Pipelined`]). A duplicate or a
+    /// referral owned elsewhere writes nothing.
     async fn write_delivery(&self, d: &NewDelivery) -> Result<PutOutcome, StoreError> {
-        let mut client = self.client().await?;
-        let tx = client
-            .transaction()
-            .await
-            .map_err(db_error("starting a delivery"))?;
+        let client = self.client().await?;
+        let prepared = tokio::try_join!(
+            client.prepare_cached(CLAIM),
+            client.prepare_cached(CREATE_REFERRAL),
+            client.prepare_cached(LOCK_REFERRAL),
+            client.prepare_cached(STORED_VERSION),
+            client.prepare_cached(WRITE_VERSION),
+            client.prepare_cached(UPDATE_REFERRAL),
+            client.prepare_cached(RECORD_DELIVERY),
+            client.prepare_cached(AUDIT),
+        )
+        .map_err(db_error("preparing a statement"))?;
+        let (
+            claim,
+            create,
+            lock,
+            stored_version,
+            write_version,
+            update_referral,
+            record_delivery,
+            audit,
+        ) = prepared;
+        let tx = Pipelined {
+            client: Some(client),
+        };
+        let c = tx.client();
         let referral = d.referral.as_str();
         // Kept as its SHA-256: a `text` column cannot hold the NUL a sender's id may carry.
         let dedup_key = super::super::sha256_hex(d.dedup_key.as_bytes());
 
-        // Claim the delivery first: a second replica posting the same delivery waits here for
-        // this transaction, then finds the claim and reports the version stored.
-        let claimed = tx
-            .execute(
-                &tx.prepare_cached(
-                    "INSERT INTO deliveries (dedup_key, referral, version) VALUES ($1, $2, 0)
-                 ON CONFLICT (dedup_key) DO NOTHING",
-                )
-                .await
-                .map_err(db_error("preparing a statement"))?,
-                &[&dedup_key, &referral],
-            )
-            .await
-            .map_err(db_error("claiming a delivery"))?;
+        // First round trip. Claim the delivery first: a second replica posting the same
+        // delivery waits here for this transaction, then finds the claim and reports the
+        // version stored. Then the referral's row, locked: created empty (version 0) when new,
+        // so two first deliveries of one referral follow one another.
+        // `biased`: polled in order, so the statements go out in this order.
+        let claim_params: [&Param<'_>; 2] = [&dedup_key, &referral];
+        let referral_params: [&Param<'_>; 1] = [&referral];
+        let (_, claimed, _, row) = tokio::try_join!(
+            biased;
+            c.batch_execute("BEGIN"),
+            c.execute(&claim, &claim_params),
+            c.execute(&create, &referral_params),
+            c.query_one(&lock, &referral_params),
+        )
+        .map_err(db_error("claiming a delivery"))?;
         if claimed == 0 {
-            let version: i64 = tx
-                .query_one(
-                    &tx.prepare_cached("SELECT version FROM deliveries WHERE dedup_key = $1")
-                        .await
-                        .map_err(db_error("preparing a statement"))?,
-                    &[&dedup_key],
-                )
+            let version: i64 = c
+                .query_one(&stored_version, &[&dedup_key])
                 .await
                 .map_err(db_error("reading a stored delivery"))?
                 .get(0);
+            tx.rollback().await?;
             return Ok(PutOutcome::Duplicate {
                 version: to_u64(version),
             });
         }
-
-        // The referral's row, locked: created empty (version 0) when new, so two first
-        // deliveries of one referral follow one another.
-        tx.execute(
-            &tx.prepare_cached(
-                "INSERT INTO referrals (referral, version, modified_at, record)
-             VALUES ($1, 0, now(), ''::bytea) ON CONFLICT (referral) DO NOTHING",
-            )
-            .await
-            .map_err(db_error("preparing a statement"))?,
-            &[&referral],
-        )
-        .await
-        .map_err(db_error("creating a referral"))?;
-        let row = tx
-            .query_one(
-                &tx.prepare_cached(
-                    "SELECT version, record FROM referrals WHERE referral = $1 FOR UPDATE",
-                )
-                .await
-                .map_err(db_error("preparing a statement"))?,
-                &[&referral],
-            )
-            .await
-            .map_err(db_error("locking a referral"))?;
         let previous: Option<ReferralRecord> = if row.get::<_, i64>(0) == 0 {
             None
         } else {
@@ -110,84 +167,49 @@ impl PgStore {
             match d.next_version(previous.as_ref(), owner, received_at, 0) {
                 Ok(made) => made,
                 Err(owner) => {
-                    tx.rollback()
-                        .await
-                        .map_err(db_error("rolling back a delivery"))?;
+                    tx.rollback().await?;
                     return Ok(PutOutcome::OwnedElsewhere { owner });
                 }
             };
-        let (version, service_id) = (record.version, record.service_id.clone());
-        let event_id: i64 = tx
-            .query_one(
-                &tx.prepare_cached(
-                    "INSERT INTO events (referral, version, event, service_id, received_at)
-                 VALUES ($1, $2, $3, $4, $5) RETURNING id",
-                )
-                .await
-                .map_err(db_error("preparing a statement"))?,
-                &[
-                    &referral,
-                    &to_i64(version),
-                    &d.event.as_str(),
-                    &service_id.as_ref().map(|s| s.as_str()),
-                    &received_at,
-                ],
-            )
-            .await
-            .map_err(db_error("adding to the feed"))?
-            .get(0);
-        tx.execute(
-            &tx.prepare_cached(
-                "INSERT INTO versions (referral, version, event_id, record, payload)
-             VALUES ($1, $2, $3, $4, $5)",
-            )
-            .await
-            .map_err(db_error("preparing a statement"))?,
-            &[
-                &referral,
-                &to_i64(version),
-                &event_id,
-                &self.seal_version(referral, &version_record)?,
-                &self.seal_payload(referral, version, &d.raw)?,
-            ],
-        )
-        .await
-        .map_err(db_error("storing a version"))?;
-        tx.execute(
-&tx.prepare_cached("UPDATE referrals SET version = $2, modified_at = $3, record = $4 WHERE referral = $1").await.map_err(db_error("preparing a statement"))?,
-            &[
-                &referral,
-                &to_i64(version),
-                &received_at,
-                &self.seal_referral(&record)?,
-            ],
-        )
-        .await
-        .map_err(db_error("updating a referral"))?;
-        tx.execute(
-            &tx.prepare_cached("UPDATE deliveries SET version = $2 WHERE dedup_key = $1")
-                .await
-                .map_err(db_error("preparing a statement"))?,
-            &[&dedup_key, &to_i64(version)],
-        )
-        .await
-        .map_err(db_error("recording a delivery"))?;
+        let version = record.version;
+        let service_id = record.service_id.as_ref().map(|s| s.as_str());
+        let sealed_version = self.seal_version(referral, &version_record)?;
+        let sealed_payload = self.seal_payload(referral, version, &d.raw)?;
+        let sealed_referral = self.seal_referral(&record)?;
         // Stored, then audited, or neither: the entry is part of the same transaction.
-        super::audit::insert(
-            &tx,
-            received_at,
-            "DELIVERY_STORED",
-            d.integration.as_str(),
-            &serde_json::json!({
-                "referral": referral,
-                "version": version,
-                "event": d.event.as_str(),
-            }),
+        let details = serde_json::json!({
+            "referral": referral,
+            "version": version,
+            "event": d.event.as_str(),
+        });
+
+        // Second round trip: every write, and the commit.
+        let number = to_i64(version);
+        let event = d.event.as_str();
+        let integration = d.integration.as_str();
+        let version_params: [&Param<'_>; 7] = [
+            &referral,
+            &number,
+            &event,
+            &service_id,
+            &received_at,
+            &sealed_version,
+            &sealed_payload,
+        ];
+        let referral_params: [&Param<'_>; 4] = [&referral, &number, &received_at, &sealed_referral];
+        let delivery_params: [&Param<'_>; 2] = [&dedup_key, &number];
+        let audit_params: [&Param<'_>; 4] =
+            [&received_at, &"DELIVERY_STORED", &integration, &details];
+        tokio::try_join!(
+            biased;
+            c.execute(&write_version, &version_params),
+            c.execute(&update_referral, &referral_params),
+            c.execute(&record_delivery, &delivery_params),
+            c.execute(&audit, &audit_params),
+            c.batch_execute("COMMIT"),
         )
-        .await?;
-        tx.commit()
-            .await
-            .map_err(db_error("committing a delivery"))?;
+        .map_err(db_error("storing a delivery"))?;
+        tx.ended();
         Ok(PutOutcome::Stored { version })
     }
 }
@@ -197,10 +219,8 @@ impl DeliveryStore for PgStore {
     async fn put_delivery(&self, delivery: NewDelivery) -> Result<PutOutcome, StoreError> {
         let outcome = self.write_delivery(&delivery).await?;
         if matches!(outcome, PutOutcome::Stored { .. }) {
-            // Durable now. If the run fails, the sweep gives the event its position later.
-            if let Err(e) = self.sequence().await {
-                tracing::warn!(error = %e.chain(), "PostgreSQL sequencer failed after a delivery; the sweep retries");
-            }
+            // Durable now; its feed position comes from the background run (see the sequencer).
+            self.sequence_soon.notify_one();
         }
         Ok(outcome)
     }
@@ -224,6 +244,7 @@ impl DeliveryStore for PgStore {
     }
 
     async fn versions(&self, referral: &ReferralRef) -> Result<Vec<VersionRecord>, StoreError> {
+        self.settle().await?;
         let client = self.client().await?;
         client
             .query(

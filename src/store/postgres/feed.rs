@@ -29,6 +29,7 @@ fn event(row: &tokio_postgres::Row) -> Result<EventRecord, StoreError> {
 #[async_trait]
 impl FeedStore for PgStore {
     async fn events_after(&self, after: u64, limit: usize) -> Result<Vec<EventRecord>, StoreError> {
+        self.settle().await?;
         let client = self.client().await?;
         client
             .query(
@@ -53,6 +54,7 @@ impl FeedStore for PgStore {
     }
 
     async fn feed_end(&self) -> Result<u64, StoreError> {
+        self.settle().await?;
         let client = self.client().await?;
         let end: i64 = client
             .query_one("SELECT coalesce(max(seq), 0) FROM events", &[])
@@ -74,6 +76,7 @@ impl FeedStore for PgStore {
         // Receive times from several replicas are not ordered along the feed: the position just
         // before the first entry received at or after `since`. Not a cached statement: a generic
         // plan of it walks the whole feed.
+        self.settle().await?;
         let client = self.client().await?;
         let seq: i64 = client
             .query_one(

@@ -87,6 +87,8 @@ pub struct PgStore {
     /// The highest feed position known sequenced (by this replica or, through `NOTIFY`, others).
     feed: watch::Sender<u64>,
     sequencer: sequencer::Sequencer,
+    /// Wakes the background run of the sequencer (see [`sequencer`]).
+    sequence_soon: Arc<tokio::sync::Notify>,
     /// The channel this store's schema notifies on.
     channel: String,
     /// This process among the replicas (a random id), for its readiness row.
@@ -242,6 +244,7 @@ impl PgStore {
             codec: Codec(options.keys.clone()),
             feed,
             sequencer: sequencer::Sequencer::default(),
+            sequence_soon: Arc::new(tokio::sync::Notify::new()),
             channel: channel.clone(),
             replica: uuid::Uuid::new_v4().to_string(),
             outbox_channel: outbox_channel.clone(),
@@ -266,9 +269,11 @@ impl PgStore {
                 store.feed.clone(),
                 outbox_changed,
             ));
-            store
-                .tasks
-                .push(sequencer::spawn_sweep(weak.clone(), options.sweep_interval));
+            store.tasks.push(sequencer::spawn_sweep(
+                weak.clone(),
+                Arc::clone(&store.sequence_soon),
+                options.sweep_interval,
+            ));
             store
         });
         Ok(store)

@@ -37,6 +37,83 @@ impl Drop for Lease {
 }
 
 impl PgStore {
+    /// Stores `update` and the referral's new Task state in one transaction; with `read`, only
+    /// while the Task state is still that (the referral's row is locked first, so replicas
+    /// accepting updates of one referral follow one another), else `None`.
+    async fn enqueue(
+        &self,
+        update: UpdateRecord,
+        task: TaskState,
+        read: Option<&TaskState>,
+    ) -> Result<Option<UpdateRecord>, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client
+            .transaction()
+            .await
+            .map_err(db_error("starting an update"))?;
+        let referral = update.referral.as_str().to_owned();
+        if let Some(read) = read {
+            tx.execute(
+                &tx.prepare_cached("SELECT 1 FROM referrals WHERE referral = $1 FOR UPDATE")
+                    .await
+                    .map_err(db_error("preparing a statement"))?,
+                &[&referral],
+            )
+            .await
+            .map_err(db_error("locking a referral"))?;
+            let current = tx
+                .query_opt(
+                    &tx.prepare_cached("SELECT record FROM task_states WHERE referral = $1")
+                        .await
+                        .map_err(db_error("preparing a statement"))?,
+                    &[&referral],
+                )
+                .await
+                .map_err(db_error("reading a Task state"))?
+                .map(|row| self.open_task_state(&referral, row.get::<_, &[u8]>(0)))
+                .transpose()?
+                .unwrap_or_default();
+            if current != *read {
+                tx.rollback()
+                    .await
+                    .map_err(db_error("rolling back an update"))?;
+                return Ok(None);
+            }
+        }
+        let id: i64 = tx
+            .query_one(
+&tx.prepare_cached("INSERT INTO updates (referral, state, record) VALUES ($1, $2, ''::bytea) RETURNING id").await.map_err(db_error("preparing a statement"))?,
+                &[&referral, &state_name(update.state)],
+            )
+            .await
+            .map_err(db_error("adding an update"))?
+            .get(0);
+        let mut record = update;
+        record.id = to_u64(id);
+        tx.execute(
+            &tx.prepare_cached("UPDATE updates SET record = $2 WHERE id = $1")
+                .await
+                .map_err(db_error("preparing a statement"))?,
+            &[&id, &self.seal_update(&record)?],
+        )
+        .await
+        .map_err(db_error("adding an update"))?;
+        write_task_state(&tx, &referral, &self.seal_task_state(&referral, &task)?).await?;
+        // The replica sending the outbox may be another one: wake it.
+        tx.execute(
+            &tx.prepare_cached("SELECT pg_notify($1, '')")
+                .await
+                .map_err(db_error("preparing a statement"))?,
+            &[&self.outbox_channel],
+        )
+        .await
+        .map_err(db_error("notifying the outbox"))?;
+        tx.commit()
+            .await
+            .map_err(db_error("committing an update"))?;
+        Ok(Some(record))
+    }
+
     async fn updates_where(
         &self,
         condition: &str,
@@ -102,44 +179,18 @@ impl OutboxStore for PgStore {
         update: UpdateRecord,
         task: TaskState,
     ) -> Result<UpdateRecord, StoreError> {
-        let mut client = self.client().await?;
-        let tx = client
-            .transaction()
-            .await
-            .map_err(db_error("starting an update"))?;
-        let referral = update.referral.as_str().to_owned();
-        let id: i64 = tx
-            .query_one(
-&tx.prepare_cached("INSERT INTO updates (referral, state, record) VALUES ($1, $2, ''::bytea) RETURNING id").await.map_err(db_error("preparing a statement"))?,
-                &[&referral, &state_name(update.state)],
-            )
-            .await
-            .map_err(db_error("adding an update"))?
-            .get(0);
-        let mut record = update;
-        record.id = to_u64(id);
-        tx.execute(
-            &tx.prepare_cached("UPDATE updates SET record = $2 WHERE id = $1")
-                .await
-                .map_err(db_error("preparing a statement"))?,
-            &[&id, &self.seal_update(&record)?],
-        )
-        .await
-        .map_err(db_error("adding an update"))?;
-        write_task_state(&tx, &referral, &self.seal_task_state(&referral, &task)?).await?;
-        // The replica sending the outbox may be another one: wake it.
-        tx.execute(
-            &tx.prepare_cached("SELECT pg_notify($1, '')")
-                .await
-                .map_err(db_error("preparing a statement"))?,
-            &[&self.outbox_channel],
-        )
-        .await
-        .map_err(db_error("notifying the outbox"))?;
-        tx.commit()
-            .await
-            .map_err(db_error("committing an update"))?;
-        Ok(record)
+        self.enqueue(update, task, None)
+            .await?
+            .ok_or_else(|| StoreError::unavailable("an update was not stored"))
+    }
+
+    async fn enqueue_update_if(
+        &self,
+        update: UpdateRecord,
+        task: TaskState,
+        read: &TaskState,
+    ) -> Result<Option<UpdateRecord>, StoreError> {
+        self.enqueue(update, task, Some(read)).await
     }
 
     async fn save_update(&self, update: &UpdateRecord) -> Result<(), StoreError> {

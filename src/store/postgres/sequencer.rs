@@ -11,16 +11,22 @@
 //! commits. A run only numbers committed rows, runs commit in the order they number, so the rows
 //! with a position are always a gap-free prefix of the feed: `WHERE seq > after` never skips.
 //!
-//! A delivery runs the sequencer after its commit and before it answers, so its event is in the
-//! feed when the sender gets its 2xx; runs requested while one is under way are served by the next
-//! single run. A replica killed between its commit and its run leaves rows without a position:
-//! every replica's sweep (once a second by default) and start-up number them.
+//! A delivery is acknowledged once its transaction commits: that is what makes it durable. It
+//! then wakes this replica's background run rather than waiting for one (a run on the way to every
+//! acknowledgement would cost each delivery a second transaction, all of them in one line behind
+//! the lock). Readers of positions see their own writes all the same: every read that shows feed
+//! positions or audit links first [settles](PgStore::settle): when committed rows are still
+//! without one, it runs the sequencer before reading. Runs requested while one is under way are
+//! served by the next single run. A replica killed between its commit and its run leaves rows
+//! without a position: every replica's sweep (once a second by default), reads and start-up
+//! number them.
 
-use std::sync::Weak;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use time::OffsetDateTime;
+use tokio::sync::Notify;
 
 use super::{PgStore, db_error};
 use crate::store::audit::{AUDIT_GENESIS, AuditEntry};
@@ -48,6 +54,32 @@ impl PgStore {
         let top = self.run_sequencer().await?;
         *ended = run;
         self.published(top);
+        Ok(())
+    }
+
+    /// Runs the sequencer when committed rows are still without a feed position or audit link
+    /// (one cheap indexed query otherwise): called before every read that shows positions or
+    /// links, so a reader sees whatever committed before it asked, on any replica.
+    pub(super) async fn settle(&self) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        let pending: bool = client
+            .query_one(
+                &client
+                    .prepare_cached(
+                        "SELECT EXISTS (SELECT 1 FROM events WHERE seq IS NULL)
+                         OR EXISTS (SELECT 1 FROM audit WHERE seq IS NULL)",
+                    )
+                    .await
+                    .map_err(db_error("preparing a statement"))?,
+                &[],
+            )
+            .await
+            .map_err(db_error("looking for unsequenced rows"))?
+            .get(0);
+        drop(client);
+        if pending {
+            self.sequence().await?;
+        }
         Ok(())
     }
 
@@ -196,14 +228,22 @@ async fn link_audit(tx: &deadpool_postgres::Transaction<'_>) -> Result<(), Store
     Ok(())
 }
 
-/// Every `interval`, a run for rows another replica left without a position, and the end of the
-/// feed read again in case a notification was missed.
-pub(super) fn spawn_sweep(store: Weak<PgStore>, interval: Duration) -> tokio::task::JoinHandle<()> {
+/// The replica's background run: whenever a delivery or audit entry of this replica commits
+/// (`wake`), and every `interval` for rows another replica left without a position (the end of
+/// the feed is read again too, in case a notification was missed).
+pub(super) fn spawn_sweep(
+    store: Weak<PgStore>,
+    wake: Arc<Notify>,
+    interval: Duration,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tick.tick().await;
+            tokio::select! {
+                _ = tick.tick() => {}
+                () = wake.notified() => {}
+            }
             let Some(store) = store.upgrade() else { return };
             if let Err(e) = store.sequence().await {
                 tracing::warn!(error = %e.chain(), "PostgreSQL sequencer sweep failed; retrying");
