@@ -273,9 +273,9 @@ fn sync_all(root: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Brings the backup `archive` back as the store of `data_dir`, which must hold none: checks
-/// it whole, unpacks it beside, syncs it, moves it into place, then counts each tree of the
-/// restored store against the manifest. Returns the manifest.
+/// Brings the backup `archive` back as the store of `data_dir`, which must hold none: unpacks
+/// it beside, checking every file against the manifest, syncs it, counts each of its trees
+/// against the manifest, and only then moves it into place. Returns the manifest.
 ///
 /// # Errors
 /// When `data_dir` already holds a store, the archive fails [`read`], or the restored store's
@@ -295,29 +295,35 @@ pub fn restore(archive: impl Read, data_dir: &Path) -> anyhow::Result<Manifest> 
         std::fs::remove_dir_all(&unpacking)
             .with_context(|| format!("cannot remove {}", unpacking.display()))?;
     }
-    let manifest = match read(archive, Some(&unpacking)) {
+    // Unpacked as a store of its own beside the data dir's, checked whole, then moved in.
+    let unpacked = unpacking.join(STORE_DIR);
+    let checked = read(archive, Some(&unpacked)).and_then(|manifest| {
+        sync_all(&unpacked).context("cannot sync the restored files")?;
+        let counts = SledStore::tree_counts(&unpacking)
+            .map_err(|e| anyhow::anyhow!("the restored store does not open: {}", e.chain()))?;
+        for (tree, expected) in &manifest.trees {
+            let found = counts.get(tree).copied().unwrap_or_default();
+            if found != *expected {
+                bail!(
+                    "the restored store's {tree} holds {found} items; the backup's manifest says {expected}"
+                );
+            }
+        }
+        Ok(manifest)
+    });
+    let manifest = match checked {
         Ok(manifest) => manifest,
         Err(e) => {
             let _ = std::fs::remove_dir_all(&unpacking);
             return Err(e);
         }
     };
-    sync_all(&unpacking).context("cannot sync the restored files")?;
-    std::fs::rename(&unpacking, &live)
+    std::fs::rename(&unpacked, &live)
         .with_context(|| format!("cannot move the restored store to {}", live.display()))?;
     std::fs::File::open(data_dir)
         .and_then(|d| d.sync_all())
         .context("cannot sync the data dir")?;
-    let counts = SledStore::tree_counts(data_dir)
-        .map_err(|e| anyhow::anyhow!("the restored store does not open: {}", e.chain()))?;
-    for (tree, expected) in &manifest.trees {
-        let found = counts.get(tree).copied().unwrap_or_default();
-        if found != *expected {
-            bail!(
-                "the restored store's {tree} holds {found} items; the backup's manifest says {expected}"
-            );
-        }
-    }
+    let _ = std::fs::remove_dir_all(&unpacking);
     Ok(manifest)
 }
 

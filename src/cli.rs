@@ -446,8 +446,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Backup { out, url, key } => {
             let url = format!("{}/api/v1/backup", url.trim_end_matches('/'));
+            if out.exists() {
+                anyhow::bail!("{} exists; choose another file", out.display());
+            }
             let partial = PathBuf::from(format!("{}.partial", out.display()));
-            tokio::runtime::Runtime::new()?.block_on(async {
+            let downloaded = tokio::runtime::Runtime::new()?.block_on(async {
                 let mut response = reqwest::Client::new()
                     .get(&url)
                     .bearer_auth(&key)
@@ -467,13 +470,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 }
                 file.sync_all()?;
                 anyhow::Ok(())
-            })?;
-            let manifest = std::fs::File::open(&partial)
-                .map_err(anyhow::Error::from)
-                .and_then(|f| crate::backup::read(std::io::BufReader::new(f), None))
-                .with_context(|| {
-                    format!("the downloaded backup {} is not whole", partial.display())
-                })?;
+            });
+            let checked = downloaded.and_then(|()| {
+                std::fs::File::open(&partial)
+                    .map_err(anyhow::Error::from)
+                    .and_then(|f| crate::backup::read(std::io::BufReader::new(f), None))
+                    .context("the downloaded backup is not whole")
+            });
+            let manifest = match checked {
+                Ok(manifest) => manifest,
+                Err(e) => {
+                    let _ = std::fs::remove_file(&partial);
+                    return Err(e);
+                }
+            };
             std::fs::rename(&partial, &out).with_context(|| {
                 format!("cannot rename {} to {}", partial.display(), out.display())
             })?;

@@ -391,15 +391,32 @@ impl Outbox {
         let _one_at_a_time = self.accepting.lock().await;
         let mut update = self.dead_letter(id, "discarded").await?;
         update.state = UpdateState::Discarded;
-        let previous = self.store.task_state(&update.referral).await?;
-        let updates = self.store.referral_updates(&update.referral).await?;
-        let task = task_state(
-            previous.task_id,
-            updates
-                .iter()
-                .filter(|u| u.id != update.id && u.state != UpdateState::Discarded),
-        );
-        self.store.discard_update(&update, task).await?;
+        // Rebuilt again when another replica changes the referral's updates meanwhile.
+        let mut discarded = false;
+        for _ in 0..MAX_RACES {
+            let previous = self.store.task_state(&update.referral).await?;
+            let updates = self.store.referral_updates(&update.referral).await?;
+            let task = task_state(
+                previous.task_id.clone(),
+                updates
+                    .iter()
+                    .filter(|u| u.id != update.id && u.state != UpdateState::Discarded),
+            );
+            if self
+                .store
+                .discard_update_if(&update, task, &previous)
+                .await?
+            {
+                discarded = true;
+                break;
+            }
+        }
+        if !discarded {
+            return Err(StoreError::Busy {
+                context: "other replicas keep changing this referral's Task state".into(),
+            }
+            .into());
+        }
         self.audit("UPDATE_DISCARDED", actor, &update).await?;
         self.wake.notify_one();
         tracing::info!(update = update.id, "dead letter discarded");

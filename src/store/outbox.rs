@@ -199,6 +199,20 @@ pub trait OutboxStore: Send + Sync {
         task: TaskState,
     ) -> Result<(), StoreError>;
 
+    /// As [`OutboxStore::discard_update`], only while the referral's Task state is still
+    /// `read`; `false`, writing nothing, when another replica changed it since (the caller
+    /// rebuilds the state again). By default it does not look (see
+    /// [`OutboxStore::enqueue_update_if`]).
+    async fn discard_update_if(
+        &self,
+        update: &UpdateRecord,
+        task: TaskState,
+        read: &TaskState,
+    ) -> Result<bool, StoreError> {
+        let _ = read;
+        self.discard_update(update, task).await.map(|()| true)
+    }
+
     async fn update(&self, id: u64) -> Result<Option<UpdateRecord>, StoreError>;
 
     /// Updates with an id greater than `after`, in id order, optionally only those in `state`.

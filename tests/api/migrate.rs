@@ -249,6 +249,31 @@ async fn an_encrypted_embedded_store_moves_to_postgres_whole_and_without_its_key
     let count = verify_chain(entries.clone()).unwrap();
     assert!(count > before["audit"].as_array().unwrap().len() as u64);
 
+    // The signing key copied unsealed was sealed by the replica started with the key.
+    let stored: Vec<u8> = schema
+        .client()
+        .await
+        .query_one(
+            "SELECT value FROM relay_settings WHERE name = 'oauth2_signing_key'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(stored[0], 2, "the signing key is not sealed");
+
+    // The data dir changed since the copy (the service ran on it): a re-run is refused.
+    let app = spawn_app_in(dir.path(), &toml).await;
+    let later = unique_v011(
+        &template,
+        "TST-LATER-0001",
+        "b0110000-0000-4000-8000-00000000f002",
+    );
+    assert_eq!(app.deliver("default", later).await.status, 200);
+    app.stop().await;
+    let (ok, _, stderr) = migrate(dir.path(), &schema);
+    assert!(!ok && stderr.contains("changed since"), "{stderr}");
+
     // Another data dir is not poured into a database filled from this one.
     let other = tempfile::TempDir::new().unwrap();
     let app = spawn_app_in(other.path(), "").await;

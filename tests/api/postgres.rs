@@ -657,7 +657,7 @@ async fn migrate_schema_and_audit_verify_work_on_postgres() {
 #[tokio::test]
 async fn an_update_decided_from_a_task_state_another_replica_changed_is_not_stored() {
     use referral_relay::ig::OutboundEvent;
-    use referral_relay::store::{OutboxStore, TaskState, UpdateKind, UpdateRecord};
+    use referral_relay::store::{OutboxStore, TaskState, UpdateKind, UpdateRecord, UpdateState};
 
     let schema = Schema::new();
     let (a, b) = (schema.store().await, schema.store().await);
@@ -708,6 +708,27 @@ async fn an_update_decided_from_a_task_state_another_replica_changed_is_not_stor
             .is_some()
     );
     assert_eq!(b.task_state(&referral).await.unwrap(), declined);
+    // A discard rebuilt from a Task state since changed is refused the same way.
+    let mut gone = first.unwrap();
+    gone.state = UpdateState::Discarded;
+    assert!(
+        !a.discard_update_if(&gone, TaskState::default(), &accepted)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        a.update(gone.id).await.unwrap().unwrap().state,
+        UpdateState::Pending
+    );
+    assert!(
+        a.discard_update_if(&gone, declined.clone(), &declined)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        a.update(gone.id).await.unwrap().unwrap().state,
+        UpdateState::Discarded
+    );
     drop((a, b));
     schema.drop_now().await;
 }

@@ -5,7 +5,8 @@ use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
+use tracing::Instrument;
 
 use super::extract::{Caller, ProblemDoc};
 use crate::error::{AppError, Problem};
@@ -50,52 +51,70 @@ pub async fn backup(
         crate::backup::SNAPSHOT_PREFIX,
         uuid::Uuid::new_v4().simple()
     ));
-    let snapshot = state.store.snapshot(&dir).await;
-    let info = match snapshot {
-        Ok(Some(info)) => info,
-        Ok(None) => {
+    // The snapshot, its stream and the removal of its directory run in a task of their own,
+    // holding the permit: a client that goes away mid-way leaves nothing behind.
+    let (chunks, receiver) = mpsc::channel::<Result<Bytes, std::io::Error>>(IN_FLIGHT);
+    let (snapshot_taken, snapshot) = oneshot::channel();
+    let (store, actor) = (state.store.clone(), format!("api:{}", client.name));
+    tokio::spawn(
+        async move {
+            let _permit = permit;
+            let info = match store.snapshot(&dir).await {
+                Ok(Some(info)) => info,
+                other => {
+                    let _ = snapshot_taken.send(other.map(|_| false));
+                    remove(dir).await;
+                    return;
+                }
+            };
+            let _ = snapshot_taken.send(Ok(true));
+            let details = serde_json::json!({"feed_seq": info.feed_seq, "trees": info.trees});
+            if let Err(e) = store.audit("BACKUP_TAKEN", &actor, details).await {
+                tracing::error!(error = %e, "cannot audit a backup");
+            }
+            let written = tokio::task::spawn_blocking({
+                let dir = dir.clone();
+                move || {
+                    crate::backup::manifest(&dir, info).and_then(|manifest| {
+                        let out = std::io::BufWriter::with_capacity(
+                            CHUNK,
+                            ChannelWriter {
+                                chunks: chunks.clone(),
+                            },
+                        );
+                        let written = crate::backup::write(&dir, &manifest, out);
+                        if written.is_err() {
+                            // The client sees a broken transfer, not a short file that looks whole.
+                            let _ =
+                                chunks.blocking_send(Err(std::io::Error::other("backup stopped")));
+                        }
+                        written
+                    })
+                }
+            })
+            .await;
+            match written {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "backup not completed"),
+                Err(e) => tracing::error!(error = %e, "the backup task failed"),
+            }
+            remove(dir).await;
+        }
+        .in_current_span(),
+    );
+    match snapshot.await {
+        Ok(Ok(true)) => {}
+        Ok(Ok(false)) => {
             return Err(AppError::Conflict(
                 "this service stores in PostgreSQL: back it up with PostgreSQL's own tools (pg_dump, base backups)".into(),
             )
             .into());
         }
-        Err(e) => {
-            let _ = std::fs::remove_dir_all(&dir);
-            return Err(e.into());
+        Ok(Err(e)) => return Err(e.into()),
+        Err(_) => {
+            return Err(AppError::Internal(anyhow::anyhow!("the backup task ended early")).into());
         }
-    };
-    let details = serde_json::json!({"feed_seq": info.feed_seq, "trees": info.trees});
-    if let Err(e) = state
-        .store
-        .audit("BACKUP_TAKEN", &format!("api:{}", client.name), details)
-        .await
-    {
-        tracing::error!(error = %e, "cannot audit a backup");
     }
-
-    let (chunks, receiver) = mpsc::channel::<Result<Bytes, std::io::Error>>(IN_FLIGHT);
-    let span = tracing::Span::current();
-    tokio::task::spawn_blocking(move || {
-        let _span = span.enter();
-        let _permit = permit;
-        let written = crate::backup::manifest(&dir, info).and_then(|manifest| {
-            let out = std::io::BufWriter::with_capacity(
-                CHUNK,
-                ChannelWriter {
-                    chunks: chunks.clone(),
-                },
-            );
-            crate::backup::write(&dir, &manifest, out)
-        });
-        if let Err(e) = written {
-            // The client sees a broken transfer, not a short file that looks whole.
-            let _ = chunks.blocking_send(Err(std::io::Error::other("backup stopped")));
-            tracing::warn!(error = %e, "backup not completed");
-        }
-        if let Err(e) = std::fs::remove_dir_all(&dir) {
-            tracing::warn!(error = %e, "cannot remove a backup snapshot");
-        }
-    });
 
     let body = Body::from_stream(super::export::Chunks {
         receiver,
@@ -116,6 +135,16 @@ pub async fn backup(
     }
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     Ok(response)
+}
+
+/// Removes a snapshot's directory, off the async threads.
+async fn remove(dir: std::path::PathBuf) {
+    let removed = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(dir)).await;
+    if let Ok(Err(e)) = removed
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        tracing::warn!(error = %e, "cannot remove a backup snapshot");
+    }
 }
 
 /// Writes into the response body's channel, from a blocking thread.

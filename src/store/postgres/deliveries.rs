@@ -42,10 +42,13 @@ const AUDIT: &str = "INSERT INTO audit (at, action, actor, details) VALUES ($1, 
 
 /// A pooled connection inside a transaction whose statements are sent back to back
 /// (pipelined): `BEGIN` travels with the first statements and `COMMIT` with the last, so a
-/// delivery costs two round trips to the database instead of one per statement. (A statement
-/// that fails aborts the transaction, so the `COMMIT` sent behind it rolls back.) A transaction
-/// left open (an error, or the request dropped part way) takes its connection out of the pool
-/// and closes it, which rolls the transaction back, rather than let another request use it.
+/// delivery costs two round trips to the database instead of one per statement. A statement
+/// that fails aborts the transaction, so the `COMMIT` sent behind it rolls back; the delivery is
+/// acknowledged only when every statement and the `COMMIT` succeeded. A transaction whose end
+/// was not seen (an error, or the request dropped part way) takes its connection out of the pool
+/// and closes it rather than let another request use it: before the `COMMIT` was sent, that
+/// rolls the transaction back; after, it may have committed unacknowledged (the sender's retry
+/// is then answered as a duplicate, and the sweep gives it its feed position).
 struct Pipelined {
     client: Option<deadpool_postgres::Object>,
 }
@@ -57,14 +60,16 @@ impl Pipelined {
             .expect("the connection is held until the transaction ends")
     }
 
-    /// Ends the transaction without writing, and gives the connection back.
+    /// Ends the transaction without writing, and gives the connection back (or, when the
+    /// `ROLLBACK` fails, closes it).
     async fn rollback(mut self) -> Result<(), StoreError> {
-        if let Some(client) = self.client.take() {
+        if let Some(client) = self.client.as_ref() {
             client
                 .batch_execute("ROLLBACK")
                 .await
                 .map_err(db_error("rolling back a delivery"))?;
         }
+        drop(self.client.take());
         Ok(())
     }
 

@@ -7,13 +7,14 @@
 //! its modification time from `by_modified`, an update's referral from `referral_updates`. An
 //! update's state is inside its record: a sealed update is written with the state
 //! [`MIGRATED`], which the first replica started with the key replaces by the real one
-//! ([`settle_migrated_updates`]).
+//! ([`settle_migration`], which also seals the copied signing key).
 //!
 //! Feed positions, audit sequence numbers and update ids keep their values (they are the row
 //! ids too), so the feed a consumer follows and the audit chain continue unchanged. Every row is
 //! inserted with `ON CONFLICT DO NOTHING` in transactions of [`CHUNK`] rows: an interrupted
-//! run is finished by running it again. A database already holding referrals from elsewhere is
-//! refused.
+//! run is finished by running it again. The database must be empty (every replica stopped), or
+//! hold the mark of an interrupted copy of the same data dir, unchanged since (its path, and
+//! where its feed, outbox and audit chain end); anything else is refused.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -21,7 +22,7 @@ use std::path::Path;
 use time::OffsetDateTime;
 
 use super::deliveries::to_i64;
-use super::records::{SEAL_KEY_IDS, plain_setting};
+use super::records::{PLAIN_SETTING, SEAL_KEY_IDS, plain_setting};
 use super::replicas::SIGNING_KEY;
 use super::{PgOptions, PgStore, advisory_key, db_error, migrate, session_config};
 use crate::store::audit::AuditEntry;
@@ -32,7 +33,9 @@ use crate::store::seal::sealed_key_id;
 use crate::store::sled::apply::DeliveryRef;
 use crate::store::sled::keys::from_micros;
 use crate::store::sled::stopped::Stopped;
-use crate::store::sled::trees::{REFERRAL_UPDATES_INDEXED, SEAL_KEYS};
+use crate::store::sled::trees::{
+    AUDIT_HEAD, EVENT_SEQ, REFERRAL_UPDATES_INDEXED, SEAL_KEYS, UPDATE_SEQ,
+};
 
 /// Rows per transaction.
 const CHUNK: usize = 500;
@@ -197,7 +200,7 @@ async fn copy_all(
     t: &crate::store::sled::trees::Trees,
     data_dir: &Path,
 ) -> Result<Vec<TableCount>, StoreError> {
-    claim(copy, data_dir).await?;
+    claim(copy, t, data_dir).await?;
 
     // What the columns need, from the indexes.
     let mut modified: HashMap<String, OffsetDateTime> = HashMap::new();
@@ -401,11 +404,30 @@ async fn copy_all(
 
 /// Marks the database as filled from `data_dir`, or refuses one that already holds referrals
 /// from elsewhere (a re-run after an interruption finds its own mark).
-async fn claim(copy: &mut Copier<'_>, data_dir: &Path) -> Result<(), StoreError> {
+async fn claim(
+    copy: &mut Copier<'_>,
+    t: &crate::store::sled::trees::Trees,
+    data_dir: &Path,
+) -> Result<(), StoreError> {
     let from = std::fs::canonicalize(data_dir)
         .unwrap_or_else(|_| data_dir.to_path_buf())
         .display()
         .to_string();
+    // What the data dir holds: where the feed, the outbox and the audit chain end. A re-run
+    // finishes a copy only of the same data dir, unchanged since.
+    let counter = |key: &[u8]| -> Result<String, StoreError> {
+        Ok(t.meta
+            .get(key)
+            .map_err(sled_error)?
+            .map(|v| crate::store::seal::hex(&v))
+            .unwrap_or_default())
+    };
+    let fingerprint = format!(
+        "{from}\nfeed {}\nupdates {}\naudit {}",
+        counter(EVENT_SEQ)?,
+        counter(UPDATE_SEQ)?,
+        counter(AUDIT_HEAD)?
+    );
     let tx = copy
         .client
         .transaction()
@@ -420,27 +442,38 @@ async fn claim(copy: &mut Copier<'_>, data_dir: &Path) -> Result<(), StoreError>
         .map_err(db_error("reading the migration mark"))?
         .map(|row| row.get(0));
     let holds: bool = tx
-        .query_one("SELECT EXISTS (SELECT 1 FROM referrals)", &[])
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM referrals) OR EXISTS (SELECT 1 FROM events)
+                 OR EXISTS (SELECT 1 FROM audit) OR EXISTS (SELECT 1 FROM updates)
+                 OR EXISTS (SELECT 1 FROM deliveries) OR EXISTS (SELECT 1 FROM task_states)",
+            &[],
+        )
         .await
-        .map_err(db_error("looking for referrals"))?
+        .map_err(db_error("looking for rows"))?
         .get(0);
     match mark {
-        Some(mark) if mark != from.as_bytes() => {
+        Some(mark) if mark == fingerprint.as_bytes() => {}
+        Some(mark) if !mark.starts_with(format!("{from}\n").as_bytes()) => {
+            let other = String::from_utf8_lossy(&mark);
             return Err(StoreError::failed(format!(
                 "this database was filled from another data dir ({}); migrate into an empty database or schema",
-                String::from_utf8_lossy(&mark)
+                other.lines().next().unwrap_or_default()
             )));
+        }
+        Some(_) => {
+            return Err(StoreError::failed(
+                "the data dir changed since the copy into this database began (the service ran on it): drop the schema and migrate again",
+            ));
         }
         None if holds => {
             return Err(StoreError::failed(
-                "this database already holds referrals; migrate into an empty database or schema",
+                "this database already holds rows (a replica ran on it?); migrate into an empty database or schema, with every replica stopped",
             ));
         }
-        Some(_) => {}
         None => {
             tx.execute(
                 "INSERT INTO relay_settings (name, value) VALUES ($1, $2)",
-                &[&MIGRATED_FROM, &from.as_bytes()],
+                &[&MIGRATED_FROM, &fingerprint.as_bytes()],
             )
             .await
             .map_err(db_error("marking the migration"))?;
@@ -511,9 +544,10 @@ async fn settings(
         .map_err(db_error("committing the settings copy"))
 }
 
-/// Gives each update copied sealed ([`MIGRATED`]) its state, read from its record: run by
-/// every replica at start, after the key check (a store holding sealed records has the key).
-pub(super) async fn settle_migrated_updates(store: &PgStore) -> Result<(), StoreError> {
+/// Finishes what `migrate` left for a replica with the key, at every start: each update copied
+/// sealed ([`MIGRATED`]) gets its state column from its record, and a signing key copied
+/// unsealed is sealed, when a key is configured.
+pub(super) async fn settle_migration(store: &PgStore) -> Result<(), StoreError> {
     let client = store.client().await?;
     let rows = client
         .query(
@@ -532,6 +566,31 @@ pub(super) async fn settle_migrated_updates(store: &PgStore) -> Result<(), Store
             )
             .await
             .map_err(db_error("settling a migrated update"))?;
+    }
+    if store.codec.0.is_some()
+        && let Some(row) = client
+            .query_opt(
+                "SELECT value FROM relay_settings WHERE name = $1",
+                &[&SIGNING_KEY],
+            )
+            .await
+            .map_err(db_error("reading the signing key"))?
+    {
+        let stored: Vec<u8> = row.get(0);
+        if stored.first() == Some(&PLAIN_SETTING) {
+            let key = store.open_setting(SIGNING_KEY, &stored)?;
+            client
+                .execute(
+                    "UPDATE relay_settings SET value = $2 WHERE name = $1 AND value = $3",
+                    &[
+                        &SIGNING_KEY,
+                        &store.seal_setting(SIGNING_KEY, &key)?,
+                        &stored,
+                    ],
+                )
+                .await
+                .map_err(db_error("sealing the signing key"))?;
+        }
     }
     Ok(())
 }

@@ -257,8 +257,8 @@ impl PgStore {
         };
         // Whatever a replica left unsequenced (killed between its commit and its run) goes now.
         store.sequence().await?;
-        // Updates copied sealed by `migrate` get their state columns, now that the key is here.
-        import::settle_migrated_updates(&store).await?;
+        // What `migrate` copied sealed gets its columns, now that the key is here.
+        import::settle_migration(&store).await?;
         let store = Arc::new_cyclic(|weak: &std::sync::Weak<Self>| {
             store.tasks.push(listener::spawn(
                 config,

@@ -52,33 +52,13 @@ impl PgStore {
             .await
             .map_err(db_error("starting an update"))?;
         let referral = update.referral.as_str().to_owned();
-        if let Some(read) = read {
-            tx.execute(
-                &tx.prepare_cached("SELECT 1 FROM referrals WHERE referral = $1 FOR UPDATE")
-                    .await
-                    .map_err(db_error("preparing a statement"))?,
-                &[&referral],
-            )
-            .await
-            .map_err(db_error("locking a referral"))?;
-            let current = tx
-                .query_opt(
-                    &tx.prepare_cached("SELECT record FROM task_states WHERE referral = $1")
-                        .await
-                        .map_err(db_error("preparing a statement"))?,
-                    &[&referral],
-                )
+        if let Some(read) = read
+            && !self.task_state_is(&tx, &referral, read).await?
+        {
+            tx.rollback()
                 .await
-                .map_err(db_error("reading a Task state"))?
-                .map(|row| self.open_task_state(&referral, row.get::<_, &[u8]>(0)))
-                .transpose()?
-                .unwrap_or_default();
-            if current != *read {
-                tx.rollback()
-                    .await
-                    .map_err(db_error("rolling back an update"))?;
-                return Ok(None);
-            }
+                .map_err(db_error("rolling back an update"))?;
+            return Ok(None);
         }
         let id: i64 = tx
             .query_one(
@@ -112,6 +92,73 @@ impl PgStore {
             .await
             .map_err(db_error("committing an update"))?;
         Ok(Some(record))
+    }
+
+    /// Locks the referral's row (so replicas changing its updates follow one another), then
+    /// says whether its Task state is still `read`.
+    async fn task_state_is(
+        &self,
+        tx: &deadpool_postgres::Transaction<'_>,
+        referral: &str,
+        read: &TaskState,
+    ) -> Result<bool, StoreError> {
+        tx.execute(
+            &tx.prepare_cached("SELECT 1 FROM referrals WHERE referral = $1 FOR UPDATE")
+                .await
+                .map_err(db_error("preparing a statement"))?,
+            &[&referral],
+        )
+        .await
+        .map_err(db_error("locking a referral"))?;
+        let current = tx
+            .query_opt(
+                &tx.prepare_cached("SELECT record FROM task_states WHERE referral = $1")
+                    .await
+                    .map_err(db_error("preparing a statement"))?,
+                &[&referral],
+            )
+            .await
+            .map_err(db_error("reading a Task state"))?
+            .map(|row| self.open_task_state(referral, row.get::<_, &[u8]>(0)))
+            .transpose()?
+            .unwrap_or_default();
+        Ok(current == *read)
+    }
+
+    /// Marks `update` discarded with the referral's rebuilt Task state; with `read`, only while
+    /// the Task state is still that, else `false`.
+    async fn discard(
+        &self,
+        update: &UpdateRecord,
+        task: TaskState,
+        read: Option<&TaskState>,
+    ) -> Result<bool, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client
+            .transaction()
+            .await
+            .map_err(db_error("starting a discard"))?;
+        let referral = update.referral.as_str();
+        if let Some(read) = read
+            && !self.task_state_is(&tx, referral, read).await?
+        {
+            tx.rollback()
+                .await
+                .map_err(db_error("rolling back a discard"))?;
+            return Ok(false);
+        }
+        write_update(
+            &tx,
+            update,
+            &self.seal_update(update)?,
+            "discarding an update",
+        )
+        .await?;
+        write_task_state(&tx, referral, &self.seal_task_state(referral, &task)?).await?;
+        tx.commit()
+            .await
+            .map_err(db_error("committing a discard"))?;
+        Ok(true)
     }
 
     async fn updates_where(
@@ -203,21 +250,16 @@ impl OutboxStore for PgStore {
         update: &UpdateRecord,
         task: TaskState,
     ) -> Result<(), StoreError> {
-        let mut client = self.client().await?;
-        let tx = client
-            .transaction()
-            .await
-            .map_err(db_error("starting a discard"))?;
-        write_update(
-            &tx,
-            update,
-            &self.seal_update(update)?,
-            "discarding an update",
-        )
-        .await?;
-        let referral = update.referral.as_str();
-        write_task_state(&tx, referral, &self.seal_task_state(referral, &task)?).await?;
-        tx.commit().await.map_err(db_error("committing a discard"))
+        self.discard(update, task, None).await.map(|_| ())
+    }
+
+    async fn discard_update_if(
+        &self,
+        update: &UpdateRecord,
+        task: TaskState,
+        read: &TaskState,
+    ) -> Result<bool, StoreError> {
+        self.discard(update, task, Some(read)).await
     }
 
     async fn update(&self, id: u64) -> Result<Option<UpdateRecord>, StoreError> {

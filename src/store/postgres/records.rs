@@ -20,7 +20,7 @@ use crate::store::sled::trees::{PAYLOADS, REFERRALS, TASK_STATES, UPDATES, VERSI
 /// The context of a setting in `relay_settings` (no tree of the embedded store holds them).
 const SETTINGS: &str = "relay_settings";
 /// First byte of a setting stored unsealed.
-const PLAIN_SETTING: u8 = 0;
+pub(super) const PLAIN_SETTING: u8 = 0;
 
 /// A setting stored unsealed.
 pub(super) fn plain_setting(value: &[u8]) -> Vec<u8> {
