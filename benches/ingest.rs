@@ -151,7 +151,8 @@ async fn bench(duration: Duration) {
 /// The same rows with the service on PostgreSQL (`BENCH_POSTGRES_URL`, by default this project's
 /// machines' server; `synchronous_commit` as the server has it, on by default), in a schema of
 /// its own dropped afterwards, beside the no-op handler again; then two replicas on that schema,
-/// each taking half the connections.
+/// each with half the connections of the one (`BENCH_PG_CONNECTIONS`, 32 by default), each
+/// taking half the load.
 async fn postgres(
     noop: SocketAddr,
     template: &str,
@@ -162,19 +163,26 @@ async fn postgres(
     let url = std::env::var("BENCH_POSTGRES_URL")
         .unwrap_or_else(|_| "host=127.0.0.1 port=5432 user=postgres dbname=test".into());
     let schema = format!("relay_bench_{}", std::process::id());
-    let options = PgOptions {
+    // Connections of the one replica (`BENCH_PG_CONNECTIONS`, default 32); each of the two
+    // replicas gets half, so both rows use the database alike.
+    let connections = env_count("BENCH_PG_CONNECTIONS", 32);
+    let options = |max_connections| PgOptions {
         schema: Some(schema.clone()),
-        max_connections: 32,
+        max_connections,
         ..PgOptions::new(url.clone())
     };
     let dirs = [
         tempfile::TempDir::new().unwrap(),
         tempfile::TempDir::new().unwrap(),
+        tempfile::TempDir::new().unwrap(),
     ];
-    let one: Arc<dyn Store> = PgStore::connect(&options).await.unwrap();
+    let one: Arc<dyn Store> = PgStore::connect(&options(connections)).await.unwrap();
     let (first, _stop_first, _first) = serve(dirs[0].path(), one).await;
-    let two: Arc<dyn Store> = PgStore::connect(&options).await.unwrap();
-    let (second, _stop_second, _second) = serve(dirs[1].path(), two).await;
+    let mut pair = Vec::new();
+    for dir in &dirs[1..] {
+        let store: Arc<dyn Store> = PgStore::connect(&options(connections / 2)).await.unwrap();
+        pair.push(serve(dir.path(), store).await);
+    }
     println!(
         "postgres: the same Bundle, the service on PostgreSQL (one replica, then two on one schema)"
     );
@@ -201,11 +209,14 @@ async fn postgres(
     }
     // Two replicas on one database, each half the load at concurrency 64.
     let (a, b) = tokio::join!(
-        load(first, template, sequence, 32, Limit::For(duration)),
-        load(second, template, sequence, 32, Limit::For(duration)),
+        load(pair[0].0, template, sequence, 32, Limit::For(duration)),
+        load(pair[1].0, template, sequence, 32, Limit::For(duration)),
     );
     let together = (a.requests + b.requests) as f64 / a.elapsed.max(b.elapsed).as_secs_f64();
-    println!("pg 2    64   {together:>7.0} acks/s (two replicas, 32 connections each)");
+    println!(
+        "pg 2    64   {together:>7.0} acks/s (two replicas, {} connections each)",
+        connections / 2
+    );
     let (client, connection) = url
         .parse::<tokio_postgres::Config>()
         .unwrap()
