@@ -321,18 +321,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     serde_urlencoded::to_string(&query)?
                 );
                 runtime.block_on(async {
-                    let mut response = reqwest::Client::new()
-                        .get(&url)
-                        .bearer_auth(&key)
-                        .send()
-                        .await?;
-                    if !response.status().is_success() {
-                        let status = response.status();
-                        anyhow::bail!(
-                            "the service refused the export ({status}): {}",
-                            response.text().await?
-                        );
-                    }
+                    let mut response = fetch(&url, &key, "export").await?;
                     while let Some(chunk) = response.chunk().await? {
                         sink.write_all(&chunk)?;
                     }
@@ -451,18 +440,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             let partial = PathBuf::from(format!("{}.partial", out.display()));
             let downloaded = tokio::runtime::Runtime::new()?.block_on(async {
-                let mut response = reqwest::Client::new()
-                    .get(&url)
-                    .bearer_auth(&key)
-                    .send()
-                    .await?;
-                if !response.status().is_success() {
-                    let status = response.status();
-                    anyhow::bail!(
-                        "the service refused the backup ({status}): {}",
-                        response.text().await?
-                    );
-                }
+                let mut response = fetch(&url, &key, "backup").await?;
                 let mut file = std::fs::File::create(&partial)
                     .with_context(|| format!("cannot create {}", partial.display()))?;
                 while let Some(chunk) = response.chunk().await.context("the backup was cut off")? {
@@ -585,6 +563,24 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// GETs `url` from a running service with an API key; an answer other than 2xx is an error
+/// naming `what` and quoting the service's problem document.
+async fn fetch(url: &str, key: &str, what: &str) -> anyhow::Result<reqwest::Response> {
+    let response = reqwest::Client::new()
+        .get(url)
+        .bearer_auth(key)
+        .send()
+        .await?;
+    if !response.status().is_success() {
+        let status = response.status();
+        anyhow::bail!(
+            "the service refused the {what} ({status}): {}",
+            response.text().await?
+        );
+    }
+    Ok(response)
 }
 
 /// The counts of a backup, one tree per line.

@@ -62,20 +62,7 @@ impl PgStore {
     /// links, so a reader sees whatever committed before it asked, on any replica.
     pub(super) async fn settle(&self) -> Result<(), StoreError> {
         let client = self.client().await?;
-        let pending: bool = client
-            .query_one(
-                &client
-                    .prepare_cached(
-                        "SELECT EXISTS (SELECT 1 FROM events WHERE seq IS NULL)
-                         OR EXISTS (SELECT 1 FROM audit WHERE seq IS NULL)",
-                    )
-                    .await
-                    .map_err(db_error("preparing a statement"))?,
-                &[],
-            )
-            .await
-            .map_err(db_error("looking for unsequenced rows"))?
-            .get(0);
+        let pending = pending(&client).await?;
         drop(client);
         if pending && let Err(e) = self.sequence().await {
             // The numbered rows are a gap-free prefix whatever happens: serve those (a later
@@ -95,20 +82,7 @@ impl PgStore {
             .start()
             .await
             .map_err(db_error("starting the sequencer"))?;
-        let pending: bool = tx
-            .query_one(
-                &tx.prepare_cached(
-                    "SELECT EXISTS (SELECT 1 FROM events WHERE seq IS NULL)
-                     OR EXISTS (SELECT 1 FROM audit WHERE seq IS NULL)",
-                )
-                .await
-                .map_err(db_error("preparing a statement"))?,
-                &[],
-            )
-            .await
-            .map_err(db_error("looking for unsequenced rows"))?
-            .get(0);
-        if pending {
+        if pending(&tx).await? {
             tx.execute(
                 &tx.prepare_cached("SELECT pg_advisory_xact_lock($1)")
                     .await
@@ -162,6 +136,27 @@ impl PgStore {
             .map_err(db_error("committing the sequencer"))?;
         Ok(u64::try_from(top).unwrap_or_default())
     }
+}
+
+/// Whether committed rows are still without a feed position or an audit link (two indexed
+/// lookups in the partial indexes of such rows).
+async fn pending<C: deadpool_postgres::GenericClient + Sync>(
+    client: &C,
+) -> Result<bool, StoreError> {
+    Ok(client
+        .query_one(
+            &client
+                .prepare_cached(
+                    "SELECT EXISTS (SELECT 1 FROM events WHERE seq IS NULL)
+                     OR EXISTS (SELECT 1 FROM audit WHERE seq IS NULL)",
+                )
+                .await
+                .map_err(db_error("preparing a statement"))?,
+            &[],
+        )
+        .await
+        .map_err(db_error("looking for unsequenced rows"))?
+        .get(0))
 }
 
 /// Links the audit entries committed without a place in the chain, in insert order, to its head.
