@@ -252,6 +252,9 @@ pub fn read(archive: impl Read, unpack_to: Option<&Path>) -> anyhow::Result<Mani
     if let Some(missing) = manifest.files.keys().find(|p| !seen.contains_key(*p)) {
         bail!("the backup is incomplete: {missing} is missing");
     }
+    // To the end of the gzip stream, so its trailer (CRC-32 and length) is checked too.
+    std::io::copy(&mut tar.into_inner(), &mut std::io::sink())
+        .context("the backup is truncated or damaged")?;
     Ok(manifest)
 }
 
@@ -288,8 +291,25 @@ pub fn restore(archive: impl Read, data_dir: &Path) -> anyhow::Result<Manifest> 
             data_dir.display()
         );
     }
+    let created = !data_dir.exists();
     std::fs::create_dir_all(data_dir)
         .with_context(|| format!("cannot create {}", data_dir.display()))?;
+    // The data dir's lock, as a service or a command holds it: one restore at a time, and
+    // none into a dir in use.
+    let _lock = SledStore::lock_data_dir(data_dir).map_err(|e| {
+        anyhow::anyhow!("cannot restore into {}: {}", data_dir.display(), e.chain())
+    })?;
+    let restored = unpack_and_check(archive, data_dir, &live);
+    if restored.is_err() && created {
+        drop(_lock);
+        let _ = std::fs::remove_file(data_dir.join(crate::store::LOCK_FILE));
+        let _ = std::fs::remove_dir(data_dir);
+    }
+    restored
+}
+
+/// The body of [`restore`], under the data dir's lock.
+fn unpack_and_check(archive: impl Read, data_dir: &Path, live: &Path) -> anyhow::Result<Manifest> {
     let unpacking = data_dir.join(RESTORING_DIR);
     if unpacking.exists() {
         std::fs::remove_dir_all(&unpacking)
@@ -318,7 +338,7 @@ pub fn restore(archive: impl Read, data_dir: &Path) -> anyhow::Result<Manifest> 
             return Err(e);
         }
     };
-    std::fs::rename(&unpacked, &live)
+    std::fs::rename(&unpacked, live)
         .with_context(|| format!("cannot move the restored store to {}", live.display()))?;
     std::fs::File::open(data_dir)
         .and_then(|d| d.sync_all())

@@ -143,6 +143,27 @@ impl From<StoreError> for AppError {
     }
 }
 
+/// Seconds between two warnings that the store refused a request.
+const UNAVAILABLE_WARNING_SECS: u64 = 10;
+
+/// Whether this refusal is the first in its interval (and so is logged as a warning).
+fn unavailable_warning_due() -> bool {
+    static LAST: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let last = LAST.load(std::sync::atomic::Ordering::Relaxed);
+    now >= last + UNAVAILABLE_WARNING_SECS
+        && LAST
+            .compare_exchange(
+                last,
+                now,
+                std::sync::atomic::Ordering::Relaxed,
+                std::sync::atomic::Ordering::Relaxed,
+            )
+            .is_ok()
+}
+
 impl AppError {
     /// Logs what the caller is not told: an internal error's cause chain, once.
     fn log(&self) {
@@ -150,9 +171,16 @@ impl AppError {
             Self::Internal(cause) => {
                 tracing::error!(error = format!("{cause:#}"), "request failed")
             }
-            // The store logs when it breaks and when it recovers; one line per refused request
-            // would flood the log during an outage.
-            Self::Unavailable(cause) => tracing::debug!(error = %cause, "storage unavailable"),
+            // One line per refused request would flood the log during an outage: the first in
+            // each interval is a warning with the cause (never patient data: store errors name
+            // tables, keys and ids), the rest are debug lines.
+            Self::Unavailable(cause) => {
+                if unavailable_warning_due() {
+                    tracing::warn!(error = %cause.chain(), "storage unavailable; requests are answered 503 (further failures within {UNAVAILABLE_WARNING_SECS} s are logged at debug)");
+                } else {
+                    tracing::debug!(error = %cause.chain(), "storage unavailable");
+                }
+            }
             _ => {}
         }
     }

@@ -15,7 +15,7 @@ mod seal;
 mod sled;
 
 pub use self::postgres::{MIGRATIONS as POSTGRES_MIGRATIONS, PgOptions, PgStore, TableCount};
-pub use self::sled::{SledOptions, SledStore};
+pub use self::sled::{LOCK_FILE, SledOptions, SledStore};
 pub use audit::{AUDIT_GENESIS, AuditBreak, AuditEntry, AuditStore, verify_chain};
 pub use deliveries::{
     DeliveryStore, NewDelivery, PutOutcome, ReferralRecord, ServiceAssignment, VersionRecord,

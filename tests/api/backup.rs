@@ -198,6 +198,8 @@ async fn a_backup_taken_under_load_restores_whole_and_a_damaged_one_is_refused()
     for (name, content) in [
         ("damaged", damaged),
         ("truncated", bytes[..bytes.len() * 2 / 3].to_vec()),
+        // Only the gzip trailer (CRC-32 and length) cut off.
+        ("trailer", bytes[..bytes.len() - 4].to_vec()),
     ] {
         let bad = files.path().join(format!("{name}.tar.gz"));
         std::fs::write(&bad, content).unwrap();

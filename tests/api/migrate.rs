@@ -183,10 +183,20 @@ async fn an_encrypted_embedded_store_moves_to_postgres_whole_and_without_its_key
         .await
         .batch_execute(
             "DELETE FROM task_states; DELETE FROM audit WHERE seq > 3; DELETE FROM deliveries;
-             DELETE FROM updates WHERE id > 1;",
+             DELETE FROM updates WHERE id > 1;
+             INSERT INTO relay_settings (name, value) VALUES ('migration_unfinished', '');",
         )
         .await
         .unwrap();
+    // Meanwhile no replica starts on it: its dedup keys and feed are not whole.
+    let Err(refused) = referral_relay::store::PgStore::connect(&schema.options()).await else {
+        panic!("a replica started on an unfinished migration")
+    };
+    assert!(
+        refused.chain().contains("has not finished"),
+        "{}",
+        refused.chain()
+    );
     let (ok, stdout, stderr) = migrate(dir.path(), &schema);
     assert!(ok, "{stdout}\n{stderr}");
 

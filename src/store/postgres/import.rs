@@ -43,6 +43,8 @@ const CHUNK: usize = 500;
 pub(super) const MIGRATED: &str = "migrated";
 /// The setting naming the data dir a database was filled from.
 const MIGRATED_FROM: &str = "migrated_from";
+/// Present from the start of a copy until its counts match: replicas refuse to start meanwhile.
+const MIGRATION_UNFINISHED: &str = "migration_unfinished";
 /// The file in a data dir holding the generated token signing key.
 const KEY_FILE: &str = crate::auth::token::KEY_FILE;
 
@@ -399,7 +401,40 @@ async fn copy_all(
             target: copy.count(table).await?,
         });
     }
+    // Only a whole copy lets replicas start on the database (see `refuse_unfinished`).
+    if out.iter().all(|c| c.source == c.target) {
+        copy.client
+            .execute(
+                "DELETE FROM relay_settings WHERE name = $1",
+                &[&MIGRATION_UNFINISHED],
+            )
+            .await
+            .map_err(db_error("marking the migration finished"))?;
+    }
     Ok(out)
+}
+
+/// Refuses to serve from a database a `migrate` is filling, or left unfinished: its feed,
+/// dedup keys and id sequences are not whole yet, so a delivery stored now could be stored
+/// twice or break the audit chain.
+///
+/// # Errors
+/// `Failed`, saying to finish the migration.
+pub(super) async fn refuse_unfinished(client: &tokio_postgres::Client) -> Result<(), StoreError> {
+    let unfinished = client
+        .query_opt(
+            "SELECT 1 FROM relay_settings WHERE name = $1",
+            &[&MIGRATION_UNFINISHED],
+        )
+        .await
+        .map_err(db_error("looking for an unfinished migration"))?
+        .is_some();
+    if unfinished {
+        return Err(StoreError::failed(
+            "a `referral-relay migrate` into this database has not finished (interrupted, or still running): run it again with the same data dir until it reports matching counts, then start the service",
+        ));
+    }
+    Ok(())
 }
 
 /// Marks the database as filled from `data_dir`, or refuses one that already holds referrals
@@ -472,8 +507,12 @@ async fn claim(
         }
         None => {
             tx.execute(
-                "INSERT INTO relay_settings (name, value) VALUES ($1, $2)",
-                &[&MIGRATED_FROM, &fingerprint.as_bytes()],
+                "INSERT INTO relay_settings (name, value) VALUES ($1, $2), ($3, ''::bytea)",
+                &[
+                    &MIGRATED_FROM,
+                    &fingerprint.as_bytes(),
+                    &MIGRATION_UNFINISHED,
+                ],
             )
             .await
             .map_err(db_error("marking the migration"))?;

@@ -229,6 +229,7 @@ impl PgStore {
         {
             let mut client = pool.get().await.map_err(pool_error)?;
             migrate::apply(&mut client, advisory_key("migrations", &schema)).await?;
+            import::refuse_unfinished(&client).await?;
             records::admit_keys(&mut client, options.keys.as_deref()).await?;
         }
 

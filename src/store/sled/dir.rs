@@ -10,7 +10,8 @@ use crate::store::error::StoreError;
 pub(super) const LIVE_DIR: &str = "sled";
 pub(super) const REKEY_DIR: &str = "sled.rekey";
 pub(super) const OLD_DIR: &str = "sled.old";
-const LOCK_FILE: &str = "lock";
+/// The file a data dir is locked by (see [`lock_dir`]).
+pub const LOCK_FILE: &str = "lock";
 
 /// Finishes or undoes a `rekey` swap that a crash interrupted. `sled.old` exists only once the
 /// copy in `sled.rekey` was complete, so: with `sled.old` and no `sled`, the copy goes live;

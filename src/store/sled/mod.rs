@@ -56,5 +56,6 @@ pub(super) mod stopped;
 pub(super) mod trees;
 mod writer;
 
+pub use dir::LOCK_FILE;
 pub use handle::SledStore;
 pub use options::SledOptions;

@@ -86,6 +86,15 @@ impl SledStore {
         self.checked(copied)
     }
 
+    /// Locks the data dir `dir` as an open store does, until the returned handle is dropped: for
+    /// commands that write a data dir without opening a store in it (`restore`).
+    ///
+    /// # Errors
+    /// [`StoreError::InUse`] while a service or another command holds `dir`.
+    pub fn lock_data_dir(dir: &Path) -> Result<impl Drop, StoreError> {
+        super::dir::lock_dir(dir)
+    }
+
     /// The items of each tree of the stopped store in `dir` (what [`SnapshotInfo::trees`]
     /// counts): how a restored store is checked against its backup's manifest.
     ///
