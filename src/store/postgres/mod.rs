@@ -121,9 +121,27 @@ impl Drop for PgStore {
 }
 
 /// A database error as a store error: PostgreSQL unreachable or refusing is `Unavailable`
-/// (callers answer 503 and senders retry).
+/// (callers answer 503 and senders retry). The cause keeps PostgreSQL's severity, message and
+/// SQLSTATE but not its DETAIL, which can quote a failing row's values (patient data among
+/// them), since causes are logged.
 pub(super) fn db_error(context: &'static str) -> impl Fn(tokio_postgres::Error) -> StoreError {
-    move |e| StoreError::unavailable(format!("PostgreSQL: {context}")).caused_by(e)
+    move |e| {
+        StoreError::unavailable(format!("PostgreSQL: {context}")).caused_by(without_row_data(&e))
+    }
+}
+
+/// The text of a database error without its DETAIL or HINT; other errors (connecting, the
+/// protocol) as they are.
+fn without_row_data(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!(
+            "{}: {} (SQLSTATE {})",
+            db.severity(),
+            db.message(),
+            db.code().code()
+        ),
+        None => e.to_string(),
+    }
 }
 
 /// The advisory lock of `purpose` for the tables in `schema`: locks are database-wide, so
