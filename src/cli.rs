@@ -349,13 +349,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     .map_err(|e| anyhow::anyhow!("--service-id: {e}"))?,
                 unexported_only,
             };
-            let config = Config::load(
-                config.as_deref(),
-                &Overrides {
-                    data_dir,
-                    ..Overrides::default()
-                },
-            )?;
+            let config = load_with_data_dir(config.as_deref(), data_dir)?;
             let store = open_store(&config, &runtime)?;
             let request = crate::export::ExportRequest {
                 filter,
@@ -375,11 +369,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Rekey { config, data_dir } => {
-            let overrides = Overrides {
-                data_dir,
-                ..Overrides::default()
-            };
-            let config = Config::load(config.as_deref(), &overrides)?;
+            let config = load_with_data_dir(config.as_deref(), data_dir)?;
             let keys = crate::app::keyring(&config.storage)?.ok_or_else(|| {
                 anyhow::anyhow!("storage.encryption_key is not set: there is no key to seal with")
             })?;
@@ -400,11 +390,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             config,
             data_dir,
         } => {
-            let overrides = Overrides {
-                data_dir,
-                ..Overrides::default()
-            };
-            let config = Config::load(config.as_deref(), &overrides)?;
+            let config = load_with_data_dir(config.as_deref(), data_dir)?;
             let runtime = tokio::runtime::Runtime::new()?;
             let store = open_store(&config, &runtime)?;
             runtime.block_on(async {
@@ -486,11 +472,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             config,
             data_dir,
         } => {
-            let overrides = Overrides {
-                data_dir,
-                ..Overrides::default()
-            };
-            let config = Config::load(config.as_deref(), &overrides)?;
+            let config = load_with_data_dir(config.as_deref(), data_dir)?;
             telemetry::init(&config.log.level, config.log.format);
             let options = crate::store::PgOptions {
                 schema: Some(schema.unwrap_or_else(|| config.storage.schema.clone())),
@@ -563,6 +545,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// The configuration of a command that takes `--config` and `--data-dir`.
+fn load_with_data_dir(
+    config: Option<&std::path::Path>,
+    data_dir: Option<PathBuf>,
+) -> anyhow::Result<Config> {
+    let overrides = Overrides {
+        data_dir,
+        ..Overrides::default()
+    };
+    Config::load(config, &overrides)
 }
 
 /// GETs `url` from a running service with an API key; an answer other than 2xx is an error
