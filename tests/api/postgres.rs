@@ -732,3 +732,36 @@ async fn an_update_decided_from_a_task_state_another_replica_changed_is_not_stor
     drop((a, b));
     schema.drop_now().await;
 }
+
+/// The readiness check writes one row per replica process, and drops the rows of processes
+/// gone for a day, so restarts do not grow the table.
+#[tokio::test]
+async fn readiness_rows_of_replicas_long_gone_are_dropped() {
+    use referral_relay::store::MaintenanceStore;
+
+    let schema = Schema::new();
+    let store = schema.store().await;
+    let client = schema.client().await;
+    client
+        .batch_execute(
+            "INSERT INTO relay_ready (replica, at) VALUES
+                 ('gone-long-ago', now() - interval '2 days'),
+                 ('gone-just-now', now() - interval '1 hour')",
+        )
+        .await
+        .unwrap();
+    store.check_writable().await.unwrap();
+    let mut replicas: Vec<String> = client
+        .query("SELECT replica FROM relay_ready", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    replicas.sort();
+    assert_eq!(replicas.len(), 2, "{replicas:?}");
+    assert!(replicas.contains(&"gone-just-now".to_owned()));
+    assert!(!replicas.contains(&"gone-long-ago".to_owned()));
+    drop(store);
+    schema.drop_now().await;
+}

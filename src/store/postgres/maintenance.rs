@@ -180,8 +180,12 @@ impl MaintenanceStore for PgStore {
             .execute(
                 &client
                     .prepare_cached(
-                        "INSERT INTO relay_ready (replica, at) VALUES ($1, now())
-                 ON CONFLICT (replica) DO UPDATE SET at = excluded.at",
+                        // Rows of replica processes gone for a day are dropped on the way.
+                        "WITH gone AS (
+                             DELETE FROM relay_ready
+                             WHERE replica <> $1 AND at < now() - interval '1 day')
+                         INSERT INTO relay_ready (replica, at) VALUES ($1, now())
+                         ON CONFLICT (replica) DO UPDATE SET at = excluded.at",
                     )
                     .await
                     .map_err(db_error("preparing a statement"))?,
