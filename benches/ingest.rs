@@ -176,6 +176,22 @@ async fn postgres(
         tempfile::TempDir::new().unwrap(),
         tempfile::TempDir::new().unwrap(),
     ];
+    // The store alone first, for where the time goes: the database's share without HTTP or
+    // parsing (its connections closed before the service's open).
+    let Parsed::Message(message) = parse_message(template.as_bytes(), |_| true).unwrap() else {
+        unreachable!("every event is accepted")
+    };
+    let alone: Arc<dyn Store> = PgStore::connect(&options(connections)).await.unwrap();
+    store_rows(
+        &alone,
+        &message,
+        template,
+        sequence,
+        duration,
+        ", PostgreSQL",
+    )
+    .await;
+    drop(alone);
     let one: Arc<dyn Store> = PgStore::connect(&options(connections)).await.unwrap();
     let (first, _stop_first, _first) = serve(dirs[0].path(), one).await;
     let mut pair = Vec::new();
@@ -217,6 +233,7 @@ async fn postgres(
         "pg 2    64   {together:>7.0} acks/s (two replicas, {} connections each)",
         connections / 2
     );
+
     let (client, connection) = url
         .parse::<tokio_postgres::Config>()
         .unwrap()
@@ -397,19 +414,21 @@ async fn breakdown(template: &str, sequence: &Arc<AtomicUsize>, duration: Durati
     for sealed in [false, true] {
         let keys = sealed.then(|| Keyring::new(&[7; 32], &[]).unwrap());
         let dir = tempfile::TempDir::new().unwrap();
-        let store = Arc::new(SledStore::open_with(dir.path(), keys).unwrap());
-        store_rows(&store, &message, template, sequence, duration, sealed).await;
+        let store: Arc<dyn Store> = Arc::new(SledStore::open_with(dir.path(), keys).unwrap());
+        let label = if sealed { ", encrypted" } else { "" };
+        store_rows(&store, &message, template, sequence, duration, label).await;
     }
 }
 
-/// Durable puts per second straight into `store`, at concurrency 1 and 64.
+/// Durable puts per second straight into `store`, at concurrency 1 and 64; `label` ends the
+/// row ("", ", encrypted", ", PostgreSQL").
 async fn store_rows(
-    store: &Arc<SledStore>,
+    store: &Arc<dyn Store>,
     message: &ParsedMessage,
     template: &str,
     sequence: &Arc<AtomicUsize>,
     duration: Duration,
-    sealed: bool,
+    label: &str,
 ) {
     for concurrency in [1, 64] {
         let stored = Arc::new(AtomicUsize::new(0));
@@ -436,9 +455,8 @@ async fn store_rows(
             task.await.unwrap();
         }
         println!(
-            "store:  {:.0} durable puts/s at concurrency {concurrency} (no HTTP, no parsing){}",
+            "store:  {:.0} durable puts/s at concurrency {concurrency} (no HTTP, no parsing){label}",
             stored.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64(),
-            if sealed { ", encrypted" } else { "" }
         );
     }
 }
