@@ -153,6 +153,49 @@ async fn the_same_delivery_on_two_replicas_at_once_is_stored_once() {
     schema.drop_now().await;
 }
 
+/// Different deliveries of one new referral posted to two replicas at once: every one stored,
+/// as versions 1..n of one referral, each on the feed once (one delivery of a referral at a time,
+/// even when none of them finds the referral's row yet).
+#[tokio::test]
+async fn deliveries_of_one_new_referral_on_two_replicas_at_once_are_its_versions_in_turn() {
+    let schema = Schema::new();
+    let (a, b) = (schema.store().await, schema.store().await);
+    let mut tasks = Vec::new();
+    for n in 0..24 {
+        let store = if n % 2 == 0 {
+            Arc::clone(&a)
+        } else {
+            Arc::clone(&b)
+        };
+        let d = delivery("PG-AT-ONCE", &format!("{{\"delivery\": {n}}}"));
+        tasks.push(tokio::spawn(
+            async move { store.put_delivery(d).await.unwrap() },
+        ));
+    }
+    let mut versions = Vec::new();
+    for task in tasks {
+        match task.await.unwrap() {
+            PutOutcome::Stored { version } => versions.push(version),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    versions.sort_unstable();
+    assert_eq!(versions, (1..=24).collect::<Vec<u64>>());
+    let referral = ReferralRef::parse("PG-AT-ONCE").unwrap();
+    let stored = b.versions(&referral).await.unwrap();
+    assert_eq!(
+        stored.iter().map(|v| v.version).collect::<Vec<_>>(),
+        (1..=24).collect::<Vec<u64>>()
+    );
+    assert_eq!(a.referral(&referral).await.unwrap().unwrap().version, 24);
+    let feed = a.events_after(0, 100).await.unwrap();
+    let mut fed: Vec<u64> = feed.iter().map(|e| e.version).collect();
+    fed.sort_unstable();
+    assert_eq!(fed, (1..=24).collect::<Vec<u64>>());
+    drop((a, b));
+    schema.drop_now().await;
+}
+
 /// A transaction that took its feed row first but commits last must not be skipped by a
 /// consumer who has already read the rows committed meanwhile.
 #[tokio::test]

@@ -23,22 +23,46 @@ pub(super) fn to_u64(n: i64) -> u64 {
 type Param<'a> = dyn tokio_postgres::types::ToSql + Sync + 'a;
 
 /// The statements of a delivery's transaction, in the order it sends them.
-const CLAIM: &str = "INSERT INTO deliveries (dedup_key, referral, version) VALUES ($1, $2, 0)
-     ON CONFLICT (dedup_key) DO NOTHING";
-const CREATE_REFERRAL: &str = "INSERT INTO referrals (referral, version, modified_at, record)
-     VALUES ($1, 0, now(), ''::bytea) ON CONFLICT (referral) DO NOTHING";
-const LOCK_REFERRAL: &str = "SELECT version, record FROM referrals WHERE referral = $1 FOR UPDATE";
+///
+/// One delivery of a referral at a time, on every replica: a transaction-scoped advisory lock on
+/// the hash of the referral's ref (seeded per schema; two refs sharing a hash only wait for each
+/// other). It is taken in a statement of its own before the referral is read, since a statement
+/// sees only what committed before it began: a first delivery of a referral that committed while
+/// this one waited is then read, not inserted twice. Duplicates of one delivery carry one body,
+/// so one referral: they wait on the same lock, and the second finds the first's dedup row.
+const LOCK_REFERRAL: &str = "SELECT pg_advisory_xact_lock(hashtextextended($1, $2))";
+/// The referral as it stands (no row when new), locked against the other writers of its row
+/// (export marks), and the version a delivery with this dedup key already stored, if any.
+const READ_REFERRAL: &str = "SELECT version, record,
+         (SELECT version FROM deliveries WHERE dedup_key = $2)
+     FROM referrals WHERE referral = $1 FOR UPDATE";
 const STORED_VERSION: &str = "SELECT version FROM deliveries WHERE dedup_key = $1";
-/// The feed entry and the version in one statement (the version names the entry's row).
-const WRITE_VERSION: &str = "WITH e AS (
+/// Every write of a delivery in one statement: its dedup row, its feed entry (no position yet;
+/// see the sequencer), the version naming that entry, the referral's row (inserted when new)
+/// and its audit entry. Each write after the first takes its row from the dedup row's
+/// `RETURNING`, so when that row already exists nothing at all is written and the statement
+/// returns 0. Foreign keys are checked at the end of the statement, when the rows it inserted are
+/// visible.
+const WRITE_DELIVERY: &str = "WITH claimed AS (
+         INSERT INTO deliveries (dedup_key, referral, version)
+         VALUES ($1::text, $2::text, $3::bigint)
+         ON CONFLICT (dedup_key) DO NOTHING RETURNING referral),
+     referral_row AS (
+         INSERT INTO referrals (referral, version, modified_at, record)
+         SELECT referral, $3::bigint, $6::timestamptz, $9::bytea FROM claimed
+         ON CONFLICT (referral) DO UPDATE SET version = EXCLUDED.version,
+             modified_at = EXCLUDED.modified_at, record = EXCLUDED.record),
+     feed_entry AS (
          INSERT INTO events (referral, version, event, service_id, received_at)
-         VALUES ($1, $2, $3, $4, $5) RETURNING id)
-     INSERT INTO versions (referral, version, event_id, record, payload)
-     SELECT $1, $2, e.id, $6, $7 FROM e";
-const UPDATE_REFERRAL: &str =
-    "UPDATE referrals SET version = $2, modified_at = $3, record = $4 WHERE referral = $1";
-const RECORD_DELIVERY: &str = "UPDATE deliveries SET version = $2 WHERE dedup_key = $1";
-const AUDIT: &str = "INSERT INTO audit (at, action, actor, details) VALUES ($1, $2, $3, $4)";
+         SELECT referral, $3::bigint, $4::text, $5::text, $6::timestamptz FROM claimed
+         RETURNING id),
+     version_row AS (
+         INSERT INTO versions (referral, version, event_id, record, payload)
+         SELECT $2::text, $3::bigint, feed_entry.id, $7::bytea, $8::bytea FROM feed_entry),
+     audited AS (
+         INSERT INTO audit (at, action, actor, details)
+         SELECT $6::timestamptz, 'DELIVERY_STORED', $10::text, $11::jsonb FROM claimed)
+     SELECT count(*) FROM claimed";
 
 /// A pooled connection inside a transaction whose statements are sent back to back
 /// (pipelined): `BEGIN` travels with the first statements and `COMMIT` with the last, so a
@@ -92,27 +116,13 @@ impl PgStore {
     /// referral owned elsewhere writes nothing.
     async fn write_delivery(&self, d: &NewDelivery) -> Result<PutOutcome, StoreError> {
         let client = self.client().await?;
-        let prepared = tokio::try_join!(
-            client.prepare_cached(CLAIM),
-            client.prepare_cached(CREATE_REFERRAL),
+        let (lock, read, write, stored_version) = tokio::try_join!(
             client.prepare_cached(LOCK_REFERRAL),
+            client.prepare_cached(READ_REFERRAL),
+            client.prepare_cached(WRITE_DELIVERY),
             client.prepare_cached(STORED_VERSION),
-            client.prepare_cached(WRITE_VERSION),
-            client.prepare_cached(UPDATE_REFERRAL),
-            client.prepare_cached(RECORD_DELIVERY),
-            client.prepare_cached(AUDIT),
         )
         .map_err(db_error("preparing a statement"))?;
-        let (
-            claim,
-            create,
-            lock,
-            stored_version,
-            write_version,
-            update_referral,
-            record_delivery,
-            audit,
-        ) = prepared;
         let tx = Pipelined {
             client: Some(client),
         };
@@ -121,36 +131,28 @@ impl PgStore {
         // Kept as its SHA-256: a `text` column cannot hold the NUL a sender's id may carry.
         let dedup_key = super::super::sha256_hex(d.dedup_key.as_bytes());
 
-        // First round trip. Claim the delivery first: a second replica posting the same
-        // delivery waits here for this transaction, then finds the claim and reports the
-        // version stored. Then the referral's row, locked: created empty (version 0) when new,
-        // so two first deliveries of one referral follow one another.
-        // `biased`: polled in order, so the statements go out in this order.
-        let claim_params: [&Param<'_>; 2] = [&dedup_key, &referral];
-        let referral_params: [&Param<'_>; 1] = [&referral];
-        let (_, claimed, _, row) = tokio::try_join!(
+        // First round trip: the referral's lock, then its row and whether this delivery is
+        // stored already. `biased`: polled in order, so the statements go out in this order.
+        let lock_params: [&Param<'_>; 2] = [&referral, &self.referral_lock_seed];
+        let read_params: [&Param<'_>; 2] = [&referral, &dedup_key];
+        let (_, _, row) = tokio::try_join!(
             biased;
             c.batch_execute("BEGIN"),
-            c.execute(&claim, &claim_params),
-            c.execute(&create, &referral_params),
-            c.query_one(&lock, &referral_params),
+            c.execute(&lock, &lock_params),
+            c.query_opt(&read, &read_params),
         )
-        .map_err(db_error("claiming a delivery"))?;
-        if claimed == 0 {
-            let version: i64 = c
-                .query_one(&stored_version, &[&dedup_key])
-                .await
-                .map_err(db_error("reading a stored delivery"))?
-                .get(0);
+        .map_err(db_error("reading a referral to store a delivery"))?;
+        if let Some(version) = row.as_ref().and_then(|r| r.get::<_, Option<i64>>(2)) {
             tx.rollback().await?;
             return Ok(PutOutcome::Duplicate {
                 version: to_u64(version),
             });
         }
-        let previous: Option<ReferralRecord> = if row.get::<_, i64>(0) == 0 {
-            None
-        } else {
-            Some(self.open_referral(referral, row.get::<_, &[u8]>(1))?)
+        let previous: Option<ReferralRecord> = match &row {
+            Some(row) if row.get::<_, i64>(0) > 0 => {
+                Some(self.open_referral(referral, row.get::<_, &[u8]>(1))?)
+            }
+            _ => None,
         };
 
         // A referral belongs to the integration that first delivered it.
@@ -181,7 +183,7 @@ impl PgStore {
         let sealed_version = self.seal_version(referral, &version_record)?;
         let sealed_payload = self.seal_payload(referral, version, &d.raw)?;
         let sealed_referral = self.seal_referral(&record)?;
-        // Stored, then audited, or neither: the entry is part of the same transaction.
+        // Stored, then audited, or neither: the entry is part of the same statement.
         let details = serde_json::json!({
             "referral": referral,
             "version": version,
@@ -190,32 +192,40 @@ impl PgStore {
 
         // Second round trip: every write, and the commit.
         let number = to_i64(version);
-        let event = d.event.as_str();
-        let integration = d.integration.as_str();
-        let version_params: [&Param<'_>; 7] = [
+        let write_params: [&Param<'_>; 11] = [
+            &dedup_key,
             &referral,
             &number,
-            &event,
+            &d.event.as_str(),
             &service_id,
             &received_at,
             &sealed_version,
             &sealed_payload,
+            &sealed_referral,
+            &d.integration.as_str(),
+            &details,
         ];
-        let referral_params: [&Param<'_>; 4] = [&referral, &number, &received_at, &sealed_referral];
-        let delivery_params: [&Param<'_>; 2] = [&dedup_key, &number];
-        let audit_params: [&Param<'_>; 4] =
-            [&received_at, &"DELIVERY_STORED", &integration, &details];
-        tokio::try_join!(
+        let (written, _) = tokio::try_join!(
             biased;
-            c.execute(&write_version, &version_params),
-            c.execute(&update_referral, &referral_params),
-            c.execute(&record_delivery, &delivery_params),
-            c.execute(&audit, &audit_params),
+            c.query_one(&write, &write_params),
             c.batch_execute("COMMIT"),
         )
         .map_err(db_error("storing a delivery"))?;
+        if written.get::<_, i64>(0) == 1 {
+            tx.ended();
+            return Ok(PutOutcome::Stored { version });
+        }
+        // Another transaction stored this delivery between the read and the write (only
+        // possible for a referral row that was missing then): nothing was written.
+        let version: i64 = c
+            .query_one(&stored_version, &[&dedup_key])
+            .await
+            .map_err(db_error("reading a stored delivery"))?
+            .get(0);
         tx.ended();
-        Ok(PutOutcome::Stored { version })
+        Ok(PutOutcome::Duplicate {
+            version: to_u64(version),
+        })
     }
 }
 

@@ -106,6 +106,9 @@ pub struct PgStore {
     /// The advisory locks of this schema: runs of the sequencer, the outbox lease.
     sequencer_lock: i64,
     outbox_lock: i64,
+    /// Mixed into the hash of a referral's ref to make the advisory lock a delivery of it holds
+    /// (see `deliveries.rs`).
+    referral_lock_seed: i64,
     /// Background work (the `LISTEN` connection, the sequencer's sweep), stopped on drop.
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -272,6 +275,7 @@ impl PgStore {
             config: config.clone(),
             sequencer_lock: advisory_key("sequencer", &schema),
             outbox_lock: advisory_key("outbox", &schema),
+            referral_lock_seed: advisory_key("referral", &schema),
             tasks: Vec::new(),
         };
         // Whatever a replica left unsequenced (killed between its commit and its run) goes now.
