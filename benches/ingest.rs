@@ -40,6 +40,68 @@ use referral_relay::store::{
 
 const CONCURRENCY: [usize; 3] = [1, 16, 64];
 
+/// The machine's CPU time (Linux `/proc/stat`, every core) and this process's (`/proc/self/stat`),
+/// in clock ticks, to say what each acknowledgement cost: this process holds the service and
+/// the load generator; on the PostgreSQL rows, nearly all the rest is the database's backends.
+#[derive(Clone, Copy)]
+struct Cpu {
+    busy: u64,
+    total: u64,
+    this_process: u64,
+}
+
+impl Cpu {
+    /// `None` where `/proc` is not there to read.
+    fn now() -> Option<Self> {
+        let stat = std::fs::read_to_string("/proc/stat").ok()?;
+        // cpu user nice system idle iowait irq softirq steal ...
+        let ticks: Vec<u64> = stat
+            .lines()
+            .next()?
+            .split_whitespace()
+            .skip(1)
+            .take(8)
+            .map(|t| t.parse().unwrap_or(0))
+            .collect();
+        let total: u64 = ticks.iter().sum();
+        let idle = ticks.get(3).copied().unwrap_or(0) + ticks.get(4).copied().unwrap_or(0);
+        let own = std::fs::read_to_string("/proc/self/stat").ok()?;
+        // Fields after the parenthesised command name; utime and stime are the 14th and 15th.
+        let after_name = own.rsplit_once(')')?.1;
+        let fields: Vec<&str> = after_name.split_whitespace().collect();
+        let this_process =
+            fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+        Some(Self {
+            busy: total - idle,
+            total,
+            this_process,
+        })
+    }
+
+    /// CPU milliseconds per request since `self` (all cores, then this process's part), for
+    /// `requests` requests over `wall`: tick counts turned into time through their share of
+    /// every core's ticks, so the tick rate is not needed.
+    fn per_request(self, requests: usize, wall: Duration) -> Option<(f64, f64)> {
+        let now = Self::now()?;
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        let total = (now.total - self.total).max(1) as f64;
+        let core_ms = wall.as_secs_f64() * 1000.0 * cores / total / requests.max(1) as f64;
+        Some((
+            (now.busy - self.busy) as f64 * core_ms,
+            (now.this_process - self.this_process) as f64 * core_ms,
+        ))
+    }
+}
+
+/// `cpu 1.02 ms/ack (this process 0.55)`, or nothing where it cannot be measured.
+fn cpu_note(before: Option<Cpu>, run: &Run) -> String {
+    before
+        .and_then(|b| b.per_request(run.requests, run.elapsed))
+        .map_or_else(String::new, |(all, own)| {
+            format!("  cpu {all:.2} ms/ack (this process {own:.2})")
+        })
+}
+
 /// Result of one measurement.
 struct Run {
     requests: usize,
@@ -113,6 +175,7 @@ async fn bench(duration: Duration) {
                 Limit::For(duration),
             )
             .await;
+            let cpu = Cpu::now();
             let real = load(
                 relay,
                 &template,
@@ -122,7 +185,7 @@ async fn bench(duration: Duration) {
             )
             .await;
             println!(
-                "{:<8} {:>11.0} {:>10.2} {:>10.2} {:>10.0} {:>9.2} {:>9.2} {:>8.2}x",
+                "{:<8} {:>11.0} {:>10.2} {:>10.2} {:>10.0} {:>9.2} {:>9.2} {:>8.2}x{}",
                 concurrency,
                 real.per_second(),
                 ms(real.percentile(0.5)),
@@ -131,6 +194,7 @@ async fn bench(duration: Duration) {
                 ms(base.percentile(0.5)),
                 ms(base.percentile(0.99)),
                 real.per_second() / base.per_second(),
+                cpu_note(cpu, &real),
             );
         }
     }
@@ -212,26 +276,35 @@ async fn postgres(
         )
         .await;
         let base = load(noop, template, sequence, concurrency, Limit::For(duration)).await;
+        let cpu = Cpu::now();
         let real = load(first, template, sequence, concurrency, Limit::For(duration)).await;
         println!(
-            "pg 1    {:<4} {:>7.0} acks/s {:>8.2} p50 ms {:>8.2} p99 ms  noop {:>7.0} req/s  ratio {:.2}x",
+            "pg 1    {:<4} {:>7.0} acks/s {:>8.2} p50 ms {:>8.2} p99 ms  noop {:>7.0} req/s  ratio {:.2}x{}",
             concurrency,
             real.per_second(),
             ms(real.percentile(0.5)),
             ms(real.percentile(0.99)),
             base.per_second(),
             real.per_second() / base.per_second(),
+            cpu_note(cpu, &real),
         );
     }
     // Two replicas on one database, each half the load at concurrency 64.
+    let cpu = Cpu::now();
     let (a, b) = tokio::join!(
         load(pair[0].0, template, sequence, 32, Limit::For(duration)),
         load(pair[1].0, template, sequence, 32, Limit::For(duration)),
     );
-    let together = (a.requests + b.requests) as f64 / a.elapsed.max(b.elapsed).as_secs_f64();
+    let both = Run {
+        requests: a.requests + b.requests,
+        elapsed: a.elapsed.max(b.elapsed),
+        latencies: Vec::new(),
+    };
     println!(
-        "pg 2    64   {together:>7.0} acks/s (two replicas, {} connections each)",
-        connections / 2
+        "pg 2    64   {:>7.0} acks/s (two replicas, {} connections each){}",
+        both.per_second(),
+        connections / 2,
+        cpu_note(cpu, &both),
     );
 
     let (client, connection) = url
@@ -432,6 +505,7 @@ async fn store_rows(
 ) {
     for concurrency in [1, 64] {
         let stored = Arc::new(AtomicUsize::new(0));
+        let cpu = Cpu::now();
         let started = Instant::now();
         let mut tasks = Vec::new();
         for _ in 0..concurrency {
@@ -454,9 +528,15 @@ async fn store_rows(
         for task in tasks {
             task.await.unwrap();
         }
+        let run = Run {
+            requests: stored.load(Ordering::Relaxed),
+            elapsed: started.elapsed(),
+            latencies: Vec::new(),
+        };
         println!(
-            "store:  {:.0} durable puts/s at concurrency {concurrency} (no HTTP, no parsing){label}",
-            stored.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64(),
+            "store:  {:.0} durable puts/s at concurrency {concurrency} (no HTTP, no parsing){label}{}",
+            run.per_second(),
+            cpu_note(cpu, &run).replace("ack", "put"),
         );
     }
 }
