@@ -170,6 +170,10 @@ enum Command {
         #[arg(long, env = "RELAY_CONFIG")]
         config: Option<PathBuf>,
     },
+    /// Print the argon2id hash of a password, for a console user's `password_hash`. Reads the
+    /// password from the terminal without echoing it (twice, to catch a typo), or the first line
+    /// of standard input when that is not a terminal.
+    HashPassword,
     /// Send a dead-lettered update again, through the running service's API.
     Replay {
         /// The update id (see GET /api/v1/updates?state=dead).
@@ -366,6 +370,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 &mut sink,
             ))?;
             eprintln!("exported {rows} referrals");
+            Ok(())
+        }
+        Command::HashPassword => {
+            let password = read_new_password()?;
+            println!("{}", crate::config::hash_password(&password)?);
             Ok(())
         }
         Command::Rekey { config, data_dir } => {
@@ -644,6 +653,26 @@ fn open_stopped(config: &Config) -> anyhow::Result<crate::store::SledStore> {
         ),
         e => e.into(),
     })
+}
+
+/// A new password: typed twice at the terminal (not echoed), or the first line of standard input.
+fn read_new_password() -> anyhow::Result<String> {
+    use std::io::IsTerminal;
+    let password = if std::io::stdin().is_terminal() {
+        let first = rpassword::prompt_password("Password: ")?;
+        let again = rpassword::prompt_password("Again: ")?;
+        anyhow::ensure!(first == again, "the two passwords differ; nothing printed");
+        first
+    } else {
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line)?;
+        line.trim_end_matches(['\r', '\n']).to_owned()
+    };
+    anyhow::ensure!(
+        password.chars().count() >= 12,
+        "a console password must be at least 12 characters"
+    );
+    Ok(password)
 }
 
 #[cfg(test)]

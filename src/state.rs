@@ -15,6 +15,7 @@ use crate::auth::api::ApiClients;
 use crate::auth::budget::Budget;
 use crate::auth::limiter::LoginLimiter;
 use crate::auth::refusals::{RefusalKind, Refusals};
+use crate::auth::session::Sessions;
 use crate::auth::source::TrustedProxies;
 use crate::auth::token::TokenIssuer;
 use crate::config::{AuthConfig, Config};
@@ -80,6 +81,8 @@ pub struct AppState {
     trusted_proxies: Arc<Vec<ipnet::IpNet>>,
     /// One permit: backups of the whole store are taken one at a time.
     pub backups: Arc<tokio::sync::Semaphore>,
+    /// Signed-in users of the web console.
+    pub console_sessions: Arc<Sessions>,
 }
 
 impl AppState {
@@ -175,6 +178,10 @@ impl AppState {
             ),
             trusted_proxies: Arc::new(config.server.trusted_proxies.clone()),
             backups: Arc::new(tokio::sync::Semaphore::new(1)),
+            console_sessions: Arc::new(Sessions::new(
+                Duration::from_secs(config.console.session_idle_secs),
+                Duration::from_secs(config.console.session_max_secs),
+            )),
         })
     }
 

@@ -21,8 +21,14 @@ impl ApiClient {
     /// Whether referrals filed under `service` (`None`: unassigned) are visible to this client.
     /// A scoped client never sees unassigned referrals.
     pub fn may_see(&self, service: Option<&ServiceId>) -> bool {
-        self.service_ids.is_empty() || service.is_some_and(|s| self.service_ids.contains(s))
+        may_see(&self.service_ids, service)
     }
+}
+
+/// Whether someone limited to `service_ids` (empty: all) may see referrals filed under `service`
+/// (`None`: unassigned, which only the unlimited see). API clients and console users alike.
+pub fn may_see(service_ids: &[ServiceId], service: Option<&ServiceId>) -> bool {
+    service_ids.is_empty() || service.is_some_and(|s| service_ids.contains(s))
 }
 
 /// Every configured client.

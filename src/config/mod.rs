@@ -8,6 +8,7 @@
 //! stops the service at start, and the modules that use them take bytes.
 
 mod api;
+mod console;
 mod integrations;
 mod outbound;
 mod server;
@@ -23,6 +24,7 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
 pub use api::{ApiClientConfig, ApiConfig, OAuth2Config};
+pub use console::{ConsoleConfig, ConsoleRole, ConsoleUserConfig, hash_password, verify_password};
 pub use integrations::{AuthConfig, IntegrationConfig, OAuthClient, WebhookSecret};
 pub use outbound::{OutboxConfig, SiteConfig, TokenAuth};
 pub use server::{LogConfig, LogFormat, ServerConfig};
@@ -54,6 +56,8 @@ pub struct Config {
     pub api: ApiConfig,
     /// The OAuth2 token endpoint the relay serves (used by `oauth2` integrations).
     pub oauth2: OAuth2Config,
+    /// The web console and its users.
+    pub console: ConsoleConfig,
     /// Ocean integrations by name; the name is part of the webhook URL.
     #[serde(default)]
     pub integrations: BTreeMap<IntegrationName, IntegrationConfig>,
@@ -157,6 +161,7 @@ impl Config {
         self.oauth2.validate()?;
         self.storage.validate()?;
         self.api.validate()?;
+        self.console.validate()?;
         self.outbox.validate()?;
         for (name, site) in &self.sites {
             site.validate(name)?;

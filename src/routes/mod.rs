@@ -3,6 +3,7 @@
 //! every request goes through: a request id and span, the metrics of each route, and a 500
 //! for a handler that panics.
 
+pub mod console;
 pub mod health;
 pub mod metadata;
 pub mod metrics;
@@ -71,6 +72,7 @@ fn routes(state: AppState) -> Router {
         .merge(health::router())
         .merge(oauth::router())
         .merge(v1::router())
+        .merge(console::router())
         .merge(metadata::router())
         .merge(metrics::router())
         .fallback(not_found)

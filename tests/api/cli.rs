@@ -210,3 +210,48 @@ fn secrets_are_read_from_files_named_by_the_environment() {
     assert!(stderr.contains("storage.encryption_key"), "{stderr}");
     assert!(!stderr.contains("c2hvcnQ="), "{stderr}");
 }
+
+/// `hash-password` reads the password from standard input (not a terminal here) and prints an
+/// argon2id hash the console accepts; a short password is refused and nothing is printed.
+#[test]
+fn hash_password_prints_a_hash_of_the_password_read_from_stdin() {
+    use std::io::Write;
+    let hash = |password: &str| {
+        let mut child = crate::support::binary::command(&["hash-password"], &[])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(format!("{password}\n").as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let out = hash("a long console password");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed = String::from_utf8(out.stdout).unwrap();
+    let printed = printed.trim();
+    assert!(printed.starts_with("$argon2id$"), "{printed}");
+    assert!(referral_relay::config::verify_password(
+        printed,
+        "a long console password"
+    ));
+    assert!(!referral_relay::config::verify_password(
+        printed,
+        "a long console passwork"
+    ));
+    assert!(!printed.contains("a long console password"));
+
+    let short = hash("short");
+    assert!(!short.status.success());
+    assert!(short.stdout.is_empty());
+    assert!(String::from_utf8_lossy(&short.stderr).contains("at least 12 characters"));
+}

@@ -9,6 +9,7 @@ mod backpressure;
 mod backup;
 mod cli;
 mod connections;
+mod console;
 mod crash;
 mod dedup;
 mod disk_full;

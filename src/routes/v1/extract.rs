@@ -204,6 +204,23 @@ pub async fn visible(
     client: &ApiClient,
     referral: &str,
 ) -> Result<(ReferralRef, ReferralRecord), AppError> {
+    visible_to(
+        state,
+        &format!("client '{}'", client.name),
+        &client.service_ids,
+        referral,
+    )
+    .await
+}
+
+/// Looks up a referral that `who` (named so in the refusal), limited to `service_ids`, may see:
+/// 400 for a malformed reference, 404 when none is stored, 403 when it is outside their services.
+pub async fn visible_to(
+    state: &AppState,
+    who: &str,
+    service_ids: &[ServiceId],
+    referral: &str,
+) -> Result<(ReferralRef, ReferralRecord), AppError> {
     let reference =
         ReferralRef::parse(referral).map_err(|e| AppError::BadRequest(format!("referral: {e}")))?;
     let record = state
@@ -211,10 +228,9 @@ pub async fn visible(
         .referral(&reference)
         .await?
         .ok_or_else(|| AppError::NotFound(format!("no referral {reference} is stored")))?;
-    if !client.may_see(record.service_id.as_ref()) {
+    if !crate::auth::api::may_see(service_ids, record.service_id.as_ref()) {
         return Err(AppError::Forbidden(format!(
-            "client '{}' may not read referrals of this service",
-            client.name
+            "{who} may not read referrals of this service"
         )));
     }
     Ok((reference, record))

@@ -11,7 +11,7 @@ mod backup;
 mod doc;
 mod events;
 mod export;
-mod extract;
+pub(crate) mod extract;
 mod referrals;
 mod updates;
 

@@ -1,0 +1,402 @@
+//! The console's referral pages: the list with its filters, and one referral with its versions.
+
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderValue, header};
+use axum::response::{IntoResponse, Redirect, Response};
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use time::macros::format_description;
+
+use super::PageError;
+use super::session::ConsoleUser;
+use super::templates::render;
+use crate::auth::api::may_see;
+use crate::domain::{ServiceId, Summary};
+use crate::error::AppError;
+use crate::routes::v1::extract::{visible_to, whole_number};
+use crate::state::AppState;
+use crate::store::{ReferralRecord, VersionRecord};
+
+/// Rows per page of the referral list.
+const PAGE_ROWS: usize = 50;
+/// Referrals one page reads from the store at most while filling up.
+const MAX_SCAN: usize = 5_000;
+/// Payloads up to this size (bytes) are shown pretty-printed in the page; larger ones are
+/// offered as a download only.
+const SHOWN_PAYLOAD_BYTES: usize = 1024 * 1024;
+
+/// `/console`: the referrals, or the sign-in page for someone not signed in.
+pub async fn home(State(state): State<AppState>) -> Response {
+    if state.config().console.users.is_empty() {
+        return Redirect::to("/console/login").into_response();
+    }
+    Redirect::to("/console/referrals").into_response()
+}
+
+/// The list's filters, as the form sends them (empty fields are no filter).
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(default)]
+pub struct ListFilter {
+    service_id: String,
+    status: String,
+    /// Modified on or after this day (`YYYY-MM-DD`, UTC).
+    from: String,
+    /// Modified on or before this day (`YYYY-MM-DD`, UTC).
+    to: String,
+    /// `yes`, `no`, or empty for either.
+    exported: String,
+    /// Where the page starts: the store's key from the previous page (base64url).
+    #[serde(skip_serializing)]
+    page: String,
+}
+
+#[derive(Serialize)]
+struct Row {
+    referral: String,
+    patient: String,
+    service: String,
+    status: String,
+    received: String,
+    modified: String,
+    exported: Option<String>,
+    changed: bool,
+}
+
+/// A time as the console shows it: `2026-11-30 14:05 UTC`.
+fn shown(at: OffsetDateTime) -> String {
+    at.to_offset(time::UtcOffset::UTC)
+        .format(format_description!(
+            "[year]-[month]-[day] [hour]:[minute] UTC"
+        ))
+        .unwrap_or_default()
+}
+
+fn day(name: &str, raw: &str, end_of_day: bool) -> Result<Option<OffsetDateTime>, AppError> {
+    if raw.is_empty() {
+        return Ok(None);
+    }
+    let date = time::Date::parse(raw, format_description!("[year]-[month]-[day]"))
+        .map_err(|_| AppError::BadRequest(format!("{name}: '{raw}' is not a date (YYYY-MM-DD)")))?;
+    let at = if end_of_day {
+        date.with_hms_nano(23, 59, 59, 999_999_999)
+    } else {
+        date.with_hms(0, 0, 0)
+    }
+    .map_err(|_| AppError::BadRequest(format!("{name}: '{raw}' is not a date")))?;
+    Ok(Some(at.assume_utc()))
+}
+
+/// `/console/referrals`: referrals by modification time (oldest first within the range),
+/// filtered, a page at a time; what changed since the user's previous visit is marked.
+pub async fn referrals(
+    State(state): State<AppState>,
+    user: ConsoleUser,
+    Query(filter): Query<ListFilter>,
+) -> Result<Response, PageError> {
+    let from = day("from", &filter.from, false)?;
+    let to = day("to", &filter.to, true)?;
+    let service = if filter.service_id.is_empty() {
+        None
+    } else {
+        let s = ServiceId::parse(&filter.service_id)
+            .map_err(|e| AppError::BadRequest(format!("service: {e}")))?;
+        if !may_see(&user.service_ids, Some(&s)) {
+            return Err(PageError(AppError::Forbidden(format!(
+                "{} may not read referrals of service {s}",
+                user.name
+            ))));
+        }
+        Some(s)
+    };
+    let exported = match filter.exported.as_str() {
+        "" => None,
+        "yes" => Some(true),
+        "no" => Some(false),
+        other => {
+            return Err(PageError(AppError::BadRequest(format!(
+                "exported: '{other}' is not yes, no or empty"
+            ))));
+        }
+    };
+    let mut after = if filter.page.is_empty() {
+        None
+    } else {
+        Some(
+            base64::Engine::decode(
+                &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+                &filter.page,
+            )
+            .map_err(|_| AppError::BadRequest("page: not a page of this list".into()))?,
+        )
+    };
+    let previous_visit = state.console_sessions.previous_visit(
+        &user.name,
+        OffsetDateTime::now_utc(),
+        filter.page.is_empty(),
+    );
+
+    let keep = |r: &ReferralRecord| {
+        may_see(&user.service_ids, r.service_id.as_ref())
+            && service
+                .as_ref()
+                .is_none_or(|s| r.service_id.as_ref() == Some(s))
+            && (filter.status.is_empty() || r.summary.status() == Some(filter.status.as_str()))
+            && exported.is_none_or(|e| r.exported_at.is_some() == e)
+    };
+    // Batches never ask for more than the page still needs, so a page always ends at a batch's
+    // end and the store's own key continues it. A page that scanned `MAX_SCAN` referrals
+    // without filling up ends early, with a link to go on.
+    let mut rows = Vec::new();
+    let mut scanned = 0;
+    while rows.len() < PAGE_ROWS && scanned < MAX_SCAN {
+        let wanted = PAGE_ROWS - rows.len();
+        let batch = state
+            .store
+            .referrals_modified(from, to, after.clone(), wanted)
+            .await?;
+        scanned += batch.referrals.len();
+        rows.extend(
+            batch
+                .referrals
+                .iter()
+                .filter(|r| keep(r))
+                .map(|r| row(r, previous_visit)),
+        );
+        after = batch.next;
+        if after.is_none() {
+            break;
+        }
+    }
+    let mut next = None;
+    if let Some(key) = after {
+        let page = base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, key);
+        next = Some(
+            serde_urlencoded::to_string([
+                ("service_id", filter.service_id.as_str()),
+                ("status", filter.status.as_str()),
+                ("from", filter.from.as_str()),
+                ("to", filter.to.as_str()),
+                ("exported", filter.exported.as_str()),
+                ("page", page.as_str()),
+            ])
+            .unwrap_or_default(),
+        );
+    }
+    let services: Vec<String> = if user.service_ids.is_empty() {
+        state
+            .config()
+            .integrations
+            .values()
+            .filter_map(|i| i.default_service())
+            .chain(
+                state
+                    .config()
+                    .sites
+                    .values()
+                    .flat_map(|s| s.service_ids.clone()),
+            )
+            .map(|s| s.to_string())
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect()
+    } else {
+        user.service_ids.iter().map(ToString::to_string).collect()
+    };
+    Ok(render(
+        "referrals.html",
+        minijinja::context! {
+            section => "referrals",
+            rows => rows,
+            filter => filter,
+            services => services,
+            next => next,
+            ..user.header()
+        },
+    ))
+}
+
+fn row(r: &ReferralRecord, previous_visit: Option<OffsetDateTime>) -> Row {
+    Row {
+        referral: r.referral.to_string(),
+        patient: r.summary.patient_name.clone().unwrap_or_default(),
+        service: r
+            .service_id
+            .as_ref()
+            .map_or_else(|| "(unassigned)".to_owned(), ToString::to_string),
+        status: r.summary.status().unwrap_or_default().to_owned(),
+        received: shown(r.created_at),
+        modified: shown(r.modified_at),
+        exported: r.exported_at.map(shown),
+        changed: previous_visit.is_some_and(|v| r.modified_at > v),
+    }
+}
+
+#[derive(Serialize)]
+struct VersionView {
+    version: u64,
+    event: String,
+    received: String,
+    integration: String,
+    purged: bool,
+    problems: Vec<String>,
+    changes: Vec<String>,
+    json: String,
+}
+
+/// `/console/referrals/{referral}`: the summary, and every version with what it changed and
+/// the message as received.
+pub async fn referral(
+    State(state): State<AppState>,
+    user: ConsoleUser,
+    Path(referral): Path<String>,
+) -> Result<Response, PageError> {
+    let (reference, record) = visible_to(&state, &user.name, &user.service_ids, &referral).await?;
+    let versions = state.store.versions(&reference).await?;
+    let mut views = Vec::with_capacity(versions.len());
+    let mut before: Option<&VersionRecord> = None;
+    for v in &versions {
+        let json = if v.purged || v.size > SHOWN_PAYLOAD_BYTES as u64 {
+            String::new()
+        } else {
+            match state.store.payload(&reference, v.version).await? {
+                Some(raw) => pretty(&raw),
+                None => String::new(),
+            }
+        };
+        views.push(VersionView {
+            version: v.version,
+            event: v.event.to_string(),
+            received: shown(v.received_at),
+            integration: v.integration.to_string(),
+            purged: v.purged,
+            problems: v.problems.clone(),
+            changes: changes(before.map(|b| &b.summary), &v.summary),
+            json,
+        });
+        before = Some(v);
+    }
+    // Newest first, as a timeline reads.
+    views.reverse();
+    Ok(render(
+        "referral.html",
+        minijinja::context! {
+            section => "referrals",
+            r => minijinja::context! { referral => record.referral.to_string() },
+            fields => summary_fields(&record),
+            versions => views,
+            ..user.header()
+        },
+    ))
+}
+
+/// The message pretty-printed when it is JSON, else as text.
+fn pretty(raw: &[u8]) -> String {
+    serde_json::from_slice::<serde_json::Value>(raw)
+        .ok()
+        .and_then(|v| serde_json::to_string_pretty(&v).ok())
+        .unwrap_or_else(|| String::from_utf8_lossy(raw).into_owned())
+}
+
+/// The summary rows of the referral page: (label, value), empty ones left out.
+fn summary_fields(r: &ReferralRecord) -> Vec<(String, String)> {
+    let s = &r.summary;
+    let mut fields = vec![
+        ("Status".to_owned(), s.status().map(str::to_owned)),
+        (
+            "Service".to_owned(),
+            r.service_id.as_ref().map(ToString::to_string),
+        ),
+        ("Latest event".to_owned(), Some(r.latest_event.to_string())),
+        ("Versions".to_owned(), Some(r.version.to_string())),
+        ("Received".to_owned(), Some(shown(r.created_at))),
+        ("Modified".to_owned(), Some(shown(r.modified_at))),
+        ("Exported".to_owned(), r.exported_at.map(shown)),
+    ];
+    fields.extend(
+        SUMMARY_LABELS
+            .iter()
+            .map(|(field, label)| ((*label).to_owned(), summary_value(s, field))),
+    );
+    fields
+        .into_iter()
+        .filter_map(|(label, value)| value.filter(|v| !v.is_empty()).map(|v| (label, v)))
+        .collect()
+}
+
+/// The summary fields a person reads, with their labels, in page order.
+const SUMMARY_LABELS: [(&str, &str); 14] = [
+    ("patient_name", "Patient"),
+    ("patient_phone", "Phone"),
+    ("patient_email", "Email"),
+    ("referrer_name", "Referrer"),
+    ("referrer_professional_id", "Referrer ID"),
+    ("referring_site", "Referring site"),
+    ("recipient_listing", "Listing"),
+    ("description", "Reason"),
+    ("authored_on", "Authored"),
+    ("service_request_status", "ServiceRequest status"),
+    ("task_status", "Task status"),
+    ("task_status_reason", "Task status reason"),
+    ("appointment_status", "Appointment"),
+    ("appointment_start", "Appointment start"),
+];
+
+/// One summary field as text (notes joined), through its JSON form so every field reads alike.
+fn summary_value(s: &Summary, field: &str) -> Option<String> {
+    let value = serde_json::to_value(s).ok()?;
+    match value.get(field)? {
+        serde_json::Value::String(text) => Some(text.clone()),
+        serde_json::Value::Null => None,
+        other => Some(other.to_string()),
+    }
+}
+
+/// What a version's own summary changed from the one before: `Label: old → new` for each field
+/// it carries with a different value (the first version lists what it set).
+fn changes(before: Option<&Summary>, now: &Summary) -> Vec<String> {
+    SUMMARY_LABELS
+        .iter()
+        .filter_map(|(field, label)| {
+            let new = summary_value(now, field)?;
+            let old = before.and_then(|b| summary_value(b, field));
+            match old {
+                Some(old) if old == new => None,
+                Some(old) => Some(format!("{label}: {old} → {new}")),
+                None => Some(format!("{label}: {new}")),
+            }
+        })
+        .collect()
+}
+
+/// `/console/referrals/{referral}/versions/{n}/raw`: the version exactly as received, as a
+/// download named by referral and version.
+pub async fn raw_version(
+    State(state): State<AppState>,
+    user: ConsoleUser,
+    Path((referral, version)): Path<(String, String)>,
+) -> Result<Response, PageError> {
+    let version = whole_number(&version)
+        .ok_or_else(|| AppError::BadRequest("version must be a whole number".into()))?;
+    let (reference, _) = visible_to(&state, &user.name, &user.service_ids, &referral).await?;
+    let raw = state
+        .store
+        .payload(&reference, version)
+        .await?
+        .ok_or_else(|| {
+            AppError::NotFound(format!(
+                "referral {reference} has no version {version} to download"
+            ))
+        })?;
+    let mut response = raw.into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(crate::error::FHIR_JSON),
+    );
+    // Referral refs are letters, digits, '-' and '.': safe inside the quoted file name.
+    let name = format!("attachment; filename=\"{reference}-v{version}.json\"");
+    if let Ok(value) = HeaderValue::from_str(&name) {
+        headers.insert(header::CONTENT_DISPOSITION, value);
+    }
+    Ok(response)
+}

@@ -1,0 +1,317 @@
+//! Signing in and out of the console, and the signed-in user every other page takes.
+//!
+//! The session id travels in the `relay_console` cookie (`HttpOnly`, `SameSite=Strict`, path
+//! `/console`, `Secure` when the request came over TLS through a trusted proxy or
+//! `console.secure_cookies` is set). Every form carries the session's token in a hidden `csrf`
+//! field, checked before anything is done. The sign-in form, which has no session yet, carries a
+//! token that must match a short-lived cookie set with the form (double submit). Failed
+//! sign-ins are limited per address and user as the token endpoint's are, and sign-ins, failed
+//! sign-ins and sign-outs are in the audit chain with the user as actor (`console:<user>`).
+
+use std::net::{IpAddr, SocketAddr};
+
+use axum::extract::{ConnectInfo, Form, FromRef, FromRequestParts, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Redirect, Response};
+use cookie::{Cookie, SameSite};
+use serde::Deserialize;
+
+use super::PageError;
+use super::templates::render;
+use crate::auth::session::{COOKIE, Session, Sessions, random_token};
+use crate::auth::source::{ClientAddr, TrustedProxies};
+use crate::config::{ConsoleRole, ConsoleUserConfig, verify_password};
+use crate::domain::ServiceId;
+use crate::error::AppError;
+use crate::state::AppState;
+
+/// The cookie carrying the sign-in form's token until the form is posted.
+const LOGIN_COOKIE: &str = "relay_console_login";
+
+/// A signed-in console user, with their session. Pages that take one send everyone else to the
+/// sign-in page.
+#[derive(Debug, Clone)]
+pub struct ConsoleUser {
+    pub name: String,
+    pub role: ConsoleRole,
+    pub service_ids: Vec<ServiceId>,
+    pub session: Session,
+}
+
+impl ConsoleUser {
+    /// The actor of this user's audit entries.
+    pub fn actor(&self) -> String {
+        format!("console:{}", self.name)
+    }
+
+    /// What every page's header shows.
+    pub fn header(&self) -> minijinja::Value {
+        minijinja::context! {
+            user => self.name,
+            role => self.role.as_str(),
+            csrf => self.session.csrf,
+        }
+    }
+
+    /// Whether `presented` is this session's form token; a form without it is refused (403).
+    pub fn check_csrf(&self, presented: Option<&str>) -> Result<(), PageError> {
+        match presented {
+            Some(token) if Sessions::csrf_matches(&self.session, token) => Ok(()),
+            _ => Err(PageError(AppError::Forbidden(
+                "this form was not sent from this session's page (its form token is missing or wrong); reload the page and try again".into(),
+            ))),
+        }
+    }
+}
+
+/// Where a request without a live session goes.
+pub struct SignInFirst;
+
+impl IntoResponse for SignInFirst {
+    fn into_response(self) -> Response {
+        Redirect::to("/console/login").into_response()
+    }
+}
+
+impl FromRequestParts<AppState> for ConsoleUser {
+    type Rejection = SignInFirst;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, SignInFirst> {
+        let id = cookie_value(&parts.headers, COOKIE).ok_or(SignInFirst)?;
+        let session = state.console_sessions.find(&id).ok_or(SignInFirst)?;
+        // A user removed from the config (and restarted) or renamed has no account any more.
+        let user = state
+            .config()
+            .console
+            .users
+            .get(&session.user)
+            .ok_or(SignInFirst)?;
+        Ok(ConsoleUser {
+            name: session.user.clone(),
+            role: user.role,
+            service_ids: user.service_ids.clone(),
+            session,
+        })
+    }
+}
+
+/// The value of cookie `name` in the request's `Cookie` headers.
+fn cookie_value(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(Cookie::split_parse)
+        .filter_map(Result::ok)
+        .find(|c| c.name() == name)
+        .map(|c| c.value().to_owned())
+}
+
+/// Whether cookies must be `Secure`: configured so, or the request reached a trusted proxy
+/// over HTTPS (`X-Forwarded-Proto: https` from a peer in `server.trusted_proxies`).
+fn secure_cookies(state: &AppState, peer: Option<IpAddr>, headers: &HeaderMap) -> bool {
+    if state.config().console.secure_cookies {
+        return true;
+    }
+    let TrustedProxies(trusted) = TrustedProxies::from_ref(state);
+    let from_proxy = peer.is_some_and(|p| trusted.iter().any(|net| net.contains(&p)));
+    from_proxy
+        && headers
+            .get("x-forwarded-proto")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.rsplit(',').next())
+            .is_some_and(|proto| proto.trim().eq_ignore_ascii_case("https"))
+}
+
+/// A `Set-Cookie` value for the console's path.
+fn set_cookie(name: &'static str, value: String, secure: bool, max_age_secs: i64) -> HeaderValue {
+    let cookie = Cookie::build((name, value))
+        .path("/console")
+        .http_only(true)
+        .same_site(SameSite::Strict)
+        .secure(secure)
+        .max_age(cookie::time::Duration::seconds(max_age_secs))
+        .build();
+    // Names are constants and values base64url: always a valid header value.
+    HeaderValue::from_str(&cookie.to_string()).unwrap_or(HeaderValue::from_static(""))
+}
+
+/// The sign-in page (or, with no user configured, how to add one).
+pub async fn login_form(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Response {
+    login_page(&state, Some(peer.ip()), &headers, None, "")
+}
+
+fn login_page(
+    state: &AppState,
+    peer: Option<IpAddr>,
+    headers: &HeaderMap,
+    problem: Option<&str>,
+    name: &str,
+) -> Response {
+    if state.config().console.users.is_empty() {
+        return render("setup.html", minijinja::context! {});
+    }
+    let token = random_token();
+    let mut response = render(
+        "login.html",
+        minijinja::context! { login_csrf => token, problem => problem, name => name },
+    );
+    response.headers_mut().append(
+        header::SET_COOKIE,
+        set_cookie(
+            LOGIN_COOKIE,
+            token,
+            secure_cookies(state, peer, headers),
+            3600,
+        ),
+    );
+    response
+}
+
+#[derive(Deserialize)]
+pub struct LoginForm {
+    user: String,
+    password: String,
+    csrf: Option<String>,
+}
+
+/// Checks a sign-in; on success starts a session and goes to the referrals.
+pub async fn login(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ClientAddr(source): ClientAddr,
+    headers: HeaderMap,
+    Form(form): Form<LoginForm>,
+) -> Result<Response, PageError> {
+    if state.config().console.users.is_empty() {
+        return Ok(login_page(&state, Some(peer.ip()), &headers, None, ""));
+    }
+    let expected = cookie_value(&headers, LOGIN_COOKIE);
+    let same = match (&expected, &form.csrf) {
+        (Some(cookie), Some(field)) => {
+            crate::secret::same_secret(cookie.as_bytes(), field.as_bytes())
+        }
+        _ => false,
+    };
+    if !same {
+        return Err(PageError(AppError::Forbidden(
+            "this sign-in form was not sent from the sign-in page (its form token is missing or wrong); open the sign-in page again".into(),
+        )));
+    }
+    let account = format!("console:{}", form.user);
+    if let Err(wait) = state.login_limiter.check(source, &account).await {
+        let mut response = login_page(
+            &state,
+            Some(peer.ip()),
+            &headers,
+            Some(&format!(
+                "Too many failed sign-ins from this address; try again in {wait} seconds."
+            )),
+            "",
+        );
+        *response.status_mut() = StatusCode::TOO_MANY_REQUESTS;
+        return Ok(response);
+    }
+    let user: Option<ConsoleUserConfig> = state.config().console.users.get(&form.user).cloned();
+    // Hashing takes tens of milliseconds of CPU: off the async workers. An unknown user is
+    // checked against a fixed hash, so both answers take as long.
+    let hash = match &user {
+        Some(u) => u.password_hash.clone(),
+        None => unknown_user_hash().to_owned(),
+    };
+    let password = form.password;
+    let matches = tokio::task::spawn_blocking(move || verify_password(&hash, &password))
+        .await
+        .map_err(|e| AppError::Internal(e.into()))?;
+    if !(matches && user.is_some()) {
+        state.login_limiter.failed(source, &account).await;
+        // An unknown name may be a password typed in the wrong box: it is not recorded.
+        let (actor, known) = match user {
+            Some(_) => (account.clone(), true),
+            None => ("console:(unknown user)".to_owned(), false),
+        };
+        state
+            .store
+            .audit(
+                "CONSOLE_LOGIN_FAILED",
+                &actor,
+                serde_json::json!({ "source": source.to_string(), "known_user": known }),
+            )
+            .await?;
+        let mut response = login_page(
+            &state,
+            Some(peer.ip()),
+            &headers,
+            Some("That user name and password do not match."),
+            "",
+        );
+        *response.status_mut() = StatusCode::UNAUTHORIZED;
+        return Ok(response);
+    }
+    state.login_limiter.succeeded(source, &account).await;
+    state
+        .store
+        .audit(
+            "CONSOLE_LOGIN",
+            &account,
+            serde_json::json!({ "source": source.to_string() }),
+        )
+        .await?;
+    let id = state.console_sessions.start(&form.user);
+    let secure = secure_cookies(&state, Some(peer.ip()), &headers);
+    let max_age = i64::try_from(state.config().console.session_max_secs).unwrap_or(i64::MAX);
+    let mut response = Redirect::to("/console/referrals").into_response();
+    let headers = response.headers_mut();
+    headers.append(header::SET_COOKIE, set_cookie(COOKIE, id, secure, max_age));
+    headers.append(
+        header::SET_COOKIE,
+        set_cookie(LOGIN_COOKIE, String::new(), secure, 0),
+    );
+    Ok(response)
+}
+
+/// An argon2id hash of a random password nobody knows, checked for unknown user names (made
+/// on the first such sign-in).
+fn unknown_user_hash() -> &'static str {
+    static HASH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    HASH.get_or_init(|| crate::config::hash_password(&random_token()).unwrap_or_default())
+}
+
+#[derive(Deserialize)]
+pub struct CsrfForm {
+    csrf: Option<String>,
+}
+
+/// Ends the session and goes back to the sign-in page.
+pub async fn logout(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    user: ConsoleUser,
+    headers: HeaderMap,
+    Form(form): Form<CsrfForm>,
+) -> Result<Response, PageError> {
+    user.check_csrf(form.csrf.as_deref())?;
+    if let Some(id) = cookie_value(&headers, COOKIE) {
+        state.console_sessions.end(&id);
+    }
+    state
+        .store
+        .audit("CONSOLE_LOGOUT", &user.actor(), serde_json::json!({}))
+        .await?;
+    let mut response = Redirect::to("/console/login").into_response();
+    response.headers_mut().append(
+        header::SET_COOKIE,
+        set_cookie(
+            COOKIE,
+            String::new(),
+            secure_cookies(&state, Some(peer.ip()), &headers),
+            0,
+        ),
+    );
+    Ok(response)
+}

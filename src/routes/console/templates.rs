@@ -1,0 +1,58 @@
+//! The console's page templates (minijinja), embedded in the binary and parsed once. Names
+//! ending in `.html` are auto-escaped: every value put into a page is HTML-escaped unless a
+//! template says otherwise (none does).
+
+use std::sync::OnceLock;
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use minijinja::Environment;
+
+const TEMPLATES: [(&str, &str); 6] = [
+    ("base.html", include_str!("templates/base.html")),
+    ("login.html", include_str!("templates/login.html")),
+    ("setup.html", include_str!("templates/setup.html")),
+    ("error.html", include_str!("templates/error.html")),
+    ("referrals.html", include_str!("templates/referrals.html")),
+    ("referral.html", include_str!("templates/referral.html")),
+];
+
+fn environment() -> &'static Environment<'static> {
+    static ENVIRONMENT: OnceLock<Environment<'static>> = OnceLock::new();
+    ENVIRONMENT.get_or_init(|| {
+        let mut env = Environment::new();
+        for (name, source) in TEMPLATES {
+            // The templates are part of the binary: one that does not parse is a build defect,
+            // caught by the console tests, which render every page.
+            env.add_template(name, source)
+                .unwrap_or_else(|e| panic!("console template {name}: {e}"));
+        }
+        env
+    })
+}
+
+/// The page `name` rendered with `context`, as a `200 text/html` response (500 with a plain
+/// message, the cause logged, when rendering fails).
+pub fn render(name: &str, context: minijinja::Value) -> Response {
+    match environment()
+        .get_template(name)
+        .and_then(|t| t.render(context))
+    {
+        Ok(html) => {
+            let mut response = (StatusCode::OK, html).into_response();
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/html; charset=utf-8"),
+            );
+            response
+        }
+        Err(e) => {
+            tracing::error!(template = name, error = %e, "rendering a console page failed");
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the console could not render this page",
+            )
+                .into_response()
+        }
+    }
+}

@@ -1,0 +1,469 @@
+//! The web console over plain HTTP: sign-in, sessions, form tokens, security headers and
+//! scoping (what a browser does is in `console_browser`).
+
+use std::collections::HashMap;
+
+use reqwest::header::{HeaderMap, SET_COOKIE};
+
+use crate::support::app::{TestApp, spawn_app_with};
+use crate::support::fixtures::fixture;
+
+pub const ALICE_PASSWORD: &str = "alice-password-0001";
+pub const BOB_PASSWORD: &str = "bob-password-00002";
+
+/// Alice (admin, every service) and Bob (staff, only PHYSIO-EAST-02), plus `extra` TOML.
+pub fn users_config(extra: &str) -> String {
+    let alice = referral_relay::config::hash_password(ALICE_PASSWORD).unwrap();
+    let bob = referral_relay::config::hash_password(BOB_PASSWORD).unwrap();
+    format!(
+        r#"
+[console.users.alice]
+password_hash = "{alice}"
+role = "admin"
+
+[console.users.bob]
+password_hash = "{bob}"
+role = "staff"
+service_ids = ["PHYSIO-EAST-02"]
+{extra}
+"#
+    )
+}
+
+/// A browser stand-in: follows no redirects, keeps cookies by name.
+pub struct Visitor<'a> {
+    app: &'a TestApp,
+    client: reqwest::Client,
+    pub cookies: HashMap<String, String>,
+    /// The raw `Set-Cookie` values of the last response.
+    pub set_cookies: Vec<String>,
+}
+
+pub struct Page {
+    pub status: u16,
+    pub headers: HeaderMap,
+    pub html: String,
+}
+
+impl Page {
+    pub fn location(&self) -> &str {
+        self.headers
+            .get("location")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    }
+
+    /// The value of the first hidden `csrf` field.
+    pub fn csrf(&self) -> String {
+        let start = self
+            .html
+            .find("name=\"csrf\" value=\"")
+            .expect("a form token")
+            + 19;
+        let end = self.html[start..].find('"').unwrap();
+        self.html[start..start + end].to_owned()
+    }
+}
+
+impl<'a> Visitor<'a> {
+    pub fn new(app: &'a TestApp) -> Self {
+        Self {
+            app,
+            client: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .unwrap(),
+            cookies: HashMap::new(),
+            set_cookies: Vec::new(),
+        }
+    }
+
+    fn cookie_header(&self) -> String {
+        self.cookies
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
+    async fn read(&mut self, response: reqwest::Response) -> Page {
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        self.set_cookies = headers
+            .get_all(SET_COOKIE)
+            .iter()
+            .map(|v| v.to_str().unwrap().to_owned())
+            .collect();
+        for set in &self.set_cookies {
+            let pair = set.split(';').next().unwrap();
+            let (name, value) = pair.split_once('=').unwrap();
+            if value.is_empty() {
+                self.cookies.remove(name);
+            } else {
+                self.cookies.insert(name.to_owned(), value.to_owned());
+            }
+        }
+        Page {
+            status,
+            headers,
+            html: response.text().await.unwrap(),
+        }
+    }
+
+    pub async fn get(&mut self, path: &str) -> Page {
+        let response = self
+            .client
+            .get(self.app.url(path))
+            .header("cookie", self.cookie_header())
+            .send()
+            .await
+            .unwrap();
+        self.read(response).await
+    }
+
+    pub async fn post(&mut self, path: &str, form: &[(&str, &str)]) -> Page {
+        let response = self
+            .client
+            .post(self.app.url(path))
+            .header("cookie", self.cookie_header())
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(serde_urlencoded::to_string(form).unwrap())
+            .send()
+            .await
+            .unwrap();
+        self.read(response).await
+    }
+
+    /// Signs in through the form; returns the answer to the form's post.
+    pub async fn sign_in(&mut self, user: &str, password: &str) -> Page {
+        let form = self.get("/console/login").await;
+        assert_eq!(form.status, 200);
+        let csrf = form.csrf();
+        self.post(
+            "/console/login",
+            &[("user", user), ("password", password), ("csrf", &csrf)],
+        )
+        .await
+    }
+}
+
+async fn with_referrals(toml: &str) -> TestApp {
+    let app = spawn_app_with(toml).await;
+    for name in [
+        "v0.11-add-service-request.json",
+        "update-task-accepted.json",
+        "v0.10-add-service-request.json",
+    ] {
+        assert_eq!(app.deliver("default", fixture(name)).await.status, 200);
+    }
+    app
+}
+
+async fn audit_actions(app: &TestApp) -> Vec<(String, String)> {
+    app.store
+        .audit_entries(0, 10_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| (e.action, e.actor))
+        .collect()
+}
+
+#[tokio::test]
+async fn with_no_users_the_console_says_how_to_add_one() {
+    let app = spawn_app_with("").await;
+    let mut visitor = Visitor::new(&app);
+    let home = visitor.get("/console").await;
+    assert_eq!(home.status, 303);
+    let page = visitor.get(home.location()).await;
+    assert_eq!(page.status, 200);
+    assert!(
+        page.html.contains("referral-relay hash-password"),
+        "{}",
+        page.html
+    );
+    assert!(page.html.contains("[console.users."));
+    // Nothing else is reachable without a user.
+    let list = visitor.get("/console/referrals").await;
+    assert_eq!((list.status, list.location()), (303, "/console/login"));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn pages_carry_the_security_headers_and_nothing_is_cached() {
+    let app = with_referrals(&users_config("")).await;
+    let mut visitor = Visitor::new(&app);
+    let login = visitor.get("/console/login").await;
+    assert_eq!(visitor.sign_in("alice", ALICE_PASSWORD).await.status, 303);
+    let list = visitor.get("/console/referrals").await;
+    let css = visitor.get("/console/assets/console.css").await;
+    let missing = visitor.get("/console/referrals/NO-SUCH-REF").await;
+    for page in [&login, &list, &css, &missing] {
+        let h = |name: &str| page.headers.get(name).unwrap().to_str().unwrap().to_owned();
+        assert_eq!(h("cache-control"), "no-store");
+        assert_eq!(h("referrer-policy"), "no-referrer");
+        let csp = h("content-security-policy");
+        assert!(csp.contains("default-src 'none'"), "{csp}");
+        assert!(csp.contains("frame-ancestors 'none'"), "{csp}");
+        assert!(!csp.contains("script-src"), "no script is allowed: {csp}");
+        assert!(!csp.contains("unsafe-inline"), "{csp}");
+    }
+    assert_eq!(list.status, 200);
+    assert!(
+        list.headers["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html")
+    );
+    assert_eq!(missing.status, 404);
+    assert!(missing.html.contains("no referral NO-SUCH-REF is stored"));
+    // No inline script or style anywhere, no third-party address.
+    for page in [&login, &list, &missing] {
+        assert!(!page.html.contains("<script"), "{}", page.html);
+        assert!(!page.html.contains("style="), "{}", page.html);
+        assert!(!page.html.contains("http://") && !page.html.contains("https://"));
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn sign_in_sets_a_strict_cookie_and_checks_the_password_and_the_form_token() {
+    let app = with_referrals(&users_config("")).await;
+    let mut visitor = Visitor::new(&app);
+
+    // Posted without the sign-in page's token: refused, whatever the password.
+    let forged = visitor
+        .post(
+            "/console/login",
+            &[("user", "alice"), ("password", ALICE_PASSWORD)],
+        )
+        .await;
+    assert_eq!(forged.status, 403, "{}", forged.html);
+    assert!(!visitor.cookies.contains_key("relay_console"));
+
+    let wrong = visitor.sign_in("alice", "not-her-password").await;
+    assert_eq!(wrong.status, 401);
+    assert!(wrong.html.contains("do not match"));
+    assert!(!visitor.cookies.contains_key("relay_console"));
+    let unknown = visitor.sign_in("mallory", ALICE_PASSWORD).await;
+    assert_eq!(unknown.status, 401);
+
+    let ok = visitor.sign_in("alice", ALICE_PASSWORD).await;
+    assert_eq!((ok.status, ok.location()), (303, "/console/referrals"));
+    let session = visitor
+        .set_cookies
+        .iter()
+        .find(|c| c.starts_with("relay_console="))
+        .expect("a session cookie")
+        .clone();
+    assert!(session.contains("HttpOnly"), "{session}");
+    assert!(session.contains("SameSite=Strict"), "{session}");
+    assert!(session.contains("Path=/console"), "{session}");
+    assert!(
+        !session.contains("Secure"),
+        "plain HTTP, not configured: {session}"
+    );
+    let list = visitor.get("/console/referrals").await;
+    assert_eq!(list.status, 200);
+    assert!(list.html.contains("TST-0011-AAAA") && list.html.contains("TST-0010-BBBB"));
+
+    let actions = audit_actions(&app).await;
+    assert!(actions.contains(&("CONSOLE_LOGIN".into(), "console:alice".into())));
+    assert!(actions.contains(&("CONSOLE_LOGIN_FAILED".into(), "console:alice".into())));
+    // A name that is no user is not written down (it may be a password typed in the wrong box).
+    assert!(actions.contains(&(
+        "CONSOLE_LOGIN_FAILED".into(),
+        "console:(unknown user)".into()
+    )));
+    assert!(!actions.iter().any(|(_, actor)| actor.contains("mallory")));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn secure_cookies_are_marked_secure() {
+    let app = spawn_app_with(&users_config("[console]\nsecure_cookies = true")).await;
+    let mut visitor = Visitor::new(&app);
+    visitor.sign_in("alice", ALICE_PASSWORD).await;
+    assert!(
+        visitor
+            .set_cookies
+            .iter()
+            .any(|c| c.starts_with("relay_console=") && c.contains("Secure")),
+        "{:?}",
+        visitor.set_cookies
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn repeated_failed_sign_ins_are_slowed_down() {
+    let app = spawn_app_with(&users_config("")).await;
+    let mut visitor = Visitor::new(&app);
+    for _ in 0..5 {
+        assert_eq!(
+            visitor.sign_in("alice", "guess-guess-guess").await.status,
+            401
+        );
+    }
+    let limited = visitor.sign_in("alice", ALICE_PASSWORD).await;
+    assert_eq!(limited.status, 429, "even the right password waits");
+    assert!(limited.html.contains("Too many failed sign-ins"));
+    // Another user from the same address is not locked out by Alice's failures.
+    assert_eq!(visitor.sign_in("bob", BOB_PASSWORD).await.status, 303);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn logout_needs_the_form_token_and_ends_the_session() {
+    let app = with_referrals(&users_config("")).await;
+    let mut visitor = Visitor::new(&app);
+    visitor.sign_in("alice", ALICE_PASSWORD).await;
+    let list = visitor.get("/console/referrals").await;
+    let csrf = list.csrf();
+    let session = visitor.cookies["relay_console"].clone();
+
+    let forged = visitor.post("/console/logout", &[]).await;
+    assert_eq!(forged.status, 403);
+    let wrong = visitor
+        .post("/console/logout", &[("csrf", "not-the-token")])
+        .await;
+    assert_eq!(wrong.status, 403);
+    assert_eq!(
+        visitor.get("/console/referrals").await.status,
+        200,
+        "still signed in"
+    );
+
+    let out = visitor.post("/console/logout", &[("csrf", &csrf)]).await;
+    assert_eq!((out.status, out.location()), (303, "/console/login"));
+    assert!(
+        !visitor.cookies.contains_key("relay_console"),
+        "cookie cleared"
+    );
+    // The old cookie, replayed, no longer opens anything.
+    visitor.cookies.insert("relay_console".into(), session);
+    let after = visitor.get("/console/referrals").await;
+    assert_eq!((after.status, after.location()), (303, "/console/login"));
+    let actions = audit_actions(&app).await;
+    assert!(actions.contains(&("CONSOLE_LOGOUT".into(), "console:alice".into())));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn an_idle_session_goes_back_to_the_sign_in_page() {
+    let app = with_referrals(&users_config(
+        "[console]\nsession_idle_secs = 1\nsession_max_secs = 60",
+    ))
+    .await;
+    let mut visitor = Visitor::new(&app);
+    visitor.sign_in("alice", ALICE_PASSWORD).await;
+    assert_eq!(visitor.get("/console/referrals").await.status, 200);
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let expired = visitor.get("/console/referrals").await;
+    assert_eq!(
+        (expired.status, expired.location()),
+        (303, "/console/login")
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_scoped_user_sees_only_their_services_referrals() {
+    let app = with_referrals(&users_config("")).await;
+    let mut visitor = Visitor::new(&app);
+    assert_eq!(visitor.sign_in("bob", BOB_PASSWORD).await.status, 303);
+    let list = visitor.get("/console/referrals").await;
+    assert!(list.html.contains("TST-0010-BBBB"), "{}", list.html);
+    assert!(!list.html.contains("TST-0011-AAAA"), "{}", list.html);
+    let theirs = visitor.get("/console/referrals/TST-0010-BBBB").await;
+    assert_eq!(theirs.status, 200);
+    let other = visitor.get("/console/referrals/TST-0011-AAAA").await;
+    assert_eq!(other.status, 403, "{}", other.html);
+    assert!(!other.html.contains("TST-0011-AAAA</dd>"));
+    let raw = visitor
+        .get("/console/referrals/TST-0011-AAAA/versions/1/raw")
+        .await;
+    assert_eq!(raw.status, 403);
+    let filtered = visitor
+        .get("/console/referrals?service_id=CARDIO-RAPID-01")
+        .await;
+    assert_eq!(filtered.status, 403);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_referral_page_shows_its_versions_what_changed_and_the_raw_message() {
+    let app = with_referrals(&users_config("")).await;
+    let mut visitor = Visitor::new(&app);
+    visitor.sign_in("alice", ALICE_PASSWORD).await;
+    let page = visitor.get("/console/referrals/TST-0011-AAAA").await;
+    assert_eq!(page.status, 200);
+    assert!(page.html.contains("Version 1: add-service-request"));
+    assert!(
+        page.html
+            .contains("Version 2: notify-update-service-request")
+    );
+    // Version 2 (the Task accepted) changed the Task status.
+    let v2 = &page.html[page.html.find("id=\"v2\"").unwrap()..page.html.find("id=\"v1\"").unwrap()];
+    assert!(v2.contains("Task status: accepted"), "{v2}");
+    // The message as received, pretty-printed and escaped.
+    assert!(
+        page.html
+            .contains("&quot;resourceType&quot;: &quot;Bundle&quot;")
+    );
+    let raw = visitor
+        .get("/console/referrals/TST-0011-AAAA/versions/1/raw")
+        .await;
+    assert_eq!(raw.status, 200);
+    assert_eq!(
+        raw.html.as_bytes(),
+        fixture("v0.11-add-service-request.json").as_slice()
+    );
+    assert!(
+        raw.headers["content-disposition"]
+            .to_str()
+            .unwrap()
+            .contains("TST-0011-AAAA-v1.json")
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn the_list_filters_by_service_status_date_and_export_and_marks_what_is_new() {
+    let app = with_referrals(&users_config("")).await;
+    let mut visitor = Visitor::new(&app);
+    visitor.sign_in("alice", ALICE_PASSWORD).await;
+    let first = visitor.get("/console/referrals").await;
+    assert!(
+        !first.html.contains("class=\"changed\""),
+        "a first visit marks nothing"
+    );
+
+    let cardio = visitor
+        .get("/console/referrals?service_id=CARDIO-RAPID-01")
+        .await;
+    assert!(cardio.html.contains("TST-0011-AAAA") && !cardio.html.contains("TST-0010-BBBB"));
+    let accepted = visitor.get("/console/referrals?status=accepted").await;
+    assert!(accepted.html.contains("TST-0011-AAAA") && !accepted.html.contains("TST-0010-BBBB"));
+    let future = visitor.get("/console/referrals?from=2999-01-01").await;
+    assert!(future.html.contains("No referral matches"));
+    let exported = visitor.get("/console/referrals?exported=yes").await;
+    assert!(exported.html.contains("No referral matches"));
+    let unexported = visitor.get("/console/referrals?exported=no").await;
+    assert!(unexported.html.contains("TST-0010-BBBB"));
+    let bad = visitor.get("/console/referrals?from=yesterday").await;
+    assert_eq!(bad.status, 400);
+
+    // A delivery after this visit is marked on the next one.
+    assert_eq!(
+        app.deliver("default", fixture("update-appointment-booked.json"))
+            .await
+            .status,
+        200
+    );
+    let next = visitor.get("/console/referrals").await;
+    let changed = &next.html[next.html.find("class=\"changed\"").expect("a marked row")..];
+    assert!(changed[..400].contains("TST-0011-AAAA"), "{changed}");
+    assert_eq!(next.html.matches("class=\"changed\"").count(), 1);
+    app.stop().await;
+}
