@@ -10,6 +10,7 @@ mod backup;
 mod cli;
 mod connections;
 mod console;
+mod console_browser;
 mod crash;
 mod dedup;
 mod disk_full;

@@ -17,6 +17,8 @@ use crate::routes::v1::extract::{visible_to, whole_number};
 use crate::state::AppState;
 use crate::store::{ReferralRecord, VersionRecord};
 
+/// The service column of a referral filed under none.
+const UNASSIGNED: &str = "(unassigned)";
 /// Rows per page of the referral list.
 const PAGE_ROWS: usize = 50;
 /// Referrals one page reads from the store at most while filling up.
@@ -182,22 +184,21 @@ pub async fn referrals(
             .unwrap_or_default(),
         );
     }
-    let services: Vec<String> = if user.service_ids.is_empty() {
-        state
-            .config()
+    // Offered in the service field: the user's services, or (unlimited) those configured and
+    // those on this page.
+    let services: std::collections::BTreeSet<String> = if user.service_ids.is_empty() {
+        let config = state.config();
+        config
             .integrations
             .values()
             .filter_map(|i| i.default_service())
-            .chain(
-                state
-                    .config()
-                    .sites
-                    .values()
-                    .flat_map(|s| s.service_ids.clone()),
-            )
+            .chain(config.sites.values().flat_map(|s| s.service_ids.clone()))
             .map(|s| s.to_string())
-            .collect::<std::collections::BTreeSet<_>>()
-            .into_iter()
+            .chain(
+                rows.iter()
+                    .filter(|r| r.service != UNASSIGNED)
+                    .map(|r| r.service.clone()),
+            )
             .collect()
     } else {
         user.service_ids.iter().map(ToString::to_string).collect()
@@ -222,7 +223,7 @@ fn row(r: &ReferralRecord, previous_visit: Option<OffsetDateTime>) -> Row {
         service: r
             .service_id
             .as_ref()
-            .map_or_else(|| "(unassigned)".to_owned(), ToString::to_string),
+            .map_or_else(|| UNASSIGNED.to_owned(), ToString::to_string),
         status: r.summary.status().unwrap_or_default().to_owned(),
         received: shown(r.created_at),
         modified: shown(r.modified_at),

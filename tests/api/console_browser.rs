@@ -1,0 +1,268 @@
+//! The console in a real browser: headless Chromium driven through ChromeDriver (Debian's
+//! `chromium` and `chromium-driver`; `.ci/run` installs them), only ever on loopback. A
+//! screenshot of every page visited is saved under `<target>/tmp/console-screenshots/`.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use fantoccini::{Client, ClientBuilder, Locator};
+
+use crate::console::{ALICE_PASSWORD, users_config};
+use crate::support::app::spawn_app_with;
+use crate::support::fixtures::fixture;
+
+const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
+const CHROMIUM: &str = "/usr/bin/chromium";
+
+/// ChromeDriver on a free loopback port, stopped on drop.
+struct Driver {
+    child: Child,
+    port: u16,
+    _profile: tempfile::TempDir,
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Driver {
+    async fn start() -> Self {
+        assert!(
+            std::path::Path::new(CHROMEDRIVER).exists() && std::path::Path::new(CHROMIUM).exists(),
+            "the browser tests need Debian's chromium and chromium-driver ({CHROMIUM}, {CHROMEDRIVER}); .ci/run installs them"
+        );
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new(CHROMEDRIVER)
+            .arg(format!("--port={port}"))
+            .arg("--allowed-ips=127.0.0.1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let driver = Self {
+            child,
+            port,
+            _profile: tempfile::TempDir::new().unwrap(),
+        };
+        let started = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "ChromeDriver did not start listening"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        driver
+    }
+
+    /// A headless Chromium session that reaches nothing but loopback on its own.
+    async fn browser(&self) -> Client {
+        let mut caps = serde_json::Map::new();
+        caps.insert("browserName".into(), "chrome".into());
+        caps.insert(
+            "goog:chromeOptions".into(),
+            serde_json::json!({
+                "binary": CHROMIUM,
+                "args": [
+                    "--headless",
+                    "--no-sandbox",
+                    "--disable-gpu",
+                    "--disable-background-networking",
+                    "--no-first-run",
+                    "--disable-dev-shm-usage",
+                    "--window-size=1280,900",
+                    format!("--user-data-dir={}", self._profile.path().display()),
+                ],
+            }),
+        );
+        ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+            .capabilities(caps)
+            .connect(&format!("http://127.0.0.1:{}", self.port))
+            .await
+            .unwrap()
+    }
+}
+
+/// Where this run's screenshots go.
+fn screenshots() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("console-screenshots");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+async fn screenshot(browser: &Client, name: &str) {
+    let png = browser.screenshot().await.unwrap();
+    assert!(png.starts_with(b"\x89PNG"), "a PNG screenshot");
+    std::fs::write(screenshots().join(format!("{name}.png")), png).unwrap();
+}
+
+async fn text_of(browser: &Client, css: &str) -> String {
+    browser
+        .find(Locator::Css(css))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_user_signs_in_finds_a_referral_reads_its_versions_and_signs_out() {
+    let app = spawn_app_with(&users_config("")).await;
+    for name in [
+        "v0.11-add-service-request.json",
+        "update-task-accepted.json",
+        "v0.10-add-service-request.json",
+    ] {
+        assert_eq!(app.deliver("default", fixture(name)).await.status, 200);
+    }
+    let driver = Driver::start().await;
+    let browser = driver.browser().await;
+
+    // Not signed in: the console sends the browser to the sign-in page.
+    browser.goto(&app.url("/console")).await.unwrap();
+    assert!(browser.current_url().await.unwrap().path() == "/console/login");
+    screenshot(&browser, "login").await;
+    browser
+        .find(Locator::Css("input[name=user]"))
+        .await
+        .unwrap()
+        .send_keys("alice")
+        .await
+        .unwrap();
+    browser
+        .find(Locator::Css("input[name=password]"))
+        .await
+        .unwrap()
+        .send_keys(ALICE_PASSWORD)
+        .await
+        .unwrap();
+    browser
+        .find(Locator::Css("form.login button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    browser
+        .wait()
+        .for_element(Locator::Css("table.referrals"))
+        .await
+        .unwrap();
+    assert_eq!(
+        browser.current_url().await.unwrap().path(),
+        "/console/referrals"
+    );
+    let table = text_of(&browser, "table.referrals").await;
+    assert!(table.contains("TST-0011-AAAA"), "{table}");
+    assert!(table.contains("TST-0010-BBBB"), "{table}");
+    assert!(text_of(&browser, "header .who").await.contains("alice"));
+    screenshot(&browser, "referrals").await;
+
+    // Filter to one service through the form.
+    browser
+        .find(Locator::Css("input[name=service_id]"))
+        .await
+        .unwrap()
+        .send_keys("CARDIO-RAPID-01")
+        .await
+        .unwrap();
+    browser
+        .find(Locator::Css("form.filters button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    // The page the form led to shows the filter it applied.
+    browser
+        .wait()
+        .for_element(Locator::Css(
+            "input[name=service_id][value='CARDIO-RAPID-01']",
+        ))
+        .await
+        .unwrap();
+    assert!(
+        browser
+            .current_url()
+            .await
+            .unwrap()
+            .query()
+            .unwrap_or("")
+            .contains("service_id=CARDIO-RAPID-01")
+    );
+    let filtered = text_of(&browser, "table.referrals").await;
+    assert!(filtered.contains("TST-0011-AAAA") && !filtered.contains("TST-0010-BBBB"));
+
+    // Open the referral: its versions, newest first, and what each changed.
+    browser
+        .find(Locator::LinkText("TST-0011-AAAA"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    browser
+        .wait()
+        .for_element(Locator::Css("ol.timeline"))
+        .await
+        .unwrap();
+    let timeline = text_of(&browser, "ol.timeline").await;
+    let v2 = timeline
+        .find("Version 2: notify-update-service-request")
+        .unwrap();
+    let v1 = timeline.find("Version 1: add-service-request").unwrap();
+    assert!(v2 < v1, "newest first: {timeline}");
+    assert!(
+        timeline[v2..v1].contains("Task status: accepted"),
+        "{timeline}"
+    );
+    let summary = text_of(&browser, "dl.summary").await;
+    assert!(summary.contains("CARDIO-RAPID-01"), "{summary}");
+    screenshot(&browser, "referral").await;
+    // The raw message opens when asked, pretty-printed.
+    browser
+        .find(Locator::Css("#v1 details summary"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let raw = text_of(&browser, "#v1 pre.json").await;
+    assert!(
+        raw.contains("\"resourceType\": \"Bundle\""),
+        "{}",
+        &raw[..200.min(raw.len())]
+    );
+    screenshot(&browser, "referral-raw").await;
+
+    // Sign out: back to the sign-in page, and the list is closed again.
+    browser
+        .find(Locator::Css("form.logout button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    browser
+        .wait()
+        .for_element(Locator::Css("form.login"))
+        .await
+        .unwrap();
+    browser.goto(&app.url("/console/referrals")).await.unwrap();
+    assert_eq!(
+        browser.current_url().await.unwrap().path(),
+        "/console/login"
+    );
+    browser.close().await.unwrap();
+    app.stop().await;
+}
