@@ -211,6 +211,18 @@ impl Outbox {
         listed.or_else(|| self.sites.iter().find(|s| s.service_ids.is_empty()))
     }
 
+    /// The referral's current Task status as the outbox decides from it, and the statuses the
+    /// transition table lets a clinic move it to (what a status form should offer).
+    pub async fn status_choices(
+        &self,
+        referral: &ReferralRecord,
+    ) -> Result<(String, Vec<String>), OutboxError> {
+        let task = self.store.task_state(&referral.referral).await?;
+        let current = current_status(&task, referral);
+        let next = self.transitions.next(&current);
+        Ok((current, next))
+    }
+
     /// Builds the message for `request` and stores it, pending, with the referral's new Task
     /// state. Returns the stored update (with its id) once it is on disk.
     ///

@@ -50,6 +50,17 @@ impl Transitions {
         Self(table)
     }
 
+    /// The statuses `from` may move to that Ocean acts on ([`ACTIONABLE`]), in the table's order.
+    pub fn next(&self, from: &str) -> Vec<String> {
+        self.0
+            .get(from)
+            .into_iter()
+            .flatten()
+            .filter(|to| ACTIONABLE.contains(&to.as_str()))
+            .cloned()
+            .collect()
+    }
+
     pub fn allows(&self, from: &str, to: &str) -> bool {
         self.0
             .get(from)
@@ -76,5 +87,9 @@ mod tests {
         assert!(custom.allows("accepted", "on-hold"));
         assert!(!custom.allows("accepted", "in-progress"));
         assert!(custom.allows("requested", "accepted"));
+        assert_eq!(t.next("accepted"), ["in-progress", "cancelled"]);
+        // `completed` and `failed` are FHIR's, not statuses Ocean acts on: not offered.
+        assert_eq!(t.next("in-progress"), ["on-hold"]);
+        assert!(t.next("completed").is_empty());
     }
 }

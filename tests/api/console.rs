@@ -467,3 +467,132 @@ async fn the_list_filters_by_service_status_date_and_export_and_marks_what_is_ne
     assert_eq!(next.html.matches("class=\"changed\"").count(), 1);
     app.stop().await;
 }
+
+/// The Task resources a stand-in Ocean has been sent, as (id, status).
+pub fn tasks_received(ocean: &crate::support::ocean::MockOcean) -> Vec<(String, String)> {
+    ocean
+        .delivered()
+        .iter()
+        .flat_map(|bundle| bundle["entry"].as_array().cloned().unwrap_or_default())
+        .filter(|e| e["resource"]["resourceType"] == "Task")
+        .map(|e| {
+            (
+                e["resource"]["id"].as_str().unwrap_or("").to_owned(),
+                e["resource"]["status"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// Waits (up to 20 s) until `ready` holds.
+pub async fn eventually(mut ready: impl FnMut() -> bool) {
+    let started = std::time::Instant::now();
+    while !ready() {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(20),
+            "gave up waiting"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn actions_go_through_the_outbox_to_ocean_offer_only_allowed_statuses_and_are_audited() {
+    let ocean = crate::support::ocean::MockOcean::start().await;
+    let app = with_referrals(&users_config(&crate::outbound::flow::config(
+        &ocean, "form",
+    )))
+    .await;
+    let mut visitor = Visitor::new(&app);
+    visitor.sign_in("alice", ALICE_PASSWORD).await;
+
+    // TST-0010-BBBB has no Task yet: every first step is offered; TST-0011-AAAA was accepted.
+    let new = visitor.get("/console/referrals/TST-0010-BBBB").await;
+    assert!(new.html.contains("(now requested)"), "{}", new.html);
+    for offered in ["received", "accepted", "rejected", "cancelled"] {
+        assert!(new.html.contains(&format!("<option value=\"{offered}\">")));
+    }
+    let accepted = visitor.get("/console/referrals/TST-0011-AAAA").await;
+    assert!(accepted.html.contains("(now accepted)"));
+    assert!(accepted.html.contains("<option value=\"in-progress\">"));
+    assert!(!accepted.html.contains("<option value=\"requested\">"));
+    assert!(!accepted.html.contains("<option value=\"rejected\">"));
+
+    let csrf = new.csrf();
+    let forged = visitor
+        .post(
+            "/console/referrals/TST-0010-BBBB/status",
+            &[("status", "accepted")],
+        )
+        .await;
+    assert_eq!(forged.status, 403);
+    let done = visitor
+        .post(
+            "/console/referrals/TST-0010-BBBB/status",
+            &[("csrf", &csrf), ("status", "accepted"), ("reason", "")],
+        )
+        .await;
+    assert_eq!(
+        (done.status, done.location()),
+        (303, "/console/referrals/TST-0010-BBBB#updates")
+    );
+    // Not allowed by the table (accepted → requested): refused, nothing queued.
+    let refused = visitor
+        .post(
+            "/console/referrals/TST-0011-AAAA/status",
+            &[("csrf", &csrf), ("status", "requested")],
+        )
+        .await;
+    assert_eq!(refused.status, 409, "{}", refused.html);
+    let booked = visitor
+        .post(
+            "/console/referrals/TST-0010-BBBB/appointments",
+            &[
+                ("csrf", &csrf),
+                ("start", "2026-12-14T15:30"),
+                ("minutes", "45"),
+                ("confirmed", "on"),
+                ("location", "Room 4"),
+            ],
+        )
+        .await;
+    assert_eq!(booked.status, 303, "{}", booked.html);
+    let bad_time = visitor
+        .post(
+            "/console/referrals/TST-0010-BBBB/appointments",
+            &[("csrf", &csrf), ("start", "next tuesday")],
+        )
+        .await;
+    assert_eq!(bad_time.status, 400);
+    let message = visitor
+        .post(
+            "/console/referrals/TST-0010-BBBB/messages",
+            &[("csrf", &csrf), ("text", "Please send the latest ECG.")],
+        )
+        .await;
+    assert_eq!(message.status, 303);
+
+    eventually(|| ocean.delivered().len() == 3).await;
+    assert_eq!(
+        tasks_received(&ocean)
+            .iter()
+            .map(|(_, s)| s.as_str())
+            .collect::<Vec<_>>(),
+        ["accepted"]
+    );
+    let page = visitor.get("/console/referrals/TST-0010-BBBB").await;
+    assert_eq!(
+        page.html.matches("<td>delivered</td>").count(),
+        3,
+        "{}",
+        page.html
+    );
+    let audited: Vec<_> = audit_actions(&app)
+        .await
+        .into_iter()
+        .filter(|(action, _)| action == "UPDATE_ACCEPTED")
+        .collect();
+    assert_eq!(audited.len(), 3);
+    assert!(audited.iter().all(|(_, actor)| actor == "console:alice"));
+    app.stop().await;
+}

@@ -9,9 +9,10 @@ use std::time::{Duration, Instant};
 
 use fantoccini::{Client, ClientBuilder, Locator};
 
-use crate::console::{ALICE_PASSWORD, users_config};
+use crate::console::{ALICE_PASSWORD, eventually, tasks_received, users_config};
 use crate::support::app::spawn_app_with;
 use crate::support::fixtures::fixture;
+use crate::support::ocean::MockOcean;
 
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 const CHROMIUM: &str = "/usr/bin/chromium";
@@ -117,7 +118,11 @@ async fn text_of(browser: &Client, css: &str) -> String {
 
 #[tokio::test]
 async fn a_user_signs_in_finds_a_referral_reads_its_versions_and_signs_out() {
-    let app = spawn_app_with(&users_config("")).await;
+    let ocean = MockOcean::start().await;
+    let app = spawn_app_with(&users_config(&crate::outbound::flow::config(
+        &ocean, "form",
+    )))
+    .await;
     for name in [
         "v0.11-add-service-request.json",
         "update-task-accepted.json",
@@ -244,6 +249,41 @@ async fn a_user_signs_in_finds_a_referral_reads_its_versions_and_signs_out() {
         &raw[..200.min(raw.len())]
     );
     screenshot(&browser, "referral-raw").await;
+
+    // Accept the other referral from its page: the stand-in Ocean receives the Task, and the
+    // page shows the update delivered.
+    browser
+        .goto(&app.url("/console/referrals/TST-0010-BBBB"))
+        .await
+        .unwrap();
+    browser
+        .find(Locator::Css("select[name=status] option[value=accepted]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    browser
+        .find(Locator::Css("form.action button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    browser
+        .wait()
+        .for_element(Locator::Css("table.updates"))
+        .await
+        .unwrap();
+    eventually(|| !tasks_received(&ocean).is_empty()).await;
+    assert_eq!(tasks_received(&ocean)[0].1, "accepted");
+    browser.refresh().await.unwrap();
+    let updates = text_of(&browser, "table.updates").await;
+    assert!(
+        updates.contains("accepted") && updates.contains("delivered"),
+        "{updates}"
+    );
+    screenshot(&browser, "referral-accepted").await;
 
     // Sign out: back to the sign-in page, and the list is closed again.
     browser

@@ -7,6 +7,7 @@
 //! [`Sessions`](crate::auth::session::Sessions). The pages read through the same store calls and
 //! the same service scoping as `/api/v1`.
 
+mod actions;
 mod pages;
 mod session;
 mod templates;
@@ -38,6 +39,22 @@ pub fn router() -> Router<AppState> {
         .route(
             "/console/referrals/{referral}/versions/{version}/raw",
             get(pages::raw_version),
+        )
+        .route(
+            "/console/referrals/{referral}/status",
+            post(actions::set_status),
+        )
+        .route(
+            "/console/referrals/{referral}/appointments",
+            post(actions::book),
+        )
+        .route(
+            "/console/referrals/{referral}/appointments/cancel",
+            post(actions::cancel),
+        )
+        .route(
+            "/console/referrals/{referral}/messages",
+            post(actions::send_message),
         )
         .route("/console/assets/console.css", get(stylesheet))
         .layer(axum::middleware::from_fn(security_headers))

@@ -15,7 +15,7 @@ use crate::domain::{ServiceId, Summary};
 use crate::error::AppError;
 use crate::routes::v1::extract::{visible_to, whole_number};
 use crate::state::AppState;
-use crate::store::{ReferralRecord, VersionRecord};
+use crate::store::{ReferralRecord, UpdateRecord, VersionRecord};
 
 /// The service column of a referral filed under none.
 const UNASSIGNED: &str = "(unassigned)";
@@ -278,6 +278,15 @@ pub async fn referral(
     }
     // Newest first, as a timeline reads.
     views.reverse();
+    let (current_status, next_statuses) = state.outbox.status_choices(&record).await?;
+    let updates: Vec<UpdateRow> = state
+        .store
+        .referral_updates(&reference)
+        .await?
+        .iter()
+        .rev()
+        .map(update_row)
+        .collect();
     Ok(render(
         "referral.html",
         minijinja::context! {
@@ -285,9 +294,51 @@ pub async fn referral(
             r => minijinja::context! { referral => record.referral.to_string() },
             fields => summary_fields(&record),
             versions => views,
+            current_status => current_status,
+            next_statuses => next_statuses,
+            has_appointment => record.summary.appointment_start.is_some()
+                || updates.iter().any(|u| u.kind == "appointment"),
+            updates => updates,
             ..user.header()
         },
     ))
+}
+
+/// One update sent (or to be sent) to Ocean, as the referral page lists it.
+#[derive(Serialize)]
+struct UpdateRow {
+    id: u64,
+    kind: &'static str,
+    detail: String,
+    state: String,
+    attempts: u32,
+    last_error: Option<String>,
+    accepted: String,
+    delivered: Option<String>,
+}
+
+fn update_row(u: &UpdateRecord) -> UpdateRow {
+    let detail = match (&u.task_status, &u.appointment) {
+        (Some(status), _) => status.clone(),
+        (None, Some(slot)) => serde_json::to_value(slot)
+            .ok()
+            .and_then(|v| v.get("start").and_then(|s| s.as_str().map(str::to_owned)))
+            .unwrap_or_default(),
+        _ => String::new(),
+    };
+    UpdateRow {
+        id: u.id,
+        kind: u.kind.as_str(),
+        detail,
+        state: serde_json::to_value(u.state)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default(),
+        attempts: u.attempts,
+        last_error: u.last_error.clone(),
+        accepted: shown(u.created_at),
+        delivered: u.delivered_at.map(shown),
+    }
 }
 
 /// The message pretty-printed when it is JSON, else as text.

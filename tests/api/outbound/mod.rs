@@ -3,5 +3,5 @@
 
 mod dead_letters;
 mod delivery;
-mod flow;
+pub mod flow;
 mod rules;

@@ -1,0 +1,155 @@
+//! What a user does to a referral from its page: set its status, book or cancel an appointment,
+//! send a message. Each goes through the same outbox as `/api/v1` (its checks, the transition
+//! table, delivery to Ocean with retries), is audited with the user as actor, and leads back to
+//! the referral's page, where the update's delivery state shows.
+
+use axum::extract::{Form, Path, State};
+use axum::response::{IntoResponse, Redirect, Response};
+use serde::Deserialize;
+use time::PrimitiveDateTime;
+use time::macros::format_description;
+
+use super::PageError;
+use super::session::ConsoleUser;
+use crate::error::AppError;
+use crate::ocean::outbox::UpdateRequest;
+use crate::routes::v1::extract::visible_to;
+use crate::state::AppState;
+
+/// Accepts `request` for `referral` on behalf of `user`, audits it, and goes back to the page.
+async fn accept(
+    state: &AppState,
+    user: &ConsoleUser,
+    referral: &str,
+    request: UpdateRequest,
+) -> Result<Response, PageError> {
+    let (reference, record) = visible_to(state, &user.name, &user.service_ids, referral).await?;
+    let stored = state.outbox.accept(&record, request).await?;
+    state
+        .store
+        .audit(
+            "UPDATE_ACCEPTED",
+            &user.actor(),
+            serde_json::json!({
+                "referral": reference.as_str(),
+                "update": stored.id,
+                "kind": stored.kind.as_str(),
+            }),
+        )
+        .await?;
+    let page = format!("/console/referrals/{reference}#updates");
+    Ok(Redirect::to(&page).into_response())
+}
+
+/// Empty form fields are absent values.
+fn given(field: Option<String>) -> Option<String> {
+    field.filter(|s| !s.trim().is_empty())
+}
+
+#[derive(Deserialize)]
+pub struct StatusForm {
+    csrf: Option<String>,
+    status: String,
+    reason: Option<String>,
+}
+
+pub async fn set_status(
+    State(state): State<AppState>,
+    user: ConsoleUser,
+    Path(referral): Path<String>,
+    Form(form): Form<StatusForm>,
+) -> Result<Response, PageError> {
+    user.check_csrf(form.csrf.as_deref())?;
+    let request = UpdateRequest::status(form.status, given(form.reason), None)?;
+    accept(&state, &user, &referral, request).await
+}
+
+#[derive(Deserialize)]
+pub struct AppointmentForm {
+    csrf: Option<String>,
+    /// `YYYY-MM-DDTHH:MM` (an HTML `datetime-local` field), in UTC.
+    start: String,
+    /// Length in minutes; empty: the outbox's default.
+    minutes: Option<String>,
+    /// Present (`on`) when the time is confirmed with the patient.
+    confirmed: Option<String>,
+    location: Option<String>,
+}
+
+pub async fn book(
+    State(state): State<AppState>,
+    user: ConsoleUser,
+    Path(referral): Path<String>,
+    Form(form): Form<AppointmentForm>,
+) -> Result<Response, PageError> {
+    user.check_csrf(form.csrf.as_deref())?;
+    let start = PrimitiveDateTime::parse(
+        &form.start,
+        format_description!("[year]-[month]-[day]T[hour]:[minute]"),
+    )
+    .map_err(|_| {
+        AppError::BadRequest(format!(
+            "start: '{}' is not a date and time (YYYY-MM-DDTHH:MM)",
+            form.start
+        ))
+    })?
+    .assume_utc();
+    let end = match given(form.minutes) {
+        None => None,
+        Some(minutes) => {
+            let minutes: i64 = minutes
+                .trim()
+                .parse()
+                .ok()
+                .filter(|m| (1..=24 * 60).contains(m))
+                .ok_or_else(|| AppError::BadRequest("length: minutes between 1 and 1440".into()))?;
+            Some(start + time::Duration::minutes(minutes))
+        }
+    };
+    let request = UpdateRequest::appointment(
+        start,
+        end,
+        form.confirmed.is_some(),
+        given(form.location),
+        None,
+    )?;
+    accept(&state, &user, &referral, request).await
+}
+
+#[derive(Deserialize)]
+pub struct CsrfOnly {
+    csrf: Option<String>,
+}
+
+pub async fn cancel(
+    State(state): State<AppState>,
+    user: ConsoleUser,
+    Path(referral): Path<String>,
+    Form(form): Form<CsrfOnly>,
+) -> Result<Response, PageError> {
+    user.check_csrf(form.csrf.as_deref())?;
+    accept(
+        &state,
+        &user,
+        &referral,
+        UpdateRequest::cancel_appointment(),
+    )
+    .await
+}
+
+#[derive(Deserialize)]
+pub struct MessageForm {
+    csrf: Option<String>,
+    text: String,
+}
+
+pub async fn send_message(
+    State(state): State<AppState>,
+    user: ConsoleUser,
+    Path(referral): Path<String>,
+    Form(form): Form<MessageForm>,
+) -> Result<Response, PageError> {
+    user.check_csrf(form.csrf.as_deref())?;
+    let request = UpdateRequest::message(form.text)?;
+    accept(&state, &user, &referral, request).await
+}
