@@ -596,3 +596,99 @@ async fn actions_go_through_the_outbox_to_ocean_offer_only_allowed_statuses_and_
     assert!(audited.iter().all(|(_, actor)| actor == "console:alice"));
     app.stop().await;
 }
+
+/// The CSV rows' referral refs (the first column), header left out.
+pub fn csv_refs(csv: &str) -> Vec<String> {
+    let mut reader = csv::Reader::from_reader(csv.trim_start_matches('\u{feff}').as_bytes());
+    let refs: Vec<String> = reader
+        .records()
+        .map(|r| r.unwrap().get(0).unwrap().to_owned())
+        .collect();
+    refs
+}
+
+#[tokio::test]
+async fn the_backup_form_counts_exports_marks_only_what_it_wrote_and_names_the_user() {
+    let app = with_referrals(&users_config("")).await;
+    let mut visitor = Visitor::new(&app);
+    visitor.sign_in("alice", ALICE_PASSWORD).await;
+    let form = visitor.get("/console/backup").await;
+    assert_eq!(form.status, 200);
+    assert!(form.html.contains("name=\"unexported_only\" checked"));
+    assert!(form.html.contains("name=\"mark_exported\" checked"));
+    let csrf = form.csrf();
+    let weekly = [
+        ("csrf", csrf.as_str()),
+        ("from", ""),
+        ("to", ""),
+        ("unexported_only", "on"),
+        ("mark_exported", "on"),
+    ];
+
+    let forged = visitor
+        .post("/console/backup/export.csv", &weekly[1..])
+        .await;
+    assert_eq!(forged.status, 403);
+    let count = visitor.post("/console/backup", &weekly).await;
+    assert!(
+        count.html.contains("<strong>2</strong> referrals match"),
+        "{}",
+        count.html
+    );
+
+    let csv = visitor.post("/console/backup/export.csv", &weekly).await;
+    assert_eq!(csv.status, 200);
+    assert!(
+        csv.headers["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/csv")
+    );
+    let mut refs = csv_refs(&csv.html);
+    refs.sort();
+    assert_eq!(refs, ["TST-0010-BBBB", "TST-0011-AAAA"]);
+    // Marked once the whole file was taken (just after the last byte went out): the same
+    // export again soon holds no row.
+    let started = std::time::Instant::now();
+    while !visitor
+        .post("/console/backup", &weekly)
+        .await
+        .html
+        .contains("<strong>0</strong> referrals match")
+    {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(20),
+            "never marked"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let again = visitor.post("/console/backup/export.csv", &weekly).await;
+    assert!(csv_refs(&again.html).is_empty(), "{}", again.html);
+    let list = visitor.get("/console/referrals?exported=yes").await;
+    assert_eq!(list.html.matches("✓").count(), 2, "{}", list.html);
+
+    let audited: Vec<_> = audit_actions(&app)
+        .await
+        .into_iter()
+        .filter(|(action, _)| action == "EXPORTED_REFERRALS")
+        .collect();
+    assert_eq!(audited.len(), 2);
+    assert!(audited.iter().all(|(_, actor)| actor == "console:alice"));
+
+    // A scoped user exports only their service, and may not ask for another.
+    let mut bob = Visitor::new(&app);
+    bob.sign_in("bob", BOB_PASSWORD).await;
+    let csrf = bob.get("/console/backup").await.csrf();
+    let theirs = bob
+        .post("/console/backup/export.csv", &[("csrf", csrf.as_str())])
+        .await;
+    assert_eq!(csv_refs(&theirs.html), ["TST-0010-BBBB"]);
+    let other = bob
+        .post(
+            "/console/backup/export.csv",
+            &[("csrf", csrf.as_str()), ("service_id", "CARDIO-RAPID-01")],
+        )
+        .await;
+    assert_eq!(other.status, 403);
+    app.stop().await;
+}

@@ -8,6 +8,7 @@
 //! the same service scoping as `/api/v1`.
 
 mod actions;
+mod backup;
 mod pages;
 mod session;
 mod templates;
@@ -56,6 +57,8 @@ pub fn router() -> Router<AppState> {
             "/console/referrals/{referral}/messages",
             post(actions::send_message),
         )
+        .route("/console/backup", get(backup::form).post(backup::count))
+        .route("/console/backup/export.csv", post(backup::export))
         .route("/console/assets/console.css", get(stylesheet))
         .layer(axum::middleware::from_fn(security_headers))
 }

@@ -73,7 +73,11 @@ fn shown(at: OffsetDateTime) -> String {
         .unwrap_or_default()
 }
 
-fn day(name: &str, raw: &str, end_of_day: bool) -> Result<Option<OffsetDateTime>, AppError> {
+pub(super) fn day(
+    name: &str,
+    raw: &str,
+    end_of_day: bool,
+) -> Result<Option<OffsetDateTime>, AppError> {
     if raw.is_empty() {
         return Ok(None);
     }

@@ -80,6 +80,20 @@ pub async fn export_csv(
         excel: q.excel.unwrap_or(false),
         actor: format!("api:{}", client.name),
     };
+    Ok(stream_export(&state, request, move |r: &ReferralRecord| {
+        client.may_see(r.service_id.as_ref())
+    }))
+}
+
+/// Runs `request` over the referrals `visible` lets through and streams the CSV as the response
+/// body (`referrals.csv`, as an attachment). Rows are marked exported (when asked) only once the
+/// client has taken the whole body; a store failure part way breaks the transfer rather than end
+/// it looking whole. The API's export and the console's backup alike.
+pub(crate) fn stream_export(
+    state: &AppState,
+    request: ExportRequest,
+    visible: impl Fn(&ReferralRecord) -> bool + Send + Sync + 'static,
+) -> Response {
     let (chunks, receiver) = mpsc::channel::<Result<Bytes, std::io::Error>>(4);
     let (finished, taken) = oneshot::channel::<()>();
     let mut sink = ChannelSink {
@@ -90,7 +104,6 @@ pub async fn export_csv(
     let store = state.store.clone();
     tokio::spawn(
         async move {
-            let visible = |r: &ReferralRecord| client.may_see(r.service_id.as_ref());
             match export(store.as_ref(), &request, visible, &mut sink).await {
                 Ok(_) => {}
                 Err(ExportError::Sink(_)) => {
@@ -125,7 +138,7 @@ pub async fn export_csv(
         header::CONTENT_DISPOSITION,
         HeaderValue::from_static("attachment; filename=\"referrals.csv\""),
     );
-    Ok(response)
+    response
 }
 
 /// The export's side of the response body: chunks go out through a channel; once the last is

@@ -10,7 +10,7 @@ mod audit;
 mod backup;
 mod doc;
 mod events;
-mod export;
+pub(crate) mod export;
 pub(crate) mod extract;
 mod referrals;
 mod updates;
