@@ -22,6 +22,8 @@ struct Driver {
     child: Child,
     port: u16,
     _profile: tempfile::TempDir,
+    /// Where the browser saves downloads.
+    downloads: tempfile::TempDir,
 }
 
 impl Drop for Driver {
@@ -53,6 +55,7 @@ impl Driver {
             child,
             port,
             _profile: tempfile::TempDir::new().unwrap(),
+            downloads: tempfile::TempDir::new().unwrap(),
         };
         let started = Instant::now();
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
@@ -83,6 +86,10 @@ impl Driver {
                     "--window-size=1280,900",
                     format!("--user-data-dir={}", self._profile.path().display()),
                 ],
+                "prefs": {
+                    "download.default_directory": self.downloads.path(),
+                    "download.prompt_for_download": false,
+                },
             }),
         );
         ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
@@ -284,6 +291,65 @@ async fn a_user_signs_in_finds_a_referral_reads_its_versions_and_signs_out() {
         "{updates}"
     );
     screenshot(&browser, "referral-accepted").await;
+
+    // The weekly backup: unexported only, marked. The count first, then the file.
+    browser.goto(&app.url("/console/backup")).await.unwrap();
+    screenshot(&browser, "backup").await;
+    browser
+        .find(Locator::Css("button[name=count]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let count = browser
+        .wait()
+        .for_element(Locator::Css("p.count"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(count, "2 referrals match.");
+    browser
+        .find(Locator::Css(
+            "button[formaction='/console/backup/export.csv']",
+        ))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let file = driver.downloads.path().join("referrals.csv");
+    eventually(|| file.exists()).await;
+    let mut refs = crate::console::csv_refs(&std::fs::read_to_string(&file).unwrap());
+    refs.sort();
+    assert_eq!(refs, ["TST-0010-BBBB", "TST-0011-AAAA"]);
+    // Run again: nothing left to export, and the list shows both exported.
+    let started = Instant::now();
+    loop {
+        browser.goto(&app.url("/console/backup")).await.unwrap();
+        browser
+            .find(Locator::Css("button[name=count]"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        let count = text_of(&browser, "p.count").await;
+        if count == "0 referrals match." {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "{count}");
+    }
+    browser.goto(&app.url("/console/referrals")).await.unwrap();
+    let exported = browser
+        .find_all(Locator::Css("td.exported span"))
+        .await
+        .unwrap();
+    assert_eq!(exported.len(), 2);
+    assert_eq!(exported[0].text().await.unwrap(), "✓");
+    screenshot(&browser, "referrals-exported").await;
 
     // Sign out: back to the sign-in page, and the list is closed again.
     browser
