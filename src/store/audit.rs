@@ -51,17 +51,44 @@ pub struct AuditBreak {
 
 /// Checks a whole chain, in order; returns how many entries it holds.
 pub fn verify_chain(entries: impl IntoIterator<Item = AuditEntry>) -> Result<u64, AuditBreak> {
-    let mut prev = AUDIT_GENESIS.to_owned();
-    let mut expected_seq = 1;
+    let mut chain = ChainCheck::default();
     for entry in entries {
+        chain.check(&entry)?;
+    }
+    Ok(chain.checked())
+}
+
+/// Checks a chain one entry at a time, from the first, so a long chain can be read in batches.
+#[derive(Debug, Clone)]
+pub struct ChainCheck {
+    prev: String,
+    expected_seq: u64,
+}
+
+impl Default for ChainCheck {
+    fn default() -> Self {
+        Self {
+            prev: AUDIT_GENESIS.to_owned(),
+            expected_seq: 1,
+        }
+    }
+}
+
+impl ChainCheck {
+    /// Checks the next entry of the chain.
+    ///
+    /// # Errors
+    /// Where and why the chain breaks: an entry missing, not linked to the one before, or not
+    /// matching its hash.
+    pub fn check(&mut self, entry: &AuditEntry) -> Result<(), AuditBreak> {
         let seq = entry.seq;
-        if seq != expected_seq {
+        if seq != self.expected_seq {
             return Err(AuditBreak {
-                seq: expected_seq,
+                seq: self.expected_seq,
                 reason: "the entry is missing",
             });
         }
-        if entry.prev != prev {
+        if entry.prev != self.prev {
             return Err(AuditBreak {
                 seq,
                 reason: "it does not follow the entry before it",
@@ -73,10 +100,15 @@ pub fn verify_chain(entries: impl IntoIterator<Item = AuditEntry>) -> Result<u64
                 reason: "its content does not match its hash",
             });
         }
-        prev = entry.hash;
-        expected_seq += 1;
+        self.prev.clone_from(&entry.hash);
+        self.expected_seq += 1;
+        Ok(())
     }
-    Ok(expected_seq - 1)
+
+    /// Entries checked so far.
+    pub fn checked(&self) -> u64 {
+        self.expected_seq - 1
+    }
 }
 
 /// Hash of "no previous entry".

@@ -16,7 +16,7 @@ mod sled;
 
 pub use self::postgres::{MIGRATIONS as POSTGRES_MIGRATIONS, PgOptions, PgStore, TableCount};
 pub use self::sled::{LOCK_FILE, SledOptions, SledStore};
-pub use audit::{AUDIT_GENESIS, AuditBreak, AuditEntry, AuditStore, verify_chain};
+pub use audit::{AUDIT_GENESIS, AuditBreak, AuditEntry, AuditStore, ChainCheck, verify_chain};
 pub use deliveries::{
     DeliveryStore, NewDelivery, PutOutcome, ReferralRecord, ServiceAssignment, VersionRecord,
     delivery_key, sha256_hex,

@@ -692,3 +692,145 @@ async fn the_backup_form_counts_exports_marks_only_what_it_wrote_and_names_the_u
     assert_eq!(other.status, 403);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn an_admin_replays_a_dead_letter_after_confirming_and_staff_cannot_see_the_outbox() {
+    use crate::support::ocean::{Answer, MockOcean};
+    let ocean = MockOcean::start().await;
+    ocean.script([Answer::Outcome(400, "Unknown referral")]);
+    let app = with_referrals(&users_config(&crate::outbound::flow::config(
+        &ocean, "form",
+    )))
+    .await;
+    let mut alice = Visitor::new(&app);
+    alice.sign_in("alice", ALICE_PASSWORD).await;
+    let csrf = alice.get("/console/referrals/TST-0010-BBBB").await.csrf();
+    let sent = alice
+        .post(
+            "/console/referrals/TST-0010-BBBB/messages",
+            &[("csrf", csrf.as_str()), ("text", "Please call the clinic.")],
+        )
+        .await;
+    assert_eq!(sent.status, 303);
+    // Refused by Ocean: a dead letter, shown with its error and the two actions.
+    let started = std::time::Instant::now();
+    let outbox = loop {
+        let page = alice.get("/console/outbox").await;
+        if page.html.contains("<td>dead</td>") {
+            break page;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(20),
+            "{}",
+            page.html
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert!(outbox.html.contains("Unknown referral"), "{}", outbox.html);
+    let id = {
+        let at = outbox.html.find("/console/outbox/").unwrap() + 16;
+        outbox.html[at..].split('/').next().unwrap().to_owned()
+    };
+    assert!(
+        outbox
+            .html
+            .contains(&format!("/console/outbox/{id}/discard"))
+    );
+
+    let confirm = alice.get(&format!("/console/outbox/{id}/replay")).await;
+    assert_eq!(confirm.status, 200);
+    assert!(confirm.html.contains(&format!("Replay update {id}?")));
+    let forged = alice
+        .post(&format!("/console/outbox/{id}/replay"), &[])
+        .await;
+    assert_eq!(forged.status, 403);
+    assert_eq!(
+        ocean.delivered().len(),
+        0,
+        "nothing replayed without the form token"
+    );
+    let replayed = alice
+        .post(
+            &format!("/console/outbox/{id}/replay"),
+            &[("csrf", confirm.csrf().as_str())],
+        )
+        .await;
+    assert_eq!(
+        (replayed.status, replayed.location()),
+        (303, "/console/outbox")
+    );
+    eventually(|| ocean.delivered().len() == 1).await;
+    let started = std::time::Instant::now();
+    while !alice
+        .get("/console/outbox")
+        .await
+        .html
+        .contains("every update was delivered")
+    {
+        assert!(started.elapsed() < std::time::Duration::from_secs(20));
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let actions = audit_actions(&app).await;
+    assert!(actions.contains(&("UPDATE_REPLAYED".into(), "console:alice".into())));
+
+    // Staff: no outbox, no audit, and no links to them.
+    let mut bob = Visitor::new(&app);
+    bob.sign_in("bob", BOB_PASSWORD).await;
+    let list = bob.get("/console/referrals").await;
+    assert!(!list.html.contains("/console/outbox") && !list.html.contains("/console/audit"));
+    assert_eq!(bob.get("/console/outbox").await.status, 403);
+    assert_eq!(
+        bob.get(&format!("/console/outbox/{id}/discard"))
+            .await
+            .status,
+        403
+    );
+    assert_eq!(bob.get("/console/audit").await.status, 403);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn the_audit_page_filters_entries_and_verifies_the_chain() {
+    let app = with_referrals(&users_config("")).await;
+    let mut alice = Visitor::new(&app);
+    alice.sign_in("bob", "wrong-password-000").await;
+    alice.sign_in("alice", ALICE_PASSWORD).await;
+    let all = alice.get("/console/audit").await;
+    assert_eq!(all.status, 200);
+    assert!(all.html.contains("DELIVERY_STORED") && all.html.contains("CONSOLE_LOGIN"));
+    let mine = alice
+        .get("/console/audit?action=&actor=console%3Aalice")
+        .await;
+    assert!(
+        mine.html.contains("<td>CONSOLE_LOGIN</td>"),
+        "{}",
+        mine.html
+    );
+    assert!(!mine.html.contains("DELIVERY_STORED"));
+    assert!(!mine.html.contains("console:bob"));
+    let failed = alice
+        .get("/console/audit?action=CONSOLE_LOGIN_FAILED&actor=")
+        .await;
+    assert!(
+        failed.html.contains("<td>console:bob</td>"),
+        "{}",
+        failed.html
+    );
+    assert!(!failed.html.contains("<td>CONSOLE_LOGIN</td>"));
+
+    let forged = alice.post("/console/audit/verify", &[]).await;
+    assert_eq!(forged.status, 403);
+    let verified = alice
+        .post("/console/audit/verify", &[("csrf", all.csrf().as_str())])
+        .await;
+    assert_eq!(verified.status, 200);
+    let entries = app.store.audit_entries(0, 10_000).await.unwrap().len() - 1;
+    assert!(
+        verified
+            .html
+            .contains(&format!("The chain is intact: {entries} entries checked.")),
+        "{}",
+        verified.html
+    );
+    app.stop().await;
+}

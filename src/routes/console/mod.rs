@@ -8,6 +8,7 @@
 //! the same service scoping as `/api/v1`.
 
 mod actions;
+mod admin;
 mod backup;
 mod pages;
 mod session;
@@ -59,6 +60,13 @@ pub fn router() -> Router<AppState> {
         )
         .route("/console/backup", get(backup::form).post(backup::count))
         .route("/console/backup/export.csv", post(backup::export))
+        .route("/console/outbox", get(admin::outbox))
+        .route(
+            "/console/outbox/{id}/{action}",
+            get(admin::confirm).post(admin::act),
+        )
+        .route("/console/audit", get(admin::audit))
+        .route("/console/audit/verify", post(admin::verify))
         .route("/console/assets/console.css", get(stylesheet))
         .layer(axum::middleware::from_fn(security_headers))
 }

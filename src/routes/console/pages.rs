@@ -65,7 +65,7 @@ struct Row {
 }
 
 /// A time as the console shows it: `2026-11-30 14:05 UTC`.
-fn shown(at: OffsetDateTime) -> String {
+pub(super) fn shown(at: OffsetDateTime) -> String {
     at.to_offset(time::UtcOffset::UTC)
         .format(format_description!(
             "[year]-[month]-[day] [hour]:[minute] UTC"
@@ -308,10 +308,11 @@ pub async fn referral(
     ))
 }
 
-/// One update sent (or to be sent) to Ocean, as the referral page lists it.
+/// One update sent (or to be sent) to Ocean, as the referral and outbox pages list it.
 #[derive(Serialize)]
-struct UpdateRow {
+pub(super) struct UpdateRow {
     id: u64,
+    referral: String,
     kind: &'static str,
     detail: String,
     state: String,
@@ -319,9 +320,10 @@ struct UpdateRow {
     last_error: Option<String>,
     accepted: String,
     delivered: Option<String>,
+    next_attempt: String,
 }
 
-fn update_row(u: &UpdateRecord) -> UpdateRow {
+pub(super) fn update_row(u: &UpdateRecord) -> UpdateRow {
     let detail = match (&u.task_status, &u.appointment) {
         (Some(status), _) => status.clone(),
         (None, Some(slot)) => serde_json::to_value(slot)
@@ -332,6 +334,7 @@ fn update_row(u: &UpdateRecord) -> UpdateRow {
     };
     UpdateRow {
         id: u.id,
+        referral: u.referral.to_string(),
         kind: u.kind.as_str(),
         detail,
         state: serde_json::to_value(u.state)
@@ -342,6 +345,7 @@ fn update_row(u: &UpdateRecord) -> UpdateRow {
         last_error: u.last_error.clone(),
         accepted: shown(u.created_at),
         delivered: u.delivered_at.map(shown),
+        next_attempt: shown(u.next_attempt_at),
     }
 }
 

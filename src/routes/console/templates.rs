@@ -8,7 +8,10 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use minijinja::Environment;
 
-const TEMPLATES: [(&str, &str); 7] = [
+const TEMPLATES: [(&str, &str); 10] = [
+    ("outbox.html", include_str!("templates/outbox.html")),
+    ("confirm.html", include_str!("templates/confirm.html")),
+    ("audit.html", include_str!("templates/audit.html")),
     ("backup.html", include_str!("templates/backup.html")),
     ("base.html", include_str!("templates/base.html")),
     ("login.html", include_str!("templates/login.html")),
