@@ -406,6 +406,12 @@ async fn a_referral_page_shows_its_versions_what_changed_and_the_raw_message() {
     // Version 2 (the Task accepted) changed the Task status.
     let v2 = &page.html[page.html.find("id=\"v2\"").unwrap()..page.html.find("id=\"v1\"").unwrap()];
     assert!(v2.contains("Task status: accepted"), "{v2}");
+    // Resources: the Task is new in version 2; the eForm it no longer carries is said so.
+    assert!(v2.contains("new: Task #1"), "{v2}");
+    assert!(
+        v2.contains("not carried this time:") && v2.contains("QuestionnaireResponse #1"),
+        "{v2}"
+    );
     // The message as received, pretty-printed and escaped.
     assert!(
         page.html
