@@ -40,6 +40,28 @@ async fn healthz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
 /// Ready when the store can take a durable write now and the outbox worker is alive. A store
 /// recovering from a write failure is not ready, and says since when and why.
 async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
+    let (store, worker) = readiness(&state).await;
+    let ready = store.is_none() && worker.is_none();
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        Json(json!({
+            "status": if ready { "ready" } else { "not ready" },
+            "store": store.as_deref().unwrap_or("writable"),
+            "worker": worker.unwrap_or("alive"),
+            "worker_last_progress_secs": state.worker_health.since_beat().as_secs(),
+        })),
+    )
+}
+
+/// What keeps the service from being ready, if anything: the store's problem (a test write
+/// failed, recovering, or failed for good) and the outbox worker's. `(None, None)` is ready.
+/// `/readyz` and the console's status page.
+pub(crate) async fn readiness(state: &AppState) -> (Option<String>, Option<&'static str>) {
     let store = match state.store.health() {
         StoreHealth::Writable => match state.store.check_writable().await {
             Ok(()) => None,
@@ -61,19 +83,5 @@ async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     if let Some(problem) = worker {
         tracing::warn!(problem, "readiness check: outbox worker not alive");
     }
-    let ready = store.is_none() && worker.is_none();
-    let status = if ready {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    (
-        status,
-        Json(json!({
-            "status": if ready { "ready" } else { "not ready" },
-            "store": store.as_deref().unwrap_or("writable"),
-            "worker": worker.unwrap_or("alive"),
-            "worker_last_progress_secs": state.worker_health.since_beat().as_secs(),
-        })),
-    )
+    (store, worker)
 }

@@ -840,3 +840,50 @@ async fn the_audit_page_filters_entries_and_verifies_the_chain() {
     );
     app.stop().await;
 }
+
+#[tokio::test]
+async fn the_status_page_shows_readiness_integrations_and_sites_and_checks_a_site() {
+    let ocean = crate::support::ocean::MockOcean::start().await;
+    let app = with_referrals(&users_config(&crate::outbound::flow::config(
+        &ocean, "form",
+    )))
+    .await;
+    let mut alice = Visitor::new(&app);
+    alice.sign_in("alice", ALICE_PASSWORD).await;
+    let page = alice.get("/console/status").await;
+    assert_eq!(page.status, 200);
+    assert!(
+        page.html.contains("<dd class=\"ok\">yes</dd>"),
+        "{}",
+        page.html
+    );
+    assert!(
+        page.html.contains("embedded (sled): writable")
+            || page.html.contains("PostgreSQL: writable")
+    );
+    assert!(page.html.contains("<td>default</td>") && page.html.contains("<td>none</td>"));
+    assert!(page.html.contains("<td>main</td>") && page.html.contains(&ocean.addr.to_string()));
+    assert!(page.html.contains("3 events"), "{}", page.html);
+    // Never a secret.
+    assert!(!page.html.contains(crate::support::ocean::CLIENT_SECRET));
+
+    let forged = alice.post("/console/status/sites/main/check", &[]).await;
+    assert_eq!(forged.status, 403);
+    let checked = alice
+        .post(
+            "/console/status/sites/main/check",
+            &[("csrf", page.csrf().as_str())],
+        )
+        .await;
+    assert!(
+        checked.html.contains("the credentials work"),
+        "{}",
+        checked.html
+    );
+    assert_eq!(ocean.token_requests().len(), 1);
+
+    let mut bob = Visitor::new(&app);
+    bob.sign_in("bob", BOB_PASSWORD).await;
+    assert_eq!(bob.get("/console/status").await.status, 403);
+    app.stop().await;
+}

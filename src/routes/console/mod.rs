@@ -65,6 +65,11 @@ pub fn router() -> Router<AppState> {
             "/console/outbox/{id}/{action}",
             get(admin::confirm).post(admin::act),
         )
+        .route("/console/status", get(admin::status))
+        .route(
+            "/console/status/sites/{name}/check",
+            post(admin::check_site),
+        )
         .route("/console/audit", get(admin::audit))
         .route("/console/audit/verify", post(admin::verify))
         .route("/console/assets/console.css", get(stylesheet))

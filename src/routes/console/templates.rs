@@ -8,7 +8,8 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use minijinja::Environment;
 
-const TEMPLATES: [(&str, &str); 10] = [
+const TEMPLATES: [(&str, &str); 11] = [
+    ("status.html", include_str!("templates/status.html")),
     ("outbox.html", include_str!("templates/outbox.html")),
     ("confirm.html", include_str!("templates/confirm.html")),
     ("audit.html", include_str!("templates/audit.html")),
