@@ -336,7 +336,14 @@ async fn a_user_signs_in_finds_a_referral_reads_its_versions_and_signs_out() {
             .click()
             .await
             .unwrap();
-        let count = text_of(&browser, "p.count").await;
+        let count = browser
+            .wait()
+            .for_element(Locator::Css("p.count"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
         if count == "0 referrals match." {
             break;
         }
@@ -351,6 +358,121 @@ async fn a_user_signs_in_finds_a_referral_reads_its_versions_and_signs_out() {
     assert_eq!(exported[0].text().await.unwrap(), "✓");
     screenshot(&browser, "referrals-exported").await;
 
+    // A message Ocean refuses becomes a dead letter; the admin replays it from the outbox page
+    // after confirming, and Ocean takes it.
+    ocean.script([crate::support::ocean::Answer::Outcome(
+        400,
+        "Unknown referral",
+    )]);
+    browser
+        .goto(&app.url("/console/referrals/TST-0010-BBBB"))
+        .await
+        .unwrap();
+    browser
+        .find(Locator::Css("textarea[name=text]"))
+        .await
+        .unwrap()
+        .send_keys("Please send the latest imaging report.")
+        .await
+        .unwrap();
+    browser
+        .find(Locator::Css("form[action$='/messages'] button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    // Accepted: the form led back to the referral's updates.
+    let started = Instant::now();
+    while browser.current_url().await.unwrap().fragment() != Some("updates") {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the message was not accepted"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let started = Instant::now();
+    loop {
+        browser.goto(&app.url("/console/outbox")).await.unwrap();
+        if browser.source().await.unwrap().contains("<td>dead</td>") {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "never dead");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        text_of(&browser, "table.updates")
+            .await
+            .contains("Unknown referral")
+    );
+    screenshot(&browser, "outbox").await;
+    browser
+        .find(Locator::LinkText("Replay…"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    screenshot(&browser, "outbox-confirm").await;
+    browser
+        .find(Locator::Css("main form button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    eventually(|| ocean.delivered().len() == 2).await;
+    let started = Instant::now();
+    loop {
+        browser.goto(&app.url("/console/outbox")).await.unwrap();
+        if browser
+            .source()
+            .await
+            .unwrap()
+            .contains("every update was delivered")
+        {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "never delivered"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // The audit trail: verify the whole chain; the user's own entries by filter.
+    browser.goto(&app.url("/console/audit")).await.unwrap();
+    browser
+        .find(Locator::Css("form.verify button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let verdict = browser
+        .wait()
+        .for_element(Locator::Css(".verdict"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(verdict.starts_with("The chain is intact"), "{verdict}");
+    screenshot(&browser, "audit").await;
+    browser
+        .goto(&app.url("/console/audit?action=UPDATE_REPLAYED&actor=console%3Aalice"))
+        .await
+        .unwrap();
+    assert!(
+        text_of(&browser, "table.audit")
+            .await
+            .contains("UPDATE_REPLAYED")
+    );
+
+    browser.goto(&app.url("/console/status")).await.unwrap();
+    assert!(text_of(&browser, "dl.summary").await.contains("Ready\nyes"));
+    screenshot(&browser, "status").await;
+
     // Sign out: back to the sign-in page, and the list is closed again.
     browser
         .find(Locator::Css("form.logout button"))
@@ -364,6 +486,75 @@ async fn a_user_signs_in_finds_a_referral_reads_its_versions_and_signs_out() {
         .for_element(Locator::Css("form.login"))
         .await
         .unwrap();
+    browser.goto(&app.url("/console/referrals")).await.unwrap();
+    assert_eq!(
+        browser.current_url().await.unwrap().path(),
+        "/console/login"
+    );
+    browser.close().await.unwrap();
+    app.stop().await;
+}
+
+/// A staff user limited to one service cannot open another service's referral by typing its
+/// address; an idle session goes back to the sign-in page.
+#[tokio::test]
+async fn a_scoped_user_cannot_open_another_services_referral_and_an_idle_session_ends() {
+    let app = spawn_app_with(&users_config(
+        "[console]\nsession_idle_secs = 2\nsession_max_secs = 60",
+    ))
+    .await;
+    for name in [
+        "v0.11-add-service-request.json",
+        "v0.10-add-service-request.json",
+    ] {
+        assert_eq!(app.deliver("default", fixture(name)).await.status, 200);
+    }
+    let driver = Driver::start().await;
+    let browser = driver.browser().await;
+    browser.goto(&app.url("/console/login")).await.unwrap();
+    browser
+        .find(Locator::Css("input[name=user]"))
+        .await
+        .unwrap()
+        .send_keys("bob")
+        .await
+        .unwrap();
+    browser
+        .find(Locator::Css("input[name=password]"))
+        .await
+        .unwrap()
+        .send_keys(crate::console::BOB_PASSWORD)
+        .await
+        .unwrap();
+    browser
+        .find(Locator::Css("form.login button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let table = browser
+        .wait()
+        .for_element(Locator::Css("table.referrals"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(table.contains("TST-0010-BBBB") && !table.contains("TST-0011-AAAA"));
+    browser
+        .goto(&app.url("/console/referrals/TST-0011-AAAA"))
+        .await
+        .unwrap();
+    assert_eq!(text_of(&browser, "h1").await, "Not allowed");
+    let body = text_of(&browser, "main").await;
+    assert!(
+        !body.contains("Testpatient"),
+        "no patient detail of the other service"
+    );
+    screenshot(&browser, "not-allowed").await;
+    // Unused past the idle limit: the next page is the sign-in page.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
     browser.goto(&app.url("/console/referrals")).await.unwrap();
     assert_eq!(
         browser.current_url().await.unwrap().path(),
