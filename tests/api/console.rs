@@ -887,3 +887,86 @@ async fn the_status_page_shows_readiness_integrations_and_sites_and_checks_a_sit
     assert_eq!(bob.get("/console/status").await.status, 403);
     app.stop().await;
 }
+
+/// Behind a trusted proxy that received HTTPS, the session cookie is `Secure`; the same header
+/// from anyone else changes nothing. A form that is not the page's form gets a console page.
+#[tokio::test]
+async fn cookies_are_secure_when_a_trusted_proxy_received_https_and_bad_forms_get_a_page() {
+    for (trusted, secure) in [("[\"127.0.0.1/32\"]", true), ("[]", false)] {
+        let app = spawn_app_with(&users_config(&format!(
+            "[server]\ntrusted_proxies = {trusted}"
+        )))
+        .await;
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap();
+        let form = client
+            .get(app.url("/console/login"))
+            .header("x-forwarded-proto", "https")
+            .send()
+            .await
+            .unwrap();
+        let cookie = form.headers()[SET_COOKIE].to_str().unwrap().to_owned();
+        assert_eq!(cookie.contains("Secure"), secure, "{cookie}");
+        let token = cookie.split(';').next().unwrap().to_owned();
+        let html = form.text().await.unwrap();
+        let page = Page {
+            status: 200,
+            headers: HeaderMap::new(),
+            html,
+        };
+        let signed_in = client
+            .post(app.url("/console/login"))
+            .header("x-forwarded-proto", "https")
+            .header("cookie", token)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(
+                serde_urlencoded::to_string([
+                    ("user", "alice"),
+                    ("password", ALICE_PASSWORD),
+                    ("csrf", page.csrf().as_str()),
+                ])
+                .unwrap(),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(signed_in.status(), 303);
+        let session = signed_in
+            .headers()
+            .get_all(SET_COOKIE)
+            .iter()
+            .map(|v| v.to_str().unwrap())
+            .find(|c| c.starts_with("relay_console="))
+            .unwrap()
+            .to_owned();
+        assert_eq!(session.contains("Secure"), secure, "{session}");
+        app.stop().await;
+    }
+
+    let app = spawn_app_with(&users_config("")).await;
+    let mut visitor = Visitor::new(&app);
+    visitor.sign_in("alice", ALICE_PASSWORD).await;
+    let csrf = visitor.get("/console/referrals").await.csrf();
+    // No status field at all.
+    let bad = visitor
+        .post(
+            "/console/referrals/TST-0011-AAAA/status",
+            &[("csrf", &csrf)],
+        )
+        .await;
+    assert_eq!(bad.status, 400);
+    assert!(
+        bad.headers["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html")
+    );
+    assert!(
+        bad.html.contains("this form could not be read"),
+        "{}",
+        bad.html
+    );
+    app.stop().await;
+}

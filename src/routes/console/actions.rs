@@ -3,14 +3,14 @@
 //! table, delivery to Ocean with retries), is audited with the user as actor, and leads back to
 //! the referral's page, where the update's delivery state shows.
 
-use axum::extract::{Form, Path, State};
+use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Redirect, Response};
 use serde::Deserialize;
 use time::PrimitiveDateTime;
 use time::macros::format_description;
 
-use super::PageError;
 use super::session::ConsoleUser;
+use super::{ConsoleForm, PageError};
 use crate::error::AppError;
 use crate::ocean::outbox::UpdateRequest;
 use crate::routes::v1::extract::visible_to;
@@ -57,7 +57,7 @@ pub async fn set_status(
     State(state): State<AppState>,
     user: ConsoleUser,
     Path(referral): Path<String>,
-    Form(form): Form<StatusForm>,
+    ConsoleForm(form): ConsoleForm<StatusForm>,
 ) -> Result<Response, PageError> {
     user.check_csrf(form.csrf.as_deref())?;
     let request = UpdateRequest::status(form.status, given(form.reason), None)?;
@@ -80,7 +80,7 @@ pub async fn book(
     State(state): State<AppState>,
     user: ConsoleUser,
     Path(referral): Path<String>,
-    Form(form): Form<AppointmentForm>,
+    ConsoleForm(form): ConsoleForm<AppointmentForm>,
 ) -> Result<Response, PageError> {
     user.check_csrf(form.csrf.as_deref())?;
     let start = PrimitiveDateTime::parse(
@@ -125,7 +125,7 @@ pub async fn cancel(
     State(state): State<AppState>,
     user: ConsoleUser,
     Path(referral): Path<String>,
-    Form(form): Form<CsrfOnly>,
+    ConsoleForm(form): ConsoleForm<CsrfOnly>,
 ) -> Result<Response, PageError> {
     user.check_csrf(form.csrf.as_deref())?;
     accept(
@@ -147,7 +147,7 @@ pub async fn send_message(
     State(state): State<AppState>,
     user: ConsoleUser,
     Path(referral): Path<String>,
-    Form(form): Form<MessageForm>,
+    ConsoleForm(form): ConsoleForm<MessageForm>,
 ) -> Result<Response, PageError> {
     user.check_csrf(form.csrf.as_deref())?;
     let request = UpdateRequest::message(form.text)?;

@@ -1,14 +1,14 @@
 //! Admin pages: the outbox (what is pending or dead, with replay and discard, each confirmed
 //! first) and the audit trail (filtered, with a check of the whole chain). Staff get 403.
 
-use axum::extract::{Form, Path, Query, State};
+use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Redirect, Response};
 use serde::{Deserialize, Serialize};
 
-use super::PageError;
 use super::pages::{UpdateRow, shown, update_row};
 use super::session::ConsoleUser;
 use super::templates::render;
+use super::{ConsoleForm, PageError};
 use crate::auth::api::may_see;
 use crate::config::ConsoleRole;
 use crate::error::AppError;
@@ -153,7 +153,7 @@ pub async fn act(
     State(state): State<AppState>,
     user: ConsoleUser,
     Path((id, action)): Path<(String, String)>,
-    Form(form): Form<CsrfForm>,
+    ConsoleForm(form): ConsoleForm<CsrfForm>,
 ) -> Result<Response, PageError> {
     admin_only(&user)?;
     user.check_csrf(form.csrf.as_deref())?;
@@ -264,7 +264,7 @@ async fn audit_page(
 pub async fn verify(
     State(state): State<AppState>,
     user: ConsoleUser,
-    Form(form): Form<CsrfForm>,
+    ConsoleForm(form): ConsoleForm<CsrfForm>,
 ) -> Result<Response, PageError> {
     admin_only(&user)?;
     user.check_csrf(form.csrf.as_deref())?;
@@ -371,7 +371,7 @@ pub async fn check_site(
     State(state): State<AppState>,
     user: ConsoleUser,
     Path(name): Path<String>,
-    Form(form): Form<CsrfForm>,
+    ConsoleForm(form): ConsoleForm<CsrfForm>,
 ) -> Result<Response, PageError> {
     admin_only(&user)?;
     user.check_csrf(form.csrf.as_deref())?;

@@ -3,14 +3,14 @@
 //! the CSV download through the same export pipeline as the API (marks only once the whole
 //! file was taken; the `EXPORTED_REFERRALS` audit entry names the user).
 
-use axum::extract::{Form, State};
+use axum::extract::State;
 use axum::response::Response;
 use serde::{Deserialize, Serialize};
 
-use super::PageError;
 use super::pages::day;
 use super::session::ConsoleUser;
 use super::templates::render;
+use super::{ConsoleForm, PageError};
 use crate::auth::api::may_see;
 use crate::domain::ServiceId;
 use crate::error::AppError;
@@ -110,7 +110,7 @@ pub async fn form(user: ConsoleUser) -> Response {
 pub async fn count(
     State(state): State<AppState>,
     user: ConsoleUser,
-    Form(form): Form<BackupForm>,
+    ConsoleForm(form): ConsoleForm<BackupForm>,
 ) -> Result<Response, PageError> {
     user.check_csrf(form.csrf.as_deref())?;
     let request = form.request(&user)?;
@@ -139,7 +139,7 @@ pub async fn count(
 pub async fn export(
     State(state): State<AppState>,
     user: ConsoleUser,
-    Form(form): Form<BackupForm>,
+    ConsoleForm(form): ConsoleForm<BackupForm>,
 ) -> Result<Response, PageError> {
     user.check_csrf(form.csrf.as_deref())?;
     let request = form.request(&user)?;

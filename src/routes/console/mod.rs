@@ -108,6 +108,30 @@ async fn stylesheet() -> Response {
         .into_response()
 }
 
+/// A posted form (`application/x-www-form-urlencoded`), like axum's `Form`, but a body that is
+/// not the form the page sends is answered with a console page (400), not plain text.
+pub struct ConsoleForm<T>(pub T);
+
+impl<T, S> axum::extract::FromRequest<S> for ConsoleForm<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = PageError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, PageError> {
+        axum::extract::Form::<T>::from_request(request, state)
+            .await
+            .map(|axum::extract::Form(form)| Self(form))
+            .map_err(|rejection| {
+                PageError(AppError::BadRequest(format!(
+                    "this form could not be read: {}",
+                    rejection.body_text()
+                )))
+            })
+    }
+}
+
 /// An error shown as a console page (the API's errors, in HTML), with the same status code.
 pub struct PageError(pub AppError);
 

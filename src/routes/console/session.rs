@@ -10,15 +10,15 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use axum::extract::{ConnectInfo, Form, FromRef, FromRequestParts, State};
+use axum::extract::{ConnectInfo, FromRef, FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use cookie::{Cookie, SameSite};
 use serde::Deserialize;
 
-use super::PageError;
 use super::templates::render;
+use super::{ConsoleForm, PageError};
 use crate::auth::session::{COOKIE, Session, Sessions, random_token};
 use crate::auth::source::{ClientAddr, TrustedProxies};
 use crate::config::{ConsoleRole, ConsoleUserConfig, verify_password};
@@ -186,7 +186,7 @@ pub async fn login(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     ClientAddr(source): ClientAddr,
     headers: HeaderMap,
-    Form(form): Form<LoginForm>,
+    ConsoleForm(form): ConsoleForm<LoginForm>,
 ) -> Result<Response, PageError> {
     if state.config().console.users.is_empty() {
         return Ok(login_page(&state, Some(peer.ip()), &headers, None, ""));
@@ -293,7 +293,7 @@ pub async fn logout(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     user: ConsoleUser,
     headers: HeaderMap,
-    Form(form): Form<CsrfForm>,
+    ConsoleForm(form): ConsoleForm<CsrfForm>,
 ) -> Result<Response, PageError> {
     user.check_csrf(form.csrf.as_deref())?;
     if let Some(id) = cookie_value(&headers, COOKIE) {
