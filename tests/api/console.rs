@@ -970,3 +970,49 @@ async fn cookies_are_secure_when_a_trusted_proxy_received_https_and_bad_forms_ge
     );
     app.stop().await;
 }
+
+/// The chain check says where a tampered chain breaks (an entry edited in the database, on
+/// PostgreSQL, where the console reads the same chain as every replica).
+#[tokio::test]
+async fn the_audit_check_names_the_entry_where_a_tampered_chain_breaks() {
+    let schema = crate::support::postgres::Schema::new();
+    let dir = tempfile::TempDir::new().unwrap();
+    let config = crate::support::app::config(&users_config(""), dir.path());
+    let store: std::sync::Arc<dyn referral_relay::store::Store> = schema.store().await;
+    let app = crate::support::app::spawn_with_store(&config, store).await;
+    assert_eq!(
+        app.deliver("default", fixture("v0.11-add-service-request.json"))
+            .await
+            .status,
+        200
+    );
+    let mut alice = Visitor::new(&app);
+    alice.sign_in("alice", ALICE_PASSWORD).await;
+    let csrf = alice.get("/console/audit").await.csrf();
+    let intact = alice
+        .post("/console/audit/verify", &[("csrf", csrf.as_str())])
+        .await;
+    assert!(
+        intact.html.contains("The chain is intact"),
+        "{}",
+        intact.html
+    );
+    schema
+        .client()
+        .await
+        .batch_execute("UPDATE audit SET actor = 'someone else' WHERE seq = 2")
+        .await
+        .unwrap();
+    let broken = alice
+        .post("/console/audit/verify", &[("csrf", csrf.as_str())])
+        .await;
+    assert!(
+        broken
+            .html
+            .contains("The chain breaks at entry 2: its content does not match its hash."),
+        "{}",
+        broken.html
+    );
+    app.stop().await;
+    schema.drop_now().await;
+}
