@@ -113,6 +113,26 @@ async fn screenshot(browser: &Client, name: &str) {
     std::fs::write(screenshots().join(format!("{name}.png")), png).unwrap();
 }
 
+async fn click(browser: &Client, css: &str) {
+    browser
+        .find(Locator::Css(css))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+}
+
+async fn type_into(browser: &Client, css: &str, text: &str) {
+    browser
+        .find(Locator::Css(css))
+        .await
+        .unwrap()
+        .send_keys(text)
+        .await
+        .unwrap();
+}
+
 async fn text_of(browser: &Client, css: &str) -> String {
     browser
         .find(Locator::Css(css))
@@ -144,27 +164,9 @@ async fn a_user_signs_in_finds_a_referral_reads_its_versions_and_signs_out() {
     browser.goto(&app.url("/console")).await.unwrap();
     assert!(browser.current_url().await.unwrap().path() == "/console/login");
     screenshot(&browser, "login").await;
-    browser
-        .find(Locator::Css("input[name=user]"))
-        .await
-        .unwrap()
-        .send_keys("alice")
-        .await
-        .unwrap();
-    browser
-        .find(Locator::Css("input[name=password]"))
-        .await
-        .unwrap()
-        .send_keys(ALICE_PASSWORD)
-        .await
-        .unwrap();
-    browser
-        .find(Locator::Css("form.login button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    type_into(&browser, "input[name=user]", "alice").await;
+    type_into(&browser, "input[name=password]", ALICE_PASSWORD).await;
+    click(&browser, "form.login button").await;
     browser
         .wait()
         .for_element(Locator::Css("table.referrals"))
@@ -181,20 +183,8 @@ async fn a_user_signs_in_finds_a_referral_reads_its_versions_and_signs_out() {
     screenshot(&browser, "referrals").await;
 
     // Filter to one service through the form.
-    browser
-        .find(Locator::Css("input[name=service_id]"))
-        .await
-        .unwrap()
-        .send_keys("CARDIO-RAPID-01")
-        .await
-        .unwrap();
-    browser
-        .find(Locator::Css("form.filters button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    type_into(&browser, "input[name=service_id]", "CARDIO-RAPID-01").await;
+    click(&browser, "form.filters button").await;
     // The page the form led to shows the filter it applied.
     browser
         .wait()
@@ -242,13 +232,7 @@ async fn a_user_signs_in_finds_a_referral_reads_its_versions_and_signs_out() {
     assert!(summary.contains("CARDIO-RAPID-01"), "{summary}");
     screenshot(&browser, "referral").await;
     // The raw message opens when asked, pretty-printed.
-    browser
-        .find(Locator::Css("#v1 details summary"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&browser, "#v1 details summary").await;
     let raw = text_of(&browser, "#v1 pre.json").await;
     assert!(
         raw.contains("\"resourceType\": \"Bundle\""),
@@ -263,20 +247,8 @@ async fn a_user_signs_in_finds_a_referral_reads_its_versions_and_signs_out() {
         .goto(&app.url("/console/referrals/TST-0010-BBBB"))
         .await
         .unwrap();
-    browser
-        .find(Locator::Css("select[name=status] option[value=accepted]"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    browser
-        .find(Locator::Css("form.action button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&browser, "select[name=status] option[value=accepted]").await;
+    click(&browser, "form.action button").await;
     browser
         .wait()
         .for_element(Locator::Css("table.updates"))
@@ -295,13 +267,7 @@ async fn a_user_signs_in_finds_a_referral_reads_its_versions_and_signs_out() {
     // The weekly backup: unexported only, marked. The count first, then the file.
     browser.goto(&app.url("/console/backup")).await.unwrap();
     screenshot(&browser, "backup").await;
-    browser
-        .find(Locator::Css("button[name=count]"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&browser, "button[name=count]").await;
     let count = browser
         .wait()
         .for_element(Locator::Css("p.count"))
@@ -311,15 +277,7 @@ async fn a_user_signs_in_finds_a_referral_reads_its_versions_and_signs_out() {
         .await
         .unwrap();
     assert_eq!(count, "2 referrals match.");
-    browser
-        .find(Locator::Css(
-            "button[formaction='/console/backup/export.csv']",
-        ))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&browser, "button[formaction='/console/backup/export.csv']").await;
     let file = driver.downloads.path().join("referrals.csv");
     eventually(|| file.exists()).await;
     let mut refs = crate::console::csv_refs(&std::fs::read_to_string(&file).unwrap());
@@ -329,13 +287,7 @@ async fn a_user_signs_in_finds_a_referral_reads_its_versions_and_signs_out() {
     let started = Instant::now();
     loop {
         browser.goto(&app.url("/console/backup")).await.unwrap();
-        browser
-            .find(Locator::Css("button[name=count]"))
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
+        click(&browser, "button[name=count]").await;
         let count = browser
             .wait()
             .for_element(Locator::Css("p.count"))
@@ -368,20 +320,13 @@ async fn a_user_signs_in_finds_a_referral_reads_its_versions_and_signs_out() {
         .goto(&app.url("/console/referrals/TST-0010-BBBB"))
         .await
         .unwrap();
-    browser
-        .find(Locator::Css("textarea[name=text]"))
-        .await
-        .unwrap()
-        .send_keys("Please send the latest imaging report.")
-        .await
-        .unwrap();
-    browser
-        .find(Locator::Css("form[action$='/messages'] button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    type_into(
+        &browser,
+        "textarea[name=text]",
+        "Please send the latest imaging report.",
+    )
+    .await;
+    click(&browser, "form[action$='/messages'] button").await;
     // Accepted: the form led back to the referral's updates.
     let started = Instant::now();
     while browser.current_url().await.unwrap().fragment() != Some("updates") {
@@ -414,13 +359,7 @@ async fn a_user_signs_in_finds_a_referral_reads_its_versions_and_signs_out() {
         .await
         .unwrap();
     screenshot(&browser, "outbox-confirm").await;
-    browser
-        .find(Locator::Css("main form button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&browser, "main form button").await;
     eventually(|| ocean.delivered().len() == 2).await;
     let started = Instant::now();
     loop {
@@ -442,13 +381,7 @@ async fn a_user_signs_in_finds_a_referral_reads_its_versions_and_signs_out() {
 
     // The audit trail: verify the whole chain; the user's own entries by filter.
     browser.goto(&app.url("/console/audit")).await.unwrap();
-    browser
-        .find(Locator::Css("form.verify button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&browser, "form.verify button").await;
     let verdict = browser
         .wait()
         .for_element(Locator::Css(".verdict"))
@@ -474,13 +407,7 @@ async fn a_user_signs_in_finds_a_referral_reads_its_versions_and_signs_out() {
     screenshot(&browser, "status").await;
 
     // Sign out: back to the sign-in page, and the list is closed again.
-    browser
-        .find(Locator::Css("form.logout button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&browser, "form.logout button").await;
     browser
         .wait()
         .for_element(Locator::Css("form.login"))
@@ -512,27 +439,14 @@ async fn a_scoped_user_cannot_open_another_services_referral_and_an_idle_session
     let driver = Driver::start().await;
     let browser = driver.browser().await;
     browser.goto(&app.url("/console/login")).await.unwrap();
-    browser
-        .find(Locator::Css("input[name=user]"))
-        .await
-        .unwrap()
-        .send_keys("bob")
-        .await
-        .unwrap();
-    browser
-        .find(Locator::Css("input[name=password]"))
-        .await
-        .unwrap()
-        .send_keys(crate::console::BOB_PASSWORD)
-        .await
-        .unwrap();
-    browser
-        .find(Locator::Css("form.login button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    type_into(&browser, "input[name=user]", "bob").await;
+    type_into(
+        &browser,
+        "input[name=password]",
+        crate::console::BOB_PASSWORD,
+    )
+    .await;
+    click(&browser, "form.login button").await;
     let table = browser
         .wait()
         .for_element(Locator::Css("table.referrals"))

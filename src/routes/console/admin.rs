@@ -12,7 +12,7 @@ use super::{ConsoleForm, PageError};
 use crate::auth::api::may_see;
 use crate::config::ConsoleRole;
 use crate::error::AppError;
-use crate::routes::v1::extract::whole_number;
+use crate::routes::v1::extract::{update_visible_to, whole_number};
 use crate::state::AppState;
 use crate::store::{ChainCheck, UpdateRecord, UpdateState};
 
@@ -83,26 +83,13 @@ impl Act {
     }
 }
 
-/// The dead letter `id`, when `user` may see it.
+/// The update `id`, when `user` may see it.
 async fn dead_letter(
     state: &AppState,
     user: &ConsoleUser,
     id: &str,
 ) -> Result<UpdateRecord, PageError> {
-    let id = whole_number(id)
-        .ok_or_else(|| AppError::BadRequest("the update id must be a whole number".into()))?;
-    let update = state
-        .store
-        .update(id)
-        .await?
-        .ok_or_else(|| AppError::NotFound(format!("no update {id}")))?;
-    if !sees(state, user, &update).await? {
-        return Err(PageError(AppError::Forbidden(format!(
-            "{} may not act on updates of this service",
-            user.name
-        ))));
-    }
-    Ok(update)
+    Ok(update_visible_to(state, &user.name, &user.service_ids, id).await?)
 }
 
 /// `/console/outbox/{id}/{replay|discard}`: what the action will do, and a button to do it.

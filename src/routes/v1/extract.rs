@@ -213,6 +213,26 @@ pub async fn visible(
     .await
 }
 
+/// Looks up update `id` (as written in a path) of a referral that `who`, limited to
+/// `service_ids`, may see: 400 for an id that is not a number, 404 when there is none, 403
+/// outside their services.
+pub async fn update_visible_to(
+    state: &AppState,
+    who: &str,
+    service_ids: &[ServiceId],
+    id: &str,
+) -> Result<crate::store::UpdateRecord, AppError> {
+    let id = whole_number(id)
+        .ok_or_else(|| AppError::BadRequest("the update id must be a whole number".into()))?;
+    let update = state
+        .store
+        .update(id)
+        .await?
+        .ok_or_else(|| AppError::NotFound(format!("no update {id}")))?;
+    visible_to(state, who, service_ids, update.referral.as_str()).await?;
+    Ok(update)
+}
+
 /// Looks up a referral that `who` (named so in the refusal), limited to `service_ids`, may see:
 /// 400 for a malformed reference, 404 when none is stored, 403 when it is outside their services.
 pub async fn visible_to(

@@ -9,8 +9,8 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::extract::{
-    Caller, JsonBody, Path, ProblemDoc, Query, after_param, date_time, limit, rfc3339, visible,
-    whole_number,
+    Caller, JsonBody, Path, ProblemDoc, Query, after_param, date_time, limit, rfc3339,
+    update_visible_to, visible,
 };
 use crate::error::{AppError, Problem};
 use crate::ocean::outbox::UpdateRequest;
@@ -226,15 +226,14 @@ async fn visible_update(
     caller: &Caller,
     id: &str,
 ) -> Result<UpdateRecord, AppError> {
-    let id = whole_number(id)
-        .ok_or_else(|| AppError::BadRequest("the update id must be a whole number".into()))?;
-    let update = state
-        .store
-        .update(id)
-        .await?
-        .ok_or_else(|| AppError::NotFound(format!("no update {id}")))?;
-    visible(state, &caller.0, update.referral.as_str()).await?;
-    Ok(update)
+    let client = &caller.0;
+    update_visible_to(
+        state,
+        &format!("client '{}'", client.name),
+        &client.service_ids,
+        id,
+    )
+    .await
 }
 
 /// One update and its delivery state.
