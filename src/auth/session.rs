@@ -29,12 +29,9 @@ pub struct Session {
     pub user: String,
     /// The token forms of this session carry.
     pub csrf: String,
-}
-
-#[derive(Default)]
-struct Visits {
-    current: Option<OffsetDateTime>,
-    previous: Option<OffsetDateTime>,
+    /// When the user last looked at the referral list before this session began: what changed
+    /// after it is new to them for the whole session. `None` on a first session.
+    pub changes_since: Option<OffsetDateTime>,
 }
 
 struct Held {
@@ -48,9 +45,9 @@ pub struct Sessions {
     idle: Duration,
     absolute: Duration,
     held: Mutex<HashMap<String, Held>>,
-    /// Per user: when they opened the referral list's first page last, and the time before
-    /// that (survives their logout, not a restart).
-    visits: Mutex<HashMap<String, Visits>>,
+    /// Per user: when they last looked at the referral list (survives their logout, not a
+    /// restart).
+    visits: Mutex<HashMap<String, OffsetDateTime>>,
 }
 
 impl Sessions {
@@ -67,6 +64,12 @@ impl Sessions {
     pub fn start(&self, user: &str) -> String {
         let id = random_token();
         let now = Instant::now();
+        let changes_since = self
+            .visits
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(user)
+            .copied();
         let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
         held.retain(|_, h| self.alive(h, now));
         if held.len() >= MAX_SESSIONS
@@ -83,6 +86,7 @@ impl Sessions {
                 session: Session {
                     user: user.to_owned(),
                     csrf: random_token(),
+                    changes_since,
                 },
                 created: now,
                 last_used: now,
@@ -118,21 +122,11 @@ impl Sessions {
         same_secret(presented.as_bytes(), session.csrf.as_bytes())
     }
 
-    /// The time of `user`'s visit to the referral list before the current one: what changed
-    /// after it is new to them. Opening the list afresh (`fresh`) starts a new visit; its later
-    /// pages belong to the same one.
-    pub fn previous_visit(
-        &self,
-        user: &str,
-        now: OffsetDateTime,
-        fresh: bool,
-    ) -> Option<OffsetDateTime> {
+    /// Records that `user` looks at the referral list now (their next session marks what
+    /// changes after this).
+    pub fn looked_at_list(&self, user: &str, now: OffsetDateTime) {
         let mut visits = self.visits.lock().unwrap_or_else(|p| p.into_inner());
-        let v = visits.entry(user.to_owned()).or_default();
-        if fresh || v.current.is_none() {
-            v.previous = v.current.replace(now);
-        }
-        v.previous
+        visits.insert(user.to_owned(), now);
     }
 
     fn alive(&self, h: &Held, now: Instant) -> bool {

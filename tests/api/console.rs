@@ -460,17 +460,66 @@ async fn the_list_filters_by_service_status_date_and_export_and_marks_what_is_ne
     let bad = visitor.get("/console/referrals?from=yesterday").await;
     assert_eq!(bad.status, 400);
 
-    // A delivery after this visit is marked on the next one.
+    // A delivery after this session's look at the list is marked in the next session, and
+    // stays marked while the user moves around (it does not clear itself on the next load).
+    let csrf = visitor.get("/console/referrals").await.csrf();
+    visitor.post("/console/logout", &[("csrf", &csrf)]).await;
     assert_eq!(
         app.deliver("default", fixture("update-appointment-booked.json"))
             .await
             .status,
         200
     );
-    let next = visitor.get("/console/referrals").await;
-    let changed = &next.html[next.html.find("class=\"changed\"").expect("a marked row")..];
-    assert!(changed[..400].contains("TST-0011-AAAA"), "{changed}");
-    assert_eq!(next.html.matches("class=\"changed\"").count(), 1);
+    visitor.sign_in("alice", ALICE_PASSWORD).await;
+    for _ in 0..2 {
+        let next = visitor.get("/console/referrals").await;
+        let changed = &next.html[next.html.find("class=\"changed\"").expect("a marked row")..];
+        assert!(changed[..400].contains("TST-0011-AAAA"), "{changed}");
+        assert_eq!(next.html.matches("class=\"changed\"").count(), 1);
+    }
+    app.stop().await;
+}
+
+/// 60 referrals, 50 a page: the second page holds the other 10, none twice; a page address
+/// edited by hand is refused.
+#[tokio::test]
+async fn the_list_pages_through_every_referral_once() {
+    let app = spawn_app_with(&users_config("")).await;
+    let template = String::from_utf8(fixture("v0.11-add-service-request.json")).unwrap();
+    for n in 0..60 {
+        let body = crate::support::fixtures::unique_v011(
+            &template,
+            &format!("PAGE-{n:03}"),
+            &format!("page-{n}"),
+        );
+        assert_eq!(app.deliver("default", body).await.status, 200);
+    }
+    let mut visitor = Visitor::new(&app);
+    visitor.sign_in("alice", ALICE_PASSWORD).await;
+    let refs = |html: &str| -> Vec<String> {
+        html.match_indices(">PAGE-")
+            .map(|(at, _)| html[at + 1..at + 9].to_owned())
+            .collect()
+    };
+    let first = visitor.get("/console/referrals").await;
+    let first_refs = refs(&first.html);
+    assert_eq!(first_refs.len(), 50);
+    let link = &first.html[first.html.find("class=\"next\" href=\"").unwrap() + 19..];
+    let link = link[..link.find('"').unwrap()].replace("&amp;", "&");
+    let second = visitor.get(&link).await;
+    let second_refs = refs(&second.html);
+    assert_eq!(second_refs.len(), 10, "{}", second.html);
+    assert!(!second.html.contains("class=\"next\""));
+    let mut all: Vec<String> = first_refs.into_iter().chain(second_refs).collect();
+    all.sort();
+    all.dedup();
+    assert_eq!(all.len(), 60);
+    let forged = visitor
+        .get("/console/referrals?page=AAAAAQ-not-a-page")
+        .await;
+    assert_eq!(forged.status, 400);
+    let skip_too_far = visitor.get("/console/referrals?page=AAAD6A").await;
+    assert_eq!(skip_too_far.status, 400);
     app.stop().await;
 }
 

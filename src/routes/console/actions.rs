@@ -103,7 +103,11 @@ pub async fn book(
                 .ok()
                 .filter(|m| (1..=24 * 60).contains(m))
                 .ok_or_else(|| AppError::BadRequest("length: minutes between 1 and 1440".into()))?;
-            Some(start + time::Duration::minutes(minutes))
+            Some(
+                start
+                    .checked_add(time::Duration::minutes(minutes))
+                    .ok_or_else(|| AppError::BadRequest("start: too far in the future".into()))?,
+            )
         }
     };
     let request = UpdateRequest::appointment(

@@ -15,7 +15,7 @@ use crate::domain::{ServiceId, Summary};
 use crate::error::AppError;
 use crate::routes::v1::extract::{visible_to, whole_number};
 use crate::state::AppState;
-use crate::store::{ReferralRecord, UpdateRecord, VersionRecord};
+use crate::store::{ReferralRecord, StoreError, UpdateRecord, VersionRecord};
 
 /// The service column of a referral filed under none.
 const UNASSIGNED: &str = "(unassigned)";
@@ -23,6 +23,11 @@ const UNASSIGNED: &str = "(unassigned)";
 const PAGE_ROWS: usize = 50;
 /// Referrals one page reads from the store at most while filling up.
 const MAX_SCAN: usize = 5_000;
+/// Referrals read from the store at a time.
+const BATCH: usize = 200;
+/// Versions whose message is shown in the referral page (the latest); older ones are offered
+/// as downloads, so a referral with many versions stays a page of reasonable size.
+const SHOWN_VERSIONS: usize = 5;
 /// Payloads up to this size (bytes) are shown pretty-printed in the page; larger ones are
 /// offered as a download only.
 const SHOWN_PAYLOAD_BYTES: usize = 1024 * 1024;
@@ -93,7 +98,8 @@ pub(super) fn day(
 }
 
 /// `/console/referrals`: referrals by modification time (oldest first within the range),
-/// filtered, a page at a time; what changed since the user's previous visit is marked.
+/// filtered, a page at a time; what changed since the user last looked at the list before this
+/// session is marked, all session long.
 pub async fn referrals(
     State(state): State<AppState>,
     user: ConsoleUser,
@@ -124,23 +130,16 @@ pub async fn referrals(
             ))));
         }
     };
-    let mut after = if filter.page.is_empty() {
-        None
+    let (mut start, mut skip) = if filter.page.is_empty() {
+        (None, 0)
     } else {
-        Some(
-            base64::Engine::decode(
-                &base64::engine::general_purpose::URL_SAFE_NO_PAD,
-                &filter.page,
-            )
-            .map_err(|_| AppError::BadRequest("page: not a page of this list".into()))?,
-        )
+        read_page(&filter.page)
+            .ok_or_else(|| AppError::BadRequest("page: not a page of this list".into()))?
     };
-    let previous_visit = state.console_sessions.previous_visit(
-        &user.name,
-        OffsetDateTime::now_utc(),
-        filter.page.is_empty(),
-    );
-
+    let previous_visit = user.session.changes_since;
+    state
+        .console_sessions
+        .looked_at_list(&user.name, OffsetDateTime::now_utc());
     let keep = |r: &ReferralRecord| {
         may_see(&user.service_ids, r.service_id.as_ref())
             && service
@@ -149,33 +148,56 @@ pub async fn referrals(
             && (filter.status.is_empty() || r.summary.status() == Some(filter.status.as_str()))
             && exported.is_none_or(|e| r.exported_at.is_some() == e)
     };
-    // Batches never ask for more than the page still needs, so a page always ends at a batch's
-    // end and the store's own key continues it. A page that scanned `MAX_SCAN` referrals
-    // without filling up ends early, with a link to go on.
+    // Fixed batches from the store; a page that fills up part way through one continues, on
+    // the next page, at the same batch's start, skipping the rows already looked at (store
+    // cursors are the store's own, so the handler makes none). A page that scanned `MAX_SCAN`
+    // referrals without filling up ends early, with a link to go on.
     let mut rows = Vec::new();
     let mut scanned = 0;
-    while rows.len() < PAGE_ROWS && scanned < MAX_SCAN {
-        let wanted = PAGE_ROWS - rows.len();
-        let batch = state
+    let mut next_page: Option<(Option<Vec<u8>>, usize)> = None;
+    'scan: while scanned < MAX_SCAN {
+        let batch = match state
             .store
-            .referrals_modified(from, to, after.clone(), wanted)
-            .await?;
-        scanned += batch.referrals.len();
-        rows.extend(
-            batch
-                .referrals
-                .iter()
-                .filter(|r| keep(r))
-                .map(|r| row(r, previous_visit)),
-        );
-        after = batch.next;
-        if after.is_none() {
-            break;
+            .referrals_modified(from, to, start.clone(), BATCH)
+            .await
+        {
+            Ok(batch) => batch,
+            // A cursor edited by hand: the store says it never gave it.
+            Err(StoreError::Corrupt { .. }) if start.is_some() => {
+                return Err(PageError(AppError::BadRequest(
+                    "page: not a page of this list".into(),
+                )));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let count = batch.referrals.len();
+        for (i, record) in batch.referrals.iter().enumerate().skip(skip) {
+            scanned += 1;
+            if keep(record) {
+                rows.push(row(record, previous_visit));
+            }
+            if rows.len() == PAGE_ROWS {
+                next_page = if i + 1 < count {
+                    Some((start.clone(), i + 1))
+                } else {
+                    batch.next.clone().map(|key| (Some(key), 0))
+                };
+                break 'scan;
+            }
+        }
+        skip = 0;
+        match batch.next {
+            Some(key) => start = Some(key),
+            None => break,
+        }
+        if scanned >= MAX_SCAN {
+            next_page = Some((start.clone(), 0));
         }
     }
+    let scan_limited = rows.len() < PAGE_ROWS && next_page.is_some();
     let mut next = None;
-    if let Some(key) = after {
-        let page = base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, key);
+    if let Some((key, skip)) = next_page {
+        let page = write_page(key.as_deref(), skip);
         next = Some(
             serde_urlencoded::to_string([
                 ("service_id", filter.service_id.as_str()),
@@ -215,9 +237,36 @@ pub async fn referrals(
             filter => filter,
             services => services,
             next => next,
+            scan_limited => scan_limited,
+            scanned => scanned,
             ..user.header()
         },
     ))
+}
+
+/// A page of the referral list: where its first store batch starts (`None`: the range's start)
+/// and how many rows of that batch earlier pages showed. Base64url of the count (4 bytes,
+/// big-endian), then the store's cursor, if any.
+fn write_page(start: Option<&[u8]>, skip: usize) -> String {
+    let mut bytes = u32::try_from(skip)
+        .unwrap_or(u32::MAX)
+        .to_be_bytes()
+        .to_vec();
+    if let Some(start) = start {
+        bytes.extend_from_slice(start);
+    }
+    base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, bytes)
+}
+
+fn read_page(page: &str) -> Option<(Option<Vec<u8>>, usize)> {
+    let bytes =
+        base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, page).ok()?;
+    let (skip, start) = bytes.split_first_chunk::<4>()?;
+    let skip = usize::try_from(u32::from_be_bytes(*skip)).ok()?;
+    if skip >= BATCH {
+        return None;
+    }
+    Some(((!start.is_empty()).then(|| start.to_vec()), skip))
 }
 
 fn row(r: &ReferralRecord, previous_visit: Option<OffsetDateTime>) -> Row {
@@ -261,7 +310,9 @@ pub async fn referral(
     let mut before: Option<&VersionRecord> = None;
     // Resources of the version before, when its message could be read.
     let mut before_resources: Option<Resources> = None;
-    for v in &versions {
+    // Older versions' messages are read for what they changed, not shown.
+    let first_shown = versions.len().saturating_sub(SHOWN_VERSIONS);
+    for (n, v) in versions.iter().enumerate() {
         let raw = if v.purged || v.size > SHOWN_PAYLOAD_BYTES as u64 {
             None
         } else {
@@ -271,6 +322,7 @@ pub async fn referral(
             .as_deref()
             .and_then(|raw| serde_json::from_slice::<serde_json::Value>(raw).ok());
         let json = match (&value, &raw) {
+            _ if n < first_shown => String::new(),
             (Some(value), _) => serde_json::to_string_pretty(value).unwrap_or_default(),
             (None, Some(raw)) => String::from_utf8_lossy(raw).into_owned(),
             (None, None) => String::new(),

@@ -220,14 +220,19 @@ pub async fn login(
     let user: Option<ConsoleUserConfig> = state.config().console.users.get(&form.user).cloned();
     // Hashing takes tens of milliseconds of CPU: off the async workers. An unknown user is
     // checked against a fixed hash, so both answers take as long.
-    let hash = match &user {
-        Some(u) => u.password_hash.clone(),
-        None => unknown_user_hash().to_owned(),
-    };
+    let hash = user.as_ref().map(|u| u.password_hash.clone());
     let password = form.password;
-    let matches = tokio::task::spawn_blocking(move || verify_password(&hash, &password))
+    // At most a few hashes at once: each takes 19 MiB and tens of milliseconds of a core.
+    let _permit = PASSWORD_CHECKS
+        .acquire()
         .await
         .map_err(|e| AppError::Internal(e.into()))?;
+    let matches = tokio::task::spawn_blocking(move || match hash {
+        Some(hash) => verify_password(&hash, &password),
+        None => verify_password(unknown_user_hash(), &password),
+    })
+    .await
+    .map_err(|e| AppError::Internal(e.into()))?;
     if !(matches && user.is_some()) {
         state.login_limiter.failed(source, &account).await;
         // An unknown name may be a password typed in the wrong box: it is not recorded.
@@ -248,7 +253,7 @@ pub async fn login(
             Some(peer.ip()),
             &headers,
             Some("That user name and password do not match."),
-            "",
+            if known { form.user.as_str() } else { "" },
         );
         *response.status_mut() = StatusCode::UNAUTHORIZED;
         return Ok(response);
@@ -275,11 +280,17 @@ pub async fn login(
     Ok(response)
 }
 
+/// Password checks running at once, over every sign-in.
+static PASSWORD_CHECKS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
+
 /// An argon2id hash of a random password nobody knows, checked for unknown user names (made
-/// on the first such sign-in).
+/// on the first such sign-in, on the blocking pool), so both answers cost a hash.
 fn unknown_user_hash() -> &'static str {
     static HASH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    HASH.get_or_init(|| crate::config::hash_password(&random_token()).unwrap_or_default())
+    HASH.get_or_init(|| {
+        crate::config::hash_password(&random_token())
+            .expect("the operating system provides randomness for a salt")
+    })
 }
 
 #[derive(Deserialize)]
