@@ -930,6 +930,11 @@ async fn the_status_page_shows_readiness_integrations_and_sites_and_checks_a_sit
         checked.html
     );
     assert_eq!(ocean.token_requests().len(), 1);
+    assert!(
+        audit_actions(&app)
+            .await
+            .contains(&("SITE_CHECKED".into(), "console:alice".into()))
+    );
 
     let mut bob = Visitor::new(&app);
     bob.sign_in("bob", BOB_PASSWORD).await;

@@ -366,7 +366,16 @@ pub async fn check_site(
         .ocean
         .get(&name)
         .ok_or_else(|| AppError::NotFound(format!("no site named '{name}' in [sites]")))?;
-    let check = match client.check().await {
+    let outcome = client.check().await;
+    state
+        .store
+        .audit(
+            "SITE_CHECKED",
+            &user.actor(),
+            serde_json::json!({ "site": name, "ok": outcome.is_ok() }),
+        )
+        .await?;
+    let check = match outcome {
         Ok(status) => minijinja::context! {
             kind => "intact",
             text => format!("Site '{name}': token fetched, site number read (HTTP {status}); the credentials work."),
