@@ -6,6 +6,7 @@ use anyhow::bail;
 use serde::{Deserialize, Serialize};
 
 use crate::domain::ServiceId;
+use crate::secret::Secret;
 
 /// The web console at `/console`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -28,8 +29,8 @@ pub struct ConsoleConfig {
 #[serde(deny_unknown_fields)]
 pub struct ConsoleUserConfig {
     /// The password's argon2id hash in PHC string format (`$argon2id$v=19$...`), as printed by
-    /// `referral-relay hash-password`. Never the password itself.
-    pub password_hash: String,
+    /// `referral-relay hash-password`. Never the password itself; redacted by `check-config`.
+    pub password_hash: Secret,
     /// What the user may do.
     pub role: ConsoleRole,
     /// External Service IDs whose referrals the user may see; empty sees all (as for API clients).
@@ -68,7 +69,7 @@ impl ConsoleConfig {
                     "console.users: '{name}' is not a usable user name (1 to 64 letters, digits, '.', '_', '-', '@')"
                 );
             }
-            let hash = argon2::PasswordHash::new(&user.password_hash).map_err(|e| {
+            let hash = argon2::PasswordHash::new(user.password_hash.expose()).map_err(|e| {
                 anyhow::anyhow!(
                     "console.users.{name}.password_hash is not a PHC hash string ({e}); make one with `referral-relay hash-password`"
                 )

@@ -89,6 +89,9 @@ auth = { scheme = "oauth2", clients = [{ client_id = "ocean-client", client_secr
 auth = { scheme = "bearer", tokens = ["token-SECRET"] }
 [integrations.hmac]
 auth = { scheme = "hmac", secrets = ["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"] }
+[console.users.alice]
+password_hash = "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHRzYWx0$SECRETh4sh0f4p4ssw0rdSECRETh4sh0f4p4ssw0"
+role = "admin"
 "#,
     )
     .unwrap();

@@ -1070,3 +1070,133 @@ async fn the_audit_check_names_the_entry_where_a_tampered_chain_breaks() {
     app.stop().await;
     schema.drop_now().await;
 }
+
+/// One sign-in attempt from scratch (form, then post) by a fresh client; its status.
+async fn attempt(base: String, user: &'static str, password: String) -> u16 {
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let form = client
+        .get(format!("{base}/console/login"))
+        .send()
+        .await
+        .unwrap();
+    let cookie = form.headers()[SET_COOKIE].to_str().unwrap().to_owned();
+    let page = Page {
+        status: 200,
+        headers: HeaderMap::new(),
+        html: form.text().await.unwrap(),
+    };
+    client
+        .post(format!("{base}/console/login"))
+        .header("cookie", cookie.split(';').next().unwrap())
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(
+            serde_urlencoded::to_string([
+                ("user", user),
+                ("password", password.as_str()),
+                ("csrf", page.csrf().as_str()),
+            ])
+            .unwrap(),
+        )
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+/// Guesses sent all at once are limited too: each holds its place from the limiter's check
+/// until its failure is counted, so at most one more than the limit gets its password checked.
+#[tokio::test]
+async fn parallel_failed_sign_ins_are_limited_like_serial_ones() {
+    let app = spawn_app_with(&users_config("")).await;
+    let base = app.url("");
+    let base = base.trim_end_matches('/').to_owned();
+    let mut tasks = tokio::task::JoinSet::new();
+    for n in 0..16 {
+        tasks.spawn(attempt(base.clone(), "alice", format!("guess-{n}-000000")));
+    }
+    let mut statuses = Vec::new();
+    while let Some(status) = tasks.join_next().await {
+        statuses.push(status.unwrap());
+    }
+    let checked = statuses.iter().filter(|s| **s == 401).count();
+    let limited = statuses.iter().filter(|s| **s == 429).count();
+    assert_eq!(checked + limited, 16, "{statuses:?}");
+    assert!(checked <= 6, "{checked} guesses checked: {statuses:?}");
+    app.stop().await;
+}
+
+/// A form whose body stalls is answered 408 after `server.body_timeout_secs`, as the API's
+/// bodies are; a body over 1 MiB is 413; both as console pages.
+#[tokio::test]
+async fn a_stalled_or_oversized_form_body_is_refused() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = spawn_app_with(&users_config("[server]\nbody_timeout_secs = 1")).await;
+    let mut stream = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    stream
+        .write_all(
+            b"POST /console/login HTTP/1.1\r\nhost: relay\r\ncontent-type: application/x-www-form-urlencoded\r\ncontent-length: 1000\r\n\r\ncsrf=",
+        )
+        .await
+        .unwrap();
+    let mut answer = vec![0u8; 4096];
+    let read = tokio::time::timeout(std::time::Duration::from_secs(20), stream.read(&mut answer))
+        .await
+        .expect("an answer, not a hang")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer[..read]);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("text/html"), "{answer}");
+
+    let mut visitor = Visitor::new(&app);
+    let form = visitor.get("/console/login").await;
+    let huge = "x".repeat(2 * 1024 * 1024);
+    let big = visitor
+        .post(
+            "/console/login",
+            &[
+                ("csrf", form.csrf().as_str()),
+                ("user", "alice"),
+                ("password", &huge),
+            ],
+        )
+        .await;
+    assert_eq!(big.status, 413);
+    assert!(big.html.contains("larger than the limit"), "{}", big.html);
+    app.stop().await;
+}
+
+/// Addresses and methods the console does not serve, and query strings it cannot read, get
+/// console pages, not the webhook's FHIR answers or plain text.
+#[tokio::test]
+async fn unknown_addresses_methods_and_queries_get_console_pages() {
+    let app = spawn_app_with(&users_config("")).await;
+    let mut visitor = Visitor::new(&app);
+    visitor.sign_in("alice", ALICE_PASSWORD).await;
+    for (path, status) in [
+        ("/console/nothing-here", 404),
+        ("/console/referrals/TST-0011-AAAA/versions/1", 404),
+        ("/console/logout", 405),
+        ("/console/backup/export.csv", 405),
+        ("/console/referrals?service_id=A&service_id=B", 400),
+        ("/console/referrals/%FF", 400),
+    ] {
+        let page = visitor.get(path).await;
+        assert_eq!(page.status, status, "{path}: {}", page.html);
+        assert!(
+            page.headers["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with("text/html"),
+            "{path}"
+        );
+        assert!(
+            page.headers.contains_key("content-security-policy"),
+            "{path}"
+        );
+    }
+    app.stop().await;
+}

@@ -3,14 +3,14 @@
 //! table, delivery to Ocean with retries), is audited with the user as actor, and leads back to
 //! the referral's page, where the update's delivery state shows.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::response::{IntoResponse, Redirect, Response};
 use serde::Deserialize;
 use time::PrimitiveDateTime;
 use time::macros::format_description;
 
 use super::session::ConsoleUser;
-use super::{ConsoleForm, PageError};
+use super::{ConsoleForm, ConsolePath, PageError};
 use crate::error::AppError;
 use crate::ocean::outbox::UpdateRequest;
 use crate::routes::v1::extract::visible_to;
@@ -56,7 +56,7 @@ pub struct StatusForm {
 pub async fn set_status(
     State(state): State<AppState>,
     user: ConsoleUser,
-    Path(referral): Path<String>,
+    ConsolePath(referral): ConsolePath<String>,
     ConsoleForm(form): ConsoleForm<StatusForm>,
 ) -> Result<Response, PageError> {
     user.check_csrf(form.csrf.as_deref())?;
@@ -79,7 +79,7 @@ pub struct AppointmentForm {
 pub async fn book(
     State(state): State<AppState>,
     user: ConsoleUser,
-    Path(referral): Path<String>,
+    ConsolePath(referral): ConsolePath<String>,
     ConsoleForm(form): ConsoleForm<AppointmentForm>,
 ) -> Result<Response, PageError> {
     user.check_csrf(form.csrf.as_deref())?;
@@ -128,7 +128,7 @@ pub struct CsrfOnly {
 pub async fn cancel(
     State(state): State<AppState>,
     user: ConsoleUser,
-    Path(referral): Path<String>,
+    ConsolePath(referral): ConsolePath<String>,
     ConsoleForm(form): ConsoleForm<CsrfOnly>,
 ) -> Result<Response, PageError> {
     user.check_csrf(form.csrf.as_deref())?;
@@ -150,7 +150,7 @@ pub struct MessageForm {
 pub async fn send_message(
     State(state): State<AppState>,
     user: ConsoleUser,
-    Path(referral): Path<String>,
+    ConsolePath(referral): ConsolePath<String>,
     ConsoleForm(form): ConsoleForm<MessageForm>,
 ) -> Result<Response, PageError> {
     user.check_csrf(form.csrf.as_deref())?;

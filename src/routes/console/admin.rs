@@ -1,14 +1,14 @@
 //! Admin pages: the outbox (what is pending or dead, with replay and discard, each confirmed
 //! first) and the audit trail (filtered, with a check of the whole chain). Staff get 403.
 
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::response::{IntoResponse, Redirect, Response};
 use serde::{Deserialize, Serialize};
 
 use super::pages::{UpdateRow, shown, update_row};
 use super::session::ConsoleUser;
 use super::templates::render;
-use super::{ConsoleForm, PageError};
+use super::{ConsoleForm, ConsolePath, ConsoleQuery, PageError};
 use crate::auth::api::may_see;
 use crate::config::ConsoleRole;
 use crate::error::AppError;
@@ -96,7 +96,7 @@ async fn dead_letter(
 pub async fn confirm(
     State(state): State<AppState>,
     user: ConsoleUser,
-    Path((id, action)): Path<(String, String)>,
+    ConsolePath((id, action)): ConsolePath<(String, String)>,
 ) -> Result<Response, PageError> {
     admin_only(&user)?;
     let act = Act::parse(&action)?;
@@ -139,7 +139,7 @@ pub struct CsrfForm {
 pub async fn act(
     State(state): State<AppState>,
     user: ConsoleUser,
-    Path((id, action)): Path<(String, String)>,
+    ConsolePath((id, action)): ConsolePath<(String, String)>,
     ConsoleForm(form): ConsoleForm<CsrfForm>,
 ) -> Result<Response, PageError> {
     admin_only(&user)?;
@@ -178,7 +178,7 @@ struct EntryRow {
 pub async fn audit(
     State(state): State<AppState>,
     user: ConsoleUser,
-    Query(filter): Query<AuditFilter>,
+    ConsoleQuery(filter): ConsoleQuery<AuditFilter>,
 ) -> Result<Response, PageError> {
     admin_only(&user)?;
     audit_page(&state, &user, filter, None).await
@@ -357,7 +357,7 @@ async fn status_page(
 pub async fn check_site(
     State(state): State<AppState>,
     user: ConsoleUser,
-    Path(name): Path<String>,
+    ConsolePath(name): ConsolePath<String>,
     ConsoleForm(form): ConsoleForm<CsrfForm>,
 ) -> Result<Response, PageError> {
     admin_only(&user)?;

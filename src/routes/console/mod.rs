@@ -29,50 +29,87 @@ pub use session::ConsoleUser;
 /// The console's routes, each response carrying the console's security headers.
 pub fn router() -> Router<AppState> {
     Router::new()
-        .route("/console", get(pages::home))
-        .route("/console/", get(pages::home))
+        .route("/console", get(pages::home).fallback(method_not_allowed))
+        .route("/console/", get(pages::home).fallback(method_not_allowed))
         .route(
             "/console/login",
-            get(session::login_form).post(session::login),
+            get(session::login_form)
+                .post(session::login)
+                .fallback(method_not_allowed),
         )
-        .route("/console/logout", post(session::logout))
-        .route("/console/referrals", get(pages::referrals))
-        .route("/console/referrals/{referral}", get(pages::referral))
+        .route(
+            "/console/logout",
+            post(session::logout).fallback(method_not_allowed),
+        )
+        .route(
+            "/console/referrals",
+            get(pages::referrals).fallback(method_not_allowed),
+        )
+        .route(
+            "/console/referrals/{referral}",
+            get(pages::referral).fallback(method_not_allowed),
+        )
         .route(
             "/console/referrals/{referral}/versions/{version}/raw",
-            get(pages::raw_version),
+            get(pages::raw_version).fallback(method_not_allowed),
         )
         .route(
             "/console/referrals/{referral}/status",
-            post(actions::set_status),
+            post(actions::set_status).fallback(method_not_allowed),
         )
         .route(
             "/console/referrals/{referral}/appointments",
-            post(actions::book),
+            post(actions::book).fallback(method_not_allowed),
         )
         .route(
             "/console/referrals/{referral}/appointments/cancel",
-            post(actions::cancel),
+            post(actions::cancel).fallback(method_not_allowed),
         )
         .route(
             "/console/referrals/{referral}/messages",
-            post(actions::send_message),
+            post(actions::send_message).fallback(method_not_allowed),
         )
-        .route("/console/backup", get(backup::form).post(backup::count))
-        .route("/console/backup/export.csv", post(backup::export))
-        .route("/console/outbox", get(admin::outbox))
+        .route(
+            "/console/backup",
+            get(backup::form)
+                .post(backup::count)
+                .fallback(method_not_allowed),
+        )
+        .route(
+            "/console/backup/export.csv",
+            post(backup::export).fallback(method_not_allowed),
+        )
+        .route(
+            "/console/outbox",
+            get(admin::outbox).fallback(method_not_allowed),
+        )
         .route(
             "/console/outbox/{id}/{action}",
-            get(admin::confirm).post(admin::act),
+            get(admin::confirm)
+                .post(admin::act)
+                .fallback(method_not_allowed),
         )
-        .route("/console/status", get(admin::status))
+        .route(
+            "/console/status",
+            get(admin::status).fallback(method_not_allowed),
+        )
         .route(
             "/console/status/sites/{name}/check",
-            post(admin::check_site),
+            post(admin::check_site).fallback(method_not_allowed),
         )
-        .route("/console/audit", get(admin::audit))
-        .route("/console/audit/verify", post(admin::verify))
-        .route("/console/assets/console.css", get(stylesheet))
+        .route(
+            "/console/audit",
+            get(admin::audit).fallback(method_not_allowed),
+        )
+        .route(
+            "/console/audit/verify",
+            post(admin::verify).fallback(method_not_allowed),
+        )
+        .route(
+            "/console/assets/console.css",
+            get(stylesheet).fallback(method_not_allowed),
+        )
+        .route("/console/{*rest}", axum::routing::any(not_found))
         .layer(axum::middleware::from_fn(security_headers))
 }
 
@@ -108,28 +145,97 @@ async fn stylesheet() -> Response {
         .into_response()
 }
 
-/// A posted form (`application/x-www-form-urlencoded`), like axum's `Form`, but a body that is
-/// not the form the page sends is answered with a console page (400), not plain text.
+/// A posted form (`application/x-www-form-urlencoded`): read within `server.body_timeout_secs`
+/// and at most 1 MiB like the API's bodies (408 and 413 otherwise), and a body that is not the
+/// form the page sends is answered with a console page (400).
 pub struct ConsoleForm<T>(pub T);
 
-impl<T, S> axum::extract::FromRequest<S> for ConsoleForm<T>
-where
-    T: serde::de::DeserializeOwned,
-    S: Send + Sync,
+impl<T: serde::de::DeserializeOwned> axum::extract::FromRequest<AppState> for ConsoleForm<T> {
+    type Rejection = PageError;
+
+    async fn from_request(request: Request, state: &AppState) -> Result<Self, PageError> {
+        let is_form = request
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| {
+                v.split(';').next().is_some_and(|m| {
+                    m.trim()
+                        .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+                })
+            });
+        if !is_form {
+            return Err(PageError(AppError::BadRequest(
+                "this form was not sent as a form; reload the page and try again".into(),
+            )));
+        }
+        let body = crate::routes::v1::extract::read_body(request, state.body_timeout).await?;
+        serde_urlencoded::from_bytes(&body)
+            .map(Self)
+            .map_err(|_| PageError(AppError::BadRequest(unreadable("form"))))
+    }
+}
+
+/// A query string, like axum's `Query`, but one that is not what the page sends is answered
+/// with a console page (400).
+pub struct ConsoleQuery<T>(pub T);
+
+impl<T: serde::de::DeserializeOwned, S: Send + Sync> axum::extract::FromRequestParts<S>
+    for ConsoleQuery<T>
 {
     type Rejection = PageError;
 
-    async fn from_request(request: Request, state: &S) -> Result<Self, PageError> {
-        axum::extract::Form::<T>::from_request(request, state)
-            .await
-            .map(|axum::extract::Form(form)| Self(form))
-            .map_err(|rejection| {
-                PageError(AppError::BadRequest(format!(
-                    "this form could not be read: {}",
-                    rejection.body_text()
-                )))
-            })
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, PageError> {
+        serde_urlencoded::from_str(parts.uri.query().unwrap_or(""))
+            .map(Self)
+            .map_err(|_| PageError(AppError::BadRequest(unreadable("address's query"))))
     }
+}
+
+/// Path segments, like axum's `Path`, but an address that does not fit is answered with a
+/// console page (400).
+pub struct ConsolePath<T>(pub T);
+
+impl<T: serde::de::DeserializeOwned + Send, S: Send + Sync> axum::extract::FromRequestParts<S>
+    for ConsolePath<T>
+{
+    type Rejection = PageError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, PageError> {
+        axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Path(p)| Self(p))
+            .map_err(|_| PageError(AppError::BadRequest(unreadable("address"))))
+    }
+}
+
+fn unreadable(what: &str) -> String {
+    format!(
+        "this {what} could not be read (a field missing, repeated or not valid text); go back to the page and try again"
+    )
+}
+
+/// Any other address under `/console`: a console page.
+async fn not_found() -> PageError {
+    PageError(AppError::NotFound(
+        "nothing is at this address in the console".into(),
+    ))
+}
+
+/// A method a console address does not take (a form's address opened directly, say).
+async fn method_not_allowed() -> Response {
+    let mut response = PageError(AppError::BadRequest(
+        "this address takes a form from the console's pages; go back to the page and use its button".into(),
+    ))
+    .into_response();
+    *response.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
+    response
 }
 
 /// An error shown as a console page (the API's errors, in HTML), with the same status code.

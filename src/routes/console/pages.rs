@@ -1,15 +1,15 @@
 //! The console's referral pages: the list with its filters, and one referral with its versions.
 
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use time::macros::format_description;
 
-use super::PageError;
 use super::session::ConsoleUser;
 use super::templates::render;
+use super::{ConsolePath, ConsoleQuery, PageError};
 use crate::auth::api::may_see;
 use crate::domain::{ServiceId, Summary};
 use crate::error::AppError;
@@ -103,7 +103,7 @@ pub(super) fn day(
 pub async fn referrals(
     State(state): State<AppState>,
     user: ConsoleUser,
-    Query(filter): Query<ListFilter>,
+    ConsoleQuery(filter): ConsoleQuery<ListFilter>,
 ) -> Result<Response, PageError> {
     let from = day("from", &filter.from, false)?;
     let to = day("to", &filter.to, true)?;
@@ -302,7 +302,7 @@ struct VersionView {
 pub async fn referral(
     State(state): State<AppState>,
     user: ConsoleUser,
-    Path(referral): Path<String>,
+    ConsolePath(referral): ConsolePath<String>,
 ) -> Result<Response, PageError> {
     let (reference, record) = visible_to(&state, &user.name, &user.service_ids, &referral).await?;
     let versions = state.store.versions(&reference).await?;
@@ -570,7 +570,7 @@ fn changes(before: Option<&Summary>, now: &Summary) -> Vec<String> {
 pub async fn raw_version(
     State(state): State<AppState>,
     user: ConsoleUser,
-    Path((referral, version)): Path<(String, String)>,
+    ConsolePath((referral, version)): ConsolePath<(String, String)>,
 ) -> Result<Response, PageError> {
     let version = whole_number(&version)
         .ok_or_else(|| AppError::BadRequest("version must be a whole number".into()))?;

@@ -204,6 +204,13 @@ pub async fn login(
         )));
     }
     let account = format!("console:{}", form.user);
+    // At most two sign-ins are checked at once (each hash takes 19 MiB and tens of
+    // milliseconds of a core), and each holds its place from the limiter's check until its
+    // failure is counted: parallel guesses cannot all pass the check before any is counted.
+    let permit = PASSWORD_CHECKS
+        .acquire()
+        .await
+        .map_err(|e| AppError::Internal(e.into()))?;
     if let Err(wait) = state.login_limiter.check(source, &account).await {
         let mut response = login_page(
             &state,
@@ -220,13 +227,8 @@ pub async fn login(
     let user: Option<ConsoleUserConfig> = state.config().console.users.get(&form.user).cloned();
     // Hashing takes tens of milliseconds of CPU: off the async workers. An unknown user is
     // checked against a fixed hash, so both answers take as long.
-    let hash = user.as_ref().map(|u| u.password_hash.clone());
+    let hash = user.as_ref().map(|u| u.password_hash.expose().to_owned());
     let password = form.password;
-    // At most a few hashes at once: each takes 19 MiB and tens of milliseconds of a core.
-    let _permit = PASSWORD_CHECKS
-        .acquire()
-        .await
-        .map_err(|e| AppError::Internal(e.into()))?;
     let matches = tokio::task::spawn_blocking(move || match hash {
         Some(hash) => verify_password(&hash, &password),
         None => verify_password(unknown_user_hash(), &password),
@@ -235,6 +237,7 @@ pub async fn login(
     .map_err(|e| AppError::Internal(e.into()))?;
     if !(matches && user.is_some()) {
         state.login_limiter.failed(source, &account).await;
+        drop(permit);
         // An unknown name may be a password typed in the wrong box: it is not recorded.
         let (actor, known) = match user {
             Some(_) => (account.clone(), true),
@@ -259,6 +262,7 @@ pub async fn login(
         return Ok(response);
     }
     state.login_limiter.succeeded(source, &account).await;
+    drop(permit);
     state
         .store
         .audit(

@@ -110,7 +110,9 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
     }
 }
 
-async fn read_body(request: Request, timeout: Duration) -> Result<Bytes, AppError> {
+/// The request body, at most [`MAX_BODY_BYTES`] (413 beyond), read within `timeout` (408
+/// after): `/api/v1`'s JSON bodies and the console's forms.
+pub(crate) async fn read_body(request: Request, timeout: Duration) -> Result<Bytes, AppError> {
     let body = Limited::new(request.into_body(), MAX_BODY_BYTES).collect();
     match tokio::time::timeout(timeout, body).await {
         Err(_) => Err(AppError::Timeout {
