@@ -66,7 +66,14 @@ pub struct LoginLimiter {
     buckets: Mutex<Buckets>,
     /// The store replicas share, when failures are counted there as well.
     shared: Option<Arc<dyn Store>>,
+    /// Attempts between their check and their count (see [`LoginLimiter::turn`]).
+    turns: tokio::sync::Semaphore,
 }
+
+/// Attempts of this process checked at once, from the limiter's check to the count of their
+/// outcome: parallel guesses cannot all pass the check before any failure is counted (at most
+/// this many minus one go past the limit), and slow checks (console password hashes) are bounded.
+const TURNS: usize = 2;
 
 /// The counts, and the order their buckets were made in (to forget the oldest first).
 #[derive(Default)]
@@ -82,6 +89,7 @@ impl LoginLimiter {
             window,
             buckets: Mutex::new(Buckets::default()),
             shared: None,
+            turns: tokio::sync::Semaphore::new(TURNS),
         }
     }
 
@@ -92,6 +100,16 @@ impl LoginLimiter {
             self.shared = Some(store);
         }
         self
+    }
+
+    /// A turn to try: hold it from [`check`](Self::check) until [`failed`](Self::failed) or
+    /// [`succeeded`](Self::succeeded) has counted the outcome. Waits while other attempts hold
+    /// theirs.
+    pub async fn turn(&self) -> tokio::sync::SemaphorePermit<'_> {
+        self.turns
+            .acquire()
+            .await
+            .expect("the limiter's semaphore is never closed")
     }
 
     /// `Err(seconds to wait)` while `source` may not try `account`: counted in memory here, or

@@ -109,6 +109,8 @@ async fn token(
     } else {
         UNKNOWN_CLIENT
     };
+    // Held from the check until the outcome is counted (parallel guesses wait their turn).
+    let turn = state.login_limiter.turn().await;
     if let Err(wait) = state.login_limiter.check(source, account).await {
         let mut response = oauth_error(
             StatusCode::TOO_MANY_REQUESTS,
@@ -124,6 +126,7 @@ async fn token(
     }
     let Some(client) = client.filter(|c| bearer::matches_any(secret.expose(), &c.secrets)) else {
         state.login_limiter.failed(source, account).await;
+        drop(turn);
         let integration = state.oauth_client(&client_id).map(|c| &c.integration);
         let reason = if integration.is_some() {
             "token request: wrong client secret"
@@ -136,6 +139,7 @@ async fn token(
         return invalid_client("unknown client or wrong client secret");
     };
     state.login_limiter.succeeded(source, account).await;
+    drop(turn);
     let Some(issuer) = state.tokens.as_ref() else {
         return oauth_error(
             StatusCode::INTERNAL_SERVER_ERROR,

@@ -575,3 +575,41 @@ async fn standard_webhooks_signatures_are_verified_on_the_raw_body() {
     }
     assert_eq!(stored(&app).await, 2);
 }
+
+/// Wrong secrets sent all at once are limited like serial ones: each attempt holds a turn from
+/// the limiter's check until its failure is counted. (On the embedded store nothing awaits
+/// between the two; on PostgreSQL, where the suite runs again, both are round trips, and without
+/// the turn all 16 were checked.)
+#[tokio::test]
+async fn parallel_wrong_secrets_are_limited_like_serial_ones() {
+    let app = app().await;
+    let url = app.url("/oauth2/token");
+    let mut tasks = tokio::task::JoinSet::new();
+    for n in 0..16 {
+        let url = url.clone();
+        tasks.spawn(async move {
+            reqwest::Client::new()
+                .post(url)
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(format!(
+                    "grant_type=client_credentials&client_id=other-client&client_secret=guess-{n}"
+                ))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        });
+    }
+    let mut statuses = Vec::new();
+    while let Some(status) = tasks.join_next().await {
+        statuses.push(status.unwrap());
+    }
+    let checked = statuses.iter().filter(|s| **s == 401).count();
+    assert_eq!(
+        checked + statuses.iter().filter(|s| **s == 429).count(),
+        16,
+        "{statuses:?}"
+    );
+    assert!(checked <= 6, "{checked} secrets checked: {statuses:?}");
+}

@@ -204,13 +204,10 @@ pub async fn login(
         )));
     }
     let account = format!("console:{}", form.user);
-    // At most two sign-ins are checked at once (each hash takes 19 MiB and tens of
-    // milliseconds of a core), and each holds its place from the limiter's check until its
-    // failure is counted: parallel guesses cannot all pass the check before any is counted.
-    let permit = PASSWORD_CHECKS
-        .acquire()
-        .await
-        .map_err(|e| AppError::Internal(e.into()))?;
+    // A turn from the limiter's check until the outcome is counted: parallel guesses cannot all
+    // pass the check before any is counted, and few hashes (19 MiB and tens of milliseconds of
+    // a core each) run at once.
+    let permit = state.login_limiter.turn().await;
     if let Err(wait) = state.login_limiter.check(source, &account).await {
         let mut response = login_page(
             &state,
@@ -283,9 +280,6 @@ pub async fn login(
     );
     Ok(response)
 }
-
-/// Password checks running at once, over every sign-in.
-static PASSWORD_CHECKS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
 
 /// An argon2id hash of a random password nobody knows, checked for unknown user names (made
 /// on the first such sign-in, on the blocking pool), so both answers cost a hash.
