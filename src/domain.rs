@@ -149,6 +149,7 @@ text_id!(
 /// delivery carried replaces the earlier one whole (an Appointment without a start clears the
 /// start); a part it did not carry keeps its earlier values.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Carried {
     pub service_request: bool,
     pub task: bool,
@@ -156,6 +157,89 @@ pub struct Carried {
     pub patient: bool,
     pub referrer: bool,
     pub recipient: bool,
+    /// A Communication (a message between requester and performer).
+    pub communication: bool,
+}
+
+/// What Ocean's latest message about a referral was about, read from its event code and what it
+/// carried (Ocean's update messages do not say what changed). Serialised as the kebab-case code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum Change {
+    /// `add-service-request`: a new referral.
+    NewReferral,
+    /// `revoke-service-request`, or an update whose ServiceRequest is `revoked`: the sender
+    /// cancelled the referral.
+    Revoked,
+    /// A Task came (`notify-add-process-request`, `notify-update-process-request`, or an update
+    /// carrying one).
+    TaskUpdated,
+    /// An Appointment came (`notify-add-appointment`, `notify-update-appointment`, or
+    /// `notify-update-process-request` carrying an Appointment, as CA:eReC 1.1.0 sends it).
+    AppointmentUpdated,
+    /// `notify-data-correction` or `update-patient-data`: earlier data was corrected.
+    DataCorrected,
+    /// `send-communication-from-requester` (or `send-communication-to-provider`).
+    MessageFromRequester,
+    /// `send-communication-from-provider`: a message from the receiving side (Ocean echoes
+    /// the clinic's own messages too).
+    MessageFromProvider,
+    /// An update carrying a DocumentReference the referral did not have before, or saying so in
+    /// `MessageHeader.reason`.
+    AttachmentAdded,
+    /// The referral was split: its ServiceRequest `replaces` (or is `basedOn`) another referral,
+    /// or `MessageHeader.reason` says so.
+    ReferralSplit,
+    /// Any other `notify-update-service-request` or `notify-update-status`.
+    Updated,
+    /// An event code the relay does not know (stored all the same).
+    Other,
+}
+
+impl Change {
+    /// The code as serialised (`attachment-added`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::NewReferral => "new-referral",
+            Self::Revoked => "revoked",
+            Self::TaskUpdated => "task-updated",
+            Self::AppointmentUpdated => "appointment-updated",
+            Self::DataCorrected => "data-corrected",
+            Self::MessageFromRequester => "message-from-requester",
+            Self::MessageFromProvider => "message-from-provider",
+            Self::AttachmentAdded => "attachment-added",
+            Self::ReferralSplit => "referral-split",
+            Self::Updated => "updated",
+            Self::Other => "other",
+        }
+    }
+}
+
+/// A document a message points to: a `DocumentReference`'s first attachment (the referral
+/// letter PDF, or an attachment added later).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DocumentLink {
+    /// `DocumentReference.id`, else the id of a RESTful `fullUrl`, else its first identifier.
+    pub id: Option<String>,
+    /// `attachment.title`, else `DocumentReference.description`.
+    pub title: Option<String>,
+    /// `attachment.contentType` (a MIME type, e.g. `application/pdf`).
+    pub content_type: Option<String>,
+    /// `attachment.url`, where Ocean serves the bytes (absolute, or relative to Ocean's base).
+    pub url: Option<String>,
+    /// True when the bytes came inline (`attachment.data`), so the stored message holds them.
+    pub inline: bool,
+}
+
+impl DocumentLink {
+    /// What tells two links apart: the id, else the url, else the title.
+    fn key(&self) -> Option<&str> {
+        self.id
+            .as_deref()
+            .or(self.url.as_deref())
+            .or(self.title.as_deref())
+    }
 }
 
 /// What one delivery says about its referral: the fields the API lists and the CSV export needs.
@@ -184,12 +268,44 @@ pub struct Summary {
     /// `ServiceRequest.note[].text`, as sent (Ocean sends HTML).
     #[serde(default)]
     pub notes: Vec<String>,
+    /// Why the requester revoked the referral: an extension on `ServiceRequest.status` (as the
+    /// pan-Canadian guide plans it), else `MessageHeader.reason.text` of a revocation.
+    #[serde(default)]
+    pub revocation_reason: Option<String>,
+    /// The referral this one was split from (`ServiceRequest.replaces`/`basedOn` naming another
+    /// referral by its `id-ereferral-reference` identifier or `ServiceRequest/{ref}`).
+    #[serde(default)]
+    pub split_from: Option<String>,
+    /// Ocean's Task for the referral (`Task.id`): the relay's status updates name it.
+    #[serde(default)]
+    pub task_id: Option<String>,
+    /// `Task.businessStatus` (text, else the first coding's display or code).
+    #[serde(default)]
+    pub task_business_status: Option<String>,
+    /// The latest message between requester and performer (`Communication.payload[]
+    /// .contentString`, joined by new lines), when it was sent and by whom.
+    #[serde(default)]
+    pub message_text: Option<String>,
+    #[serde(default)]
+    pub message_sent: Option<String>,
+    #[serde(default)]
+    pub message_sender: Option<String>,
+    /// What the latest message was about; `None` for summaries stored by earlier builds.
+    #[serde(default)]
+    pub latest_change: Option<Change>,
+    /// Every document the referral's messages pointed to, in the order first seen.
+    #[serde(default)]
+    pub documents: Vec<DocumentLink>,
 }
 
 impl Summary {
-    /// The referral's status as shown to users: the Task's status once there is a Task, else
-    /// the ServiceRequest's.
+    /// The referral's status as shown to users: `revoked` once the requester revoked it (only
+    /// the sender can cancel a referral, and that ends its workflow), else the Task's status
+    /// once there is a Task, else the ServiceRequest's.
     pub fn status(&self) -> Option<&str> {
+        if self.service_request_status.as_deref() == Some("revoked") {
+            return Some("revoked");
+        }
         self.task_status
             .as_deref()
             .or(self.service_request_status.as_deref())
@@ -203,6 +319,29 @@ impl Summary {
         if !new.service_request {
             self.service_request_status
                 .clone_from(&earlier.service_request_status);
+            self.revocation_reason
+                .clone_from(&earlier.revocation_reason);
+        }
+        if self.split_from.is_none() {
+            self.split_from.clone_from(&earlier.split_from);
+        }
+        // Documents accumulate: an update names the attachment it adds, not the letter again.
+        let known = |d: &DocumentLink| {
+            earlier
+                .documents
+                .iter()
+                .any(|e| e.key().is_some() && e.key() == d.key())
+        };
+        if self.latest_change == Some(Change::Updated) && self.documents.iter().any(|d| !known(d)) {
+            self.latest_change = Some(Change::AttachmentAdded);
+        }
+        let added: Vec<DocumentLink> = self.documents.drain(..).filter(|d| !known(d)).collect();
+        self.documents = earlier.documents.clone();
+        self.documents.extend(added);
+        if !new.communication {
+            self.message_text.clone_from(&earlier.message_text);
+            self.message_sent.clone_from(&earlier.message_sent);
+            self.message_sender.clone_from(&earlier.message_sender);
         }
         // The referral's own text (its date, description and note) is kept when a later
         // ServiceRequest leaves it out: update messages often carry a trimmed ServiceRequest,
@@ -220,6 +359,12 @@ impl Summary {
             self.task_status.clone_from(&earlier.task_status);
             self.task_status_reason
                 .clone_from(&earlier.task_status_reason);
+            self.task_business_status
+                .clone_from(&earlier.task_business_status);
+        }
+        // Ocean's Task keeps its id; a Task without one does not forget it.
+        if self.task_id.is_none() {
+            self.task_id.clone_from(&earlier.task_id);
         }
         if !new.appointment {
             self.appointment_status
@@ -249,7 +394,47 @@ impl Summary {
             patient: new.patient || old.patient,
             referrer: new.referrer || old.referrer,
             recipient: new.recipient || old.recipient,
+            communication: new.communication || old.communication,
         };
+    }
+}
+
+/// One summary field that differs between two summaries: its JSON name and both values (`null`
+/// where a side has none).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FieldChange {
+    pub field: String,
+    pub before: serde_json::Value,
+    pub after: serde_json::Value,
+}
+
+impl Summary {
+    /// The fields (by their JSON names, in alphabetical order) whose values differ from
+    /// `before`'s; with no `before`, every field this summary sets. `carried` and
+    /// `latest_change` describe the message rather than the referral and are left out; an empty
+    /// list reads as no value.
+    pub fn differences(&self, before: Option<&Summary>) -> Vec<FieldChange> {
+        use serde_json::Value;
+        let fields = |s: Option<&Summary>| -> serde_json::Map<String, Value> {
+            match s.map(serde_json::to_value) {
+                Some(Ok(Value::Object(map))) => map,
+                _ => serde_json::Map::new(),
+            }
+        };
+        let absent = |v: &Value| v.is_null() || v.as_array().is_some_and(Vec::is_empty);
+        let (now, then) = (fields(Some(self)), fields(before));
+        now.into_iter()
+            .filter(|(field, _)| field != "carried" && field != "latest_change")
+            .filter_map(|(field, after)| {
+                let before = then.get(&field).cloned().unwrap_or(Value::Null);
+                let same = before == after || (absent(&before) && absent(&after));
+                (!same).then_some(FieldChange {
+                    field,
+                    before,
+                    after,
+                })
+            })
+            .collect()
     }
 }
 

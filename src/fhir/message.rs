@@ -14,10 +14,10 @@ use fhir_check::Kind;
 pub use super::bundle::ParseError;
 use super::bundle::{Bundle, conform, id_of_full_url};
 use super::resources::{
-    appointment_view, first_named, header_view, patient_view, referrer, role_view,
-    service_request_view, task_view,
+    HeaderView, appointment_view, communication_view, document_link, first_named, header_view,
+    patient_view, referrer, role_view, server_id, service_request_view, task_view,
 };
-use crate::domain::{Carried, EventCode, ReferralRef, ServiceId, Summary};
+use crate::domain::{Carried, Change, EventCode, ReferralRef, ServiceId, Summary};
 
 /// What the relay needs from one message Bundle.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -170,6 +170,24 @@ pub fn parse_message(
     let task = task_entry
         .map(|e| task_view(&e.resource))
         .unwrap_or_default();
+    let communication_entry = bundle.first("Communication");
+    if let Some(entry) = communication_entry {
+        conform(Kind::Communication, entry, &mut problems);
+    }
+    let communication = communication_entry
+        .map(|e| communication_view(&e.resource))
+        .unwrap_or_default();
+    let message_sender = communication.sender_display.clone().or_else(|| {
+        let entry = communication_entry?;
+        let sender = bundle.resolve(communication.sender.as_deref()?, Some(entry))?;
+        referrer(&bundle, &sender, &mut problems).name
+    });
+    let documents = bundle
+        .entries
+        .iter()
+        .filter(|e| e.kind == "DocumentReference")
+        .map(document_link)
+        .collect();
     let appointment_entry = bundle.first("Appointment");
     if let Some(entry) = appointment_entry {
         conform(Kind::Appointment, entry, &mut problems);
@@ -193,6 +211,18 @@ pub fn parse_message(
         .map(|e| referrer(&bundle, e, &mut problems))
         .unwrap_or_default();
 
+    let change = change_of(
+        &event,
+        &header,
+        service_request.status.as_deref(),
+        service_request.split_from.is_some(),
+        (task_entry.is_some(), appointment_entry.is_some()),
+    );
+    let revocation_reason = service_request.status_reason.or_else(|| {
+        (change == Change::Revoked)
+            .then(|| header.reason_text.clone())
+            .flatten()
+    });
     let recipient_listing = header
         .destination_name
         .or(header.receiver_display)
@@ -209,6 +239,7 @@ pub fn parse_message(
             patient: patient_entry.is_some(),
             referrer: referrer_entry.is_some(),
             recipient: recipient_listing.is_some(),
+            communication: communication_entry.is_some(),
         },
         service_request_status: service_request.status,
         task_status: task.status,
@@ -225,6 +256,15 @@ pub fn parse_message(
         recipient_listing,
         description: service_request.description,
         notes: service_request.notes,
+        revocation_reason,
+        split_from: service_request.split_from,
+        task_id: task_entry.and_then(server_id),
+        task_business_status: task.business_status,
+        message_text: communication.text,
+        message_sent: communication.sent,
+        message_sender,
+        latest_change: Some(change),
+        documents,
     };
 
     Ok(Parsed::Message(Box::new(ParsedMessage {
@@ -237,6 +277,59 @@ pub fn parse_message(
         summary,
         problems,
     })))
+}
+
+/// What a message is about, from its event code (the codes of Ontario's IG and of CA:eReC 1.1.0)
+/// and what it carries: `revoked` whenever the ServiceRequest says so, a split or an added
+/// attachment where `MessageHeader.reason` names one (an update that brings a new document is
+/// recognised later, against what the referral already had).
+fn change_of(
+    event: &EventCode,
+    header: &HeaderView,
+    service_request_status: Option<&str>,
+    split: bool,
+    (task, appointment): (bool, bool),
+) -> Change {
+    let reason_says = |word: &str| {
+        header.reason_codes.iter().any(|c| c.contains(word))
+            || header
+                .reason_text
+                .as_deref()
+                .is_some_and(|t| t.to_ascii_lowercase().contains(word))
+    };
+    let code = event.as_str();
+    if code == "revoke-service-request" || service_request_status == Some("revoked") {
+        return Change::Revoked;
+    }
+    match code {
+        // A referral split off another arrives as a new referral that replaces it.
+        "add-service-request" if split => Change::ReferralSplit,
+        "add-service-request" => Change::NewReferral,
+        "notify-data-correction" | "update-patient-data" => Change::DataCorrected,
+        "send-communication-from-requester" | "send-communication-to-provider" => {
+            Change::MessageFromRequester
+        }
+        "send-communication-from-provider" => Change::MessageFromProvider,
+        "notify-add-appointment" | "notify-update-appointment" => Change::AppointmentUpdated,
+        "notify-add-process-request" | "notify-update-process-request" if appointment && !task => {
+            Change::AppointmentUpdated
+        }
+        "notify-add-process-request" | "notify-update-process-request" => Change::TaskUpdated,
+        "notify-update-service-request" | "notify-update-status" => {
+            if split || reason_says("split") {
+                Change::ReferralSplit
+            } else if reason_says("attachment") {
+                Change::AttachmentAdded
+            } else if task {
+                Change::TaskUpdated
+            } else if appointment {
+                Change::AppointmentUpdated
+            } else {
+                Change::Updated
+            }
+        }
+        _ => Change::Other,
+    }
 }
 
 /// The body as text for reading. A leading UTF-8 byte order mark is skipped (RFC 8259 §8.1 lets

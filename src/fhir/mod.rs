@@ -3,6 +3,7 @@
 //! Nothing here knows about HTTP or storage: functions take bytes or values and return plain data.
 
 mod bundle;
+pub mod changes;
 mod json;
 pub mod message;
 pub mod outcome;

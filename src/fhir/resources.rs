@@ -7,6 +7,7 @@ use fhir_check::Kind;
 
 use super::bundle::{Bundle, Entry, conform};
 use super::json::Object;
+use crate::domain::DocumentLink;
 use crate::ig;
 
 pub(super) fn non_empty(s: Option<String>) -> Option<String> {
@@ -47,6 +48,9 @@ pub(super) struct HeaderView {
     pub(super) sender: Option<String>,
     /// The value field of a referral extension that is present but holds no string.
     pub(super) unreadable_referral: Option<&'static str>,
+    /// `reason.text`, and the codes of `reason.coding[]`.
+    pub(super) reason_text: Option<String>,
+    pub(super) reason_codes: Vec<String>,
 }
 
 pub(super) fn header_view(h: &Object<'_>) -> HeaderView {
@@ -95,12 +99,69 @@ pub(super) fn header_view(h: &Object<'_>) -> HeaderView {
         focus: references(h, "focus"),
         sender: reference(h, "sender").or_else(|| reference(h, "author")),
         unreadable_referral,
+        reason_text: h.object("reason").and_then(|r| non_empty(r.text("text"))),
+        reason_codes: h
+            .object("reason")
+            .map(|r| {
+                r.objects("coding")
+                    .filter_map(|c| non_empty(c.text("code")))
+                    .collect()
+            })
+            .unwrap_or_default(),
     }
+}
+
+/// The text of a CodeableConcept: its `text`, else its first coding's display, else its code.
+pub(super) fn concept_text(concept: &Object<'_>) -> Option<String> {
+    non_empty(concept.text("text")).or_else(|| {
+        concept
+            .objects("coding")
+            .find_map(|c| non_empty(c.text("display")).or_else(|| non_empty(c.text("code"))))
+    })
+}
+
+/// The value of an extension as text: `valueString`, `valueCode`, `valueMarkdown`, a
+/// `valueCodeableConcept`'s or a `valueCoding`'s text.
+fn extension_text(extension: &Object<'_>) -> Option<String> {
+    ["valueString", "valueCode", "valueMarkdown"]
+        .iter()
+        .find_map(|name| non_empty(extension.text(name)))
+        .or_else(|| {
+            extension
+                .object("valueCodeableConcept")
+                .and_then(|c| concept_text(&c))
+        })
+        .or_else(|| {
+            extension
+                .object("valueCoding")
+                .and_then(|c| non_empty(c.text("display")).or_else(|| non_empty(c.text("code"))))
+        })
+}
+
+/// The referral a Reference names: an identifier in the `id-ereferral-reference` system, else
+/// the id of a `ServiceRequest/{id}` reference.
+fn referral_of(reference: &Object<'_>) -> Option<String> {
+    reference
+        .object("identifier")
+        .filter(|i| {
+            i.text("system")
+                .is_some_and(|s| s.ends_with(ig::SYS_EREFERRAL_REFERENCE))
+        })
+        .and_then(|i| non_empty(i.text("value")))
+        .or_else(|| {
+            let text = reference.text("reference")?;
+            let (_, id) = text.split_once("ServiceRequest/")?;
+            non_empty(Some(id.split('/').next().unwrap_or_default().to_owned()))
+        })
 }
 
 #[derive(Debug, Default, PartialEq, Eq)]
 pub(super) struct ServiceRequestView {
     pub(super) status: Option<String>,
+    /// The value of an extension on `status` (`_status.extension[]`): the revocation reason.
+    pub(super) status_reason: Option<String>,
+    /// Another referral this one `replaces` or is `basedOn` (a split).
+    pub(super) split_from: Option<String>,
     pub(super) referral: Option<String>,
     pub(super) description: Option<String>,
     pub(super) authored_on: Option<String>,
@@ -120,9 +181,19 @@ pub(super) fn service_request_view(s: &Object<'_>) -> ServiceRequestView {
     let category_text = s
         .objects("category")
         .find_map(|c| non_empty(c.text("text")));
+    let referral = identifier_with_suffix(s, ig::SYS_EREFERRAL_REFERENCE);
+    let split_from = s
+        .objects("replaces")
+        .chain(s.objects("basedOn"))
+        .filter_map(|r| referral_of(&r))
+        .find(|other| Some(other) != referral.as_ref());
     ServiceRequestView {
         status: non_empty(s.text("status")),
-        referral: identifier_with_suffix(s, ig::SYS_EREFERRAL_REFERENCE),
+        status_reason: s
+            .object("_status")
+            .and_then(|status| status.objects("extension").find_map(|e| extension_text(&e))),
+        split_from,
+        referral,
         description: code_text.or(category_text),
         authored_on: non_empty(s.text("authoredOn")),
         notes: s.objects("note").filter_map(|n| n.text("text")).collect(),
@@ -136,12 +207,62 @@ pub(super) fn service_request_view(s: &Object<'_>) -> ServiceRequestView {
 pub(super) struct TaskView {
     pub(super) status: Option<String>,
     pub(super) status_reason: Option<String>,
+    pub(super) business_status: Option<String>,
 }
 
 pub(super) fn task_view(t: &Object<'_>) -> TaskView {
     TaskView {
         status: non_empty(t.text("status")),
         status_reason: non_empty(t.path_text(&["statusReason", "text"])),
+        business_status: t.object("businessStatus").and_then(|c| concept_text(&c)),
+    }
+}
+
+/// The id a resource goes by on its server: `id`, else the id of a RESTful `fullUrl`
+/// (`.../Type/id`); a `urn:uuid:` name is local to one message and does not count.
+pub(super) fn server_id(entry: &Entry<'_>) -> Option<String> {
+    non_empty(entry.resource.text("id")).or_else(|| {
+        let url = entry.full_url.as_deref()?;
+        let restful = super::bundle::Restful::parse(url)?;
+        non_empty(Some(restful.id.to_owned()))
+    })
+}
+
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(super) struct CommunicationView {
+    pub(super) text: Option<String>,
+    pub(super) sent: Option<String>,
+    pub(super) sender_display: Option<String>,
+    pub(super) sender: Option<String>,
+}
+
+pub(super) fn communication_view(c: &Object<'_>) -> CommunicationView {
+    let texts: Vec<String> = c
+        .objects("payload")
+        .filter_map(|p| non_empty(p.text("contentString")))
+        .collect();
+    CommunicationView {
+        text: (!texts.is_empty()).then(|| texts.join("\n")),
+        sent: non_empty(c.text("sent")),
+        sender_display: non_empty(c.path_text(&["sender", "display"])),
+        sender: reference(c, "sender"),
+    }
+}
+
+/// A DocumentReference's first attachment.
+pub(super) fn document_link(entry: &Entry<'_>) -> DocumentLink {
+    let d = &entry.resource;
+    let attachment = d.objects("content").find_map(|c| c.object("attachment"));
+    let text = |name: &str| attachment.as_ref().and_then(|a| non_empty(a.text(name)));
+    DocumentLink {
+        id: server_id(entry).or_else(|| {
+            d.objects("identifier")
+                .find_map(|i| non_empty(i.text("value")))
+        }),
+        title: text("title").or_else(|| non_empty(d.text("description"))),
+        content_type: text("contentType"),
+        url: text("url"),
+        inline: attachment.as_ref().is_some_and(|a| a.get("data").is_some()),
     }
 }
 

@@ -286,11 +286,18 @@ impl Outbox {
                 if !fhir_check::is_task_status(&status) {
                     return Err(OutboxError::NotActionable);
                 }
-                let first = !task.task_sent;
-                let task_id = task
-                    .task_id
-                    .get_or_insert_with(|| uuid::Uuid::new_v4().to_string())
-                    .clone();
+                // Ocean's own Task for the referral, once its messages carried one, is the Task
+                // to update (Ocean refuses a Task id it does not know); else the relay's own,
+                // created by its first update.
+                let oceans = referral.summary.task_id.clone();
+                let first = !task.task_sent && oceans.is_none();
+                let task_id = match oceans {
+                    Some(id) => task.task_id.insert(id).clone(),
+                    None => task
+                        .task_id
+                        .get_or_insert_with(|| uuid::Uuid::new_v4().to_string())
+                        .clone(),
+                };
                 let message = task_message(
                     reference,
                     &TaskUpdate {

@@ -134,6 +134,10 @@ pub struct VersionRecord {
     /// listings keep their structure).
     #[serde(default)]
     pub purged: bool,
+    /// The referral's summary fields (JSON names) this version changed: see
+    /// [`Summary::differences`]. Empty for versions stored by earlier builds.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub changes: Vec<String>,
 }
 
 impl NewDelivery {
@@ -168,6 +172,11 @@ impl NewDelivery {
         if let Some(p) = previous {
             summary.fill_from(&p.summary);
         }
+        let changes = summary
+            .differences(previous.map(|p| &p.summary))
+            .into_iter()
+            .map(|c| c.field)
+            .collect();
         let record = ReferralRecord {
             referral: self.referral.clone(),
             service_id: service_id.clone(),
@@ -196,6 +205,7 @@ impl NewDelivery {
             sha256: self.sha256.clone(),
             seq,
             purged: false,
+            changes,
         };
         Ok((record, version_record))
     }

@@ -27,6 +27,11 @@ pub struct EventRecord {
     pub service_id: Option<ServiceId>,
     #[serde(with = "time::serde::rfc3339")]
     pub received_at: OffsetDateTime,
+    /// The referral's summary fields this version changed (JSON names; see
+    /// [`crate::domain::Summary::differences`]). No values: the feed is not sealed, so it keeps
+    /// no patient data.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub changes: Vec<String>,
 }
 
 /// Reading the feed.

@@ -20,6 +20,7 @@ mod failures;
 mod fuzz;
 mod ingest;
 mod lifecycle;
+mod messages;
 mod migrate;
 mod ops;
 mod outbound;

@@ -13,6 +13,7 @@ use super::{ConsolePath, ConsoleQuery, PageError};
 use crate::auth::api::may_see;
 use crate::domain::{ServiceId, Summary};
 use crate::error::AppError;
+use crate::fhir::changes::{self, ResourceChangeKind, Resources};
 use crate::routes::v1::extract::{visible_to, whole_number};
 use crate::state::AppState;
 use crate::store::{ReferralRecord, StoreError, UpdateRecord, VersionRecord};
@@ -327,7 +328,7 @@ pub async fn referral(
             (None, Some(raw)) => String::from_utf8_lossy(raw).into_owned(),
             (None, None) => String::new(),
         };
-        let resources = value.as_ref().map(resources);
+        let resources = value.as_ref().map(Resources::of_bundle);
         let mut changed = changes(before.map(|b| &b.summary), &v.summary);
         if let (Some(old), Some(new)) = (&before_resources, &resources) {
             changed.extend(resource_changes(old, new));
@@ -414,84 +415,26 @@ pub(super) fn update_row(u: &UpdateRecord) -> UpdateRow {
     }
 }
 
-/// A message's resources (without its MessageHeader, which every message has anew), each under
-/// a name that stays the same from one message to the next: `Type/id`; else `Type` and its first
-/// identifier; else `Type #n`, the n-th of its type in the message. Ocean's v0.11 messages give
-/// resources fresh `urn:uuid:` names every time, so those are blanked before comparing.
-type Resources = std::collections::BTreeMap<String, serde_json::Value>;
-
-fn resources(bundle: &serde_json::Value) -> Resources {
-    let mut seen: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
-    let mut named = Resources::new();
-    for resource in bundle["entry"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|entry| entry.get("resource"))
-    {
-        let Some(kind) = resource.get("resourceType").and_then(|k| k.as_str()) else {
-            continue;
-        };
-        if kind == "MessageHeader" {
-            continue;
-        }
-        let identifier = resource["identifier"]
-            .as_array()
-            .and_then(|ids| ids.first())
-            .or_else(|| resource.get("identifier").filter(|i| i.is_object()))
-            .and_then(|id| id.get("value"))
-            .and_then(|v| v.as_str());
-        let key = match (resource.get("id").and_then(|i| i.as_str()), identifier) {
-            (Some(id), _) if !id.is_empty() => format!("{kind}/{id}"),
-            (_, Some(value)) => format!("{kind} {value}"),
-            _ => {
-                let n = seen.entry(kind.to_owned()).or_default();
-                *n += 1;
-                format!("{kind} #{n}")
-            }
-        };
-        named.insert(key, without_message_names(resource));
-    }
-    named
-}
-
-/// `value` with every `urn:uuid:` string blanked (names local to one message).
-fn without_message_names(value: &serde_json::Value) -> serde_json::Value {
-    use serde_json::Value;
-    match value {
-        Value::String(s) if s.starts_with("urn:uuid:") => Value::String("urn:uuid:".into()),
-        Value::Array(items) => Value::Array(items.iter().map(without_message_names).collect()),
-        Value::Object(fields) => Value::Object(
-            fields
-                .iter()
-                .map(|(k, v)| (k.clone(), without_message_names(v)))
-                .collect(),
-        ),
-        other => other.clone(),
-    }
-}
-
-/// How a message's resources differ from the message before's: new in it, changed, and those
-/// it no longer carries (Ocean's update messages carry only part of the referral, so "not
-/// carried" is not "deleted").
+/// How a message's resources differ from the message before's, as the page lists them.
 fn resource_changes(before: &Resources, now: &Resources) -> Vec<String> {
-    let mut changes = Vec::new();
-    for (key, resource) in now {
-        match before.get(key) {
-            None => changes.push(format!("new: {key}")),
-            Some(old) if old != resource => changes.push(format!("changed: {key}")),
-            Some(_) => {}
-        }
-    }
-    let dropped: Vec<&str> = before
-        .keys()
-        .filter(|key| !now.contains_key(*key))
-        .map(String::as_str)
+    let changes = changes::resource_changes(before, now);
+    let mut lines: Vec<String> = changes
+        .iter()
+        .filter_map(|c| match c.change {
+            ResourceChangeKind::Added => Some(format!("new: {}", c.name)),
+            ResourceChangeKind::Changed => Some(format!("changed: {}", c.name)),
+            ResourceChangeKind::Removed => None,
+        })
+        .collect();
+    let dropped: Vec<&str> = changes
+        .iter()
+        .filter(|c| c.change == ResourceChangeKind::Removed)
+        .map(|c| c.name.as_str())
         .collect();
     if !dropped.is_empty() {
-        changes.push(format!("not carried this time: {}", dropped.join(", ")));
+        lines.push(format!("not carried this time: {}", dropped.join(", ")));
     }
-    changes
+    lines
 }
 
 /// The summary rows of the referral page: (label, value), empty ones left out.
@@ -521,7 +464,8 @@ fn summary_fields(r: &ReferralRecord) -> Vec<(String, String)> {
 }
 
 /// The summary fields a person reads, with their labels, in page order.
-const SUMMARY_LABELS: [(&str, &str); 14] = [
+const SUMMARY_LABELS: [(&str, &str); 22] = [
+    ("latest_change", "Latest change"),
     ("patient_name", "Patient"),
     ("patient_phone", "Phone"),
     ("patient_email", "Email"),
@@ -536,6 +480,13 @@ const SUMMARY_LABELS: [(&str, &str); 14] = [
     ("task_status_reason", "Task status reason"),
     ("appointment_status", "Appointment"),
     ("appointment_start", "Appointment start"),
+    ("revocation_reason", "Revocation reason"),
+    ("split_from", "Split from"),
+    ("task_id", "Ocean's Task"),
+    ("task_business_status", "Task business status"),
+    ("message_text", "Latest message"),
+    ("message_sender", "Message from"),
+    ("message_sent", "Message sent"),
 ];
 
 /// One summary field as text (notes joined), through its JSON form so every field reads alike.
@@ -596,42 +547,4 @@ pub async fn raw_version(
         headers.insert(header::CONTENT_DISPOSITION, value);
     }
     Ok(response)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn bundle(entries: serde_json::Value) -> serde_json::Value {
-        serde_json::json!({ "resourceType": "Bundle", "entry": entries })
-    }
-
-    #[test]
-    fn resources_compare_by_lasting_names_not_message_local_ones() {
-        let before = resources(&bundle(serde_json::json!([
-            { "fullUrl": "urn:uuid:1", "resource": { "resourceType": "MessageHeader" } },
-            { "fullUrl": "urn:uuid:2", "resource": { "resourceType": "ServiceRequest",
-                "identifier": [{ "value": "REF-1" }], "status": "active",
-                "subject": { "reference": "urn:uuid:3" } } },
-            { "fullUrl": "urn:uuid:3", "resource": { "resourceType": "Patient", "gender": "female" } },
-            { "fullUrl": "urn:uuid:4", "resource": { "resourceType": "QuestionnaireResponse" } },
-        ])));
-        let after = resources(&bundle(serde_json::json!([
-            { "fullUrl": "urn:uuid:9", "resource": { "resourceType": "MessageHeader" } },
-            { "fullUrl": "urn:uuid:8", "resource": { "resourceType": "ServiceRequest",
-                "identifier": [{ "value": "REF-1" }], "status": "revoked",
-                "subject": { "reference": "urn:uuid:7" } } },
-            { "fullUrl": "urn:uuid:7", "resource": { "resourceType": "Patient", "gender": "female" } },
-            { "resource": { "resourceType": "Task", "id": "t-1" } },
-        ])));
-        assert_eq!(
-            resource_changes(&before, &after),
-            [
-                "changed: ServiceRequest REF-1",
-                "new: Task/t-1",
-                "not carried this time: QuestionnaireResponse #1",
-            ]
-        );
-        assert!(resource_changes(&after, &after).is_empty());
-    }
 }

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::extract::{Caller, ProblemDoc, Query, after_param, limit, rfc3339, whole_number};
+use super::referrals::CurrentView;
 use crate::error::{AppError, Problem};
 use crate::state::AppState;
 use crate::store::EventRecord;
@@ -24,10 +25,17 @@ pub struct EventView {
     event: String,
     service_id: Option<String>,
     received_at: String,
+    /// The referral's summary fields this version changed (their names in the referral's
+    /// JSON). `GET /referrals/{referral}/versions/{version}/changes` gives the values and the
+    /// resources changed. Empty for versions stored before the relay recorded it.
+    changes: Vec<String>,
+    /// Where the referral stands now, as Ocean last described it (null if it is no longer
+    /// stored).
+    current: Option<CurrentView>,
 }
 
-impl From<EventRecord> for EventView {
-    fn from(e: EventRecord) -> Self {
+impl EventView {
+    fn new(e: EventRecord, current: Option<CurrentView>) -> Self {
         Self {
             seq: e.seq,
             referral: e.referral.to_string(),
@@ -35,6 +43,8 @@ impl From<EventRecord> for EventView {
             event: e.event.to_string(),
             service_id: e.service_id.map(|s| s.to_string()),
             received_at: rfc3339(e.received_at),
+            changes: e.changes,
+            current,
         }
     }
 }
@@ -99,11 +109,23 @@ pub async fn events(
         if let Some(last) = batch.last() {
             after = last.seq;
         }
-        let events: Vec<EventView> = batch
-            .into_iter()
-            .filter(|e| client.may_see(e.service_id.as_ref()))
-            .map(EventView::from)
-            .collect();
+        let mut current = std::collections::HashMap::new();
+        let mut events = Vec::new();
+        for e in batch {
+            if !client.may_see(e.service_id.as_ref()) {
+                continue;
+            }
+            if !current.contains_key(&e.referral) {
+                let record = state.store.referral(&e.referral).await?;
+                current.insert(e.referral.clone(), record);
+            }
+            let now = current
+                .get(&e.referral)
+                .and_then(Option::as_ref)
+                .filter(|r| client.may_see(r.service_id.as_ref()))
+                .map(CurrentView::new);
+            events.push(EventView::new(e, now));
+        }
         if !events.is_empty() || tokio::time::Instant::now() >= deadline {
             return Ok(Json(EventPage {
                 events,

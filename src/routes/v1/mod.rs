@@ -45,6 +45,7 @@ fn build() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(referrals::list_referrals))
         .routes(routes!(referrals::get_referral))
         .routes(routes!(referrals::get_version))
+        .routes(routes!(referrals::get_version_changes))
         .routes(routes!(events::events))
         .routes(routes!(updates::set_status))
         .routes(routes!(updates::book))
@@ -119,6 +120,7 @@ mod tests {
             "/api/v1/referrals/{referral}/messages",
             "/api/v1/referrals/{referral}/status",
             "/api/v1/referrals/{referral}/versions/{version}",
+            "/api/v1/referrals/{referral}/versions/{version}/changes",
             "/api/v1/updates",
             "/api/v1/updates/{id}",
             "/api/v1/updates/{id}/discard",

@@ -13,8 +13,9 @@ use utoipa::{IntoParams, ToSchema};
 use super::extract::{
     Caller, Path, ProblemDoc, Query, instant, limit, rfc3339, service_param, visible, whole_number,
 };
-use crate::domain::Summary;
+use crate::domain::{Change, DocumentLink, Summary};
 use crate::error::{AppError, FHIR_JSON, Problem};
+use crate::fhir::changes::{ResourceChange, Resources, resource_changes};
 use crate::state::AppState;
 use crate::store::{ReferralRecord, VersionRecord};
 
@@ -30,7 +31,8 @@ pub struct ReferralView {
     service_id: Option<String>,
     integration: String,
     latest_event: String,
-    /// Workflow status: the Task status once a Task was seen, else the ServiceRequest status.
+    /// Workflow status: `revoked` once the requester revoked the referral, else the Task status
+    /// once a Task was seen, else the ServiceRequest status.
     status: Option<String>,
     service_request_status: Option<String>,
     task_status: Option<String>,
@@ -48,6 +50,22 @@ pub struct ReferralView {
     description: Option<String>,
     /// `ServiceRequest.note` texts as sent (HTML).
     notes: Vec<String>,
+    /// Why the requester revoked the referral, where Ocean said.
+    revocation_reason: Option<String>,
+    /// The referral this one was split from, where Ocean said.
+    split_from: Option<String>,
+    /// Ocean's Task for this referral (`Task.id`), once a message carried one: status updates
+    /// sent through this API name it.
+    task_id: Option<String>,
+    /// `Task.businessStatus`: the workflow's sub-state, where Ocean sends one.
+    task_business_status: Option<String>,
+    /// The latest message between requester and performer that Ocean sent.
+    latest_message: Option<MessageView>,
+    /// What Ocean's latest message about the referral was about.
+    latest_change: Option<Change>,
+    /// The documents the referral's messages pointed to (letter, attachments), in the order
+    /// first seen.
+    documents: Vec<DocumentLinkView>,
     created_at: String,
     modified_at: String,
     /// Number of stored versions (the latest version's number).
@@ -57,6 +75,7 @@ pub struct ReferralView {
 impl ReferralView {
     fn new(r: ReferralRecord) -> Self {
         let status = r.summary.status().map(str::to_owned);
+        let latest_message = MessageView::of(&r.summary);
         let Summary {
             service_request_status,
             task_status,
@@ -73,6 +92,15 @@ impl ReferralView {
             recipient_listing,
             description,
             notes,
+            revocation_reason,
+            split_from,
+            task_id,
+            task_business_status,
+            latest_change,
+            documents,
+            message_text: _,
+            message_sent: _,
+            message_sender: _,
             carried: _,
         } = r.summary;
         Self {
@@ -96,9 +124,98 @@ impl ReferralView {
             recipient_listing,
             description,
             notes,
+            revocation_reason,
+            split_from,
+            task_id,
+            task_business_status,
+            latest_message,
+            latest_change,
+            documents: documents.into_iter().map(DocumentLinkView::from).collect(),
             created_at: rfc3339(r.created_at),
             modified_at: rfc3339(r.modified_at),
             version_count: r.version,
+        }
+    }
+}
+
+/// Where a referral stands as Ocean last described it, as the feed shows it beside each event.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CurrentView {
+    /// Workflow status: `revoked` once the requester revoked the referral, else the Task status
+    /// once a Task was seen, else the ServiceRequest status.
+    status: Option<String>,
+    task_business_status: Option<String>,
+    appointment_status: Option<String>,
+    appointment_start: Option<String>,
+    /// What Ocean's latest message about the referral was about.
+    latest_change: Option<Change>,
+    revocation_reason: Option<String>,
+    /// The latest message between requester and performer.
+    latest_message: Option<MessageView>,
+    /// The referral's latest version.
+    version: u64,
+}
+
+impl CurrentView {
+    pub(super) fn new(r: &ReferralRecord) -> Self {
+        let s = &r.summary;
+        Self {
+            status: s.status().map(str::to_owned),
+            task_business_status: s.task_business_status.clone(),
+            appointment_status: s.appointment_status.clone(),
+            appointment_start: s.appointment_start.clone(),
+            latest_change: s.latest_change,
+            revocation_reason: s.revocation_reason.clone(),
+            latest_message: MessageView::of(s),
+            version: r.version,
+        }
+    }
+}
+
+/// A message between requester and performer (`Communication`), as Ocean sent it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MessageView {
+    /// `payload[].contentString`, joined by new lines.
+    text: Option<String>,
+    /// `Communication.sent` as sent (an R4 dateTime).
+    sent: Option<String>,
+    /// The sender's name: `sender.display`, else the referenced practitioner's.
+    sender: Option<String>,
+}
+
+/// A document a referral's message pointed to: a `DocumentReference`'s first attachment.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DocumentLinkView {
+    /// `DocumentReference.id` (or its first identifier).
+    id: Option<String>,
+    title: Option<String>,
+    /// MIME type, e.g. `application/pdf`.
+    content_type: Option<String>,
+    /// Where Ocean serves it.
+    url: Option<String>,
+    /// True when the message carried the bytes inline (`attachment.data`).
+    inline: bool,
+}
+
+impl MessageView {
+    /// The summary's latest message, if it has one.
+    fn of(s: &Summary) -> Option<Self> {
+        (s.message_text.is_some() || s.message_sent.is_some()).then(|| Self {
+            text: s.message_text.clone(),
+            sent: s.message_sent.clone(),
+            sender: s.message_sender.clone(),
+        })
+    }
+}
+
+impl From<DocumentLink> for DocumentLinkView {
+    fn from(d: DocumentLink) -> Self {
+        Self {
+            id: d.id,
+            title: d.title,
+            content_type: d.content_type,
+            url: d.url,
+            inline: d.inline,
         }
     }
 }
@@ -339,6 +456,125 @@ pub async fn get_version(
         .headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(FHIR_JSON));
     Ok(response)
+}
+
+/// What one version changed from the version before.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct VersionChanges {
+    referral: String,
+    version: u64,
+    /// The version compared with; null for the first version (everything it set is listed).
+    previous_version: Option<u64>,
+    /// This version's event code.
+    event: String,
+    /// What Ocean's message was about.
+    latest_change: Option<Change>,
+    /// The referral's summary fields (as in the referral's JSON) that differ from what the
+    /// versions up to the one before made of it, with both values.
+    fields: Vec<FieldChangeView>,
+    /// The message's resources added, removed (not carried this time) or changed compared with
+    /// the previous version's message; null when retention purged either message.
+    resources: Option<Vec<ResourceChange>>,
+}
+
+/// One summary field that changed.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct FieldChangeView {
+    /// The field's name in the referral's JSON (`task_status`, `appointment_start`, ...).
+    field: String,
+    /// Its value before (null when it had none).
+    #[schema(value_type = Object)]
+    before: serde_json::Value,
+    /// Its value after (null when this version cleared it).
+    #[schema(value_type = Object)]
+    after: serde_json::Value,
+}
+
+/// What one version changed: the referral's summary fields, and the resources its message
+/// added, removed or changed, compared with version n-1.
+///
+/// Ocean's update messages do not say what changed; its playbook asks receiving systems to show
+/// their users. Summary fields compare the referral as versions 1..n-1 left it with what
+/// version n made of it (so a message that repeats a value changes nothing). Resources are
+/// compared under lasting names (`Type/id`, else `Type` and its first identifier, else `Type
+/// #n`), ignoring the `urn:uuid:` names that change with every message.
+#[utoipa::path(
+    get,
+    path = "/referrals/{referral}/versions/{version}/changes",
+    params(
+        ("referral" = String, Path, description = "Ocean's referral reference"),
+        ("version" = u64, Path, description = "Version number, from 1"),
+    ),
+    responses(
+        (status = 200, description = "What the version changed", body = VersionChanges),
+        (status = 400, description = "version is not a whole number", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 401, description = "No or an unknown API key", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 403, description = "Outside the client's service ids", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 404, description = "No such referral or version", body = ProblemDoc, content_type = "application/problem+json"),
+    )
+)]
+pub async fn get_version_changes(
+    State(state): State<AppState>,
+    Caller(client): Caller,
+    Path((referral, version)): Path<(String, String)>,
+) -> Result<Json<VersionChanges>, Problem> {
+    let version = whole_number(&version)
+        .ok_or_else(|| AppError::BadRequest("version must be a whole number".into()))?;
+    let (reference, _) = visible(&state, &client, &referral).await?;
+    let versions = state.store.versions(&reference).await?;
+    let not_found = || AppError::NotFound(format!("referral {reference} has no version {version}"));
+    let at = versions
+        .iter()
+        .position(|v| v.version == version)
+        .ok_or_else(not_found)?;
+    // The referral as the versions before this one left it, then as this one made it.
+    let mut before: Option<Summary> = None;
+    for v in &versions[..at] {
+        let mut summary = v.summary.clone();
+        if let Some(earlier) = &before {
+            summary.fill_from(earlier);
+        }
+        before = Some(summary);
+    }
+    let this = &versions[at];
+    let mut after = this.summary.clone();
+    if let Some(earlier) = &before {
+        after.fill_from(earlier);
+    }
+    let fields = after
+        .differences(before.as_ref())
+        .into_iter()
+        .map(|c| FieldChangeView {
+            field: c.field,
+            before: c.before,
+            after: c.after,
+        })
+        .collect();
+    let previous = at.checked_sub(1).map(|p| &versions[p]);
+    let resources_of = async |v: &VersionRecord| -> Result<Option<Resources>, Problem> {
+        if v.purged {
+            return Ok(None);
+        }
+        let raw = state.store.payload(&reference, v.version).await?;
+        Ok(raw.and_then(|raw| Resources::of_message(&raw)))
+    };
+    let now = resources_of(this).await?;
+    let resources = match previous {
+        None => now.map(|now| resource_changes(&Resources::default(), &now)),
+        Some(p) => match (resources_of(p).await?, now) {
+            (Some(old), Some(now)) => Some(resource_changes(&old, &now)),
+            _ => None,
+        },
+    };
+    Ok(Json(VersionChanges {
+        referral: reference.to_string(),
+        version,
+        previous_version: previous.map(|p| p.version),
+        event: this.event.to_string(),
+        latest_change: after.latest_change,
+        fields,
+        resources,
+    }))
 }
 
 #[cfg(test)]

@@ -53,8 +53,8 @@ const WRITE_DELIVERY: &str = "WITH claimed AS (
          ON CONFLICT (referral) DO UPDATE SET version = EXCLUDED.version,
              modified_at = EXCLUDED.modified_at, record = EXCLUDED.record),
      feed_entry AS (
-         INSERT INTO events (referral, version, event, service_id, received_at)
-         SELECT referral, $3::bigint, $4::text, $5::text, $6::timestamptz FROM claimed
+         INSERT INTO events (referral, version, event, service_id, received_at, changes)
+         SELECT referral, $3::bigint, $4::text, $5::text, $6::timestamptz, $12::text[] FROM claimed
          RETURNING id),
      version_row AS (
          INSERT INTO versions (referral, version, event_id, record, payload)
@@ -192,7 +192,8 @@ impl PgStore {
 
         // Second round trip: every write, and the commit.
         let number = to_i64(version);
-        let write_params: [&Param<'_>; 11] = [
+        let changes = &version_record.changes;
+        let write_params: [&Param<'_>; 12] = [
             &dedup_key,
             &referral,
             &number,
@@ -204,6 +205,7 @@ impl PgStore {
             &sealed_referral,
             &d.integration.as_str(),
             &details,
+            changes,
         ];
         let (written, _) = tokio::try_join!(
             biased;

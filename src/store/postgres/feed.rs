@@ -23,6 +23,7 @@ fn event(row: &tokio_postgres::Row) -> Result<EventRecord, StoreError> {
             .transpose()
             .map_err(corrupt)?,
         received_at: row.get(5),
+        changes: row.get(6),
     })
 }
 
@@ -35,7 +36,7 @@ impl FeedStore for PgStore {
             .query(
                 &client
                     .prepare_cached(
-                        "SELECT seq, referral, version, event, service_id, received_at FROM events
+                        "SELECT seq, referral, version, event, service_id, received_at, changes FROM events
                  WHERE seq > $1 ORDER BY seq LIMIT $2",
                     )
                     .await

@@ -267,8 +267,8 @@ async fn copy_all(
     let events = copy
         .tree(
             &t.events,
-            "INSERT INTO events (id, seq, referral, version, event, service_id, received_at)
-             VALUES ($1, $1, $2, $3, $4, $5, $6) ON CONFLICT (id) DO NOTHING",
+            "INSERT INTO events (id, seq, referral, version, event, service_id, received_at, changes)
+             VALUES ($1, $1, $2, $3, $4, $5, $6, $7) ON CONFLICT (id) DO NOTHING",
             |_, value| {
                 let e: EventRecord =
                     serde_json::from_slice(value).map_err(|_| bad("feed event"))?;
@@ -279,6 +279,7 @@ async fn copy_all(
                     Box::new(e.event.as_str().to_owned()),
                     Box::new(e.service_id.map(|s| s.as_str().to_owned())),
                     Box::new(e.received_at),
+                    Box::new(e.changes),
                 ]))
             },
         )

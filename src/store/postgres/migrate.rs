@@ -16,6 +16,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "replica_settings",
         include_str!("../../../migrations/postgres/0002_replica_settings.sql"),
     ),
+    (
+        3,
+        "event_changes",
+        include_str!("../../../migrations/postgres/0003_event_changes.sql"),
+    ),
 ];
 
 /// Applies the migrations not yet applied (returns their versions), in one transaction under the advisory lock `lock`

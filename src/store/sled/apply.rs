@@ -136,6 +136,7 @@ fn apply_delivery(
         event: d.event.clone(),
         service_id,
         received_at,
+        changes: version_record.changes.clone(),
     };
     let version_key = referral_seq_key(&d.referral, version);
 

@@ -49,6 +49,8 @@ struct Inner {
     token_requests: Mutex<Vec<TokenRequest>>,
     issued: AtomicU64,
     received: Mutex<Vec<Received>>,
+    /// Referral ref → the id of its Task, once Ocean has one (see [`MockOcean::has_task`]).
+    tasks: Mutex<HashMap<String, String>>,
 }
 
 #[derive(Clone)]
@@ -90,6 +92,17 @@ impl MockOcean {
             .filter(|r| (200..300).contains(&r.answered))
             .map(|r| r.body)
             .collect()
+    }
+
+    /// Ocean already has Task `task_id` for `referral` (as when its own messages carried it).
+    /// Task messages are then held to Ocean's rule: `notify-add-process-request` for a referral
+    /// that has a Task, or any Task message naming another id, is refused with 422.
+    pub fn has_task(&self, referral: &str, task_id: &str) {
+        self.inner
+            .tasks
+            .lock()
+            .unwrap()
+            .insert(referral.to_owned(), task_id.to_owned());
     }
 
     /// Token requests: the form fields and the Authorization header, if any.
@@ -149,6 +162,12 @@ async fn message(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: Byte
     } else {
         Some(Answer::Status(401))
     };
+    let parsed: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    // Ocean's own rules apply to a message it would otherwise take.
+    let next = match next {
+        None => task_refusal(&inner, &parsed).map(|refusal| Answer::Outcome(422, refusal)),
+        scripted => scripted,
+    };
     let mut status = 200;
     let mut response = StatusCode::OK.into_response();
     match next {
@@ -186,10 +205,38 @@ async fn message(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: Byte
         at: Instant::now(),
         authorization,
         content_type: header("content-type"),
-        body: serde_json::from_slice(&body).unwrap_or(Value::Null),
+        body: parsed,
         answered: status,
     });
     response
+}
+
+/// Why Ocean refuses a Task message, if it does: a Task it does not know for a referral that has
+/// one, or a second Task. A first Task (`notify-add-process-request`) becomes the referral's.
+fn task_refusal(inner: &Inner, bundle: &Value) -> Option<&'static str> {
+    let resources: Vec<&Value> = bundle["entry"]
+        .as_array()?
+        .iter()
+        .map(|e| &e["resource"])
+        .collect();
+    let header = resources
+        .iter()
+        .find(|r| r["resourceType"] == "MessageHeader")?;
+    let task = resources.iter().find(|r| r["resourceType"] == "Task")?;
+    let referral = header["extension"][0]["valueString"].as_str()?.to_owned();
+    let id = task["id"].as_str()?.to_owned();
+    let event = header["eventCoding"]["code"].as_str()?;
+    let mut tasks = inner.tasks.lock().unwrap();
+    match (tasks.get(&referral), event) {
+        (Some(_), "notify-add-process-request") => Some("the referral already has a Task"),
+        (Some(known), _) if *known != id => Some("unknown Task id for this referral"),
+        (None, "notify-add-process-request") => {
+            tasks.insert(referral, id);
+            None
+        }
+        (None, _) => Some("unknown Task id: no Task was added for this referral"),
+        (Some(_), _) => None,
+    }
 }
 
 async fn site_number(State(inner): State<Arc<Inner>>, headers: HeaderMap) -> Response {
