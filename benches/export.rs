@@ -85,6 +85,7 @@ fn main() {
                             summary: message.summary.clone(),
                             problems: Vec::new(),
                             received_at: time::OffsetDateTime::now_utc(),
+                            fetch_documents: false,
                         })
                         .await
                         .unwrap();

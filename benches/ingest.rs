@@ -560,6 +560,7 @@ fn new_delivery(message: &ParsedMessage, template: &str, name: &str) -> NewDeliv
         summary: message.summary.clone(),
         problems: Vec::new(),
         received_at: time::OffsetDateTime::now_utc(),
+        fetch_documents: false,
     }
 }
 

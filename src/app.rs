@@ -26,6 +26,7 @@ pub struct Application {
     keep_days: u64,
     router: Router,
     worker: Worker,
+    fetcher: crate::ocean::documents::Fetcher,
     metrics: Metrics,
     stopping: Arc<tokio::sync::watch::Sender<bool>>,
     shutdown_timeout: Duration,
@@ -113,6 +114,7 @@ impl Application {
             store: Arc::clone(&state.store),
             keep_days: config.retention.keep_days,
             worker: state.worker(),
+            fetcher: state.fetcher(),
             metrics: state.metrics.clone(),
             stopping: Arc::clone(&state.stopping),
             send_bound: send_bound(config),
@@ -151,12 +153,13 @@ impl Application {
         ));
         // Tasks holding the store are awaited at the end, so that when this returns the store
         // is the caller's alone (a command run next can open the data dir).
-        let mut holding_store = vec![tokio::spawn(report_refusals(
+        let mut holding_store = vec![tokio::spawn(self.fetcher.run(self.stopping.subscribe()))];
+        holding_store.push(tokio::spawn(report_refusals(
             Arc::clone(&self.refusals),
             Arc::clone(&self.store),
             self.refusals_every,
             self.stopping.subscribe(),
-        ))];
+        )));
         if self.keep_days > 0 {
             holding_store.push(tokio::spawn(retention(
                 Arc::clone(&self.store),

@@ -67,6 +67,8 @@ pub struct AppState {
     pub ocean: Arc<HashMap<String, Arc<OceanClient>>>,
     /// Updates to Ocean: accepted, replayed and discarded here, delivered by the worker.
     pub outbox: Arc<Outbox>,
+    /// Wakes the document fetcher when a delivery queued documents.
+    pub documents_wake: Arc<tokio::sync::Notify>,
     /// Turns true when shutdown begins: long-polls answer at once, the worker stops.
     pub stopping: Arc<tokio::sync::watch::Sender<bool>>,
     pub max_body_bytes: usize,
@@ -165,6 +167,7 @@ impl AppState {
             api_clients: Arc::new(ApiClients::from_config(&config.api)),
             config: Arc::new(config.clone()),
             outbox,
+            documents_wake: Arc::new(tokio::sync::Notify::new()),
             ocean: Arc::new(ocean),
             stopping: Arc::new(tokio::sync::watch::channel(false).0),
             max_body_bytes: config.server.max_body_bytes,
@@ -194,6 +197,17 @@ impl AppState {
             wake: self.outbox.wake(),
             metrics: self.metrics.clone(),
             health: Arc::clone(&self.worker_health),
+        }
+    }
+
+    /// The document fetcher over this state's store and sites.
+    pub fn fetcher(&self) -> crate::ocean::documents::Fetcher {
+        crate::ocean::documents::Fetcher {
+            store: Arc::clone(&self.store),
+            sites: (*self.ocean).clone(),
+            outbox: Arc::clone(&self.outbox),
+            config: self.config.documents.clone(),
+            wake: Arc::clone(&self.documents_wake),
         }
     }
 

@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 pub use api::{ApiClientConfig, ApiConfig, OAuth2Config};
 pub use console::{ConsoleConfig, ConsoleRole, ConsoleUserConfig, hash_password, verify_password};
 pub use integrations::{AuthConfig, IntegrationConfig, OAuthClient, WebhookSecret};
-pub use outbound::{OutboxConfig, SiteConfig, TokenAuth};
+pub use outbound::{DocumentsConfig, OutboxConfig, SiteConfig, TokenAuth};
 pub use server::{LogConfig, LogFormat, ServerConfig};
 pub use storage::{Backend, EncryptionKey, RetentionConfig, StorageConfig};
 
@@ -48,6 +48,8 @@ pub struct Config {
     pub sites: BTreeMap<String, SiteConfig>,
     /// How updates to Ocean are retried.
     pub outbox: OutboxConfig,
+    /// Fetching referral letters and attachments from Ocean.
+    pub documents: DocumentsConfig,
     /// How long old versions are kept.
     pub retention: RetentionConfig,
     /// Encryption of patient data at rest.
@@ -163,6 +165,7 @@ impl Config {
         self.api.validate()?;
         self.console.validate()?;
         self.outbox.validate()?;
+        self.documents.validate()?;
         for (name, site) in &self.sites {
             site.validate(name)?;
         }

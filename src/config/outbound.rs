@@ -51,6 +51,40 @@ pub struct OutboxConfig {
     pub transitions: BTreeMap<String, Vec<String>>,
 }
 
+/// Fetching each referral's letter and attachments from Ocean (`[documents]`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DocumentsConfig {
+    /// Fetch documents for referrals an Ocean site with credentials serves.
+    pub fetch: bool,
+    /// Bound on one document's download (token fetch aside), in seconds.
+    pub request_timeout_secs: u64,
+    /// Largest document kept, in bytes; a larger one is given up with that reason.
+    pub max_bytes: u64,
+    /// How long a document is retried (5xx, 429, timeouts) before it is given up, in seconds.
+    pub retry_horizon_secs: u64,
+    /// First backoff in seconds; it doubles per attempt up to `max_backoff_secs`.
+    pub initial_backoff_secs: u64,
+    pub max_backoff_secs: u64,
+    /// Documents fetched at once.
+    pub concurrency: usize,
+}
+
+impl DocumentsConfig {
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.request_timeout_secs == 0 || self.initial_backoff_secs == 0 || self.concurrency == 0
+        {
+            bail!(
+                "documents.request_timeout_secs, documents.initial_backoff_secs and documents.concurrency must be at least 1"
+            );
+        }
+        if self.max_bytes == 0 {
+            bail!("documents.max_bytes must be at least 1");
+        }
+        Ok(())
+    }
+}
+
 impl SiteConfig {
     /// Checks the site called `name`.
     pub fn validate(&self, name: &str) -> anyhow::Result<()> {

@@ -212,6 +212,78 @@ impl OceanClient {
         }
     }
 
+    /// The site's base URL, without a trailing `/`.
+    pub fn base_url(&self) -> &str {
+        &self.base_url
+    }
+
+    /// Downloads a document from this site with the bearer token (a 401 gets one retry with a
+    /// fresh token): its bytes and the `Content-Type` Ocean gave. `timeout` bounds the whole
+    /// download; more than `max_bytes` is refused (as [`SendError::Rejected`]), as are 4xx
+    /// answers other than 401, 408 and 429.
+    pub async fn fetch(
+        &self,
+        url: &str,
+        timeout: Duration,
+        max_bytes: u64,
+    ) -> Result<(bytes::Bytes, Option<String>), SendError> {
+        let mut renewed = false;
+        loop {
+            let token = self.token(renewed).await?;
+            let unreachable = |e: reqwest::Error| SendError::Retry {
+                reason: format!("Ocean unreachable: {}", transport(&e)),
+                after: None,
+            };
+            let mut response = self
+                .http
+                .get(url)
+                .header(AUTHORIZATION, format!("Bearer {token}"))
+                .timeout(timeout)
+                .send()
+                .await
+                .map_err(unreachable)?;
+            let status = response.status();
+            if status == StatusCode::UNAUTHORIZED && !renewed {
+                renewed = true;
+                continue;
+            }
+            if !status.is_success() {
+                let after = retry_after(&response);
+                let reason = format!("Ocean answered {status}{}", outcome_text(response).await);
+                let retry = status.is_server_error()
+                    || status == StatusCode::TOO_MANY_REQUESTS
+                    || status == StatusCode::REQUEST_TIMEOUT
+                    || status == StatusCode::UNAUTHORIZED;
+                return Err(if retry {
+                    SendError::Retry { reason, after }
+                } else {
+                    SendError::Rejected(reason)
+                });
+            }
+            let too_large = || {
+                SendError::Rejected(format!(
+                    "the document is larger than documents.max_bytes ({max_bytes} bytes)"
+                ))
+            };
+            if response.content_length().is_some_and(|n| n > max_bytes) {
+                return Err(too_large());
+            }
+            let content_type = response
+                .headers()
+                .get(CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            let mut body = Vec::new();
+            while let Some(chunk) = response.chunk().await.map_err(unreachable)? {
+                if (body.len() + chunk.len()) as u64 > max_bytes {
+                    return Err(too_large());
+                }
+                body.extend_from_slice(&chunk);
+            }
+            return Ok((bytes::Bytes::from(body), content_type));
+        }
+    }
+
     /// Proves the credentials work: a token, then `GET .../NamingSystem/id-site-number`.
     pub async fn check(&self) -> anyhow::Result<u16> {
         let token = self.token(true).await.map_err(|e| anyhow::anyhow!("{e}"))?;

@@ -1,6 +1,7 @@
 //! Outbound to Ocean: the per-site client, the outbox (what may be sent) and its worker.
 
 pub mod client;
+pub mod documents;
 pub mod outbox;
 pub mod transitions;
 pub mod worker;

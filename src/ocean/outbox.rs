@@ -203,6 +203,11 @@ impl Outbox {
 
     /// The site that answers for referrals filed under `service`: the first (by name) listing
     /// it, else the first that lists no service ids.
+    /// The name of the site that answers for referrals filed under `service`, if any.
+    pub fn site_name_for(&self, service: Option<&ServiceId>) -> Option<&str> {
+        self.site_for(service).map(|s| s.name.as_str())
+    }
+
     fn site_for(&self, service: Option<&ServiceId>) -> Option<&Site> {
         let listed = self
             .sites

@@ -42,6 +42,9 @@ pub struct NewDelivery {
     pub summary: Summary,
     pub problems: Vec<String>,
     pub received_at: OffsetDateTime,
+    /// Queue the referral letter and the message's attachments for fetching from Ocean (an
+    /// Ocean site with credentials serves the referral); see [`NewDelivery::documents`].
+    pub fetch_documents: bool,
 }
 
 /// The deduplication key of a delivery: the integration, the sender's delivery id (Bundle.id,

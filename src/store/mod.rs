@@ -5,6 +5,7 @@
 
 mod audit;
 mod deliveries;
+mod documents;
 mod error;
 mod feed;
 mod maintenance;
@@ -21,6 +22,7 @@ pub use deliveries::{
     DeliveryStore, NewDelivery, PutOutcome, ReferralRecord, ServiceAssignment, VersionRecord,
     delivery_key, sha256_hex,
 };
+pub use documents::{DocumentKind, DocumentRecord, DocumentState, DocumentStore};
 pub use error::{Cause, StoreError};
 pub use feed::{ChangedReferrals, EventRecord, FeedStore};
 pub use maintenance::{MaintenanceStore, ModifiedBatch, SnapshotInfo, StoreHealth};
@@ -31,7 +33,14 @@ pub use seal::Keyring;
 /// A whole store: every concern. Implemented by every type that implements them all, and used
 /// as `Arc<dyn Store>`.
 pub trait Store:
-    DeliveryStore + FeedStore + OutboxStore + AuditStore + MaintenanceStore + ReplicaStore + 'static
+    DeliveryStore
+    + FeedStore
+    + OutboxStore
+    + DocumentStore
+    + AuditStore
+    + MaintenanceStore
+    + ReplicaStore
+    + 'static
 {
 }
 
@@ -39,6 +48,7 @@ impl<T> Store for T where
     T: DeliveryStore
         + FeedStore
         + OutboxStore
+        + DocumentStore
         + AuditStore
         + MaintenanceStore
         + ReplicaStore

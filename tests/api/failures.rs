@@ -6,9 +6,9 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use referral_relay::domain::ReferralRef;
 use referral_relay::store::{
-    AuditEntry, AuditStore, ChangedReferrals, DeliveryStore, EventRecord, FeedStore,
-    MaintenanceStore, ModifiedBatch, NewDelivery, OutboxStore, PutOutcome, ReferralRecord,
-    ReplicaStore, StoreError, TaskState, UpdateRecord, UpdateState, VersionRecord,
+    AuditEntry, AuditStore, ChangedReferrals, DeliveryStore, DocumentRecord, DocumentStore,
+    EventRecord, FeedStore, MaintenanceStore, ModifiedBatch, NewDelivery, OutboxStore, PutOutcome,
+    ReferralRecord, ReplicaStore, StoreError, TaskState, UpdateRecord, UpdateState, VersionRecord,
 };
 use time::OffsetDateTime;
 
@@ -105,6 +105,32 @@ impl OutboxStore for DiskFull {
     }
     async fn task_state(&self, _: &ReferralRef) -> Result<TaskState, StoreError> {
         Ok(TaskState::default())
+    }
+}
+
+#[async_trait]
+impl DocumentStore for DiskFull {
+    async fn due_documents(
+        &self,
+        _: OffsetDateTime,
+        _: std::time::Duration,
+        _: usize,
+    ) -> Result<Vec<DocumentRecord>, StoreError> {
+        Ok(Vec::new())
+    }
+    async fn save_document(&self, _: &DocumentRecord, _: Option<Bytes>) -> Result<(), StoreError> {
+        Err(disk_full())
+    }
+    async fn documents(&self, _: &ReferralRef) -> Result<Vec<DocumentRecord>, StoreError> {
+        Ok(Vec::new())
+    }
+    async fn document_bytes(
+        &self,
+        _: &ReferralRef,
+        _: u64,
+        _: u32,
+    ) -> Result<Option<Bytes>, StoreError> {
+        Ok(None)
     }
 }
 

@@ -14,6 +14,7 @@ mod console_browser;
 mod crash;
 mod dedup;
 mod disk_full;
+mod documents;
 mod edge;
 mod export;
 mod failures;

@@ -32,6 +32,7 @@ fn delivery(referral: &str, body: &str) -> NewDelivery {
         summary: Summary::default(),
         problems: Vec::new(),
         received_at: time::OffsetDateTime::now_utc(),
+        fetch_documents: false,
     }
 }
 

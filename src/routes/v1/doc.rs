@@ -63,6 +63,7 @@ impl Conventions {
                 .pattern(Some(IDENTIFIER_PATTERN))
                 .into(),
             "version" | "id" => integer(1).into(),
+            "index" => integer(0).into(),
             "after" | "wait" => integer(0).into(),
             "limit" => integer(1).into(),
             "modified_since" | "from" | "to" => AnyOfBuilder::new()

@@ -9,6 +9,7 @@
 mod audit;
 mod backup;
 mod doc;
+mod documents;
 mod events;
 pub(crate) mod export;
 pub(crate) mod extract;
@@ -46,6 +47,8 @@ fn build() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(referrals::get_referral))
         .routes(routes!(referrals::get_version))
         .routes(routes!(referrals::get_version_changes))
+        .routes(routes!(documents::list_documents))
+        .routes(routes!(documents::get_document))
         .routes(routes!(events::events))
         .routes(routes!(updates::set_status))
         .routes(routes!(updates::book))
@@ -117,6 +120,8 @@ mod tests {
             "/api/v1/referrals/{referral}",
             "/api/v1/referrals/{referral}/appointments",
             "/api/v1/referrals/{referral}/appointments/current",
+            "/api/v1/referrals/{referral}/documents",
+            "/api/v1/referrals/{referral}/documents/{version}/{index}",
             "/api/v1/referrals/{referral}/messages",
             "/api/v1/referrals/{referral}/status",
             "/api/v1/referrals/{referral}/versions/{version}",

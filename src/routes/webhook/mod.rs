@@ -280,6 +280,15 @@ impl Request<'_> {
             (None, Some(default)) => ServiceAssignment::Default(default.clone()),
             (None, None) => ServiceAssignment::Unassigned,
         };
+        // Documents are fetched for referrals an Ocean site with credentials answers for.
+        let fetch_documents = state.config().documents.fetch
+            && state
+                .outbox
+                .site_name_for(match &service {
+                    ServiceAssignment::Named(s) | ServiceAssignment::Default(s) => Some(s),
+                    ServiceAssignment::Unassigned => None,
+                })
+                .is_some();
         let delivery = NewDelivery {
             // A signed delivery's webhook-id names it; otherwise its Bundle.id does.
             dedup_key: delivery_key(
@@ -300,9 +309,15 @@ impl Request<'_> {
             summary: message.summary,
             problems: message.problems,
             received_at: OffsetDateTime::now_utc(),
+            fetch_documents,
         };
         let (version, duplicate) = match state.store.put_delivery(delivery).await? {
-            PutOutcome::Stored { version } => (version, false),
+            PutOutcome::Stored { version } => {
+                if fetch_documents {
+                    state.documents_wake.notify_one();
+                }
+                (version, false)
+            }
             PutOutcome::Duplicate { version } => (version, true),
             PutOutcome::OwnedElsewhere { owner } => {
                 tracing::warn!(integration = %integration.name, %owner, event = %message.event, "delivery refused: the referral belongs to another integration");

@@ -61,7 +61,11 @@ const WRITE_DELIVERY: &str = "WITH claimed AS (
          SELECT $2::text, $3::bigint, feed_entry.id, $7::bytea, $8::bytea FROM feed_entry),
      audited AS (
          INSERT INTO audit (at, action, actor, details)
-         SELECT $6::timestamptz, 'DELIVERY_STORED', $10::text, $11::jsonb FROM claimed)
+         SELECT $6::timestamptz, 'DELIVERY_STORED', $10::text, $11::jsonb FROM claimed),
+     queued AS (
+         INSERT INTO documents (referral, version, idx, state, next_attempt_at, record)
+         SELECT $2::text, $3::bigint, d.idx, 'pending', $6::timestamptz, d.record
+         FROM claimed, unnest($13::integer[], $14::bytea[]) AS d(idx, record))
      SELECT count(*) FROM claimed";
 
 /// A pooled connection inside a transaction whose statements are sent back to back
@@ -193,7 +197,16 @@ impl PgStore {
         // Second round trip: every write, and the commit.
         let number = to_i64(version);
         let changes = &version_record.changes;
-        let write_params: [&Param<'_>; 12] = [
+        let documents = d.documents(version, received_at);
+        let document_indexes: Vec<i32> = documents
+            .iter()
+            .map(|doc| i32::try_from(doc.index).unwrap_or(i32::MAX))
+            .collect();
+        let document_records = documents
+            .iter()
+            .map(|doc| self.seal_document(doc))
+            .collect::<Result<Vec<Vec<u8>>, StoreError>>()?;
+        let write_params: [&Param<'_>; 14] = [
             &dedup_key,
             &referral,
             &number,
@@ -206,6 +219,8 @@ impl PgStore {
             &d.integration.as_str(),
             &details,
             changes,
+            &document_indexes,
+            &document_records,
         ];
         let (written, _) = tokio::try_join!(
             biased;

@@ -79,6 +79,16 @@ fn version_key(key: &[u8]) -> Result<(String, u64), StoreError> {
     Ok((text(referral, "version key")?, u64::from_be_bytes(*number)))
 }
 
+/// A key of `documents`: a version key, then the index (u32 BE).
+fn document_key(key: &[u8]) -> Result<(String, u64, i32), StoreError> {
+    let (version, index) = key
+        .split_last_chunk::<4>()
+        .ok_or_else(|| bad("document key"))?;
+    let (referral, number) = version_key(version)?;
+    let index = i32::try_from(u32::from_be_bytes(*index)).map_err(|_| bad("document key"))?;
+    Ok((referral, number, index))
+}
+
 fn sled_error(e: sled::Error) -> StoreError {
     StoreError::unavailable("reading the embedded store").caused_by(e)
 }
@@ -382,6 +392,36 @@ async fn copy_all(
         )
         .await?;
     counts.push(("task_states", task_states));
+    // A document's state column only tells claims what is pending, which `due_documents` says
+    // without opening the record; a pending one is due at once.
+    let now = time::OffsetDateTime::now_utc();
+    let documents = copy
+        .tree(
+            &t.documents,
+            "INSERT INTO documents (referral, version, idx, state, next_attempt_at, record, bytes)
+             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (referral, version, idx) DO NOTHING",
+            |key, value| {
+                let (referral, version, index) = document_key(key)?;
+                let pending = t.due_documents.contains_key(key).map_err(sled_error)?;
+                let state = if pending { "pending" } else { MIGRATED };
+                let bytes = t
+                    .document_bytes
+                    .get(key)
+                    .map_err(sled_error)?
+                    .map(|b| b.to_vec());
+                Ok(Some(vec![
+                    Box::new(referral),
+                    Box::new(to_i64(version)),
+                    Box::new(index),
+                    Box::new(state),
+                    Box::new(now),
+                    Box::new(value.to_vec()),
+                    Box::new(bytes),
+                ]))
+            },
+        )
+        .await?;
+    counts.push(("documents", documents));
 
     settings(copy, t, data_dir).await?;
     // New rows continue after the copied ids.

@@ -168,6 +168,46 @@ impl MaintenanceStore for PgStore {
                 )
                 .await
                 .map_err(db_error("purging a version"))?;
+                // Its documents go with it.
+                let documents = tx
+                    .query(
+                        &tx.prepare_cached(
+                            "SELECT idx, record FROM documents
+                             WHERE referral = $1 AND version = $2 FOR UPDATE",
+                        )
+                        .await
+                        .map_err(db_error("preparing a statement"))?,
+                        &[&referral, &number],
+                    )
+                    .await
+                    .map_err(db_error("finding documents to purge"))?;
+                for document in &documents {
+                    let index: i32 = document.get(0);
+                    let mut record = self.open_document(
+                        referral,
+                        to_u64(number),
+                        u32::try_from(index).unwrap_or_default(),
+                        document.get::<_, &[u8]>(1),
+                    )?;
+                    record.purge();
+                    tx.execute(
+                        &tx.prepare_cached(
+                            "UPDATE documents SET bytes = NULL, state = $4, record = $5
+                             WHERE referral = $1 AND version = $2 AND idx = $3",
+                        )
+                        .await
+                        .map_err(db_error("preparing a statement"))?,
+                        &[
+                            &referral,
+                            &number,
+                            &index,
+                            &record.state.as_str(),
+                            &self.seal_document(&record)?,
+                        ],
+                    )
+                    .await
+                    .map_err(db_error("purging a document"))?;
+                }
             }
             tx.commit().await.map_err(db_error("committing a purge"))?;
             purged += rows.len() as u64;

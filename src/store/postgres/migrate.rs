@@ -18,8 +18,8 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
     ),
     (
         3,
-        "event_changes",
-        include_str!("../../../migrations/postgres/0003_event_changes.sql"),
+        "changes_and_documents",
+        include_str!("../../../migrations/postgres/0003_changes_and_documents.sql"),
     ),
 ];
 

@@ -13,6 +13,7 @@
 
 mod audit;
 mod deliveries;
+mod documents;
 mod feed;
 mod import;
 mod listener;

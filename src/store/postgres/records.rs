@@ -10,12 +10,15 @@ use serde::{Deserialize, Serialize};
 
 use super::{PgStore, db_error};
 use crate::store::deliveries::{ReferralRecord, VersionRecord};
+use crate::store::documents::DocumentRecord;
 use crate::store::error::StoreError;
 use crate::store::outbox::{TaskState, UpdateRecord};
 use crate::store::seal::{KeyId, Keyring, hex, unknown_key};
 use crate::store::sled::codec::{compress, open_payload};
-use crate::store::sled::keys::version_key;
-use crate::store::sled::trees::{PAYLOADS, REFERRALS, TASK_STATES, UPDATES, VERSIONS};
+use crate::store::sled::keys::{document_key, version_key};
+use crate::store::sled::trees::{
+    DOCUMENT_BYTES, DOCUMENTS, PAYLOADS, REFERRALS, TASK_STATES, UPDATES, VERSIONS,
+};
 
 /// The context of a setting in `relay_settings` (no tree of the embedded store holds them).
 const SETTINGS: &str = "relay_settings";
@@ -170,6 +173,43 @@ impl PgStore {
                 .codec
                 .open(PAYLOADS, &version_key(referral, version), stored)?,
         )
+    }
+
+    pub(super) fn seal_document(&self, record: &DocumentRecord) -> Result<Vec<u8>, StoreError> {
+        let key = document_key(record.referral.as_str(), record.version, record.index);
+        self.encode(DOCUMENTS, &key, record)
+    }
+
+    pub(super) fn open_document(
+        &self,
+        referral: &str,
+        version: u64,
+        index: u32,
+        stored: &[u8],
+    ) -> Result<DocumentRecord, StoreError> {
+        self.decode(DOCUMENTS, &document_key(referral, version, index), stored)
+    }
+
+    pub(super) fn seal_document_bytes(
+        &self,
+        record: &DocumentRecord,
+        bytes: &[u8],
+    ) -> Result<Vec<u8>, StoreError> {
+        let key = document_key(record.referral.as_str(), record.version, record.index);
+        self.codec.seal(DOCUMENT_BYTES, &key, bytes)
+    }
+
+    pub(super) fn open_document_bytes(
+        &self,
+        referral: &str,
+        version: u64,
+        index: u32,
+        stored: &[u8],
+    ) -> Result<bytes::Bytes, StoreError> {
+        let key = document_key(referral, version, index);
+        Ok(bytes::Bytes::from(
+            self.codec.open(DOCUMENT_BYTES, &key, stored)?.into_owned(),
+        ))
     }
 
     pub(super) fn seal_update(&self, update: &UpdateRecord) -> Result<Vec<u8>, StoreError> {

@@ -34,6 +34,8 @@ struct DeliveryTrees<'t> {
     by_modified: &'t TransactionalTree,
     meta: &'t TransactionalTree,
     audit: &'t TransactionalTree,
+    documents: &'t TransactionalTree,
+    due_documents: &'t TransactionalTree,
 }
 
 /// Stores `batch` in one transaction, in order (so a delivery repeated within the batch is a
@@ -56,9 +58,22 @@ pub(super) fn apply_deliveries(
         &t.by_modified,
         &t.meta,
         &t.audit,
+        &t.documents,
+        &t.due_documents,
     )
         .transaction(
-            |(referrals, versions, payloads_tree, deliveries, events, by_modified, meta, audit)| {
+            |(
+                referrals,
+                versions,
+                payloads_tree,
+                deliveries,
+                events,
+                by_modified,
+                meta,
+                audit,
+                documents,
+                due_documents,
+            )| {
                 let tx = DeliveryTrees {
                     referrals,
                     versions,
@@ -68,6 +83,8 @@ pub(super) fn apply_deliveries(
                     by_modified,
                     meta,
                     audit,
+                    documents,
+                    due_documents,
                 };
                 batch
                     .iter()
@@ -185,6 +202,9 @@ fn apply_delivery(
         })
         .map_err(abort)?,
     )?;
+    for document in d.documents(version, received_at) {
+        super::documents::put_document(t.documents, t.due_documents, codec, &document)?;
+    }
     Ok(PutOutcome::Stored { version })
 }
 

@@ -91,6 +91,8 @@ impl Codec {
             &trees.payloads,
             &trees.updates,
             &trees.task_states,
+            &trees.documents,
+            &trees.document_bytes,
         ] {
             for end in [tree.first(), tree.last()] {
                 let Some((_, value)) = end.map_err(unavailable)? else {

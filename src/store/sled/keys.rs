@@ -19,6 +19,15 @@ pub(super) fn referral_seq_key(referral: &ReferralRef, number: u64) -> Vec<u8> {
     version_key(referral.as_str(), number)
 }
 
+/// Referral ref `\0` version (u64 BE) index (u32 BE): a document in `documents`,
+/// `document_bytes` and `due_documents`; also the context its record and bytes are sealed to
+/// in the PostgreSQL store.
+pub(in crate::store) fn document_key(referral: &str, version: u64, index: u32) -> Vec<u8> {
+    let mut key = version_key(referral, version);
+    key.extend_from_slice(&index.to_be_bytes());
+    key
+}
+
 /// [`referral_seq_key`] from the reference's text. Also the context a version's record and
 /// payload are sealed to in the PostgreSQL store, so sealed records move between the two.
 pub(in crate::store) fn version_key(referral: &str, number: u64) -> Vec<u8> {

@@ -9,13 +9,18 @@ use time::OffsetDateTime;
 use super::handle::SledStore;
 use super::keys::micros;
 use super::open::Open;
-use super::trees::{READY_MARKER, REFERRALS, VERSIONS, abort, tx_error, unavailable};
+use super::trees::{DOCUMENTS, READY_MARKER, REFERRALS, VERSIONS, abort, tx_error, unavailable};
 use super::writer::Target;
 use crate::domain::ReferralRef;
 use crate::store::deliveries::{ReferralRecord, VersionRecord};
+use crate::store::documents::DocumentRecord;
 use crate::store::error::StoreError;
 use crate::store::maintenance::{MaintenanceStore, ModifiedBatch, StoreHealth};
 use crate::store::replicas::ReplicaStore;
+
+/// A version to purge: its key, its purged record (sealed), and its documents' keys and
+/// purged records (sealed).
+type PurgedVersion = (sled::IVec, Vec<u8>, Vec<(sled::IVec, Vec<u8>)>);
 
 impl Open {
     /// Blocking: a range read of up to `limit` referrals.
@@ -89,7 +94,19 @@ impl Open {
             version.problems.clear();
             // Only the latest version of a referral changes, so this one stays as read.
             let value = self.codec.encode(VERSIONS, &key, &version)?;
-            chunk.push((key, value));
+            // Its documents go with it.
+            let mut documents = Vec::new();
+            for item in self.trees.documents.scan_prefix(&key) {
+                let (document_key, stored) = item.map_err(unavailable)?;
+                let mut document: DocumentRecord =
+                    self.codec.decode(DOCUMENTS, &document_key, &stored)?;
+                if !document.purged {
+                    document.purge();
+                    let sealed = self.codec.encode(DOCUMENTS, &document_key, &document)?;
+                    documents.push((document_key, sealed));
+                }
+            }
+            chunk.push((key, value, documents));
             if chunk.len() == CHUNK {
                 purged += self.purge_chunk(std::mem::take(&mut chunk))?;
             }
@@ -98,17 +115,28 @@ impl Open {
         Ok(purged)
     }
 
-    fn purge_chunk(&self, chunk: Vec<(sled::IVec, Vec<u8>)>) -> Result<u64, StoreError> {
+    fn purge_chunk(&self, chunk: Vec<PurgedVersion>) -> Result<u64, StoreError> {
         if chunk.is_empty() {
             return Ok(0);
         }
         let n = chunk.len() as u64;
         self.writer.write_blocking(move |Target { trees, .. }| {
-            (&trees.versions, &trees.payloads)
-                .transaction(|(versions, payloads)| {
-                    for (key, value) in &chunk {
+            (
+                &trees.versions,
+                &trees.payloads,
+                &trees.documents,
+                &trees.document_bytes,
+                &trees.due_documents,
+            )
+                .transaction(|(versions, payloads, documents, bytes, due)| {
+                    for (key, value, purged_documents) in &chunk {
                         versions.insert(key, value.as_slice())?;
                         payloads.remove(key)?;
+                        for (document_key, document) in purged_documents {
+                            documents.insert(document_key, document.as_slice())?;
+                            bytes.remove(document_key)?;
+                            due.remove(document_key)?;
+                        }
                     }
                     Ok::<_, ConflictableTransactionError<StoreError>>(())
                 })

@@ -17,6 +17,9 @@
 //! - `referral_updates`: referral ref `\0` update id (u64 BE) → () (a referral's updates)
 //! - `task_states`: referral ref → `TaskState`
 //! - `audit`:       seq (u64 BE) → `AuditEntry`
+//! - `documents`:   referral ref `\0` version (u64 BE) index (u32 BE) → `DocumentRecord`
+//! - `document_bytes`: same key → the document's bytes as fetched
+//! - `due_documents`: same key → () while the document is pending
 //!
 //! **Recovering from write failures.** Once sled fails to write (a full disk, an I/O error) it
 //! refuses every later operation, for good. So the open database lives behind `Open`, and the
@@ -42,6 +45,7 @@ mod audit;
 pub(super) mod codec;
 mod deliveries;
 mod dir;
+mod documents;
 mod feed;
 mod handle;
 pub(super) mod keys;

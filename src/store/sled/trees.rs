@@ -25,7 +25,18 @@ pub(in crate::store) const PAYLOADS: &str = "payloads";
 pub(in crate::store) const UPDATES: &str = "updates";
 /// Task states hold appointment times.
 pub(in crate::store) const TASK_STATES: &str = "task_states";
-pub(super) const SEALED_TREES: [&str; 5] = [REFERRALS, VERSIONS, PAYLOADS, UPDATES, TASK_STATES];
+/// Documents' records (titles) and their bytes (letters name the patient).
+pub(in crate::store) const DOCUMENTS: &str = "documents";
+pub(in crate::store) const DOCUMENT_BYTES: &str = "document_bytes";
+pub(super) const SEALED_TREES: [&str; 7] = [
+    REFERRALS,
+    VERSIONS,
+    PAYLOADS,
+    UPDATES,
+    TASK_STATES,
+    DOCUMENTS,
+    DOCUMENT_BYTES,
+];
 
 #[derive(Clone)]
 pub(in crate::store) struct Trees {
@@ -41,6 +52,9 @@ pub(in crate::store) struct Trees {
     pub(in crate::store) referral_updates: sled::Tree,
     pub(in crate::store) task_states: sled::Tree,
     pub(in crate::store) audit: sled::Tree,
+    pub(in crate::store) documents: sled::Tree,
+    pub(in crate::store) document_bytes: sled::Tree,
+    pub(in crate::store) due_documents: sled::Tree,
 }
 
 impl Trees {
@@ -59,6 +73,9 @@ impl Trees {
             referral_updates: tree("referral_updates")?,
             task_states: tree(TASK_STATES)?,
             audit: tree("audit")?,
+            documents: tree(DOCUMENTS)?,
+            document_bytes: tree(DOCUMENT_BYTES)?,
+            due_documents: tree("due_documents")?,
         })
     }
 }

@@ -271,6 +271,7 @@ mod tests {
             summary: Summary::default(),
             problems: Vec::new(),
             received_at: time::OffsetDateTime::now_utc(),
+            fetch_documents: false,
         }
     }
 

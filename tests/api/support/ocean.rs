@@ -39,6 +39,25 @@ pub struct Received {
     pub answered: u16,
 }
 
+/// What a document address answers next (then, with nothing scripted, 404).
+#[derive(Debug, Clone)]
+pub enum Serve {
+    /// 200 with these bytes as `application/pdf`.
+    Pdf(Vec<u8>),
+    /// 200 with these bytes, sent in pieces this far apart.
+    SlowPdf(Vec<u8>, Duration),
+    Status(u16),
+    /// Answers 401 and forgets every token issued so far (as if they expired).
+    ExpireTokens,
+}
+
+/// One document request: its path and query, and its Authorization header.
+#[derive(Debug, Clone)]
+pub struct DocumentRequest {
+    pub path_and_query: String,
+    pub authorization: String,
+}
+
 /// One token request: its form fields and its Authorization header, if any.
 pub type TokenRequest = (HashMap<String, String>, Option<String>);
 
@@ -51,6 +70,9 @@ struct Inner {
     received: Mutex<Vec<Received>>,
     /// Referral ref → the id of its Task, once Ocean has one (see [`MockOcean::has_task`]).
     tasks: Mutex<HashMap<String, String>>,
+    /// Path → what it answers next.
+    documents: Mutex<HashMap<String, VecDeque<Serve>>>,
+    document_requests: Mutex<Vec<DocumentRequest>>,
 }
 
 #[derive(Clone)]
@@ -66,6 +88,11 @@ impl MockOcean {
             .route("/svc/oauth2/token", post(token))
             .route("/svc/fhir/v1/$process-messages", post(message))
             .route("/svc/fhir/v1/NamingSystem/id-site-number", get(site_number))
+            .route(
+                "/svc/fhir/v1/ServiceRequest/{referral}/$letter",
+                get(document),
+            )
+            .route("/svc/fhir/v1/DocumentReference/{id}/$binary", get(document))
             .with_state(Arc::clone(&inner));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -103,6 +130,22 @@ impl MockOcean {
             .lock()
             .unwrap()
             .insert(referral.to_owned(), task_id.to_owned());
+    }
+
+    /// Queues what `path` (e.g. `/svc/fhir/v1/ServiceRequest/R-1/$letter`) answers next.
+    pub fn serve(&self, path: &str, answers: impl IntoIterator<Item = Serve>) {
+        self.inner
+            .documents
+            .lock()
+            .unwrap()
+            .entry(path.to_owned())
+            .or_default()
+            .extend(answers);
+    }
+
+    /// Document requests received, in order.
+    pub fn document_requests(&self) -> Vec<DocumentRequest> {
+        self.inner.document_requests.lock().unwrap().clone()
     }
 
     /// Token requests: the form fields and the Authorization header, if any.
@@ -236,6 +279,66 @@ fn task_refusal(inner: &Inner, bundle: &Value) -> Option<&'static str> {
         }
         (None, _) => Some("unknown Task id: no Task was added for this referral"),
         (Some(_), _) => None,
+    }
+}
+
+async fn document(
+    State(inner): State<Arc<Inner>>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+) -> Response {
+    let authorization = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    inner
+        .document_requests
+        .lock()
+        .unwrap()
+        .push(DocumentRequest {
+            path_and_query: uri
+                .path_and_query()
+                .map(ToString::to_string)
+                .unwrap_or_default(),
+            authorization: authorization.clone(),
+        });
+    let known = authorization
+        .strip_prefix("Bearer ")
+        .is_some_and(|t| inner.tokens.lock().unwrap().contains(t));
+    if !known {
+        return StatusCode::UNAUTHORIZED.into_response();
+    }
+    let next = inner
+        .documents
+        .lock()
+        .unwrap()
+        .get_mut(uri.path())
+        .and_then(VecDeque::pop_front);
+    let pdf =
+        |body: axum::body::Body| ([("content-type", "application/pdf")], body).into_response();
+    match next {
+        None => StatusCode::NOT_FOUND.into_response(),
+        Some(Serve::Status(code)) => StatusCode::from_u16(code).unwrap().into_response(),
+        Some(Serve::ExpireTokens) => {
+            inner.tokens.lock().unwrap().clear();
+            StatusCode::UNAUTHORIZED.into_response()
+        }
+        Some(Serve::Pdf(bytes)) => pdf(axum::body::Body::from(bytes)),
+        Some(Serve::SlowPdf(bytes, gap)) => {
+            let pieces: Vec<Vec<u8>> = bytes
+                .chunks(bytes.len().div_ceil(4).max(1))
+                .map(<[u8]>::to_vec)
+                .collect();
+            let stream = futures_util::StreamExt::then(
+                futures_util::stream::iter(pieces),
+                move |piece| async move {
+                    tokio::time::sleep(gap).await;
+                    Ok::<_, std::io::Error>(piece)
+                },
+            );
+            pdf(axum::body::Body::from_stream(stream))
+        }
     }
 }
 

@@ -1,0 +1,308 @@
+//! The document fetcher: downloads each pending document (a referral's letter, an attachment a
+//! message points to) from the Ocean site that answers for the referral, with that site's
+//! OAuth token, and stores its bytes. Retried with backoff on 5xx, 429, 408, 401 and timeouts for
+//! `documents.retry_horizon_secs`, given up at once on other refusals; every outcome is saved
+//! with the document, so what failed says why. Work survives restarts: a pending document is
+//! on disk from the delivery that named it until its outcome is saved.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use reqwest::Url;
+use time::OffsetDateTime;
+use tokio::sync::{Notify, watch};
+
+use super::client::{OceanClient, SendError};
+use super::outbox::Outbox;
+use crate::config::DocumentsConfig;
+use crate::store::{DocumentKind, DocumentRecord, DocumentState, Store, StoreError, sha256_hex};
+
+/// Longest wait between looks at the queue when nothing wakes the fetcher (a replica's
+/// deliveries wake only its own fetcher).
+const IDLE: Duration = Duration::from_secs(5);
+/// Documents claimed per look.
+const BATCH: usize = 32;
+
+/// Fetches pending documents until shutdown.
+#[derive(Clone)]
+pub struct Fetcher {
+    pub store: Arc<dyn Store>,
+    pub sites: HashMap<String, Arc<OceanClient>>,
+    pub outbox: Arc<Outbox>,
+    pub config: DocumentsConfig,
+    /// Notified when a delivery queued documents.
+    pub wake: Arc<Notify>,
+}
+
+impl Fetcher {
+    /// Runs until `stop` turns true. A download cut off by shutdown stays pending (on
+    /// PostgreSQL, claimable again once its lease ends).
+    pub async fn run(self, mut stop: watch::Receiver<bool>) {
+        loop {
+            if *stop.borrow() {
+                return;
+            }
+            let pass = self.pass();
+            let sleep = tokio::select! {
+                result = pass => match result {
+                    Ok(true) => Duration::ZERO,
+                    Ok(false) => IDLE,
+                    Err(e) => {
+                        tracing::error!(error = %e, "document fetch pass failed");
+                        IDLE
+                    }
+                },
+                _ = stop.changed() => return,
+            };
+            if sleep.is_zero() {
+                continue;
+            }
+            tokio::select! {
+                () = self.wake.notified() => {}
+                () = tokio::time::sleep(sleep) => {}
+                _ = stop.changed() => {}
+            }
+        }
+    }
+
+    /// Fetches the documents due now, `concurrency` at a time; true when there were some.
+    async fn pass(&self) -> Result<bool, StoreError> {
+        let lease = Duration::from_secs(self.config.request_timeout_secs.saturating_mul(3) + 60);
+        let due = self
+            .store
+            .due_documents(OffsetDateTime::now_utc(), lease, BATCH)
+            .await?;
+        if due.is_empty() {
+            return Ok(false);
+        }
+        let mut running = tokio::task::JoinSet::new();
+        for document in due {
+            while running.len() >= self.config.concurrency {
+                if let Some(done) = running.join_next().await {
+                    flatten(done)?;
+                }
+            }
+            let fetcher = self.clone();
+            running.spawn(async move { fetcher.fetch(document).await });
+        }
+        while let Some(done) = running.join_next().await {
+            flatten(done)?;
+        }
+        Ok(true)
+    }
+
+    /// One attempt at one document, and its outcome saved.
+    async fn fetch(&self, mut document: DocumentRecord) -> Result<(), StoreError> {
+        let referral = self.store.referral(&document.referral).await?;
+        let site = referral
+            .as_ref()
+            .and_then(|r| self.outbox.site_name_for(r.service_id.as_ref()))
+            .and_then(|name| self.sites.get(name).map(|client| (name, client)));
+        let result = match site {
+            None => Err(SendError::Rejected(
+                "no Ocean site in [sites] answers for this referral's External Service ID".into(),
+            )),
+            Some((_, client)) => match address(client.base_url(), &document) {
+                Err(reason) => Err(SendError::Rejected(reason)),
+                Ok(url) => {
+                    client
+                        .fetch(
+                            url.as_str(),
+                            Duration::from_secs(self.config.request_timeout_secs),
+                            self.config.max_bytes,
+                        )
+                        .await
+                }
+            },
+        };
+        let now = OffsetDateTime::now_utc();
+        document.attempts += 1;
+        let mut bytes = None;
+        match result {
+            Ok((body, content_type)) => {
+                document.state = DocumentState::Fetched;
+                document.fetched_at = Some(now);
+                document.size = body.len() as u64;
+                document.sha256 = Some(sha256_hex(&body));
+                if content_type.is_some() {
+                    document.content_type = content_type;
+                }
+                document.last_error = None;
+                bytes = Some(body);
+            }
+            Err(SendError::Retry { reason, after }) => {
+                let horizon = time::Duration::seconds(
+                    i64::try_from(self.config.retry_horizon_secs).unwrap_or(i64::MAX),
+                );
+                let next =
+                    now + backoff(&self.config, document.attempts).max(after.unwrap_or_default());
+                if next - document.created_at > horizon {
+                    document.state = DocumentState::Failed;
+                    document.last_error = Some(format!(
+                        "given up after {} attempts over documents.retry_horizon_secs: {reason}",
+                        document.attempts
+                    ));
+                } else {
+                    document.next_attempt_at = next;
+                    document.last_error = Some(reason);
+                }
+            }
+            Err(SendError::Rejected(reason)) => {
+                document.state = DocumentState::Failed;
+                document.last_error = Some(reason);
+            }
+        }
+        self.store.save_document(&document, bytes).await?;
+        let action = match document.state {
+            DocumentState::Fetched => "DOCUMENT_FETCHED",
+            DocumentState::Failed => "DOCUMENT_FAILED",
+            DocumentState::Pending => {
+                tracing::info!(
+                    version = document.version,
+                    index = document.index,
+                    attempts = document.attempts,
+                    "document fetch will be retried"
+                );
+                return Ok(());
+            }
+        };
+        let actor = site.map_or_else(|| "relay".to_owned(), |(name, _)| format!("site:{name}"));
+        let details = serde_json::json!({
+            "referral": document.referral.as_str(),
+            "version": document.version,
+            "document": document.index,
+            "kind": document.kind.as_str(),
+            "size": document.size,
+            "error": document.last_error,
+        });
+        self.store.audit(action, &actor, details).await.map(drop)
+    }
+}
+
+fn flatten(done: Result<Result<(), StoreError>, tokio::task::JoinError>) -> Result<(), StoreError> {
+    done.unwrap_or_else(|e| {
+        Err(StoreError::unavailable("a document fetch did not finish").caused_by(e))
+    })
+}
+
+/// `initial_backoff_secs` doubled per attempt after the first, at most `max_backoff_secs`.
+fn backoff(config: &DocumentsConfig, attempts: u32) -> Duration {
+    let doublings = attempts.saturating_sub(1).min(20);
+    let secs = config
+        .initial_backoff_secs
+        .saturating_mul(1 << doublings)
+        .min(config.max_backoff_secs.max(config.initial_backoff_secs));
+    Duration::from_secs(secs)
+}
+
+/// Where a document is fetched from on the site at `base`: the letter at
+/// `{base}/svc/fhir/v1/ServiceRequest/{ref}/$letter?attachments=true`; an attachment at its
+/// `attachment.url`, resolved against `{base}/svc/fhir/v1/` when relative. An absolute URL on
+/// another origin than the site's is refused: the site's token must not be sent elsewhere.
+fn address(base: &str, document: &DocumentRecord) -> Result<Url, String> {
+    let site = Url::parse(&format!("{base}/svc/fhir/v1/"))
+        .map_err(|_| "the site's base_url is not a URL".to_owned())?;
+    match (document.kind, document.source.as_deref()) {
+        (DocumentKind::Letter, _) => {
+            let mut url = site.clone();
+            url.path_segments_mut()
+                .map_err(|()| "the site's base_url cannot take a path".to_owned())?
+                .pop_if_empty()
+                .extend(["ServiceRequest", document.referral.as_str(), "$letter"]);
+            url.set_query(Some("attachments=true"));
+            Ok(url)
+        }
+        (DocumentKind::Attachment, Some(source)) => {
+            let url = site
+                .join(source)
+                .map_err(|_| "the attachment's url is not a URL".to_owned())?;
+            if url.origin() != site.origin() {
+                return Err(
+                    "the attachment's url is not on the Ocean site's host; it is not fetched with the site's token"
+                        .into(),
+                );
+            }
+            Ok(url)
+        }
+        (DocumentKind::Attachment, None) => Err("the attachment has no url".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::ReferralRef;
+
+    fn document(kind: DocumentKind, source: Option<&str>) -> DocumentRecord {
+        DocumentRecord {
+            referral: ReferralRef::parse("TST 1/2").unwrap(),
+            version: 1,
+            index: 0,
+            kind,
+            source: source.map(str::to_owned),
+            document_id: None,
+            title: None,
+            state: DocumentState::Pending,
+            attempts: 0,
+            created_at: OffsetDateTime::UNIX_EPOCH,
+            next_attempt_at: OffsetDateTime::UNIX_EPOCH,
+            last_error: None,
+            fetched_at: None,
+            content_type: None,
+            size: 0,
+            sha256: None,
+            purged: false,
+        }
+    }
+
+    #[test]
+    fn addresses_stay_on_the_site() {
+        let base = "https://ocean.example.test";
+        assert_eq!(
+            address(base, &document(DocumentKind::Letter, None))
+                .unwrap()
+                .as_str(),
+            "https://ocean.example.test/svc/fhir/v1/ServiceRequest/TST%201%2F2/$letter?attachments=true"
+        );
+        let relative = document(
+            DocumentKind::Attachment,
+            Some("DocumentReference/d1/$binary"),
+        );
+        assert_eq!(
+            address(base, &relative).unwrap().as_str(),
+            "https://ocean.example.test/svc/fhir/v1/DocumentReference/d1/$binary"
+        );
+        let absolute = document(
+            DocumentKind::Attachment,
+            Some("https://ocean.example.test/svc/fhir/v1/DocumentReference/d2/$binary"),
+        );
+        assert!(address(base, &absolute).is_ok());
+        for elsewhere in [
+            "https://attacker.example.test/steal",
+            "http://ocean.example.test/svc/x",
+            "//attacker.example.test/x",
+        ] {
+            let d = document(DocumentKind::Attachment, Some(elsewhere));
+            assert!(
+                address(base, &d).unwrap_err().contains("not on"),
+                "{elsewhere}"
+            );
+        }
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_its_cap() {
+        let config = DocumentsConfig {
+            fetch: true,
+            request_timeout_secs: 1,
+            max_bytes: 1,
+            retry_horizon_secs: 10,
+            initial_backoff_secs: 10,
+            max_backoff_secs: 60,
+            concurrency: 1,
+        };
+        let secs: Vec<u64> = (1..=5).map(|n| backoff(&config, n).as_secs()).collect();
+        assert_eq!(secs, [10, 20, 40, 60, 60]);
+    }
+}

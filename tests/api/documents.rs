@@ -1,0 +1,373 @@
+//! Documents: each referral version's letter and the attachments its messages point to, fetched
+//! from a stand-in Ocean after the delivery is acknowledged, kept (sealed, purged with their
+//! version), listed, downloadable; and every way a fetch goes wrong, with the reason kept.
+
+use std::time::Duration;
+
+use serde_json::Value;
+use tempfile::TempDir;
+
+use crate::at_rest::{grep, key};
+use crate::outbound::flow::{self, KEY, REF};
+use crate::support::app::{Answer, TestApp, answer, spawn_app_in, spawn_app_with};
+use crate::support::fixtures::fixture;
+use crate::support::ocean::{MockOcean, Serve};
+
+const LETTER: &str = "/svc/fhir/v1/ServiceRequest/TST-0011-AAAA/$letter";
+const ECHO: &str = "/svc/fhir/v1/DocumentReference/doc-0011-echo/$binary";
+
+/// Bytes that look like a PDF, `size` long, different per `seed`.
+fn pdf(seed: u8, size: usize) -> Vec<u8> {
+    let mut bytes = b"%PDF-1.7\n% synthetic test document\n".to_vec();
+    bytes.extend((0..size.saturating_sub(bytes.len())).map(|i| (i as u8).wrapping_mul(31) ^ seed));
+    bytes.truncate(size.max(8));
+    bytes
+}
+
+fn config(ocean: &MockOcean, extra: &str) -> String {
+    with_backoff(ocean, 1, extra)
+}
+
+fn with_backoff(ocean: &MockOcean, secs: u64, extra: &str) -> String {
+    format!(
+        "{}\n[documents]\ninitial_backoff_secs = {secs}\nmax_backoff_secs = {secs}\nrequest_timeout_secs = 60\n{extra}",
+        flow::config(ocean, "form")
+    )
+}
+
+async fn get(app: &TestApp, path: &str) -> Answer {
+    let request = app
+        .client
+        .get(app.url(path))
+        .header("authorization", format!("Bearer {KEY}"));
+    answer(request.send().await.unwrap()).await
+}
+
+async fn raw(app: &TestApp, path: &str) -> reqwest::Response {
+    app.client
+        .get(app.url(path))
+        .header("authorization", format!("Bearer {KEY}"))
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn deliver(app: &TestApp, body: Vec<u8>) {
+    let reply = app.deliver("default", body).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+}
+
+/// The attachment-added update with its attachment served by `ocean`.
+fn attachment_added(ocean: &MockOcean) -> Vec<u8> {
+    String::from_utf8(fixture("attachment-added.json"))
+        .unwrap()
+        .replace("https://test.cognisantmd.com", &ocean.base_url())
+        .into_bytes()
+}
+
+/// The referral's documents once `count` of them exist and none is pending (bounded wait).
+async fn settled(app: &TestApp, count: usize) -> Vec<Value> {
+    for _ in 0..600 {
+        let list = get(app, &format!("/api/v1/referrals/{REF}/documents")).await;
+        assert_eq!(list.status, 200, "{}", list.body);
+        let documents = list.body["documents"].as_array().unwrap().clone();
+        if documents.len() == count && documents.iter().all(|d| d["state"] != "pending") {
+            return documents;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the documents never settled");
+}
+
+#[tokio::test]
+async fn the_letter_and_attachments_are_fetched_kept_and_downloadable() {
+    let ocean = MockOcean::start().await;
+    let (first, second, echo) = (pdf(1, 5_000), pdf(2, 6_000), pdf(3, 7_000));
+    ocean.serve(
+        LETTER,
+        [Serve::Pdf(first.clone()), Serve::Pdf(second.clone())],
+    );
+    ocean.serve(ECHO, [Serve::Pdf(echo.clone())]);
+    let app = spawn_app_with(&config(&ocean, "")).await;
+    deliver(&app, fixture("v0.11-add-service-request.json")).await;
+    settled(&app, 1).await;
+    deliver(&app, attachment_added(&ocean)).await;
+    let documents = settled(&app, 3).await;
+
+    let summary: Vec<(u64, u64, &str, &str)> = documents
+        .iter()
+        .map(|d| {
+            (
+                d["version"].as_u64().unwrap(),
+                d["index"].as_u64().unwrap(),
+                d["kind"].as_str().unwrap(),
+                d["state"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            (1, 0, "letter", "fetched"),
+            (2, 0, "letter", "fetched"),
+            (2, 1, "attachment", "fetched")
+        ]
+    );
+    assert_eq!(documents[2]["document_id"], "doc-0011-echo");
+    assert_eq!(documents[2]["title"], "Echocardiogram report");
+    assert_eq!(documents[1]["size"], second.len());
+    for (document, expected) in documents.iter().zip([&first, &second, &echo]) {
+        let path = format!("/api/v1/{}", document["download"].as_str().unwrap());
+        let response = raw(&app, &path).await;
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.headers()["content-type"], "application/pdf");
+        let disposition = response.headers()["content-disposition"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        assert!(
+            disposition.contains(document["file_name"].as_str().unwrap()),
+            "{disposition}"
+        );
+        assert_eq!(&response.bytes().await.unwrap().to_vec(), expected);
+    }
+    // Fetched with the site's token; the letter with its attachments consolidated.
+    let requests = ocean.document_requests();
+    assert_eq!(requests.len(), 3);
+    assert!(
+        requests
+            .iter()
+            .all(|r| r.authorization.starts_with("Bearer ocean-token-"))
+    );
+    assert!(
+        requests
+            .iter()
+            .filter(|r| r.path_and_query.starts_with(LETTER))
+            .all(|r| r.path_and_query.ends_with("?attachments=true"))
+    );
+    // Each outcome is in the audit trail.
+    let audit = get(&app, "/api/v1/audit?limit=500").await;
+    let fetched = audit.body["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == "DOCUMENT_FETCHED")
+        .count();
+    assert_eq!(fetched, 3, "{}", audit.body);
+}
+
+#[tokio::test]
+async fn a_document_that_cannot_be_had_is_given_up_with_the_reason() {
+    let ocean = MockOcean::start().await;
+    ocean.serve(LETTER, [Serve::Status(404), Serve::Status(404)]);
+    let app = spawn_app_with(&config(&ocean, "")).await;
+    deliver(&app, fixture("v0.11-add-service-request.json")).await;
+    // The attachment's url is on another host than the site's: never fetched with its token.
+    deliver(&app, fixture("attachment-added.json")).await;
+    let documents = settled(&app, 3).await;
+    assert!(
+        documents.iter().all(|d| d["state"] == "failed"),
+        "{documents:?}"
+    );
+    assert!(documents[0]["last_error"].as_str().unwrap().contains("404"));
+    assert_eq!(documents[0]["attempts"], 1, "a 404 is not retried");
+    assert!(
+        documents[2]["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("not on the Ocean site's host")
+    );
+    assert!(
+        !ocean
+            .document_requests()
+            .iter()
+            .any(|r| r.path_and_query.contains("DocumentReference"))
+    );
+    let download = get(&app, &format!("/api/v1/referrals/{REF}/documents/1/0")).await;
+    assert_eq!(download.status, 404);
+    assert_eq!(download.content_type, "application/problem+json");
+    assert!(download.body["detail"].as_str().unwrap().contains("404"));
+    for (path, status) in [
+        (format!("/api/v1/referrals/{REF}/documents/9/0"), 404),
+        (format!("/api/v1/referrals/{REF}/documents/1/x"), 400),
+        (
+            format!("/api/v1/referrals/{REF}/documents/1/99999999999"),
+            404,
+        ),
+        ("/api/v1/referrals/NOPE/documents".to_owned(), 404),
+    ] {
+        assert_eq!(get(&app, &path).await.status, status, "{path}");
+    }
+}
+
+#[tokio::test]
+async fn an_expired_token_is_refreshed_once_and_the_fetch_goes_on() {
+    let ocean = MockOcean::start().await;
+    let letter = pdf(4, 4_000);
+    ocean.serve(LETTER, [Serve::ExpireTokens, Serve::Pdf(letter.clone())]);
+    let app = spawn_app_with(&config(&ocean, "")).await;
+    deliver(&app, fixture("v0.11-add-service-request.json")).await;
+    let documents = settled(&app, 1).await;
+    assert_eq!(documents[0]["state"], "fetched", "{documents:?}");
+    assert_eq!(documents[0]["attempts"], 1);
+    assert_eq!(
+        ocean.token_requests().len(),
+        2,
+        "one token, then a fresh one"
+    );
+    let bytes = raw(&app, &format!("/api/v1/referrals/{REF}/documents/1/0")).await;
+    assert_eq!(bytes.bytes().await.unwrap().to_vec(), letter);
+}
+
+#[tokio::test]
+async fn a_slow_letter_does_not_hold_up_the_webhook() {
+    let ocean = MockOcean::start().await;
+    let letter = pdf(5, 40_000);
+    // Four pieces a second apart: the download takes four seconds at least.
+    ocean.serve(
+        LETTER,
+        [Serve::SlowPdf(letter.clone(), Duration::from_secs(1))],
+    );
+    let app = spawn_app_with(&config(&ocean, "")).await;
+    deliver(&app, fixture("v0.11-add-service-request.json")).await;
+    // Acknowledged and listed while the letter is still coming.
+    let list = get(&app, &format!("/api/v1/referrals/{REF}/documents")).await;
+    assert_eq!(
+        list.body["documents"][0]["state"], "pending",
+        "{}",
+        list.body
+    );
+    deliver(&app, fixture("update-task-accepted.json")).await;
+    let documents = settled(&app, 2).await;
+    assert_eq!(documents[0]["state"], "fetched", "{documents:?}");
+    assert_eq!(documents[0]["size"], letter.len());
+}
+
+#[tokio::test]
+async fn a_20_mb_letter_is_kept_whole_and_a_larger_one_than_allowed_is_refused() {
+    let ocean = MockOcean::start().await;
+    let letter = pdf(6, 20 * 1024 * 1024);
+    ocean.serve(
+        LETTER,
+        [Serve::Pdf(letter.clone()), Serve::Pdf(pdf(7, 30_000))],
+    );
+    let app = spawn_app_with(&config(&ocean, "")).await;
+    deliver(&app, fixture("v0.11-add-service-request.json")).await;
+    let documents = settled(&app, 1).await;
+    assert_eq!(documents[0]["state"], "fetched", "{documents:?}");
+    assert_eq!(documents[0]["size"], letter.len());
+    let bytes = raw(&app, &format!("/api/v1/referrals/{REF}/documents/1/0"))
+        .await
+        .bytes()
+        .await
+        .unwrap();
+    assert!(
+        bytes.to_vec() == letter,
+        "the 20 MB letter came back changed"
+    );
+    drop(app);
+
+    let small = spawn_app_with(&config(&ocean, "max_bytes = 20000\n")).await;
+    deliver(&small, fixture("v0.11-add-service-request.json")).await;
+    let documents = settled(&small, 1).await;
+    assert_eq!(documents[0]["state"], "failed");
+    assert!(
+        documents[0]["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("larger than documents.max_bytes")
+    );
+}
+
+/// A fetch Ocean answers 503 stays pending, with the reason, and is resumed by the next start.
+#[tokio::test]
+async fn pending_documents_are_retried_and_resumed_after_a_restart() {
+    let ocean = MockOcean::start().await;
+    ocean.serve(LETTER, [Serve::Status(503)]);
+    let dir = TempDir::new().unwrap();
+    let toml = with_backoff(&ocean, 3600, "");
+    let app = spawn_app_in(dir.path(), &toml).await;
+    deliver(&app, fixture("v0.11-add-service-request.json")).await;
+    let mut waited = 0;
+    let pending = loop {
+        let list = get(&app, &format!("/api/v1/referrals/{REF}/documents")).await;
+        let document = list.body["documents"][0].clone();
+        if document["attempts"] == 1 {
+            break document;
+        }
+        waited += 1;
+        assert!(waited < 400, "never attempted: {document}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(pending["state"], "pending");
+    assert!(pending["last_error"].as_str().unwrap().contains("503"));
+    assert!(pending["next_attempt_at"].is_string());
+    app.stop().await;
+
+    // Started again: the document is still pending, and fetched once due.
+    let letter = pdf(8, 3_000);
+    ocean.serve(LETTER, [Serve::Pdf(letter.clone())]);
+    let soon = config(&ocean, "");
+    let app = spawn_app_in(dir.path(), &soon).await;
+    let store = std::sync::Arc::clone(&app.store);
+    // The stored retry time is an hour away: make it due now (as the hour passing would).
+    let referral = referral_relay::domain::ReferralRef::parse(REF).unwrap();
+    let mut record = store.documents(&referral).await.unwrap().remove(0);
+    record.next_attempt_at = time::OffsetDateTime::now_utc();
+    store.save_document(&record, None).await.unwrap();
+    let documents = settled(&app, 1).await;
+    assert_eq!(documents[0]["state"], "fetched", "{documents:?}");
+    assert_eq!(documents[0]["attempts"], 2);
+    let bytes = raw(&app, &format!("/api/v1/referrals/{REF}/documents/1/0")).await;
+    assert_eq!(bytes.bytes().await.unwrap().to_vec(), letter);
+}
+
+#[tokio::test]
+async fn without_an_ocean_site_nothing_is_queued() {
+    let app = spawn_app_with("[api.clients.emr]\nkey = \"emr-key-0123456789\"\n").await;
+    deliver(&app, fixture("v0.11-add-service-request.json")).await;
+    let list = get(&app, &format!("/api/v1/referrals/{REF}/documents")).await;
+    assert_eq!(list.status, 200);
+    assert_eq!(list.body["documents"], serde_json::json!([]));
+}
+
+/// Sealed at rest with the key, and purged with their version's payload.
+#[tokio::test]
+async fn documents_are_sealed_at_rest_and_purged_with_their_version() {
+    let ocean = MockOcean::start().await;
+    let marker = b"%PDF-1.7 SYNTHETIC-LETTER-MARKER-7Q4".to_vec();
+    let mut first = marker.clone();
+    first.extend(pdf(9, 2_000));
+    ocean.serve(LETTER, [Serve::Pdf(first), Serve::Pdf(pdf(10, 2_000))]);
+    let dir = TempDir::new().unwrap();
+    let toml = config(
+        &ocean,
+        &format!("\n[storage]\nencryption_key = \"{}\"\n", key(7)),
+    );
+    let app = spawn_app_in(dir.path(), &toml).await;
+    deliver(&app, fixture("v0.11-add-service-request.json")).await;
+    settled(&app, 1).await;
+    deliver(&app, fixture("update-task-accepted.json")).await;
+    settled(&app, 2).await;
+    let needle = vec![String::from_utf8(marker).unwrap()];
+    assert!(
+        grep(dir.path(), &needle).is_empty(),
+        "the letter is on disk in the clear"
+    );
+
+    let purged = app
+        .store
+        .purge_versions_before(time::OffsetDateTime::now_utc() + time::Duration::days(1))
+        .await
+        .unwrap();
+    assert_eq!(purged, 1);
+    let documents = settled(&app, 2).await;
+    assert_eq!(documents[0]["purged"], true);
+    assert_eq!(documents[0]["download"], Value::Null);
+    assert_eq!(documents[1]["purged"], false);
+    let gone = get(&app, &format!("/api/v1/referrals/{REF}/documents/1/0")).await;
+    assert_eq!(gone.status, 404);
+    assert!(gone.body["detail"].as_str().unwrap().contains("purged"));
+    let kept = raw(&app, &format!("/api/v1/referrals/{REF}/documents/2/0")).await;
+    assert_eq!(kept.status(), 200);
+}
