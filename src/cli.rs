@@ -88,6 +88,11 @@ enum Command {
         /// Start the file with a UTF-8 byte order mark for Excel.
         #[arg(long)]
         excel: bool,
+        /// Write a ZIP archive (to --out, a file) holding referrals.csv and each exported
+        /// referral's latest letter and attachments under a folder named by its referral ref.
+        /// Reads the data dir (not --url).
+        #[arg(long)]
+        with_documents: bool,
         /// Output file, or - for standard output.
         #[arg(long, default_value = "-")]
         out: String,
@@ -294,12 +299,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             unexported_only,
             mark_exported,
             excel,
+            with_documents,
             out,
             url,
             key,
             config,
             data_dir,
         } => {
+            if with_documents && (out == "-" || url.is_some()) {
+                anyhow::bail!(
+                    "--with-documents writes a ZIP archive from the data dir: give --out FILE.zip, and no --url"
+                );
+            }
             let mut sink: Box<dyn std::io::Write + Send> = if out == "-" {
                 Box::new(std::io::stdout())
             } else {
@@ -361,6 +372,31 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 excel,
                 actor: cli_actor(),
             };
+            if with_documents {
+                drop(sink);
+                let file =
+                    std::fs::File::create(&out).with_context(|| format!("cannot create {out}"))?;
+                let rows = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+                let mut archive =
+                    crate::export::archive::ArchiveSink::new(file, &*store, rows.clone())
+                        .with_context(|| format!("cannot write {out}"))?;
+                let written = runtime.block_on(crate::export::export(
+                    &*store,
+                    &request,
+                    |r| {
+                        if let Ok(mut rows) = rows.lock() {
+                            rows.push(r.referral.clone());
+                        }
+                        true
+                    },
+                    &mut archive,
+                ))?;
+                eprintln!(
+                    "exported {written} referrals and {} documents",
+                    archive.documents
+                );
+                return Ok(());
+            }
             let progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
             let mut sink = crate::export::WriterSink::new(sink, progress);
             let rows = runtime.block_on(crate::export::export(

@@ -3,6 +3,7 @@
 //! [`CsvSink`], then audited and (when asked) marked exported, only once the sink has taken
 //! the whole file. An export cut off part way marks nothing.
 
+pub mod archive;
 mod csv;
 mod html;
 
@@ -93,7 +94,8 @@ pub enum ExportError {
 }
 
 /// Runs `request` on `store`, writing every referral `visible` lets through into `sink`;
-/// returns the number of rows.
+/// returns the number of rows. `visible` is asked only about referrals the filter keeps, so
+/// the ones it lets through are exactly the rows written.
 ///
 /// # Errors
 /// [`ExportError::Sink`] when the sink gave up (nothing is audited or marked), and
@@ -117,7 +119,7 @@ pub async fn export(
             .referrals_modified(filter.from, filter.to, after, BATCH)
             .await?;
         for record in &batch.referrals {
-            if !(visible(record) && filter.keeps(record)) {
+            if !(filter.keeps(record) && visible(record)) {
                 continue;
             }
             write_row(&mut buffer, record).map_err(ExportError::Sink)?;

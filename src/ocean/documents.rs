@@ -53,7 +53,7 @@ impl Fetcher {
                         IDLE
                     }
                 },
-                _ = stop.changed() => return,
+                _ = stop.wait_for(|s| *s) => return,
             };
             if sleep.is_zero() {
                 continue;
@@ -61,7 +61,7 @@ impl Fetcher {
             tokio::select! {
                 () = self.wake.notified() => {}
                 () = tokio::time::sleep(sleep) => {}
-                _ = stop.changed() => {}
+                _ = stop.wait_for(|s| *s) => return,
             }
         }
     }

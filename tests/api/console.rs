@@ -722,11 +722,20 @@ async fn the_backup_form_counts_exports_marks_only_what_it_wrote_and_names_the_u
     let list = visitor.get("/console/referrals?exported=yes").await;
     assert_eq!(list.html.matches("✓").count(), 2, "{}", list.html);
 
-    let audited: Vec<_> = audit_actions(&app)
-        .await
-        .into_iter()
-        .filter(|(action, _)| action == "EXPORTED_REFERRALS")
-        .collect();
+    // Each export is audited once its last byte was taken, which may be just after the
+    // visitor read it.
+    let mut audited = Vec::new();
+    for _ in 0..200 {
+        audited = audit_actions(&app)
+            .await
+            .into_iter()
+            .filter(|(action, _)| action == "EXPORTED_REFERRALS")
+            .collect();
+        if audited.len() >= 2 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     assert_eq!(audited.len(), 2);
     assert!(audited.iter().all(|(_, actor)| actor == "console:alice"));
 
@@ -918,6 +927,8 @@ async fn the_status_page_shows_readiness_integrations_and_sites_and_checks_a_sit
 
     let forged = alice.post("/console/status/sites/main/check", &[]).await;
     assert_eq!(forged.status, 403);
+    // The check fetches a token of its own (the document fetcher may have fetched others).
+    let tokens_before = ocean.token_requests().len();
     let checked = alice
         .post(
             "/console/status/sites/main/check",
@@ -929,7 +940,7 @@ async fn the_status_page_shows_readiness_integrations_and_sites_and_checks_a_sit
         "{}",
         checked.html
     );
-    assert_eq!(ocean.token_requests().len(), 1);
+    assert_eq!(ocean.token_requests().len(), tokens_before + 1);
     assert!(
         audit_actions(&app)
             .await

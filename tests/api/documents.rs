@@ -331,9 +331,9 @@ async fn without_an_ocean_site_nothing_is_queued() {
     assert_eq!(list.body["documents"], serde_json::json!([]));
 }
 
-/// Sealed at rest with the key, and purged with their version's payload.
+/// Sealed at rest with the key (the embedded store's files are searched).
 #[tokio::test]
-async fn documents_are_sealed_at_rest_and_purged_with_their_version() {
+async fn documents_are_sealed_at_rest() {
     let ocean = MockOcean::start().await;
     let marker = b"%PDF-1.7 SYNTHETIC-LETTER-MARKER-7Q4".to_vec();
     let mut first = marker.clone();
@@ -354,7 +354,24 @@ async fn documents_are_sealed_at_rest_and_purged_with_their_version() {
         grep(dir.path(), &needle).is_empty(),
         "the letter is on disk in the clear"
     );
+    let kept = raw(&app, &format!("/api/v1/referrals/{REF}/documents/1/0")).await;
+    let head = kept.bytes().await.unwrap().slice(..needle[0].len());
+    assert_eq!(&head[..], needle[0].as_bytes());
+}
 
+/// Retention purges a version's documents with its payload; the latest version keeps its own.
+#[tokio::test]
+async fn documents_are_purged_with_their_version() {
+    let ocean = MockOcean::start().await;
+    ocean.serve(
+        LETTER,
+        [Serve::Pdf(pdf(14, 2_000)), Serve::Pdf(pdf(15, 2_000))],
+    );
+    let app = spawn_app_with(&config(&ocean, "")).await;
+    deliver(&app, fixture("v0.11-add-service-request.json")).await;
+    settled(&app, 1).await;
+    deliver(&app, fixture("update-task-accepted.json")).await;
+    settled(&app, 2).await;
     let purged = app
         .store
         .purge_versions_before(time::OffsetDateTime::now_utc() + time::Duration::days(1))
@@ -370,4 +387,78 @@ async fn documents_are_sealed_at_rest_and_purged_with_their_version() {
     assert!(gone.body["detail"].as_str().unwrap().contains("purged"));
     let kept = raw(&app, &format!("/api/v1/referrals/{REF}/documents/2/0")).await;
     assert_eq!(kept.status(), 200);
+}
+
+/// `export --with-documents` writes the CSV and each referral's latest letter and attachments,
+/// named by referral ref, into one ZIP archive, and marks only once it is whole.
+#[tokio::test]
+async fn the_export_archive_holds_the_csv_and_each_referrals_latest_documents() {
+    let ocean = MockOcean::start().await;
+    let (old_letter, letter, echo) = (pdf(11, 3_000), pdf(12, 4_000), pdf(13, 5_000));
+    ocean.serve(LETTER, [Serve::Pdf(old_letter), Serve::Pdf(letter.clone())]);
+    ocean.serve(ECHO, [Serve::Pdf(echo.clone())]);
+    let dir = TempDir::new().unwrap();
+    let app = spawn_app_in(dir.path(), &config(&ocean, "")).await;
+    deliver(&app, fixture("v0.11-add-service-request.json")).await;
+    settled(&app, 1).await;
+    deliver(&app, attachment_added(&ocean)).await;
+    settled(&app, 3).await;
+    app.stop().await;
+
+    let data = dir.path().to_str().unwrap().to_owned();
+    let out = dir.path().join("backup.zip");
+    let out_arg = out.to_str().unwrap().to_owned();
+    let refused =
+        crate::support::binary::run(&["export", "--data-dir", &data, "--with-documents"], &[]);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--out FILE.zip"));
+    let done = crate::support::binary::run(
+        &[
+            "export",
+            "--data-dir",
+            &data,
+            "--with-documents",
+            "--mark-exported",
+            "--out",
+            &out_arg,
+        ],
+        &[],
+    );
+    let stderr = String::from_utf8_lossy(&done.stderr);
+    assert!(done.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("exported 1 referrals and 2 documents"),
+        "{stderr}"
+    );
+
+    let mut archive = zip::ZipArchive::new(std::fs::File::open(&out).unwrap()).unwrap();
+    let mut names: Vec<String> = archive
+        .file_names()
+        .map(|n| n.unwrap().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "TST-0011-AAAA/TST-0011-AAAA-v2-1.pdf",
+            "TST-0011-AAAA/TST-0011-AAAA-v2-letter.pdf",
+            "referrals.csv"
+        ]
+    );
+    let read = |archive: &mut zip::ZipArchive<std::fs::File>, name: &str| {
+        let mut entry = archive.by_name(name).unwrap();
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut entry, &mut bytes).unwrap();
+        bytes
+    };
+    assert_eq!(
+        read(&mut archive, "TST-0011-AAAA/TST-0011-AAAA-v2-letter.pdf"),
+        letter
+    );
+    assert_eq!(
+        read(&mut archive, "TST-0011-AAAA/TST-0011-AAAA-v2-1.pdf"),
+        echo
+    );
+    let csv = String::from_utf8(read(&mut archive, "referrals.csv")).unwrap();
+    assert!(csv.contains("TST-0011-AAAA"), "{csv}");
 }

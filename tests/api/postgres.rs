@@ -374,15 +374,17 @@ async fn an_unreachable_database_is_unavailable() {
 
 /// The modules whose tests run the service through `spawn_app*`, which puts it on PostgreSQL
 /// when `RELAY_TEST_BACKEND=postgres`: the store contract as the service uses it.
-const ON_EITHER_BACKEND: [&str; 12] = [
+const ON_EITHER_BACKEND: [&str; 14] = [
     "api::",
     "auth::",
     "connections::",
     "dedup::",
+    "documents::",
     "edge::",
     "export::",
     "fuzz::",
     "ingest::",
+    "messages::",
     "ops::",
     "outbound::dead_letters::",
     "outbound::flow::",

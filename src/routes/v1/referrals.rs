@@ -482,11 +482,10 @@ pub struct VersionChanges {
 pub struct FieldChangeView {
     /// The field's name in the referral's JSON (`task_status`, `appointment_start`, ...).
     field: String,
-    /// Its value before (null when it had none).
-    #[schema(value_type = Object)]
+    /// Its value before (null when it had none): a string, a list of strings (`notes`) or of
+    /// objects (`documents`), as in the referral's JSON.
     before: serde_json::Value,
     /// Its value after (null when this version cleared it).
-    #[schema(value_type = Object)]
     after: serde_json::Value,
 }
 

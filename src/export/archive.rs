@@ -1,0 +1,165 @@
+//! `export --with-documents`: the CSV export and each exported referral's documents in one ZIP
+//! archive (PKWARE APPNOTE 6.3, as the `zip` crate writes it): `referrals.csv`, then
+//! `{referral}/{file}` for the referral's latest letter and the latest copy of each attachment
+//! that was fetched and not purged. The archive is finished before the export is audited and
+//! marked, so a run cut off part way marks nothing.
+
+use std::fs::File;
+use std::io::{self, BufWriter, Write};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use zip::write::SimpleFileOptions;
+use zip::{CompressionMethod, ZipWriter};
+
+use super::CsvSink;
+use crate::domain::ReferralRef;
+use crate::store::{DocumentKind, DocumentRecord, DocumentState, Store};
+
+/// The archive being written.
+pub struct ArchiveSink<'s> {
+    zip: Option<ZipWriter<BufWriter<File>>>,
+    store: &'s dyn Store,
+    /// The referrals written to the CSV, in order (filled by the export's `visible`).
+    rows: Arc<Mutex<Vec<ReferralRef>>>,
+    /// Documents added so far.
+    pub documents: usize,
+}
+
+impl<'s> ArchiveSink<'s> {
+    /// Starts the archive in `file` with the `referrals.csv` entry open; `rows` is to be filled
+    /// with each referral the export writes.
+    ///
+    /// # Errors
+    /// The entry cannot be started (the file cannot be written).
+    pub fn new(
+        file: File,
+        store: &'s dyn Store,
+        rows: Arc<Mutex<Vec<ReferralRef>>>,
+    ) -> io::Result<Self> {
+        let mut zip = ZipWriter::new(BufWriter::new(file));
+        zip.start_file("referrals.csv", options(CompressionMethod::Deflated))
+            .map_err(io::Error::other)?;
+        Ok(Self {
+            zip: Some(zip),
+            store,
+            rows,
+            documents: 0,
+        })
+    }
+
+    fn zip(&mut self) -> io::Result<&mut ZipWriter<BufWriter<File>>> {
+        self.zip
+            .as_mut()
+            .ok_or_else(|| io::Error::other("the archive is already finished"))
+    }
+}
+
+fn options(method: CompressionMethod) -> SimpleFileOptions {
+    SimpleFileOptions::default()
+        .compression_method(method)
+        .large_file(true)
+}
+
+/// The documents of a referral an archive holds: the latest fetched letter, and the latest
+/// fetched copy of each attachment (by its DocumentReference id, else its url).
+pub fn latest_documents(documents: Vec<DocumentRecord>) -> Vec<DocumentRecord> {
+    let mut kept: Vec<DocumentRecord> = Vec::new();
+    let kept_ones = documents
+        .into_iter()
+        .filter(|d| d.state == DocumentState::Fetched && !d.purged);
+    for document in kept_ones {
+        let same = |other: &DocumentRecord| match document.kind {
+            DocumentKind::Letter => other.kind == DocumentKind::Letter,
+            DocumentKind::Attachment => {
+                other.kind == DocumentKind::Attachment
+                    && other.document_id.as_ref().or(other.source.as_ref())
+                        == document.document_id.as_ref().or(document.source.as_ref())
+            }
+        };
+        match kept.iter_mut().find(|k| same(k)) {
+            Some(earlier) if earlier.version < document.version => *earlier = document,
+            Some(_) => {}
+            None => kept.push(document),
+        }
+    }
+    kept
+}
+
+#[async_trait]
+impl CsvSink for ArchiveSink<'_> {
+    async fn write(&mut self, chunk: Vec<u8>, _rows: usize) -> io::Result<()> {
+        self.zip()?.write_all(&chunk)
+    }
+
+    async fn finish(&mut self, _rows: usize) -> io::Result<()> {
+        let referrals =
+            std::mem::take(&mut *self.rows.lock().map_err(|_| io::Error::other("poisoned"))?);
+        for referral in referrals {
+            let documents = self
+                .store
+                .documents(&referral)
+                .await
+                .map_err(io::Error::other)?;
+            for document in latest_documents(documents) {
+                let Some(bytes) = self
+                    .store
+                    .document_bytes(&referral, document.version, document.index)
+                    .await
+                    .map_err(io::Error::other)?
+                else {
+                    continue;
+                };
+                let name = format!("{}/{}", folder(&referral), document.file_name());
+                // PDFs are compressed already.
+                let zip = self.zip()?;
+                zip.start_file(name, options(CompressionMethod::Stored))
+                    .map_err(io::Error::other)?;
+                zip.write_all(&bytes)?;
+                self.documents += 1;
+            }
+        }
+        let zip = self
+            .zip
+            .take()
+            .ok_or_else(|| io::Error::other("the archive is already finished"))?;
+        let mut out = zip.finish().map_err(io::Error::other)?;
+        out.flush()?;
+        out.get_ref().sync_all()
+    }
+}
+
+/// A referral ref as a folder name: anything but letters, digits, `-`, `_` and `.` becomes `_`,
+/// and a name of dots only is prefixed (no `..` entry escapes the archive's root).
+fn folder(referral: &ReferralRef) -> String {
+    let name: String = referral
+        .as_str()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if name.chars().all(|c| c == '.') {
+        format!("_{name}")
+    } else {
+        name
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn folders_stay_inside_the_archive() {
+        let r = |s: &str| ReferralRef::parse(s).unwrap();
+        assert_eq!(folder(&r("TST-0011-AAAA")), "TST-0011-AAAA");
+        assert_eq!(folder(&r("../etc/x")), ".._etc_x");
+        assert_eq!(folder(&r("..")), "_..");
+        assert_eq!(folder(&r("a b/c")), "a_b_c");
+    }
+}
