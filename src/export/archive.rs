@@ -14,7 +14,7 @@ use zip::{CompressionMethod, ZipWriter};
 
 use super::CsvSink;
 use crate::domain::ReferralRef;
-use crate::store::{DocumentKind, DocumentRecord, DocumentState, Store};
+use crate::store::{DocumentKind, DocumentRecord, DocumentState, Store, file_safe};
 
 /// The archive being written.
 pub struct ArchiveSink<'s> {
@@ -132,17 +132,7 @@ impl CsvSink for ArchiveSink<'_> {
 /// A referral ref as a folder name: anything but letters, digits, `-`, `_` and `.` becomes `_`,
 /// and a name of dots only is prefixed (no `..` entry escapes the archive's root).
 fn folder(referral: &ReferralRef) -> String {
-    let name: String = referral
-        .as_str()
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
+    let name = file_safe(referral.as_str());
     if name.chars().all(|c| c == '.') {
         format!("_{name}")
     } else {

@@ -108,19 +108,12 @@ impl DocumentRecord {
     /// `{ref}-v{version}-{index}.{ext}`. Referral refs hold no path separators or quotes once
     /// those are replaced here.
     pub fn file_name(&self) -> String {
-        let referral: String = self
-            .referral
-            .as_str()
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .collect();
-        let extension = match self.content_type.as_deref().map(media_type) {
+        let referral = file_safe(self.referral.as_str());
+        let media = self
+            .content_type
+            .as_deref()
+            .map(|c| media_type(c).to_ascii_lowercase());
+        let extension = match media.as_deref() {
             Some("application/pdf") | None => "pdf",
             Some("image/png") => "png",
             Some("image/jpeg") => "jpg",
@@ -136,7 +129,21 @@ impl DocumentRecord {
     }
 }
 
-/// A media type without its parameters, lowercased (`application/pdf`).
+/// `text` with every character but ASCII letters, digits, `-`, `_` and `.` replaced by `_`: safe
+/// in a file name, a ZIP entry or a quoted `Content-Disposition` parameter.
+pub fn file_safe(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// A media type without its parameters (`application/pdf`).
 fn media_type(content_type: &str) -> &str {
     content_type.split(';').next().unwrap_or_default().trim()
 }
