@@ -313,6 +313,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             let mut sink: Box<dyn std::io::Write + Send> = if out == "-" {
                 Box::new(std::io::stdout())
+            } else if with_documents {
+                // The archive is written below, to a file of its own.
+                Box::new(std::io::sink())
             } else {
                 Box::new(
                     std::fs::File::create(&out).with_context(|| format!("cannot create {out}"))?,
@@ -373,13 +376,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 actor: cli_actor(),
             };
             if with_documents {
-                drop(sink);
-                let file =
-                    std::fs::File::create(&out).with_context(|| format!("cannot create {out}"))?;
+                // Written beside --out and renamed over it once whole: a run that fails leaves
+                // whatever was at --out as it was.
+                let partial = format!("{out}.partial");
+                let file = std::fs::File::create(&partial)
+                    .with_context(|| format!("cannot create {partial}"))?;
                 let rows = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
                 let mut archive =
                     crate::export::archive::ArchiveSink::new(file, &*store, rows.clone())
-                        .with_context(|| format!("cannot write {out}"))?;
+                        .with_context(|| format!("cannot write {partial}"))?;
                 let written = runtime.block_on(crate::export::export(
                     &*store,
                     &request,
@@ -390,7 +395,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         true
                     },
                     &mut archive,
-                ))?;
+                ));
+                let written = match written {
+                    Ok(rows) => rows,
+                    Err(e) => {
+                        let _ = std::fs::remove_file(&partial);
+                        return Err(e.into());
+                    }
+                };
+                std::fs::rename(&partial, &out)
+                    .with_context(|| format!("cannot move {partial} to {out}"))?;
                 eprintln!(
                     "exported {written} referrals and {} documents",
                     archive.documents

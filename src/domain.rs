@@ -171,11 +171,12 @@ pub enum Change {
     /// `revoke-service-request`, or an update whose ServiceRequest is `revoked`: the sender
     /// cancelled the referral.
     Revoked,
-    /// A Task came (`notify-add-process-request`, `notify-update-process-request`, or an update
-    /// carrying one).
+    /// A Task came (`notify-add-process-request`, `notify-update-process-request`), or a generic
+    /// update changed the Task's status, business status or id.
     TaskUpdated,
-    /// An Appointment came (`notify-add-appointment`, `notify-update-appointment`, or
-    /// `notify-update-process-request` carrying an Appointment, as CA:eReC 1.1.0 sends it).
+    /// An Appointment came (`notify-add-appointment`, `notify-update-appointment`, or a
+    /// process-request event carrying an Appointment, as CA:eReC 1.1.0 sends it), or a generic
+    /// update changed the Appointment's status or start.
     AppointmentUpdated,
     /// `notify-data-correction` or `update-patient-data`: earlier data was corrected.
     DataCorrected,
@@ -184,13 +185,15 @@ pub enum Change {
     /// `send-communication-from-provider`: a message from the receiving side (Ocean echoes
     /// the clinic's own messages too).
     MessageFromProvider,
-    /// An update carrying a DocumentReference the referral did not have before, or saying so in
-    /// `MessageHeader.reason`.
+    /// A generic update carrying a DocumentReference the referral did not have before, or
+    /// saying so in `MessageHeader.reason`.
     AttachmentAdded,
-    /// The referral was split: its ServiceRequest `replaces` (or is `basedOn`) another referral,
-    /// or `MessageHeader.reason` says so.
+    /// The referral was split: a new referral whose ServiceRequest `replaces` (or is `basedOn`)
+    /// another, a generic update that first names such a referral, or `MessageHeader.reason`
+    /// says so.
     ReferralSplit,
-    /// Any other `notify-update-service-request` or `notify-update-status`.
+    /// A generic update (`notify-update-service-request`, `notify-update-status`) that changed
+    /// none of the above.
     Updated,
     /// An event code the relay does not know (stored all the same).
     Other,
@@ -311,11 +314,44 @@ impl Summary {
             .or(self.service_request_status.as_deref())
     }
 
+    /// Whether this summary already lists `document` (by id, else url, else title).
+    fn knows(&self, document: &DocumentLink) -> bool {
+        self.documents
+            .iter()
+            .any(|d| d.key().is_some() && d.key() == document.key())
+    }
+
+    /// What a generic update (`notify-update-service-request`, `notify-update-status`: read as
+    /// [`Change::Updated`]) changed in the referral `earlier` describes, in this order: a
+    /// document it did not have, a split it did not know, the Task (status, business status or
+    /// id), the Appointment (status or start); else nothing this summary tracks.
+    fn refined_change(&self, earlier: &Summary) -> Change {
+        let task_moved = self.task_status != earlier.task_status
+            || self.task_business_status != earlier.task_business_status
+            || (self.task_id.is_some() && self.task_id != earlier.task_id);
+        let appointment_moved = self.appointment_status != earlier.appointment_status
+            || self.appointment_start != earlier.appointment_start;
+        if self.documents.iter().any(|d| !earlier.knows(d)) {
+            Change::AttachmentAdded
+        } else if self.split_from.is_some() && self.split_from != earlier.split_from {
+            Change::ReferralSplit
+        } else if self.carried.task && task_moved {
+            Change::TaskUpdated
+        } else if self.carried.appointment && appointment_moved {
+            Change::AppointmentUpdated
+        } else {
+            Change::Updated
+        }
+    }
+
     /// Completes a newer delivery's summary with what `earlier` knew, part by part: a part the
     /// newer one did not carry is taken from `earlier` whole; the referral's own text is kept
-    /// field by field.
+    /// field by field. A generic update's [`Change`] is refined by what it changed.
     pub fn fill_from(&mut self, earlier: &Summary) {
         let (new, old) = (self.carried, earlier.carried);
+        if self.latest_change == Some(Change::Updated) {
+            self.latest_change = Some(self.refined_change(earlier));
+        }
         if !new.service_request {
             self.service_request_status
                 .clone_from(&earlier.service_request_status);
@@ -326,16 +362,11 @@ impl Summary {
             self.split_from.clone_from(&earlier.split_from);
         }
         // Documents accumulate: an update names the attachment it adds, not the letter again.
-        let known = |d: &DocumentLink| {
-            earlier
-                .documents
-                .iter()
-                .any(|e| e.key().is_some() && e.key() == d.key())
-        };
-        if self.latest_change == Some(Change::Updated) && self.documents.iter().any(|d| !known(d)) {
-            self.latest_change = Some(Change::AttachmentAdded);
-        }
-        let added: Vec<DocumentLink> = self.documents.drain(..).filter(|d| !known(d)).collect();
+        let added: Vec<DocumentLink> = self
+            .documents
+            .drain(..)
+            .filter(|d| !earlier.knows(d))
+            .collect();
         self.documents = earlier.documents.clone();
         self.documents.extend(added);
         if !new.communication {
@@ -521,6 +552,65 @@ mod tests {
         assert_eq!(trimmed.notes, vec!["the note".to_string()]);
         assert_eq!(trimmed.description.as_deref(), Some("Cardiology"));
         assert_eq!(trimmed.service_request_status.as_deref(), Some("revoked"));
+    }
+
+    #[test]
+    fn a_generic_update_is_named_by_what_it_changed() {
+        let task = |status: &str| Summary {
+            carried: Carried {
+                task: true,
+                ..Carried::default()
+            },
+            task_status: Some(status.into()),
+            latest_change: Some(Change::Updated),
+            ..Summary::default()
+        };
+        let earlier = task("accepted");
+        let cases = [
+            (task("accepted"), Change::Updated),
+            (task("in-progress"), Change::TaskUpdated),
+            (
+                Summary {
+                    documents: vec![DocumentLink {
+                        id: Some("d2".into()),
+                        ..DocumentLink::default()
+                    }],
+                    ..task("in-progress")
+                },
+                Change::AttachmentAdded,
+            ),
+            (
+                Summary {
+                    split_from: Some("R-0".into()),
+                    ..task("accepted")
+                },
+                Change::ReferralSplit,
+            ),
+            (
+                Summary {
+                    carried: Carried {
+                        appointment: true,
+                        ..Carried::default()
+                    },
+                    appointment_status: Some("booked".into()),
+                    latest_change: Some(Change::Updated),
+                    ..Summary::default()
+                },
+                Change::AppointmentUpdated,
+            ),
+            // A change named by its event is kept.
+            (
+                Summary {
+                    latest_change: Some(Change::DataCorrected),
+                    ..task("in-progress")
+                },
+                Change::DataCorrected,
+            ),
+        ];
+        for (mut newer, expected) in cases {
+            newer.fill_from(&earlier);
+            assert_eq!(newer.latest_change, Some(expected), "{newer:?}");
+        }
     }
 
     #[test]

@@ -115,7 +115,9 @@ impl From<OutboxError> for AppError {
             OutboxError::NotActionable | OutboxError::NoSite(_) | OutboxError::Build(_) => {
                 Self::Unprocessable(message)
             }
-            OutboxError::NotAllowed { .. } | OutboxError::NotDead { .. } => Self::Conflict(message),
+            OutboxError::NotAllowed { .. }
+            | OutboxError::NotDead { .. }
+            | OutboxError::Revoked(_) => Self::Conflict(message),
             OutboxError::NoAppointment(_) | OutboxError::UnknownUpdate(_) => {
                 Self::NotFound(message)
             }

@@ -14,7 +14,7 @@ use zip::{CompressionMethod, ZipWriter};
 
 use super::CsvSink;
 use crate::domain::ReferralRef;
-use crate::store::{DocumentKind, DocumentRecord, DocumentState, Store, file_safe};
+use crate::store::{DocumentKind, DocumentRecord, DocumentState, Store, file_safe, sha256_hex};
 
 /// The archive being written.
 pub struct ArchiveSink<'s> {
@@ -129,14 +129,16 @@ impl CsvSink for ArchiveSink<'_> {
     }
 }
 
-/// A referral ref as a folder name: anything but letters, digits, `-`, `_` and `.` becomes `_`,
-/// and a name of dots only is prefixed (no `..` entry escapes the archive's root).
+/// A referral ref as a folder name: the ref itself when it is made of letters, digits, `-`, `_`
+/// and `.` (and is not only dots, so no entry escapes the archive's root); otherwise those
+/// characters, others as `_`, then `-` and the start of the ref's SHA-256, so two refs that read
+/// alike once made safe still get folders of their own.
 fn folder(referral: &ReferralRef) -> String {
     let name = file_safe(referral.as_str());
-    if name.chars().all(|c| c == '.') {
-        format!("_{name}")
-    } else {
+    if name == referral.as_str() && !name.chars().all(|c| c == '.') {
         name
+    } else {
+        format!("{name}-{}", &sha256_hex(referral.as_str().as_bytes())[..12])
     }
 }
 
@@ -148,8 +150,18 @@ mod tests {
     fn folders_stay_inside_the_archive() {
         let r = |s: &str| ReferralRef::parse(s).unwrap();
         assert_eq!(folder(&r("TST-0011-AAAA")), "TST-0011-AAAA");
-        assert_eq!(folder(&r("../etc/x")), ".._etc_x");
-        assert_eq!(folder(&r("..")), "_..");
-        assert_eq!(folder(&r("a b/c")), "a_b_c");
+        for (referral, safe) in [
+            ("../etc/x", ".._etc_x-"),
+            ("..", "..-"),
+            ("a b/c", "a_b_c-"),
+        ] {
+            let name = folder(&r(referral));
+            assert!(
+                name.starts_with(safe) && name.len() == safe.len() + 12,
+                "{name}"
+            );
+        }
+        // Refs that read alike once made safe keep folders of their own.
+        assert_ne!(folder(&r("a b")), folder(&r("a\u{202e}b")));
     }
 }

@@ -281,8 +281,8 @@ pub fn parse_message(
 
 /// What a message is about, from its event code (the codes of Ontario's IG and of CA:eReC 1.1.0)
 /// and what it carries: `revoked` whenever the ServiceRequest says so, a split or an added
-/// attachment where `MessageHeader.reason` names one (an update that brings a new document is
-/// recognised later, against what the referral already had).
+/// attachment where `MessageHeader.reason` names one; a generic update is [`Change::Updated`]
+/// until it is compared with what the referral already had.
 fn change_of(
     event: &EventCode,
     header: &HeaderView,
@@ -315,15 +315,13 @@ fn change_of(
             Change::AppointmentUpdated
         }
         "notify-add-process-request" | "notify-update-process-request" => Change::TaskUpdated,
+        // What a generic update changed is refined against the referral when it is stored
+        // (`Summary::fill_from`): Ocean sends one for every change, carrying much unchanged.
         "notify-update-service-request" | "notify-update-status" => {
-            if split || reason_says("split") {
+            if reason_says("split") {
                 Change::ReferralSplit
             } else if reason_says("attachment") {
                 Change::AttachmentAdded
-            } else if task {
-                Change::TaskUpdated
-            } else if appointment {
-                Change::AppointmentUpdated
             } else {
                 Change::Updated
             }

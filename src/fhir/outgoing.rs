@@ -188,7 +188,17 @@ fn message(
     ocean_endpoint: &str,
 ) -> Result<OutgoingMessage, BuildError> {
     let header_id = uuid::Uuid::new_v4().to_string();
-    let focus_url = format!("urn:uuid:{focus_id}");
+    // A resource the relay made has a UUID; Ocean's own Task keeps Ocean's id, and its full URL
+    // is then its address on Ocean's FHIR base (a `urn:uuid:` must hold a UUID).
+    let focus_url = if uuid::Uuid::parse_str(focus_id).is_ok() {
+        format!("urn:uuid:{focus_id}")
+    } else {
+        let kind = focus["resourceType"].as_str().unwrap_or("Resource");
+        let base = ocean_endpoint
+            .strip_suffix("$process-messages")
+            .unwrap_or("urn:referral-relay/");
+        format!("{base}{kind}/{focus_id}")
+    };
     let header = checked(
         Kind::MessageHeader,
         json!({

@@ -58,7 +58,23 @@ struct TokenResponse {
 
 impl OceanClient {
     pub fn new(site: &SiteConfig, timeout: Duration) -> anyhow::Result<Self> {
+        // Redirects are followed on the site's own origin only: an answer sending the relay
+        // elsewhere (another host, an internal address) is an error, not a fetch.
+        let redirects = reqwest::redirect::Policy::custom(|attempt| {
+            let same_origin = attempt
+                .previous()
+                .first()
+                .is_some_and(|first| first.origin() == attempt.url().origin());
+            if attempt.previous().len() > 5 {
+                attempt.error("more than 5 redirects")
+            } else if same_origin {
+                attempt.follow()
+            } else {
+                attempt.stop()
+            }
+        });
         let http = reqwest::Client::builder()
+            .redirect(redirects)
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(10)))
             .user_agent(concat!("referral-relay/", env!("CARGO_PKG_VERSION")))
@@ -247,6 +263,11 @@ impl OceanClient {
                 renewed = true;
                 continue;
             }
+            if status.is_redirection() {
+                return Err(SendError::Rejected(format!(
+                    "Ocean answered {status}, a redirect to another host, which is not followed"
+                )));
+            }
             if !status.is_success() {
                 let after = retry_after(&response);
                 let reason = format!("Ocean answered {status}{}", outcome_text(response).await);
@@ -273,12 +294,27 @@ impl OceanClient {
                 .get(CONTENT_TYPE)
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_owned);
+            // A web page is not a referral document (a sign-in or error page served with 200).
+            if content_type
+                .as_deref()
+                .is_some_and(|c| c.trim_start().to_ascii_lowercase().starts_with("text/html"))
+            {
+                return Err(SendError::Rejected(
+                    "Ocean answered with an HTML page instead of the document".into(),
+                ));
+            }
             let mut body = Vec::new();
             while let Some(chunk) = response.chunk().await.map_err(unreachable)? {
                 if (body.len() + chunk.len()) as u64 > max_bytes {
                     return Err(too_large());
                 }
                 body.extend_from_slice(&chunk);
+            }
+            if body.is_empty() {
+                return Err(SendError::Retry {
+                    reason: "Ocean answered with an empty body".into(),
+                    after: None,
+                });
             }
             return Ok((bytes::Bytes::from(body), content_type));
         }

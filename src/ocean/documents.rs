@@ -21,8 +21,15 @@ use crate::store::{DocumentKind, DocumentRecord, DocumentState, Store, StoreErro
 /// Longest wait between looks at the queue when nothing wakes the fetcher (a replica's
 /// deliveries wake only its own fetcher).
 const IDLE: Duration = Duration::from_secs(5);
-/// Documents claimed per look.
-const BATCH: usize = 32;
+/// Pause after the store could not be read.
+const ERROR_PAUSE: Duration = Duration::from_secs(5);
+
+/// (referral, version, index): which document.
+type DocumentKey = (crate::domain::ReferralRef, u64, u32);
+
+fn key(document: &DocumentRecord) -> DocumentKey {
+    (document.referral.clone(), document.version, document.index)
+}
 
 /// Fetches pending documents until shutdown.
 #[derive(Clone)]
@@ -36,60 +43,66 @@ pub struct Fetcher {
 }
 
 impl Fetcher {
-    /// Runs until `stop` turns true. A download cut off by shutdown stays pending (on
-    /// PostgreSQL, claimable again once its lease ends).
+    /// Runs until `stop` turns true, `documents.concurrency` downloads at a time: a slot that
+    /// frees is filled at once, so one slow document holds up only its own slot. A download cut
+    /// off by shutdown stays pending (on PostgreSQL, claimable again once its lease ends).
     pub async fn run(self, mut stop: watch::Receiver<bool>) {
+        let lease = Duration::from_secs(self.config.request_timeout_secs.saturating_mul(3) + 60);
+        let mut running = tokio::task::JoinSet::new();
+        // What each running task fetches: the embedded store lists a document as due until its
+        // outcome is saved, so one already being fetched must not be started again.
+        let mut in_flight: HashMap<tokio::task::Id, DocumentKey> = HashMap::new();
         loop {
             if *stop.borrow() {
                 return;
             }
-            let pass = self.pass();
-            let sleep = tokio::select! {
-                result = pass => match result {
-                    Ok(true) => Duration::ZERO,
-                    Ok(false) => IDLE,
-                    Err(e) => {
-                        tracing::error!(error = %e, "document fetch pass failed");
-                        IDLE
+            let free = self.config.concurrency.saturating_sub(running.len());
+            let mut idle = IDLE;
+            if free > 0 {
+                let claimed = tokio::select! {
+                    claimed = self.store.due_documents(
+                        OffsetDateTime::now_utc(),
+                        lease,
+                        free + in_flight.len(),
+                    ) => claimed,
+                    _ = stop.wait_for(|s| *s) => return,
+                };
+                match claimed {
+                    Ok(due) => {
+                        let fresh: Vec<DocumentRecord> = due
+                            .into_iter()
+                            .filter(|d| !in_flight.values().any(|k| *k == key(d)))
+                            .take(free)
+                            .collect();
+                        // A full batch may mean more are due: look again once one finishes.
+                        for document in fresh {
+                            let (fetcher, at) = (self.clone(), key(&document));
+                            let task = running.spawn(async move { fetcher.fetch(document).await });
+                            in_flight.insert(task.id(), at);
+                        }
                     }
-                },
-                _ = stop.wait_for(|s| *s) => return,
-            };
-            if sleep.is_zero() {
-                continue;
-            }
-            tokio::select! {
-                () = self.wake.notified() => {}
-                () = tokio::time::sleep(sleep) => {}
-                _ = stop.wait_for(|s| *s) => return,
-            }
-        }
-    }
-
-    /// Fetches the documents due now, `concurrency` at a time; true when there were some.
-    async fn pass(&self) -> Result<bool, StoreError> {
-        let lease = Duration::from_secs(self.config.request_timeout_secs.saturating_mul(3) + 60);
-        let due = self
-            .store
-            .due_documents(OffsetDateTime::now_utc(), lease, BATCH)
-            .await?;
-        if due.is_empty() {
-            return Ok(false);
-        }
-        let mut running = tokio::task::JoinSet::new();
-        for document in due {
-            while running.len() >= self.config.concurrency {
-                if let Some(done) = running.join_next().await {
-                    flatten(done)?;
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot read the documents due");
+                        idle = ERROR_PAUSE;
+                    }
                 }
             }
-            let fetcher = self.clone();
-            running.spawn(async move { fetcher.fetch(document).await });
+            tokio::select! {
+                Some(done) = running.join_next_with_id(), if !running.is_empty() => {
+                    let (id, result) = match done {
+                        Ok((id, result)) => (id, result),
+                        Err(e) => (e.id(), Err(StoreError::unavailable("a document fetch did not finish").caused_by(e))),
+                    };
+                    in_flight.remove(&id);
+                    if let Err(e) = result {
+                        tracing::error!(error = %e, "cannot save a document's outcome");
+                    }
+                }
+                () = self.wake.notified() => {}
+                () = tokio::time::sleep(idle) => {}
+                _ = stop.wait_for(|s| *s) => return,
+            }
         }
-        while let Some(done) = running.join_next().await {
-            flatten(done)?;
-        }
-        Ok(true)
     }
 
     /// One attempt at one document, and its outcome saved.
@@ -159,6 +172,7 @@ impl Fetcher {
             DocumentState::Failed => "DOCUMENT_FAILED",
             DocumentState::Pending => {
                 tracing::info!(
+                    referral = %document.referral,
                     version = document.version,
                     index = document.index,
                     attempts = document.attempts,
@@ -180,12 +194,6 @@ impl Fetcher {
     }
 }
 
-fn flatten(done: Result<Result<(), StoreError>, tokio::task::JoinError>) -> Result<(), StoreError> {
-    done.unwrap_or_else(|e| {
-        Err(StoreError::unavailable("a document fetch did not finish").caused_by(e))
-    })
-}
-
 /// `initial_backoff_secs` doubled per attempt after the first, at most `max_backoff_secs`.
 fn backoff(config: &DocumentsConfig, attempts: u32) -> Duration {
     let doublings = attempts.saturating_sub(1).min(20);
@@ -205,6 +213,13 @@ fn address(base: &str, document: &DocumentRecord) -> Result<Url, String> {
         .map_err(|_| "the site's base_url is not a URL".to_owned())?;
     match (document.kind, document.source.as_deref()) {
         (DocumentKind::Letter, _) => {
+            // `.` and `..` are dot-segments to every URL parser, escaped or not (WHATWG URL
+            // §4.1): such a reference cannot name the referral in a path.
+            if document.referral.as_str().chars().all(|c| c == '.') {
+                return Err(
+                    "the referral reference is a dot-segment, which cannot name it in the letter's address".into(),
+                );
+            }
             let mut url = site.clone();
             url.path_segments_mut()
                 .map_err(|()| "the site's base_url cannot take a path".to_owned())?
@@ -220,6 +235,12 @@ fn address(base: &str, document: &DocumentRecord) -> Result<Url, String> {
             if url.origin() != site.origin() {
                 return Err(
                     "the attachment's url is not on the Ocean site's host; it is not fetched with the site's token"
+                        .into(),
+                );
+            }
+            if !url.username().is_empty() || url.password().is_some() {
+                return Err(
+                    "the attachment's url carries a user name or password; it is not fetched"
                         .into(),
                 );
             }
@@ -288,6 +309,20 @@ mod tests {
                 address(base, &d).unwrap_err().contains("not on"),
                 "{elsewhere}"
             );
+        }
+        let credentials = document(
+            DocumentKind::Attachment,
+            Some("https://user:pw@ocean.example.test/svc/fhir/v1/DocumentReference/d3/$binary"),
+        );
+        assert!(
+            address(base, &credentials)
+                .unwrap_err()
+                .contains("password")
+        );
+        let mut dots = document(DocumentKind::Letter, None);
+        for referral in [".", ".."] {
+            dots.referral = ReferralRef::parse(referral).unwrap();
+            assert!(address(base, &dots).unwrap_err().contains("dot-segment"));
         }
     }
 

@@ -41,6 +41,11 @@ pub enum OutboxError {
     /// No configured Ocean site answers for the referral's External Service ID.
     #[error("no Ocean site is configured for the External Service ID of referral {0}")]
     NoSite(ReferralRef),
+    /// The requester revoked the referral: it takes no further status or appointment updates.
+    #[error(
+        "referral {0} was revoked by its requester: Ocean takes no further status or appointment updates for it"
+    )]
+    Revoked(ReferralRef),
     /// The Task status change is not allowed from the referral's current status.
     #[error("referral {referral} cannot go from {from} to {to}")]
     NotAllowed {
@@ -152,6 +157,9 @@ struct Site {
     service_ids: Vec<ServiceId>,
     messages_url: String,
 }
+
+/// `ServiceRequest.status` of a referral the requester cancelled.
+const REVOKED: &str = "revoked";
 
 /// Attempts of [`Outbox::accept`] when other replicas keep changing the referral's Task state.
 const MAX_RACES: usize = 8;
@@ -274,6 +282,16 @@ impl Outbox {
             let (referral, site) = (reference.clone(), site.name.clone());
             UpdateRecord::pending(referral, site, kind, message.event, message.json, now)
         };
+        // Only the requester can cancel a referral, and a revoked one takes no new status or
+        // booking (a message can still be sent, and a booked appointment cancelled).
+        if referral.summary.service_request_status.as_deref() == Some(REVOKED)
+            && matches!(
+                request.0,
+                Request::Status { .. } | Request::Appointment { .. }
+            )
+        {
+            return Err(OutboxError::Revoked(reference.clone()));
+        }
         let update = match request.0 {
             Request::Status {
                 status,
@@ -476,10 +494,14 @@ impl Outbox {
     }
 }
 
-/// The referral's current Task status: the newer of what the relay last sent and what Ocean
-/// last said (a referral can also be declined or reopened in Ocean's own screens); `requested`
-/// when neither said anything.
+/// The referral's current Task status: `revoked` once the requester revoked the referral (the
+/// transition table has no way out of it), else the newer of what the relay last sent and what
+/// Ocean last said (a referral can also be declined or reopened in Ocean's own screens);
+/// `requested` when neither said anything.
 fn current_status(task: &TaskState, referral: &ReferralRecord) -> String {
+    if referral.summary.service_request_status.as_deref() == Some(REVOKED) {
+        return REVOKED.into();
+    }
     let ours_is_newer = task
         .status_set_at
         .is_some_and(|at| at >= referral.modified_at);

@@ -462,3 +462,55 @@ async fn the_export_archive_holds_the_csv_and_each_referrals_latest_documents() 
     let csv = String::from_utf8(read(&mut archive, "referrals.csv")).unwrap();
     assert!(csv.contains("TST-0011-AAAA"), "{csv}");
 }
+
+/// A slow document holds up only its own download: another referral's letter, queued after it,
+/// is fetched while the slow one is still coming.
+#[tokio::test]
+async fn a_slow_document_does_not_hold_up_the_others() {
+    let ocean = MockOcean::start().await;
+    // Four pieces two seconds apart: at least eight seconds.
+    ocean.serve(
+        LETTER,
+        [Serve::SlowPdf(pdf(16, 8_000), Duration::from_secs(2))],
+    );
+    let other = "/svc/fhir/v1/ServiceRequest/TST-0010-BBBB/$letter";
+    ocean.serve(other, [Serve::Pdf(pdf(17, 1_000))]);
+    let app = spawn_app_with(&config(&ocean, "concurrency = 2\n")).await;
+    deliver(&app, fixture("v0.11-add-service-request.json")).await;
+    // The slow download has started before the other referral arrives.
+    for _ in 0..400 {
+        if ocean
+            .document_requests()
+            .iter()
+            .any(|r| r.path_and_query.starts_with(LETTER))
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    deliver(&app, fixture("v0.10-add-service-request.json")).await;
+    let list = |referral: &'static str| {
+        let app = &app;
+        async move {
+            get(app, &format!("/api/v1/referrals/{referral}/documents"))
+                .await
+                .body["documents"][0]["state"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned()
+        }
+    };
+    for _ in 0..400 {
+        if list("TST-0010-BBBB").await == "fetched" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(list("TST-0010-BBBB").await, "fetched");
+    assert_eq!(
+        list(REF).await,
+        "pending",
+        "the slow letter is still coming"
+    );
+    assert_eq!(settled(&app, 1).await[0]["state"], "fetched");
+}

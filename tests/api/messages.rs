@@ -296,6 +296,46 @@ async fn status_updates_name_oceans_task() {
     let task = resource(&sent[0], "Task");
     assert_eq!(task["id"], "ocean-task-0011");
     assert_eq!(task["status"], "on-hold");
+    // Not a UUID, so its full URL is its address on Ocean's FHIR base.
+    let full_url = sent[0]["entry"][1]["fullUrl"].as_str().unwrap();
+    assert!(
+        full_url.starts_with(&ocean.base_url())
+            && full_url.ends_with("/svc/fhir/v1/Task/ocean-task-0011"),
+        "{full_url}"
+    );
+}
+
+/// Only the requester can cancel a referral: once revoked, it takes no new status or booking
+/// (409, nothing sent), while a message can still go.
+#[tokio::test]
+async fn a_revoked_referral_takes_no_new_status_or_booking() {
+    let (app, ocean) = flow::setup("form").await;
+    deliver(&app, "revoke-with-reason.json").await;
+    let path = |tail: &str| format!("/api/v1/referrals/{REF}/{tail}");
+    let refused = flow::post(&app, &path("status"), json!({"status": "accepted"})).await;
+    assert_eq!(refused.status, 409, "{}", refused.body);
+    assert!(refused.body["detail"].as_str().unwrap().contains("revoked"));
+    let booking = flow::post(
+        &app,
+        &path("appointments"),
+        json!({"start": "2026-12-10T09:30:00-05:00", "confirmed": true}),
+    )
+    .await;
+    assert_eq!(booking.status, 409, "{}", booking.body);
+    let message = flow::accepted(
+        &app,
+        &path("messages"),
+        json!({"text": "Noted, thank you."}),
+    )
+    .await;
+    until_state(&app, message, "delivered").await;
+    let sent = ocean.delivered();
+    assert_eq!(sent.len(), 1, "only the message went out");
+    assert_message(
+        &sent[0],
+        "send-communication-from-provider",
+        "Communication",
+    );
 }
 
 /// Without a Task from Ocean the relay adds its own, and Ocean's rule holds the other way: a

@@ -135,7 +135,7 @@ async fn accept(
     request_body = StatusRequest,
     responses(
         (status = 202, description = "Stored in the outbox", body = Accepted),
-        (status = 409, description = "Not allowed from the current status", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 409, description = "Not allowed from the current status, or the requester revoked the referral", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 422, description = "A status Ocean does not act on, or no site for the referral", body = ProblemDoc, content_type = "application/problem+json"),
     )
 )]
@@ -155,7 +155,10 @@ pub async fn set_status(
     path = "/referrals/{referral}/appointments",
     params(("referral" = String, Path, description = "Ocean's referral reference")),
     request_body = AppointmentRequest,
-    responses((status = 202, description = "Stored in the outbox", body = Accepted))
+    responses(
+        (status = 202, description = "Stored in the outbox", body = Accepted),
+        (status = 409, description = "The requester revoked the referral", body = ProblemDoc, content_type = "application/problem+json"),
+    )
 )]
 pub async fn book(
     State(state): State<AppState>,
