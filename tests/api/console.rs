@@ -1211,3 +1211,65 @@ async fn unknown_addresses_methods_and_queries_get_console_pages() {
     }
     app.stop().await;
 }
+
+/// The referral page lists the documents kept with it; one fetched downloads as Ocean served
+/// it, for users who may see the referral only.
+#[tokio::test]
+async fn a_referrals_documents_are_listed_and_downloadable_within_its_scope() {
+    use crate::support::ocean::{MockOcean, Serve};
+    let ocean = MockOcean::start().await;
+    let letter = "%PDF-1.7 synthetic console letter";
+    ocean.serve(
+        "/svc/fhir/v1/ServiceRequest/TST-0011-AAAA/$letter",
+        [Serve::Pdf(letter.as_bytes().to_vec())],
+    );
+    let app = spawn_app_with(&users_config(&crate::outbound::flow::config(
+        &ocean, "form",
+    )))
+    .await;
+    assert_eq!(
+        app.deliver("default", fixture("v0.11-add-service-request.json"))
+            .await
+            .status,
+        200
+    );
+    let referral = referral_relay::domain::ReferralRef::parse("TST-0011-AAAA").unwrap();
+    for _ in 0..400 {
+        let documents = app.store.documents(&referral).await.unwrap();
+        if documents
+            .first()
+            .is_some_and(|d| d.state == referral_relay::store::DocumentState::Fetched)
+        {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    let mut alice = Visitor::new(&app);
+    alice.sign_in("alice", ALICE_PASSWORD).await;
+    let page = alice.get("/console/referrals/TST-0011-AAAA").await;
+    let link = "/console/referrals/TST-0011-AAAA/documents/1/0";
+    assert!(
+        page.html.contains(&format!("href=\"{link}\"")),
+        "{}",
+        page.html
+    );
+    assert!(page.html.contains("Referral letter"));
+    let download = alice.get(link).await;
+    assert_eq!(download.status, 200);
+    assert_eq!(download.headers["content-type"], "application/pdf");
+    assert_eq!(download.headers["x-content-type-options"], "nosniff");
+    assert_eq!(download.html, letter);
+    assert_eq!(
+        alice
+            .get("/console/referrals/TST-0011-AAAA/documents/1/9")
+            .await
+            .status,
+        404
+    );
+    // Bob sees only PHYSIO-EAST-02: not this referral, nor its letter.
+    let mut bob = Visitor::new(&app);
+    bob.sign_in("bob", BOB_PASSWORD).await;
+    let refused = bob.get(link).await;
+    assert_ne!(refused.status, 200);
+    assert!(!refused.html.contains(letter));
+}

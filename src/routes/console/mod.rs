@@ -54,6 +54,10 @@ pub fn router() -> Router<AppState> {
             get(pages::raw_version).fallback(method_not_allowed),
         )
         .route(
+            "/console/referrals/{referral}/documents/{version}/{index}",
+            get(pages::document).fallback(method_not_allowed),
+        )
+        .route(
             "/console/referrals/{referral}/status",
             post(actions::set_status).fallback(method_not_allowed),
         )

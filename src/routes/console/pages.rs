@@ -16,7 +16,9 @@ use crate::error::AppError;
 use crate::fhir::changes::{self, ResourceChangeKind, Resources};
 use crate::routes::v1::extract::{visible_to, whole_number};
 use crate::state::AppState;
-use crate::store::{ReferralRecord, StoreError, UpdateRecord, VersionRecord};
+use crate::store::{
+    DocumentRecord, DocumentState, ReferralRecord, StoreError, UpdateRecord, VersionRecord,
+};
 
 /// The service column of a referral filed under none.
 const UNASSIGNED: &str = "(unassigned)";
@@ -357,6 +359,15 @@ pub async fn referral(
         .rev()
         .map(update_row)
         .collect();
+    // Newest version's documents first, as the timeline reads.
+    let documents: Vec<DocumentRow> = state
+        .store
+        .documents(&reference)
+        .await?
+        .iter()
+        .rev()
+        .map(document_row)
+        .collect();
     Ok(render(
         "referral.html",
         minijinja::context! {
@@ -369,9 +380,53 @@ pub async fn referral(
             has_appointment => record.summary.appointment_start.is_some()
                 || updates.iter().any(|u| u.kind == "appointment"),
             updates => updates,
+            documents => documents,
             ..user.header()
         },
     ))
+}
+
+/// One document kept with the referral, as its page lists it.
+#[derive(Serialize)]
+struct DocumentRow {
+    version: u64,
+    index: u32,
+    kind: &'static str,
+    title: String,
+    state: &'static str,
+    size: u64,
+    last_error: Option<String>,
+    /// Offered for download once fetched and not purged.
+    downloadable: bool,
+    purged: bool,
+}
+
+fn document_row(d: &DocumentRecord) -> DocumentRow {
+    DocumentRow {
+        version: d.version,
+        index: d.index,
+        kind: d.kind.as_str(),
+        title: d.title.clone().unwrap_or_else(|| d.file_name()),
+        state: d.state.as_str(),
+        size: d.size,
+        last_error: d.last_error.clone(),
+        downloadable: d.state == DocumentState::Fetched && !d.purged,
+        purged: d.purged,
+    }
+}
+
+/// `/console/referrals/{referral}/documents/{version}/{index}`: one document's bytes.
+pub async fn document(
+    State(state): State<AppState>,
+    user: ConsoleUser,
+    ConsolePath((referral, version, index)): ConsolePath<(String, String, String)>,
+) -> Result<Response, PageError> {
+    let version = whole_number(&version)
+        .ok_or_else(|| AppError::BadRequest("version must be a whole number".into()))?;
+    let index = whole_number(&index)
+        .ok_or_else(|| AppError::BadRequest("index must be a whole number".into()))?;
+    let (reference, _) = visible_to(&state, &user.name, &user.service_ids, &referral).await?;
+    Ok(crate::routes::v1::documents::document_response(&state, &reference, version, index).await?)
 }
 
 /// One update sent (or to be sent) to Ocean, as the referral and outbox pages list it.

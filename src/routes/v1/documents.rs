@@ -9,6 +9,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::extract::{Caller, Path, ProblemDoc, rfc3339, visible, whole_number};
+use crate::domain::ReferralRef;
 use crate::error::{AppError, Problem};
 use crate::state::AppState;
 use crate::store::{DocumentRecord, DocumentState};
@@ -155,7 +156,21 @@ pub async fn get_document(
     let index = whole_number(&index)
         .ok_or_else(|| AppError::BadRequest("index must be a whole number".into()))?;
     let (reference, _) = visible(&state, &client, &referral).await?;
-    let documents = state.store.documents(&reference).await?;
+    Ok(document_response(&state, &reference, version, index).await?)
+}
+
+/// One document's bytes as a download, for the API and the console alike: 404 with the reason
+/// when it is not kept (not fetched yet, given up, purged, or no such document).
+///
+/// # Errors
+/// [`AppError::NotFound`], or the store's error.
+pub(crate) async fn document_response(
+    state: &AppState,
+    reference: &ReferralRef,
+    version: u64,
+    index: u64,
+) -> Result<Response, AppError> {
+    let documents = state.store.documents(reference).await?;
     let document = documents
         .into_iter()
         .find(|d| d.version == version && u64::from(d.index) == index)
@@ -167,22 +182,19 @@ pub async fn get_document(
     let not_kept =
         |why: String| AppError::NotFound(format!("document {index} of version {version}: {why}"));
     match (document.state, document.purged) {
-        (_, true) => return Err(not_kept("purged by retention".into()).into()),
-        (DocumentState::Pending, _) => {
-            return Err(not_kept("not fetched yet".into()).into());
-        }
+        (_, true) => return Err(not_kept("purged by retention".into())),
+        (DocumentState::Pending, _) => return Err(not_kept("not fetched yet".into())),
         (DocumentState::Failed, _) => {
             return Err(not_kept(format!(
                 "not kept: {}",
                 document.last_error.as_deref().unwrap_or("the fetch failed")
-            ))
-            .into());
+            )));
         }
         (DocumentState::Fetched, _) => {}
     }
     let bytes = state
         .store
-        .document_bytes(&reference, version, document.index)
+        .document_bytes(reference, version, document.index)
         .await?
         .ok_or_else(|| not_kept("its bytes are missing".into()))?;
     let mut response = (StatusCode::OK, bytes).into_response();

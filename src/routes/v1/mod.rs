@@ -9,7 +9,7 @@
 mod audit;
 mod backup;
 mod doc;
-mod documents;
+pub(crate) mod documents;
 mod events;
 pub(crate) mod export;
 pub(crate) mod extract;
