@@ -379,8 +379,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 // Written beside --out and renamed over it once whole: a run that fails leaves
                 // whatever was at --out as it was.
                 let partial = format!("{out}.partial");
-                let file = std::fs::File::create(&partial)
-                    .with_context(|| format!("cannot create {partial}"))?;
+                // A new file only: never through a link or over one left by an earlier run.
+                let file = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(&partial)
+                    .with_context(|| {
+                        format!("cannot create {partial} (if an earlier run left it, remove it)")
+                    })?;
                 let rows = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
                 let mut archive =
                     crate::export::archive::ArchiveSink::new(file, &*store, rows.clone())

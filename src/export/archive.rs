@@ -24,6 +24,8 @@ pub struct ArchiveSink<'s> {
     rows: Arc<Mutex<Vec<ReferralRef>>>,
     /// Documents added so far.
     pub documents: usize,
+    /// Folder names used so far, lowercased (archives are unpacked on case-insensitive disks).
+    folders: std::collections::HashSet<String>,
 }
 
 impl<'s> ArchiveSink<'s> {
@@ -45,6 +47,7 @@ impl<'s> ArchiveSink<'s> {
             store,
             rows,
             documents: 0,
+            folders: std::collections::HashSet::new(),
         })
     }
 
@@ -101,7 +104,28 @@ impl CsvSink for ArchiveSink<'_> {
                 .documents(&referral)
                 .await
                 .map_err(io::Error::other)?;
-            for document in latest_documents(documents) {
+            let documents = latest_documents(documents);
+            if documents.is_empty() {
+                continue;
+            }
+            // A folder name already taken (another ref that reads alike) gets the ref's whole
+            // SHA-256, then a counter.
+            let mut name = folder(&referral);
+            if self.folders.contains(&name.to_lowercase()) {
+                name = format!(
+                    "{}-{}",
+                    file_safe(referral.as_str()),
+                    sha256_hex(referral.as_str().as_bytes())
+                );
+            }
+            let base = name.clone();
+            let mut n = 1;
+            while self.folders.contains(&name.to_lowercase()) {
+                n += 1;
+                name = format!("{base}-{n}");
+            }
+            self.folders.insert(name.to_lowercase());
+            for document in documents {
                 let Some(bytes) = self
                     .store
                     .document_bytes(&referral, document.version, document.index)
@@ -110,10 +134,10 @@ impl CsvSink for ArchiveSink<'_> {
                 else {
                     continue;
                 };
-                let name = format!("{}/{}", folder(&referral), document.file_name());
+                let entry = format!("{name}/{}", document.file_name());
                 // PDFs are compressed already.
                 let zip = self.zip()?;
-                zip.start_file(name, options(CompressionMethod::Stored))
+                zip.start_file(entry, options(CompressionMethod::Stored))
                     .map_err(io::Error::other)?;
                 zip.write_all(&bytes)?;
                 self.documents += 1;

@@ -246,9 +246,15 @@ impl OceanClient {
         let mut renewed = false;
         loop {
             let token = self.token(renewed).await?;
-            let unreachable = |e: reqwest::Error| SendError::Retry {
-                reason: format!("Ocean unreachable: {}", transport(&e)),
-                after: None,
+            let unreachable = |e: reqwest::Error| {
+                if e.is_redirect() {
+                    SendError::Rejected("Ocean answered with more than 5 redirects".into())
+                } else {
+                    SendError::Retry {
+                        reason: format!("Ocean unreachable: {}", transport(&e)),
+                        after: None,
+                    }
+                }
             };
             let mut response = self
                 .http
@@ -309,6 +315,14 @@ impl OceanClient {
                     return Err(too_large());
                 }
                 body.extend_from_slice(&chunk);
+            }
+            // A web page sent under another type (or none) is no document either.
+            let start = String::from_utf8_lossy(&body[..body.len().min(64)]).to_ascii_lowercase();
+            let start = start.trim_start();
+            if start.starts_with("<!doctype html") || start.starts_with("<html") {
+                return Err(SendError::Rejected(
+                    "Ocean answered with an HTML page instead of the document".into(),
+                ));
             }
             if body.is_empty() {
                 return Err(SendError::Retry {

@@ -24,8 +24,7 @@ const IDLE: Duration = Duration::from_secs(5);
 /// Pause after the store could not be read.
 const ERROR_PAUSE: Duration = Duration::from_secs(5);
 
-/// (referral, version, index): which document.
-type DocumentKey = (crate::domain::ReferralRef, u64, u32);
+use crate::store::DocumentKey;
 
 fn key(document: &DocumentRecord) -> DocumentKey {
     (document.referral.clone(), document.version, document.index)
@@ -50,7 +49,7 @@ impl Fetcher {
         let lease = Duration::from_secs(self.config.request_timeout_secs.saturating_mul(3) + 60);
         let mut running = tokio::task::JoinSet::new();
         // What each running task fetches: the embedded store lists a document as due until its
-        // outcome is saved, so one already being fetched must not be started again.
+        // outcome is saved, so the claim leaves out those already being fetched.
         let mut in_flight: HashMap<tokio::task::Id, DocumentKey> = HashMap::new();
         loop {
             if *stop.borrow() {
@@ -59,23 +58,20 @@ impl Fetcher {
             let free = self.config.concurrency.saturating_sub(running.len());
             let mut idle = IDLE;
             if free > 0 {
+                let busy: Vec<DocumentKey> = in_flight.values().cloned().collect();
                 let claimed = tokio::select! {
                     claimed = self.store.due_documents(
                         OffsetDateTime::now_utc(),
                         lease,
-                        free + in_flight.len(),
+                        free,
+                        &busy,
                     ) => claimed,
                     _ = stop.wait_for(|s| *s) => return,
                 };
                 match claimed {
                     Ok(due) => {
-                        let fresh: Vec<DocumentRecord> = due
-                            .into_iter()
-                            .filter(|d| !in_flight.values().any(|k| *k == key(d)))
-                            .take(free)
-                            .collect();
-                        // A full batch may mean more are due: look again once one finishes.
-                        for document in fresh {
+                        // Each one claimed is started (on PostgreSQL a claim leases it).
+                        for document in due {
                             let (fetcher, at) = (self.clone(), key(&document));
                             let task = running.spawn(async move { fetcher.fetch(document).await });
                             in_flight.insert(task.id(), at);
@@ -215,7 +211,7 @@ fn address(base: &str, document: &DocumentRecord) -> Result<Url, String> {
         (DocumentKind::Letter, _) => {
             // `.` and `..` are dot-segments to every URL parser, escaped or not (WHATWG URL
             // §4.1): such a reference cannot name the referral in a path.
-            if document.referral.as_str().chars().all(|c| c == '.') {
+            if matches!(document.referral.as_str(), "." | "..") {
                 return Err(
                     "the referral reference is a dot-segment, which cannot name it in the letter's address".into(),
                 );

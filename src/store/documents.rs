@@ -202,17 +202,22 @@ impl NewDelivery {
     }
 }
 
+/// (referral, version, index): which document.
+pub type DocumentKey = (ReferralRef, u64, u32);
+
 /// Keeping the documents of referrals.
 #[async_trait]
 pub trait DocumentStore: Send + Sync {
-    /// Pending documents due at `now`, oldest first, at most `limit`. On a store shared by
-    /// replicas, the documents returned are leased to the caller for `lease` (no other replica
-    /// gets them meanwhile).
+    /// Pending documents due at `now`, oldest first, at most `limit`, leaving out `busy` (those
+    /// the caller is fetching already). On a store shared by replicas, the documents returned
+    /// are leased to the caller for `lease` (no other replica gets them meanwhile, and a leased
+    /// one is not due), so a caller should start every one it is given.
     async fn due_documents(
         &self,
         now: OffsetDateTime,
         lease: std::time::Duration,
         limit: usize,
+        busy: &[DocumentKey],
     ) -> Result<Vec<DocumentRecord>, StoreError>;
 
     /// Saves a document's new state and, when given, its bytes, in one durable write.

@@ -115,6 +115,7 @@ impl DocumentStore for DiskFull {
         _: OffsetDateTime,
         _: std::time::Duration,
         _: usize,
+        _: &[referral_relay::store::DocumentKey],
     ) -> Result<Vec<DocumentRecord>, StoreError> {
         Ok(Vec::new())
     }

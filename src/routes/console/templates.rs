@@ -26,6 +26,11 @@ fn environment() -> &'static Environment<'static> {
     static ENVIRONMENT: OnceLock<Environment<'static>> = OnceLock::new();
     ENVIRONMENT.get_or_init(|| {
         let mut env = Environment::new();
+        // A referral ref in a path: every character but the unreserved ones percent-encoded
+        // (`urlencode` keeps `/`, which would split the ref into path segments).
+        env.add_filter("segment", |value: String| {
+            crate::routes::v1::documents::urlencoding(&value)
+        });
         for (name, source) in TEMPLATES {
             // The templates are part of the binary: one that does not parse is a build defect,
             // caught by the console tests, which render every page.

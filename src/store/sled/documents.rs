@@ -14,7 +14,7 @@ use super::open::Open;
 use super::trees::{DOCUMENT_BYTES, DOCUMENTS, abort, tx_error, unavailable};
 use super::writer::Target;
 use crate::domain::ReferralRef;
-use crate::store::documents::{DocumentRecord, DocumentState, DocumentStore};
+use crate::store::documents::{DocumentKey, DocumentRecord, DocumentState, DocumentStore};
 use crate::store::error::StoreError;
 
 /// [`super::keys::document_key`] of a referral.
@@ -49,6 +49,7 @@ impl Open {
         &self,
         now: OffsetDateTime,
         limit: usize,
+        busy: &[DocumentKey],
     ) -> Result<Vec<DocumentRecord>, StoreError> {
         let mut due = Vec::new();
         for item in self.trees.due_documents.iter() {
@@ -57,7 +58,11 @@ impl Open {
                 continue;
             };
             let record: DocumentRecord = self.codec.decode(DOCUMENTS, &key, &value)?;
-            if record.state == DocumentState::Pending && record.next_attempt_at <= now {
+            let fetching = busy.iter().any(|(referral, version, index)| {
+                *referral == record.referral && *version == record.version && *index == record.index
+            });
+            if record.state == DocumentState::Pending && record.next_attempt_at <= now && !fetching
+            {
                 due.push(record);
             }
         }
@@ -133,9 +138,11 @@ impl DocumentStore for SledStore {
         now: OffsetDateTime,
         _lease: std::time::Duration,
         limit: usize,
+        busy: &[DocumentKey],
     ) -> Result<Vec<DocumentRecord>, StoreError> {
         // One process owns the embedded store: nothing to lease against.
-        self.off_worker(move |open| open.due_documents(now, limit))
+        let busy = busy.to_vec();
+        self.off_worker(move |open| open.due_documents(now, limit, &busy))
             .await
     }
 
