@@ -50,6 +50,10 @@ enum Command {
         /// it listens on all addresses).
         #[arg(long)]
         url: Option<String>,
+        /// Ask /readyz instead (the store takes a durable write): for a readiness probe or a
+        /// compose health check that should keep traffic away until then.
+        #[arg(long)]
+        ready: bool,
         #[arg(long, env = "RELAY_CONFIG")]
         config: Option<PathBuf>,
         /// Give up after this many seconds.
@@ -244,6 +248,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Healthcheck {
             url,
+            ready,
             config,
             timeout_secs,
         } => {
@@ -254,7 +259,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     local_url(config.server.listen)
                 }
             };
-            let url = format!("{}/healthz", base.trim_end_matches('/'));
+            let path = if ready { "readyz" } else { "healthz" };
+            let url = format!("{}/{path}", base.trim_end_matches('/'));
             let timeout = std::time::Duration::from_secs(timeout_secs);
             let status = tokio::runtime::Runtime::new()?.block_on(async {
                 // Straight to the service: a proxy configured for reaching Ocean is not for this.

@@ -90,6 +90,18 @@ async fn the_healthcheck_command_passes_for_a_running_service_and_fails_for_a_st
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // --ready asks /readyz (the store takes a durable write), for readiness probes.
+    let out = healthcheck(&[], &["--url", &url, "--ready"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(&format!("{url}/readyz answered 200")),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     // Without --url it finds the service from the configured listen address.
     let listen = relay.addr.to_string();
     let out = healthcheck(&[("RELAY__SERVER__LISTEN", &listen)], &[]);
