@@ -28,19 +28,22 @@ COPY . .
 # Newer than the placeholder build, so cargo rebuilds this package (COPY keeps the files' times).
 RUN touch src/main.rs src/lib.rs \
  && cargo build --release --locked --bin referral-relay \
- && mkdir -p /out/data \
- && cp target/release/referral-relay /out/referral-relay
+ && cp target/release/referral-relay /usr/local/bin/referral-relay
 
 # --- run -----------------------------------------------------------------------------------
 FROM debian:bookworm-slim
 # Nothing is installed: the binary needs only glibc, and the CA certificates for HTTPS to Ocean
 # come from the build stage's Debian ca-certificates bundle (where rustls looks for them).
-# uid 10001 owns only /data; a read-only root filesystem works (the relay writes nowhere else).
-RUN useradd --system --uid 10001 --user-group --no-create-home --home-dir /data \
-        --shell /usr/sbin/nologin relay
+# uid 10001 (group relay, 10001) owns only /data; a read-only root filesystem works (the relay
+# writes nowhere else). /data is also writable by group 0, for platforms that run images under
+# an arbitrary uid in group 0 (OpenShift). No setuid or setgid programs are left.
+RUN groupadd --system --gid 10001 relay \
+ && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /data \
+        --shell /usr/sbin/nologin relay \
+ && mkdir /data && chown 10001:0 /data && chmod 0770 /data \
+ && find / -xdev -perm /6000 -type f -exec chmod a-s {} +
 COPY --from=build /etc/ssl/certs/ca-certificates.crt /etc/ssl/certs/ca-certificates.crt
-COPY --from=build --chown=10001:10001 /out/data /data
-COPY --from=build /out/referral-relay /usr/local/bin/referral-relay
+COPY --from=build /usr/local/bin/referral-relay /usr/local/bin/referral-relay
 COPY config/container.toml /etc/referral-relay/config.toml
 
 ENV RELAY_CONFIG=/etc/referral-relay/config.toml

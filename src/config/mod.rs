@@ -86,7 +86,18 @@ impl Config {
         overrides: &Overrides,
         env: impl Iterator<Item = (String, String)>,
     ) -> anyhow::Result<Self> {
-        let env: Vec<(String, String)> = env.filter(|(k, _)| k.starts_with(ENV_PREFIX)).collect();
+        // figment matches the prefix without regard to case, and so does everything here.
+        let (env, others): (Vec<(String, String)>, Vec<_>) =
+            env.partition(|(k, _)| starts_with_ignoring_case(k, ENV_PREFIX));
+        // RELAY_STORAGE__KEY (one underscore) would be ignored without a word: refuse it.
+        if let Some((name, _)) = others
+            .iter()
+            .find(|(k, _)| starts_with_ignoring_case(k, "RELAY_") && k.contains("__"))
+        {
+            anyhow::bail!(
+                "{name} looks like a configuration variable, but those start with RELAY__ (two underscores)"
+            );
+        }
         let mut base: toml::Table =
             toml::from_str(DEFAULT_TOML).context("the built-in default config does not parse")?;
 
@@ -94,9 +105,11 @@ impl Config {
         // Integration names the operator's layers mention (environment keys are lower-cased).
         let mut named: Vec<String> = env
             .iter()
-            .filter_map(|(k, _)| k.strip_prefix("RELAY__INTEGRATIONS__"))
-            .filter_map(|rest| rest.split("__").next())
-            .map(str::to_ascii_lowercase)
+            .map(|(k, _)| k[ENV_PREFIX.len()..].to_ascii_lowercase())
+            .filter_map(|rest| {
+                let name = rest.strip_prefix("integrations__")?.split("__").next()?;
+                Some(name.to_string())
+            })
             .collect();
         if let Some(path) = file {
             let text = std::fs::read_to_string(path)
@@ -122,12 +135,12 @@ impl Config {
                     .filter(|k| !k.as_str().to_ascii_lowercase().ends_with("_file")),
             );
         for (name, path) in &env {
-            let Some(key) = name.strip_suffix("_FILE") else {
+            let lower = name.to_ascii_lowercase();
+            let Some(key) = lower.strip_suffix("_file") else {
                 continue;
             };
             let key_path = key[ENV_PREFIX.len()..]
                 .split("__")
-                .map(str::to_ascii_lowercase)
                 .collect::<Vec<_>>()
                 .join(".");
             let mut value = std::fs::read_to_string(path)
@@ -138,7 +151,15 @@ impl Config {
                     value.pop();
                 }
             }
-            figment = figment.merge(Serialized::default(&key_path, value));
+            // An empty secret file (a mount that failed, a template never filled) must not
+            // quietly mean "no key": an empty storage.encryption_key turns encryption off.
+            if value.is_empty() {
+                anyhow::bail!("{name}: the file it names ({path}) is empty");
+            }
+            figment = figment.merge(FileVariable {
+                name: name.clone(),
+                data: Serialized::default(&key_path, value),
+            });
         }
         if let Some(listen) = overrides.listen {
             figment = figment.merge(Serialized::default("server.listen", listen));
@@ -160,6 +181,7 @@ impl Config {
     /// Checks what types alone cannot, section by section.
     pub fn validate(&self) -> anyhow::Result<()> {
         self.server.validate()?;
+        self.log.validate()?;
         self.oauth2.validate()?;
         self.storage.validate()?;
         self.api.validate()?;
@@ -176,6 +198,30 @@ impl Config {
     /// types' `Serialize`.
     pub fn to_redacted_toml(&self) -> anyhow::Result<String> {
         toml::to_string_pretty(self).context("cannot print the configuration")
+    }
+}
+
+fn starts_with_ignoring_case(text: &str, prefix: &str) -> bool {
+    text.get(..prefix.len())
+        .is_some_and(|p| p.eq_ignore_ascii_case(prefix))
+}
+
+/// A value read from the file a `RELAY__..._FILE` variable names: errors about it name the
+/// variable (figment would otherwise name the line of code that merged it).
+struct FileVariable {
+    name: String,
+    data: Serialized<String>,
+}
+
+impl figment::Provider for FileVariable {
+    fn metadata(&self) -> figment::Metadata {
+        figment::Metadata::named(format!("the file {} names", self.name))
+    }
+
+    fn data(
+        &self,
+    ) -> Result<figment::value::Map<figment::Profile, figment::value::Dict>, figment::Error> {
+        self.data.data()
     }
 }
 

@@ -69,6 +69,27 @@ pub enum LogFormat {
     Json,
 }
 
+impl LogConfig {
+    /// Checks `level`: a bare word must be a level, since the filter would read any other word
+    /// as the name of a module to log, and the service would then log nothing at all.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+        for directive in self.level.split(',').map(str::trim) {
+            let is_level = LEVELS.iter().any(|l| l.eq_ignore_ascii_case(directive));
+            // `target=level`, `target[span]=level`: a directive naming what it filters.
+            let is_directive = directive.contains(['=', '[']);
+            if !directive.is_empty() && !is_level && !is_directive {
+                bail!(
+                    "log.level: {directive:?} is not a level (trace, debug, info, warn, error, off) or a target=level directive"
+                );
+            }
+        }
+        tracing_subscriber::EnvFilter::try_new(&self.level)
+            .map_err(|e| anyhow::anyhow!("log.level is not a valid filter: {e}"))?;
+        Ok(())
+    }
+}
+
 impl ServerConfig {
     /// The budget for unauthenticated bodies, in bytes (see `max_unauthenticated_body_bytes`).
     pub fn unauthenticated_body_budget(&self) -> usize {

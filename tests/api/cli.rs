@@ -258,3 +258,97 @@ fn hash_password_prints_a_hash_of_the_password_read_from_stdin() {
     assert!(short.stdout.is_empty());
     assert!(String::from_utf8_lossy(&short.stderr).contains("at least 12 characters"));
 }
+
+/// What a mistyped or half-filled environment does: refused, naming the variable, never a
+/// quieter configuration than the operator asked for.
+#[test]
+fn environment_mistakes_are_refused_or_read_as_meant() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let password = dir.path().join("ocean-password");
+    std::fs::write(&password, "from-a-secret-file\n").unwrap();
+    let empty = dir.path().join("empty");
+    std::fs::write(&empty, "").unwrap();
+    let bad_key = dir.path().join("bad-key");
+    std::fs::write(&bad_key, "not-a-key").unwrap();
+    let stderr = |out: &std::process::Output| String::from_utf8_lossy(&out.stderr).into_owned();
+
+    // Names in lower case are read as figment reads them, so an integration configured that
+    // way replaces the unauthenticated built-in one, and its `_file` secret is read.
+    let out = run(
+        &["check-config"],
+        &[
+            ("relay__integrations__ocean__auth__scheme", "basic"),
+            ("relay__integrations__ocean__auth__username", "ocean"),
+            (
+                "relay__integrations__ocean__auth__password_file",
+                password.to_str().unwrap(),
+            ),
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let printed: toml::Table = toml::from_str(&String::from_utf8(out.stdout).unwrap()).unwrap();
+    let integrations: Vec<&String> = printed["integrations"].as_table().unwrap().keys().collect();
+    assert_eq!(
+        integrations,
+        vec!["ocean"],
+        "the built-in default must be gone"
+    );
+
+    // An empty secret file would turn encryption off without a word.
+    let out = run(
+        &["check-config"],
+        &[(
+            "RELAY__STORAGE__ENCRYPTION_KEY_FILE",
+            empty.to_str().unwrap(),
+        )],
+    );
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("RELAY__STORAGE__ENCRYPTION_KEY_FILE")
+            && stderr(&out).contains("is empty"),
+        "{}",
+        stderr(&out)
+    );
+
+    // A value from a file that does not parse: the error names the variable, not our code.
+    let out = run(
+        &["check-config"],
+        &[(
+            "RELAY__STORAGE__ENCRYPTION_KEY_FILE",
+            bad_key.to_str().unwrap(),
+        )],
+    );
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("storage.encryption_key")
+            && stderr(&out).contains("RELAY__STORAGE__ENCRYPTION_KEY_FILE")
+            && !stderr(&out).contains("src/"),
+        "{}",
+        stderr(&out)
+    );
+
+    // One underscore after RELAY: figment would ignore it, and the key with it.
+    let out = run(
+        &["check-config"],
+        &[(
+            "RELAY_STORAGE__ENCRYPTION_KEY_FILE",
+            bad_key.to_str().unwrap(),
+        )],
+    );
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("RELAY_STORAGE__ENCRYPTION_KEY_FILE")
+            && stderr(&out).contains("RELAY__"),
+        "{}",
+        stderr(&out)
+    );
+
+    // A log level the filter would read as a module name: nothing would ever be logged.
+    let out = run(&["check-config"], &[("RELAY__LOG__LEVEL", "warning")]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("log.level"), "{}", stderr(&out));
+    for good in ["WARN", "referral_relay=debug,info", "off"] {
+        let out = run(&["check-config"], &[("RELAY__LOG__LEVEL", good)]);
+        assert!(out.status.success(), "{good}: {}", stderr(&out));
+    }
+}

@@ -183,6 +183,17 @@ if "${run[@]}" --rm -e "RELAY__SERVER__LISTEN=127.0.0.1:$port" "$image" healthch
 fi
 ok "healthcheck exits non-zero with the service down"
 
+say "a data dir the relay cannot write"
+mkdir -p "$work/root-owned"
+chmod 0755 "$work/root-owned"
+if "${run[@]}" --rm -v "$work/root-owned:/data" -e "RELAY__SERVER__LISTEN=127.0.0.1:$port" \
+    "$image" serve >"$work/denied.log" 2>&1; then
+    fail "serve started on a data dir it cannot write"
+fi
+grep -q 'cannot write to the data dir /data (owned by uid 0' "$work/denied.log" ||
+    fail "the refusal does not say which directory or who owns it: $(tail -3 "$work/denied.log")"
+ok "refused, naming /data and its owner"
+
 say "the same volume in a new container, configured by RELAY__* variables and a _FILE secret"
 mkdir -p "$work/secrets"
 printf '%s' "$password" >"$work/secrets/ocean-password"
@@ -227,7 +238,7 @@ ok "export --out wrote both referrals"
 say "deploy/compose.yaml: parsed, and its relay services run from the image on PostgreSQL"
 mkdir -p "$work/deploy/secrets"
 cp deploy/compose.yaml "$work/deploy/"
-# The secrets compose.yaml names, made for the test (deploy/README.md says how to make real ones).
+# The secrets compose.yaml names, made for the test (the README says how to make real ones).
 printf '%s' "$pg_url" >"$work/deploy/secrets/relay-database-url"
 printf '%s' "$password" >"$work/deploy/secrets/ocean-password"
 printf '%s' "$api_key" >"$work/deploy/secrets/emr-api-key"

@@ -52,7 +52,7 @@ pub(super) fn lock_dir(dir: &Path) -> Result<Arc<std::fs::File>, StoreError> {
         .truncate(false)
         .write(true)
         .open(dir.join(LOCK_FILE))
-        .map_err(io_unavailable)?;
+        .map_err(|e| not_writable(dir, e))?;
     match file.try_lock() {
         Ok(()) => Ok(Arc::new(file)),
         Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::InUse {
@@ -60,6 +60,31 @@ pub(super) fn lock_dir(dir: &Path) -> Result<Arc<std::fs::File>, StoreError> {
         }),
         Err(std::fs::TryLockError::Error(e)) => Err(io_unavailable(e)),
     }
+}
+
+/// The first write to the data dir failed: say which directory and who owns it, since the
+/// usual cause is a volume or bind mount owned by another user than the relay's.
+fn not_writable(dir: &Path, e: std::io::Error) -> StoreError {
+    use std::os::unix::fs::MetadataExt;
+    if e.kind() != std::io::ErrorKind::PermissionDenied {
+        return io_unavailable(e);
+    }
+    let owner = std::fs::metadata(dir).map_or_else(
+        |_| String::new(),
+        |m| {
+            format!(
+                " (owned by uid {}, gid {}, mode {:o})",
+                m.uid(),
+                m.gid(),
+                m.mode() & 0o7777
+            )
+        },
+    );
+    StoreError::unavailable(format!(
+        "cannot write to the data dir {}{owner}: the relay's user must be able to (uid 10001 in the container image)",
+        dir.display()
+    ))
+    .caused_by(e)
 }
 
 /// Makes renames in `dir` durable.
