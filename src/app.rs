@@ -33,6 +33,8 @@ pub struct Application {
     /// Longest one send to Ocean can take (token fetch, post, one 401 retry).
     send_bound: Duration,
     limits: crate::server::Limits,
+    /// HTTPS on the listener, when configured.
+    tls: Option<crate::server::tls::Tls>,
     refusals: Arc<Refusals>,
     /// How often refused authentication is reported.
     refusals_every: Duration,
@@ -69,6 +71,7 @@ impl Application {
                 tracing::warn!(integration = %name, "integration accepts unauthenticated requests (auth scheme none); use it only for connectivity tests");
             }
         }
+        let tls = crate::server::tls::Tls::from_config(config)?;
         let listener = TcpListener::bind(config.server.listen)
             .await
             .with_context(|| format!("cannot listen on {}", config.server.listen))?;
@@ -86,7 +89,8 @@ impl Application {
         } else {
             None
         };
-        let state = AppState::new(config, store, shared_signing_key)?;
+        let mut state = AppState::new(config, store, shared_signing_key)?;
+        state.tls_certificate = tls.as_ref().map(|t| Arc::clone(&t.certificate));
         let server = &config.server;
         let (max_connections, lowered_by) =
             crate::server::fit_connection_cap(server.max_connections, DESCRIPTOR_RESERVE);
@@ -108,6 +112,7 @@ impl Application {
         };
         Ok(Self {
             limits,
+            tls,
             refusals: Arc::clone(&state.refusals),
             refusals_every: Duration::from_secs(server.auth_failure_report_secs),
             listener,
@@ -167,10 +172,17 @@ impl Application {
                 self.stopping.subscribe(),
             )));
         }
+        if let Some(tls) = &self.tls {
+            tokio::spawn(
+                tls.clone()
+                    .watch(self.metrics.clone(), self.stopping.subscribe()),
+            );
+        }
         let server = crate::server::serve(
             self.listener,
             self.router,
             self.limits.clone(),
+            self.tls.clone(),
             self.metrics.clone(),
             async move {
                 shutdown.await;

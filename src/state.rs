@@ -85,6 +85,8 @@ pub struct AppState {
     pub backups: Arc<tokio::sync::Semaphore>,
     /// Signed-in users of the web console.
     pub console_sessions: Arc<Sessions>,
+    /// The certificate the listener serves, when it speaks HTTPS (for `/readyz`).
+    pub tls_certificate: Option<Arc<crate::server::tls::ServedCertificate>>,
 }
 
 impl AppState {
@@ -185,6 +187,7 @@ impl AppState {
                 Duration::from_secs(config.console.session_idle_secs),
                 Duration::from_secs(config.console.session_max_secs),
             )),
+            tls_certificate: None,
         })
     }
 

@@ -63,6 +63,9 @@ const CONNECTIONS_OPEN: &str = "relay_connections_open";
 const CONNECTIONS_SHED: &str = "relay_connections_shed_total";
 const CONNECTION_TIMEOUTS: &str = "relay_connection_timeouts_total";
 const UNAUTHENTICATED_BYTES: &str = "relay_unauthenticated_body_bytes";
+const TLS_CERT_EXPIRY: &str = "relay_tls_cert_expiry_seconds";
+const TLS_RELOAD_FAILURES: &str = "relay_tls_reload_failures_total";
+const TLS_HANDSHAKE_FAILURES: &str = "relay_tls_handshake_failures_total";
 
 /// The application's metrics. Cheap to clone.
 #[derive(Clone)]
@@ -119,12 +122,25 @@ impl Metrics {
             );
             describe_counter!(
                 CONNECTION_TIMEOUTS,
-                "Connections closed by a timeout: header_read, keep_alive or send"
+                "Connections closed by a timeout: tls_handshake, header_read, keep_alive or send"
             );
             describe_gauge!(
                 UNAUTHENTICATED_BYTES,
                 Unit::Bytes,
                 "Bytes of request bodies held before their sender is authenticated"
+            );
+            describe_gauge!(
+                TLS_CERT_EXPIRY,
+                Unit::Seconds,
+                "When the certificate the listener serves expires, in seconds since the Unix epoch (HTTPS only)"
+            );
+            describe_counter!(
+                TLS_RELOAD_FAILURES,
+                "Reloads of server.tls files that were not taken (the previous certificate stays)"
+            );
+            describe_counter!(
+                TLS_HANDSHAKE_FAILURES,
+                "TLS handshakes refused or broken off by the client (an old protocol version, an unknown client certificate)"
             );
             metrics::counter!(EXPORT_ROWS).increment(0);
             metrics::gauge!(CONNECTIONS_OPEN).set(0.0);
@@ -241,7 +257,7 @@ impl Metrics {
         self.with(|| metrics::counter!(CONNECTIONS_SHED).increment(1));
     }
 
-    /// A connection closed by a timeout: `header_read`, `keep_alive` or `send`.
+    /// A connection closed by a timeout: `tls_handshake`, `header_read`, `keep_alive` or `send`.
     pub fn connection_timeout(&self, kind: &'static str) {
         self.with(|| metrics::counter!(CONNECTION_TIMEOUTS, "kind" => kind).increment(1));
     }
@@ -249,6 +265,21 @@ impl Metrics {
     /// Bytes of bodies held before their sender is authenticated, read when metrics are scraped.
     pub fn unauthenticated_body_bytes(&self, bytes: usize) {
         self.with(|| metrics::gauge!(UNAUTHENTICATED_BYTES).set(bytes as f64));
+    }
+
+    /// The served certificate's expiry (`relay_tls_cert_expiry_seconds`), so an alert can fire
+    /// before it passes; reloaded failures are counted apart.
+    pub fn tls_certificate_expiry(&self, not_after: time::OffsetDateTime) {
+        self.with(|| metrics::gauge!(TLS_CERT_EXPIRY).set(not_after.unix_timestamp() as f64));
+        self.with(|| metrics::counter!(TLS_RELOAD_FAILURES).increment(0));
+    }
+
+    pub fn tls_handshake_failure(&self) {
+        self.with(|| metrics::counter!(TLS_HANDSHAKE_FAILURES).increment(1));
+    }
+
+    pub fn tls_reload_failure(&self) {
+        self.with(|| metrics::counter!(TLS_RELOAD_FAILURES).increment(1));
     }
 
     pub fn export_rows(&self, rows: u64) {

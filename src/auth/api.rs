@@ -1,12 +1,13 @@
 //! Keys of the point-of-service API's clients, and what each may see.
 
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, header};
 
 use super::bearer;
 use crate::config::ApiConfig;
 use crate::domain::ServiceId;
 use crate::secret::Secret;
 use crate::secret::same_secret;
+use crate::server::tls::ClientIdentity;
 
 /// One configured API client.
 #[derive(Debug, Clone)]
@@ -49,13 +50,29 @@ impl ApiClients {
         )
     }
 
-    /// The client whose key is presented as a bearer token. Every key is compared, in constant
-    /// time, so timing does not reveal which client's key was close.
-    pub fn authenticate(&self, headers: &HeaderMap) -> Result<&ApiClient, &'static str> {
+    /// The client whose key is presented as a bearer token, or, without an `Authorization`
+    /// header, the client whose certificate the connection presented (mutual TLS, see
+    /// `server::tls::clients`). Every key is compared, in constant time, so timing does not
+    /// reveal which client's key was close; a client known by certificate alone has no key.
+    pub fn authenticate(
+        &self,
+        headers: &HeaderMap,
+        certificate: Option<&ClientIdentity>,
+    ) -> Result<&ApiClient, &'static str> {
+        if headers.get(header::AUTHORIZATION).is_none()
+            && let Some(ClientIdentity(name)) = certificate
+        {
+            return self
+                .0
+                .iter()
+                .find(|c| c.name == **name)
+                .ok_or("the client certificate names no API client");
+        }
         let presented = bearer::presented(headers)?;
         let mut found = None;
         for client in &self.0 {
-            if same_secret(presented.as_bytes(), client.key.expose().as_bytes()) {
+            let key = client.key.expose();
+            if same_secret(presented.as_bytes(), key.as_bytes()) && !key.is_empty() {
                 found = Some(client);
             }
         }

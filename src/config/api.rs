@@ -2,6 +2,7 @@
 //! serves to Ocean.
 
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 
 use anyhow::bail;
 use serde::{Deserialize, Serialize};
@@ -22,19 +23,67 @@ pub struct ApiConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ApiClientConfig {
-    /// The client's API key (`key_FILE` reads it from a file). At least 16 characters.
+    /// The client's API key (`key_FILE` reads it from a file). At least 16 characters; empty
+    /// when the client is known by its certificate alone.
+    #[serde(default)]
     pub key: Secret,
     /// External Service IDs whose referrals it may see; empty sees all.
     #[serde(default)]
     pub service_ids: Vec<ServiceId>,
+    /// Mutual TLS: a PEM file of the CA(s) whose certificates identify this client.
+    #[serde(default, skip_serializing_if = "is_empty_path")]
+    pub client_ca_file: PathBuf,
+    /// Mutual TLS: the SHA-256 fingerprint of the one certificate that identifies this client
+    /// (64 hex digits, colons and case ignored).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub client_cert_sha256: String,
+}
+
+fn is_empty_path(path: &Path) -> bool {
+    path.as_os_str().is_empty()
+}
+
+impl ApiClientConfig {
+    /// Whether the client may be known by a certificate.
+    pub fn uses_certificates(&self) -> bool {
+        !is_empty_path(&self.client_ca_file) || !self.client_cert_sha256.is_empty()
+    }
+
+    /// The pinned fingerprint as 32 bytes, if one is configured.
+    ///
+    /// # Errors
+    /// The text is not 64 hex digits (colons and spaces aside).
+    pub fn pinned_sha256(&self) -> anyhow::Result<Option<[u8; 32]>> {
+        if self.client_cert_sha256.is_empty() {
+            return Ok(None);
+        }
+        let digits: String = self
+            .client_cert_sha256
+            .chars()
+            .filter(|c| !matches!(c, ':' | ' '))
+            .collect();
+        let mut pin = [0u8; 32];
+        hex::decode_to_slice(&digits, &mut pin)
+            .map_err(|_| anyhow::anyhow!("must be 64 hex digits"))?;
+        Ok(Some(pin))
+    }
 }
 
 impl ApiConfig {
     pub fn validate(&self) -> anyhow::Result<()> {
         for (name, client) in &self.clients {
-            if client.key.expose().len() < 16 {
+            let key = client.key.expose();
+            if key.is_empty() && !client.uses_certificates() {
+                bail!(
+                    "api.clients.{name} needs a key (or, with HTTPS, client_ca_file or client_cert_sha256)"
+                );
+            }
+            if !key.is_empty() && key.len() < 16 {
                 bail!("api.clients.{name}.key must be at least 16 characters");
             }
+            client
+                .pinned_sha256()
+                .map_err(|e| anyhow::anyhow!("api.clients.{name}.client_cert_sha256 {e}"))?;
         }
         Ok(())
     }

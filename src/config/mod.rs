@@ -27,7 +27,7 @@ pub use api::{ApiClientConfig, ApiConfig, OAuth2Config};
 pub use console::{ConsoleConfig, ConsoleRole, ConsoleUserConfig, hash_password, verify_password};
 pub use integrations::{AuthConfig, IntegrationConfig, OAuthClient, WebhookSecret};
 pub use outbound::{DocumentsConfig, OutboxConfig, SiteConfig, TokenAuth};
-pub use server::{LogConfig, LogFormat, ServerConfig};
+pub use server::{LogConfig, LogFormat, ServerConfig, TlsConfig};
 pub use storage::{Backend, EncryptionKey, RetentionConfig, StorageConfig};
 
 use crate::domain::{IntegrationName, redact_quoted};
@@ -139,6 +139,12 @@ impl Config {
             let Some(key) = lower.strip_suffix("_file") else {
                 continue;
             };
+            // Keys that are themselves paths (`server.tls.cert_file`) take the value as it is.
+            let whole_key = lower[ENV_PREFIX.len()..].split("__").collect::<Vec<_>>();
+            if names_a_path(&whole_key) {
+                figment = figment.merge(Serialized::default(&whole_key.join("."), path));
+                continue;
+            }
             let key_path = key[ENV_PREFIX.len()..]
                 .split("__")
                 .collect::<Vec<_>>()
@@ -185,6 +191,13 @@ impl Config {
         self.oauth2.validate()?;
         self.storage.validate()?;
         self.api.validate()?;
+        if !self.server.tls.enabled()
+            && let Some((name, _)) = self.api.clients.iter().find(|(_, c)| c.uses_certificates())
+        {
+            anyhow::bail!(
+                "api.clients.{name}: client certificates are presented in the TLS handshake, so they need HTTPS on the listener (server.tls)"
+            );
+        }
         self.console.validate()?;
         self.outbox.validate()?;
         self.documents.validate()?;
@@ -199,6 +212,15 @@ impl Config {
     pub fn to_redacted_toml(&self) -> anyhow::Result<String> {
         toml::to_string_pretty(self).context("cannot print the configuration")
     }
+}
+
+/// Whether the key (its path, lower case) holds a file's path, so that a variable naming it
+/// (`RELAY__SERVER__TLS__CERT_FILE`) sets the path rather than reading the file.
+fn names_a_path(key: &[&str]) -> bool {
+    matches!(
+        key,
+        ["server", "tls", "cert_file" | "key_file"] | ["api", "clients", _, "client_ca_file"]
+    )
 }
 
 fn starts_with_ignoring_case(text: &str, prefix: &str) -> bool {
@@ -312,6 +334,68 @@ mod tests {
         assert!(e.to_string().contains("server.max_body_bytes"), "{e}");
         let e = load(Some("[sever]\nlisten = \"0.0.0.0:1\"\n"), &[]).unwrap_err();
         assert!(e.to_string().contains("sever"), "{e}");
+    }
+
+    #[test]
+    fn variables_naming_path_keys_set_the_path() {
+        let c = load(
+            None,
+            &[
+                ("RELAY__SERVER__TLS__CERT_FILE", "/run/tls/fullchain.pem"),
+                ("RELAY__SERVER__TLS__KEY_FILE", "/run/tls/privkey.pem"),
+                ("RELAY__API__CLIENTS__EMR__CLIENT_CA_FILE", "/run/ca.pem"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            c.server.tls.cert_file,
+            PathBuf::from("/run/tls/fullchain.pem")
+        );
+        assert_eq!(c.server.tls.key_file, PathBuf::from("/run/tls/privkey.pem"));
+        assert_eq!(
+            c.api.clients["emr"].client_ca_file,
+            PathBuf::from("/run/ca.pem")
+        );
+        // A secret's _FILE still reads the file: the API key of that same client.
+        let key = tempfile::NamedTempFile::new().unwrap();
+        key.as_file()
+            .write_all(b"emr-key-from-a-file-0123\n")
+            .unwrap();
+        let c = load(
+            None,
+            &[(
+                "RELAY__API__CLIENTS__EMR__KEY_FILE",
+                key.path().to_str().unwrap(),
+            )],
+        )
+        .unwrap();
+        assert_eq!(
+            c.api.clients["emr"].key.expose(),
+            "emr-key-from-a-file-0123"
+        );
+    }
+
+    #[test]
+    fn client_certificates_need_https_and_a_well_formed_pin() {
+        let e = load(
+            Some("[api.clients.lab]\nclient_cert_sha256 = \"ab\"\n"),
+            &[],
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("client_cert_sha256"), "{e}");
+        let pin = "AB:".repeat(31) + "AB";
+        let e = load(
+            Some(&format!(
+                "[api.clients.lab]\nclient_cert_sha256 = \"{pin}\"\n"
+            )),
+            &[],
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("server.tls"), "{e}");
+        let e = load(Some("[api.clients.nobody]\nservice_ids = []\n"), &[]).unwrap_err();
+        assert!(e.to_string().contains("needs a key"), "{e}");
+        let e = load(Some("[server.tls]\ncert_file = \"/x.pem\"\n"), &[]).unwrap_err();
+        assert!(e.to_string().contains("key_file"), "{e}");
     }
 
     #[test]

@@ -49,6 +49,37 @@ pub struct ServerConfig {
     /// Authentication failures are written to the audit log and the log once per this many
     /// seconds, one entry per integration, scheme and reason with the sources and counts.
     pub auth_failure_report_secs: u64,
+    /// HTTPS on the listener itself.
+    pub tls: TlsConfig,
+}
+
+/// `[server.tls]`: the listener's certificate and key, reloaded when they change.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM file: the certificate, then its chain. Empty (with `key_file`): plain HTTP.
+    pub cert_file: PathBuf,
+    /// PEM file: the private key (PKCS#8, PKCS#1 RSA or SEC1 EC).
+    pub key_file: PathBuf,
+    /// How often both files are read for a renewal, in seconds (SIGHUP reloads at once).
+    pub reload_secs: u64,
+}
+
+impl TlsConfig {
+    /// Whether the listener speaks HTTPS.
+    pub fn enabled(&self) -> bool {
+        !self.cert_file.as_os_str().is_empty()
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        if self.cert_file.as_os_str().is_empty() != self.key_file.as_os_str().is_empty() {
+            bail!("server.tls.cert_file and server.tls.key_file are set together, or neither");
+        }
+        if self.reload_secs == 0 {
+            bail!("server.tls.reload_secs must be at least 1");
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -119,6 +150,7 @@ impl ServerConfig {
                 bail!("server.{key} must be at least 1");
             }
         }
+        self.tls.validate()?;
         // One unauthenticated upload at its largest, and its decoding when compressed.
         if self.max_unauthenticated_body_bytes != 0
             && self.max_unauthenticated_body_bytes < self.max_body_bytes.saturating_mul(2)

@@ -47,15 +47,18 @@ async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (
-        status,
-        Json(json!({
-            "status": if ready { "ready" } else { "not ready" },
-            "store": store.as_deref().unwrap_or("writable"),
-            "worker": worker.unwrap_or("alive"),
-            "worker_last_progress_secs": state.worker_health.since_beat().as_secs(),
-        })),
-    )
+    let mut body = json!({
+        "status": if ready { "ready" } else { "not ready" },
+        "store": store.as_deref().unwrap_or("writable"),
+        "worker": worker.unwrap_or("alive"),
+        "worker_last_progress_secs": state.worker_health.since_beat().as_secs(),
+    });
+    // The certificate in use, and why the files were not taken if a reload failed: the old
+    // certificate still serves, so readiness is unchanged, but an operator sees it here.
+    if let Some(certificate) = &state.tls_certificate {
+        body["tls"] = json!(certificate.status());
+    }
+    (status, Json(body))
 }
 
 /// What keeps the service from being ready, if anything: the store's problem (a test write

@@ -7,12 +7,15 @@
 //!   reading) ends the connection;
 //! - a **cap on open connections**, overall and per client (an IPv4 address or an IPv6 /64;
 //!   trusted proxies are exempt): past it, a new connection is answered `503` with
-//!   `Retry-After` and closed, so descriptors never run out, one client cannot take every slot,
-//!   and real deliveries keep going.
+//!   `Retry-After` (over HTTPS, closed at once) and closed, so descriptors never run out, one
+//!   client cannot take every slot, and real deliveries keep going.
 //!
-//! Every request carries `ConnectInfo<SocketAddr>` (the peer) as an extension. A watchdog per
-//! connection looks at its activity a few times a second; the work it does is a few atomic
-//! reads.
+//! With `[server.tls]` each connection first completes a TLS handshake ([`tls`]), within the
+//! header read timeout (a handshake that never completes is cut like a slow request head).
+//!
+//! Every request carries `ConnectInfo<SocketAddr>` (the peer) as an extension, and over mutual
+//! TLS the [`tls::ClientIdentity`] its certificate proved. A watchdog per connection looks at
+//! its activity a few times a second; the work it does is a few atomic reads.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -31,6 +34,7 @@ use tokio::sync::{Semaphore, watch};
 use tower::ServiceExt;
 
 mod limits;
+pub mod tls;
 mod watchdog;
 
 use limits::PerClient;
@@ -56,6 +60,7 @@ pub async fn serve(
     listener: TcpListener,
     router: Router,
     limits: Limits,
+    tls: Option<tls::Tls>,
     metrics: Metrics,
     shutdown: impl Future<Output = ()> + Send,
 ) {
@@ -100,9 +105,16 @@ pub async fn serve(
             Some(permit) => {
                 metrics.connection_opened();
                 let (router, stop, metrics) = (router.clone(), stop.clone(), metrics.clone());
-                let (limits, per_client) = (limits.clone(), Arc::clone(&per_client));
+                let (limits, per_client, tls) =
+                    (limits.clone(), Arc::clone(&per_client), tls.clone());
                 tokio::spawn(async move {
-                    serve_connection(stream, peer, router, &limits, stop, &metrics).await;
+                    let connection = Connection {
+                        peer,
+                        router,
+                        limits: &limits,
+                        metrics: &metrics,
+                    };
+                    connection.serve(stream, tls.as_ref(), stop).await;
                     metrics.connection_closed();
                     if counted {
                         per_client.release(client);
@@ -120,7 +132,11 @@ pub async fn serve(
                         "connections over server.max_connections or max_connections_per_client answered 503"
                     );
                 }
-                if let Ok(slot) = Arc::clone(&shed_slots).try_acquire_owned() {
+                // Over HTTPS a plain-text 503 means nothing to the client, and a handshake
+                // is what an overloaded listener cannot afford: the connection is just closed.
+                if tls.is_some() {
+                    drop(stream);
+                } else if let Ok(slot) = Arc::clone(&shed_slots).try_acquire_owned() {
                     tokio::spawn(async move {
                         shed(stream).await;
                         drop(slot);
@@ -172,75 +188,131 @@ async fn shed(mut stream: TcpStream) {
     .await;
 }
 
-/// Serves one connection, watching it against the limits.
-async fn serve_connection(
-    stream: TcpStream,
+/// One accepted connection and what serving it needs.
+struct Connection<'a> {
     peer: SocketAddr,
     router: Router,
-    limits: &Limits,
-    mut stop: watch::Receiver<bool>,
-    metrics: &Metrics,
-) {
-    let _ = stream.set_nodelay(true);
-    let activity = Arc::new(Activity::new());
-    let io = TokioIo::new(Watched::new(stream, Arc::clone(&activity)));
-    let service_activity = Arc::clone(&activity);
-    let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
-        let guard = InFlight::start(Arc::clone(&service_activity));
-        request.extensions_mut().insert(ConnectInfo(peer));
-        let response = router.clone().oneshot(request.map(Body::new));
-        async move {
-            let response = match response.await {
-                Ok(response) => response,
-                Err(never) => match never {},
-            };
-            Ok::<_, Infallible>(response.map(|body| Guarded::new(body, guard)))
-        }
-    });
-    let connection = hyper::server::conn::http1::Builder::new()
-        .keep_alive(true)
-        .serve_connection(io, service);
-    tokio::pin!(connection);
-    let tick =
-        (limits.header_read_timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
-    let mut watch = tokio::time::interval(tick);
-    watch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut stopping = *stop.borrow();
-    if stopping {
-        connection.as_mut().graceful_shutdown();
-    }
-    loop {
-        tokio::select! {
-            result = connection.as_mut() => {
-                if let Err(e) = result {
-                    tracing::debug!(error = %e, "connection ended with an error");
-                }
+    limits: &'a Limits,
+    metrics: &'a Metrics,
+}
+
+impl Connection<'_> {
+    /// Serves the connection (after its TLS handshake, with HTTPS), watching it against the
+    /// limits.
+    async fn serve(self, stream: TcpStream, tls: Option<&tls::Tls>, stop: watch::Receiver<bool>) {
+        let _ = stream.set_nodelay(true);
+        // A new connection's first request head is due within the header read timeout of its
+        // opening, the handshake included.
+        let activity = Arc::new(Activity::new());
+        let watched = Watched::new(stream, Arc::clone(&activity));
+        let Some(tls) = tls else {
+            return self
+                .drive(TokioIo::new(watched), None, activity, stop)
+                .await;
+        };
+        let handshake = tokio::time::timeout(
+            self.limits.header_read_timeout,
+            tls.acceptor().accept(watched),
+        );
+        let stream = match handshake.await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => {
+                self.metrics.tls_handshake_failure();
+                tracing::debug!(error = %e, "TLS handshake failed");
                 return;
             }
-            changed = stop.changed(), if !stopping => {
-                if changed.is_err() || *stop.borrow() {
-                    stopping = true;
-                    connection.as_mut().graceful_shutdown();
-                }
+            Err(_) => {
+                self.metrics.connection_timeout("tls_handshake");
+                tracing::debug!("a TLS handshake did not complete in time; connection dropped");
+                return;
             }
-            _ = watch.tick() => match activity.verdict(limits) {
-                Verdict::Keep => {}
-                Verdict::Idle => {
-                    metrics.connection_timeout("keep_alive");
-                    // Nothing in flight: closing loses nothing.
+        };
+        let identity = stream
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|chain| tls.clients.identify(chain));
+        self.drive(TokioIo::new(stream), identity, activity, stop)
+            .await;
+    }
+
+    /// Serves HTTP/1.1 on `io` until the client is done, the watchdog ends it, or shutdown.
+    async fn drive<I>(
+        self,
+        io: TokioIo<I>,
+        identity: Option<tls::ClientIdentity>,
+        activity: Arc<Activity>,
+        mut stop: watch::Receiver<bool>,
+    ) where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let Self {
+            peer,
+            router,
+            limits,
+            metrics,
+        } = self;
+        let service_activity = Arc::clone(&activity);
+        let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
+            let guard = InFlight::start(Arc::clone(&service_activity));
+            request.extensions_mut().insert(ConnectInfo(peer));
+            if let Some(identity) = &identity {
+                request.extensions_mut().insert(identity.clone());
+            }
+            let response = router.clone().oneshot(request.map(Body::new));
+            async move {
+                let response = match response.await {
+                    Ok(response) => response,
+                    Err(never) => match never {},
+                };
+                Ok::<_, Infallible>(response.map(|body| Guarded::new(body, guard)))
+            }
+        });
+        let connection = hyper::server::conn::http1::Builder::new()
+            .keep_alive(true)
+            .serve_connection(io, service);
+        tokio::pin!(connection);
+        let tick = (limits.header_read_timeout / 4)
+            .clamp(Duration::from_millis(50), Duration::from_secs(1));
+        let mut watch = tokio::time::interval(tick);
+        watch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut stopping = *stop.borrow();
+        if stopping {
+            connection.as_mut().graceful_shutdown();
+        }
+        loop {
+            tokio::select! {
+                result = connection.as_mut() => {
+                    if let Err(e) = result {
+                        tracing::debug!(error = %e, "connection ended with an error");
+                    }
                     return;
                 }
-                Verdict::HeaderTimeout => {
-                    metrics.connection_timeout("header_read");
-                    tracing::debug!("a request head did not arrive in time; connection dropped");
-                    return;
+                changed = stop.changed(), if !stopping => {
+                    if changed.is_err() || *stop.borrow() {
+                        stopping = true;
+                        connection.as_mut().graceful_shutdown();
+                    }
                 }
-                Verdict::SendTimeout => {
-                    metrics.connection_timeout("send");
-                    tracing::info!("a response could not be sent in time (the client stopped reading); connection dropped");
-                    return;
-                }
-            },
+                _ = watch.tick() => match activity.verdict(limits) {
+                    Verdict::Keep => {}
+                    Verdict::Idle => {
+                        metrics.connection_timeout("keep_alive");
+                        // Nothing in flight: closing loses nothing.
+                        return;
+                    }
+                    Verdict::HeaderTimeout => {
+                        metrics.connection_timeout("header_read");
+                        tracing::debug!("a request head did not arrive in time; connection dropped");
+                        return;
+                    }
+                    Verdict::SendTimeout => {
+                        metrics.connection_timeout("send");
+                        tracing::info!("a response could not be sent in time (the client stopped reading); connection dropped");
+                        return;
+                    }
+                },
+            }
         }
     }
 }

@@ -34,6 +34,8 @@ service_ids = ["PHYSIO-EAST-02"]
 pub struct Visitor<'a> {
     app: &'a TestApp,
     client: reqwest::Client,
+    /// Where paths are asked: the app's plain HTTP address, unless given.
+    base: Option<String>,
     pub cookies: HashMap<String, String>,
     /// The raw `Set-Cookie` values of the last response.
     pub set_cookies: Vec<String>,
@@ -73,8 +75,26 @@ impl<'a> Visitor<'a> {
                 .redirect(reqwest::redirect::Policy::none())
                 .build()
                 .unwrap(),
+            base: None,
             cookies: HashMap::new(),
             set_cookies: Vec::new(),
+        }
+    }
+
+    /// A visitor asking `base` (e.g. an `https://` address) with `client`, which must not
+    /// follow redirects.
+    pub fn over(app: &'a TestApp, client: reqwest::Client, base: &str) -> Self {
+        Self {
+            client,
+            base: Some(base.to_owned()),
+            ..Self::new(app)
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        match &self.base {
+            Some(base) => format!("{base}{path}"),
+            None => self.app.url(path),
         }
     }
 
@@ -113,7 +133,7 @@ impl<'a> Visitor<'a> {
     pub async fn get(&mut self, path: &str) -> Page {
         let response = self
             .client
-            .get(self.app.url(path))
+            .get(self.url(path))
             .header("cookie", self.cookie_header())
             .send()
             .await
@@ -124,7 +144,7 @@ impl<'a> Visitor<'a> {
     pub async fn post(&mut self, path: &str, form: &[(&str, &str)]) -> Page {
         let response = self
             .client
-            .post(self.app.url(path))
+            .post(self.url(path))
             .header("cookie", self.cookie_header())
             .header("content-type", "application/x-www-form-urlencoded")
             .body(serde_urlencoded::to_string(form).unwrap())

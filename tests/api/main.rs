@@ -29,3 +29,4 @@ mod postgres;
 mod rejections;
 mod replicas;
 mod support;
+mod tls;

@@ -60,7 +60,7 @@ volume="$tag-data"
 current=""
 cleanup() {
     status=$?
-    "${podman[@]}" ps -aq --filter "label=$tag" | xargs -r "${podman[@]}" rm -f -t 0 >/dev/null 2>&1 || true
+    "${podman[@]}" ps -aq --filter "label=$tag" | xargs -r "${podman[@]}" rm -f -v -t 0 >/dev/null 2>&1 || true
     "${podman[@]}" volume rm -f "$volume" >/dev/null 2>&1 || true
     psql "$pg_url" -qc "DROP SCHEMA IF EXISTS $schema CASCADE" >/dev/null 2>&1 || true
     rm -rf "$work"
@@ -220,6 +220,70 @@ code=$(post "$base/fhir/ocean/\$process-message" "$second_fixture" -u "ocean:wro
 [ "$code" = 401 ] || fail "basic with a wrong password answered $code, not 401"
 ok "basic integration from variables and a read-only secret file: right password 200, wrong 401"
 "${podman[@]}" stop -t 60 "$current" >/dev/null 2>&1
+current=""
+
+say "HTTPS on: the relay serves TLS itself, and takes a renewed certificate on SIGHUP"
+# A CA and two certificates for relay.test, made here with openssl; curl trusts only that CA.
+tls="$work/tls"
+mkdir -p "$tls"
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj "/CN=Relay Test CA" \
+    -keyout "$tls/ca.key" -out "$tls/ca.crt" 2>/dev/null
+for serial in 1001 1002; do
+    openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=relay.test" \
+        -keyout "$tls/$serial.key" -out "$tls/$serial.csr" 2>/dev/null
+    printf 'subjectAltName=DNS:relay.test\nextendedKeyUsage=serverAuth\n' >"$tls/ext"
+    openssl x509 -req -in "$tls/$serial.csr" -CA "$tls/ca.crt" -CAkey "$tls/ca.key" -days 2 \
+        -set_serial "$serial" -extfile "$tls/ext" -out "$tls/$serial.crt" 2>/dev/null
+done
+mkdir -p "$tls/served"
+cp "$tls/1001.crt" "$tls/served/tls.crt"
+cp "$tls/1001.key" "$tls/served/tls.key"
+chown -R 10001:10001 "$tls/served"
+chmod 0400 "$tls/served/tls.key"
+https="https://relay.test:$port"
+curl_tls=(curl -s --cacert "$tls/ca.crt" --resolve "relay.test:$port:127.0.0.1")
+served_serial() {
+    openssl s_client -connect "127.0.0.1:$port" -servername relay.test </dev/null 2>/dev/null |
+        openssl x509 -noout -serial 2>/dev/null
+}
+current="$tag-tls"
+"${run[@]}" -d --name "$current" --read-only -v "$tls/served:/run/tls:ro" \
+    -e "RELAY__SERVER__LISTEN=127.0.0.1:$port" \
+    -e RELAY__SERVER__TLS__CERT_FILE=/run/tls/tls.crt \
+    -e RELAY__SERVER__TLS__KEY_FILE=/run/tls/tls.key \
+    -e RELAY__SERVER__TLS__RELOAD_SECS=3600 \
+    "$image" >/dev/null 2>"$work/podman.err" || { cat "$work/podman.err" >&2; fail "the container did not start"; }
+deadline=$((SECONDS + 60))
+until [ "$("${curl_tls[@]}" -o /dev/null -w '%{http_code}' "$https/healthz")" = 200 ]; do
+    [ $SECONDS -lt "$deadline" ] || fail "/healthz over HTTPS did not answer 200 within 60 s"
+    sleep 0.2
+done
+ok "/healthz over HTTPS, to a client that trusts only the test CA"
+code=$("${curl_tls[@]}" -o "$work/answer" -w '%{http_code}' -X POST "$https/fhir/default/\$process-message" \
+    -H 'Content-Type: application/fhir+json' --data-binary "@$fixture")
+[ "$code" = 200 ] || fail "a delivery over HTTPS answered $code"
+ok "a delivery over HTTPS is stored (200)"
+[ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port/healthz")" != 200 ] ||
+    fail "plain HTTP was answered on the HTTPS listener"
+"${podman[@]}" healthcheck run "$current" >/dev/null 2>&1 ||
+    fail "the image's HEALTHCHECK failed with HTTPS on"
+ok "plain HTTP not served; the image's HEALTHCHECK passes over HTTPS"
+[ "$(served_serial)" = "serial=03E9" ] || fail "the first certificate (serial 1001) is not served: $(served_serial)"
+cp "$tls/1002.crt" "$tls/served/tls.crt"
+cp "$tls/1002.key" "$tls/served/tls.key"
+chown 10001:10001 "$tls/served"/*
+"${podman[@]}" kill --signal HUP "$current" >/dev/null
+deadline=$((SECONDS + 20))
+until [ "$(served_serial)" = "serial=03EA" ]; do
+    [ $SECONDS -lt "$deadline" ] || fail "after SIGHUP the renewed certificate (serial 1002) is not served: $(served_serial)"
+    sleep 0.2
+done
+"${podman[@]}" logs "$current" 2>&1 | grep -q 'TLS certificate reloaded' ||
+    fail "the reload was not logged"
+ok "SIGHUP: the renewed certificate is served, without a restart"
+"${podman[@]}" stop -t 60 "$current" >/dev/null 2>&1
+exit_code=$("${podman[@]}" inspect --format '{{.State.ExitCode}}' "$current")
+[ "$exit_code" = 0 ] || fail "after SIGTERM the process exited $exit_code, not 0"
 current=""
 
 say "commands ops run in a stopped container on the volume"

@@ -108,10 +108,11 @@ fn cookie_value(headers: &HeaderMap, name: &str) -> Option<String> {
         .map(|c| c.value().to_owned())
 }
 
-/// Whether cookies must be `Secure`: configured so, or the request reached a trusted proxy
-/// over HTTPS (`X-Forwarded-Proto: https` from a peer in `server.trusted_proxies`).
+/// Whether cookies must be `Secure`: configured so, the listener speaks HTTPS, or the request
+/// reached a trusted proxy over HTTPS (`X-Forwarded-Proto: https` from a peer in `server.trusted_proxies`).
 fn secure_cookies(state: &AppState, peer: Option<IpAddr>, headers: &HeaderMap) -> bool {
-    if state.config().console.secure_cookies {
+    let config = state.config();
+    if config.console.secure_cookies || config.server.tls.enabled() {
         return true;
     }
     let TrustedProxies(trusted) = TrustedProxies::from_ref(state);

@@ -18,6 +18,7 @@ use crate::auth::api::ApiClient;
 use crate::auth::source::ClientAddr;
 use crate::domain::{ReferralRef, ServiceId, redact_quoted};
 use crate::error::{AppError, Problem};
+use crate::server::tls::ClientIdentity;
 use crate::state::AppState;
 use crate::store::ReferralRecord;
 
@@ -37,7 +38,8 @@ impl FromRequestParts<AppState> for Caller {
     type Rejection = Problem;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Problem> {
-        match state.api_clients.authenticate(&parts.headers) {
+        let certificate = parts.extensions.get::<ClientIdentity>();
+        match state.api_clients.authenticate(&parts.headers, certificate) {
             Ok(client) => Ok(Caller(client.clone())),
             Err(reason) => {
                 let Ok(ClientAddr(source)) = ClientAddr::from_request_parts(parts, state).await;
