@@ -35,6 +35,8 @@ pub struct Application {
     limits: crate::server::Limits,
     /// HTTPS on the listener, when configured.
     tls: Option<crate::server::tls::Tls>,
+    /// SIGHUP, listened for from the start.
+    hangup: Option<crate::server::tls::Hangup>,
     refusals: Arc<Refusals>,
     /// How often refused authentication is reported.
     refusals_every: Duration,
@@ -72,6 +74,7 @@ impl Application {
             }
         }
         let tls = crate::server::tls::Tls::from_config(config)?;
+        let hangup = crate::server::tls::Hangup::install();
         let listener = TcpListener::bind(config.server.listen)
             .await
             .with_context(|| format!("cannot listen on {}", config.server.listen))?;
@@ -113,6 +116,7 @@ impl Application {
         Ok(Self {
             limits,
             tls,
+            hangup,
             refusals: Arc::clone(&state.refusals),
             refusals_every: Duration::from_secs(server.auth_failure_report_secs),
             listener,
@@ -172,12 +176,12 @@ impl Application {
                 self.stopping.subscribe(),
             )));
         }
-        if let Some(tls) = &self.tls {
-            tokio::spawn(
-                tls.clone()
-                    .watch(self.metrics.clone(), self.stopping.subscribe()),
-            );
-        }
+        tokio::spawn(crate::server::tls::watch(
+            self.tls.clone(),
+            self.hangup,
+            self.metrics.clone(),
+            self.stopping.subscribe(),
+        ));
         let server = crate::server::serve(
             self.listener,
             self.router,

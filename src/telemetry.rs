@@ -140,7 +140,7 @@ impl Metrics {
             );
             describe_counter!(
                 TLS_HANDSHAKE_FAILURES,
-                "TLS handshakes refused or broken off by the client (an old protocol version, an unknown client certificate)"
+                "TLS handshakes that failed, by kind: client_certificate, incompatible, closed, malformed"
             );
             metrics::counter!(EXPORT_ROWS).increment(0);
             metrics::gauge!(CONNECTIONS_OPEN).set(0.0);
@@ -274,8 +274,10 @@ impl Metrics {
         self.with(|| metrics::counter!(TLS_RELOAD_FAILURES).increment(0));
     }
 
-    pub fn tls_handshake_failure(&self) {
-        self.with(|| metrics::counter!(TLS_HANDSHAKE_FAILURES).increment(1));
+    /// A TLS handshake that failed: `kind` is `client_certificate`, `incompatible`, `closed`
+    /// or `malformed`.
+    pub fn tls_handshake_failure(&self, kind: &'static str) {
+        self.with(|| metrics::counter!(TLS_HANDSHAKE_FAILURES, "kind" => kind).increment(1));
     }
 
     pub fn tls_reload_failure(&self) {

@@ -32,6 +32,15 @@ pub fn may_see(service_ids: &[ServiceId], service: Option<&ServiceId>) -> bool {
     service_ids.is_empty() || service.is_some_and(|s| service_ids.contains(s))
 }
 
+/// Whether the request carries what browsers add to requests a page makes: `Origin` (every
+/// cross-origin request, and every POST), or `Sec-Fetch-Site` other than `none` (a typed URL).
+fn from_a_browser(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::ORIGIN)
+        || headers
+            .get("sec-fetch-site")
+            .is_some_and(|site| site.as_bytes() != b"none")
+}
+
 /// Every configured client.
 pub struct ApiClients(Vec<ApiClient>);
 
@@ -62,6 +71,14 @@ impl ApiClients {
         if headers.get(header::AUTHORIZATION).is_none()
             && let Some(ClientIdentity(name)) = certificate
         {
+            // A browser presents a client certificate on its own, like a cookie, so a page
+            // elsewhere could make it call the API (cross-site request forgery). Systems do not
+            // send these headers; browsers always do on such requests.
+            if from_a_browser(headers) {
+                return Err(
+                    "a client certificate authenticates systems, not requests a browser sends (Origin, Sec-Fetch-Site)",
+                );
+            }
             return self
                 .0
                 .iter()

@@ -37,6 +37,11 @@ pub struct ApiClientConfig {
     /// (64 hex digits, colons and case ignored).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub client_cert_sha256: String,
+    /// Mutual TLS with `client_ca_file`: only certificates naming one of these (a DNS name,
+    /// an e-mail address or the common name, case ignored) identify this client; empty: any
+    /// certificate the CA issued for client authentication.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub client_cert_names: Vec<String>,
 }
 
 fn is_empty_path(path: &Path) -> bool {
@@ -84,6 +89,11 @@ impl ApiConfig {
             client
                 .pinned_sha256()
                 .map_err(|e| anyhow::anyhow!("api.clients.{name}.client_cert_sha256 {e}"))?;
+            if !client.client_cert_names.is_empty() && is_empty_path(&client.client_ca_file) {
+                bail!(
+                    "api.clients.{name}.client_cert_names narrows client_ca_file, which is not set"
+                );
+            }
         }
         Ok(())
     }

@@ -30,9 +30,25 @@ use crate::telemetry::Metrics;
 /// answers 500 instead of dropping the connection.
 pub fn router(state: AppState) -> Router {
     let metrics = state.metrics.clone();
-    routes(state)
+    let https = state.config().server.tls.enabled();
+    let router = routes(state)
         .layer(tower_http::catch_panic::CatchPanicLayer::new())
-        .layer(axum::middleware::from_fn_with_state(metrics, observe))
+        .layer(axum::middleware::from_fn_with_state(metrics, observe));
+    if https {
+        router.layer(axum::middleware::map_response(strict_transport_security))
+    } else {
+        router
+    }
+}
+
+/// When the relay serves HTTPS itself, browsers (the console's users) are told to use nothing
+/// else for this host for a year (RFC 6797). Behind a proxy, the proxy says so.
+async fn strict_transport_security(mut response: Response) -> Response {
+    response.headers_mut().insert(
+        axum::http::header::STRICT_TRANSPORT_SECURITY,
+        HeaderValue::from_static("max-age=31536000"),
+    );
+    response
 }
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");

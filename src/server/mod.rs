@@ -69,6 +69,7 @@ pub async fn serve(
     let shed_slots = Arc::new(Semaphore::new(SHED_SLOTS));
     let (stop_tx, stop) = watch::channel(false);
     let shed_log = Throttle::new(Duration::from_secs(60));
+    let refused_certificates = Arc::new(Throttle::new(Duration::from_secs(60)));
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -107,12 +108,14 @@ pub async fn serve(
                 let (router, stop, metrics) = (router.clone(), stop.clone(), metrics.clone());
                 let (limits, per_client, tls) =
                     (limits.clone(), Arc::clone(&per_client), tls.clone());
+                let refused_certificates = Arc::clone(&refused_certificates);
                 tokio::spawn(async move {
                     let connection = Connection {
                         peer,
                         router,
                         limits: &limits,
                         metrics: &metrics,
+                        refused_certificates: &refused_certificates,
                     };
                     connection.serve(stream, tls.as_ref(), stop).await;
                     metrics.connection_closed();
@@ -129,7 +132,7 @@ pub async fn serve(
                         shed = count,
                         max_connections = limits.max_connections,
                         max_connections_per_client = limits.max_connections_per_client,
-                        "connections over server.max_connections or max_connections_per_client answered 503"
+                        "connections over server.max_connections or max_connections_per_client answered 503 (with HTTPS, closed)"
                     );
                 }
                 // Over HTTPS a plain-text 503 means nothing to the client, and a handshake
@@ -188,12 +191,32 @@ async fn shed(mut stream: TcpStream) {
     .await;
 }
 
+/// Why a TLS handshake failed, as the `kind` of `relay_tls_handshake_failures_total`:
+/// `client_certificate` (one that matches no API client), `incompatible` (an old protocol
+/// version, no shared cipher suite or ALPN protocol), `closed` (the peer left before finishing,
+/// as TCP health checks and port scans do) or `malformed`.
+fn handshake_failure(e: &std::io::Error) -> &'static str {
+    if e.kind() == std::io::ErrorKind::UnexpectedEof {
+        return "closed";
+    }
+    match e.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>()) {
+        Some(rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented) => {
+            "client_certificate"
+        }
+        Some(rustls::Error::PeerIncompatible(_)) => "incompatible",
+        _ if e.kind() == std::io::ErrorKind::ConnectionReset => "closed",
+        _ => "malformed",
+    }
+}
+
 /// One accepted connection and what serving it needs.
 struct Connection<'a> {
     peer: SocketAddr,
     router: Router,
     limits: &'a Limits,
     metrics: &'a Metrics,
+    /// Refused client certificates, logged once a minute with their count.
+    refused_certificates: &'a Throttle,
 }
 
 impl Connection<'_> {
@@ -217,8 +240,19 @@ impl Connection<'_> {
         let stream = match handshake.await {
             Ok(Ok(stream)) => stream,
             Ok(Err(e)) => {
-                self.metrics.tls_handshake_failure();
-                tracing::debug!(error = %e, "TLS handshake failed");
+                let kind = handshake_failure(&e);
+                self.metrics.tls_handshake_failure(kind);
+                if kind == "client_certificate" {
+                    if let Some(count) = self.refused_certificates.tick() {
+                        tracing::warn!(
+                            refused = count,
+                            source = %self.peer.ip(),
+                            "TLS client certificates matched no API client (api.clients.*.client_ca_file, client_cert_sha256); handshakes refused"
+                        );
+                    }
+                } else {
+                    tracing::debug!(error = %e, kind, "TLS handshake failed");
+                }
                 return;
             }
             Err(_) => {
@@ -251,6 +285,7 @@ impl Connection<'_> {
             router,
             limits,
             metrics,
+            ..
         } = self;
         let service_activity = Arc::clone(&activity);
         let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {

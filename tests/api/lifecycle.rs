@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 
 use crate::at_rest::{STORED, patient_details};
 use crate::auth::signed;
-use crate::support::binary::{launch, run, send_sigterm, terminate, wait_exit};
+use crate::support::binary::{launch, run, send_sighup, send_sigterm, terminate, wait_exit};
 use crate::support::fixtures::{V011_REFERRAL, fixture, unique_v011};
 use crate::support::ocean::{CLIENT_ID, CLIENT_SECRET, MockOcean};
 
@@ -119,6 +119,40 @@ async fn the_healthcheck_command_passes_for_a_running_service_and_fails_for_a_st
     let out = healthcheck(&[], &["--url", &url, "--timeout-secs", "2"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("unhealthy"));
+}
+
+/// SIGHUP (which operators send after renewing certificates) never ends the process: over
+/// plain HTTP there is nothing to reload, and it says so.
+#[tokio::test]
+async fn sighup_does_not_stop_a_plain_http_relay() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let mut relay = launch(dir.path(), None, &[], &[("RUST_LOG", "info")]);
+    send_sighup(&relay);
+    let url = format!("http://{}/healthz", relay.addr);
+    for _ in 0..100 {
+        if relay
+            .logs
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains("SIGHUP: nothing to reload"))
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        relay.child.try_wait().unwrap().is_none(),
+        "SIGHUP ended the relay"
+    );
+    assert_eq!(reqwest::get(&url).await.unwrap().status(), 200);
+    let logs = relay.logs.lock().unwrap().join("\n");
+    assert!(logs.contains("SIGHUP: nothing to reload"), "{logs}");
+    assert!(
+        tokio::task::spawn_blocking(move || terminate(&mut relay))
+            .await
+            .unwrap()
+    );
 }
 
 const PASSWORD: &str = "correct horse battery";

@@ -13,7 +13,7 @@ use tokio::net::TcpStream;
 
 use crate::console::{ALICE_PASSWORD, Visitor, users_config};
 use crate::support::app::{TestApp, spawn_sled_app_with};
-use crate::support::binary::{launch, run, terminate};
+use crate::support::binary::{launch, run, send_sighup, terminate};
 use crate::support::fixtures::fixture;
 use crate::support::pki::{self, Ca, HOST, Pair};
 
@@ -43,11 +43,17 @@ async fn metrics(client: &reqwest::Client, addr: SocketAddr) -> String {
     response.text().await.unwrap()
 }
 
+/// What `/readyz` at `url` says of the certificate (its `tls` detail).
+async fn tls_detail(client: &reqwest::Client, url: String) -> serde_json::Value {
+    let response = client.get(url).send().await.unwrap();
+    let mut ready: serde_json::Value = response.json().await.unwrap();
+    ready["tls"].take()
+}
+
 /// Why `/readyz` says the certificate files were not taken, if it says so.
 async fn reload_error(client: &reqwest::Client, addr: SocketAddr) -> Option<String> {
-    let response = client.get(pki::url(addr, "/readyz")).send().await.unwrap();
-    let ready: serde_json::Value = response.json().await.unwrap();
-    ready["tls"]["reload_error"].as_str().map(str::to_owned)
+    let tls = tls_detail(client, pki::url(addr, "/readyz")).await;
+    tls["reload_error"].as_str().map(str::to_owned)
 }
 
 /// Waits (bounded) until `check` holds, polling.
@@ -125,7 +131,13 @@ auth = {{ scheme = "oauth2", clients = [{{ client_id = "ocean-client", client_se
         "{:?}",
         visitor.set_cookies
     );
-    assert_eq!(visitor.get("/console/referrals").await.status, 200);
+    let page = visitor.get("/console/referrals").await;
+    assert_eq!(page.status, 200);
+    // Browsers are told to keep to HTTPS for this host (RFC 6797).
+    assert_eq!(
+        page.headers["strict-transport-security"],
+        "max-age=31536000"
+    );
 
     // Plain HTTP to the HTTPS listener is not served, and a client that does not trust the
     // test CA refuses the certificate.
@@ -296,6 +308,23 @@ async fn a_pair_that_does_not_load_keeps_the_certificate_in_use() {
         .unwrap();
     assert_eq!(pki::served(&response), good.der);
 
+    // The right certificate after another one: said to be out of order, and /readyz names
+    // the file, not the directory it is in.
+    let (cert_file, key_file) = (dir.path().join("server.crt"), dir.path().join("server.key"));
+    std::fs::write(&cert_file, format!("{}{}", other.cert_pem, good.cert_pem)).unwrap();
+    std::fs::write(&key_file, &good.key_pem).unwrap();
+    until("/readyz says the chain is out of order", async || {
+        reload_error(&client, app.addr)
+            .await
+            .is_some_and(|e| e.contains("server.crt: the certificates are out of order"))
+    })
+    .await;
+    let error = reload_error(&client, app.addr).await.unwrap();
+    assert!(
+        !error.contains(&dir.path().display().to_string()),
+        "{error}"
+    );
+
     // Fixed: taken, and the error is gone.
     let fixed = ca.server(120);
     fixed.write(dir.path(), "server");
@@ -312,6 +341,41 @@ async fn a_pair_that_does_not_load_keeps_the_certificate_in_use() {
         ready["tls"]["reload_error"].is_null()
     })
     .await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_certificate_near_or_past_its_expiry_is_reported() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let ca = Ca::new("Relay Test CA");
+    let now = time::OffsetDateTime::now_utc();
+    // Valid for four more seconds: within the notice at once, then expired while served.
+    let short = ca.server_between(
+        now - time::Duration::days(1),
+        now + time::Duration::seconds(4),
+    );
+    let app = https_app(dir.path(), &short, "").await;
+    let client = pki::client(&ca, app.addr, None);
+    let tls = tls_detail(&client, pki::url(app.addr, "/readyz")).await;
+    let problem = tls["problem"].as_str().unwrap_or_default();
+    assert!(problem.contains("expires at"), "{tls}");
+    assert!(tls["expires_in_secs"].as_i64().unwrap() <= 4, "{tls}");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    // Clients now refuse it; /readyz (asked without checking the certificate) says so.
+    assert!(
+        client
+            .get(pki::url(app.addr, "/readyz"))
+            .send()
+            .await
+            .is_err()
+    );
+    let lenient = reqwest::Client::builder()
+        .tls_danger_accept_invalid_certs(true)
+        .build()
+        .unwrap();
+    let tls = tls_detail(&lenient, format!("https://{}/readyz", app.addr)).await;
+    let problem = tls["problem"].as_str().unwrap_or_default();
+    assert!(problem.contains("expired at"), "{tls}");
     app.stop().await;
 }
 
@@ -419,10 +483,11 @@ async fn api_clients_are_known_by_their_client_certificate() {
     let ca = Ca::new("Relay Test CA");
     let clients_ca = Ca::new("Hospital Systems CA");
     let (stranger_ca, self_signed_ca) = (Ca::new("Somebody Else"), Ca::new("Lab Self-Signed"));
-    let (emr, lab, stranger) = (
+    let (emr, lab, stranger, kiosk) = (
         clients_ca.client("emr.hospital.example"),
         self_signed_ca.client("lab.hospital.example"),
         stranger_ca.client("emr.hospital.example"),
+        clients_ca.client("kiosk.hospital.example"),
     );
     let clients_ca_file = dir.path().join("clients-ca.pem");
     std::fs::write(&clients_ca_file, clients_ca.pem()).unwrap();
@@ -440,9 +505,15 @@ service_ids = ["PHYSIO-EAST-02"]
 
 [api.clients.keyed]
 key = "{API_KEY}"
+
+# A certificate the emr client's CA issued, pinned for a narrower client: the pin wins.
+[api.clients.aaa-kiosk]
+client_cert_sha256 = "{}"
+service_ids = ["PHYSIO-EAST-02"]
 "#,
             clients_ca_file.display(),
-            lab.fingerprint().to_lowercase()
+            lab.fingerprint().to_lowercase(),
+            kiosk.fingerprint()
         ),
     )
     .await;
@@ -488,6 +559,23 @@ key = "{API_KEY}"
     let as_lab = pki::client(&ca, app.addr, Some(lab.identity()));
     assert_eq!(get(&as_lab, physio, None).await.unwrap(), 200);
     assert_eq!(get(&as_lab, cardio, None).await.unwrap(), 403);
+    // Issued by that same CA but pinned for another client: that client, not the emr one.
+    let as_kiosk = pki::client(&ca, app.addr, Some(kiosk.identity()));
+    assert_eq!(get(&as_kiosk, physio, None).await.unwrap(), 200);
+    assert_eq!(get(&as_kiosk, cardio, None).await.unwrap(), 403);
+    // A page elsewhere cannot borrow a browser's certificate (cross-site request forgery).
+    for (header, value) in [
+        ("origin", "https://elsewhere.example"),
+        ("sec-fetch-site", "cross-site"),
+    ] {
+        let forged = as_emr
+            .get(pki::url(app.addr, cardio))
+            .header(header, value)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(forged.status(), 401, "{header}");
+    }
     // Same name, another CA: refused in the handshake.
     let as_stranger = pki::client(&ca, app.addr, Some(stranger.identity()));
     assert!(get(&as_stranger, cardio, None).await.is_err());
@@ -497,9 +585,7 @@ key = "{API_KEY}"
     assert_eq!(get(&anonymous, cardio, None).await.unwrap(), 401);
     let metrics = metrics(&anonymous, app.addr).await;
     assert!(
-        metrics
-            .lines()
-            .any(|l| l.starts_with("relay_tls_handshake_failures_total ") && !l.ends_with(" 0")),
+        metrics.contains("relay_tls_handshake_failures_total{kind=\"client_certificate\"} 1"),
         "{metrics}"
     );
     app.stop().await;
@@ -533,6 +619,32 @@ fn check_config_reports_the_certificate_and_refuses_a_broken_pair() {
     assert_eq!(
         printed["server"]["tls"]["cert_file"].as_str(),
         cert.to_str()
+    );
+
+    // Two clients trusting one CA: a certificate it issued could be either, so refused unless
+    // their names tell them apart.
+    let ca_file = dir.path().join("clients-ca.pem");
+    std::fs::write(&ca_file, Ca::new("Hospital Systems CA").pem()).unwrap();
+    let config = dir.path().join("clients.toml");
+    let clients = |emr_names: &str| {
+        format!(
+            "[api.clients.emr]\nclient_ca_file = \"{0}\"\nclient_cert_names = [{emr_names}]\n\
+             [api.clients.lab]\nclient_ca_file = \"{0}\"\nclient_cert_names = [\"lab.hospital.example\"]\n",
+            ca_file.display()
+        )
+    };
+    std::fs::write(&config, clients("")).unwrap();
+    let config_arg = ["check-config", "--config", config.to_str().unwrap()];
+    let out = run(&config_arg, &env);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("trust the same CA"), "{stderr}");
+    std::fs::write(&config, clients("\"emr.hospital.example\"")).unwrap();
+    let out = run(&config_arg, &env);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
 
     std::fs::write(&key, ca.server(45).key_pem).unwrap();
@@ -587,13 +699,12 @@ async fn sighup_reloads_the_certificate_in_the_running_binary() {
         "{stdout}"
     );
 
+    // An address given is checked like any client would: this certificate does not name it.
+    let out = run(&["healthcheck", "--url", &format!("https://{listen}")], &[]);
+    assert_eq!(out.status.code(), Some(1));
+
     renewed.write(dir.path(), "server");
-    let pid = relay.child.id().to_string();
-    let sent = std::process::Command::new("kill")
-        .args(["-HUP", &pid])
-        .status()
-        .unwrap();
-    assert!(sent.success());
+    send_sighup(&relay);
     until(
         "SIGHUP made the relay serve the renewed certificate",
         async || {

@@ -26,9 +26,22 @@ pub struct CertificateInfo {
     pub not_before: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339")]
     pub not_after: OffsetDateTime,
+    /// The e-mail addresses of its subject alternative names and its subject's common names.
+    #[serde(skip)]
+    other_names: Vec<String>,
 }
 
 impl CertificateInfo {
+    /// Every name the certificate gives its subject: DNS names, IP addresses, e-mail addresses
+    /// and common names (what `client_cert_names` is compared with).
+    pub fn identities(&self) -> Vec<&str> {
+        self.names
+            .iter()
+            .chain(&self.other_names)
+            .map(String::as_str)
+            .collect()
+    }
+
     /// Reads the end-entity certificate `der` (RFC 5280).
     ///
     /// # Errors
@@ -37,25 +50,29 @@ impl CertificateInfo {
         use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
         let (_, cert) = X509Certificate::from_der(der.as_ref())
             .map_err(|e| format!("the certificate does not parse: {e}"))?;
-        let names = match cert.subject_alternative_name() {
-            Ok(Some(san)) => san
-                .value
-                .general_names
-                .iter()
-                .filter_map(|name| match name {
-                    GeneralName::DNSName(dns) => Some((*dns).to_owned()),
-                    GeneralName::IPAddress(ip) => ip_text(ip),
-                    _ => None,
-                })
-                .collect(),
-            _ => Vec::new(),
-        };
+        let mut names = Vec::new();
+        let mut other_names: Vec<String> = cert
+            .subject()
+            .iter_common_name()
+            .filter_map(|cn| cn.as_str().ok().map(str::to_owned))
+            .collect();
+        if let Ok(Some(san)) = cert.subject_alternative_name() {
+            for name in &san.value.general_names {
+                match name {
+                    GeneralName::DNSName(dns) => names.push((*dns).to_owned()),
+                    GeneralName::IPAddress(ip) => names.extend(ip_text(ip)),
+                    GeneralName::RFC822Name(mail) => other_names.push((*mail).to_owned()),
+                    _ => {}
+                }
+            }
+        }
         let validity = cert.validity();
         Ok(Self {
             subject: cert.subject().to_string(),
             names,
             not_before: validity.not_before.to_datetime(),
             not_after: validity.not_after.to_datetime(),
+            other_names,
         })
     }
 }
@@ -67,6 +84,18 @@ fn ip_text(bytes: &[u8]) -> Option<String> {
         _ => return None,
     };
     Some(ip.to_string())
+}
+
+/// A PEM parsing error in words (the parser's own text prints a missing END marker as a list
+/// of byte values).
+pub fn pem_problem(e: &rustls::pki_types::pem::Error) -> String {
+    use rustls::pki_types::pem::Error;
+    match e {
+        Error::MissingSectionEnd { .. } => "a PEM section has no END line".to_owned(),
+        Error::IllegalSectionStart { .. } => "a PEM BEGIN line is malformed".to_owned(),
+        Error::Base64Decode(_) => "a PEM section is not valid base64".to_owned(),
+        e => format!("not PEM: {e}"),
+    }
 }
 
 /// A certificate chain and its key, read and checked.
@@ -94,7 +123,7 @@ pub fn load_pair(
     let (cert_pem, key_pem) = (read(cert_file)?, read(key_file)?);
     let chain = CertificateDer::pem_slice_iter(&cert_pem)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("{}: not a PEM certificate chain: {e}", cert_file.display()))?;
+        .map_err(|e| format!("{}: {}", cert_file.display(), pem_problem(&e)))?;
     let Some(leaf) = chain.first() else {
         return Err(format!("{}: holds no certificate", cert_file.display()));
     };
@@ -106,14 +135,34 @@ pub fn load_pair(
             key_file.display()
         )
     })?;
-    let certified = CertifiedKey::from_der(chain, key, provider).map_err(|e| match e {
-        rustls::Error::InconsistentKeys(_) => format!(
-            "the key in {} is not the key of the certificate in {}",
-            key_file.display(),
-            cert_file.display()
-        ),
-        e => format!("{}: the key cannot be used: {e}", key_file.display()),
-    })?;
+    let signing_key = provider
+        .key_provider
+        .load_private_key(key)
+        .map_err(|e| format!("{}: the key cannot be used: {e}", key_file.display()))?;
+    let certified = CertifiedKey::new(chain.clone(), Arc::clone(&signing_key));
+    match certified.keys_match() {
+        Ok(()) | Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => {}
+        Err(_) => {
+            // The usual cause besides a wrong file: the chain's certificates out of order.
+            let later = chain.iter().skip(1).any(|cert| {
+                CertifiedKey::new(vec![cert.clone()], Arc::clone(&signing_key))
+                    .keys_match()
+                    .is_ok()
+            });
+            return Err(if later {
+                format!(
+                    "{}: the certificates are out of order (the key's own certificate must come first, then its chain)",
+                    cert_file.display()
+                )
+            } else {
+                format!(
+                    "the key in {} is not the key of the certificate in {}",
+                    key_file.display(),
+                    cert_file.display()
+                )
+            });
+        }
+    }
     if now > info.not_after {
         return Err(format!(
             "{}: the certificate expired at {}",
@@ -140,6 +189,12 @@ pub fn rfc3339(at: OffsetDateTime) -> String {
         .unwrap_or_default()
 }
 
+/// How long before its expiry the served certificate is reported in `/readyz` and the log.
+pub const EXPIRY_NOTICE: time::Duration = time::Duration::days(14);
+
+/// How long a refused pair is given to settle before it is read again.
+const SETTLE: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Where the served certificate stands, for `/readyz`.
 #[derive(Debug, Clone, Serialize)]
 pub struct CertificateStatus {
@@ -148,6 +203,10 @@ pub struct CertificateStatus {
     /// When it was loaded.
     #[serde(with = "time::serde::rfc3339")]
     pub loaded_at: OffsetDateTime,
+    /// Seconds until it expires (negative once it has).
+    pub expires_in_secs: i64,
+    /// It has expired, or expires within [`EXPIRY_NOTICE`].
+    pub problem: Option<String>,
     /// Why the files as they are now were not taken, if they were not (the served pair stays).
     pub reload_error: Option<String>,
 }
@@ -221,7 +280,13 @@ impl ServedCertificate {
             self.write().reload_error = None;
             return Reload::Unchanged;
         }
-        match load_pair(&self.files.0, &self.files.1, &self.provider, now) {
+        // A renewal tool writes one file, then the other: a pair read in between does not
+        // match, so a refused pair is read once more, a moment later, before it counts.
+        let loaded = load_pair(&self.files.0, &self.files.1, &self.provider, now).or_else(|_| {
+            std::thread::sleep(SETTLE);
+            load_pair(&self.files.0, &self.files.1, &self.provider, now)
+        });
+        match loaded {
             Ok(pair) => {
                 *self.write() = Current {
                     pair,
@@ -237,12 +302,40 @@ impl ServedCertificate {
         }
     }
 
+    /// What `/readyz` shows. It is unauthenticated: the reason names the files, not the
+    /// directories they are in.
     pub fn status(&self) -> CertificateStatus {
         let current = self.read();
+        let reload_error = current.reload_error.as_ref().map(|reason| {
+            let mut reason = reason.clone();
+            for path in [&self.files.0, &self.files.1] {
+                if let Some(name) = path.file_name() {
+                    reason = reason.replace(&path.display().to_string(), &name.to_string_lossy());
+                }
+            }
+            reason
+        });
+        let now = OffsetDateTime::now_utc();
+        let not_after = current.pair.info.not_after;
+        let problem = if now > not_after {
+            Some(format!(
+                "the certificate served expired at {}: clients refuse it; renew the files",
+                rfc3339(not_after)
+            ))
+        } else if not_after - now < EXPIRY_NOTICE {
+            Some(format!(
+                "the certificate served expires at {}; renew the files",
+                rfc3339(not_after)
+            ))
+        } else {
+            None
+        };
         CertificateStatus {
             serving: current.pair.info.clone(),
             loaded_at: current.loaded_at,
-            reload_error: current.reload_error.clone(),
+            expires_in_secs: (not_after - now).whole_seconds(),
+            problem,
+            reload_error,
         }
     }
 

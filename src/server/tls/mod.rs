@@ -73,12 +73,19 @@ impl Tls {
     }
 
     /// Reloads the certificate every `reload_secs` and on SIGHUP until `stopping`, logging what
-    /// changed and keeping the metric of the served certificate's expiry.
-    pub async fn watch(self, metrics: Metrics, mut stopping: tokio::sync::watch::Receiver<bool>) {
+    /// changed (a refusal once per reason, not at every check) and warning as the served
+    /// certificate nears its expiry; keeps the metric of that expiry.
+    async fn watch(
+        self,
+        mut hangup: Option<Hangup>,
+        metrics: Metrics,
+        mut stopping: tokio::sync::watch::Receiver<bool>,
+    ) {
         metrics.tls_certificate_expiry(self.certificate.status().serving.not_after);
-        let mut hangup = hangup_signal();
         let mut every = tokio::time::interval(self.reload_every);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut refused: Option<String> = None;
+        let mut expiry = ExpiryWarnings::default();
         loop {
             let asked = tokio::select! {
                 _ = every.tick() => false,
@@ -91,6 +98,8 @@ impl Tls {
                 .unwrap_or_else(|e| Reload::Refused(format!("the reload panicked: {e}")));
             match outcome {
                 Reload::Swapped => {
+                    refused = None;
+                    expiry = ExpiryWarnings::default();
                     let serving = self.certificate.status().serving;
                     metrics.tls_certificate_expiry(serving.not_after);
                     tracing::info!(
@@ -99,29 +108,95 @@ impl Tls {
                         "TLS certificate reloaded: new connections get the new one"
                     );
                 }
-                Reload::Refused(reason) => {
+                Reload::Refused(reason) if refused.as_ref() != Some(&reason) => {
                     metrics.tls_reload_failure();
                     tracing::warn!(reason = %reason, "TLS certificate files not taken; still serving the previous certificate");
+                    refused = Some(reason);
                 }
-                Reload::Unchanged if asked => {
-                    tracing::info!("SIGHUP: the TLS certificate files are unchanged");
+                Reload::Refused(_) => {}
+                Reload::Unchanged => {
+                    refused = None;
+                    if asked {
+                        tracing::info!("SIGHUP: the TLS certificate files are unchanged");
+                    }
                 }
-                Reload::Unchanged => {}
             }
+            expiry.check(&self.certificate.status());
         }
     }
 }
 
-/// SIGHUP, which otherwise ends the process: here it asks for a reload.
-fn hangup_signal() -> Option<tokio::signal::unix::Signal> {
-    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        .inspect_err(|e| tracing::warn!(error = %e, "cannot listen for SIGHUP"))
-        .ok()
+/// Warnings as the served certificate nears its expiry: one as it passes each mark.
+#[derive(Default)]
+struct ExpiryWarnings {
+    /// The smallest mark (days left) already warned about.
+    warned_at: Option<i64>,
 }
 
-async fn recv(signal: &mut Option<tokio::signal::unix::Signal>) -> Option<()> {
+impl ExpiryWarnings {
+    const MARKS_DAYS: [i64; 5] = [14, 7, 3, 1, 0];
+
+    fn check(&mut self, status: &CertificateStatus) {
+        let days_left = status.expires_in_secs.div_euclid(86_400);
+        let Some(mark) = Self::MARKS_DAYS
+            .iter()
+            .copied()
+            .filter(|mark| days_left < *mark || (*mark == 0 && status.expires_in_secs <= 0))
+            .min()
+        else {
+            return;
+        };
+        if self.warned_at.is_some_and(|warned| warned <= mark) {
+            return;
+        }
+        self.warned_at = Some(mark);
+        let not_after = certificate::rfc3339(status.serving.not_after);
+        if status.expires_in_secs <= 0 {
+            tracing::error!(%not_after, "the TLS certificate served has expired: clients refuse it; renew the files");
+        } else {
+            tracing::warn!(%not_after, days_left, "the TLS certificate served expires soon; renew the files");
+        }
+    }
+}
+
+/// SIGHUP, installed at start (before the listener reports its address) so that it never ends
+/// the process: with HTTPS on it reloads the certificate; without, it is logged and ignored.
+pub struct Hangup(tokio::signal::unix::Signal);
+
+impl Hangup {
+    /// Listens for SIGHUP from now on (`None`, with a warning, when the signal cannot be had).
+    pub fn install() -> Option<Self> {
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .inspect_err(|e| tracing::warn!(error = %e, "cannot listen for SIGHUP"))
+            .ok()
+            .map(Self)
+    }
+}
+
+/// Serves what SIGHUP and the reload interval ask for until `stopping`: the certificate's
+/// reloads with HTTPS on ([`Tls::watch`]), else a log line per SIGHUP.
+pub async fn watch(
+    tls: Option<Tls>,
+    mut hangup: Option<Hangup>,
+    metrics: Metrics,
+    mut stopping: tokio::sync::watch::Receiver<bool>,
+) {
+    if let Some(tls) = tls {
+        return tls.watch(hangup, metrics, stopping).await;
+    }
+    loop {
+        tokio::select! {
+            Some(()) = recv(&mut hangup) => {
+                tracing::info!("SIGHUP: nothing to reload (the listener speaks plain HTTP)");
+            }
+            _ = stopping.wait_for(|s| *s) => return,
+        }
+    }
+}
+
+async fn recv(signal: &mut Option<Hangup>) -> Option<()> {
     match signal {
-        Some(signal) => signal.recv().await,
+        Some(Hangup(signal)) => signal.recv().await,
         None => std::future::pending().await,
     }
 }

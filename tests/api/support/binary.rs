@@ -111,8 +111,17 @@ pub fn terminate(relay: &mut Relay) -> bool {
 }
 
 pub fn send_sigterm(relay: &Relay) {
+    signal(relay, "-TERM");
+}
+
+/// Sends SIGHUP, as an operator does after renewing the certificate files.
+pub fn send_sighup(relay: &Relay) {
+    signal(relay, "-HUP");
+}
+
+fn signal(relay: &Relay, signal: &str) {
     let pid = relay.child.id().to_string();
-    let status = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    let status = Command::new("kill").args([signal, &pid]).status().unwrap();
     assert!(status.success());
 }
 
