@@ -66,20 +66,77 @@ pub struct LoginLimiter {
     buckets: Mutex<Buckets>,
     /// The store replicas share, when failures are counted there as well.
     shared: Option<Arc<dyn Store>>,
-    /// Attempts between their check and their count (see [`LoginLimiter::turn`]).
-    turns: tokio::sync::Semaphore,
 }
 
-/// Attempts of this process checked at once, from the limiter's check to the count of their
-/// outcome: parallel guesses cannot all pass the check before any failure is counted (at most
-/// this many minus one go past the limit), and slow checks (console password hashes) are bounded.
-const TURNS: usize = 2;
+/// One bucket: failures counted, attempts checked whose outcome is not counted yet, and when
+/// its window started.
+#[derive(Debug, Clone, Copy)]
+struct Count {
+    failures: u32,
+    pending: u32,
+    since: Instant,
+}
 
 /// The counts, and the order their buckets were made in (to forget the oldest first).
-#[derive(Default)]
 struct Buckets {
-    counts: HashMap<Key, (u32, Instant)>,
+    counts: HashMap<Key, Count>,
     order: VecDeque<Key>,
+    /// When buckets whose window has passed were last dropped.
+    swept: Instant,
+}
+
+/// An attempt that passed [`LoginLimiter::check`]: it holds a place in its buckets, so parallel
+/// guesses cannot all pass the check before any failure is counted. Say how it ended with
+/// [`failed`](Self::failed) or [`succeeded`](Self::succeeded); dropped without either (the
+/// request was cancelled), its place is given back.
+pub struct Attempt<'a> {
+    limiter: &'a LoginLimiter,
+    source: IpAddr,
+    account: String,
+    open: bool,
+}
+
+impl Attempt<'_> {
+    /// Counts the attempt as a failed login, here and in the shared store.
+    pub async fn failed(mut self) {
+        self.open = false;
+        let limiter = self.limiter;
+        limiter.settle(self.source, &self.account, true);
+        if let Some(store) = &limiter.shared {
+            let buckets: Vec<String> = keys(self.source, &self.account)
+                .iter()
+                .map(|(key, _)| key.bucket())
+                .collect();
+            if let Err(e) = store.count_login_failure(&buckets, limiter.window).await {
+                tracing::warn!(error = %e.chain(), "cannot count a failed login in the shared store");
+            }
+        }
+    }
+
+    /// A successful login clears the failures of that account from that address.
+    pub async fn succeeded(mut self) {
+        self.open = false;
+        let limiter = self.limiter;
+        limiter.settle(self.source, &self.account, false);
+        limiter
+            .lock()
+            .counts
+            .remove(&Key::Account(self.source, self.account.clone()));
+        if let Some(store) = &limiter.shared {
+            let bucket = Key::Account(self.source, self.account.clone()).bucket();
+            if let Err(e) = store.clear_login_failures(&bucket).await {
+                tracing::warn!(error = %e.chain(), "cannot clear failed logins in the shared store");
+            }
+        }
+    }
+}
+
+impl Drop for Attempt<'_> {
+    fn drop(&mut self) {
+        if self.open {
+            self.limiter.settle(self.source, &self.account, false);
+        }
+    }
 }
 
 impl LoginLimiter {
@@ -87,9 +144,12 @@ impl LoginLimiter {
     pub fn new(window: Duration) -> Self {
         Self {
             window,
-            buckets: Mutex::new(Buckets::default()),
+            buckets: Mutex::new(Buckets {
+                counts: HashMap::new(),
+                order: VecDeque::new(),
+                swept: Instant::now(),
+            }),
             shared: None,
-            turns: tokio::sync::Semaphore::new(TURNS),
         }
     }
 
@@ -102,26 +162,24 @@ impl LoginLimiter {
         self
     }
 
-    /// A turn to try: hold it from [`check`](Self::check) until [`failed`](Self::failed) or
-    /// [`succeeded`](Self::succeeded) has counted the outcome. Waits while other attempts hold
-    /// theirs.
-    pub async fn turn(&self) -> tokio::sync::SemaphorePermit<'_> {
-        self.turns
-            .acquire()
-            .await
-            .expect("the limiter's semaphore is never closed")
-    }
-
-    /// `Err(seconds to wait)` while `source` may not try `account`: counted in memory here, or
-    /// in the shared store by any replica.
-    pub async fn check(&self, source: IpAddr, account: &str) -> Result<(), u64> {
-        let here = self.check_here(source, account);
-        let Some(store) = &self.shared else {
-            return here;
+    /// An attempt of `source` at `account`, or `Err(seconds to wait)` while `source` may not try
+    /// it: counted in memory here (failures and attempts still being checked), or in the shared
+    /// store by any replica.
+    pub async fn check(&self, source: IpAddr, account: &str) -> Result<Attempt<'_>, u64> {
+        let source = counted(source);
+        self.reserve(source, account)?;
+        let attempt = Attempt {
+            limiter: self,
+            source,
+            account: account.to_owned(),
+            open: true,
         };
-        let keys = keys(counted(source), account);
+        let Some(store) = &self.shared else {
+            return Ok(attempt);
+        };
+        let keys = keys(source, account);
         let buckets: Vec<String> = keys.iter().map(|(key, _)| key.bucket()).collect();
-        let shared = match store.login_failures(&buckets, self.window).await {
+        let wait = match store.login_failures(&buckets, self.window).await {
             Ok(counts) => counts
                 .iter()
                 .zip(&keys)
@@ -134,57 +192,44 @@ impl LoginLimiter {
                 0
             }
         };
-        let wait = here.err().unwrap_or(0).max(shared);
-        if wait > 0 { Err(wait) } else { Ok(()) }
+        if wait > 0 { Err(wait) } else { Ok(attempt) }
     }
 
-    /// Counts a failed login of `source` for `account`, here and in the shared store.
-    pub async fn failed(&self, source: IpAddr, account: &str) {
-        self.failed_here(source, account);
-        if let Some(store) = &self.shared {
-            let buckets: Vec<String> = keys(counted(source), account)
-                .iter()
-                .map(|(key, _)| key.bucket())
-                .collect();
-            if let Err(e) = store.count_login_failure(&buckets, self.window).await {
-                tracing::warn!(error = %e.chain(), "cannot count a failed login in the shared store");
-            }
+    fn lock(&self) -> std::sync::MutexGuard<'_, Buckets> {
+        self.buckets.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Refuses while failures and pending attempts reach a bucket's limit; otherwise counts one
+    /// more pending attempt in each bucket.
+    fn reserve(&self, source: IpAddr, account: &str) -> Result<(), u64> {
+        let mut buckets = self.lock();
+        let now = Instant::now();
+        if now.duration_since(buckets.swept) >= self.window {
+            let window = self.window;
+            buckets
+                .counts
+                .retain(|_, count| count.pending > 0 || count.since.elapsed() < window);
+            let Buckets { counts, order, .. } = &mut *buckets;
+            order.retain(|key| counts.contains_key(key));
+            buckets.swept = now;
         }
-    }
-
-    /// A successful login clears the failures of that account from that address.
-    pub async fn succeeded(&self, source: IpAddr, account: &str) {
-        self.succeeded_here(source, account);
-        if let Some(store) = &self.shared {
-            let bucket = Key::Account(counted(source), account.to_owned()).bucket();
-            if let Err(e) = store.clear_login_failures(&bucket).await {
-                tracing::warn!(error = %e.chain(), "cannot clear failed logins in the shared store");
-            }
-        }
-    }
-
-    fn check_here(&self, source: IpAddr, account: &str) -> Result<(), u64> {
-        let source = counted(source);
-        let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
         let mut wait = 0;
         for (key, max) in keys(source, account) {
-            let Some(&(count, since)) = buckets.counts.get(&key) else {
+            let Some(count) = buckets.counts.get_mut(&key) else {
                 continue;
             };
-            let elapsed = since.elapsed();
+            let elapsed = count.since.elapsed();
             if elapsed >= self.window {
-                buckets.counts.remove(&key);
-            } else if count >= max {
+                count.failures = 0;
+                count.since = now;
+            } else if count.failures + count.pending >= max {
                 wait = wait.max((self.window - elapsed).as_secs().max(1));
             }
         }
-        if wait > 0 { Err(wait) } else { Ok(()) }
-    }
-
-    fn failed_here(&self, source: IpAddr, account: &str) {
-        let source = counted(source);
-        let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
-        let Buckets { counts, order } = &mut *buckets;
+        if wait > 0 {
+            return Err(wait);
+        }
+        let Buckets { counts, order, .. } = &mut *buckets;
         for (key, _) in keys(source, account) {
             if !counts.contains_key(&key) {
                 // Forget the oldest buckets (the order may name ones already gone).
@@ -198,25 +243,38 @@ impl LoginLimiter {
                 }
                 order.push_back(key.clone());
             }
-            let bucket = counts.entry(key).or_insert((0, Instant::now()));
-            if bucket.1.elapsed() >= self.window {
-                *bucket = (0, Instant::now());
-            }
-            bucket.0 += 1;
+            counts
+                .entry(key)
+                .or_insert(Count {
+                    failures: 0,
+                    pending: 0,
+                    since: now,
+                })
+                .pending += 1;
         }
-        // Keys removed by `check` or `succeeded` linger in the order; keep it in proportion.
+        // Keys removed by a success or the sweep linger in the order; keep it in proportion.
         if order.len() > 2 * MAX_BUCKETS {
             order.retain(|key| counts.contains_key(key));
         }
+        Ok(())
     }
 
-    fn succeeded_here(&self, source: IpAddr, account: &str) {
-        let source = counted(source);
-        self.buckets
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .counts
-            .remove(&Key::Account(source, account.to_owned()));
+    /// An attempt's outcome: its pending place given back, and counted as a failure if it was.
+    fn settle(&self, source: IpAddr, account: &str, failed: bool) {
+        let mut buckets = self.lock();
+        for (key, _) in keys(source, account) {
+            // A bucket forgotten meanwhile (the table was full) is not made again.
+            if let Some(count) = buckets.counts.get_mut(&key) {
+                count.pending = count.pending.saturating_sub(1);
+                if failed {
+                    if count.since.elapsed() >= self.window {
+                        count.failures = 0;
+                        count.since = Instant::now();
+                    }
+                    count.failures += 1;
+                }
+            }
+        }
     }
 }
 
@@ -228,48 +286,94 @@ mod tests {
         IpAddr::from([192, 0, 2, last])
     }
 
+    async fn fail(limiter: &LoginLimiter, source: IpAddr, account: &str) {
+        limiter.check(source, account).await.unwrap().failed().await;
+    }
+
     #[tokio::test]
     async fn a_guesser_is_locked_out_of_an_account_but_its_owner_elsewhere_is_not() {
         let limiter = LoginLimiter::new(Duration::from_millis(300));
         for _ in 0..PER_ACCOUNT {
-            assert_eq!(limiter.check(ip(1), "ocean").await, Ok(()));
-            limiter.failed(ip(1), "ocean").await;
+            fail(&limiter, ip(1), "ocean").await;
         }
         assert!(limiter.check(ip(1), "ocean").await.is_err());
         // The rightful owner, from its own address, is unaffected.
-        assert_eq!(limiter.check(ip(2), "ocean").await, Ok(()));
-        assert_eq!(limiter.check(ip(1), "other").await, Ok(()));
+        assert!(limiter.check(ip(2), "ocean").await.is_ok());
+        assert!(limiter.check(ip(1), "other").await.is_ok());
         tokio::time::sleep(Duration::from_millis(350)).await;
-        assert_eq!(limiter.check(ip(1), "ocean").await, Ok(()));
-        limiter.failed(ip(1), "ocean").await;
-        limiter.succeeded(ip(1), "ocean").await;
-        assert_eq!(limiter.check(ip(1), "ocean").await, Ok(()));
+        fail(&limiter, ip(1), "ocean").await;
+        limiter
+            .check(ip(1), "ocean")
+            .await
+            .unwrap()
+            .succeeded()
+            .await;
+        assert!(limiter.check(ip(1), "ocean").await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn attempts_in_flight_count_against_the_limit_until_they_end() {
+        let limiter = LoginLimiter::new(Duration::from_secs(60));
+        let mut open = Vec::new();
+        for _ in 0..PER_ACCOUNT {
+            open.push(limiter.check(ip(5), "ocean").await.unwrap());
+        }
+        // Five checked at once, none counted yet: a sixth is refused.
+        assert!(limiter.check(ip(5), "ocean").await.is_err());
+        // One given up (the request was cancelled): its place comes back.
+        drop(open.pop());
+        let sixth = limiter.check(ip(5), "ocean").await.unwrap();
+        for attempt in open {
+            attempt.failed().await;
+        }
+        sixth.failed().await;
+        assert!(limiter.check(ip(5), "ocean").await.is_err());
+        let count = limiter.lock().counts[&Key::Account(ip(5), "ocean".into())];
+        assert_eq!((count.failures, count.pending), (PER_ACCOUNT, 0));
+    }
+
+    #[tokio::test]
+    async fn buckets_whose_window_passed_are_dropped_without_being_looked_up() {
+        let limiter = LoginLimiter::new(Duration::from_millis(100));
+        for n in 0..50 {
+            fail(&limiter, ip(n), "ocean").await;
+        }
+        assert_eq!(limiter.lock().counts.len(), 100);
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        fail(&limiter, ip(200), "ocean").await;
+        let buckets = limiter.lock();
+        assert_eq!((buckets.counts.len(), buckets.order.len()), (2, 2));
     }
 
     #[tokio::test]
     async fn one_address_guessing_many_accounts_is_locked_out_of_all() {
         let limiter = LoginLimiter::new(Duration::from_secs(60));
         for n in 0..PER_SOURCE {
-            limiter.failed(ip(3), &format!("client-{n}")).await;
+            fail(&limiter, ip(3), &format!("client-{n}")).await;
         }
         assert!(limiter.check(ip(3), "fresh-account").await.is_err());
-        assert_eq!(limiter.check(ip(4), "fresh-account").await, Ok(()));
+        assert!(limiter.check(ip(4), "fresh-account").await.is_ok());
     }
 
     #[tokio::test]
     async fn a_flood_of_addresses_stays_bounded_and_locks_out_no_one_else() {
         let limiter = LoginLimiter::new(Duration::from_secs(60));
         for n in 0..(MAX_BUCKETS as u32 * 2) {
-            limiter
-                .failed(IpAddr::from(((n + 1) << 8).to_be_bytes()), "ocean")
-                .await;
+            fail(
+                &limiter,
+                IpAddr::from(((n + 1) << 8).to_be_bytes()),
+                "ocean",
+            )
+            .await;
         }
-        assert!(limiter.buckets.lock().unwrap().counts.len() <= MAX_BUCKETS);
+        assert!(limiter.lock().counts.len() <= MAX_BUCKETS);
         // Neither a new address nor one that never failed is refused.
-        assert_eq!(limiter.check(ip(200), "ocean").await, Ok(()));
-        assert_eq!(
-            limiter.check(IpAddr::from([10, 9, 9, 9]), "ocean").await,
-            Ok(())
+        assert!(limiter.check(ip(200), "ocean").await.is_ok());
+        assert!(
+            limiter
+                .check(IpAddr::from([10, 9, 9, 9]), "ocean")
+                .await
+                .is_ok()
         );
     }
 
@@ -278,11 +382,11 @@ mod tests {
         let limiter = LoginLimiter::new(Duration::from_secs(60));
         for n in 0..PER_ACCOUNT {
             let address: IpAddr = format!("2001:db8:1:2::{n:x}").parse().unwrap();
-            limiter.failed(address, "ocean").await;
+            fail(&limiter, address, "ocean").await;
         }
         let same_64: IpAddr = "2001:db8:1:2:ffff::1".parse().unwrap();
         let other_64: IpAddr = "2001:db8:1:3::1".parse().unwrap();
         assert!(limiter.check(same_64, "ocean").await.is_err());
-        assert_eq!(limiter.check(other_64, "ocean").await, Ok(()));
+        assert!(limiter.check(other_64, "ocean").await.is_ok());
     }
 }

@@ -109,24 +109,26 @@ async fn token(
     } else {
         UNKNOWN_CLIENT
     };
-    // Held from the check until the outcome is counted (parallel guesses wait their turn).
-    let turn = state.login_limiter.turn().await;
-    if let Err(wait) = state.login_limiter.check(source, account).await {
-        let mut response = oauth_error(
-            StatusCode::TOO_MANY_REQUESTS,
-            "invalid_client",
-            &format!(
-                "too many failed attempts for this client from this address; retry in {wait} s"
-            ),
-        );
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from(wait));
-        return response;
-    }
+    // Holds a place in the limiter's counts until its outcome is counted, so parallel guesses
+    // cannot pass the check together.
+    let attempt = match state.login_limiter.check(source, account).await {
+        Ok(attempt) => attempt,
+        Err(wait) => {
+            let mut response = oauth_error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "invalid_client",
+                &format!(
+                    "too many failed attempts for this client from this address; retry in {wait} s"
+                ),
+            );
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(wait));
+            return response;
+        }
+    };
     let Some(client) = client.filter(|c| bearer::matches_any(secret.expose(), &c.secrets)) else {
-        state.login_limiter.failed(source, account).await;
-        drop(turn);
+        attempt.failed().await;
         let integration = state.oauth_client(&client_id).map(|c| &c.integration);
         let reason = if integration.is_some() {
             "token request: wrong client secret"
@@ -138,8 +140,7 @@ async fn token(
         state.refused(Some(label), actor, "oauth2", reason, source);
         return invalid_client("unknown client or wrong client secret");
     };
-    state.login_limiter.succeeded(source, account).await;
-    drop(turn);
+    attempt.succeeded().await;
     let Some(issuer) = state.tokens.as_ref() else {
         return oauth_error(
             StatusCode::INTERNAL_SERVER_ERROR,

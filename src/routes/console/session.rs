@@ -28,6 +28,12 @@ use crate::state::AppState;
 
 /// The cookie carrying the sign-in form's token until the form is posted.
 const LOGIN_COOKIE: &str = "relay_console_login";
+/// The limiter's account, and the audit trail's actor, for every name that is no user.
+const UNKNOWN_USER: &str = "console:(unknown user)";
+/// The longest user name read from the sign-in form, in bytes (configured names are at most 64).
+const MAX_USER_NAME: usize = 64;
+/// Password hashes checked at once (each takes 19 MiB and tens of milliseconds of a core).
+static HASHING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
 
 /// A signed-in console user, with their session. Pages that take one send everyone else to the
 /// sign-in page.
@@ -192,6 +198,19 @@ pub async fn login(
     if state.config().console.users.is_empty() {
         return Ok(login_page(&state, Some(peer.ip()), &headers, None, ""));
     }
+    if form.user.len() > MAX_USER_NAME {
+        let mut response = login_page(
+            &state,
+            Some(peer.ip()),
+            &headers,
+            Some(&format!(
+                "A user name has at most {MAX_USER_NAME} characters; that one is longer."
+            )),
+            "",
+        );
+        *response.status_mut() = StatusCode::BAD_REQUEST;
+        return Ok(response);
+    }
     let expected = cookie_value(&headers, LOGIN_COOKIE);
     let same = match (&expected, &form.csrf) {
         (Some(cookie), Some(field)) => {
@@ -204,51 +223,58 @@ pub async fn login(
             "this sign-in form was not sent from the sign-in page (its form token is missing or wrong); open the sign-in page again".into(),
         )));
     }
-    let account = format!("console:{}", form.user);
-    // A turn from the limiter's check until the outcome is counted: parallel guesses cannot all
-    // pass the check before any is counted, and few hashes (19 MiB and tens of milliseconds of
-    // a core each) run at once.
-    let permit = state.login_limiter.turn().await;
-    if let Err(wait) = state.login_limiter.check(source, &account).await {
-        let mut response = login_page(
-            &state,
-            Some(peer.ip()),
-            &headers,
-            Some(&format!(
-                "Too many failed sign-ins from this address; try again in {wait} seconds."
-            )),
-            "",
-        );
-        *response.status_mut() = StatusCode::TOO_MANY_REQUESTS;
-        return Ok(response);
-    }
     let user: Option<ConsoleUserConfig> = state.config().console.users.get(&form.user).cloned();
-    // Hashing takes tens of milliseconds of CPU: off the async workers. An unknown user is
-    // checked against a fixed hash, so both answers take as long.
+    // Unknown names share one account in the limiter (as unknown client ids do at the token
+    // endpoint): what a caller types is never kept, however long or however many.
+    let account = match user {
+        Some(_) => format!("console:{}", form.user),
+        None => UNKNOWN_USER.to_owned(),
+    };
+    // Holds a place in the limiter's counts until its outcome is counted, so parallel guesses
+    // cannot pass the check together.
+    let attempt = match state.login_limiter.check(source, &account).await {
+        Ok(attempt) => attempt,
+        Err(wait) => {
+            let mut response = login_page(
+                &state,
+                Some(peer.ip()),
+                &headers,
+                Some(&format!(
+                    "Too many failed sign-ins from this address; try again in {wait} seconds."
+                )),
+                "",
+            );
+            *response.status_mut() = StatusCode::TOO_MANY_REQUESTS;
+            return Ok(response);
+        }
+    };
+    // Hashing takes tens of milliseconds of a core and 19 MiB: off the async workers, and only
+    // a few at once. An unknown user is checked against a fixed hash, so both answers take as
+    // long.
     let hash = user.as_ref().map(|u| u.password_hash.expose().to_owned());
     let password = form.password;
+    let hashing = HASHING
+        .acquire()
+        .await
+        .expect("the hashing semaphore is never closed");
     let matches = tokio::task::spawn_blocking(move || match hash {
         Some(hash) => verify_password(&hash, &password),
         None => verify_password(unknown_user_hash(), &password),
     })
     .await
     .map_err(|e| AppError::Internal(e.into()))?;
+    drop(hashing);
     if !(matches && user.is_some()) {
-        state.login_limiter.failed(source, &account).await;
-        drop(permit);
-        // An unknown name may be a password typed in the wrong box: it is not recorded.
-        let (actor, known) = match user {
-            Some(_) => (account.clone(), true),
-            None => ("console:(unknown user)".to_owned(), false),
+        attempt.failed().await;
+        // Counted and written to the audit trail once per report interval (AUTH_FAILURE), like
+        // every other refused login: a flood cannot grow the trail. An unknown name may be a
+        // password typed in the wrong box: it is not recorded.
+        let reason = match user {
+            Some(_) => "console sign-in: wrong password",
+            None => "console sign-in: unknown user",
         };
-        state
-            .store
-            .audit(
-                "CONSOLE_LOGIN_FAILED",
-                &actor,
-                serde_json::json!({ "source": source.to_string(), "known_user": known }),
-            )
-            .await?;
+        state.refused(None, account.clone(), "console", reason, source);
+        let known = user.is_some();
         let mut response = login_page(
             &state,
             Some(peer.ip()),
@@ -259,8 +285,7 @@ pub async fn login(
         *response.status_mut() = StatusCode::UNAUTHORIZED;
         return Ok(response);
     }
-    state.login_limiter.succeeded(source, &account).await;
-    drop(permit);
+    attempt.succeeded().await;
     state
         .store
         .audit(
