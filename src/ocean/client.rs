@@ -50,10 +50,60 @@ pub struct OceanClient {
     token_fetches: [AtomicU64; 2],
 }
 
+/// The most read of an answer that is not the document asked for (an error's OperationOutcome,
+/// a token response), in bytes: the rest is not read.
+const MAX_ANSWER_BYTES: usize = 64 * 1024;
+
+/// The token response's fields the relay uses (RFC 6749 §5.1). `expires_in` is read as a
+/// number or a string of digits (some servers send `"3600"`); anything else is ignored in
+/// favour of [`DEFAULT_TOKEN_LIFE`], since the token itself is good.
 #[derive(Deserialize)]
 struct TokenResponse {
-    access_token: String,
-    expires_in: Option<u64>,
+    access_token: Option<serde_json::Value>,
+    expires_in: Option<serde_json::Value>,
+}
+
+impl TokenResponse {
+    /// The token and how long it lives, or why the answer holds no token (naming the field).
+    fn read(self) -> Result<(String, Duration), String> {
+        let token = match self.access_token {
+            Some(serde_json::Value::String(token)) if !token.is_empty() => token,
+            Some(_) => return Err("access_token that is not a non-empty string".into()),
+            None => return Err("no access_token".into()),
+        };
+        let expires_in = match &self.expires_in {
+            None => None,
+            Some(serde_json::Value::Number(n)) => n.as_u64(),
+            Some(serde_json::Value::String(s)) => s.trim().parse::<u64>().ok(),
+            Some(_) => None,
+        };
+        if self.expires_in.is_some() && expires_in.is_none() {
+            tracing::warn!(
+                assumed_secs = DEFAULT_TOKEN_LIFE.as_secs(),
+                "the token endpoint's expires_in is not a number of seconds; the token is kept for the assumed life"
+            );
+        }
+        Ok((
+            token,
+            expires_in.map_or(DEFAULT_TOKEN_LIFE, Duration::from_secs),
+        ))
+    }
+}
+
+/// Reads at most `max` bytes of `response`'s body: `Ok(None)` when there is more (the rest
+/// is left unread and the connection dropped).
+async fn read_at_most(
+    mut response: reqwest::Response,
+    max: usize,
+) -> Result<Option<Vec<u8>>, reqwest::Error> {
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await? {
+        if body.len() + chunk.len() > max {
+            return Ok(None);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(Some(body))
 }
 
 impl OceanClient {
@@ -167,23 +217,21 @@ impl OceanClient {
                 after: retry_after(&response),
             });
         }
-        let token: TokenResponse = response.json().await.map_err(|e| {
-            let reason = if e.is_decode() {
-                "a body that is not the expected JSON"
-            } else {
-                transport(&e)
-            };
-            SendError::Retry {
-                reason: format!("token endpoint answered {reason}"),
-                after: None,
-            }
-        })?;
+        let unreadable = |reason: String| SendError::Retry {
+            reason: format!("token endpoint answered {reason}"),
+            after: None,
+        };
+        let body = read_at_most(response, MAX_ANSWER_BYTES)
+            .await
+            .map_err(|e| unreadable(transport(&e).to_owned()))?
+            .ok_or_else(|| unreadable(format!("more than {MAX_ANSWER_BYTES} bytes")))?;
+        let (token, given) = serde_json::from_slice::<TokenResponse>(&body)
+            .map_err(|_| "a body that is not a JSON object".to_owned())
+            .and_then(TokenResponse::read)
+            .map_err(unreadable)?;
         // Refresh a minute early, or halfway through a token shorter-lived than two minutes.
-        let given = token
-            .expires_in
-            .map_or(DEFAULT_TOKEN_LIFE, Duration::from_secs);
         let life = given.saturating_sub(TOKEN_MARGIN.min(given / 2));
-        Ok((token.access_token, life))
+        Ok((token, life))
     }
 
     /// Posts one message Bundle; a 401 gets one retry with a fresh token.
@@ -366,23 +414,24 @@ fn transport(e: &reqwest::Error) -> &'static str {
 
 fn retry_after(response: &reqwest::Response) -> Option<Duration> {
     let value = response.headers().get(RETRY_AFTER)?.to_str().ok()?;
-    parse_retry_after(value, time::OffsetDateTime::now_utc())
+    parse_retry_after(value, std::time::SystemTime::now())
 }
 
-/// `Retry-After` as delay-seconds or an HTTP-date, seen at `now`.
-fn parse_retry_after(value: &str, now: time::OffsetDateTime) -> Option<Duration> {
+/// `Retry-After` (RFC 9110 §10.2.3) as delay-seconds or an HTTP-date in any of its three forms
+/// (IMF-fixdate, RFC 850, asctime; §5.6.7), seen at `now`. A date in the past is no delay.
+fn parse_retry_after(value: &str, now: std::time::SystemTime) -> Option<Duration> {
     let value = value.trim();
     if let Ok(secs) = value.parse::<u64>() {
         return Some(Duration::from_secs(secs));
     }
-    let at =
-        time::OffsetDateTime::parse(value, &time::format_description::well_known::Rfc2822).ok()?;
-    Some(Duration::try_from(at - now).unwrap_or(Duration::ZERO))
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
 }
 
-/// `: <diagnostics>` of an OperationOutcome body, if Ocean sent one.
+/// `: <diagnostics>` of an OperationOutcome body, if Ocean sent one (read up to
+/// [`MAX_ANSWER_BYTES`]; a longer body is not read).
 async fn outcome_text(response: reqwest::Response) -> String {
-    let Ok(bytes) = response.bytes().await else {
+    let Ok(Some(bytes)) = read_at_most(response, MAX_ANSWER_BYTES).await else {
         return String::new();
     };
     let Ok(body) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
@@ -409,20 +458,58 @@ mod tests {
     use super::*;
 
     #[test]
-    fn retry_after_takes_seconds_or_an_http_date() {
-        let now = time::macros::datetime!(2015-10-21 07:27:00 UTC);
+    fn retry_after_takes_seconds_or_an_http_date_in_each_form() {
+        // 2015-10-21 07:27:00 UTC
+        let now = std::time::UNIX_EPOCH + Duration::from_secs(1_445_412_420);
         assert_eq!(
             parse_retry_after(" 120 ", now),
             Some(Duration::from_secs(120))
         );
-        assert_eq!(
-            parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now),
-            Some(Duration::from_secs(60))
-        );
+        for date in [
+            "Wed, 21 Oct 2015 07:28:00 GMT",
+            "Wednesday, 21-Oct-15 07:28:00 GMT",
+            "Wed Oct 21 07:28:00 2015",
+        ] {
+            assert_eq!(
+                parse_retry_after(date, now),
+                Some(Duration::from_secs(60)),
+                "{date}"
+            );
+        }
         assert_eq!(
             parse_retry_after("Wed, 21 Oct 2015 07:00:00 GMT", now),
             Some(Duration::ZERO)
         );
         assert_eq!(parse_retry_after("soon", now), None);
+    }
+
+    fn token(json: &str) -> Result<(String, Duration), String> {
+        serde_json::from_str::<TokenResponse>(json).unwrap().read()
+    }
+
+    #[test]
+    fn a_token_answer_is_read_field_by_field() {
+        let hour = Duration::from_secs(3600);
+        assert_eq!(
+            token(r#"{"access_token":"t","expires_in":3600}"#),
+            Ok(("t".into(), hour))
+        );
+        assert_eq!(
+            token(r#"{"access_token":"t","expires_in":"3600"}"#),
+            Ok(("t".into(), hour))
+        );
+        for unreadable in [r#""soon""#, "-5", "1.5", "null", "[]"] {
+            let json = format!(r#"{{"access_token":"t","expires_in":{unreadable}}}"#);
+            assert_eq!(token(&json), Ok(("t".into(), DEFAULT_TOKEN_LIFE)), "{json}");
+        }
+        assert_eq!(
+            token(r#"{"token_type":"bearer"}"#),
+            Err("no access_token".into())
+        );
+        assert!(
+            token(r#"{"access_token":42}"#)
+                .unwrap_err()
+                .contains("access_token")
+        );
     }
 }

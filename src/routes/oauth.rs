@@ -13,7 +13,6 @@ use axum::routing::post;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use http_body_util::{BodyExt, Limited};
-use serde::Deserialize;
 use serde_json::json;
 
 use crate::auth::source::ClientAddr;
@@ -32,14 +31,40 @@ pub fn router() -> Router<AppState> {
     Router::new().route("/oauth2/token", post(token))
 }
 
-#[derive(Debug, Default, Deserialize)]
+/// The token request's parameters (RFC 6749 §3.2): one sent without a value is treated as
+/// omitted, one sent twice is refused, others are ignored (`scope` among them: tokens grant
+/// posting to one integration, nothing narrower).
+#[derive(Debug, Default)]
 struct TokenForm {
     grant_type: Option<String>,
     client_id: Option<String>,
     client_secret: Option<String>,
-    /// Accepted and ignored: tokens grant posting to one integration, nothing narrower.
-    #[allow(dead_code)]
-    scope: Option<String>,
+}
+
+impl TokenForm {
+    /// Reads a form body; `Err` says what is wrong with it.
+    fn parse(body: &[u8]) -> Result<Self, String> {
+        let pairs: Vec<(String, String)> = serde_urlencoded::from_bytes(body)
+            .map_err(|_| "the body is not application/x-www-form-urlencoded".to_owned())?;
+        let mut form = Self::default();
+        let mut seen = Vec::new();
+        for (name, value) in pairs {
+            let field = match name.as_str() {
+                "grant_type" => &mut form.grant_type,
+                "client_id" => &mut form.client_id,
+                "client_secret" => &mut form.client_secret,
+                _ => continue,
+            };
+            if seen.contains(&name) {
+                return Err(format!("{name} is sent more than once"));
+            }
+            if !value.is_empty() {
+                *field = Some(value);
+            }
+            seen.push(name);
+        }
+        Ok(form)
+    }
 }
 
 async fn token(
@@ -61,12 +86,9 @@ async fn token(
             "the form body could not be read",
         );
     };
-    let Ok(form) = serde_urlencoded::from_bytes::<TokenForm>(&body.to_bytes()) else {
-        return oauth_error(
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
-            "the body is not application/x-www-form-urlencoded",
-        );
+    let form = match TokenForm::parse(&body.to_bytes()) {
+        Ok(form) => form,
+        Err(reason) => return oauth_error(StatusCode::BAD_REQUEST, "invalid_request", &reason),
     };
     match form.grant_type.as_deref() {
         Some("client_credentials") => {}
@@ -203,7 +225,7 @@ fn basic_client(headers: &HeaderMap) -> Result<Option<(String, Secret)>, &'stati
 
 /// Undoes application/x-www-form-urlencoded encoding of one value.
 fn form_decode(value: &str) -> Result<String, &'static str> {
-    #[derive(Deserialize)]
+    #[derive(serde::Deserialize)]
     struct One {
         v: String,
     }

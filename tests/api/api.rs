@@ -417,6 +417,29 @@ async fn the_openapi_document_and_the_capability_statement_are_served() {
     ] {
         assert!(doc.body["paths"].get(path).is_some(), "{path}");
     }
+    // A document comes as Ocean served it (mostly PDF), as bytes, not as a JSON array.
+    let download = &doc.body["paths"]["/api/v1/referrals/{referral}/documents/{version}/{index}"]["get"]
+        ["responses"]["200"]["content"];
+    for media_type in ["application/pdf", "*/*"] {
+        assert_eq!(
+            download[media_type]["schema"]["format"], "binary",
+            "{download}"
+        );
+    }
+    assert!(
+        download.get("application/octet-stream").is_none(),
+        "{download}"
+    );
+    // The rule the schema cannot state (end after start) is said where its 400 is.
+    let booking = &doc.body["paths"]["/api/v1/referrals/{referral}/appointments"]["post"]["responses"]
+        ["400"]["description"];
+    assert!(
+        booking
+            .as_str()
+            .unwrap()
+            .contains("`end` is not after `start`"),
+        "{booking}"
+    );
 
     let metadata = app.get("/fhir/metadata").await;
     assert_eq!(metadata.status, 200);

@@ -256,6 +256,28 @@ async fn the_token_endpoint_answers_ocean_and_its_tokens_open_the_webhook() {
         (status, error["error"].as_str()),
         (400, Some("invalid_request"))
     );
+
+    // A parameter without a value is omitted (RFC 6749 §3.2): an empty client_secret beside a
+    // Basic header is not a second set of credentials.
+    let (status, token) = token_request(
+        &app,
+        &[("authorization", &header)],
+        "grant_type=client_credentials&client_id=&client_secret=",
+    )
+    .await;
+    assert_eq!(status, 200, "{token}");
+    // A parameter sent twice is refused, saying so.
+    let (status, error) = token_request(
+        &app,
+        &[],
+        "grant_type=client_credentials&client_id=ocean-client&client_id=ocean-client&client_secret=client-secret-1",
+    )
+    .await;
+    assert_eq!(status, 400, "{error}");
+    assert_eq!(
+        error["error_description"],
+        "client_id is sent more than once"
+    );
 }
 
 fn jwt(header: &Value, claims: &Value, key: &[u8], algorithm: Algorithm) -> String {

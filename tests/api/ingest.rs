@@ -443,6 +443,12 @@ async fn the_alternative_webhook_paths_and_media_types_are_accepted() {
             "Application/JSON;charset=UTF-8",
             "b-3",
         ),
+        // The `$` percent-encoded, as some clients send it.
+        (
+            "/fhir/default/%24process-message",
+            "application/fhir+json",
+            "b-4",
+        ),
     ] {
         let mut v: Value =
             serde_json::from_slice(&fixture("v0.11-add-service-request.json")).unwrap();
@@ -458,7 +464,7 @@ async fn the_alternative_webhook_paths_and_media_types_are_accepted() {
             .await
             .unwrap()
             .len(),
-        3
+        4
     );
 }
 

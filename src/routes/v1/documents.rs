@@ -134,6 +134,12 @@ pub async fn list_documents(
     }))
 }
 
+/// A document's bytes, in the OpenAPI document (a `string` of format `binary`).
+#[derive(ToSchema)]
+#[schema(value_type = String, format = Binary)]
+#[allow(dead_code)]
+struct DocumentBytes(Vec<u8>);
+
 /// One document's bytes, as Ocean served them.
 #[utoipa::path(
     get,
@@ -144,7 +150,10 @@ pub async fn list_documents(
         ("index" = u32, Path, description = "0 for the letter, then attachments from 1"),
     ),
     responses(
-        (status = 200, description = "The document (usually application/pdf)", content_type = "application/octet-stream"),
+        (status = 200, description = "The document's bytes under the media type Ocean served it with: usually application/pdf, sometimes an image or another type; application/octet-stream when Ocean gave none", content(
+            (inline(DocumentBytes) = "application/pdf"),
+            (inline(DocumentBytes) = "*/*"),
+        )),
         (status = 400, description = "version or index is not a whole number", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 401, description = "No or an unknown API key", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 403, description = "Outside the client's service ids", body = ProblemDoc, content_type = "application/problem+json"),

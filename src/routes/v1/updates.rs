@@ -157,6 +157,7 @@ pub async fn set_status(
     request_body = AppointmentRequest,
     responses(
         (status = 202, description = "Stored in the outbox", body = Accepted),
+        (status = 400, description = "`end` is not after `start` (a rule between two fields that the schema cannot state), or a date-time is not RFC 3339", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 409, description = "The requester revoked the referral", body = ProblemDoc, content_type = "application/problem+json"),
     )
 )]

@@ -43,6 +43,9 @@ use crate::store::{NewDelivery, PutOutcome, ServiceAssignment, delivery_key, sha
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/fhir/{integration}/$process-message", post(receive))
+        // The same address with its `$` percent-encoded, as some HTTP clients send it (RFC 3986
+        // §2.2 makes the two equivalent only by convention; routes match the raw path).
+        .route("/fhir/{integration}/%24process-message", post(receive))
         .route("/fhir/{integration}/Bundle", post(receive))
         .route("/fhir/{integration}", post(receive))
 }

@@ -28,6 +28,8 @@ pub enum Answer {
     ExpireTokens,
     /// Waits this long before answering 200.
     Slow(Duration),
+    /// Answers this status with a body that never ends (counted in [`MockOcean::streamed`]).
+    Endless(u16),
 }
 
 #[derive(Debug, Clone)]
@@ -73,6 +75,10 @@ struct Inner {
     /// Path → what it answers next.
     documents: Mutex<HashMap<String, VecDeque<Serve>>>,
     document_requests: Mutex<Vec<DocumentRequest>>,
+    /// What the token answer says as `expires_in` (unset: 3600).
+    expires_in: Mutex<Option<Value>>,
+    /// Bytes of endless bodies the relay has taken so far.
+    streamed: Arc<AtomicU64>,
 }
 
 #[derive(Clone)]
@@ -148,6 +154,16 @@ impl MockOcean {
         self.inner.document_requests.lock().unwrap().clone()
     }
 
+    /// The token endpoint answers `expires_in` with this value from now on.
+    pub fn token_expires_in(&self, value: Value) {
+        *self.inner.expires_in.lock().unwrap() = Some(value);
+    }
+
+    /// Bytes of [`Answer::Endless`] bodies the relay has read (and the socket buffered).
+    pub fn streamed(&self) -> u64 {
+        self.inner.streamed.load(Ordering::SeqCst)
+    }
+
     /// Token requests: the form fields and the Authorization header, if any.
     pub fn token_requests(&self) -> Vec<TokenRequest> {
         self.inner.token_requests.lock().unwrap().clone()
@@ -185,7 +201,13 @@ async fn token(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: Bytes)
     let n = inner.issued.fetch_add(1, Ordering::SeqCst) + 1;
     let token = format!("ocean-token-{n}");
     inner.tokens.lock().unwrap().insert(token.clone());
-    axum::Json(json!({"access_token": token, "token_type": "Bearer", "expires_in": 3600}))
+    let expires_in = inner
+        .expires_in
+        .lock()
+        .unwrap()
+        .clone()
+        .unwrap_or(json!(3600));
+    axum::Json(json!({"access_token": token, "token_type": "Bearer", "expires_in": expires_in}))
         .into_response()
 }
 
@@ -242,6 +264,20 @@ async fn message(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: Byte
             tokio::time::sleep(delay).await;
             // The caller gave up long ago: nobody learns of this 200.
             status = 599;
+        }
+        Some(Answer::Endless(code)) => {
+            status = code;
+            let streamed = Arc::clone(&inner.streamed);
+            let chunks = futures_util::stream::repeat_with(move || {
+                streamed.fetch_add(64 * 1024, Ordering::SeqCst);
+                Ok::<_, std::io::Error>(vec![b' '; 64 * 1024])
+            });
+            response = (
+                StatusCode::from_u16(code).unwrap(),
+                [("content-type", "application/fhir+json")],
+                axum::body::Body::from_stream(chunks),
+            )
+                .into_response();
         }
     }
     inner.received.lock().unwrap().push(Received {
