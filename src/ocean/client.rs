@@ -348,14 +348,12 @@ impl OceanClient {
                 .get(CONTENT_TYPE)
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_owned);
-            // A web page is not a referral document (a sign-in or error page served with 200).
-            if content_type
-                .as_deref()
-                .is_some_and(|c| c.trim_start().to_ascii_lowercase().starts_with("text/html"))
-            {
-                return Err(SendError::Rejected(
-                    "Ocean answered with an HTML page instead of the document".into(),
-                ));
+            // A web page is not a referral document (a sign-in or error page served with 200),
+            // and markup a browser would run is never kept.
+            if let Some(kind) = content_type.as_deref().and_then(markup_type) {
+                return Err(SendError::Rejected(format!(
+                    "Ocean answered with {kind} instead of the document"
+                )));
             }
             let mut body = Vec::new();
             while let Some(chunk) = response.chunk().await.map_err(unreachable)? {
@@ -364,13 +362,11 @@ impl OceanClient {
                 }
                 body.extend_from_slice(&chunk);
             }
-            // A web page sent under another type (or none) is no document either.
-            let start = String::from_utf8_lossy(&body[..body.len().min(64)]).to_ascii_lowercase();
-            let start = start.trim_start();
-            if start.starts_with("<!doctype html") || start.starts_with("<html") {
-                return Err(SendError::Rejected(
-                    "Ocean answered with an HTML page instead of the document".into(),
-                ));
+            // Markup sent under another type (or none) is no document either.
+            if let Some(kind) = sniff_markup(&body) {
+                return Err(SendError::Rejected(format!(
+                    "Ocean answered with {kind} instead of the document"
+                )));
             }
             if body.is_empty() {
                 return Err(SendError::Retry {
@@ -398,6 +394,91 @@ impl OceanClient {
             anyhow::bail!("{url} answered {status}");
         }
         Ok(status.as_u16())
+    }
+}
+
+/// What a `Content-Type` names when it is markup a browser runs: HTML, XHTML or SVG.
+fn markup_type(content_type: &str) -> Option<&'static str> {
+    let media_type = content_type
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    match media_type.as_str() {
+        "text/html" => Some("an HTML page"),
+        "application/xhtml+xml" => Some("an XHTML page"),
+        "image/svg+xml" => Some("an SVG image"),
+        _ => None,
+    }
+}
+
+/// Whether `body` is markup a browser would run, whatever type it was sent under: after a
+/// byte order mark, white space, an XML declaration or processing instructions, comments and a
+/// non-HTML doctype, the first element is one the HTML sniffing rules name (WHATWG MIME
+/// Sniffing §7.1: `html`, `head`, `body`, `script`, `iframe`, ...) or `svg`, or the start
+/// declares the XHTML or SVG namespace. A PDF, an image or a CDA document is none of these.
+fn sniff_markup(body: &[u8]) -> Option<&'static str> {
+    const HTML_TAGS: [&[u8]; 17] = [
+        b"html", b"head", b"body", b"script", b"iframe", b"h1", b"div", b"font", b"table", b"a",
+        b"style", b"title", b"b", b"br", b"p", b"meta", b"object",
+    ];
+    let start = &body[..body.len().min(4096)];
+    let lower = start.to_ascii_lowercase();
+    for namespace in [
+        &b"http://www.w3.org/1999/xhtml"[..],
+        b"http://www.w3.org/2000/svg",
+    ] {
+        if lower.windows(namespace.len()).any(|w| w == namespace) {
+            return Some("markup in the XHTML or SVG namespace");
+        }
+    }
+    let mut rest: &[u8] = &lower;
+    rest = rest.strip_prefix(b"\xef\xbb\xbf").unwrap_or(rest);
+    loop {
+        rest = rest.trim_ascii_start();
+        let skip_to = |rest: &[u8], end: &[u8]| {
+            rest.windows(end.len())
+                .position(|w| w == end)
+                .map(|at| at + end.len())
+        };
+        let skipped = if rest.starts_with(b"<?") {
+            skip_to(rest, b"?>")
+        } else if rest.starts_with(b"<!--") {
+            skip_to(rest, b"-->")
+        } else if rest.starts_with(b"<!doctype") {
+            if rest[9..].trim_ascii_start().starts_with(b"html") {
+                return Some("an HTML page");
+            }
+            skip_to(rest, b">")
+        } else {
+            None
+        };
+        match skipped {
+            Some(at) => rest = &rest[at..],
+            // Markup that does not end within the start read: judged by what it is.
+            None if rest.starts_with(b"<?") || rest.starts_with(b"<!") => {
+                return Some("markup that does not end");
+            }
+            None => break,
+        }
+    }
+    let name = rest.strip_prefix(b"<")?;
+    let end = name
+        .iter()
+        .position(|b| !b.is_ascii_alphanumeric())
+        .unwrap_or(name.len());
+    let (tag, after) = name.split_at(end);
+    let ends = after.is_empty() || matches!(after[0], b' ' | b'>' | b'/' | b'\t' | b'\n' | b'\r');
+    if !ends {
+        return None;
+    }
+    if tag == b"svg" {
+        Some("an SVG image")
+    } else if HTML_TAGS.contains(&tag) {
+        Some("an HTML page")
+    } else {
+        None
     }
 }
 
@@ -481,6 +562,39 @@ mod tests {
             Some(Duration::ZERO)
         );
         assert_eq!(parse_retry_after("soon", now), None);
+    }
+
+    #[test]
+    fn markup_is_found_behind_what_precedes_it() {
+        let padding = " ".repeat(200);
+        for page in [
+            "<!DOCTYPE html><html><body>x</body></html>".to_owned(),
+            "\u{feff}<html><script>alert(1)</script></html>".to_owned(),
+            format!("{padding}<html>"),
+            "<?xml version=\"1.0\"?>\n<!-- a comment -->\n<html>".to_owned(),
+            "<!-- <html> --><body onload=x>".to_owned(),
+            "<svg xmlns=\"http://www.w3.org/2000/svg\"><script/></svg>".to_owned(),
+            "<?xml version=\"1.0\"?><svg><script/></svg>".to_owned(),
+            "<x:y xmlns:x=\"http://www.w3.org/1999/xhtml\"><x:script/></x:y>".to_owned(),
+            "<SCRIPT>alert(1)</SCRIPT>".to_owned(),
+            "<!--".to_owned(),
+        ] {
+            assert!(sniff_markup(page.as_bytes()).is_some(), "{page}");
+        }
+        for document in [
+            &b"%PDF-1.7\n%\xe2\xe3"[..],
+            b"\x89PNG\r\n\x1a\n",
+            b"<?xml version=\"1.0\"?><ClinicalDocument xmlns=\"urn:hl7-org:v3\"/>",
+            b"plain text with <html> later on",
+            b"<abbr>",
+        ] {
+            assert_eq!(sniff_markup(document), None, "{document:?}");
+        }
+        assert_eq!(
+            markup_type("Image/SVG+xml; charset=utf-8"),
+            Some("an SVG image")
+        );
+        assert_eq!(markup_type("application/pdf"), None);
     }
 
     fn token(json: &str) -> Result<(String, Duration), String> {

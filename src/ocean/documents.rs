@@ -204,26 +204,15 @@ fn backoff(config: &DocumentsConfig, attempts: u32) -> Duration {
 /// `{base}/svc/fhir/v1/ServiceRequest/{ref}/$letter?attachments=true`; an attachment at its
 /// `attachment.url`, resolved against `{base}/svc/fhir/v1/` when relative. An absolute URL on
 /// another origin than the site's is refused: the site's token must not be sent elsewhere.
+/// On the site, an attachment is fetched only from a document's own address under its FHIR
+/// base: `Binary/{id}`, `DocumentReference/{id}/$binary`, or this referral's own `$letter`
+/// (the token reads every referral of the site; a message must not make it fetch another
+/// referral's letter, a search, or any other path, and file what comes back under this one).
 fn address(base: &str, document: &DocumentRecord) -> Result<Url, String> {
     let site = Url::parse(&format!("{base}/svc/fhir/v1/"))
         .map_err(|_| "the site's base_url is not a URL".to_owned())?;
     match (document.kind, document.source.as_deref()) {
-        (DocumentKind::Letter, _) => {
-            // `.` and `..` are dot-segments to every URL parser, escaped or not (WHATWG URL
-            // §4.1): such a reference cannot name the referral in a path.
-            if matches!(document.referral.as_str(), "." | "..") {
-                return Err(
-                    "the referral reference is a dot-segment, which cannot name it in the letter's address".into(),
-                );
-            }
-            let mut url = site.clone();
-            url.path_segments_mut()
-                .map_err(|()| "the site's base_url cannot take a path".to_owned())?
-                .pop_if_empty()
-                .extend(["ServiceRequest", document.referral.as_str(), "$letter"]);
-            url.set_query(Some("attachments=true"));
-            Ok(url)
-        }
+        (DocumentKind::Letter, _) => letter(&site, &document.referral),
         (DocumentKind::Attachment, Some(source)) => {
             let url = site
                 .join(source)
@@ -240,10 +229,52 @@ fn address(base: &str, document: &DocumentRecord) -> Result<Url, String> {
                         .into(),
                 );
             }
+            let own_letter = letter(&site, &document.referral).ok();
+            let segments: Vec<&str> = url
+                .path()
+                .strip_prefix(site.path())
+                .map(|path| path.split('/').collect())
+                .unwrap_or_default();
+            let id = |segment: &str| !segment.is_empty() && !matches!(segment, "." | "..");
+            let document_path = match segments.as_slice() {
+                ["Binary", id_] | ["DocumentReference", id_, "$binary"] => {
+                    id(id_) && url.query().is_none()
+                }
+                ["ServiceRequest", _, "$letter"] => {
+                    own_letter.is_some_and(|own| own.path() == url.path())
+                        && matches!(url.query(), None | Some("attachments=true"))
+                }
+                _ => false,
+            };
+            if !document_path {
+                return Err(
+                    "the attachment's url is not a document's address on the site (Binary/{id}, DocumentReference/{id}/$binary or this referral's $letter); it is not fetched with the site's token"
+                        .into(),
+                );
+            }
             Ok(url)
         }
         (DocumentKind::Attachment, None) => Err("the attachment has no url".into()),
     }
+}
+
+/// The referral's letter on the site whose FHIR base is `site`.
+fn letter(site: &Url, referral: &crate::domain::ReferralRef) -> Result<Url, String> {
+    // `.` and `..` are dot-segments to every URL parser, escaped or not (WHATWG URL §4.1):
+    // such a reference cannot name the referral in a path.
+    if matches!(referral.as_str(), "." | "..") {
+        return Err(
+            "the referral reference is a dot-segment, which cannot name it in the letter's address"
+                .into(),
+        );
+    }
+    let mut url = site.clone();
+    url.path_segments_mut()
+        .map_err(|()| "the site's base_url cannot take a path".to_owned())?
+        .pop_if_empty()
+        .extend(["ServiceRequest", referral.as_str(), "$letter"]);
+    url.set_query(Some("attachments=true"));
+    Ok(url)
 }
 
 #[cfg(test)]
@@ -315,6 +346,36 @@ mod tests {
                 .unwrap_err()
                 .contains("password")
         );
+        // On the site, only a document's own address: not another referral's letter, a
+        // search, or any other path the token could read.
+        for own in [
+            "Binary/b1",
+            "ServiceRequest/TST%201%2F2/$letter",
+            "ServiceRequest/TST%201%2F2/$letter?attachments=true",
+            "https://ocean.example.test/svc/fhir/v1/Binary/b2",
+        ] {
+            let d = document(DocumentKind::Attachment, Some(own));
+            assert!(address(base, &d).is_ok(), "{own}");
+        }
+        for other in [
+            "ServiceRequest/OTHER-REF/$letter",
+            "ServiceRequest/TST%201%2F2/$letter?attachments=true&x=1",
+            "DocumentReference?patient=p1",
+            "Patient/p1",
+            "DocumentReference/d1/$binary?_format=json",
+            "DocumentReference/d1/../../ServiceRequest/OTHER/$letter",
+            "/svc/oauth2/token",
+            "/ocean/portal.html",
+            "Binary/",
+        ] {
+            let d = document(DocumentKind::Attachment, Some(other));
+            assert!(
+                address(base, &d)
+                    .unwrap_err()
+                    .contains("not a document's address"),
+                "{other}"
+            );
+        }
         let mut dots = document(DocumentKind::Letter, None);
         for referral in [".", ".."] {
             dots.referral = ReferralRef::parse(referral).unwrap();
