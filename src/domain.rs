@@ -121,6 +121,80 @@ text_id!(
     "referral reference",
     256
 );
+/// `text` as one URL path segment (RFC 3986): every byte but the unreserved characters
+/// percent-encoded, and `.` too when `text` is only dots (a dot-segment, which every URL parser
+/// would remove).
+pub fn path_segment(text: &str) -> String {
+    let dots_only = text.bytes().all(|b| b == b'.');
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'~') || (b == b'.' && !dots_only)
+        {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// The longest file-name stem made from a ref, in bytes, before its hash is added.
+const MAX_STEM: usize = 64;
+
+impl ReferralRef {
+    /// The ref as one URL path segment: see [`path_segment`]. Every link and redirect made
+    /// from a ref uses this.
+    pub fn path_segment(&self) -> String {
+        path_segment(&self.0)
+    }
+
+    /// The ref as the start of a file, folder or ZIP entry name, and inside a quoted
+    /// `Content-Disposition` parameter (RFC 6266): the ref itself when it is made of ASCII
+    /// letters, digits, `-`, `_` and `.`, is at most 64 bytes, does not start or end with `.`,
+    /// and is not a name Windows reserves (`CON`, `PRN`, `AUX`, `NUL`, `COM1`..`COM9`,
+    /// `LPT1`..`LPT9`, with or without an extension); otherwise those characters (others as
+    /// `_`, at most 64 bytes) then `-` and the first 12 hex digits of the ref's SHA-256, so refs
+    /// that read alike once made safe still get names of their own. Every name made from a ref
+    /// uses this.
+    pub fn file_stem(&self) -> String {
+        let safe: String = self
+            .0
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        let base = safe
+            .split('.')
+            .next()
+            .unwrap_or_default()
+            .to_ascii_uppercase();
+        let reserved = matches!(base.as_str(), "CON" | "PRN" | "AUX" | "NUL")
+            || (base.len() == 4
+                && (base.starts_with("COM") || base.starts_with("LPT"))
+                && matches!(base.as_bytes()[3], b'1'..=b'9'));
+        if safe == self.0
+            && safe.len() <= MAX_STEM
+            && !safe.starts_with('.')
+            && !safe.ends_with('.')
+            && !reserved
+        {
+            return safe;
+        }
+        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, self.0.as_bytes());
+        let hash: String = digest.as_ref()[..6]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let start = safe.trim_start_matches('.');
+        format!("{}-{hash}", &start[..start.len().min(MAX_STEM)])
+    }
+}
+
 text_id!(
     /// The External Service ID an admin typed on a directory listing: the key deliveries are
     /// filed under.
@@ -476,6 +550,38 @@ mod tests {
     #[test]
     fn identifiers_are_trimmed_and_checked() {
         assert_eq!(ReferralRef::parse("  TST-1 ").unwrap().as_str(), "TST-1");
+        let r = |s: &str| ReferralRef::parse(s).unwrap();
+        assert_eq!(r("TST-0011.A_b~").path_segment(), "TST-0011.A_b~");
+        assert_eq!(r("a/b c?#%\\").path_segment(), "a%2Fb%20c%3F%23%25%5C");
+        assert_eq!(r("..").path_segment(), "%2E%2E");
+        assert_eq!(r("...").path_segment(), "%2E%2E%2E");
+        assert_eq!(r("a..b").path_segment(), "a..b");
+        assert_eq!(r("TST-0011-AAAA").file_stem(), "TST-0011-AAAA");
+        for unsafe_ref in [
+            "evil.html\"; x=\"",
+            "a/../b",
+            "CON",
+            "aux.pdf",
+            "Com7",
+            "lpt1",
+            "name.",
+            ".hidden",
+            "..",
+            &"x".repeat(250),
+        ] {
+            let stem = r(unsafe_ref).file_stem();
+            assert_ne!(stem, unsafe_ref);
+            assert!(stem.len() <= 64 + 13, "{stem}");
+            assert!(
+                stem.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')),
+                "{stem}"
+            );
+            assert!(!stem.starts_with('.') && !stem.ends_with('.'), "{stem}");
+        }
+        assert_ne!(r("a/b").file_stem(), r("a_b").file_stem());
+        assert_ne!(r("a/b").file_stem(), r("a?b").file_stem());
+        assert_eq!(r("COM0").file_stem(), "COM0");
         assert!(matches!(
             ReferralRef::parse(" "),
             Err(InvalidId::Empty { .. })

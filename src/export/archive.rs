@@ -14,7 +14,7 @@ use zip::{CompressionMethod, ZipWriter};
 
 use super::CsvSink;
 use crate::domain::ReferralRef;
-use crate::store::{DocumentKind, DocumentRecord, DocumentState, Store, file_safe, sha256_hex};
+use crate::store::{DocumentKind, DocumentRecord, DocumentState, Store, sha256_hex};
 
 /// The archive being written.
 pub struct ArchiveSink<'s> {
@@ -114,7 +114,7 @@ impl CsvSink for ArchiveSink<'_> {
             if self.folders.contains(&name.to_lowercase()) {
                 name = format!(
                     "{}-{}",
-                    file_safe(referral.as_str()),
+                    referral.file_stem(),
                     sha256_hex(referral.as_str().as_bytes())
                 );
             }
@@ -153,17 +153,9 @@ impl CsvSink for ArchiveSink<'_> {
     }
 }
 
-/// A referral ref as a folder name: the ref itself when it is made of letters, digits, `-`, `_`
-/// and `.` (and is not only dots, so no entry escapes the archive's root); otherwise those
-/// characters, others as `_`, then `-` and the start of the ref's SHA-256, so two refs that read
-/// alike once made safe still get folders of their own.
+/// A referral ref as a folder name: its [`file_stem`](ReferralRef::file_stem).
 fn folder(referral: &ReferralRef) -> String {
-    let name = file_safe(referral.as_str());
-    if name == referral.as_str() && !name.chars().all(|c| c == '.') {
-        name
-    } else {
-        format!("{name}-{}", &sha256_hex(referral.as_str().as_bytes())[..12])
-    }
+    referral.file_stem()
 }
 
 #[cfg(test)]
@@ -175,9 +167,10 @@ mod tests {
         let r = |s: &str| ReferralRef::parse(s).unwrap();
         assert_eq!(folder(&r("TST-0011-AAAA")), "TST-0011-AAAA");
         for (referral, safe) in [
-            ("../etc/x", ".._etc_x-"),
-            ("..", "..-"),
+            ("../etc/x", "_etc_x-"),
+            ("..", "-"),
             ("a b/c", "a_b_c-"),
+            ("CON", "CON-"),
         ] {
             let name = folder(&r(referral));
             assert!(

@@ -104,11 +104,10 @@ impl DocumentRecord {
         }
     }
 
-    /// The file name it is offered under: `{ref}-v{version}-letter.pdf`,
-    /// `{ref}-v{version}-{index}.{ext}`. Referral refs hold no path separators or quotes once
-    /// those are replaced here.
+    /// The file name it is offered under: `{stem}-v{version}-letter.pdf`,
+    /// `{stem}-v{version}-{index}.{ext}`, with the ref's [`file_stem`](ReferralRef::file_stem).
     pub fn file_name(&self) -> String {
-        let referral = file_safe(self.referral.as_str());
+        let referral = self.referral.file_stem();
         let media = self
             .content_type
             .as_deref()
@@ -127,20 +126,6 @@ impl DocumentRecord {
             }
         }
     }
-}
-
-/// `text` with every character but ASCII letters, digits, `-`, `_` and `.` replaced by `_`: safe
-/// in a file name, a ZIP entry or a quoted `Content-Disposition` parameter.
-pub fn file_safe(text: &str) -> String {
-    text.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
 }
 
 /// A media type without its parameters (`application/pdf`).
@@ -264,10 +249,12 @@ mod tests {
             sha256: None,
             purged: false,
         };
-        assert_eq!(d.file_name(), "TST_1__x_-v3-letter.pdf");
+        let stem = d.referral.file_stem();
+        assert!(stem.starts_with("TST_1__x_-"), "{stem}");
+        assert_eq!(d.file_name(), format!("{stem}-v3-letter.pdf"));
         d.kind = DocumentKind::Attachment;
         d.index = 2;
         d.content_type = Some("image/png".into());
-        assert_eq!(d.file_name(), "TST_1__x_-v3-2.png");
+        assert_eq!(d.file_name(), format!("{stem}-v3-2.png"));
     }
 }

@@ -22,9 +22,7 @@ pub use deliveries::{
     DeliveryStore, NewDelivery, PutOutcome, ReferralRecord, ServiceAssignment, VersionRecord,
     delivery_key, sha256_hex,
 };
-pub use documents::{
-    DocumentKey, DocumentKind, DocumentRecord, DocumentState, DocumentStore, file_safe,
-};
+pub use documents::{DocumentKey, DocumentKind, DocumentRecord, DocumentState, DocumentStore};
 pub use error::{Cause, StoreError};
 pub use feed::{ChangedReferrals, EventRecord, FeedStore};
 pub use maintenance::{MaintenanceStore, ModifiedBatch, SnapshotInfo, StoreHealth};

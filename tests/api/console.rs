@@ -1349,3 +1349,62 @@ async fn a_referrals_documents_are_listed_and_downloadable_within_its_scope() {
     assert_ne!(refused.status, 200);
     assert!(!refused.html.contains(letter));
 }
+
+/// One rule for every name and link made from a ref: a ref holding `/ ? # % \ .. "` and a
+/// would-be file extension stays one path segment in the redirect after an action (it landed
+/// on the wrong page, inviting the action twice) and cannot name the raw download's file (a
+/// crafted ref made a browser save the JSON as `evil.html`).
+#[tokio::test]
+async fn names_and_links_made_from_an_odd_ref_keep_to_one_rule() {
+    let ocean = crate::support::ocean::MockOcean::start().await;
+    let app = spawn_app_with(&users_config(&crate::outbound::flow::config(
+        &ocean, "form",
+    )))
+    .await;
+    let odd = r#"R/1?x#y%z\..evil.html"; x=""#;
+    let json = serde_json::to_string(odd).unwrap();
+    let template = String::from_utf8(fixture("v0.11-add-service-request.json")).unwrap();
+    let body = crate::support::fixtures::unique_v011(&template, &json[1..json.len() - 1], "odd-1");
+    assert_eq!(app.deliver("default", body).await.status, 200);
+    let segment = "R%2F1%3Fx%23y%25z%5C..evil.html%22%3B%20x%3D%22";
+
+    let mut visitor = Visitor::new(&app);
+    visitor.sign_in("alice", ALICE_PASSWORD).await;
+    let page = visitor.get(&format!("/console/referrals/{segment}")).await;
+    assert_eq!(page.status, 200, "{}", page.html);
+    let done = visitor
+        .post(
+            &format!("/console/referrals/{segment}/status"),
+            &[
+                ("csrf", &page.csrf()),
+                ("status", "accepted"),
+                ("reason", ""),
+            ],
+        )
+        .await;
+    assert_eq!(
+        (done.status, done.location()),
+        (
+            303,
+            format!("/console/referrals/{segment}#updates").as_str()
+        )
+    );
+
+    let raw = visitor
+        .get(&format!("/console/referrals/{segment}/versions/1/raw"))
+        .await;
+    assert_eq!(raw.status, 200);
+    let disposition = raw.headers["content-disposition"].to_str().unwrap();
+    let name = disposition
+        .strip_prefix("attachment; filename=\"")
+        .and_then(|rest| rest.strip_suffix('"'))
+        .unwrap_or_else(|| panic!("{disposition}"));
+    assert!(name.starts_with("R_1_x_y_z_..evil.html___x__-"), "{name}");
+    assert!(name.ends_with("-v1.json"), "{name}");
+    assert!(
+        name.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')),
+        "{name}"
+    );
+    app.stop().await;
+}

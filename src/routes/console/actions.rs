@@ -37,7 +37,7 @@ async fn accept(
             }),
         )
         .await?;
-    let page = format!("/console/referrals/{reference}#updates");
+    let page = format!("/console/referrals/{}#updates", reference.path_segment());
     Ok(Redirect::to(&page).into_response())
 }
 

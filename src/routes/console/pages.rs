@@ -596,8 +596,10 @@ pub async fn raw_version(
         header::CONTENT_TYPE,
         HeaderValue::from_static(crate::error::FHIR_JSON),
     );
-    // Referral refs are letters, digits, '-' and '.': safe inside the quoted file name.
-    let name = format!("attachment; filename=\"{reference}-v{version}.json\"");
+    let name = format!(
+        "attachment; filename=\"{}-v{version}.json\"",
+        reference.file_stem()
+    );
     if let Ok(value) = HeaderValue::from_str(&name) {
         headers.insert(header::CONTENT_DISPOSITION, value);
     }

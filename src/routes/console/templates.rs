@@ -29,7 +29,7 @@ fn environment() -> &'static Environment<'static> {
         // A referral ref in a path: every character but the unreserved ones percent-encoded
         // (`urlencode` keeps `/`, which would split the ref into path segments).
         env.add_filter("segment", |value: String| {
-            crate::routes::v1::documents::urlencoding(&value)
+            crate::domain::path_segment(&value)
         });
         for (name, source) in TEMPLATES {
             // The templates are part of the binary: one that does not parse is a build defect,
