@@ -235,7 +235,7 @@ pub fn read(archive: impl Read, unpack_to: Option<&Path>) -> anyhow::Result<Mani
                         .with_context(|| format!("cannot create {}", parent.display()))?;
                 }
                 Box::new(
-                    std::fs::File::create(&target)
+                    crate::files::create_private(&target)
                         .with_context(|| format!("cannot create {}", target.display()))?,
                 )
             }

@@ -211,6 +211,7 @@ enum AuditAction {
 
 /// Parses the command line and runs the command; the process exit code comes from here.
 pub fn main() -> ExitCode {
+    crate::files::restrict_new_files();
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
@@ -339,15 +340,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     "--with-documents writes a ZIP archive from the data dir: give --out FILE.zip, and no --url"
                 );
             }
+            // --out is written beside as FILE.partial (new, owner-only) and renamed when whole.
+            let mut output = None;
             let mut sink: Box<dyn std::io::Write + Send> = if out == "-" {
                 Box::new(std::io::stdout())
             } else if with_documents {
                 // The archive is written below, to a file of its own.
                 Box::new(std::io::sink())
             } else {
-                Box::new(
-                    std::fs::File::create(&out).with_context(|| format!("cannot create {out}"))?,
-                )
+                let file = crate::files::NewFile::create(std::path::Path::new(&out))?;
+                let writer = file.file().try_clone()?;
+                output = Some(file);
+                Box::new(writer)
             };
             let runtime = tokio::runtime::Runtime::new()?;
             if let Some(url) = url {
@@ -374,7 +378,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     sink.flush()?;
                     anyhow::Ok(())
                 })?;
-                return Ok(());
+                return output.map_or(Ok(()), crate::files::NewFile::commit);
             }
             let bound = |name: &str, raw: Option<String>, end: bool| {
                 raw.map(|r| {
@@ -406,19 +410,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             if with_documents {
                 // Written beside --out and renamed over it once whole: a run that fails leaves
                 // whatever was at --out as it was.
-                let partial = format!("{out}.partial");
-                // A new file only: never through a link or over one left by an earlier run.
-                let file = std::fs::OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .open(&partial)
-                    .with_context(|| {
-                        format!("cannot create {partial} (if an earlier run left it, remove it)")
-                    })?;
+                let output = crate::files::NewFile::create(std::path::Path::new(&out))?;
+                let partial = output.partial().display().to_string();
                 let rows = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-                let mut archive =
-                    crate::export::archive::ArchiveSink::new(file, &*store, rows.clone())
-                        .with_context(|| format!("cannot write {partial}"))?;
+                let mut archive = crate::export::archive::ArchiveSink::new(
+                    output.file().try_clone()?,
+                    &*store,
+                    rows.clone(),
+                )
+                .with_context(|| format!("cannot write {partial}"))?;
                 let written = runtime.block_on(crate::export::export(
                     &*store,
                     &request,
@@ -430,15 +430,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     },
                     &mut archive,
                 ));
-                let written = match written {
-                    Ok(rows) => rows,
-                    Err(e) => {
-                        let _ = std::fs::remove_file(&partial);
-                        return Err(e.into());
-                    }
-                };
-                std::fs::rename(&partial, &out)
-                    .with_context(|| format!("cannot move {partial} to {out}"))?;
+                let written = written?;
+                output.commit()?;
                 eprintln!(
                     "exported {written} referrals and {} documents",
                     archive.documents
@@ -453,6 +446,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 |_| true,
                 &mut sink,
             ))?;
+            drop(sink);
+            if let Some(output) = output {
+                output.commit()?;
+            }
             eprintln!("exported {rows} referrals");
             Ok(())
         }
@@ -517,33 +514,23 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             if out.exists() {
                 anyhow::bail!("{} exists; choose another file", out.display());
             }
-            let partial = PathBuf::from(format!("{}.partial", out.display()));
-            let downloaded = tokio::runtime::Runtime::new()?.block_on(async {
+            let output = crate::files::NewFile::create(&out)?;
+            tokio::runtime::Runtime::new()?.block_on(async {
                 let mut response = fetch(&url, &key, "backup").await?;
-                let mut file = std::fs::File::create(&partial)
-                    .with_context(|| format!("cannot create {}", partial.display()))?;
+                let mut file = output.file();
                 while let Some(chunk) = response.chunk().await.context("the backup was cut off")? {
                     std::io::Write::write_all(&mut file, &chunk)?;
                 }
                 file.sync_all()?;
                 anyhow::Ok(())
-            });
-            let checked = downloaded.and_then(|()| {
-                std::fs::File::open(&partial)
-                    .map_err(anyhow::Error::from)
-                    .and_then(|f| crate::backup::read(std::io::BufReader::new(f), None))
-                    .context("the downloaded backup is not whole")
-            });
-            let manifest = match checked {
-                Ok(manifest) => manifest,
-                Err(e) => {
-                    let _ = std::fs::remove_file(&partial);
-                    return Err(e);
-                }
-            };
-            std::fs::rename(&partial, &out).with_context(|| {
-                format!("cannot rename {} to {}", partial.display(), out.display())
             })?;
+            let manifest = std::fs::File::open(output.partial())
+                .map_err(anyhow::Error::from)
+                .and_then(|f| crate::backup::read(std::io::BufReader::new(f), None))
+                .context("the downloaded backup is not whole")?;
+            output
+                .commit()
+                .with_context(|| format!("cannot keep the backup as {}", out.display()))?;
             print_manifest(&manifest);
             println!("backup written to {} and checked", out.display());
             Ok(())

@@ -10,6 +10,7 @@ pub mod domain;
 pub mod error;
 pub mod export;
 pub mod fhir;
+pub mod files;
 pub mod ig;
 pub mod ocean;
 pub mod routes;

@@ -160,12 +160,7 @@ fn load_or_generate_key(data_dir: &Path) -> anyhow::Result<Vec<u8>> {
     std::fs::create_dir_all(data_dir)
         .with_context(|| format!("cannot create data dir {}", data_dir.display()))?;
     let key = generate_key()?;
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = options
-        .open(&path)
+    let mut file = crate::files::create_private(&path)
         .with_context(|| format!("cannot create {}", path.display()))?;
     file.write_all(STANDARD.encode(&key).as_bytes())?;
     file.sync_all()?;

@@ -445,3 +445,95 @@ async fn sigterm_lets_a_request_in_flight_finish_and_bounds_the_wait_for_a_stall
     let stalled = ReferralRef::parse("STALLED-1").unwrap();
     assert!(store.referral(&stalled).await.unwrap().is_none());
 }
+
+/// Files holding patient data are the service user's alone (the store's own, exports and
+/// backups were created 0644), and `backup --out` and `export --out` never write through a link
+/// planted at their `.partial` path.
+#[tokio::test]
+async fn files_holding_patient_data_are_the_users_alone_and_never_written_through_a_link() {
+    use std::os::unix::fs::{PermissionsExt, symlink};
+    let dir = tempfile::TempDir::new().unwrap();
+    let data = dir.path().join("data");
+    let config = dir.path().join("relay.toml");
+    std::fs::write(
+        &config,
+        "[api.clients.admin]\nkey = \"files-admin-key-000000000000000\"\n",
+    )
+    .unwrap();
+    let mut relay = launch(&data, Some(&config), &[], &[("RUST_LOG", "info")]);
+    let base = format!("http://{}", relay.addr);
+    let stored = reqwest::Client::new()
+        .post(format!("{base}/fhir/default/$process-message"))
+        .header("content-type", FHIR_JSON)
+        .body(fixture(STORED[0]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stored.status(), 200);
+
+    let private = |path: &std::path::Path| {
+        let mode = std::fs::metadata(path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o077, 0, "{} is mode {mode:o}", path.display());
+    };
+    let key = [("RELAY_API_KEY", "files-admin-key-000000000000000")];
+    let csv = dir.path().join("referrals.csv");
+    let (csv_arg, url) = (csv.to_str().unwrap().to_owned(), base.clone());
+    let exported = tokio::task::spawn_blocking(move || {
+        run(&["export", "--url", &url, "--out", &csv_arg], &key)
+    })
+    .await
+    .unwrap();
+    assert!(
+        exported.status.success(),
+        "{}",
+        String::from_utf8_lossy(&exported.stderr)
+    );
+    private(&csv);
+
+    // A link planted where the backup's partial file goes: refused, its target untouched.
+    let victim = dir.path().join("victim.txt");
+    std::fs::write(&victim, "not to be overwritten").unwrap();
+    let backup = dir.path().join("store.tar.gz");
+    symlink(&victim, dir.path().join("store.tar.gz.partial")).unwrap();
+    let (backup_arg, url) = (backup.to_str().unwrap().to_owned(), base.clone());
+    let refused = tokio::task::spawn_blocking(move || {
+        run(&["backup", "--out", &backup_arg, "--url", &url], &key)
+    })
+    .await
+    .unwrap();
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("store.tar.gz.partial"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    assert_eq!(
+        std::fs::read_to_string(&victim).unwrap(),
+        "not to be overwritten"
+    );
+    std::fs::remove_file(dir.path().join("store.tar.gz.partial")).unwrap();
+    let (backup_arg, url) = (backup.to_str().unwrap().to_owned(), base.clone());
+    let taken = tokio::task::spawn_blocking(move || {
+        run(&["backup", "--out", &backup_arg, "--url", &url], &key)
+    })
+    .await
+    .unwrap();
+    assert!(
+        taken.status.success(),
+        "{}",
+        String::from_utf8_lossy(&taken.stderr)
+    );
+    private(&backup);
+
+    assert!(terminate(&mut relay));
+    let mut checked = 0;
+    let mut pending = vec![data.clone()];
+    while let Some(path) = pending.pop() {
+        private(&path);
+        checked += 1;
+        if path.is_dir() {
+            pending.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+        }
+    }
+    assert!(checked > 3, "only {checked} paths in the data dir");
+}
