@@ -28,6 +28,10 @@ pub const MANIFEST: &str = "MANIFEST.json";
 const FORMAT: &str = "referral-relay-backup/1";
 /// The store's directory inside a data dir and inside the archive.
 const STORE_DIR: &str = "sled";
+/// The largest manifest read, in bytes (one line per store file: kilobytes in practice).
+const MAX_MANIFEST_BYTES: u64 = 16 * 1024 * 1024;
+/// The most read after the last file: the tar end-of-archive blocks and record padding.
+const MAX_TRAILER_BYTES: u64 = 1024 * 1024;
 /// Where a restore unpacks before moving the store into place.
 const RESTORING_DIR: &str = "sled.restoring";
 /// Directories in a data dir that snapshots are written to (removed when done, or at start).
@@ -199,6 +203,11 @@ pub fn read(archive: impl Read, unpack_to: Option<&Path>) -> anyhow::Result<Mani
     if first.path().ok().as_deref() != Some(Path::new(MANIFEST)) {
         bail!("not a referral-relay backup: it does not start with {MANIFEST}");
     }
+    if first.header().size().unwrap_or(u64::MAX) > MAX_MANIFEST_BYTES {
+        bail!(
+            "the backup's manifest is larger than {MAX_MANIFEST_BYTES} bytes; not a referral-relay backup"
+        );
+    }
     let mut text = Vec::new();
     first
         .read_to_end(&mut text)
@@ -227,6 +236,18 @@ pub fn read(archive: impl Read, unpack_to: Option<&Path>) -> anyhow::Result<Mani
         let expected = manifest.files.get(&shown).with_context(|| {
             format!("the backup holds {shown}, which its manifest does not list")
         })?;
+        if seen.contains_key(&shown) {
+            bail!("the backup holds {shown} twice");
+        }
+        // Refused before a byte is written: the header's size must be the manifest's (the
+        // entry then yields exactly that many bytes).
+        let size = entry.header().size().context("the backup is damaged")?;
+        if size != expected.bytes {
+            bail!(
+                "{shown} in the backup is {size} bytes where its manifest says {} (damaged or altered)",
+                expected.bytes
+            );
+        }
         let sink: Box<dyn Write> = match unpack_to {
             Some(root) => {
                 let target = root.join(&relative);
@@ -252,9 +273,18 @@ pub fn read(archive: impl Read, unpack_to: Option<&Path>) -> anyhow::Result<Mani
     if let Some(missing) = manifest.files.keys().find(|p| !seen.contains_key(*p)) {
         bail!("the backup is incomplete: {missing} is missing");
     }
-    // To the end of the gzip stream, so its trailer (CRC-32 and length) is checked too.
-    std::io::copy(&mut tar.into_inner(), &mut std::io::sink())
-        .context("the backup is truncated or damaged")?;
+    // To the end of the gzip stream, so its trailer (CRC-32 and length) is checked too; what
+    // follows the last file is only padding, so little is read.
+    let trailing = std::io::copy(
+        &mut tar.into_inner().take(MAX_TRAILER_BYTES + 1),
+        &mut std::io::sink(),
+    )
+    .context("the backup is truncated or damaged")?;
+    if trailing > MAX_TRAILER_BYTES {
+        bail!(
+            "the backup has more than {MAX_TRAILER_BYTES} bytes after its last file (damaged or altered)"
+        );
+    }
     Ok(manifest)
 }
 
@@ -386,5 +416,72 @@ mod tests {
         ] {
             assert_eq!(store_path(Path::new(bad)), None, "{bad}");
         }
+    }
+
+    /// A tar.gz of a manifest listing `listed` and the entries `files` (path, size, byte).
+    fn archive(listed: &[(&str, u64)], files: &[(&str, u64)], after: u64) -> Vec<u8> {
+        let manifest = Manifest {
+            format: FORMAT.into(),
+            taken_at: OffsetDateTime::UNIX_EPOCH,
+            feed_seq: 0,
+            trees: BTreeMap::new(),
+            files: listed
+                .iter()
+                .map(|(path, bytes)| {
+                    let zeros = vec![0; usize::try_from(*bytes).unwrap()];
+                    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &zeros);
+                    let entry = FileEntry {
+                        bytes: *bytes,
+                        sha256: hex::encode(digest.as_ref()),
+                    };
+                    ((*path).to_owned(), entry)
+                })
+                .collect(),
+        };
+        let gzip = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        let mut tar = tar::Builder::new(gzip);
+        let text = serde_json::to_vec(&manifest).unwrap();
+        let mut header = tar::Header::new_ustar();
+        header.set_size(text.len() as u64);
+        header.set_mode(0o600);
+        tar.append_data(&mut header, MANIFEST, text.as_slice())
+            .unwrap();
+        for (path, size) in files {
+            let mut header = tar::Header::new_ustar();
+            header.set_size(*size);
+            header.set_mode(0o600);
+            tar.append_data(&mut header, path, std::io::repeat(0).take(*size))
+                .unwrap();
+        }
+        let mut gzip = tar.into_inner().unwrap();
+        std::io::copy(&mut std::io::repeat(0).take(after), &mut gzip).unwrap();
+        gzip.finish().unwrap()
+    }
+
+    #[test]
+    fn an_entry_larger_than_its_manifest_says_is_refused_before_it_is_written() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let big = archive(&[("sled/db", 10)], &[("sled/db", 64 << 20)], 0);
+        assert!(big.len() < 1 << 20, "{} bytes compressed", big.len());
+        let error = read(big.as_slice(), Some(dir.path())).unwrap_err();
+        assert!(
+            format!("{error:#}").contains("where its manifest says 10"),
+            "{error:#}"
+        );
+        assert!(!dir.path().join("db").exists(), "nothing is written");
+
+        let twice = archive(&[("sled/db", 0)], &[("sled/db", 0), ("sled/db", 0)], 0);
+        let error = read(twice.as_slice(), None).unwrap_err();
+        assert!(format!("{error:#}").contains("twice"), "{error:#}");
+    }
+
+    #[test]
+    fn decompression_after_the_last_file_is_bounded() {
+        let bomb = archive(&[], &[], 256 << 20);
+        let error = read(bomb.as_slice(), None).unwrap_err();
+        assert!(
+            format!("{error:#}").contains("after its last file"),
+            "{error:#}"
+        );
     }
 }
