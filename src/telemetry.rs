@@ -53,6 +53,7 @@ const HTTP_REQUESTS: &str = "relay_http_requests_total";
 const INGEST_SECONDS: &str = "relay_ingest_duration_seconds";
 const DELIVERIES: &str = "relay_deliveries_total";
 const AUTH_FAILURES: &str = "relay_auth_failures_total";
+const DOCUMENTS_NOT_QUEUED: &str = "relay_documents_not_queued_total";
 const OUTBOX_PENDING: &str = "relay_outbox_pending";
 const OUTBOX_OLDEST: &str = "relay_outbox_oldest_pending_age_seconds";
 const DEAD_LETTERS: &str = "relay_outbox_dead_letters";
@@ -104,6 +105,10 @@ impl Metrics {
             describe_counter!(
                 AUTH_FAILURES,
                 "Refused webhook and token-endpoint callers, by scheme"
+            );
+            describe_counter!(
+                DOCUMENTS_NOT_QUEUED,
+                "Attachments beyond documents.max_per_delivery in one message, not fetched"
             );
             describe_gauge!(OUTBOX_PENDING, "Updates for Ocean waiting to be sent");
             describe_gauge!(
@@ -206,6 +211,15 @@ impl Metrics {
             labels.push(Label::new("reason", reason));
         }
         self.with(|| metrics::counter!(DELIVERIES, labels.iter()).increment(1));
+    }
+
+    /// `count` attachments of one message beyond `documents.max_per_delivery`, not queued.
+    pub fn documents_not_queued(&self, integration: &str, count: usize) {
+        let integration = integration.to_owned();
+        self.with(|| {
+            metrics::counter!(DOCUMENTS_NOT_QUEUED, "integration" => integration)
+                .increment(count as u64);
+        });
     }
 
     /// A refused caller of an integration's webhook or of the token endpoint.

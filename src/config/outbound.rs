@@ -68,6 +68,9 @@ pub struct DocumentsConfig {
     pub max_backoff_secs: u64,
     /// Documents fetched at once.
     pub concurrency: usize,
+    /// Attachments queued from one message, at most; others are listed as a problem of the
+    /// version, counted and logged, and not fetched.
+    pub max_per_delivery: usize,
 }
 
 impl DocumentsConfig {

@@ -393,6 +393,7 @@ mod tests {
             initial_backoff_secs: 10,
             max_backoff_secs: 60,
             concurrency: 1,
+            max_per_delivery: 1,
         };
         let secs: Vec<u64> = (1..=5).map(|n| backoff(&config, n).as_secs()).collect();
         assert_eq!(secs, [10, 20, 40, 60, 60]);

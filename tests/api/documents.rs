@@ -514,3 +514,58 @@ async fn a_slow_document_does_not_hold_up_the_others() {
     );
     assert_eq!(settled(&app, 1).await[0]["state"], "fetched");
 }
+
+/// One message naming many attachments queues at most `documents.max_per_delivery`: the rest
+/// are said in the version's problems and counted, and neither listed nor fetched (2,000 made
+/// 2,001 fetches, and one referral's page 4.6 MB).
+#[tokio::test]
+async fn attachments_beyond_the_cap_of_one_message_are_reported_not_fetched() {
+    let ocean = MockOcean::start().await;
+    let app = spawn_app_with(&config(&ocean, "max_per_delivery = 3")).await;
+    let mut message: Value = serde_json::from_slice(&attachment_added(&ocean)).unwrap();
+    let entries = message["entry"].as_array_mut().unwrap();
+    let at = entries
+        .iter()
+        .position(|e| e["resource"]["resourceType"] == "DocumentReference")
+        .unwrap();
+    for n in 0..40 {
+        let mut copy = entries[at].clone();
+        copy["fullUrl"] = format!("urn:uuid:00000000-0000-4000-8000-{n:012}").into();
+        copy["resource"]["id"] = format!("doc-many-{n}").into();
+        copy["resource"]["content"][0]["attachment"]["url"] =
+            format!("{}/svc/fhir/v1/Binary/many-{n}", ocean.base_url()).into();
+        entries.push(copy);
+    }
+    deliver(&app, serde_json::to_vec(&message).unwrap()).await;
+    // The letter and three attachments, all given up (nothing is served): nothing more.
+    let documents = settled(&app, 4).await;
+    assert_eq!(
+        documents
+            .iter()
+            .filter(|d| d["kind"] == "attachment")
+            .count(),
+        3
+    );
+    let referral = get(&app, &format!("/api/v1/referrals/{REF}")).await;
+    let problems = referral.body["versions"][0]["problems"].to_string();
+    assert!(
+        problems.contains("38 more attachments than documents.max_per_delivery (3)"),
+        "{problems}"
+    );
+    let metrics = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("relay_documents_not_queued_total{integration=\"default\"} 38"),
+        "{metrics}"
+    );
+    let fetched = ocean.document_requests().len();
+    assert!(fetched <= 4 * 2, "{fetched} document requests");
+    app.stop().await;
+}

@@ -292,6 +292,21 @@ impl Request<'_> {
                     ServiceAssignment::Unassigned => None,
                 })
                 .is_some();
+        let mut message = message;
+        let limit = state.config().documents.max_per_delivery;
+        if fetch_documents && message.summary.documents.len() > limit {
+            // A message naming thousands of attachments would make thousands of fetches, and
+            // one page listing them all: what is beyond the cap is said, counted and left.
+            let beyond = message.summary.documents.len() - limit;
+            message.summary.documents.truncate(limit);
+            message.problems.push(format!(
+                "{beyond} more attachments than documents.max_per_delivery ({limit}) are neither listed nor fetched; they are in the stored message"
+            ));
+            state
+                .metrics
+                .documents_not_queued(integration.name.as_str(), beyond);
+            tracing::warn!(integration = %integration.name, beyond, max_per_delivery = limit, "a message names more attachments than documents.max_per_delivery; the rest are not fetched");
+        }
         let delivery = NewDelivery {
             // A signed delivery's webhook-id names it; otherwise its Bundle.id does.
             dedup_key: delivery_key(

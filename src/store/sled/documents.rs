@@ -22,8 +22,50 @@ fn document_key(referral: &ReferralRef, version: u64, index: u32) -> Vec<u8> {
     super::keys::document_key(referral.as_str(), version, index)
 }
 
+/// First byte of the due-time index's keys in `due_documents`: `\x01`, the due time
+/// ([`due_time`]), the document key. A document key starts with a referral ref, which holds no
+/// control character, so the index and the pending documents never share a key.
+const BY_DUE: u8 = 0x01;
+/// Set in `meta` once every pending document is in the due-time index.
+const DUE_INDEXED: &[u8] = b"due_documents_indexed";
+
+/// A time as 16 bytes that sort as it does: Unix nanoseconds, sign bit flipped, big-endian.
+fn due_time(at: OffsetDateTime) -> [u8; 16] {
+    (at.unix_timestamp_nanos().cast_unsigned() ^ (1 << 127)).to_be_bytes()
+}
+
+/// The due-time index's key of a document due at `at` (from [`due_time`]).
+fn by_due_key(at: &[u8], key: &[u8]) -> Vec<u8> {
+    let mut by_due = Vec::with_capacity(1 + at.len() + key.len());
+    by_due.push(BY_DUE);
+    by_due.extend_from_slice(at);
+    by_due.extend_from_slice(key);
+    by_due
+}
+
+/// Marks the document `key` due at `at` (`None`: not due) in `due_documents`: its own entry
+/// holds the due time, and the index entry orders it by that time, so a claim reads only what
+/// is due instead of every pending document.
+pub(super) fn mark_due(
+    due: &TransactionalTree,
+    key: &[u8],
+    at: Option<OffsetDateTime>,
+) -> Result<(), ConflictableTransactionError<StoreError>> {
+    if let Some(old) = due.remove(key)?
+        && !old.is_empty()
+    {
+        due.remove(by_due_key(&old, key))?;
+    }
+    if let Some(at) = at {
+        let at = due_time(at);
+        due.insert(key, &at)?;
+        due.insert(by_due_key(&at, key), &[])?;
+    }
+    Ok(())
+}
+
 /// Writes a new or changed document record inside a transaction, keeping `due_documents` (the
-/// pending ones) in step.
+/// pending ones, by key and by due time) in step.
 pub(super) fn put_document(
     documents: &TransactionalTree,
     due: &TransactionalTree,
@@ -35,39 +77,72 @@ pub(super) fn put_document(
         key.as_slice(),
         codec.encode(DOCUMENTS, &key, record).map_err(abort)?,
     )?;
-    if record.state == DocumentState::Pending {
-        due.insert(key.as_slice(), &[])?;
-    } else {
-        due.remove(key.as_slice())?;
+    let at = (record.state == DocumentState::Pending).then_some(record.next_attempt_at);
+    mark_due(due, &key, at)
+}
+
+impl super::trees::Trees {
+    /// Puts the pending documents of a store written before the due-time index into it (once).
+    pub(super) fn index_due_documents(&self, codec: &Codec) -> Result<(), StoreError> {
+        if self.meta.get(DUE_INDEXED).map_err(unavailable)?.is_some() {
+            return Ok(());
+        }
+        let mut batch = sled::Batch::default();
+        for item in self.due_documents.iter() {
+            let (key, value) = item.map_err(unavailable)?;
+            if key.first() == Some(&BY_DUE) || !value.is_empty() {
+                continue;
+            }
+            let Some(stored) = self.documents.get(&key).map_err(unavailable)? else {
+                batch.remove(key);
+                continue;
+            };
+            let record: DocumentRecord = codec.decode(DOCUMENTS, &key, &stored)?;
+            let at = due_time(record.next_attempt_at);
+            batch.insert(by_due_key(&at, &key), &[]);
+            batch.insert(key, &at);
+        }
+        self.due_documents.apply_batch(batch).map_err(unavailable)?;
+        self.meta.insert(DUE_INDEXED, &[]).map_err(unavailable)?;
+        Ok(())
     }
-    Ok(())
 }
 
 impl Open {
-    /// Blocking: reads every pending record.
+    /// Blocking: the earliest due documents, from the due-time index: reads what is due (and
+    /// what is being fetched), never every pending document.
     fn due_documents(
         &self,
         now: OffsetDateTime,
         limit: usize,
         busy: &[DocumentKey],
     ) -> Result<Vec<DocumentRecord>, StoreError> {
+        let busy: Vec<Vec<u8>> = busy
+            .iter()
+            .map(|(referral, version, index)| document_key(referral, *version, *index))
+            .collect();
+        let now = due_time(now);
         let mut due = Vec::new();
-        for item in self.trees.due_documents.iter() {
-            let (key, _) = item.map_err(unavailable)?;
-            let Some(value) = self.trees.documents.get(&key).map_err(unavailable)? else {
+        for item in self.trees.due_documents.scan_prefix([BY_DUE]) {
+            if due.len() >= limit {
+                break;
+            }
+            let (index_key, _) = item.map_err(unavailable)?;
+            let (at, key) = index_key[1..].split_at(now.len().min(index_key.len() - 1));
+            if at > now.as_slice() {
+                break;
+            }
+            if busy.iter().any(|b| b.as_slice() == key) {
+                continue;
+            }
+            let Some(value) = self.trees.documents.get(key).map_err(unavailable)? else {
                 continue;
             };
-            let record: DocumentRecord = self.codec.decode(DOCUMENTS, &key, &value)?;
-            let fetching = busy.iter().any(|(referral, version, index)| {
-                *referral == record.referral && *version == record.version && *index == record.index
-            });
-            if record.state == DocumentState::Pending && record.next_attempt_at <= now && !fetching
-            {
+            let record: DocumentRecord = self.codec.decode(DOCUMENTS, key, &value)?;
+            if record.state == DocumentState::Pending {
                 due.push(record);
             }
         }
-        due.sort_by_key(|d| d.next_attempt_at);
-        due.truncate(limit);
         Ok(due)
     }
 
@@ -169,5 +244,114 @@ impl DocumentStore for SledStore {
         let referral = referral.clone();
         self.off_worker(move |open| open.document_bytes(&referral, version, index))
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::dir::LIVE_DIR;
+    use super::*;
+    use crate::store::documents::DocumentKind;
+    use std::time::Duration;
+
+    fn record(n: u32, at: OffsetDateTime) -> DocumentRecord {
+        DocumentRecord {
+            referral: ReferralRef::parse("TST-DUE").unwrap(),
+            version: 1,
+            index: n,
+            kind: DocumentKind::Attachment,
+            source: Some(format!("Binary/{n}")),
+            document_id: None,
+            title: None,
+            state: DocumentState::Pending,
+            attempts: 0,
+            created_at: at,
+            next_attempt_at: at,
+            last_error: None,
+            fetched_at: None,
+            content_type: None,
+            size: 0,
+            sha256: None,
+            purged: false,
+        }
+    }
+
+    fn indexed(dir: &std::path::Path) -> usize {
+        let db = sled::open(dir.join(LIVE_DIR)).unwrap();
+        let due = db.open_tree("due_documents").unwrap();
+        due.scan_prefix([BY_DUE]).count()
+    }
+
+    /// A claim reads the due-time index from its start: the earliest due first, nothing that is
+    /// not due yet, what is being fetched left out; written in an older store, the index is
+    /// made when the store is opened.
+    #[tokio::test]
+    async fn due_documents_come_from_an_index_by_due_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = OffsetDateTime::now_utc();
+        let minutes = |m: i64| now + time::Duration::minutes(m);
+        {
+            let store = SledStore::open(dir.path()).unwrap();
+            for n in 10..1010 {
+                store
+                    .save_document(&record(n, minutes(60)), None)
+                    .await
+                    .unwrap();
+            }
+            for (n, at) in [(3, minutes(-1)), (1, minutes(-3)), (2, minutes(-2))] {
+                store.save_document(&record(n, at), None).await.unwrap();
+            }
+            let indices =
+                |due: Vec<DocumentRecord>| due.iter().map(|d| d.index).collect::<Vec<_>>();
+            let due = store
+                .due_documents(now, Duration::ZERO, 2, &[])
+                .await
+                .unwrap();
+            assert_eq!(indices(due), [1, 2]);
+            let busy = [(ReferralRef::parse("TST-DUE").unwrap(), 1, 1)];
+            let due = store
+                .due_documents(now, Duration::ZERO, 10, &busy)
+                .await
+                .unwrap();
+            assert_eq!(indices(due), [2, 3]);
+            // Fetched: out of the index; retried later: moved in it.
+            let mut fetched = record(1, minutes(-3));
+            fetched.state = DocumentState::Fetched;
+            store.save_document(&fetched, None).await.unwrap();
+            store
+                .save_document(&record(2, minutes(30)), None)
+                .await
+                .unwrap();
+            let due = store
+                .due_documents(now, Duration::ZERO, 10, &[])
+                .await
+                .unwrap();
+            assert_eq!(indices(due), [3]);
+        }
+        assert_eq!(indexed(dir.path()), 1002);
+        // As an older store left it: pending documents by key only.
+        {
+            let db = sled::open(dir.path().join(LIVE_DIR)).unwrap();
+            let due = db.open_tree("due_documents").unwrap();
+            for item in due.iter() {
+                let (key, _) = item.unwrap();
+                if key[0] == BY_DUE {
+                    due.remove(key).unwrap();
+                } else {
+                    due.insert(key, &[]).unwrap();
+                }
+            }
+            db.open_tree("meta").unwrap().remove(DUE_INDEXED).unwrap();
+            db.flush().unwrap();
+        }
+        assert_eq!(indexed(dir.path()), 0);
+        let store = SledStore::open(dir.path()).unwrap();
+        let due = store
+            .due_documents(now, Duration::ZERO, 10, &[])
+            .await
+            .unwrap();
+        assert_eq!(due.iter().map(|d| d.index).collect::<Vec<_>>(), [3]);
+        drop(store);
+        assert_eq!(indexed(dir.path()), 1002);
     }
 }

@@ -135,7 +135,7 @@ impl Open {
                         for (document_key, document) in purged_documents {
                             documents.insert(document_key, document.as_slice())?;
                             bytes.remove(document_key)?;
-                            due.remove(document_key)?;
+                            super::documents::mark_due(due, document_key, None)?;
                         }
                     }
                     Ok::<_, ConflictableTransactionError<StoreError>>(())

@@ -48,6 +48,7 @@ impl Open {
         // Before the writer starts: it holds the database (and its lock) until stopped.
         codec.admit_keys(&trees)?;
         trees.index_referral_updates(codec)?;
+        trees.index_due_documents(codec)?;
         // Referrals by service id are no longer indexed (listings filter the modification
         // index); stores written before keep a tree of them, dropped here.
         db.drop_tree("by_service").map_err(unavailable)?;
