@@ -81,6 +81,7 @@ fn main() {
                             message_header_id: None,
                             bundle_id: Some(name.clone()),
                             bundle_timestamp: None,
+                            sent_at: None,
                             raw: raw.into(),
                             summary: message.summary.clone(),
                             problems: Vec::new(),

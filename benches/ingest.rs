@@ -556,6 +556,7 @@ fn new_delivery(message: &ParsedMessage, template: &str, name: &str) -> NewDeliv
         message_header_id: message.message_header_id.clone(),
         bundle_id: Some(name.to_owned()),
         bundle_timestamp: message.timestamp.clone(),
+        sent_at: message.sent_at,
         raw: raw.into(),
         summary: message.summary.clone(),
         problems: Vec::new(),

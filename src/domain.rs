@@ -235,6 +235,45 @@ pub struct Carried {
     pub communication: bool,
 }
 
+/// One part of a referral a message may carry (see [`Carried`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Part {
+    ServiceRequest,
+    Task,
+    Appointment,
+    Patient,
+    Referrer,
+    Recipient,
+    Communication,
+}
+
+impl Part {
+    pub const ALL: [Part; 7] = [
+        Part::ServiceRequest,
+        Part::Task,
+        Part::Appointment,
+        Part::Patient,
+        Part::Referrer,
+        Part::Recipient,
+        Part::Communication,
+    ];
+}
+
+impl Carried {
+    /// Whether the message carried `part`.
+    pub fn has(&self, part: Part) -> bool {
+        match part {
+            Part::ServiceRequest => self.service_request,
+            Part::Task => self.task,
+            Part::Appointment => self.appointment,
+            Part::Patient => self.patient,
+            Part::Referrer => self.referrer,
+            Part::Recipient => self.recipient,
+            Part::Communication => self.communication,
+        }
+    }
+}
+
 /// What Ocean's latest message about a referral was about, read from its event code and what it
 /// carried (Ocean's update messages do not say what changed). Serialised as the kebab-case code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -418,6 +457,46 @@ impl Summary {
         }
     }
 
+    /// Sets `part`'s fields to `from`'s.
+    pub fn take_part(&mut self, part: Part, from: &Summary) {
+        match part {
+            Part::ServiceRequest => {
+                self.service_request_status
+                    .clone_from(&from.service_request_status);
+                self.revocation_reason.clone_from(&from.revocation_reason);
+            }
+            Part::Task => {
+                self.task_status.clone_from(&from.task_status);
+                self.task_status_reason
+                    .clone_from(&from.task_status_reason);
+                self.task_business_status
+                    .clone_from(&from.task_business_status);
+            }
+            Part::Appointment => {
+                self.appointment_status
+                    .clone_from(&from.appointment_status);
+                self.appointment_start.clone_from(&from.appointment_start);
+            }
+            Part::Patient => {
+                self.patient_name.clone_from(&from.patient_name);
+                self.patient_phone.clone_from(&from.patient_phone);
+                self.patient_email.clone_from(&from.patient_email);
+            }
+            Part::Referrer => {
+                self.referrer_name.clone_from(&from.referrer_name);
+                self.referrer_professional_id
+                    .clone_from(&from.referrer_professional_id);
+                self.referring_site.clone_from(&from.referring_site);
+            }
+            Part::Recipient => self.recipient_listing.clone_from(&from.recipient_listing),
+            Part::Communication => {
+                self.message_text.clone_from(&from.message_text);
+                self.message_sent.clone_from(&from.message_sent);
+                self.message_sender.clone_from(&from.message_sender);
+            }
+        }
+    }
+
     /// Completes a newer delivery's summary with what `earlier` knew, part by part: a part the
     /// newer one did not carry is taken from `earlier` whole; the referral's own text is kept
     /// field by field. A generic update's [`Change`] is refined by what it changed.
@@ -426,11 +505,10 @@ impl Summary {
         if self.latest_change == Some(Change::Updated) {
             self.latest_change = Some(self.refined_change(earlier));
         }
-        if !new.service_request {
-            self.service_request_status
-                .clone_from(&earlier.service_request_status);
-            self.revocation_reason
-                .clone_from(&earlier.revocation_reason);
+        for part in Part::ALL {
+            if !new.has(part) {
+                self.take_part(part, earlier);
+            }
         }
         if self.split_from.is_none() {
             self.split_from.clone_from(&earlier.split_from);
@@ -443,11 +521,6 @@ impl Summary {
             .collect();
         self.documents = earlier.documents.clone();
         self.documents.extend(added);
-        if !new.communication {
-            self.message_text.clone_from(&earlier.message_text);
-            self.message_sent.clone_from(&earlier.message_sent);
-            self.message_sender.clone_from(&earlier.message_sender);
-        }
         // The referral's own text (its date, description and note) is kept when a later
         // ServiceRequest leaves it out: update messages often carry a trimmed ServiceRequest,
         // and the backup must not lose the referral note.
@@ -460,37 +533,9 @@ impl Summary {
         if self.notes.is_empty() {
             self.notes.clone_from(&earlier.notes);
         }
-        if !new.task {
-            self.task_status.clone_from(&earlier.task_status);
-            self.task_status_reason
-                .clone_from(&earlier.task_status_reason);
-            self.task_business_status
-                .clone_from(&earlier.task_business_status);
-        }
         // Ocean's Task keeps its id; a Task without one does not forget it.
         if self.task_id.is_none() {
             self.task_id.clone_from(&earlier.task_id);
-        }
-        if !new.appointment {
-            self.appointment_status
-                .clone_from(&earlier.appointment_status);
-            self.appointment_start
-                .clone_from(&earlier.appointment_start);
-        }
-        if !new.patient {
-            self.patient_name.clone_from(&earlier.patient_name);
-            self.patient_phone.clone_from(&earlier.patient_phone);
-            self.patient_email.clone_from(&earlier.patient_email);
-        }
-        if !new.referrer {
-            self.referrer_name.clone_from(&earlier.referrer_name);
-            self.referrer_professional_id
-                .clone_from(&earlier.referrer_professional_id);
-            self.referring_site.clone_from(&earlier.referring_site);
-        }
-        if !new.recipient {
-            self.recipient_listing
-                .clone_from(&earlier.recipient_listing);
         }
         self.carried = Carried {
             service_request: new.service_request || old.service_request,

@@ -30,6 +30,10 @@ pub struct ParsedMessage {
     pub message_header_id: Option<String>,
     pub bundle_id: Option<String>,
     pub timestamp: Option<String>,
+    /// When the message was made, by its own word: `Bundle.timestamp`, else the MessageHeader's
+    /// `meta.lastUpdated`, else the ServiceRequest's (RFC 3339 date-times; unreadable ones are
+    /// skipped). Decides which of two versions is current when they arrive out of order.
+    pub sent_at: Option<time::OffsetDateTime>,
     pub summary: Summary,
     /// Resources that do not conform to FHIR R4 (their fields were still read); kept on the
     /// stored version. They name the resource and the rule broken, with quoted payload values
@@ -96,6 +100,19 @@ pub fn parse_message(
         .as_ref()
         .map(|e| service_request_view(&e.resource))
         .unwrap_or_default();
+
+    let sent_at = [
+        bundle.root.text("timestamp"),
+        header_entry.resource.path_text(&["meta", "lastUpdated"]),
+        service_request_entry
+            .as_ref()
+            .and_then(|e| e.resource.path_text(&["meta", "lastUpdated"])),
+    ]
+    .into_iter()
+    .flatten()
+    .find_map(|t| {
+        time::OffsetDateTime::parse(&t, &time::format_description::well_known::Rfc3339).ok()
+    });
 
     let referral = header
         .referral
@@ -274,6 +291,7 @@ pub fn parse_message(
         message_header_id,
         bundle_id: bundle.root.text("id"),
         timestamp: bundle.root.text("timestamp"),
+        sent_at,
         summary,
         problems,
     })))

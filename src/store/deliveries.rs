@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use super::error::StoreError;
-use crate::domain::{EventCode, IntegrationName, ReferralRef, ServiceId, Summary};
+use crate::domain::{EventCode, IntegrationName, Part, ReferralRef, ServiceId, Summary};
 
 /// Which External Service ID a delivery is filed under, and how sure we are of it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,6 +42,8 @@ pub struct NewDelivery {
     pub summary: Summary,
     pub problems: Vec<String>,
     pub received_at: OffsetDateTime,
+    /// When the message says it was made ([`ParsedMessage::sent_at`](crate::fhir::ParsedMessage)).
+    pub sent_at: Option<OffsetDateTime>,
     /// Queue the referral letter and the message's attachments for fetching from Ocean (an
     /// Ocean site with credentials serves the referral); see [`NewDelivery::documents`].
     pub fetch_documents: bool,
@@ -108,6 +110,59 @@ pub struct ReferralRecord {
     pub exported_at: Option<OffsetDateTime>,
     /// The latest values of the summary fields over all versions.
     pub summary: Summary,
+    /// The latest time a message about the referral says it was made: one made earlier
+    /// arrived late.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub sent_at: Option<OffsetDateTime>,
+    /// When the message that last set each part of the summary says it was made: a message made
+    /// earlier does not replace that part.
+    #[serde(default)]
+    pub part_times: PartTimes,
+}
+
+/// When each part of a referral's summary was last set, by the message's own time (`None`:
+/// never set, or by a message without a time).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PartTimes {
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub service_request: Option<OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub task: Option<OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub appointment: Option<OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub patient: Option<OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub referrer: Option<OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub recipient: Option<OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub communication: Option<OffsetDateTime>,
+}
+
+impl PartTimes {
+    fn slot(&mut self, part: Part) -> &mut Option<OffsetDateTime> {
+        match part {
+            Part::ServiceRequest => &mut self.service_request,
+            Part::Task => &mut self.task,
+            Part::Appointment => &mut self.appointment,
+            Part::Patient => &mut self.patient,
+            Part::Referrer => &mut self.referrer,
+            Part::Recipient => &mut self.recipient,
+            Part::Communication => &mut self.communication,
+        }
+    }
+
+    /// When `part` was last set.
+    pub fn get(mut self, part: Part) -> Option<OffsetDateTime> {
+        *self.slot(part)
+    }
+
+    /// `part` was set by a message made at `at`.
+    pub fn set(&mut self, part: Part, at: Option<OffsetDateTime>) {
+        *self.slot(part) = at;
+    }
 }
 
 /// One stored delivery of a referral (its raw bytes are read with [`DeliveryStore::payload`]).
@@ -125,6 +180,14 @@ pub struct VersionRecord {
     pub bundle_timestamp: Option<String>,
     #[serde(with = "time::serde::rfc3339")]
     pub received_at: OffsetDateTime,
+    /// When the message says it was made, when it says.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub sent_at: Option<OffsetDateTime>,
+    /// The message says it was made before another that arrived earlier (Ocean retries for 96
+    /// hours, so messages can cross): it is kept, and what it carried replaced only the parts no
+    /// newer message had set.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub late: bool,
     /// What this delivery alone said.
     pub summary: Summary,
     /// Resources that did not conform to FHIR R4 and were read leniently.
@@ -171,9 +234,37 @@ impl NewDelivery {
             (ServiceAssignment::Unassigned, None) => None,
         };
         let version = previous.map_or(1, |p| p.version + 1);
+        // Messages can cross (Ocean retries for 96 hours): each part of the referral (Task,
+        // Appointment, patient, ...) is what the message made last (by its own time) said of
+        // it, whatever order they arrived in. A message without a time counts as the newest.
+        let carried: Vec<Part> = Part::ALL
+            .into_iter()
+            .filter(|part| self.summary.carried.has(*part))
+            .collect();
+        let mut part_times = previous.map(|p| p.part_times).unwrap_or_default();
+        let older = |set: Option<OffsetDateTime>| {
+            matches!((set, self.sent_at), (Some(set), Some(this)) if this < set)
+        };
+        let kept: Vec<Part> = carried
+            .iter()
+            .copied()
+            .filter(|part| older(part_times.get(*part)))
+            .collect();
+        for part in carried.iter().filter(|part| !kept.contains(part)) {
+            part_times.set(*part, self.sent_at);
+        }
+        // Nothing it carried was newer than what the referral has.
+        let unchanged = previous.filter(|_| !kept.is_empty() && kept.len() == carried.len());
+        let late = older(previous.and_then(|p| p.sent_at));
         let mut summary = self.summary.clone();
         if let Some(p) = previous {
             summary.fill_from(&p.summary);
+            for part in &kept {
+                summary.take_part(*part, &p.summary);
+            }
+            if unchanged.is_some() {
+                summary.latest_change.clone_from(&p.summary.latest_change);
+            }
         }
         let changes = summary
             .differences(previous.map(|p| &p.summary))
@@ -185,12 +276,20 @@ impl NewDelivery {
             service_id: service_id.clone(),
             integration: self.integration.clone(),
             owner: Some(owner),
-            latest_event: self.event.clone(),
+            latest_event: match unchanged {
+                Some(p) => p.latest_event.clone(),
+                None => self.event.clone(),
+            },
             version,
             created_at: previous.map_or(received_at, |p| p.created_at),
             modified_at: received_at,
             exported_at: previous.and_then(|p| p.exported_at),
             summary,
+            sent_at: match (previous.and_then(|p| p.sent_at), self.sent_at) {
+                (Some(a), Some(b)) => Some(a.max(b)),
+                (a, b) => b.or(a),
+            },
+            part_times,
         };
         let version_record = VersionRecord {
             referral: self.referral.clone(),
@@ -202,6 +301,8 @@ impl NewDelivery {
             bundle_id: self.bundle_id.clone(),
             bundle_timestamp: self.bundle_timestamp.clone(),
             received_at,
+            sent_at: self.sent_at,
+            late,
             summary: self.summary.clone(),
             problems: self.problems.clone(),
             size: self.raw.len() as u64,

@@ -62,9 +62,10 @@ async fn a_referral_shows_every_summary_field_and_its_versions() {
     assert_eq!(r["service_request_status"], "active");
     assert_eq!(r["task_status"], "accepted");
     assert_eq!(r["task_status_reason"], "Triaged: routine");
-    // The booking arrived after the proposal, so the appointment stands booked.
-    assert_eq!(r["appointment_status"], "booked");
-    assert_eq!(r["appointment_start"], "2026-12-03T14:30:00-05:00");
+    // The booking (made 2026-11-05 09:05) arrived after the cancellation made at 16:40 (a
+    // proposed Appointment with no start): by the messages' own times, it stays cancelled.
+    assert_eq!(r["appointment_status"], "proposed");
+    assert_eq!(r["appointment_start"], serde_json::Value::Null);
     assert_eq!(r["patient_name"], "Testpatient, Avery Jordan");
     assert_eq!(r["patient_phone"], "555-010-0142");
     assert_eq!(r["patient_email"], "avery.testpatient@example.test");

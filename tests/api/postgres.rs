@@ -27,6 +27,7 @@ fn delivery(referral: &str, body: &str) -> NewDelivery {
         message_header_id: None,
         bundle_id: Some(body.to_owned()),
         bundle_timestamp: None,
+        sent_at: None,
         raw,
         sha256,
         summary: Summary::default(),

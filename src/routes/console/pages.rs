@@ -295,6 +295,8 @@ struct VersionView {
     received: String,
     integration: String,
     purged: bool,
+    /// Made before the version that was current when it arrived.
+    late: bool,
     problems: Vec<String>,
     changes: Vec<String>,
     json: String,
@@ -341,6 +343,7 @@ pub async fn referral(
             received: shown(v.received_at),
             integration: v.integration.to_string(),
             purged: v.purged,
+            late: v.late,
             problems: v.problems.clone(),
             changes: changed,
             json,

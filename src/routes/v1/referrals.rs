@@ -226,6 +226,11 @@ pub struct VersionView {
     version: u64,
     event: String,
     received_at: String,
+    /// When the message says it was made (`Bundle.timestamp`, else `meta.lastUpdated`), RFC 3339.
+    sent_at: Option<String>,
+    /// The message says it was made before the version that was current when it arrived: it
+    /// is kept, but did not replace what was current (it only added what the referral lacked).
+    late: bool,
     integration: String,
     /// Position of this version in the event feed.
     seq: u64,
@@ -246,6 +251,8 @@ impl From<VersionRecord> for VersionView {
             version: v.version,
             event: v.event.to_string(),
             received_at: rfc3339(v.received_at),
+            sent_at: v.sent_at.map(rfc3339),
+            late: v.late,
             integration: v.integration.to_string(),
             seq: v.seq,
             bundle_id: v.bundle_id,

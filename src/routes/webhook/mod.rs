@@ -323,6 +323,7 @@ impl Request<'_> {
             message_header_id: message.message_header_id.clone(),
             bundle_id: message.bundle_id.clone(),
             bundle_timestamp: message.timestamp.clone(),
+            sent_at: message.sent_at,
             raw: body,
             summary: message.summary,
             problems: message.problems,

@@ -266,6 +266,7 @@ mod tests {
             message_header_id: None,
             bundle_id: Some(name.to_owned()),
             bundle_timestamp: None,
+            sent_at: None,
             raw: Bytes::from(body.to_owned()),
             sha256,
             summary: Summary::default(),

@@ -110,3 +110,63 @@ async fn a_task_status_changed_in_ocean_is_the_current_one() {
         "in-progress"
     );
 }
+
+/// Ocean retries for 96 hours, so its messages can cross: an update made at 10:00 that arrives
+/// after one made at 11:00 is kept and marked late, but the referral stays as the 11:00 one left
+/// it (it was rolled back from accepted to received, and the clinic's next step got 409).
+#[tokio::test]
+async fn an_update_made_earlier_that_arrives_later_does_not_roll_the_status_back() {
+    let (app, _ocean) = setup("form").await;
+    let message = |status: &str, id: &str, at: &str| {
+        let mut bundle: serde_json::Value =
+            serde_json::from_slice(&fixture("update-task-accepted.json")).unwrap();
+        bundle["id"] = id.into();
+        bundle["timestamp"] = at.into();
+        for entry in bundle["entry"].as_array_mut().unwrap() {
+            if entry["resource"]["resourceType"] == "Task" {
+                entry["resource"]["status"] = status.into();
+            }
+        }
+        serde_json::to_vec(&bundle).unwrap()
+    };
+    let newer = message("accepted", "crossed-1100", "2026-11-06T11:00:00-05:00");
+    let older = message("received", "crossed-1000", "2026-11-06T10:00:00-05:00");
+    assert_eq!(app.deliver("default", newer).await.status, 200);
+    assert_eq!(app.deliver("default", older).await.status, 200);
+
+    let referral = call(
+        &app,
+        reqwest::Method::GET,
+        &format!("/api/v1/referrals/{REF}"),
+        None,
+    )
+    .await;
+    assert_eq!(
+        referral.body["referral"]["status"], "accepted",
+        "{}",
+        referral.body
+    );
+    let versions = referral.body["versions"].as_array().unwrap();
+    let last = versions.last().unwrap();
+    assert_eq!(last["late"], true, "{last}");
+    assert_eq!(last["sent_at"], "2026-11-06T10:00:00-05:00");
+    assert_eq!(versions[versions.len() - 2]["late"], false);
+    // The clinic's next step from accepted is taken.
+    status(&app, "in-progress").await;
+
+    // A message made later than the current one is current again.
+    let latest = message("on-hold", "crossed-1200", "2026-11-06T12:00:00-05:00");
+    assert_eq!(app.deliver("default", latest).await.status, 200);
+    let referral = call(
+        &app,
+        reqwest::Method::GET,
+        &format!("/api/v1/referrals/{REF}"),
+        None,
+    )
+    .await;
+    assert_eq!(
+        referral.body["referral"]["task_status"], "on-hold",
+        "{}",
+        referral.body
+    );
+}
