@@ -467,14 +467,12 @@ impl Summary {
             }
             Part::Task => {
                 self.task_status.clone_from(&from.task_status);
-                self.task_status_reason
-                    .clone_from(&from.task_status_reason);
+                self.task_status_reason.clone_from(&from.task_status_reason);
                 self.task_business_status
                     .clone_from(&from.task_business_status);
             }
             Part::Appointment => {
-                self.appointment_status
-                    .clone_from(&from.appointment_status);
+                self.appointment_status.clone_from(&from.appointment_status);
                 self.appointment_start.clone_from(&from.appointment_start);
             }
             Part::Patient => {

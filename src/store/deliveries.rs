@@ -242,9 +242,7 @@ impl NewDelivery {
             .filter(|part| self.summary.carried.has(*part))
             .collect();
         let mut part_times = previous.map(|p| p.part_times).unwrap_or_default();
-        let older = |set: Option<OffsetDateTime>| {
-            matches!((set, self.sent_at), (Some(set), Some(this)) if this < set)
-        };
+        let older = |set: Option<OffsetDateTime>| matches!((set, self.sent_at), (Some(set), Some(this)) if this < set);
         let kept: Vec<Part> = carried
             .iter()
             .copied()

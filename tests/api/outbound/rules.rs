@@ -129,18 +129,13 @@ async fn an_update_made_earlier_that_arrives_later_does_not_roll_the_status_back
         }
         serde_json::to_vec(&bundle).unwrap()
     };
+    let path = format!("/api/v1/referrals/{REF}");
     let newer = message("accepted", "crossed-1100", "2026-11-06T11:00:00-05:00");
     let older = message("received", "crossed-1000", "2026-11-06T10:00:00-05:00");
     assert_eq!(app.deliver("default", newer).await.status, 200);
     assert_eq!(app.deliver("default", older).await.status, 200);
 
-    let referral = call(
-        &app,
-        reqwest::Method::GET,
-        &format!("/api/v1/referrals/{REF}"),
-        None,
-    )
-    .await;
+    let referral = call(&app, reqwest::Method::GET, &path, None).await;
     assert_eq!(
         referral.body["referral"]["status"], "accepted",
         "{}",
@@ -157,13 +152,7 @@ async fn an_update_made_earlier_that_arrives_later_does_not_roll_the_status_back
     // A message made later than the current one is current again.
     let latest = message("on-hold", "crossed-1200", "2026-11-06T12:00:00-05:00");
     assert_eq!(app.deliver("default", latest).await.status, 200);
-    let referral = call(
-        &app,
-        reqwest::Method::GET,
-        &format!("/api/v1/referrals/{REF}"),
-        None,
-    )
-    .await;
+    let referral = call(&app, reqwest::Method::GET, &path, None).await;
     assert_eq!(
         referral.body["referral"]["task_status"], "on-hold",
         "{}",
