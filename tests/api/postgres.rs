@@ -812,3 +812,150 @@ async fn readiness_rows_of_replicas_long_gone_are_dropped() {
     drop(store);
     schema.drop_now().await;
 }
+
+/// A TCP proxy on loopback in front of PostgreSQL that can stop forwarding, as a failover that
+/// drops the old primary off the network does: the connections stay open and accept bytes, and
+/// nothing comes back. Once it forwards again, new connections work; the silent ones never do.
+struct Blackhole {
+    port: u16,
+    forwarding: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Blackhole {
+    async fn start(upstream: std::net::SocketAddr) -> Self {
+        use std::sync::atomic::Ordering::SeqCst;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let forwarding = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let on = Arc::clone(&forwarding);
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let on = Arc::clone(&on);
+                tokio::spawn(async move {
+                    let (mut client_read, client_write) = client.into_split();
+                    if !on.load(SeqCst) {
+                        // Accepted, never answered.
+                        let mut sink = [0; 4096];
+                        while client_read.read(&mut sink).await.is_ok_and(|n| n > 0) {}
+                        drop(client_write);
+                        return;
+                    }
+                    let server = tokio::net::TcpStream::connect(upstream).await.unwrap();
+                    let (server_read, server_write) = server.into_split();
+                    let pipe =
+                        |mut from: tokio::net::tcp::OwnedReadHalf,
+                         mut to: tokio::net::tcp::OwnedWriteHalf,
+                         on: Arc<std::sync::atomic::AtomicBool>| async move {
+                            let mut buffer = vec![0; 16 * 1024];
+                            let mut silent = false;
+                            loop {
+                                let n = match from.read(&mut buffer).await {
+                                    Ok(0) | Err(_) => return,
+                                    Ok(n) => n,
+                                };
+                                // Once silent, always silent: what arrives is swallowed.
+                                silent |= !on.load(SeqCst);
+                                if !silent && to.write_all(&buffer[..n]).await.is_err() {
+                                    return;
+                                }
+                            }
+                        };
+                    let up = tokio::spawn(pipe(client_read, server_write, Arc::clone(&on)));
+                    let down = tokio::spawn(pipe(server_read, client_write, on));
+                    let _ = tokio::join!(up, down);
+                });
+            }
+        });
+        Self { port, forwarding }
+    }
+
+    fn forward(&self, on: bool) {
+        self.forwarding
+            .store(on, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// When PostgreSQL goes silent (connections open, nothing answered), deliveries, `/readyz` and
+/// API reads are answered 503 within a bound instead of hanging (they hung for 47 s and 112 s),
+/// and the relay recovers by itself once the database answers again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_database_is_answered_503_and_recovered_from_without_a_restart() {
+    let upstream: std::net::SocketAddr = "127.0.0.1:5432".parse().unwrap();
+    let proxy = Blackhole::start(upstream).await;
+    let schema = Schema::new();
+    let url = format!(
+        "host=127.0.0.1 port={} user=postgres dbname=test",
+        proxy.port
+    );
+    let store = PgStore::connect(&PgOptions {
+        schema: Some(schema.name.clone()),
+        ..PgOptions::new(url)
+    })
+    .await
+    .unwrap();
+    let dir = tempfile::TempDir::new().unwrap();
+    let key = "silent-db-key-00000000000000000";
+    let config =
+        crate::support::app::config(&format!("[api.clients.emr]\nkey = \"{key}\"\n"), dir.path());
+    let app = crate::support::app::spawn_with_store(&config, store).await;
+    let fixture = crate::support::fixtures::fixture("v0.11-add-service-request.json");
+    assert_eq!(app.deliver("default", fixture.clone()).await.status, 200);
+
+    // Bounded well above the relay's own bound, far below the hangs seen.
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(40))
+        .build()
+        .unwrap();
+    let referral = app.url("/api/v1/referrals/TST-0011-AAAA");
+    let status = |request: reqwest::RequestBuilder| async move {
+        request.send().await.map(|r| r.status().as_u16())
+    };
+    proxy.forward(false);
+    let mut other = serde_json::from_slice::<serde_json::Value>(&fixture).unwrap();
+    other["id"] = "silent-db-second".into();
+    let delivered = status(
+        client
+            .post(app.url("/fhir/default/$process-message"))
+            .header("content-type", "application/fhir+json")
+            .body(other.to_string()),
+    )
+    .await;
+    assert_eq!(
+        delivered.ok(),
+        Some(503),
+        "a delivery while the database is silent"
+    );
+    assert_eq!(status(client.get(app.url("/readyz"))).await.ok(), Some(503));
+    assert_eq!(
+        status(client.get(&referral).bearer_auth(key)).await.ok(),
+        Some(503)
+    );
+
+    // The database answers again: no restart, the relay comes back by itself.
+    proxy.forward(true);
+    let mut recovered = false;
+    for _ in 0..60 {
+        let ready = status(client.get(app.url("/readyz"))).await.ok();
+        let read = status(client.get(&referral).bearer_auth(key)).await.ok();
+        if ready == Some(200) && read == Some(200) {
+            recovered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    assert!(
+        recovered,
+        "the relay did not recover once the database answered"
+    );
+    let stored = status(
+        client
+            .post(app.url("/fhir/default/$process-message"))
+            .header("content-type", "application/fhir+json")
+            .body(other.to_string()),
+    )
+    .await;
+    assert_eq!(stored.ok(), Some(200));
+    app.stop().await;
+    schema.drop_now().await;
+}

@@ -249,57 +249,66 @@ impl PgStore {
 #[async_trait]
 impl DeliveryStore for PgStore {
     async fn put_delivery(&self, delivery: NewDelivery) -> Result<PutOutcome, StoreError> {
-        let outcome = self.write_delivery(&delivery).await?;
-        if matches!(outcome, PutOutcome::Stored { .. }) {
-            // Durable now; its feed position comes from the background run (see the sequencer).
-            self.sequence_soon.notify_one();
-        }
-        Ok(outcome)
+        self.bounded("storing a delivery", async {
+            let outcome = self.write_delivery(&delivery).await?;
+            if matches!(outcome, PutOutcome::Stored { .. }) {
+                // Durable now; its feed position comes from the background run (see the sequencer).
+                self.sequence_soon.notify_one();
+            }
+            Ok(outcome)
+        })
+        .await
     }
 
     async fn referral(&self, referral: &ReferralRef) -> Result<Option<ReferralRecord>, StoreError> {
-        let client = self.client().await?;
-        client
-            .query_opt(
-                &client
-                    .prepare_cached(
-                        "SELECT record FROM referrals WHERE referral = $1 AND version > 0",
-                    )
-                    .await
-                    .map_err(db_error("preparing a statement"))?,
-                &[&referral.as_str()],
-            )
-            .await
-            .map_err(db_error("reading a referral"))?
-            .map(|row| self.open_referral(referral.as_str(), row.get::<_, &[u8]>(0)))
-            .transpose()
+        self.bounded("reading a referral", async {
+            let client = self.client().await?;
+            client
+                .query_opt(
+                    &client
+                        .prepare_cached(
+                            "SELECT record FROM referrals WHERE referral = $1 AND version > 0",
+                        )
+                        .await
+                        .map_err(db_error("preparing a statement"))?,
+                    &[&referral.as_str()],
+                )
+                .await
+                .map_err(db_error("reading a referral"))?
+                .map(|row| self.open_referral(referral.as_str(), row.get::<_, &[u8]>(0)))
+                .transpose()
+        })
+        .await
     }
 
     async fn versions(&self, referral: &ReferralRef) -> Result<Vec<VersionRecord>, StoreError> {
-        self.settle().await?;
-        let client = self.client().await?;
-        client
-            .query(
-                &client
-                    .prepare_cached(
-                        "SELECT v.record, e.seq, v.version FROM versions v JOIN events e ON e.id = v.event_id
-                 WHERE v.referral = $1 ORDER BY v.version",
-                    )
-                    .await
-                    .map_err(db_error("preparing a statement"))?,
-                &[&referral.as_str()],
-            )
-            .await
-            .map_err(db_error("reading versions"))?
-            .iter()
-            .map(|row| {
-                let version = to_u64(row.get(2));
-                let mut record =
-                    self.open_version(referral.as_str(), version, row.get::<_, &[u8]>(0))?;
-                record.seq = row.get::<_, Option<i64>>(1).map_or(0, to_u64);
-                Ok(record)
-            })
-            .collect()
+        self.bounded("reading versions", async {
+            self.settle().await?;
+            let client = self.client().await?;
+            client
+                .query(
+                    &client
+                        .prepare_cached(
+                            "SELECT v.record, e.seq, v.version FROM versions v JOIN events e ON e.id = v.event_id
+                     WHERE v.referral = $1 ORDER BY v.version",
+                        )
+                        .await
+                        .map_err(db_error("preparing a statement"))?,
+                    &[&referral.as_str()],
+                )
+                .await
+                .map_err(db_error("reading versions"))?
+                .iter()
+                .map(|row| {
+                    let version = to_u64(row.get(2));
+                    let mut record =
+                        self.open_version(referral.as_str(), version, row.get::<_, &[u8]>(0))?;
+                    record.seq = row.get::<_, Option<i64>>(1).map_or(0, to_u64);
+                    Ok(record)
+                })
+                .collect()
+        })
+        .await
     }
 
     async fn payload(
@@ -307,21 +316,24 @@ impl DeliveryStore for PgStore {
         referral: &ReferralRef,
         version: u64,
     ) -> Result<Option<Bytes>, StoreError> {
-        let client = self.client().await?;
-        Ok(client
-            .query_opt(
-                &client
-                    .prepare_cached(
-                        "SELECT payload FROM versions WHERE referral = $1 AND version = $2",
-                    )
-                    .await
-                    .map_err(db_error("preparing a statement"))?,
-                &[&referral.as_str(), &to_i64(version)],
-            )
-            .await
-            .map_err(db_error("reading a payload"))?
-            .and_then(|row| row.get::<_, Option<Vec<u8>>>(0))
-            .map(|stored| self.open_payload(referral.as_str(), version, &stored))
-            .transpose()?)
+        self.bounded("reading a payload", async {
+            let client = self.client().await?;
+            client
+                .query_opt(
+                    &client
+                        .prepare_cached(
+                            "SELECT payload FROM versions WHERE referral = $1 AND version = $2",
+                        )
+                        .await
+                        .map_err(db_error("preparing a statement"))?,
+                    &[&referral.as_str(), &to_i64(version)],
+                )
+                .await
+                .map_err(db_error("reading a payload"))?
+                .and_then(|row| row.get::<_, Option<Vec<u8>>>(0))
+                .map(|stored| self.open_payload(referral.as_str(), version, &stored))
+                .transpose()
+        })
+        .await
     }
 }

@@ -97,30 +97,33 @@ impl DocumentStore for PgStore {
     }
 
     async fn documents(&self, referral: &ReferralRef) -> Result<Vec<DocumentRecord>, StoreError> {
-        let client = self.client().await?;
-        client
-            .query(
-                &client
-                    .prepare_cached(
-                        "SELECT version, idx, record FROM documents WHERE referral = $1
-                         ORDER BY version, idx",
-                    )
-                    .await
-                    .map_err(db_error("preparing a statement"))?,
-                &[&referral.as_str()],
-            )
-            .await
-            .map_err(db_error("reading documents"))?
-            .iter()
-            .map(|row| {
-                self.open_document(
-                    referral.as_str(),
-                    to_u64(row.get(0)),
-                    index_of(row.get(1)),
-                    row.get::<_, &[u8]>(2),
+        self.bounded("reading documents", async {
+            let client = self.client().await?;
+            client
+                .query(
+                    &client
+                        .prepare_cached(
+                            "SELECT version, idx, record FROM documents WHERE referral = $1
+                             ORDER BY version, idx",
+                        )
+                        .await
+                        .map_err(db_error("preparing a statement"))?,
+                    &[&referral.as_str()],
                 )
-            })
-            .collect()
+                .await
+                .map_err(db_error("reading documents"))?
+                .iter()
+                .map(|row| {
+                    self.open_document(
+                        referral.as_str(),
+                        to_u64(row.get(0)),
+                        index_of(row.get(1)),
+                        row.get::<_, &[u8]>(2),
+                    )
+                })
+                .collect()
+        })
+        .await
     }
 
     async fn document_bytes(
@@ -129,25 +132,28 @@ impl DocumentStore for PgStore {
         version: u64,
         index: u32,
     ) -> Result<Option<Bytes>, StoreError> {
-        let client = self.client().await?;
-        let row = client
-            .query_opt(
-                &client
-                    .prepare_cached(
-                        "SELECT bytes FROM documents WHERE referral = $1 AND version = $2 AND idx = $3",
-                    )
-                    .await
-                    .map_err(db_error("preparing a statement"))?,
-                &[
-                    &referral.as_str(),
-                    &to_i64(version),
-                    &i32::try_from(index).unwrap_or(i32::MAX),
-                ],
-            )
-            .await
-            .map_err(db_error("reading a document"))?;
-        row.and_then(|row| row.get::<_, Option<Vec<u8>>>(0))
-            .map(|stored| self.open_document_bytes(referral.as_str(), version, index, &stored))
-            .transpose()
+        self.bounded("reading a document", async {
+            let client = self.client().await?;
+            let row = client
+                .query_opt(
+                    &client
+                        .prepare_cached(
+                            "SELECT bytes FROM documents WHERE referral = $1 AND version = $2 AND idx = $3",
+                        )
+                        .await
+                        .map_err(db_error("preparing a statement"))?,
+                    &[
+                        &referral.as_str(),
+                        &to_i64(version),
+                        &i32::try_from(index).unwrap_or(i32::MAX),
+                    ],
+                )
+                .await
+                .map_err(db_error("reading a document"))?;
+            row.and_then(|row| row.get::<_, Option<Vec<u8>>>(0))
+                .map(|stored| self.open_document_bytes(referral.as_str(), version, index, &stored))
+                .transpose()
+        })
+        .await
     }
 }

@@ -9,6 +9,19 @@ use std::time::Duration;
 use tokio::sync::{Notify, watch};
 use tokio_postgres::{AsyncMessage, NoTls};
 
+/// How often the listening connection is asked to answer, and how long it has to.
+const PING_EVERY: Duration = Duration::from_secs(15);
+const PING_BOUND: Duration = Duration::from_secs(5);
+
+/// Aborts its task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// What a replica listens to: the end of the feed, and updates accepted elsewhere.
 pub(super) struct Channels {
     pub(super) feed: String,
@@ -41,14 +54,38 @@ async fn listen(
     backoff: &mut Duration,
 ) -> Result<(), tokio_postgres::Error> {
     let (client, mut connection) = config.connect(NoTls).await?;
+    let client = Arc::new(client);
     let statement = format!(
         "LISTEN \"{}\"; LISTEN \"{}\"",
         channels.feed, channels.outbox
     );
-    let mut listen = std::pin::pin!(client.batch_execute(&statement));
+    // A connection that only listens sends nothing, so one that went silent (the database
+    // failed over, a proxy stopped forwarding) would wait forever: it is asked to answer every
+    // PING_EVERY, and reopened when it does not within PING_BOUND.
+    let silent = Arc::new(Notify::new());
+    let pinger = {
+        let (client, silent) = (Arc::clone(&client), Arc::clone(&silent));
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(PING_EVERY).await;
+                let answer = tokio::time::timeout(PING_BOUND, client.simple_query("")).await;
+                if !matches!(answer, Ok(Ok(_))) {
+                    silent.notify_one();
+                    return;
+                }
+            }
+        })
+    };
+    let _stop_pinger = AbortOnDrop(pinger);
+    let listen_client = Arc::clone(&client);
+    let mut listen = std::pin::pin!(listen_client.batch_execute(&statement));
     let mut listening = false;
     loop {
         tokio::select! {
+            () = silent.notified() => {
+                tracing::warn!(bound_secs = PING_BOUND.as_secs(), "PostgreSQL LISTEN connection did not answer; reopening it");
+                return Ok(());
+            }
             done = &mut listen, if !listening => {
                 done?;
                 listening = true;

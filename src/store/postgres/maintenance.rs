@@ -39,44 +39,47 @@ impl MaintenanceStore for PgStore {
         after: Option<Vec<u8>>,
         limit: usize,
     ) -> Result<ModifiedBatch, StoreError> {
-        let after = after.as_deref().map(read_cursor).transpose()?;
-        let (after_at, after_referral) = after.unzip();
-        let client = self.client().await?;
-        let rows = client
-            .query(
-                &client
-                    .prepare_cached(
-                        "SELECT modified_at, referral, record FROM referrals
-                 WHERE version > 0
-                   AND ($1::timestamptz IS NULL OR modified_at >= $1)
-                   AND ($2::timestamptz IS NULL OR modified_at <= $2)
-                   AND ($3::timestamptz IS NULL OR (modified_at, referral) > ($3, $4::text))
-                 ORDER BY modified_at, referral LIMIT $5",
-                    )
-                    .await
-                    .map_err(db_error("preparing a statement"))?,
-                &[
-                    &from,
-                    &to,
-                    &after_at,
-                    &after_referral,
-                    &to_i64(limit as u64),
-                ],
-            )
-            .await
-            .map_err(db_error("reading referrals by modification"))?;
-        let mut batch = ModifiedBatch::default();
-        for row in &rows {
-            batch
-                .referrals
-                .push(self.open_referral(row.get(1), row.get::<_, &[u8]>(2))?);
-        }
-        if rows.len() == limit
-            && let Some(last) = rows.last()
-        {
-            batch.next = Some(cursor(last.get(0), last.get(1)));
-        }
-        Ok(batch)
+        self.bounded("listing referrals", async {
+            let after = after.as_deref().map(read_cursor).transpose()?;
+            let (after_at, after_referral) = after.unzip();
+            let client = self.client().await?;
+            let rows = client
+                .query(
+                    &client
+                        .prepare_cached(
+                            "SELECT modified_at, referral, record FROM referrals
+                     WHERE version > 0
+                       AND ($1::timestamptz IS NULL OR modified_at >= $1)
+                       AND ($2::timestamptz IS NULL OR modified_at <= $2)
+                       AND ($3::timestamptz IS NULL OR (modified_at, referral) > ($3, $4::text))
+                     ORDER BY modified_at, referral LIMIT $5",
+                        )
+                        .await
+                        .map_err(db_error("preparing a statement"))?,
+                    &[
+                        &from,
+                        &to,
+                        &after_at,
+                        &after_referral,
+                        &to_i64(limit as u64),
+                    ],
+                )
+                .await
+                .map_err(db_error("reading referrals by modification"))?;
+            let mut batch = ModifiedBatch::default();
+            for row in &rows {
+                batch
+                    .referrals
+                    .push(self.open_referral(row.get(1), row.get::<_, &[u8]>(2))?);
+            }
+            if rows.len() == limit
+                && let Some(last) = rows.last()
+            {
+                batch.next = Some(cursor(last.get(0), last.get(1)));
+            }
+            Ok(batch)
+        })
+        .await
     }
 
     async fn mark_exported(
@@ -215,24 +218,27 @@ impl MaintenanceStore for PgStore {
     }
 
     async fn check_writable(&self) -> Result<(), StoreError> {
-        let client = self.client().await?;
-        client
-            .execute(
-                &client
-                    .prepare_cached(
-                        // Rows of replica processes gone for a day are dropped on the way.
-                        "WITH gone AS (
-                             DELETE FROM relay_ready
-                             WHERE replica <> $1 AND at < now() - interval '1 day')
-                         INSERT INTO relay_ready (replica, at) VALUES ($1, now())
-                         ON CONFLICT (replica) DO UPDATE SET at = excluded.at",
-                    )
-                    .await
-                    .map_err(db_error("preparing a statement"))?,
-                &[&self.replica],
-            )
-            .await
-            .map_err(db_error("writing the readiness row"))?;
-        Ok(())
+        self.bounded("writing the readiness row", async {
+            let client = self.client().await?;
+            client
+                .execute(
+                    &client
+                        .prepare_cached(
+                            // Rows of replica processes gone for a day are dropped on the way.
+                            "WITH gone AS (
+                                 DELETE FROM relay_ready
+                                 WHERE replica <> $1 AND at < now() - interval '1 day')
+                             INSERT INTO relay_ready (replica, at) VALUES ($1, now())
+                             ON CONFLICT (replica) DO UPDATE SET at = excluded.at",
+                        )
+                        .await
+                        .map_err(db_error("preparing a statement"))?,
+                    &[&self.replica],
+                )
+                .await
+                .map_err(db_error("writing the readiness row"))?;
+            Ok(())
+        })
+        .await
     }
 }

@@ -181,8 +181,17 @@ async fn session_config(
         StoreError::failed("storage.url is not a PostgreSQL connection string").caused_by(e)
     })?;
     if config.get_connect_timeout().is_none() {
-        config.connect_timeout(Duration::from_secs(10));
+        config.connect_timeout(Duration::from_secs(5));
     }
+    // A connection whose peer vanished (a failover, a network that drops packets) is found out
+    // within seconds, not after the system's TCP retry minutes: probes after 10 s idle, and
+    // data unacknowledged for 10 s closes it.
+    config
+        .keepalives(true)
+        .keepalives_idle(Duration::from_secs(10))
+        .keepalives_interval(Duration::from_secs(5))
+        .keepalives_retries(3)
+        .tcp_user_timeout(Duration::from_secs(10));
     let schema = options.schema.clone().unwrap_or_else(|| "public".into());
     if !schema
         .chars()
@@ -222,6 +231,10 @@ async fn session_config(
     Ok((config, schema))
 }
 
+/// Longest a database operation on a request's path may take (a delivery, a read, a login
+/// check, readiness) before it is answered as unavailable (503, and Ocean retries).
+pub const OPERATION_BOUND: Duration = Duration::from_secs(10);
+
 pub(super) fn pool_error(e: deadpool_postgres::PoolError) -> StoreError {
     StoreError::unavailable("PostgreSQL: no connection").caused_by(e)
 }
@@ -244,7 +257,9 @@ impl PgStore {
         );
         let pool = Pool::builder(manager)
             .max_size(options.max_connections.max(1))
-            .wait_timeout(Some(Duration::from_secs(30)))
+            .wait_timeout(Some(OPERATION_BOUND))
+            .create_timeout(Some(Duration::from_secs(5)))
+            .recycle_timeout(Some(Duration::from_secs(5)))
             .runtime(deadpool_postgres::Runtime::Tokio1)
             .build()
             .map_err(|e| StoreError::failed("PostgreSQL: the pool").caused_by(e))?;
@@ -305,6 +320,36 @@ impl PgStore {
 
     async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
         self.pool.get().await.map_err(pool_error)
+    }
+
+    /// Runs `operation` for at most [`OPERATION_BOUND`]. When the database does not answer in
+    /// time (a failover left the old primary silent, a network that drops packets), the
+    /// operation is abandoned, answered as unavailable, and every idle connection is closed, so
+    /// none that may be silent is used again: the next operation connects anew and the store
+    /// recovers by itself when the database is back.
+    pub(super) async fn bounded<T>(
+        &self,
+        what: &'static str,
+        operation: impl std::future::Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        // The operation (and the connection it holds, back to the pool) is dropped with this
+        // statement.
+        let outcome = tokio::time::timeout(OPERATION_BOUND, operation).await;
+        match outcome {
+            Ok(result) => result,
+            Err(_) => {
+                self.pool.retain(|_, _| false);
+                tracing::warn!(
+                    operation = what,
+                    bound_secs = OPERATION_BOUND.as_secs(),
+                    "PostgreSQL did not answer in time; its idle connections are closed"
+                );
+                Err(StoreError::unavailable(format!(
+                    "PostgreSQL did not answer within {} s ({what})",
+                    OPERATION_BOUND.as_secs()
+                )))
+            }
+        }
     }
 
     /// Applies the schema migrations this build knows that the database lacks (what

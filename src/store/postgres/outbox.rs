@@ -226,9 +226,12 @@ impl OutboxStore for PgStore {
         update: UpdateRecord,
         task: TaskState,
     ) -> Result<UpdateRecord, StoreError> {
-        self.enqueue(update, task, None)
-            .await?
-            .ok_or_else(|| StoreError::unavailable("an update was not stored"))
+        self.bounded("storing an update", async {
+            self.enqueue(update, task, None)
+                .await?
+                .ok_or_else(|| StoreError::unavailable("an update was not stored"))
+        })
+        .await
     }
 
     async fn enqueue_update_if(
@@ -237,7 +240,10 @@ impl OutboxStore for PgStore {
         task: TaskState,
         read: &TaskState,
     ) -> Result<Option<UpdateRecord>, StoreError> {
-        self.enqueue(update, task, Some(read)).await
+        self.bounded("storing an update", async {
+            self.enqueue(update, task, Some(read)).await
+        })
+        .await
     }
 
     async fn save_update(&self, update: &UpdateRecord) -> Result<(), StoreError> {
@@ -300,8 +306,11 @@ impl OutboxStore for PgStore {
         &self,
         referral: &ReferralRef,
     ) -> Result<Vec<UpdateRecord>, StoreError> {
-        self.updates_where("WHERE referral = $1 ORDER BY id", &[&referral.as_str()])
-            .await
+        self.bounded("reading updates", async {
+            self.updates_where("WHERE referral = $1 ORDER BY id", &[&referral.as_str()])
+                .await
+        })
+        .await
     }
 
     async fn may_send_outbox(&self) -> Result<bool, StoreError> {
