@@ -239,9 +239,10 @@ pub fn read(archive: impl Read, unpack_to: Option<&Path>) -> anyhow::Result<Mani
         if seen.contains_key(&shown) {
             bail!("the backup holds {shown} twice");
         }
-        // Refused before a byte is written: the header's size must be the manifest's (the
-        // entry then yields exactly that many bytes).
-        let size = entry.header().size().context("the backup is damaged")?;
+        // Refused before a byte is written: the entry's size (a PAX `size` record's when there
+        // is one, else the header's) must be the manifest's; the entry then yields exactly that
+        // many bytes.
+        let size = entry.size();
         if size != expected.bytes {
             bail!(
                 "{shown} in the backup is {size} bytes where its manifest says {} (damaged or altered)",
@@ -263,7 +264,8 @@ pub fn read(archive: impl Read, unpack_to: Option<&Path>) -> anyhow::Result<Mani
             None => Box::new(std::io::sink()),
         };
         let mut hashing = Hashing::new(sink);
-        std::io::copy(&mut entry, &mut hashing).context("the backup is truncated or damaged")?;
+        std::io::copy(&mut (&mut entry).take(expected.bytes), &mut hashing)
+            .context("the backup is truncated or damaged")?;
         let (_, found) = hashing.finish();
         if &found != expected {
             bail!("{shown} in the backup does not match its manifest (damaged or altered)");
@@ -464,6 +466,48 @@ mod tests {
         let big = archive(&[("sled/db", 10)], &[("sled/db", 64 << 20)], 0);
         assert!(big.len() < 1 << 20, "{} bytes compressed", big.len());
         let error = read(big.as_slice(), Some(dir.path())).unwrap_err();
+        assert!(
+            format!("{error:#}").contains("where its manifest says 10"),
+            "{error:#}"
+        );
+        assert!(!dir.path().join("db").exists(), "nothing is written");
+
+        // The same through a PAX `size` record that overrides the header's (tar readers take it).
+        let gzip = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        let mut tar = tar::Builder::new(gzip);
+        let manifest = serde_json::to_vec(&Manifest {
+            format: FORMAT.into(),
+            taken_at: OffsetDateTime::UNIX_EPOCH,
+            feed_seq: 0,
+            trees: BTreeMap::new(),
+            files: [(
+                "sled/db".to_owned(),
+                FileEntry {
+                    bytes: 10,
+                    sha256: "00".repeat(32),
+                },
+            )]
+            .into(),
+        })
+        .unwrap();
+        let mut header = tar::Header::new_ustar();
+        header.set_size(manifest.len() as u64);
+        tar.append_data(&mut header, MANIFEST, manifest.as_slice())
+            .unwrap();
+        let big: u64 = 64 << 20;
+        let record = format!(" size={big}\n");
+        let record = format!("{}{record}", record.len() + 2);
+        let mut pax = tar::Header::new_ustar();
+        pax.set_entry_type(tar::EntryType::XHeader);
+        pax.set_size(record.len() as u64);
+        tar.append_data(&mut pax, "PaxHeaders/db", record.as_bytes())
+            .unwrap();
+        let mut header = tar::Header::new_ustar();
+        header.set_size(10);
+        tar.append_data(&mut header, "sled/db", std::io::repeat(0).take(big))
+            .unwrap();
+        let pax = tar.into_inner().unwrap().finish().unwrap();
+        let error = read(pax.as_slice(), Some(dir.path())).unwrap_err();
         assert!(
             format!("{error:#}").contains("where its manifest says 10"),
             "{error:#}"

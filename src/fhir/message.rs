@@ -101,8 +101,16 @@ pub fn parse_message(
         .map(|e| service_request_view(&e.resource))
         .unwrap_or_default();
 
+    let timestamp = bundle.root.text("timestamp");
+    if timestamp.as_deref().is_some_and(|t| {
+        time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).is_err()
+    }) {
+        problems.push(
+            "Bundle.timestamp is not an RFC 3339 date-time with a zone; the message's time is taken from meta.lastUpdated, else it counts as the newest".into(),
+        );
+    }
     let sent_at = [
-        bundle.root.text("timestamp"),
+        timestamp,
         header_entry.resource.path_text(&["meta", "lastUpdated"]),
         service_request_entry
             .as_ref()

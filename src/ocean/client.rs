@@ -17,6 +17,8 @@ use crate::secret::Secret;
 const TOKEN_MARGIN: Duration = Duration::from_secs(60);
 /// Life assumed for a token when Ocean gives no `expires_in`.
 const DEFAULT_TOKEN_LIFE: Duration = Duration::from_secs(300);
+/// The longest a token is kept, whatever `expires_in` says (a day).
+const MAX_TOKEN_LIFE: Duration = Duration::from_secs(86_400);
 
 /// Why a send did not land.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -83,10 +85,8 @@ impl TokenResponse {
                 "the token endpoint's expires_in is not a number of seconds; the token is kept for the assumed life"
             );
         }
-        Ok((
-            token,
-            expires_in.map_or(DEFAULT_TOKEN_LIFE, Duration::from_secs),
-        ))
+        let life = expires_in.map_or(DEFAULT_TOKEN_LIFE, Duration::from_secs);
+        Ok((token, life.min(MAX_TOKEN_LIFE)))
     }
 }
 
@@ -625,5 +625,10 @@ mod tests {
                 .unwrap_err()
                 .contains("access_token")
         );
+        // A life no clock can add is kept to a day.
+        for huge in ["18446744073709551615", r#""18446744073709551615""#] {
+            let json = format!(r#"{{"access_token":"t","expires_in":{huge}}}"#);
+            assert_eq!(token(&json), Ok(("t".into(), MAX_TOKEN_LIFE)), "{json}");
+        }
     }
 }

@@ -144,17 +144,22 @@ impl Fetcher {
                 let horizon = time::Duration::seconds(
                     i64::try_from(self.config.retry_horizon_secs).unwrap_or(i64::MAX),
                 );
-                let next =
-                    now + backoff(&self.config, document.attempts).max(after.unwrap_or_default());
-                if next - document.created_at > horizon {
+                // Retry-After is honoured but never beyond the horizon (a wait that cannot even
+                // be added to now is past it).
+                let wait = backoff(&self.config, document.attempts).max(after.unwrap_or_default());
+                let next = time::Duration::try_from(wait)
+                    .ok()
+                    .and_then(|wait| now.checked_add(wait))
+                    .filter(|next| *next - document.created_at <= horizon);
+                if let Some(next) = next {
+                    document.next_attempt_at = next;
+                    document.last_error = Some(reason);
+                } else {
                     document.state = DocumentState::Failed;
                     document.last_error = Some(format!(
                         "given up after {} attempts over documents.retry_horizon_secs: {reason}",
                         document.attempts
                     ));
-                } else {
-                    document.next_attempt_at = next;
-                    document.last_error = Some(reason);
                 }
             }
             Err(SendError::Rejected(reason)) => {
@@ -235,10 +240,9 @@ fn address(base: &str, document: &DocumentRecord) -> Result<Url, String> {
                 .strip_prefix(site.path())
                 .map(|path| path.split('/').collect())
                 .unwrap_or_default();
-            let id = |segment: &str| !segment.is_empty() && !matches!(segment, "." | "..");
             let document_path = match segments.as_slice() {
-                ["Binary", id_] | ["DocumentReference", id_, "$binary"] => {
-                    id(id_) && url.query().is_none()
+                ["Binary", id] | ["DocumentReference", id, "$binary"] => {
+                    fhir_id(id) && url.query().is_none()
                 }
                 ["ServiceRequest", _, "$letter"] => {
                     own_letter.is_some_and(|own| own.path() == url.path())
@@ -258,13 +262,23 @@ fn address(base: &str, document: &DocumentRecord) -> Result<Url, String> {
     }
 }
 
+/// Whether `segment` is a FHIR resource id (FHIR R4 `id`: 1 to 64 of `A-Z a-z 0-9 - .`), and
+/// not only dots (a dot-segment to every URL parser, WHATWG URL §4.1). Nothing else is put in,
+/// or accepted in, a document's address: an encoded `/`, `\` or `;` could reach another path on
+/// a server that decodes them.
+fn fhir_id(segment: &str) -> bool {
+    (1..=64).contains(&segment.len())
+        && segment
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.'))
+        && !segment.bytes().all(|b| b == b'.')
+}
+
 /// The referral's letter on the site whose FHIR base is `site`.
 fn letter(site: &Url, referral: &crate::domain::ReferralRef) -> Result<Url, String> {
-    // `.` and `..` are dot-segments to every URL parser, escaped or not (WHATWG URL §4.1):
-    // such a reference cannot name the referral in a path.
-    if matches!(referral.as_str(), "." | "..") {
+    if !fhir_id(referral.as_str()) {
         return Err(
-            "the referral reference is a dot-segment, which cannot name it in the letter's address"
+            "the referral reference is not a FHIR id (1 to 64 letters, digits, '-' and '.', not only dots), so it cannot name the referral in the letter's address"
                 .into(),
         );
     }
@@ -284,7 +298,7 @@ mod tests {
 
     fn document(kind: DocumentKind, source: Option<&str>) -> DocumentRecord {
         DocumentRecord {
-            referral: ReferralRef::parse("TST 1/2").unwrap(),
+            referral: ReferralRef::parse("TST-1.2").unwrap(),
             version: 1,
             index: 0,
             kind,
@@ -311,7 +325,7 @@ mod tests {
             address(base, &document(DocumentKind::Letter, None))
                 .unwrap()
                 .as_str(),
-            "https://ocean.example.test/svc/fhir/v1/ServiceRequest/TST%201%2F2/$letter?attachments=true"
+            "https://ocean.example.test/svc/fhir/v1/ServiceRequest/TST-1.2/$letter?attachments=true"
         );
         let relative = document(
             DocumentKind::Attachment,
@@ -350,8 +364,8 @@ mod tests {
         // search, or any other path the token could read.
         for own in [
             "Binary/b1",
-            "ServiceRequest/TST%201%2F2/$letter",
-            "ServiceRequest/TST%201%2F2/$letter?attachments=true",
+            "ServiceRequest/TST-1.2/$letter",
+            "ServiceRequest/TST-1.2/$letter?attachments=true",
             "https://ocean.example.test/svc/fhir/v1/Binary/b2",
         ] {
             let d = document(DocumentKind::Attachment, Some(own));
@@ -359,7 +373,11 @@ mod tests {
         }
         for other in [
             "ServiceRequest/OTHER-REF/$letter",
-            "ServiceRequest/TST%201%2F2/$letter?attachments=true&x=1",
+            "ServiceRequest/TST-1.2/$letter?attachments=true&x=1",
+            "Binary/..%2FServiceRequest%2FOTHER%2F%24letter",
+            "Binary/..%5CPatient%5Cp1",
+            "DocumentReference/..;/$binary",
+            "Binary/x;jsessionid=1",
             "DocumentReference?patient=p1",
             "Patient/p1",
             "DocumentReference/d1/$binary?_format=json",
@@ -376,10 +394,13 @@ mod tests {
                 "{other}"
             );
         }
-        let mut dots = document(DocumentKind::Letter, None);
-        for referral in [".", ".."] {
-            dots.referral = ReferralRef::parse(referral).unwrap();
-            assert!(address(base, &dots).unwrap_err().contains("dot-segment"));
+        let mut odd = document(DocumentKind::Letter, None);
+        for referral in [".", "..", "X/../OTHER", "TST 1", "a;b"] {
+            odd.referral = ReferralRef::parse(referral).unwrap();
+            assert!(
+                address(base, &odd).unwrap_err().contains("not a FHIR id"),
+                "{referral}"
+            );
         }
     }
 

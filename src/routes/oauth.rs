@@ -55,12 +55,14 @@ impl TokenForm {
                 "client_secret" => &mut form.client_secret,
                 _ => continue,
             };
+            // Sent without a value: as if not sent at all.
+            if value.is_empty() {
+                continue;
+            }
             if seen.contains(&name) {
                 return Err(format!("{name} is sent more than once"));
             }
-            if !value.is_empty() {
-                *field = Some(value);
-            }
+            *field = Some(value);
             seen.push(name);
         }
         Ok(form)

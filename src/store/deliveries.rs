@@ -242,14 +242,18 @@ impl NewDelivery {
             .filter(|part| self.summary.carried.has(*part))
             .collect();
         let mut part_times = previous.map(|p| p.part_times).unwrap_or_default();
-        let older = |set: Option<OffsetDateTime>| matches!((set, self.sent_at), (Some(set), Some(this)) if this < set);
+        // A message cannot have been made after it arrived: a time ahead of the arrival (a
+        // sender's clock running fast, a mistyped year) counts as the arrival, so one message
+        // cannot freeze a part of the referral against every later one.
+        let sent_at = self.sent_at.map(|at| at.min(received_at));
+        let older = |set: Option<OffsetDateTime>| matches!((set, sent_at), (Some(set), Some(this)) if this < set);
         let kept: Vec<Part> = carried
             .iter()
             .copied()
             .filter(|part| older(part_times.get(*part)))
             .collect();
         for part in carried.iter().filter(|part| !kept.contains(part)) {
-            part_times.set(*part, self.sent_at);
+            part_times.set(*part, sent_at);
         }
         // Nothing it carried was newer than what the referral has.
         let unchanged = previous.filter(|_| !kept.is_empty() && kept.len() == carried.len());
@@ -283,7 +287,7 @@ impl NewDelivery {
             modified_at: received_at,
             exported_at: previous.and_then(|p| p.exported_at),
             summary,
-            sent_at: match (previous.and_then(|p| p.sent_at), self.sent_at) {
+            sent_at: match (previous.and_then(|p| p.sent_at), sent_at) {
                 (Some(a), Some(b)) => Some(a.max(b)),
                 (a, b) => b.or(a),
             },
@@ -302,7 +306,18 @@ impl NewDelivery {
             sent_at: self.sent_at,
             late,
             summary: self.summary.clone(),
-            problems: self.problems.clone(),
+            problems: {
+                let mut problems = self.problems.clone();
+                if self
+                    .sent_at
+                    .is_some_and(|at| at > received_at + time::Duration::minutes(5))
+                {
+                    problems.push(
+                        "the message says it was made after it arrived; it counts as made on arrival".into(),
+                    );
+                }
+                problems
+            },
             size: self.raw.len() as u64,
             sha256: self.sha256.clone(),
             seq,

@@ -569,3 +569,26 @@ async fn attachments_beyond_the_cap_of_one_message_are_reported_not_fetched() {
     assert!(fetched <= 4 * 2, "{fetched} document requests");
     app.stop().await;
 }
+
+/// Ocean's answers cannot make the fetcher panic: a token said to live for 2^64 s is kept for a
+/// day, and a `Retry-After` no clock can add is past the retry horizon, so the document is given
+/// up at once (both panicked, and the panics looped without pause).
+#[tokio::test]
+async fn answers_no_clock_can_add_are_bounded() {
+    let ocean = MockOcean::start().await;
+    ocean.token_expires_in(serde_json::json!("18446744073709551615"));
+    ocean.serve(LETTER, [Serve::RetryAfter(503, "18446744073709551615")]);
+    let app = spawn_app_with(&config(&ocean, "")).await;
+    deliver(&app, fixture("v0.11-add-service-request.json")).await;
+    let documents = settled(&app, 1).await;
+    assert_eq!(documents[0]["state"], "failed", "{documents:?}");
+    let reason = documents[0]["last_error"].as_str().unwrap();
+    assert!(
+        reason.contains("retry_horizon_secs") && reason.contains("503"),
+        "{reason}"
+    );
+    assert_eq!(ocean.document_requests().len(), 1);
+    let ready = app.get("/readyz").await;
+    assert_eq!(ready.status, 200, "{}", ready.body);
+    app.stop().await;
+}

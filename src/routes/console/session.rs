@@ -34,6 +34,8 @@ const UNKNOWN_USER: &str = "console:(unknown user)";
 const MAX_USER_NAME: usize = 64;
 /// Password hashes checked at once (each takes 19 MiB and tens of milliseconds of a core).
 static HASHING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
+/// The longest a sign-in waits for a turn to have its password checked.
+const HASHING_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// A signed-in console user, with their session. Pages that take one send everyone else to the
 /// sign-in page.
@@ -253,10 +255,24 @@ pub async fn login(
     // long.
     let hash = user.as_ref().map(|u| u.password_hash.expose().to_owned());
     let password = form.password;
-    let hashing = HASHING
-        .acquire()
-        .await
-        .expect("the hashing semaphore is never closed");
+    // A flood of sign-ins must not hold the rightful user (or the connections the webhook
+    // shares) for minutes: past a short wait for a turn, the answer is "busy, retry".
+    let Ok(hashing) = tokio::time::timeout(HASHING_WAIT, HASHING.acquire()).await else {
+        let mut response = login_page(
+            &state,
+            Some(peer.ip()),
+            &headers,
+            Some("Too many sign-ins are being checked right now; try again in a few seconds."),
+            "",
+        );
+        *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+        response.headers_mut().insert(
+            header::RETRY_AFTER,
+            HeaderValue::from(HASHING_WAIT.as_secs()),
+        );
+        return Ok(response);
+    };
+    let hashing = hashing.expect("the hashing semaphore is never closed");
     let matches = tokio::task::spawn_blocking(move || match hash {
         Some(hash) => verify_password(&hash, &password),
         None => verify_password(unknown_user_hash(), &password),

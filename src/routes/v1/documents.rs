@@ -194,16 +194,18 @@ pub(crate) async fn document_response(
         .ok_or_else(|| not_kept("its bytes are missing".into()))?;
     let mut response = (StatusCode::OK, bytes).into_response();
     let headers = response.headers_mut();
-    let content_type = document
-        .content_type
-        .as_deref()
-        .and_then(|c| HeaderValue::from_str(c).ok())
-        .unwrap_or(HeaderValue::from_static("application/octet-stream"));
-    headers.insert(header::CONTENT_TYPE, content_type);
-    // Served as the type Ocean gave, never sniffed into something a browser would run.
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(served_type(document.content_type.as_deref())),
+    );
+    // Never sniffed into something a browser would run, and never run if it were.
     headers.insert(
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("sandbox; default-src 'none'"),
     );
     if let Ok(value) = HeaderValue::from_str(&format!(
         "attachment; filename=\"{}\"",
@@ -212,4 +214,50 @@ pub(crate) async fn document_response(
         headers.insert(header::CONTENT_DISPOSITION, value);
     }
     Ok(response)
+}
+
+/// The media type a document is served under: the one Ocean gave when it is a PDF, an image a
+/// browser shows inertly (PNG, JPEG, GIF, WebP, TIFF) or plain text; anything else (markup, XML,
+/// types with several values) as `application/octet-stream`, which a browser only saves.
+fn served_type(given: Option<&str>) -> &'static str {
+    let media_type = given
+        .and_then(|c| c.split(';').next())
+        .map(|m| m.trim().to_ascii_lowercase());
+    match media_type.as_deref() {
+        Some("application/pdf") => "application/pdf",
+        Some("image/png") => "image/png",
+        Some("image/jpeg") => "image/jpeg",
+        Some("image/gif") => "image/gif",
+        Some("image/webp") => "image/webp",
+        Some("image/tiff") => "image/tiff",
+        Some("text/plain") => "text/plain; charset=utf-8",
+        _ => "application/octet-stream",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::served_type;
+
+    #[test]
+    fn only_inert_types_are_served_as_given() {
+        assert_eq!(served_type(Some("application/PDF; x=1")), "application/pdf");
+        assert_eq!(served_type(Some("image/png")), "image/png");
+        for active in [
+            "text/html",
+            "text/plain, text/html",
+            "image/svg+xml",
+            "text/xml",
+            "application/xhtml+xml",
+            "text/xsl",
+            "multipart/x-mixed-replace; boundary=x",
+        ] {
+            assert_eq!(
+                served_type(Some(active)),
+                "application/octet-stream",
+                "{active}"
+            );
+        }
+        assert_eq!(served_type(None), "application/octet-stream");
+    }
 }

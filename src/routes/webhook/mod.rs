@@ -294,7 +294,7 @@ impl Request<'_> {
                 .is_some();
         let mut message = message;
         let limit = state.config().documents.max_per_delivery;
-        if fetch_documents && message.summary.documents.len() > limit {
+        if message.summary.documents.len() > limit {
             // A message naming thousands of attachments would make thousands of fetches, and
             // one page listing them all: what is beyond the cap is said, counted and left.
             let beyond = message.summary.documents.len() - limit;

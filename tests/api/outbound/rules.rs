@@ -158,4 +158,29 @@ async fn an_update_made_earlier_that_arrives_later_does_not_roll_the_status_back
         "{}",
         referral.body
     );
+
+    // A time ahead of the arrival counts as the arrival: a mistyped year cannot freeze the Task
+    // against every later message.
+    let ahead = message("accepted", "crossed-3000", "3000-01-01T00:00:00Z");
+    assert_eq!(app.deliver("default", ahead).await.status, 200);
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let now = time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    let current = message("in-progress", "crossed-now", &now);
+    assert_eq!(app.deliver("default", current).await.status, 200);
+    let referral = call(&app, reqwest::Method::GET, &path, None).await;
+    assert_eq!(
+        referral.body["referral"]["task_status"], "in-progress",
+        "{}",
+        referral.body
+    );
+    let versions = referral.body["versions"].as_array().unwrap();
+    let ahead = &versions[versions.len() - 2];
+    assert!(
+        ahead["problems"]
+            .to_string()
+            .contains("made after it arrived"),
+        "{ahead}"
+    );
 }

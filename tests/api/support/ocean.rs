@@ -49,6 +49,8 @@ pub enum Serve {
     /// 200 with these bytes, sent in pieces this far apart.
     SlowPdf(Vec<u8>, Duration),
     Status(u16),
+    /// This status with `Retry-After` as given.
+    RetryAfter(u16, &'static str),
     /// Answers 401 and forgets every token issued so far (as if they expired).
     ExpireTokens,
 }
@@ -356,6 +358,11 @@ async fn document(
     match next {
         None => StatusCode::NOT_FOUND.into_response(),
         Some(Serve::Status(code)) => StatusCode::from_u16(code).unwrap().into_response(),
+        Some(Serve::RetryAfter(code, after)) => (
+            StatusCode::from_u16(code).unwrap(),
+            [("retry-after", after)],
+        )
+            .into_response(),
         Some(Serve::ExpireTokens) => {
             inner.tokens.lock().unwrap().clear();
             StatusCode::UNAUTHORIZED.into_response()
