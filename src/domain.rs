@@ -177,7 +177,15 @@ impl ReferralRef {
             || (base.len() == 4
                 && (base.starts_with("COM") || base.starts_with("LPT"))
                 && matches!(base.as_bytes()[3], b'1'..=b'9'));
+        // A ref that reads like a hashed stem (`-` and 12 hex digits at its end) is hashed
+        // itself, so it never names the same file as the ref whose stem it looks like.
+        let looks_hashed = safe.len() > 13
+            && safe.as_bytes()[safe.len() - 13] == b'-'
+            && safe[safe.len() - 12..]
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
         if safe == self.0
+            && !looks_hashed
             && safe.len() <= MAX_STEM
             && !safe.starts_with('.')
             && !safe.ends_with('.')
@@ -623,6 +631,8 @@ mod tests {
             assert!(!stem.starts_with('.') && !stem.ends_with('.'), "{stem}");
         }
         assert_ne!(r("a/b").file_stem(), r("a_b").file_stem());
+        let hashed = r("X/Y").file_stem();
+        assert_ne!(r(&hashed).file_stem(), hashed);
         assert_ne!(r("a/b").file_stem(), r("a?b").file_stem());
         assert_eq!(r("COM0").file_stem(), "COM0");
         assert!(matches!(

@@ -1,6 +1,6 @@
 //! HTTP Basic: the username and password the Ocean admin enters for the integration.
 
-use axum::http::{HeaderMap, header};
+use axum::http::HeaderMap;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 
@@ -26,9 +26,7 @@ impl BasicCredentials {
 
     /// Checks the `Authorization: Basic` header; the error is a fixed reason.
     pub fn check(&self, headers: &HeaderMap) -> Result<(), &'static str> {
-        let value = headers
-            .get(header::AUTHORIZATION)
-            .ok_or("the Authorization header is missing")?
+        let value = super::authorization(headers)?
             .to_str()
             .map_err(|_| "the Authorization header is not Basic credentials")?;
         let (scheme, encoded) = value
@@ -62,6 +60,7 @@ impl BasicCredentials {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use axum::http::header;
 
     fn with(value: &str) -> HeaderMap {
         let mut h = HeaderMap::new();

@@ -1,7 +1,7 @@
 //! Bearer tokens in `Authorization`: static ones (FHIR rest-hook `channel.header`) and the
 //! relay's own OAuth2 tokens share this header parsing.
 
-use axum::http::{HeaderMap, header};
+use axum::http::HeaderMap;
 
 use super::refusals::Refusal;
 use crate::secret::Secret;
@@ -12,9 +12,7 @@ pub const CHALLENGE: &str = "Bearer realm=\"referral-relay\"";
 
 /// The token in `Authorization: Bearer <token>`.
 pub fn presented(headers: &HeaderMap) -> Result<&str, &'static str> {
-    let value = headers
-        .get(header::AUTHORIZATION)
-        .ok_or("the Authorization header is missing")?
+    let value = super::authorization(headers)?
         .to_str()
         .map_err(|_| "the Authorization header is not a bearer token")?;
     match value.trim().split_once(' ') {
@@ -44,6 +42,18 @@ pub fn refusal(reason: &str) -> Refusal {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use axum::http::header;
+
+    #[test]
+    fn two_authorization_headers_are_refused() {
+        let mut h = HeaderMap::new();
+        h.append(header::AUTHORIZATION, "Bearer good".parse().unwrap());
+        h.append(header::AUTHORIZATION, "Bearer other".parse().unwrap());
+        assert_eq!(
+            presented(&h),
+            Err("the Authorization header is sent more than once")
+        );
+    }
 
     #[test]
     fn reads_and_matches_bearer_tokens() {

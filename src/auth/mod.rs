@@ -26,6 +26,17 @@ use basic::BasicCredentials;
 use hmac::{HmacVerifier, SignedHeaders};
 use token::TokenIssuer;
 
+/// The one `Authorization` header of a request (RFC 9110 §11.6.2 allows a single value): two
+/// are refused, since a proxy in front might judge the other one.
+pub fn authorization(headers: &HeaderMap) -> Result<&axum::http::HeaderValue, &'static str> {
+    let mut values = headers.get_all(axum::http::header::AUTHORIZATION).iter();
+    let first = values.next().ok_or("the Authorization header is missing")?;
+    if values.next().is_some() {
+        return Err("the Authorization header is sent more than once");
+    }
+    Ok(first)
+}
+
 pub use refusals::Refusal;
 
 /// How one integration checks its callers.

@@ -138,6 +138,19 @@ async fn token(
     let attempt = match state.login_limiter.check(source, account).await {
         Ok(attempt) => attempt,
         Err(wait) => {
+            // Counted with the other refusals, so a report says how hard the client was tried.
+            let label = client.map(|c| c.integration.as_str()).unwrap_or("unknown");
+            let actor = format!(
+                "integration:{}",
+                client.map_or("-", |c| c.integration.as_str())
+            );
+            state.refused(
+                Some(label),
+                actor,
+                "oauth2",
+                "token request: too many failed attempts",
+                source,
+            );
             let mut response = oauth_error(
                 StatusCode::TOO_MANY_REQUESTS,
                 "invalid_client",

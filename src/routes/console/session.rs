@@ -237,6 +237,13 @@ pub async fn login(
     let attempt = match state.login_limiter.check(source, &account).await {
         Ok(attempt) => attempt,
         Err(wait) => {
+            state.refused(
+                None,
+                account.clone(),
+                "console",
+                "console sign-in: too many failed attempts",
+                source,
+            );
             let mut response = login_page(
                 &state,
                 Some(peer.ip()),
