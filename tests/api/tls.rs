@@ -56,6 +56,15 @@ async fn reload_error(client: &reqwest::Client, addr: SocketAddr) -> Option<Stri
     tls["reload_error"].as_str().map(str::to_owned)
 }
 
+/// Waits (bounded) until a new connection of `client` to `addr` is served `certificate`.
+async fn until_served(what: &str, client: &reqwest::Client, addr: SocketAddr, certificate: &[u8]) {
+    until(what, async || {
+        let response = client.get(pki::url(addr, "/healthz")).send().await.unwrap();
+        pki::served(&response) == certificate
+    })
+    .await;
+}
+
 /// Waits (bounded) until `check` holds, polling.
 async fn until(what: &str, mut check: impl AsyncFnMut() -> bool) {
     for _ in 0..150 {
@@ -226,16 +235,11 @@ async fn a_renewed_certificate_reaches_new_connections_while_open_ones_finish() 
     // Renewed the way certbot does it: the files are replaced.
     renewed.write(dir.path(), "server");
     let client = pki::client(&ca, app.addr, None);
-    until(
+    until_served(
         "a new connection gets the renewed certificate",
-        async || {
-            let response = client
-                .get(pki::url(app.addr, "/healthz"))
-                .send()
-                .await
-                .unwrap();
-            pki::served(&response) == renewed.der
-        },
+        &client,
+        app.addr,
+        &renewed.der,
     )
     .await;
     // The connection opened before goes on with the certificate it was opened with.
@@ -705,16 +709,11 @@ async fn sighup_reloads_the_certificate_in_the_running_binary() {
 
     renewed.write(dir.path(), "server");
     send_sighup(&relay);
-    until(
+    until_served(
         "SIGHUP made the relay serve the renewed certificate",
-        async || {
-            let response = client
-                .get(pki::url(relay.addr, "/healthz"))
-                .send()
-                .await
-                .unwrap();
-            pki::served(&response) == renewed.der
-        },
+        &client,
+        relay.addr,
+        &renewed.der,
     )
     .await;
     assert!(
