@@ -65,6 +65,16 @@ async fn until_served(what: &str, client: &reqwest::Client, addr: SocketAddr, ce
     .await;
 }
 
+/// Waits (bounded) until `/readyz` says the certificate files were not taken, with `words`.
+async fn until_refused(what: &str, client: &reqwest::Client, addr: SocketAddr, words: &str) {
+    until(what, async || {
+        reload_error(client, addr)
+            .await
+            .is_some_and(|e| e.contains(words))
+    })
+    .await;
+}
+
 /// Waits (bounded) until `check` holds, polling.
 async fn until(what: &str, mut check: impl AsyncFnMut() -> bool) {
     for _ in 0..150 {
@@ -271,11 +281,12 @@ async fn a_pair_that_does_not_load_keeps_the_certificate_in_use() {
     // A renewal whose key is not the certificate's (the key file written from another pair).
     let other = ca.server(60);
     std::fs::write(dir.path().join("server.crt"), &other.cert_pem).unwrap();
-    until("/readyz names the refused pair", async || {
-        reload_error(&client, app.addr)
-            .await
-            .is_some_and(|e| e.contains("is not the key of the certificate"))
-    })
+    until_refused(
+        "/readyz names the refused pair",
+        &client,
+        app.addr,
+        "is not the key of the certificate",
+    )
     .await;
     let response = client
         .get(pki::url(app.addr, "/readyz"))
@@ -299,11 +310,12 @@ async fn a_pair_that_does_not_load_keeps_the_certificate_in_use() {
         now - time::Duration::days(1),
     );
     expired.write(dir.path(), "server");
-    until("/readyz says the certificate expired", async || {
-        reload_error(&client, app.addr)
-            .await
-            .is_some_and(|e| e.contains("expired"))
-    })
+    until_refused(
+        "/readyz says the certificate expired",
+        &client,
+        app.addr,
+        "expired",
+    )
     .await;
     let response = client
         .get(pki::url(app.addr, "/healthz"))
@@ -317,11 +329,12 @@ async fn a_pair_that_does_not_load_keeps_the_certificate_in_use() {
     let (cert_file, key_file) = (dir.path().join("server.crt"), dir.path().join("server.key"));
     std::fs::write(&cert_file, format!("{}{}", other.cert_pem, good.cert_pem)).unwrap();
     std::fs::write(&key_file, &good.key_pem).unwrap();
-    until("/readyz says the chain is out of order", async || {
-        reload_error(&client, app.addr)
-            .await
-            .is_some_and(|e| e.contains("server.crt: the certificates are out of order"))
-    })
+    until_refused(
+        "/readyz says the chain is out of order",
+        &client,
+        app.addr,
+        "server.crt: the certificates are out of order",
+    )
     .await;
     let error = reload_error(&client, app.addr).await.unwrap();
     assert!(
