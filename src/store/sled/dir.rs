@@ -97,3 +97,59 @@ pub(super) fn sync_dir(dir: &Path) -> Result<(), StoreError> {
 pub(super) fn io_unavailable(e: std::io::Error) -> StoreError {
     StoreError::unavailable("data dir I/O failed").caused_by(e)
 }
+
+/// How long [`open_live`] waits for a closing database's own lock.
+const LIVE_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Opens the database in `<dir>/sled` (with a page cache of `cache_bytes`, else sled's
+/// default), under the [`lock_dir`] lock the caller holds.
+///
+/// Holding that lock, no other store in any process has `dir` open, so sled's own lock on its
+/// `db` file can only still be held by a store of this process that just closed: sled's
+/// background threads drop their handle on the file a moment after the final flush returns
+/// (a restart in the same process, as the recovery thread and the tests do). That lock is
+/// waited for, up to 10 s; any other error is returned at once.
+pub(super) fn open_live(dir: &Path, cache_bytes: Option<u64>) -> sled::Result<sled::Db> {
+    let started = std::time::Instant::now();
+    loop {
+        let mut config = sled::Config::new().path(dir.join(LIVE_DIR));
+        if let Some(bytes) = cache_bytes {
+            config = config.cache_capacity(bytes);
+        }
+        match config.open() {
+            Err(sled::Error::Io(e)) if is_sled_lock(&e) && started.elapsed() < LIVE_LOCK_WAIT => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            result => return result,
+        }
+    }
+}
+
+/// Whether `e` is sled's refusal to take the lock on its `db` file.
+pub(super) fn is_sled_lock(e: &std::io::Error) -> bool {
+    e.to_string().contains("could not acquire lock")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::sled::{SledOptions, SledStore};
+
+    #[test]
+    fn a_store_reopens_while_a_closing_one_still_holds_sleds_lock() {
+        let dir = tempfile::TempDir::new().unwrap();
+        drop(SledStore::open_opts(dir.path(), SledOptions::default()).unwrap());
+        // Stands in for the background thread of a store just closed in this process.
+        let lingering = sled::Config::new()
+            .path(dir.path().join(LIVE_DIR))
+            .open()
+            .unwrap();
+        let closer = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            drop(lingering);
+        });
+        let reopened = SledStore::open_opts(dir.path(), SledOptions::default());
+        closer.join().unwrap();
+        assert!(reopened.is_ok(), "{:?}", reopened.err());
+    }
+}

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use tokio::sync::watch;
 
 use super::codec::{Codec, read_u64};
-use super::dir::LIVE_DIR;
+use super::dir::{is_sled_lock, open_live};
 use super::options::SledOptions;
 use super::trees::{EVENT_SEQ, Trees, from_sled, unavailable};
 use super::writer::{Target, Writer};
@@ -31,19 +31,15 @@ impl Open {
         options: &SledOptions,
         feed: &Arc<watch::Sender<u64>>,
     ) -> Result<Self, StoreError> {
-        let db = sled::Config::new()
-            .path(dir.join(LIVE_DIR))
-            .cache_capacity(options.cache_bytes)
-            .open()
-            .map_err(|e| match e {
-                sled::Error::Io(io) if io.to_string().contains("lock") => StoreError::InUse {
-                    dir: dir.to_path_buf(),
-                },
-                other => from_sled(
-                    other,
-                    &format!("cannot open the store in {}", dir.display()),
-                ),
-            })?;
+        let db = open_live(dir, Some(options.cache_bytes)).map_err(|e| match e {
+            sled::Error::Io(io) if is_sled_lock(&io) => StoreError::InUse {
+                dir: dir.to_path_buf(),
+            },
+            other => from_sled(
+                other,
+                &format!("cannot open the store in {}", dir.display()),
+            ),
+        })?;
         let trees = Trees::open(&db)?;
         // Before the writer starts: it holds the database (and its lock) until stopped.
         codec.admit_keys(&trees)?;

@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use super::dir::{LIVE_DIR, lock_dir, recover_swap};
+use super::dir::{LIVE_DIR, lock_dir, open_live, recover_swap};
 use super::trees::{Trees, from_sled};
 use crate::store::error::StoreError;
 
@@ -33,9 +33,7 @@ impl Stopped {
         }
         let lock = lock_dir(dir)?;
         recover_swap(dir)?;
-        let db = sled::Config::new()
-            .path(dir.join(LIVE_DIR))
-            .open()
+        let db = open_live(dir, None)
             .map_err(|e| from_sled(e, &format!("cannot open the store in {}", dir.display())))?;
         Ok(Self {
             trees: Trees::open(&db)?,
