@@ -87,6 +87,7 @@ fn main() {
                             problems: Vec::new(),
                             received_at: time::OffsetDateTime::now_utc(),
                             fetch_documents: false,
+                            routes: Default::default(),
                         })
                         .await
                         .unwrap();

@@ -562,6 +562,7 @@ fn new_delivery(message: &ParsedMessage, template: &str, name: &str) -> NewDeliv
         problems: Vec::new(),
         received_at: time::OffsetDateTime::now_utc(),
         fetch_documents: false,
+        routes: Default::default(),
     }
 }
 

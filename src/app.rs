@@ -27,6 +27,8 @@ pub struct Application {
     router: Router,
     worker: Worker,
     fetcher: crate::ocean::documents::Fetcher,
+    /// One per destination; they hold the store, so they are awaited at shutdown.
+    destination_workers: Vec<crate::destinations::worker::Worker>,
     metrics: Metrics,
     stopping: Arc<tokio::sync::watch::Sender<bool>>,
     shutdown_timeout: Duration,
@@ -124,6 +126,7 @@ impl Application {
             keep_days: config.retention.keep_days,
             worker: state.worker(),
             fetcher: state.fetcher(),
+            destination_workers: state.destination_workers(),
             metrics: state.metrics.clone(),
             stopping: Arc::clone(&state.stopping),
             send_bound: send_bound(config),
@@ -163,6 +166,9 @@ impl Application {
         // Tasks holding the store are awaited at the end, so that when this returns the store
         // is the caller's alone (a command run next can open the data dir).
         let mut holding_store = vec![tokio::spawn(self.fetcher.run(self.stopping.subscribe()))];
+        for worker in self.destination_workers {
+            holding_store.push(tokio::spawn(worker.run(self.stopping.subscribe())));
+        }
         holding_store.push(tokio::spawn(report_refusals(
             Arc::clone(&self.refusals),
             Arc::clone(&self.store),

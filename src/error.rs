@@ -107,6 +107,20 @@ impl AppError {
     }
 }
 
+impl From<crate::destinations::DestinationError> for AppError {
+    fn from(e: crate::destinations::DestinationError) -> Self {
+        use crate::destinations::DestinationError;
+        let message = e.to_string();
+        match e {
+            DestinationError::Unknown(_) | DestinationError::UnknownMessage { .. } => {
+                Self::NotFound(message)
+            }
+            DestinationError::NotDead { .. } => Self::Conflict(message),
+            DestinationError::Store(e) => e.into(),
+        }
+    }
+}
+
 impl From<OutboxError> for AppError {
     fn from(e: OutboxError) -> Self {
         let message = e.to_string();

@@ -67,6 +67,8 @@ pub struct AppState {
     pub ocean: Arc<HashMap<String, Arc<OceanClient>>>,
     /// Updates to Ocean: accepted, replayed and discarded here, delivered by the worker.
     pub outbox: Arc<Outbox>,
+    /// The clinic's systems stored versions are pushed to.
+    pub destinations: crate::destinations::Destinations,
     /// Wakes the document fetcher when a delivery queued documents.
     pub documents_wake: Arc<tokio::sync::Notify>,
     /// Turns true when shutdown begins: long-polls answer at once, the worker stops.
@@ -169,6 +171,7 @@ impl AppState {
             api_clients: Arc::new(ApiClients::from_config(&config.api)),
             config: Arc::new(config.clone()),
             outbox,
+            destinations: crate::destinations::Destinations::from_config(config)?,
             documents_wake: Arc::new(tokio::sync::Notify::new()),
             ocean: Arc::new(ocean),
             stopping: Arc::new(tokio::sync::watch::channel(false).0),
@@ -201,6 +204,19 @@ impl AppState {
             metrics: self.metrics.clone(),
             health: Arc::clone(&self.worker_health),
         }
+    }
+
+    /// One worker per destination, over this state's store.
+    pub fn destination_workers(&self) -> Vec<crate::destinations::worker::Worker> {
+        self.destinations
+            .iter()
+            .map(|destination| crate::destinations::worker::Worker {
+                store: Arc::clone(&self.store),
+                destination: Arc::clone(destination),
+                policy: crate::outgoing::RetryPolicy::from_config(&self.config.outbox),
+                metrics: self.metrics.clone(),
+            })
+            .collect()
     }
 
     /// The document fetcher over this state's store and sites.

@@ -49,6 +49,12 @@ const LATENCY_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
+/// Buckets of the ack-to-delivered lag of destinations, in seconds: from a sub-second push to
+/// a receiver that was down for hours.
+const LAG_BUCKETS: &[f64] = &[
+    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 60.0, 300.0, 3600.0, 86_400.0,
+];
+
 const HTTP_REQUESTS: &str = "relay_http_requests_total";
 const INGEST_SECONDS: &str = "relay_ingest_duration_seconds";
 const DELIVERIES: &str = "relay_deliveries_total";
@@ -59,6 +65,11 @@ const OUTBOX_OLDEST: &str = "relay_outbox_oldest_pending_age_seconds";
 const DEAD_LETTERS: &str = "relay_outbox_dead_letters";
 const OUTBOX_SENDS: &str = "relay_outbox_sends_total";
 const TOKEN_FETCHES: &str = "relay_ocean_token_fetches_total";
+const DESTINATION_PENDING: &str = "relay_destination_pending";
+const DESTINATION_DEAD: &str = "relay_destination_dead_letters";
+const DESTINATION_OLDEST: &str = "relay_destination_oldest_pending_age_seconds";
+const DESTINATION_SENDS: &str = "relay_destination_sends_total";
+const DESTINATION_LAG: &str = "relay_destination_lag_seconds";
 const EXPORT_ROWS: &str = "relay_export_rows_total";
 const CONNECTIONS_OPEN: &str = "relay_connections_open";
 const CONNECTIONS_SHED: &str = "relay_connections_shed_total";
@@ -84,6 +95,9 @@ impl Metrics {
     pub fn new() -> Self {
         let recorder = PrometheusBuilder::new()
             .set_buckets_for_metric(Matcher::Full(INGEST_SECONDS.into()), LATENCY_BUCKETS)
+            .and_then(|b| {
+                b.set_buckets_for_metric(Matcher::Full(DESTINATION_LAG.into()), LAG_BUCKETS)
+            })
             // Refused only for an empty bucket list; without buckets it renders a summary.
             .unwrap_or_else(|_| PrometheusBuilder::new())
             .build_recorder();
@@ -118,6 +132,22 @@ impl Metrics {
             );
             describe_gauge!(DEAD_LETTERS, "Updates Ocean refused or that ran out of retry time");
             describe_counter!(OUTBOX_SENDS, "Attempts to send an update to Ocean, by site and result");
+            describe_gauge!(DESTINATION_PENDING, "Versions queued for a destination, not yet sent");
+            describe_gauge!(DESTINATION_DEAD, "Versions a destination refused or that ran out of retry time");
+            describe_gauge!(
+                DESTINATION_OLDEST,
+                Unit::Seconds,
+                "Age of the oldest version still queued for a destination (0 when none)"
+            );
+            describe_counter!(
+                DESTINATION_SENDS,
+                "Attempts to send to a destination, by result (delivered, retry, dead)"
+            );
+            describe_histogram!(
+                DESTINATION_LAG,
+                Unit::Seconds,
+                "Time from a delivery's acknowledgement to its version's delivery to a destination"
+            );
             describe_counter!(TOKEN_FETCHES, "OAuth2 tokens fetched from Ocean, by site and result");
             describe_counter!(EXPORT_ROWS, "Referrals written to CSV exports");
             describe_gauge!(CONNECTIONS_OPEN, "Open client connections");
@@ -245,6 +275,34 @@ impl Metrics {
         let site = site.to_owned();
         self.with(|| {
             metrics::counter!(OUTBOX_SENDS, "site" => site, "result" => result).increment(1);
+        });
+    }
+
+    /// One attempt to send to destination `name`: `delivered`, `retry` or `dead`.
+    pub fn destination_send(&self, name: &str, result: &'static str) {
+        let name = name.to_owned();
+        self.with(|| {
+            metrics::counter!(DESTINATION_SENDS, "destination" => name, "result" => result)
+                .increment(1);
+        });
+    }
+
+    /// A version delivered to destination `name` `lag` after its delivery was acknowledged.
+    pub fn destination_lag(&self, name: &str, lag: Duration) {
+        let name = name.to_owned();
+        self.with(|| {
+            metrics::histogram!(DESTINATION_LAG, "destination" => name).record(lag.as_secs_f64());
+        });
+    }
+
+    /// Destination `name`'s queue, read when metrics are scraped.
+    pub fn destination_queue(&self, name: &str, pending: u64, dead: u64, oldest: Duration) {
+        self.with(|| {
+            metrics::gauge!(DESTINATION_PENDING, "destination" => name.to_owned())
+                .set(pending as f64);
+            metrics::gauge!(DESTINATION_DEAD, "destination" => name.to_owned()).set(dead as f64);
+            metrics::gauge!(DESTINATION_OLDEST, "destination" => name.to_owned())
+                .set(oldest.as_secs_f64());
         });
     }
 

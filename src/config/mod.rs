@@ -9,6 +9,7 @@
 
 mod api;
 mod console;
+mod destinations;
 mod integrations;
 mod outbound;
 mod server;
@@ -25,6 +26,7 @@ use serde::{Deserialize, Serialize};
 
 pub use api::{ApiClientConfig, ApiConfig, OAuth2Config};
 pub use console::{ConsoleConfig, ConsoleRole, ConsoleUserConfig, hash_password, verify_password};
+pub use destinations::{BodyMode, DestinationConfig, DestinationKind, DocumentsMode, signing_key};
 pub use integrations::{AuthConfig, IntegrationConfig, OAuthClient, WebhookSecret};
 pub use outbound::{DocumentsConfig, OutboxConfig, SiteConfig, TokenAuth};
 pub use server::{LogConfig, LogFormat, ServerConfig, TlsConfig};
@@ -63,6 +65,9 @@ pub struct Config {
     /// Ocean integrations by name; the name is part of the webhook URL.
     #[serde(default)]
     pub integrations: BTreeMap<IntegrationName, IntegrationConfig>,
+    /// The clinic's systems stored versions are pushed to, by name.
+    #[serde(default)]
+    pub destinations: BTreeMap<String, DestinationConfig>,
 }
 
 /// Values given on the command line, the last layer.
@@ -203,6 +208,18 @@ impl Config {
         self.documents.validate()?;
         for (name, site) in &self.sites {
             site.validate(name)?;
+        }
+        for (name, destination) in &self.destinations {
+            destination.validate(name)?;
+            if let Some(unknown) = destination
+                .integrations
+                .iter()
+                .find(|i| !self.integrations.contains_key(*i))
+            {
+                anyhow::bail!(
+                    "destinations.{name}.integrations names '{unknown}', which is not configured"
+                );
+            }
         }
         integrations::validate(&self.integrations)
     }

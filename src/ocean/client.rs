@@ -20,20 +20,7 @@ const DEFAULT_TOKEN_LIFE: Duration = Duration::from_secs(300);
 /// The longest a token is kept, whatever `expires_in` says (a day).
 const MAX_TOKEN_LIFE: Duration = Duration::from_secs(86_400);
 
-/// Why a send did not land.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum SendError {
-    /// Worth retrying (5xx, 429, 408, timeouts, connection errors, token trouble).
-    #[error("{reason}")]
-    Retry {
-        reason: String,
-        /// `Retry-After`, when Ocean sent one.
-        after: Option<Duration>,
-    },
-    /// Ocean refused the message (another 4xx): retrying cannot help.
-    #[error("{0}")]
-    Rejected(String),
-}
+pub use crate::outgoing::SendError;
 
 struct CachedToken {
     value: String,
@@ -262,17 +249,11 @@ impl OceanClient {
             let after = retry_after(&response);
             let detail = outcome_text(response).await;
             let reason = format!("Ocean answered {status}{detail}");
-            return Err(
-                if status.is_server_error()
-                    || status == StatusCode::TOO_MANY_REQUESTS
-                    || status == StatusCode::REQUEST_TIMEOUT
-                    || status == StatusCode::UNAUTHORIZED
-                {
-                    SendError::Retry { reason, after }
-                } else {
-                    SendError::Rejected(reason)
-                },
-            );
+            // A 401 after a fresh token is Ocean's trouble with tokens: worth another attempt.
+            if status == StatusCode::UNAUTHORIZED {
+                return Err(SendError::Retry { reason, after });
+            }
+            return Err(SendError::from_status(status, reason, after));
         }
     }
 
@@ -483,7 +464,7 @@ fn sniff_markup(body: &[u8]) -> Option<&'static str> {
 }
 
 /// A transport error without its URL's query or anything sent.
-fn transport(e: &reqwest::Error) -> &'static str {
+pub(crate) fn transport(e: &reqwest::Error) -> &'static str {
     if e.is_timeout() {
         "timed out"
     } else if e.is_connect() {
@@ -493,7 +474,7 @@ fn transport(e: &reqwest::Error) -> &'static str {
     }
 }
 
-fn retry_after(response: &reqwest::Response) -> Option<Duration> {
+pub(crate) fn retry_after(response: &reqwest::Response) -> Option<Duration> {
     let value = response.headers().get(RETRY_AFTER)?.to_str().ok()?;
     parse_retry_after(value, std::time::SystemTime::now())
 }
@@ -511,7 +492,7 @@ fn parse_retry_after(value: &str, now: std::time::SystemTime) -> Option<Duration
 
 /// `: <diagnostics>` of an OperationOutcome body, if Ocean sent one (read up to
 /// [`MAX_ANSWER_BYTES`]; a longer body is not read).
-async fn outcome_text(response: reqwest::Response) -> String {
+pub(crate) async fn outcome_text(response: reqwest::Response) -> String {
     let Ok(Some(bytes)) = read_at_most(response, MAX_ANSWER_BYTES).await else {
         return String::new();
     };

@@ -14,9 +14,11 @@ use std::time::Duration;
 use time::OffsetDateTime;
 use tokio::sync::{Notify, watch};
 
-use super::client::{OceanClient, SendError};
+use super::client::OceanClient;
 use crate::config::OutboxConfig;
 use crate::domain::ReferralRef;
+use crate::outgoing::SendError;
+use crate::outgoing::{RetryPolicy, duration};
 use crate::store::{Store, UpdateRecord, UpdateState};
 use crate::telemetry::Metrics;
 
@@ -221,16 +223,10 @@ impl Worker {
                 update.last_error = Some(reason);
             }
             Err(SendError::Retry { reason, after }) => {
-                let horizon = Duration::from_secs(self.config.retry_horizon_secs);
-                let left = horizon.saturating_sub(duration(now - update.created_at));
-                // Retry-After is honoured but never beyond the horizon; an update whose next
-                // attempt would fall past it is a dead letter now.
-                let wait = after.unwrap_or_default().max(self.backoff(update.attempts));
-                let next = time::Duration::try_from(wait)
-                    .ok()
-                    .and_then(|w| now.checked_add(w));
-                match next.filter(|_| wait < left) {
-                    Some(next) => {
+                // An update whose next attempt would fall past the horizon is a dead letter now.
+                let policy = RetryPolicy::from_config(&self.config);
+                match policy.next_attempt(update.attempts, update.created_at, now, after) {
+                    Some((next, wait)) => {
                         tracing::info!(
                             update = update.id,
                             retry_in_secs = wait.as_secs_f32(),
@@ -242,33 +238,12 @@ impl Worker {
                     None => {
                         tracing::warn!(update = update.id, "retry horizon reached; dead letter");
                         update.state = UpdateState::Dead;
-                        update.last_error = Some(format!(
-                            "gave up after {} attempts within the {} s retry horizon: {reason}",
-                            update.attempts,
-                            horizon.as_secs()
-                        ));
+                        update.last_error = Some(policy.gave_up(update.attempts, &reason));
                     }
                 }
             }
         }
     }
-
-    /// `initial · 2^(attempts-1)`, capped, scaled by a random factor in [0.5, 1].
-    fn backoff(&self, attempts: u32) -> Duration {
-        let base = Duration::from_secs(self.config.initial_backoff_secs)
-            .saturating_mul(1u32 << attempts.saturating_sub(1).min(20))
-            .min(Duration::from_secs(self.config.max_backoff_secs));
-        let mut byte = [0u8; 1];
-        let jitter = match aws_lc_rs::rand::fill(&mut byte) {
-            Ok(()) => 0.5 + f64::from(byte[0]) / 510.0,
-            Err(_) => 0.75,
-        };
-        base.mul_f64(jitter)
-    }
-}
-
-fn duration(d: time::Duration) -> Duration {
-    Duration::try_from(d).unwrap_or(Duration::ZERO)
 }
 
 #[cfg(test)]

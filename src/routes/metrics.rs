@@ -57,6 +57,22 @@ async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response 
         // The rest is still worth having; the outbox gauges keep their last values.
         Err(e) => tracing::warn!(error = %e, "metrics: cannot read the outbox"),
     }
+    for destination in state.destinations.iter() {
+        match state.store.queue_stats(&destination.name).await {
+            Ok(stats) => {
+                let oldest = stats.oldest_pending_at.map_or(Duration::ZERO, |at| {
+                    Duration::try_from(OffsetDateTime::now_utc() - at).unwrap_or(Duration::ZERO)
+                });
+                state.metrics.destination_queue(
+                    &destination.name,
+                    stats.pending,
+                    stats.dead,
+                    oldest,
+                );
+            }
+            Err(e) => tracing::warn!(error = %e, "metrics: cannot read a destination's queue"),
+        }
+    }
     state
         .metrics
         .unauthenticated_body_bytes(state.unauthenticated.held());

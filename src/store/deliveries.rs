@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use super::error::StoreError;
+use super::queue::{QueueRoute, QueuedMessage};
 use crate::domain::{EventCode, IntegrationName, Part, ReferralRef, ServiceId, Summary};
 
 /// Which External Service ID a delivery is filed under, and how sure we are of it.
@@ -47,6 +48,9 @@ pub struct NewDelivery {
     /// Queue the referral letter and the message's attachments for fetching from Ocean (an
     /// Ocean site with credentials serves the referral); see [`NewDelivery::documents`].
     pub fetch_documents: bool,
+    /// The destinations' routes: the version is queued, in the same write, for each that takes
+    /// it (see [`NewDelivery::queued`]).
+    pub routes: std::sync::Arc<[QueueRoute]>,
 }
 
 /// The deduplication key of a delivery: the integration, the sender's delivery id (Bundle.id,
@@ -325,6 +329,26 @@ impl NewDelivery {
             changes,
         };
         Ok((record, version_record))
+    }
+}
+
+impl NewDelivery {
+    /// The messages this delivery queues once stored as `record`'s latest version: one for
+    /// each route that takes it, in route order, due at `now`.
+    pub fn queued(&self, record: &ReferralRecord, now: OffsetDateTime) -> Vec<QueuedMessage> {
+        self.routes
+            .iter()
+            .filter(|route| {
+                route.takes(
+                    &self.integration,
+                    record.service_id.as_ref(),
+                    record.summary.latest_change,
+                )
+            })
+            .map(|route| {
+                QueuedMessage::pending(&route.queue, self.referral.clone(), record.version, now)
+            })
+            .collect()
     }
 }
 

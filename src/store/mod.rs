@@ -1,5 +1,5 @@
 //! Durable storage, split by concern into traits ([`DeliveryStore`], [`FeedStore`],
-//! [`OutboxStore`], [`AuditStore`], [`MaintenanceStore`], [`ReplicaStore`]) that [`Store`] gathers, so a backend
+//! [`OutboxStore`], [`QueueStore`], [`AuditStore`], [`MaintenanceStore`], [`ReplicaStore`]) that [`Store`] gathers, so a backend
 //! can be written one concern at a time. [`SledStore`] is the embedded backend. The store knows
 //! the relay's records, not FHIR.
 
@@ -11,6 +11,7 @@ mod feed;
 mod maintenance;
 mod outbox;
 mod postgres;
+mod queue;
 mod replicas;
 mod seal;
 mod sled;
@@ -27,6 +28,7 @@ pub use error::{Cause, StoreError};
 pub use feed::{ChangedReferrals, EventRecord, FeedStore};
 pub use maintenance::{MaintenanceStore, ModifiedBatch, SnapshotInfo, StoreHealth};
 pub use outbox::{AppointmentSlot, OutboxStore, TaskState, UpdateKind, UpdateRecord, UpdateState};
+pub use queue::{MessageState, QueueRoute, QueueStats, QueueStore, QueuedMessage};
 pub use replicas::{LoginFailures, ReplicaStore};
 pub use seal::Keyring;
 
@@ -37,6 +39,7 @@ pub trait Store:
     + FeedStore
     + OutboxStore
     + DocumentStore
+    + QueueStore
     + AuditStore
     + MaintenanceStore
     + ReplicaStore
@@ -49,6 +52,7 @@ impl<T> Store for T where
         + FeedStore
         + OutboxStore
         + DocumentStore
+        + QueueStore
         + AuditStore
         + MaintenanceStore
         + ReplicaStore

@@ -24,6 +24,18 @@ pub enum UpdateState {
     Discarded,
 }
 
+impl UpdateState {
+    /// The name shown in the API and stored (`pending`, `delivered`, `dead`, `discarded`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Delivered => "delivered",
+            Self::Dead => "dead",
+            Self::Discarded => "discarded",
+        }
+    }
+}
+
 /// What an update tells Ocean.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]

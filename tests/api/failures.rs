@@ -7,8 +7,9 @@ use bytes::Bytes;
 use referral_relay::domain::ReferralRef;
 use referral_relay::store::{
     AuditEntry, AuditStore, ChangedReferrals, DeliveryStore, DocumentRecord, DocumentStore,
-    EventRecord, FeedStore, MaintenanceStore, ModifiedBatch, NewDelivery, OutboxStore, PutOutcome,
-    ReferralRecord, ReplicaStore, StoreError, TaskState, UpdateRecord, UpdateState, VersionRecord,
+    EventRecord, FeedStore, MaintenanceStore, MessageState, ModifiedBatch, NewDelivery,
+    OutboxStore, PutOutcome, QueueStats, QueueStore, QueuedMessage, ReferralRecord, ReplicaStore,
+    StoreError, TaskState, UpdateRecord, UpdateState, VersionRecord,
 };
 use time::OffsetDateTime;
 
@@ -152,6 +153,50 @@ impl AuditStore for DiskFull {
 
 /// Shares nothing, like the embedded store.
 impl ReplicaStore for DiskFull {}
+
+#[async_trait]
+impl QueueStore for DiskFull {
+    async fn due_messages(
+        &self,
+        _: &str,
+        _: OffsetDateTime,
+        _: std::time::Duration,
+        _: usize,
+        _: &[u64],
+    ) -> Result<Vec<QueuedMessage>, StoreError> {
+        Ok(Vec::new())
+    }
+    async fn next_due(&self, _: &str, _: &[u64]) -> Result<Option<OffsetDateTime>, StoreError> {
+        Ok(None)
+    }
+    async fn save_message(&self, _: &QueuedMessage) -> Result<(), StoreError> {
+        Err(disk_full())
+    }
+    async fn message(&self, _: u64) -> Result<Option<QueuedMessage>, StoreError> {
+        Ok(None)
+    }
+    async fn queue_messages(
+        &self,
+        _: &str,
+        _: Option<MessageState>,
+        _: u64,
+        _: usize,
+    ) -> Result<Vec<QueuedMessage>, StoreError> {
+        Ok(Vec::new())
+    }
+    async fn referral_messages(&self, _: &ReferralRef) -> Result<Vec<QueuedMessage>, StoreError> {
+        Ok(Vec::new())
+    }
+    async fn queue_stats(&self, _: &str) -> Result<QueueStats, StoreError> {
+        Ok(QueueStats::default())
+    }
+    async fn set_queue_paused(&self, _: &str, _: bool) -> Result<(), StoreError> {
+        Err(disk_full())
+    }
+    async fn enqueue_messages(&self, _: Vec<QueuedMessage>) -> Result<(), StoreError> {
+        Err(disk_full())
+    }
+}
 
 #[async_trait]
 impl MaintenanceStore for DiskFull {

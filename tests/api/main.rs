@@ -13,6 +13,7 @@ mod console;
 mod console_browser;
 mod crash;
 mod dedup;
+mod destinations;
 mod disk_full;
 mod documents;
 mod edge;

@@ -34,6 +34,7 @@ fn delivery(referral: &str, body: &str) -> NewDelivery {
         problems: Vec::new(),
         received_at: time::OffsetDateTime::now_utc(),
         fetch_documents: false,
+        routes: Default::default(),
     }
 }
 

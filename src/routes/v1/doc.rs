@@ -63,6 +63,10 @@ impl Conventions {
                 .pattern(Some(IDENTIFIER_PATTERN))
                 .into(),
             "version" | "id" => integer(1).into(),
+            "name" => ObjectBuilder::new()
+                .schema_type(Type::String)
+                .pattern(Some("^[a-z0-9_-]{1,64}$"))
+                .into(),
             "index" => integer(0).into(),
             "after" | "wait" => integer(0).into(),
             "limit" => integer(1).into(),

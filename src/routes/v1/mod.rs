@@ -8,12 +8,13 @@
 
 mod audit;
 mod backup;
+mod destinations;
 mod doc;
 pub(crate) mod documents;
 mod events;
 pub(crate) mod export;
 pub(crate) mod extract;
-mod referrals;
+pub(crate) mod referrals;
 mod updates;
 
 use std::sync::Arc;
@@ -58,6 +59,13 @@ fn build() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(updates::get_update))
         .routes(routes!(updates::replay))
         .routes(routes!(updates::discard))
+        .routes(routes!(destinations::list_destinations))
+        .routes(routes!(destinations::list_messages))
+        .routes(routes!(destinations::replay_message))
+        .routes(routes!(destinations::discard_message))
+        .routes(routes!(destinations::pause))
+        .routes(routes!(destinations::resume))
+        .routes(routes!(destinations::backfill))
         .routes(routes!(export::export_csv))
         .routes(routes!(audit::audit))
         .routes(routes!(backup::backup))
@@ -113,6 +121,13 @@ mod tests {
         let expected = [
             "/api/v1/audit",
             "/api/v1/backup",
+            "/api/v1/destinations",
+            "/api/v1/destinations/{name}/backfill",
+            "/api/v1/destinations/{name}/messages",
+            "/api/v1/destinations/{name}/messages/{id}/discard",
+            "/api/v1/destinations/{name}/messages/{id}/replay",
+            "/api/v1/destinations/{name}/pause",
+            "/api/v1/destinations/{name}/resume",
             "/api/v1/events",
             "/api/v1/export.csv",
             "/api/v1/openapi.json",

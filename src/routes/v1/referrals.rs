@@ -13,11 +13,11 @@ use utoipa::{IntoParams, ToSchema};
 use super::extract::{
     Caller, Path, ProblemDoc, Query, instant, limit, rfc3339, service_param, visible, whole_number,
 };
-use crate::domain::{Change, DocumentLink, Summary};
+use crate::domain::{Change, DocumentLink, ReferralRef, Summary};
 use crate::error::{AppError, FHIR_JSON, Problem};
 use crate::fhir::changes::{ResourceChange, Resources, resource_changes};
 use crate::state::AppState;
-use crate::store::{ReferralRecord, VersionRecord};
+use crate::store::{ReferralRecord, Store, StoreError, VersionRecord};
 
 /// Feed entries one listing request reads at most before answering with a cursor.
 const MAX_SCAN: usize = 20_000;
@@ -73,7 +73,7 @@ pub struct ReferralView {
 }
 
 impl ReferralView {
-    fn new(r: ReferralRecord) -> Self {
+    pub(crate) fn new(r: ReferralRecord) -> Self {
         let status = r.summary.status().map(str::to_owned);
         let latest_message = MessageView::of(&r.summary);
         let Summary {
@@ -527,12 +527,26 @@ pub async fn get_version_changes(
     let version = whole_number(&version)
         .ok_or_else(|| AppError::BadRequest("version must be a whole number".into()))?;
     let (reference, _) = visible(&state, &client, &referral).await?;
-    let versions = state.store.versions(&reference).await?;
-    let not_found = || AppError::NotFound(format!("referral {reference} has no version {version}"));
-    let at = versions
-        .iter()
-        .position(|v| v.version == version)
-        .ok_or_else(not_found)?;
+    let (_, changes, _) = version_view(state.store.as_ref(), &reference, version)
+        .await?
+        .ok_or_else(|| {
+            AppError::NotFound(format!("referral {reference} has no version {version}"))
+        })?;
+    Ok(Json(changes))
+}
+
+/// `version` of `reference` as it stands: the referral's summary as that version left it,
+/// what the version changed (as `/versions/{n}/changes` shows it) and its record; `None`
+/// when the referral has no such version.
+pub async fn version_view(
+    store: &dyn Store,
+    reference: &ReferralRef,
+    version: u64,
+) -> Result<Option<(Summary, VersionChanges, VersionRecord)>, StoreError> {
+    let versions = store.versions(reference).await?;
+    let Some(at) = versions.iter().position(|v| v.version == version) else {
+        return Ok(None);
+    };
     // The referral as the versions before this one left it, then as this one made it.
     let mut before: Option<Summary> = None;
     for v in &versions[..at] {
@@ -557,11 +571,11 @@ pub async fn get_version_changes(
         })
         .collect();
     let previous = at.checked_sub(1).map(|p| &versions[p]);
-    let resources_of = async |v: &VersionRecord| -> Result<Option<Resources>, Problem> {
+    let resources_of = async |v: &VersionRecord| -> Result<Option<Resources>, StoreError> {
         if v.purged {
             return Ok(None);
         }
-        let raw = state.store.payload(&reference, v.version).await?;
+        let raw = store.payload(reference, v.version).await?;
         Ok(raw.and_then(|raw| Resources::of_message(&raw)))
     };
     let now = resources_of(this).await?;
@@ -572,7 +586,7 @@ pub async fn get_version_changes(
             _ => None,
         },
     };
-    Ok(Json(VersionChanges {
+    let changes = VersionChanges {
         referral: reference.to_string(),
         version,
         previous_version: previous.map(|p| p.version),
@@ -580,7 +594,8 @@ pub async fn get_version_changes(
         latest_change: after.latest_change,
         fields,
         resources,
-    }))
+    };
+    Ok(Some((after, changes, this.clone())))
 }
 
 #[cfg(test)]

@@ -329,12 +329,14 @@ impl Request<'_> {
             problems: message.problems,
             received_at: OffsetDateTime::now_utc(),
             fetch_documents,
+            routes: state.destinations.routes(),
         };
         let (version, duplicate) = match state.store.put_delivery(delivery).await? {
             PutOutcome::Stored { version } => {
                 if fetch_documents {
                     state.documents_wake.notify_one();
                 }
+                state.destinations.wake_all();
                 (version, false)
             }
             PutOutcome::Duplicate { version } => (version, true),

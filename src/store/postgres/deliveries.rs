@@ -39,7 +39,7 @@ const READ_REFERRAL: &str = "SELECT version, record,
 const STORED_VERSION: &str = "SELECT version FROM deliveries WHERE dedup_key = $1";
 /// Every write of a delivery in one statement: its dedup row, its feed entry (no position yet;
 /// see the sequencer), the version naming that entry, the referral's row (inserted when new)
-/// and its audit entry. Each write after the first takes its row from the dedup row's
+/// its audit entry, its documents and its destinations' messages. Each write after the first takes its row from the dedup row's
 /// `RETURNING`, so when that row already exists nothing at all is written and the statement
 /// returns 0. Foreign keys are checked at the end of the statement, when the rows it inserted are
 /// visible.
@@ -65,7 +65,11 @@ const WRITE_DELIVERY: &str = "WITH claimed AS (
      queued AS (
          INSERT INTO documents (referral, version, idx, state, next_attempt_at, record)
          SELECT $2::text, $3::bigint, d.idx, 'pending', $6::timestamptz, d.record
-         FROM claimed, unnest($13::integer[], $14::bytea[]) AS d(idx, record))
+         FROM claimed, unnest($13::integer[], $14::bytea[]) AS d(idx, record)),
+     destined AS (
+         INSERT INTO queue (queue, referral, version, state, next_attempt_at, created_at, record)
+         SELECT m.queue, $2::text, $3::bigint, 'pending', $6::timestamptz, $6::timestamptz, m.record
+         FROM claimed, unnest($15::text[], $16::bytea[]) AS m(queue, record))
      SELECT count(*) FROM claimed";
 
 /// A pooled connection inside a transaction whose statements are sent back to back
@@ -206,7 +210,14 @@ impl PgStore {
             .iter()
             .map(|doc| self.seal_document(doc))
             .collect::<Result<Vec<Vec<u8>>, StoreError>>()?;
-        let write_params: [&Param<'_>; 14] = [
+        // The destinations that take this version, queued in the same statement.
+        let messages = d.queued(&record, received_at);
+        let queues: Vec<&str> = messages.iter().map(|m| m.queue.as_str()).collect();
+        let message_records = messages
+            .iter()
+            .map(|m| self.seal_message(m))
+            .collect::<Result<Vec<Vec<u8>>, StoreError>>()?;
+        let write_params: [&Param<'_>; 16] = [
             &dedup_key,
             &referral,
             &number,
@@ -221,6 +232,8 @@ impl PgStore {
             changes,
             &document_indexes,
             &document_records,
+            &queues,
+            &message_records,
         ];
         let (written, _) = tokio::try_join!(
             biased;

@@ -21,6 +21,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "changes_and_documents",
         include_str!("../../../migrations/postgres/0003_changes_and_documents.sql"),
     ),
+    (
+        4,
+        "queues",
+        include_str!("../../../migrations/postgres/0004_queues.sql"),
+    ),
 ];
 
 /// Applies the migrations not yet applied (returns their versions), in one transaction under the advisory lock `lock`

@@ -20,6 +20,7 @@ mod listener;
 mod maintenance;
 mod migrate;
 mod outbox;
+mod queue;
 mod records;
 mod replicas;
 mod sequencer;

@@ -36,6 +36,8 @@ struct DeliveryTrees<'t> {
     audit: &'t TransactionalTree,
     documents: &'t TransactionalTree,
     due_documents: &'t TransactionalTree,
+    queue: &'t TransactionalTree,
+    queue_index: &'t TransactionalTree,
 }
 
 /// Stores `batch` in one transaction, in order (so a delivery repeated within the batch is a
@@ -60,6 +62,8 @@ pub(super) fn apply_deliveries(
         &t.audit,
         &t.documents,
         &t.due_documents,
+        &t.queue,
+        &t.queue_index,
     )
         .transaction(
             |(
@@ -73,6 +77,8 @@ pub(super) fn apply_deliveries(
                 audit,
                 documents,
                 due_documents,
+                queue,
+                queue_index,
             )| {
                 let tx = DeliveryTrees {
                     referrals,
@@ -85,6 +91,8 @@ pub(super) fn apply_deliveries(
                     audit,
                     documents,
                     due_documents,
+                    queue,
+                    queue_index,
                 };
                 batch
                     .iter()
@@ -204,6 +212,15 @@ fn apply_delivery(
     )?;
     for document in d.documents(version, received_at) {
         super::documents::put_document(t.documents, t.due_documents, codec, &document)?;
+    }
+    let queue = super::queue::QueueTx {
+        queue: t.queue,
+        index: t.queue_index,
+        meta: t.meta,
+        codec,
+    };
+    for mut message in d.queued(&record, received_at) {
+        queue.enqueue(&mut message)?;
     }
     Ok(PutOutcome::Stored { version })
 }

@@ -30,7 +30,7 @@ const BY_DUE: u8 = 0x01;
 const DUE_INDEXED: &[u8] = b"due_documents_indexed";
 
 /// A time as 16 bytes that sort as it does: Unix nanoseconds, sign bit flipped, big-endian.
-fn due_time(at: OffsetDateTime) -> [u8; 16] {
+pub(super) fn due_time(at: OffsetDateTime) -> [u8; 16] {
     (at.unix_timestamp_nanos().cast_unsigned() ^ (1 << 127)).to_be_bytes()
 }
 
@@ -249,7 +249,6 @@ impl DocumentStore for SledStore {
 
 #[cfg(test)]
 mod tests {
-    use super::super::dir::LIVE_DIR;
     use super::*;
     use crate::store::documents::DocumentKind;
     use std::time::Duration;
@@ -277,7 +276,7 @@ mod tests {
     }
 
     fn indexed(dir: &std::path::Path) -> usize {
-        let db = sled::open(dir.join(LIVE_DIR)).unwrap();
+        let db = super::super::dir::open_live(dir, None).unwrap();
         let due = db.open_tree("due_documents").unwrap();
         due.scan_prefix([BY_DUE]).count()
     }
@@ -331,7 +330,7 @@ mod tests {
         assert_eq!(indexed(dir.path()), 1002);
         // As an older store left it: pending documents by key only.
         {
-            let db = sled::open(dir.path().join(LIVE_DIR)).unwrap();
+            let db = super::super::dir::open_live(dir.path(), None).unwrap();
             let due = db.open_tree("due_documents").unwrap();
             for item in due.iter() {
                 let (key, _) = item.unwrap();

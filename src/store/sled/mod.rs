@@ -53,6 +53,7 @@ mod maintenance;
 mod open;
 mod options;
 mod outbox;
+mod queue;
 mod recovery;
 mod rekey;
 mod snapshot;

@@ -276,7 +276,6 @@ impl OutboxStore for SledStore {
 mod tests {
     use time::OffsetDateTime;
 
-    use super::super::dir::LIVE_DIR;
     use super::*;
     use crate::ig::OutboundEvent;
     use crate::store::outbox::UpdateKind;
@@ -312,7 +311,7 @@ mod tests {
             assert_eq!(ids(&store, "ref-c").await, Vec::<u64>::new());
         }
         {
-            let db = sled::open(dir.path().join(LIVE_DIR)).unwrap();
+            let db = super::super::dir::open_live(dir.path(), None).unwrap();
             db.drop_tree("referral_updates").unwrap();
             db.open_tree("meta")
                 .unwrap()

@@ -13,6 +13,8 @@ pub(in crate::store) const UPDATE_SEQ: &[u8] = b"update_seq";
 /// are indexed when first opened).
 pub(in crate::store) const REFERRAL_UPDATES_INDEXED: &[u8] = b"referral_updates_indexed";
 pub(in crate::store) const AUDIT_HEAD: &[u8] = b"audit_head";
+/// The last id given to a queued message.
+pub(in crate::store) const QUEUE_SEQ: &[u8] = b"queue_seq";
 
 /// `meta` key: the ids of every key that has sealed records in this store (8 bytes each).
 pub(in crate::store) const SEAL_KEYS: &[u8] = b"seal_key_ids";
@@ -28,7 +30,9 @@ pub(in crate::store) const TASK_STATES: &str = "task_states";
 /// Documents' records (titles) and their bytes (letters name the patient).
 pub(in crate::store) const DOCUMENTS: &str = "documents";
 pub(in crate::store) const DOCUMENT_BYTES: &str = "document_bytes";
-pub(super) const SEALED_TREES: [&str; 7] = [
+/// Destinations' queued messages (their last errors may echo what a receiver was sent).
+pub(in crate::store) const QUEUE: &str = "queue";
+pub(super) const SEALED_TREES: [&str; 8] = [
     REFERRALS,
     VERSIONS,
     PAYLOADS,
@@ -36,6 +40,7 @@ pub(super) const SEALED_TREES: [&str; 7] = [
     TASK_STATES,
     DOCUMENTS,
     DOCUMENT_BYTES,
+    QUEUE,
 ];
 
 #[derive(Clone)]
@@ -55,6 +60,9 @@ pub(in crate::store) struct Trees {
     pub(in crate::store) documents: sled::Tree,
     pub(in crate::store) document_bytes: sled::Tree,
     pub(in crate::store) due_documents: sled::Tree,
+    pub(in crate::store) queue: sled::Tree,
+    /// The queues' indexes: due heads, each referral's chain, states, counts, pauses.
+    pub(in crate::store) queue_index: sled::Tree,
 }
 
 impl Trees {
@@ -76,6 +84,8 @@ impl Trees {
             documents: tree(DOCUMENTS)?,
             document_bytes: tree(DOCUMENT_BYTES)?,
             due_documents: tree("due_documents")?,
+            queue: tree(QUEUE)?,
+            queue_index: tree("queue_index")?,
         })
     }
 }

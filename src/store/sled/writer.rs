@@ -273,6 +273,7 @@ mod tests {
             problems: Vec::new(),
             received_at: time::OffsetDateTime::now_utc(),
             fetch_documents: false,
+            routes: Default::default(),
         }
     }
 

@@ -164,6 +164,11 @@ impl TestApp {
         answer(self.client.get(self.url(path)).send().await.unwrap()).await
     }
 
+    /// Drops `schema` after the app (an app built on a PostgreSQL store by hand).
+    pub fn keep_schema(&mut self, schema: super::postgres::Schema) {
+        self._schema = super::postgres::SchemaGuard(Some(schema));
+    }
+
     /// Stops the server and waits for it to finish.
     pub async fn stop(mut self) {
         if let Some(tx) = self.shutdown.take() {

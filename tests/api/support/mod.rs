@@ -7,5 +7,6 @@ pub mod app;
 pub mod binary;
 pub mod fixtures;
 pub mod ocean;
+pub mod peers;
 pub mod pki;
 pub mod postgres;

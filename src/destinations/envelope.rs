@@ -1,0 +1,156 @@
+//! What a destination is sent for one queued version: the Standard Webhooks payload shape
+//! (`type`, `timestamp`, `data`), with the referral as that version left it, what the version
+//! changed, its documents and the FHIR Bundle as received.
+
+use serde::Serialize;
+use serde_json::value::RawValue;
+use time::OffsetDateTime;
+
+use crate::config::DocumentsMode;
+use crate::domain::path_segment;
+use crate::routes::v1::referrals::{ReferralView, VersionChanges, version_view};
+use crate::store::{QueuedMessage, Store, StoreError};
+
+/// The event type of every envelope.
+pub const VERSION_STORED: &str = "referral.version_stored";
+
+/// A version, ready to send.
+pub struct Envelope {
+    /// The Bundle exactly as Ocean sent it.
+    pub bundle: bytes::Bytes,
+    /// The JSON envelope around it.
+    pub json: Vec<u8>,
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    /// When this attempt was made (RFC 3339).
+    timestamp: String,
+    data: Data<'a>,
+}
+
+#[derive(Serialize)]
+struct Data<'a> {
+    /// The queued message's id (its `webhook-id` is `msg_{id}`).
+    message: u64,
+    referral: &'a str,
+    version: u64,
+    event: String,
+    latest_change: Option<crate::domain::Change>,
+    service_id: Option<String>,
+    integration: String,
+    received_at: String,
+    /// Queued by a backfill, not as the version arrived.
+    backfill: bool,
+    /// The referral as this version left it (the API's referral view).
+    summary: ReferralView,
+    /// What this version changed (the API's `/versions/{n}/changes`).
+    changes: VersionChanges,
+    /// With `documents = "links"`: each document's fetch state and API download path.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    documents: Option<Vec<DocumentEntry>>,
+    /// The FHIR Bundle as received; null when it is not JSON (it is then in `bundle_base64`).
+    bundle: Option<&'a RawValue>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    bundle_base64: Option<String>,
+}
+
+#[derive(Serialize)]
+struct DocumentEntry {
+    index: u32,
+    kind: &'static str,
+    title: Option<String>,
+    content_type: Option<String>,
+    /// `pending`, `fetched` or `failed`.
+    state: &'static str,
+    /// `GET` with an API key, once fetched.
+    download: String,
+}
+
+/// The envelope of `message`, read from the store; `None` when its version is gone (purged by
+/// retention, or never stored).
+///
+/// # Errors
+/// The store's.
+pub async fn build_envelope(
+    store: &dyn Store,
+    message: &QueuedMessage,
+    documents: DocumentsMode,
+    now: OffsetDateTime,
+) -> Result<Option<Envelope>, StoreError> {
+    let referral = &message.referral;
+    let Some(mut record) = store.referral(referral).await? else {
+        return Ok(None);
+    };
+    let Some((summary, changes, version)) = version_view(store, referral, message.version).await?
+    else {
+        return Ok(None);
+    };
+    let Some(bundle) = store.payload(referral, message.version).await? else {
+        return Ok(None);
+    };
+    if version.purged {
+        return Ok(None);
+    }
+    record.summary = summary;
+    record.version = version.version;
+    record.modified_at = version.received_at;
+    record.latest_event = version.event.clone();
+    record.service_id.clone_from(&version.service_id);
+    let documents = match documents {
+        DocumentsMode::Links => Some(
+            store
+                .documents(referral)
+                .await?
+                .into_iter()
+                .filter(|d| d.version == message.version)
+                .map(|d| DocumentEntry {
+                    download: format!(
+                        "/api/v1/referrals/{}/documents/{}/{}",
+                        path_segment(referral.as_str()),
+                        d.version,
+                        d.index
+                    ),
+                    index: d.index,
+                    kind: d.kind.as_str(),
+                    title: d.title,
+                    content_type: d.content_type,
+                    state: d.state.as_str(),
+                })
+                .collect(),
+        ),
+        DocumentsMode::None | DocumentsMode::Wait => None,
+    };
+    let text = std::str::from_utf8(&bundle)
+        .ok()
+        .map(|t| t.trim_start_matches('\u{feff}'));
+    let raw = text.and_then(|t| serde_json::from_str::<&RawValue>(t).ok());
+    let body = Body {
+        kind: VERSION_STORED,
+        timestamp: crate::routes::v1::extract::rfc3339(now),
+        data: Data {
+            message: message.id,
+            referral: referral.as_str(),
+            version: version.version,
+            event: version.event.to_string(),
+            latest_change: record.summary.latest_change,
+            service_id: version.service_id.as_ref().map(ToString::to_string),
+            integration: version.integration.to_string(),
+            received_at: crate::routes::v1::extract::rfc3339(version.received_at),
+            backfill: message.backfill,
+            summary: ReferralView::new(record),
+            changes,
+            documents,
+            bundle: raw,
+            bundle_base64: raw.is_none().then(|| {
+                use base64::Engine;
+                base64::engine::general_purpose::STANDARD.encode(&bundle)
+            }),
+        },
+    };
+    let json = serde_json::to_vec(&body)
+        .map_err(|e| StoreError::failed("cannot encode a destination's message").caused_by(e))?;
+    Ok(Some(Envelope { bundle, json }))
+}

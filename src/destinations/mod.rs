@@ -1,0 +1,297 @@
+//! Destinations: the clinic's systems each stored referral version is pushed to
+//! (`[destinations.NAME]`). Every version a destination takes is queued in the same write as
+//! the delivery that stored it (see [`crate::store::QueueStore`]); a [worker](worker) per
+//! destination sends its queue under the rules of [`crate::outgoing`], the same as the Ocean
+//! outbox's.
+
+mod envelope;
+mod webhook;
+pub mod worker;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use time::OffsetDateTime;
+use tokio::sync::Notify;
+
+use crate::config::{Config, DestinationConfig};
+use crate::domain::ReferralRef;
+use crate::store::{MessageState, QueueRoute, QueuedMessage, Store, StoreError, VersionRecord};
+
+pub use envelope::{Envelope, build_envelope};
+pub use webhook::{WebhookSender, signature};
+
+/// One configured destination, ready to send.
+pub struct Destination {
+    pub name: String,
+    pub config: DestinationConfig,
+    /// Which versions it takes.
+    pub route: QueueRoute,
+    /// Wakes its worker: a version was queued, a message replayed, the queue resumed.
+    pub wake: Notify,
+    pub sender: WebhookSender,
+}
+
+/// Every configured destination, in name order.
+#[derive(Clone, Default)]
+pub struct Destinations {
+    list: Arc<Vec<Arc<Destination>>>,
+    routes: Arc<[QueueRoute]>,
+}
+
+impl Destinations {
+    pub fn from_config(config: &Config) -> anyhow::Result<Self> {
+        let mut list = Vec::new();
+        for (name, c) in &config.destinations {
+            let route = QueueRoute {
+                queue: name.clone(),
+                events: c.events.clone(),
+                service_ids: c.service_ids.clone(),
+                integrations: c.integrations.clone(),
+            };
+            list.push(Arc::new(Destination {
+                name: name.clone(),
+                sender: WebhookSender::new(c)?,
+                config: c.clone(),
+                route,
+                wake: Notify::new(),
+            }));
+        }
+        let routes = list.iter().map(|d| d.route.clone()).collect();
+        Ok(Self {
+            list: Arc::new(list),
+            routes,
+        })
+    }
+
+    /// The routes a delivery is queued by ([`crate::store::NewDelivery::routes`]).
+    pub fn routes(&self) -> Arc<[QueueRoute]> {
+        Arc::clone(&self.routes)
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Arc<Destination>> {
+        self.list.iter().find(|d| d.name == name)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Destination>> {
+        self.list.iter()
+    }
+
+    /// Wakes every worker: a delivery was stored, and may have been queued for any of them.
+    pub fn wake_all(&self) {
+        for destination in self.list.iter() {
+            destination.wake.notify_one();
+        }
+    }
+}
+
+/// Why a destination's queue could not be steered as asked.
+#[derive(Debug, thiserror::Error)]
+pub enum DestinationError {
+    #[error("no destination '{0}' is configured")]
+    Unknown(String),
+    #[error("destination '{queue}' has no message {id}")]
+    UnknownMessage { queue: String, id: u64 },
+    /// Replay and discard apply to dead letters only.
+    #[error("message {id} is not a dead letter; only dead letters are {verb}")]
+    NotDead { id: u64, verb: &'static str },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl Destinations {
+    fn named(&self, name: &str) -> Result<&Arc<Destination>, DestinationError> {
+        self.get(name)
+            .ok_or_else(|| DestinationError::Unknown(name.to_owned()))
+    }
+
+    /// Dead letter `id` of destination `name`.
+    async fn dead_letter(
+        &self,
+        store: &dyn Store,
+        name: &str,
+        id: u64,
+        verb: &'static str,
+    ) -> Result<QueuedMessage, DestinationError> {
+        self.named(name)?;
+        let message = store
+            .message(id)
+            .await?
+            .filter(|m| m.queue == name)
+            .ok_or_else(|| DestinationError::UnknownMessage {
+                queue: name.to_owned(),
+                id,
+            })?;
+        if message.state != MessageState::Dead {
+            return Err(DestinationError::NotDead { id, verb });
+        }
+        Ok(message)
+    }
+
+    /// Sends dead letter `id` again, at once (its retry horizon starts over); audited as
+    /// `DESTINATION_REPLAYED` for `actor`.
+    ///
+    /// # Errors
+    /// An unknown destination or message, a message that is not dead, or the store's.
+    pub async fn replay(
+        &self,
+        store: &dyn Store,
+        name: &str,
+        id: u64,
+        actor: &str,
+    ) -> Result<QueuedMessage, DestinationError> {
+        let mut message = self.dead_letter(store, name, id, "replayed").await?;
+        let now = OffsetDateTime::now_utc();
+        message.state = MessageState::Pending;
+        message.next_attempt_at = now;
+        message.created_at = now;
+        store.save_message(&message).await?;
+        audit(store, "DESTINATION_REPLAYED", actor, &message).await?;
+        self.named(name)?.wake.notify_one();
+        Ok(message)
+    }
+
+    /// Gives up on dead letter `id`: it stays on record, and the referral's later messages
+    /// go out; audited as `DESTINATION_DISCARDED` for `actor`.
+    ///
+    /// # Errors
+    /// As [`Destinations::replay`].
+    pub async fn discard(
+        &self,
+        store: &dyn Store,
+        name: &str,
+        id: u64,
+        actor: &str,
+    ) -> Result<QueuedMessage, DestinationError> {
+        let mut message = self.dead_letter(store, name, id, "discarded").await?;
+        message.state = MessageState::Discarded;
+        store.save_message(&message).await?;
+        audit(store, "DESTINATION_DISCARDED", actor, &message).await?;
+        self.named(name)?.wake.notify_one();
+        Ok(message)
+    }
+
+    /// Pauses or resumes destination `name` (durably, for every replica); audited as
+    /// `DESTINATION_PAUSED` or `DESTINATION_RESUMED` for `actor`.
+    ///
+    /// # Errors
+    /// An unknown destination, or the store's.
+    pub async fn set_paused(
+        &self,
+        store: &dyn Store,
+        name: &str,
+        paused: bool,
+        actor: &str,
+    ) -> Result<(), DestinationError> {
+        let destination = self.named(name)?;
+        store.set_queue_paused(name, paused).await?;
+        let action = if paused {
+            "DESTINATION_PAUSED"
+        } else {
+            "DESTINATION_RESUMED"
+        };
+        store
+            .audit(action, actor, serde_json::json!({"destination": name}))
+            .await?;
+        destination.wake.notify_one();
+        Ok(())
+    }
+
+    /// Queues for destination `name` every stored version received since `since` that it
+    /// takes; audited as `DESTINATION_BACKFILLED` for `actor`. Returns how many were queued.
+    ///
+    /// # Errors
+    /// An unknown destination, or the store's.
+    pub async fn backfill(
+        &self,
+        store: &dyn Store,
+        name: &str,
+        since: OffsetDateTime,
+        actor: &str,
+    ) -> Result<u64, DestinationError> {
+        let destination = self.named(name)?;
+        let queued = backfill(store, &destination.route, since).await?;
+        let since_text = since
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default();
+        store
+            .audit(
+                "DESTINATION_BACKFILLED",
+                actor,
+                serde_json::json!({"destination": name, "since": since_text, "queued": queued}),
+            )
+            .await?;
+        destination.wake.notify_one();
+        Ok(queued)
+    }
+}
+
+/// Versions read from the feed, and queued in one write, per step of a backfill.
+const BACKFILL_BATCH: usize = 256;
+
+/// Queues for `route` every stored version received at or after `since` that it takes, as if
+/// it had been configured when each arrived (marked `backfill`); returns how many.
+async fn backfill(
+    store: &dyn Store,
+    route: &QueueRoute,
+    since: OffsetDateTime,
+) -> Result<u64, StoreError> {
+    let mut after = store.seq_before(since).await?;
+    let mut queued = 0;
+    let now = OffsetDateTime::now_utc();
+    loop {
+        let events = store.events_after(after, BACKFILL_BATCH).await?;
+        let Some(last) = events.last() else {
+            return Ok(queued);
+        };
+        after = last.seq;
+        // Each referral's versions read once per step.
+        let mut versions: HashMap<ReferralRef, Vec<VersionRecord>> = HashMap::new();
+        let mut messages = Vec::new();
+        for event in events.iter().filter(|e| e.received_at >= since) {
+            if !versions.contains_key(&event.referral) {
+                let read = store.versions(&event.referral).await?;
+                versions.insert(event.referral.clone(), read);
+            }
+            let Some(version) = versions[&event.referral]
+                .iter()
+                .find(|v| v.version == event.version)
+            else {
+                continue;
+            };
+            if route.takes(
+                &version.integration,
+                version.service_id.as_ref(),
+                version.summary.latest_change,
+            ) {
+                let mut message = QueuedMessage::pending(
+                    &route.queue,
+                    event.referral.clone(),
+                    event.version,
+                    now,
+                );
+                message.backfill = true;
+                messages.push(message);
+            }
+        }
+        queued += messages.len() as u64;
+        if !messages.is_empty() {
+            store.enqueue_messages(messages).await?;
+        }
+    }
+}
+
+async fn audit(
+    store: &dyn Store,
+    action: &str,
+    actor: &str,
+    message: &QueuedMessage,
+) -> Result<(), StoreError> {
+    let details = serde_json::json!({
+        "destination": message.queue,
+        "message": message.id,
+        "referral": message.referral.as_str(),
+        "version": message.version,
+    });
+    store.audit(action, actor, details).await.map(|_| ())
+}

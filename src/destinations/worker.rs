@@ -1,0 +1,210 @@
+//! A destination's worker: sends its queue's due messages, up to `concurrency` at once (each
+//! for a different referral: only a referral's oldest open message is ever due) and at most
+//! `rate_per_sec` started per second, and records each outcome under the rules of
+//! [`crate::outgoing`]. A failed send waits for its next attempt and holds back the later
+//! messages of its referral only; a refusal (or the retry horizon) makes a dead letter that
+//! holds them back until it is replayed or discarded.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use time::OffsetDateTime;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use super::{Destination, build_envelope};
+use crate::outgoing::{RetryPolicy, SendError, duration};
+use crate::store::{MessageState, QueuedMessage, Store};
+use crate::telemetry::Metrics;
+
+/// Longest sleep when nothing is due (a stored delivery wakes the worker at once).
+const IDLE: Duration = Duration::from_secs(30);
+/// Wait after the store failed to answer.
+const STORE_TROUBLE: Duration = Duration::from_secs(5);
+/// How long a claimed message is leased to this process on a shared store: longer than any
+/// one send (request timeout) plus reading the version.
+const LEASE_SLACK: Duration = Duration::from_secs(60);
+
+#[derive(Clone)]
+pub struct Worker {
+    pub store: Arc<dyn Store>,
+    pub destination: Arc<Destination>,
+    pub policy: RetryPolicy,
+    pub metrics: Metrics,
+}
+
+/// One finished attempt.
+type Finished = (QueuedMessage, Result<(), SendError>);
+
+impl Worker {
+    /// Runs until `stop` turns true; sends in progress are allowed to finish (cutting one off
+    /// could post it twice) and are recorded.
+    pub async fn run(self, mut stop: watch::Receiver<bool>) {
+        let name = self.destination.name.clone();
+        let concurrency = self.destination.config.concurrency;
+        let lease = Duration::from_secs(self.destination.config.request_timeout_secs) + LEASE_SLACK;
+        let spacing = match self.destination.config.rate_per_sec {
+            0 => Duration::ZERO,
+            rate => Duration::from_secs(1) / rate,
+        };
+        let mut next_start = tokio::time::Instant::now();
+        let mut sending: JoinSet<Finished> = JoinSet::new();
+        let mut busy: Vec<u64> = Vec::new();
+        loop {
+            if *stop.borrow() {
+                break;
+            }
+            let mut sleep = IDLE;
+            let room = concurrency.saturating_sub(sending.len());
+            if room > 0 {
+                let now = OffsetDateTime::now_utc();
+                match self
+                    .store
+                    .due_messages(&name, now, lease, room, &busy)
+                    .await
+                {
+                    Ok(due) => {
+                        let claimed = due.len();
+                        for message in due {
+                            // A rate limit spaces the starts out evenly.
+                            tokio::time::sleep_until(next_start).await;
+                            next_start = tokio::time::Instant::now() + spacing;
+                            busy.push(message.id);
+                            sending.spawn(self.clone().attempt(message));
+                        }
+                        if claimed == room {
+                            // There may be more: look again as soon as there is room.
+                            sleep = Duration::ZERO;
+                        } else {
+                            match self.store.next_due(&name, &busy).await {
+                                Ok(Some(at)) => {
+                                    sleep = sleep.min(duration(at - OffsetDateTime::now_utc()));
+                                }
+                                Ok(None) => {}
+                                Err(e) => {
+                                    tracing::warn!(destination = %name, error = %e, "cannot read the queue");
+                                    sleep = STORE_TROUBLE;
+                                }
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(destination = %name, error = %e, "cannot claim due messages");
+                        sleep = STORE_TROUBLE;
+                    }
+                }
+            }
+            if sleep.is_zero() && sending.len() < concurrency {
+                continue;
+            }
+            tokio::select! {
+                Some(finished) = sending.join_next(), if !sending.is_empty() => {
+                    if let Ok(finished) = finished {
+                        busy.retain(|id| *id != finished.0.id);
+                        self.record(finished).await;
+                    }
+                }
+                () = self.destination.wake.notified() => {}
+                () = tokio::time::sleep(sleep) => {}
+                _ = stop.changed() => {}
+            }
+        }
+        while let Some(finished) = sending.join_next().await {
+            if let Ok(finished) = finished {
+                self.record(finished).await;
+            }
+        }
+    }
+
+    /// Sends one message: its version's envelope, read from the store now.
+    async fn attempt(self, message: QueuedMessage) -> Finished {
+        let now = OffsetDateTime::now_utc();
+        let documents = self.destination.config.documents;
+        let result = match build_envelope(self.store.as_ref(), &message, documents, now).await {
+            Ok(Some(envelope)) => {
+                let id = format!("msg_{}", message.id);
+                self.destination.sender.send(&id, &envelope).await
+            }
+            Ok(None) => Err(SendError::Rejected(format!(
+                "version {} of the referral is no longer stored (purged by retention)",
+                message.version
+            ))),
+            Err(e) => Err(SendError::Retry {
+                reason: format!("the store could not read the version: {e}"),
+                after: None,
+            }),
+        };
+        (message, result)
+    }
+
+    /// Records an attempt's outcome durably, with its metrics and, for a dead letter, an audit
+    /// entry. The receiver's answer goes to `last_error` (read through the API), never to the
+    /// logs: it may echo what it was sent.
+    async fn record(&self, (mut message, result): Finished) {
+        let name = &self.destination.name;
+        message.attempts += 1;
+        let now = OffsetDateTime::now_utc();
+        let outcome = match result {
+            Ok(()) => {
+                message.state = MessageState::Delivered;
+                message.delivered_at = Some(now);
+                message.last_error = None;
+                self.metrics
+                    .destination_lag(name, duration(now - message.created_at));
+                tracing::info!(destination = %name, message = message.id, attempts = message.attempts, "version delivered to a destination");
+                "delivered"
+            }
+            Err(SendError::Rejected(reason)) => {
+                tracing::warn!(destination = %name, message = message.id, "the destination refused the version; dead letter");
+                message.state = MessageState::Dead;
+                message.last_error = Some(reason);
+                "dead"
+            }
+            Err(SendError::Retry { reason, after }) => {
+                match self
+                    .policy
+                    .next_attempt(message.attempts, message.created_at, now, after)
+                {
+                    Some((next, wait)) => {
+                        tracing::info!(destination = %name, message = message.id, retry_in_secs = wait.as_secs_f32(), "version not delivered; will retry");
+                        message.next_attempt_at = next;
+                        message.last_error = Some(reason);
+                        "retry"
+                    }
+                    None => {
+                        tracing::warn!(destination = %name, message = message.id, "retry horizon reached; dead letter");
+                        message.state = MessageState::Dead;
+                        message.last_error = Some(self.policy.gave_up(message.attempts, &reason));
+                        "dead"
+                    }
+                }
+            }
+        };
+        self.metrics.destination_send(name, outcome);
+        if let Err(e) = self.store.save_message(&message).await {
+            // Left as it was: sent again later (the receiver deduplicates by webhook-id).
+            tracing::error!(destination = %name, message = message.id, error = %e, "cannot record a send");
+            return;
+        }
+        if outcome == "dead" {
+            let details = serde_json::json!({
+                "destination": name,
+                "message": message.id,
+                "referral": message.referral.as_str(),
+                "version": message.version,
+                "attempts": message.attempts,
+            });
+            if let Err(e) = self
+                .store
+                .audit(
+                    "DESTINATION_DEAD_LETTERED",
+                    &format!("destination:{name}"),
+                    details,
+                )
+                .await
+            {
+                tracing::error!(destination = %name, error = %e, "cannot audit a dead letter");
+            }
+        }
+    }
+}

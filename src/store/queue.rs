@@ -1,0 +1,204 @@
+//! Outgoing queues: referral versions waiting to be pushed to a destination (a clinic's
+//! system), and where each push stands.
+//!
+//! A queue is named after its destination. Its messages go out in the order they were queued
+//! per referral: only the oldest open message of a referral (its *head*) is ever due, so a
+//! message waiting for its next attempt, or dead, holds back the later ones of that referral
+//! and of no other. Messages are queued in the same atomic write as the delivery that stored
+//! the version (see [`QueueRoute`]), so no acknowledged delivery can be missed.
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use super::error::StoreError;
+use super::outbox::UpdateState;
+use crate::domain::{Change, IntegrationName, ReferralRef, ServiceId};
+
+/// Where a queued message stands: the same states as an Ocean update's.
+pub type MessageState = UpdateState;
+
+/// One referral version queued for one destination.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueuedMessage {
+    /// Unique in the store, increasing in the order messages were queued; also the message's
+    /// `webhook-id` (`msg_{id}`), the same on every attempt.
+    pub id: u64,
+    /// The destination's name.
+    pub queue: String,
+    pub referral: ReferralRef,
+    pub version: u64,
+    pub state: MessageState,
+    pub attempts: u32,
+    /// Why the last attempt failed (the receiver's answer, bounded).
+    pub last_error: Option<String>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub next_attempt_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub delivered_at: Option<OffsetDateTime>,
+    /// Queued by a backfill rather than by the delivery that stored the version.
+    #[serde(default)]
+    pub backfill: bool,
+    /// The next message of the same referral in the same queue (the store's own chain).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<u64>,
+}
+
+impl QueuedMessage {
+    /// A new pending message, due at `at`; the store gives it its id.
+    pub fn pending(queue: &str, referral: ReferralRef, version: u64, at: OffsetDateTime) -> Self {
+        Self {
+            id: 0,
+            queue: queue.to_owned(),
+            referral,
+            version,
+            state: MessageState::Pending,
+            attempts: 0,
+            last_error: None,
+            next_attempt_at: at,
+            created_at: at,
+            delivered_at: None,
+            backfill: false,
+            next: None,
+        }
+    }
+}
+
+/// Which stored versions a destination takes: empty lists take everything.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueRoute {
+    /// The destination's name, which is its queue's.
+    pub queue: String,
+    /// The referral's `latest_change` kinds after the version.
+    pub events: Vec<Change>,
+    /// External Service IDs the referral is filed under; an unassigned referral matches only
+    /// an empty list.
+    pub service_ids: Vec<ServiceId>,
+    /// Integrations that delivered the version.
+    pub integrations: Vec<IntegrationName>,
+}
+
+impl QueueRoute {
+    /// Whether a version delivered by `integration`, leaving the referral filed under
+    /// `service_id` with `change` as its latest change, goes to this route's queue.
+    pub fn takes(
+        &self,
+        integration: &IntegrationName,
+        service_id: Option<&ServiceId>,
+        change: Option<Change>,
+    ) -> bool {
+        (self.integrations.is_empty() || self.integrations.contains(integration))
+            && (self.service_ids.is_empty()
+                || service_id.is_some_and(|s| self.service_ids.contains(s)))
+            && (self.events.is_empty() || change.is_some_and(|c| self.events.contains(&c)))
+    }
+}
+
+/// How many messages of a queue stand where, for the API and metrics.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct QueueStats {
+    pub pending: u64,
+    pub dead: u64,
+    pub delivered: u64,
+    pub discarded: u64,
+    /// When the oldest pending message was queued.
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub oldest_pending_at: Option<OffsetDateTime>,
+    /// The last failure of any open message (newest first).
+    pub last_error: Option<String>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub last_delivered_at: Option<OffsetDateTime>,
+    /// Paused by an operator: nothing is sent until resumed.
+    pub paused: bool,
+}
+
+/// The durable outgoing queues.
+#[async_trait]
+pub trait QueueStore: Send + Sync {
+    /// Pending heads of `queue` due at `now`, earliest due first, at most `limit`, leaving out
+    /// the ids in `busy` (being sent by the caller); none while the queue is paused. On a store
+    /// shared by replicas the messages returned are leased to the caller for `lease` (no other
+    /// replica gets them meanwhile), so a caller should send every one it is given.
+    async fn due_messages(
+        &self,
+        queue: &str,
+        now: OffsetDateTime,
+        lease: std::time::Duration,
+        limit: usize,
+        busy: &[u64],
+    ) -> Result<Vec<QueuedMessage>, StoreError>;
+
+    /// When the earliest pending head of `queue` is due, leaving out `busy` (being sent by the
+    /// caller); `None` when there is none, or the queue is paused.
+    async fn next_due(
+        &self,
+        queue: &str,
+        busy: &[u64],
+    ) -> Result<Option<OffsetDateTime>, StoreError>;
+
+    /// Records a message's new state durably. A message that left the open states (delivered,
+    /// discarded) makes the next of its referral the head, due at once.
+    async fn save_message(&self, message: &QueuedMessage) -> Result<(), StoreError>;
+
+    async fn message(&self, id: u64) -> Result<Option<QueuedMessage>, StoreError>;
+
+    /// Messages of `queue` with an id greater than `after`, in id order, optionally only those
+    /// in `state`.
+    async fn queue_messages(
+        &self,
+        queue: &str,
+        state: Option<MessageState>,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<QueuedMessage>, StoreError>;
+
+    /// Every message queued for `referral`, in every queue, oldest first.
+    async fn referral_messages(
+        &self,
+        referral: &ReferralRef,
+    ) -> Result<Vec<QueuedMessage>, StoreError>;
+
+    async fn queue_stats(&self, queue: &str) -> Result<QueueStats, StoreError>;
+
+    /// Pauses (`true`) or resumes a queue, durably.
+    async fn set_queue_paused(&self, queue: &str, paused: bool) -> Result<(), StoreError>;
+
+    /// Queues `messages` (their ids are given here), each behind the open messages of its
+    /// referral in its queue, in one durable write. For backfills: a delivery queues its own
+    /// in its write (see [`QueueRoute`]).
+    async fn enqueue_messages(&self, messages: Vec<QueuedMessage>) -> Result<(), StoreError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_route_takes_what_each_of_its_lists_allows() {
+        let a = IntegrationName::parse("a").unwrap();
+        let b = IntegrationName::parse("b").unwrap();
+        let s1 = ServiceId::parse("s1").unwrap();
+        let s2 = ServiceId::parse("s2").unwrap();
+        let all = QueueRoute {
+            queue: "emr".into(),
+            events: vec![],
+            service_ids: vec![],
+            integrations: vec![],
+        };
+        assert!(all.takes(&a, None, None));
+        let narrow = QueueRoute {
+            events: vec![Change::NewReferral],
+            service_ids: vec![s1.clone()],
+            integrations: vec![a.clone()],
+            ..all
+        };
+        assert!(narrow.takes(&a, Some(&s1), Some(Change::NewReferral)));
+        assert!(!narrow.takes(&b, Some(&s1), Some(Change::NewReferral)));
+        assert!(!narrow.takes(&a, Some(&s2), Some(Change::NewReferral)));
+        assert!(!narrow.takes(&a, None, Some(Change::NewReferral)));
+        assert!(!narrow.takes(&a, Some(&s1), Some(Change::Revoked)));
+        assert!(!narrow.takes(&a, Some(&s1), None));
+    }
+}

@@ -1,0 +1,389 @@
+//! Destinations: every stored version a destination takes is pushed to it, signed as Standard
+//! Webhooks and checked by the reference library on the receiving side, in order per referral,
+//! with retries, dead letters that hold back only their referral, pause, and backfill.
+
+use serde_json::Value;
+use tempfile::TempDir;
+
+use crate::support::app::{Answer, TestApp, answer, config, spawn_with_store};
+use crate::support::fixtures::{V011_BUNDLE_ID, V011_REFERRAL, fixture};
+use crate::support::peers::WebhookReceiver;
+use crate::support::postgres::Schema;
+
+const KEY: &str = "destinations-key-0123456789";
+/// 32 bytes, base64: the secret a rotation moves to, and the one it moves from.
+const NEW_SECRET: &str = "whsec_bmV3LXNlY3JldC1uZXctc2VjcmV0LW5ldy1zZWNyZXQhIQ==";
+const OLD_SECRET: &str = "whsec_b2xkLXNlY3JldC1vbGQtc2VjcmV0LW9sZC1zZWNyZXQhIQ==";
+
+fn toml(destinations: &str) -> String {
+    format!(
+        r#"
+[api.clients.ops]
+key = "{KEY}"
+
+[outbox]
+initial_backoff_secs = 1
+max_backoff_secs = 1
+
+{destinations}
+"#
+    )
+}
+
+/// The service on sled in a directory of its own, or on a PostgreSQL schema of its own.
+async fn app_on(postgres: bool, toml: &str) -> (TestApp, TempDir) {
+    let dir = TempDir::new().unwrap();
+    let config = config(toml, dir.path());
+    if postgres {
+        let schema = Schema::new();
+        let store = schema.store().await;
+        let mut app = spawn_with_store(&config, store).await;
+        app.keep_schema(schema);
+        return (app, dir);
+    }
+    (sled_in(dir.path(), toml).await, dir)
+}
+
+async fn sled_in(dir: &std::path::Path, toml: &str) -> TestApp {
+    crate::support::app::spawn_app_in(dir, toml).await
+}
+
+/// Fixture `name` as a new delivery of `referral` (a fresh Bundle id).
+fn delivery(name: &str, referral: &str) -> Vec<u8> {
+    let text = String::from_utf8(fixture(name)).unwrap();
+    let bundle_id = uuid::Uuid::new_v4().to_string();
+    let original_id = serde_json::from_str::<Value>(&text).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    text.replace(V011_REFERRAL, referral)
+        .replace(&original_id, &bundle_id)
+        .replace(V011_BUNDLE_ID, &bundle_id)
+        .into_bytes()
+}
+
+/// New referral, Task accepted, appointment booked: versions 1 to 3 of `referral`.
+const STEPS: [&str; 3] = [
+    "v0.11-add-service-request.json",
+    "update-task-accepted.json",
+    "update-appointment-booked.json",
+];
+
+async fn deliver(app: &TestApp, name: &str, referral: &str) {
+    let answer = app.deliver("default", delivery(name, referral)).await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+}
+
+async fn api(app: &TestApp, method: reqwest::Method, path: &str, body: Option<Value>) -> Answer {
+    let mut request = app
+        .client
+        .request(method, app.url(path))
+        .header("authorization", format!("Bearer {KEY}"));
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    answer(request.send().await.unwrap()).await
+}
+
+async fn destination(app: &TestApp, name: &str) -> Value {
+    let list = api(app, reqwest::Method::GET, "/api/v1/destinations", None).await;
+    assert_eq!(list.status, 200, "{}", list.body);
+    list.body["destinations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["name"] == name)
+        .cloned()
+        .unwrap()
+}
+
+/// The versions of `referral` in the order they arrived.
+fn versions_of(received: &[Value], referral: &str) -> Vec<u64> {
+    received
+        .iter()
+        .filter(|m| m["referral"] == referral)
+        .map(|m| m["version"].as_u64().unwrap())
+        .collect()
+}
+
+async fn pushed_signed_filtered_and_in_order(postgres: bool) {
+    let emr = WebhookReceiver::start(&[OLD_SECRET]);
+    let booking = WebhookReceiver::start(&[NEW_SECRET]);
+    // `emr` is between secrets (its receiver knows only the old one); `booking` takes only
+    // appointment changes of one service.
+    let destinations = format!(
+        r#"
+[destinations.emr]
+kind = "webhook"
+url = "{}"
+secret = "{NEW_SECRET}"
+previous_secrets = ["{OLD_SECRET}"]
+
+[destinations.booking]
+kind = "webhook"
+url = "{}"
+secret = "{NEW_SECRET}"
+events = ["appointment-updated"]
+service_ids = ["CARDIO-RAPID-01"]
+"#,
+        emr.url, booking.url
+    );
+    let (app, _dir) = app_on(postgres, &toml(&destinations)).await;
+    for referral in ["DST-0001", "DST-0002"] {
+        for step in STEPS {
+            deliver(&app, step, referral).await;
+        }
+    }
+    let received = emr.wait_for(6).await;
+    for referral in ["DST-0001", "DST-0002"] {
+        assert_eq!(versions_of(&received, referral), [1, 2, 3]);
+    }
+    let first = &received[0]["body"];
+    assert_eq!(first["type"], "referral.version_stored");
+    let data = &first["data"];
+    assert_eq!(data["latest_change"], "new-referral");
+    assert_eq!(data["service_id"], "CARDIO-RAPID-01");
+    assert_eq!(data["integration"], "default");
+    assert_eq!(data["summary"]["referral"], data["referral"]);
+    assert_eq!(data["changes"]["version"], data["version"]);
+    assert_eq!(data["bundle"]["resourceType"], "Bundle");
+    let raw = app
+        .store
+        .payload(
+            &referral_relay::domain::ReferralRef::parse(data["referral"].as_str().unwrap())
+                .unwrap(),
+            1,
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        data["bundle"],
+        serde_json::from_slice::<Value>(&raw).unwrap(),
+        "the Bundle is sent as received"
+    );
+    let appointments = booking.wait_for(2).await;
+    for message in &appointments {
+        assert_eq!(message["version"], 3);
+        assert_eq!(
+            message["body"]["data"]["latest_change"],
+            "appointment-updated"
+        );
+    }
+    for receiver in [&emr, &booking] {
+        let counts = receiver.received().await;
+        assert_eq!(counts["bad_signatures"], 0, "{counts}");
+    }
+    let view = destination(&app, "emr").await;
+    assert_eq!(view["delivered"], 6, "{view}");
+    assert_eq!(view["pending"], 0, "{view}");
+    assert_eq!(view["state"], "running");
+    assert_eq!(destination(&app, "booking").await["delivered"], 2);
+    let metrics = app.get("/metrics").await;
+    assert_eq!(metrics.status, 200);
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn versions_are_pushed_signed_filtered_and_in_order() {
+    pushed_signed_filtered_and_in_order(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn versions_are_pushed_signed_filtered_and_in_order_from_postgres() {
+    pushed_signed_filtered_and_in_order(true).await;
+}
+
+async fn failures_hold_back_only_their_referral(postgres: bool) {
+    let receiver = WebhookReceiver::start(&[NEW_SECRET]);
+    let destinations = format!(
+        r#"
+[destinations.emr]
+kind = "webhook"
+url = "{}"
+secret = "{NEW_SECRET}"
+"#,
+        receiver.url
+    );
+    let (app, _dir) = app_on(postgres, &toml(&destinations)).await;
+    // DST-RETRY is answered 503 twice, then taken; DST-DEAD and DST-GONE are refused once.
+    receiver.fail("DST-RETRY", 503, 2).await;
+    receiver.fail("DST-DEAD", 422, 1).await;
+    receiver.fail("DST-GONE", 422, 1).await;
+    for referral in ["DST-RETRY", "DST-DEAD", "DST-GONE"] {
+        deliver(&app, STEPS[0], referral).await;
+        deliver(&app, STEPS[1], referral).await;
+    }
+    deliver(&app, STEPS[0], "DST-FINE").await;
+    let received = receiver.wait_for(3).await;
+    assert_eq!(versions_of(&received, "DST-RETRY"), [1, 2]);
+    assert_eq!(versions_of(&received, "DST-FINE"), [1]);
+    assert!(versions_of(&received, "DST-DEAD").is_empty());
+
+    let dead = api(
+        &app,
+        reqwest::Method::GET,
+        "/api/v1/destinations/emr/messages?state=dead",
+        None,
+    )
+    .await;
+    assert_eq!(dead.status, 200, "{}", dead.body);
+    let dead = dead.body["messages"].as_array().unwrap().clone();
+    assert_eq!(dead.len(), 2, "{dead:?}");
+    for message in &dead {
+        assert_eq!(message["version"], 1);
+        assert!(
+            message["last_error"].as_str().unwrap().contains("422"),
+            "{message}"
+        );
+    }
+    let view = destination(&app, "emr").await;
+    assert_eq!(
+        (view["dead"].as_u64(), view["pending"].as_u64()),
+        (Some(2), Some(2)),
+        "{view}"
+    );
+    let id_of = |referral: &str| {
+        dead.iter().find(|m| m["referral"] == referral).unwrap()["id"]
+            .as_u64()
+            .unwrap()
+    };
+    // Replayed: the dead letter goes, then the version it held back.
+    let replayed = api(
+        &app,
+        reqwest::Method::POST,
+        &format!(
+            "/api/v1/destinations/emr/messages/{}/replay",
+            id_of("DST-DEAD")
+        ),
+        None,
+    )
+    .await;
+    assert_eq!(replayed.status, 202, "{}", replayed.body);
+    // Discarded: it never goes, the version it held back does.
+    let discarded = api(
+        &app,
+        reqwest::Method::POST,
+        &format!(
+            "/api/v1/destinations/emr/messages/{}/discard",
+            id_of("DST-GONE")
+        ),
+        None,
+    )
+    .await;
+    assert_eq!(discarded.status, 200, "{}", discarded.body);
+    assert_eq!(discarded.body["state"], "discarded");
+    let again = api(
+        &app,
+        reqwest::Method::POST,
+        &format!(
+            "/api/v1/destinations/emr/messages/{}/replay",
+            id_of("DST-GONE")
+        ),
+        None,
+    )
+    .await;
+    assert_eq!(again.status, 409, "{}", again.body);
+    let received = receiver.wait_for(6).await;
+    assert_eq!(versions_of(&received, "DST-DEAD"), [1, 2]);
+    assert_eq!(versions_of(&received, "DST-GONE"), [2]);
+    let counts = receiver.received().await;
+    assert_eq!(counts["bad_signatures"], 0);
+    // Two 503s and two 422s, and the 6 versions that landed (the discarded one never did).
+    assert_eq!(counts["attempts"], 10, "attempts");
+    assert_eq!(counts["duplicates"], 0, "duplicates");
+    let audit = api(&app, reqwest::Method::GET, "/api/v1/audit?limit=500", None).await;
+    let actions: Vec<&str> = audit.body["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    for action in [
+        "DESTINATION_DEAD_LETTERED",
+        "DESTINATION_REPLAYED",
+        "DESTINATION_DISCARDED",
+    ] {
+        assert!(actions.contains(&action), "{action} in {actions:?}");
+    }
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_referral_waits_and_a_refused_one_holds_back_only_itself() {
+    failures_hold_back_only_their_referral(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_referral_waits_and_a_refused_one_holds_back_only_itself_in_postgres() {
+    failures_hold_back_only_their_referral(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_destination_keeps_its_queue_and_a_new_one_gets_the_past_only_by_backfill() {
+    let receiver = WebhookReceiver::start(&[NEW_SECRET]);
+    let dir = TempDir::new().unwrap();
+    // Two versions arrive before the destination exists.
+    let before = sled_in(dir.path(), &toml("")).await;
+    deliver(&before, STEPS[0], "DST-PAST").await;
+    deliver(&before, STEPS[1], "DST-PAST").await;
+    before.stop().await;
+    let destinations = format!(
+        r#"
+[destinations.emr]
+kind = "webhook"
+url = "{}"
+secret = "{NEW_SECRET}"
+"#,
+        receiver.url
+    );
+    let app = sled_in(dir.path(), &toml(&destinations)).await;
+    let paused = api(
+        &app,
+        reqwest::Method::POST,
+        "/api/v1/destinations/emr/pause",
+        None,
+    )
+    .await;
+    assert_eq!(paused.status, 204, "{}", paused.body);
+    deliver(&app, STEPS[0], "DST-NOW").await;
+    let view = destination(&app, "emr").await;
+    assert_eq!(view["state"], "paused");
+    // Only what arrived while it was configured is queued: the past is not sent by accident.
+    assert_eq!(view["pending"], 1, "{view}");
+    let resumed = api(
+        &app,
+        reqwest::Method::POST,
+        "/api/v1/destinations/emr/resume",
+        None,
+    )
+    .await;
+    assert_eq!(resumed.status, 204);
+    let received = receiver.wait_for(1).await;
+    assert_eq!(versions_of(&received, "DST-NOW"), [1]);
+    let backfilled = api(
+        &app,
+        reqwest::Method::POST,
+        "/api/v1/destinations/emr/backfill",
+        Some(serde_json::json!({"since": "2000-01-01"})),
+    )
+    .await;
+    assert_eq!(backfilled.status, 202, "{}", backfilled.body);
+    // The two past versions, and the one already sent again (a backfill queues what it finds).
+    assert_eq!(backfilled.body["queued"], 3);
+    let received = receiver.wait_for(4).await;
+    assert_eq!(versions_of(&received, "DST-PAST"), [1, 2]);
+    let past: Vec<&Value> = received
+        .iter()
+        .filter(|m| m["referral"] == "DST-PAST")
+        .collect();
+    assert!(past.iter().all(|m| m["body"]["data"]["backfill"] == true));
+    for (path, status) in [
+        ("/api/v1/destinations/nope/pause", 404),
+        ("/api/v1/destinations/emr/messages/999999/replay", 404),
+    ] {
+        let answer = api(&app, reqwest::Method::POST, path, None).await;
+        assert_eq!(answer.status, status, "{path}: {}", answer.body);
+    }
+    app.stop().await;
+}
