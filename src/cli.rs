@@ -27,6 +27,19 @@ pub struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
+enum DestinationsAction {
+    /// Queue for destination NAME every stored version received since a time that it takes
+    /// (a destination added later gets the past only this way).
+    Backfill {
+        /// The destination's name in [destinations.NAME].
+        name: String,
+        /// A date (YYYY-MM-DD, from its start) or an RFC 3339 date-time.
+        #[arg(long)]
+        since: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 enum Command {
     /// Run the HTTP service.
     Serve {
@@ -184,6 +197,18 @@ enum Command {
     /// password from the terminal without echoing it (twice, to catch a typo), or the first line
     /// of standard input when that is not a terminal.
     HashPassword,
+    /// Steer a destination through the running service's API (needs an API client key not
+    /// limited to some service ids).
+    Destinations {
+        #[command(subcommand)]
+        action: DestinationsAction,
+        /// Where the service listens.
+        #[arg(long, default_value = "http://127.0.0.1:8080", global = true)]
+        url: String,
+        /// An API client key.
+        #[arg(long, env = "RELAY_API_KEY", hide_env_values = true, global = true)]
+        key: Option<String>,
+    },
     /// Send a dead-lettered update again, through the running service's API.
     Replay {
         /// The update id (see GET /api/v1/updates?state=dead).
@@ -609,22 +634,54 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Replay { id, url, key } => {
             let url = format!("{}/api/v1/updates/{id}/replay", url.trim_end_matches('/'));
-            let (status, body) = tokio::runtime::Runtime::new()?.block_on(async {
-                let response = reqwest::Client::new()
-                    .post(&url)
-                    .bearer_auth(&key)
-                    .send()
-                    .await?;
-                let status = response.status();
-                Ok::<_, reqwest::Error>((status, response.text().await?))
-            })?;
-            if !status.is_success() {
-                anyhow::bail!("replay refused ({status}): {body}");
-            }
+            post_api(&url, &key, None, "replay")?;
             println!("update {id} is pending again");
             Ok(())
         }
+        Command::Destinations { action, url, key } => {
+            let key = key.ok_or_else(|| anyhow::anyhow!("--key (or RELAY_API_KEY) is required"))?;
+            match action {
+                DestinationsAction::Backfill { name, since } => {
+                    let url = format!(
+                        "{}/api/v1/destinations/{}/backfill",
+                        url.trim_end_matches('/'),
+                        crate::domain::path_segment(&name)
+                    );
+                    let body = serde_json::json!({ "since": since });
+                    let answer = post_api(&url, &key, Some(&body), "backfill")?;
+                    let queued = serde_json::from_str::<serde_json::Value>(&answer)
+                        .ok()
+                        .and_then(|v| v["queued"].as_u64())
+                        .unwrap_or_default();
+                    println!("{queued} versions queued for destination {name}");
+                    Ok(())
+                }
+            }
+        }
     }
+}
+
+/// POSTs to `url` of a running service with an API key (and a JSON `body`); returns the
+/// answer's text, or an error naming `what` with the service's problem document.
+fn post_api(
+    url: &str,
+    key: &str,
+    body: Option<&serde_json::Value>,
+    what: &str,
+) -> anyhow::Result<String> {
+    let (status, text) = tokio::runtime::Runtime::new()?.block_on(async {
+        let mut request = reqwest::Client::new().post(url).bearer_auth(key);
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let response = request.send().await?;
+        let status = response.status();
+        Ok::<_, reqwest::Error>((status, response.text().await?))
+    })?;
+    if !status.is_success() {
+        anyhow::bail!("{what} refused ({status}): {text}");
+    }
+    Ok(text)
 }
 
 /// The configuration of a command that takes `--config` and `--data-dir`.

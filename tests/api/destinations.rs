@@ -2,6 +2,8 @@
 //! Webhooks and checked by the reference library on the receiving side, in order per referral,
 //! with retries, dead letters that hold back only their referral, pause, and backfill.
 
+use std::sync::Arc;
+
 use serde_json::Value;
 use tempfile::TempDir;
 
@@ -386,4 +388,149 @@ secret = "{NEW_SECRET}"
         assert_eq!(answer.status, status, "{path}: {}", answer.body);
     }
     app.stop().await;
+}
+
+/// Kill -9 the real binary while clients deliver and the destination is being sent to, twice,
+/// then let it run: every acknowledged version reaches the receiver (at least once, and once
+/// after its deduplication by `webhook-id`), in order per referral, and everything received is
+/// a version the store holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_acknowledged_version_reaches_the_destination_across_kill_9() {
+    use std::collections::{BTreeSet, HashMap};
+    use std::sync::Mutex;
+    use std::time::{Duration, Instant};
+
+    use referral_relay::domain::ReferralRef;
+    use referral_relay::store::{DeliveryStore, SledStore};
+
+    use crate::support::binary::{launch, terminate};
+
+    const CLIENTS: usize = 4;
+    const ACKS_BEFORE_KILL: usize = 30;
+    let receiver = WebhookReceiver::start(&[NEW_SECRET]);
+    // Slow enough that sends are in flight when the process dies.
+    receiver.delay(20).await;
+    let dir = TempDir::new().unwrap();
+    let config_file = dir.path().join("relay.toml");
+    std::fs::write(
+        &config_file,
+        toml(&format!(
+            "[destinations.emr]\nkind = \"webhook\"\nurl = \"{}\"\nsecret = \"{NEW_SECRET}\"\n",
+            receiver.url
+        )),
+    )
+    .unwrap();
+    let data = dir.path().join("data");
+    let client = reqwest::Client::new();
+    let acked: Arc<Mutex<BTreeSet<(String, u64)>>> = Arc::default();
+    for cycle in 0..3 {
+        let mut relay = launch(&data, Some(&config_file), &[], &[("RUST_LOG", "info")]);
+        if cycle == 2 {
+            // The last run is not killed: it sends what is left.
+            let wanted = acked.lock().unwrap().len();
+            let started = Instant::now();
+            loop {
+                let received = receiver.received().await;
+                let pairs: BTreeSet<(String, u64)> = received["received"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|m| {
+                        (
+                            m["referral"].as_str().unwrap().to_owned(),
+                            m["version"].as_u64().unwrap(),
+                        )
+                    })
+                    .collect();
+                if acked.lock().unwrap().is_subset(&pairs) {
+                    break;
+                }
+                assert!(
+                    started.elapsed() < Duration::from_secs(120),
+                    "{} of {wanted} acknowledged versions arrived",
+                    acked.lock().unwrap().intersection(&pairs).count()
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            assert!(terminate(&mut relay));
+            break;
+        }
+        let url = format!("http://{}/fhir/default/$process-message", relay.addr);
+        let before = acked.lock().unwrap().len();
+        let mut tasks = Vec::new();
+        for c in 0..CLIENTS {
+            let (client, url, acked) = (client.clone(), url.clone(), Arc::clone(&acked));
+            tasks.push(tokio::spawn(async move {
+                for n in 0..1000 {
+                    let referral = format!("KILL-{cycle}-{c}-{n}");
+                    for (version, step) in [(1, STEPS[0]), (2, STEPS[1])] {
+                        let sent = client
+                            .post(&url)
+                            .header("content-type", "application/fhir+json")
+                            .body(delivery(step, &referral))
+                            .send()
+                            .await;
+                        match sent {
+                            Ok(r) if r.status().as_u16() == 200 => {
+                                acked.lock().unwrap().insert((referral.clone(), version));
+                            }
+                            Ok(r) => panic!("unexpected status {}", r.status()),
+                            Err(_) => return,
+                        }
+                    }
+                }
+            }));
+        }
+        let started = Instant::now();
+        while acked.lock().unwrap().len() < before + ACKS_BEFORE_KILL
+            && started.elapsed() < Duration::from_secs(60)
+        {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        relay.child.kill().unwrap();
+        relay.child.wait().unwrap();
+        for task in tasks {
+            task.await.unwrap();
+        }
+        // Everything received so far is a version the store holds.
+        let store = SledStore::open(&data).unwrap();
+        let received = receiver.received().await;
+        for message in received["received"].as_array().unwrap() {
+            let referral = ReferralRef::parse(message["referral"].as_str().unwrap()).unwrap();
+            let version = message["version"].as_u64().unwrap();
+            assert!(
+                store.payload(&referral, version).await.unwrap().is_some(),
+                "{referral} v{version} was sent but is not stored"
+            );
+        }
+    }
+    let received = receiver.received().await;
+    let messages = received["received"].as_array().unwrap();
+    // One webhook-id per version: a version is queued once, whatever was retried.
+    let mut ids: HashMap<(String, u64), BTreeSet<String>> = HashMap::new();
+    let mut order: HashMap<String, Vec<u64>> = HashMap::new();
+    for m in messages {
+        let referral = m["referral"].as_str().unwrap().to_owned();
+        let version = m["version"].as_u64().unwrap();
+        ids.entry((referral.clone(), version))
+            .or_default()
+            .insert(m["id"].as_str().unwrap().to_owned());
+        order.entry(referral).or_default().push(version);
+    }
+    assert!(
+        ids.values().all(|set| set.len() == 1),
+        "a version went under two ids"
+    );
+    let acked = acked.lock().unwrap().len();
+    assert!(acked >= 2 * ACKS_BEFORE_KILL, "{acked} acknowledged");
+    eprintln!(
+        "kill -9 test: {acked} acknowledged, {} received, {} attempts, {} duplicates",
+        ids.len(),
+        received["attempts"],
+        received["duplicates"]
+    );
+    for (referral, versions) in &order {
+        assert!(versions.is_sorted(), "{referral}: {versions:?}");
+    }
+    assert_eq!(received["bad_signatures"], 0);
 }

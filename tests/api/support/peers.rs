@@ -112,15 +112,24 @@ impl WebhookReceiver {
         panic!("{count} messages never arrived: {}", self.received().await);
     }
 
-    /// Answers `status` to the next `times` requests for `referral`.
-    pub async fn fail(&self, referral: &str, status: u16, times: u32) {
-        let rule = serde_json::json!({"referral": referral, "status": status, "times": times});
+    /// Answers every request after `ms` milliseconds.
+    pub async fn delay(&self, ms: u64) {
+        self.control(serde_json::json!({"delay_ms": ms})).await;
+    }
+
+    async fn control(&self, rule: Value) {
         self.client
             .post(self.control_url())
             .json(&rule)
             .send()
             .await
             .unwrap();
+    }
+
+    /// Answers `status` to the next `times` requests for `referral`.
+    pub async fn fail(&self, referral: &str, status: u16, times: u32) {
+        let rule = serde_json::json!({"referral": referral, "status": status, "times": times});
+        self.control(rule).await;
     }
 }
 
