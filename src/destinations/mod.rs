@@ -229,8 +229,9 @@ impl Destinations {
 /// Versions read from the feed, and queued in one write, per step of a backfill.
 const BACKFILL_BATCH: usize = 256;
 
-/// Queues for `route` every stored version received at or after `since` that it takes, as if
-/// it had been configured when each arrived (marked `backfill`); returns how many.
+/// Queues for `route` every stored version received at or after `since` that it takes and
+/// that is not queued for it already (in whatever state), as if it had been configured when
+/// each arrived (marked `backfill`); returns how many.
 async fn backfill(
     store: &dyn Store,
     route: &QueueRoute,
@@ -245,18 +246,26 @@ async fn backfill(
             return Ok(queued);
         };
         after = last.seq;
-        // Each referral's versions read once per step.
-        let mut versions: HashMap<ReferralRef, Vec<VersionRecord>> = HashMap::new();
+        // Each referral's versions, and those already queued for the route, read once per step.
+        let mut versions: HashMap<ReferralRef, (Vec<VersionRecord>, Vec<u64>)> = HashMap::new();
         let mut messages = Vec::new();
         for event in events.iter().filter(|e| e.received_at >= since) {
             if !versions.contains_key(&event.referral) {
                 let read = store.versions(&event.referral).await?;
-                versions.insert(event.referral.clone(), read);
+                let queued = store
+                    .referral_messages(&event.referral)
+                    .await?
+                    .into_iter()
+                    .filter(|m| m.queue == route.queue)
+                    .map(|m| m.version)
+                    .collect();
+                versions.insert(event.referral.clone(), (read, queued));
             }
-            let Some(version) = versions[&event.referral]
-                .iter()
-                .find(|v| v.version == event.version)
-            else {
+            let (read, queued) = &versions[&event.referral];
+            if queued.contains(&event.version) {
+                continue;
+            }
+            let Some(version) = read.iter().find(|v| v.version == event.version) else {
                 continue;
             };
             if route.takes(

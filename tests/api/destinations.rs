@@ -363,23 +363,52 @@ secret = "{NEW_SECRET}"
     assert_eq!(resumed.status, 204);
     let received = receiver.wait_for(1).await;
     assert_eq!(versions_of(&received, "DST-NOW"), [1]);
-    let backfilled = api(
-        &app,
-        reqwest::Method::POST,
-        "/api/v1/destinations/emr/backfill",
-        Some(serde_json::json!({"since": "2000-01-01"})),
-    )
-    .await;
-    assert_eq!(backfilled.status, 202, "{}", backfilled.body);
-    // The two past versions, and the one already sent again (a backfill queues what it finds).
-    assert_eq!(backfilled.body["queued"], 3);
-    let received = receiver.wait_for(4).await;
+    // Through the command line, as an operator would.
+    let url = format!("http://{}", app.addr);
+    let backfilled = tokio::task::spawn_blocking(move || {
+        crate::support::binary::run(
+            &[
+                "destinations",
+                "backfill",
+                "emr",
+                "--since",
+                "2000-01-01",
+                "--url",
+                &url,
+            ],
+            &[("RELAY_API_KEY", KEY)],
+        )
+    })
+    .await
+    .unwrap();
+    let printed = String::from_utf8_lossy(&backfilled.stdout);
+    assert!(
+        backfilled.status.success(),
+        "{}",
+        String::from_utf8_lossy(&backfilled.stderr)
+    );
+    // The two past versions; not the one already queued (and sent).
+    assert!(
+        printed.contains("2 versions queued for destination emr"),
+        "{printed}"
+    );
+    let received = receiver.wait_for(3).await;
     assert_eq!(versions_of(&received, "DST-PAST"), [1, 2]);
+    assert_eq!(versions_of(&received, "DST-NOW"), [1]);
     let past: Vec<&Value> = received
         .iter()
         .filter(|m| m["referral"] == "DST-PAST")
         .collect();
     assert!(past.iter().all(|m| m["body"]["data"]["backfill"] == true));
+    let since = Some(serde_json::json!({"since": "not a date"}));
+    let refused = api(
+        &app,
+        reqwest::Method::POST,
+        "/api/v1/destinations/emr/backfill",
+        since,
+    )
+    .await;
+    assert_eq!(refused.status, 400, "{}", refused.body);
     for (path, status) in [
         ("/api/v1/destinations/nope/pause", 404),
         ("/api/v1/destinations/emr/messages/999999/replay", 404),
