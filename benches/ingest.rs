@@ -10,12 +10,17 @@
 //! referrals; and ingest latency on a store already holding 1,000 referrals beside one holding
 //! `BENCH_GROWTH_REFERRALS` (1,000,000; filled straight through the store, which takes a few
 //! minutes and about 6 GB of disk); and the service on PostgreSQL (`postgres`).
-//! `BENCH_SECTIONS=ingest,postgres,breakdown,memory,growth` picks some.
+//! Then ingest with one webhook destination beside none, and the lag to the destination
+//! (`destinations`). `BENCH_SECTIONS=ingest,postgres,breakdown,memory,growth,destinations`
+//! picks some.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 #[path = "../tests/api/support/fixtures.rs"]
 #[allow(dead_code)]
 mod fixtures;
+
+#[path = "ingest/destinations.rs"]
+mod destinations;
 
 #[path = "../tests/api/support/binary.rs"]
 #[allow(dead_code)]
@@ -209,6 +214,9 @@ async fn bench(duration: Duration) {
     }
     if wanted("growth") {
         growth(&template, &sequence, duration).await;
+    }
+    if wanted("destinations") {
+        destinations::bench(&template, &sequence, duration).await;
     }
 }
 
@@ -580,6 +588,19 @@ async fn serve(
     tokio::sync::oneshot::Sender<()>,
     tokio::task::JoinHandle<()>,
 ) {
+    serve_with(data_dir, store, |_| {}).await
+}
+
+/// As [`serve`], with the configuration changed by `configure` first.
+async fn serve_with(
+    data_dir: &std::path::Path,
+    store: Arc<dyn Store>,
+    configure: impl FnOnce(&mut Config),
+) -> (
+    SocketAddr,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<()>,
+) {
     let overrides = Overrides {
         listen: Some("127.0.0.1:0".parse().unwrap()),
         data_dir: Some(data_dir.to_path_buf()),
@@ -588,6 +609,7 @@ async fn serve(
     let mut config = Config::load_with_env(None, &overrides, std::iter::empty()).unwrap();
     // The load comes from one address, 64 connections at once.
     config.server.max_connections_per_client = 256;
+    configure(&mut config);
     let app = Application::build_with_store(&config, store).await.unwrap();
     let addr = app.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

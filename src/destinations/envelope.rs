@@ -8,8 +8,8 @@ use time::OffsetDateTime;
 
 use crate::config::DocumentsMode;
 use crate::domain::path_segment;
-use crate::routes::v1::referrals::{ReferralView, VersionChanges, version_view};
 use crate::store::{QueuedMessage, Store, StoreError};
+use crate::views::{ReferralView, VersionChanges, rfc3339, version_view};
 
 /// The event type of every envelope.
 pub const VERSION_STORED: &str = "referral.version_stored";
@@ -129,7 +129,7 @@ pub async fn build_envelope(
     let raw = text.and_then(|t| serde_json::from_str::<&RawValue>(t).ok());
     let body = Body {
         kind: VERSION_STORED,
-        timestamp: crate::routes::v1::extract::rfc3339(now),
+        timestamp: rfc3339(now),
         data: Data {
             message: message.id,
             referral: referral.as_str(),
@@ -138,7 +138,7 @@ pub async fn build_envelope(
             latest_change: record.summary.latest_change,
             service_id: version.service_id.as_ref().map(ToString::to_string),
             integration: version.integration.to_string(),
-            received_at: crate::routes::v1::extract::rfc3339(version.received_at),
+            received_at: rfc3339(version.received_at),
             backfill: message.backfill,
             summary: ReferralView::new(record),
             changes,

@@ -8,10 +8,10 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::extract::{Caller, ProblemDoc, Query, after_param, limit, rfc3339, whole_number};
-use super::referrals::CurrentView;
 use crate::error::{AppError, Problem};
 use crate::state::AppState;
 use crate::store::EventRecord;
+use crate::views::CurrentView;
 
 /// Longest long-poll.
 const MAX_WAIT_SECS: u64 = 60;

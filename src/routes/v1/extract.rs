@@ -11,7 +11,6 @@ use http_body_util::{BodyExt, Limited};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
 use utoipa::ToSchema;
 
 use crate::auth::api::ApiClient;
@@ -132,10 +131,7 @@ pub(crate) async fn read_body(request: Request, timeout: Duration) -> Result<Byt
     }
 }
 
-/// RFC 3339, as every time the API answers with.
-pub fn rfc3339(at: OffsetDateTime) -> String {
-    at.format(&Rfc3339).unwrap_or_default()
-}
+pub use crate::views::rfc3339;
 
 /// A whole number in a query or path: digits only; one too large for 64 bits reads as the
 /// largest (a page size or a wait is capped anyway, a position that far is past the end).

@@ -14,7 +14,7 @@ pub(crate) mod documents;
 mod events;
 pub(crate) mod export;
 pub(crate) mod extract;
-pub(crate) mod referrals;
+mod referrals;
 mod updates;
 
 use std::sync::Arc;
