@@ -41,6 +41,13 @@ client_secret = "fuzz"
 
 [integrations.default]
 auth = { scheme = "none" }
+
+# A destination nobody listens on either: versions are queued and retried in the background,
+# and /destinations has one to list, pause, resume and backfill.
+[destinations.emr]
+kind = "webhook"
+url = "http://127.0.0.1:9/hook"
+secret = "whsec_c2NoZW1hdGhlc2lzLXNjaGVtYXRoZXNpcy1zY2hlbWEh"
 TOML
 
 RUST_LOG=info target/debug/referral-relay serve --config "$work/config.toml" 2>"$work/relay.log" &

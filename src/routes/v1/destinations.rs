@@ -105,6 +105,7 @@ pub struct MessagesQuery {
 pub struct BackfillRequest {
     /// Versions received from then on are queued: a date (YYYY-MM-DD, from its start) or an
     /// RFC 3339 date-time.
+    #[schema(pattern = "^[0-9]{4}-[0-9]{2}-[0-9]{2}([Tt][0-9:.]+([Zz]|[+-][0-9]{2}:[0-9]{2}))?$")]
     since: String,
 }
 
