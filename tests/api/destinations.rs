@@ -563,3 +563,102 @@ async fn every_acknowledged_version_reaches_the_destination_across_kill_9() {
     }
     assert_eq!(received["bad_signatures"], 0);
 }
+
+/// The console: an admin sees each destination's queue and its dead letters, replays one with
+/// the form token (not without), pauses and resumes; a referral's page says where its versions
+/// went; staff get 403.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_steers_destinations_in_the_console_and_a_referral_page_shows_its_pushes() {
+    use crate::console::{ALICE_PASSWORD, BOB_PASSWORD, Visitor, users_config};
+
+    let receiver = WebhookReceiver::start(&[NEW_SECRET]);
+    receiver.fail("DST-CONSOLE", 422, 1).await;
+    let destinations = format!(
+        "[destinations.emr]\nkind = \"webhook\"\nurl = \"{}\"\nsecret = \"{NEW_SECRET}\"\n",
+        receiver.url
+    );
+    let (app, _dir) = app_on(false, &users_config(&toml(&destinations))).await;
+    deliver(&app, STEPS[0], "DST-CONSOLE").await;
+    let mut alice = Visitor::new(&app);
+    alice.sign_in("alice", ALICE_PASSWORD).await;
+    let started = std::time::Instant::now();
+    let page = loop {
+        let page = alice.get("/console/destinations").await;
+        assert_eq!(page.status, 200);
+        if page.html.contains("class=\"state-dead\"") {
+            break page;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(20),
+            "{}",
+            page.html
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert!(page.html.contains("answered 422"), "{}", page.html);
+    let at = page
+        .html
+        .find("/console/destinations/emr/messages/")
+        .unwrap()
+        + 35;
+    let id = page.html[at..].split('/').next().unwrap().to_owned();
+    let replay = format!("/console/destinations/emr/messages/{id}/replay");
+    assert_eq!(alice.post(&replay, &[]).await.status, 403);
+    let replayed = alice.post(&replay, &[("csrf", page.csrf().as_str())]).await;
+    assert_eq!(
+        (replayed.status, replayed.location()),
+        (303, "/console/destinations")
+    );
+    let received = receiver.wait_for(1).await;
+    assert_eq!(versions_of(&received, "DST-CONSOLE"), [1]);
+
+    let csrf = alice.get("/console/destinations").await.csrf();
+    let paused = alice
+        .post(
+            "/console/destinations/emr/pause",
+            &[("csrf", csrf.as_str())],
+        )
+        .await;
+    assert_eq!(paused.status, 303);
+    let page = alice.get("/console/destinations").await;
+    assert!(page.html.contains("emr (paused)"), "{}", page.html);
+    assert!(page.html.contains("Resume sending"));
+    alice
+        .post(
+            "/console/destinations/emr/resume",
+            &[("csrf", page.csrf().as_str())],
+        )
+        .await;
+    assert!(
+        !alice
+            .get("/console/destinations")
+            .await
+            .html
+            .contains("(paused)")
+    );
+
+    let referral = alice.get("/console/referrals/DST-CONSOLE").await;
+    assert!(
+        referral.html.contains("Pushed to the clinic"),
+        "{}",
+        referral.html
+    );
+    assert!(
+        referral
+            .html
+            .contains("<td>emr</td><td>1</td><td>delivered</td>"),
+        "{}",
+        referral.html
+    );
+
+    let mut bob = Visitor::new(&app);
+    bob.sign_in("bob", BOB_PASSWORD).await;
+    assert_eq!(bob.get("/console/destinations").await.status, 403);
+    assert!(
+        !bob.get("/console/referrals")
+            .await
+            .html
+            .contains("/console/destinations")
+    );
+    app.stop().await;
+}

@@ -22,7 +22,7 @@ const AUDIT_BATCH: usize = 1000;
 /// Audit entries one page reads at most while looking for matches.
 const AUDIT_SCAN: usize = 50_000;
 
-fn admin_only(user: &ConsoleUser) -> Result<(), PageError> {
+pub(super) fn admin_only(user: &ConsoleUser) -> Result<(), PageError> {
     if user.role == ConsoleRole::Admin {
         Ok(())
     } else {
@@ -132,7 +132,7 @@ pub async fn confirm(
 
 #[derive(Deserialize)]
 pub struct CsrfForm {
-    csrf: Option<String>,
+    pub(super) csrf: Option<String>,
 }
 
 /// Replays or discards the dead letter (audited by the outbox with the user as actor).

@@ -10,6 +10,7 @@
 mod actions;
 mod admin;
 mod backup;
+mod destinations;
 mod pages;
 mod session;
 mod templates;
@@ -92,6 +93,18 @@ pub fn router() -> Router<AppState> {
             get(admin::confirm)
                 .post(admin::act)
                 .fallback(method_not_allowed),
+        )
+        .route(
+            "/console/destinations",
+            get(destinations::list).fallback(method_not_allowed),
+        )
+        .route(
+            "/console/destinations/{name}/{action}",
+            post(destinations::pause_or_resume).fallback(method_not_allowed),
+        )
+        .route(
+            "/console/destinations/{name}/messages/{id}/{action}",
+            post(destinations::act).fallback(method_not_allowed),
         )
         .route(
             "/console/status",

@@ -383,6 +383,7 @@ pub async fn referral(
             has_appointment => record.summary.appointment_start.is_some()
                 || updates.iter().any(|u| u.kind == "appointment"),
             updates => updates,
+            pushed => super::destinations::pushed(&state, &reference).await?,
             documents => documents,
             ..user.header()
         },
