@@ -21,9 +21,10 @@ use crate::telemetry::Metrics;
 const IDLE: Duration = Duration::from_secs(30);
 /// Wait after the store failed to answer.
 const STORE_TROUBLE: Duration = Duration::from_secs(5);
-/// How long a claimed message is leased to this process on a shared store: longer than any
-/// one send (request timeout) plus reading the version.
-const LEASE_SLACK: Duration = Duration::from_secs(60);
+/// How long a claimed message is leased to this process on a shared store, beyond twice the
+/// request timeout: long enough for reading the version and one send, short enough that a dead
+/// replica's claims move on soon.
+const LEASE_SLACK: Duration = Duration::from_secs(10);
 
 #[derive(Clone)]
 pub struct Worker {

@@ -662,3 +662,75 @@ async fn an_admin_steers_destinations_in_the_console_and_a_referral_page_shows_i
     );
     app.stop().await;
 }
+
+/// `rate_per_sec` spaces the sends out: 12 versions at 4 per second cannot all arrive within
+/// two seconds (without the limit they land together).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_limit_spaces_the_sends_out() {
+    let receiver = WebhookReceiver::start(&[NEW_SECRET]);
+    let destinations = format!(
+        "[destinations.emr]\nkind = \"webhook\"\nurl = \"{}\"\nsecret = \"{NEW_SECRET}\"\nrate_per_sec = 4\n",
+        receiver.url
+    );
+    let (app, _dir) = app_on(false, &toml(&destinations)).await;
+    app.store.set_queue_paused("emr", true).await.unwrap();
+    for n in 0..12 {
+        deliver(&app, STEPS[0], &format!("DST-RATE-{n}")).await;
+    }
+    // Released all at once: only the limit spaces them.
+    let resumed = api(
+        &app,
+        reqwest::Method::POST,
+        "/api/v1/destinations/emr/resume",
+        None,
+    )
+    .await;
+    assert_eq!(resumed.status, 204);
+    let received = receiver.wait_for(12).await;
+    let times: Vec<f64> = received.iter().map(|m| m["at"].as_f64().unwrap()).collect();
+    let span = times.iter().copied().fold(f64::MIN, f64::max)
+        - times.iter().copied().fold(f64::MAX, f64::min);
+    assert!(span >= 2.0, "12 sends at 4/s arrived within {span:.2} s");
+    app.stop().await;
+}
+
+/// Two replicas on one PostgreSQL schema share a destination's queue: every version is sent
+/// once (no duplicates to deduplicate), in order per referral, whichever replica stored it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_on_postgres_send_each_version_once_and_in_order() {
+    let receiver = WebhookReceiver::start(&[NEW_SECRET]);
+    let destinations = format!(
+        "[destinations.emr]\nkind = \"webhook\"\nurl = \"{}\"\nsecret = \"{NEW_SECRET}\"\n",
+        receiver.url
+    );
+    let schema = Schema::new();
+    let dirs = [TempDir::new().unwrap(), TempDir::new().unwrap()];
+    let mut replicas = Vec::new();
+    for dir in &dirs {
+        let config = config(&toml(&destinations), dir.path());
+        replicas.push(spawn_with_store(&config, schema.store().await).await);
+    }
+    for n in 0..10 {
+        let referral = format!("DST-REPLICA-{n}");
+        for (step, replica) in STEPS.iter().zip([0, 1, 0]) {
+            deliver(&replicas[replica], step, &referral).await;
+        }
+    }
+    let received = receiver.wait_for(30).await;
+    for n in 0..10 {
+        assert_eq!(
+            versions_of(&received, &format!("DST-REPLICA-{n}")),
+            [1, 2, 3]
+        );
+    }
+    let counts = receiver.received().await;
+    assert_eq!(
+        counts["duplicates"], 0,
+        "a version was sent by both replicas"
+    );
+    assert_eq!(counts["attempts"], 30);
+    for replica in replicas {
+        replica.stop().await;
+    }
+    schema.drop_now().await;
+}

@@ -12,7 +12,7 @@ set through `POST /control` says otherwise:
     {"delay_ms": 300}                                 # answer every request after 300 ms
 
 `GET /received` answers what was received: each verified message once, in arrival order
-(`id`, `referral`, `version`, `body`), and counts of attempts, duplicates and requests whose
+(`id`, `referral`, `version`, `body`, `at`: seconds on the receiver's monotonic clock), and counts of attempts, duplicates and requests whose
 signature failed.
 """
 
@@ -100,7 +100,8 @@ class Handler(BaseHTTPRequestHandler):
                 else:
                     seen.add(msg_id)
                     received.append(
-                        {"id": msg_id, "referral": referral, "version": version, "body": payload}
+                        {"id": msg_id, "referral": referral, "version": version, "body": payload,
+                         "at": time.monotonic()}
                     )
         if status == 200:
             self.answer(200, {})
