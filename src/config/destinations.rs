@@ -36,6 +36,14 @@ pub struct DestinationConfig {
     /// Whether documents are named in what is sent.
     #[serde(default)]
     pub documents: DocumentsMode,
+    /// With `documents = "wait"`: how long a version waits for its documents to be fetched (or
+    /// given up) before it is sent without them, in seconds (from when it was queued).
+    #[serde(default = "default_documents_wait")]
+    pub documents_wait_secs: u64,
+    /// With `documents = "wait"`: fetched documents up to this size go inline (base64), larger
+    /// ones as download links, in bytes.
+    #[serde(default = "default_inline_max")]
+    pub inline_max_bytes: u64,
     /// What the request body is.
     #[serde(default)]
     pub body: BodyMode,
@@ -58,6 +66,14 @@ fn default_timeout() -> u64 {
     30
 }
 
+fn default_documents_wait() -> u64 {
+    900
+}
+
+fn default_inline_max() -> u64 {
+    1 << 20
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DestinationKind {
@@ -74,9 +90,12 @@ pub enum DocumentsMode {
     /// Nothing.
     #[default]
     None,
-    /// Each document with the API path it is downloaded from (with an API key), sent at once.
+    /// Each document with the API path it is downloaded from (with an API key), sent at once
+    /// (documents still being fetched say so).
     Links,
-    /// Waiting for documents to be fetched: not yet available (refused by validation).
+    /// The version waits (up to `documents_wait_secs`) until its letter and attachments are
+    /// fetched or given up, then goes with them: inline up to `inline_max_bytes`, else as
+    /// download links.
     Wait,
 }
 
@@ -102,12 +121,6 @@ impl DestinationConfig {
                 "{}: kind = \"fhir\" is not available yet; use kind = \"webhook\"",
                 context()
             ),
-        }
-        if self.documents == DocumentsMode::Wait {
-            bail!(
-                "{}: documents = \"wait\" is not available yet; use \"links\" or \"none\"",
-                context()
-            );
         }
         let url = reqwest::Url::parse(&self.url)
             .with_context(|| format!("{}.url is not a URL", context()))?;

@@ -2,13 +2,15 @@
 //! (`type`, `timestamp`, `data`), with the referral as that version left it, what the version
 //! changed, its documents and the FHIR Bundle as received.
 
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
 use serde::Serialize;
 use serde_json::value::RawValue;
 use time::OffsetDateTime;
 
 use crate::config::DocumentsMode;
 use crate::domain::path_segment;
-use crate::store::{QueuedMessage, Store, StoreError};
+use crate::store::{DocumentState, QueuedMessage, Store, StoreError};
 use crate::views::{ReferralView, VersionChanges, rfc3339, version_view};
 
 /// The event type of every envelope.
@@ -48,7 +50,8 @@ struct Data<'a> {
     summary: ReferralView,
     /// What this version changed (the API's `/versions/{n}/changes`).
     changes: VersionChanges,
-    /// With `documents = "links"`: each document's fetch state and API download path.
+    /// With `documents = "links"` or `"wait"`: each document's fetch state and API download
+    /// path, and with `"wait"` its bytes inline when small enough.
     #[serde(skip_serializing_if = "Option::is_none")]
     documents: Option<Vec<DocumentEntry>>,
     /// The FHIR Bundle as received; null when it is not JSON (it is then in `bundle_base64`).
@@ -65,8 +68,15 @@ struct DocumentEntry {
     content_type: Option<String>,
     /// `pending`, `fetched` or `failed`.
     state: &'static str,
+    /// Bytes, once fetched.
+    size: u64,
+    /// SHA-256 of the bytes (lowercase hex), once fetched.
+    sha256: Option<String>,
     /// `GET` with an API key, once fetched.
     download: String,
+    /// The bytes, base64 (RFC 4648), with `documents = "wait"` up to `inline_max_bytes`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data: Option<String>,
 }
 
 /// The envelope of `message`, read from the store; `None` when its version is gone (purged by
@@ -78,6 +88,7 @@ pub async fn build_envelope(
     store: &dyn Store,
     message: &QueuedMessage,
     documents: DocumentsMode,
+    inline_max_bytes: u64,
     now: OffsetDateTime,
 ) -> Result<Option<Envelope>, StoreError> {
     let referral = &message.referral;
@@ -100,13 +111,27 @@ pub async fn build_envelope(
     record.latest_event = version.event.clone();
     record.service_id.clone_from(&version.service_id);
     let documents = match documents {
-        DocumentsMode::Links => Some(
-            store
-                .documents(referral)
-                .await?
-                .into_iter()
-                .filter(|d| d.version == message.version)
-                .map(|d| DocumentEntry {
+        DocumentsMode::None => None,
+        DocumentsMode::Links | DocumentsMode::Wait => {
+            let inline_max = match documents {
+                DocumentsMode::Wait => inline_max_bytes,
+                _ => 0,
+            };
+            let mut entries = Vec::new();
+            for d in store.documents(referral).await? {
+                if d.version != message.version {
+                    continue;
+                }
+                let data = if d.state == DocumentState::Fetched && !d.purged && d.size <= inline_max
+                {
+                    store
+                        .document_bytes(referral, d.version, d.index)
+                        .await?
+                        .map(|bytes| STANDARD.encode(&bytes))
+                } else {
+                    None
+                };
+                entries.push(DocumentEntry {
                     download: format!(
                         "/api/v1/referrals/{}/documents/{}/{}",
                         path_segment(referral.as_str()),
@@ -118,10 +143,13 @@ pub async fn build_envelope(
                     title: d.title,
                     content_type: d.content_type,
                     state: d.state.as_str(),
-                })
-                .collect(),
-        ),
-        DocumentsMode::None | DocumentsMode::Wait => None,
+                    size: d.size,
+                    sha256: d.sha256,
+                    data,
+                });
+            }
+            Some(entries)
+        }
     };
     let text = std::str::from_utf8(&bundle)
         .ok()
@@ -144,10 +172,7 @@ pub async fn build_envelope(
             changes,
             documents,
             bundle: raw,
-            bundle_base64: raw.is_none().then(|| {
-                use base64::Engine;
-                base64::engine::general_purpose::STANDARD.encode(&bundle)
-            }),
+            bundle_base64: raw.is_none().then(|| STANDARD.encode(&bundle)),
         },
     };
     let json = serde_json::to_vec(&body)

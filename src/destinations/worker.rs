@@ -13,8 +13,9 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use super::{Destination, build_envelope};
+use crate::config::DocumentsMode;
 use crate::outgoing::{RetryPolicy, SendError, duration};
-use crate::store::{MessageState, QueuedMessage, Store};
+use crate::store::{DocumentState, MessageState, QueuedMessage, Store};
 use crate::telemetry::Metrics;
 
 /// Longest sleep when nothing is due (a stored delivery wakes the worker at once).
@@ -35,7 +36,18 @@ pub struct Worker {
 }
 
 /// One finished attempt.
-type Finished = (QueuedMessage, Result<(), SendError>);
+type Finished = (QueuedMessage, Outcome);
+
+/// What came of taking a message up.
+enum Outcome {
+    /// It was sent: delivered, or why not.
+    Sent(Result<(), SendError>),
+    /// Not sent: its documents are still being fetched; look again at this time.
+    Waiting(OffsetDateTime),
+}
+
+/// How often a version waiting for its documents looks at them again.
+const DOCUMENTS_POLL: Duration = Duration::from_secs(2);
 
 impl Worker {
     /// Runs until `stop` turns true; sends in progress are allowed to finish (cutting one off
@@ -117,11 +129,47 @@ impl Worker {
         }
     }
 
-    /// Sends one message: its version's envelope, read from the store now.
+    /// With `documents = "wait"`: when to look again, while the version's documents are still
+    /// being fetched and its wait has not run out.
+    async fn documents_pending(
+        &self,
+        message: &QueuedMessage,
+        now: OffsetDateTime,
+    ) -> Option<OffsetDateTime> {
+        let config = &self.destination.config;
+        if config.documents != DocumentsMode::Wait {
+            return None;
+        }
+        let wait =
+            time::Duration::seconds(i64::try_from(config.documents_wait_secs).unwrap_or(i64::MAX));
+        let deadline = message.created_at.checked_add(wait)?;
+        if now >= deadline {
+            return None;
+        }
+        // A store that cannot be read now is found out by the envelope's reads.
+        let documents = self.store.documents(&message.referral).await.ok()?;
+        documents
+            .iter()
+            .any(|d| d.version == message.version && d.state == DocumentState::Pending)
+            .then(|| (now + DOCUMENTS_POLL).min(deadline))
+    }
+
+    /// Sends one message: its version's envelope, read from the store now (unless it waits for
+    /// its documents).
     async fn attempt(self, message: QueuedMessage) -> Finished {
         let now = OffsetDateTime::now_utc();
-        let documents = self.destination.config.documents;
-        let result = match build_envelope(self.store.as_ref(), &message, documents, now).await {
+        if let Some(again) = self.documents_pending(&message, now).await {
+            return (message, Outcome::Waiting(again));
+        }
+        let config = &self.destination.config;
+        let envelope = build_envelope(
+            self.store.as_ref(),
+            &message,
+            config.documents,
+            config.inline_max_bytes,
+            now,
+        );
+        let result = match envelope.await {
             Ok(Some(envelope)) => {
                 let id = format!("msg_{}", message.id);
                 self.destination.sender.send(&id, &envelope).await
@@ -135,14 +183,24 @@ impl Worker {
                 after: None,
             }),
         };
-        (message, result)
+        (message, Outcome::Sent(result))
     }
 
     /// Records an attempt's outcome durably, with its metrics and, for a dead letter, an audit
     /// entry. The receiver's answer goes to `last_error` (read through the API), never to the
     /// logs: it may echo what it was sent.
-    async fn record(&self, (mut message, result): Finished) {
+    async fn record(&self, (mut message, outcome): Finished) {
         let name = &self.destination.name;
+        let result = match outcome {
+            Outcome::Sent(result) => result,
+            Outcome::Waiting(again) => {
+                message.next_attempt_at = again;
+                if let Err(e) = self.store.save_message(&message).await {
+                    tracing::error!(destination = %name, message = message.id, error = %e, "cannot record a wait for documents");
+                }
+                return;
+            }
+        };
         message.attempts += 1;
         let now = OffsetDateTime::now_utc();
         let outcome = match result {

@@ -734,3 +734,71 @@ async fn replicas_on_postgres_send_each_version_once_and_in_order() {
     }
     schema.drop_now().await;
 }
+
+/// `documents = "wait"`: a version waits until its letter and attachments are fetched or given
+/// up, then goes with them (inline, base64), a slow letter and a failing attachment included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_waits_for_its_documents_and_carries_them() {
+    use base64::Engine;
+    use base64::engine::general_purpose::STANDARD;
+
+    use crate::support::ocean::{MockOcean, Serve};
+
+    const LETTER: &str = "/svc/fhir/v1/ServiceRequest/TST-0011-AAAA/$letter";
+    const ECHO: &str = "/svc/fhir/v1/DocumentReference/doc-0011-echo/$binary";
+    let ocean = MockOcean::start().await;
+    let (first, second) = (
+        b"%PDF-1.7\n% the first letter, served slowly\n".to_vec(),
+        b"%PDF-1.7\n% the second letter\n".to_vec(),
+    );
+    ocean.serve(
+        LETTER,
+        [
+            Serve::SlowPdf(first.clone(), std::time::Duration::from_millis(300)),
+            Serve::Pdf(second.clone()),
+        ],
+    );
+    ocean.serve(ECHO, [Serve::Status(404)]);
+    let receiver = WebhookReceiver::start(&[NEW_SECRET]);
+    let toml = format!(
+        "{}\n[documents]\ninitial_backoff_secs = 1\nmax_backoff_secs = 1\n\n[destinations.emr]\nkind = \"webhook\"\nurl = \"{}\"\nsecret = \"{NEW_SECRET}\"\ndocuments = \"wait\"\n",
+        crate::outbound::flow::config(&ocean, "form"),
+        receiver.url
+    );
+    let (app, _dir) = app_on(false, &toml).await;
+    let first_version = app
+        .deliver("default", fixture("v0.11-add-service-request.json"))
+        .await;
+    assert_eq!(first_version.status, 200);
+    let attachment = String::from_utf8(fixture("attachment-added.json"))
+        .unwrap()
+        .replace("https://test.cognisantmd.com", &ocean.base_url());
+    assert_eq!(
+        app.deliver("default", attachment.into_bytes()).await.status,
+        200
+    );
+    let received = receiver.wait_for(2).await;
+    assert_eq!(versions_of(&received, V011_REFERRAL), [1, 2]);
+    let documents = |n: usize| {
+        received[n]["body"]["data"]["documents"]
+            .as_array()
+            .unwrap()
+            .clone()
+    };
+    let one = documents(0);
+    assert_eq!(one.len(), 1, "{one:?}");
+    assert_eq!(one[0]["state"], "fetched");
+    assert_eq!(
+        STANDARD.decode(one[0]["data"].as_str().unwrap()).unwrap(),
+        first
+    );
+    let two = documents(1);
+    let states: Vec<&str> = two.iter().map(|d| d["state"].as_str().unwrap()).collect();
+    assert_eq!(states, ["fetched", "failed"]);
+    assert_eq!(
+        STANDARD.decode(two[0]["data"].as_str().unwrap()).unwrap(),
+        second
+    );
+    assert!(two[1].get("data").is_none());
+    app.stop().await;
+}
