@@ -802,3 +802,34 @@ async fn a_version_waits_for_its_documents_and_carries_them() {
     assert!(two[1].get("data").is_none());
     app.stop().await;
 }
+
+/// `migrate` copies no queued message (they are sealed to ids PostgreSQL gives anew): while
+/// any is still to be sent it refuses, saying so, rather than lose it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_waits_until_nothing_is_queued_for_a_destination() {
+    let dir = TempDir::new().unwrap();
+    // Nobody listens there: the version stays pending.
+    let destinations = format!(
+        "[destinations.emr]\nkind = \"webhook\"\nurl = \"http://127.0.0.1:9/hook\"\nsecret = \"{NEW_SECRET}\"\n"
+    );
+    let app = sled_in(dir.path(), &toml(&destinations)).await;
+    deliver(&app, STEPS[0], "DST-MIGRATE").await;
+    app.stop().await;
+    let schema = Schema::new();
+    let data_dir = dir.path().to_str().unwrap().to_owned();
+    let name = schema.name.clone();
+    let output = tokio::task::spawn_blocking(move || {
+        crate::support::binary::run(
+            &["migrate", "--schema", &name, "--data-dir", &data_dir],
+            &[("RELAY_MIGRATE_TO", &crate::support::postgres::server_url())],
+        )
+    })
+    .await
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        stderr.contains("1 versions are still queued for destinations"),
+        "{stderr}"
+    );
+}

@@ -186,6 +186,14 @@ impl PgStore {
                 "this data dir was written by an older referral-relay: start this version's service on it once, stop it, then migrate",
             ));
         }
+        // Queued messages are sealed to their ids in the embedded store, which PostgreSQL gives
+        // anew: rather than lose what is still to be sent, the copy waits until nothing is.
+        let open = crate::store::sled::queue::open_messages(&t.queue_index)?;
+        if open > 0 {
+            return Err(StoreError::failed(format!(
+                "{open} versions are still queued for destinations (pending, or dead letters): start the service on this data dir until they are sent (replay or discard the dead letters), stop it, then migrate"
+            )));
+        }
         let (config, schema) = session_config(options).await?;
         let (mut client, connection) = config
             .connect(tokio_postgres::NoTls)

@@ -53,7 +53,7 @@ mod maintenance;
 mod open;
 mod options;
 mod outbox;
-mod queue;
+pub(super) mod queue;
 mod recovery;
 mod rekey;
 mod snapshot;

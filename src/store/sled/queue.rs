@@ -104,6 +104,22 @@ fn chain_value(head: u64, tail: u64) -> [u8; 16] {
     value
 }
 
+/// How many messages, in every queue, are still open (pending or dead): read from the counts,
+/// which are not sealed.
+pub(in crate::store) fn open_messages(index: &sled::Tree) -> Result<u64, StoreError> {
+    let mut open = 0u64;
+    for item in index.scan_prefix([COUNT]) {
+        let (key, value) = item.map_err(unavailable)?;
+        let state = key.last().copied();
+        if state == Some(state_byte(MessageState::Pending))
+            || state == Some(state_byte(MessageState::Dead))
+        {
+            open = open.saturating_add(read_u64(&value)?);
+        }
+    }
+    Ok(open)
+}
+
 /// The queue and its index inside one transaction.
 pub(super) struct QueueTx<'t> {
     pub(super) queue: &'t TransactionalTree,
