@@ -77,12 +77,20 @@ impl RetryPolicy {
         (wait < left).then_some((next, wait))
     }
 
-    /// The reason a dead letter records when the horizon passed.
-    pub fn gave_up(&self, attempts: u32, reason: &str) -> String {
-        format!(
-            "gave up after {attempts} attempts within the {} s retry horizon: {reason}",
-            self.horizon.as_secs()
-        )
+    /// The reason a dead letter records when its next attempt would fall past the horizon
+    /// (`after`: the receiver's `Retry-After`).
+    pub fn gave_up(&self, attempts: u32, reason: &str, after: Option<Duration>) -> String {
+        match after {
+            Some(after) if after >= self.horizon => format!(
+                "the answer asked for a wait of {} s (Retry-After), beyond the {} s retry horizon: {reason}",
+                after.as_secs(),
+                self.horizon.as_secs()
+            ),
+            _ => format!(
+                "gave up after {attempts} attempts within the {} s retry horizon: {reason}",
+                self.horizon.as_secs()
+            ),
+        }
     }
 
     /// `initial · 2^(attempts-1)`, capped, scaled by a random factor in [0.5, 1].

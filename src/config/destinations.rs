@@ -127,6 +127,13 @@ impl DestinationConfig {
         if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
             bail!("{}.url must be an http or https URL", context());
         }
+        // The URL is shown (check-config, the console): it must hold no secret of its own.
+        if !url.username().is_empty() || url.password().is_some() {
+            bail!(
+                "{}.url must not hold a user name or password: the receiver checks the signature",
+                context()
+            );
+        }
         for secret in std::iter::once(&self.secret).chain(&self.previous_secrets) {
             signing_key(secret).with_context(context)?;
         }
@@ -166,4 +173,40 @@ fn check_name(name: &str) -> anyhow::Result<()> {
         bail!("destinations.{name}: a destination's name is 1 to {MAX_NAME} of a-z, 0-9, - and _");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn destination(extra: &str) -> DestinationConfig {
+        toml::from_str(&format!(
+            "kind = \"webhook\"\nsecret = \"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"\n{extra}"
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_destination_is_refused_for_what_would_leak_or_cannot_work() {
+        assert!(destination("url = \"https://emr.test/hook\"").validate("emr").is_ok());
+        for (extra, name, words) in [
+            ("url = \"https://user:pw@emr.test/hook\"", "emr", "user name or password"),
+            ("url = \"file:///etc/passwd\"", "emr", "http or https"),
+            ("url = \"https://emr.test/hook\"", "EMR", "a-z, 0-9"),
+            ("url = \"https://emr.test/hook\"\nkind = \"fhir\"", "emr", "not available yet"),
+            ("url = \"https://emr.test/hook\"\nconcurrency = 0", "emr", "concurrency"),
+        ] {
+            let config: Result<DestinationConfig, _> = toml::from_str(&format!(
+                "secret = \"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"\n{extra}{}",
+                if extra.contains("kind") { "" } else { "\nkind = \"webhook\"" }
+            ));
+            let error = config.unwrap().validate(name).unwrap_err().to_string();
+            assert!(error.contains(words), "{extra}: {error}");
+        }
+        let short: DestinationConfig = toml::from_str(
+            "kind = \"webhook\"\nurl = \"https://emr.test/\"\nsecret = \"whsec_c2hvcnQ=\"",
+        )
+        .unwrap();
+        assert!(format!("{:#}", short.validate("emr").unwrap_err()).contains("24 to 64 bytes"));
+    }
 }

@@ -35,7 +35,7 @@ struct Body<'a> {
 
 #[derive(Serialize)]
 struct Data<'a> {
-    /// The queued message's id (its `webhook-id` is `msg_{id}`).
+    /// The queued message's id in the relay (its `webhook-id` header names it for receivers).
     message: u64,
     referral: &'a str,
     version: u64,

@@ -37,6 +37,9 @@ pub struct Destination {
 pub struct Destinations {
     list: Arc<Vec<Arc<Destination>>>,
     routes: Arc<[QueueRoute]>,
+    /// One backfill at a time in this process: two at once would both find a version not yet
+    /// queued and queue it twice.
+    backfilling: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Destinations {
@@ -61,6 +64,7 @@ impl Destinations {
         Ok(Self {
             list: Arc::new(list),
             routes,
+            backfilling: Arc::default(),
         })
     }
 
@@ -145,7 +149,13 @@ impl Destinations {
         message.state = MessageState::Pending;
         message.next_attempt_at = now;
         message.created_at = now;
-        store.save_message(&message).await?;
+        if !store.save_message(&message, MessageState::Dead).await? {
+            // Replayed or discarded meanwhile (a second click, another operator).
+            return Err(DestinationError::NotDead {
+                id,
+                verb: "replayed",
+            });
+        }
         audit(store, "DESTINATION_REPLAYED", actor, &message).await?;
         self.named(name)?.wake.notify_one();
         Ok(message)
@@ -165,7 +175,12 @@ impl Destinations {
     ) -> Result<QueuedMessage, DestinationError> {
         let mut message = self.dead_letter(store, name, id, "discarded").await?;
         message.state = MessageState::Discarded;
-        store.save_message(&message).await?;
+        if !store.save_message(&message, MessageState::Dead).await? {
+            return Err(DestinationError::NotDead {
+                id,
+                verb: "discarded",
+            });
+        }
         audit(store, "DESTINATION_DISCARDED", actor, &message).await?;
         self.named(name)?.wake.notify_one();
         Ok(message)
@@ -210,7 +225,10 @@ impl Destinations {
         actor: &str,
     ) -> Result<u64, DestinationError> {
         let destination = self.named(name)?;
-        let queued = backfill(store, &destination.route, since).await?;
+        let queued = {
+            let _one_at_a_time = self.backfilling.lock().await;
+            backfill(store, &destination.route, since).await?
+        };
         let since_text = since
             .format(&time::format_description::well_known::Rfc3339)
             .unwrap_or_default();
@@ -229,9 +247,10 @@ impl Destinations {
 /// Versions read from the feed, and queued in one write, per step of a backfill.
 const BACKFILL_BATCH: usize = 256;
 
-/// Queues for `route` every stored version received at or after `since` that it takes and
-/// that is not queued for it already (in whatever state), as if it had been configured when
-/// each arrived (marked `backfill`); returns how many.
+/// Queues for `route` every stored version received at or after `since` that it takes and that
+/// is newer than any version of its referral queued for it already (in whatever state): as if
+/// it had been configured when each arrived (marked `backfill`), and so that a referral's
+/// versions still reach the destination in order. Returns how many were queued.
 async fn backfill(
     store: &dyn Store,
     route: &QueueRoute,
@@ -246,25 +265,30 @@ async fn backfill(
             return Ok(queued);
         };
         after = last.seq;
-        // Each referral's versions, and those already queued for the route, read once per step.
-        let mut versions: HashMap<ReferralRef, (Vec<VersionRecord>, Vec<u64>)> = HashMap::new();
+        // Each referral's versions, and the newest already queued for the route, read once per
+        // step (and moved on as this step queues more).
+        let mut versions: HashMap<ReferralRef, (Vec<VersionRecord>, u64)> = HashMap::new();
         let mut messages = Vec::new();
         for event in events.iter().filter(|e| e.received_at >= since) {
             if !versions.contains_key(&event.referral) {
                 let read = store.versions(&event.referral).await?;
-                let queued = store
+                let newest = store
                     .referral_messages(&event.referral)
                     .await?
                     .into_iter()
                     .filter(|m| m.queue == route.queue)
                     .map(|m| m.version)
-                    .collect();
-                versions.insert(event.referral.clone(), (read, queued));
+                    .max()
+                    .unwrap_or(0);
+                versions.insert(event.referral.clone(), (read, newest));
             }
-            let (read, queued) = &versions[&event.referral];
-            if queued.contains(&event.version) {
+            let Some((read, newest)) = versions.get_mut(&event.referral) else {
+                continue;
+            };
+            if event.version <= *newest {
                 continue;
             }
+            *newest = event.version;
             let Some(version) = read.iter().find(|v| v.version == event.version) else {
                 continue;
             };

@@ -5,6 +5,7 @@
 //! messages of its referral only; a refusal (or the retry horizon) makes a dead letter that
 //! holds them back until it is replayed or discarded.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -55,41 +56,50 @@ impl Worker {
     pub async fn run(self, mut stop: watch::Receiver<bool>) {
         let name = self.destination.name.clone();
         let concurrency = self.destination.config.concurrency;
-        let lease = Duration::from_secs(self.destination.config.request_timeout_secs) + LEASE_SLACK;
+        let lease =
+            Duration::from_secs(self.destination.config.request_timeout_secs) * 2 + LEASE_SLACK;
         let spacing = match self.destination.config.rate_per_sec {
             0 => Duration::ZERO,
             rate => Duration::from_secs(1) / rate,
         };
         let mut next_start = tokio::time::Instant::now();
         let mut sending: JoinSet<Finished> = JoinSet::new();
-        let mut busy: Vec<u64> = Vec::new();
+        // The messages being sent, by their task (a task that panics still names its message).
+        let mut busy: HashMap<tokio::task::Id, u64> = HashMap::new();
         loop {
             if *stop.borrow() {
                 break;
             }
             let mut sleep = IDLE;
-            let room = concurrency.saturating_sub(sending.len());
+            let mut room = concurrency.saturating_sub(sending.len());
+            if room > 0 && !spacing.is_zero() {
+                // A rate limit claims one message when it may start, so no claim waits (and
+                // its lease runs) behind the limit.
+                room = 1;
+                tokio::time::sleep_until(next_start).await;
+            }
             if room > 0 {
                 let now = OffsetDateTime::now_utc();
+                let ids: Vec<u64> = busy.values().copied().collect();
                 match self
                     .store
-                    .due_messages(&name, now, lease, room, &busy)
+                    .due_messages(&name, now, lease, room, &ids)
                     .await
                 {
                     Ok(due) => {
                         let claimed = due.len();
                         for message in due {
-                            // A rate limit spaces the starts out evenly.
-                            tokio::time::sleep_until(next_start).await;
                             next_start = tokio::time::Instant::now() + spacing;
-                            busy.push(message.id);
-                            sending.spawn(self.clone().attempt(message));
+                            let id = message.id;
+                            let task = sending.spawn(self.clone().attempt(message));
+                            busy.insert(task.id(), id);
                         }
                         if claimed == room {
                             // There may be more: look again as soon as there is room.
                             sleep = Duration::ZERO;
                         } else {
-                            match self.store.next_due(&name, &busy).await {
+                            let ids: Vec<u64> = busy.values().copied().collect();
+                            match self.store.next_due(&name, &ids).await {
                                 Ok(Some(at)) => {
                                     sleep = sleep.min(duration(at - OffsetDateTime::now_utc()));
                                 }
@@ -111,10 +121,19 @@ impl Worker {
                 continue;
             }
             tokio::select! {
-                Some(finished) = sending.join_next(), if !sending.is_empty() => {
-                    if let Ok(finished) = finished {
-                        busy.retain(|id| *id != finished.0.id);
-                        self.record(finished).await;
+                Some(finished) = sending.join_next_with_id(), if !sending.is_empty() => {
+                    match finished {
+                        Ok((task, finished)) => {
+                            busy.remove(&task);
+                            self.record(finished).await;
+                        }
+                        Err(e) => {
+                            // Left pending in the store: taken up again (on a shared store,
+                            // once its lease lapses).
+                            if let Some(id) = busy.remove(&e.id()) {
+                                tracing::error!(destination = %name, message = id, "a send panicked; the message stays pending");
+                            }
+                        }
                     }
                 }
                 () = self.destination.wake.notified() => {}
@@ -171,7 +190,11 @@ impl Worker {
         );
         let result = match envelope.await {
             Ok(Some(envelope)) => {
-                let id = format!("msg_{}", message.id);
+                let id = if message.webhook_id.is_empty() {
+                    format!("msg_{}", message.id)
+                } else {
+                    message.webhook_id.clone()
+                };
                 self.destination.sender.send(&id, &envelope).await
             }
             Ok(None) => Err(SendError::Rejected(format!(
@@ -195,7 +218,7 @@ impl Worker {
             Outcome::Sent(result) => result,
             Outcome::Waiting(again) => {
                 message.next_attempt_at = again;
-                if let Err(e) = self.store.save_message(&message).await {
+                if let Err(e) = self.store.save_message(&message, MessageState::Pending).await {
                     tracing::error!(destination = %name, message = message.id, error = %e, "cannot record a wait for documents");
                 }
                 return;
@@ -233,17 +256,25 @@ impl Worker {
                     None => {
                         tracing::warn!(destination = %name, message = message.id, "retry horizon reached; dead letter");
                         message.state = MessageState::Dead;
-                        message.last_error = Some(self.policy.gave_up(message.attempts, &reason));
+                        message.last_error = Some(self.policy.gave_up(message.attempts, &reason, after));
                         "dead"
                     }
                 }
             }
         };
         self.metrics.destination_send(name, outcome);
-        if let Err(e) = self.store.save_message(&message).await {
-            // Left as it was: sent again later (the receiver deduplicates by webhook-id).
-            tracing::error!(destination = %name, message = message.id, error = %e, "cannot record a send");
-            return;
+        match self.store.save_message(&message, MessageState::Pending).await {
+            Ok(true) => {}
+            // Recorded meanwhile by another replica whose lease ran out on this one's send.
+            Ok(false) => {
+                tracing::warn!(destination = %name, message = message.id, "the message was recorded by another sender meanwhile; this outcome is left out");
+                return;
+            }
+            Err(e) => {
+                // Left as it was: sent again later (the receiver deduplicates by webhook-id).
+                tracing::error!(destination = %name, message = message.id, error = %e, "cannot record a send");
+                return;
+            }
         }
         if outcome == "dead" {
             let details = serde_json::json!({

@@ -238,7 +238,7 @@ impl Worker {
                     None => {
                         tracing::warn!(update = update.id, "retry horizon reached; dead letter");
                         update.state = UpdateState::Dead;
-                        update.last_error = Some(policy.gave_up(update.attempts, &reason));
+                        update.last_error = Some(policy.gave_up(update.attempts, &reason, after));
                     }
                 }
             }

@@ -21,9 +21,13 @@ pub type MessageState = UpdateState;
 /// One referral version queued for one destination.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct QueuedMessage {
-    /// Unique in the store, increasing in the order messages were queued; also the message's
-    /// `webhook-id` (`msg_{id}`), the same on every attempt.
+    /// Unique in the store, increasing in the order messages were queued.
     pub id: u64,
+    /// The `webhook-id` it is sent with (`msg_` and a random UUID): the same on every attempt,
+    /// so a receiver can drop repeats, and never the same for two messages, whichever store
+    /// (a restored backup, a new database) queued them.
+    #[serde(default)]
+    pub webhook_id: String,
     /// The destination's name.
     pub queue: String,
     pub referral: ReferralRef,
@@ -51,6 +55,7 @@ impl QueuedMessage {
     pub fn pending(queue: &str, referral: ReferralRef, version: u64, at: OffsetDateTime) -> Self {
         Self {
             id: 0,
+            webhook_id: format!("msg_{}", uuid::Uuid::new_v4().simple()),
             queue: queue.to_owned(),
             referral,
             version,
@@ -106,7 +111,7 @@ pub struct QueueStats {
     /// When the oldest pending message was queued.
     #[serde(with = "time::serde::rfc3339::option")]
     pub oldest_pending_at: Option<OffsetDateTime>,
-    /// The last failure of any open message (newest first).
+    /// The last failure of the oldest dead letter, else of the oldest pending message.
     pub last_error: Option<String>,
     #[serde(with = "time::serde::rfc3339::option")]
     pub last_delivered_at: Option<OffsetDateTime>,
@@ -138,9 +143,15 @@ pub trait QueueStore: Send + Sync {
         busy: &[u64],
     ) -> Result<Option<OffsetDateTime>, StoreError>;
 
-    /// Records a message's new state durably. A message that left the open states (delivered,
-    /// discarded) makes the next of its referral the head, due at once.
-    async fn save_message(&self, message: &QueuedMessage) -> Result<(), StoreError>;
+    /// Records a message's new state durably, only while its stored state is still `from` (what
+    /// the caller read): `false`, writing nothing, when someone else changed it since (an
+    /// operator's replay or discard, another replica). A message that left the open states
+    /// (delivered, discarded) makes the next of its referral the head, due at once.
+    async fn save_message(
+        &self,
+        message: &QueuedMessage,
+        from: MessageState,
+    ) -> Result<bool, StoreError>;
 
     async fn message(&self, id: u64) -> Result<Option<QueuedMessage>, StoreError>;
 

@@ -250,31 +250,31 @@ secret = "{NEW_SECRET}"
             .as_u64()
             .unwrap()
     };
-    // Replayed: the dead letter goes, then the version it held back.
-    let replayed = api(
-        &app,
-        reqwest::Method::POST,
-        &format!(
-            "/api/v1/destinations/emr/messages/{}/replay",
-            id_of("DST-DEAD")
-        ),
-        None,
-    )
-    .await;
-    assert_eq!(replayed.status, 202, "{}", replayed.body);
-    // Discarded: it never goes, the version it held back does.
-    let discarded = api(
-        &app,
-        reqwest::Method::POST,
-        &format!(
-            "/api/v1/destinations/emr/messages/{}/discard",
-            id_of("DST-GONE")
-        ),
-        None,
-    )
-    .await;
-    assert_eq!(discarded.status, 200, "{}", discarded.body);
-    assert_eq!(discarded.body["state"], "discarded");
+    // Replayed (twice at once, as a double click: one wins, the other is told it is no longer
+    // dead): the dead letter goes, then the version it held back.
+    let replay = format!(
+        "/api/v1/destinations/emr/messages/{}/replay",
+        id_of("DST-DEAD")
+    );
+    let (a, b) = tokio::join!(
+        api(&app, reqwest::Method::POST, &replay, None),
+        api(&app, reqwest::Method::POST, &replay, None)
+    );
+    let mut statuses = [a.status, b.status];
+    statuses.sort_unstable();
+    assert_eq!(statuses, [202, 409], "{} {}", a.body, b.body);
+    // Discarded (twice at once too): it never goes, the version it held back does.
+    let discard = format!(
+        "/api/v1/destinations/emr/messages/{}/discard",
+        id_of("DST-GONE")
+    );
+    let (a, b) = tokio::join!(
+        api(&app, reqwest::Method::POST, &discard, None),
+        api(&app, reqwest::Method::POST, &discard, None)
+    );
+    let mut statuses = [a.status, b.status];
+    statuses.sort_unstable();
+    assert_eq!(statuses, [200, 409], "{} {}", a.body, b.body);
     let again = api(
         &app,
         reqwest::Method::POST,
@@ -325,10 +325,12 @@ async fn a_failing_referral_waits_and_a_refused_one_holds_back_only_itself_in_po
 async fn a_paused_destination_keeps_its_queue_and_a_new_one_gets_the_past_only_by_backfill() {
     let receiver = WebhookReceiver::start(&[NEW_SECRET]);
     let dir = TempDir::new().unwrap();
-    // Two versions arrive before the destination exists.
+    // Two versions of each arrive before the destination exists.
     let before = sled_in(dir.path(), &toml("")).await;
-    deliver(&before, STEPS[0], "DST-PAST").await;
-    deliver(&before, STEPS[1], "DST-PAST").await;
+    for referral in ["DST-PAST", "DST-MIX"] {
+        deliver(&before, STEPS[0], referral).await;
+        deliver(&before, STEPS[1], referral).await;
+    }
     before.stop().await;
     let destinations = format!(
         r#"
@@ -349,10 +351,11 @@ secret = "{NEW_SECRET}"
     .await;
     assert_eq!(paused.status, 204, "{}", paused.body);
     deliver(&app, STEPS[0], "DST-NOW").await;
+    deliver(&app, STEPS[2], "DST-MIX").await;
     let view = destination(&app, "emr").await;
     assert_eq!(view["state"], "paused");
     // Only what arrived while it was configured is queued: the past is not sent by accident.
-    assert_eq!(view["pending"], 1, "{view}");
+    assert_eq!(view["pending"], 2, "{view}");
     let resumed = api(
         &app,
         reqwest::Method::POST,
@@ -361,10 +364,18 @@ secret = "{NEW_SECRET}"
     )
     .await;
     assert_eq!(resumed.status, 204);
-    let received = receiver.wait_for(1).await;
+    let received = receiver.wait_for(2).await;
     assert_eq!(versions_of(&received, "DST-NOW"), [1]);
-    // Through the command line, as an operator would.
+    assert_eq!(versions_of(&received, "DST-MIX"), [3]);
+    // Through the command line, as an operator would, and at the same time through the API
+    // (a second click): each version is queued once.
     let url = format!("http://{}", app.addr);
+    let twice = api(
+        &app,
+        reqwest::Method::POST,
+        "/api/v1/destinations/emr/backfill",
+        Some(serde_json::json!({"since": "2000-01-01"})),
+    );
     let backfilled = tokio::task::spawn_blocking(move || {
         crate::support::binary::run(
             &[
@@ -379,22 +390,36 @@ secret = "{NEW_SECRET}"
             &[("RELAY_API_KEY", KEY)],
         )
     })
-    .await
-    .unwrap();
+    ;
+    let (twice, backfilled) = tokio::join!(twice, backfilled);
+    let backfilled = backfilled.unwrap();
+    assert_eq!(twice.status, 202, "{}", twice.body);
     let printed = String::from_utf8_lossy(&backfilled.stdout);
     assert!(
         backfilled.status.success(),
         "{}",
         String::from_utf8_lossy(&backfilled.stderr)
     );
-    // The two past versions; not the one already queued (and sent).
-    assert!(
-        printed.contains("2 versions queued for destination emr"),
-        "{printed}"
+    // The two past versions of DST-PAST, once between both backfills; none already queued,
+    // and none of DST-MIX older than its version 3 already sent (it would arrive out of order).
+    let by_cli: u64 = printed.split_whitespace().next().unwrap().parse().unwrap();
+    assert_eq!(
+        by_cli + twice.body["queued"].as_u64().unwrap(),
+        2,
+        "{printed} {}",
+        twice.body
     );
-    let received = receiver.wait_for(3).await;
+    let received = receiver.wait_for(4).await;
     assert_eq!(versions_of(&received, "DST-PAST"), [1, 2]);
     assert_eq!(versions_of(&received, "DST-NOW"), [1]);
+    assert_eq!(versions_of(&received, "DST-MIX"), [3]);
+    let started = std::time::Instant::now();
+    while destination(&app, "emr").await["pending"] != 0 {
+        assert!(started.elapsed() < std::time::Duration::from_secs(20));
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(destination(&app, "emr").await["delivered"], 4);
+    assert_eq!(receiver.received().await["received"].as_array().unwrap().len(), 4);
     let past: Vec<&Value> = received
         .iter()
         .filter(|m| m["referral"] == "DST-PAST")
@@ -832,4 +857,25 @@ async fn migrate_waits_until_nothing_is_queued_for_a_destination() {
         stderr.contains("1 versions are still queued for destinations"),
         "{stderr}"
     );
+}
+
+/// Two stores (a fresh data dir, a restored backup, a new database) number their messages
+/// alike; their webhook-ids never collide, so a receiver deduplicating by id drops nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_ids_differ_between_stores_that_number_messages_alike() {
+    let receiver = WebhookReceiver::start(&[NEW_SECRET]);
+    let destinations = format!(
+        "[destinations.emr]\nkind = \"webhook\"\nurl = \"{}\"\nsecret = \"{NEW_SECRET}\"\n",
+        receiver.url
+    );
+    for referral in ["DST-STORE-A", "DST-STORE-B"] {
+        let (app, _dir) = app_on(false, &toml(&destinations)).await;
+        deliver(&app, STEPS[0], referral).await;
+        let messages = api(&app, reqwest::Method::GET, "/api/v1/destinations/emr/messages", None).await;
+        assert_eq!(messages.body["messages"][0]["id"], 1, "both stores call it message 1");
+        receiver.wait_for(if referral.ends_with('A') { 1 } else { 2 }).await;
+        app.stop().await;
+    }
+    let counts = receiver.received().await;
+    assert_eq!(counts["duplicates"], 0, "a new message was taken for a repeat");
 }

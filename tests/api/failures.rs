@@ -169,7 +169,7 @@ impl QueueStore for DiskFull {
     async fn next_due(&self, _: &str, _: &[u64]) -> Result<Option<OffsetDateTime>, StoreError> {
         Ok(None)
     }
-    async fn save_message(&self, _: &QueuedMessage) -> Result<(), StoreError> {
+    async fn save_message(&self, _: &QueuedMessage, _: MessageState) -> Result<bool, StoreError> {
         Err(disk_full())
     }
     async fn message(&self, _: u64) -> Result<Option<QueuedMessage>, StoreError> {

@@ -47,8 +47,9 @@ pub struct DestinationList {
 /// One referral version queued for a destination.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct QueuedMessageView {
-    /// Its id; the `webhook-id` it is sent with is `msg_{id}`.
     id: u64,
+    /// The `webhook-id` it is sent with, the same on every attempt.
+    webhook_id: String,
     destination: String,
     referral: String,
     version: u64,
@@ -67,6 +68,7 @@ impl From<QueuedMessage> for QueuedMessageView {
     fn from(m: QueuedMessage) -> Self {
         Self {
             id: m.id,
+            webhook_id: m.webhook_id,
             destination: m.queue,
             referral: m.referral.to_string(),
             version: m.version,

@@ -140,7 +140,11 @@ impl QueueStore for PgStore {
         .await
     }
 
-    async fn save_message(&self, message: &QueuedMessage) -> Result<(), StoreError> {
+    async fn save_message(
+        &self,
+        message: &QueuedMessage,
+        from: MessageState,
+    ) -> Result<bool, StoreError> {
         let sealed = self.seal_message(message)?;
         self.bounded("saving a queued message", async {
             let client = self.client().await?;
@@ -148,7 +152,7 @@ impl QueueStore for PgStore {
                 .prepare_cached(SAVE)
                 .await
                 .map_err(db_error("preparing a statement"))?;
-            let state = message.state.as_str();
+            let (state, from) = (message.state.as_str(), from.as_str());
             let changed = client
                 .execute(
                     &statement,
@@ -158,17 +162,12 @@ impl QueueStore for PgStore {
                         &message.next_attempt_at,
                         &message.delivered_at,
                         &sealed,
+                        &from,
                     ],
                 )
                 .await
                 .map_err(db_error("saving a queued message"))?;
-            if changed == 0 {
-                return Err(StoreError::failed(format!(
-                    "no queued message {}",
-                    message.id
-                )));
-            }
-            Ok(())
+            Ok(changed == 1)
         })
         .await
     }

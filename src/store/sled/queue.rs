@@ -197,14 +197,18 @@ impl QueueTx<'_> {
         self.put(message)
     }
 
-    /// Stores `message`'s new state, keeping the chain, due index and counts in step.
-    fn save(&self, message: &QueuedMessage) -> TxResult<()> {
+    /// Stores `message`'s new state, keeping the chain, due index and counts in step, only
+    /// while its stored state is `from` (`false` otherwise, writing nothing).
+    fn save(&self, message: &QueuedMessage, from: MessageState) -> TxResult<bool> {
         let old = self.get(message.id)?.ok_or_else(|| {
             abort(StoreError::failed(format!(
                 "no queued message {}",
                 message.id
             )))
         })?;
+        if old.state != from {
+            return Ok(false);
+        }
         let mut message = message.clone();
         // The chain is the store's: a message queued since the caller read this one linked it.
         message.next = old.next;
@@ -254,7 +258,8 @@ impl QueueTx<'_> {
                 }
             }
         }
-        self.put(&message)
+        self.put(&message)?;
+        Ok(true)
     }
 }
 
@@ -333,7 +338,11 @@ impl Open {
         Ok(None)
     }
 
-    async fn save_message(&self, message: &QueuedMessage) -> Result<(), StoreError> {
+    async fn save_message(
+        &self,
+        message: &QueuedMessage,
+        from: MessageState,
+    ) -> Result<bool, StoreError> {
         let message = message.clone();
         self.writer
             .write(
@@ -466,9 +475,13 @@ impl QueueStore for SledStore {
         self.checked(open.next_due(queue, busy))
     }
 
-    async fn save_message(&self, message: &QueuedMessage) -> Result<(), StoreError> {
+    async fn save_message(
+        &self,
+        message: &QueuedMessage,
+        from: MessageState,
+    ) -> Result<bool, StoreError> {
         let open = self.open_db()?;
-        self.checked(open.save_message(message).await)
+        self.checked(open.save_message(message, from).await)
     }
 
     async fn message(&self, id: u64) -> Result<Option<QueuedMessage>, StoreError> {
