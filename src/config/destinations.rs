@@ -188,17 +188,37 @@ mod tests {
 
     #[test]
     fn a_destination_is_refused_for_what_would_leak_or_cannot_work() {
-        assert!(destination("url = \"https://emr.test/hook\"").validate("emr").is_ok());
+        assert!(
+            destination("url = \"https://emr.test/hook\"")
+                .validate("emr")
+                .is_ok()
+        );
         for (extra, name, words) in [
-            ("url = \"https://user:pw@emr.test/hook\"", "emr", "user name or password"),
+            (
+                "url = \"https://user:pw@emr.test/hook\"",
+                "emr",
+                "user name or password",
+            ),
             ("url = \"file:///etc/passwd\"", "emr", "http or https"),
             ("url = \"https://emr.test/hook\"", "EMR", "a-z, 0-9"),
-            ("url = \"https://emr.test/hook\"\nkind = \"fhir\"", "emr", "not available yet"),
-            ("url = \"https://emr.test/hook\"\nconcurrency = 0", "emr", "concurrency"),
+            (
+                "url = \"https://emr.test/hook\"\nkind = \"fhir\"",
+                "emr",
+                "not available yet",
+            ),
+            (
+                "url = \"https://emr.test/hook\"\nconcurrency = 0",
+                "emr",
+                "concurrency",
+            ),
         ] {
             let config: Result<DestinationConfig, _> = toml::from_str(&format!(
                 "secret = \"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"\n{extra}{}",
-                if extra.contains("kind") { "" } else { "\nkind = \"webhook\"" }
+                if extra.contains("kind") {
+                    ""
+                } else {
+                    "\nkind = \"webhook\""
+                }
             ));
             let error = config.unwrap().validate(name).unwrap_err().to_string();
             assert!(error.contains(words), "{extra}: {error}");

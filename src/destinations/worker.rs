@@ -81,11 +81,7 @@ impl Worker {
             if room > 0 {
                 let now = OffsetDateTime::now_utc();
                 let ids: Vec<u64> = busy.values().copied().collect();
-                match self
-                    .store
-                    .due_messages(&name, now, lease, room, &ids)
-                    .await
-                {
+                match self.store.due_messages(&name, now, lease, room, &ids).await {
                     Ok(due) => {
                         let claimed = due.len();
                         for message in due {
@@ -105,14 +101,14 @@ impl Worker {
                                 }
                                 Ok(None) => {}
                                 Err(e) => {
-                                    tracing::warn!(destination = %name, error = %e, "cannot read the queue");
+                                    tracing::warn!(destination = %name, error = %e.chain(), "cannot read the queue");
                                     sleep = STORE_TROUBLE;
                                 }
                             }
                         }
                     }
                     Err(e) => {
-                        tracing::warn!(destination = %name, error = %e, "cannot claim due messages");
+                        tracing::warn!(destination = %name, error = %e.chain(), "cannot claim due messages");
                         sleep = STORE_TROUBLE;
                     }
                 }
@@ -218,8 +214,12 @@ impl Worker {
             Outcome::Sent(result) => result,
             Outcome::Waiting(again) => {
                 message.next_attempt_at = again;
-                if let Err(e) = self.store.save_message(&message, MessageState::Pending).await {
-                    tracing::error!(destination = %name, message = message.id, error = %e, "cannot record a wait for documents");
+                if let Err(e) = self
+                    .store
+                    .save_message(&message, MessageState::Pending)
+                    .await
+                {
+                    tracing::error!(destination = %name, message = message.id, error = %e.chain(), "cannot record a wait for documents");
                 }
                 return;
             }
@@ -256,14 +256,19 @@ impl Worker {
                     None => {
                         tracing::warn!(destination = %name, message = message.id, "retry horizon reached; dead letter");
                         message.state = MessageState::Dead;
-                        message.last_error = Some(self.policy.gave_up(message.attempts, &reason, after));
+                        message.last_error =
+                            Some(self.policy.gave_up(message.attempts, &reason, after));
                         "dead"
                     }
                 }
             }
         };
         self.metrics.destination_send(name, outcome);
-        match self.store.save_message(&message, MessageState::Pending).await {
+        match self
+            .store
+            .save_message(&message, MessageState::Pending)
+            .await
+        {
             Ok(true) => {}
             // Recorded meanwhile by another replica whose lease ran out on this one's send.
             Ok(false) => {
@@ -272,7 +277,7 @@ impl Worker {
             }
             Err(e) => {
                 // Left as it was: sent again later (the receiver deduplicates by webhook-id).
-                tracing::error!(destination = %name, message = message.id, error = %e, "cannot record a send");
+                tracing::error!(destination = %name, message = message.id, error = %e.chain(), "cannot record a send");
                 return;
             }
         }
@@ -293,7 +298,7 @@ impl Worker {
                 )
                 .await
             {
-                tracing::error!(destination = %name, error = %e, "cannot audit a dead letter");
+                tracing::error!(destination = %name, error = %e.chain(), "cannot audit a dead letter");
             }
         }
     }

@@ -389,8 +389,7 @@ secret = "{NEW_SECRET}"
             ],
             &[("RELAY_API_KEY", KEY)],
         )
-    })
-    ;
+    });
     let (twice, backfilled) = tokio::join!(twice, backfilled);
     let backfilled = backfilled.unwrap();
     assert_eq!(twice.status, 202, "{}", twice.body);
@@ -419,7 +418,13 @@ secret = "{NEW_SECRET}"
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     assert_eq!(destination(&app, "emr").await["delivered"], 4);
-    assert_eq!(receiver.received().await["received"].as_array().unwrap().len(), 4);
+    assert_eq!(
+        receiver.received().await["received"]
+            .as_array()
+            .unwrap()
+            .len(),
+        4
+    );
     let past: Vec<&Value> = received
         .iter()
         .filter(|m| m["referral"] == "DST-PAST")
@@ -871,11 +876,25 @@ async fn webhook_ids_differ_between_stores_that_number_messages_alike() {
     for referral in ["DST-STORE-A", "DST-STORE-B"] {
         let (app, _dir) = app_on(false, &toml(&destinations)).await;
         deliver(&app, STEPS[0], referral).await;
-        let messages = api(&app, reqwest::Method::GET, "/api/v1/destinations/emr/messages", None).await;
-        assert_eq!(messages.body["messages"][0]["id"], 1, "both stores call it message 1");
-        receiver.wait_for(if referral.ends_with('A') { 1 } else { 2 }).await;
+        let messages = api(
+            &app,
+            reqwest::Method::GET,
+            "/api/v1/destinations/emr/messages",
+            None,
+        )
+        .await;
+        assert_eq!(
+            messages.body["messages"][0]["id"], 1,
+            "both stores call it message 1"
+        );
+        receiver
+            .wait_for(if referral.ends_with('A') { 1 } else { 2 })
+            .await;
         app.stop().await;
     }
     let counts = receiver.received().await;
-    assert_eq!(counts["duplicates"], 0, "a new message was taken for a repeat");
+    assert_eq!(
+        counts["duplicates"], 0,
+        "a new message was taken for a repeat"
+    );
 }

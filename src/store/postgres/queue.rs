@@ -35,7 +35,7 @@ const NEXT_DUE: &str = "SELECT min(q.next_attempt_at) FROM queue q
 
 const SAVE: &str =
     "UPDATE queue SET state = $2, next_attempt_at = $3, delivered_at = $4, record = $5
-     WHERE id = $1";
+     WHERE id = $1 AND state = $6";
 
 /// Inserts messages given as parallel arrays (queue names, sealed records), for one version.
 pub(super) const INSERT: &str = "INSERT INTO queue

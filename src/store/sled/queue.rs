@@ -357,7 +357,7 @@ impl Open {
                                 meta,
                                 codec,
                             }
-                            .save(&message)
+                            .save(&message, from)
                         })
                         .map_err(tx_error)
                 },
