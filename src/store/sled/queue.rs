@@ -331,8 +331,15 @@ impl Open {
             let Some(id) = key.get(prefix.len() + 16..).map(read_u64).transpose()? else {
                 continue;
             };
-            if !busy.contains(&id) {
-                return Ok(self.queue_message(id)?.map(|m| m.next_attempt_at));
+            if busy.contains(&id) {
+                continue;
+            }
+            // As `due_messages`, only a pending message counts (an entry left behind would
+            // otherwise read as due now, every time).
+            if let Some(message) = self.queue_message(id)?
+                && message.state == MessageState::Pending
+            {
+                return Ok(Some(message.next_attempt_at));
             }
         }
         Ok(None)
