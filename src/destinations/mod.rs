@@ -149,16 +149,8 @@ impl Destinations {
         message.state = MessageState::Pending;
         message.next_attempt_at = now;
         message.created_at = now;
-        if !store.save_message(&message, MessageState::Dead).await? {
-            // Replayed or discarded meanwhile (a second click, another operator).
-            return Err(DestinationError::NotDead {
-                id,
-                verb: "replayed",
-            });
-        }
-        audit(store, "DESTINATION_REPLAYED", actor, &message).await?;
-        self.named(name)?.wake.notify_one();
-        Ok(message)
+        self.leave_dead(store, message, "replayed", "DESTINATION_REPLAYED", actor)
+            .await
     }
 
     /// Gives up on dead letter `id`: it stays on record, and the referral's later messages
@@ -175,14 +167,29 @@ impl Destinations {
     ) -> Result<QueuedMessage, DestinationError> {
         let mut message = self.dead_letter(store, name, id, "discarded").await?;
         message.state = MessageState::Discarded;
+        self.leave_dead(store, message, "discarded", "DESTINATION_DISCARDED", actor)
+            .await
+    }
+
+    /// Records `message`, a dead letter until now, in its new state, audits `action` for
+    /// `actor` and wakes its destination's worker; `NotDead` when it was replayed or discarded
+    /// meanwhile (a second click, another operator).
+    async fn leave_dead(
+        &self,
+        store: &dyn Store,
+        message: QueuedMessage,
+        verb: &'static str,
+        action: &str,
+        actor: &str,
+    ) -> Result<QueuedMessage, DestinationError> {
         if !store.save_message(&message, MessageState::Dead).await? {
             return Err(DestinationError::NotDead {
-                id,
-                verb: "discarded",
+                id: message.id,
+                verb,
             });
         }
-        audit(store, "DESTINATION_DISCARDED", actor, &message).await?;
-        self.named(name)?.wake.notify_one();
+        audit(store, action, actor, &message).await?;
+        self.named(&message.queue)?.wake.notify_one();
         Ok(message)
     }
 
