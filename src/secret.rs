@@ -57,6 +57,13 @@ pub fn string_or_number<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Er
     })
 }
 
+/// [`string_or_number`] for an optional field (with `#[serde(default)]`: absent is `None`).
+pub fn optional_string_or_number<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Option<String>, D::Error> {
+    string_or_number(d).map(Some)
+}
+
 /// Secret bytes decoded from configuration (a key): shown as `[redacted]`.
 #[derive(Clone, PartialEq, Eq)]
 pub struct SecretBytes(Vec<u8>);

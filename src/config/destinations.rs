@@ -6,6 +6,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use serde::{Deserialize, Serialize};
 
+use super::TokenAuth;
 use crate::domain::{Change, IntegrationName, ServiceId};
 use crate::secret::Secret;
 
@@ -17,13 +18,33 @@ const MAX_NAME: usize = 64;
 #[serde(deny_unknown_fields)]
 pub struct DestinationConfig {
     pub kind: DestinationKind,
-    /// Where versions are sent (`http` or `https`).
+    /// Where versions are sent (`http` or `https`): the webhook's URL, or the FHIR server's
+    /// base (the transaction is posted to it).
     pub url: String,
-    /// The Standard Webhooks signing secret (`whsec_` and base64 of 24 to 64 random bytes).
-    pub secret: Secret,
-    /// Secrets that also sign, during a rotation: each request carries one signature per secret.
+    /// Webhook: the Standard Webhooks signing secret (`whsec_` and base64 of 24 to 64 random
+    /// bytes).
+    #[serde(default)]
+    pub secret: Option<Secret>,
+    /// Webhook: secrets that also sign, during a rotation (one signature per secret).
     #[serde(default)]
     pub previous_secrets: Vec<Secret>,
+    /// FHIR: a static bearer token sent as `Authorization: Bearer`.
+    #[serde(default)]
+    pub bearer_token: Option<Secret>,
+    /// FHIR: an OAuth 2.0 token endpoint (client credentials grant, RFC 6749 §4.4); with
+    /// `client_id` and `client_secret`.
+    #[serde(default)]
+    pub token_url: Option<String>,
+    #[serde(default, deserialize_with = "crate::secret::optional_string_or_number")]
+    pub client_id: Option<String>,
+    #[serde(default)]
+    pub client_secret: Option<Secret>,
+    /// FHIR: how the client credentials are sent to `token_url`.
+    #[serde(default)]
+    pub token_auth: TokenAuth,
+    /// FHIR: the `scope` asked of `token_url`, if any (e.g. `system/*.write`).
+    #[serde(default)]
+    pub scope: Option<String>,
     /// Which changes to send (`latest_change` kinds: `new-referral`, `revoked`, ...); empty: all.
     #[serde(default)]
     pub events: Vec<Change>,
@@ -44,9 +65,9 @@ pub struct DestinationConfig {
     /// ones as download links, in bytes.
     #[serde(default = "default_inline_max")]
     pub inline_max_bytes: u64,
-    /// What the request body is.
+    /// Webhook: what the request body is (default: the envelope).
     #[serde(default)]
-    pub body: BodyMode,
+    pub body: Option<BodyMode>,
     /// Requests in flight at once (each for a different referral).
     #[serde(default = "default_concurrency")]
     pub concurrency: usize,
@@ -79,8 +100,18 @@ fn default_inline_max() -> u64 {
 pub enum DestinationKind {
     /// A `POST` signed as Standard Webhooks.
     Webhook,
-    /// A FHIR R4 server's base: not yet available (refused by validation).
+    /// A FHIR R4 server's base: a `transaction` Bundle per version.
     Fhir,
+}
+
+impl DestinationKind {
+    /// Its name in the configuration and the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Webhook => "webhook",
+            Self::Fhir => "fhir",
+        }
+    }
 }
 
 /// What a destination is told of a version's documents.
@@ -115,13 +146,6 @@ impl DestinationConfig {
     pub fn validate(&self, name: &str) -> anyhow::Result<()> {
         check_name(name)?;
         let context = || format!("destinations.{name}");
-        match self.kind {
-            DestinationKind::Webhook => {}
-            DestinationKind::Fhir => bail!(
-                "{}: kind = \"fhir\" is not available yet; use kind = \"webhook\"",
-                context()
-            ),
-        }
         let url = reqwest::Url::parse(&self.url)
             .with_context(|| format!("{}.url is not a URL", context()))?;
         if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
@@ -130,18 +154,80 @@ impl DestinationConfig {
         // The URL is shown (check-config, the console): it must hold no secret of its own.
         if !url.username().is_empty() || url.password().is_some() {
             bail!(
-                "{}.url must not hold a user name or password: the receiver checks the signature",
+                "{}.url must not hold a user name or password (it is shown); a webhook is \
+                 authenticated by its signature, a FHIR server by bearer_token or client_secret",
                 context()
             );
         }
-        for secret in std::iter::once(&self.secret).chain(&self.previous_secrets) {
-            signing_key(secret).with_context(context)?;
+        match self.kind {
+            DestinationKind::Webhook => self.validate_webhook().with_context(context)?,
+            DestinationKind::Fhir => self.validate_fhir().with_context(context)?,
         }
         if self.concurrency == 0 || self.concurrency > 256 {
             bail!("{}.concurrency must be from 1 to 256", context());
         }
         if self.request_timeout_secs == 0 {
             bail!("{}.request_timeout_secs must be positive", context());
+        }
+        Ok(())
+    }
+
+    fn validate_webhook(&self) -> anyhow::Result<()> {
+        let Some(secret) = &self.secret else {
+            bail!("a webhook destination needs secret (whsec_..., Standard Webhooks)");
+        };
+        for secret in std::iter::once(secret).chain(&self.previous_secrets) {
+            signing_key(secret)?;
+        }
+        let fhir_only = [
+            ("bearer_token", self.bearer_token.is_some()),
+            ("token_url", self.token_url.is_some()),
+            ("client_id", self.client_id.is_some()),
+            ("client_secret", self.client_secret.is_some()),
+            ("scope", self.scope.is_some()),
+        ];
+        if let Some((key, _)) = fhir_only.iter().find(|(_, set)| *set) {
+            bail!("{key} is for kind = \"fhir\"; a webhook is authenticated by its signature");
+        }
+        Ok(())
+    }
+
+    fn validate_fhir(&self) -> anyhow::Result<()> {
+        if self.secret.is_some() || !self.previous_secrets.is_empty() {
+            bail!(
+                "secret signs webhooks; a FHIR destination authenticates with bearer_token, or \
+                 token_url, client_id and client_secret"
+            );
+        }
+        if self.body.is_some() {
+            bail!("body is for webhooks; a FHIR destination is sent a transaction Bundle");
+        }
+        if self.documents == DocumentsMode::Links {
+            bail!(
+                "documents = \"links\" names the relay's API, which a FHIR server cannot read; \
+                 use \"wait\" (a DocumentReference per document, with its data) or \"none\""
+            );
+        }
+        let oauth = [
+            self.token_url.is_some(),
+            self.client_id.is_some(),
+            self.client_secret.is_some(),
+        ];
+        if oauth.contains(&true) {
+            if oauth.contains(&false) {
+                bail!(
+                    "token_url, client_id and client_secret go together (OAuth2 client credentials)"
+                );
+            }
+            if self.bearer_token.is_some() {
+                bail!("bearer_token or token_url: one way to authenticate, not both");
+            }
+            let url = self.token_url.as_deref().unwrap_or_default();
+            let parsed =
+                reqwest::Url::parse(url).with_context(|| "token_url is not a URL".to_owned())?;
+            if !matches!(parsed.scheme(), "http" | "https") || parsed.host().is_none() {
+                bail!("token_url must be an http or https URL");
+            }
         }
         Ok(())
     }
@@ -179,54 +265,76 @@ fn check_name(name: &str) -> anyhow::Result<()> {
 mod tests {
     use super::*;
 
-    fn destination(extra: &str) -> DestinationConfig {
-        toml::from_str(&format!(
-            "kind = \"webhook\"\nsecret = \"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"\n{extra}"
-        ))
-        .unwrap()
-    }
-
     #[test]
     fn a_destination_is_refused_for_what_would_leak_or_cannot_work() {
-        assert!(
-            destination("url = \"https://emr.test/hook\"")
-                .validate("emr")
-                .is_ok()
-        );
-        for (extra, name, words) in [
-            (
-                "url = \"https://user:pw@emr.test/hook\"",
-                "emr",
-                "user name or password",
-            ),
-            ("url = \"file:///etc/passwd\"", "emr", "http or https"),
-            ("url = \"https://emr.test/hook\"", "EMR", "a-z, 0-9"),
-            (
-                "url = \"https://emr.test/hook\"\nkind = \"fhir\"",
-                "emr",
-                "not available yet",
-            ),
-            (
-                "url = \"https://emr.test/hook\"\nconcurrency = 0",
-                "emr",
-                "concurrency",
+        const SECRET: &str = "secret = \"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"";
+        const FHIR: &str = "kind = \"fhir\"\nurl = \"https://fhir.test/r4\"";
+        let webhook = |extra: &str| {
+            format!("kind = \"webhook\"\nurl = \"https://emr.test/hook\"\n{SECRET}\n{extra}")
+        };
+        let error = |name: &str, text: &str| {
+            let config: DestinationConfig = toml::from_str(text).unwrap();
+            format!("{:#}", config.validate(name).unwrap_err())
+        };
+        for ok in [
+            webhook(""),
+            FHIR.to_owned(),
+            format!("{FHIR}\nbearer_token = \"t\"\ndocuments = \"wait\""),
+            format!(
+                "{FHIR}\ntoken_url = \"https://idp.test/token\"\nclient_id = 7\nclient_secret = \"s\""
             ),
         ] {
-            let config: Result<DestinationConfig, _> = toml::from_str(&format!(
-                "secret = \"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"\n{extra}{}",
-                if extra.contains("kind") {
-                    ""
-                } else {
-                    "\nkind = \"webhook\""
-                }
-            ));
-            let error = config.unwrap().validate(name).unwrap_err().to_string();
-            assert!(error.contains(words), "{extra}: {error}");
+            let config: DestinationConfig = toml::from_str(&ok).unwrap();
+            assert!(config.validate("emr").is_ok(), "{ok}");
         }
-        let short: DestinationConfig = toml::from_str(
-            "kind = \"webhook\"\nurl = \"https://emr.test/\"\nsecret = \"whsec_c2hvcnQ=\"",
-        )
-        .unwrap();
-        assert!(format!("{:#}", short.validate("emr").unwrap_err()).contains("24 to 64 bytes"));
+        let webhook_url = |url: &str| webhook("").replace("https://emr.test/hook", url);
+        for (name, text, words) in [
+            (
+                "emr",
+                webhook_url("https://user:pw@emr.test/hook"),
+                "user name or password",
+            ),
+            ("emr", webhook_url("file:///etc/passwd"), "http or https"),
+            ("EMR", webhook(""), "a-z, 0-9"),
+            ("emr", webhook("concurrency = 0"), "concurrency"),
+            (
+                "emr",
+                webhook("").replace(SECRET, ""),
+                "needs secret (whsec_",
+            ),
+            (
+                "emr",
+                webhook("bearer_token = \"t\""),
+                "bearer_token is for kind = \"fhir\"",
+            ),
+            ("emr", format!("{FHIR}\n{SECRET}"), "secret signs webhooks"),
+            (
+                "emr",
+                format!("{FHIR}\nbody = \"bundle\""),
+                "body is for webhooks",
+            ),
+            (
+                "emr",
+                format!("{FHIR}\ndocuments = \"links\""),
+                "names the relay's API",
+            ),
+            (
+                "emr",
+                format!("{FHIR}\ntoken_url = \"https://idp.test/token\"\nclient_id = \"c\""),
+                "go together",
+            ),
+            (
+                "emr",
+                format!(
+                    "{FHIR}\nbearer_token = \"t\"\ntoken_url = \"https://idp.test/token\"\nclient_id = \"c\"\nclient_secret = \"s\""
+                ),
+                "not both",
+            ),
+        ] {
+            let error = error(name, &text);
+            assert!(error.contains(words), "{text}: {error}");
+        }
+        let short = webhook("").replace("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "c2hvcnQ=");
+        assert!(error("emr", &short).contains("24 to 64 bytes"));
     }
 }

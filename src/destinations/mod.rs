@@ -5,6 +5,7 @@
 //! outbox's.
 
 mod envelope;
+mod fhir;
 mod webhook;
 pub mod worker;
 
@@ -14,11 +15,13 @@ use std::sync::Arc;
 use time::OffsetDateTime;
 use tokio::sync::Notify;
 
-use crate::config::{Config, DestinationConfig};
+use crate::config::{Config, DestinationConfig, DestinationKind};
 use crate::domain::ReferralRef;
+use crate::outgoing::SendError;
 use crate::store::{MessageState, QueueRoute, QueuedMessage, Store, StoreError, VersionRecord};
 
 pub use envelope::{Envelope, build_envelope};
+pub use fhir::FhirSender;
 pub use webhook::{WebhookSender, signature};
 
 /// One configured destination, ready to send.
@@ -29,7 +32,79 @@ pub struct Destination {
     pub route: QueueRoute,
     /// Wakes its worker: a version was queued, a message replayed, the queue resumed.
     pub wake: Notify,
-    pub sender: WebhookSender,
+    pub sender: Sender,
+}
+
+/// How a destination is sent to, by its `kind`.
+pub enum Sender {
+    Webhook(WebhookSender),
+    Fhir(Box<FhirSender>),
+}
+
+impl Sender {
+    pub fn new(name: &str, config: &DestinationConfig) -> anyhow::Result<Self> {
+        Ok(match config.kind {
+            DestinationKind::Webhook => Self::Webhook(WebhookSender::new(config)?),
+            DestinationKind::Fhir => Self::Fhir(Box::new(FhirSender::new(name, config)?)),
+        })
+    }
+
+    /// Sends `message`'s version, read from `store` now.
+    ///
+    /// # Errors
+    /// Why it did not land, under the rules of [`crate::outgoing`].
+    pub async fn send(
+        &self,
+        store: &dyn Store,
+        message: &QueuedMessage,
+        config: &DestinationConfig,
+        now: OffsetDateTime,
+    ) -> Result<(), SendError> {
+        match self {
+            Self::Webhook(webhook) => {
+                let envelope = build_envelope(
+                    store,
+                    message,
+                    config.documents,
+                    config.inline_max_bytes,
+                    now,
+                )
+                .await
+                .map_err(|e| SendError::Retry {
+                    reason: format!("the store could not read the version: {e}"),
+                    after: None,
+                })?
+                .ok_or_else(|| gone(message.version))?;
+                let id = if message.webhook_id.is_empty() {
+                    format!("msg_{}", message.id)
+                } else {
+                    message.webhook_id.clone()
+                };
+                webhook.send(&id, &envelope).await
+            }
+            Self::Fhir(fhir) => fhir.send(store, message).await,
+        }
+    }
+}
+
+/// The HTTP client of a destination: `request_timeout_secs` per request (connecting within 10 s
+/// of it), and no redirect followed (a receiver that redirects is answering wrongly: the answer
+/// says so rather than the relay posting elsewhere).
+fn http_client(config: &DestinationConfig) -> reqwest::Result<reqwest::Client> {
+    let timeout = std::time::Duration::from_secs(config.request_timeout_secs);
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(timeout)
+        .connect_timeout(timeout.min(std::time::Duration::from_secs(10)))
+        .user_agent(concat!("referral-relay/", env!("CARGO_PKG_VERSION")))
+        .build()
+}
+
+/// A message whose version is no longer stored: a dead letter.
+fn gone(version: u64) -> SendError {
+    SendError::Rejected(format!(
+        "version {version} of the referral is no longer stored (purged by retention)"
+    ))
 }
 
 /// Every configured destination, in name order.
@@ -54,7 +129,7 @@ impl Destinations {
             };
             list.push(Arc::new(Destination {
                 name: name.clone(),
-                sender: WebhookSender::new(c)?,
+                sender: Sender::new(name, c)?,
                 config: c.clone(),
                 route,
                 wake: Notify::new(),

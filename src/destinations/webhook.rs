@@ -4,8 +4,6 @@
 //! `webhook-signature` (`v1,` and base64 of HMAC-SHA256 over `id.timestamp.body`, one per
 //! secret during a rotation, space-separated).
 
-use std::time::Duration;
-
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use reqwest::header::CONTENT_TYPE;
@@ -40,15 +38,10 @@ pub fn signature(keys: &[Vec<u8>], id: &str, timestamp: i64, body: &[u8]) -> Str
 
 impl WebhookSender {
     pub fn new(config: &DestinationConfig) -> anyhow::Result<Self> {
-        let timeout = Duration::from_secs(config.request_timeout_secs);
-        let http = reqwest::Client::builder()
-            // A receiver that redirects is answering wrongly: say so rather than follow it.
-            .redirect(reqwest::redirect::Policy::none())
-            .timeout(timeout)
-            .connect_timeout(timeout.min(Duration::from_secs(10)))
-            .user_agent(concat!("referral-relay/", env!("CARGO_PKG_VERSION")))
-            .build()?;
-        let keys = std::iter::once(&config.secret)
+        let http = super::http_client(config)?;
+        let keys = config
+            .secret
+            .iter()
             .chain(&config.previous_secrets)
             .map(signing_key)
             .collect::<anyhow::Result<_>>()?;
@@ -56,7 +49,7 @@ impl WebhookSender {
             http,
             url: config.url.clone(),
             keys,
-            body: config.body,
+            body: config.body.unwrap_or_default(),
         })
     }
 

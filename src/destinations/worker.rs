@@ -13,7 +13,7 @@ use time::OffsetDateTime;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use super::{Destination, build_envelope};
+use super::Destination;
 use crate::config::DocumentsMode;
 use crate::outgoing::{RetryPolicy, SendError, duration};
 use crate::store::{DocumentState, MessageState, QueuedMessage, Store};
@@ -169,39 +169,18 @@ impl Worker {
             .then(|| (now + DOCUMENTS_POLL).min(deadline))
     }
 
-    /// Sends one message: its version's envelope, read from the store now (unless it waits for
-    /// its documents).
+    /// Sends one message: its version, read from the store now (unless it waits for its
+    /// documents).
     async fn attempt(self, message: QueuedMessage) -> Finished {
         let now = OffsetDateTime::now_utc();
         if let Some(again) = self.documents_pending(&message, now).await {
             return (message, Outcome::Waiting(again));
         }
-        let config = &self.destination.config;
-        let envelope = build_envelope(
-            self.store.as_ref(),
-            &message,
-            config.documents,
-            config.inline_max_bytes,
-            now,
-        );
-        let result = match envelope.await {
-            Ok(Some(envelope)) => {
-                let id = if message.webhook_id.is_empty() {
-                    format!("msg_{}", message.id)
-                } else {
-                    message.webhook_id.clone()
-                };
-                self.destination.sender.send(&id, &envelope).await
-            }
-            Ok(None) => Err(SendError::Rejected(format!(
-                "version {} of the referral is no longer stored (purged by retention)",
-                message.version
-            ))),
-            Err(e) => Err(SendError::Retry {
-                reason: format!("the store could not read the version: {e}"),
-                after: None,
-            }),
-        };
+        let result = self
+            .destination
+            .sender
+            .send(self.store.as_ref(), &message, &self.destination.config, now)
+            .await;
         (message, Outcome::Sent(result))
     }
 

@@ -9,5 +9,6 @@ pub mod message;
 pub mod outcome;
 pub mod outgoing;
 mod resources;
+pub mod transaction;
 
 pub use message::{ParseError, Parsed, ParsedMessage, parse_message};

@@ -1,96 +1,22 @@
 //! The outbound client for one Ocean site: OAuth client-credentials tokens (cached, one fetch
 //! at a time, refreshed once on 401) and `POST {base}/svc/fhir/v1/$process-messages`.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use reqwest::StatusCode;
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER};
-use serde::Deserialize;
-use tokio::sync::Mutex;
-use tokio::time::Instant;
 
-use crate::config::{SiteConfig, TokenAuth};
-use crate::secret::Secret;
-
-/// Refresh a token this long before Ocean says it expires.
-const TOKEN_MARGIN: Duration = Duration::from_secs(60);
-/// Life assumed for a token when Ocean gives no `expires_in`.
-const DEFAULT_TOKEN_LIFE: Duration = Duration::from_secs(300);
-/// The longest a token is kept, whatever `expires_in` says (a day).
-const MAX_TOKEN_LIFE: Duration = Duration::from_secs(86_400);
+use crate::config::SiteConfig;
+use crate::outgoing::token::{ClientCredentials, Grant, MAX_ANSWER_BYTES, read_at_most};
 
 pub use crate::outgoing::SendError;
-
-struct CachedToken {
-    value: String,
-    refresh_at: Instant,
-}
 
 /// A typed client for one site, built once from config.
 pub struct OceanClient {
     http: reqwest::Client,
     base_url: String,
-    client_id: String,
-    client_secret: Secret,
-    token_auth: TokenAuth,
-    token: Mutex<Option<CachedToken>>,
-    /// Token requests that succeeded and that failed, since start (for metrics).
-    token_fetches: [AtomicU64; 2],
-}
-
-/// The most read of an answer that is not the document asked for (an error's OperationOutcome,
-/// a token response), in bytes: the rest is not read.
-const MAX_ANSWER_BYTES: usize = 64 * 1024;
-
-/// The token response's fields the relay uses (RFC 6749 §5.1). `expires_in` is read as a
-/// number or a string of digits (some servers send `"3600"`); anything else is ignored in
-/// favour of [`DEFAULT_TOKEN_LIFE`], since the token itself is good.
-#[derive(Deserialize)]
-struct TokenResponse {
-    access_token: Option<serde_json::Value>,
-    expires_in: Option<serde_json::Value>,
-}
-
-impl TokenResponse {
-    /// The token and how long it lives, or why the answer holds no token (naming the field).
-    fn read(self) -> Result<(String, Duration), String> {
-        let token = match self.access_token {
-            Some(serde_json::Value::String(token)) if !token.is_empty() => token,
-            Some(_) => return Err("access_token that is not a non-empty string".into()),
-            None => return Err("no access_token".into()),
-        };
-        let expires_in = match &self.expires_in {
-            None => None,
-            Some(serde_json::Value::Number(n)) => n.as_u64(),
-            Some(serde_json::Value::String(s)) => s.trim().parse::<u64>().ok(),
-            Some(_) => None,
-        };
-        if self.expires_in.is_some() && expires_in.is_none() {
-            tracing::warn!(
-                assumed_secs = DEFAULT_TOKEN_LIFE.as_secs(),
-                "the token endpoint's expires_in is not a number of seconds; the token is kept for the assumed life"
-            );
-        }
-        let life = expires_in.map_or(DEFAULT_TOKEN_LIFE, Duration::from_secs);
-        Ok((token, life.min(MAX_TOKEN_LIFE)))
-    }
-}
-
-/// Reads at most `max` bytes of `response`'s body: `Ok(None)` when there is more (the rest
-/// is left unread and the connection dropped).
-async fn read_at_most(
-    mut response: reqwest::Response,
-    max: usize,
-) -> Result<Option<Vec<u8>>, reqwest::Error> {
-    let mut body = Vec::new();
-    while let Some(chunk) = response.chunk().await? {
-        if body.len() + chunk.len() > max {
-            return Ok(None);
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(Some(body))
+    /// Tokens from `{base_url}/svc/oauth2/token`.
+    credentials: ClientCredentials,
 }
 
 impl OceanClient {
@@ -116,14 +42,19 @@ impl OceanClient {
             .connect_timeout(timeout.min(Duration::from_secs(10)))
             .user_agent(concat!("referral-relay/", env!("CARGO_PKG_VERSION")))
             .build()?;
-        Ok(Self {
-            http,
-            base_url: site.base_url.trim_end_matches('/').to_owned(),
+        let base_url = site.base_url.trim_end_matches('/').to_owned();
+        let grant = Grant {
+            token_url: format!("{base_url}/svc/oauth2/token"),
             client_id: site.client_id.clone(),
             client_secret: site.client_secret.clone(),
             token_auth: site.token_auth,
-            token: Mutex::new(None),
-            token_fetches: Default::default(),
+            scope: None,
+        };
+        let credentials = ClientCredentials::new(http.clone(), grant, "Ocean");
+        Ok(Self {
+            http,
+            base_url,
+            credentials,
         })
     }
 
@@ -134,91 +65,11 @@ impl OceanClient {
 
     /// How many token requests succeeded and how many failed, since start.
     pub fn token_fetches(&self) -> (u64, u64) {
-        let [ok, failed] = &self.token_fetches;
-        (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed))
+        self.credentials.fetches()
     }
 
-    /// A valid token: the cached one, or a new one (`renew` forces that). The lock makes
-    /// concurrent callers share one fetch.
     async fn token(&self, renew: bool) -> Result<String, SendError> {
-        let mut cached = self.token.lock().await;
-        if !renew
-            && let Some(token) = cached.as_ref()
-            && token.refresh_at > Instant::now()
-        {
-            return Ok(token.value.clone());
-        }
-        let fetched = self.fetch_token().await;
-        let [ok, failed] = &self.token_fetches;
-        let counter = if fetched.is_ok() { ok } else { failed };
-        counter.fetch_add(1, Ordering::Relaxed);
-        let (value, life) = fetched?;
-        *cached = Some(CachedToken {
-            value: value.clone(),
-            refresh_at: Instant::now() + life,
-        });
-        tracing::info!(
-            token_life_secs = life.as_secs(),
-            "fetched an Ocean access grant"
-        );
-        Ok(value)
-    }
-
-    /// Asks the site's token endpoint for a token; returns it and how long to use it.
-    async fn fetch_token(&self) -> Result<(String, Duration), SendError> {
-        let url = format!("{}/svc/oauth2/token", self.base_url);
-        let mut request = self
-            .http
-            .post(&url)
-            .header(CONTENT_TYPE, "application/x-www-form-urlencoded");
-        let mut form = vec![("grant_type", "client_credentials")];
-        match self.token_auth {
-            TokenAuth::Form => {
-                form.push(("client_id", &self.client_id));
-                form.push(("client_secret", self.client_secret.expose()));
-            }
-            TokenAuth::Basic => {
-                request = request.basic_auth(&self.client_id, Some(self.client_secret.expose()));
-            }
-        }
-        let body = serde_urlencoded::to_string(&form).map_err(|e| SendError::Retry {
-            reason: format!("cannot encode the token request: {e}"),
-            after: None,
-        })?;
-        let response = request
-            .body(body)
-            .send()
-            .await
-            .map_err(|e| SendError::Retry {
-                reason: format!("token endpoint unreachable: {}", transport(&e)),
-                after: None,
-            })?;
-        let status = response.status();
-        if !status.is_success() {
-            // Even a 401 here is retried: credentials are fixed by an operator, and updates
-            // must not die in the meantime.
-            return Err(SendError::Retry {
-                reason: format!(
-                    "token endpoint answered {status}; check the site's client_id and client_secret"
-                ),
-                after: retry_after(&response),
-            });
-        }
-        let unreadable = |reason: String| SendError::Retry {
-            reason: format!("token endpoint answered {reason}"),
-            after: None,
-        };
-        let body = read_at_most(response, MAX_ANSWER_BYTES)
-            .await
-            .map_err(|e| unreadable(transport(&e).to_owned()))?
-            .ok_or_else(|| unreadable(format!("more than {MAX_ANSWER_BYTES} bytes")))?;
-        let (token, given) = serde_json::from_slice::<TokenResponse>(&body)
-            .map_err(|_| "a body that is not a JSON object".to_owned())
-            .and_then(TokenResponse::read)
-            .map_err(unreadable)?;
-        // Refresh a minute early, or halfway through a token shorter-lived than two minutes.
-        let life = given.saturating_sub(TOKEN_MARGIN.min(given / 2));
-        Ok((token, life))
+        self.credentials.token(renew).await
     }
 
     /// Posts one message Bundle; a 401 gets one retry with a fresh token.
@@ -576,40 +427,5 @@ mod tests {
             Some("an SVG image")
         );
         assert_eq!(markup_type("application/pdf"), None);
-    }
-
-    fn token(json: &str) -> Result<(String, Duration), String> {
-        serde_json::from_str::<TokenResponse>(json).unwrap().read()
-    }
-
-    #[test]
-    fn a_token_answer_is_read_field_by_field() {
-        let hour = Duration::from_secs(3600);
-        assert_eq!(
-            token(r#"{"access_token":"t","expires_in":3600}"#),
-            Ok(("t".into(), hour))
-        );
-        assert_eq!(
-            token(r#"{"access_token":"t","expires_in":"3600"}"#),
-            Ok(("t".into(), hour))
-        );
-        for unreadable in [r#""soon""#, "-5", "1.5", "null", "[]"] {
-            let json = format!(r#"{{"access_token":"t","expires_in":{unreadable}}}"#);
-            assert_eq!(token(&json), Ok(("t".into(), DEFAULT_TOKEN_LIFE)), "{json}");
-        }
-        assert_eq!(
-            token(r#"{"token_type":"bearer"}"#),
-            Err("no access_token".into())
-        );
-        assert!(
-            token(r#"{"access_token":42}"#)
-                .unwrap_err()
-                .contains("access_token")
-        );
-        // A life no clock can add is kept to a day.
-        for huge in ["18446744073709551615", r#""18446744073709551615""#] {
-            let json = format!(r#"{{"access_token":"t","expires_in":{huge}}}"#);
-            assert_eq!(token(&json), Ok(("t".into(), MAX_TOKEN_LIFE)), "{json}");
-        }
     }
 }

@@ -12,7 +12,7 @@ use crate::support::fixtures::{V011_BUNDLE_ID, V011_REFERRAL, fixture};
 use crate::support::peers::WebhookReceiver;
 use crate::support::postgres::Schema;
 
-const KEY: &str = "destinations-key-0123456789";
+pub(crate) const KEY: &str = "destinations-key-0123456789";
 /// 32 bytes, base64: the secret a rotation moves to, and the one it moves from.
 const NEW_SECRET: &str = "whsec_bmV3LXNlY3JldC1uZXctc2VjcmV0LW5ldy1zZWNyZXQhIQ==";
 const OLD_SECRET: &str = "whsec_b2xkLXNlY3JldC1vbGQtc2VjcmV0LW9sZC1zZWNyZXQhIQ==";
@@ -33,7 +33,7 @@ max_backoff_secs = 1
 }
 
 /// The service on sled in a directory of its own, or on a PostgreSQL schema of its own.
-async fn app_on(postgres: bool, toml: &str) -> (TestApp, TempDir) {
+pub(crate) async fn app_on(postgres: bool, toml: &str) -> (TestApp, TempDir) {
     let dir = TempDir::new().unwrap();
     let config = config(toml, dir.path());
     if postgres {
@@ -51,7 +51,7 @@ async fn sled_in(dir: &std::path::Path, toml: &str) -> TestApp {
 }
 
 /// Fixture `name` as a new delivery of `referral` (a fresh Bundle id).
-fn delivery(name: &str, referral: &str) -> Vec<u8> {
+pub(crate) fn delivery(name: &str, referral: &str) -> Vec<u8> {
     let text = String::from_utf8(fixture(name)).unwrap();
     let bundle_id = uuid::Uuid::new_v4().to_string();
     let original_id = serde_json::from_str::<Value>(&text).unwrap()["id"]
@@ -76,7 +76,12 @@ async fn deliver(app: &TestApp, name: &str, referral: &str) {
     assert_eq!(answer.status, 200, "{}", answer.body);
 }
 
-async fn api(app: &TestApp, method: reqwest::Method, path: &str, body: Option<Value>) -> Answer {
+pub(crate) async fn api(
+    app: &TestApp,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Value>,
+) -> Answer {
     let mut request = app
         .client
         .request(method, app.url(path))
@@ -87,7 +92,7 @@ async fn api(app: &TestApp, method: reqwest::Method, path: &str, body: Option<Va
     answer(request.send().await.unwrap()).await
 }
 
-async fn destination(app: &TestApp, name: &str) -> Value {
+pub(crate) async fn destination(app: &TestApp, name: &str) -> Value {
     let list = api(app, reqwest::Method::GET, "/api/v1/destinations", None).await;
     assert_eq!(list.status, 200, "{}", list.body);
     list.body["destinations"]

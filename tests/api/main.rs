@@ -19,6 +19,7 @@ mod documents;
 mod edge;
 mod export;
 mod failures;
+mod fhir_destination;
 mod fuzz;
 mod ingest;
 mod lifecycle;

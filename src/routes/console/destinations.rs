@@ -51,6 +51,8 @@ pub(super) fn message_row(m: &QueuedMessage) -> MessageRow {
 #[derive(Serialize)]
 struct DestinationRow {
     name: String,
+    /// `webhook` or `fhir`.
+    kind: &'static str,
     url: String,
     paused: bool,
     pending: u64,
@@ -86,6 +88,7 @@ pub async fn list(State(state): State<AppState>, user: ConsoleUser) -> Result<Re
             .await?;
         rows.push(DestinationRow {
             name: destination.name.clone(),
+            kind: destination.config.kind.as_str(),
             url: destination.config.url.clone(),
             paused: stats.paused,
             pending: stats.pending,

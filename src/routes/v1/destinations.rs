@@ -21,7 +21,7 @@ use crate::store::{MessageState, QueuedMessage};
 #[derive(Debug, Serialize, ToSchema)]
 pub struct DestinationView {
     name: String,
-    /// `webhook`.
+    /// `webhook` or `fhir`.
     kind: String,
     /// `running`, or `paused` by an operator.
     state: String,
@@ -156,7 +156,7 @@ pub async fn list_destinations(
         let stats = state.store.queue_stats(&destination.name).await?;
         destinations.push(DestinationView {
             name: destination.name.clone(),
-            kind: "webhook".into(),
+            kind: destination.config.kind.as_str().into(),
             state: if stats.paused { "paused" } else { "running" }.into(),
             pending: stats.pending,
             dead: stats.dead,

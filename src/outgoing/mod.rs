@@ -2,6 +2,8 @@
 //! answers are worth another attempt, and when that attempt is (exponential backoff with
 //! jitter, honouring `Retry-After`, within a retry horizon).
 
+pub mod token;
+
 use std::time::Duration;
 
 use reqwest::StatusCode;
