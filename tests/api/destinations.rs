@@ -729,6 +729,107 @@ async fn a_rate_limit_spaces_the_sends_out() {
     app.stop().await;
 }
 
+/// Two `referral-relay serve` processes on one PostgreSQL schema: the one holding a
+/// destination's messages is killed with SIGKILL while its sends are in flight; once their
+/// leases lapse the other sends them, and every version arrives (the ones in flight at the kill
+/// twice, under one `webhook-id`, for the receiver to drop).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_replicas_claims_move_on_to_the_other() {
+    use std::time::{Duration, Instant};
+
+    use crate::support::binary::launch;
+
+    const REFERRALS: usize = 6;
+    let receiver = WebhookReceiver::start(&[NEW_SECRET]);
+    receiver.delay(1500).await;
+    let schema = Schema::new();
+    drop(schema.store().await);
+    let files = TempDir::new().unwrap();
+    let config = files.path().join("relay.toml");
+    std::fs::write(
+        &config,
+        toml(&format!(
+            "[storage]\nbackend = \"postgres\"\nurl = \"{}\"\nschema = \"{}\"\n\n\
+             [destinations.emr]\nkind = \"webhook\"\nurl = \"{}\"\nsecret = \"{NEW_SECRET}\"\n\
+             request_timeout_secs = 3\n",
+            crate::support::postgres::server_url(),
+            schema.name,
+            receiver.url
+        )),
+    )
+    .unwrap();
+    let start = |name: &str| {
+        let dir = files.path().join(name);
+        tokio::task::block_in_place(|| launch(&dir, Some(&config), &[], &[("RUST_LOG", "info")]))
+    };
+    let mut a = start("a");
+    let client = reqwest::Client::new();
+    for n in 0..REFERRALS {
+        let answer = client
+            .post(format!("http://{}/fhir/default/$process-message", a.addr))
+            .header("content-type", "application/fhir+json")
+            .body(delivery(STEPS[0], &format!("DST-LEASE-{n}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 200);
+    }
+    // Killed while the receiver holds its first sends.
+    let started = Instant::now();
+    while receiver.received().await["started"] == 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "nothing was sent"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    a.child.kill().unwrap();
+    a.child.wait().unwrap();
+    let b = start("b");
+    let received = receiver.wait_for(REFERRALS).await;
+    let mut referrals: Vec<&str> = received
+        .iter()
+        .map(|m| m["referral"].as_str().unwrap())
+        .collect();
+    referrals.sort_unstable();
+    let wanted: Vec<String> = (0..REFERRALS).map(|n| format!("DST-LEASE-{n}")).collect();
+    assert_eq!(referrals, wanted);
+    // What was in flight at the kill was sent again by the other replica, under its id.
+    let started = Instant::now();
+    let counts = loop {
+        let counts = receiver.received().await;
+        if counts["duplicates"].as_u64() >= Some(1) || started.elapsed() > Duration::from_secs(60) {
+            break counts;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(counts["duplicates"].as_u64() >= Some(1), "{counts}");
+    let view = loop {
+        let list: Value = client
+            .get(format!("http://{}/api/v1/destinations", b.addr))
+            .bearer_auth(KEY)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let view = list["destinations"][0].clone();
+        if view["pending"] == 0 || started.elapsed() > Duration::from_secs(60) {
+            break view;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(
+        (view["pending"].as_u64(), view["delivered"].as_u64()),
+        (Some(0), Some(REFERRALS as u64)),
+        "{view}"
+    );
+    let mut b = b;
+    assert!(crate::support::binary::terminate(&mut b));
+    schema.drop_now().await;
+}
+
 /// Two replicas on one PostgreSQL schema share a destination's queue: every version is sent
 /// once (no duplicates to deduplicate), in order per referral, whichever replica stored it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -12,8 +12,9 @@ set through `POST /control` says otherwise:
     {"delay_ms": 300}                                 # answer every request after 300 ms
 
 `GET /received` answers what was received: each verified message once, in arrival order
-(`id`, `referral`, `version`, `body`, `at`: seconds on the receiver's monotonic clock), and counts of attempts, duplicates and requests whose
-signature failed.
+(`id`, `referral`, `version`, `body`, `at`: seconds on the receiver's monotonic clock), and counts:
+`started` (requests begun, before any delay), `attempts` (requests read through), `duplicates`
+and `bad_signatures` (requests whose signature failed).
 """
 
 import json
@@ -28,7 +29,7 @@ verifiers = [Webhook(secret) for secret in sys.argv[1:]]
 lock = threading.Lock()
 received = []
 seen = set()
-counts = {"attempts": 0, "duplicates": 0, "bad_signatures": 0}
+counts = {"started": 0, "attempts": 0, "duplicates": 0, "bad_signatures": 0}
 rules = {}
 delay = {"ms": 0}
 
@@ -70,6 +71,8 @@ class Handler(BaseHTTPRequestHandler):
                     rules[rule["referral"]] = [rule["status"], rule["times"]]
             self.answer(200, {})
             return
+        with lock:
+            counts["started"] += 1
         if delay["ms"]:
             time.sleep(delay["ms"] / 1000)
         headers = {k: v for k, v in self.headers.items()}
