@@ -23,7 +23,7 @@ use crate::telemetry::Metrics;
 pub struct Application {
     listener: TcpListener,
     store: Arc<dyn Store>,
-    keep_days: u64,
+    retention: crate::config::RetentionConfig,
     router: Router,
     worker: Worker,
     fetcher: crate::ocean::documents::Fetcher,
@@ -123,7 +123,7 @@ impl Application {
             refusals_every: Duration::from_secs(server.auth_failure_report_secs),
             listener,
             store: Arc::clone(&state.store),
-            keep_days: config.retention.keep_days,
+            retention: config.retention.clone(),
             worker: state.worker(),
             fetcher: state.fetcher(),
             destination_workers: state.destination_workers(),
@@ -175,10 +175,10 @@ impl Application {
             self.refusals_every,
             self.stopping.subscribe(),
         )));
-        if self.keep_days > 0 {
+        if self.retention.keep_days > 0 || self.retention.delivered_keep_days > 0 {
             holding_store.push(tokio::spawn(retention(
                 Arc::clone(&self.store),
-                self.keep_days,
+                self.retention.clone(),
                 self.stopping.subscribe(),
             )));
         }
@@ -260,28 +260,49 @@ pub fn pg_options(
     })
 }
 
-/// Purges versions older than `keep_days` (except each referral's latest) at start and daily.
+/// At start and daily: purges versions older than `keep_days` (except each referral's latest),
+/// and forgets destination messages delivered more than `delivered_keep_days` ago (0: never).
 async fn retention(
     store: Arc<dyn Store>,
-    keep_days: u64,
+    config: crate::config::RetentionConfig,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
-    loop {
-        let keep = time::Duration::days(i64::try_from(keep_days).unwrap_or(i64::MAX / 86_400));
-        let cutoff = time::OffsetDateTime::now_utc()
+    let cutoff = |days: u64| {
+        let keep = time::Duration::days(i64::try_from(days).unwrap_or(i64::MAX / 86_400));
+        time::OffsetDateTime::now_utc()
             .checked_sub(keep)
-            .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
-        match store.purge_versions_before(cutoff).await {
-            Ok(0) => {}
-            Ok(purged) => {
-                tracing::info!(purged, keep_days, "retention purged old versions");
-                let details =
-                    serde_json::json!({"keep_days": keep_days, "versions_purged": purged});
-                if let Err(e) = store.audit("RETENTION_PURGE", "retention", details).await {
-                    tracing::error!(error = %e, "cannot audit a retention purge");
+            .unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
+    };
+    loop {
+        let keep_days = config.keep_days;
+        match (keep_days > 0).then(|| store.purge_versions_before(cutoff(keep_days))) {
+            None => {}
+            Some(purge) => match purge.await {
+                Ok(0) => {}
+                Ok(purged) => {
+                    tracing::info!(purged, keep_days, "retention purged old versions");
+                    let details =
+                        serde_json::json!({"keep_days": keep_days, "versions_purged": purged});
+                    if let Err(e) = store.audit("RETENTION_PURGE", "retention", details).await {
+                        tracing::error!(error = %e, "cannot audit a retention purge");
+                    }
                 }
+                Err(e) => tracing::error!(error = %e, "retention purge failed"),
+            },
+        }
+        let days = config.delivered_keep_days;
+        if days > 0 {
+            match store.purge_messages_before(cutoff(days)).await {
+                Ok(0) => {}
+                Ok(forgotten) => {
+                    tracing::info!(
+                        forgotten,
+                        days,
+                        "retention forgot delivered destination messages"
+                    );
+                }
+                Err(e) => tracing::error!(error = %e, "forgetting delivered messages failed"),
             }
-            Err(e) => tracing::error!(error = %e, "retention purge failed"),
         }
         tokio::select! {
             () = tokio::time::sleep(Duration::from_secs(24 * 3600)) => {}

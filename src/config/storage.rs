@@ -7,13 +7,21 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::secret::{Secret, SecretBytes};
 
-/// Retention of old versions.
+/// Retention of old versions and of delivered destination messages.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RetentionConfig {
     /// Versions received more than this many days ago are purged (their payload and summary),
     /// except each referral's latest. 0 keeps everything forever.
     pub keep_days: u64,
+    /// Messages of destinations' queues that were delivered (or discarded) more than this many
+    /// days ago are forgotten (the versions themselves stay). 0 keeps them forever.
+    #[serde(default = "default_delivered_keep_days")]
+    pub delivered_keep_days: u64,
+}
+
+fn default_delivered_keep_days() -> u64 {
+    90
 }
 
 /// The largest page cache `storage.cache_mib` may ask for: 1 TiB.

@@ -51,6 +51,16 @@ pub struct QueuedMessage {
 }
 
 impl QueuedMessage {
+    /// Whether it left its queue before `cutoff`: delivered before it, or discarded and queued
+    /// before it (see [`QueueStore::purge_messages_before`]).
+    pub fn settled_before(&self, cutoff: OffsetDateTime) -> bool {
+        match self.state {
+            MessageState::Delivered => self.delivered_at.unwrap_or(self.created_at) < cutoff,
+            MessageState::Discarded => self.created_at < cutoff,
+            MessageState::Pending | MessageState::Dead => false,
+        }
+    }
+
     /// A new pending message, due at `at`; the store gives it its id.
     pub fn pending(queue: &str, referral: ReferralRef, version: u64, at: OffsetDateTime) -> Self {
         Self {
@@ -175,6 +185,11 @@ pub trait QueueStore: Send + Sync {
 
     /// Pauses (`true`) or resumes a queue, durably.
     async fn set_queue_paused(&self, queue: &str, paused: bool) -> Result<(), StoreError>;
+
+    /// Forgets the messages that left their queue long ago: delivered before `cutoff`, or
+    /// discarded and queued before it. Open messages are never touched. Returns how many were
+    /// forgotten; durable when it returns.
+    async fn purge_messages_before(&self, cutoff: OffsetDateTime) -> Result<u64, StoreError>;
 
     /// Queues `messages` (their ids are given here), each behind the open messages of its
     /// referral in its queue, in one durable write. For backfills: a delivery queues its own

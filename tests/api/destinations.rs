@@ -1004,3 +1004,142 @@ async fn webhook_ids_differ_between_stores_that_number_messages_alike() {
         "a new message was taken for a repeat"
     );
 }
+
+/// Messages delivered (or discarded) before the cutoff are forgotten; open ones and their
+/// referrals' order are untouched, and the queue goes on working.
+async fn forgets_what_left_long_ago(store: &dyn referral_relay::store::Store) {
+    use referral_relay::domain::ReferralRef;
+    use referral_relay::store::{MessageState, QueuedMessage};
+    use time::{Duration, OffsetDateTime};
+
+    let now = OffsetDateTime::now_utc();
+    let long_ago = now - Duration::days(100);
+    let lease = std::time::Duration::from_secs(30);
+    let referral = |r: &str| ReferralRef::parse(r).unwrap();
+    let queued =
+        |r: &str, version: u64| QueuedMessage::pending("emr", referral(r), version, long_ago);
+    store
+        .enqueue_messages(vec![
+            queued("PURGE-A", 1),
+            queued("PURGE-A", 2),
+            queued("PURGE-A", 3),
+            queued("PURGE-B", 1),
+            queued("PURGE-C", 1),
+        ])
+        .await
+        .unwrap();
+    let all = store.queue_messages("emr", None, 0, 100).await.unwrap();
+    let find = |r: &str, v: u64| {
+        all.iter()
+            .find(|m| m.referral.as_str() == r && m.version == v)
+            .unwrap()
+            .clone()
+    };
+    let settle = |mut message: QueuedMessage, state: MessageState, at: OffsetDateTime| {
+        message.state = state;
+        if state == MessageState::Delivered {
+            message.delivered_at = Some(at);
+        }
+        message
+    };
+    let save = |message: QueuedMessage, from: MessageState| async move {
+        assert!(store.save_message(&message, from).await.unwrap());
+    };
+    // A1 delivered long ago, A2 now; B1 dead, then discarded; C1 dead (open).
+    save(
+        settle(find("PURGE-A", 1), MessageState::Delivered, long_ago),
+        MessageState::Pending,
+    )
+    .await;
+    save(
+        settle(find("PURGE-A", 2), MessageState::Delivered, now),
+        MessageState::Pending,
+    )
+    .await;
+    save(
+        settle(find("PURGE-B", 1), MessageState::Dead, now),
+        MessageState::Pending,
+    )
+    .await;
+    save(
+        settle(find("PURGE-B", 1), MessageState::Discarded, now),
+        MessageState::Dead,
+    )
+    .await;
+    save(
+        settle(find("PURGE-C", 1), MessageState::Dead, now),
+        MessageState::Pending,
+    )
+    .await;
+
+    let cutoff = now - Duration::days(90);
+    assert_eq!(store.purge_messages_before(cutoff).await.unwrap(), 2);
+    assert_eq!(store.purge_messages_before(cutoff).await.unwrap(), 0);
+    let left: Vec<(String, u64, MessageState)> = store
+        .queue_messages("emr", None, 0, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| (m.referral.as_str().to_owned(), m.version, m.state))
+        .collect();
+    assert_eq!(
+        left,
+        [
+            ("PURGE-A".to_owned(), 2, MessageState::Delivered),
+            ("PURGE-A".to_owned(), 3, MessageState::Pending),
+            ("PURGE-C".to_owned(), 1, MessageState::Dead),
+        ]
+    );
+    let stats = store.queue_stats("emr").await.unwrap();
+    assert_eq!(
+        (stats.pending, stats.dead, stats.delivered, stats.discarded),
+        (1, 1, 1, 0)
+    );
+    let versions: Vec<u64> = store
+        .referral_messages(&referral("PURGE-A"))
+        .await
+        .unwrap()
+        .iter()
+        .map(|m| m.version)
+        .collect();
+    assert_eq!(versions, [2, 3]);
+    // The queue goes on: A3 is due, and once delivered a new A4 is queued behind nothing.
+    let due = store
+        .due_messages("emr", now, lease, 10, &[])
+        .await
+        .unwrap();
+    assert_eq!(due.len(), 1);
+    assert_eq!((due[0].referral.as_str(), due[0].version), ("PURGE-A", 3));
+    let delivered = settle(due[0].clone(), MessageState::Delivered, now);
+    save(delivered, MessageState::Pending).await;
+    store
+        .enqueue_messages(vec![QueuedMessage::pending(
+            "emr",
+            referral("PURGE-A"),
+            4,
+            now,
+        )])
+        .await
+        .unwrap();
+    let later = now + Duration::seconds(1);
+    let due = store
+        .due_messages("emr", later, lease, 10, &[])
+        .await
+        .unwrap();
+    assert_eq!(due.len(), 1);
+    assert_eq!(due[0].version, 4);
+    // Everything settled by now goes; the open ones stay.
+    assert_eq!(store.purge_messages_before(later).await.unwrap(), 2);
+    let stats = store.queue_stats("emr").await.unwrap();
+    assert_eq!((stats.pending, stats.dead, stats.delivered), (1, 1, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delivered_messages_are_forgotten_after_the_retention_window() {
+    let dir = TempDir::new().unwrap();
+    let store = referral_relay::store::SledStore::open(dir.path()).unwrap();
+    forgets_what_left_long_ago(&store).await;
+    let schema = Schema::new();
+    forgets_what_left_long_ago(schema.store().await.as_ref()).await;
+    schema.drop_now().await;
+}

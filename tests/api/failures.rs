@@ -193,6 +193,9 @@ impl QueueStore for DiskFull {
     async fn set_queue_paused(&self, _: &str, _: bool) -> Result<(), StoreError> {
         Err(disk_full())
     }
+    async fn purge_messages_before(&self, _: OffsetDateTime) -> Result<u64, StoreError> {
+        Err(disk_full())
+    }
     async fn enqueue_messages(&self, _: Vec<QueuedMessage>) -> Result<(), StoreError> {
         Err(disk_full())
     }

@@ -282,6 +282,31 @@ impl QueueStore for PgStore {
         .await
     }
 
+    async fn purge_messages_before(&self, cutoff: OffsetDateTime) -> Result<u64, StoreError> {
+        // In batches, so no statement runs long or holds many rows locked.
+        const PURGE: &str = "DELETE FROM queue WHERE id IN (
+             SELECT id FROM queue
+             WHERE (state = 'delivered' AND coalesce(delivered_at, created_at) < $1)
+                OR (state = 'discarded' AND created_at < $1)
+             LIMIT 5000)";
+        let mut purged = 0;
+        loop {
+            let deleted = self
+                .bounded("forgetting settled messages", async {
+                    let client = self.client().await?;
+                    client
+                        .execute(PURGE, &[&cutoff])
+                        .await
+                        .map_err(db_error("forgetting settled messages"))
+                })
+                .await?;
+            purged += deleted;
+            if deleted == 0 {
+                return Ok(purged);
+            }
+        }
+    }
+
     async fn enqueue_messages(&self, messages: Vec<QueuedMessage>) -> Result<(), StoreError> {
         let sealed = messages
             .iter()

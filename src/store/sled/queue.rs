@@ -263,7 +263,75 @@ impl QueueTx<'_> {
     }
 }
 
+impl QueueTx<'_> {
+    /// Removes message `id` and its index entries, if it is still settled before `cutoff`
+    /// (it is never in a chain then: only an open message is a head or follows one).
+    fn forget(&self, id: u64, cutoff: OffsetDateTime) -> TxResult<bool> {
+        let Some(message) = self.get(id)? else {
+            return Ok(false);
+        };
+        if !message.settled_before(cutoff) {
+            return Ok(false);
+        }
+        let queue = &message.queue;
+        self.queue.remove(&id.to_be_bytes())?;
+        self.index.remove(state_key(queue, message.state, id))?;
+        self.index.remove(referral_key(&message.referral, id))?;
+        self.index
+            .remove(due_key(queue, message.next_attempt_at, id))?;
+        self.count(queue, message.state, -1)?;
+        Ok(true)
+    }
+}
+
 impl Open {
+    /// Blocking (on a blocking thread): reads every message and hands the writer the ids to
+    /// forget in chunks; durable when it returns.
+    fn purge_messages_before(&self, cutoff: OffsetDateTime) -> Result<u64, StoreError> {
+        const CHUNK: usize = 512;
+        let mut purged = 0;
+        let mut chunk = Vec::with_capacity(CHUNK);
+        for item in self.trees.queue.iter() {
+            let (key, value) = item.map_err(unavailable)?;
+            let message: QueuedMessage = self.codec.decode(QUEUE, &key, &value)?;
+            if message.settled_before(cutoff) {
+                chunk.push(message.id);
+            }
+            if chunk.len() == CHUNK {
+                purged += self.forget_chunk(std::mem::take(&mut chunk), cutoff)?;
+            }
+        }
+        purged += self.forget_chunk(chunk, cutoff)?;
+        Ok(purged)
+    }
+
+    fn forget_chunk(&self, ids: Vec<u64>, cutoff: OffsetDateTime) -> Result<u64, StoreError> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        self.writer.write_blocking(
+            move |Target {
+                      trees: t, codec, ..
+                  }| {
+                (&t.queue, &t.queue_index, &t.meta)
+                    .transaction(|(queue, index, meta)| {
+                        let tx = QueueTx {
+                            queue,
+                            index,
+                            meta,
+                            codec,
+                        };
+                        let mut forgotten = 0;
+                        for id in &ids {
+                            forgotten += u64::from(tx.forget(*id, cutoff)?);
+                        }
+                        Ok(forgotten)
+                    })
+                    .map_err(tx_error)
+            },
+        )
+    }
+
     fn queue_message(&self, id: u64) -> Result<Option<QueuedMessage>, StoreError> {
         let key = id.to_be_bytes();
         self.trees
@@ -536,6 +604,11 @@ impl QueueStore for SledStore {
             })
             .await;
         self.checked(result)
+    }
+
+    async fn purge_messages_before(&self, cutoff: OffsetDateTime) -> Result<u64, StoreError> {
+        self.off_worker(move |open| open.purge_messages_before(cutoff))
+            .await
     }
 
     async fn enqueue_messages(&self, messages: Vec<QueuedMessage>) -> Result<(), StoreError> {
