@@ -28,7 +28,7 @@ pub struct Application {
     worker: Worker,
     fetcher: crate::ocean::documents::Fetcher,
     /// One per destination; they hold the store, so they are awaited at shutdown.
-    destination_workers: Vec<crate::destinations::worker::Worker>,
+    destination_workers: Vec<crate::outgoing::worker::Worker>,
     metrics: Metrics,
     stopping: Arc<tokio::sync::watch::Sender<bool>>,
     shutdown_timeout: Duration,
@@ -342,11 +342,13 @@ async fn metrics_upkeep(metrics: Metrics, mut stop: tokio::sync::watch::Receiver
 
 /// Runs the outbox worker, restarting it should it ever panic, until shutdown.
 async fn supervise(worker: Worker, stop: tokio::sync::watch::Receiver<bool>) {
+    let health = Arc::clone(&worker.health);
+    let worker = worker.sender();
     loop {
         match tokio::spawn(worker.clone().run(stop.clone())).await {
             Ok(()) => return,
             Err(e) if e.is_panic() => {
-                worker.health.mark_panicked();
+                health.mark_panicked();
                 tracing::error!("the outbox worker panicked; restarting it");
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }

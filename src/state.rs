@@ -207,14 +207,16 @@ impl AppState {
     }
 
     /// One worker per destination, over this state's store.
-    pub fn destination_workers(&self) -> Vec<crate::destinations::worker::Worker> {
+    pub fn destination_workers(&self) -> Vec<crate::outgoing::worker::Worker> {
         self.destinations
             .iter()
-            .map(|destination| crate::destinations::worker::Worker {
+            .map(|destination| crate::outgoing::worker::Worker {
                 store: Arc::clone(&self.store),
-                destination: Arc::clone(destination),
+                channel: Arc::new(crate::destinations::worker::DestinationChannel {
+                    destination: Arc::clone(destination),
+                    metrics: self.metrics.clone(),
+                }),
                 policy: crate::outgoing::RetryPolicy::from_config(&self.config.outbox),
-                metrics: self.metrics.clone(),
             })
             .collect()
     }

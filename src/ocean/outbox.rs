@@ -401,7 +401,7 @@ impl Outbox {
                 pending(UpdateKind::Message, message)
             }
         };
-        Ok(self.store.enqueue_update_if(update, task, &read).await?)
+        Ok(self.store.enqueue_update(update, task, Some(&read)).await?)
     }
 
     /// Makes dead letter `id` pending again, its retry horizon starting over, and records
@@ -416,7 +416,17 @@ impl Outbox {
         update.state = UpdateState::Pending;
         update.next_attempt_at = now;
         update.created_at = now;
-        self.store.save_update(&update).await?;
+        // Compare-and-set: a second replay (a double click, another replica) finds it pending.
+        let saved = self
+            .store
+            .save_message(&update.clone().into_message(), UpdateState::Dead)
+            .await?;
+        if !saved {
+            return Err(OutboxError::NotDead {
+                id,
+                verb: "replayed",
+            });
+        }
         self.audit("UPDATE_REPLAYED", actor, &update).await?;
         self.wake.notify_one();
         tracing::info!(update = update.id, "dead letter replayed");
@@ -437,7 +447,8 @@ impl Outbox {
         let mut discarded = false;
         for _ in 0..MAX_RACES {
             let previous = self.store.task_state(&update.referral).await?;
-            let updates = self.store.referral_updates(&update.referral).await?;
+            let updates =
+                crate::store::referral_updates(self.store.as_ref(), &update.referral).await?;
             let task = task_state(
                 previous.task_id.clone(),
                 updates
@@ -446,12 +457,14 @@ impl Outbox {
             );
             if self
                 .store
-                .discard_update_if(&update, task, &previous)
+                .discard_update(&update, task, Some(&previous))
                 .await?
             {
                 discarded = true;
                 break;
             }
+            // Discarded or replayed meanwhile, or the Task state changed: look again.
+            self.dead_letter(id, "discarded").await?;
         }
         if !discarded {
             return Err(StoreError::Busy {
@@ -466,9 +479,7 @@ impl Outbox {
     }
 
     async fn dead_letter(&self, id: u64, verb: &'static str) -> Result<UpdateRecord, OutboxError> {
-        let update = self
-            .store
-            .update(id)
+        let update = crate::store::update(self.store.as_ref(), id)
             .await?
             .ok_or(OutboxError::UnknownUpdate(id))?;
         if update.state != UpdateState::Dead {

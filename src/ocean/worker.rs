@@ -1,32 +1,31 @@
-//! The outbox worker: sends accepted updates to Ocean in the order they were accepted per
-//! referral, retrying with exponential backoff and jitter (honouring `Retry-After`) until they
-//! land, the retry horizon passes, or Ocean refuses them (dead letter).
-//!
-//! Ordering: an update that is waiting for its next attempt, or dead, holds back every later
-//! update of the same referral. A dead letter holds them back until it is replayed or
-//! discarded.
+//! The outbox to Ocean as the [`Channel`] of its queue ([`OCEAN_QUEUE`]): the same worker as
+//! every destination's ([`crate::outgoing::worker`]) sends accepted updates in the order they
+//! were accepted per referral, retrying with exponential backoff and jitter (honouring
+//! `Retry-After`) until they land, the retry horizon passes, or Ocean refuses them (dead
+//! letter). An update waiting for its next attempt, or dead, holds back the later updates of
+//! its referral only.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use time::OffsetDateTime;
-use tokio::sync::{Notify, watch};
+use tokio::sync::Notify;
 
 use super::client::OceanClient;
 use crate::config::OutboxConfig;
-use crate::domain::ReferralRef;
-use crate::outgoing::SendError;
-use crate::outgoing::{RetryPolicy, duration};
-use crate::store::{Store, UpdateRecord, UpdateState};
+use crate::outgoing::worker::{Channel, Outcome};
+use crate::outgoing::{RetryPolicy, SendError};
+use crate::store::{OCEAN_QUEUE, QueuedMessage, Store, UpdateRecord};
 use crate::telemetry::Metrics;
 
-/// Longest sleep between passes when nothing is due (new updates wake the worker at once).
+/// Longest the queue worker sleeps when nothing is due (new updates wake it at once).
 const IDLE: Duration = Duration::from_secs(30);
 
-/// How often a replica that does not send the outbox checks whether the one that does stopped.
-const STANDBY: Duration = Duration::from_secs(5);
+/// Updates sent at once (each for a different referral), so one slow site does not hold up
+/// the others.
+const OCEAN_CONCURRENCY: usize = 4;
 
 /// Slack on top of the longest legitimate silence (an idle sleep plus one send) before a
 /// worker that shows no progress is called stalled.
@@ -102,146 +101,87 @@ impl WorkerHealth {
     }
 }
 
-impl Worker {
-    /// Runs until `stop` turns true; stops between attempts, never in the middle of one.
-    pub async fn run(self, mut stop: watch::Receiver<bool>) {
-        loop {
-            if *stop.borrow() {
-                return;
-            }
-            // Progress is a completed pass or a send; a pass that keeps failing shows none.
-            let sleep = match self.pass(&stop).await {
-                Ok(next) => {
-                    self.health.pass_completed();
-                    next
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "outbox pass failed");
-                    Duration::from_secs(5)
-                }
-            };
-            tokio::select! {
-                () = self.wake.notified() => {}
-                () = self.store.wait_for_outbox_change() => {}
-                () = tokio::time::sleep(sleep) => {}
-                _ = stop.changed() => {}
-            }
-        }
+#[async_trait::async_trait]
+impl Channel for Worker {
+    fn queue(&self) -> &str {
+        OCEAN_QUEUE
     }
 
-    /// Sends everything due; returns how long until the next update is due.
-    async fn pass(
-        &self,
-        stop: &watch::Receiver<bool>,
-    ) -> Result<Duration, crate::store::StoreError> {
-        if !self.store.may_send_outbox().await? {
-            // Another replica sends; look again in a while in case it stops.
-            return Ok(STANDBY);
-        }
-        let mut held: HashSet<ReferralRef> = HashSet::new();
-        // A site that failed with a retryable error is not tried again in this pass, so one
-        // unreachable site does not hold up the others for a timeout per update.
-        let mut failing: HashSet<String> = HashSet::new();
-        let mut next = IDLE;
-        for mut update in self.store.open_updates().await? {
-            if *stop.borrow() {
-                break;
-            }
-            if held.contains(&update.referral) {
-                continue;
-            }
-            let now = OffsetDateTime::now_utc();
-            if update.state == UpdateState::Dead {
-                held.insert(update.referral.clone());
-                continue;
-            }
-            if update.next_attempt_at > now {
-                next = next.min(duration(update.next_attempt_at - now));
-                held.insert(update.referral.clone());
-                continue;
-            }
-            if failing.contains(&update.site) {
-                held.insert(update.referral.clone());
-                next = next.min(Duration::from_secs(self.config.initial_backoff_secs));
-                continue;
-            }
-            self.health.beat();
-            let result = match self.sites.get(&update.site) {
-                Some(site) => site.send(&update.bundle).await,
-                None => Err(SendError::Rejected(format!(
-                    "site '{}' is no longer configured",
-                    update.site
-                ))),
-            };
-            if matches!(result, Err(SendError::Retry { .. })) {
-                failing.insert(update.site.clone());
-            }
-            self.record(&mut update, result);
-            let outcome = match update.state {
-                UpdateState::Delivered => "delivered",
-                UpdateState::Dead => "dead",
-                UpdateState::Pending | UpdateState::Discarded => "retry",
-            };
-            self.metrics.outbox_send(&update.site, outcome);
-            self.store.save_update(&update).await?;
-            let action = match update.state {
-                UpdateState::Delivered => Some("UPDATE_SENT"),
-                UpdateState::Dead => Some("UPDATE_DEAD_LETTERED"),
-                _ => None,
-            };
-            if let Some(action) = action {
-                let details = serde_json::json!({"update": update.id, "referral": update.referral.as_str(), "event": update.event, "attempts": update.attempts});
-                self.store
-                    .audit(action, &format!("site:{}", update.site), details)
-                    .await?;
-            }
-            if update.state != UpdateState::Delivered {
-                held.insert(update.referral.clone());
-                if update.state == UpdateState::Pending {
-                    next = next.min(duration(update.next_attempt_at - OffsetDateTime::now_utc()));
-                }
-            }
-        }
-        Ok(next)
+    fn concurrency(&self) -> usize {
+        OCEAN_CONCURRENCY
     }
 
-    fn record(&self, update: &mut UpdateRecord, result: Result<(), SendError>) {
-        update.attempts += 1;
-        let now = OffsetDateTime::now_utc();
-        match result {
-            Ok(()) => {
-                update.state = UpdateState::Delivered;
-                update.delivered_at = Some(now);
-                update.last_error = None;
+    fn rate_per_sec(&self) -> u32 {
+        0
+    }
+
+    fn request_timeout(&self) -> Duration {
+        Duration::from_secs(self.config.request_timeout_secs)
+    }
+
+    fn wake(&self) -> &Notify {
+        &self.wake
+    }
+
+    /// Posts the update's Bundle, built when it was accepted, to its site.
+    async fn attempt(&self, _: &dyn Store, message: &QueuedMessage, _: OffsetDateTime) -> Outcome {
+        let Some(update) = &message.update else {
+            return Outcome::Sent(Err(SendError::Rejected(
+                "the queued message holds no update".into(),
+            )));
+        };
+        Outcome::Sent(match self.sites.get(&update.site) {
+            Some(site) => site.send(&update.bundle).await,
+            None => Err(SendError::Rejected(format!(
+                "site '{}' is no longer configured",
+                update.site
+            ))),
+        })
+    }
+
+    /// Counts the outcome; a delivered update and a dead letter are logged and audited
+    /// (Ocean's diagnostics stay in `last_error`, read through the API: they may echo message
+    /// content).
+    async fn recorded(&self, store: &dyn Store, message: &QueuedMessage, outcome: &'static str) {
+        let Some(update) = UpdateRecord::from_message(message.clone()) else {
+            return;
+        };
+        self.metrics.outbox_send(&update.site, outcome);
+        let action = match outcome {
+            "delivered" => {
                 tracing::info!(update = update.id, event = %update.event, attempts = update.attempts, "update delivered to Ocean");
+                "UPDATE_SENT"
             }
-            // Ocean's diagnostics may echo message content, so they go to `last_error` (read
-            // through the API), not to the logs.
-            Err(SendError::Rejected(reason)) => {
-                tracing::warn!(update = update.id, "Ocean refused the update; dead letter");
-                update.state = UpdateState::Dead;
-                update.last_error = Some(reason);
+            "dead" => {
+                tracing::warn!(
+                    update = update.id,
+                    "Ocean refused the update, or its retry horizon passed; dead letter"
+                );
+                "UPDATE_DEAD_LETTERED"
             }
-            Err(SendError::Retry { reason, after }) => {
-                // An update whose next attempt would fall past the horizon is a dead letter now.
-                let policy = RetryPolicy::from_config(&self.config);
-                match policy.next_attempt(update.attempts, update.created_at, now, after) {
-                    Some((next, wait)) => {
-                        tracing::info!(
-                            update = update.id,
-                            retry_in_secs = wait.as_secs_f32(),
-                            "update not delivered; will retry"
-                        );
-                        update.last_error = Some(reason);
-                        update.next_attempt_at = next;
-                    }
-                    None => {
-                        tracing::warn!(update = update.id, "retry horizon reached; dead letter");
-                        update.state = UpdateState::Dead;
-                        update.last_error = Some(policy.gave_up(update.attempts, &reason, after));
-                    }
-                }
-            }
+            _ => return,
+        };
+        let details = serde_json::json!({"update": update.id, "referral": update.referral.as_str(), "event": update.event, "attempts": update.attempts});
+        if let Err(e) = store
+            .audit(action, &format!("site:{}", update.site), details)
+            .await
+        {
+            tracing::error!(update = update.id, error = %e.chain(), "cannot audit an update's delivery");
+        }
+    }
+
+    fn progress(&self) {
+        self.health.pass_completed();
+    }
+}
+
+impl Worker {
+    /// The queue worker that sends this outbox.
+    pub fn sender(self) -> crate::outgoing::worker::Worker {
+        crate::outgoing::worker::Worker {
+            store: Arc::clone(&self.store),
+            policy: RetryPolicy::from_config(&self.config),
+            channel: Arc::new(self),
         }
     }
 }

@@ -3,6 +3,7 @@
 //! jitter, honouring `Retry-After`, within a retry horizon).
 
 pub mod token;
+pub mod worker;
 
 use std::time::Duration;
 

@@ -37,7 +37,7 @@ async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response 
                 .into_response();
         }
     }
-    match state.store.open_updates().await {
+    match crate::store::open_updates(state.store.as_ref()).await {
         Ok(open) => {
             let now = OffsetDateTime::now_utc();
             let pending: Vec<_> = open

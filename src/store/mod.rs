@@ -27,7 +27,10 @@ pub use documents::{DocumentKey, DocumentKind, DocumentRecord, DocumentState, Do
 pub use error::{Cause, StoreError};
 pub use feed::{ChangedReferrals, EventRecord, FeedStore};
 pub use maintenance::{MaintenanceStore, ModifiedBatch, SnapshotInfo, StoreHealth};
-pub use outbox::{AppointmentSlot, OutboxStore, TaskState, UpdateKind, UpdateRecord, UpdateState};
+pub use outbox::{
+    AppointmentSlot, OCEAN_QUEUE, OceanUpdate, OutboxStore, TaskState, UpdateKind, UpdateRecord,
+    UpdateState, open_updates, referral_updates, update, updates,
+};
 pub use queue::{MessageState, QueueRoute, QueueStats, QueueStore, QueuedMessage};
 pub use replicas::{LoginFailures, ReplicaStore};
 pub use seal::Keyring;

@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use super::error::StoreError;
+use super::queue::{QueueStore, QueuedMessage};
 use crate::domain::ReferralRef;
 use crate::ig::OutboundEvent;
 
@@ -136,6 +137,80 @@ impl UpdateRecord {
     }
 }
 
+/// The queue Ocean updates wait in (see [`crate::store::QueueStore`]); no destination can
+/// have this name (theirs are `a-z`, `0-9`, `-` and `_`).
+pub const OCEAN_QUEUE: &str = "ocean:";
+
+/// What a queued message that is an Ocean update carries (see [`UpdateRecord`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OceanUpdate {
+    pub site: String,
+    pub kind: UpdateKind,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task_status: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub appointment: Option<AppointmentSlot>,
+    pub event: OutboundEvent,
+    pub bundle: String,
+}
+
+impl UpdateRecord {
+    /// The update as a message of [`OCEAN_QUEUE`].
+    pub fn into_message(self) -> QueuedMessage {
+        QueuedMessage {
+            id: self.id,
+            webhook_id: String::new(),
+            queue: OCEAN_QUEUE.to_owned(),
+            referral: self.referral,
+            version: 0,
+            state: self.state,
+            attempts: self.attempts,
+            last_error: self.last_error,
+            next_attempt_at: self.next_attempt_at,
+            created_at: self.created_at,
+            delivered_at: self.delivered_at,
+            backfill: false,
+            next: None,
+            update: Some(Box::new(OceanUpdate {
+                site: self.site,
+                kind: self.kind,
+                task_status: self.task_status,
+                task_id: self.task_id,
+                appointment: self.appointment,
+                event: self.event,
+                bundle: self.bundle,
+            })),
+        }
+    }
+
+    /// The update a message of [`OCEAN_QUEUE`] is; `None` for any other message.
+    pub fn from_message(message: QueuedMessage) -> Option<Self> {
+        if message.queue != OCEAN_QUEUE {
+            return None;
+        }
+        let update = *message.update?;
+        Some(Self {
+            id: message.id,
+            referral: message.referral,
+            site: update.site,
+            kind: update.kind,
+            task_status: update.task_status,
+            task_id: update.task_id,
+            appointment: update.appointment,
+            event: update.event,
+            bundle: update.bundle,
+            state: message.state,
+            attempts: message.attempts,
+            last_error: message.last_error,
+            next_attempt_at: message.next_attempt_at,
+            created_at: message.created_at,
+            delivered_at: message.delivered_at,
+        })
+    }
+}
+
 /// What the relay has told Ocean about a referral's Task, as left by the updates accepted so
 /// far (stored with each accepted update, so the next is checked against it).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -175,89 +250,97 @@ impl TaskState {
     }
 }
 
-/// The durable outbox to Ocean.
+/// The durable outbox to Ocean: its updates are messages of [`OCEAN_QUEUE`] in the store's
+/// outgoing queues (sent by the same worker rules as every destination), written together with
+/// each referral's [`TaskState`].
 #[async_trait]
 pub trait OutboxStore: Send + Sync {
     /// Stores a new outgoing update (its `id` is assigned here) together with the referral's
-    /// new [`TaskState`], durably, and returns it.
+    /// new [`TaskState`], durably, and returns it; with `read`, only while the referral's Task
+    /// state is still that (what the caller decided the update from): `None`, storing nothing,
+    /// when another replica changed it since (the caller reads it again and decides again). A
+    /// store of one process, whose outbox accepts one update at a time, need not look.
     async fn enqueue_update(
         &self,
         update: UpdateRecord,
         task: TaskState,
-    ) -> Result<UpdateRecord, StoreError>;
+        read: Option<&TaskState>,
+    ) -> Result<Option<UpdateRecord>, StoreError>;
 
-    /// As [`OutboxStore::enqueue_update`], only while the referral's Task state is still
-    /// `read` (what the caller decided the update from); `None`, storing nothing, when it
-    /// changed since (another replica accepted an update of the referral): the caller reads it
-    /// again and decides again. By default (one process per store, whose outbox accepts one
-    /// update at a time) it does not look.
-    async fn enqueue_update_if(
-        &self,
-        update: UpdateRecord,
-        task: TaskState,
-        read: &TaskState,
-    ) -> Result<Option<UpdateRecord>, StoreError> {
-        let _ = read;
-        self.enqueue_update(update, task).await.map(Some)
-    }
-
-    /// Records a new state of an update, durably.
-    async fn save_update(&self, update: &UpdateRecord) -> Result<(), StoreError>;
-
-    /// Marks an update discarded and sets the referral's [`TaskState`] in one durable write.
+    /// Marks dead letter `update` discarded and sets the referral's [`TaskState`] in one
+    /// durable write; `false`, writing nothing, when the update is no longer dead, or (with
+    /// `read`) the Task state is no longer that.
     async fn discard_update(
         &self,
         update: &UpdateRecord,
         task: TaskState,
-    ) -> Result<(), StoreError>;
-
-    /// As [`OutboxStore::discard_update`], only while the referral's Task state is still
-    /// `read`; `false`, writing nothing, when another replica changed it since (the caller
-    /// rebuilds the state again). By default it does not look (see
-    /// [`OutboxStore::enqueue_update_if`]).
-    async fn discard_update_if(
-        &self,
-        update: &UpdateRecord,
-        task: TaskState,
-        read: &TaskState,
-    ) -> Result<bool, StoreError> {
-        let _ = read;
-        self.discard_update(update, task).await.map(|()| true)
-    }
-
-    async fn update(&self, id: u64) -> Result<Option<UpdateRecord>, StoreError>;
-
-    /// Updates with an id greater than `after`, in id order, optionally only those in `state`.
-    async fn updates(
-        &self,
-        state: Option<UpdateState>,
-        after: u64,
-        limit: usize,
-    ) -> Result<Vec<UpdateRecord>, StoreError>;
-
-    /// Updates not yet delivered (pending and dead), in the order they were accepted.
-    async fn open_updates(&self) -> Result<Vec<UpdateRecord>, StoreError>;
-
-    /// Every update of `referral`, in the order they were accepted (read from an index, not a
-    /// scan of the outbox).
-    async fn referral_updates(
-        &self,
-        referral: &ReferralRef,
-    ) -> Result<Vec<UpdateRecord>, StoreError>;
+        read: Option<&TaskState>,
+    ) -> Result<bool, StoreError>;
 
     /// What the updates accepted so far for `referral` told Ocean (default when none).
     async fn task_state(&self, referral: &ReferralRef) -> Result<TaskState, StoreError>;
+}
 
-    /// Whether this process may send the outbox now. With several replicas on one store one of
-    /// them at a time does, so each update is sent by one replica and each referral's updates go
-    /// in order; when it dies another takes over. A store of one process always may.
-    async fn may_send_outbox(&self) -> Result<bool, StoreError> {
-        Ok(true)
-    }
+/// Update `id`, if it is one.
+///
+/// # Errors
+/// The store's.
+pub async fn update(store: &dyn QueueStore, id: u64) -> Result<Option<UpdateRecord>, StoreError> {
+    Ok(store
+        .message(id)
+        .await?
+        .and_then(UpdateRecord::from_message))
+}
 
-    /// Completes when another replica accepted an update (so the one sending wakes for it);
-    /// never for a store of one process, whose worker is woken directly.
-    async fn wait_for_outbox_change(&self) {
-        std::future::pending::<()>().await;
+/// Updates with an id greater than `after`, in id order, optionally only those in `state`.
+///
+/// # Errors
+/// The store's.
+pub async fn updates(
+    store: &dyn QueueStore,
+    state: Option<UpdateState>,
+    after: u64,
+    limit: usize,
+) -> Result<Vec<UpdateRecord>, StoreError> {
+    let messages = store
+        .queue_messages(OCEAN_QUEUE, state, after, limit)
+        .await?;
+    Ok(messages
+        .into_iter()
+        .filter_map(UpdateRecord::from_message)
+        .collect())
+}
+
+/// Updates not yet delivered (pending and dead), in the order they were accepted.
+///
+/// # Errors
+/// The store's.
+pub async fn open_updates(store: &dyn QueueStore) -> Result<Vec<UpdateRecord>, StoreError> {
+    let mut open = Vec::new();
+    for state in [UpdateState::Pending, UpdateState::Dead] {
+        let mut after = 0;
+        loop {
+            let batch = updates(store, Some(state), after, 1000).await?;
+            let Some(last) = batch.last() else { break };
+            after = last.id;
+            open.extend(batch);
+        }
     }
+    open.sort_by_key(|u| u.id);
+    Ok(open)
+}
+
+/// Every update of `referral`, in the order they were accepted.
+///
+/// # Errors
+/// The store's.
+pub async fn referral_updates(
+    store: &dyn QueueStore,
+    referral: &ReferralRef,
+) -> Result<Vec<UpdateRecord>, StoreError> {
+    let messages = store.referral_messages(referral).await?;
+    Ok(messages
+        .into_iter()
+        .filter_map(UpdateRecord::from_message)
+        .collect())
 }

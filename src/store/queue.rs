@@ -48,12 +48,19 @@ pub struct QueuedMessage {
     /// The next message of the same referral in the same queue (the store's own chain).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next: Option<u64>,
+    /// In [`crate::store::outbox::OCEAN_QUEUE`]: the update for Ocean it is (`version` is 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub update: Option<Box<crate::store::outbox::OceanUpdate>>,
 }
 
 impl QueuedMessage {
-    /// Whether it left its queue before `cutoff`: delivered before it, or discarded and queued
-    /// before it (see [`QueueStore::purge_messages_before`]).
+    /// Whether it is a destination's message that left its queue before `cutoff`: delivered
+    /// before it, or discarded and queued before it (see
+    /// [`QueueStore::purge_messages_before`]; Ocean updates are kept).
     pub fn settled_before(&self, cutoff: OffsetDateTime) -> bool {
+        if self.queue == crate::store::outbox::OCEAN_QUEUE {
+            return false;
+        }
         match self.state {
             MessageState::Delivered => self.delivered_at.unwrap_or(self.created_at) < cutoff,
             MessageState::Discarded => self.created_at < cutoff,
@@ -77,6 +84,7 @@ impl QueuedMessage {
             delivered_at: None,
             backfill: false,
             next: None,
+            update: None,
         }
     }
 }
@@ -186,9 +194,10 @@ pub trait QueueStore: Send + Sync {
     /// Pauses (`true`) or resumes a queue, durably.
     async fn set_queue_paused(&self, queue: &str, paused: bool) -> Result<(), StoreError>;
 
-    /// Forgets the messages that left their queue long ago: delivered before `cutoff`, or
-    /// discarded and queued before it. Open messages are never touched. Returns how many were
-    /// forgotten; durable when it returns.
+    /// Forgets the destinations' messages that left their queue long ago: delivered before
+    /// `cutoff`, or discarded and queued before it. Open messages are never touched, nor Ocean
+    /// updates (a referral's Task state is rebuilt from them). Returns how many were forgotten;
+    /// durable when it returns.
     async fn purge_messages_before(&self, cutoff: OffsetDateTime) -> Result<u64, StoreError>;
 
     /// Queues `messages` (their ids are given here), each behind the open messages of its

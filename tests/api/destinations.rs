@@ -1072,8 +1072,33 @@ async fn forgets_what_left_long_ago(store: &dyn referral_relay::store::Store) {
     )
     .await;
 
+    // An Ocean update delivered as long ago is kept: Task states are rebuilt from them.
+    let update = referral_relay::store::UpdateRecord::pending(
+        referral("PURGE-A"),
+        "main".into(),
+        referral_relay::store::UpdateKind::Message,
+        referral_relay::ig::OutboundEvent::SendCommunicationFromProvider,
+        "{}".into(),
+        long_ago,
+    );
+    let update = store
+        .enqueue_update(update, referral_relay::store::TaskState::default(), None)
+        .await
+        .unwrap()
+        .unwrap();
+    let sent = settle(
+        update.clone().into_message(),
+        MessageState::Delivered,
+        long_ago,
+    );
+    save(sent, MessageState::Pending).await;
+
     let cutoff = now - Duration::days(90);
     assert_eq!(store.purge_messages_before(cutoff).await.unwrap(), 2);
+    let kept = referral_relay::store::update(store, update.id)
+        .await
+        .unwrap();
+    assert_eq!(kept.unwrap().state, MessageState::Delivered);
     assert_eq!(store.purge_messages_before(cutoff).await.unwrap(), 0);
     let left: Vec<(String, u64, MessageState)> = store
         .queue_messages("emr", None, 0, 100)
@@ -1100,6 +1125,7 @@ async fn forgets_what_left_long_ago(store: &dyn referral_relay::store::Store) {
         .await
         .unwrap()
         .iter()
+        .filter(|m| m.queue == "emr")
         .map(|m| m.version)
         .collect();
     assert_eq!(versions, [2, 3]);

@@ -9,7 +9,7 @@ use referral_relay::store::{
     AuditEntry, AuditStore, ChangedReferrals, DeliveryStore, DocumentRecord, DocumentStore,
     EventRecord, FeedStore, MaintenanceStore, MessageState, ModifiedBatch, NewDelivery,
     OutboxStore, PutOutcome, QueueStats, QueueStore, QueuedMessage, ReferralRecord, ReplicaStore,
-    StoreError, TaskState, UpdateRecord, UpdateState, VersionRecord,
+    StoreError, TaskState, UpdateRecord, VersionRecord,
 };
 use time::OffsetDateTime;
 
@@ -17,8 +17,8 @@ use crate::support::app::{FHIR_JSON, config, spawn_with_store};
 use crate::support::fixtures::fixture;
 
 /// Every write fails as a full disk would; reads find nothing. With `outbox_panics`, the
-/// store passes the readiness write instead, and reading the outbox panics, as a bug in the
-/// worker's path would.
+/// store passes the readiness write instead, and reading the outbox's queue panics, as a bug in
+/// the worker's path would.
 #[derive(Default)]
 struct DiskFull {
     outbox_panics: bool,
@@ -77,32 +77,17 @@ impl OutboxStore for DiskFull {
         &self,
         _: UpdateRecord,
         _: TaskState,
-    ) -> Result<UpdateRecord, StoreError> {
+        _: Option<&TaskState>,
+    ) -> Result<Option<UpdateRecord>, StoreError> {
         Err(disk_full())
     }
-    async fn save_update(&self, _: &UpdateRecord) -> Result<(), StoreError> {
-        Err(disk_full())
-    }
-    async fn discard_update(&self, _: &UpdateRecord, _: TaskState) -> Result<(), StoreError> {
-        Err(disk_full())
-    }
-    async fn update(&self, _: u64) -> Result<Option<UpdateRecord>, StoreError> {
-        Ok(None)
-    }
-    async fn updates(
+    async fn discard_update(
         &self,
-        _: Option<UpdateState>,
-        _: u64,
-        _: usize,
-    ) -> Result<Vec<UpdateRecord>, StoreError> {
-        Ok(Vec::new())
-    }
-    async fn open_updates(&self) -> Result<Vec<UpdateRecord>, StoreError> {
-        assert!(!self.outbox_panics, "the outbox cannot be read");
-        Ok(Vec::new())
-    }
-    async fn referral_updates(&self, _: &ReferralRef) -> Result<Vec<UpdateRecord>, StoreError> {
-        Ok(Vec::new())
+        _: &UpdateRecord,
+        _: TaskState,
+        _: Option<&TaskState>,
+    ) -> Result<bool, StoreError> {
+        Err(disk_full())
     }
     async fn task_state(&self, _: &ReferralRef) -> Result<TaskState, StoreError> {
         Ok(TaskState::default())
@@ -158,12 +143,14 @@ impl ReplicaStore for DiskFull {}
 impl QueueStore for DiskFull {
     async fn due_messages(
         &self,
-        _: &str,
+        queue: &str,
         _: OffsetDateTime,
         _: std::time::Duration,
         _: usize,
         _: &[u64],
     ) -> Result<Vec<QueuedMessage>, StoreError> {
+        let outbox = queue == referral_relay::store::OCEAN_QUEUE;
+        assert!(!(self.outbox_panics && outbox), "the outbox cannot be read");
         Ok(Vec::new())
     }
     async fn next_due(&self, _: &str, _: &[u64]) -> Result<Option<OffsetDateTime>, StoreError> {

@@ -63,7 +63,7 @@ async fn contents(store: &dyn Store) -> serde_json::Value {
                 "record": store.referral(referral).await.unwrap(),
                 "versions": versions,
                 "payloads": payloads,
-                "updates": store.referral_updates(referral).await.unwrap(),
+                "updates": referral_relay::store::referral_updates(store, referral).await.unwrap(),
                 "task": store.task_state(referral).await.unwrap(),
             }),
         );
@@ -84,7 +84,7 @@ async fn contents(store: &dyn Store) -> serde_json::Value {
         "feed": feed,
         "referrals": referrals,
         "audit": store.audit_entries(0, 10_000).await.unwrap(),
-        "updates": store.updates(None, 0, 1000).await.unwrap(),
+        "updates": referral_relay::store::updates(store, None, 0, 1000).await.unwrap(),
     })
 }
 
@@ -131,13 +131,20 @@ async fn an_encrypted_embedded_store_moves_to_postgres_whole_and_without_its_key
         );
         updates.push(
             app.store
-                .enqueue_update(update, TaskState::default())
+                .enqueue_update(update, TaskState::default(), None)
                 .await
+                .unwrap()
                 .unwrap(),
         );
     }
     updates[0].state = UpdateState::Delivered;
-    app.store.save_update(&updates[0]).await.unwrap();
+    let delivered = updates[0].clone().into_message();
+    assert!(
+        app.store
+            .save_message(&delivered, UpdateState::Pending)
+            .await
+            .unwrap()
+    );
     let record = app.store.referral(&referral).await.unwrap().unwrap();
     let now = time::OffsetDateTime::now_utc();
     assert_eq!(
@@ -165,7 +172,7 @@ async fn an_encrypted_embedded_store_moves_to_postgres_whole_and_without_its_key
         "versions",
         "events",
         "audit",
-        "updates",
+        "queue",
         "task_states",
     ] {
         let line = stdout
@@ -210,7 +217,7 @@ async fn an_encrypted_embedded_store_moves_to_postgres_whole_and_without_its_key
     let states: Vec<String> = schema
         .client()
         .await
-        .query("SELECT state FROM updates ORDER BY id", &[])
+        .query("SELECT state FROM queue ORDER BY id", &[])
         .await
         .unwrap()
         .iter()

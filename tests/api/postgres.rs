@@ -487,23 +487,17 @@ fn a_postgres_config_without_a_url_is_refused() {
     assert!(format!("{e:#}").contains("storage.url"), "{e:#}");
 }
 
-/// One replica at a time sends the outbox; when it goes, another takes over; an update accepted
-/// on one replica wakes the others' workers.
+/// The outbox's queue is shared by replicas: an update accepted on one is claimed by one at a
+/// time (leased), and when the claimer goes its lease lapses and another sends it.
 #[tokio::test]
-async fn one_replica_sends_the_outbox_and_another_takes_over() {
+async fn replicas_share_the_outboxs_queue_by_leases() {
     use referral_relay::ig::OutboundEvent;
-    use referral_relay::store::{OutboxStore, TaskState, UpdateKind, UpdateRecord};
+    use referral_relay::store::{
+        OCEAN_QUEUE, OutboxStore, QueueStore, TaskState, UpdateKind, UpdateRecord,
+    };
 
     let schema = Schema::new();
     let (a, b) = (schema.store().await, schema.store().await);
-    assert!(a.may_send_outbox().await.unwrap());
-    assert!(a.may_send_outbox().await.unwrap(), "the lease is kept");
-    assert!(!b.may_send_outbox().await.unwrap());
-
-    let waiting = {
-        let a = Arc::clone(&a);
-        tokio::spawn(async move { a.wait_for_outbox_change().await })
-    };
     let update = UpdateRecord::pending(
         ReferralRef::parse("PG-OUT").unwrap(),
         "main".into(),
@@ -513,27 +507,125 @@ async fn one_replica_sends_the_outbox_and_another_takes_over() {
         time::OffsetDateTime::now_utc(),
     );
     let stored = b
-        .enqueue_update(update, TaskState::default())
+        .enqueue_update(update, TaskState::default(), None)
+        .await
+        .unwrap()
+        .unwrap();
+    let lease = Duration::from_secs(2);
+    let now = time::OffsetDateTime::now_utc();
+    let claimed = a
+        .due_messages(OCEAN_QUEUE, now, lease, 10, &[])
         .await
         .unwrap();
-    tokio::time::timeout(Duration::from_secs(30), waiting)
-        .await
-        .expect("replica A's worker is woken by replica B's update")
-        .unwrap();
-    assert_eq!(a.open_updates().await.unwrap(), vec![stored]);
-
-    // Replica A goes (its lease connection closes): B takes over.
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(
+        UpdateRecord::from_message(claimed[0].clone()).unwrap().id,
+        stored.id
+    );
+    assert!(
+        b.due_messages(OCEAN_QUEUE, now, lease, 10, &[])
+            .await
+            .unwrap()
+            .is_empty(),
+        "leased to replica A"
+    );
+    // Replica A goes without sending it: once the lease lapses, B takes it.
     drop(a);
-    let mut took_over = false;
-    for _ in 0..100 {
-        if b.may_send_outbox().await.unwrap() {
-            took_over = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(took_over, "replica B never took the outbox over");
+    tokio::time::sleep(lease + Duration::from_millis(200)).await;
+    let now = time::OffsetDateTime::now_utc();
+    let taken = b
+        .due_messages(OCEAN_QUEUE, now, lease, 10, &[])
+        .await
+        .unwrap();
+    assert_eq!(taken.len(), 1);
+    assert_eq!(taken[0].id, stored.id);
     drop(b);
+    schema.drop_now().await;
+}
+
+/// Updates an earlier build kept in the `updates` table join the queue when a replica
+/// connects, under their ids and in their states; new ones are numbered after them.
+#[tokio::test]
+async fn an_earlier_builds_updates_move_into_the_queue() {
+    use referral_relay::ig::OutboundEvent;
+    use referral_relay::store::{
+        OCEAN_QUEUE, OutboxStore, QueueStore, TaskState, UpdateKind, UpdateRecord, UpdateState,
+    };
+
+    let schema = Schema::new();
+    drop(schema.store().await);
+    let client = schema.client().await;
+    for (id, state) in [
+        (5_i64, UpdateState::Delivered),
+        (6, UpdateState::Dead),
+        (9, UpdateState::Pending),
+    ] {
+        let mut update = UpdateRecord::pending(
+            ReferralRef::parse(&format!("PG-OLD-{id}")).unwrap(),
+            "main".into(),
+            UpdateKind::Message,
+            OutboundEvent::SendCommunicationFromProvider,
+            "{}".into(),
+            time::OffsetDateTime::now_utc(),
+        );
+        update.id = u64::try_from(id).unwrap();
+        update.state = state;
+        client
+            .execute(
+                "INSERT INTO updates (id, referral, state, record) VALUES ($1, $2, $3, $4)",
+                &[
+                    &id,
+                    &update.referral.as_str(),
+                    &state.as_str(),
+                    &serde_json::to_vec(&update).unwrap(),
+                ],
+            )
+            .await
+            .unwrap();
+    }
+    let store = schema.store().await;
+    let left: i64 = client
+        .query_one("SELECT count(*) FROM updates", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 0);
+    let moved: Vec<(u64, UpdateState)> =
+        referral_relay::store::updates(store.as_ref(), None, 0, 10)
+            .await
+            .unwrap()
+            .iter()
+            .map(|u| (u.id, u.state))
+            .collect();
+    assert_eq!(
+        moved,
+        [
+            (5, UpdateState::Delivered),
+            (6, UpdateState::Dead),
+            (9, UpdateState::Pending)
+        ]
+    );
+    let now = time::OffsetDateTime::now_utc();
+    let due = store
+        .due_messages(OCEAN_QUEUE, now, Duration::from_secs(30), 10, &[])
+        .await
+        .unwrap();
+    assert_eq!(due.iter().map(|m| m.id).collect::<Vec<_>>(), [9]);
+    let new = UpdateRecord::pending(
+        ReferralRef::parse("PG-NEW").unwrap(),
+        "main".into(),
+        UpdateKind::Message,
+        OutboundEvent::SendCommunicationFromProvider,
+        "{}".into(),
+        now,
+    );
+    let new = store
+        .enqueue_update(new, TaskState::default(), None)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(new.id, 10);
+    drop(store);
     schema.drop_now().await;
 }
 
@@ -705,7 +797,9 @@ async fn migrate_schema_and_audit_verify_work_on_postgres() {
 #[tokio::test]
 async fn an_update_decided_from_a_task_state_another_replica_changed_is_not_stored() {
     use referral_relay::ig::OutboundEvent;
-    use referral_relay::store::{OutboxStore, TaskState, UpdateKind, UpdateRecord, UpdateState};
+    use referral_relay::store::{
+        OutboxStore, QueueStore, TaskState, UpdateKind, UpdateRecord, UpdateState,
+    };
 
     let schema = Schema::new();
     let (a, b) = (schema.store().await, schema.store().await);
@@ -729,7 +823,7 @@ async fn an_update_decided_from_a_task_state_another_replica_changed_is_not_stor
         ..TaskState::default()
     };
     let first = a
-        .enqueue_update_if(update("{}"), accepted.clone(), &read)
+        .enqueue_update(update("{}"), accepted.clone(), Some(&read))
         .await
         .unwrap();
     assert!(first.is_some());
@@ -740,41 +834,58 @@ async fn an_update_decided_from_a_task_state_another_replica_changed_is_not_stor
     };
     // B decided from the state before A's update: refused, nothing stored.
     assert_eq!(
-        b.enqueue_update_if(update("{}"), declined.clone(), &read)
+        b.enqueue_update(update("{}"), declined.clone(), Some(&read))
             .await
             .unwrap(),
         None
     );
-    assert_eq!(b.referral_updates(&referral).await.unwrap().len(), 1);
+    assert_eq!(
+        referral_relay::store::referral_updates(b.as_ref(), &referral)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
     assert_eq!(b.task_state(&referral).await.unwrap(), accepted);
     // Decided again from what A wrote: stored.
     let read = b.task_state(&referral).await.unwrap();
     assert!(
-        b.enqueue_update_if(update("{}"), declined.clone(), &read)
+        b.enqueue_update(update("{}"), declined.clone(), Some(&read))
             .await
             .unwrap()
             .is_some()
     );
     assert_eq!(b.task_state(&referral).await.unwrap(), declined);
-    // A discard rebuilt from a Task state since changed is refused the same way.
+    // A discard (of a dead letter) rebuilt from a Task state since changed is refused the
+    // same way.
     let mut gone = first.unwrap();
-    gone.state = UpdateState::Discarded;
+    gone.state = UpdateState::Dead;
+    let dead = gone.clone().into_message();
+    assert!(a.save_message(&dead, UpdateState::Pending).await.unwrap());
     assert!(
-        !a.discard_update_if(&gone, TaskState::default(), &accepted)
+        !a.discard_update(&gone, TaskState::default(), Some(&accepted))
             .await
             .unwrap()
     );
     assert_eq!(
-        a.update(gone.id).await.unwrap().unwrap().state,
-        UpdateState::Pending
+        referral_relay::store::update(a.as_ref(), gone.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .state,
+        UpdateState::Dead
     );
     assert!(
-        a.discard_update_if(&gone, declined.clone(), &declined)
+        a.discard_update(&gone, declined.clone(), Some(&declined))
             .await
             .unwrap()
     );
     assert_eq!(
-        a.update(gone.id).await.unwrap().unwrap().state,
+        referral_relay::store::update(a.as_ref(), gone.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .state,
         UpdateState::Discarded
     );
     drop((a, b));

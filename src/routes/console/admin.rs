@@ -53,7 +53,7 @@ pub async fn outbox(
 ) -> Result<Response, PageError> {
     admin_only(&user)?;
     let mut rows: Vec<UpdateRow> = Vec::new();
-    for update in state.store.open_updates().await? {
+    for update in crate::store::open_updates(state.store.as_ref()).await? {
         if sees(&state, &user, &update).await? {
             rows.push(update_row(&update));
         }
@@ -302,7 +302,7 @@ async fn status_page(
     check: Option<minijinja::Value>,
 ) -> Result<Response, PageError> {
     let (store, worker) = crate::routes::health::readiness(state).await;
-    let open = state.store.open_updates().await?;
+    let open = crate::store::open_updates(state.store.as_ref()).await?;
     let dead = open.iter().filter(|u| u.state == UpdateState::Dead).count();
     let config = state.config();
     let integrations: Vec<minijinja::Value> = state

@@ -176,5 +176,11 @@ pub(super) async fn pushed(
     referral: &crate::domain::ReferralRef,
 ) -> Result<Vec<MessageRow>, PageError> {
     let messages = state.store.referral_messages(referral).await?;
-    Ok(messages.iter().rev().map(message_row).collect())
+    // Ocean updates share the queues; the page lists them apart.
+    Ok(messages
+        .iter()
+        .rev()
+        .filter(|m| m.queue != crate::store::OCEAN_QUEUE)
+        .map(message_row)
+        .collect())
 }

@@ -354,9 +354,7 @@ pub async fn referral(
     // Newest first, as a timeline reads.
     views.reverse();
     let (current_status, next_statuses) = state.outbox.status_choices(&record).await?;
-    let updates: Vec<UpdateRow> = state
-        .store
-        .referral_updates(&reference)
+    let updates: Vec<UpdateRow> = crate::store::referral_updates(state.store.as_ref(), &reference)
         .await?
         .iter()
         .rev()

@@ -224,9 +224,7 @@ pub async fn update_visible_to(
 ) -> Result<crate::store::UpdateRecord, AppError> {
     let id = whole_number(id)
         .ok_or_else(|| AppError::BadRequest("the update id must be a whole number".into()))?;
-    let update = state
-        .store
-        .update(id)
+    let update = crate::store::update(state.store.as_ref(), id)
         .await?
         .ok_or_else(|| AppError::NotFound(format!("no update {id}")))?;
     visible_to(state, who, service_ids, update.referral.as_str()).await?;

@@ -298,7 +298,7 @@ pub async fn list_updates(
     // through its own updates.
     let mut updates = Vec::new();
     loop {
-        let batch = state.store.updates(wanted, after, 500).await?;
+        let batch = crate::store::updates(state.store.as_ref(), wanted, after, 500).await?;
         let Some(last) = batch.last().map(|u| u.id) else {
             break;
         };

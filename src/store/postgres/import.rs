@@ -28,14 +28,13 @@ use super::{PgOptions, PgStore, advisory_key, db_error, migrate, session_config}
 use crate::store::audit::AuditEntry;
 use crate::store::error::StoreError;
 use crate::store::feed::EventRecord;
-use crate::store::outbox::UpdateRecord;
+use crate::store::outbox::OCEAN_QUEUE;
+use crate::store::queue::QueuedMessage;
 use crate::store::seal::sealed_key_id;
 use crate::store::sled::apply::DeliveryRef;
 use crate::store::sled::keys::from_micros;
 use crate::store::sled::stopped::Stopped;
-use crate::store::sled::trees::{
-    AUDIT_HEAD, EVENT_SEQ, REFERRAL_UPDATES_INDEXED, SEAL_KEYS, UPDATE_SEQ,
-};
+use crate::store::sled::trees::{AUDIT_HEAD, EVENT_SEQ, QUEUE_SEQ, SEAL_KEYS};
 
 /// Rows per transaction.
 const CHUNK: usize = 500;
@@ -176,19 +175,16 @@ impl PgStore {
     ) -> Result<Vec<TableCount>, StoreError> {
         let source = Stopped::open(data_dir)?;
         let t = &source.trees;
-        if !t.updates.is_empty()
-            && t.meta
-                .get(REFERRAL_UPDATES_INDEXED)
-                .map_err(sled_error)?
-                .is_none()
-        {
+        // This build's service moves an older store's updates into the queue when it opens it.
+        if !t.updates.is_empty() {
             return Err(StoreError::failed(
                 "this data dir was written by an older referral-relay: start this version's service on it once, stop it, then migrate",
             ));
         }
-        // Queued messages are sealed to their ids in the embedded store, which PostgreSQL gives
-        // anew: rather than lose what is still to be sent, the copy waits until nothing is.
-        let open = crate::store::sled::queue::open_messages(&t.queue_index)?;
+        // Destinations' messages are sealed to ids PostgreSQL gives anew: rather than lose what
+        // is still to be sent, the copy waits until nothing is. Ocean updates are copied (see
+        // below).
+        let open = crate::store::sled::queue::open_messages(&t.queue_index, OCEAN_QUEUE)?;
         if open > 0 {
             return Err(StoreError::failed(format!(
                 "{open} versions are still queued for destinations (pending, or dead letters): start the service on this data dir until they are sent (replay or discard the dead letters), stop it, then migrate"
@@ -251,12 +247,10 @@ async fn copy_all(
             to_i64(event.seq),
         );
     }
-    let mut referral_of_update: HashMap<u64, String> = HashMap::new();
-    for item in t.referral_updates.iter() {
-        let (key, _) = item.map_err(sled_error)?;
-        let (referral, id) = version_key(&key)?;
-        referral_of_update.insert(id, referral);
-    }
+    let referral_of_update: HashMap<u64, String> =
+        crate::store::sled::queue::queue_referrals(&t.queue_index, OCEAN_QUEUE)?
+            .into_iter()
+            .collect();
 
     let mut counts = Vec::new();
     let referrals = copy
@@ -361,37 +355,47 @@ async fn copy_all(
         )
         .await?;
     counts.push(("audit", audit));
+    // Ocean updates, sealed to their ids as PostgreSQL seals them: copied under the same ids;
+    // sealed ones get their columns at the first start with the key.
+    let now = time::OffsetDateTime::now_utc();
     let updates = copy
         .tree(
-            &t.updates,
-            "INSERT INTO updates (id, referral, state, record) VALUES ($1, $2, $3, $4)
-             ON CONFLICT (id) DO NOTHING",
+            &t.queue,
+            "INSERT INTO queue (id, queue, referral, version, state, next_attempt_at, created_at, delivered_at, record)
+             VALUES ($1, $2, $3, 0, $4, $5, $6, $7, $8) ON CONFLICT (id) DO NOTHING",
             |key, value| {
-                let id = u64::from_be_bytes(key.try_into().map_err(|_| bad("update key"))?);
-                let (referral, state) = if sealed_key_id(value).is_some() {
-                    let referral = referral_of_update
-                        .get(&id)
-                        .cloned()
-                        .ok_or_else(|| bad("update missing from its referral's index"))?;
-                    (referral, MIGRATED.to_owned())
+                let id = u64::from_be_bytes(key.try_into().map_err(|_| bad("queue key"))?);
+                let Some(referral) = referral_of_update.get(&id) else {
+                    // A destination's message: not copied.
+                    return Ok(None);
+                };
+                let (state, next, created, delivered) = if sealed_key_id(value).is_some() {
+                    (MIGRATED.to_owned(), now, now, None)
                 } else {
-                    let u: UpdateRecord =
-                        serde_json::from_slice(value).map_err(|_| bad("update"))?;
+                    let m: QueuedMessage =
+                        serde_json::from_slice(value).map_err(|_| bad("queued update"))?;
                     (
-                        u.referral.as_str().to_owned(),
-                        super::outbox::state_name(u.state).to_owned(),
+                        super::outbox::state_name(m.state).to_owned(),
+                        m.next_attempt_at,
+                        m.created_at,
+                        m.delivered_at,
                     )
                 };
                 Ok(Some(vec![
                     Box::new(to_i64(id)),
-                    Box::new(referral),
+                    Box::new(OCEAN_QUEUE),
+                    Box::new(referral.clone()),
                     Box::new(state),
+                    Box::new(next),
+                    Box::new(created),
+                    Box::new(delivered),
                     Box::new(value.to_vec()),
                 ]))
             },
         )
         .await?;
-    counts.push(("updates", updates));
+    counts.push(("queue", updates));
+
     let task_states = copy
         .tree(
             &t.task_states,
@@ -437,7 +441,7 @@ async fn copy_all(
         .batch_execute(
             "SELECT setval(pg_get_serial_sequence('events', 'id'), GREATEST((SELECT max(id) FROM events), 1));
              SELECT setval(pg_get_serial_sequence('audit', 'id'), GREATEST((SELECT max(id) FROM audit), 1));
-             SELECT setval(pg_get_serial_sequence('updates', 'id'), GREATEST((SELECT max(id) FROM updates), 1));",
+             SELECT setval(pg_get_serial_sequence('queue', 'id'), GREATEST((SELECT max(id) FROM queue), 1));",
         )
         .await
         .map_err(db_error("moving the id sequences"))?;
@@ -507,9 +511,9 @@ async fn claim(
             .unwrap_or_default())
     };
     let fingerprint = format!(
-        "{from}\nfeed {}\nupdates {}\naudit {}",
+        "{from}\nfeed {}\nqueue {}\naudit {}",
         counter(EVENT_SEQ)?,
-        counter(UPDATE_SEQ)?,
+        counter(QUEUE_SEQ)?,
         counter(AUDIT_HEAD)?
     );
     let tx = copy
@@ -528,7 +532,7 @@ async fn claim(
     let holds: bool = tx
         .query_one(
             "SELECT EXISTS (SELECT 1 FROM referrals) OR EXISTS (SELECT 1 FROM events)
-                 OR EXISTS (SELECT 1 FROM audit) OR EXISTS (SELECT 1 FROM updates)
+                 OR EXISTS (SELECT 1 FROM audit) OR EXISTS (SELECT 1 FROM queue)
                  OR EXISTS (SELECT 1 FROM deliveries) OR EXISTS (SELECT 1 FROM task_states)",
             &[],
         )
@@ -651,6 +655,33 @@ pub(super) async fn settle_migration(store: &PgStore) -> Result<(), StoreError> 
             .execute(
                 "UPDATE updates SET state = $2 WHERE id = $1 AND state = $3",
                 &[&id, &super::outbox::state_name(update.state), &MIGRATED],
+            )
+            .await
+            .map_err(db_error("settling a migrated update"))?;
+    }
+    let rows = client
+        .query(
+            "SELECT id, queue, referral, version, record FROM queue WHERE state = $1",
+            &[&MIGRATED],
+        )
+        .await
+        .map_err(db_error("reading migrated updates"))?;
+    for row in &rows {
+        let message = store.open_message(row)?;
+        client
+            .execute(
+                "UPDATE queue SET state = $2, referral = $3, next_attempt_at = $4, created_at = $5,
+                     delivered_at = $6
+                 WHERE id = $1 AND state = $7",
+                &[
+                    &row.get::<_, i64>("id"),
+                    &super::outbox::state_name(message.state),
+                    &message.referral.as_str(),
+                    &message.next_attempt_at,
+                    &message.created_at,
+                    &message.delivered_at,
+                    &MIGRATED,
+                ],
             )
             .await
             .map_err(db_error("settling a migrated update"))?;

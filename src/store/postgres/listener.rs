@@ -1,6 +1,5 @@
 //! `LISTEN` for the sequencer's notifications, so a long-poll on this replica wakes when a
-//! delivery lands on another, and for updates accepted on another replica, so the one sending the
-//! outbox sends them at once. A connection of its own, reopened with backoff when it drops (the
+//! delivery lands on another. A connection of its own, reopened with backoff when it drops (the
 //! sequencer's sweep keeps the feed's end current meanwhile).
 
 use std::sync::Arc;
@@ -22,22 +21,20 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// What a replica listens to: the end of the feed, and updates accepted elsewhere.
+/// What a replica listens to: the end of the feed.
 pub(super) struct Channels {
     pub(super) feed: String,
-    pub(super) outbox: String,
 }
 
 pub(super) fn spawn(
     config: tokio_postgres::Config,
     channels: Channels,
     feed: watch::Sender<u64>,
-    outbox: Arc<Notify>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut backoff = Duration::from_secs(1);
         loop {
-            if let Err(e) = listen(&config, &channels, &feed, &outbox, &mut backoff).await {
+            if let Err(e) = listen(&config, &channels, &feed, &mut backoff).await {
                 tracing::warn!(error = %e, "PostgreSQL LISTEN connection lost; reconnecting");
             }
             tokio::time::sleep(backoff).await;
@@ -50,15 +47,11 @@ async fn listen(
     config: &tokio_postgres::Config,
     channels: &Channels,
     feed: &watch::Sender<u64>,
-    outbox: &Notify,
     backoff: &mut Duration,
 ) -> Result<(), tokio_postgres::Error> {
     let (client, mut connection) = config.connect(NoTls).await?;
     let client = Arc::new(client);
-    let statement = format!(
-        "LISTEN \"{}\"; LISTEN \"{}\"",
-        channels.feed, channels.outbox
-    );
+    let statement = format!("LISTEN \"{}\"", channels.feed);
     // A connection that only listens sends nothing, so one that went silent (the database
     // failed over, a proxy stopped forwarding) would wait forever: it is asked to answer every
     // PING_EVERY, and reopened when it does not within PING_BOUND.
@@ -96,9 +89,6 @@ async fn listen(
                     if let Ok(seq) = n.payload().parse::<u64>() {
                         super::publish(feed, seq);
                     }
-                }
-                Some(Ok(AsyncMessage::Notification(n))) if n.channel() == channels.outbox => {
-                    outbox.notify_one();
                 }
                 Some(Ok(_)) => {}
                 Some(Err(e)) => return Err(e),

@@ -95,19 +95,8 @@ pub struct PgStore {
     channel: String,
     /// This process among the replicas (a random id), for its readiness row.
     replica: String,
-    /// The channel on which replicas say they accepted an update.
-    outbox_channel: String,
-    /// Woken when another replica accepted an update.
-    outbox_changed: Arc<tokio::sync::Notify>,
-    /// Held by the replica that sends the outbox (see [`OutboxStore::may_send_outbox`]).
-    ///
-    /// [`OutboxStore::may_send_outbox`]: crate::store::OutboxStore::may_send_outbox
-    outbox_lease: tokio::sync::Mutex<Option<outbox::Lease>>,
-    /// How to open the connections that are not pooled (the outbox lease).
-    config: tokio_postgres::Config,
-    /// The advisory locks of this schema: runs of the sequencer, the outbox lease.
+    /// The advisory lock of this schema's runs of the sequencer.
     sequencer_lock: i64,
-    outbox_lock: i64,
     /// Mixed into the hash of a referral's ref to make the advisory lock a delivery of it holds
     /// (see `deliveries.rs`).
     referral_lock_seed: i64,
@@ -120,8 +109,6 @@ impl Drop for PgStore {
         for task in &self.tasks {
             task.abort();
         }
-        // Closing the lease's connection hands the outbox to another replica at once.
-        drop(self.outbox_lease.get_mut().take());
     }
 }
 
@@ -275,8 +262,6 @@ impl PgStore {
         // (channel names are at most 63 bytes).
         let hash = &super::sha256_hex(schema.as_bytes())[..16];
         let channel = format!("relay_feed_{hash}");
-        let outbox_channel = format!("relay_outbox_{hash}");
-        let outbox_changed = Arc::new(tokio::sync::Notify::new());
         let (feed, _) = watch::channel(0);
         let mut store = Self {
             pool,
@@ -286,12 +271,7 @@ impl PgStore {
             sequence_soon: Arc::new(tokio::sync::Notify::new()),
             channel: channel.clone(),
             replica: uuid::Uuid::new_v4().to_string(),
-            outbox_channel: outbox_channel.clone(),
-            outbox_changed: Arc::clone(&outbox_changed),
-            outbox_lease: tokio::sync::Mutex::new(None),
-            config: config.clone(),
             sequencer_lock: advisory_key("sequencer", &schema),
-            outbox_lock: advisory_key("outbox", &schema),
             referral_lock_seed: advisory_key("referral", &schema),
             tasks: Vec::new(),
         };
@@ -299,15 +279,13 @@ impl PgStore {
         store.sequence().await?;
         // What `migrate` copied sealed gets its columns, now that the key is here.
         import::settle_migration(&store).await?;
+        // Updates kept by an earlier build in the `updates` table join the queue.
+        store.move_updates_to_queue().await?;
         let store = Arc::new_cyclic(|weak: &std::sync::Weak<Self>| {
             store.tasks.push(listener::spawn(
                 config,
-                listener::Channels {
-                    feed: channel,
-                    outbox: outbox_channel,
-                },
+                listener::Channels { feed: channel },
                 store.feed.clone(),
-                outbox_changed,
             ));
             store.tasks.push(sequencer::spawn_sweep(
                 weak.clone(),

@@ -1,40 +1,28 @@
-//! The outbox on PostgreSQL: updates accepted for Ocean and each referral's Task state.
+//! The outbox on PostgreSQL: updates accepted for Ocean, as rows of [`OCEAN_QUEUE`] in the
+//! `queue` table (see `queue.rs`), written with each referral's Task state (`task_states`).
+//!
+//! Earlier builds kept updates in a table of their own (`updates`);
+//! [`PgStore::move_updates_to_queue`] moves them into the queue, under the same ids, when a
+//! replica connects.
 
 use async_trait::async_trait;
-
-use super::deliveries::{to_i64, to_u64};
 use deadpool_postgres::GenericClient;
 
+use super::deliveries::{to_i64, to_u64};
 use super::{PgStore, db_error};
 use crate::domain::ReferralRef;
 use crate::store::error::StoreError;
-use crate::store::outbox::{OutboxStore, TaskState, UpdateRecord, UpdateState};
+use crate::store::outbox::{OCEAN_QUEUE, OutboxStore, TaskState, UpdateRecord, UpdateState};
 
 /// The stored name of a state (as serde writes it).
 pub(super) fn state_name(state: UpdateState) -> &'static str {
-    match state {
-        UpdateState::Pending => "pending",
-        UpdateState::Delivered => "delivered",
-        UpdateState::Dead => "dead",
-        UpdateState::Discarded => "discarded",
-    }
+    state.as_str()
 }
 
-const COLUMNS: &str = "SELECT id, record FROM updates";
-
-/// The outbox lease: a connection of its own holding the schema's outbox lock (session-level). PostgreSQL releases the
-/// lock when the connection closes: when this is dropped, or when the process dies (kill -9
-/// closes its sockets), so another replica takes over at its next look.
-pub(super) struct Lease {
-    client: tokio_postgres::Client,
-    connection: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Lease {
-    fn drop(&mut self) {
-        self.connection.abort();
-    }
-}
+/// Inserts one message under a given id (its record sealed to it).
+const INSERT_WITH_ID: &str = "INSERT INTO queue
+         (id, queue, referral, version, state, next_attempt_at, created_at, delivered_at, record)
+     VALUES ($1, $2, $3, 0, $4, $5, $6, $7, $8)";
 
 impl PgStore {
     /// Stores `update` and the referral's new Task state in one transaction; with `read`, only
@@ -60,34 +48,18 @@ impl PgStore {
                 .map_err(db_error("rolling back an update"))?;
             return Ok(None);
         }
+        // The id first: the record is sealed to it.
         let id: i64 = tx
-            .query_one(
-&tx.prepare_cached("INSERT INTO updates (referral, state, record) VALUES ($1, $2, ''::bytea) RETURNING id").await.map_err(db_error("preparing a statement"))?,
-                &[&referral, &state_name(update.state)],
-            )
+            .query_one("SELECT nextval(pg_get_serial_sequence('queue', 'id'))", &[])
             .await
-            .map_err(db_error("adding an update"))?
+            .map_err(db_error("numbering an update"))?
             .get(0);
-        let mut record = update;
-        record.id = to_u64(id);
-        tx.execute(
-            &tx.prepare_cached("UPDATE updates SET record = $2 WHERE id = $1")
-                .await
-                .map_err(db_error("preparing a statement"))?,
-            &[&id, &self.seal_update(&record)?],
-        )
-        .await
-        .map_err(db_error("adding an update"))?;
+        let record = UpdateRecord {
+            id: to_u64(id),
+            ..update
+        };
+        insert_message(&tx, self, &record).await?;
         write_task_state(&tx, &referral, &self.seal_task_state(&referral, &task)?).await?;
-        // The replica sending the outbox may be another one: wake it.
-        tx.execute(
-            &tx.prepare_cached("SELECT pg_notify($1, '')")
-                .await
-                .map_err(db_error("preparing a statement"))?,
-            &[&self.outbox_channel],
-        )
-        .await
-        .map_err(db_error("notifying the outbox"))?;
         tx.commit()
             .await
             .map_err(db_error("committing an update"))?;
@@ -125,8 +97,9 @@ impl PgStore {
         Ok(current == *read)
     }
 
-    /// Marks `update` discarded with the referral's rebuilt Task state; with `read`, only while
-    /// the Task state is still that, else `false`.
+    /// Marks dead letter `update` discarded with the referral's rebuilt Task state; with
+    /// `read`, only while the Task state is still that; `false`, writing nothing, otherwise or
+    /// when the update is no longer dead.
     async fn discard(
         &self,
         update: &UpdateRecord,
@@ -147,13 +120,29 @@ impl PgStore {
                 .map_err(db_error("rolling back a discard"))?;
             return Ok(false);
         }
-        write_update(
-            &tx,
-            update,
-            &self.seal_update(update)?,
-            "discarding an update",
-        )
-        .await?;
+        let discarded = UpdateRecord {
+            state: UpdateState::Discarded,
+            ..update.clone()
+        }
+        .into_message();
+        let changed = tx
+            .execute(
+                "UPDATE queue SET state = 'discarded', record = $2
+                 WHERE id = $1 AND queue = $3 AND state = 'dead'",
+                &[
+                    &to_i64(update.id),
+                    &self.seal_message(&discarded)?,
+                    &OCEAN_QUEUE,
+                ],
+            )
+            .await
+            .map_err(db_error("discarding an update"))?;
+        if changed == 0 {
+            tx.rollback()
+                .await
+                .map_err(db_error("rolling back a discard"))?;
+            return Ok(false);
+        }
         write_task_state(&tx, referral, &self.seal_task_state(referral, &task)?).await?;
         tx.commit()
             .await
@@ -161,39 +150,85 @@ impl PgStore {
         Ok(true)
     }
 
-    async fn updates_where(
-        &self,
-        condition: &str,
-        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
-    ) -> Result<Vec<UpdateRecord>, StoreError> {
-        let client = self.client().await?;
-        client
-            .query(&format!("{COLUMNS} {condition}"), params)
+    /// Moves the updates an earlier build kept in `updates` into the queue, under their ids
+    /// (unless a queued message has one), in one transaction that replicas starting together
+    /// take in turn.
+    pub(super) async fn move_updates_to_queue(&self) -> Result<(), StoreError> {
+        let mut client = self.client().await?;
+        let tx = client
+            .transaction()
             .await
-            .map_err(db_error("reading the outbox"))?
-            .iter()
-            .map(|row| self.open_update(to_u64(row.get(0)), row.get::<_, &[u8]>(1)))
-            .collect()
+            .map_err(db_error("moving the outbox"))?;
+        tx.batch_execute("LOCK TABLE updates IN EXCLUSIVE MODE")
+            .await
+            .map_err(db_error("moving the outbox"))?;
+        let rows = tx
+            .query("SELECT id, record FROM updates ORDER BY id", &[])
+            .await
+            .map_err(db_error("reading the outbox"))?;
+        if rows.is_empty() {
+            return tx.commit().await.map_err(db_error("moving the outbox"));
+        }
+        for row in &rows {
+            let id: i64 = row.get(0);
+            let mut update = self.open_update(to_u64(id), row.get::<_, &[u8]>(1))?;
+            let taken = tx
+                .query_opt("SELECT 1 FROM queue WHERE id = $1", &[&id])
+                .await
+                .map_err(db_error("moving the outbox"))?
+                .is_some();
+            if taken {
+                let fresh: i64 = tx
+                    .query_one("SELECT nextval(pg_get_serial_sequence('queue', 'id'))", &[])
+                    .await
+                    .map_err(db_error("moving the outbox"))?
+                    .get(0);
+                update.id = to_u64(fresh);
+            }
+            insert_message(&tx, self, &update).await?;
+        }
+        tx.batch_execute(
+            "DELETE FROM updates;
+             SELECT setval(pg_get_serial_sequence('queue', 'id'),
+                 GREATEST((SELECT max(id) FROM queue), 1));",
+        )
+        .await
+        .map_err(db_error("moving the outbox"))?;
+        tx.commit().await.map_err(db_error("moving the outbox"))?;
+        tracing::info!(
+            moved = rows.len(),
+            "moved the outbox's updates into the outgoing queue (ids kept)"
+        );
+        Ok(())
     }
 }
 
-/// Writes an update's state and record (`sealed`, from [`PgStore::seal_update`]).
-async fn write_update<C: GenericClient + Sync>(
+/// Inserts `update` as a row of [`OCEAN_QUEUE`] under its id.
+async fn insert_message<C: GenericClient + Sync>(
     client: &C,
+    store: &PgStore,
     update: &UpdateRecord,
-    sealed: &[u8],
-    doing: &'static str,
 ) -> Result<(), StoreError> {
+    let message = update.clone().into_message();
     client
         .execute(
             &client
-                .prepare_cached("UPDATE updates SET state = $2, record = $3 WHERE id = $1")
+                .prepare_cached(INSERT_WITH_ID)
                 .await
                 .map_err(db_error("preparing a statement"))?,
-            &[&to_i64(update.id), &state_name(update.state), &sealed],
+            &[
+                &to_i64(message.id),
+                &OCEAN_QUEUE,
+                &message.referral.as_str(),
+                &state_name(message.state),
+                &message.next_attempt_at,
+                &message.created_at,
+                &message.delivered_at,
+                &store.seal_message(&message)?,
+            ],
         )
         .await
-        .map_err(db_error(doing))?;
+        .map_err(db_error("adding an update"))?;
     Ok(())
 }
 
@@ -225,135 +260,24 @@ impl OutboxStore for PgStore {
         &self,
         update: UpdateRecord,
         task: TaskState,
-    ) -> Result<UpdateRecord, StoreError> {
-        self.bounded("storing an update", async {
-            self.enqueue(update, task, None)
-                .await?
-                .ok_or_else(|| StoreError::unavailable("an update was not stored"))
-        })
-        .await
-    }
-
-    async fn enqueue_update_if(
-        &self,
-        update: UpdateRecord,
-        task: TaskState,
-        read: &TaskState,
+        read: Option<&TaskState>,
     ) -> Result<Option<UpdateRecord>, StoreError> {
         self.bounded("storing an update", async {
-            self.enqueue(update, task, Some(read)).await
+            self.enqueue(update, task, read).await
         })
         .await
-    }
-
-    async fn save_update(&self, update: &UpdateRecord) -> Result<(), StoreError> {
-        let sealed = self.seal_update(update)?;
-        write_update(&self.client().await?, update, &sealed, "saving an update").await
     }
 
     async fn discard_update(
         &self,
         update: &UpdateRecord,
         task: TaskState,
-    ) -> Result<(), StoreError> {
-        self.discard(update, task, None).await.map(|_| ())
-    }
-
-    async fn discard_update_if(
-        &self,
-        update: &UpdateRecord,
-        task: TaskState,
-        read: &TaskState,
+        read: Option<&TaskState>,
     ) -> Result<bool, StoreError> {
-        self.discard(update, task, Some(read)).await
-    }
-
-    async fn update(&self, id: u64) -> Result<Option<UpdateRecord>, StoreError> {
-        Ok(self
-            .updates_where("WHERE id = $1", &[&to_i64(id)])
-            .await?
-            .pop())
-    }
-
-    async fn updates(
-        &self,
-        state: Option<UpdateState>,
-        after: u64,
-        limit: usize,
-    ) -> Result<Vec<UpdateRecord>, StoreError> {
-        let (after, limit) = (to_i64(after), to_i64(limit as u64));
-        match state {
-            Some(state) => {
-                self.updates_where(
-                    "WHERE id > $1 AND state = $2 ORDER BY id LIMIT $3",
-                    &[&after, &state_name(state), &limit],
-                )
-                .await
-            }
-            None => {
-                self.updates_where("WHERE id > $1 ORDER BY id LIMIT $2", &[&after, &limit])
-                    .await
-            }
-        }
-    }
-
-    async fn open_updates(&self) -> Result<Vec<UpdateRecord>, StoreError> {
-        self.updates_where("WHERE state IN ('pending', 'dead') ORDER BY id", &[])
-            .await
-    }
-
-    async fn referral_updates(
-        &self,
-        referral: &ReferralRef,
-    ) -> Result<Vec<UpdateRecord>, StoreError> {
-        self.bounded("reading updates", async {
-            self.updates_where("WHERE referral = $1 ORDER BY id", &[&referral.as_str()])
-                .await
+        self.bounded("discarding an update", async {
+            self.discard(update, task, read).await
         })
         .await
-    }
-
-    async fn may_send_outbox(&self) -> Result<bool, StoreError> {
-        let mut lease = self.outbox_lease.lock().await;
-        if let Some(held) = lease.as_ref() {
-            // Asked of the server each pass, not of the local socket: a connection dropped by
-            // the network (and its lock freed by the server) is found here, not after sending.
-            let alive = tokio::time::timeout(
-                std::time::Duration::from_secs(5),
-                held.client.simple_query("SELECT 1"),
-            )
-            .await
-            .is_ok_and(|answer| answer.is_ok());
-            if alive {
-                return Ok(true);
-            }
-            tracing::warn!("lost the outbox lease's connection; trying to take the lease again");
-        }
-        *lease = None;
-        let (client, connection) = self
-            .config
-            .connect(tokio_postgres::NoTls)
-            .await
-            .map_err(db_error("connecting for the outbox lease"))?;
-        let connection = tokio::spawn(async move {
-            let _ = connection.await;
-        });
-        let candidate = Lease { client, connection };
-        let granted: bool = candidate
-            .client
-            .query_one("SELECT pg_try_advisory_lock($1)", &[&self.outbox_lock])
-            .await
-            .map_err(db_error("taking the outbox lease"))?
-            .get(0);
-        if granted {
-            tracing::info!("this replica sends the outbox");
-            *lease = Some(candidate);
-        }
-        Ok(granted)
-    }
-
-    async fn wait_for_outbox_change(&self) {
-        self.outbox_changed.notified().await;
     }
 
     async fn task_state(&self, referral: &ReferralRef) -> Result<TaskState, StoreError> {

@@ -11,6 +11,7 @@ use super::deliveries::{to_i64, to_u64};
 use super::{PgStore, db_error};
 use crate::domain::ReferralRef;
 use crate::store::error::StoreError;
+use crate::store::outbox::OCEAN_QUEUE;
 use crate::store::queue::{MessageState, QueueStats, QueueStore, QueuedMessage};
 use crate::store::sled::keys::version_key;
 use crate::store::sled::trees::QUEUE;
@@ -43,9 +44,13 @@ pub(super) const INSERT: &str = "INSERT INTO queue
      SELECT m.queue, $1::text, $2::bigint, 'pending', $3::timestamptz, $3::timestamptz, m.record
      FROM unnest($4::text[], $5::bytea[]) AS m(queue, record)";
 
-/// What a message's record is sealed to: the version's key and the queue's name (the row's id
-/// is not known before it is inserted, with the delivery).
-fn seal_context(queue: &str, referral: &str, version: u64) -> Vec<u8> {
+/// What a message's record is sealed to: for a destination's, the version's key and the
+/// queue's name (the row's id is not known before it is inserted, with the delivery); for an
+/// Ocean update, its id, as the embedded store seals it (so `migrate` copies it sealed).
+fn seal_context(queue: &str, referral: &str, version: u64, id: u64) -> Vec<u8> {
+    if queue == OCEAN_QUEUE {
+        return id.to_be_bytes().to_vec();
+    }
     let mut key = version_key(referral, version);
     key.push(0);
     key.extend_from_slice(queue.as_bytes());
@@ -55,16 +60,24 @@ fn seal_context(queue: &str, referral: &str, version: u64) -> Vec<u8> {
 impl PgStore {
     /// A message's record as stored (sealed when a key is configured).
     pub(super) fn seal_message(&self, message: &QueuedMessage) -> Result<Vec<u8>, StoreError> {
-        let key = seal_context(&message.queue, message.referral.as_str(), message.version);
+        let key = seal_context(
+            &message.queue,
+            message.referral.as_str(),
+            message.version,
+            message.id,
+        );
         self.codec.encode(QUEUE, &key, message)
     }
 
-    fn open_message(&self, row: &tokio_postgres::Row) -> Result<QueuedMessage, StoreError> {
+    pub(super) fn open_message(
+        &self,
+        row: &tokio_postgres::Row,
+    ) -> Result<QueuedMessage, StoreError> {
         let id: i64 = row.get("id");
         let queue: &str = row.get("queue");
         let referral: &str = row.get("referral");
         let version = to_u64(row.get("version"));
-        let key = seal_context(queue, referral, version);
+        let key = seal_context(queue, referral, version, to_u64(id));
         let mut message: QueuedMessage =
             self.codec
                 .decode(QUEUE, &key, row.get::<_, &[u8]>("record"))?;
@@ -286,8 +299,9 @@ impl QueueStore for PgStore {
         // In batches, so no statement runs long or holds many rows locked.
         const PURGE: &str = "DELETE FROM queue WHERE id IN (
              SELECT id FROM queue
-             WHERE (state = 'delivered' AND coalesce(delivered_at, created_at) < $1)
-                OR (state = 'discarded' AND created_at < $1)
+             WHERE queue <> $2
+               AND ((state = 'delivered' AND coalesce(delivered_at, created_at) < $1)
+                    OR (state = 'discarded' AND created_at < $1))
              LIMIT 5000)";
         let mut purged = 0;
         loop {
@@ -295,7 +309,7 @@ impl QueueStore for PgStore {
                 .bounded("forgetting settled messages", async {
                     let client = self.client().await?;
                     client
-                        .execute(PURGE, &[&cutoff])
+                        .execute(PURGE, &[&cutoff, &OCEAN_QUEUE])
                         .await
                         .map_err(db_error("forgetting settled messages"))
                 })

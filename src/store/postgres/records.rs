@@ -212,10 +212,6 @@ impl PgStore {
         ))
     }
 
-    pub(super) fn seal_update(&self, update: &UpdateRecord) -> Result<Vec<u8>, StoreError> {
-        self.encode(UPDATES, &update.id.to_be_bytes(), update)
-    }
-
     pub(super) fn open_update(&self, id: u64, stored: &[u8]) -> Result<UpdateRecord, StoreError> {
         let mut record: UpdateRecord = self.decode(UPDATES, &id.to_be_bytes(), stored)?;
         record.id = id;

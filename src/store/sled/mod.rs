@@ -12,9 +12,11 @@
 //! - `events`:      seq (u64 BE) → `EventRecord`
 //! - `by_modified`: modified-at (µs, u64 BE) `\0` referral ref → ()
 //! - `meta`:        counters and the readiness marker
-//! - `updates`:     update id (u64 BE) → `UpdateRecord` (the outbox to Ocean)
-//! - `open_updates`: update id → () while not delivered
-//! - `referral_updates`: referral ref `\0` update id (u64 BE) → () (a referral's updates)
+//! - `queue`:       message id (u64 BE) → `QueuedMessage`: the outgoing queues, Ocean updates
+//!   (queue `ocean:`) and destinations' versions; `queue_index` holds their due times, chains,
+//!   states, referrals and counts (see `queue.rs`)
+//! - `updates`, `open_updates`, `referral_updates`: the outbox of earlier builds, moved into
+//!   the queue when the store is opened (see `outbox.rs`), empty after
 //! - `task_states`: referral ref → `TaskState`
 //! - `audit`:       seq (u64 BE) → `AuditEntry`
 //! - `documents`:   referral ref `\0` version (u64 BE) index (u32 BE) → `DocumentRecord`

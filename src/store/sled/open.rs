@@ -43,7 +43,9 @@ impl Open {
         let trees = Trees::open(&db)?;
         // Before the writer starts: it holds the database (and its lock) until stopped.
         codec.admit_keys(&trees)?;
-        trees.index_referral_updates(codec)?;
+        if trees.move_updates_to_queue(codec)? > 0 {
+            db.flush().map_err(unavailable)?;
+        }
         trees.index_due_documents(codec)?;
         // Referrals by service id are no longer indexed (listings filter the modification
         // index); stores written before keep a tree of them, dropped here.

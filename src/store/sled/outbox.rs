@@ -1,46 +1,68 @@
-//! The outbox: updates accepted for Ocean, their delivery state, and each referral's Task state.
+//! The outbox: updates accepted for Ocean, as messages of [`OCEAN_QUEUE`] in the outgoing
+//! queues (see `queue.rs`), written with each referral's Task state.
+//!
+//! Stores written before the outbox joined the queues kept updates in trees of their own
+//! (`updates`, `open_updates`, `referral_updates`); [`Trees::move_updates_to_queue`] moves them
+//! into the queue, under the same ids, when the store is opened.
 
 use async_trait::async_trait;
 use sled::Transactional;
-use sled::transaction::ConflictableTransactionError;
 
 use super::codec::{Codec, read_u64};
 use super::handle::SledStore;
-use super::keys::{referral_prefix, referral_seq_key};
+use super::keys::referral_seq_key;
 use super::open::Open;
-use super::trees::{
-    REFERRAL_UPDATES_INDEXED, TASK_STATES, Trees, UPDATE_SEQ, UPDATES, abort, tx_error, unavailable,
-};
+use super::queue::QueueTx;
+use super::trees::{TASK_STATES, Trees, UPDATES, tx_error, unavailable};
 use super::writer::Target;
 use crate::domain::ReferralRef;
 use crate::store::error::StoreError;
-use crate::store::outbox::{OutboxStore, TaskState, UpdateRecord, UpdateState};
+use crate::store::outbox::{OCEAN_QUEUE, OutboxStore, TaskState, UpdateRecord, UpdateState};
 
 impl Trees {
-    /// Indexes the updates of a store written before `referral_updates` existed (once; later
-    /// updates are indexed as they are accepted).
-    pub(super) fn index_referral_updates(&self, codec: &Codec) -> Result<(), StoreError> {
-        if self
-            .meta
-            .get(REFERRAL_UPDATES_INDEXED)
-            .map_err(unavailable)?
-            .is_some()
-        {
-            return Ok(());
-        }
-        let mut batch = sled::Batch::default();
+    /// Moves the updates of a store written before the outbox joined the queues into
+    /// [`OCEAN_QUEUE`], each under its id (unless a queued message has it), its state kept and
+    /// the open ones in their referral's order; one transaction per update, so a crash midway
+    /// leaves each either moved or not. Returns how many were moved (the caller flushes).
+    pub(super) fn move_updates_to_queue(&self, codec: &Codec) -> Result<u64, StoreError> {
+        let mut moved = 0;
         for item in self.updates.iter() {
             let (key, value) = item.map_err(unavailable)?;
-            let update: UpdateRecord = codec.decode(UPDATES, &key, &value)?;
-            batch.insert(referral_seq_key(&update.referral, update.id), &[]);
+            let id = read_u64(&key)?;
+            let mut update: UpdateRecord = codec.decode(UPDATES, &key, &value)?;
+            update.id = id;
+            (
+                &self.queue,
+                &self.queue_index,
+                &self.meta,
+                &self.updates,
+                &self.open_updates,
+                &self.referral_updates,
+            )
+                .transaction(|(queue, index, meta, updates, open, by_referral)| {
+                    let mut message = update.clone().into_message();
+                    QueueTx {
+                        queue,
+                        index,
+                        meta,
+                        codec,
+                    }
+                    .adopt(&mut message)?;
+                    updates.remove(&key)?;
+                    open.remove(&key)?;
+                    by_referral.remove(referral_seq_key(&update.referral, id))?;
+                    Ok(())
+                })
+                .map_err(tx_error)?;
+            moved += 1;
         }
-        self.referral_updates
-            .apply_batch(batch)
-            .map_err(unavailable)?;
-        self.meta
-            .insert(REFERRAL_UPDATES_INDEXED, &[])
-            .map_err(unavailable)?;
-        Ok(())
+        if moved > 0 {
+            tracing::info!(
+                moved,
+                "moved the outbox's updates into the outgoing queue (ids kept)"
+            );
+        }
+        Ok(moved)
     }
 }
 
@@ -52,151 +74,67 @@ impl Open {
     ) -> Result<UpdateRecord, StoreError> {
         let referral_key = update.referral.as_str().as_bytes().to_vec();
         let task = self.codec.encode(TASK_STATES, &referral_key, &task)?;
-        self.writer
+        let message = update.clone().into_message();
+        let id = self
+            .writer
             .write(
                 move |Target {
                           trees: t, codec, ..
                       }| {
-                    (
-                        &t.updates,
-                        &t.open_updates,
-                        &t.referral_updates,
-                        &t.task_states,
-                        &t.meta,
-                    )
-                        .transaction(|(updates, open, by_referral, tasks, meta)| {
-                            let id = meta
-                                .get(UPDATE_SEQ)?
-                                .map(|v| read_u64(&v))
-                                .transpose()
-                                .map_err(abort)?
-                                .unwrap_or(0)
-                                + 1;
-                            let mut record = update.clone();
-                            record.id = id;
-                            meta.insert(UPDATE_SEQ, &id.to_be_bytes())?;
-                            let key = id.to_be_bytes();
-                            updates.insert(
-                                &key,
-                                codec.encode(UPDATES, &key, &record).map_err(abort)?,
-                            )?;
-                            open.insert(&id.to_be_bytes(), &[])?;
-                            by_referral.insert(referral_seq_key(&record.referral, id), &[])?;
+                    (&t.queue, &t.queue_index, &t.meta, &t.task_states)
+                        .transaction(|(queue, index, meta, tasks)| {
+                            let mut message = message.clone();
+                            QueueTx {
+                                queue,
+                                index,
+                                meta,
+                                codec,
+                            }
+                            .enqueue(&mut message)?;
                             tasks.insert(referral_key.as_slice(), task.as_slice())?;
-                            Ok(record)
+                            Ok(message.id)
                         })
                         .map_err(tx_error)
                 },
             )
-            .await
-    }
-
-    async fn save_update(&self, update: &UpdateRecord) -> Result<(), StoreError> {
-        let key = update.id.to_be_bytes();
-        let value = self.codec.encode(UPDATES, &key, update)?;
-        let settled = matches!(
-            update.state,
-            UpdateState::Delivered | UpdateState::Discarded
-        );
-        self.writer
-            .write(move |Target { trees: t, .. }| {
-                (&t.updates, &t.open_updates)
-                    .transaction(|(updates, open)| {
-                        updates.insert(&key, value.as_slice())?;
-                        if settled {
-                            open.remove(&key)?;
-                        } else {
-                            open.insert(&key, &[])?;
-                        }
-                        Ok::<_, ConflictableTransactionError<StoreError>>(())
-                    })
-                    .map_err(tx_error)
-            })
-            .await
-    }
-
-    fn update(&self, id: u64) -> Result<Option<UpdateRecord>, StoreError> {
-        let key = id.to_be_bytes();
-        self.trees
-            .updates
-            .get(key)
-            .map_err(unavailable)?
-            .map(|v| self.codec.decode(UPDATES, &key, &v))
-            .transpose()
-    }
-
-    /// Blocking: with a `state`, may read the whole outbox.
-    fn updates(
-        &self,
-        state: Option<UpdateState>,
-        after: u64,
-        limit: usize,
-    ) -> Result<Vec<UpdateRecord>, StoreError> {
-        let mut found = Vec::new();
-        for item in self
-            .trees
-            .updates
-            .range(after.saturating_add(1).to_be_bytes()..)
-        {
-            let (key, value) = item.map_err(unavailable)?;
-            let record: UpdateRecord = self.codec.decode(UPDATES, &key, &value)?;
-            if state.is_none_or(|s| s == record.state) {
-                found.push(record);
-                if found.len() == limit {
-                    break;
-                }
-            }
-        }
-        Ok(found)
-    }
-
-    async fn open_updates(&self) -> Result<Vec<UpdateRecord>, StoreError> {
-        let mut found = Vec::new();
-        for item in self.trees.open_updates.iter() {
-            let (key, _) = item.map_err(unavailable)?;
-            if let Some(v) = self.trees.updates.get(&key).map_err(unavailable)? {
-                found.push(self.codec.decode(UPDATES, &key, &v)?);
-            }
-        }
-        Ok(found)
-    }
-
-    async fn referral_updates(
-        &self,
-        referral: &ReferralRef,
-    ) -> Result<Vec<UpdateRecord>, StoreError> {
-        let prefix = referral_prefix(referral);
-        let mut found = Vec::new();
-        for item in self.trees.referral_updates.scan_prefix(&prefix) {
-            let (key, _) = item.map_err(unavailable)?;
-            let id = read_u64(&key[prefix.len()..])?;
-            if let Some(update) = self.update(id)? {
-                found.push(update);
-            }
-        }
-        Ok(found)
+            .await?;
+        Ok(UpdateRecord { id, ..update })
     }
 
     async fn discard_update(
         &self,
         update: &UpdateRecord,
         task: TaskState,
-    ) -> Result<(), StoreError> {
-        let key = update.id.to_be_bytes();
-        let value = self.codec.encode(UPDATES, &key, update)?;
+    ) -> Result<bool, StoreError> {
+        let message = UpdateRecord {
+            state: UpdateState::Discarded,
+            ..update.clone()
+        }
+        .into_message();
         let referral = update.referral.as_str().as_bytes().to_vec();
         let task = self.codec.encode(TASK_STATES, &referral, &task)?;
         self.writer
-            .write(move |Target { trees: t, .. }| {
-                (&t.updates, &t.open_updates, &t.task_states)
-                    .transaction(|(updates, open, tasks)| {
-                        updates.insert(&key, value.as_slice())?;
-                        open.remove(&key)?;
-                        tasks.insert(referral.as_slice(), task.as_slice())?;
-                        Ok::<_, ConflictableTransactionError<StoreError>>(())
-                    })
-                    .map_err(tx_error)
-            })
+            .write(
+                move |Target {
+                          trees: t, codec, ..
+                      }| {
+                    (&t.queue, &t.queue_index, &t.meta, &t.task_states)
+                        .transaction(|(queue, index, meta, tasks)| {
+                            let tx = QueueTx {
+                                queue,
+                                index,
+                                meta,
+                                codec,
+                            };
+                            if !tx.save(&message, UpdateState::Dead)? {
+                                return Ok(false);
+                            }
+                            tasks.insert(referral.as_slice(), task.as_slice())?;
+                            Ok(true)
+                        })
+                        .map_err(tx_error)
+                },
+            )
             .await
     }
 
@@ -213,57 +151,30 @@ impl Open {
     }
 }
 
+/// One process has this store: the Task state read cannot change behind the caller's back
+/// (the outbox accepts one update at a time), so `read` is not looked at.
 #[async_trait]
 impl OutboxStore for SledStore {
     async fn enqueue_update(
         &self,
         update: UpdateRecord,
         task: TaskState,
-    ) -> Result<UpdateRecord, StoreError> {
+        _read: Option<&TaskState>,
+    ) -> Result<Option<UpdateRecord>, StoreError> {
+        debug_assert_eq!(update.clone().into_message().queue, OCEAN_QUEUE);
         let open = self.open_db()?;
         self.checked(open.enqueue_update(update, task).await)
-    }
-
-    async fn save_update(&self, update: &UpdateRecord) -> Result<(), StoreError> {
-        let open = self.open_db()?;
-        self.checked(open.save_update(update).await)
+            .map(Some)
     }
 
     async fn discard_update(
         &self,
         update: &UpdateRecord,
         task: TaskState,
-    ) -> Result<(), StoreError> {
+        _read: Option<&TaskState>,
+    ) -> Result<bool, StoreError> {
         let open = self.open_db()?;
         self.checked(open.discard_update(update, task).await)
-    }
-
-    async fn update(&self, id: u64) -> Result<Option<UpdateRecord>, StoreError> {
-        let open = self.open_db()?;
-        self.checked(open.update(id))
-    }
-
-    async fn updates(
-        &self,
-        state: Option<UpdateState>,
-        after: u64,
-        limit: usize,
-    ) -> Result<Vec<UpdateRecord>, StoreError> {
-        self.off_worker(move |open| open.updates(state, after, limit))
-            .await
-    }
-
-    async fn open_updates(&self) -> Result<Vec<UpdateRecord>, StoreError> {
-        let open = self.open_db()?;
-        self.checked(open.open_updates().await)
-    }
-
-    async fn referral_updates(
-        &self,
-        referral: &ReferralRef,
-    ) -> Result<Vec<UpdateRecord>, StoreError> {
-        let open = self.open_db()?;
-        self.checked(open.referral_updates(referral).await)
     }
 
     async fn task_state(&self, referral: &ReferralRef) -> Result<TaskState, StoreError> {
@@ -278,50 +189,113 @@ mod tests {
 
     use super::*;
     use crate::ig::OutboundEvent;
-    use crate::store::outbox::UpdateKind;
+    use crate::store::QueueStore;
+    use crate::store::outbox::{UpdateKind, referral_updates};
 
-    fn update(referral: &str) -> UpdateRecord {
-        UpdateRecord::pending(
+    fn update(referral: &str, state: UpdateState) -> UpdateRecord {
+        let mut update = UpdateRecord::pending(
             ReferralRef::parse(referral).unwrap(),
             "main".into(),
             UpdateKind::Message,
             OutboundEvent::SendCommunicationFromProvider,
             "{}".into(),
             OffsetDateTime::now_utc(),
-        )
+        );
+        update.state = state;
+        update
     }
 
-    async fn ids(store: &SledStore, referral: &str) -> Vec<u64> {
-        let referral = ReferralRef::parse(referral).unwrap();
-        let updates = store.referral_updates(&referral).await.unwrap();
-        updates.iter().map(|u| u.id).collect()
-    }
-
-    /// A store written before the index existed gets it when opened.
+    /// A store written before the outbox joined the queues: its updates move into the queue
+    /// under their ids, settled ones stay settled, and the open ones are sent in order.
     #[tokio::test]
-    async fn the_updates_of_a_referral_are_indexed_even_in_an_older_store() {
+    async fn an_older_stores_updates_move_into_the_queue_under_their_ids() {
         let dir = tempfile::tempdir().unwrap();
+        let old = [
+            (1, "ref-a", UpdateState::Delivered),
+            (2, "ref-a", UpdateState::Dead),
+            (3, "ref-b", UpdateState::Pending),
+            (4, "ref-a", UpdateState::Pending),
+            (7, "ref-c", UpdateState::Discarded),
+        ];
         {
+            // Written as an older build did: the record under its id, open ones listed.
             let store = SledStore::open(dir.path()).unwrap();
-            for referral in ["ref-a", "ref-b", "ref-a", "ref-a0"] {
-                let task = TaskState::default();
-                store.enqueue_update(update(referral), task).await.unwrap();
+            let open = store.open_db().unwrap();
+            let codec = &open.codec;
+            for (id, referral, state) in old {
+                let mut record = update(referral, state);
+                record.id = id;
+                let key = u64::to_be_bytes(id);
+                let value = codec.encode(UPDATES, &key, &record).unwrap();
+                open.trees.updates.insert(key, value).unwrap();
+                if matches!(state, UpdateState::Pending | UpdateState::Dead) {
+                    open.trees.open_updates.insert(key, &[]).unwrap();
+                }
+                let by_referral = referral_seq_key(&record.referral, id);
+                open.trees
+                    .referral_updates
+                    .insert(by_referral, &[])
+                    .unwrap();
             }
-            assert_eq!(ids(&store, "ref-a").await, [1, 3]);
-            assert_eq!(ids(&store, "ref-c").await, Vec::<u64>::new());
-        }
-        {
-            let db = super::super::dir::open_live(dir.path(), None).unwrap();
-            db.drop_tree("referral_updates").unwrap();
-            db.open_tree("meta")
-                .unwrap()
-                .remove(REFERRAL_UPDATES_INDEXED)
-                .unwrap();
-            db.flush().unwrap();
+            open.db.flush().unwrap();
         }
         let store = SledStore::open(dir.path()).unwrap();
-        assert_eq!(ids(&store, "ref-a").await, [1, 3]);
-        assert_eq!(ids(&store, "ref-b").await, [2]);
-        assert_eq!(ids(&store, "ref-a0").await, [4]);
+        let open = store.open_db().unwrap();
+        assert!(open.trees.updates.is_empty() && open.trees.open_updates.is_empty());
+        let ids = |updates: Vec<UpdateRecord>| -> Vec<(u64, UpdateState)> {
+            updates.iter().map(|u| (u.id, u.state)).collect()
+        };
+        let a = ReferralRef::parse("ref-a").unwrap();
+        assert_eq!(
+            ids(referral_updates(&store, &a).await.unwrap()),
+            [
+                (1, UpdateState::Delivered),
+                (2, UpdateState::Dead),
+                (4, UpdateState::Pending)
+            ]
+        );
+        // ref-a's dead letter holds back its update 4; ref-b's goes.
+        let now = OffsetDateTime::now_utc() + time::Duration::seconds(1);
+        let lease = std::time::Duration::from_secs(30);
+        let due = store
+            .due_messages(OCEAN_QUEUE, now, lease, 10, &[])
+            .await
+            .unwrap();
+        let due: Vec<u64> = due.iter().map(|m| m.id).collect();
+        assert_eq!(due, [3]);
+        // A new update takes an id after the moved ones.
+        let new = store
+            .enqueue_update(
+                update("ref-d", UpdateState::Pending),
+                TaskState::default(),
+                None,
+            )
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(new.id, 8);
+        // Discarding the dead letter lets update 4 go.
+        let dead = crate::store::outbox::update(&store, 2)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            store
+                .discard_update(&dead, TaskState::default(), None)
+                .await
+                .unwrap()
+        );
+        assert!(
+            !store
+                .discard_update(&dead, TaskState::default(), None)
+                .await
+                .unwrap()
+        );
+        let due = store
+            .due_messages(OCEAN_QUEUE, now, lease, 10, &[3, 8])
+            .await
+            .unwrap();
+        let due: Vec<u64> = due.iter().map(|m| m.id).collect();
+        assert_eq!(due, [4]);
     }
 }

@@ -104,12 +104,16 @@ fn chain_value(head: u64, tail: u64) -> [u8; 16] {
     value
 }
 
-/// How many messages, in every queue, are still open (pending or dead): read from the counts,
-/// which are not sealed.
-pub(in crate::store) fn open_messages(index: &sled::Tree) -> Result<u64, StoreError> {
+/// How many messages of destinations' queues (every queue but `except`) are still open
+/// (pending or dead): read from the counts, which are not sealed.
+pub(in crate::store) fn open_messages(index: &sled::Tree, except: &str) -> Result<u64, StoreError> {
     let mut open = 0u64;
+    let skipped = prefixed(COUNT, except);
     for item in index.scan_prefix([COUNT]) {
         let (key, value) = item.map_err(unavailable)?;
+        if key.starts_with(&skipped) && key.len() == skipped.len() + 1 {
+            continue;
+        }
         let state = key.last().copied();
         if state == Some(state_byte(MessageState::Pending))
             || state == Some(state_byte(MessageState::Dead))
@@ -118,6 +122,36 @@ pub(in crate::store) fn open_messages(index: &sled::Tree) -> Result<u64, StoreEr
         }
     }
     Ok(open)
+}
+
+/// The ids of `queue`'s messages, and each message's referral (read from the index, which is
+/// not sealed), in id order.
+pub(in crate::store) fn queue_referrals(
+    index: &sled::Tree,
+    queue: &str,
+) -> Result<Vec<(u64, String)>, StoreError> {
+    let mut referral_of = std::collections::HashMap::new();
+    for item in index.scan_prefix([BY_REFERRAL]) {
+        let (key, _) = item.map_err(unavailable)?;
+        let Some(split) = key.len().checked_sub(9) else {
+            continue;
+        };
+        let referral = std::str::from_utf8(&key[1..split])
+            .map_err(|_| StoreError::corrupt("a queue index key is not text"))?;
+        referral_of.insert(read_u64(&key[split + 1..])?, referral.to_owned());
+    }
+    let prefix = prefixed(BY_STATE, queue);
+    let mut found = Vec::new();
+    for item in index.scan_prefix(&prefix) {
+        let (key, _) = item.map_err(unavailable)?;
+        let id = read_u64(&key[key.len() - 8..])?;
+        let referral = referral_of.get(&id).cloned().ok_or_else(|| {
+            StoreError::corrupt("a queued message is missing from its referral's index")
+        })?;
+        found.push((id, referral));
+    }
+    found.sort_unstable();
+    Ok(found)
 }
 
 /// The queue and its index inside one transaction.
@@ -159,9 +193,8 @@ impl QueueTx<'_> {
         Ok(())
     }
 
-    /// Appends `message` (given its id here) to its referral's chain; due at once when it is
-    /// the head.
-    pub(super) fn enqueue(&self, message: &mut QueuedMessage) -> TxResult<()> {
+    /// The next id of the store's queues.
+    fn next_id(&self) -> TxResult<u64> {
         let id = self
             .meta
             .get(QUEUE_SEQ)?
@@ -171,22 +204,59 @@ impl QueueTx<'_> {
             .unwrap_or(0)
             + 1;
         self.meta.insert(QUEUE_SEQ, &id.to_be_bytes())?;
-        message.id = id;
-        let head = head_key(&message.queue, &message.referral);
-        match self.index.get(&head)? {
-            None => {
-                self.index.insert(head, &chain_value(id, id))?;
-                self.index
-                    .insert(due_key(&message.queue, message.next_attempt_at, id), &[])?;
-            }
-            Some(value) => {
-                let (first, last) = chain(&value).map_err(abort)?;
-                let mut tail = self
-                    .get(last)?
-                    .ok_or_else(|| abort(StoreError::failed("a queue chain names no message")))?;
-                tail.next = Some(id);
-                self.put(&tail)?;
-                self.index.insert(head, &chain_value(first, id))?;
+        Ok(id)
+    }
+
+    /// Appends `message` (given its id here) to its referral's chain; due at once when it is
+    /// the head.
+    pub(super) fn enqueue(&self, message: &mut QueuedMessage) -> TxResult<()> {
+        message.id = self.next_id()?;
+        self.link(message)
+    }
+
+    /// Stores `message`, in any state, under the id it has (a record moved from elsewhere, in
+    /// id order per referral), or under a new one when that is taken; later ids are greater.
+    pub(super) fn adopt(&self, message: &mut QueuedMessage) -> TxResult<()> {
+        if message.id == 0 || self.get(message.id)?.is_some() {
+            message.id = self.next_id()?;
+        } else {
+            let seq = self
+                .meta
+                .get(QUEUE_SEQ)?
+                .map(|v| read_u64(&v))
+                .transpose()
+                .map_err(abort)?
+                .unwrap_or(0);
+            self.meta
+                .insert(QUEUE_SEQ, &seq.max(message.id).to_be_bytes())?;
+        }
+        self.link(message)
+    }
+
+    /// Writes `message` with its index entries: an open one joins the end of its referral's
+    /// chain (due at once, when pending and at its head).
+    fn link(&self, message: &mut QueuedMessage) -> TxResult<()> {
+        let id = message.id;
+        message.next = None;
+        if matches!(message.state, MessageState::Pending | MessageState::Dead) {
+            let head = head_key(&message.queue, &message.referral);
+            match self.index.get(&head)? {
+                None => {
+                    self.index.insert(head, &chain_value(id, id))?;
+                    if message.state == MessageState::Pending {
+                        self.index
+                            .insert(due_key(&message.queue, message.next_attempt_at, id), &[])?;
+                    }
+                }
+                Some(value) => {
+                    let (first, last) = chain(&value).map_err(abort)?;
+                    let mut tail = self.get(last)?.ok_or_else(|| {
+                        abort(StoreError::failed("a queue chain names no message"))
+                    })?;
+                    tail.next = Some(id);
+                    self.put(&tail)?;
+                    self.index.insert(head, &chain_value(first, id))?;
+                }
             }
         }
         self.index
@@ -199,7 +269,7 @@ impl QueueTx<'_> {
 
     /// Stores `message`'s new state, keeping the chain, due index and counts in step, only
     /// while its stored state is `from` (`false` otherwise, writing nothing).
-    fn save(&self, message: &QueuedMessage, from: MessageState) -> TxResult<bool> {
+    pub(super) fn save(&self, message: &QueuedMessage, from: MessageState) -> TxResult<bool> {
         let old = self.get(message.id)?.ok_or_else(|| {
             abort(StoreError::failed(format!(
                 "no queued message {}",

@@ -8,12 +8,8 @@ use crate::store::error::StoreError;
 pub(in crate::store) const EVENT_SEQ: &[u8] = b"event_seq";
 pub(super) const READY_MARKER: &[u8] = b"ready_marker";
 pub(super) const LAST_RECEIVED: &[u8] = b"last_received_micros";
-pub(in crate::store) const UPDATE_SEQ: &[u8] = b"update_seq";
-/// Set once `referral_updates` indexes every update (stores written before the index existed
-/// are indexed when first opened).
-pub(in crate::store) const REFERRAL_UPDATES_INDEXED: &[u8] = b"referral_updates_indexed";
 pub(in crate::store) const AUDIT_HEAD: &[u8] = b"audit_head";
-/// The last id given to a queued message.
+/// The last id given to a queued message (an Ocean update or a destination's version).
 pub(in crate::store) const QUEUE_SEQ: &[u8] = b"queue_seq";
 
 /// `meta` key: the ids of every key that has sealed records in this store (8 bytes each).
