@@ -208,6 +208,27 @@ impl DestinationConfig {
                  use \"wait\" (a DocumentReference per document, with its data) or \"none\""
             );
         }
+        let empty = [
+            (
+                "bearer_token",
+                self.bearer_token.as_ref().map(Secret::expose),
+            ),
+            ("client_id", self.client_id.as_deref()),
+            (
+                "client_secret",
+                self.client_secret.as_ref().map(Secret::expose),
+            ),
+            ("token_url", self.token_url.as_deref()),
+        ];
+        if let Some((key, _)) = empty
+            .iter()
+            .find(|(_, v)| v.is_some_and(|v| v.trim().is_empty()))
+        {
+            bail!("{key} is empty");
+        }
+        if self.scope.is_some() && self.token_url.is_none() {
+            bail!("scope is asked of token_url, which is not set");
+        }
         let oauth = [
             self.token_url.is_some(),
             self.client_id.is_some(),
@@ -322,6 +343,16 @@ mod tests {
                 "emr",
                 format!("{FHIR}\ntoken_url = \"https://idp.test/token\"\nclient_id = \"c\""),
                 "go together",
+            ),
+            (
+                "emr",
+                format!("{FHIR}\nbearer_token = \" \""),
+                "bearer_token is empty",
+            ),
+            (
+                "emr",
+                format!("{FHIR}\nscope = \"system/*.write\""),
+                "token_url, which is not set",
             ),
             (
                 "emr",

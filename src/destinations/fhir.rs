@@ -3,8 +3,12 @@
 //! `application/fhir+json`, authenticated by a static bearer token or OAuth2 client
 //! credentials (cached; fetched anew once when the server answers 401).
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+
 use reqwest::StatusCode;
 use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE};
+use tokio::sync::OwnedMutexGuard;
 
 use crate::config::{DestinationConfig, DocumentsMode};
 use crate::fhir::transaction::{Document, transaction};
@@ -24,6 +28,8 @@ enum Authorization {
 
 /// A FHIR destination's HTTP client and credentials.
 pub struct FhirSender {
+    /// One lock per patient key whose sends are in flight (see [`FhirSender::patient_turn`]).
+    patients: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     http: reqwest::Client,
     /// The server's base, without a trailing `/`: transactions are posted to it.
     base: String,
@@ -53,6 +59,7 @@ impl FhirSender {
             (None, None) => Authorization::None,
         };
         Ok(Self {
+            patients: Mutex::default(),
             http,
             base: config.url.trim_end_matches('/').to_owned(),
             authorization,
@@ -61,25 +68,38 @@ impl FhirSender {
         })
     }
 
-    /// The `Authorization` header value, if any (`renew`: a fresh token).
-    async fn authorization(&self, renew: bool) -> Result<Option<String>, SendError> {
+    /// The bearer token to send, if any: with client credentials, the cached one unless it is
+    /// `rejected` (the server answered 401 to it).
+    async fn token(&self, rejected: Option<&str>) -> Result<Option<String>, SendError> {
         Ok(match &self.authorization {
             Authorization::None => None,
-            Authorization::Bearer(token) => Some(format!("Bearer {}", token.expose())),
+            Authorization::Bearer(token) => Some(token.expose().to_owned()),
             Authorization::ClientCredentials(credentials) => {
-                Some(format!("Bearer {}", credentials.token(renew).await?))
+                Some(credentials.token(rejected).await?)
             }
         })
+    }
+
+    /// Waits until no other send for `patient` is in flight here (two referrals of one new
+    /// patient must not both create it); the guard ends the wait for the next.
+    async fn patient_turn(&self, patient: Option<&str>) -> Option<OwnedMutexGuard<()>> {
+        let turn = {
+            let mut turns = self.patients.lock().unwrap_or_else(PoisonError::into_inner);
+            // Forget the patients nobody waits for.
+            turns.retain(|_, turn| Arc::strong_count(turn) > 1);
+            Arc::clone(turns.entry(patient?.to_owned()).or_default())
+        };
+        Some(turn.lock_owned().await)
     }
 
     /// Sends `message`'s version as a transaction.
     ///
     /// # Errors
     /// [`SendError::Rejected`] when the version is gone or holds nothing a transaction can
-    /// carry, or the server refused it (a 4xx other than 401, 408 and 429; its
+    /// carry, or the server refused it (a 4xx other than 401, 403, 408, 409 and 429; its
     /// OperationOutcome's text is in the reason); [`SendError::Retry`] otherwise.
     pub async fn send(&self, store: &dyn Store, message: &QueuedMessage) -> Result<(), SendError> {
-        let body = self
+        let (body, patient) = self
             .transaction(store, message)
             .await
             .map_err(|e| match e {
@@ -93,7 +113,8 @@ impl FhirSender {
                     message.version
                 )),
             })?;
-        let mut renewed = false;
+        let _turn = self.patient_turn(patient.as_deref()).await;
+        let mut rejected: Option<String> = None;
         loop {
             let mut request = self
                 .http
@@ -101,8 +122,9 @@ impl FhirSender {
                 .header(CONTENT_TYPE, FHIR_JSON)
                 .header(ACCEPT, FHIR_JSON)
                 .body(body.clone());
-            if let Some(value) = self.authorization(renewed).await? {
-                request = request.header(AUTHORIZATION, value);
+            let token = self.token(rejected.as_deref()).await?;
+            if let Some(token) = &token {
+                request = request.header(AUTHORIZATION, format!("Bearer {token}"));
             }
             let response = request.send().await.map_err(|e| SendError::Retry {
                 reason: format!("the FHIR server is unreachable: {}", transport(&e)),
@@ -113,8 +135,8 @@ impl FhirSender {
                 return Ok(());
             }
             let oauth = matches!(self.authorization, Authorization::ClientCredentials(_));
-            if status == StatusCode::UNAUTHORIZED && oauth && !renewed {
-                renewed = true;
+            if status == StatusCode::UNAUTHORIZED && oauth && rejected.is_none() {
+                rejected = token;
                 continue;
             }
             let after = retry_after(&response);
@@ -122,9 +144,12 @@ impl FhirSender {
                 "the FHIR server answered {status}{}",
                 outcome_text(response).await
             );
-            // Credentials are fixed by an operator: versions wait for that (up to the retry
-            // horizon) rather than die at once.
-            if status == StatusCode::UNAUTHORIZED {
+            // Credentials and scopes are fixed by an operator, and a conflict between writers
+            // passes: versions wait for that (up to the retry horizon) rather than die at once.
+            if matches!(
+                status,
+                StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN | StatusCode::CONFLICT
+            ) {
                 return Err(SendError::Retry { reason, after });
             }
             return Err(SendError::from_status(status, reason, after));
@@ -136,7 +161,7 @@ impl FhirSender {
         &self,
         store: &dyn Store,
         message: &QueuedMessage,
-    ) -> Result<Vec<u8>, Unsendable> {
+    ) -> Result<(Vec<u8>, Option<String>), Unsendable> {
         let referral = &message.referral;
         let versions = store.versions(referral).await?;
         if !versions
@@ -174,7 +199,8 @@ impl FhirSender {
             self.inline_max_bytes,
         )
         .map_err(Unsendable::Transaction)?;
-        Ok(serde_json::to_vec(&bundle).expect("a JSON value encodes"))
+        let body = serde_json::to_vec(&bundle.bundle).expect("a JSON value encodes");
+        Ok((body, bundle.patient))
     }
 }
 

@@ -24,8 +24,6 @@ use serde_json::{Map, Value, json};
 
 /// Ocean's referral reference identifier system ends with this.
 const REFERRAL_SYSTEM_SUFFIX: &str = "/id-ereferral-reference";
-/// The MRN identifier system ends with this.
-const MRN_SYSTEM_SUFFIX: &str = "/id-external-patient-reference";
 /// Ontario's health card number system.
 const HCN_SYSTEM: &str = "https://fhir.infoway-inforoute.ca/NamingSystem/ca-on-patient-hcn";
 /// The Patient's key when it carries neither a health card number nor an MRN.
@@ -69,8 +67,8 @@ struct Sent<'a> {
     resource: &'a Value,
 }
 
-/// The transaction Bundle for the message `bundle` (as stored) of `referral`, with `documents`:
-/// those up to `inline_max` bytes inline, larger ones as Binary resources.
+/// The transaction for the message `bundle` (as stored) of `referral`, with `documents`: those
+/// up to `inline_max` bytes inline, larger ones as Binary resources.
 ///
 /// # Errors
 /// [`TransactionError`] when the message is not JSON or holds nothing to send.
@@ -79,7 +77,7 @@ pub fn transaction(
     referral: &str,
     documents: &[Document],
     inline_max: u64,
-) -> Result<Value, TransactionError> {
+) -> Result<Transaction, TransactionError> {
     let message: Value = serde_json::from_slice(bundle).map_err(|_| TransactionError::NotJson)?;
     let sources = sources(&message);
     let header = sources.iter().find(|s| s.kind == "MessageHeader");
@@ -98,9 +96,12 @@ pub fn transaction(
     let referral_key = json!({"system": referral_system(&message), "value": referral});
 
     let mut chosen: Vec<(&Source, Value)> = Vec::new();
-    if let Some(patient) = patient {
-        chosen.push((patient, patient_key(patient.resource, referral)));
-    }
+    let patient_token = patient.map(|p| {
+        let key = patient_key(p.resource, referral);
+        let token = search_token(&key);
+        chosen.push((p, key));
+        token
+    });
     for source in [request, task, appointment].into_iter().flatten() {
         chosen.push((source, referral_key.clone()));
     }
@@ -119,12 +120,11 @@ pub fn transaction(
         let mut resource = copied(source.resource);
         add_identifier(&mut resource, key);
         rewrite_references(&mut resource, &sources, &sent);
-        entries.push(conditional_entry(
-            &this.full_url,
-            source.kind,
-            key,
-            resource,
-        ));
+        entries.push(if source.kind == "Patient" {
+            conditional_create(&this.full_url, key, resource)
+        } else {
+            conditional_entry(&this.full_url, source.kind, key, resource)
+        });
     }
     let full_url_of = |source: Option<&Source>| {
         let source = source?;
@@ -134,7 +134,10 @@ pub fn transaction(
     };
     let patient_reference = full_url_of(patient);
     let request_reference = full_url_of(request);
-    for document in documents {
+    // The same bytes twice (a letter also attached) would write one key twice, which fails
+    // the whole transaction: each is sent once.
+    let mut seen = std::collections::HashSet::new();
+    for document in documents.iter().filter(|d| seen.insert(&d.sha256)) {
         entries.extend(document_entries(
             document,
             referral,
@@ -143,7 +146,18 @@ pub fn transaction(
             request_reference.as_ref(),
         ));
     }
-    Ok(json!({"resourceType": "Bundle", "type": "transaction", "entry": entries}))
+    Ok(Transaction {
+        bundle: json!({"resourceType": "Bundle", "type": "transaction", "entry": entries}),
+        patient: patient_token,
+    })
+}
+
+/// A version's transaction.
+pub struct Transaction {
+    pub bundle: Value,
+    /// The Patient's key (`system|value`, escaped), when it holds one: sends for one patient
+    /// go one at a time, so two referrals of a new patient do not both create it.
+    pub patient: Option<String>,
 }
 
 /// Every resource of the message with the names references may use for it.
@@ -164,6 +178,15 @@ fn sources(message: &Value) -> Vec<Source<'_>> {
         if let Some(id) = resource["id"].as_str().filter(|i| !i.is_empty()) {
             names.push(format!("{kind}/{id}"));
         }
+        // An absolute `fullUrl` (`https://host/fhir/Type/id`) is also named `Type/id`.
+        if let Some(full_url) = entry["fullUrl"].as_str().filter(|u| u.contains("://")) {
+            let mut tail = full_url.trim_end_matches('/').rsplit('/');
+            if let (Some(id), Some(named)) = (tail.next(), tail.next())
+                && named == kind
+            {
+                names.push(format!("{kind}/{id}"));
+            }
+        }
         sources.push(Source {
             resource,
             kind,
@@ -176,6 +199,10 @@ fn sources(message: &Value) -> Vec<Source<'_>> {
 /// The message resource `reference` names: by a name exactly, or an absolute URL ending in
 /// `/Type/id`.
 fn resolve<'s, 'a>(sources: &'s [Source<'a>], reference: &str) -> Option<&'s Source<'a>> {
+    // A versioned reference (`Type/id/_history/n`) names the resource.
+    let reference = reference
+        .split_once("/_history/")
+        .map_or(reference, |(resource, _)| resource);
     sources.iter().find(|s| {
         s.names.iter().any(|name| {
             name == reference
@@ -227,30 +254,19 @@ fn patient_key(patient: &Value, referral: &str) -> Value {
                 .as_array()
                 .is_some_and(|c| c.iter().any(|c| c["code"] == "JHN"))
     };
-    let is_mrn = |i: &&Value| {
-        i["system"]
-            .as_str()
-            .is_some_and(|s| s.ends_with(MRN_SYSTEM_SUFFIX))
-    };
-    let key = identifiers
-        .clone()
-        .filter(usable)
-        .find(is_hcn)
-        .or_else(|| identifiers.filter(usable).find(is_mrn));
-    match key {
+    match identifiers.filter(usable).find(is_hcn) {
         Some(i) => json!({"system": i["system"], "value": i["value"]}),
         None => json!({"system": PATIENT_OF_REFERRAL_SYSTEM, "value": referral}),
     }
 }
 
-/// `resource` without its `id` and with `meta` cut to what describes it rather than its copy
-/// at Ocean.
+/// `resource` without its `id` and with `meta` cut to its security labels and tags.
 fn copied(resource: &Value) -> Value {
     let mut resource = resource.clone();
     if let Some(fields) = resource.as_object_mut() {
         fields.remove("id");
         if let Some(Value::Object(meta)) = fields.get_mut("meta") {
-            meta.retain(|k, _| matches!(k.as_str(), "profile" | "security" | "tag"));
+            meta.retain(|k, _| matches!(k.as_str(), "security" | "tag"));
             if meta.is_empty() {
                 fields.remove("meta");
             }
@@ -356,18 +372,43 @@ fn display_of(resource: &Value) -> Option<String> {
         .filter(|s| !s.trim().is_empty())
 }
 
+/// `system|value` of identifier `key` as a search token, each part escaped (FHIR search
+/// §3.1.1.1.1: `\`, `,`, `$` and `|` are preceded by `\`).
+fn search_token(key: &Value) -> String {
+    let escape = |part: &Value| {
+        let mut escaped = String::new();
+        for c in part.as_str().unwrap_or_default().chars() {
+            if matches!(c, '\\' | ',' | '$' | '|') {
+                escaped.push('\\');
+            }
+            escaped.push(c);
+        }
+        escaped
+    };
+    format!("{}|{}", escape(&key["system"]), escape(&key["value"]))
+}
+
+/// `identifier=<token>`, form-encoded for a URL's query.
+fn identifier_query(key: &Value) -> String {
+    serde_urlencoded::to_string([("identifier", search_token(key))]).unwrap_or_default()
+}
+
 /// `PUT Type?identifier=system|value` of `resource` under `full_url`.
 fn conditional_entry(full_url: &str, kind: &str, key: &Value, resource: Value) -> Value {
-    let token = format!(
-        "{}|{}",
-        key["system"].as_str().unwrap_or_default(),
-        key["value"].as_str().unwrap_or_default()
-    );
-    let query = serde_urlencoded::to_string([("identifier", token)]).unwrap_or_default();
     json!({
         "fullUrl": full_url,
         "resource": resource,
-        "request": {"method": "PUT", "url": format!("{kind}?{query}")},
+        "request": {"method": "PUT", "url": format!("{kind}?{}", identifier_query(key))},
+    })
+}
+
+/// `POST Patient` unless one with identifier `key` exists (`ifNoneExist`), under `full_url`:
+/// references to `full_url` then name the one that exists.
+fn conditional_create(full_url: &str, key: &Value, resource: Value) -> Value {
+    json!({
+        "fullUrl": full_url,
+        "resource": resource,
+        "request": {"method": "POST", "url": "Patient", "ifNoneExist": identifier_query(key)},
     })
 }
 
@@ -386,6 +427,7 @@ fn document_entries(
         .clone()
         .unwrap_or_else(|| "application/octet-stream".into());
     let mut entries = Vec::new();
+    let reference_url = new_full_url();
     let mut attachment = json!({
         "contentType": content_type,
         "size": document.bytes.len(),
@@ -396,16 +438,28 @@ fn document_entries(
     if document.bytes.len() as u64 <= inline_max {
         attachment["data"] = data.into();
     } else {
-        let id = format!("rr-{}", &document.sha256[..document.sha256.len().min(40)]);
+        // The same referral's same bytes land once, whichever version sends them.
+        let named = crate::store::sha256_hex(format!("{referral}/{}", document.sha256).as_bytes());
+        let id = format!("rr-{}", &named[..40]);
         attachment["url"] = format!("Binary/{id}").into();
         entries.push(json!({
             "fullUrl": new_full_url(),
-            "resource": {"resourceType": "Binary", "id": id, "contentType": content_type, "data": data},
+            "resource": {
+                "resourceType": "Binary",
+                "id": id,
+                "contentType": content_type,
+                "securityContext": {"reference": reference_url},
+                "data": data,
+            },
             "request": {"method": "PUT", "url": format!("Binary/{id}")},
         }));
     }
-    let key =
-        json!({"system": DOCUMENT_SYSTEM, "value": format!("{referral}/{}", document.sha256)});
+    let named = if document.letter {
+        format!("{referral}/letter")
+    } else {
+        format!("{referral}/{}", document.sha256)
+    };
+    let key = json!({"system": DOCUMENT_SYSTEM, "value": named});
     let mut resource = json!({
         "resourceType": "DocumentReference",
         "identifier": [key.clone()],
@@ -426,7 +480,7 @@ fn document_entries(
         resource["context"] = json!({"related": [request]});
     }
     entries.push(conditional_entry(
-        &new_full_url(),
+        &reference_url,
         "DocumentReference",
         &key,
         resource,
@@ -469,15 +523,20 @@ mod tests {
 
     #[test]
     fn a_new_referral_is_written_by_conditional_updates_keyed_by_its_identifiers() {
-        let bundle = transaction(
+        let made = transaction(
             &fixture("v0.11-add-service-request.json"),
             "TST-0011-AAAA",
             &[],
             0,
         )
         .unwrap();
+        let bundle = made.bundle;
         conforms(&bundle);
         assert_eq!(bundle["type"], "transaction");
+        assert_eq!(
+            made.patient.as_deref(),
+            Some("https://fhir.infoway-inforoute.ca/NamingSystem/ca-on-patient-hcn|9999999999")
+        );
         let kinds: Vec<&str> = bundle["entry"]
             .as_array()
             .unwrap()
@@ -486,9 +545,11 @@ mod tests {
             .collect();
         assert_eq!(kinds, ["Patient", "ServiceRequest"]);
         let patient = entry(&bundle, "Patient");
+        // Created only when the server holds no such patient; never overwritten.
+        assert_eq!(patient["request"]["method"], "POST");
         assert_eq!(
-            patient["request"]["url"],
-            "Patient?identifier=https%3A%2F%2Ffhir.infoway-inforoute.ca%2FNamingSystem%2Fca-on-patient-hcn%7C9999999999"
+            patient["request"]["ifNoneExist"],
+            "identifier=https%3A%2F%2Ffhir.infoway-inforoute.ca%2FNamingSystem%2Fca-on-patient-hcn%7C9999999999"
         );
         let request = entry(&bundle, "ServiceRequest");
         assert_eq!(request["request"]["method"], "PUT");
@@ -506,6 +567,7 @@ mod tests {
         assert_eq!(requester["type"], "PractitionerRole");
         assert!(requester["identifier"]["value"].is_string(), "{requester}");
         assert!(request["resource"].get("id").is_none());
+        assert!(request["resource"]["meta"].get("profile").is_none());
         // No reference is left naming a resource the transaction does not hold.
         let text = bundle.to_string();
         for name in ["7d3e5a90-0001-4000-8000-000000000003", "Practitioner/"] {
@@ -521,7 +583,8 @@ mod tests {
             &[],
             0,
         )
-        .unwrap();
+        .unwrap()
+        .bundle;
         let patient = entry(&bundle, "Patient");
         assert_eq!(
             entry(&bundle, "ServiceRequest")["resource"]["subject"]["reference"],
@@ -533,7 +596,8 @@ mod tests {
             &[],
             0,
         )
-        .unwrap();
+        .unwrap()
+        .bundle;
         conforms(&bundle);
         let task = entry(&bundle, "Task");
         assert!(
@@ -553,22 +617,25 @@ mod tests {
 
     #[test]
     fn documents_go_inline_up_to_the_limit_and_in_a_content_addressed_binary_above_it() {
-        let document = |bytes: &'static [u8], sha: &str| Document {
+        let document = |bytes: &'static [u8], sha: &str, letter: bool| Document {
             title: Some("Letter".into()),
             content_type: Some("application/pdf".into()),
             sha256: sha.into(),
             bytes: bytes::Bytes::from_static(bytes),
-            letter: true,
+            letter,
         };
-        let small = document(b"%PDF-small", &"a".repeat(64));
-        let large = document(b"%PDF-large-document", &"b".repeat(64));
+        let small = document(b"%PDF-small", &"a".repeat(64), true);
+        let large = document(b"%PDF-large-document", &"b".repeat(64), false);
+        // The same bytes again (a letter also attached) go once.
+        let again = document(b"%PDF-large-document", &"b".repeat(64), false);
         let bundle = transaction(
             &fixture("v0.11-add-service-request.json"),
             "TST-0011-AAAA",
-            &[small, large],
+            &[small, large, again],
             12,
         )
-        .unwrap();
+        .unwrap()
+        .bundle;
         conforms(&bundle);
         let entries = bundle["entry"].as_array().unwrap();
         let references: Vec<&Value> = entries
@@ -579,16 +646,27 @@ mod tests {
         let inline = &references[0]["resource"]["content"][0]["attachment"];
         assert_eq!(inline["data"], "JVBERi1zbWFsbA==");
         let linked = &references[1]["resource"]["content"][0]["attachment"];
-        let binary_id = format!("rr-{}", "b".repeat(40));
+        let named =
+            crate::store::sha256_hex(format!("TST-0011-AAAA/{}", "b".repeat(64)).as_bytes());
+        let binary_id = format!("rr-{}", &named[..40]);
         assert_eq!(linked["url"], format!("Binary/{binary_id}"));
         let binary = entry(&bundle, "Binary");
         assert_eq!(binary["request"]["url"], format!("Binary/{binary_id}"));
         assert_eq!(binary["resource"]["id"], binary_id.as_str());
         assert_eq!(
+            binary["resource"]["securityContext"]["reference"],
+            references[1]["fullUrl"]
+        );
+        // The letter is keyed as the referral's letter: a later version's replaces it.
+        assert_eq!(
             references[0]["request"]["url"],
+            "DocumentReference?identifier=urn%3Areferral-relay%3Adocument%7CTST-0011-AAAA%2Fletter"
+        );
+        assert_eq!(
+            references[1]["request"]["url"],
             format!(
                 "DocumentReference?identifier=urn%3Areferral-relay%3Adocument%7CTST-0011-AAAA%2F{}",
-                "a".repeat(64)
+                "b".repeat(64)
             )
         );
         assert_eq!(
@@ -609,6 +687,19 @@ mod tests {
             "R-1",
         );
         assert_eq!(key["value"], "H1");
+        // Not by an MRN: its system is shared by every clinic on a host.
+        let key = patient_key(
+            &json!({"identifier": [
+                {"system": "https://x.test/svc/fhir/v1/NamingSystem/id-external-patient-reference", "value": "M1"}
+            ]}),
+            "R-1",
+        );
+        assert_eq!(key["system"], PATIENT_OF_REFERRAL_SYSTEM);
+        // Search tokens escape what FHIR search reads as syntax.
+        assert_eq!(
+            search_token(&json!({"system": "urn:a|b", "value": "1,2$3\\4"})),
+            "urn:a\\|b|1\\,2\\$3\\\\4"
+        );
         assert!(matches!(
             transaction(b"not json", "R-1", &[], 0),
             Err(TransactionError::NotJson)
@@ -617,5 +708,33 @@ mod tests {
             transaction(br#"{"resourceType":"Bundle","entry":[]}"#, "R-1", &[], 0),
             Err(TransactionError::Empty)
         ));
+    }
+}
+
+#[cfg(test)]
+mod references {
+    use super::*;
+
+    /// A versioned reference, and a relative one to an entry named only by an absolute
+    /// `fullUrl`, resolve to the resource sent.
+    #[test]
+    fn versioned_and_relative_references_reach_the_entry_sent() {
+        let message = json!({"resourceType": "Bundle", "type": "message", "entry": [
+            {"fullUrl": "https://ocean.test/svc/fhir/v1/Patient/p1",
+             "resource": {"resourceType": "Patient"}},
+            {"fullUrl": "urn:uuid:00000000-0000-4000-8000-000000000002",
+             "resource": {"resourceType": "ServiceRequest", "status": "active", "intent": "order",
+                          "subject": {"reference": "Patient/p1/_history/3"}}},
+            {"fullUrl": "urn:uuid:00000000-0000-4000-8000-000000000003",
+             "resource": {"resourceType": "Task", "status": "requested", "intent": "order",
+                          "for": {"reference": "Patient/p1"}}}
+        ]});
+        let bundle = transaction(message.to_string().as_bytes(), "R-9", &[], 0)
+            .unwrap()
+            .bundle;
+        let entries = bundle["entry"].as_array().unwrap();
+        let patient = entries[0]["fullUrl"].clone();
+        assert_eq!(entries[1]["resource"]["subject"]["reference"], patient);
+        assert_eq!(entries[2]["resource"]["for"]["reference"], patient);
     }
 }

@@ -68,15 +68,15 @@ impl OceanClient {
         self.credentials.fetches()
     }
 
-    async fn token(&self, renew: bool) -> Result<String, SendError> {
-        self.credentials.token(renew).await
+    async fn token(&self, rejected: Option<&str>) -> Result<String, SendError> {
+        self.credentials.token(rejected).await
     }
 
     /// Posts one message Bundle; a 401 gets one retry with a fresh token.
     pub async fn send(&self, bundle: &str) -> Result<(), SendError> {
-        let mut renewed = false;
+        let mut rejected: Option<String> = None;
         loop {
-            let token = self.token(renewed).await?;
+            let token = self.token(rejected.as_deref()).await?;
             let response = self
                 .http
                 .post(self.messages_url())
@@ -93,8 +93,8 @@ impl OceanClient {
             if status.is_success() {
                 return Ok(());
             }
-            if status == StatusCode::UNAUTHORIZED && !renewed {
-                renewed = true;
+            if status == StatusCode::UNAUTHORIZED && rejected.is_none() {
+                rejected = Some(token);
                 continue;
             }
             let after = retry_after(&response);
@@ -123,9 +123,9 @@ impl OceanClient {
         timeout: Duration,
         max_bytes: u64,
     ) -> Result<(bytes::Bytes, Option<String>), SendError> {
-        let mut renewed = false;
+        let mut rejected: Option<String> = None;
         loop {
-            let token = self.token(renewed).await?;
+            let token = self.token(rejected.as_deref()).await?;
             let unreachable = |e: reqwest::Error| {
                 if e.is_redirect() {
                     SendError::Rejected("Ocean answered with more than 5 redirects".into())
@@ -145,8 +145,8 @@ impl OceanClient {
                 .await
                 .map_err(unreachable)?;
             let status = response.status();
-            if status == StatusCode::UNAUTHORIZED && !renewed {
-                renewed = true;
+            if status == StatusCode::UNAUTHORIZED && rejected.is_none() {
+                rejected = Some(token);
                 continue;
             }
             if status.is_redirection() {
@@ -212,7 +212,11 @@ impl OceanClient {
 
     /// Proves the credentials work: a token, then `GET .../NamingSystem/id-site-number`.
     pub async fn check(&self) -> anyhow::Result<u16> {
-        let token = self.token(true).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        let token = self
+            .credentials
+            .fresh_token()
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
         let url = format!("{}/svc/fhir/v1/NamingSystem/id-site-number", self.base_url);
         let response = self
             .http

@@ -123,16 +123,18 @@ impl ClientCredentials {
         (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed))
     }
 
-    /// A valid token: the cached one, or a new one (`renew` forces that, after a 401).
+    /// A valid token: the cached one, unless it expired or is `rejected` (a server answered
+    /// 401 to it), else a new one. Callers that had the same token rejected at once share one
+    /// fetch: the first fetches, the others find the new one cached.
     ///
     /// # Errors
     /// [`SendError::Retry`] when the endpoint cannot be reached or gives no token: even a 401
     /// there is retried, since credentials are fixed by an operator and what waits to be sent
     /// must not die meanwhile.
-    pub async fn token(&self, renew: bool) -> Result<String, SendError> {
+    pub async fn token(&self, rejected: Option<&str>) -> Result<String, SendError> {
         let mut cached = self.cached.lock().await;
-        if !renew
-            && let Some(token) = cached.as_ref()
+        if let Some(token) = cached.as_ref()
+            && rejected != Some(token.value.as_str())
             && token.refresh_at > Instant::now()
         {
             return Ok(token.value.clone());
@@ -150,6 +152,15 @@ impl ClientCredentials {
         Ok(value)
     }
 
+    /// A token fetched now, whatever is cached (to prove the credentials work).
+    ///
+    /// # Errors
+    /// As [`ClientCredentials::token`].
+    pub async fn fresh_token(&self) -> Result<String, SendError> {
+        self.cached.lock().await.take();
+        self.token(None).await
+    }
+
     /// Asks the token endpoint for a token; returns it and how long to use it.
     async fn fetch(&self) -> Result<(String, Duration), SendError> {
         let grant = &self.grant;
@@ -165,7 +176,16 @@ impl ClientCredentials {
                 form.push(("client_secret", grant.client_secret.expose()));
             }
             TokenAuth::Basic => {
-                request = request.basic_auth(&grant.client_id, Some(grant.client_secret.expose()));
+                // RFC 6749 §2.3.1: each form-encoded before the Basic scheme joins them.
+                let encode = |text: &str| {
+                    serde_urlencoded::to_string([("", text)])
+                        .map(|pair| pair[1..].to_owned())
+                        .unwrap_or_default()
+                };
+                request = request.basic_auth(
+                    encode(&grant.client_id),
+                    Some(encode(grant.client_secret.expose())),
+                );
             }
         }
         if let Some(scope) = &grant.scope {

@@ -41,10 +41,10 @@ async fn messages(app: &crate::support::app::TestApp, state: &str) -> Vec<Value>
 
 async fn upserted_and_validated(postgres: bool) {
     let ocean = MockOcean::start().await;
-    // The first letter is larger than inline_max_bytes (a Binary), the rest go inline.
-    let first = b"%PDF-1.7\n% the first letter, larger than the inline limit\n".to_vec();
+    // The letters go inline; the attachment is larger than inline_max_bytes (a Binary).
+    let first = b"%PDF-1.7\n% the first\n".to_vec();
     let second = b"%PDF-1.7\n% the second\n".to_vec();
-    let echo = b"%PDF-1.7\n% echo\n".to_vec();
+    let echo = b"%PDF-1.7\n% an attachment larger than the inline limit\n".to_vec();
     ocean.serve(
         LETTER,
         [Serve::Pdf(first.clone()), Serve::Pdf(second.clone())],
@@ -102,11 +102,12 @@ events = ["new-referral"]
     );
     assert_eq!(state["tokens_issued"], 1, "the token is cached: {state}");
 
-    // One of each, updated by every later version rather than duplicated.
+    // One of each, updated by every later version rather than duplicated; the Patient is
+    // created once (a conditional create) and then only referred to, never overwritten.
     let patients = server.resources("Patient").await;
     assert_eq!(patients.len(), 1, "{patients:?}");
     assert!(has_identifier(&patients[0], HCN, "9999999999"));
-    assert_eq!(patients[0]["meta"]["versionId"], "4");
+    assert_eq!(patients[0]["meta"]["versionId"], "1");
     let requests = server.resources("ServiceRequest").await;
     assert_eq!(requests.len(), 1, "{requests:?}");
     let request = &requests[0];
@@ -125,23 +126,24 @@ events = ["new-referral"]
     assert_eq!(appointments.len(), 1);
     assert_eq!(appointments[0]["status"], "booked");
 
-    // Each document once, keyed by its bytes: the large letter in a Binary, the rest inline.
+    // The letter once, replaced by the second version's; the attachment in a Binary.
     let documents = server.resources("DocumentReference").await;
     let data: Vec<Vec<u8>> = documents
         .iter()
         .filter_map(|d| d["content"][0]["attachment"]["data"].as_str())
         .map(|d| STANDARD.decode(d).unwrap())
         .collect();
-    assert_eq!(documents.len(), 3, "{documents:?}");
-    assert!(data.contains(&second) && data.contains(&echo), "{data:?}");
+    assert_eq!(documents.len(), 2, "{documents:?}");
+    assert_eq!(data, std::slice::from_ref(&second));
     let binaries = server.resources("Binary").await;
     assert_eq!(binaries.len(), 1);
     assert_eq!(
         STANDARD
             .decode(binaries[0]["data"].as_str().unwrap())
             .unwrap(),
-        first
+        echo
     );
+    assert_ne!(first, second);
     let linked = documents
         .iter()
         .find(|d| d["content"][0]["attachment"]["url"].is_string())
@@ -234,6 +236,17 @@ async fn the_fhir_server_stand_in_refuses_what_is_not_valid_fhir() {
         .await;
     assert_eq!(status, 400);
     assert!(outcome.to_string().contains("Task.status"), "{outcome}");
+    let task = json!({"resourceType": "Task", "status": "requested", "intent": "order"});
+    let twice = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": task, "request": {"method": "PUT", "url": "Task?identifier=s|1"}},
+        {"resource": task, "request": {"method": "PUT", "url": "Task?identifier=s|1"}}
+    ]});
+    let (status, outcome) = server.post(&twice, Some("t")).await;
+    assert_eq!(status, 400);
+    assert!(
+        outcome.to_string().contains("resolved by two entries"),
+        "{outcome}"
+    );
     let dangling = json!({"resourceType": "Task", "status": "requested", "intent": "order", "focus": {"reference": "ServiceRequest/none"}});
     let (status, outcome) = server.post(&bundle(dangling), Some("t")).await;
     assert_eq!(status, 400);

