@@ -226,6 +226,11 @@ impl DestinationConfig {
         {
             bail!("{key} is empty");
         }
+        if let Some(token) = &self.bearer_token
+            && !crate::outgoing::token::is_bearer_token(token.expose())
+        {
+            bail!("bearer_token must be visible ASCII, without spaces (RFC 6750)");
+        }
         if self.scope.is_some() && self.token_url.is_none() {
             bail!("scope is asked of token_url, which is not set");
         }
@@ -248,6 +253,11 @@ impl DestinationConfig {
                 reqwest::Url::parse(url).with_context(|| "token_url is not a URL".to_owned())?;
             if !matches!(parsed.scheme(), "http" | "https") || parsed.host().is_none() {
                 bail!("token_url must be an http or https URL");
+            }
+            if !parsed.username().is_empty() || parsed.password().is_some() {
+                bail!(
+                    "token_url must not hold a user name or password (it is shown); use client_id and client_secret"
+                );
             }
         }
         Ok(())
@@ -348,6 +358,18 @@ mod tests {
                 "emr",
                 format!("{FHIR}\nbearer_token = \" \""),
                 "bearer_token is empty",
+            ),
+            (
+                "emr",
+                format!("{FHIR}\nbearer_token = \"a\\nb\""),
+                "visible ASCII",
+            ),
+            (
+                "emr",
+                format!(
+                    "{FHIR}\ntoken_url = \"https://u:p@idp.test/token\"\nclient_id = \"c\"\nclient_secret = \"s\""
+                ),
+                "token_url must not hold",
             ),
             (
                 "emr",

@@ -132,7 +132,20 @@ impl FhirSender {
             })?;
             let status = response.status();
             if status.is_success() {
-                return Ok(());
+                // A transaction is answered with a Bundle (`transaction-response`): anything
+                // else (a sign-in or portal page served with 200) means the URL is not the
+                // server's base, and nothing was written.
+                let json = response
+                    .headers()
+                    .get(CONTENT_TYPE)
+                    .and_then(|v| v.to_str().ok())
+                    .is_some_and(|t| t.to_ascii_lowercase().contains("json"));
+                if json {
+                    return Ok(());
+                }
+                return Err(SendError::Rejected(format!(
+                    "the FHIR server answered {status} without a JSON transaction-response; is url the server's FHIR base?"
+                )));
             }
             let oauth = matches!(self.authorization, Authorization::ClientCredentials(_));
             if status == StatusCode::UNAUTHORIZED && oauth && rejected.is_none() {

@@ -78,7 +78,11 @@ pub fn transaction(
     documents: &[Document],
     inline_max: u64,
 ) -> Result<Transaction, TransactionError> {
-    let message: Value = serde_json::from_slice(bundle).map_err(|_| TransactionError::NotJson)?;
+    // Stored as received: a byte order mark, or bytes that are not UTF-8 (kept replaced), as
+    // the webhook read them.
+    let text = String::from_utf8_lossy(bundle);
+    let message: Value = serde_json::from_str(text.trim_start_matches('\u{feff}'))
+        .map_err(|_| TransactionError::NotJson)?;
     let sources = sources(&message);
     let header = sources.iter().find(|s| s.kind == "MessageHeader");
     let find = |reference: Option<&str>, kind: &str| {
@@ -704,6 +708,20 @@ mod tests {
             transaction(b"not json", "R-1", &[], 0),
             Err(TransactionError::NotJson)
         ));
+        // A byte order mark, and bytes that are not UTF-8, as stored from the webhook.
+        let mut marked = "\u{feff}".as_bytes().to_vec();
+        marked.extend(fixture("v0.11-add-service-request.json"));
+        assert!(transaction(&marked, "R-1", &[], 0).is_ok());
+        let text = String::from_utf8(fixture("v0.11-add-service-request.json")).unwrap();
+        let broken = text
+            .replacen("Reason", "Reas\u{1}on", 1)
+            .replace('\u{1}', "\u{fffd}");
+        let mut bytes = broken.into_bytes();
+        if let Some(at) = bytes.windows(3).position(|w| w == "\u{fffd}".as_bytes()) {
+            bytes.splice(at..at + 3, [0xff]);
+        }
+        assert!(std::str::from_utf8(&bytes).is_err());
+        assert!(transaction(&bytes, "R-1", &[], 0).is_ok());
         assert!(matches!(
             transaction(br#"{"resourceType":"Bundle","entry":[]}"#, "R-1", &[], 0),
             Err(TransactionError::Empty)

@@ -68,7 +68,10 @@ impl TokenResponse {
     /// The token and how long it lives, or why the answer holds no token (naming the field).
     fn read(self) -> Result<(String, Duration), String> {
         let token = match self.access_token {
-            Some(serde_json::Value::String(token)) if !token.is_empty() => token,
+            Some(serde_json::Value::String(token)) if is_bearer_token(&token) => token,
+            Some(serde_json::Value::String(_)) => {
+                return Err("an access_token that cannot be a bearer token (RFC 6750 §2.1)".into());
+            }
             Some(_) => return Err("access_token that is not a non-empty string".into()),
             None => return Err("no access_token".into()),
         };
@@ -87,6 +90,12 @@ impl TokenResponse {
         let life = expires_in.map_or(DEFAULT_TOKEN_LIFE, Duration::from_secs);
         Ok((token, life.min(MAX_TOKEN_LIFE)))
     }
+}
+
+/// Whether `token` can be sent as `Authorization: Bearer <token>`: not empty, and only visible
+/// ASCII (RFC 6750 §2.1 allows less; servers issue more, but never spaces or controls).
+pub fn is_bearer_token(token: &str) -> bool {
+    !token.is_empty() && token.bytes().all(|b| b.is_ascii_graphic())
 }
 
 /// Reads at most `max` bytes of `response`'s body: `Ok(None)` when there is more (the rest
@@ -257,6 +266,10 @@ mod tests {
             token(r#"{"token_type":"bearer"}"#),
             Err("no access_token".into())
         );
+        for unusable in [r#""""#, r#""bad\ntoken""#, r#""two words""#] {
+            let json = format!(r#"{{"access_token":{unusable}}}"#);
+            assert!(token(&json).unwrap_err().contains("RFC 6750"), "{json}");
+        }
         assert!(
             token(r#"{"access_token":42}"#)
                 .unwrap_err()

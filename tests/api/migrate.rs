@@ -145,6 +145,22 @@ async fn an_encrypted_embedded_store_moves_to_postgres_whole_and_without_its_key
             .await
             .unwrap()
     );
+    // A destination's message, delivered: its record stays behind (it is not copied).
+    let pushed = referral_relay::store::QueuedMessage::pending(
+        "emr",
+        referral.clone(),
+        1,
+        time::OffsetDateTime::now_utc(),
+    );
+    app.store.enqueue_messages(vec![pushed]).await.unwrap();
+    let mut pushed = app.store.queue_messages("emr", None, 0, 10).await.unwrap()[0].clone();
+    pushed.state = UpdateState::Delivered;
+    assert!(
+        app.store
+            .save_message(&pushed, UpdateState::Pending)
+            .await
+            .unwrap()
+    );
     let record = app.store.referral(&referral).await.unwrap().unwrap();
     let now = time::OffsetDateTime::now_utc();
     assert_eq!(

@@ -553,15 +553,30 @@ async fn an_earlier_builds_updates_move_into_the_queue() {
     };
 
     let schema = Schema::new();
-    drop(schema.store().await);
+    // A destination's messages, queued by the build before, hold ids 1 to 6.
+    let earlier = schema.store().await;
+    let now = time::OffsetDateTime::now_utc();
+    let pushed: Vec<referral_relay::store::QueuedMessage> = (1..=6)
+        .map(|version| {
+            referral_relay::store::QueuedMessage::pending(
+                "emr",
+                ReferralRef::parse("PG-DST").unwrap(),
+                version,
+                now,
+            )
+        })
+        .collect();
+    earlier.enqueue_messages(pushed).await.unwrap();
+    drop(earlier);
     let client = schema.client().await;
-    for (id, state) in [
-        (5_i64, UpdateState::Delivered),
-        (6, UpdateState::Dead),
-        (9, UpdateState::Pending),
+    for (id, referral, state) in [
+        (4_i64, "PG-OLD-A", UpdateState::Delivered),
+        (5, "PG-OLD-B", UpdateState::Dead),
+        (6, "PG-OLD-B", UpdateState::Pending),
+        (9, "PG-OLD-C", UpdateState::Pending),
     ] {
         let mut update = UpdateRecord::pending(
-            ReferralRef::parse(&format!("PG-OLD-{id}")).unwrap(),
+            ReferralRef::parse(referral).unwrap(),
             "main".into(),
             UpdateKind::Message,
             OutboundEvent::SendCommunicationFromProvider,
@@ -597,20 +612,33 @@ async fn an_earlier_builds_updates_move_into_the_queue() {
             .iter()
             .map(|u| (u.id, u.state))
             .collect();
+    // Each keeps its id (the one the clinic knows).
     assert_eq!(
         moved,
         [
-            (5, UpdateState::Delivered),
-            (6, UpdateState::Dead),
+            (4, UpdateState::Delivered),
+            (5, UpdateState::Dead),
+            (6, UpdateState::Pending),
             (9, UpdateState::Pending)
         ]
     );
+    // The dead letter still holds back its referral's later update.
     let now = time::OffsetDateTime::now_utc();
     let due = store
         .due_messages(OCEAN_QUEUE, now, Duration::from_secs(30), 10, &[])
         .await
         .unwrap();
     assert_eq!(due.iter().map(|m| m.id).collect::<Vec<_>>(), [9]);
+    // The destination's messages moved above them, in their order.
+    let pushed = store.queue_messages("emr", None, 0, 10).await.unwrap();
+    let versions: Vec<u64> = pushed.iter().map(|m| m.version).collect();
+    assert_eq!(versions, [1, 2, 3, 4, 5, 6]);
+    assert!(pushed.iter().all(|m| m.id > 9), "{pushed:?}");
+    let due = store
+        .due_messages("emr", now, Duration::from_secs(30), 10, &[])
+        .await
+        .unwrap();
+    assert_eq!(due.iter().map(|m| m.version).collect::<Vec<_>>(), [1]);
     let new = UpdateRecord::pending(
         ReferralRef::parse("PG-NEW").unwrap(),
         "main".into(),
@@ -624,7 +652,7 @@ async fn an_earlier_builds_updates_move_into_the_queue() {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(new.id, 10);
+    assert!(new.id > pushed.last().unwrap().id);
     drop(store);
     schema.drop_now().await;
 }

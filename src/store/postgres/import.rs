@@ -124,8 +124,8 @@ impl Copier<'_> {
         tx.commit().await.map_err(db_error("committing a copy"))
     }
 
-    /// Copies every item of `tree`, made into a row by `row` (`None` skips it), `CHUNK` at a
-    /// time; returns how many items the tree holds.
+    /// Copies every item of `tree`, made into a row by `row` (`None` leaves it out), `CHUNK` at
+    /// a time; returns how many rows it made.
     async fn tree(
         &mut self,
         tree: &sled::Tree,
@@ -136,8 +136,9 @@ impl Copier<'_> {
         let mut count = 0;
         for item in tree.iter() {
             let (key, value) = item.map_err(sled_error)?;
-            count += 1;
+            // Items left out on purpose (a destination's delivered messages) are not counted.
             if let Some(r) = row(&key, &value)? {
+                count += 1;
                 rows.push(r);
             }
             if rows.len() == CHUNK {

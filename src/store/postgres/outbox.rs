@@ -169,6 +169,17 @@ impl PgStore {
         if rows.is_empty() {
             return tx.commit().await.map_err(db_error("moving the outbox"));
         }
+        // The two id sequences both began at 1: destinations' messages (sealed to their
+        // versions, not their ids) move above every id in use, in their order, so each update
+        // keeps its id (the one the clinic knows) and a referral's updates keep their order.
+        tx.batch_execute(
+            "UPDATE queue SET id = -id WHERE queue <> 'ocean:';
+             UPDATE queue SET id = -id + GREATEST(
+                 (SELECT max(id) FROM updates), (SELECT coalesce(max(id), 0) FROM queue))
+             WHERE id < 0;",
+        )
+        .await
+        .map_err(db_error("moving the outbox"))?;
         for row in &rows {
             let id: i64 = row.get(0);
             let mut update = self.open_update(to_u64(id), row.get::<_, &[u8]>(1))?;
@@ -178,12 +189,19 @@ impl PgStore {
                 .map_err(db_error("moving the outbox"))?
                 .is_some();
             if taken {
+                // Only when an Ocean update was queued by this build while an earlier one still
+                // wrote the table (replicas upgraded while others ran): a new id, after all.
                 let fresh: i64 = tx
                     .query_one("SELECT nextval(pg_get_serial_sequence('queue', 'id'))", &[])
                     .await
                     .map_err(db_error("moving the outbox"))?
                     .get(0);
                 update.id = to_u64(fresh);
+                tracing::warn!(
+                    was = id,
+                    now = fresh,
+                    "an earlier build's update took a new id: its old one is in use"
+                );
             }
             insert_message(&tx, self, &update).await?;
         }

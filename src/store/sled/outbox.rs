@@ -21,8 +21,8 @@ use crate::store::outbox::{OCEAN_QUEUE, OutboxStore, TaskState, UpdateRecord, Up
 
 impl Trees {
     /// Moves the updates of a store written before the outbox joined the queues into
-    /// [`OCEAN_QUEUE`], each under its id (unless a queued message has it), its state kept and
-    /// the open ones in their referral's order; one transaction per update, so a crash midway
+    /// [`OCEAN_QUEUE`], each under its id (unless a destination's message has it: then a new
+    /// one, logged), its state kept and the open ones in their referral's order; one transaction per update, so a crash midway
     /// leaves each either moved or not. Returns how many were moved (the caller flushes).
     pub(super) fn move_updates_to_queue(&self, codec: &Codec) -> Result<u64, StoreError> {
         let mut moved = 0;
@@ -31,7 +31,7 @@ impl Trees {
             let id = read_u64(&key)?;
             let mut update: UpdateRecord = codec.decode(UPDATES, &key, &value)?;
             update.id = id;
-            (
+            let given = (
                 &self.queue,
                 &self.queue_index,
                 &self.meta,
@@ -51,9 +51,18 @@ impl Trees {
                     updates.remove(&key)?;
                     open.remove(&key)?;
                     by_referral.remove(referral_seq_key(&update.referral, id))?;
-                    Ok(())
+                    Ok(message.id)
                 })
                 .map_err(tx_error)?;
+            if given != id {
+                // A destination's message (sealed to its id here) had it: the update's order
+                // in its referral's chain is kept, its number is not.
+                tracing::warn!(
+                    was = id,
+                    now = given,
+                    "an earlier build's update took a new id: its old one is in use"
+                );
+            }
             moved += 1;
         }
         if moved > 0 {
