@@ -175,7 +175,10 @@ took=$((SECONDS - started))
 exit_code=$("${podman[@]}" inspect --format '{{.State.ExitCode}}' "$current")
 [ "$exit_code" = 0 ] || fail "after SIGTERM the process exited $exit_code, not 0"
 [ "$took" -lt 30 ] || fail "SIGTERM took $took s (the drain is bounded by 30 s)"
-"${podman[@]}" logs "$current" 2>&1 | grep -q 'store flushed and closed' ||
+# Read whole before searching: `grep -q` stops reading at its match, and under pipefail the
+# writer's SIGPIPE would fail the check.
+logs=$("${podman[@]}" logs "$current" 2>&1)
+grep -q 'store flushed and closed' <<<"$logs" ||
     fail "the store did not log its final flush on SIGTERM"
 ok "SIGTERM: exit 0 in $took s, store flushed"
 current=""
@@ -279,7 +282,8 @@ until [ "$(served_serial)" = "serial=03EA" ]; do
     [ $SECONDS -lt "$deadline" ] || fail "after SIGHUP the renewed certificate (serial 1002) is not served: $(served_serial)"
     sleep 0.2
 done
-"${podman[@]}" logs "$current" 2>&1 | grep -q 'TLS certificate reloaded' ||
+logs=$("${podman[@]}" logs "$current" 2>&1)
+grep -q 'TLS certificate reloaded' <<<"$logs" ||
     fail "the reload was not logged"
 ok "SIGHUP: the renewed certificate is served, without a restart"
 "${podman[@]}" stop -t 60 "$current" >/dev/null 2>&1
