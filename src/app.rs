@@ -267,46 +267,53 @@ async fn retention(
     config: crate::config::RetentionConfig,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
+    use tracing::Instrument;
+    loop {
+        retention_pass(store.as_ref(), &config)
+            .instrument(tracing::info_span!("retention"))
+            .await;
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs(24 * 3600)) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+}
+
+/// One pass of [`retention`].
+async fn retention_pass(store: &dyn Store, config: &crate::config::RetentionConfig) {
     let cutoff = |days: u64| {
         let keep = time::Duration::days(i64::try_from(days).unwrap_or(i64::MAX / 86_400));
         time::OffsetDateTime::now_utc()
             .checked_sub(keep)
             .unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
     };
-    loop {
-        let keep_days = config.keep_days;
-        match (keep_days > 0).then(|| store.purge_versions_before(cutoff(keep_days))) {
-            None => {}
-            Some(purge) => match purge.await {
-                Ok(0) => {}
-                Ok(purged) => {
-                    tracing::info!(purged, keep_days, "retention purged old versions");
-                    let details =
-                        serde_json::json!({"keep_days": keep_days, "versions_purged": purged});
-                    if let Err(e) = store.audit("RETENTION_PURGE", "retention", details).await {
-                        tracing::error!(error = %e, "cannot audit a retention purge");
-                    }
+    let keep_days = config.keep_days;
+    if keep_days > 0 {
+        match store.purge_versions_before(cutoff(keep_days)).await {
+            Ok(0) => {}
+            Ok(purged) => {
+                tracing::info!(purged, keep_days, "retention purged old versions");
+                let details =
+                    serde_json::json!({"keep_days": keep_days, "versions_purged": purged});
+                if let Err(e) = store.audit("RETENTION_PURGE", "retention", details).await {
+                    tracing::error!(error = %e, "cannot audit a retention purge");
                 }
-                Err(e) => tracing::error!(error = %e, "retention purge failed"),
-            },
-        }
-        let days = config.delivered_keep_days;
-        if days > 0 {
-            match store.purge_messages_before(cutoff(days)).await {
-                Ok(0) => {}
-                Ok(forgotten) => {
-                    tracing::info!(
-                        forgotten,
-                        days,
-                        "retention forgot delivered destination messages"
-                    );
-                }
-                Err(e) => tracing::error!(error = %e, "forgetting delivered messages failed"),
             }
+            Err(e) => tracing::error!(error = %e, "retention purge failed"),
         }
-        tokio::select! {
-            () = tokio::time::sleep(Duration::from_secs(24 * 3600)) => {}
-            _ = stop.wait_for(|s| *s) => return,
+    }
+    let days = config.delivered_keep_days;
+    if days > 0 {
+        match store.purge_messages_before(cutoff(days)).await {
+            Ok(0) => {}
+            Ok(forgotten) => {
+                tracing::info!(
+                    forgotten,
+                    days,
+                    "retention forgot delivered destination messages"
+                );
+            }
+            Err(e) => tracing::error!(error = %e, "forgetting delivered messages failed"),
         }
     }
 }

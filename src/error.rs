@@ -182,7 +182,7 @@ fn unavailable_warning_due() -> bool {
 
 impl AppError {
     /// Logs what the caller is not told: an internal error's cause chain, once.
-    fn log(&self) {
+    pub(crate) fn log(&self) {
         match self {
             Self::Internal(cause) => {
                 tracing::error!(error = format!("{cause:#}"), "request failed")

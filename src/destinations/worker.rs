@@ -100,10 +100,10 @@ impl Channel for DestinationChannel {
             "delivered" => {
                 let lag = duration(OffsetDateTime::now_utc() - message.created_at);
                 self.metrics.destination_lag(name, lag);
-                tracing::info!(destination = %name, message = message.id, attempts = message.attempts, "version delivered to a destination");
+                tracing::info!(destination = %name, message_id = message.id, attempts = message.attempts, "version delivered to a destination");
             }
             "dead" => {
-                tracing::warn!(destination = %name, message = message.id, "the destination refused the version, or its retry horizon passed; dead letter");
+                tracing::warn!(destination = %name, message_id = message.id, "the destination refused the version, or its retry horizon passed; dead letter");
                 let details = serde_json::json!({
                     "destination": name,
                     "message": message.id,

@@ -12,6 +12,7 @@ use std::time::Duration;
 use reqwest::Url;
 use time::OffsetDateTime;
 use tokio::sync::{Notify, watch};
+use tracing::Instrument;
 
 use super::client::{OceanClient, SendError};
 use super::outbox::Outbox;
@@ -73,7 +74,16 @@ impl Fetcher {
                         // Each one claimed is started (on PostgreSQL a claim leases it).
                         for document in due {
                             let (fetcher, at) = (self.clone(), key(&document));
-                            let task = running.spawn(async move { fetcher.fetch(document).await });
+                            // Its log lines name the document (ids only).
+                            let span = tracing::info_span!(
+                                "fetch",
+                                referral = %document.referral,
+                                version = document.version,
+                                index = document.index
+                            );
+                            let task = running.spawn(
+                                async move { fetcher.fetch(document).await }.instrument(span),
+                            );
                             in_flight.insert(task.id(), at);
                         }
                     }

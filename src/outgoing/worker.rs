@@ -14,6 +14,7 @@ use std::time::Duration;
 use time::OffsetDateTime;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
+use tracing::Instrument;
 
 use super::{RetryPolicy, SendError, duration};
 use crate::store::{MessageState, QueuedMessage, Store};
@@ -109,7 +110,10 @@ impl Worker {
                         for message in due {
                             next_start = tokio::time::Instant::now() + spacing;
                             let id = message.id;
-                            let task = sending.spawn(self.clone().attempt(message));
+                            // Its log lines name the queue and message (ids only).
+                            let span = send_span(&name, id);
+                            let task =
+                                sending.spawn(self.clone().attempt(message).instrument(span));
                             busy.insert(task.id(), id);
                         }
                         if claimed == room {
@@ -149,7 +153,7 @@ impl Worker {
                             // Left pending in the store: taken up again (on a shared store,
                             // once its lease lapses).
                             if let Some(id) = busy.remove(&e.id()) {
-                                tracing::error!(queue = %name, message = id, "a send panicked; the message stays pending");
+                                tracing::error!(queue = %name, message_id = id, "a send panicked; the message stays pending");
                             }
                         }
                     }
@@ -180,8 +184,12 @@ impl Worker {
     /// Records an attempt's outcome durably, then lets the channel count and audit it. The
     /// receiver's answer goes to `last_error` (read through the API), never to the logs: it may
     /// echo what it was sent.
-    async fn record(&self, (mut message, outcome): Finished) {
-        let name = self.channel.queue();
+    async fn record(&self, finished: Finished) {
+        let span = send_span(self.channel.queue(), finished.0.id);
+        self.record_in_span(finished).instrument(span).await;
+    }
+
+    async fn record_in_span(&self, (mut message, outcome): Finished) {
         let result = match outcome {
             Outcome::Sent(result) => result,
             Outcome::Waiting(again) => {
@@ -191,7 +199,7 @@ impl Worker {
                     .save_message(&message, MessageState::Pending)
                     .await
                 {
-                    tracing::error!(queue = %name, message = message.id, error = %e.chain(), "cannot record a wait");
+                    tracing::error!(error = %e.chain(), "cannot record a wait");
                 }
                 return;
             }
@@ -216,13 +224,16 @@ impl Worker {
                     .next_attempt(message.attempts, message.created_at, now, after)
                 {
                     Some((next, wait)) => {
-                        tracing::info!(queue = %name, message = message.id, retry_in_secs = wait.as_secs_f32(), "not delivered; will retry");
+                        tracing::info!(
+                            retry_in_secs = wait.as_secs_f32(),
+                            "not delivered; will retry"
+                        );
                         message.next_attempt_at = next;
                         message.last_error = Some(reason);
                         "retry"
                     }
                     None => {
-                        tracing::warn!(queue = %name, message = message.id, "retry horizon reached; dead letter");
+                        tracing::warn!("retry horizon reached; dead letter");
                         message.state = MessageState::Dead;
                         message.last_error =
                             Some(self.policy.gave_up(message.attempts, &reason, after));
@@ -239,12 +250,14 @@ impl Worker {
             Ok(true) => {}
             // Recorded meanwhile by another replica whose lease ran out on this one's send.
             Ok(false) => {
-                tracing::warn!(queue = %name, message = message.id, "the message was recorded by another sender meanwhile; this outcome is left out");
+                tracing::warn!(
+                    "the message was recorded by another sender meanwhile; this outcome is left out"
+                );
                 return;
             }
             Err(e) => {
                 // Left as it was: sent again later (the receiver deduplicates).
-                tracing::error!(queue = %name, message = message.id, error = %e.chain(), "cannot record a send");
+                tracing::error!(error = %e.chain(), "cannot record a send");
                 return;
             }
         }
@@ -252,4 +265,9 @@ impl Worker {
             .recorded(self.store.as_ref(), &message, outcome)
             .await;
     }
+}
+
+/// The span of one message's send and its record: its queue and id (never its content).
+fn send_span(queue: &str, id: u64) -> tracing::Span {
+    tracing::info_span!("send", queue = %queue, message_id = id)
 }

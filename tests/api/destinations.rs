@@ -1169,3 +1169,59 @@ async fn delivered_messages_are_forgotten_after_the_retention_window() {
     forgets_what_left_long_ago(schema.store().await.as_ref()).await;
     schema.drop_now().await;
 }
+
+/// A send's log lines carry its queue and message in a span (ids only), so a retry can be tied
+/// to the message it belongs to.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sends_log_lines_name_its_queue_and_message() {
+    use crate::support::binary::{launch, terminate};
+
+    let receiver = WebhookReceiver::start(&[NEW_SECRET]);
+    receiver.fail("DST-SPAN", 503, 1).await;
+    let dir = TempDir::new().unwrap();
+    let config_file = dir.path().join("relay.toml");
+    std::fs::write(
+        &config_file,
+        toml(&format!(
+            "[destinations.emr]\nkind = \"webhook\"\nurl = \"{}\"\nsecret = \"{NEW_SECRET}\"\n",
+            receiver.url
+        )),
+    )
+    .unwrap();
+    let mut relay = tokio::task::block_in_place(|| {
+        launch(
+            &dir.path().join("data"),
+            Some(&config_file),
+            &[],
+            &[("RUST_LOG", "info")],
+        )
+    });
+    let answer = reqwest::Client::new()
+        .post(format!(
+            "http://{}/fhir/default/$process-message",
+            relay.addr
+        ))
+        .header("content-type", "application/fhir+json")
+        .body(delivery(STEPS[0], "DST-SPAN"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    receiver.wait_for(1).await;
+    assert!(terminate(&mut relay));
+    let logs = relay.logs.lock().unwrap().clone();
+    let line = |text: &str| {
+        logs.iter()
+            .find(|line| line.contains(text))
+            .unwrap_or_else(|| panic!("no {text:?} logged: {logs:?}"))
+            .clone()
+    };
+    // `send{queue=emr message_id=N}: ...` in the text format.
+    for text in [
+        "not delivered; will retry",
+        "version delivered to a destination",
+    ] {
+        let logged = line(text);
+        assert!(logged.contains("send{queue=emr message_id="), "{logged}");
+    }
+}

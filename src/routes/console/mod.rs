@@ -277,7 +277,8 @@ impl IntoResponse for PageError {
         };
         // The message of a server error stays in the log (it may name internals).
         let message = if status.is_server_error() {
-            tracing::error!(error = %self.0, "console page failed");
+            // Logged as the API logs it: with its cause chain.
+            self.0.log();
             "The relay could not show this page. Try again; if it keeps failing, tell your administrator."
                 .to_owned()
         } else {
