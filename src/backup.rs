@@ -76,13 +76,7 @@ impl<W> Hashing<W> {
     }
 
     fn finish(self) -> (W, FileEntry) {
-        let hex = self
-            .digest
-            .finish()
-            .as_ref()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let hex = hex::encode(self.digest.finish().as_ref());
         (
             self.inner,
             FileEntry {

@@ -194,10 +194,7 @@ impl ReferralRef {
             return safe;
         }
         let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, self.0.as_bytes());
-        let hash: String = digest.as_ref()[..6]
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let hash = hex::encode(&digest.as_ref()[..6]);
         let start = safe.trim_start_matches('.');
         format!("{}-{hash}", &start[..start.len().min(MAX_STEM)])
     }

@@ -112,12 +112,8 @@ pub fn sealed_key_id(stored: &[u8]) -> Option<KeyId> {
 pub fn unknown_key(id: &KeyId) -> StoreError {
     StoreError::corrupt(format!(
         "a record is sealed with key {}, which is neither storage.encryption_key nor among storage.previous_keys",
-        hex(id)
+        hex::encode(id)
     ))
-}
-
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn key_id(key: &[u8; 32]) -> KeyId {
@@ -154,6 +150,9 @@ mod tests {
         assert_ne!(rotated.current_id(), before.current_id());
         let without_old = Keyring::new(&new, &[]).unwrap();
         let e = without_old.open(b"referrals\0A", &sealed).unwrap_err();
-        assert!(e.to_string().contains(&hex(&before.current_id())), "{e}");
+        assert!(
+            e.to_string().contains(&hex::encode(before.current_id())),
+            "{e}"
+        );
     }
 }

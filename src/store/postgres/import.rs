@@ -508,7 +508,7 @@ async fn claim(
         Ok(t.meta
             .get(key)
             .map_err(sled_error)?
-            .map(|v| crate::store::seal::hex(&v))
+            .map(hex::encode)
             .unwrap_or_default())
     };
     let fingerprint = format!(

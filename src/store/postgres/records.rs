@@ -13,7 +13,7 @@ use crate::store::deliveries::{ReferralRecord, VersionRecord};
 use crate::store::documents::DocumentRecord;
 use crate::store::error::StoreError;
 use crate::store::outbox::{TaskState, UpdateRecord};
-use crate::store::seal::{KeyId, Keyring, hex, unknown_key};
+use crate::store::seal::{KeyId, Keyring, unknown_key};
 use crate::store::sled::codec::{compress, open_payload};
 use crate::store::sled::keys::{document_key, version_key};
 use crate::store::sled::trees::{
@@ -79,7 +79,7 @@ pub(super) async fn admit_keys(
             None => {
                 return Err(StoreError::unavailable(format!(
                     "the database holds records encrypted with key {}; set storage.encryption_key",
-                    hex(id)
+                    hex::encode(id)
                 )));
             }
             Some(keys) if !keys.knows(id) => return Err(unknown_key(id)),

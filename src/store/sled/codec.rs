@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::trees::{SEAL_KEYS, Trees, unavailable};
 use crate::store::error::StoreError;
-use crate::store::seal::{KeyId, Keyring, SEALED, hex, sealed_key_id, unknown_key};
+use crate::store::seal::{KeyId, Keyring, SEALED, sealed_key_id, unknown_key};
 
 /// Format tags of stored payloads. LZ4 cuts the bytes sled writes (and rewrites when it
 /// consolidates pages) about fourfold for FHIR JSON, which more than doubles write throughput;
@@ -110,7 +110,7 @@ impl Codec {
                 None => {
                     return Err(StoreError::unavailable(format!(
                         "the store holds records encrypted with key {}; set storage.encryption_key",
-                        hex(id)
+                        hex::encode(id)
                     )));
                 }
                 Some(keys) if !keys.knows(id) => return Err(unknown_key(id)),
