@@ -14,7 +14,7 @@
 //! - `meta`:        counters and the readiness marker
 //! - `queue`:       message id (u64 BE) → `QueuedMessage`: the outgoing queues, Ocean updates
 //!   (queue `ocean:`) and destinations' versions; `queue_index` holds their due times, chains,
-//!   states, referrals and counts (see `queue.rs`)
+//!   states, referrals and counts (see `queue/`)
 //! - `updates`, `open_updates`, `referral_updates`: the outbox of earlier builds, moved into
 //!   the queue when the store is opened (see `outbox.rs`), empty after
 //! - `task_states`: referral ref → `TaskState`

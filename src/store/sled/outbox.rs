@@ -1,5 +1,5 @@
 //! The outbox: updates accepted for Ocean, as messages of [`OCEAN_QUEUE`] in the outgoing
-//! queues (see `queue.rs`), written with each referral's Task state.
+//! queues (see `queue/`), written with each referral's Task state.
 //!
 //! Stores written before the outbox joined the queues kept updates in trees of their own
 //! (`updates`, `open_updates`, `referral_updates`); [`Trees::move_updates_to_queue`] moves them
