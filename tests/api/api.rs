@@ -339,6 +339,32 @@ async fn errors_are_problem_documents() {
         400,
         "wait",
     );
+    // Identifiers are taken as the OpenAPI document describes them: a control character
+    // anywhere, even one trimming would drop, or more than 256 characters as sent, is a 400.
+    assert_problem(
+        &api(
+            &app,
+            "/api/v1/export.csv?service_id=%0CCARDIO-RAPID-01",
+            Some(EMR_KEY),
+        )
+        .await,
+        400,
+        "service_id contains a control character",
+    );
+    assert_problem(
+        &api(&app, "/api/v1/referrals/%09TST-0011-AAAA", Some(EMR_KEY)).await,
+        400,
+        "referral contains a control character",
+    );
+    let padded = format!(
+        "/api/v1/referrals?service_id={}CARDIO-RAPID-01",
+        "%20".repeat(250)
+    );
+    assert_problem(
+        &api(&app, &padded, Some(EMR_KEY)).await,
+        400,
+        "service_id is longer than 256 characters",
+    );
     // A cursor from another (reset or restored) store is refused, not silently skipped ahead.
     assert_problem(
         &api(&app, "/api/v1/events?after=999", Some(EMR_KEY)).await,

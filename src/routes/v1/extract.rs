@@ -15,7 +15,7 @@ use utoipa::ToSchema;
 
 use crate::auth::api::ApiClient;
 use crate::auth::source::ClientAddr;
-use crate::domain::{ReferralRef, ServiceId, redact_quoted};
+use crate::domain::{InvalidId, ReferralRef, ServiceId, redact_quoted};
 use crate::error::{AppError, Problem};
 use crate::server::tls::ClientIdentity;
 use crate::state::AppState;
@@ -182,13 +182,37 @@ pub fn after_param(raw: Option<&str>) -> Result<u64, AppError> {
     })
 }
 
+/// The longest identifier a request may name, in characters (as the OpenAPI document says).
+const MAX_IDENTIFIER_CHARS: usize = 256;
+
+/// An identifier as a request names it (a path segment or a query parameter `name`), read by
+/// `parse` (which drops surrounding white space) once the value as sent is checked as the
+/// OpenAPI document describes it: at most 256 characters and no control character anywhere, a
+/// tab or line break around it included. 400 otherwise, saying which.
+fn request_identifier<T>(
+    name: &str,
+    raw: &str,
+    parse: impl FnOnce(&str) -> Result<T, InvalidId>,
+) -> Result<T, AppError> {
+    if raw.chars().any(char::is_control) {
+        return Err(AppError::BadRequest(format!(
+            "{name} contains a control character"
+        )));
+    }
+    if raw.chars().count() > MAX_IDENTIFIER_CHARS {
+        return Err(AppError::BadRequest(format!(
+            "{name} is longer than {MAX_IDENTIFIER_CHARS} characters"
+        )));
+    }
+    parse(raw).map_err(|e| AppError::BadRequest(format!("{name}: {e}")))
+}
+
 /// The `service_id` query parameter, checked and within the client's service ids.
 pub fn service_param(client: &ApiClient, raw: Option<&str>) -> Result<Option<ServiceId>, AppError> {
     let Some(raw) = raw else {
         return Ok(None);
     };
-    let service =
-        ServiceId::parse(raw).map_err(|e| AppError::BadRequest(format!("service_id: {e}")))?;
+    let service = request_identifier("service_id", raw, ServiceId::parse)?;
     if !client.may_see(Some(&service)) {
         return Err(AppError::Forbidden(format!(
             "client '{}' may not read service_id {service}",
@@ -239,8 +263,7 @@ pub async fn visible_to(
     service_ids: &[ServiceId],
     referral: &str,
 ) -> Result<(ReferralRef, ReferralRecord), AppError> {
-    let reference =
-        ReferralRef::parse(referral).map_err(|e| AppError::BadRequest(format!("referral: {e}")))?;
+    let reference = request_identifier("referral", referral, ReferralRef::parse)?;
     let record = state
         .store
         .referral(&reference)
