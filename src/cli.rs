@@ -585,7 +585,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             };
             let dir = &config.server.data_dir;
             let counts = tokio::runtime::Runtime::new()?
-                .block_on(crate::store::PgStore::import_sled(&options, dir))
+                .block_on(crate::store::sled_to_postgres(&options, dir))
                 .map_err(|e| match e {
                     StoreError::InUse { .. } => {
                         anyhow::anyhow!("{e}: stop the service before migrating its data dir")

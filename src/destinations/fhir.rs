@@ -12,8 +12,8 @@ use tokio::sync::OwnedMutexGuard;
 
 use crate::config::{DestinationConfig, DocumentsMode};
 use crate::fhir::transaction::{Document, transaction};
-use crate::ocean::client::{outcome_text, retry_after, transport};
 use crate::outgoing::SendError;
+use crate::outgoing::answer::{outcome_text, retry_after, transport};
 use crate::outgoing::token::{ClientCredentials, Grant};
 use crate::secret::Secret;
 use crate::store::{DocumentKind, DocumentState, QueuedMessage, Store, StoreError, sha256_hex};

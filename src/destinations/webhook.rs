@@ -9,8 +9,8 @@ use base64::engine::general_purpose::STANDARD;
 use reqwest::header::CONTENT_TYPE;
 
 use crate::config::{BodyMode, DestinationConfig, signing_key};
-use crate::ocean::client::{outcome_text, retry_after, transport};
 use crate::outgoing::SendError;
+use crate::outgoing::answer::{outcome_text, retry_after, transport};
 
 /// A webhook destination's HTTP client and signing keys.
 pub struct WebhookSender {

@@ -4,10 +4,11 @@
 use std::time::Duration;
 
 use reqwest::StatusCode;
-use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER};
+use reqwest::header::{AUTHORIZATION, CONTENT_TYPE};
 
 use crate::config::SiteConfig;
-use crate::outgoing::token::{ClientCredentials, Grant, MAX_ANSWER_BYTES, read_at_most};
+use crate::outgoing::answer::{outcome_text, retry_after, transport};
+use crate::outgoing::token::{ClientCredentials, Grant};
 
 pub use crate::outgoing::SendError;
 
@@ -318,87 +319,9 @@ fn sniff_markup(body: &[u8]) -> Option<&'static str> {
     }
 }
 
-/// A transport error without its URL's query or anything sent.
-pub(crate) fn transport(e: &reqwest::Error) -> &'static str {
-    if e.is_timeout() {
-        "timed out"
-    } else if e.is_connect() {
-        "connection failed"
-    } else {
-        "request failed"
-    }
-}
-
-pub(crate) fn retry_after(response: &reqwest::Response) -> Option<Duration> {
-    let value = response.headers().get(RETRY_AFTER)?.to_str().ok()?;
-    parse_retry_after(value, std::time::SystemTime::now())
-}
-
-/// `Retry-After` (RFC 9110 §10.2.3) as delay-seconds or an HTTP-date in any of its three forms
-/// (IMF-fixdate, RFC 850, asctime; §5.6.7), seen at `now`. A date in the past is no delay.
-fn parse_retry_after(value: &str, now: std::time::SystemTime) -> Option<Duration> {
-    let value = value.trim();
-    if let Ok(secs) = value.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
-    }
-    let at = httpdate::parse_http_date(value).ok()?;
-    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
-}
-
-/// `: <diagnostics>` of an OperationOutcome body, if Ocean sent one (read up to
-/// [`MAX_ANSWER_BYTES`]; a longer body is not read).
-pub(crate) async fn outcome_text(response: reqwest::Response) -> String {
-    let Ok(Some(bytes)) = read_at_most(response, MAX_ANSWER_BYTES).await else {
-        return String::new();
-    };
-    let Ok(body) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
-        return String::new();
-    };
-    let texts: Vec<&str> = body["issue"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|i| i["diagnostics"].as_str().or(i["details"]["text"].as_str()))
-        .collect();
-    if texts.is_empty() {
-        String::new()
-    } else {
-        format!(
-            ": {}",
-            texts.join("; ").chars().take(500).collect::<String>()
-        )
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn retry_after_takes_seconds_or_an_http_date_in_each_form() {
-        // 2015-10-21 07:27:00 UTC
-        let now = std::time::UNIX_EPOCH + Duration::from_secs(1_445_412_420);
-        assert_eq!(
-            parse_retry_after(" 120 ", now),
-            Some(Duration::from_secs(120))
-        );
-        for date in [
-            "Wed, 21 Oct 2015 07:28:00 GMT",
-            "Wednesday, 21-Oct-15 07:28:00 GMT",
-            "Wed Oct 21 07:28:00 2015",
-        ] {
-            assert_eq!(
-                parse_retry_after(date, now),
-                Some(Duration::from_secs(60)),
-                "{date}"
-            );
-        }
-        assert_eq!(
-            parse_retry_after("Wed, 21 Oct 2015 07:00:00 GMT", now),
-            Some(Duration::ZERO)
-        );
-        assert_eq!(parse_retry_after("soon", now), None);
-    }
 
     #[test]
     fn markup_is_found_behind_what_precedes_it() {

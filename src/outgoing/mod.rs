@@ -2,6 +2,7 @@
 //! answers are worth another attempt, and when that attempt is (exponential backoff with
 //! jitter, honouring `Retry-After`, within a retry horizon).
 
+pub mod answer;
 pub mod token;
 pub mod worker;
 

@@ -13,7 +13,7 @@ use tokio::time::Instant;
 
 use super::SendError;
 use crate::config::TokenAuth;
-use crate::ocean::client::{retry_after, transport};
+use crate::outgoing::answer::{MAX_ANSWER_BYTES, read_at_most, retry_after, transport};
 use crate::secret::Secret;
 
 /// Refresh a token this long before the server says it expires.
@@ -22,10 +22,6 @@ const TOKEN_MARGIN: Duration = Duration::from_secs(60);
 const DEFAULT_TOKEN_LIFE: Duration = Duration::from_secs(300);
 /// The longest a token is kept, whatever `expires_in` says (a day).
 const MAX_TOKEN_LIFE: Duration = Duration::from_secs(86_400);
-
-/// The most read of an answer that is not the document asked for (an error's OperationOutcome,
-/// a token response), in bytes: the rest is not read.
-pub const MAX_ANSWER_BYTES: usize = 64 * 1024;
 
 /// Where and how to ask for tokens.
 pub struct Grant {
@@ -96,22 +92,6 @@ impl TokenResponse {
 /// ASCII (RFC 6750 §2.1 allows less; servers issue more, but never spaces or controls).
 pub fn is_bearer_token(token: &str) -> bool {
     !token.is_empty() && token.bytes().all(|b| b.is_ascii_graphic())
-}
-
-/// Reads at most `max` bytes of `response`'s body: `Ok(None)` when there is more (the rest
-/// is left unread and the connection dropped).
-pub async fn read_at_most(
-    mut response: reqwest::Response,
-    max: usize,
-) -> Result<Option<Vec<u8>>, reqwest::Error> {
-    let mut body = Vec::new();
-    while let Some(chunk) = response.chunk().await? {
-        if body.len() + chunk.len() > max {
-            return Ok(None);
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(Some(body))
 }
 
 impl ClientCredentials {

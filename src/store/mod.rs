@@ -4,6 +4,7 @@
 //! the relay's records, not FHIR.
 
 mod audit;
+mod copy;
 mod deliveries;
 mod documents;
 mod error;
@@ -12,11 +13,14 @@ mod maintenance;
 mod outbox;
 mod postgres;
 mod queue;
+mod record;
 mod replicas;
 mod seal;
 mod sled;
+mod update;
 
-pub use self::postgres::{MIGRATIONS as POSTGRES_MIGRATIONS, PgOptions, PgStore, TableCount};
+pub use self::copy::{TableCount, sled_to_postgres};
+pub use self::postgres::{MIGRATIONS as POSTGRES_MIGRATIONS, PgOptions, PgStore};
 pub use self::sled::{LOCK_FILE, SledOptions, SledStore};
 pub use audit::{AUDIT_GENESIS, AuditBreak, AuditEntry, AuditStore, ChainCheck, verify_chain};
 pub use deliveries::{
@@ -28,12 +32,13 @@ pub use error::{Cause, StoreError};
 pub use feed::{ChangedReferrals, EventRecord, FeedStore};
 pub use maintenance::{MaintenanceStore, ModifiedBatch, SnapshotInfo, StoreHealth};
 pub use outbox::{
-    AppointmentSlot, OCEAN_QUEUE, OceanUpdate, OutboxStore, TaskState, UpdateKind, UpdateRecord,
-    UpdateState, open_updates, referral_updates, update, updates,
+    OutboxStore, TaskState, UpdateRecord, UpdateState, open_updates, referral_updates, update,
+    updates,
 };
 pub use queue::{MessageState, QueueRoute, QueueStats, QueueStore, QueuedMessage};
 pub use replicas::{LoginFailures, ReplicaStore};
 pub use seal::Keyring;
+pub use update::{AppointmentSlot, OCEAN_QUEUE, OceanUpdate, UpdateKind};
 
 /// A whole store: every concern. Implemented by every type that implements them all, and used
 /// as `Arc<dyn Store>`.

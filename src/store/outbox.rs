@@ -6,73 +6,13 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use super::error::StoreError;
-use super::queue::{QueueStore, QueuedMessage};
+use super::queue::{MessageState, QueueStore, QueuedMessage};
+use super::update::{AppointmentSlot, OCEAN_QUEUE, OceanUpdate, UpdateKind};
 use crate::domain::ReferralRef;
 use crate::ig::OutboundEvent;
 
-/// Where an outgoing update stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum UpdateState {
-    /// Waiting to be sent, or between attempts.
-    Pending,
-    /// Ocean answered 2xx; never sent again.
-    Delivered,
-    /// Refused by Ocean (a 4xx other than 401/429) or out of retry time; holds back later
-    /// updates of its referral until it is replayed or discarded.
-    Dead,
-    /// A dead letter given up on by the clinic; no longer holds anything back.
-    Discarded,
-}
-
-impl UpdateState {
-    /// The name shown in the API and stored (`pending`, `delivered`, `dead`, `discarded`).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Pending => "pending",
-            Self::Delivered => "delivered",
-            Self::Dead => "dead",
-            Self::Discarded => "discarded",
-        }
-    }
-}
-
-/// What an update tells Ocean.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum UpdateKind {
-    /// A Task status change.
-    Status,
-    /// A booked appointment.
-    Appointment,
-    /// The cancellation of the appointment booked last.
-    CancelAppointment,
-    /// A message to the referrer.
-    Message,
-}
-
-impl UpdateKind {
-    /// The name shown in the API and logs (`status`, `appointment`, `cancel-appointment`,
-    /// `message`), the same as stored.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Status => "status",
-            Self::Appointment => "appointment",
-            Self::CancelAppointment => "cancel-appointment",
-            Self::Message => "message",
-        }
-    }
-}
-
-/// An appointment the relay booked: the id of its Appointment resource and its times.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AppointmentSlot {
-    pub id: String,
-    #[serde(with = "time::serde::rfc3339")]
-    pub start: OffsetDateTime,
-    #[serde(with = "time::serde::rfc3339")]
-    pub end: OffsetDateTime,
-}
+/// Where an outgoing update stands: a queued message's state.
+pub type UpdateState = MessageState;
 
 /// An update for Ocean, as accepted from the point-of-service API.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -135,25 +75,6 @@ impl UpdateRecord {
             delivered_at: None,
         }
     }
-}
-
-/// The queue Ocean updates wait in (see [`crate::store::QueueStore`]); no destination can
-/// have this name (theirs are `a-z`, `0-9`, `-` and `_`).
-pub const OCEAN_QUEUE: &str = "ocean:";
-
-/// What a queued message that is an Ocean update carries (see [`UpdateRecord`]).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct OceanUpdate {
-    pub site: String,
-    pub kind: UpdateKind,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub task_status: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub task_id: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub appointment: Option<AppointmentSlot>,
-    pub event: OutboundEvent,
-    pub bundle: String,
 }
 
 impl UpdateRecord {

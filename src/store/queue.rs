@@ -12,11 +12,35 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use super::error::StoreError;
-use super::outbox::UpdateState;
+use super::update::OceanUpdate;
 use crate::domain::{Change, IntegrationName, ReferralRef, ServiceId};
 
-/// Where a queued message stands: the same states as an Ocean update's.
-pub type MessageState = UpdateState;
+/// Where a queued message (an Ocean update, a destination's version) stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MessageState {
+    /// Waiting to be sent, or between attempts.
+    Pending,
+    /// The receiver answered 2xx; never sent again.
+    Delivered,
+    /// Refused by the receiver (a 4xx it does not retry) or out of retry time; holds back the
+    /// later messages of its referral until it is replayed or discarded.
+    Dead,
+    /// A dead letter given up on by the clinic; no longer holds anything back.
+    Discarded,
+}
+
+impl MessageState {
+    /// The name shown in the API and stored (`pending`, `delivered`, `dead`, `discarded`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Delivered => "delivered",
+            Self::Dead => "dead",
+            Self::Discarded => "discarded",
+        }
+    }
+}
 
 /// One referral version queued for one destination.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -48,9 +72,9 @@ pub struct QueuedMessage {
     /// The next message of the same referral in the same queue (the store's own chain).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next: Option<u64>,
-    /// In [`crate::store::outbox::OCEAN_QUEUE`]: the update for Ocean it is (`version` is 0).
+    /// In [`crate::store::update::OCEAN_QUEUE`]: the update for Ocean it is (`version` is 0).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub update: Option<Box<crate::store::outbox::OceanUpdate>>,
+    pub update: Option<Box<OceanUpdate>>,
 }
 
 impl QueuedMessage {
@@ -58,7 +82,7 @@ impl QueuedMessage {
     /// before it, or discarded and queued before it (see
     /// [`QueueStore::purge_messages_before`]; Ocean updates are kept).
     pub fn settled_before(&self, cutoff: OffsetDateTime) -> bool {
-        if self.queue == crate::store::outbox::OCEAN_QUEUE {
+        if self.queue == super::update::OCEAN_QUEUE {
             return false;
         }
         match self.state {

@@ -22,6 +22,7 @@ mod failures;
 mod fhir_destination;
 mod fuzz;
 mod ingest;
+mod layout;
 mod lifecycle;
 mod messages;
 mod migrate;

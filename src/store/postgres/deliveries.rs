@@ -11,7 +11,7 @@ use crate::store::deliveries::{
 use crate::store::error::StoreError;
 
 /// A count or number kept as `bigint`.
-pub(super) fn to_i64(n: u64) -> i64 {
+pub(in crate::store) fn to_i64(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 

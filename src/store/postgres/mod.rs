@@ -15,10 +15,10 @@ mod audit;
 mod deliveries;
 mod documents;
 mod feed;
-mod import;
 mod listener;
 mod maintenance;
 mod migrate;
+mod migrated;
 mod outbox;
 mod queue;
 mod records;
@@ -34,10 +34,28 @@ use tokio_postgres::NoTls;
 
 use super::error::StoreError;
 use super::seal::Keyring;
-use super::sled::codec::Codec;
+use crate::store::record::Codec;
 
-pub use import::TableCount;
 pub use migrate::MIGRATIONS;
+
+/// What [`crate::store::copy`] writes with: this store's connection, row and setting formats.
+pub(in crate::store) mod for_copy {
+    pub(in crate::store) use super::deliveries::to_i64;
+    pub(in crate::store) use super::migrated::{MIGRATED, MIGRATION_UNFINISHED};
+    pub(in crate::store) use super::outbox::state_name;
+    pub(in crate::store) use super::records::{SEAL_KEY_IDS, plain_setting};
+    pub(in crate::store) use super::replicas::SIGNING_KEY;
+    pub(in crate::store) use super::{db_error, session_config};
+
+    /// Applies this build's schema migrations to the database `client` is connected to.
+    pub(in crate::store) async fn migrate(
+        client: &mut tokio_postgres::Client,
+        schema: &str,
+    ) -> Result<(), crate::store::error::StoreError> {
+        super::migrate::apply(client, super::advisory_key("migrations", schema)).await?;
+        Ok(())
+    }
+}
 
 /// How to reach the database. Its `Debug` leaves the URL out (it may hold a password).
 #[derive(Clone)]
@@ -116,7 +134,9 @@ impl Drop for PgStore {
 /// (callers answer 503 and senders retry). The cause keeps PostgreSQL's severity, message and
 /// SQLSTATE but not its DETAIL, which can quote a failing row's values (patient data among
 /// them), since causes are logged.
-pub(super) fn db_error(context: &'static str) -> impl Fn(tokio_postgres::Error) -> StoreError {
+pub(in crate::store) fn db_error(
+    context: &'static str,
+) -> impl Fn(tokio_postgres::Error) -> StoreError {
     move |e| {
         StoreError::unavailable(format!("PostgreSQL: {context}")).caused_by(without_row_data(&e))
     }
@@ -162,7 +182,7 @@ fn publish(feed: &watch::Sender<u64>, seq: u64) {
 
 /// The connection settings every connection of `options` uses, and its schema, which is
 /// created if missing (on a connection of its own).
-async fn session_config(
+pub(in crate::store) async fn session_config(
     options: &PgOptions,
 ) -> Result<(tokio_postgres::Config, String), StoreError> {
     let mut config: tokio_postgres::Config = options.url.parse().map_err(|e| {
@@ -254,7 +274,7 @@ impl PgStore {
         {
             let mut client = pool.get().await.map_err(pool_error)?;
             migrate::apply(&mut client, advisory_key("migrations", &schema)).await?;
-            import::refuse_unfinished(&client).await?;
+            migrated::refuse_unfinished(&client).await?;
             records::admit_keys(&mut client, options.keys.as_deref()).await?;
         }
 
@@ -278,7 +298,7 @@ impl PgStore {
         // Whatever a replica left unsequenced (killed between its commit and its run) goes now.
         store.sequence().await?;
         // What `migrate` copied sealed gets its columns, now that the key is here.
-        import::settle_migration(&store).await?;
+        migrated::settle_migration(&store).await?;
         // Updates kept by an earlier build in the `updates` table join the queue.
         store.move_updates_to_queue().await?;
         let store = Arc::new_cyclic(|weak: &std::sync::Weak<Self>| {

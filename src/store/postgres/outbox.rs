@@ -12,10 +12,11 @@ use super::deliveries::{to_i64, to_u64};
 use super::{PgStore, db_error};
 use crate::domain::ReferralRef;
 use crate::store::error::StoreError;
-use crate::store::outbox::{OCEAN_QUEUE, OutboxStore, TaskState, UpdateRecord, UpdateState};
+use crate::store::outbox::{OutboxStore, TaskState, UpdateRecord, UpdateState};
+use crate::store::update::OCEAN_QUEUE;
 
 /// The stored name of a state (as serde writes it).
-pub(super) fn state_name(state: UpdateState) -> &'static str {
+pub(in crate::store) fn state_name(state: UpdateState) -> &'static str {
     state.as_str()
 }
 

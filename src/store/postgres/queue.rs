@@ -11,10 +11,10 @@ use super::deliveries::{to_i64, to_u64};
 use super::{PgStore, db_error};
 use crate::domain::ReferralRef;
 use crate::store::error::StoreError;
-use crate::store::outbox::OCEAN_QUEUE;
 use crate::store::queue::{MessageState, QueueStats, QueueStore, QueuedMessage};
-use crate::store::sled::keys::version_key;
-use crate::store::sled::trees::QUEUE;
+use crate::store::record::QUEUE;
+use crate::store::record::version_key;
+use crate::store::update::OCEAN_QUEUE;
 
 const CLAIM: &str = "UPDATE queue SET next_attempt_at = $3
      WHERE id IN (

@@ -13,12 +13,12 @@ use crate::store::deliveries::{ReferralRecord, VersionRecord};
 use crate::store::documents::DocumentRecord;
 use crate::store::error::StoreError;
 use crate::store::outbox::{TaskState, UpdateRecord};
-use crate::store::seal::{KeyId, Keyring, unknown_key};
-use crate::store::sled::codec::{compress, open_payload};
-use crate::store::sled::keys::{document_key, version_key};
-use crate::store::sled::trees::{
+use crate::store::record::{
     DOCUMENT_BYTES, DOCUMENTS, PAYLOADS, REFERRALS, TASK_STATES, UPDATES, VERSIONS,
 };
+use crate::store::record::{compress, open_payload};
+use crate::store::record::{document_key, version_key};
+use crate::store::seal::{KeyId, Keyring, unknown_key};
 
 /// The context of a setting in `relay_settings` (no tree of the embedded store holds them).
 const SETTINGS: &str = "relay_settings";
@@ -26,7 +26,7 @@ const SETTINGS: &str = "relay_settings";
 pub(super) const PLAIN_SETTING: u8 = 0;
 
 /// A setting stored unsealed.
-pub(super) fn plain_setting(value: &[u8]) -> Vec<u8> {
+pub(in crate::store) fn plain_setting(value: &[u8]) -> Vec<u8> {
     let mut stored = Vec::with_capacity(1 + value.len());
     stored.push(PLAIN_SETTING);
     stored.extend_from_slice(value);

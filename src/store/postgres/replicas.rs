@@ -12,7 +12,7 @@ use crate::store::error::StoreError;
 use crate::store::replicas::{LoginFailures, ReplicaStore};
 
 /// The setting holding the generated signing key.
-pub(super) const SIGNING_KEY: &str = "oauth2_signing_key";
+pub(in crate::store) const SIGNING_KEY: &str = "oauth2_signing_key";
 
 #[async_trait]
 impl ReplicaStore for PgStore {

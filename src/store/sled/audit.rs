@@ -5,13 +5,13 @@ use sled::Transactional;
 use time::OffsetDateTime;
 
 use super::apply::append_audit;
-use super::codec::decode;
 use super::handle::SledStore;
 use super::open::Open;
 use super::trees::{tx_error, unavailable};
 use super::writer::Target;
 use crate::store::audit::{AuditEntry, AuditStore};
 use crate::store::error::StoreError;
+use crate::store::record::decode;
 
 impl Open {
     async fn audit(

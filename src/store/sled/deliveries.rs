@@ -4,16 +4,17 @@
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use super::codec::open_payload;
 use super::handle::SledStore;
 use super::keys::{referral_prefix, referral_seq_key};
 use super::open::Open;
-use super::trees::{PAYLOADS, REFERRALS, VERSIONS, unavailable};
+use super::trees::unavailable;
 use crate::domain::ReferralRef;
 use crate::store::deliveries::{
     DeliveryStore, NewDelivery, PutOutcome, ReferralRecord, VersionRecord,
 };
 use crate::store::error::StoreError;
+use crate::store::record::open_payload;
+use crate::store::record::{PAYLOADS, REFERRALS, VERSIONS};
 
 impl Open {
     /// The referral stored under `key` (its ref), opened and decoded.

@@ -4,82 +4,27 @@
 use async_trait::async_trait;
 use bytes::Bytes;
 use sled::Transactional;
-use sled::transaction::{ConflictableTransactionError, TransactionalTree};
 use time::OffsetDateTime;
 
-use super::codec::Codec;
+use super::apply::documents::put_document;
 use super::handle::SledStore;
-use super::keys::referral_prefix;
+use super::keys::{BY_DUE, by_due_key, due_time, referral_prefix};
 use super::open::Open;
-use super::trees::{DOCUMENT_BYTES, DOCUMENTS, abort, tx_error, unavailable};
+use super::trees::{tx_error, unavailable};
 use super::writer::Target;
 use crate::domain::ReferralRef;
 use crate::store::documents::{DocumentKey, DocumentRecord, DocumentState, DocumentStore};
 use crate::store::error::StoreError;
+use crate::store::record::Codec;
+use crate::store::record::{DOCUMENT_BYTES, DOCUMENTS};
 
-/// [`super::keys::document_key`] of a referral.
+/// [`crate::store::record::document_key`] of a referral.
 fn document_key(referral: &ReferralRef, version: u64, index: u32) -> Vec<u8> {
-    super::keys::document_key(referral.as_str(), version, index)
+    crate::store::record::document_key(referral.as_str(), version, index)
 }
 
-/// First byte of the due-time index's keys in `due_documents`: `\x01`, the due time
-/// ([`due_time`]), the document key. A document key starts with a referral ref, which holds no
-/// control character, so the index and the pending documents never share a key.
-const BY_DUE: u8 = 0x01;
 /// Set in `meta` once every pending document is in the due-time index.
 const DUE_INDEXED: &[u8] = b"due_documents_indexed";
-
-/// A time as 16 bytes that sort as it does: Unix nanoseconds, sign bit flipped, big-endian.
-pub(super) fn due_time(at: OffsetDateTime) -> [u8; 16] {
-    (at.unix_timestamp_nanos().cast_unsigned() ^ (1 << 127)).to_be_bytes()
-}
-
-/// The due-time index's key of a document due at `at` (from [`due_time`]).
-fn by_due_key(at: &[u8], key: &[u8]) -> Vec<u8> {
-    let mut by_due = Vec::with_capacity(1 + at.len() + key.len());
-    by_due.push(BY_DUE);
-    by_due.extend_from_slice(at);
-    by_due.extend_from_slice(key);
-    by_due
-}
-
-/// Marks the document `key` due at `at` (`None`: not due) in `due_documents`: its own entry
-/// holds the due time, and the index entry orders it by that time, so a claim reads only what
-/// is due instead of every pending document.
-pub(super) fn mark_due(
-    due: &TransactionalTree,
-    key: &[u8],
-    at: Option<OffsetDateTime>,
-) -> Result<(), ConflictableTransactionError<StoreError>> {
-    if let Some(old) = due.remove(key)?
-        && !old.is_empty()
-    {
-        due.remove(by_due_key(&old, key))?;
-    }
-    if let Some(at) = at {
-        let at = due_time(at);
-        due.insert(key, &at)?;
-        due.insert(by_due_key(&at, key), &[])?;
-    }
-    Ok(())
-}
-
-/// Writes a new or changed document record inside a transaction, keeping `due_documents` (the
-/// pending ones, by key and by due time) in step.
-pub(super) fn put_document(
-    documents: &TransactionalTree,
-    due: &TransactionalTree,
-    codec: &Codec,
-    record: &DocumentRecord,
-) -> Result<(), ConflictableTransactionError<StoreError>> {
-    let key = document_key(&record.referral, record.version, record.index);
-    documents.insert(
-        key.as_slice(),
-        codec.encode(DOCUMENTS, &key, record).map_err(abort)?,
-    )?;
-    let at = (record.state == DocumentState::Pending).then_some(record.next_attempt_at);
-    mark_due(due, &key, at)
-}
 
 impl super::trees::Trees {
     /// Puts the pending documents of a store written before the due-time index into it (once).

@@ -3,14 +3,15 @@
 use async_trait::async_trait;
 use time::OffsetDateTime;
 
-use super::codec::decode;
 use super::handle::SledStore;
 use super::keys::referral_seq_key;
 use super::open::Open;
-use super::trees::{VERSIONS, unavailable};
+use super::trees::unavailable;
 use crate::store::deliveries::VersionRecord;
 use crate::store::error::StoreError;
 use crate::store::feed::{ChangedReferrals, EventRecord, FeedStore};
+use crate::store::record::VERSIONS;
+use crate::store::record::decode;
 
 impl Open {
     async fn events_after(&self, after: u64, limit: usize) -> Result<Vec<EventRecord>, StoreError> {

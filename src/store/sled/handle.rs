@@ -4,13 +4,13 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use super::codec::Codec;
 use super::dir::{lock_dir, recover_swap};
 use super::open::Open;
 use super::options::SledOptions;
 use super::recovery::Shared;
 use crate::store::error::StoreError;
 use crate::store::maintenance::StoreHealth;
+use crate::store::record::Codec;
 use crate::store::seal::Keyring;
 
 /// The sled-backed [`Store`](crate::store::Store).

@@ -7,15 +7,16 @@ use sled::transaction::ConflictableTransactionError;
 use time::OffsetDateTime;
 
 use super::handle::SledStore;
-use super::keys::micros;
 use super::open::Open;
-use super::trees::{DOCUMENTS, READY_MARKER, REFERRALS, VERSIONS, abort, tx_error, unavailable};
+use super::trees::{READY_MARKER, abort, tx_error, unavailable};
 use super::writer::Target;
 use crate::domain::ReferralRef;
 use crate::store::deliveries::{ReferralRecord, VersionRecord};
 use crate::store::documents::DocumentRecord;
 use crate::store::error::StoreError;
 use crate::store::maintenance::{MaintenanceStore, ModifiedBatch, StoreHealth};
+use crate::store::record::micros;
+use crate::store::record::{DOCUMENTS, REFERRALS, VERSIONS};
 use crate::store::replicas::ReplicaStore;
 
 /// A version to purge: its key, its purged record (sealed), and its documents' keys and
@@ -135,7 +136,7 @@ impl Open {
                         for (document_key, document) in purged_documents {
                             documents.insert(document_key, document.as_slice())?;
                             bytes.remove(document_key)?;
-                            super::documents::mark_due(due, document_key, None)?;
+                            super::apply::documents::mark_due(due, document_key, None)?;
                         }
                     }
                     Ok::<_, ConflictableTransactionError<StoreError>>(())

@@ -34,35 +34,40 @@
 //! read-only, vanished or corrupt) is reported failed, which `/healthz` turns into a 503 for
 //! the orchestrator; attempts go on, so an operator's repair is picked up.
 //!
-//! Files: [`handle`] is the [`SledStore`] its users hold and [`recovery`] what keeps it
-//! writable; [`open`] one open database, its [`trees`] and [`writer`]; [`codec`] how records
-//! are stored and [`keys`] how they are keyed; [`dir`] the data dir (lock, rekey swap) and
-//! [`rekey`]. Each concern of the [`Store`](crate::store::Store) has its file:
-//! [`deliveries`], [`feed`], [`outbox`], [`audit`], [`maintenance`]; [`apply`] holds the
-//! transactional writes of deliveries and audit entries the writer applies, [`options`] how the
-//! store is opened.
+//! Layers, each using only those below it: the record format ([`crate::store::record`]) and
+//! this store's keys and trees; `apply`, every write made inside the writer's transactions;
+//! the writer; one open database; recovery; the handle; then one file per concern of the
+//! [`Store`](crate::store::Store). `layout` in the tests keeps it so.
 
-pub(super) mod apply;
+mod apply;
 mod audit;
-pub(super) mod codec;
 mod deliveries;
 mod dir;
 mod documents;
 mod feed;
 mod handle;
-pub(super) mod keys;
+mod keys;
 mod maintenance;
 mod open;
 mod options;
 mod outbox;
-pub(super) mod queue;
+mod queue;
 mod recovery;
 mod rekey;
 mod snapshot;
-pub(super) mod stopped;
-pub(super) mod trees;
+mod stopped;
+mod trees;
 mod writer;
 
 pub use dir::LOCK_FILE;
+
+/// What [`crate::store::copy`] reads: a stopped store's trees, its `meta` keys and the indexes
+/// that are not sealed.
+pub(in crate::store) mod for_copy {
+    pub(in crate::store) use super::apply::DeliveryRef;
+    pub(in crate::store) use super::queue::{open_messages, queue_referrals};
+    pub(in crate::store) use super::stopped::Stopped;
+    pub(in crate::store) use super::trees::{AUDIT_HEAD, EVENT_SEQ, QUEUE_SEQ, SEAL_KEYS, Trees};
+}
 pub use handle::SledStore;
 pub use options::SledOptions;

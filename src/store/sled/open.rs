@@ -5,12 +5,12 @@ use std::sync::Arc;
 
 use tokio::sync::watch;
 
-use super::codec::{Codec, read_u64};
 use super::dir::{is_sled_lock, open_live};
 use super::options::SledOptions;
 use super::trees::{EVENT_SEQ, Trees, from_sled, unavailable};
 use super::writer::{Target, Writer};
 use crate::store::error::StoreError;
+use crate::store::record::{Codec, read_u64};
 
 /// One open sled database with its trees and its writer.
 pub(super) struct Open {
@@ -42,7 +42,7 @@ impl Open {
         })?;
         let trees = Trees::open(&db)?;
         // Before the writer starts: it holds the database (and its lock) until stopped.
-        codec.admit_keys(&trees)?;
+        trees.admit_keys(codec)?;
         if trees.move_updates_to_queue(codec)? > 0 {
             db.flush().map_err(unavailable)?;
         }

@@ -8,16 +8,18 @@
 use async_trait::async_trait;
 use sled::Transactional;
 
-use super::codec::{Codec, read_u64};
+use super::apply::queue::QueueTx;
 use super::handle::SledStore;
 use super::keys::referral_seq_key;
 use super::open::Open;
-use super::queue::QueueTx;
-use super::trees::{TASK_STATES, Trees, UPDATES, tx_error, unavailable};
+use super::trees::{Trees, tx_error, unavailable};
 use super::writer::Target;
 use crate::domain::ReferralRef;
 use crate::store::error::StoreError;
-use crate::store::outbox::{OCEAN_QUEUE, OutboxStore, TaskState, UpdateRecord, UpdateState};
+use crate::store::outbox::{OutboxStore, TaskState, UpdateRecord, UpdateState};
+use crate::store::record::{Codec, read_u64};
+use crate::store::record::{TASK_STATES, UPDATES};
+use crate::store::update::OCEAN_QUEUE;
 
 impl Trees {
     /// Moves the updates of a store written before the outbox joined the queues into
@@ -199,7 +201,8 @@ mod tests {
     use super::*;
     use crate::ig::OutboundEvent;
     use crate::store::QueueStore;
-    use crate::store::outbox::{UpdateKind, referral_updates};
+    use crate::store::outbox::referral_updates;
+    use crate::store::update::UpdateKind;
 
     fn update(referral: &str, state: UpdateState) -> UpdateRecord {
         let mut update = UpdateRecord::pending(

@@ -8,13 +8,13 @@ use std::time::{Duration, Instant};
 use time::OffsetDateTime;
 use tokio::sync::watch;
 
-use super::codec::Codec;
 use super::dir::LIVE_DIR;
 use super::open::Open;
 use super::options::SledOptions;
 use super::trees::{READY_MARKER, from_sled};
 use crate::store::error::StoreError;
 use crate::store::maintenance::StoreHealth;
+use crate::store::record::Codec;
 
 /// Wait between recovery attempts: doubling from the first to the last.
 const RECOVERY_BACKOFF: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(30));

@@ -8,8 +8,9 @@ use super::dir::{LIVE_DIR, OLD_DIR, REKEY_DIR, io_unavailable, lock_dir, sync_di
 use super::handle::SledStore;
 use super::options::SledOptions;
 use super::snapshot::copy_tree;
-use super::trees::{SEAL_KEYS, SEALED_TREES, unavailable};
+use super::trees::{SEAL_KEYS, unavailable};
 use crate::store::error::StoreError;
+use crate::store::record::SEALED_KINDS;
 use crate::store::seal::Keyring;
 
 impl SledStore {
@@ -47,7 +48,7 @@ impl SledStore {
         for name in open.db.tree_names() {
             let from = open.db.open_tree(&name).map_err(unavailable)?;
             let to = fresh.open_tree(&name).map_err(unavailable)?;
-            let tree = SEALED_TREES
+            let tree = SEALED_KINDS
                 .into_iter()
                 .find(|t| t.as_bytes() == name.as_ref());
             let copied = copy_tree(&from, &to, |key, value| match tree {

@@ -7,13 +7,13 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use super::codec::read_u64;
 use super::dir::LIVE_DIR;
 use super::handle::SledStore;
 use super::stopped::Stopped;
 use super::trees::{EVENT_SEQ, unavailable};
 use crate::store::error::StoreError;
 use crate::store::maintenance::SnapshotInfo;
+use crate::store::record::read_u64;
 
 /// Items written per batch when copying a tree.
 const BATCH: usize = 1000;

@@ -4,6 +4,10 @@
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 
 use crate::store::error::StoreError;
+use crate::store::record::{
+    Codec, DOCUMENT_BYTES, DOCUMENTS, PAYLOADS, QUEUE, REFERRALS, TASK_STATES, UPDATES, VERSIONS,
+};
+use crate::store::seal::{KeyId, sealed_key_id, unknown_key};
 
 pub(in crate::store) const EVENT_SEQ: &[u8] = b"event_seq";
 pub(super) const READY_MARKER: &[u8] = b"ready_marker";
@@ -14,30 +18,6 @@ pub(in crate::store) const QUEUE_SEQ: &[u8] = b"queue_seq";
 
 /// `meta` key: the ids of every key that has sealed records in this store (8 bytes each).
 pub(in crate::store) const SEAL_KEYS: &[u8] = b"seal_key_ids";
-
-/// Trees whose records hold patient data: sealed when a key is configured. Their names are
-/// part of each record's associated data.
-pub(in crate::store) const REFERRALS: &str = "referrals";
-pub(in crate::store) const VERSIONS: &str = "versions";
-pub(in crate::store) const PAYLOADS: &str = "payloads";
-pub(in crate::store) const UPDATES: &str = "updates";
-/// Task states hold appointment times.
-pub(in crate::store) const TASK_STATES: &str = "task_states";
-/// Documents' records (titles) and their bytes (letters name the patient).
-pub(in crate::store) const DOCUMENTS: &str = "documents";
-pub(in crate::store) const DOCUMENT_BYTES: &str = "document_bytes";
-/// Destinations' queued messages (their last errors may echo what a receiver was sent).
-pub(in crate::store) const QUEUE: &str = "queue";
-pub(super) const SEALED_TREES: [&str; 8] = [
-    REFERRALS,
-    VERSIONS,
-    PAYLOADS,
-    UPDATES,
-    TASK_STATES,
-    DOCUMENTS,
-    DOCUMENT_BYTES,
-    QUEUE,
-];
 
 #[derive(Clone)]
 pub(in crate::store) struct Trees {
@@ -124,4 +104,69 @@ pub(super) fn unavailable(e: sled::Error) -> StoreError {
 
 pub(super) fn abort(e: StoreError) -> ConflictableTransactionError<StoreError> {
     ConflictableTransactionError::Abort(e)
+}
+
+impl Trees {
+    /// Refuses to run on a store holding records this keyring cannot open: better a clear
+    /// error at start than failing reads later (`codec` holds the keyring). The store lists every key id that ever sealed
+    /// a record in it (`meta`), so the check is complete without reading the records; the
+    /// first and last record of each sealed tree are looked at as well. Then records the
+    /// current key (when there is one) in that list, before it seals anything.
+    pub(super) fn admit_keys(&self, codec: &Codec) -> Result<(), StoreError> {
+        let listed = self.meta.get(SEAL_KEYS).map_err(unavailable)?;
+        let mut ids: Vec<KeyId> = listed
+            .as_deref()
+            .unwrap_or_default()
+            .chunks_exact(8)
+            .filter_map(|c| c.try_into().ok())
+            .collect();
+        let mut plain = false;
+        for tree in [
+            &self.referrals,
+            &self.versions,
+            &self.payloads,
+            &self.updates,
+            &self.task_states,
+            &self.documents,
+            &self.document_bytes,
+        ] {
+            for end in [tree.first(), tree.last()] {
+                let Some((_, value)) = end.map_err(unavailable)? else {
+                    continue;
+                };
+                match sealed_key_id(&value) {
+                    Some(id) if !ids.contains(&id) => ids.push(id),
+                    Some(_) => {}
+                    None => plain = true,
+                }
+            }
+        }
+        for id in &ids {
+            match &codec.0 {
+                None => {
+                    return Err(StoreError::unavailable(format!(
+                        "the store holds records encrypted with key {}; set storage.encryption_key",
+                        hex::encode(id)
+                    )));
+                }
+                Some(keys) if !keys.knows(id) => return Err(unknown_key(id)),
+                Some(_) => {}
+            }
+        }
+        if let Some(keys) = &codec.0 {
+            if plain {
+                tracing::warn!(
+                    "records written before encryption was enabled are stored unencrypted; run `referral-relay rekey` to seal them"
+                );
+            }
+            let current = keys.current_id();
+            if !ids.contains(&current) {
+                ids.push(current);
+                self.meta
+                    .insert(SEAL_KEYS, ids.concat())
+                    .map_err(unavailable)?;
+            }
+        }
+        Ok(())
+    }
 }

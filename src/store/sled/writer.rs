@@ -17,10 +17,10 @@ use std::thread::JoinHandle;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::apply::apply_deliveries;
-use super::codec::{Codec, read_u64};
 use super::trees::{EVENT_SEQ, Trees};
 use crate::store::deliveries::{NewDelivery, PutOutcome};
 use crate::store::error::StoreError;
+use crate::store::record::{Codec, read_u64};
 
 /// Most writes applied and flushed together; the rest of the queue waits for the next round.
 const MAX_BATCH: usize = 512;

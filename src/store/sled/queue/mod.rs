@@ -11,28 +11,27 @@
 //! other. Every change is one transaction, so the chain, the due index and the counts move
 //! together with the message.
 
-mod keys;
-mod tx;
 mod upkeep;
 
 use async_trait::async_trait;
 use sled::Transactional;
 use time::OffsetDateTime;
 
-use self::keys::{
+pub(in crate::store) use self::upkeep::{open_messages, queue_referrals};
+use super::apply::queue::QueueTx;
+use super::handle::SledStore;
+use super::keys::due_time;
+use super::keys::queue::{
     BY_REFERRAL, BY_STATE, DUE, count_key, paused_key, prefixed, state_byte, state_key,
 };
-pub(super) use self::tx::QueueTx;
-pub(in crate::store) use self::upkeep::{open_messages, queue_referrals};
-use super::codec::read_u64;
-use super::documents::due_time;
-use super::handle::SledStore;
 use super::open::Open;
-use super::trees::{QUEUE, tx_error, unavailable};
+use super::trees::{tx_error, unavailable};
 use super::writer::Target;
 use crate::domain::ReferralRef;
 use crate::store::error::StoreError;
 use crate::store::queue::{MessageState, QueueStats, QueueStore, QueuedMessage};
+use crate::store::record::QUEUE;
+use crate::store::record::read_u64;
 
 impl Open {
     fn queue_message(&self, id: u64) -> Result<Option<QueuedMessage>, StoreError> {

@@ -4,13 +4,14 @@
 use sled::Transactional;
 use time::OffsetDateTime;
 
-use super::keys::{BY_REFERRAL, BY_STATE, COUNT, prefixed, state_byte};
-use super::tx::QueueTx;
 use crate::store::error::StoreError;
 use crate::store::queue::{MessageState, QueuedMessage};
-use crate::store::sled::codec::read_u64;
+use crate::store::record::QUEUE;
+use crate::store::record::read_u64;
+use crate::store::sled::apply::queue::QueueTx;
+use crate::store::sled::keys::queue::{BY_REFERRAL, BY_STATE, COUNT, prefixed, state_byte};
 use crate::store::sled::open::Open;
-use crate::store::sled::trees::{QUEUE, tx_error, unavailable};
+use crate::store::sled::trees::{tx_error, unavailable};
 use crate::store::sled::writer::Target;
 
 /// How many messages of destinations' queues (every queue but `except`) are still open

@@ -1,25 +1,22 @@
 //! The keys of `queue_index` (see the module above) and the chain value.
 
-use sled::transaction::ConflictableTransactionError;
 use time::OffsetDateTime;
 
 use crate::domain::ReferralRef;
 use crate::store::error::StoreError;
 use crate::store::queue::MessageState;
-use crate::store::sled::codec::read_u64;
-use crate::store::sled::documents::due_time;
+use crate::store::record::read_u64;
+use crate::store::sled::keys::due_time;
 use crate::store::sled::keys::referral_seq_key;
 
-pub(super) type TxResult<T> = Result<T, ConflictableTransactionError<StoreError>>;
+pub(in crate::store::sled) const DUE: u8 = 0x01;
+pub(in crate::store::sled) const HEAD: u8 = 0x02;
+pub(in crate::store::sled) const BY_STATE: u8 = 0x03;
+pub(in crate::store::sled) const BY_REFERRAL: u8 = 0x04;
+pub(in crate::store::sled) const COUNT: u8 = 0x05;
+pub(in crate::store::sled) const PAUSED: u8 = 0x06;
 
-pub(super) const DUE: u8 = 0x01;
-pub(super) const HEAD: u8 = 0x02;
-pub(super) const BY_STATE: u8 = 0x03;
-pub(super) const BY_REFERRAL: u8 = 0x04;
-pub(super) const COUNT: u8 = 0x05;
-pub(super) const PAUSED: u8 = 0x06;
-
-pub(super) fn prefixed(tag: u8, queue: &str) -> Vec<u8> {
+pub(in crate::store::sled) fn prefixed(tag: u8, queue: &str) -> Vec<u8> {
     let mut key = Vec::with_capacity(queue.len() + 32);
     key.push(tag);
     key.extend_from_slice(queue.as_bytes());
@@ -27,20 +24,20 @@ pub(super) fn prefixed(tag: u8, queue: &str) -> Vec<u8> {
     key
 }
 
-pub(super) fn due_key(queue: &str, at: OffsetDateTime, id: u64) -> Vec<u8> {
+pub(in crate::store::sled) fn due_key(queue: &str, at: OffsetDateTime, id: u64) -> Vec<u8> {
     let mut key = prefixed(DUE, queue);
     key.extend_from_slice(&due_time(at));
     key.extend_from_slice(&id.to_be_bytes());
     key
 }
 
-pub(super) fn head_key(queue: &str, referral: &ReferralRef) -> Vec<u8> {
+pub(in crate::store::sled) fn head_key(queue: &str, referral: &ReferralRef) -> Vec<u8> {
     let mut key = prefixed(HEAD, queue);
     key.extend_from_slice(referral.as_str().as_bytes());
     key
 }
 
-pub(super) fn state_byte(state: MessageState) -> u8 {
+pub(in crate::store::sled) fn state_byte(state: MessageState) -> u8 {
     match state {
         MessageState::Pending => 0,
         MessageState::Dead => 1,
@@ -49,38 +46,38 @@ pub(super) fn state_byte(state: MessageState) -> u8 {
     }
 }
 
-pub(super) fn state_key(queue: &str, state: MessageState, id: u64) -> Vec<u8> {
+pub(in crate::store::sled) fn state_key(queue: &str, state: MessageState, id: u64) -> Vec<u8> {
     let mut key = prefixed(BY_STATE, queue);
     key.push(state_byte(state));
     key.extend_from_slice(&id.to_be_bytes());
     key
 }
 
-pub(super) fn count_key(queue: &str, state: MessageState) -> Vec<u8> {
+pub(in crate::store::sled) fn count_key(queue: &str, state: MessageState) -> Vec<u8> {
     let mut key = prefixed(COUNT, queue);
     key.push(state_byte(state));
     key
 }
 
-pub(super) fn paused_key(queue: &str) -> Vec<u8> {
+pub(in crate::store::sled) fn paused_key(queue: &str) -> Vec<u8> {
     prefixed(PAUSED, queue)
 }
 
-pub(super) fn referral_key(referral: &ReferralRef, id: u64) -> Vec<u8> {
+pub(in crate::store::sled) fn referral_key(referral: &ReferralRef, id: u64) -> Vec<u8> {
     let mut key = vec![BY_REFERRAL];
     key.extend_from_slice(&referral_seq_key(referral, id));
     key
 }
 
 /// Head and tail ids of a referral's chain.
-pub(super) fn chain(value: &[u8]) -> Result<(u64, u64), StoreError> {
+pub(in crate::store::sled) fn chain(value: &[u8]) -> Result<(u64, u64), StoreError> {
     if value.len() != 16 {
         return Err(StoreError::failed("a queue chain entry is damaged"));
     }
     Ok((read_u64(&value[..8])?, read_u64(&value[8..])?))
 }
 
-pub(super) fn chain_value(head: u64, tail: u64) -> [u8; 16] {
+pub(in crate::store::sled) fn chain_value(head: u64, tail: u64) -> [u8; 16] {
     let mut value = [0; 16];
     value[..8].copy_from_slice(&head.to_be_bytes());
     value[8..].copy_from_slice(&tail.to_be_bytes());

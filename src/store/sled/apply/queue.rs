@@ -1,16 +1,19 @@
 //! Every write to the queues, inside one sled transaction: queue, chain, due index, state and
 //! referral indexes and counts move together.
 
-use sled::transaction::TransactionalTree;
+use sled::transaction::{ConflictableTransactionError, TransactionalTree};
 use time::OffsetDateTime;
 
-use super::keys::{
-    TxResult, chain, chain_value, count_key, due_key, head_key, referral_key, state_key,
-};
 use crate::store::error::StoreError;
 use crate::store::queue::{MessageState, QueuedMessage};
-use crate::store::sled::codec::{Codec, read_u64};
-use crate::store::sled::trees::{QUEUE, QUEUE_SEQ, abort};
+use crate::store::record::QUEUE;
+use crate::store::record::{Codec, read_u64};
+use crate::store::sled::keys::queue::{
+    chain, chain_value, count_key, due_key, head_key, referral_key, state_key,
+};
+use crate::store::sled::trees::{QUEUE_SEQ, abort};
+
+type TxResult<T> = Result<T, ConflictableTransactionError<StoreError>>;
 
 /// The queue and its index inside one transaction.
 pub(in crate::store::sled) struct QueueTx<'t> {
@@ -198,7 +201,7 @@ impl QueueTx<'_> {
 impl QueueTx<'_> {
     /// Removes message `id` and its index entries, if it is still settled before `cutoff`
     /// (it is never in a chain then: only an open message is a head or follows one).
-    pub(super) fn forget(&self, id: u64, cutoff: OffsetDateTime) -> TxResult<bool> {
+    pub(in crate::store::sled) fn forget(&self, id: u64, cutoff: OffsetDateTime) -> TxResult<bool> {
         let Some(message) = self.get(id)? else {
             return Ok(false);
         };

@@ -1,21 +1,24 @@
 //! The transactional writes the [`writer`](super::writer) applies: a batch of deliveries, and an
 //! entry appended to the audit chain (alone, or as part of a delivery).
 
+pub(super) mod documents;
+pub(super) mod queue;
+
 use serde::{Deserialize, Serialize};
 use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionalTree};
 use time::OffsetDateTime;
 
-use super::codec::{Codec, compress, decode, encode, read_u64};
-use super::keys::{from_micros, micros, modified_key, modified_key_of, referral_seq_key};
-use super::trees::{
-    AUDIT_HEAD, EVENT_SEQ, LAST_RECEIVED, PAYLOADS, REFERRALS, Trees, VERSIONS, abort, tx_error,
-};
+use super::keys::{modified_key, modified_key_of, referral_seq_key};
+use super::trees::{AUDIT_HEAD, EVENT_SEQ, LAST_RECEIVED, Trees, abort, tx_error};
 use crate::domain::ReferralRef;
 use crate::store::audit::{AUDIT_GENESIS, AuditEntry};
 use crate::store::deliveries::{NewDelivery, PutOutcome, ReferralRecord, VersionRecord};
 use crate::store::error::StoreError;
 use crate::store::feed::EventRecord;
+use crate::store::record::{Codec, compress, decode, encode, read_u64};
+use crate::store::record::{PAYLOADS, REFERRALS, VERSIONS};
+use crate::store::record::{from_micros, micros};
 
 /// What the dedup tree remembers about a delivery.
 #[derive(Serialize, Deserialize)]
@@ -211,9 +214,9 @@ fn apply_delivery(
         .map_err(abort)?,
     )?;
     for document in d.documents(version, received_at) {
-        super::documents::put_document(t.documents, t.due_documents, codec, &document)?;
+        documents::put_document(t.documents, t.due_documents, codec, &document)?;
     }
-    let queue = super::queue::QueueTx {
+    let queue = queue::QueueTx {
         queue: t.queue,
         index: t.queue_index,
         meta: t.meta,

@@ -1,15 +1,72 @@
-//! How records are stored: JSON, sealed with AES-256-GCM for the trees that hold patient data
-//! when a key is configured, and raw payloads LZ4-compressed behind a format tag.
+//! The record format both stores share: which kinds of record are sealed and under what
+//! context (the kind's name and the record's key), the key shapes that context uses, records as
+//! JSON, payloads LZ4-compressed behind a format tag, and counters as u64 BE. A record sealed in
+//! one store opens in the other with the same key, which is what lets `migrate` copy sealed
+//! records without the key.
 
 use std::borrow::Cow;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
 
-use super::trees::{SEAL_KEYS, Trees, unavailable};
 use crate::store::error::StoreError;
-use crate::store::seal::{KeyId, Keyring, SEALED, sealed_key_id, unknown_key};
+use crate::store::seal::{Keyring, SEALED};
+
+/// Record kinds whose records hold patient data: sealed when a key is configured. Each names
+/// the embedded store's tree and is part of each record's associated data in both stores.
+pub(in crate::store) const REFERRALS: &str = "referrals";
+pub(in crate::store) const VERSIONS: &str = "versions";
+pub(in crate::store) const PAYLOADS: &str = "payloads";
+pub(in crate::store) const UPDATES: &str = "updates";
+/// Task states hold appointment times.
+pub(in crate::store) const TASK_STATES: &str = "task_states";
+/// Documents' records (titles) and their bytes (letters name the patient).
+pub(in crate::store) const DOCUMENTS: &str = "documents";
+pub(in crate::store) const DOCUMENT_BYTES: &str = "document_bytes";
+/// Queued messages (their last errors may echo what a receiver was sent).
+pub(in crate::store) const QUEUE: &str = "queue";
+/// Every sealed kind.
+pub(in crate::store) const SEALED_KINDS: [&str; 8] = [
+    REFERRALS,
+    VERSIONS,
+    PAYLOADS,
+    UPDATES,
+    TASK_STATES,
+    DOCUMENTS,
+    DOCUMENT_BYTES,
+    QUEUE,
+];
+
+/// Referral ref `\0` version (u64 BE): a version's key in `versions` and `payloads`, and the
+/// context its record and payload are sealed to in either store, so sealed records move
+/// between the two.
+pub(in crate::store) fn version_key(referral: &str, number: u64) -> Vec<u8> {
+    let mut key = referral.as_bytes().to_vec();
+    key.push(0);
+    key.extend_from_slice(&number.to_be_bytes());
+    key
+}
+
+/// A version key, then the index (u32 BE): a document's key in `documents`, `document_bytes`
+/// and `due_documents`, and the context its record and bytes are sealed to in either store.
+pub(in crate::store) fn document_key(referral: &str, version: u64, index: u32) -> Vec<u8> {
+    let mut key = version_key(referral, version);
+    key.extend_from_slice(&index.to_be_bytes());
+    key
+}
+
+/// A time as Unix microseconds (0 before 1970), as stored times and time-ordered keys hold it.
+pub(in crate::store) fn micros(at: OffsetDateTime) -> u64 {
+    u64::try_from(at.unix_timestamp_nanos() / 1000).unwrap_or(0)
+}
+
+/// The time of [`micros`].
+pub(in crate::store) fn from_micros(micros: u64) -> OffsetDateTime {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(micros) * 1000)
+        .unwrap_or(OffsetDateTime::UNIX_EPOCH)
+}
 
 /// Format tags of stored payloads. LZ4 cuts the bytes sled writes (and rewrites when it
 /// consolidates pages) about fourfold for FHIR JSON, which more than doubles write throughput;
@@ -17,7 +74,7 @@ use crate::store::seal::{KeyId, Keyring, SEALED, sealed_key_id, unknown_key};
 const PAYLOAD_RAW: u8 = 0;
 const PAYLOAD_LZ4: u8 = 1;
 
-/// Reads and writes the records of [`SEALED_TREES`](super::trees::SEALED_TREES): sealed with the current key when one is
+/// Reads and writes the records of the [`SEALED`] kinds: sealed with the current key when one is
 /// configured, plain otherwise. Records written before encryption was enabled are still read
 /// (they start with `{` or a payload format tag, never with [`SEALED`]).
 #[derive(Clone, Default)]
@@ -70,70 +127,6 @@ impl Codec {
     ) -> Result<T, StoreError> {
         decode(&self.open(tree, key, stored)?)
     }
-
-    /// Refuses to run on a store holding records this keyring cannot open: better a clear
-    /// error at start than failing reads later. The store lists every key id that ever sealed
-    /// a record in it (`meta`), so the check is complete without reading the records; the
-    /// first and last record of each sealed tree are looked at as well. Then records the
-    /// current key (when there is one) in that list, before it seals anything.
-    pub(super) fn admit_keys(&self, trees: &Trees) -> Result<(), StoreError> {
-        let listed = trees.meta.get(SEAL_KEYS).map_err(unavailable)?;
-        let mut ids: Vec<KeyId> = listed
-            .as_deref()
-            .unwrap_or_default()
-            .chunks_exact(8)
-            .filter_map(|c| c.try_into().ok())
-            .collect();
-        let mut plain = false;
-        for tree in [
-            &trees.referrals,
-            &trees.versions,
-            &trees.payloads,
-            &trees.updates,
-            &trees.task_states,
-            &trees.documents,
-            &trees.document_bytes,
-        ] {
-            for end in [tree.first(), tree.last()] {
-                let Some((_, value)) = end.map_err(unavailable)? else {
-                    continue;
-                };
-                match sealed_key_id(&value) {
-                    Some(id) if !ids.contains(&id) => ids.push(id),
-                    Some(_) => {}
-                    None => plain = true,
-                }
-            }
-        }
-        for id in &ids {
-            match &self.0 {
-                None => {
-                    return Err(StoreError::unavailable(format!(
-                        "the store holds records encrypted with key {}; set storage.encryption_key",
-                        hex::encode(id)
-                    )));
-                }
-                Some(keys) if !keys.knows(id) => return Err(unknown_key(id)),
-                Some(_) => {}
-            }
-        }
-        if let Some(keys) = &self.0 {
-            if plain {
-                tracing::warn!(
-                    "records written before encryption was enabled are stored unencrypted; run `referral-relay rekey` to seal them"
-                );
-            }
-            let current = keys.current_id();
-            if !ids.contains(&current) {
-                ids.push(current);
-                trees
-                    .meta
-                    .insert(SEAL_KEYS, ids.concat())
-                    .map_err(unavailable)?;
-            }
-        }
-        Ok(())
-    }
 }
 
 /// The associated data of a sealed record: its tree and key.
@@ -145,24 +138,26 @@ fn context(tree: &str, key: &[u8]) -> Vec<u8> {
     context
 }
 
-pub(super) fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
+pub(in crate::store) fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
     serde_json::to_vec(value)
         .map_err(|e| StoreError::corrupt("a record does not encode").caused_by(e))
 }
 
-pub(super) fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, StoreError> {
+pub(in crate::store) fn decode<T: for<'de> Deserialize<'de>>(
+    bytes: &[u8],
+) -> Result<T, StoreError> {
     serde_json::from_slice(bytes)
         .map_err(|e| StoreError::corrupt("a record does not decode").caused_by(e))
 }
 
-pub(super) fn read_u64(bytes: &[u8]) -> Result<u64, StoreError> {
+pub(in crate::store) fn read_u64(bytes: &[u8]) -> Result<u64, StoreError> {
     let array: [u8; 8] = bytes
         .try_into()
         .map_err(|_| StoreError::corrupt("counter is not 8 bytes"))?;
     Ok(u64::from_be_bytes(array))
 }
 
-/// `raw` LZ4-compressed behind its format tag (also the PostgreSQL store's payload format).
+/// `raw` LZ4-compressed behind its format tag .
 pub(in crate::store) fn compress(raw: &[u8]) -> Vec<u8> {
     let mut sealed = vec![PAYLOAD_LZ4];
     sealed.extend_from_slice(&lz4_flex::compress_prepend_size(raw));
