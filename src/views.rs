@@ -8,7 +8,7 @@ use utoipa::ToSchema;
 
 use crate::domain::{Change, DocumentLink, ReferralRef, Summary};
 use crate::fhir::changes::{ResourceChange, Resources, resource_changes};
-use crate::store::{ReferralRecord, Store, StoreError, VersionRecord};
+use crate::store::{PartTimes, ReferralRecord, Store, StoreError, VersionRecord, merge};
 
 /// RFC 3339, as every time the API answers with.
 pub fn rfc3339(at: OffsetDateTime) -> String {
@@ -289,9 +289,99 @@ pub struct FieldChangeView {
     after: serde_json::Value,
 }
 
+impl VersionChanges {
+    /// The summary fields that differ from what the versions before made of the referral.
+    pub fn fields(&self) -> &[FieldChangeView] {
+        &self.fields
+    }
+
+    /// The message's resources added, removed or changed; `None` when either message could
+    /// not be read (purged, or not read at all).
+    pub fn resources(&self) -> Option<&[ResourceChange]> {
+        self.resources.as_deref()
+    }
+
+    /// What Ocean's message was about.
+    pub fn latest_change(&self) -> Option<Change> {
+        self.latest_change
+    }
+}
+
+impl FieldChangeView {
+    /// The field's name in the referral's JSON.
+    pub fn field(&self) -> &str {
+        &self.field
+    }
+
+    /// Its value before and after, as in the referral's JSON (null: none).
+    pub fn values(&self) -> (&serde_json::Value, &serde_json::Value) {
+        (&self.before, &self.after)
+    }
+}
+
+/// What each version of a referral changed, taken oldest first: the one definition of "what a
+/// version changed" that `/versions/{n}/changes`, destinations' envelopes, the console's
+/// timeline and the feed's `changes` all show. A version's fields are compared with the
+/// referral as the versions before it left it, replayed with the same [`merge`] that stored
+/// them (so a late message changes only what no newer one had set); its message's resources
+/// with the message of the version before (the first version's are all added).
+#[derive(Default)]
+pub struct VersionWalk {
+    /// The referral as the versions taken so far left it: its summary, part times and latest
+    /// message time.
+    before: Option<(Summary, PartTimes, Option<OffsetDateTime>)>,
+    /// The version taken last, and its message's resources when they were read.
+    previous: Option<(u64, Option<Resources>)>,
+}
+
+impl VersionWalk {
+    /// Takes the next version `v` of `reference`, with its message's resources (`None`: not
+    /// read, or purged): the referral's summary as `v` left it, and what `v` changed.
+    pub fn step(
+        &mut self,
+        reference: &ReferralRef,
+        v: &VersionRecord,
+        resources: Option<Resources>,
+    ) -> (Summary, VersionChanges) {
+        let merged = merge(
+            self.before.as_ref().map(|(s, times, at)| (s, *times, *at)),
+            &v.summary,
+            v.sent_at,
+            v.received_at,
+        );
+        let after = merged.summary;
+        let fields = after
+            .differences(self.before.as_ref().map(|(s, _, _)| s))
+            .into_iter()
+            .map(|c| FieldChangeView {
+                field: c.field,
+                before: c.before,
+                after: c.after,
+            })
+            .collect();
+        let compared = match (&self.previous, &resources) {
+            (None, Some(now)) => Some(resource_changes(&Resources::default(), now)),
+            (Some((_, Some(old))), Some(now)) => Some(resource_changes(old, now)),
+            _ => None,
+        };
+        let changes = VersionChanges {
+            referral: reference.to_string(),
+            version: v.version,
+            previous_version: self.previous.as_ref().map(|(n, _)| *n),
+            event: v.event.to_string(),
+            latest_change: after.latest_change,
+            fields,
+            resources: compared,
+        };
+        self.before = Some((after.clone(), merged.part_times, merged.sent_at));
+        self.previous = Some((v.version, resources));
+        (after, changes)
+    }
+}
+
 /// `version` of `reference` as it stands: the referral's summary as that version left it,
-/// what the version changed (as `/versions/{n}/changes` shows it) and its record; `None`
-/// when the referral has no such version.
+/// what the version changed (see [`VersionWalk`]) and its record; `None` when the referral has
+/// no such version. Only the messages of that version and the one before are read.
 pub async fn version_view(
     store: &dyn Store,
     reference: &ReferralRef,
@@ -301,53 +391,20 @@ pub async fn version_view(
     let Some(at) = versions.iter().position(|v| v.version == version) else {
         return Ok(None);
     };
-    // The referral as the versions before this one left it, then as this one made it.
-    let mut before: Option<Summary> = None;
-    for v in &versions[..at] {
-        let mut summary = v.summary.clone();
-        if let Some(earlier) = &before {
-            summary.fill_from(earlier);
+    let mut walk = VersionWalk::default();
+    for (n, v) in versions[..=at].iter().enumerate() {
+        let resources = if n + 1 >= at && !v.purged {
+            store
+                .payload(reference, v.version)
+                .await?
+                .and_then(|raw| Resources::of_message(&raw))
+        } else {
+            None
+        };
+        let (summary, changes) = walk.step(reference, v, resources);
+        if n == at {
+            return Ok(Some((summary, changes, v.clone())));
         }
-        before = Some(summary);
     }
-    let this = &versions[at];
-    let mut after = this.summary.clone();
-    if let Some(earlier) = &before {
-        after.fill_from(earlier);
-    }
-    let fields = after
-        .differences(before.as_ref())
-        .into_iter()
-        .map(|c| FieldChangeView {
-            field: c.field,
-            before: c.before,
-            after: c.after,
-        })
-        .collect();
-    let previous = at.checked_sub(1).map(|p| &versions[p]);
-    let resources_of = async |v: &VersionRecord| -> Result<Option<Resources>, StoreError> {
-        if v.purged {
-            return Ok(None);
-        }
-        let raw = store.payload(reference, v.version).await?;
-        Ok(raw.and_then(|raw| Resources::of_message(&raw)))
-    };
-    let now = resources_of(this).await?;
-    let resources = match previous {
-        None => now.map(|now| resource_changes(&Resources::default(), &now)),
-        Some(p) => match (resources_of(p).await?, now) {
-            (Some(old), Some(now)) => Some(resource_changes(&old, &now)),
-            _ => None,
-        },
-    };
-    let changes = VersionChanges {
-        referral: reference.to_string(),
-        version,
-        previous_version: previous.map(|p| p.version),
-        event: this.event.to_string(),
-        latest_change: after.latest_change,
-        fields,
-        resources,
-    };
-    Ok(Some((after, changes, this.clone())))
+    Ok(None)
 }

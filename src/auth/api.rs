@@ -3,6 +3,7 @@
 use axum::http::{HeaderMap, header};
 
 use super::bearer;
+use super::scope::Scope;
 use crate::config::ApiConfig;
 use crate::domain::ServiceId;
 use crate::secret::Secret;
@@ -19,17 +20,10 @@ pub struct ApiClient {
 }
 
 impl ApiClient {
-    /// Whether referrals filed under `service` (`None`: unassigned) are visible to this client.
-    /// A scoped client never sees unassigned referrals.
-    pub fn may_see(&self, service: Option<&ServiceId>) -> bool {
-        may_see(&self.service_ids, service)
+    /// What this client may see; refusals name it `client '<name>'`.
+    pub fn scope(&self) -> Scope {
+        Scope::new(format!("client '{}'", self.name), self.service_ids.clone())
     }
-}
-
-/// Whether someone limited to `service_ids` (empty: all) may see referrals filed under `service`
-/// (`None`: unassigned, which only the unlimited see). API clients and console users alike.
-pub fn may_see(service_ids: &[ServiceId], service: Option<&ServiceId>) -> bool {
-    service_ids.is_empty() || service.is_some_and(|s| service_ids.contains(s))
 }
 
 /// Whether the request carries what browsers add to requests a page makes: `Origin` (every

@@ -11,6 +11,7 @@ pub mod budget;
 pub mod hmac;
 pub mod limiter;
 pub mod refusals;
+pub mod scope;
 pub mod session;
 pub mod source;
 pub mod token;

@@ -113,15 +113,10 @@ pub async fn export(
         buffer.extend_from_slice(BOM);
     }
     write_header(&mut buffer).map_err(ExportError::Sink)?;
-    let (mut rows, mut written, mut after) = (0usize, Vec::new(), None);
-    loop {
-        let batch = store
-            .referrals_modified(filter.from, filter.to, after, BATCH)
-            .await?;
-        for record in &batch.referrals {
-            if !(filter.keeps(record) && visible(record)) {
-                continue;
-            }
+    let (mut rows, mut written) = (0usize, Vec::new());
+    let mut scan = Scan::new(filter);
+    while let Some(batch) = scan.next(store, &visible).await? {
+        for record in &batch {
             write_row(&mut buffer, record).map_err(ExportError::Sink)?;
             rows += 1;
             if request.mark_exported {
@@ -132,10 +127,6 @@ pub async fn export(
                 sink.write(chunk, rows).await.map_err(ExportError::Sink)?;
             }
         }
-        after = batch.next;
-        if after.is_none() {
-            break;
-        }
     }
     if !buffer.is_empty() {
         sink.write(buffer, rows).await.map_err(ExportError::Sink)?;
@@ -143,6 +134,65 @@ pub async fn export(
     sink.finish(rows).await.map_err(ExportError::Sink)?;
     record(store, request, rows, &written).await?;
     Ok(rows)
+}
+
+/// How many rows [`export`] would write for `filter` and `visible` now.
+///
+/// # Errors
+/// The store's error when it cannot be read.
+pub async fn count(
+    store: &dyn Store,
+    filter: &ExportFilter,
+    visible: impl Fn(&ReferralRecord) -> bool,
+) -> Result<usize, StoreError> {
+    let mut scan = Scan::new(filter);
+    let mut rows = 0;
+    while let Some(batch) = scan.next(store, &visible).await? {
+        rows += batch.len();
+    }
+    Ok(rows)
+}
+
+/// The referrals an export holds, read by modification time [`BATCH`] at a time: those the
+/// filter keeps and `visible` lets through.
+struct Scan<'f> {
+    filter: &'f ExportFilter,
+    after: Option<Vec<u8>>,
+    done: bool,
+}
+
+impl<'f> Scan<'f> {
+    fn new(filter: &'f ExportFilter) -> Self {
+        Self {
+            filter,
+            after: None,
+            done: false,
+        }
+    }
+
+    /// The next batch's rows (possibly none), or `None` once the range is read.
+    async fn next(
+        &mut self,
+        store: &dyn Store,
+        visible: &impl Fn(&ReferralRecord) -> bool,
+    ) -> Result<Option<Vec<ReferralRecord>>, StoreError> {
+        if self.done {
+            return Ok(None);
+        }
+        let (from, to) = (self.filter.from, self.filter.to);
+        let batch = store
+            .referrals_modified(from, to, self.after.take(), BATCH)
+            .await?;
+        self.after = batch.next;
+        self.done = self.after.is_none();
+        Ok(Some(
+            batch
+                .referrals
+                .into_iter()
+                .filter(|r| self.filter.keeps(r) && visible(r))
+                .collect(),
+        ))
+    }
 }
 
 /// The audit entry of a complete export, then its marks (both attempted; the first failure is

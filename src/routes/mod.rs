@@ -4,10 +4,13 @@
 //! for a handler that panics.
 
 pub mod console;
+pub mod download;
 pub mod health;
 pub mod metadata;
 pub mod metrics;
 pub mod oauth;
+pub mod request;
+pub mod stream;
 pub mod v1;
 pub mod webhook;
 

@@ -165,6 +165,75 @@ impl PartTimes {
     }
 }
 
+/// What one message makes of a referral ([`merge`]).
+#[derive(Debug, Clone)]
+pub struct Merged {
+    /// The referral's summary once the message is taken in.
+    pub summary: Summary,
+    pub part_times: PartTimes,
+    /// The latest time a message about the referral says it was made.
+    pub sent_at: Option<OffsetDateTime>,
+    /// Nothing the message carried was newer than what the referral had.
+    pub unchanged: bool,
+    /// The message says it was made before one that arrived earlier.
+    pub late: bool,
+}
+
+/// What a message saying `summary`, made at `sent_at` and received at `received_at`, makes of a
+/// referral `previous` describes (its summary, part times and latest message time; `None`: a
+/// new referral). The one merge: storing a delivery and replaying a referral's versions
+/// ([`crate::views::VersionWalk`]) both use it.
+///
+/// Messages can cross (Ocean retries for 96 hours): each part of the referral (Task,
+/// Appointment, patient, ...) is what the message made last (by its own time) said of it,
+/// whatever order they arrived in. A message without a time counts as the newest, and one that
+/// says it was made after it arrived counts as made on arrival (a fast clock or a mistyped year
+/// cannot freeze a part against every later message).
+pub fn merge(
+    previous: Option<(&Summary, PartTimes, Option<OffsetDateTime>)>,
+    summary: &Summary,
+    sent_at: Option<OffsetDateTime>,
+    received_at: OffsetDateTime,
+) -> Merged {
+    let carried: Vec<Part> = Part::ALL
+        .into_iter()
+        .filter(|part| summary.carried.has(*part))
+        .collect();
+    let mut part_times = previous.map(|(_, times, _)| times).unwrap_or_default();
+    let sent_at = sent_at.map(|at| at.min(received_at));
+    let older = |set: Option<OffsetDateTime>| matches!((set, sent_at), (Some(set), Some(this)) if this < set);
+    let kept: Vec<Part> = carried
+        .iter()
+        .copied()
+        .filter(|part| older(part_times.get(*part)))
+        .collect();
+    for part in carried.iter().filter(|part| !kept.contains(part)) {
+        part_times.set(*part, sent_at);
+    }
+    let unchanged = previous.is_some() && !kept.is_empty() && kept.len() == carried.len();
+    let late = older(previous.and_then(|(_, _, at)| at));
+    let mut merged = summary.clone();
+    if let Some((earlier, _, _)) = previous {
+        merged.fill_from(earlier);
+        for part in &kept {
+            merged.take_part(*part, earlier);
+        }
+        if unchanged {
+            merged.latest_change.clone_from(&earlier.latest_change);
+        }
+    }
+    Merged {
+        summary: merged,
+        part_times,
+        sent_at: match (previous.and_then(|(_, _, at)| at), sent_at) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => b.or(a),
+        },
+        unchanged,
+        late,
+    }
+}
+
 /// One stored delivery of a referral (its raw bytes are read with [`DeliveryStore::payload`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VersionRecord {
@@ -234,40 +303,14 @@ impl NewDelivery {
             (ServiceAssignment::Unassigned, None) => None,
         };
         let version = previous.map_or(1, |p| p.version + 1);
-        // Messages can cross (Ocean retries for 96 hours): each part of the referral (Task,
-        // Appointment, patient, ...) is what the message made last (by its own time) said of
-        // it, whatever order they arrived in. A message without a time counts as the newest.
-        let carried: Vec<Part> = Part::ALL
-            .into_iter()
-            .filter(|part| self.summary.carried.has(*part))
-            .collect();
-        let mut part_times = previous.map(|p| p.part_times).unwrap_or_default();
-        // A message cannot have been made after it arrived: a time ahead of the arrival (a
-        // sender's clock running fast, a mistyped year) counts as the arrival, so one message
-        // cannot freeze a part of the referral against every later one.
-        let sent_at = self.sent_at.map(|at| at.min(received_at));
-        let older = |set: Option<OffsetDateTime>| matches!((set, sent_at), (Some(set), Some(this)) if this < set);
-        let kept: Vec<Part> = carried
-            .iter()
-            .copied()
-            .filter(|part| older(part_times.get(*part)))
-            .collect();
-        for part in carried.iter().filter(|part| !kept.contains(part)) {
-            part_times.set(*part, sent_at);
-        }
-        // Nothing it carried was newer than what the referral has.
-        let unchanged = previous.filter(|_| !kept.is_empty() && kept.len() == carried.len());
-        let late = older(previous.and_then(|p| p.sent_at));
-        let mut summary = self.summary.clone();
-        if let Some(p) = previous {
-            summary.fill_from(&p.summary);
-            for part in &kept {
-                summary.take_part(*part, &p.summary);
-            }
-            if unchanged.is_some() {
-                summary.latest_change.clone_from(&p.summary.latest_change);
-            }
-        }
+        let merged = merge(
+            previous.map(|p| (&p.summary, p.part_times, p.sent_at)),
+            &self.summary,
+            self.sent_at,
+            received_at,
+        );
+        let (summary, part_times, late) = (merged.summary, merged.part_times, merged.late);
+        let unchanged = previous.filter(|_| merged.unchanged);
         let changes = summary
             .differences(previous.map(|p| &p.summary))
             .into_iter()
@@ -287,10 +330,7 @@ impl NewDelivery {
             modified_at: received_at,
             exported_at: previous.and_then(|p| p.exported_at),
             summary,
-            sent_at: match (previous.and_then(|p| p.sent_at), sent_at) {
-                (Some(a), Some(b)) => Some(a.max(b)),
-                (a, b) => b.or(a),
-            },
+            sent_at: merged.sent_at,
             part_times,
         };
         let version_record = VersionRecord {

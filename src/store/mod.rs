@@ -24,8 +24,8 @@ pub use self::postgres::{MIGRATIONS as POSTGRES_MIGRATIONS, PgOptions, PgStore};
 pub use self::sled::{LOCK_FILE, SledOptions, SledStore};
 pub use audit::{AUDIT_GENESIS, AuditBreak, AuditEntry, AuditStore, ChainCheck, verify_chain};
 pub use deliveries::{
-    DeliveryStore, NewDelivery, PutOutcome, ReferralRecord, ServiceAssignment, VersionRecord,
-    delivery_key, sha256_hex,
+    DeliveryStore, Merged, NewDelivery, PartTimes, PutOutcome, ReferralRecord, ServiceAssignment,
+    VersionRecord, delivery_key, merge, sha256_hex,
 };
 pub use documents::{DocumentKey, DocumentKind, DocumentRecord, DocumentState, DocumentStore};
 pub use error::{Cause, StoreError};

@@ -13,7 +13,7 @@ use super::session::ConsoleUser;
 use super::{ConsoleForm, ConsolePath, PageError};
 use crate::error::AppError;
 use crate::ocean::outbox::UpdateRequest;
-use crate::routes::v1::extract::visible_to;
+use crate::routes::request;
 use crate::state::AppState;
 
 /// Accepts `request` for `referral` on behalf of `user`, audits it, and goes back to the page.
@@ -23,7 +23,7 @@ async fn accept(
     referral: &str,
     request: UpdateRequest,
 ) -> Result<Response, PageError> {
-    let (reference, record) = visible_to(state, &user.name, &user.service_ids, referral).await?;
+    let (reference, record) = request::referral(state, &user.scope(), referral).await?;
     let stored = state.outbox.accept(&record, request).await?;
     state
         .store

@@ -5,14 +5,13 @@ use axum::extract::State;
 use axum::response::{IntoResponse, Redirect, Response};
 use serde::{Deserialize, Serialize};
 
-use super::pages::{UpdateRow, shown, update_row};
 use super::session::ConsoleUser;
 use super::templates::render;
+use super::views::{UpdateRow, shown, update_row};
 use super::{ConsoleForm, ConsolePath, ConsoleQuery, PageError};
-use crate::auth::api::may_see;
 use crate::config::ConsoleRole;
 use crate::error::AppError;
-use crate::routes::v1::extract::{update_visible_to, whole_number};
+use crate::routes::request::{self, whole_number};
 use crate::state::AppState;
 use crate::store::{ChainCheck, UpdateRecord, UpdateState};
 
@@ -43,7 +42,7 @@ async fn sees(
         return Ok(true);
     }
     let record = state.store.referral(&update.referral).await?;
-    Ok(record.is_some_and(|r| may_see(&user.service_ids, r.service_id.as_ref())))
+    Ok(record.is_some_and(|r| user.scope().sees(&r)))
 }
 
 /// `/console/outbox`: pending and dead updates, oldest first.
@@ -89,7 +88,7 @@ async fn dead_letter(
     user: &ConsoleUser,
     id: &str,
 ) -> Result<UpdateRecord, PageError> {
-    Ok(update_visible_to(state, &user.name, &user.service_ids, id).await?)
+    Ok(request::update(state, &user.scope(), id).await?)
 }
 
 /// `/console/outbox/{id}/{replay|discard}`: what the action will do, and a button to do it.

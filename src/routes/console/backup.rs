@@ -7,19 +7,15 @@ use axum::extract::State;
 use axum::response::Response;
 use serde::{Deserialize, Serialize};
 
-use super::pages::day;
 use super::session::ConsoleUser;
 use super::templates::render;
+use super::views::day;
 use super::{ConsoleForm, PageError};
-use crate::auth::api::may_see;
 use crate::domain::ServiceId;
 use crate::error::AppError;
 use crate::export::{ExportFilter, ExportRequest};
-use crate::routes::v1::export::stream_export;
+use crate::routes::stream::stream_export;
 use crate::state::AppState;
-
-/// Referrals read from the store at a time while counting.
-const COUNT_BATCH: usize = 1000;
 
 /// The form's fields, as posted (checkboxes are present when ticked).
 #[derive(Debug, Default, Deserialize, Serialize)]
@@ -62,13 +58,7 @@ impl BackupForm {
         } else {
             let s = ServiceId::parse(self.service_id.trim())
                 .map_err(|e| AppError::BadRequest(format!("service: {e}")))?;
-            if !may_see(&user.service_ids, Some(&s)) {
-                return Err(AppError::Forbidden(format!(
-                    "{} may not export referrals of service {s}",
-                    user.name
-                )));
-            }
-            Some(s)
+            Some(user.scope().service(s)?)
         };
         Ok(ExportRequest {
             filter: ExportFilter {
@@ -114,24 +104,9 @@ pub async fn count(
 ) -> Result<Response, PageError> {
     user.check_csrf(form.csrf.as_deref())?;
     let request = form.request(&user)?;
-    let filter = &request.filter;
-    let mut after = None;
-    let mut matching = 0;
-    loop {
-        let batch = state
-            .store
-            .referrals_modified(filter.from, filter.to, after, COUNT_BATCH)
-            .await?;
-        matching += batch
-            .referrals
-            .iter()
-            .filter(|r| filter.keeps(r) && may_see(&user.service_ids, r.service_id.as_ref()))
-            .count();
-        after = batch.next;
-        if after.is_none() {
-            break;
-        }
-    }
+    let scope = user.scope();
+    let matching =
+        crate::export::count(state.store.as_ref(), &request.filter, |r| scope.sees(r)).await?;
     Ok(page(&user, &form, Some(matching)))
 }
 
@@ -143,8 +118,6 @@ pub async fn export(
 ) -> Result<Response, PageError> {
     user.check_csrf(form.csrf.as_deref())?;
     let request = form.request(&user)?;
-    let service_ids = user.service_ids.clone();
-    Ok(stream_export(&state, request, move |r| {
-        may_see(&service_ids, r.service_id.as_ref())
-    }))
+    let scope = user.scope();
+    Ok(stream_export(&state, request, move |r| scope.sees(r)))
 }

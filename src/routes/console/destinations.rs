@@ -8,12 +8,12 @@ use serde::Serialize;
 use time::OffsetDateTime;
 
 use super::admin::{CsrfForm, admin_only};
-use super::pages::shown;
 use super::session::ConsoleUser;
 use super::templates::render;
+use super::views::shown;
 use super::{ConsoleForm, ConsolePath, PageError};
 use crate::error::AppError;
-use crate::routes::v1::extract::whole_number;
+use crate::routes::request::whole_number;
 use crate::state::AppState;
 use crate::store::{MessageState, QueuedMessage};
 

@@ -14,6 +14,7 @@ mod destinations;
 mod pages;
 mod session;
 mod templates;
+mod views;
 
 use axum::Router;
 use axum::extract::Request;
@@ -186,7 +187,7 @@ impl<T: serde::de::DeserializeOwned> axum::extract::FromRequest<AppState> for Co
                 "this form was not sent as a form; reload the page and try again".into(),
             )));
         }
-        let body = crate::routes::v1::extract::read_body(request, state.body_timeout).await?;
+        let body = crate::routes::request::read_body(request, state.body_timeout).await?;
         serde_urlencoded::from_bytes(&body)
             .map(Self)
             .map_err(|_| PageError(AppError::BadRequest(unreadable("form"))))

@@ -8,6 +8,7 @@
 //! sign-ins are limited per address and user as the token endpoint's are, and sign-ins, failed
 //! sign-ins and sign-outs are in the audit chain with the user as actor (`console:<user>`).
 
+use crate::auth::scope::Scope;
 use std::net::{IpAddr, SocketAddr};
 
 use axum::extract::{ConnectInfo, FromRef, FromRequestParts, State};
@@ -48,6 +49,11 @@ pub struct ConsoleUser {
 }
 
 impl ConsoleUser {
+    /// What this user may see; refusals name them.
+    pub fn scope(&self) -> Scope {
+        Scope::new(self.name.clone(), self.service_ids.clone())
+    }
+
     /// The actor of this user's audit entries.
     pub fn actor(&self) -> String {
         format!("console:{}", self.name)

@@ -116,7 +116,7 @@ pub async fn backup(
         }
     }
 
-    let body = Body::from_stream(super::export::Chunks {
+    let body = Body::from_stream(crate::routes::stream::Chunks {
         receiver,
         finished: None,
     });

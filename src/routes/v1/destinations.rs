@@ -278,7 +278,7 @@ pub async fn discard_message(
 }
 
 fn message_id(text: &str) -> Result<u64, Problem> {
-    super::extract::whole_number(text)
+    crate::routes::request::whole_number(text)
         .filter(|id| *id >= 1)
         .ok_or_else(|| AppError::BadRequest("id must be a whole number from 1".into()).into())
 }

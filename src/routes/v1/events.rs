@@ -7,8 +7,9 @@ use axum::extract::State;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::extract::{Caller, ProblemDoc, Query, after_param, limit, rfc3339, whole_number};
+use super::extract::{Caller, ProblemDoc, Query, after_param, limit, rfc3339};
 use crate::error::{AppError, Problem};
+use crate::routes::request::whole_number;
 use crate::state::AppState;
 use crate::store::EventRecord;
 use crate::views::CurrentView;
@@ -104,6 +105,7 @@ pub async fn events(
         )).into());
     }
     let deadline = tokio::time::Instant::now() + Duration::from_secs(wait);
+    let scope = client.scope();
     loop {
         let batch = state.store.events_after(after, limit).await?;
         if let Some(last) = batch.last() {
@@ -112,7 +114,7 @@ pub async fn events(
         let mut current = std::collections::HashMap::new();
         let mut events = Vec::new();
         for e in batch {
-            if !client.may_see(e.service_id.as_ref()) {
+            if !scope.may_see(e.service_id.as_ref()) {
                 continue;
             }
             if !current.contains_key(&e.referral) {
@@ -122,7 +124,7 @@ pub async fn events(
             let now = current
                 .get(&e.referral)
                 .and_then(Option::as_ref)
-                .filter(|r| client.may_see(r.service_id.as_ref()))
+                .filter(|r| scope.sees(r))
                 .map(CurrentView::new);
             events.push(EventView::new(e, now));
         }

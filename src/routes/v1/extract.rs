@@ -2,12 +2,8 @@
 //! are problem documents, the parsing of the parameters the API uses everywhere (page sizes,
 //! positions, dates), and the scoping of a client to its External Service IDs.
 
-use std::time::Duration;
-
-use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
-use http_body_util::{BodyExt, Limited};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use time::OffsetDateTime;
@@ -15,8 +11,9 @@ use utoipa::ToSchema;
 
 use crate::auth::api::ApiClient;
 use crate::auth::source::ClientAddr;
-use crate::domain::{InvalidId, ReferralRef, ServiceId, redact_quoted};
+use crate::domain::{ReferralRef, ServiceId, redact_quoted};
 use crate::error::{AppError, Problem};
+use crate::routes::request::{self, read_body, whole_number};
 use crate::server::tls::ClientIdentity;
 use crate::state::AppState;
 use crate::store::ReferralRecord;
@@ -24,8 +21,6 @@ use crate::store::ReferralRecord;
 /// Largest page of referrals, events, updates or audit entries.
 pub const MAX_LIMIT: usize = 500;
 pub const DEFAULT_LIMIT: usize = 100;
-/// Largest request body the API takes (its bodies are small JSON documents).
-const MAX_BODY_BYTES: usize = 1024 * 1024;
 
 /// `WWW-Authenticate` of the API: its clients send their key as a bearer token.
 const CHALLENGE: &str = "Bearer realm=\"referral-relay-api\"";
@@ -111,39 +106,7 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
     }
 }
 
-/// The request body, at most [`MAX_BODY_BYTES`] (413 beyond), read within `timeout` (408
-/// after): `/api/v1`'s JSON bodies and the console's forms.
-pub(crate) async fn read_body(request: Request, timeout: Duration) -> Result<Bytes, AppError> {
-    let body = Limited::new(request.into_body(), MAX_BODY_BYTES).collect();
-    match tokio::time::timeout(timeout, body).await {
-        Err(_) => Err(AppError::Timeout {
-            secs: timeout.as_secs(),
-        }),
-        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
-            Err(AppError::PayloadTooLarge {
-                limit: MAX_BODY_BYTES,
-            })
-        }
-        Ok(Err(_)) => Err(AppError::BadRequest(
-            "the request body could not be read completely".into(),
-        )),
-        Ok(Ok(collected)) => Ok(collected.to_bytes()),
-    }
-}
-
 pub use crate::views::rfc3339;
-
-/// A whole number in a query or path: digits only; one too large for 64 bits reads as the
-/// largest (a page size or a wait is capped anyway, a position that far is past the end).
-pub fn whole_number(text: &str) -> Option<u64> {
-    match text.parse::<u64>() {
-        Ok(n) => Some(n),
-        Err(e) if *e.kind() == std::num::IntErrorKind::PosOverflow && !text.starts_with('+') => {
-            Some(u64::MAX)
-        }
-        Err(_) => None,
-    }
-}
 
 /// The `limit` query parameter: at least 1; larger than [`MAX_LIMIT`] is capped, not refused.
 pub fn limit(raw: Option<&str>) -> Result<usize, AppError> {
@@ -182,97 +145,21 @@ pub fn after_param(raw: Option<&str>) -> Result<u64, AppError> {
     })
 }
 
-/// The longest identifier a request may name, in characters (as the OpenAPI document says).
-const MAX_IDENTIFIER_CHARS: usize = 256;
-
-/// An identifier as a request names it (a path segment or a query parameter `name`), read by
-/// `parse` (which drops surrounding white space) once the value as sent is checked as the
-/// OpenAPI document describes it: at most 256 characters and no control character anywhere, a
-/// tab or line break around it included. 400 otherwise, saying which.
-fn request_identifier<T>(
-    name: &str,
-    raw: &str,
-    parse: impl FnOnce(&str) -> Result<T, InvalidId>,
-) -> Result<T, AppError> {
-    if raw.chars().any(char::is_control) {
-        return Err(AppError::BadRequest(format!(
-            "{name} contains a control character"
-        )));
-    }
-    if raw.chars().count() > MAX_IDENTIFIER_CHARS {
-        return Err(AppError::BadRequest(format!(
-            "{name} is longer than {MAX_IDENTIFIER_CHARS} characters"
-        )));
-    }
-    parse(raw).map_err(|e| AppError::BadRequest(format!("{name}: {e}")))
-}
-
 /// The `service_id` query parameter, checked and within the client's service ids.
 pub fn service_param(client: &ApiClient, raw: Option<&str>) -> Result<Option<ServiceId>, AppError> {
-    let Some(raw) = raw else {
-        return Ok(None);
-    };
-    let service = request_identifier("service_id", raw, ServiceId::parse)?;
-    if !client.may_see(Some(&service)) {
-        return Err(AppError::Forbidden(format!(
-            "client '{}' may not read service_id {service}",
-            client.name
-        )));
-    }
-    Ok(Some(service))
+    raw.map(|raw| {
+        client
+            .scope()
+            .service(request::identifier("service_id", raw, ServiceId::parse)?)
+    })
+    .transpose()
 }
 
-/// Looks up a referral the client may see.
+/// Looks up a referral the client may see (see [`request::referral`]).
 pub async fn visible(
     state: &AppState,
     client: &ApiClient,
     referral: &str,
 ) -> Result<(ReferralRef, ReferralRecord), AppError> {
-    visible_to(
-        state,
-        &format!("client '{}'", client.name),
-        &client.service_ids,
-        referral,
-    )
-    .await
-}
-
-/// Looks up update `id` (as written in a path) of a referral that `who`, limited to
-/// `service_ids`, may see: 400 for an id that is not a number, 404 when there is none, 403
-/// outside their services.
-pub async fn update_visible_to(
-    state: &AppState,
-    who: &str,
-    service_ids: &[ServiceId],
-    id: &str,
-) -> Result<crate::store::UpdateRecord, AppError> {
-    let id = whole_number(id)
-        .ok_or_else(|| AppError::BadRequest("the update id must be a whole number".into()))?;
-    let update = crate::store::update(state.store.as_ref(), id)
-        .await?
-        .ok_or_else(|| AppError::NotFound(format!("no update {id}")))?;
-    visible_to(state, who, service_ids, update.referral.as_str()).await?;
-    Ok(update)
-}
-
-/// Looks up a referral that `who` (named so in the refusal), limited to `service_ids`, may see:
-/// 400 for a malformed reference, 404 when none is stored, 403 when it is outside their services.
-pub async fn visible_to(
-    state: &AppState,
-    who: &str,
-    service_ids: &[ServiceId],
-    referral: &str,
-) -> Result<(ReferralRef, ReferralRecord), AppError> {
-    let reference = request_identifier("referral", referral, ReferralRef::parse)?;
-    let record = state
-        .store
-        .referral(&reference)
-        .await?
-        .ok_or_else(|| AppError::NotFound(format!("no referral {reference} is stored")))?;
-    if !crate::auth::api::may_see(service_ids, record.service_id.as_ref()) {
-        return Err(AppError::Forbidden(format!(
-            "{who} may not read referrals of this service"
-        )));
-    }
-    Ok((reference, record))
+    request::referral(state, &client.scope(), referral).await
 }

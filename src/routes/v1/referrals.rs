@@ -3,17 +3,15 @@
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::{HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::extract::{
-    Caller, Path, ProblemDoc, Query, instant, limit, service_param, visible, whole_number,
-};
-use crate::error::{AppError, FHIR_JSON, Problem};
+use super::extract::{Caller, Path, ProblemDoc, Query, instant, limit, service_param, visible};
+use crate::error::{AppError, Problem};
+use crate::routes::request::whole_number;
 use crate::state::AppState;
 use crate::views::{ReferralView, VersionChanges, VersionView, version_view};
 
@@ -103,6 +101,7 @@ pub async fn list_referrals(
 ) -> Result<Json<ReferralPage>, Problem> {
     let limit = limit(q.limit.as_deref())?;
     let service = service_param(&client, q.service_id.as_deref())?;
+    let scope = client.scope();
     let since = q
         .modified_since
         .as_deref()
@@ -127,7 +126,7 @@ pub async fn list_referrals(
         scanned += 1000;
         let mut stopped_early = false;
         for (seq, record) in slice.referrals {
-            let keep = client.may_see(record.service_id.as_ref())
+            let keep = scope.sees(&record)
                 && service
                     .as_ref()
                     .is_none_or(|s| record.service_id.as_ref() == Some(s))
@@ -206,18 +205,7 @@ pub async fn get_version(
     let version = whole_number(&version)
         .ok_or_else(|| AppError::BadRequest("version must be a whole number".into()))?;
     let (reference, _) = visible(&state, &client, &referral).await?;
-    let raw = state
-        .store
-        .payload(&reference, version)
-        .await?
-        .ok_or_else(|| {
-            AppError::NotFound(format!("referral {reference} has no version {version}"))
-        })?;
-    let mut response = (StatusCode::OK, raw).into_response();
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static(FHIR_JSON));
-    Ok(response)
+    Ok(crate::routes::download::version(&state, &reference, version, false).await?)
 }
 
 /// What one version changed: the referral's summary fields, and the resources its message

@@ -9,8 +9,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::extract::{
-    Caller, JsonBody, Path, ProblemDoc, Query, after_param, date_time, limit, rfc3339,
-    update_visible_to, visible,
+    Caller, JsonBody, Path, ProblemDoc, Query, after_param, date_time, limit, rfc3339, visible,
 };
 use crate::error::{AppError, Problem};
 use crate::ocean::outbox::UpdateRequest;
@@ -230,14 +229,7 @@ async fn visible_update(
     caller: &Caller,
     id: &str,
 ) -> Result<UpdateRecord, AppError> {
-    let client = &caller.0;
-    update_visible_to(
-        state,
-        &format!("client '{}'", client.name),
-        &client.service_ids,
-        id,
-    )
-    .await
+    crate::routes::request::update(state, &caller.0.scope(), id).await
 }
 
 /// One update and its delivery state.
@@ -296,6 +288,7 @@ pub async fn list_updates(
     let limit = limit(q.limit.as_deref())?;
     // The client's scope is applied before the page is cut, so a scoped client pages
     // through its own updates.
+    let scope = caller.0.scope();
     let mut updates = Vec::new();
     loop {
         let batch = crate::store::updates(state.store.as_ref(), wanted, after, 500).await?;
@@ -305,7 +298,7 @@ pub async fn list_updates(
         for update in batch {
             let id = update.id;
             if let Some(record) = state.store.referral(&update.referral).await?
-                && caller.0.may_see(record.service_id.as_ref())
+                && scope.sees(&record)
             {
                 updates.push(update.into());
             }

@@ -146,6 +146,37 @@ async fn an_update_made_earlier_that_arrives_later_does_not_roll_the_status_back
     assert_eq!(last["late"], true, "{last}");
     assert_eq!(last["sent_at"], "2026-11-06T10:00:00-05:00");
     assert_eq!(versions[versions.len() - 2]["late"], false);
+    // What a version changed has one definition: each version's changes page names the fields
+    // the feed recorded when it was stored, and the late message changed none.
+    let feed = call(&app, reqwest::Method::GET, "/api/v1/events?limit=500", None).await;
+    let names = |list: &serde_json::Value| -> Vec<String> {
+        list.as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f.get("field").unwrap_or(f).as_str().unwrap().to_owned())
+            .collect()
+    };
+    let mut compared = 0;
+    for event in feed.body["events"].as_array().unwrap() {
+        if event["referral"] != REF {
+            continue;
+        }
+        let n = &event["version"];
+        let changes = call(
+            &app,
+            reqwest::Method::GET,
+            &format!("{path}/versions/{n}/changes"),
+            None,
+        )
+        .await;
+        let fields = names(&changes.body["fields"]);
+        assert_eq!(fields, names(&event["changes"]), "version {n}");
+        if last["version"] == *n {
+            assert!(fields.is_empty(), "the late version changed {fields:?}");
+        }
+        compared += 1;
+    }
+    assert_eq!(compared, versions.len());
     // The clinic's next step from accepted is taken.
     status(&app, "in-progress").await;
 

@@ -1,0 +1,20 @@
+//! The console's referral pages: the list with its filters, and one referral with its versions.
+
+mod list;
+mod referral;
+
+use axum::extract::State;
+use axum::response::{IntoResponse, Redirect, Response};
+
+use crate::state::AppState;
+
+pub use list::referrals;
+pub use referral::{document, raw_version, referral};
+
+/// `/console`: the referrals, or the sign-in page for someone not signed in.
+pub async fn home(State(state): State<AppState>) -> Response {
+    if state.config().console.users.is_empty() {
+        return Redirect::to("/console/login").into_response();
+    }
+    Redirect::to("/console/referrals").into_response()
+}
