@@ -125,17 +125,20 @@ text_id!(
 /// percent-encoded, and `.` too when `text` is only dots (a dot-segment, which every URL parser
 /// would remove).
 pub fn path_segment(text: &str) -> String {
+    use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+    const UNRESERVED: &AsciiSet = &NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'_')
+        .remove(b'~')
+        .remove(b'.');
+    const UNRESERVED_BUT_DOTS: &AsciiSet = &UNRESERVED.add(b'.');
     let dots_only = text.bytes().all(|b| b == b'.');
-    let mut out = String::with_capacity(text.len());
-    for b in text.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'~') || (b == b'.' && !dots_only)
-        {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    let set = if dots_only {
+        UNRESERVED_BUT_DOTS
+    } else {
+        UNRESERVED
+    };
+    utf8_percent_encode(text, set).to_string()
 }
 
 /// The longest file-name stem made from a ref, in bytes, before its hash is added.

@@ -3,6 +3,7 @@
 
 pub mod app;
 pub mod auth;
+pub mod backoff;
 pub mod backup;
 pub mod cli;
 pub mod config;

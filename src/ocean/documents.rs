@@ -16,6 +16,7 @@ use tracing::Instrument;
 
 use super::client::{OceanClient, SendError};
 use super::outbox::Outbox;
+use crate::backoff::Backoff;
 use crate::config::DocumentsConfig;
 use crate::store::{DocumentKind, DocumentRecord, DocumentState, Store, StoreError, sha256_hex};
 
@@ -205,14 +206,13 @@ impl Fetcher {
     }
 }
 
-/// `initial_backoff_secs` doubled per attempt after the first, at most `max_backoff_secs`.
+/// The [`Backoff`] from `initial_backoff_secs` to `max_backoff_secs`, without jitter.
 fn backoff(config: &DocumentsConfig, attempts: u32) -> Duration {
-    let doublings = attempts.saturating_sub(1).min(20);
-    let secs = config
-        .initial_backoff_secs
-        .saturating_mul(1 << doublings)
-        .min(config.max_backoff_secs.max(config.initial_backoff_secs));
-    Duration::from_secs(secs)
+    Backoff::new(
+        Duration::from_secs(config.initial_backoff_secs),
+        Duration::from_secs(config.max_backoff_secs),
+    )
+    .after(attempts)
 }
 
 /// Where a document is fetched from on the site at `base`: the letter at

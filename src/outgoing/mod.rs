@@ -11,6 +11,7 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use time::OffsetDateTime;
 
+use crate::backoff::Backoff;
 use crate::config::OutboxConfig;
 
 /// Why a send did not land.
@@ -97,18 +98,10 @@ impl RetryPolicy {
         }
     }
 
-    /// `initial · 2^(attempts-1)`, capped, scaled by a random factor in [0.5, 1].
+    /// The wait after `attempts` failed attempts: the [`Backoff`] from `initial_backoff` to
+    /// `max_backoff`, with jitter.
     pub fn backoff(&self, attempts: u32) -> Duration {
-        let base = self
-            .initial_backoff
-            .saturating_mul(1u32 << attempts.saturating_sub(1).min(20))
-            .min(self.max_backoff);
-        let mut byte = [0u8; 1];
-        let jitter = match aws_lc_rs::rand::fill(&mut byte) {
-            Ok(()) => 0.5 + f64::from(byte[0]) / 510.0,
-            Err(_) => 0.75,
-        };
-        base.mul_f64(jitter)
+        Backoff::new(self.initial_backoff, self.max_backoff).jittered(attempts)
     }
 }
 

@@ -8,6 +8,8 @@ use std::time::Duration;
 use tokio::sync::{Notify, watch};
 use tokio_postgres::{AsyncMessage, NoTls};
 
+use crate::backoff::Backoff;
+
 /// How often the listening connection is asked to answer, and how long it has to.
 const PING_EVERY: Duration = Duration::from_secs(15);
 const PING_BOUND: Duration = Duration::from_secs(5);
@@ -26,19 +28,22 @@ pub(super) struct Channels {
     pub(super) feed: String,
 }
 
+/// Waits between reconnections: 1 s, doubling up to 30 s; back to 1 s once listening.
+const RECONNECT: Backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
+
 pub(super) fn spawn(
     config: tokio_postgres::Config,
     channels: Channels,
     feed: watch::Sender<u64>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let mut backoff = Duration::from_secs(1);
+        let mut failures = 0;
         loop {
-            if let Err(e) = listen(&config, &channels, &feed, &mut backoff).await {
+            if let Err(e) = listen(&config, &channels, &feed, &mut failures).await {
                 tracing::warn!(error = %e, "PostgreSQL LISTEN connection lost; reconnecting");
             }
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_secs(30));
+            failures += 1;
+            tokio::time::sleep(RECONNECT.after(failures)).await;
         }
     })
 }
@@ -47,7 +52,7 @@ async fn listen(
     config: &tokio_postgres::Config,
     channels: &Channels,
     feed: &watch::Sender<u64>,
-    backoff: &mut Duration,
+    failures: &mut u32,
 ) -> Result<(), tokio_postgres::Error> {
     let (client, mut connection) = config.connect(NoTls).await?;
     let client = Arc::new(client);
@@ -82,7 +87,7 @@ async fn listen(
             done = &mut listen, if !listening => {
                 done?;
                 listening = true;
-                *backoff = Duration::from_secs(1);
+                *failures = 0;
             }
             message = std::future::poll_fn(|cx| connection.poll_message(cx)) => match message {
                 Some(Ok(AsyncMessage::Notification(n))) if n.channel() == channels.feed => {

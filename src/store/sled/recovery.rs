@@ -12,12 +12,13 @@ use super::dir::LIVE_DIR;
 use super::open::Open;
 use super::options::SledOptions;
 use super::trees::{READY_MARKER, from_sled};
+use crate::backoff::Backoff;
 use crate::store::error::StoreError;
 use crate::store::maintenance::StoreHealth;
 use crate::store::record::Codec;
 
-/// Wait between recovery attempts: doubling from the first to the last.
-const RECOVERY_BACKOFF: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(30));
+/// Wait before each recovery attempt: 1 s, doubling per failed attempt up to 30 s.
+const RECOVERY_BACKOFF: Backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
 
 /// What the store's users and its recovery thread share.
 pub(super) struct Shared {
@@ -141,9 +142,9 @@ impl Shared {
                     return;
                 }
             }
-            let mut backoff = RECOVERY_BACKOFF.0;
+            let mut failures = 0;
             loop {
-                if self.sleep_or_close(backoff) {
+                if self.sleep_or_close(RECOVERY_BACKOFF.after(failures + 1)) {
                     return;
                 }
                 match self.reopen() {
@@ -173,7 +174,7 @@ impl Shared {
                         tracing::warn!(error = %e, attempt = health.attempts, "the store still cannot write");
                     }
                 }
-                backoff = (backoff * 2).min(RECOVERY_BACKOFF.1);
+                failures += 1;
             }
         }
     }
