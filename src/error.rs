@@ -140,6 +140,20 @@ impl From<OutboxError> for AppError {
     }
 }
 
+impl From<crate::intake::IntakeError> for AppError {
+    fn from(e: crate::intake::IntakeError) -> Self {
+        use crate::intake::IntakeError;
+        let message = e.to_string();
+        match e {
+            IntakeError::Malformed(_) => Self::BadRequest(message),
+            IntakeError::Unusable(_) => Self::Unprocessable(message),
+            IntakeError::OwnedElsewhere { .. } => Self::Forbidden(message),
+            IntakeError::Store(e) => e.into(),
+            IntakeError::Interrupted(e) => Self::Internal(e.into()),
+        }
+    }
+}
+
 impl From<crate::auth::budget::Spent> for AppError {
     fn from(e: crate::auth::budget::Spent) -> Self {
         Self::Busy(e.to_string())

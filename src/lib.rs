@@ -14,6 +14,7 @@ pub mod export;
 pub mod fhir;
 pub mod files;
 pub mod ig;
+pub mod intake;
 pub mod ocean;
 pub mod outgoing;
 pub mod routes;

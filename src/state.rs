@@ -20,8 +20,9 @@ use crate::auth::source::TrustedProxies;
 use crate::auth::token::TokenIssuer;
 use crate::config::{AuthConfig, Config};
 use crate::domain::{EventCode, IntegrationName, ServiceId};
-use crate::ocean::client::OceanClient;
+use crate::intake::Intake;
 use crate::ocean::outbox::Outbox;
+use crate::ocean::sites::Sites;
 use crate::ocean::worker::{Worker, WorkerHealth};
 use crate::secret::Secret;
 use crate::store::Store;
@@ -63,14 +64,14 @@ pub struct AppState {
     /// Clients of the point-of-service API.
     pub api_clients: Arc<ApiClients>,
     config: Arc<Config>,
-    /// One client per Ocean site.
-    pub ocean: Arc<HashMap<String, Arc<OceanClient>>>,
+    /// The Ocean sites and their clients.
+    pub sites: Arc<Sites>,
     /// Updates to Ocean: accepted, replayed and discarded here, delivered by the worker.
     pub outbox: Arc<Outbox>,
     /// The clinic's systems stored versions are pushed to.
     pub destinations: crate::destinations::Destinations,
-    /// Wakes the document fetcher when a delivery queued documents.
-    pub documents_wake: Arc<tokio::sync::Notify>,
+    /// Files deliveries the webhook received.
+    pub intake: Arc<Intake>,
     /// Turns true when shutdown begins: long-polls answer at once, the worker stops.
     pub stopping: Arc<tokio::sync::watch::Sender<bool>>,
     pub max_body_bytes: usize,
@@ -154,9 +155,17 @@ impl AppState {
             };
             integrations.insert(name.to_string(), integration);
         }
-        let ocean = crate::ocean::clients(config)?;
-        let outbox = Arc::new(Outbox::new(config, &ocean, Arc::clone(&store)));
+        let sites = Arc::new(Sites::from_config(config)?);
+        let outbox = Arc::new(Outbox::new(config, Arc::clone(&sites), Arc::clone(&store)));
         let metrics = Metrics::new();
+        let destinations = crate::destinations::Destinations::from_config(config)?;
+        let intake = Arc::new(Intake::new(
+            config,
+            Arc::clone(&store),
+            Arc::clone(&sites),
+            destinations.clone(),
+            metrics.clone(),
+        ));
         let login_limiter =
             Arc::new(LoginLimiter::new(LOGIN_WINDOW).shared_through(Arc::clone(&store)));
         for integration in integrations.values() {
@@ -171,9 +180,9 @@ impl AppState {
             api_clients: Arc::new(ApiClients::from_config(&config.api)),
             config: Arc::new(config.clone()),
             outbox,
-            destinations: crate::destinations::Destinations::from_config(config)?,
-            documents_wake: Arc::new(tokio::sync::Notify::new()),
-            ocean: Arc::new(ocean),
+            destinations: destinations.clone(),
+            intake,
+            sites,
             stopping: Arc::new(tokio::sync::watch::channel(false).0),
             max_body_bytes: config.server.max_body_bytes,
             body_timeout: Duration::from_secs(config.server.body_timeout_secs),
@@ -198,7 +207,7 @@ impl AppState {
     pub fn worker(&self) -> Worker {
         Worker {
             store: Arc::clone(&self.store),
-            sites: (*self.ocean).clone(),
+            sites: Arc::clone(&self.sites),
             config: self.config.outbox.clone(),
             wake: self.outbox.wake(),
             metrics: self.metrics.clone(),
@@ -225,10 +234,9 @@ impl AppState {
     pub fn fetcher(&self) -> crate::ocean::documents::Fetcher {
         crate::ocean::documents::Fetcher {
             store: Arc::clone(&self.store),
-            sites: (*self.ocean).clone(),
-            outbox: Arc::clone(&self.outbox),
+            sites: Arc::clone(&self.sites),
             config: self.config.documents.clone(),
-            wake: Arc::clone(&self.documents_wake),
+            wake: self.intake.documents_wake(),
         }
     }
 

@@ -14,8 +14,8 @@ use time::OffsetDateTime;
 use tokio::sync::{Notify, watch};
 use tracing::Instrument;
 
-use super::client::{OceanClient, SendError};
-use super::outbox::Outbox;
+use super::client::SendError;
+use super::sites::Sites;
 use crate::backoff::Backoff;
 use crate::config::DocumentsConfig;
 use crate::store::{DocumentKind, DocumentRecord, DocumentState, Store, StoreError, sha256_hex};
@@ -36,8 +36,7 @@ fn key(document: &DocumentRecord) -> DocumentKey {
 #[derive(Clone)]
 pub struct Fetcher {
     pub store: Arc<dyn Store>,
-    pub sites: HashMap<String, Arc<OceanClient>>,
-    pub outbox: Arc<Outbox>,
+    pub sites: Arc<Sites>,
     pub config: DocumentsConfig,
     /// Notified when a delivery queued documents.
     pub wake: Arc<Notify>,
@@ -117,16 +116,15 @@ impl Fetcher {
         let referral = self.store.referral(&document.referral).await?;
         let site = referral
             .as_ref()
-            .and_then(|r| self.outbox.site_name_for(r.service_id.as_ref()))
-            .and_then(|name| self.sites.get(name).map(|client| (name, client)));
+            .and_then(|r| self.sites.for_service(r.service_id.as_ref()));
         let result = match site {
             None => Err(SendError::Rejected(
                 "no Ocean site in [sites] answers for this referral's External Service ID".into(),
             )),
-            Some((_, client)) => match address(client.base_url(), &document) {
+            Some(site) => match address(site.client().base_url(), &document) {
                 Err(reason) => Err(SendError::Rejected(reason)),
                 Ok(url) => {
-                    client
+                    site.client()
                         .fetch(
                             url.as_str(),
                             Duration::from_secs(self.config.request_timeout_secs),
@@ -193,7 +191,10 @@ impl Fetcher {
                 return Ok(());
             }
         };
-        let actor = site.map_or_else(|| "relay".to_owned(), |(name, _)| format!("site:{name}"));
+        let actor = site.map_or_else(
+            || "relay".to_owned(),
+            |site| format!("site:{}", site.name()),
+        );
         let details = serde_json::json!({
             "referral": document.referral.as_str(),
             "version": document.version,

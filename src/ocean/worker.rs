@@ -5,7 +5,6 @@
 //! letter). An update waiting for its next attempt, or dead, holds back the later updates of
 //! its referral only.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -13,7 +12,7 @@ use std::time::Duration;
 use time::OffsetDateTime;
 use tokio::sync::Notify;
 
-use super::client::OceanClient;
+use super::sites::Sites;
 use crate::config::OutboxConfig;
 use crate::outgoing::worker::{Channel, Outcome};
 use crate::outgoing::{RetryPolicy, SendError};
@@ -34,7 +33,7 @@ const STALL_SLACK: Duration = Duration::from_secs(60);
 #[derive(Clone)]
 pub struct Worker {
     pub store: Arc<dyn Store>,
-    pub sites: HashMap<String, Arc<OceanClient>>,
+    pub sites: Arc<Sites>,
     pub config: OutboxConfig,
     /// Woken when an update is accepted or replayed.
     pub wake: Arc<Notify>,
@@ -130,8 +129,8 @@ impl Channel for Worker {
                 "the queued message holds no update".into(),
             )));
         };
-        Outcome::Sent(match self.sites.get(&update.site) {
-            Some(site) => site.send(&update.bundle).await,
+        Outcome::Sent(match self.sites.named(&update.site) {
+            Some(site) => site.client().send(&update.bundle).await,
             None => Err(SendError::Rejected(format!(
                 "site '{}' is no longer configured",
                 update.site

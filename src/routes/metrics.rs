@@ -76,9 +76,9 @@ async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response 
     state
         .metrics
         .unauthenticated_body_bytes(state.unauthenticated.held());
-    for (site, client) in state.ocean.iter() {
-        let (ok, failed) = client.token_fetches();
-        state.metrics.token_fetches(site, ok, failed);
+    for site in state.sites.iter() {
+        let (ok, failed) = site.client().token_fetches();
+        state.metrics.token_fetches(site.name(), ok, failed);
     }
     (
         StatusCode::OK,

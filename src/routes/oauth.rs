@@ -18,7 +18,7 @@ use serde_json::json;
 use crate::auth::source::ClientAddr;
 use crate::auth::{basic, bearer};
 use crate::secret::Secret;
-use crate::state::AppState;
+use crate::state::{AppState, OAuthClientEntry};
 
 /// A token request is a few short form fields.
 const MAX_FORM_BYTES: usize = 16 * 1024;
@@ -69,63 +69,18 @@ impl TokenForm {
     }
 }
 
+/// `POST /oauth2/token` (RFC 6749 §4.4): a token for an integration's client, after its
+/// credentials pass the failed-login limiter.
 async fn token(
     State(state): State<AppState>,
     ClientAddr(source): ClientAddr,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    // A few form fields: no reason to wait long for them from anyone.
-    let read = tokio::time::timeout(
-        state.body_timeout.min(FORM_TIMEOUT),
-        Limited::new(body, MAX_FORM_BYTES).collect(),
-    )
-    .await;
-    let Ok(Ok(body)) = read else {
-        return oauth_error(
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
-            "the form body could not be read",
-        );
-    };
-    let form = match TokenForm::parse(&body.to_bytes()) {
-        Ok(form) => form,
-        Err(reason) => return oauth_error(StatusCode::BAD_REQUEST, "invalid_request", &reason),
-    };
-    match form.grant_type.as_deref() {
-        Some("client_credentials") => {}
-        Some(_) => {
-            return oauth_error(
-                StatusCode::BAD_REQUEST,
-                "unsupported_grant_type",
-                "only grant_type=client_credentials is supported",
-            );
-        }
-        None => {
-            return oauth_error(
-                StatusCode::BAD_REQUEST,
-                "invalid_request",
-                "grant_type is missing",
-            );
-        }
-    }
-    let from_header = match basic_client(&headers) {
+    let (client_id, secret) = match credentials(&state, &headers, body).await {
         Ok(credentials) => credentials,
-        Err(reason) => return oauth_error(StatusCode::BAD_REQUEST, "invalid_request", reason),
+        Err(refusal) => return refusal,
     };
-    let (client_id, secret) = match (from_header, form.client_id, form.client_secret) {
-        (Some(_), _, Some(_)) => {
-            return oauth_error(
-                StatusCode::BAD_REQUEST,
-                "invalid_request",
-                "client credentials were sent both in the Authorization header and in the body",
-            );
-        }
-        (Some(credentials), _, None) => credentials,
-        (None, Some(id), Some(secret)) => (id, Secret::new(secret)),
-        (None, _, _) => return invalid_client("client_id and client_secret are required"),
-    };
-
     let client = state.oauth_client(&client_id);
     // Unknown client ids share one account name, so inventing ids gains a guesser nothing.
     let account = if client.is_some() {
@@ -137,32 +92,7 @@ async fn token(
     // cannot pass the check together.
     let attempt = match state.login_limiter.check(source, account).await {
         Ok(attempt) => attempt,
-        Err(wait) => {
-            // Counted with the other refusals, so a report says how hard the client was tried.
-            let label = client.map(|c| c.integration.as_str()).unwrap_or("unknown");
-            let actor = format!(
-                "integration:{}",
-                client.map_or("-", |c| c.integration.as_str())
-            );
-            state.refused(
-                Some(label),
-                actor,
-                "oauth2",
-                "token request: too many failed attempts",
-                source,
-            );
-            let mut response = oauth_error(
-                StatusCode::TOO_MANY_REQUESTS,
-                "invalid_client",
-                &format!(
-                    "too many failed attempts for this client from this address; retry in {wait} s"
-                ),
-            );
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(wait));
-            return response;
-        }
+        Err(wait) => return too_many_attempts(&state, client, source, wait),
     };
     let Some(client) = client.filter(|c| bearer::matches_any(secret.expose(), &c.secrets)) else {
         attempt.failed().await;
@@ -178,6 +108,84 @@ async fn token(
         return invalid_client("unknown client or wrong client secret");
     };
     attempt.succeeded().await;
+    issue(&state, client, &client_id)
+}
+
+/// The client id and secret of a token request: its form read within its limits, the grant
+/// type checked, the credentials from the `Authorization: Basic` header or the body (not both).
+/// Otherwise the OAuth error response to send.
+async fn credentials(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<(String, Secret), Response> {
+    let bad_request =
+        |reason: &str| oauth_error(StatusCode::BAD_REQUEST, "invalid_request", reason);
+    // A few form fields: no reason to wait long for them from anyone.
+    let read = tokio::time::timeout(
+        state.body_timeout.min(FORM_TIMEOUT),
+        Limited::new(body, MAX_FORM_BYTES).collect(),
+    )
+    .await;
+    let Ok(Ok(body)) = read else {
+        return Err(bad_request("the form body could not be read"));
+    };
+    let form = TokenForm::parse(&body.to_bytes()).map_err(|reason| bad_request(&reason))?;
+    match form.grant_type.as_deref() {
+        Some("client_credentials") => {}
+        Some(_) => {
+            return Err(oauth_error(
+                StatusCode::BAD_REQUEST,
+                "unsupported_grant_type",
+                "only grant_type=client_credentials is supported",
+            ));
+        }
+        None => return Err(bad_request("grant_type is missing")),
+    }
+    let from_header = basic_client(headers).map_err(bad_request)?;
+    match (from_header, form.client_id, form.client_secret) {
+        (Some(_), _, Some(_)) => Err(bad_request(
+            "client credentials were sent both in the Authorization header and in the body",
+        )),
+        (Some(credentials), _, None) => Ok(credentials),
+        (None, Some(id), Some(secret)) => Ok((id, Secret::new(secret))),
+        (None, _, _) => Err(invalid_client("client_id and client_secret are required")),
+    }
+}
+
+/// The 429 for a client and address the failed-login limiter holds back for `wait` seconds,
+/// counted with the other refusals (so a report says how hard the client was tried).
+fn too_many_attempts(
+    state: &AppState,
+    client: Option<&OAuthClientEntry>,
+    source: std::net::IpAddr,
+    wait: u64,
+) -> Response {
+    let label = client.map(|c| c.integration.as_str()).unwrap_or("unknown");
+    let actor = format!(
+        "integration:{}",
+        client.map_or("-", |c| c.integration.as_str())
+    );
+    state.refused(
+        Some(label),
+        actor,
+        "oauth2",
+        "token request: too many failed attempts",
+        source,
+    );
+    let mut response = oauth_error(
+        StatusCode::TOO_MANY_REQUESTS,
+        "invalid_client",
+        &format!("too many failed attempts for this client from this address; retry in {wait} s"),
+    );
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(wait));
+    response
+}
+
+/// The token response (RFC 6749 §5.1) for an authenticated `client`.
+fn issue(state: &AppState, client: &OAuthClientEntry, client_id: &str) -> Response {
     let Some(issuer) = state.tokens.as_ref() else {
         return oauth_error(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -185,7 +193,7 @@ async fn token(
             "no token issuer",
         );
     };
-    match issuer.issue(&client.integration, &client_id, client.ttl_secs) {
+    match issuer.issue(&client.integration, client_id, client.ttl_secs) {
         Ok(token) => {
             tracing::info!(integration = %client.integration, "token issued");
             no_store(

@@ -361,11 +361,11 @@ pub async fn check_site(
 ) -> Result<Response, PageError> {
     admin_only(&user)?;
     user.check_csrf(form.csrf.as_deref())?;
-    let client = state
-        .ocean
-        .get(&name)
+    let site = state
+        .sites
+        .named(&name)
         .ok_or_else(|| AppError::NotFound(format!("no site named '{name}' in [sites]")))?;
-    let outcome = client.check().await;
+    let outcome = site.client().check().await;
     state
         .store
         .audit(

@@ -206,31 +206,20 @@ pub async fn login(
     if state.config().console.users.is_empty() {
         return Ok(login_page(&state, Some(peer.ip()), &headers, None, ""));
     }
-    if form.user.len() > MAX_USER_NAME {
-        let mut response = login_page(
-            &state,
-            Some(peer.ip()),
-            &headers,
-            Some(&format!(
-                "A user name has at most {MAX_USER_NAME} characters; that one is longer."
-            )),
-            "",
-        );
-        *response.status_mut() = StatusCode::BAD_REQUEST;
-        return Ok(response);
-    }
-    let expected = cookie_value(&headers, LOGIN_COOKIE);
-    let same = match (&expected, &form.csrf) {
-        (Some(cookie), Some(field)) => {
-            crate::secret::same_secret(cookie.as_bytes(), field.as_bytes())
-        }
-        _ => false,
+    // The sign-in page again, with `status` and `message` (and the user name kept in the form).
+    let again = |status: StatusCode, message: &str, user: &str| {
+        let mut response = login_page(&state, Some(peer.ip()), &headers, Some(message), user);
+        *response.status_mut() = status;
+        response
     };
-    if !same {
-        return Err(PageError(AppError::Forbidden(
-            "this sign-in form was not sent from the sign-in page (its form token is missing or wrong); open the sign-in page again".into(),
-        )));
+    if form.user.len() > MAX_USER_NAME {
+        return Ok(again(
+            StatusCode::BAD_REQUEST,
+            &format!("A user name has at most {MAX_USER_NAME} characters; that one is longer."),
+            "",
+        ));
     }
+    from_the_sign_in_page(&headers, form.csrf.as_deref())?;
     let user: Option<ConsoleUserConfig> = state.config().console.users.get(&form.user).cloned();
     // Unknown names share one account in the limiter (as unknown client ids do at the token
     // endpoint): what a caller types is never kept, however long or however many.
@@ -250,49 +239,28 @@ pub async fn login(
                 "console sign-in: too many failed attempts",
                 source,
             );
-            let mut response = login_page(
-                &state,
-                Some(peer.ip()),
-                &headers,
-                Some(&format!(
+            return Ok(again(
+                StatusCode::TOO_MANY_REQUESTS,
+                &format!(
                     "Too many failed sign-ins from this address; try again in {wait} seconds."
-                )),
+                ),
                 "",
-            );
-            *response.status_mut() = StatusCode::TOO_MANY_REQUESTS;
-            return Ok(response);
+            ));
         }
     };
-    // Hashing takes tens of milliseconds of a core and 19 MiB: off the async workers, and only
-    // a few at once. An unknown user is checked against a fixed hash, so both answers take as
-    // long.
     let hash = user.as_ref().map(|u| u.password_hash.expose().to_owned());
-    let password = form.password;
-    // A flood of sign-ins must not hold the rightful user (or the connections the webhook
-    // shares) for minutes: past a short wait for a turn, the answer is "busy, retry".
-    let Ok(hashing) = tokio::time::timeout(HASHING_WAIT, HASHING.acquire()).await else {
-        let mut response = login_page(
-            &state,
-            Some(peer.ip()),
-            &headers,
-            Some("Too many sign-ins are being checked right now; try again in a few seconds."),
+    let Some(matches) = password_matches(hash, form.password).await? else {
+        let mut response = again(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Too many sign-ins are being checked right now; try again in a few seconds.",
             "",
         );
-        *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
         response.headers_mut().insert(
             header::RETRY_AFTER,
             HeaderValue::from(HASHING_WAIT.as_secs()),
         );
         return Ok(response);
     };
-    let hashing = hashing.expect("the hashing semaphore is never closed");
-    let matches = tokio::task::spawn_blocking(move || match hash {
-        Some(hash) => verify_password(&hash, &password),
-        None => verify_password(unknown_user_hash(), &password),
-    })
-    .await
-    .map_err(|e| AppError::Internal(e.into()))?;
-    drop(hashing);
     if !(matches && user.is_some()) {
         attempt.failed().await;
         // Counted and written to the audit trail once per report interval (AUTH_FAILURE), like
@@ -304,27 +272,54 @@ pub async fn login(
         };
         state.refused(None, account.clone(), "console", reason, source);
         let known = user.is_some();
-        let mut response = login_page(
-            &state,
-            Some(peer.ip()),
-            &headers,
-            Some("That user name and password do not match."),
+        return Ok(again(
+            StatusCode::UNAUTHORIZED,
+            "That user name and password do not match.",
             if known { form.user.as_str() } else { "" },
-        );
-        *response.status_mut() = StatusCode::UNAUTHORIZED;
-        return Ok(response);
+        ));
     }
     attempt.succeeded().await;
+    signed_in(&state, peer, &headers, &form.user, &account, source).await
+}
+
+/// A sign-in form must carry the token of the sign-in page that set its cookie (a form posted
+/// from elsewhere cannot).
+fn from_the_sign_in_page(headers: &HeaderMap, csrf: Option<&str>) -> Result<(), PageError> {
+    let same = match (cookie_value(headers, LOGIN_COOKIE), csrf) {
+        (Some(cookie), Some(field)) => {
+            crate::secret::same_secret(cookie.as_bytes(), field.as_bytes())
+        }
+        _ => false,
+    };
+    if same {
+        Ok(())
+    } else {
+        Err(PageError(AppError::Forbidden(
+            "this sign-in form was not sent from the sign-in page (its form token is missing or wrong); open the sign-in page again".into(),
+        )))
+    }
+}
+
+/// After a successful sign-in of `user`: audited, a session started, its cookie set (and the
+/// sign-in form's cleared), and on to the referrals.
+async fn signed_in(
+    state: &AppState,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+    user: &str,
+    account: &str,
+    source: std::net::IpAddr,
+) -> Result<Response, PageError> {
     state
         .store
         .audit(
             "CONSOLE_LOGIN",
-            &account,
+            account,
             serde_json::json!({ "source": source.to_string() }),
         )
         .await?;
-    let id = state.console_sessions.start(&form.user);
-    let secure = secure_cookies(&state, Some(peer.ip()), &headers);
+    let id = state.console_sessions.start(user);
+    let secure = secure_cookies(state, Some(peer.ip()), headers);
     let max_age = i64::try_from(state.config().console.session_max_secs).unwrap_or(i64::MAX);
     let mut response = Redirect::to("/console/referrals").into_response();
     let headers = response.headers_mut();
@@ -334,6 +329,29 @@ pub async fn login(
         set_cookie(LOGIN_COOKIE, String::new(), secure, 0),
     );
     Ok(response)
+}
+
+/// Whether `password` matches `hash` (an unknown user's is checked against a fixed hash, so
+/// both answers take as long); `None` when too many sign-ins are being checked to wait for a
+/// turn. Hashing takes tens of milliseconds of a core and 19 MiB: off the async workers, and
+/// only a few at once, and a flood of sign-ins must not hold the rightful user (or the
+/// connections the webhook shares) for minutes, so past a short wait the answer is "busy".
+async fn password_matches(
+    hash: Option<String>,
+    password: String,
+) -> Result<Option<bool>, AppError> {
+    let Ok(hashing) = tokio::time::timeout(HASHING_WAIT, HASHING.acquire()).await else {
+        return Ok(None);
+    };
+    let hashing = hashing.expect("the hashing semaphore is never closed");
+    let matches = tokio::task::spawn_blocking(move || match hash {
+        Some(hash) => verify_password(&hash, &password),
+        None => verify_password(unknown_user_hash(), &password),
+    })
+    .await
+    .map_err(|e| AppError::Internal(e.into()))?;
+    drop(hashing);
+    Ok(Some(matches))
 }
 
 /// An argon2id hash of a random password nobody knows, checked for unknown user names (made

@@ -10,9 +10,9 @@
 //!    authenticated yet counts against a shared budget (503 when it is spent);
 //! 5. verify the signature over the raw bytes (`hmac`, 401), then undo the content coding (the
 //!    size limit applies to the decoded body);
-//! 6. read and check the Bundle (400, 422);
-//! 7. store it durably (a referral of another integration is refused with 403, a full write
-//!    queue with 503), and only then answer 200 with a response message Bundle.
+//! 6. file it through [`crate::intake`]: read and check the Bundle (400, 422), store it durably
+//!    (a referral of another integration is refused with 403, a full write queue with 503);
+//! 7. only then answer 200 with a response message Bundle.
 //!
 //! Every refusal is a 4xx with an OperationOutcome; a store that cannot write answers 503 so
 //! Ocean retries.
@@ -36,9 +36,8 @@ use crate::auth::source::ClientAddr;
 use crate::domain::is_code_like;
 use crate::error::{AppError, fhir_json};
 use crate::fhir::outcome::response_bundle;
-use crate::fhir::{ParseError, Parsed, parse_message};
+use crate::intake::{Filed, Sender};
 use crate::state::{AppState, Integration};
-use crate::store::{NewDelivery, PutOutcome, ServiceAssignment, delivery_key, sha256_hex};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -222,170 +221,48 @@ impl Request<'_> {
         self.file(integration, decoded, webhook_id).await
     }
 
-    /// Reads the Bundle and stores it.
+    /// Files the delivery ([`crate::intake`]) and answers with a response message Bundle.
     async fn file(
         &self,
         integration: &Integration,
         body: bytes::Bytes,
         webhook_id: Option<String>,
     ) -> Result<(Response, Handled), AppError> {
-        let state = self.state;
-        let endpoint = self.uri.path().to_owned();
-        // Reading a large Bundle takes a while: off the async workers, with its hash. A small
-        // one (a typical referral) is read in place: handing it to another thread and back
-        // would cost more than reading it.
-        let body_len = body.len();
-        let events = integration.events.clone();
-        let read = move || {
-            let parsed = parse_message(&body, |event| events.is_empty() || events.contains(event));
-            let sha256 = sha256_hex(&body);
-            (parsed, sha256, body)
+        let sender = Sender {
+            name: &integration.name,
+            events: &integration.events,
+            default_service: integration.default_service.as_ref(),
+            shares_with: &integration.shares_with,
         };
-        let (parsed, sha256, body) = if body_len <= READ_IN_PLACE_BYTES {
-            read()
-        } else {
-            off_worker(read).await?
-        };
-        let parsed = parsed.map_err(|e| {
-            let reason = match &e {
-                ParseError::Malformed(_) => "malformed",
-                ParseError::Unusable(_) => "unusable",
-            };
-            tracing::info!(integration = %integration.name, reason, "delivery rejected");
-            match e {
-                ParseError::Malformed(m) => AppError::BadRequest(m),
-                ParseError::Unusable(m) => AppError::Unprocessable(m),
-            }
-        })?;
-        let message = match parsed {
-            Parsed::Message(message) => message,
-            Parsed::Ignored {
-                event,
-                message_header_id,
-            } => {
-                tracing::info!(integration = %integration.name, %event, "event not accepted by this integration; acknowledged, not stored");
-                let note = format!(
-                    "event code '{event}' is not among those integration '{}' accepts; the message was acknowledged and not stored",
-                    integration.name
-                );
-                let body = response_bundle(
-                    message_header_id.as_deref(),
-                    event.as_str(),
-                    &endpoint,
-                    Some(&note),
-                );
-                return Ok((fhir_json(StatusCode::OK, &body), Handled::Ignored));
-            }
-        };
-
-        let service = match (&message.service_id, &integration.default_service) {
-            (Some(named), _) => ServiceAssignment::Named(named.clone()),
-            (None, Some(default)) => ServiceAssignment::Default(default.clone()),
-            (None, None) => ServiceAssignment::Unassigned,
-        };
-        // Documents are fetched for referrals an Ocean site with credentials answers for.
-        let fetch_documents = state.config().documents.fetch
-            && state
-                .outbox
-                .site_name_for(match &service {
-                    ServiceAssignment::Named(s) | ServiceAssignment::Default(s) => Some(s),
-                    ServiceAssignment::Unassigned => None,
-                })
-                .is_some();
-        let mut message = message;
-        let limit = state.config().documents.max_per_delivery;
-        if message.summary.documents.len() > limit {
-            // A message naming thousands of attachments would make thousands of fetches, and
-            // one page listing them all: what is beyond the cap is said, counted and left.
-            let beyond = message.summary.documents.len() - limit;
-            message.summary.documents.truncate(limit);
-            message.problems.push(format!(
-                "{beyond} more attachments than documents.max_per_delivery ({limit}) are neither listed nor fetched; they are in the stored message"
-            ));
-            state
-                .metrics
-                .documents_not_queued(integration.name.as_str(), beyond);
-            tracing::warn!(integration = %integration.name, beyond, max_per_delivery = limit, "a message names more attachments than documents.max_per_delivery; the rest are not fetched");
-        }
-        let delivery = NewDelivery {
-            // A signed delivery's webhook-id names it; otherwise its Bundle.id does.
-            dedup_key: delivery_key(
-                &integration.name,
-                webhook_id.as_deref().or(message.bundle_id.as_deref()),
-                &sha256,
+        let filed = self.state.intake.file(&sender, body, webhook_id).await?;
+        let (receipt, note, handled) = match &filed {
+            Filed::Stored { receipt, .. } => (receipt, None, Handled::Stored),
+            Filed::Duplicate {
+                receipt,
+                referral,
+                version,
+            } => (
+                receipt,
+                Some(format!(
+                    "this delivery was already stored as version {version} of referral {referral}; nothing new was stored"
+                )),
+                Handled::Duplicate,
             ),
-            sha256,
-            integration: integration.name.clone(),
-            shares_with: integration.shares_with.clone(),
-            referral: message.referral.clone(),
-            service,
-            event: message.event.clone(),
-            message_header_id: message.message_header_id.clone(),
-            bundle_id: message.bundle_id.clone(),
-            bundle_timestamp: message.timestamp.clone(),
-            sent_at: message.sent_at,
-            raw: body,
-            summary: message.summary,
-            problems: message.problems,
-            received_at: OffsetDateTime::now_utc(),
-            fetch_documents,
-            routes: state.destinations.routes(),
+            Filed::Ignored(receipt) => (
+                receipt,
+                Some(format!(
+                    "event code '{}' is not among those integration '{}' accepts; the message was acknowledged and not stored",
+                    receipt.event, integration.name
+                )),
+                Handled::Ignored,
+            ),
         };
-        let (version, duplicate) = match state.store.put_delivery(delivery).await? {
-            PutOutcome::Stored { version } => {
-                if fetch_documents {
-                    state.documents_wake.notify_one();
-                }
-                state.destinations.wake_all();
-                (version, false)
-            }
-            PutOutcome::Duplicate { version } => (version, true),
-            PutOutcome::OwnedElsewhere { owner } => {
-                tracing::warn!(integration = %integration.name, %owner, event = %message.event, "delivery refused: the referral belongs to another integration");
-                let details = serde_json::json!({
-                    "referral": message.referral.as_str(),
-                    "event": message.event.as_str(),
-                    "owner": owner.as_str(),
-                });
-                state
-                    .store
-                    .audit(
-                        "DELIVERY_REFUSED",
-                        &format!("integration:{}", integration.name),
-                        details,
-                    )
-                    .await?;
-                return Err(AppError::Forbidden(format!(
-                    "referral {} belongs to integration '{owner}', which does not share referrals with integration '{}'; nothing was stored",
-                    message.referral, integration.name
-                )));
-            }
-        };
-        tracing::info!(
-            integration = %integration.name,
-            event = %message.event,
-            referral = %message.referral,
-            version,
-            duplicate,
-            "delivery stored"
-        );
-        let note = duplicate.then(|| {
-            format!(
-                "this delivery was already stored as version {version} of referral {}; nothing new was stored",
-                message.referral
-            )
-        });
         let body = response_bundle(
-            message.message_header_id.as_deref(),
-            message.event.as_str(),
-            &endpoint,
+            receipt.message_header_id.as_deref(),
+            receipt.event.as_str(),
+            self.uri.path(),
             note.as_deref(),
         );
-        let handled = if duplicate {
-            Handled::Duplicate
-        } else {
-            Handled::Stored
-        };
         Ok((fhir_json(StatusCode::OK, &body), handled))
     }
 }
@@ -410,11 +287,7 @@ fn refused(
     }
 }
 
-/// Bodies up to this size (bytes) are read on the async worker that received them: well under a
-/// millisecond of work, less than the two thread switches of the blocking pool.
-const READ_IN_PLACE_BYTES: usize = 64 * 1024;
-
-/// Runs CPU-bound work (signature checks, decompression, reading a Bundle) on the blocking
+/// Runs CPU-bound work (signature checks, decompression) on the blocking
 /// pool, so a large body does not hold up the requests the async workers serve meanwhile.
 async fn off_worker<T: Send + 'static>(
     work: impl FnOnce() -> T + Send + 'static,

@@ -2,6 +2,7 @@
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use time::OffsetDateTime;
 
 use super::{PgStore, db_error};
 use crate::domain::ReferralRef;
@@ -119,7 +120,66 @@ impl Drop for Pipelined {
     }
 }
 
+/// A referral's modification time for a delivery received at `received_at`: it never goes
+/// backwards, nor falls behind its last export (listings since a time and "unexported only"
+/// rely on both), whatever the order in which replicas' deliveries of it commit or their
+/// clocks.
+fn modification_time(
+    received_at: OffsetDateTime,
+    previous: Option<&ReferralRecord>,
+) -> OffsetDateTime {
+    previous.map_or(received_at, |p| {
+        let after_export = p.exported_at.map(|at| at + time::Duration::microseconds(1));
+        received_at
+            .max(p.modified_at)
+            .max(after_export.unwrap_or(p.modified_at))
+    })
+}
+
+/// What a delivery writes, sealed: its version, payload and referral, the documents it queues
+/// (with their indexes) and the destinations' messages (with their queues).
+struct SealedDelivery {
+    version: Vec<u8>,
+    payload: Vec<u8>,
+    referral: Vec<u8>,
+    document_indexes: Vec<i32>,
+    documents: Vec<Vec<u8>>,
+    queues: Vec<String>,
+    messages: Vec<Vec<u8>>,
+}
+
 impl PgStore {
+    fn seal_delivery(
+        &self,
+        d: &NewDelivery,
+        record: &ReferralRecord,
+        version_record: &VersionRecord,
+        received_at: OffsetDateTime,
+    ) -> Result<SealedDelivery, StoreError> {
+        let referral = d.referral.as_str();
+        let documents = d.documents(record.version, received_at);
+        // The destinations that take this version, queued in the same statement.
+        let messages = d.queued(record, received_at);
+        Ok(SealedDelivery {
+            version: self.seal_version(referral, version_record)?,
+            payload: self.seal_payload(referral, record.version, &d.raw)?,
+            referral: self.seal_referral(record)?,
+            document_indexes: documents
+                .iter()
+                .map(|doc| i32::try_from(doc.index).unwrap_or(i32::MAX))
+                .collect(),
+            documents: documents
+                .iter()
+                .map(|doc| self.seal_document(doc))
+                .collect::<Result<_, StoreError>>()?,
+            queues: messages.iter().map(|m| m.queue.clone()).collect(),
+            messages: messages
+                .iter()
+                .map(|m| self.seal_message(m))
+                .collect::<Result<_, StoreError>>()?,
+        })
+    }
+
     /// The delivery's transaction, in two round trips (see [`Pipelined`]). A duplicate or a
     /// referral owned elsewhere writes nothing.
     async fn write_delivery(&self, d: &NewDelivery) -> Result<PutOutcome, StoreError> {
@@ -168,15 +228,7 @@ impl PgStore {
             || d.integration.clone(),
             |p| p.owner.clone().unwrap_or_else(|| p.integration.clone()),
         );
-        // A referral's modification time never goes backwards, nor falls behind its last export
-        // (listings since a time and "unexported only" rely on both), whatever the order in
-        // which replicas' deliveries of it commit or their clocks.
-        let received_at = previous.as_ref().map_or(d.received_at, |p| {
-            let after_export = p.exported_at.map(|at| at + time::Duration::microseconds(1));
-            d.received_at
-                .max(p.modified_at)
-                .max(after_export.unwrap_or(p.modified_at))
-        });
+        let received_at = modification_time(d.received_at, previous.as_ref());
         // Its feed position is not known yet (see the sequencer): read back from `events`.
         let (record, version_record) =
             match d.next_version(previous.as_ref(), owner, received_at, 0) {
@@ -188,9 +240,7 @@ impl PgStore {
             };
         let version = record.version;
         let service_id = record.service_id.as_ref().map(|s| s.as_str());
-        let sealed_version = self.seal_version(referral, &version_record)?;
-        let sealed_payload = self.seal_payload(referral, version, &d.raw)?;
-        let sealed_referral = self.seal_referral(&record)?;
+        let sealed = self.seal_delivery(d, &record, &version_record, received_at)?;
         // Stored, then audited, or neither: the entry is part of the same statement.
         let details = serde_json::json!({
             "referral": referral,
@@ -201,22 +251,6 @@ impl PgStore {
         // Second round trip: every write, and the commit.
         let number = to_i64(version);
         let changes = &version_record.changes;
-        let documents = d.documents(version, received_at);
-        let document_indexes: Vec<i32> = documents
-            .iter()
-            .map(|doc| i32::try_from(doc.index).unwrap_or(i32::MAX))
-            .collect();
-        let document_records = documents
-            .iter()
-            .map(|doc| self.seal_document(doc))
-            .collect::<Result<Vec<Vec<u8>>, StoreError>>()?;
-        // The destinations that take this version, queued in the same statement.
-        let messages = d.queued(&record, received_at);
-        let queues: Vec<&str> = messages.iter().map(|m| m.queue.as_str()).collect();
-        let message_records = messages
-            .iter()
-            .map(|m| self.seal_message(m))
-            .collect::<Result<Vec<Vec<u8>>, StoreError>>()?;
         let write_params: [&Param<'_>; 16] = [
             &dedup_key,
             &referral,
@@ -224,16 +258,16 @@ impl PgStore {
             &d.event.as_str(),
             &service_id,
             &received_at,
-            &sealed_version,
-            &sealed_payload,
-            &sealed_referral,
+            &sealed.version,
+            &sealed.payload,
+            &sealed.referral,
             &d.integration.as_str(),
             &details,
             changes,
-            &document_indexes,
-            &document_records,
-            &queues,
-            &message_records,
+            &sealed.document_indexes,
+            &sealed.documents,
+            &sealed.queues,
+            &sealed.messages,
         ];
         let (written, _) = tokio::try_join!(
             biased;

@@ -1,5 +1,7 @@
 //! `/console/referrals`: the referral list with its filters, a page at a time.
 
+use std::collections::BTreeSet;
+
 use axum::extract::State;
 use axum::response::Response;
 use serde::{Deserialize, Serialize};
@@ -70,16 +72,7 @@ pub async fn referrals(
             .map_err(|e| AppError::BadRequest(format!("service: {e}")))?;
         Some(scope.service(s)?)
     };
-    let exported = match filter.exported.as_str() {
-        "" => None,
-        "yes" => Some(true),
-        "no" => Some(false),
-        other => {
-            return Err(PageError(AppError::BadRequest(format!(
-                "exported: '{other}' is not yes, no or empty"
-            ))));
-        }
-    };
+    let exported = exported_filter(&filter.exported)?;
     let (mut start, mut skip) = if filter.page.is_empty() {
         (None, 0)
     } else {
@@ -145,40 +138,8 @@ pub async fn referrals(
         }
     }
     let scan_limited = rows.len() < PAGE_ROWS && next_page.is_some();
-    let mut next = None;
-    if let Some((key, skip)) = next_page {
-        let page = write_page(key.as_deref(), skip);
-        next = Some(
-            serde_urlencoded::to_string([
-                ("service_id", filter.service_id.as_str()),
-                ("status", filter.status.as_str()),
-                ("from", filter.from.as_str()),
-                ("to", filter.to.as_str()),
-                ("exported", filter.exported.as_str()),
-                ("page", page.as_str()),
-            ])
-            .unwrap_or_default(),
-        );
-    }
-    // Offered in the service field: the user's services, or (unlimited) those configured and
-    // those on this page.
-    let services: std::collections::BTreeSet<String> = if user.service_ids.is_empty() {
-        let config = state.config();
-        config
-            .integrations
-            .values()
-            .filter_map(|i| i.default_service())
-            .chain(config.sites.values().flat_map(|s| s.service_ids.clone()))
-            .map(|s| s.to_string())
-            .chain(
-                rows.iter()
-                    .filter(|r| r.service != UNASSIGNED)
-                    .map(|r| r.service.clone()),
-            )
-            .collect()
-    } else {
-        user.service_ids.iter().map(ToString::to_string).collect()
-    };
+    let next = next_page.map(|(key, skip)| next_query(&filter, &write_page(key.as_deref(), skip)));
+    let services = offered_services(&state, &user, &rows);
     Ok(render(
         "referrals.html",
         minijinja::context! {
@@ -192,6 +153,52 @@ pub async fn referrals(
             ..user.header()
         },
     ))
+}
+
+/// The `exported` filter: `yes`, `no`, or empty for either.
+fn exported_filter(raw: &str) -> Result<Option<bool>, AppError> {
+    match raw {
+        "" => Ok(None),
+        "yes" => Ok(Some(true)),
+        "no" => Ok(Some(false)),
+        other => Err(AppError::BadRequest(format!(
+            "exported: '{other}' is not yes, no or empty"
+        ))),
+    }
+}
+
+/// The query string of the list's next `page` under the same filters.
+fn next_query(filter: &ListFilter, page: &str) -> String {
+    serde_urlencoded::to_string([
+        ("service_id", filter.service_id.as_str()),
+        ("status", filter.status.as_str()),
+        ("from", filter.from.as_str()),
+        ("to", filter.to.as_str()),
+        ("exported", filter.exported.as_str()),
+        ("page", page),
+    ])
+    .unwrap_or_default()
+}
+
+/// What the service field offers: the user's services, or (unlimited) those configured and
+/// those on this page.
+fn offered_services(state: &AppState, user: &ConsoleUser, rows: &[Row]) -> BTreeSet<String> {
+    if !user.service_ids.is_empty() {
+        return user.service_ids.iter().map(ToString::to_string).collect();
+    }
+    let config = state.config();
+    config
+        .integrations
+        .values()
+        .filter_map(|i| i.default_service())
+        .chain(config.sites.values().flat_map(|s| s.service_ids.clone()))
+        .map(|s| s.to_string())
+        .chain(
+            rows.iter()
+                .filter(|r| r.service != UNASSIGNED)
+                .map(|r| r.service.clone()),
+        )
+        .collect()
 }
 
 /// A page of the referral list: where its first store batch starts (`None`: the range's start)

@@ -11,7 +11,7 @@ use time::OffsetDateTime;
 
 use super::keys::{modified_key, modified_key_of, referral_seq_key};
 use super::trees::{AUDIT_HEAD, EVENT_SEQ, LAST_RECEIVED, Trees, abort, tx_error};
-use crate::domain::ReferralRef;
+use crate::domain::{IntegrationName, ReferralRef};
 use crate::store::audit::{AUDIT_GENESIS, AuditEntry};
 use crate::store::deliveries::{NewDelivery, PutOutcome, ReferralRecord, VersionRecord};
 use crate::store::error::StoreError;
@@ -107,6 +107,29 @@ pub(super) fn apply_deliveries(
         .map_err(tx_error)
 }
 
+/// The integration a referral belongs to: the one that first delivered it (`d`'s, for a new
+/// referral; for a record written before owners were kept, its first version's).
+fn owner(
+    t: &DeliveryTrees<'_>,
+    codec: &Codec,
+    d: &NewDelivery,
+    previous: Option<&ReferralRecord>,
+) -> Result<IntegrationName, ConflictableTransactionError<StoreError>> {
+    let Some(p) = previous else {
+        return Ok(d.integration.clone());
+    };
+    if let Some(owner) = &p.owner {
+        return Ok(owner.clone());
+    }
+    let first = referral_seq_key(&d.referral, 1);
+    Ok(t.versions
+        .get(&first)?
+        .map(|v| codec.decode::<VersionRecord>(VERSIONS, &first, &v))
+        .transpose()
+        .map_err(abort)?
+        .map_or_else(|| p.integration.clone(), |v| v.integration))
+}
+
 /// Stores one delivery inside the batch's transaction.
 fn apply_delivery(
     t: &DeliveryTrees<'_>,
@@ -127,22 +150,7 @@ fn apply_delivery(
         .map(|v| codec.decode(REFERRALS, referral_key, &v))
         .transpose()
         .map_err(abort)?;
-    // A referral belongs to the integration that first delivered it.
-    let owner = match &previous {
-        None => d.integration.clone(),
-        Some(p) => match &p.owner {
-            Some(owner) => owner.clone(),
-            None => {
-                let first = referral_seq_key(&d.referral, 1);
-                t.versions
-                    .get(&first)?
-                    .map(|v| codec.decode::<VersionRecord>(VERSIONS, &first, &v))
-                    .transpose()
-                    .map_err(abort)?
-                    .map_or_else(|| p.integration.clone(), |v| v.integration)
-            }
-        },
-    };
+    let owner = owner(t, codec, d, previous.as_ref())?;
     // Receive times never go backwards along the feed, so a time maps to a position in it
     // (see `first_seq_since`).
     let last_micros = read_counter(t.meta, LAST_RECEIVED)?;
@@ -213,7 +221,20 @@ fn apply_delivery(
         })
         .map_err(abort)?,
     )?;
-    for document in d.documents(version, received_at) {
+    queue_work(t, codec, d, &record, received_at)?;
+    Ok(PutOutcome::Stored { version })
+}
+
+/// What a stored version queues, in the same transaction: its documents to fetch and its
+/// messages to the destinations that take it.
+fn queue_work(
+    t: &DeliveryTrees<'_>,
+    codec: &Codec,
+    d: &NewDelivery,
+    record: &ReferralRecord,
+    received_at: OffsetDateTime,
+) -> Result<(), ConflictableTransactionError<StoreError>> {
+    for document in d.documents(record.version, received_at) {
         documents::put_document(t.documents, t.due_documents, codec, &document)?;
     }
     let queue = queue::QueueTx {
@@ -222,10 +243,10 @@ fn apply_delivery(
         meta: t.meta,
         codec,
     };
-    for mut message in d.queued(&record, received_at) {
+    for mut message in d.queued(record, received_at) {
         queue.enqueue(&mut message)?;
     }
-    Ok(PutOutcome::Stored { version })
+    Ok(())
 }
 
 /// A `meta` counter inside a transaction; 0 when unset.
