@@ -7,9 +7,8 @@ use serde_json::json;
 
 use crate::support::app::{metric, spawn_app_with};
 use crate::support::fixtures::fixture;
+use crate::support::flow::*;
 use crate::support::ocean::{Answer, MockOcean};
-
-use super::flow::*;
 
 #[tokio::test]
 async fn a_refused_update_is_a_dead_letter_that_holds_back_its_referral_until_replayed() {

@@ -9,9 +9,9 @@ use serde_json::{Value, json};
 use crate::support::app::answer;
 use crate::support::binary::run;
 use crate::support::fixtures::fixture;
+use crate::support::flow::*;
 use crate::support::ocean::{Answer, CLIENT_ID, CLIENT_SECRET, MockOcean};
-
-use super::flow::*;
+use crate::support::poll::eventually;
 
 #[tokio::test]
 async fn a_status_update_reaches_ocean_with_one_token_for_many() {
@@ -170,17 +170,6 @@ async fn updates_of_a_referral_go_out_in_the_order_accepted() {
     );
 }
 
-/// Polls `check` every 50 ms for at most 20 s.
-async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    for _ in 0..400 {
-        if check() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("{what} did not happen");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_update_in_backoff_survives_kill_9_and_lands_exactly_once() {
     let ocean = MockOcean::start().await;
@@ -242,7 +231,7 @@ async fn an_update_in_backoff_survives_kill_9_and_lands_exactly_once() {
     relay.child.wait().unwrap();
 
     let mut relay = crate::support::binary::start_relay_with(&data, Some(&config_file));
-    eventually("delivery after the restart", || {
+    eventually("delivery after the restart", async || {
         ocean.delivered().len() == 1
     })
     .await;
@@ -289,7 +278,7 @@ async fn an_update_in_backoff_survives_kill_9_and_lands_exactly_once() {
     )
     .await;
     assert_eq!(reply.status, 202, "{}", reply.body);
-    eventually("the new update", || ocean.delivered().len() == 2).await;
+    eventually("the new update", async || ocean.delivered().len() == 2).await;
     let received = ocean.received();
     assert_eq!(
         received.len(),

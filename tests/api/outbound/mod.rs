@@ -1,7 +1,9 @@
-//! Status updates to Ocean, against a stand-in Ocean on loopback: the messages themselves field
-//! by field, tokens, retries, ordering, dead letters, and what a clinic may send.
+//! The relay's own requests to Ocean (`src/ocean/`, `src/outgoing/`), against a stand-in Ocean
+//! on loopback: status updates (the messages field by field, tokens, retries, ordering, dead
+//! letters, what a clinic may send) and the documents fetched for each version. The relay and
+//! the calls these tests share are in `support::flow`.
 
 mod dead_letters;
 mod delivery;
-pub mod flow;
+mod documents;
 mod rules;

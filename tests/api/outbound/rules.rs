@@ -4,8 +4,7 @@
 use serde_json::json;
 
 use crate::support::fixtures::fixture;
-
-use super::flow::*;
+use crate::support::flow::*;
 
 #[tokio::test]
 async fn statuses_are_checked_against_what_ocean_acts_on_and_the_state_table() {

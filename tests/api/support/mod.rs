@@ -1,12 +1,21 @@
 //! What the tests share: the server in-process on a loopback port ([`app`]), the real binary
-//! ([`binary`]), the synthetic FHIR fixtures ([`fixtures`]), a mock Ocean ([`ocean`]), and a
-//! schema of its own on the test PostgreSQL server ([`postgres`]), certificates and HTTPS
-//! clients for the TLS tests ([`pki`]).
+//! ([`binary`]), the synthetic FHIR fixtures ([`fixtures`]), a mock Ocean ([`ocean`]) and a relay
+//! talking to it ([`flow`]), a schema of its own on the test PostgreSQL server ([`postgres`]),
+//! certificates and HTTPS clients for the TLS tests ([`pki`]), peers that are not ours
+//! ([`peers`]), the one polling helper ([`poll::eventually`]), a signing sender ([`signing`]),
+//! the console's users and a signed-in visitor ([`console`]), the destination tests' service and
+//! API ([`destinations`]), and keys and patient details for encryption at rest ([`at_rest`]).
 
 pub mod app;
+pub mod at_rest;
 pub mod binary;
+pub mod console;
+pub mod destinations;
 pub mod fixtures;
+pub mod flow;
 pub mod ocean;
 pub mod peers;
 pub mod pki;
+pub mod poll;
 pub mod postgres;
+pub mod signing;

@@ -77,7 +77,7 @@ async fn the_export_of_the_fixtures_matches_the_golden_file() {
     }
     let normalised: String = table.iter().map(|r| r.join("|") + "\n").collect();
     let golden =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/api/golden/fixtures-export.txt");
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/api/v1/golden/fixtures-export.txt");
     if std::env::var_os("UPDATE_GOLDEN").is_some() {
         std::fs::write(&golden, &normalised).unwrap();
     }

@@ -1,6 +1,7 @@
 //! What the PostgreSQL store adds to the store contract, against a real server (see
 //! `support::postgres`): two stores on one schema stand for two replicas. The rest of the
-//! contract is the whole suite run with `RELAY_TEST_BACKEND=postgres`.
+//! contract is the service tests run again with `RELAY_TEST_BACKEND=postgres`: the folders of
+//! `ON_EITHER_BACKEND` (see `main.rs`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -374,58 +375,6 @@ async fn an_unreachable_database_is_unavailable() {
     assert!(matches!(e, StoreError::Unavailable { .. }), "{}", e.chain());
 }
 
-/// The modules whose tests run the service through `spawn_app*`, which puts it on PostgreSQL
-/// when `RELAY_TEST_BACKEND=postgres`: the store contract as the service uses it.
-const ON_EITHER_BACKEND: [&str; 14] = [
-    "api::",
-    "auth::",
-    "connections::",
-    "dedup::",
-    "documents::",
-    "edge::",
-    "export::",
-    "fuzz::",
-    "ingest::",
-    "messages::",
-    "ops::",
-    "outbound::dead_letters::",
-    "outbound::flow::",
-    "rejections::",
-];
-
-/// One `cargo test` covers both backends: this runs the tests of [`ON_EITHER_BACKEND`] again, in
-/// this same test binary, with the service on PostgreSQL, and fails with their output if any
-/// fails.
-#[test]
-fn the_service_tests_pass_on_postgres_too() {
-    if crate::support::postgres::postgres_backend() {
-        return; // this is that run
-    }
-    let output = std::process::Command::new(std::env::current_exe().unwrap())
-        .env("RELAY_TEST_BACKEND", "postgres")
-        .args(ON_EITHER_BACKEND)
-        .args(["--test-threads", "4"])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "the service tests failed on PostgreSQL:\n{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    // It ran them: a filter that matched nothing would pass too.
-    let passed = stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("test result: ok. "))
-        .and_then(|l| l.split(' ').next())
-        .and_then(|n| n.parse::<usize>().ok())
-        .unwrap_or(0);
-    assert!(
-        passed >= 50,
-        "only {passed} tests ran on PostgreSQL:\n{stdout}"
-    );
-}
-
 /// `[storage] backend = "postgres"` in the config file is what `serve` opens: a delivery posted
 /// to it lands in that schema.
 #[tokio::test]
@@ -689,7 +638,7 @@ async fn dump(schema: &Schema) -> String {
 /// what the old one sealed.
 #[tokio::test]
 async fn with_a_key_no_patient_detail_is_in_postgres_and_the_wrong_key_is_refused() {
-    use crate::at_rest::{STORED, key, keyring, patient_details};
+    use crate::support::at_rest::{STORED, key, keyring, patient_details};
     use crate::support::fixtures::{V011_REFERRAL, fixture};
 
     let details = patient_details();

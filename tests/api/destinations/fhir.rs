@@ -7,7 +7,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use serde_json::{Value, json};
 
-use crate::destinations::{KEY, api, app_on, delivery, destination};
+use crate::support::destinations::{KEY, api, app_on, delivery, destination};
 use crate::support::fixtures::V011_REFERRAL;
 use crate::support::ocean::{MockOcean, Serve};
 use crate::support::peers::FhirServer;
@@ -76,7 +76,7 @@ url = "{}"
 bearer_token = "not-a-token-this-server-issued"
 events = ["new-referral"]
 "#,
-        crate::outbound::flow::config(&ocean, "form"),
+        crate::support::flow::config(&ocean, "form"),
         server.base(),
         server.token_url(),
         server.base(),

@@ -9,10 +9,11 @@ use std::time::{Duration, Instant};
 
 use fantoccini::{Client, ClientBuilder, Locator};
 
-use crate::console::{ALICE_PASSWORD, eventually, tasks_received, users_config};
 use crate::support::app::spawn_app_with;
+use crate::support::console::{ALICE_PASSWORD, csv_refs, tasks_received, users_config};
 use crate::support::fixtures::fixture;
 use crate::support::ocean::MockOcean;
+use crate::support::poll::eventually;
 
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 const CHROMIUM: &str = "/usr/bin/chromium";
@@ -146,10 +147,7 @@ async fn text_of(browser: &Client, css: &str) -> String {
 #[tokio::test]
 async fn a_user_signs_in_finds_a_referral_reads_its_versions_and_signs_out() {
     let ocean = MockOcean::start().await;
-    let app = spawn_app_with(&users_config(&crate::outbound::flow::config(
-        &ocean, "form",
-    )))
-    .await;
+    let app = spawn_app_with(&users_config(&crate::support::flow::config(&ocean, "form"))).await;
     for name in [
         "v0.11-add-service-request.json",
         "update-task-accepted.json",
@@ -254,7 +252,10 @@ async fn a_user_signs_in_finds_a_referral_reads_its_versions_and_signs_out() {
         .for_element(Locator::Css("table.updates"))
         .await
         .unwrap();
-    eventually(|| !tasks_received(&ocean).is_empty()).await;
+    eventually("the accepted status reaching Ocean", async || {
+        !tasks_received(&ocean).is_empty()
+    })
+    .await;
     assert_eq!(tasks_received(&ocean)[0].1, "accepted");
     browser.refresh().await.unwrap();
     let updates = text_of(&browser, "table.updates").await;
@@ -279,8 +280,8 @@ async fn a_user_signs_in_finds_a_referral_reads_its_versions_and_signs_out() {
     assert_eq!(count, "2 referrals match.");
     click(&browser, "button[formaction='/console/backup/export.csv']").await;
     let file = driver.downloads.path().join("referrals.csv");
-    eventually(|| file.exists()).await;
-    let mut refs = crate::console::csv_refs(&std::fs::read_to_string(&file).unwrap());
+    eventually("the backup file downloaded", async || file.exists()).await;
+    let mut refs = csv_refs(&std::fs::read_to_string(&file).unwrap());
     refs.sort();
     assert_eq!(refs, ["TST-0010-BBBB", "TST-0011-AAAA"]);
     // Run again: nothing left to export, and the list shows both exported.
@@ -360,7 +361,10 @@ async fn a_user_signs_in_finds_a_referral_reads_its_versions_and_signs_out() {
         .unwrap();
     screenshot(&browser, "outbox-confirm").await;
     click(&browser, "main form button").await;
-    eventually(|| ocean.delivered().len() == 2).await;
+    eventually("the replayed update reaching Ocean", async || {
+        ocean.delivered().len() == 2
+    })
+    .await;
     let started = Instant::now();
     loop {
         browser.goto(&app.url("/console/outbox")).await.unwrap();
@@ -443,7 +447,7 @@ async fn a_scoped_user_cannot_open_another_services_referral_and_an_idle_session
     type_into(
         &browser,
         "input[name=password]",
-        crate::console::BOB_PASSWORD,
+        crate::support::console::BOB_PASSWORD,
     )
     .await;
     click(&browser, "form.login button").await;

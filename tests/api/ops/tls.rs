@@ -11,11 +11,12 @@ use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::console::{ALICE_PASSWORD, Visitor, users_config};
 use crate::support::app::{TestApp, spawn_sled_app_with};
 use crate::support::binary::{launch, run, send_sighup, terminate};
+use crate::support::console::{ALICE_PASSWORD, Visitor, users_config};
 use crate::support::fixtures::fixture;
 use crate::support::pki::{self, Ca, HOST, Pair};
+use crate::support::poll::eventually;
 
 const API_KEY: &str = "tls-test-api-key-0123";
 
@@ -58,7 +59,7 @@ async fn reload_error(client: &reqwest::Client, addr: SocketAddr) -> Option<Stri
 
 /// Waits (bounded) until a new connection of `client` to `addr` is served `certificate`.
 async fn until_served(what: &str, client: &reqwest::Client, addr: SocketAddr, certificate: &[u8]) {
-    until(what, async || {
+    eventually(what, async || {
         let response = client.get(pki::url(addr, "/healthz")).send().await.unwrap();
         pki::served(&response) == certificate
     })
@@ -67,23 +68,12 @@ async fn until_served(what: &str, client: &reqwest::Client, addr: SocketAddr, ce
 
 /// Waits (bounded) until `/readyz` says the certificate files were not taken, with `words`.
 async fn until_refused(what: &str, client: &reqwest::Client, addr: SocketAddr, words: &str) {
-    until(what, async || {
+    eventually(what, async || {
         reload_error(client, addr)
             .await
             .is_some_and(|e| e.contains(words))
     })
     .await;
-}
-
-/// Waits (bounded) until `check` holds, polling.
-async fn until(what: &str, mut check: impl AsyncFnMut() -> bool) {
-    for _ in 0..150 {
-        if check().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("{what}: not within 15 s");
 }
 
 #[tokio::test]
@@ -345,7 +335,7 @@ async fn a_pair_that_does_not_load_keeps_the_certificate_in_use() {
     // Fixed: taken, and the error is gone.
     let fixed = ca.server(120);
     fixed.write(dir.path(), "server");
-    until("the fixed pair is served", async || {
+    eventually("the fixed pair is served", async || {
         let response = client
             .get(pki::url(app.addr, "/readyz"))
             .send()
@@ -694,7 +684,7 @@ async fn sighup_reloads_the_certificate_in_the_running_binary() {
     let mut relay = launch(&data, None, &[], &env);
     let client = pki::client(&ca, relay.addr, None);
     // The first file check runs at start; let it pass before replacing the files.
-    until("the relay serves the first certificate", async || {
+    eventually("the relay serves the first certificate", async || {
         let response = client.get(pki::url(relay.addr, "/healthz")).send().await;
         response.is_ok_and(|r| pki::served(&r) == first.der)
     })

@@ -1,171 +1,16 @@
 //! The web console over plain HTTP: sign-in, sessions, form tokens, security headers and
-//! scoping (what a browser does is in `console_browser`).
+//! scoping (what a browser does is in `browser`).
 
 use std::collections::HashMap;
 
 use reqwest::header::{HeaderMap, SET_COOKIE};
 
 use crate::support::app::{TestApp, spawn_app_with};
+use crate::support::console::{
+    ALICE_PASSWORD, BOB_PASSWORD, Page, Visitor, csv_refs, tasks_received, users_config,
+};
 use crate::support::fixtures::fixture;
-
-pub const ALICE_PASSWORD: &str = "alice-password-0001";
-pub const BOB_PASSWORD: &str = "bob-password-00002";
-
-/// Alice (admin, every service) and Bob (staff, only PHYSIO-EAST-02), plus `extra` TOML.
-pub fn users_config(extra: &str) -> String {
-    let alice = referral_relay::config::hash_password(ALICE_PASSWORD).unwrap();
-    let bob = referral_relay::config::hash_password(BOB_PASSWORD).unwrap();
-    format!(
-        r#"
-[console.users.alice]
-password_hash = "{alice}"
-role = "admin"
-
-[console.users.bob]
-password_hash = "{bob}"
-role = "staff"
-service_ids = ["PHYSIO-EAST-02"]
-{extra}
-"#
-    )
-}
-
-/// A browser stand-in: follows no redirects, keeps cookies by name.
-pub struct Visitor<'a> {
-    app: &'a TestApp,
-    client: reqwest::Client,
-    /// Where paths are asked: the app's plain HTTP address, unless given.
-    base: Option<String>,
-    pub cookies: HashMap<String, String>,
-    /// The raw `Set-Cookie` values of the last response.
-    pub set_cookies: Vec<String>,
-}
-
-pub struct Page {
-    pub status: u16,
-    pub headers: HeaderMap,
-    pub html: String,
-}
-
-impl Page {
-    pub fn location(&self) -> &str {
-        self.headers
-            .get("location")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-    }
-
-    /// The value of the first hidden `csrf` field.
-    pub fn csrf(&self) -> String {
-        let start = self
-            .html
-            .find("name=\"csrf\" value=\"")
-            .expect("a form token")
-            + 19;
-        let end = self.html[start..].find('"').unwrap();
-        self.html[start..start + end].to_owned()
-    }
-}
-
-impl<'a> Visitor<'a> {
-    pub fn new(app: &'a TestApp) -> Self {
-        Self {
-            app,
-            client: reqwest::Client::builder()
-                .redirect(reqwest::redirect::Policy::none())
-                .build()
-                .unwrap(),
-            base: None,
-            cookies: HashMap::new(),
-            set_cookies: Vec::new(),
-        }
-    }
-
-    /// A visitor asking `base` (e.g. an `https://` address) with `client`, which must not
-    /// follow redirects.
-    pub fn over(app: &'a TestApp, client: reqwest::Client, base: &str) -> Self {
-        Self {
-            client,
-            base: Some(base.to_owned()),
-            ..Self::new(app)
-        }
-    }
-
-    fn url(&self, path: &str) -> String {
-        match &self.base {
-            Some(base) => format!("{base}{path}"),
-            None => self.app.url(path),
-        }
-    }
-
-    fn cookie_header(&self) -> String {
-        self.cookies
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect::<Vec<_>>()
-            .join("; ")
-    }
-
-    async fn read(&mut self, response: reqwest::Response) -> Page {
-        let status = response.status().as_u16();
-        let headers = response.headers().clone();
-        self.set_cookies = headers
-            .get_all(SET_COOKIE)
-            .iter()
-            .map(|v| v.to_str().unwrap().to_owned())
-            .collect();
-        for set in &self.set_cookies {
-            let pair = set.split(';').next().unwrap();
-            let (name, value) = pair.split_once('=').unwrap();
-            if value.is_empty() {
-                self.cookies.remove(name);
-            } else {
-                self.cookies.insert(name.to_owned(), value.to_owned());
-            }
-        }
-        Page {
-            status,
-            headers,
-            html: response.text().await.unwrap(),
-        }
-    }
-
-    pub async fn get(&mut self, path: &str) -> Page {
-        let response = self
-            .client
-            .get(self.url(path))
-            .header("cookie", self.cookie_header())
-            .send()
-            .await
-            .unwrap();
-        self.read(response).await
-    }
-
-    pub async fn post(&mut self, path: &str, form: &[(&str, &str)]) -> Page {
-        let response = self
-            .client
-            .post(self.url(path))
-            .header("cookie", self.cookie_header())
-            .header("content-type", "application/x-www-form-urlencoded")
-            .body(serde_urlencoded::to_string(form).unwrap())
-            .send()
-            .await
-            .unwrap();
-        self.read(response).await
-    }
-
-    /// Signs in through the form; returns the answer to the form's post.
-    pub async fn sign_in(&mut self, user: &str, password: &str) -> Page {
-        let form = self.get("/console/login").await;
-        assert_eq!(form.status, 200);
-        let csrf = form.csrf();
-        self.post(
-            "/console/login",
-            &[("user", user), ("password", password), ("csrf", &csrf)],
-        )
-        .await
-    }
-}
+use crate::support::poll::eventually;
 
 async fn with_referrals(toml: &str) -> TestApp {
     let app = spawn_app_with(toml).await;
@@ -619,41 +464,10 @@ async fn the_list_pages_through_every_referral_once() {
     app.stop().await;
 }
 
-/// The Task resources a stand-in Ocean has been sent, as (id, status).
-pub fn tasks_received(ocean: &crate::support::ocean::MockOcean) -> Vec<(String, String)> {
-    ocean
-        .delivered()
-        .iter()
-        .flat_map(|bundle| bundle["entry"].as_array().cloned().unwrap_or_default())
-        .filter(|e| e["resource"]["resourceType"] == "Task")
-        .map(|e| {
-            (
-                e["resource"]["id"].as_str().unwrap_or("").to_owned(),
-                e["resource"]["status"].as_str().unwrap_or("").to_owned(),
-            )
-        })
-        .collect()
-}
-
-/// Waits (up to 20 s) until `ready` holds.
-pub async fn eventually(mut ready: impl FnMut() -> bool) {
-    let started = std::time::Instant::now();
-    while !ready() {
-        assert!(
-            started.elapsed() < std::time::Duration::from_secs(20),
-            "gave up waiting"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-}
-
 #[tokio::test]
 async fn actions_go_through_the_outbox_to_ocean_offer_only_allowed_statuses_and_are_audited() {
     let ocean = crate::support::ocean::MockOcean::start().await;
-    let app = with_referrals(&users_config(&crate::outbound::flow::config(
-        &ocean, "form",
-    )))
-    .await;
+    let app = with_referrals(&users_config(&crate::support::flow::config(&ocean, "form"))).await;
     let mut visitor = Visitor::new(&app);
     visitor.sign_in("alice", ALICE_PASSWORD).await;
 
@@ -723,7 +537,10 @@ async fn actions_go_through_the_outbox_to_ocean_offer_only_allowed_statuses_and_
         .await;
     assert_eq!(message.status, 303);
 
-    eventually(|| ocean.delivered().len() == 3).await;
+    eventually("the three actions reaching Ocean", async || {
+        ocean.delivered().len() == 3
+    })
+    .await;
     assert_eq!(
         tasks_received(&ocean)
             .iter()
@@ -746,16 +563,6 @@ async fn actions_go_through_the_outbox_to_ocean_offer_only_allowed_statuses_and_
     assert_eq!(audited.len(), 3);
     assert!(audited.iter().all(|(_, actor)| actor == "console:alice"));
     app.stop().await;
-}
-
-/// The CSV rows' referral refs (the first column), header left out.
-pub fn csv_refs(csv: &str) -> Vec<String> {
-    let mut reader = csv::Reader::from_reader(csv.trim_start_matches('\u{feff}').as_bytes());
-    let refs: Vec<String> = reader
-        .records()
-        .map(|r| r.unwrap().get(0).unwrap().to_owned())
-        .collect();
-    refs
 }
 
 #[tokio::test]
@@ -858,10 +665,7 @@ async fn an_admin_replays_a_dead_letter_after_confirming_and_staff_cannot_see_th
     use crate::support::ocean::{Answer, MockOcean};
     let ocean = MockOcean::start().await;
     ocean.script([Answer::Outcome(400, "Unknown referral")]);
-    let app = with_referrals(&users_config(&crate::outbound::flow::config(
-        &ocean, "form",
-    )))
-    .await;
+    let app = with_referrals(&users_config(&crate::support::flow::config(&ocean, "form"))).await;
     let mut alice = Visitor::new(&app);
     alice.sign_in("alice", ALICE_PASSWORD).await;
     let csrf = alice.get("/console/referrals/TST-0010-BBBB").await.csrf();
@@ -919,7 +723,10 @@ async fn an_admin_replays_a_dead_letter_after_confirming_and_staff_cannot_see_th
         (replayed.status, replayed.location()),
         (303, "/console/outbox")
     );
-    eventually(|| ocean.delivered().len() == 1).await;
+    eventually("the replayed update reaching Ocean", async || {
+        ocean.delivered().len() == 1
+    })
+    .await;
     let started = std::time::Instant::now();
     while !alice
         .get("/console/outbox")
@@ -997,10 +804,7 @@ async fn the_audit_page_filters_entries_and_verifies_the_chain() {
 #[tokio::test]
 async fn the_status_page_shows_readiness_integrations_and_sites_and_checks_a_site() {
     let ocean = crate::support::ocean::MockOcean::start().await;
-    let app = with_referrals(&users_config(&crate::outbound::flow::config(
-        &ocean, "form",
-    )))
-    .await;
+    let app = with_referrals(&users_config(&crate::support::flow::config(&ocean, "form"))).await;
     let mut alice = Visitor::new(&app);
     alice.sign_in("alice", ALICE_PASSWORD).await;
     let page = alice.get("/console/status").await;
@@ -1318,10 +1122,7 @@ async fn a_referrals_documents_are_listed_and_downloadable_within_its_scope() {
         "/svc/fhir/v1/ServiceRequest/TST-0011-AAAA/$letter",
         [Serve::Pdf(letter.as_bytes().to_vec())],
     );
-    let app = spawn_app_with(&users_config(&crate::outbound::flow::config(
-        &ocean, "form",
-    )))
-    .await;
+    let app = spawn_app_with(&users_config(&crate::support::flow::config(&ocean, "form"))).await;
     assert_eq!(
         app.deliver("default", fixture("v0.11-add-service-request.json"))
             .await
@@ -1376,10 +1177,7 @@ async fn a_referrals_documents_are_listed_and_downloadable_within_its_scope() {
 #[tokio::test]
 async fn names_and_links_made_from_an_odd_ref_keep_to_one_rule() {
     let ocean = crate::support::ocean::MockOcean::start().await;
-    let app = spawn_app_with(&users_config(&crate::outbound::flow::config(
-        &ocean, "form",
-    )))
-    .await;
+    let app = spawn_app_with(&users_config(&crate::support::flow::config(&ocean, "form"))).await;
     let odd = r#"R/1?x#y%z\..evil.html"; x=""#;
     let json = serde_json::to_string(odd).unwrap();
     let template = String::from_utf8(fixture("v0.11-add-service-request.json")).unwrap();

@@ -13,8 +13,8 @@ use referral_relay::store::{
     SledStore, Store, TaskState, UpdateKind, UpdateRecord, UpdateState, verify_chain,
 };
 
-use crate::at_rest::{STORED, key, keyring};
 use crate::support::app::{FHIR_JSON, config, spawn_app_in, spawn_with_store};
+use crate::support::at_rest::{STORED, key, keyring};
 use crate::support::binary::run;
 use crate::support::fixtures::{fixture, unique_v011};
 use crate::support::postgres::{Schema, server_url};

@@ -9,6 +9,7 @@ use time::OffsetDateTime;
 
 use crate::support::app::{Answer, FHIR_JSON, TestApp, answer, spawn_app_in, spawn_app_with};
 use crate::support::fixtures::{fixture, unique_v011};
+use crate::support::signing::signed;
 
 const SIGNING_KEY: &str = "test-signing-key-0123456789abcdef-0123";
 const HMAC_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
@@ -510,22 +511,6 @@ async fn static_bearer_tokens_rotate_and_nothing_else_passes() {
         assert_refused(&answer, "Bearer realm=", reason);
     }
     assert_eq!(stored(&app).await, 1);
-}
-
-/// Standard Webhooks headers for `body` signed with `secret` at `timestamp`.
-pub fn signed(secret: &str, id: &str, timestamp: i64, body: &[u8]) -> Vec<(String, String)> {
-    let key = STANDARD
-        .decode(secret.trim_start_matches("whsec_"))
-        .unwrap();
-    let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, &key);
-    let mut message = format!("{id}.{timestamp}.").into_bytes();
-    message.extend_from_slice(body);
-    let signature = STANDARD.encode(aws_lc_rs::hmac::sign(&key, &message).as_ref());
-    vec![
-        ("webhook-id".into(), id.into()),
-        ("webhook-timestamp".into(), timestamp.to_string()),
-        ("webhook-signature".into(), format!("v1,{signature}")),
-    ]
 }
 
 async fn post_signed(app: &TestApp, headers: &[(String, String)], body: Vec<u8>) -> Answer {

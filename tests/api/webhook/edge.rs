@@ -9,9 +9,9 @@ use time::OffsetDateTime;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::auth::signed;
 use crate::support::app::{FHIR_JSON, TestApp, answer, metric, spawn_app, spawn_app_with};
 use crate::support::fixtures::fixture;
+use crate::support::signing::signed;
 
 const HMAC_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 

@@ -9,11 +9,11 @@ use referral_relay::domain::ReferralRef;
 use referral_relay::store::{DeliveryStore, SledStore};
 use serde_json::{Value, json};
 
-use crate::at_rest::{STORED, patient_details};
-use crate::auth::signed;
+use crate::support::at_rest::{STORED, patient_details};
 use crate::support::binary::{launch, run, send_sighup, send_sigterm, terminate, wait_exit};
 use crate::support::fixtures::{V011_REFERRAL, fixture, unique_v011};
 use crate::support::ocean::{CLIENT_ID, CLIENT_SECRET, MockOcean};
+use crate::support::signing::signed;
 
 const FHIR_JSON: &str = "application/fhir+json";
 

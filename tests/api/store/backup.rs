@@ -9,8 +9,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use referral_relay::domain::ReferralRef;
 use referral_relay::store::{SledStore, Store};
 
-use crate::at_rest::{key, keyring};
 use crate::support::app::spawn_app_in;
+use crate::support::at_rest::{key, keyring};
 use crate::support::binary::run;
 use crate::support::fixtures::{V011_REFERRAL, fixture, unique_v011};
 

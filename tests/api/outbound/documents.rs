@@ -7,10 +7,10 @@ use std::time::Duration;
 use serde_json::Value;
 use tempfile::TempDir;
 
-use crate::at_rest::{grep, key};
-use crate::outbound::flow::{self, KEY, REF};
 use crate::support::app::{Answer, TestApp, answer, spawn_app_in, spawn_app_with};
+use crate::support::at_rest::{grep, key};
 use crate::support::fixtures::fixture;
+use crate::support::flow::{self, KEY, REF};
 use crate::support::ocean::{MockOcean, Serve};
 
 const LETTER: &str = "/svc/fhir/v1/ServiceRequest/TST-0011-AAAA/$letter";

@@ -1,13 +1,13 @@
-//! What the outbound tests share: a relay pointed at a stand-in Ocean with one referral
-//! stored, the API calls that make updates, and checks of the messages Ocean received.
-
-use std::time::Duration;
+//! A relay talking to Ocean, for the outbound tests and every other that needs a site: its
+//! config pointed at a stand-in Ocean, the relay with one referral stored, the API calls that
+//! make updates, and checks of the messages Ocean received.
 
 use serde_json::{Value, json};
 
 use crate::support::app::{Answer as Reply, TestApp, answer, spawn_app_with};
 use crate::support::fixtures::fixture;
 use crate::support::ocean::{CLIENT_ID, CLIENT_SECRET, MockOcean};
+use crate::support::poll::eventually;
 
 pub const KEY: &str = "emr-key-0123456789";
 pub const REF: &str = "TST-0011-AAAA";
@@ -86,20 +86,20 @@ pub async fn status(app: &TestApp, status: &str) -> u64 {
 
 /// Waits (bounded) until the update reaches `state`, and returns it.
 pub async fn until_state(app: &TestApp, id: u64, state: &str) -> Value {
-    for _ in 0..200 {
-        let reply = call(
+    let mut update = Value::Null;
+    eventually(&format!("update {id} becoming {state}"), async || {
+        update = call(
             app,
             reqwest::Method::GET,
             &format!("/api/v1/updates/{id}"),
             None,
         )
-        .await;
-        if reply.body["state"] == state {
-            return reply.body;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("update {id} never became {state}");
+        .await
+        .body;
+        update["state"] == state
+    })
+    .await;
+    update
 }
 
 pub fn resource<'a>(bundle: &'a Value, kind: &str) -> &'a Value {

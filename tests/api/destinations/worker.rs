@@ -7,12 +7,12 @@ use std::sync::Arc;
 use serde_json::Value;
 use tempfile::TempDir;
 
-use crate::support::app::{Answer, TestApp, answer, config, spawn_with_store};
-use crate::support::fixtures::{V011_BUNDLE_ID, V011_REFERRAL, fixture};
+use crate::support::app::{TestApp, config, spawn_with_store};
+use crate::support::destinations::{KEY, api, app_on, delivery, destination};
+use crate::support::fixtures::{V011_REFERRAL, fixture};
 use crate::support::peers::WebhookReceiver;
 use crate::support::postgres::Schema;
 
-pub(crate) const KEY: &str = "destinations-key-0123456789";
 /// 32 bytes, base64: the secret a rotation moves to, and the one it moves from.
 const NEW_SECRET: &str = "whsec_bmV3LXNlY3JldC1uZXctc2VjcmV0LW5ldy1zZWNyZXQhIQ==";
 const OLD_SECRET: &str = "whsec_b2xkLXNlY3JldC1vbGQtc2VjcmV0LW9sZC1zZWNyZXQhIQ==";
@@ -32,36 +32,8 @@ max_backoff_secs = 1
     )
 }
 
-/// The service on sled in a directory of its own, or on a PostgreSQL schema of its own.
-pub(crate) async fn app_on(postgres: bool, toml: &str) -> (TestApp, TempDir) {
-    let dir = TempDir::new().unwrap();
-    let config = config(toml, dir.path());
-    if postgres {
-        let schema = Schema::new();
-        let store = schema.store().await;
-        let mut app = spawn_with_store(&config, store).await;
-        app.keep_schema(schema);
-        return (app, dir);
-    }
-    (sled_in(dir.path(), toml).await, dir)
-}
-
 async fn sled_in(dir: &std::path::Path, toml: &str) -> TestApp {
     crate::support::app::spawn_app_in(dir, toml).await
-}
-
-/// Fixture `name` as a new delivery of `referral` (a fresh Bundle id).
-pub(crate) fn delivery(name: &str, referral: &str) -> Vec<u8> {
-    let text = String::from_utf8(fixture(name)).unwrap();
-    let bundle_id = uuid::Uuid::new_v4().to_string();
-    let original_id = serde_json::from_str::<Value>(&text).unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    text.replace(V011_REFERRAL, referral)
-        .replace(&original_id, &bundle_id)
-        .replace(V011_BUNDLE_ID, &bundle_id)
-        .into_bytes()
 }
 
 /// New referral, Task accepted, appointment booked: versions 1 to 3 of `referral`.
@@ -74,34 +46,6 @@ const STEPS: [&str; 3] = [
 async fn deliver(app: &TestApp, name: &str, referral: &str) {
     let answer = app.deliver("default", delivery(name, referral)).await;
     assert_eq!(answer.status, 200, "{}", answer.body);
-}
-
-pub(crate) async fn api(
-    app: &TestApp,
-    method: reqwest::Method,
-    path: &str,
-    body: Option<Value>,
-) -> Answer {
-    let mut request = app
-        .client
-        .request(method, app.url(path))
-        .header("authorization", format!("Bearer {KEY}"));
-    if let Some(body) = body {
-        request = request.json(&body);
-    }
-    answer(request.send().await.unwrap()).await
-}
-
-pub(crate) async fn destination(app: &TestApp, name: &str) -> Value {
-    let list = api(app, reqwest::Method::GET, "/api/v1/destinations", None).await;
-    assert_eq!(list.status, 200, "{}", list.body);
-    list.body["destinations"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|d| d["name"] == name)
-        .cloned()
-        .unwrap()
 }
 
 /// The versions of `referral` in the order they arrived.
@@ -604,7 +548,7 @@ async fn every_acknowledged_version_reaches_the_destination_across_kill_9() {
 /// went; staff get 403.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_admin_steers_destinations_in_the_console_and_a_referral_page_shows_its_pushes() {
-    use crate::console::{ALICE_PASSWORD, BOB_PASSWORD, Visitor, users_config};
+    use crate::support::console::{ALICE_PASSWORD, BOB_PASSWORD, Visitor, users_config};
 
     let receiver = WebhookReceiver::start(&[NEW_SECRET]);
     receiver.fail("DST-CONSOLE", 422, 1).await;
@@ -898,7 +842,7 @@ async fn a_version_waits_for_its_documents_and_carries_them() {
     let receiver = WebhookReceiver::start(&[NEW_SECRET]);
     let toml = format!(
         "{}\n[documents]\ninitial_backoff_secs = 1\nmax_backoff_secs = 1\n\n[destinations.emr]\nkind = \"webhook\"\nurl = \"{}\"\nsecret = \"{NEW_SECRET}\"\ndocuments = \"wait\"\n",
-        crate::outbound::flow::config(&ocean, "form"),
+        crate::support::flow::config(&ocean, "form"),
         receiver.url
     );
     let (app, _dir) = app_on(false, &toml).await;

@@ -4,9 +4,9 @@
 
 use serde_json::{Value, json};
 
-use crate::outbound::flow::{self, REF, assert_message, resource, until_state};
 use crate::support::app::{Answer, TestApp, answer, spawn_app_with};
 use crate::support::fixtures::fixture;
+use crate::support::flow::{self, REF, assert_message, resource, until_state};
 
 const KEY: &str = "emr-key-0123456789";
 const CARDIO_KEY: &str = "cardio-key-0123456789";

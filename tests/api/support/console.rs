@@ -1,0 +1,194 @@
+//! The console as a test signs in to it: two users (Alice, an admin; Bob, staff of one
+//! service), a browser stand-in over plain HTTP ([`Visitor`]) and what its pages hold, and
+//! checks of what the console's actions sent or wrote.
+
+use std::collections::HashMap;
+
+use reqwest::header::{HeaderMap, SET_COOKIE};
+
+use super::app::TestApp;
+
+pub const ALICE_PASSWORD: &str = "alice-password-0001";
+pub const BOB_PASSWORD: &str = "bob-password-00002";
+
+/// Alice (admin, every service) and Bob (staff, only PHYSIO-EAST-02), plus `extra` TOML.
+pub fn users_config(extra: &str) -> String {
+    let alice = referral_relay::config::hash_password(ALICE_PASSWORD).unwrap();
+    let bob = referral_relay::config::hash_password(BOB_PASSWORD).unwrap();
+    format!(
+        r#"
+[console.users.alice]
+password_hash = "{alice}"
+role = "admin"
+
+[console.users.bob]
+password_hash = "{bob}"
+role = "staff"
+service_ids = ["PHYSIO-EAST-02"]
+{extra}
+"#
+    )
+}
+
+/// A browser stand-in: follows no redirects, keeps cookies by name.
+pub struct Visitor<'a> {
+    app: &'a TestApp,
+    client: reqwest::Client,
+    /// Where paths are asked: the app's plain HTTP address, unless given.
+    base: Option<String>,
+    pub cookies: HashMap<String, String>,
+    /// The raw `Set-Cookie` values of the last response.
+    pub set_cookies: Vec<String>,
+}
+
+pub struct Page {
+    pub status: u16,
+    pub headers: HeaderMap,
+    pub html: String,
+}
+
+impl Page {
+    pub fn location(&self) -> &str {
+        self.headers
+            .get("location")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    }
+
+    /// The value of the first hidden `csrf` field.
+    pub fn csrf(&self) -> String {
+        let start = self
+            .html
+            .find("name=\"csrf\" value=\"")
+            .expect("a form token")
+            + 19;
+        let end = self.html[start..].find('"').unwrap();
+        self.html[start..start + end].to_owned()
+    }
+}
+
+impl<'a> Visitor<'a> {
+    pub fn new(app: &'a TestApp) -> Self {
+        Self {
+            app,
+            client: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .unwrap(),
+            base: None,
+            cookies: HashMap::new(),
+            set_cookies: Vec::new(),
+        }
+    }
+
+    /// A visitor asking `base` (e.g. an `https://` address) with `client`, which must not
+    /// follow redirects.
+    pub fn over(app: &'a TestApp, client: reqwest::Client, base: &str) -> Self {
+        Self {
+            client,
+            base: Some(base.to_owned()),
+            ..Self::new(app)
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        match &self.base {
+            Some(base) => format!("{base}{path}"),
+            None => self.app.url(path),
+        }
+    }
+
+    fn cookie_header(&self) -> String {
+        self.cookies
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
+    async fn read(&mut self, response: reqwest::Response) -> Page {
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        self.set_cookies = headers
+            .get_all(SET_COOKIE)
+            .iter()
+            .map(|v| v.to_str().unwrap().to_owned())
+            .collect();
+        for set in &self.set_cookies {
+            let pair = set.split(';').next().unwrap();
+            let (name, value) = pair.split_once('=').unwrap();
+            if value.is_empty() {
+                self.cookies.remove(name);
+            } else {
+                self.cookies.insert(name.to_owned(), value.to_owned());
+            }
+        }
+        Page {
+            status,
+            headers,
+            html: response.text().await.unwrap(),
+        }
+    }
+
+    pub async fn get(&mut self, path: &str) -> Page {
+        let response = self
+            .client
+            .get(self.url(path))
+            .header("cookie", self.cookie_header())
+            .send()
+            .await
+            .unwrap();
+        self.read(response).await
+    }
+
+    pub async fn post(&mut self, path: &str, form: &[(&str, &str)]) -> Page {
+        let response = self
+            .client
+            .post(self.url(path))
+            .header("cookie", self.cookie_header())
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(serde_urlencoded::to_string(form).unwrap())
+            .send()
+            .await
+            .unwrap();
+        self.read(response).await
+    }
+
+    /// Signs in through the form; returns the answer to the form's post.
+    pub async fn sign_in(&mut self, user: &str, password: &str) -> Page {
+        let form = self.get("/console/login").await;
+        assert_eq!(form.status, 200);
+        let csrf = form.csrf();
+        self.post(
+            "/console/login",
+            &[("user", user), ("password", password), ("csrf", &csrf)],
+        )
+        .await
+    }
+}
+
+/// The Task resources a stand-in Ocean has been sent, as (id, status).
+pub fn tasks_received(ocean: &super::ocean::MockOcean) -> Vec<(String, String)> {
+    ocean
+        .delivered()
+        .iter()
+        .flat_map(|bundle| bundle["entry"].as_array().cloned().unwrap_or_default())
+        .filter(|e| e["resource"]["resourceType"] == "Task")
+        .map(|e| {
+            (
+                e["resource"]["id"].as_str().unwrap_or("").to_owned(),
+                e["resource"]["status"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// The CSV rows' referral refs (the first column), header left out.
+pub fn csv_refs(csv: &str) -> Vec<String> {
+    let mut reader = csv::Reader::from_reader(csv.trim_start_matches('\u{feff}').as_bytes());
+    let refs: Vec<String> = reader
+        .records()
+        .map(|r| r.unwrap().get(0).unwrap().to_owned())
+        .collect();
+    refs
+}
