@@ -8,6 +8,7 @@ pub mod backup;
 pub mod cli;
 pub mod config;
 pub mod destinations;
+pub mod digest;
 pub mod domain;
 pub mod error;
 pub mod export;

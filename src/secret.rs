@@ -96,6 +96,12 @@ pub fn same_secret(presented: &[u8], expected: &[u8]) -> bool {
     aws_lc_rs::constant_time::verify_slices_are_equal(presented, expected).is_ok()
 }
 
+/// Whether `token` can be sent as `Authorization: Bearer <token>`: not empty, and only visible
+/// ASCII (RFC 6750 §2.1 allows less; servers issue more, but never spaces or controls).
+pub fn is_bearer_token(token: &str) -> bool {
+    !token.is_empty() && token.bytes().all(|b| b.is_ascii_graphic())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -350,6 +350,14 @@ impl VersionWalk {
             v.received_at,
         );
         let after = merged.summary;
+        // What this version's own message was about, a late message's too (the merged summary
+        // keeps a newer message's when nothing this one carried was newer).
+        let latest_change = match (v.summary.latest_change, &self.before) {
+            (Some(Change::Updated), Some((earlier, _, _))) => {
+                Some(v.summary.refined_change(earlier))
+            }
+            (change, _) => change,
+        };
         let fields = after
             .differences(self.before.as_ref().map(|(s, _, _)| s))
             .into_iter()
@@ -369,7 +377,7 @@ impl VersionWalk {
             version: v.version,
             previous_version: self.previous.as_ref().map(|(n, _)| *n),
             event: v.event.to_string(),
-            latest_change: after.latest_change,
+            latest_change,
             fields,
             resources: compared,
         };

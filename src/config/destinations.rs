@@ -227,7 +227,7 @@ impl DestinationConfig {
             bail!("{key} is empty");
         }
         if let Some(token) = &self.bearer_token
-            && !crate::outgoing::token::is_bearer_token(token.expose())
+            && !crate::secret::is_bearer_token(token.expose())
         {
             bail!("bearer_token must be visible ASCII, without spaces (RFC 6750)");
         }

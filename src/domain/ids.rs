@@ -159,8 +159,7 @@ impl ReferralRef {
         {
             return safe;
         }
-        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, self.0.as_bytes());
-        let hash = hex::encode(&digest.as_ref()[..6]);
+        let hash = hex::encode(&crate::digest::sha256(self.0.as_bytes())[..6]);
         let start = safe.trim_start_matches('.');
         format!("{}-{hash}", &start[..start.len().min(MAX_STEM)])
     }

@@ -168,7 +168,7 @@ impl Summary {
     /// [`Change::Updated`]) changed in the referral `earlier` describes, in this order: a
     /// document it did not have, a split it did not know, the Task (status, business status or
     /// id), the Appointment (status or start); else nothing this summary tracks.
-    fn refined_change(&self, earlier: &Summary) -> Change {
+    pub fn refined_change(&self, earlier: &Summary) -> Change {
         let task_moved = self.task_status != earlier.task_status
             || self.task_business_status != earlier.task_business_status
             || (self.task_id.is_some() && self.task_id != earlier.task_id);

@@ -64,7 +64,9 @@ impl TokenResponse {
     /// The token and how long it lives, or why the answer holds no token (naming the field).
     fn read(self) -> Result<(String, Duration), String> {
         let token = match self.access_token {
-            Some(serde_json::Value::String(token)) if is_bearer_token(&token) => token,
+            Some(serde_json::Value::String(token)) if crate::secret::is_bearer_token(&token) => {
+                token
+            }
             Some(serde_json::Value::String(_)) => {
                 return Err("an access_token that cannot be a bearer token (RFC 6750 §2.1)".into());
             }
@@ -86,12 +88,6 @@ impl TokenResponse {
         let life = expires_in.map_or(DEFAULT_TOKEN_LIFE, Duration::from_secs);
         Ok((token, life.min(MAX_TOKEN_LIFE)))
     }
-}
-
-/// Whether `token` can be sent as `Authorization: Bearer <token>`: not empty, and only visible
-/// ASCII (RFC 6750 §2.1 allows less; servers issue more, but never spaces or controls).
-pub fn is_bearer_token(token: &str) -> bool {
-    !token.is_empty() && token.bytes().all(|b| b.is_ascii_graphic())
 }
 
 impl ClientCredentials {

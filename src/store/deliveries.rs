@@ -70,10 +70,7 @@ pub fn delivery_key(
     )
 }
 
-/// The SHA-256 of `bytes` in lower-case hex.
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes).as_ref())
-}
+pub use crate::digest::sha256_hex;
 
 /// The result of storing a delivery. What is stored is on disk when this is returned.
 #[derive(Debug, Clone, PartialEq, Eq)]

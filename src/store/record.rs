@@ -157,7 +157,7 @@ pub(in crate::store) fn read_u64(bytes: &[u8]) -> Result<u64, StoreError> {
     Ok(u64::from_be_bytes(array))
 }
 
-/// `raw` LZ4-compressed behind its format tag .
+/// `raw` LZ4-compressed behind its format tag.
 pub(in crate::store) fn compress(raw: &[u8]) -> Vec<u8> {
     let mut sealed = vec![PAYLOAD_LZ4];
     sealed.extend_from_slice(&lz4_flex::compress_prepend_size(raw));

@@ -119,9 +119,9 @@ pub fn unknown_key(id: &KeyId) -> StoreError {
 fn key_id(key: &[u8; 32]) -> KeyId {
     let mut input = b"referral-relay storage key id\0".to_vec();
     input.extend_from_slice(key);
-    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &input);
+    let digest = crate::digest::sha256(&input);
     let mut id = [0; KEY_ID_LEN];
-    id.copy_from_slice(&digest.as_ref()[..KEY_ID_LEN]);
+    id.copy_from_slice(&digest[..KEY_ID_LEN]);
     id
 }
 

@@ -8,7 +8,6 @@
 //! sign-ins are limited per address and user as the token endpoint's are, and sign-ins, failed
 //! sign-ins and sign-outs are in the audit chain with the user as actor (`console:<user>`).
 
-use crate::auth::scope::Scope;
 use std::net::{IpAddr, SocketAddr};
 
 use axum::extract::{ConnectInfo, FromRef, FromRequestParts, State};
@@ -20,6 +19,7 @@ use serde::Deserialize;
 
 use super::templates::render;
 use super::{ConsoleForm, PageError};
+use crate::auth::scope::Scope;
 use crate::auth::session::{COOKIE, Session, Sessions, random_token};
 use crate::auth::source::{ClientAddr, TrustedProxies};
 use crate::config::{ConsoleRole, ConsoleUserConfig, verify_password};

@@ -140,13 +140,8 @@ impl ClientCertificates {
         let (end_entity, intermediates) = chain.split_first()?;
         let identity = |name: &str| Some(ClientIdentity(Arc::from(name)));
         let info = CertificateInfo::of(end_entity).ok()?;
-        let fingerprint =
-            aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, end_entity.as_ref());
-        if let Some((name, _)) = self
-            .pinned
-            .iter()
-            .find(|(_, pin)| fingerprint.as_ref() == pin)
-        {
+        let fingerprint = crate::digest::sha256(end_entity.as_ref());
+        if let Some((name, _)) = self.pinned.iter().find(|(_, pin)| &fingerprint == pin) {
             let now = time::OffsetDateTime::now_utc();
             let valid = info.not_before <= now && now <= info.not_after;
             return if valid { identity(name) } else { None };

@@ -160,12 +160,9 @@ fn without_row_data(e: &tokio_postgres::Error) -> String {
 /// deployments (or tests) in different schemas of one database must not share them. The first 8
 /// bytes of SHA-256 over `purpose/schema`.
 fn advisory_key(purpose: &str, schema: &str) -> i64 {
-    let digest = aws_lc_rs::digest::digest(
-        &aws_lc_rs::digest::SHA256,
-        format!("referral-relay/{purpose}/{schema}").as_bytes(),
-    );
+    let digest = crate::digest::sha256(format!("referral-relay/{purpose}/{schema}").as_bytes());
     let mut first = [0u8; 8];
-    first.copy_from_slice(&digest.as_ref()[..8]);
+    first.copy_from_slice(&digest[..8]);
     i64::from_be_bytes(first)
 }
 

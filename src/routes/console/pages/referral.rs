@@ -5,7 +5,7 @@ use axum::extract::State;
 use axum::response::Response;
 use serde::Serialize;
 
-use crate::domain::Summary;
+use crate::domain::{Change, Summary};
 use crate::error::AppError;
 use crate::fhir::changes::{ResourceChangeKind, Resources};
 use crate::routes::console::session::ConsoleUser;
@@ -49,6 +49,7 @@ pub async fn referral(
     let versions = state.store.versions(&reference).await?;
     let mut views = Vec::with_capacity(versions.len());
     let mut walk = VersionWalk::default();
+    let mut previous_change = None;
     // Older versions' messages are read for what they changed, not shown.
     let first_shown = versions.len().saturating_sub(SHOWN_VERSIONS);
     for (n, v) in versions.iter().enumerate() {
@@ -75,9 +76,10 @@ pub async fn referral(
             purged: v.purged,
             late: v.late,
             problems: v.problems.clone(),
-            changes: change_lines(&changed),
+            changes: change_lines(&changed, previous_change),
             json,
         });
+        previous_change = changed.latest_change();
     }
     // Newest first, as a timeline reads.
     views.reverse();
@@ -159,11 +161,12 @@ pub async fn document(
     Ok(crate::routes::download::document(&state, &reference, version, index).await?)
 }
 
-/// What a version changed ([`VersionWalk`]) as the timeline lists it: `Label: before → after`
+/// What a version changed ([`VersionWalk`]) as the timeline lists it: what its message was
+/// about when that differs from `previous` (the version before's), `Label: before → after`
 /// for each summary field a person reads (`Label: after` when it had none, `Label: before →
 /// (none)` when the version cleared it), then the message's resources: `new: X`, `changed: X`,
 /// and one `not carried this time: …` line.
-fn change_lines(changes: &VersionChanges) -> Vec<String> {
+fn change_lines(changes: &VersionChanges, previous: Option<Change>) -> Vec<String> {
     let text = |value: &serde_json::Value| match value {
         serde_json::Value::String(text) => Some(text.clone()),
         serde_json::Value::Null => None,
@@ -182,6 +185,10 @@ fn change_lines(changes: &VersionChanges) -> Vec<String> {
             }
         })
         .collect();
+    // What Ocean's message was about, when it differs from the version before's.
+    if let Some(change) = changes.latest_change().filter(|c| Some(*c) != previous) {
+        lines.insert(0, format!("Latest change: {}", change.as_str()));
+    }
     let resources = changes.resources().unwrap_or_default();
     lines.extend(resources.iter().filter_map(|c| match c.change {
         ResourceChangeKind::Added => Some(format!("new: {}", c.name)),
