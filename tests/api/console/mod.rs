@@ -1,6 +1,8 @@
-//! The web console (`src/routes/console/`): over plain HTTP requests (`http.rs`: sign-in,
-//! sessions, form tokens, security headers, scoping, every page and action) and in headless
-//! Chromium (`browser.rs`). The signed-in visitor they share is in `support::console`.
+//! The web console (`src/routes/console/`): over plain HTTP requests (signing in, the referral
+//! pages, actions and admin pages) and in headless Chromium (`browser.rs`). The signed-in
+//! visitor they share is in `support::console`.
 
+mod admin;
 mod browser;
-mod http;
+mod referrals;
+mod sign_in;

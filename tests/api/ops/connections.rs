@@ -9,6 +9,7 @@ use tokio::net::TcpStream;
 
 use crate::support::app::{metric, spawn_app_with};
 use crate::support::fixtures::fixture;
+use crate::support::poll::eventually;
 
 const LIMITS: &str = "[server]\nheader_read_timeout_secs = 1\nkeep_alive_timeout_secs = 2\n";
 
@@ -122,7 +123,7 @@ async fn connections_over_the_cap_get_503_at_once_and_the_service_recovers() {
 
     drop(held);
     let mut answer = None;
-    for _ in 0..100 {
+    eventually("a delivery served once the slot is free", async || {
         let response = app
             .client
             .post(app.url("/fhir/default/$process-message"))
@@ -130,14 +131,10 @@ async fn connections_over_the_cap_get_503_at_once_and_the_service_recovers() {
             .body(fixture("v0.11-add-service-request.json"))
             .send()
             .await;
-        if let Ok(response) = response
-            && response.status() == 200
-        {
-            answer = Some(response.status());
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        answer = response.ok().map(|r| r.status()).filter(|s| *s == 200);
+        answer.is_some()
+    })
+    .await;
     assert_eq!(answer.map(|s| s.as_u16()), Some(200));
     let page = app.metrics().await;
     assert!(metric(&page, "relay_connections_shed_total", &[]).unwrap() >= 1.0);
@@ -168,18 +165,16 @@ async fn a_client_that_stops_reading_its_response_is_cut_off() {
         .unwrap();
     // Read nothing: the server's writes block, and after the send timeout it gives up.
     let mut cut = None;
-    for _ in 0..300 {
+    eventually("the send timeout cutting the connection", async || {
         let page = app.metrics().await;
         cut = metric(
             &page,
             "relay_connection_timeouts_total",
             &[("kind", "send")],
         );
-        if cut.is_some() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        cut.is_some()
+    })
+    .await;
     assert_eq!(cut, Some(1.0));
 }
 

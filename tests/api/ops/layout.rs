@@ -111,12 +111,19 @@ fn use_tree(
 /// The modules `module`'s code names, each the deepest module file its path reaches.
 fn used_modules(module: &Module, code: &str, known: &BTreeSet<Module>) -> BTreeSet<Module> {
     let text: Vec<char> = code.chars().collect();
+    // Paths start at the crate, a parent, this module, or a child module this file declares
+    // (`mod apply;` then `apply::put(…)` or `use apply::x`).
+    let mut roots: Vec<Vec<char>> = ["crate::", "super::", "self::"]
+        .iter()
+        .map(|r| r.chars().collect())
+        .collect();
+    roots.extend(child_modules(code).map(|name| format!("{name}::").chars().collect()));
     let mut paths = Vec::new();
     let mut at = 0;
     while at < text.len() {
-        let starts = ["crate::", "super::", "self::"].into_iter().find(|root| {
-            text[at..].starts_with(&root.chars().collect::<Vec<_>>())
-                && (at == 0 || !is_ident(text[at - 1]))
+        let starts = roots.iter().find(|root| {
+            text[at..].starts_with(root)
+                && (at == 0 || !(is_ident(text[at - 1]) || text[at - 1] == ':'))
         });
         match starts {
             Some(_) => at = use_tree(&text, at, Vec::new(), &mut paths),
@@ -153,6 +160,17 @@ fn used_modules(module: &Module, code: &str, known: &BTreeSet<Module>) -> BTreeS
         }
     }
     used
+}
+
+/// The child modules `code` declares (`mod x;`, `pub mod x;`, `pub(super) mod x;`, ...).
+fn child_modules(code: &str) -> impl Iterator<Item = &str> {
+    code.lines().filter_map(|line| {
+        let line = line.trim();
+        let declared = line.strip_suffix(';')?;
+        let (head, name) = declared.rsplit_once(' ')?;
+        let visibility = head.strip_suffix("mod")?.trim();
+        (visibility.is_empty() || visibility.starts_with("pub")).then_some(name)
+    })
 }
 
 fn graph() -> BTreeMap<Module, BTreeSet<Module>> {

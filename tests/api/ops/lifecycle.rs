@@ -13,6 +13,7 @@ use crate::support::at_rest::{STORED, patient_details};
 use crate::support::binary::{launch, run, send_sighup, send_sigterm, terminate, wait_exit};
 use crate::support::fixtures::{V011_REFERRAL, fixture, unique_v011};
 use crate::support::ocean::{CLIENT_ID, CLIENT_SECRET, MockOcean};
+use crate::support::poll::eventually;
 use crate::support::signing::signed;
 
 const FHIR_JSON: &str = "application/fhir+json";
@@ -129,18 +130,15 @@ async fn sighup_does_not_stop_a_plain_http_relay() {
     let mut relay = launch(dir.path(), None, &[], &[("RUST_LOG", "info")]);
     send_sighup(&relay);
     let url = format!("http://{}/healthz", relay.addr);
-    for _ in 0..100 {
-        if relay
+    eventually("the SIGHUP logged", async || {
+        relay
             .logs
             .lock()
             .unwrap()
             .iter()
             .any(|l| l.contains("SIGHUP: nothing to reload"))
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await;
     assert!(
         relay.child.try_wait().unwrap().is_none(),
         "SIGHUP ended the relay"
@@ -328,12 +326,10 @@ async fn debug_logs_carry_request_ids_and_no_patient_detail_or_secret() {
         .unwrap();
         assert_eq!(r.status(), 202, "{path}");
     }
-    for _ in 0..200 {
-        if ocean.delivered().len() == 2 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually("both updates reaching Ocean", async || {
+        ocean.delivered().len() == 2
+    })
+    .await;
     assert_eq!(ocean.delivered().len(), 2, "both updates reach Ocean");
     for received in ocean.received() {
         secrets.push(

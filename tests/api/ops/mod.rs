@@ -3,6 +3,7 @@
 //! certificate reloads, the configuration commands, the binary's lifecycle (signals, the
 //! healthcheck command, logs, file modes), and the source layout's rules (`layout.rs`).
 
+mod certificates;
 mod cli;
 mod connections;
 mod layout;

@@ -206,8 +206,7 @@ async fn an_update_in_backoff_survives_kill_9_and_lands_exactly_once() {
 
     // The first attempt gets 503 with Retry-After: 3. Once the relay has recorded it (so it
     // is in its backoff), kill -9.
-    let mut in_backoff = false;
-    for _ in 0..200 {
+    eventually("the first attempt recorded", async || {
         let update = answer(
             client
                 .get(format!("{base}/api/v1/updates/{id}"))
@@ -217,13 +216,9 @@ async fn an_update_in_backoff_survives_kill_9_and_lands_exactly_once() {
                 .unwrap(),
         )
         .await;
-        if update.body["attempts"] == 1 && update.body["state"] == "pending" {
-            in_backoff = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(in_backoff, "the first attempt was never recorded");
+        update.body["attempts"] == 1 && update.body["state"] == "pending"
+    })
+    .await;
     assert_eq!(ocean.received().len(), 1);
     // Let the flush that records the attempt finish (reads can run ahead of the disk).
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -236,7 +231,7 @@ async fn an_update_in_backoff_survives_kill_9_and_lands_exactly_once() {
     })
     .await;
     let mut state = Value::Null;
-    for _ in 0..200 {
+    eventually("the update recorded delivered", async || {
         state = answer(
             client
                 .get(format!("http://{}/api/v1/updates/{id}", relay.addr))
@@ -247,11 +242,9 @@ async fn an_update_in_backoff_survives_kill_9_and_lands_exactly_once() {
         )
         .await
         .body;
-        if state["state"] == "delivered" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        state["state"] == "delivered"
+    })
+    .await;
     assert_eq!(state["state"], "delivered", "{state}");
     // 2 when the first attempt was on disk before the kill (the usual case); had the kill
     // beaten that flush, the attempt would simply be unrecorded and the count 1.

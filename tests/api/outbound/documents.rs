@@ -12,6 +12,7 @@ use crate::support::at_rest::{grep, key};
 use crate::support::fixtures::fixture;
 use crate::support::flow::{self, KEY, REF};
 use crate::support::ocean::{MockOcean, Serve};
+use crate::support::poll::eventually;
 
 const LETTER: &str = "/svc/fhir/v1/ServiceRequest/TST-0011-AAAA/$letter";
 const ECHO: &str = "/svc/fhir/v1/DocumentReference/doc-0011-echo/$binary";
@@ -67,16 +68,15 @@ fn attachment_added(ocean: &MockOcean) -> Vec<u8> {
 
 /// The referral's documents once `count` of them exist and none is pending (bounded wait).
 async fn settled(app: &TestApp, count: usize) -> Vec<Value> {
-    for _ in 0..600 {
+    let mut documents = Vec::new();
+    eventually("the documents settling", async || {
         let list = get(app, &format!("/api/v1/referrals/{REF}/documents")).await;
         assert_eq!(list.status, 200, "{}", list.body);
-        let documents = list.body["documents"].as_array().unwrap().clone();
-        if documents.len() == count && documents.iter().all(|d| d["state"] != "pending") {
-            return documents;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("the documents never settled");
+        documents = list.body["documents"].as_array().unwrap().clone();
+        documents.len() == count && documents.iter().all(|d| d["state"] != "pending")
+    })
+    .await;
+    documents
 }
 
 #[tokio::test]
@@ -288,17 +288,13 @@ async fn pending_documents_are_retried_and_resumed_after_a_restart() {
     let toml = with_backoff(&ocean, 3600, "");
     let app = spawn_app_in(dir.path(), &toml).await;
     deliver(&app, fixture("v0.11-add-service-request.json")).await;
-    let mut waited = 0;
-    let pending = loop {
+    let mut pending = Value::Null;
+    eventually("the document attempted once", async || {
         let list = get(&app, &format!("/api/v1/referrals/{REF}/documents")).await;
-        let document = list.body["documents"][0].clone();
-        if document["attempts"] == 1 {
-            break document;
-        }
-        waited += 1;
-        assert!(waited < 400, "never attempted: {document}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+        pending = list.body["documents"][0].clone();
+        pending["attempts"] == 1
+    })
+    .await;
     assert_eq!(pending["state"], "pending");
     assert!(pending["last_error"].as_str().unwrap().contains("503"));
     assert!(pending["next_attempt_at"].is_string());
@@ -478,16 +474,13 @@ async fn a_slow_document_does_not_hold_up_the_others() {
     let app = spawn_app_with(&config(&ocean, "concurrency = 2\n")).await;
     deliver(&app, fixture("v0.11-add-service-request.json")).await;
     // The slow download has started before the other referral arrives.
-    for _ in 0..400 {
-        if ocean
+    eventually("the slow download starting", async || {
+        ocean
             .document_requests()
             .iter()
             .any(|r| r.path_and_query.starts_with(LETTER))
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    })
+    .await;
     deliver(&app, fixture("v0.10-add-service-request.json")).await;
     let list = |referral: &'static str| {
         let app = &app;

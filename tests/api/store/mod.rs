@@ -12,5 +12,6 @@ mod crash;
 mod disk_full;
 mod failures;
 mod migrate;
-mod postgres;
+mod postgres_contract;
+mod postgres_service;
 mod replicas;

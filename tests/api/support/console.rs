@@ -6,7 +6,8 @@ use std::collections::HashMap;
 
 use reqwest::header::{HeaderMap, SET_COOKIE};
 
-use super::app::TestApp;
+use super::app::{TestApp, spawn_app_with};
+use super::fixtures::fixture;
 
 pub const ALICE_PASSWORD: &str = "alice-password-0001";
 pub const BOB_PASSWORD: &str = "bob-password-00002";
@@ -191,4 +192,57 @@ pub fn csv_refs(csv: &str) -> Vec<String> {
         .map(|r| r.unwrap().get(0).unwrap().to_owned())
         .collect();
     refs
+}
+
+/// An app with `toml`, holding three referrals (a v0.11 referral, its Task update, a v0.10
+/// referral).
+pub async fn with_referrals(toml: &str) -> TestApp {
+    let app = spawn_app_with(toml).await;
+    for name in [
+        "v0.11-add-service-request.json",
+        "update-task-accepted.json",
+        "v0.10-add-service-request.json",
+    ] {
+        assert_eq!(app.deliver("default", fixture(name)).await.status, 200);
+    }
+    app
+}
+
+/// Waits (bounded) until the `AUTH_FAILURE` reports of console sign-ins count `total`; the
+/// reasons reported for each actor.
+pub async fn refused_sign_ins(app: &TestApp, total: u64) -> HashMap<String, Vec<String>> {
+    let mut reports = Vec::new();
+    super::poll::eventually("the console's refused sign-ins reported", async || {
+        reports = app
+            .store
+            .audit_entries(0, 10_000)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|e| e.action == "AUTH_FAILURE" && e.details["scheme"] == "console")
+            .collect();
+        let counted: u64 = reports
+            .iter()
+            .map(|e| e.details["count"].as_u64().unwrap())
+            .sum();
+        counted == total
+    })
+    .await;
+    let mut reasons: HashMap<String, Vec<String>> = HashMap::new();
+    for e in reports {
+        let reason = e.details["reason"].as_str().unwrap_or_default().to_owned();
+        reasons.entry(e.actor).or_default().push(reason);
+    }
+    reasons
+}
+
+/// Every audit entry's action and actor, in order.
+pub async fn audit_actions(app: &TestApp) -> Vec<(String, String)> {
+    app.store
+        .audit_entries(0, 10_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| (e.action, e.actor))
+        .collect()
 }

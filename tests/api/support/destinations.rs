@@ -68,3 +68,50 @@ pub async fn destination(app: &TestApp, name: &str) -> Value {
         .cloned()
         .unwrap()
 }
+
+/// 32 bytes, base64: the secret a rotation moves to, and the one it moves from.
+pub const NEW_SECRET: &str = "whsec_bmV3LXNlY3JldC1uZXctc2VjcmV0LW5ldy1zZWNyZXQhIQ==";
+pub const OLD_SECRET: &str = "whsec_b2xkLXNlY3JldC1vbGQtc2VjcmV0LW9sZC1zZWNyZXQhIQ==";
+
+/// A config with the API client and quick retries, plus `destinations` (TOML).
+pub fn toml(destinations: &str) -> String {
+    format!(
+        r#"
+[api.clients.ops]
+key = "{KEY}"
+
+[outbox]
+initial_backoff_secs = 1
+max_backoff_secs = 1
+
+{destinations}
+"#
+    )
+}
+
+/// The app on the embedded store in `dir`.
+pub async fn sled_in(dir: &std::path::Path, toml: &str) -> TestApp {
+    crate::support::app::spawn_app_in(dir, toml).await
+}
+
+/// New referral, Task accepted, appointment booked: versions 1 to 3 of `referral`.
+pub const STEPS: [&str; 3] = [
+    "v0.11-add-service-request.json",
+    "update-task-accepted.json",
+    "update-appointment-booked.json",
+];
+
+/// Delivers fixture `name` as `referral`; it must be stored.
+pub async fn deliver(app: &TestApp, name: &str, referral: &str) {
+    let answer = app.deliver("default", delivery(name, referral)).await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+}
+
+/// The versions of `referral` in the order they arrived.
+pub fn versions_of(received: &[Value], referral: &str) -> Vec<u64> {
+    received
+        .iter()
+        .filter(|m| m["referral"] == referral)
+        .map(|m| m["version"].as_u64().unwrap())
+        .collect()
+}

@@ -1,7 +1,7 @@
 //! What the tests share: the server in-process on a loopback port ([`app`]), the real binary
 //! ([`binary`]), the synthetic FHIR fixtures ([`fixtures`]), a mock Ocean ([`ocean`]) and a relay
 //! talking to it ([`flow`]), a schema of its own on the test PostgreSQL server ([`postgres`]),
-//! certificates and HTTPS clients for the TLS tests ([`pki`]), peers that are not ours
+//! certificates and HTTPS clients for the TLS tests ([`pki`]) and an app serving HTTPS ([`tls`]), peers that are not ours
 //! ([`peers`]), the one polling helper ([`poll::eventually`]), a signing sender ([`signing`]),
 //! the console's users and a signed-in visitor ([`console`]), the destination tests' service and
 //! API ([`destinations`]), and keys and patient details for encryption at rest ([`at_rest`]).
@@ -19,3 +19,4 @@ pub mod pki;
 pub mod poll;
 pub mod postgres;
 pub mod signing;
+pub mod tls;

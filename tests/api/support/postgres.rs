@@ -132,3 +132,29 @@ async fn drop_stale_schemas() {
     })
     .await;
 }
+
+/// A new delivery of `referral` whose body (and Bundle.id) is `body`, unassigned.
+pub fn delivery(referral: &str, body: &str) -> referral_relay::store::NewDelivery {
+    let integration = referral_relay::domain::IntegrationName::parse("default").unwrap();
+    let raw = bytes::Bytes::from(body.to_owned());
+    let sha256 = referral_relay::store::sha256_hex(&raw);
+    referral_relay::store::NewDelivery {
+        dedup_key: referral_relay::store::delivery_key(&integration, Some(body), &sha256),
+        integration,
+        shares_with: Vec::new(),
+        referral: referral_relay::domain::ReferralRef::parse(referral).unwrap(),
+        service: referral_relay::store::ServiceAssignment::Unassigned,
+        event: referral_relay::domain::EventCode::parse("add-service-request").unwrap(),
+        message_header_id: None,
+        bundle_id: Some(body.to_owned()),
+        bundle_timestamp: None,
+        sent_at: None,
+        raw,
+        sha256,
+        summary: referral_relay::domain::Summary::default(),
+        problems: Vec::new(),
+        received_at: time::OffsetDateTime::now_utc(),
+        fetch_documents: false,
+        routes: Default::default(),
+    }
+}

@@ -8,6 +8,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::support::app::{FIXTURES, TestApp, spawn_app_with};
 use crate::support::binary::run;
 use crate::support::fixtures::{fixture, unique_v011};
+use crate::support::poll::eventually;
 
 const KEY: &str = "emr-key-0123456789";
 const CONFIG: &str = "[api.clients.emr]\nkey = \"emr-key-0123456789\"\n";
@@ -204,14 +205,12 @@ async fn unexported_only_and_mark_exported_round_trip() {
 
     // Marking happens once the file is complete: poll (bounded) until it has.
     let mut again = Vec::new();
-    for _ in 0..100 {
+    eventually("everything marked exported", async || {
         let (_, _, body) = export(&app, "unexported_only=true").await;
         again = rows(&String::from_utf8(body).unwrap());
-        if again.len() == 1 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+        again.len() == 1
+    })
+    .await;
     assert_eq!(again.len(), 1, "everything was marked exported");
 
     // A referral modified after its export is unexported again, and shows when it was exported.
@@ -318,12 +317,10 @@ async fn the_command_line_exports_through_the_service_or_from_a_stopped_data_dir
     assert_eq!(rows(&std::fs::read_to_string(&out).unwrap()).len(), 4);
     app.stop().await;
     // The export's own task (audit entry, marking) may still hold the store for a moment.
-    for _ in 0..100 {
-        match referral_relay::store::SledStore::open(std::path::Path::new(&data_arg)) {
-            Ok(_) => break,
-            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
-        }
-    }
+    eventually("the export's task letting go of the store", async || {
+        referral_relay::store::SledStore::open(std::path::Path::new(&data_arg)).is_ok()
+    })
+    .await;
 
     let direct = dir.path().join("direct.csv");
     let direct_arg = direct.to_str().unwrap().to_owned();

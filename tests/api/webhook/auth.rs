@@ -9,6 +9,7 @@ use time::OffsetDateTime;
 
 use crate::support::app::{Answer, FHIR_JSON, TestApp, answer, spawn_app_in, spawn_app_with};
 use crate::support::fixtures::{fixture, unique_v011};
+use crate::support::poll::eventually;
 use crate::support::signing::signed;
 
 const SIGNING_KEY: &str = "test-signing-key-0123456789abcdef-0123";
@@ -438,7 +439,7 @@ async fn a_flood_of_refusals_writes_one_report_per_interval() {
         assert_eq!(answer.status, 401);
     }
     let mut reports = Vec::new();
-    for _ in 0..100 {
+    eventually("the 300 refusals reported", async || {
         let entries = app.store.audit_entries(0, 1000).await.unwrap();
         reports = entries
             .into_iter()
@@ -449,11 +450,9 @@ async fn a_flood_of_refusals_writes_one_report_per_interval() {
             .iter()
             .map(|e| e.details["count"].as_u64().unwrap())
             .sum();
-        if counted == 300 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+        counted == 300
+    })
+    .await;
     // 300 refusals, a handful of entries (one per interval they spanned), each counting them.
     assert!(
         !reports.is_empty() && reports.len() <= 5,

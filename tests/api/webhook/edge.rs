@@ -11,6 +11,7 @@ use tokio::net::TcpStream;
 
 use crate::support::app::{FHIR_JSON, TestApp, answer, metric, spawn_app, spawn_app_with};
 use crate::support::fixtures::fixture;
+use crate::support::poll::eventually;
 use crate::support::signing::signed;
 
 const HMAC_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
@@ -211,17 +212,15 @@ async fn bodies_of_unauthenticated_senders_share_a_bounded_budget() {
         .await
         .unwrap();
     stalled_too.write_all(&vec![b' '; 60_000]).await.unwrap();
-    for _ in 0..100 {
+    eventually("the relay holding both stalled bodies", async || {
         let held = metric(
             &app.metrics().await,
             "relay_unauthenticated_body_bytes",
             &[],
         );
-        if held >= Some(120_000.0) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        held >= Some(120_000.0)
+    })
+    .await;
     // Another that sends 40 KB is told to come back, at once.
     let mut second = TcpStream::connect(app.addr).await.unwrap();
     second.write_all(head(40_000).as_bytes()).await.unwrap();
@@ -291,17 +290,15 @@ async fn an_unauthenticated_compressed_body_is_decoded_only_within_the_budget() 
         stalled.push(stream);
     }
     // Once the relay holds their bytes (it says so in its metrics)...
-    for _ in 0..100 {
+    eventually("the relay holding the stalled bodies", async || {
         let held = metric(
             &app.metrics().await,
             "relay_unauthenticated_body_bytes",
             &[],
         );
-        if held >= Some(80_000.0) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        held >= Some(80_000.0)
+    })
+    .await;
     // ... the bomb is refused before it is decoded whole...
     assert_eq!(post().await.unwrap().status(), 503);
     // ... while a small delivery signed before it was compressed, decoded within what is left,
