@@ -12,6 +12,7 @@ mod crash;
 mod disk_full;
 mod failures;
 mod migrate;
+mod outbox;
 mod postgres_contract;
 mod postgres_service;
 mod replicas;
