@@ -29,6 +29,8 @@ pub struct Application {
     fetcher: crate::ocean::documents::Fetcher,
     /// One per destination; they hold the store, so they are awaited at shutdown.
     destination_workers: Vec<crate::outgoing::worker::Worker>,
+    /// The alerts' monitor and one worker per alert channel.
+    alert_workers: (crate::alerts::Monitor, Vec<crate::outgoing::worker::Worker>),
     metrics: Metrics,
     stopping: Arc<tokio::sync::watch::Sender<bool>>,
     shutdown_timeout: Duration,
@@ -127,6 +129,7 @@ impl Application {
             worker: state.worker(),
             fetcher: state.fetcher(),
             destination_workers: state.destination_workers(),
+            alert_workers: state.alert_workers(),
             metrics: state.metrics.clone(),
             stopping: Arc::clone(&state.stopping),
             send_bound: send_bound(config),
@@ -166,7 +169,9 @@ impl Application {
         // Tasks holding the store are awaited at the end, so that when this returns the store
         // is the caller's alone (a command run next can open the data dir).
         let mut holding_store = vec![tokio::spawn(self.fetcher.run(self.stopping.subscribe()))];
-        for worker in self.destination_workers {
+        let (monitor, alert_workers) = self.alert_workers;
+        holding_store.push(tokio::spawn(monitor.run(self.stopping.subscribe())));
+        for worker in self.destination_workers.into_iter().chain(alert_workers) {
             holding_store.push(tokio::spawn(worker.run(self.stopping.subscribe())));
         }
         holding_store.push(tokio::spawn(report_refusals(

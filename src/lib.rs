@@ -1,6 +1,7 @@
 //! referral-relay: receives Ocean eReferral messages over HL7 FHIR R4, stores every delivery
 //! durably before acknowledging it, and serves the referrals to the clinic's own systems.
 
+pub mod alerts;
 pub mod app;
 pub mod auth;
 pub mod backoff;
@@ -21,7 +22,9 @@ pub mod outgoing;
 pub mod routes;
 pub mod secret;
 pub mod server;
+pub mod signals;
 pub mod state;
 pub mod store;
 pub mod telemetry;
 pub mod views;
+pub mod watch_list;

@@ -81,6 +81,10 @@ pub struct AppState {
     pub worker_health: Arc<WorkerHealth>,
     /// Refused authentication, reported once per interval.
     pub refusals: Arc<Refusals>,
+    /// What this process saw lately, for alerts.
+    pub signals: Arc<crate::signals::Signals>,
+    /// Alerts: their channels, and the conditions holding now.
+    pub alerts: crate::alerts::Alerts,
     /// Bytes of request bodies held before their sender is authenticated.
     pub unauthenticated: Arc<Budget>,
     trusted_proxies: Arc<Vec<ipnet::IpNet>>,
@@ -180,6 +184,7 @@ impl AppState {
             api_clients: Arc::new(ApiClients::from_config(&config.api)),
             config: Arc::new(config.clone()),
             outbox,
+            alerts: crate::alerts::Alerts::from_config(config, &destinations)?,
             destinations: destinations.clone(),
             intake,
             sites,
@@ -189,6 +194,7 @@ impl AppState {
             metrics,
             worker_health: Arc::new(WorkerHealth::new(send_bound(config))),
             refusals: Arc::new(Refusals::new()),
+            signals: Arc::default(),
             unauthenticated: Budget::new(
                 config.server.unauthenticated_body_budget(),
                 config.server.max_body_bytes.saturating_mul(2),
@@ -212,6 +218,7 @@ impl AppState {
             wake: self.outbox.wake(),
             metrics: self.metrics.clone(),
             health: Arc::clone(&self.worker_health),
+            signals: Arc::clone(&self.signals),
         }
     }
 
@@ -224,10 +231,43 @@ impl AppState {
                 channel: Arc::new(crate::destinations::worker::DestinationChannel {
                     destination: Arc::clone(destination),
                     metrics: self.metrics.clone(),
+                    signals: Arc::clone(&self.signals),
                 }),
                 policy: crate::outgoing::RetryPolicy::from_config(&self.config.outbox),
             })
             .collect()
+    }
+
+    /// One worker per alert channel, and the monitor that files alerts for them.
+    pub fn alert_workers(&self) -> (crate::alerts::Monitor, Vec<crate::outgoing::worker::Worker>) {
+        let workers = self
+            .alerts
+            .channels()
+            .map(|channel| crate::outgoing::worker::Worker {
+                store: Arc::clone(&self.store),
+                channel: Arc::new(crate::alerts::AlertWorkerChannel {
+                    channel: Arc::clone(channel),
+                    request_timeout: Duration::from_secs(
+                        self.config.alerts.smtp.timeout_secs.max(
+                            self.config
+                                .destinations
+                                .values()
+                                .map(|d| d.request_timeout_secs)
+                                .max()
+                                .unwrap_or(0),
+                        ),
+                    ),
+                }),
+                policy: crate::outgoing::RetryPolicy::from_config(&self.config.outbox),
+            })
+            .collect();
+        let monitor = crate::alerts::Monitor {
+            store: Arc::clone(&self.store),
+            alerts: self.alerts.clone(),
+            config: Arc::clone(&self.config),
+            signals: Arc::clone(&self.signals),
+        };
+        (monitor, workers)
     }
 
     /// The document fetcher over this state's store and sites.
@@ -237,6 +277,7 @@ impl AppState {
             sites: Arc::clone(&self.sites),
             config: self.config.documents.clone(),
             wake: self.intake.documents_wake(),
+            signals: Arc::clone(&self.signals),
         }
     }
 
@@ -272,6 +313,7 @@ impl AppState {
     ) {
         if let Some(label) = metric {
             self.metrics.auth_failure(label, scheme);
+            self.signals.refused(label);
         }
         self.refusals.record(
             RefusalKind {

@@ -3,6 +3,7 @@
 //! (or beside its pair, as `backup` with `restore`). Commands that open the data dir need the
 //! service stopped; `export` and `replay` can go through a running one.
 
+mod alert_test;
 mod audit;
 mod backup;
 mod check_config;
@@ -39,6 +40,7 @@ enum Command {
     Healthcheck(healthcheck::Cmd),
     CheckConfig(check_config::Cmd),
     CheckSite(check_site::Cmd),
+    AlertTest(alert_test::Cmd),
     Export(export::Cmd),
     Audit(audit::Cmd),
     Rekey(rekey::Cmd),
@@ -59,6 +61,7 @@ impl Command {
             Command::Healthcheck(c) => c.run(),
             Command::CheckConfig(c) => c.run(),
             Command::CheckSite(c) => c.run(),
+            Command::AlertTest(c) => c.run(),
             Command::Export(c) => c.run(),
             Command::Audit(c) => c.run(),
             Command::Rekey(c) => c.run(),

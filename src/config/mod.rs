@@ -7,6 +7,7 @@
 //! Keys are decoded here, into bytes: a webhook secret or an encryption key that is malformed
 //! stops the service at start, and the modules that use them take bytes.
 
+mod alerts;
 mod api;
 mod console;
 mod destinations;
@@ -14,6 +15,7 @@ mod integrations;
 mod outbound;
 mod server;
 mod storage;
+mod watch_list;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -24,6 +26,7 @@ use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
+pub use alerts::{AlertsConfig, SmtpConfig, SmtpTls};
 pub use api::{ApiClientConfig, ApiConfig, OAuth2Config};
 pub use console::{ConsoleConfig, ConsoleRole, ConsoleUserConfig, hash_password, verify_password};
 pub use destinations::{BodyMode, DestinationConfig, DestinationKind, DocumentsMode, signing_key};
@@ -31,6 +34,7 @@ pub use integrations::{AuthConfig, IntegrationConfig, OAuthClient, WebhookSecret
 pub use outbound::{DocumentsConfig, OutboxConfig, SiteConfig, TokenAuth};
 pub use server::{LogConfig, LogFormat, ServerConfig, TlsConfig};
 pub use storage::{Backend, EncryptionKey, RetentionConfig, StorageConfig};
+pub use watch_list::WatchListConfig;
 
 use crate::domain::{IntegrationName, redact_quoted};
 
@@ -68,6 +72,10 @@ pub struct Config {
     /// The clinic's systems stored versions are pushed to, by name.
     #[serde(default)]
     pub destinations: BTreeMap<String, DestinationConfig>,
+    /// When a referral needs a person's attention (the watch-list).
+    pub watch_list: WatchListConfig,
+    /// Alerts to a person, and the channels they go by.
+    pub alerts: AlertsConfig,
 }
 
 /// Values given on the command line, the last layer.
@@ -206,6 +214,7 @@ impl Config {
         self.console.validate()?;
         self.outbox.validate()?;
         self.documents.validate()?;
+        self.watch_list.validate()?;
         for (name, site) in &self.sites {
             site.validate(name)?;
         }
@@ -221,6 +230,14 @@ impl Config {
                 );
             }
         }
+        let webhooks: Vec<&str> = self
+            .destinations
+            .iter()
+            .filter(|(_, d)| d.kind == DestinationKind::Webhook)
+            .map(|(name, _)| name.as_str())
+            .collect();
+        let integrations: Vec<&str> = self.integrations.keys().map(|n| n.as_str()).collect();
+        self.alerts.validate(&webhooks, &integrations)?;
         integrations::validate(&self.integrations)
     }
 
@@ -236,7 +253,9 @@ impl Config {
 fn names_a_path(key: &[&str]) -> bool {
     matches!(
         key,
-        ["server", "tls", "cert_file" | "key_file"] | ["api", "clients", _, "client_ca_file"]
+        ["server", "tls", "cert_file" | "key_file"]
+            | ["api", "clients", _, "client_ca_file"]
+            | ["alerts", "smtp", "ca_file"]
     )
 }
 

@@ -59,6 +59,20 @@ impl WebhookSender {
             BodyMode::Envelope => (envelope.json.clone(), "application/json"),
             BodyMode::Bundle => (envelope.bundle.to_vec(), "application/fhir+json"),
         };
+        self.post(id, body, content_type).await
+    }
+
+    /// Posts `body` (of `content_type`), signed, as message `id`: what the destination's
+    /// versions go as, and alerts (JSON) too.
+    ///
+    /// # Errors
+    /// Why it did not land, under the rules of [`crate::outgoing`].
+    pub async fn post(
+        &self,
+        id: &str,
+        body: Vec<u8>,
+        content_type: &'static str,
+    ) -> Result<(), SendError> {
         let timestamp = time::OffsetDateTime::now_utc().unix_timestamp();
         let response = self
             .http

@@ -12,6 +12,7 @@ use super::Destination;
 use crate::config::DocumentsMode;
 use crate::outgoing::duration;
 use crate::outgoing::worker::{Channel, Outcome};
+use crate::signals::{Signals, Target};
 use crate::store::{DocumentState, QueuedMessage, Store};
 use crate::telemetry::Metrics;
 
@@ -22,6 +23,7 @@ const DOCUMENTS_POLL: Duration = Duration::from_secs(2);
 pub struct DestinationChannel {
     pub destination: Arc<Destination>,
     pub metrics: Metrics,
+    pub signals: Arc<Signals>,
 }
 
 impl DestinationChannel {
@@ -96,6 +98,11 @@ impl Channel for DestinationChannel {
     async fn recorded(&self, store: &dyn Store, message: &QueuedMessage, outcome: &'static str) {
         let name = &self.destination.name;
         self.metrics.destination_send(name, outcome);
+        self.signals.sent(
+            Target::Destination(name.clone()),
+            outcome,
+            message.last_error.as_deref(),
+        );
         match outcome {
             "delivered" => {
                 let lag = duration(OffsetDateTime::now_utc() - message.created_at);

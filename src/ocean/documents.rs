@@ -40,6 +40,8 @@ pub struct Fetcher {
     pub config: DocumentsConfig,
     /// Notified when a delivery queued documents.
     pub wake: Arc<Notify>,
+    /// Told of a document given up.
+    pub signals: Arc<crate::signals::Signals>,
 }
 
 impl Fetcher {
@@ -179,7 +181,14 @@ impl Fetcher {
         self.store.save_document(&document, bytes).await?;
         let action = match document.state {
             DocumentState::Fetched => "DOCUMENT_FETCHED",
-            DocumentState::Failed => "DOCUMENT_FAILED",
+            DocumentState::Failed => {
+                self.signals.document_given_up(
+                    document.referral.as_str(),
+                    document.version,
+                    document.index,
+                );
+                "DOCUMENT_FAILED"
+            }
             DocumentState::Pending => {
                 tracing::info!(
                     referral = %document.referral,

@@ -16,6 +16,7 @@ use super::sites::Sites;
 use crate::config::OutboxConfig;
 use crate::outgoing::worker::{Channel, Outcome};
 use crate::outgoing::{RetryPolicy, SendError};
+use crate::signals::Target;
 use crate::store::{OCEAN_QUEUE, QueuedMessage, Store, UpdateRecord};
 use crate::telemetry::Metrics;
 
@@ -39,6 +40,7 @@ pub struct Worker {
     pub wake: Arc<Notify>,
     pub metrics: Metrics,
     pub health: Arc<WorkerHealth>,
+    pub signals: Arc<crate::signals::Signals>,
 }
 
 /// Whether the worker is doing its job, for `/readyz`. The worker beats at the top of every
@@ -146,6 +148,11 @@ impl Channel for Worker {
             return;
         };
         self.metrics.outbox_send(&update.site, outcome);
+        self.signals.sent(
+            Target::Site(update.site.clone()),
+            outcome,
+            update.last_error.as_deref(),
+        );
         let action = match outcome {
             "delivered" => {
                 tracing::info!(update = update.id, event = %update.event, attempts = update.attempts, "update delivered to Ocean");

@@ -3,6 +3,7 @@
 //! can be written one concern at a time. [`SledStore`] is the embedded backend. The store knows
 //! the relay's records, not FHIR.
 
+mod alert;
 mod audit;
 mod copy;
 mod deliveries;
@@ -22,6 +23,7 @@ mod update;
 pub use self::copy::{TableCount, sled_to_postgres};
 pub use self::postgres::{MIGRATIONS as POSTGRES_MIGRATIONS, PgOptions, PgStore};
 pub use self::sled::{LOCK_FILE, SledOptions, SledStore};
+pub use alert::{ALERTS_QUEUE, AlertPhase, AlertRecord, is_alert_queue};
 pub use audit::{AUDIT_GENESIS, AuditBreak, AuditEntry, AuditStore, ChainCheck, verify_chain};
 pub use deliveries::{
     DeliveryStore, Merged, NewDelivery, PartTimes, PutOutcome, ReferralRecord, ServiceAssignment,

@@ -103,6 +103,7 @@ impl UpdateRecord {
                 event: self.event,
                 bundle: self.bundle,
             })),
+            alert: None,
         }
     }
 

@@ -11,6 +11,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
+use super::alert::AlertRecord;
 use super::error::StoreError;
 use super::update::OceanUpdate;
 use crate::domain::{Change, IntegrationName, ReferralRef, ServiceId};
@@ -75,14 +76,17 @@ pub struct QueuedMessage {
     /// In [`crate::store::update::OCEAN_QUEUE`]: the update for Ocean it is (`version` is 0).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub update: Option<Box<OceanUpdate>>,
+    /// In an alerts queue ([`super::alert::is_alert_queue`]): the alert it is (`version` is 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alert: Option<Box<AlertRecord>>,
 }
 
 impl QueuedMessage {
     /// Whether it is a destination's message that left its queue before `cutoff`: delivered
     /// before it, or discarded and queued before it (see
-    /// [`QueueStore::purge_messages_before`]; Ocean updates are kept).
+    /// [`QueueStore::purge_messages_before`]; Ocean updates and alert records are kept).
     pub fn settled_before(&self, cutoff: OffsetDateTime) -> bool {
-        if self.queue == super::update::OCEAN_QUEUE {
+        if self.queue == super::update::OCEAN_QUEUE || self.queue == super::alert::ALERTS_QUEUE {
             return false;
         }
         match self.state {
@@ -109,6 +113,7 @@ impl QueuedMessage {
             backfill: false,
             next: None,
             update: None,
+            alert: None,
         }
     }
 }

@@ -12,6 +12,7 @@
 //! - `destinations/`: pushing versions to the clinic's systems.
 //! - `store/`: the stores and the data dir: encryption at rest, audit, backups, crashes, a full
 //!   disk, `migrate`, PostgreSQL and replicas.
+//! - `alerts/`: telling a person: alerts by e-mail through a real SMTP server.
 //! - `support/`: what the tests share, `eventually` (the one polling helper) among it.
 //!
 //! Which tests run on PostgreSQL as well is decided by the folder they sit in,
@@ -22,6 +23,7 @@
 //! A test that must run on the embedded store only belongs in `store/`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod alerts;
 mod console;
 mod destinations;
 mod ops;

@@ -88,8 +88,9 @@ class Handler(BaseHTTPRequestHandler):
         if content_type.startswith("application/fhir+json"):
             referral, version = None, None
         else:
-            referral = payload["data"]["referral"]
-            version = payload["data"]["version"]
+            # An alert's data names no referral.
+            referral = payload["data"].get("referral")
+            version = payload["data"].get("version")
         with lock:
             rule = rules.get(referral)
             if rule and rule[1] > 0:

@@ -285,8 +285,9 @@ pub async fn verify(
     audit_page(&state, &user, AuditFilter::default(), Some(verdict)).await
 }
 
-/// `/console/status`: readiness, counts, the outbox worker, integrations with their
-/// authentication scheme, Ocean sites (never a secret).
+/// `/console/status`: readiness, counts, the outbox worker, the alert conditions holding and
+/// the latest alerts, integrations with their authentication scheme, Ocean sites (never a
+/// secret).
 pub async fn status(
     State(state): State<AppState>,
     user: ConsoleUser,
@@ -294,6 +295,9 @@ pub async fn status(
     admin_only(&user)?;
     status_page(&state, &user, None).await
 }
+
+/// Alerts the status page lists, the latest first.
+const STATUS_ALERTS: usize = 20;
 
 async fn status_page(
     state: &AppState,
@@ -329,10 +333,18 @@ async fn status_page(
             }
         })
         .collect();
+    let alerts = state
+        .alerts
+        .recent(state.store.as_ref(), STATUS_ALERTS)
+        .await?;
+    let channels: Vec<&str> = state.alerts.channels().map(|c| c.name.as_str()).collect();
     Ok(render(
         "status.html",
         minijinja::context! {
             section => "status",
+            active => minijinja::Value::from_serialize(state.alerts.active()),
+            alerts => minijinja::Value::from_serialize(&alerts),
+            channels => channels.join(", "),
             ready => store.is_none() && worker.is_none(),
             backend => match config.storage.backend {
                 crate::config::Backend::Sled => "embedded (sled)",

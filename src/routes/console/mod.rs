@@ -76,6 +76,10 @@ pub fn router() -> Router<AppState> {
             post(actions::send_message).fallback(method_not_allowed),
         )
         .route(
+            "/console/watch-list",
+            get(pages::watch_list_page).fallback(method_not_allowed),
+        )
+        .route(
             "/console/backup",
             get(backup::form)
                 .post(backup::count)

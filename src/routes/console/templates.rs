@@ -8,7 +8,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use minijinja::Environment;
 
-const TEMPLATES: [(&str, &str); 12] = [
+const TEMPLATES: [(&str, &str); 13] = [
     ("status.html", include_str!("templates/status.html")),
     ("outbox.html", include_str!("templates/outbox.html")),
     ("confirm.html", include_str!("templates/confirm.html")),
@@ -20,6 +20,7 @@ const TEMPLATES: [(&str, &str); 12] = [
     ("error.html", include_str!("templates/error.html")),
     ("referrals.html", include_str!("templates/referrals.html")),
     ("referral.html", include_str!("templates/referral.html")),
+    ("watch_list.html", include_str!("templates/watch_list.html")),
     (
         "destinations.html",
         include_str!("templates/destinations.html"),

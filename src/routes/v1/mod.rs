@@ -1,11 +1,13 @@
 //! The point-of-service API, `/api/v1`: referrals, their versions, the ordered event feed,
-//! updates to Ocean, the CSV backup, the audit log, and a backup of the whole store.
+//! updates to Ocean, the CSV backup, the audit log, the alerts, a backup of the whole store, and the
+//! watch-list of referrals that need attention.
 //!
 //! Clients authenticate with their key as a bearer token; a client limited to some External
 //! Service IDs sees nothing else. Every error, unknown paths and methods included, is an RFC 9457
 //! problem document. Each route is registered together with its OpenAPI operation, so the
 //! document at `/api/v1/openapi.json` always lists exactly the routes served.
 
+mod alerts;
 mod audit;
 mod backup;
 mod destinations;
@@ -16,6 +18,7 @@ pub(crate) mod export;
 pub(crate) mod extract;
 mod referrals;
 mod updates;
+mod watch_list;
 
 use std::sync::Arc;
 
@@ -67,8 +70,10 @@ fn build() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(destinations::resume))
         .routes(routes!(destinations::backfill))
         .routes(routes!(export::export_csv))
+        .routes(routes!(alerts::alerts))
         .routes(routes!(audit::audit))
         .routes(routes!(backup::backup))
+        .routes(routes!(watch_list::get_watch_list))
         .routes(routes!(openapi))
         .split_for_parts();
     let mut openapi = doc::ApiDoc::openapi().nest(BASE, openapi);
@@ -119,6 +124,7 @@ mod tests {
         assert!(value["openapi"].as_str().unwrap().starts_with("3.1"));
         let paths: Vec<&str> = document.paths.paths.keys().map(String::as_str).collect();
         let expected = [
+            "/api/v1/alerts",
             "/api/v1/audit",
             "/api/v1/backup",
             "/api/v1/destinations",
@@ -145,6 +151,7 @@ mod tests {
             "/api/v1/updates/{id}",
             "/api/v1/updates/{id}/discard",
             "/api/v1/updates/{id}/replay",
+            "/api/v1/watch-list",
         ];
         assert_eq!(paths, expected);
         for (path, item) in &document.paths.paths {

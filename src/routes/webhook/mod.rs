@@ -105,8 +105,14 @@ async fn receive(
         }
     }
     match &result {
-        Ok((_, Handled::Stored)) => metrics.delivery(&label, "stored", None),
-        Ok((_, Handled::Duplicate)) => metrics.delivery(&label, "duplicate", None),
+        Ok((_, Handled::Stored)) => {
+            metrics.delivery(&label, "stored", None);
+            state.signals.delivered(&label);
+        }
+        Ok((_, Handled::Duplicate)) => {
+            metrics.delivery(&label, "duplicate", None);
+            state.signals.delivered(&label);
+        }
         Ok((_, Handled::Ignored)) => metrics.delivery(&label, "ignored", None),
         // Counted as authentication failures where they are refused.
         Err(AppError::Unauthorized { .. }) => {}

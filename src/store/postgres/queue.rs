@@ -10,6 +10,7 @@ use time::OffsetDateTime;
 use super::deliveries::{to_i64, to_u64};
 use super::{PgStore, db_error};
 use crate::domain::ReferralRef;
+use crate::store::alert::ALERTS_QUEUE;
 use crate::store::error::StoreError;
 use crate::store::queue::{MessageState, QueueStats, QueueStore, QueuedMessage};
 use crate::store::record::QUEUE;
@@ -299,7 +300,7 @@ impl QueueStore for PgStore {
         // In batches, so no statement runs long or holds many rows locked.
         const PURGE: &str = "DELETE FROM queue WHERE id IN (
              SELECT id FROM queue
-             WHERE queue <> $2
+             WHERE queue <> $2 AND queue <> $3
                AND ((state = 'delivered' AND coalesce(delivered_at, created_at) < $1)
                     OR (state = 'discarded' AND created_at < $1))
              LIMIT 5000)";
@@ -309,7 +310,7 @@ impl QueueStore for PgStore {
                 .bounded("forgetting settled messages", async {
                     let client = self.client().await?;
                     client
-                        .execute(PURGE, &[&cutoff, &OCEAN_QUEUE])
+                        .execute(PURGE, &[&cutoff, &OCEAN_QUEUE, &ALERTS_QUEUE])
                         .await
                         .map_err(db_error("forgetting settled messages"))
                 })

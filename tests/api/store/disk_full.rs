@@ -2,86 +2,14 @@
 //! as root): deliveries get 503 while it is full, readiness says so, nothing acknowledged is
 //! lost, and once space is freed the store takes writes again without a restart.
 
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use referral_relay::domain::ReferralRef;
 use referral_relay::store::StoreHealth;
 
 use crate::support::app::spawn_app_in;
+use crate::support::disk::SmallFilesystem;
 use crate::support::fixtures::{fixture, unique_v011};
-
-/// A tmpfs of `size` mounted at a fresh temporary directory, unmounted on drop.
-pub struct SmallFilesystem {
-    pub path: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl SmallFilesystem {
-    pub fn mount(size: &str) -> Self {
-        let dir = tempfile::TempDir::new().unwrap();
-        let status = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir.path())
-            .status()
-            .expect("cannot run mount");
-        assert!(
-            status.success(),
-            "cannot mount a tmpfs for the disk-full test (it needs root, as on this project's machines)"
-        );
-        Self {
-            path: dir.path().to_path_buf(),
-            _dir: dir,
-        }
-    }
-
-    /// Takes up all but `leave` bytes with a file; returns its path.
-    pub fn fill(&self, leave: u64) -> PathBuf {
-        let filler = self.path.join("filler");
-        let free = free_bytes(&self.path);
-        let file = std::fs::File::create(&filler).unwrap();
-        file.set_len(0).unwrap();
-        use std::io::Write;
-        let mut file = std::io::BufWriter::new(file);
-        let chunk = vec![0u8; 64 * 1024];
-        let mut written = 0;
-        while written + leave < free {
-            let n = chunk
-                .len()
-                .min(usize::try_from(free - leave - written).unwrap());
-            if file.write_all(&chunk[..n]).is_err() {
-                break;
-            }
-            written += n as u64;
-        }
-        let _ = file.flush();
-        filler
-    }
-}
-
-impl Drop for SmallFilesystem {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(&self.path)
-            .status();
-    }
-}
-
-fn free_bytes(path: &Path) -> u64 {
-    let out = std::process::Command::new("df")
-        .args(["--output=avail", "-B1"])
-        .arg(path)
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .nth(1)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_refuses_deliveries_until_space_is_freed_and_loses_nothing() {

@@ -8,7 +8,7 @@ use std::time::Duration;
 use referral_relay::domain::ReferralRef;
 use referral_relay::store::{AuditStore, DeliveryStore, PgOptions, PgStore, StoreError};
 
-use crate::support::postgres::Schema;
+use crate::support::postgres::{Blackhole, Schema};
 
 #[tokio::test]
 async fn migrations_apply_once_and_a_newer_schema_is_refused() {
@@ -419,69 +419,6 @@ async fn readiness_rows_of_replicas_long_gone_are_dropped() {
     assert!(!replicas.contains(&"gone-long-ago".to_owned()));
     drop(store);
     schema.drop_now().await;
-}
-
-/// A TCP proxy on loopback in front of PostgreSQL that can stop forwarding, as a failover that
-/// drops the old primary off the network does: the connections stay open and accept bytes, and
-/// nothing comes back. Once it forwards again, new connections work; the silent ones never do.
-struct Blackhole {
-    port: u16,
-    forwarding: Arc<std::sync::atomic::AtomicBool>,
-}
-
-impl Blackhole {
-    async fn start(upstream: std::net::SocketAddr) -> Self {
-        use std::sync::atomic::Ordering::SeqCst;
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let forwarding = Arc::new(std::sync::atomic::AtomicBool::new(true));
-        let on = Arc::clone(&forwarding);
-        tokio::spawn(async move {
-            while let Ok((client, _)) = listener.accept().await {
-                let on = Arc::clone(&on);
-                tokio::spawn(async move {
-                    let (mut client_read, client_write) = client.into_split();
-                    if !on.load(SeqCst) {
-                        // Accepted, never answered.
-                        let mut sink = [0; 4096];
-                        while client_read.read(&mut sink).await.is_ok_and(|n| n > 0) {}
-                        drop(client_write);
-                        return;
-                    }
-                    let server = tokio::net::TcpStream::connect(upstream).await.unwrap();
-                    let (server_read, server_write) = server.into_split();
-                    let pipe =
-                        |mut from: tokio::net::tcp::OwnedReadHalf,
-                         mut to: tokio::net::tcp::OwnedWriteHalf,
-                         on: Arc<std::sync::atomic::AtomicBool>| async move {
-                            let mut buffer = vec![0; 16 * 1024];
-                            let mut silent = false;
-                            loop {
-                                let n = match from.read(&mut buffer).await {
-                                    Ok(0) | Err(_) => return,
-                                    Ok(n) => n,
-                                };
-                                // Once silent, always silent: what arrives is swallowed.
-                                silent |= !on.load(SeqCst);
-                                if !silent && to.write_all(&buffer[..n]).await.is_err() {
-                                    return;
-                                }
-                            }
-                        };
-                    let up = tokio::spawn(pipe(client_read, server_write, Arc::clone(&on)));
-                    let down = tokio::spawn(pipe(server_read, client_write, on));
-                    let _ = tokio::join!(up, down);
-                });
-            }
-        });
-        Self { port, forwarding }
-    }
-
-    fn forward(&self, on: bool) {
-        self.forwarding
-            .store(on, std::sync::atomic::Ordering::SeqCst);
-    }
 }
 
 /// When PostgreSQL goes silent (connections open, nothing answered), deliveries, `/readyz` and

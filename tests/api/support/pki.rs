@@ -64,6 +64,21 @@ impl Ca {
         )
     }
 
+    /// A server certificate for `names` (DNS names or IP addresses), valid from yesterday for a
+    /// week: a peer's on loopback, such as the SMTP server's for `127.0.0.1`.
+    pub fn server_for(&self, names: &[&str]) -> Pair {
+        let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
+        let mut params = CertificateParams::new(names.clone()).unwrap();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, names[0].as_str());
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let now = OffsetDateTime::now_utc();
+        params.not_before = now - time::Duration::days(1);
+        params.not_after = now + time::Duration::days(7);
+        self.sign(params)
+    }
+
     /// A client certificate (TLS client authentication) for `name`.
     pub fn client(&self, name: &str) -> Pair {
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();

@@ -158,3 +158,66 @@ pub fn delivery(referral: &str, body: &str) -> referral_relay::store::NewDeliver
         routes: Default::default(),
     }
 }
+
+/// A TCP proxy on loopback in front of PostgreSQL that can stop forwarding, as a failover that
+/// drops the old primary off the network does: the connections stay open and accept bytes, and
+/// nothing comes back. Once it forwards again, new connections work; the silent ones never do.
+pub struct Blackhole {
+    pub port: u16,
+    forwarding: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Blackhole {
+    pub async fn start(upstream: std::net::SocketAddr) -> Self {
+        use std::sync::atomic::Ordering::SeqCst;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let forwarding = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let on = Arc::clone(&forwarding);
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let on = Arc::clone(&on);
+                tokio::spawn(async move {
+                    let (mut client_read, client_write) = client.into_split();
+                    if !on.load(SeqCst) {
+                        // Accepted, never answered.
+                        let mut sink = [0; 4096];
+                        while client_read.read(&mut sink).await.is_ok_and(|n| n > 0) {}
+                        drop(client_write);
+                        return;
+                    }
+                    let server = tokio::net::TcpStream::connect(upstream).await.unwrap();
+                    let (server_read, server_write) = server.into_split();
+                    let pipe =
+                        |mut from: tokio::net::tcp::OwnedReadHalf,
+                         mut to: tokio::net::tcp::OwnedWriteHalf,
+                         on: Arc<std::sync::atomic::AtomicBool>| async move {
+                            let mut buffer = vec![0; 16 * 1024];
+                            let mut silent = false;
+                            loop {
+                                let n = match from.read(&mut buffer).await {
+                                    Ok(0) | Err(_) => return,
+                                    Ok(n) => n,
+                                };
+                                // Once silent, always silent: what arrives is swallowed.
+                                silent |= !on.load(SeqCst);
+                                if !silent && to.write_all(&buffer[..n]).await.is_err() {
+                                    return;
+                                }
+                            }
+                        };
+                    let up = tokio::spawn(pipe(client_read, server_write, Arc::clone(&on)));
+                    let down = tokio::spawn(pipe(server_read, client_write, on));
+                    let _ = tokio::join!(up, down);
+                });
+            }
+        });
+        Self { port, forwarding }
+    }
+
+    pub fn forward(&self, on: bool) {
+        self.forwarding
+            .store(on, std::sync::atomic::Ordering::SeqCst);
+    }
+}

@@ -1,7 +1,9 @@
-//! The console's referral pages: the list with its filters, and one referral with its versions.
+//! The console's referral pages: the list with its filters, one referral with its versions, and
+//! the watch-list.
 
 mod list;
 mod referral;
+mod watch_list;
 
 use axum::extract::State;
 use axum::response::{IntoResponse, Redirect, Response};
@@ -10,6 +12,7 @@ use crate::state::AppState;
 
 pub use list::referrals;
 pub use referral::{document, raw_version, referral};
+pub use watch_list::watch_list_page;
 
 /// `/console`: the referrals, or the sign-in page for someone not signed in.
 pub async fn home(State(state): State<AppState>) -> Response {

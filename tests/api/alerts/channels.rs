@@ -1,0 +1,83 @@
+//! What goes out without a condition: `alert-test` through every channel, and the watch-list's
+//! summary (counts only).
+
+use tempfile::TempDir;
+
+use super::conditions::{ONCALL, alerts_toml, assert_no_patient_detail, mail_with, subjects_with};
+use crate::support::app::spawn_app_in;
+use crate::support::binary::run;
+use crate::support::fixtures::fixture;
+use crate::support::smtp::{Options, SmtpServer};
+
+/// `referral-relay alert-test` sends a test alert by e-mail (STARTTLS, AUTH) and says so; with
+/// no channel configured it fails, naming what to set.
+#[test]
+fn alert_test_sends_by_every_channel_and_fails_without_one() {
+    let smtp = SmtpServer::start(Options::starttls().auth("relay", "mail-secret"));
+    let dir = TempDir::new().unwrap();
+    let config = dir.path().join("relay.toml");
+    std::fs::write(&config, alerts_toml(&smtp, "")).unwrap();
+    let output = run(&["alert-test", "--config", config.to_str().unwrap()], &[]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout.contains("email: the test alert was taken"),
+        "{stdout}"
+    );
+    let mails = subjects_with(&smtp, "EVENT: test alert from referral-relay alert-test");
+    assert_eq!(mails.len(), 1);
+    assert_eq!(mails[0].to, ONCALL);
+    assert!(mails[0].tls && mails[0].user.as_deref() == Some("relay"));
+
+    std::fs::write(&config, "").unwrap();
+    let output = run(&["alert-test", "--config", config.to_str().unwrap()], &[]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("no alert channel is configured"),
+        "{stderr}"
+    );
+}
+
+/// The watch-list's summary goes out at the first look and then every `summary_every_secs`,
+/// with counts by kind and no patient detail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_watch_list_summary_is_mailed_with_counts_only() {
+    let smtp = SmtpServer::start(Options::plain());
+    let dir = TempDir::new().unwrap();
+    let toml = alerts_toml(&smtp, "").replace("summary_every_secs = 0", "summary_every_secs = 2");
+    let app = spawn_app_in(dir.path(), &toml).await;
+    let stored = app
+        .deliver("default", fixture("v0.11-add-service-request.json"))
+        .await;
+    assert_eq!(stored.status, 200, "{}", stored.body);
+    mail_with(&smtp, "EVENT: watch-list summary").await;
+    crate::support::poll::eventually("a second summary", async || {
+        subjects_with(&smtp, "watch-list summary").len() >= 2
+    })
+    .await;
+    let mails = subjects_with(&smtp, "watch-list summary");
+    for kind in [
+        "overdue",
+        "appointment_passed",
+        "revoked_after_action",
+        "nearing_archival",
+    ] {
+        assert!(
+            mails[0].body.contains(&format!("{kind}: ")),
+            "{}",
+            mails[0].body
+        );
+    }
+    assert!(
+        !mails[0].body.contains("TST-0011-AAAA"),
+        "{}",
+        mails[0].body
+    );
+    assert_no_patient_detail(&mails);
+    app.stop().await;
+}

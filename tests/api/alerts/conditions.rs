@@ -1,0 +1,422 @@
+//! Each condition of `[alerts]` triggered for real, and what a person receives: mails through
+//! a real SMTP server (aiosmtpd) and Standard Webhooks messages checked by the reference
+//! library, once when a condition starts and once when it clears, never in between, and never a
+//! patient detail.
+
+use std::time::Duration;
+
+use reqwest::Method;
+use serde_json::Value;
+use tempfile::TempDir;
+
+use crate::support::app::{TestApp, spawn_app_in};
+use crate::support::at_rest::patient_details;
+use crate::support::destinations::{NEW_SECRET, api as ops_api};
+use crate::support::fixtures::fixture;
+use crate::support::flow;
+use crate::support::ocean::{CLIENT_SECRET, MockOcean};
+use crate::support::peers::WebhookReceiver;
+use crate::support::poll::eventually;
+use crate::support::smtp::{Mail, Options, SmtpServer};
+
+/// Who the alerts go to.
+pub const ONCALL: [&str; 2] = ["oncall@clinic.test", "lead@clinic.test"];
+
+/// `[alerts]` mailing [`ONCALL`] through `smtp`, looking every second, no summary, and `extra`.
+pub fn alerts_toml(smtp: &SmtpServer, extra: &str) -> String {
+    smtp.alerts_toml(&ONCALL).replacen(
+        "[alerts]\n",
+        &format!("[alerts]\ncheck_secs = 1\nsummary_every_secs = 0\n{extra}\n"),
+        1,
+    )
+}
+
+/// Waits until a mail whose subject contains `words` arrived; returns every mail so far.
+pub async fn mail_with(smtp: &SmtpServer, words: &str) -> Vec<Mail> {
+    eventually(&format!("a mail about '{words}'"), async || {
+        smtp.messages().iter().any(|m| m.subject.contains(words))
+    })
+    .await;
+    smtp.messages()
+}
+
+/// The mails whose subject contains `words`.
+pub fn subjects_with(smtp: &SmtpServer, words: &str) -> Vec<Mail> {
+    smtp.messages()
+        .into_iter()
+        .filter(|m| m.subject.contains(words))
+        .collect()
+}
+
+/// No mail carries a patient detail of any fixture.
+pub fn assert_no_patient_detail(mails: &[Mail]) {
+    let details = patient_details();
+    for mail in mails {
+        for detail in &details {
+            assert!(
+                !mail.raw.contains(detail.as_str()),
+                "a patient detail ({detail}) is in the mail '{}'",
+                mail.subject
+            );
+        }
+    }
+}
+
+/// `/api/v1/alerts` as the API client of `flow`.
+async fn alerts_of(app: &TestApp) -> Value {
+    let answer = app
+        .client
+        .get(app.url("/api/v1/alerts"))
+        .header("authorization", format!("Bearer {}", flow::KEY))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    answer.json().await.unwrap()
+}
+
+/// A dead letter in a destination and an Ocean site refusing the relay's token: each is mailed
+/// to every recipient once when it starts; a restart repeats neither (their state is in the
+/// store); replaying the dead letter clears it, mailed with how long it lasted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_and_a_failing_site_are_mailed_when_they_start_and_when_they_clear() {
+    let smtp = SmtpServer::start(Options::plain());
+    let ocean = MockOcean::start().await;
+    let receiver = WebhookReceiver::start(&[NEW_SECRET]);
+    let dir = TempDir::new().unwrap();
+    let toml = format!(
+        "{}\n[destinations.emr]\nkind = \"webhook\"\nurl = \"{}\"\nsecret = \"{NEW_SECRET}\"\n\n{}",
+        flow::config(&ocean, "form").replace(CLIENT_SECRET, "not-the-secret"),
+        receiver.url,
+        alerts_toml(&smtp, "failing_minutes = 0.01\ndigest_from = 10"),
+    );
+    let app = spawn_app_in(dir.path(), &toml).await;
+    receiver.fail(flow::REF, 400, 1).await;
+    let stored = app
+        .deliver("default", fixture("v0.11-add-service-request.json"))
+        .await;
+    assert_eq!(stored.status, 200, "{}", stored.body);
+    flow::status(&app, "accepted").await;
+
+    mail_with(&smtp, "STARTED: 1 dead letters in destination 'emr'").await;
+    let mails = mail_with(&smtp, "STARTED: Ocean site 'main' is failing").await;
+    for mail in &mails {
+        assert_eq!(mail.to, ONCALL, "{}", mail.subject);
+        assert_eq!(mail.from, "referral-relay@clinic.test");
+    }
+    let failing = subjects_with(&smtp, "Ocean site 'main' is failing");
+    assert!(failing[0].body.contains("token"), "{}", failing[0].body);
+
+    // A restart neither repeats the starts nor forgets them.
+    app.stop().await;
+    let app = spawn_app_in(dir.path(), &toml).await;
+    let id = {
+        let dead = ops_api_flow(&app, "/api/v1/destinations/emr/messages?state=dead").await;
+        dead["messages"][0]["id"].as_u64().unwrap()
+    };
+    let replayed = app
+        .client
+        .post(app.url(&format!("/api/v1/destinations/emr/messages/{id}/replay")))
+        .header("authorization", format!("Bearer {}", flow::KEY))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(replayed.status(), 202);
+    let mails = mail_with(
+        &smtp,
+        "CLEARED: cleared: 1 dead letters in destination 'emr'",
+    )
+    .await;
+    let cleared = subjects_with(&smtp, "CLEARED: cleared: 1 dead letters");
+    assert!(cleared[0].body.contains("it lasted"), "{}", cleared[0].body);
+    assert_eq!(subjects_with(&smtp, "STARTED: 1 dead letters").len(), 1);
+    assert_eq!(subjects_with(&smtp, "STARTED: Ocean site 'main'").len(), 1);
+    assert_no_patient_detail(&mails);
+
+    // The API shows what holds and where each alert went.
+    let alerts = alerts_of(&app).await;
+    let active: Vec<&str> = alerts["active"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["key"].as_str().unwrap())
+        .collect();
+    assert!(active.contains(&"failing:site:main"), "{alerts}");
+    assert!(
+        !active.iter().any(|k| k.starts_with("dead_letters")),
+        "{alerts}"
+    );
+    let listed = alerts["alerts"].as_array().unwrap();
+    let clear = listed
+        .iter()
+        .find(|a| a["key"] == "dead_letters:destination:emr" && a["phase"] == "cleared")
+        .unwrap();
+    assert_eq!(clear["deliveries"][0]["channel"], "email");
+    assert_eq!(clear["deliveries"][0]["state"], "delivered");
+    let actions = crate::support::console::audit_actions(&app).await;
+    assert!(
+        actions.iter().any(|(action, _)| action == "ALERT_CLEARED"),
+        "{actions:?}"
+    );
+    app.stop().await;
+}
+
+async fn ops_api_flow(app: &TestApp, path: &str) -> Value {
+    let answer = app
+        .client
+        .get(app.url(path))
+        .header("authorization", format!("Bearer {}", flow::KEY))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200, "{path}");
+    answer.json().await.unwrap()
+}
+
+/// A destination answering 500 fails for longer than `failing_minutes`: a signed webhook
+/// alert (checked by the Standard Webhooks library) says so, and another when its sends land
+/// again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_destination_is_announced_by_webhook_and_cleared_when_it_recovers() {
+    let emr = WebhookReceiver::start(&[NEW_SECRET]);
+    let pager = WebhookReceiver::start(&[NEW_SECRET]);
+    let dir = TempDir::new().unwrap();
+    let toml = crate::support::destinations::toml(&format!(
+        r#"
+[destinations.emr]
+kind = "webhook"
+url = "{}"
+secret = "{NEW_SECRET}"
+
+[destinations.pager]
+kind = "webhook"
+url = "{}"
+secret = "{NEW_SECRET}"
+service_ids = ["alerts-only"]
+
+[alerts]
+destinations = ["pager"]
+check_secs = 1
+summary_every_secs = 0
+failing_minutes = 0.02
+"#,
+        emr.url, pager.url
+    ));
+    let app = spawn_app_in(dir.path(), &toml).await;
+    emr.fail(flow::REF, 500, 6).await;
+    let stored = app
+        .deliver("default", fixture("v0.11-add-service-request.json"))
+        .await;
+    assert_eq!(stored.status, 200, "{}", stored.body);
+
+    let received = pager.wait_for(2).await;
+    let kinds: Vec<(String, String)> = received
+        .iter()
+        .map(|m| {
+            let body = &m["body"];
+            (
+                body["type"].as_str().unwrap_or_default().to_owned(),
+                body["data"]["key"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            (
+                "alert.started".to_owned(),
+                "failing:destination:emr".to_owned()
+            ),
+            (
+                "alert.cleared".to_owned(),
+                "failing:destination:emr".to_owned()
+            ),
+        ],
+        "{received:?}"
+    );
+    let reason = received[0]["body"]["data"]["detail"].as_str().unwrap();
+    assert!(reason.contains("answered 500"), "{reason}");
+    assert_eq!(emr.wait_for(1).await.len(), 1);
+    let listed = ops_api(&app, Method::GET, "/api/v1/alerts", None).await;
+    assert_eq!(listed.status, 200, "{}", listed.body);
+    let delivery = &listed.body["alerts"][0]["deliveries"][0];
+    assert_eq!(delivery["channel"], "webhook:pager", "{}", listed.body);
+    eventually("the clear's delivery recorded", async || {
+        let listed = ops_api(&app, Method::GET, "/api/v1/alerts", None).await;
+        listed.body["alerts"][0]["deliveries"][0]["state"] == "delivered"
+    })
+    .await;
+    app.stop().await;
+}
+
+/// Refused logins above the threshold start an alert; two integrations falling quiet in the
+/// same look go out as one digest; a delivery ends one quiet spell alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_logins_and_quiet_integrations_are_mailed_and_several_at_once_as_a_digest() {
+    let smtp = SmtpServer::start(Options::plain());
+    let dir = TempDir::new().unwrap();
+    let toml = format!(
+        r#"
+[integrations.ocean]
+auth = {{ scheme = "basic", username = "ocean", password = "correct horse" }}
+
+[integrations.north]
+auth = {{ scheme = "none" }}
+
+[integrations.south]
+auth = {{ scheme = "none" }}
+
+{}"#,
+        alerts_toml(
+            &smtp,
+            "refused_logins = 3\nrefused_logins_minutes = 5.0\ndigest_from = 2\n\
+             quiet_hours_by_integration = { north = 0.0006, south = 0.0006 }"
+        ),
+    );
+    let app = spawn_app_in(dir.path(), &toml).await;
+    let digest = mail_with(&smtp, "DIGEST: 2 alerts: 2 started").await;
+    let digest = digest
+        .iter()
+        .find(|m| m.subject.contains("DIGEST"))
+        .unwrap();
+    assert!(
+        digest.body.contains("integration 'north'"),
+        "{}",
+        digest.body
+    );
+    assert!(
+        digest.body.contains("integration 'south'"),
+        "{}",
+        digest.body
+    );
+
+    for _ in 0..3 {
+        let refused = app
+            .client
+            .post(app.url("/fhir/ocean/$process-message"))
+            .basic_auth("ocean", Some("wrong horse"))
+            .header("content-type", "application/fhir+json")
+            .body(fixture("v0.11-add-service-request.json"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(refused.status(), 401);
+    }
+    mail_with(&smtp, "STARTED: 3 refused logins on integration 'ocean'").await;
+
+    let stored = app
+        .deliver("north", fixture("v0.11-add-service-request.json"))
+        .await;
+    assert_eq!(stored.status, 200, "{}", stored.body);
+    let mails = mail_with(
+        &smtp,
+        "CLEARED: cleared: no delivery on integration 'north'",
+    )
+    .await;
+    assert!(subjects_with(&smtp, "integration 'south'").is_empty());
+    assert_eq!(subjects_with(&smtp, "DIGEST").len(), 1);
+    assert_no_patient_detail(&mails);
+    app.stop().await;
+}
+
+/// A full disk: the store cannot queue the alert, so it is mailed from memory; once space is
+/// freed, the clear is mailed and both are filed (the API lists them, the mail channel's
+/// delivery of the start recorded as delivered, not sent twice).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_that_cannot_write_is_mailed_from_memory_and_filed_when_it_recovers() {
+    let smtp = SmtpServer::start(Options::plain());
+    let fs = crate::support::disk::SmallFilesystem::mount("12m");
+    let data = fs.path.join("data");
+    let toml = format!(
+        "[api.clients.emr]\nkey = \"{}\"\n\n{}",
+        flow::KEY,
+        alerts_toml(&smtp, "store_unwritable_secs = 1"),
+    );
+    let app = spawn_app_in(&data, &toml).await;
+    let template = String::from_utf8(fixture("v0.11-add-service-request.json")).unwrap();
+    let filler = fs.fill(1 << 20);
+    let mut n = 0;
+    eventually("the disk to fill", async || {
+        n += 1;
+        let name = format!("TST-FULL-{n}");
+        let body = crate::support::fixtures::unique_v011(&template, &name, &format!("full-{n}"));
+        app.deliver("default", body).await.status == 503
+    })
+    .await;
+    mail_with(&smtp, "STARTED: the store cannot write").await;
+    std::fs::remove_file(filler).unwrap();
+    let mails = mail_with(&smtp, "CLEARED: cleared: the store cannot write").await;
+    assert_eq!(
+        subjects_with(&smtp, "STARTED: the store cannot write").len(),
+        1
+    );
+    assert_no_patient_detail(&mails);
+    eventually("the alerts filed", async || {
+        let alerts = alerts_of(&app).await;
+        let listed = alerts["alerts"].as_array().unwrap().clone();
+        let phases: Vec<&str> = listed
+            .iter()
+            .filter(|a| a["key"] == "store")
+            .map(|a| a["phase"].as_str().unwrap())
+            .collect();
+        phases == ["cleared", "started"]
+            && listed
+                .iter()
+                .filter(|a| a["key"] == "store")
+                .all(|a| a["deliveries"][0]["state"] == "delivered")
+    })
+    .await;
+    // Nothing is sent a second time once filed.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(subjects_with(&smtp, "the store cannot write").len(), 2);
+    app.stop().await;
+}
+
+/// A replica whose PostgreSQL goes away (a proxy in front of the test server stops answering,
+/// as a database stopped or cut off does; stopping the shared server itself would break every
+/// other test running): the alert is mailed from memory within the threshold plus the store's
+/// bound, and cleared once the database answers again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_losing_its_database_is_mailed_and_cleared_when_it_is_back() {
+    use referral_relay::store::{PgOptions, PgStore};
+    let smtp = SmtpServer::start(Options::plain());
+    let proxy = crate::support::postgres::Blackhole::start("127.0.0.1:5432".parse().unwrap()).await;
+    let schema = crate::support::postgres::Schema::new();
+    let url = format!(
+        "host=127.0.0.1 port={} user=postgres dbname=test",
+        proxy.port
+    );
+    let store = PgStore::connect(&PgOptions {
+        schema: Some(schema.name.clone()),
+        ..PgOptions::new(url.clone())
+    })
+    .await
+    .unwrap();
+    let dir = TempDir::new().unwrap();
+    let toml = format!(
+        "[storage]\nbackend = \"postgres\"\nurl = \"{url}\"\n\n{}",
+        alerts_toml(&smtp, "store_unwritable_secs = 1"),
+    );
+    let config = crate::support::app::config(&toml, dir.path());
+    let mut app = crate::support::app::spawn_with_store(&config, store).await;
+    app.keep_schema(schema);
+    proxy.forward(false);
+    let started = "STARTED: this replica cannot write to its PostgreSQL database";
+    wait_long(&smtp, started).await;
+    proxy.forward(true);
+    wait_long(&smtp, "CLEARED: cleared: this replica cannot write").await;
+    assert_eq!(subjects_with(&smtp, started).len(), 1);
+    app.stop().await;
+}
+
+/// Waits up to 90 s (the store's reads are bounded at 10 s each) for a mail about `words`.
+async fn wait_long(smtp: &SmtpServer, words: &str) {
+    for _ in 0..900 {
+        if !subjects_with(smtp, words).is_empty() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let subjects: Vec<String> = smtp.messages().into_iter().map(|m| m.subject).collect();
+    panic!("no mail about '{words}' within 90 s; mails: {subjects:?}");
+}
