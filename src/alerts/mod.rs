@@ -30,6 +30,33 @@ pub use conditions::Condition;
 pub use monitor::Monitor;
 pub use text::{mail_subject, mail_text, webhook_json};
 
+/// Alerts on their way into the store: what to file, and how far filing got (it resumes
+/// where it stopped, so nothing is filed, audited or sent twice).
+pub struct Filing {
+    pub records: Vec<AlertRecord>,
+    /// What each channel sends of them (fixed once, so a digest keeps its id).
+    pub outgoing: Vec<AlertRecord>,
+    /// Channels that have them already, sent from memory while the store could not write:
+    /// nothing is queued for those.
+    pub sent: Vec<String>,
+    /// Whether the records and messages are in the store.
+    pub enqueued: bool,
+    /// How many records are audited.
+    audited: usize,
+}
+
+impl Filing {
+    pub fn new(records: Vec<AlertRecord>, outgoing: Vec<AlertRecord>) -> Self {
+        Self {
+            records,
+            outgoing,
+            sent: Vec::new(),
+            enqueued: false,
+            audited: 0,
+        }
+    }
+}
+
 /// One channel alerts go out by.
 pub struct AlertChannel {
     /// `email`, or `webhook:NAME`.
@@ -156,44 +183,36 @@ impl Alerts {
             .unwrap_or_else(std::sync::PoisonError::into_inner) = conditions;
     }
 
-    /// Files `records` and, for each channel, `outgoing` (what it sends of them: see
-    /// [`Alerts::outgoing`]), in one durable write; audits each record (`ALERT_STARTED`,
-    /// `ALERT_CLEARED`, `ALERT_EVENT`) and wakes the channels. `sent` names channels that
-    /// already got these records straight from memory (while the store could not write):
-    /// their messages are filed as delivered.
+    /// Files `filing` where it stopped: its records and, for each channel that does not have
+    /// them yet, its `outgoing` (see [`Alerts::outgoing`]) in one durable write (unless that
+    /// write is found in the store already, its outcome unknown before); then audits each
+    /// record (`ALERT_STARTED`, `ALERT_CLEARED`, `ALERT_EVENT`) and wakes the channels. Each
+    /// step done is noted in `filing`, so a retry neither files nor audits anything twice.
     ///
     /// # Errors
-    /// The store's; nothing is filed then.
+    /// The store's; `filing` says how far it got.
     pub async fn file(
         &self,
         store: &dyn Store,
-        records: &[AlertRecord],
-        outgoing: &[AlertRecord],
-        sent: &[String],
+        filing: &mut Filing,
         now: OffsetDateTime,
     ) -> Result<(), StoreError> {
-        if records.is_empty() {
+        let Some(first) = filing.records.first() else {
             return Ok(());
-        }
-        let mut messages = Vec::new();
-        for record in records {
-            let mut message = QueuedMessage::pending(ALERTS_QUEUE, record_ref(&record.key), 0, now);
-            message.webhook_id.clone_from(&record.id);
-            message.alert = Some(Box::new(record.clone()));
-            messages.push(message);
-        }
-        for outgoing in outgoing {
-            for channel in self.channels.iter() {
-                let mut message = QueuedMessage::pending(&channel.queue, channel_ref(), 0, now);
-                message.webhook_id.clone_from(&outgoing.id);
-                message.alert = Some(Box::new(outgoing.clone()));
-                messages.push(message);
+        };
+        if !filing.enqueued {
+            let filed = store
+                .referral_messages(&record_ref(&first.key))
+                .await?
+                .iter()
+                .any(|m| m.webhook_id == first.id);
+            if !filed {
+                store.enqueue_messages(self.messages(filing, now)).await?;
             }
+            filing.enqueued = true;
         }
-        let ids: Vec<String> = messages.iter().map(|m| m.webhook_id.clone()).collect();
-        store.enqueue_messages(messages).await?;
-        settle_filed(store, self, sent, &ids).await?;
-        for record in records {
+        settle_records(store).await?;
+        while let Some(record) = filing.records.get(filing.audited) {
             let action = match record.phase {
                 AlertPhase::Started => "ALERT_STARTED",
                 AlertPhase::Cleared => "ALERT_CLEARED",
@@ -206,11 +225,39 @@ impl Alerts {
                 "subject": record.subject,
             });
             store.audit(action, "alerts", details).await?;
+            filing.audited += 1;
         }
         for channel in self.channels.iter() {
             channel.wake.notify_one();
         }
         Ok(())
+    }
+
+    /// The messages `filing` is filed as: a record per alert (naming the channels that had it
+    /// from memory), and a message per outgoing alert for each other channel.
+    fn messages(&self, filing: &Filing, now: OffsetDateTime) -> Vec<QueuedMessage> {
+        let mut messages = Vec::new();
+        for record in &filing.records {
+            let mut message = QueuedMessage::pending(ALERTS_QUEUE, record_ref(&record.key), 0, now);
+            message.webhook_id.clone_from(&record.id);
+            let mut record = record.clone();
+            record.sent_from_memory.clone_from(&filing.sent);
+            message.alert = Some(Box::new(record));
+            messages.push(message);
+        }
+        for outgoing in &filing.outgoing {
+            for channel in self
+                .channels
+                .iter()
+                .filter(|c| !filing.sent.contains(&c.name))
+            {
+                let mut message = QueuedMessage::pending(&channel.queue, channel_ref(), 0, now);
+                message.webhook_id.clone_from(&outgoing.id);
+                message.alert = Some(Box::new(outgoing.clone()));
+                messages.push(message);
+            }
+        }
+        messages
     }
 
     /// What each channel sends of `records`: each alone, or one digest of them all.
@@ -243,45 +290,25 @@ impl Alerts {
     }
 }
 
-/// Marks the records filed just now delivered (they are never sent: the record is the
-/// filing; records another replica filed are marked too), and the messages `ids` of the
-/// channels in `sent`.
-async fn settle_filed(
-    store: &dyn Store,
-    alerts: &Alerts,
-    sent: &[String],
-    ids: &[String],
-) -> Result<(), StoreError> {
+/// Marks the records filed delivered: they are never sent (the record is the filing), and a
+/// pending one would count as waiting. Records another replica filed are marked too.
+async fn settle_records(store: &dyn Store) -> Result<(), StoreError> {
     let now = OffsetDateTime::now_utc();
-    let mut queues = vec![ALERTS_QUEUE.to_owned()];
-    queues.extend(
-        alerts
-            .channels
-            .iter()
-            .filter(|c| sent.contains(&c.name))
-            .map(|c| c.queue.clone()),
-    );
-    for queue in queues {
-        let mut after = 0;
-        loop {
-            let pending = store
-                .queue_messages(&queue, Some(MessageState::Pending), after, 256)
-                .await?;
-            let Some(last) = pending.last() else {
-                break;
-            };
-            after = last.id;
-            for mut message in pending {
-                if message.queue != ALERTS_QUEUE && !ids.contains(&message.webhook_id) {
-                    continue;
-                }
-                message.state = MessageState::Delivered;
-                message.delivered_at = Some(now);
-                store.save_message(&message, MessageState::Pending).await?;
-            }
+    let mut after = 0;
+    loop {
+        let pending = store
+            .queue_messages(ALERTS_QUEUE, Some(MessageState::Pending), after, 256)
+            .await?;
+        let Some(last) = pending.last() else {
+            return Ok(());
+        };
+        after = last.id;
+        for mut message in pending {
+            message.state = MessageState::Delivered;
+            message.delivered_at = Some(now);
+            store.save_message(&message, MessageState::Pending).await?;
         }
     }
-    Ok(())
 }
 
 /// The pseudo-referral a condition's records are chained under (`alert:KEY`): its history is
@@ -319,6 +346,8 @@ pub struct AlertDelivery {
     pub delivered_at: Option<OffsetDateTime>,
     /// The digest it went in, if it did.
     pub digest: Option<String>,
+    /// Sent straight from memory while the store could not write (`message` is 0).
+    pub from_memory: bool,
 }
 
 impl Alerts {
@@ -343,9 +372,23 @@ impl Alerts {
                 if records.len() == limit {
                     records.pop_front();
                 }
+                let deliveries = alert
+                    .sent_from_memory
+                    .iter()
+                    .map(|channel| AlertDelivery {
+                        channel: channel.clone(),
+                        message: 0,
+                        state: "delivered",
+                        attempts: 1,
+                        last_error: None,
+                        delivered_at: Some(alert.at),
+                        digest: None,
+                        from_memory: true,
+                    })
+                    .collect();
                 records.push_back(AlertView {
                     alert: *alert,
-                    deliveries: Vec::new(),
+                    deliveries,
                 });
             }
         }
@@ -380,6 +423,7 @@ impl Alerts {
                                 last_error: message.last_error.clone(),
                                 delivered_at: message.delivered_at,
                                 digest: digest.clone(),
+                                from_memory: false,
                             });
                         }
                     }

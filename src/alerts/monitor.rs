@@ -9,7 +9,9 @@
 //!
 //! When the store cannot write, alerts cannot be filed: they are kept in memory and sent from
 //! there by every channel (retried at every look), then filed once the store takes writes
-//! again, the channels that already had them marked as delivered.
+//! again; their records name the channels that had them, and nothing is queued for those.
+//! Filing resumes where it stopped (see [`Filing`]), so an answer lost on the way neither
+//! files nor sends an alert twice.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -19,7 +21,7 @@ use time::OffsetDateTime;
 use tokio::sync::watch;
 
 use super::conditions::{Condition, StoreTrouble, look};
-use super::{Alerts, record_ref};
+use super::{Alerts, Filing, record_ref};
 use crate::config::Config;
 use crate::signals::Signals;
 use crate::store::{ALERTS_QUEUE, AlertPhase, AlertRecord, Store, StoreHealth};
@@ -27,15 +29,6 @@ use crate::store::{ALERTS_QUEUE, AlertPhase, AlertRecord, Store, StoreHealth};
 /// Bound on the store's answer to one look's write check, beyond the store's own bounds (which
 /// end a silent connection rather than leave it in the pool).
 const STORE_CHECK_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Alerts not filed yet, because the store could not write.
-struct Unfiled {
-    records: Vec<AlertRecord>,
-    /// What each channel sends of them (fixed once, so a digest keeps its id).
-    outgoing: Vec<AlertRecord>,
-    /// Channels that have them already (sent from memory).
-    sent: Vec<String>,
-}
 
 /// Looks at the conditions and files alerts; see the module's documentation.
 pub struct Monitor {
@@ -52,7 +45,7 @@ struct Memory {
     holding: BTreeMap<String, AlertRecord>,
     /// Whether `holding` was read from the store yet.
     loaded: bool,
-    unfiled: Vec<Unfiled>,
+    unfiled: Vec<Filing>,
     trouble: Option<StoreTrouble>,
     last_summary: Option<OffsetDateTime>,
 }
@@ -131,11 +124,7 @@ impl Monitor {
         };
         if !records.is_empty() {
             let outgoing = self.alerts.outgoing(&records, now);
-            memory.unfiled.push(Unfiled {
-                records,
-                outgoing,
-                sent: Vec::new(),
-            });
+            memory.unfiled.push(Filing::new(records, outgoing));
         }
         self.file_or_send(memory, now).await;
     }
@@ -237,14 +226,8 @@ impl Monitor {
             memory.unfiled = waiting;
             waiting = Vec::new();
         }
-        while let Some(unfiled) = (!waiting.is_empty()).then(|| waiting.remove(0)) {
-            let filing = self.alerts.file(
-                self.store.as_ref(),
-                &unfiled.records,
-                &unfiled.outgoing,
-                &unfiled.sent,
-                now,
-            );
+        while let Some(mut unfiled) = (!waiting.is_empty()).then(|| waiting.remove(0)) {
+            let filing = self.alerts.file(self.store.as_ref(), &mut unfiled, now);
             match tokio::time::timeout(STORE_CHECK_TIMEOUT, filing).await {
                 Ok(Ok(())) => {}
                 outcome => {
@@ -259,7 +242,8 @@ impl Monitor {
                 }
             }
         }
-        for unfiled in &mut memory.unfiled {
+        // Once in the store, the channels' workers send them.
+        for unfiled in memory.unfiled.iter_mut().filter(|u| !u.enqueued) {
             for channel in self.alerts.channels() {
                 if unfiled.sent.contains(&channel.name) {
                     continue;

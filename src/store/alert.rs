@@ -64,6 +64,9 @@ pub struct AlertRecord {
     /// A digest's alerts.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub items: Vec<AlertRecord>,
+    /// Channels that had it straight from memory, while the store could not write.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sent_from_memory: Vec<String>,
 }
 
 impl AlertRecord {
@@ -86,6 +89,7 @@ impl AlertRecord {
             started_at,
             at: OffsetDateTime::now_utc(),
             items: Vec::new(),
+            sent_from_memory: Vec::new(),
         }
     }
 }

@@ -1,5 +1,5 @@
-//! What goes out without a condition: `alert-test` through every channel, and the watch-list's
-//! summary (counts only).
+//! What goes out that is not a condition starting or clearing: `alert-test` through every
+//! channel, the watch-list's summary (counts only), and events (a document given up).
 
 use tempfile::TempDir;
 
@@ -79,5 +79,63 @@ async fn the_watch_list_summary_is_mailed_with_counts_only() {
         mails[0].body
     );
     assert_no_patient_detail(&mails);
+    app.stop().await;
+}
+
+/// A document the fetcher gives up on (Ocean answers 404 for the letter) is an event: mailed
+/// once, naming the referral and the document, never its content.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_document_given_up_is_mailed_once() {
+    use crate::support::ocean::{MockOcean, Serve};
+    let smtp = SmtpServer::start(Options::plain());
+    let ocean = MockOcean::start().await;
+    ocean.serve(
+        "/svc/fhir/v1/ServiceRequest/TST-0011-AAAA/$letter",
+        [Serve::Status(404)],
+    );
+    let dir = TempDir::new().unwrap();
+    let toml = format!(
+        "{}\n{}",
+        crate::support::flow::config(&ocean, "form"),
+        alerts_toml(&smtp, "")
+    );
+    let app = spawn_app_in(dir.path(), &toml).await;
+    let stored = app
+        .deliver("default", fixture("v0.11-add-service-request.json"))
+        .await;
+    assert_eq!(stored.status, 200, "{}", stored.body);
+    let mails = mail_with(
+        &smtp,
+        "EVENT: a document of referral TST-0011-AAAA was given up",
+    )
+    .await;
+    let mail = mails
+        .iter()
+        .find(|m| m.subject.contains("given up"))
+        .unwrap();
+    assert!(
+        mail.body.contains("Document 0 of version 1"),
+        "{}",
+        mail.body
+    );
+    assert_no_patient_detail(&mails);
+    // Later looks do not send it again.
+    let alerts = crate::support::poll::eventually("two more looks", async || {
+        let answer = app
+            .client
+            .get(app.url("/api/v1/alerts"))
+            .header(
+                "authorization",
+                format!("Bearer {}", crate::support::flow::KEY),
+            )
+            .send()
+            .await
+            .unwrap();
+        let body: serde_json::Value = answer.json().await.unwrap();
+        body["alerts"][0]["deliveries"][0]["state"] == "delivered"
+    });
+    alerts.await;
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    assert_eq!(subjects_with(&smtp, "given up").len(), 1);
     app.stop().await;
 }

@@ -364,6 +364,12 @@ async fn a_store_that_cannot_write_is_mailed_from_memory_and_filed_when_it_recov
                 .iter()
                 .filter(|a| a["key"] == "store")
                 .all(|a| a["deliveries"][0]["state"] == "delivered")
+            // The start went from memory, and nothing was queued for it.
+            && listed
+                .iter()
+                .filter(|a| a["key"] == "store" && a["phase"] == "started")
+                .all(|a| a["deliveries"].as_array().unwrap().len() == 1
+                    && a["deliveries"][0]["from_memory"] == true)
     })
     .await;
     // Nothing is sent a second time once filed.
