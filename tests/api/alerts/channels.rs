@@ -3,11 +3,12 @@
 
 use tempfile::TempDir;
 
-use super::conditions::{ONCALL, alerts_toml, assert_no_patient_detail, mail_with, subjects_with};
 use crate::support::app::spawn_app_in;
 use crate::support::binary::run;
 use crate::support::fixtures::fixture;
-use crate::support::smtp::{Options, SmtpServer};
+use crate::support::smtp::{
+    ONCALL, Options, SmtpServer, alerts_toml, assert_no_patient_detail, mail_with, subjects_with,
+};
 
 /// `referral-relay alert-test` sends a test alert by e-mail (STARTTLS, AUTH) and says so; with
 /// no channel configured it fails, naming what to set.

@@ -10,57 +10,15 @@ use serde_json::Value;
 use tempfile::TempDir;
 
 use crate::support::app::{TestApp, spawn_app_in};
-use crate::support::at_rest::patient_details;
 use crate::support::destinations::{NEW_SECRET, api as ops_api};
 use crate::support::fixtures::fixture;
 use crate::support::flow;
 use crate::support::ocean::{CLIENT_SECRET, MockOcean};
 use crate::support::peers::WebhookReceiver;
 use crate::support::poll::eventually;
-use crate::support::smtp::{Mail, Options, SmtpServer};
-
-/// Who the alerts go to.
-pub const ONCALL: [&str; 2] = ["oncall@clinic.test", "lead@clinic.test"];
-
-/// `[alerts]` mailing [`ONCALL`] through `smtp`, looking every second, no summary, and `extra`.
-pub fn alerts_toml(smtp: &SmtpServer, extra: &str) -> String {
-    smtp.alerts_toml(&ONCALL).replacen(
-        "[alerts]\n",
-        &format!("[alerts]\ncheck_secs = 1\nsummary_every_secs = 0\n{extra}\n"),
-        1,
-    )
-}
-
-/// Waits until a mail whose subject contains `words` arrived; returns every mail so far.
-pub async fn mail_with(smtp: &SmtpServer, words: &str) -> Vec<Mail> {
-    eventually(&format!("a mail about '{words}'"), async || {
-        smtp.messages().iter().any(|m| m.subject.contains(words))
-    })
-    .await;
-    smtp.messages()
-}
-
-/// The mails whose subject contains `words`.
-pub fn subjects_with(smtp: &SmtpServer, words: &str) -> Vec<Mail> {
-    smtp.messages()
-        .into_iter()
-        .filter(|m| m.subject.contains(words))
-        .collect()
-}
-
-/// No mail carries a patient detail of any fixture.
-pub fn assert_no_patient_detail(mails: &[Mail]) {
-    let details = patient_details();
-    for mail in mails {
-        for detail in &details {
-            assert!(
-                !mail.raw.contains(detail.as_str()),
-                "a patient detail ({detail}) is in the mail '{}'",
-                mail.subject
-            );
-        }
-    }
-}
+use crate::support::smtp::{
+    ONCALL, Options, SmtpServer, alerts_toml, assert_no_patient_detail, mail_with, subjects_with,
+};
 
 /// `/api/v1/alerts` as the API client of `flow`.
 async fn alerts_of(app: &TestApp) -> Value {
@@ -378,40 +336,49 @@ async fn a_store_that_cannot_write_is_mailed_from_memory_and_filed_when_it_recov
     app.stop().await;
 }
 
-/// A replica whose PostgreSQL goes away (a proxy in front of the test server stops answering,
-/// as a database stopped or cut off does; stopping the shared server itself would break every
-/// other test running): the alert is mailed from memory within the threshold plus the store's
-/// bound, and cleared once the database answers again.
+/// A replica whose PostgreSQL is stopped (a server of the test's own, `pg_ctl stop`; the shared
+/// server cannot be stopped under the other tests): the alert is mailed from memory within the
+/// threshold plus the store's bound, and cleared once the server is started again; the relay's
+/// alerts are filed then, each once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_losing_its_database_is_mailed_and_cleared_when_it_is_back() {
     use referral_relay::store::{PgOptions, PgStore};
     let smtp = SmtpServer::start(Options::plain());
-    let proxy = crate::support::postgres::Blackhole::start("127.0.0.1:5432".parse().unwrap()).await;
-    let schema = crate::support::postgres::Schema::new();
-    let url = format!(
-        "host=127.0.0.1 port={} user=postgres dbname=test",
-        proxy.port
-    );
-    let store = PgStore::connect(&PgOptions {
-        schema: Some(schema.name.clone()),
-        ..PgOptions::new(url.clone())
-    })
-    .await
-    .unwrap();
+    let server = crate::support::postgres::PrivateServer::start();
+    let url = server.url();
+    let store = PgStore::connect(&PgOptions::new(url.clone()))
+        .await
+        .unwrap();
     let dir = TempDir::new().unwrap();
     let toml = format!(
-        "[storage]\nbackend = \"postgres\"\nurl = \"{url}\"\n\n{}",
+        "[storage]\nbackend = \"postgres\"\nurl = \"{url}\"\n\n[api.clients.emr]\nkey = \"{}\"\n\n{}",
+        flow::KEY,
         alerts_toml(&smtp, "store_unwritable_secs = 1"),
     );
     let config = crate::support::app::config(&toml, dir.path());
-    let mut app = crate::support::app::spawn_with_store(&config, store).await;
-    app.keep_schema(schema);
-    proxy.forward(false);
+    let app = crate::support::app::spawn_with_store(&config, store).await;
+    server.stop();
     let started = "STARTED: this replica cannot write to its PostgreSQL database";
     wait_long(&smtp, started).await;
-    proxy.forward(true);
+    server.resume();
     wait_long(&smtp, "CLEARED: cleared: this replica cannot write").await;
+    eventually("both alerts filed", async || {
+        let alerts = alerts_of(&app).await;
+        alerts["alerts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|a| a["key"] == "store")
+            .count()
+            == 2
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(subjects_with(&smtp, started).len(), 1);
+    assert_eq!(
+        subjects_with(&smtp, "CLEARED: cleared: this replica").len(),
+        1
+    );
     app.stop().await;
 }
 

@@ -442,3 +442,38 @@ async fn the_audit_check_names_the_entry_where_a_tampered_chain_breaks() {
     app.stop().await;
     schema.drop_now().await;
 }
+
+/// The status page shows the alert conditions holding and the latest alerts with where each
+/// went (here: an integration gone quiet, mailed through a real SMTP server).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_status_page_shows_alerts_holding_and_where_each_went() {
+    use crate::support::smtp::{Options, SmtpServer};
+    let smtp = SmtpServer::start(Options::plain());
+    let alerts = crate::support::smtp::alerts_toml(
+        &smtp,
+        "quiet_hours_by_integration = { default = 0.0003 }",
+    );
+    let app = with_referrals(&users_config(&alerts)).await;
+    crate::support::smtp::mail_with(&smtp, "STARTED: no delivery on integration 'default'").await;
+    let mut alice = Visitor::new(&app);
+    alice.sign_in("alice", ALICE_PASSWORD).await;
+    let mut page = alice.get("/console/status").await;
+    crate::support::poll::eventually("the alert's delivery on the status page", async || {
+        page = alice.get("/console/status").await;
+        page.html.contains("email delivered")
+    })
+    .await;
+    assert!(
+        page.html
+            .contains("<td class=\"problem\">no delivery on integration &#x27;default&#x27;"),
+        "{}",
+        page.html
+    );
+    assert!(
+        page.html.contains("started: no delivery on integration"),
+        "{}",
+        page.html
+    );
+    assert!(page.html.contains("Channels: email."), "{}", page.html);
+    app.stop().await;
+}

@@ -221,3 +221,129 @@ impl Blackhole {
             .store(on, std::sync::atomic::Ordering::SeqCst);
     }
 }
+
+/// A PostgreSQL server of the test's own, in a fresh data directory on a free loopback port,
+/// that the test can stop and start again (the shared server cannot be stopped: every other
+/// test uses it). Run as the `postgres` user (`runuser`; the tests run as root), with trust
+/// authentication; stopped when dropped.
+pub struct PrivateServer {
+    pub port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl PrivateServer {
+    /// Creates the cluster (`initdb`) and starts it.
+    pub fn start() -> Self {
+        let dir = tempfile::TempDir::new().unwrap();
+        as_postgres(
+            &["chown", "-R", "postgres", &dir.path().display().to_string()],
+            false,
+        );
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let server = Self { port, dir };
+        let data = server.data();
+        as_postgres(
+            &[
+                "initdb",
+                "-D",
+                &data,
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "--no-sync",
+            ],
+            true,
+        );
+        server.resume();
+        server
+    }
+
+    fn data(&self) -> String {
+        self.dir.path().join("data").display().to_string()
+    }
+
+    /// The connection string of its `postgres` database.
+    pub fn url(&self) -> String {
+        format!(
+            "host=127.0.0.1 port={} user=postgres dbname=postgres",
+            self.port
+        )
+    }
+
+    /// Starts the server (again), waiting until it takes connections.
+    pub fn resume(&self) {
+        let options = format!(
+            "-p {} -c listen_addresses=127.0.0.1 -k {}",
+            self.port,
+            self.dir.path().display()
+        );
+        let log = self.dir.path().join("log").display().to_string();
+        as_postgres(
+            &[
+                "pg_ctl",
+                "-D",
+                &self.data(),
+                "-o",
+                &options,
+                "-l",
+                &log,
+                "-w",
+                "start",
+            ],
+            true,
+        );
+    }
+
+    /// Stops the server as an operator does (`pg_ctl stop`, fast: sessions are ended).
+    pub fn stop(&self) {
+        as_postgres(
+            &["pg_ctl", "-D", &self.data(), "-m", "fast", "-w", "stop"],
+            true,
+        );
+    }
+}
+
+impl Drop for PrivateServer {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("runuser")
+            .args([
+                "-u",
+                "postgres",
+                "--",
+                "pg_ctl",
+                "-D",
+                &self.data(),
+                "-m",
+                "immediate",
+                "stop",
+            ])
+            .output();
+    }
+}
+
+/// Runs `args` (as the `postgres` user when `runuser` is true), which must succeed.
+fn as_postgres(args: &[&str], runuser: bool) {
+    let mut command = if runuser {
+        let mut c = std::process::Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).args(args);
+        c
+    } else {
+        let mut c = std::process::Command::new(args[0]);
+        c.args(&args[1..]);
+        c
+    };
+    let output = command.output().unwrap_or_else(|e| {
+        panic!("cannot run {args:?}: {e} (PostgreSQL's binaries and runuser are needed)")
+    });
+    assert!(
+        output.status.success(),
+        "{args:?} failed: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}

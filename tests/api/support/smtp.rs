@@ -11,8 +11,10 @@ use referral_relay::config::SmtpTls;
 use serde::Deserialize;
 use tempfile::TempDir;
 
+use super::at_rest::patient_details;
 use super::peers::{python, spawn};
 use super::pki::Ca;
+use super::poll::eventually;
 
 /// How the server is started.
 #[derive(Debug, Clone)]
@@ -179,5 +181,48 @@ impl Drop for SmtpServer {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Who the alerts go to.
+pub const ONCALL: [&str; 2] = ["oncall@clinic.test", "lead@clinic.test"];
+
+/// `[alerts]` mailing [`ONCALL`] through `smtp`, looking every second, no summary, and `extra`.
+pub fn alerts_toml(smtp: &SmtpServer, extra: &str) -> String {
+    smtp.alerts_toml(&ONCALL).replacen(
+        "[alerts]\n",
+        &format!("[alerts]\ncheck_secs = 1\nsummary_every_secs = 0\n{extra}\n"),
+        1,
+    )
+}
+
+/// Waits until a mail whose subject contains `words` arrived; returns every mail so far.
+pub async fn mail_with(smtp: &SmtpServer, words: &str) -> Vec<Mail> {
+    eventually(&format!("a mail about '{words}'"), async || {
+        smtp.messages().iter().any(|m| m.subject.contains(words))
+    })
+    .await;
+    smtp.messages()
+}
+
+/// The mails whose subject contains `words`.
+pub fn subjects_with(smtp: &SmtpServer, words: &str) -> Vec<Mail> {
+    smtp.messages()
+        .into_iter()
+        .filter(|m| m.subject.contains(words))
+        .collect()
+}
+
+/// No mail carries a patient detail of any fixture.
+pub fn assert_no_patient_detail(mails: &[Mail]) {
+    let details = patient_details();
+    for mail in mails {
+        for detail in &details {
+            assert!(
+                !mail.raw.contains(detail.as_str()),
+                "a patient detail ({detail}) is in the mail '{}'",
+                mail.subject
+            );
+        }
     }
 }
