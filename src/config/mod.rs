@@ -411,6 +411,44 @@ mod tests {
         );
     }
 
+    /// `[alerts.smtp]`'s password from a file, its `ca_file` as a path; the section's checks
+    /// name their keys.
+    #[test]
+    fn alerts_take_their_password_from_a_file_and_name_bad_keys() {
+        let password = tempfile::NamedTempFile::new().unwrap();
+        password.as_file().write_all(b"smtp-secret\n").unwrap();
+        let file = "[alerts]\nemail_to = [\"oncall@clinic.example\"]\n[alerts.smtp]\nhost = \"smtp.clinic.example\"\nusername = \"relay\"\nfrom = \"relay@clinic.example\"\n";
+        let c = load(
+            Some(file),
+            &[
+                (
+                    "RELAY__ALERTS__SMTP__PASSWORD_FILE",
+                    password.path().to_str().unwrap(),
+                ),
+                ("RELAY__ALERTS__SMTP__CA_FILE", "/run/hospital-ca.pem"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.alerts.smtp.password.expose(), "smtp-secret");
+        assert_eq!(c.alerts.smtp.ca_file, PathBuf::from("/run/hospital-ca.pem"));
+        assert_eq!(c.alerts.smtp.tls, SmtpTls::Starttls);
+        for (bad, key) in [
+            ("[alerts]\nemail_to = [\"oncall\"]\n", "alerts.email_to[0]"),
+            ("[alerts]\nemail_to = [\"a@b.example\"]\n", "alerts.smtp.host"),
+            ("[alerts]\ndestinations = [\"pager\"]\n", "alerts.destinations"),
+            ("[alerts]\nfailing_minutes = -1.0\n", "alerts.failing_minutes"),
+            ("[alerts]\nquiet_hours = nan\n", "alerts.quiet_hours"),
+            ("[alerts]\ncheck_secs = 0\n", "alerts.check_secs"),
+            (
+                "[alerts.quiet_hours_by_integration]\nnone = 1.0\n",
+                "alerts.quiet_hours_by_integration",
+            ),
+        ] {
+            let e = load(Some(bad), &[]).unwrap_err().to_string();
+            assert!(e.contains(key), "{bad}: {e}");
+        }
+    }
+
     #[test]
     fn client_certificates_need_https_and_a_well_formed_pin() {
         let e = load(
