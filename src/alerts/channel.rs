@@ -1,6 +1,8 @@
 //! A channel's queue as the [`Channel`] its worker ([`crate::outgoing::worker`]) sends: one
-//! alert (or digest) per message, in the order they were filed; a dead letter is audited
-//! (`ALERT_DEAD_LETTERED`) and stays visible in `GET /api/v1/alerts`.
+//! alert (or digest) per message, in the order they were filed. An alert the channel refused
+//! for good, or could not take within the retry horizon, is given up at once (audited as
+//! `ALERT_DEAD_LETTERED`, shown as discarded with its last error in `GET /api/v1/alerts`), so
+//! it never holds back the channel's later alerts.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,7 +13,7 @@ use tokio::sync::Notify;
 use super::AlertChannel;
 use crate::outgoing::SendError;
 use crate::outgoing::worker::{Channel, Outcome};
-use crate::store::{QueuedMessage, Store};
+use crate::store::{MessageState, QueuedMessage, Store};
 
 /// A channel and the bound on one of its sends.
 pub struct AlertWorkerChannel {
@@ -75,6 +77,11 @@ impl Channel for AlertWorkerChannel {
                     .await
                 {
                     tracing::error!(channel = %name, error = %e.chain(), "cannot audit a dead letter");
+                }
+                let mut given_up = message.clone();
+                given_up.state = MessageState::Discarded;
+                if let Err(e) = store.save_message(&given_up, MessageState::Dead).await {
+                    tracing::error!(channel = %name, error = %e.chain(), "cannot give up a dead alert; it holds back the channel's later alerts until the next attempt to");
                 }
             }
             _ => {

@@ -69,7 +69,10 @@ impl Monitor {
         if !memory.loaded && self.alerts.has_channels() {
             match self.load().await {
                 Ok((holding, last_summary)) => {
-                    memory.holding = holding;
+                    // What this process announced before it could read the store stands.
+                    for (key, start) in holding {
+                        memory.holding.entry(key).or_insert(start);
+                    }
                     memory.last_summary = last_summary;
                     memory.loaded = true;
                 }

@@ -434,9 +434,18 @@ mod tests {
         assert_eq!(c.alerts.smtp.tls, SmtpTls::Starttls);
         for (bad, key) in [
             ("[alerts]\nemail_to = [\"oncall\"]\n", "alerts.email_to[0]"),
-            ("[alerts]\nemail_to = [\"a@b.example\"]\n", "alerts.smtp.host"),
-            ("[alerts]\ndestinations = [\"pager\"]\n", "alerts.destinations"),
-            ("[alerts]\nfailing_minutes = -1.0\n", "alerts.failing_minutes"),
+            (
+                "[alerts]\nemail_to = [\"a@b.example\"]\n",
+                "alerts.smtp.host",
+            ),
+            (
+                "[alerts]\ndestinations = [\"pager\"]\n",
+                "alerts.destinations",
+            ),
+            (
+                "[alerts]\nfailing_minutes = -1.0\n",
+                "alerts.failing_minutes",
+            ),
             ("[alerts]\nquiet_hours = nan\n", "alerts.quiet_hours"),
             ("[alerts]\ncheck_secs = 0\n", "alerts.check_secs"),
             (

@@ -140,3 +140,55 @@ async fn a_document_given_up_is_mailed_once() {
     assert_eq!(subjects_with(&smtp, "given up").len(), 1);
     app.stop().await;
 }
+
+/// An alert the mail server refuses for good (550 for a recipient) is given up at once: shown
+/// as discarded with the server's reply, audited, and the channel's later alerts are still
+/// tried (a dead alert at the head of the channel would hold them back forever).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_alert_refused_for_good_is_given_up_and_holds_nothing_back() {
+    let smtp = SmtpServer::start(Options::plain().refuse(ONCALL[1], "550 5.1.1 No such mailbox"));
+    let dir = TempDir::new().unwrap();
+    let toml = format!(
+        "[api.clients.emr]\nkey = \"{}\"\n\n[integrations.north]\nauth = {{ scheme = \"none\" }}\n\n[integrations.south]\nauth = {{ scheme = \"none\" }}\n\n{}",
+        crate::support::flow::KEY,
+        alerts_toml(
+            &smtp,
+            "quiet_hours_by_integration = { north = 0.0003, south = 0.0009 }"
+        ),
+    );
+    let app = spawn_app_in(dir.path(), &toml).await;
+    let mut alerts = serde_json::Value::Null;
+    crate::support::poll::eventually("both alerts given up", async || {
+        let answer = app
+            .client
+            .get(app.url("/api/v1/alerts"))
+            .header(
+                "authorization",
+                format!("Bearer {}", crate::support::flow::KEY),
+            )
+            .send()
+            .await
+            .unwrap();
+        alerts = answer.json().await.unwrap();
+        let given_up = alerts["alerts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|a| a["deliveries"][0]["state"] == "discarded")
+            .count();
+        given_up == 2
+    })
+    .await;
+    let reply = alerts["alerts"][0]["deliveries"][0]["last_error"]
+        .as_str()
+        .unwrap();
+    assert!(reply.contains("550"), "{reply}");
+    assert!(smtp.messages().is_empty());
+    let actions = crate::support::console::audit_actions(&app).await;
+    let dead = actions
+        .iter()
+        .filter(|(action, _)| action == "ALERT_DEAD_LETTERED")
+        .count();
+    assert_eq!(dead, 2, "{actions:?}");
+    app.stop().await;
+}
