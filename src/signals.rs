@@ -98,12 +98,17 @@ impl Signals {
     }
 
     /// One send to `target`: `delivered`, or a failed attempt (`retry`, `dead`) with the
-    /// reason recorded for it (cut to the relay's own words).
+    /// reason recorded for it (cut to the relay's own words). A target fails while its sends
+    /// are retried (refused tokens, connection errors, 5xx); a refusal of one message (a 4xx
+    /// dead letter) is that message's fault, not the target's, and starts nothing.
     pub fn sent(&self, target: Target, outcome: &str, reason: Option<&str>) {
         let mut seen = self.seen();
         if outcome == "delivered" {
             seen.failing.remove(&target);
             seen.landed.insert(target);
+            return;
+        }
+        if outcome != "retry" && !seen.failing.contains_key(&target) {
             return;
         }
         let reason = own_words(reason.unwrap_or("no reason recorded"));
@@ -115,6 +120,13 @@ impl Signals {
         });
         failing.attempts += 1;
         failing.reason = reason;
+    }
+
+    /// Forgets that `target` was failing: it has nothing left to send.
+    pub fn settled(&self, target: &Target) {
+        let mut seen = self.seen();
+        seen.failing.remove(target);
+        seen.landed.insert(target.clone());
     }
 
     /// Targets failing now, with since when.
@@ -141,8 +153,9 @@ impl Signals {
         times.push_back(OffsetDateTime::now_utc());
     }
 
-    /// Refused logins per integration since `since` (older ones are forgotten).
-    pub fn refused_since(&self, since: OffsetDateTime) -> BTreeMap<String, u64> {
+    /// Refused logins per integration since `since` (older ones are forgotten): how many, and
+    /// when the first of them was.
+    pub fn refused_since(&self, since: OffsetDateTime) -> BTreeMap<String, (u64, OffsetDateTime)> {
         let mut seen = self.seen();
         seen.refused.retain(|_, times| {
             while times.front().is_some_and(|t| *t < since) {
@@ -152,7 +165,7 @@ impl Signals {
         });
         seen.refused
             .iter()
-            .map(|(name, times)| (name.clone(), times.len() as u64))
+            .filter_map(|(name, times)| Some((name.clone(), (times.len() as u64, *times.front()?))))
             .collect()
     }
 
@@ -221,6 +234,12 @@ mod tests {
     fn a_delivery_ends_a_failure_and_refusals_age_out() {
         let signals = Signals::new();
         let site = Target::Site("main".into());
+        let destination = Target::Destination("emr".into());
+        signals.sent(destination, "dead", Some("the destination answered 400"));
+        assert!(
+            signals.failing().is_empty(),
+            "a refusal does not make a target fail"
+        );
         signals.sent(site.clone(), "retry", Some("token refused: 401"));
         signals.sent(site.clone(), "retry", Some("token refused: 401"));
         let failing = signals.failing();
@@ -233,7 +252,7 @@ mod tests {
         signals.refused("ocean");
         let now = OffsetDateTime::now_utc();
         assert_eq!(
-            signals.refused_since(now - time::Duration::minutes(1))["ocean"],
+            signals.refused_since(now - time::Duration::minutes(1))["ocean"].0,
             1
         );
         assert!(

@@ -16,7 +16,7 @@ pub struct Condition {
     pub key: String,
     /// `dead_letters`, `failing`, `quiet`, `refused_logins`, `store_unwritable`,
     /// `database_unreachable`, `document_failed`.
-    pub kind: &'static str,
+    pub kind: String,
     pub subject: String,
     pub detail: String,
     /// When it began, as far as the relay knows.
@@ -73,16 +73,22 @@ pub async fn look(
             look.unknown.push(format!("failing:{}", target.key()));
         }
         for (target, failing) in signals.failing() {
+            // A target with nothing left to send (its dead letters discarded, its queue empty)
+            // is failing no more: nothing would ever land to say so.
+            if trouble.is_none() && nothing_to_send(store, &target).await {
+                signals.settled(&target);
+                continue;
+            }
             if now - failing.since >= minutes(alerts.failing_minutes) {
                 look.holding.push(Condition {
                     key: format!("failing:{}", target.key()),
-                    kind: "failing",
+                    kind: "failing".into(),
                     subject: format!("{} is failing", target.describe()),
                     detail: format!(
-                        "Every send to {} has failed since {} ({} attempts). The last: {}.",
+                        "Every send to {} has failed since {} ({}). The last: {}.",
                         target.describe(),
                         rfc3339(failing.since),
-                        failing.attempts,
+                        plural(failing.attempts, "attempt"),
                         failing.reason
                     ),
                     since: failing.since,
@@ -98,17 +104,34 @@ pub async fn look(
         if now - signals.started() < window {
             look.unknown.push("refused_logins:".into());
         }
-        for (integration, count) in signals.refused_since(now - window) {
+        for (integration, (count, first)) in signals.refused_since(now - window) {
             if count >= alerts.refused_logins {
+                // Callers naming no configured integration (an unknown client id) are counted
+                // together, under a name no integration can have.
+                let (key, whom) = if config
+                    .integrations
+                    .keys()
+                    .any(|n| n.as_str() == integration)
+                {
+                    (integration.clone(), format!("integration '{integration}'"))
+                } else {
+                    (
+                        "?".to_owned(),
+                        "no configured integration (unknown client ids)".to_owned(),
+                    )
+                };
                 look.holding.push(Condition {
-                    key: format!("refused_logins:{integration}"),
-                    kind: "refused_logins",
-                    subject: format!("{count} refused logins on integration '{integration}'"),
+                    key: format!("refused_logins:{key}"),
+                    kind: "refused_logins".into(),
+                    subject: format!("{} for {whom}", plural(count, "refused login")),
                     detail: format!(
-                        "{count} webhook or token-endpoint logins of integration '{integration}' were refused within {} minutes (alerts.refused_logins = {}): a sender has the wrong secret, or someone is guessing. The audit trail's AUTH_REFUSED entries name the sources.",
-                        alerts.refused_logins_minutes, alerts.refused_logins
+                        "{} to the webhook or the token endpoint for {whom} within {} min, the first at {} (alerts.refused_logins = {}): a sender has the wrong secret, or someone is guessing. The audit trail's AUTH_FAILURE entries name the sources.",
+                        plural(count, "refused login"),
+                        alerts.refused_logins_minutes,
+                        rfc3339(first),
+                        alerts.refused_logins
                     ),
-                    since: now - window,
+                    since: first,
                 });
             }
         }
@@ -127,7 +150,7 @@ pub async fn look(
         };
         look.holding.push(Condition {
             key: "store".into(),
-            kind,
+            kind: kind.into(),
             subject: subject.into(),
             detail: format!(
                 "No write has been taken since {}: {}. Webhook deliveries are answered 503 (Ocean retries them) until it recovers.",
@@ -146,7 +169,7 @@ pub async fn look(
                 "document_failed:{}:{}:{}",
                 document.referral, document.version, document.index
             ),
-            kind: "document_failed",
+            kind: "document_failed".into(),
             subject: format!("a document of referral {} was given up", document.referral),
             detail: format!(
                 "Document {} of version {} of referral {} could not be fetched from Ocean and was given up; its last_error is in GET /api/v1/referrals/{{ref}}/documents.",
@@ -190,11 +213,11 @@ async fn dead_letters(store: &dyn Store, config: &Config, now: OffsetDateTime, l
             .unwrap_or_else(|| "no reason recorded".into());
         look.holding.push(Condition {
             key: format!("dead_letters:{key}"),
-            kind: "dead_letters",
-            subject: format!("{} dead letters in {what}", stats.dead),
+            kind: "dead_letters".into(),
+            subject: format!("{} in {what}", plural(stats.dead, "dead letter")),
             detail: format!(
-                "{} messages in {what} were refused or ran out of retry time, and hold back the later ones of their referrals until replayed or discarded (the API's dead letters, or the console). The oldest's reason: {reason}.",
-                stats.dead
+                "{} in {what} refused or out of retry time hold back the later messages of their referrals until replayed or discarded (the API's dead letters, or the console). The oldest's reason: {reason}.",
+                plural(stats.dead, "message")
             ),
             since: now,
         });
@@ -223,13 +246,35 @@ fn quiet(config: &Config, signals: &Signals, now: OffsetDateTime, look: &mut Loo
         };
         look.holding.push(Condition {
             key: format!("quiet:{name}"),
-            kind: "quiet",
-            subject: format!("no delivery on integration '{name}' for {hours} hours"),
+            kind: "quiet".into(),
+            subject: format!("no delivery on integration '{name}' for {hours} h"),
             detail: format!(
-                "Integration '{name}' has received no delivery for {hours} hours ({seen}). Is Ocean sending? Check the integration's URL and credentials in Ocean."
+                "Integration '{name}' has received no delivery for {hours} h ({seen}). Is Ocean sending? Check the integration's URL and credentials in Ocean."
             ),
             since,
         });
+    }
+}
+
+/// Whether `target`'s queue holds nothing waiting to be sent (an Ocean site: the outbox's;
+/// when the store cannot tell, it may).
+async fn nothing_to_send(store: &dyn Store, target: &Target) -> bool {
+    let queue = match target {
+        Target::Site(_) => OCEAN_QUEUE,
+        Target::Destination(name) => name.as_str(),
+    };
+    store
+        .queue_stats(queue)
+        .await
+        .is_ok_and(|stats| stats.pending == 0)
+}
+
+/// `1 dead letter`, `2 dead letters`.
+pub(super) fn plural(count: u64, noun: &str) -> String {
+    if count == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{count} {noun}s")
     }
 }
 

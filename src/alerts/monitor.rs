@@ -89,13 +89,12 @@ impl Monitor {
             now,
         )
         .await;
-        self.alerts.set_active(look.holding.clone());
         let mut records = Vec::new();
         for condition in &look.holding {
             if memory.holding.contains_key(&condition.key) {
                 continue;
             }
-            tracing::warn!(key = %condition.key, kind = condition.kind, "alert: a condition started");
+            tracing::warn!(key = %condition.key, kind = %condition.kind, "alert: a condition started");
             let record = started(condition);
             memory.holding.insert(condition.key.clone(), record.clone());
             records.push(record);
@@ -113,6 +112,30 @@ impl Monitor {
                 records.push(cleared_record(&start, now));
             }
         }
+        // Every condition announced and not cleared (one this look could not judge too), as
+        // this look sees it, since when it was announced to have begun.
+        self.alerts.set_active(
+            memory
+                .holding
+                .values()
+                .map(|start| {
+                    let mut shown = look
+                        .holding
+                        .iter()
+                        .find(|c| c.key == start.key)
+                        .cloned()
+                        .unwrap_or_else(|| Condition {
+                            key: start.key.clone(),
+                            kind: start.kind.clone(),
+                            subject: start.subject.clone(),
+                            detail: start.detail.clone(),
+                            since: start.started_at,
+                        });
+                    shown.since = start.started_at;
+                    shown
+                })
+                .collect(),
+        );
         records.extend(look.events.iter().map(event));
         if let Some(summary) = self.summary_due(memory, now).await {
             records.push(summary);
@@ -312,7 +335,7 @@ impl Monitor {
 
 fn started(condition: &Condition) -> AlertRecord {
     AlertRecord::new(
-        condition.kind,
+        &condition.kind,
         &condition.key,
         AlertPhase::Started,
         condition.subject.clone(),
@@ -326,7 +349,7 @@ fn cleared_record(start: &AlertRecord, now: OffsetDateTime) -> AlertRecord {
         &start.kind,
         &start.key,
         AlertPhase::Cleared,
-        format!("cleared: {}", start.subject),
+        start.subject.clone(),
         format!(
             "It began at {}.",
             super::conditions::rfc3339(start.started_at)
@@ -339,7 +362,7 @@ fn cleared_record(start: &AlertRecord, now: OffsetDateTime) -> AlertRecord {
 
 fn event(condition: &Condition) -> AlertRecord {
     AlertRecord::new(
-        condition.kind,
+        &condition.kind,
         &condition.key,
         AlertPhase::Event,
         condition.subject.clone(),

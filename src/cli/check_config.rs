@@ -17,6 +17,10 @@ impl Cmd {
     /// Loads the configuration (and the certificate, when HTTPS is on) and prints it.
     pub(super) fn run(self) -> anyhow::Result<()> {
         let config = Config::load(self.config.as_deref(), &Overrides::default())?;
+        // What `serve` builds at start beyond the checks of the types: the alert channels (the
+        // e-mail addresses parsed whole, `ca_file` read).
+        let destinations = crate::destinations::Destinations::from_config(&config)?;
+        crate::alerts::Alerts::from_config(&config, &destinations)?;
         print!("{}", config.to_redacted_toml()?);
         if let Some(tls) = crate::server::tls::Tls::from_config(&config)? {
             let serving = tls.certificate.status().serving;

@@ -122,7 +122,10 @@ impl AlertsConfig {
         {
             bail!("alerts.{key} must be a number from 0 to 1000000 (it is {value})");
         }
-        for name in &self.destinations {
+        for (i, name) in self.destinations.iter().enumerate() {
+            if self.destinations[..i].contains(name) {
+                bail!("alerts.destinations names '{name}' twice");
+            }
             if !webhook_destinations.contains(&name.as_str()) {
                 bail!(
                     "alerts.destinations names '{name}', which is not a configured destination of kind webhook"
@@ -156,8 +159,17 @@ impl SmtpConfig {
         if !looks_like_address(&self.from) {
             bail!("alerts.smtp.from must be the sender's e-mail address");
         }
-        if self.timeout_secs == 0 {
-            bail!("alerts.smtp.timeout_secs must be at least 1");
+        if !(1..=MAX_TIMEOUT_SECS).contains(&self.timeout_secs) {
+            bail!("alerts.smtp.timeout_secs must be 1 to {MAX_TIMEOUT_SECS}");
+        }
+        if self.port == 0 {
+            bail!("alerts.smtp.port must be 1 to 65535");
+        }
+        if self.tls == SmtpTls::None && !is_loopback(&self.host) {
+            bail!(
+                "alerts.smtp.tls = \"none\" sends alerts in clear text: only for a server on loopback (127.0.0.1, ::1, localhost), not {:?}",
+                self.host
+            );
         }
         if self.tls == SmtpTls::None && !self.username.is_empty() {
             bail!(
@@ -166,6 +178,18 @@ impl SmtpConfig {
         }
         Ok(())
     }
+}
+
+/// Longest SMTP conversation allowed, in seconds.
+const MAX_TIMEOUT_SECS: u64 = 3600;
+
+/// Whether `host` names this machine.
+fn is_loopback(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// A light check (`local@domain`, no spaces or angle brackets); the mail library parses it
@@ -192,5 +216,14 @@ mod tests {
         assert!(!looks_like_address("on call@clinic.example"));
         assert!(!looks_like_address("a@b, c@d"));
         assert!(!looks_like_address("@clinic.example"));
+    }
+
+    #[test]
+    fn clear_text_is_for_loopback_only() {
+        assert!(is_loopback("127.0.0.1"));
+        assert!(is_loopback("[::1]"));
+        assert!(is_loopback("LOCALHOST"));
+        assert!(!is_loopback("smtp.clinic.example"));
+        assert!(!is_loopback("10.0.0.5"));
     }
 }

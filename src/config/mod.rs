@@ -449,6 +449,14 @@ mod tests {
             ("[alerts]\nquiet_hours = nan\n", "alerts.quiet_hours"),
             ("[alerts]\ncheck_secs = 0\n", "alerts.check_secs"),
             (
+                "[alerts]\nemail_to = [\"a@b.example\"]\n[alerts.smtp]\nhost = \"smtp.b.example\"\ntls = \"none\"\nfrom = \"r@b.example\"\n",
+                "alerts.smtp.tls",
+            ),
+            (
+                "[alerts]\nemail_to = [\"a@b.example\"]\n[alerts.smtp]\nhost = \"smtp.b.example\"\ntimeout_secs = 9223372036854775807\nfrom = \"r@b.example\"\n",
+                "alerts.smtp.timeout_secs",
+            ),
+            (
                 "[alerts.quiet_hours_by_integration]\nnone = 1.0\n",
                 "alerts.quiet_hours_by_integration",
             ),

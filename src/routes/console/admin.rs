@@ -333,10 +333,15 @@ async fn status_page(
             }
         })
         .collect();
-    let alerts = state
+    // The conditions are shown even when the store cannot be read (its own among them).
+    let (alerts, alerts_error) = match state
         .alerts
         .recent(state.store.as_ref(), STATUS_ALERTS)
-        .await?;
+        .await
+    {
+        Ok(alerts) => (alerts, None),
+        Err(e) => (Vec::new(), Some(e.chain())),
+    };
     let channels: Vec<&str> = state.alerts.channels().map(|c| c.name.as_str()).collect();
     Ok(render(
         "status.html",
@@ -344,6 +349,7 @@ async fn status_page(
             section => "status",
             active => minijinja::Value::from_serialize(state.alerts.active()),
             alerts => minijinja::Value::from_serialize(&alerts),
+            alerts_error => alerts_error,
             channels => channels.join(", "),
             ready => store.is_none() && worker.is_none(),
             backend => match config.storage.backend {

@@ -34,6 +34,25 @@ fn alert_test_sends_by_every_channel_and_fails_without_one() {
     assert_eq!(mails[0].to, ONCALL);
     assert!(mails[0].tls && mails[0].user.as_deref() == Some("relay"));
 
+    // check-config builds the channels as serve does: what serve would refuse, it refuses.
+    for (bad, words) in [
+        (
+            alerts_toml(&smtp, "").replace("oncall@clinic.test", "on@call@clinic.test"),
+            "alerts.email_to[0]",
+        ),
+        (
+            alerts_toml(&smtp, "")
+                .replace(&smtp.ca_file().display().to_string(), "/nonexistent/ca.pem"),
+            "alerts.smtp.ca_file",
+        ),
+    ] {
+        std::fs::write(&config, bad).unwrap();
+        let output = run(&["check-config", "--config", config.to_str().unwrap()], &[]);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{words}");
+        assert!(stderr.contains(words), "{words}: {stderr}");
+    }
+
     std::fs::write(&config, "").unwrap();
     let output = run(&["alert-test", "--config", config.to_str().unwrap()], &[]);
     assert!(!output.status.success());

@@ -56,7 +56,7 @@ async fn dead_letters_and_a_failing_site_are_mailed_when_they_start_and_when_the
     assert_eq!(stored.status, 200, "{}", stored.body);
     flow::status(&app, "accepted").await;
 
-    mail_with(&smtp, "STARTED: 1 dead letters in destination 'emr'").await;
+    mail_with(&smtp, "STARTED: 1 dead letter in destination 'emr'").await;
     let mails = mail_with(&smtp, "STARTED: Ocean site 'main' is failing").await;
     for mail in &mails {
         assert_eq!(mail.to, ONCALL, "{}", mail.subject);
@@ -80,15 +80,13 @@ async fn dead_letters_and_a_failing_site_are_mailed_when_they_start_and_when_the
         .await
         .unwrap();
     assert_eq!(replayed.status(), 202);
-    let mails = mail_with(
-        &smtp,
-        "CLEARED: cleared: 1 dead letters in destination 'emr'",
-    )
-    .await;
-    let cleared = subjects_with(&smtp, "CLEARED: cleared: 1 dead letters");
+    let mails = mail_with(&smtp, "CLEARED: 1 dead letter in destination 'emr'").await;
+    let cleared = subjects_with(&smtp, "CLEARED: 1 dead letter ");
     assert!(cleared[0].body.contains("it lasted"), "{}", cleared[0].body);
-    assert_eq!(subjects_with(&smtp, "STARTED: 1 dead letters").len(), 1);
+    assert_eq!(subjects_with(&smtp, "STARTED: 1 dead letter ").len(), 1);
     assert_eq!(subjects_with(&smtp, "STARTED: Ocean site 'main'").len(), 1);
+    // A 400 is the message's refusal, not the destination failing.
+    assert!(subjects_with(&smtp, "destination 'emr' is failing").is_empty());
     assert_no_patient_detail(&mails);
 
     // The API shows what holds and where each alert went.
@@ -207,6 +205,49 @@ failing_minutes = 0.02
     app.stop().await;
 }
 
+/// A destination failing until its message runs out of retry time: once the operator discards
+/// the dead letter it has nothing left to send, so the failure clears with the dead letter
+/// (nothing would ever land to clear it otherwise).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_destination_with_nothing_left_to_send_is_cleared() {
+    let smtp = SmtpServer::start(Options::plain());
+    let emr = WebhookReceiver::start(&[NEW_SECRET]);
+    let dir = TempDir::new().unwrap();
+    let toml = crate::support::destinations::toml(&format!(
+        "[destinations.emr]\nkind = \"webhook\"\nurl = \"{}\"\nsecret = \"{NEW_SECRET}\"\n\n{}",
+        emr.url,
+        alerts_toml(&smtp, "failing_minutes = 0.02\ndigest_from = 10"),
+    ))
+    .replacen("[outbox]\n", "[outbox]\nretry_horizon_secs = 4\n", 1);
+    let app = spawn_app_in(dir.path(), &toml).await;
+    emr.fail(flow::REF, 500, 1000).await;
+    let stored = app
+        .deliver("default", fixture("v0.11-add-service-request.json"))
+        .await;
+    assert_eq!(stored.status, 200, "{}", stored.body);
+    mail_with(&smtp, "STARTED: destination 'emr' is failing").await;
+    mail_with(&smtp, "STARTED: 1 dead letter in destination 'emr'").await;
+    let dead = ops_api(
+        &app,
+        Method::GET,
+        "/api/v1/destinations/emr/messages?state=dead",
+        None,
+    )
+    .await;
+    let id = dead.body["messages"][0]["id"].as_u64().unwrap();
+    let discarded = ops_api(
+        &app,
+        Method::POST,
+        &format!("/api/v1/destinations/emr/messages/{id}/discard"),
+        None,
+    )
+    .await;
+    assert_eq!(discarded.status, 200, "{}", discarded.body);
+    mail_with(&smtp, "CLEARED: 1 dead letter in destination 'emr'").await;
+    mail_with(&smtp, "CLEARED: destination 'emr' is failing").await;
+    app.stop().await;
+}
+
 /// Refused logins above the threshold start an alert; two integrations falling quiet in the
 /// same look go out as one digest; a delivery ends one quiet spell alone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -260,17 +301,13 @@ auth = {{ scheme = "none" }}
             .unwrap();
         assert_eq!(refused.status(), 401);
     }
-    mail_with(&smtp, "STARTED: 3 refused logins on integration 'ocean'").await;
+    mail_with(&smtp, "STARTED: 3 refused logins for integration 'ocean'").await;
 
     let stored = app
         .deliver("north", fixture("v0.11-add-service-request.json"))
         .await;
     assert_eq!(stored.status, 200, "{}", stored.body);
-    let mails = mail_with(
-        &smtp,
-        "CLEARED: cleared: no delivery on integration 'north'",
-    )
-    .await;
+    let mails = mail_with(&smtp, "CLEARED: no delivery on integration 'north'").await;
     assert!(subjects_with(&smtp, "integration 'south'").is_empty());
     assert_eq!(subjects_with(&smtp, "DIGEST").len(), 1);
     assert_no_patient_detail(&mails);
@@ -303,7 +340,7 @@ async fn a_store_that_cannot_write_is_mailed_from_memory_and_filed_when_it_recov
     .await;
     mail_with(&smtp, "STARTED: the store cannot write").await;
     std::fs::remove_file(filler).unwrap();
-    let mails = mail_with(&smtp, "CLEARED: cleared: the store cannot write").await;
+    let mails = mail_with(&smtp, "CLEARED: the store cannot write").await;
     assert_eq!(
         subjects_with(&smtp, "STARTED: the store cannot write").len(),
         1
@@ -360,8 +397,12 @@ async fn a_replica_losing_its_database_is_mailed_and_cleared_when_it_is_back() {
     server.stop();
     let started = "STARTED: this replica cannot write to its PostgreSQL database";
     wait_long(&smtp, started).await;
+    // The API still shows what holds, and says why the alerts themselves cannot be read.
+    let alerts = alerts_of(&app).await;
+    assert_eq!(alerts["active"][0]["key"], "store", "{alerts}");
+    assert!(alerts["store_error"].is_string(), "{alerts}");
     server.resume();
-    wait_long(&smtp, "CLEARED: cleared: this replica cannot write").await;
+    wait_long(&smtp, "CLEARED: this replica cannot write").await;
     eventually("both alerts filed", async || {
         let alerts = alerts_of(&app).await;
         alerts["alerts"]
@@ -375,10 +416,7 @@ async fn a_replica_losing_its_database_is_mailed_and_cleared_when_it_is_back() {
     .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(subjects_with(&smtp, started).len(), 1);
-    assert_eq!(
-        subjects_with(&smtp, "CLEARED: cleared: this replica").len(),
-        1
-    );
+    assert_eq!(subjects_with(&smtp, "CLEARED: this replica").len(), 1);
     app.stop().await;
 }
 
