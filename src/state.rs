@@ -266,6 +266,7 @@ impl AppState {
             alerts: self.alerts.clone(),
             config: Arc::clone(&self.config),
             signals: Arc::clone(&self.signals),
+            spool: Some(self.config.server.data_dir.join(crate::alerts::SPOOL)),
         };
         (monitor, workers)
     }

@@ -27,11 +27,12 @@ use crate::store::{
 
 pub use channel::AlertWorkerChannel;
 pub use conditions::Condition;
-pub use monitor::Monitor;
+pub use monitor::{Monitor, SPOOL};
 pub use text::{mail_subject, mail_text, webhook_json};
 
 /// Alerts on their way into the store: what to file, and how far filing got (it resumes
 /// where it stopped, so nothing is filed, audited or sent twice).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Filing {
     pub records: Vec<AlertRecord>,
     /// What each channel sends of them (fixed once, so a digest keeps its id).

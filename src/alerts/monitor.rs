@@ -36,7 +36,15 @@ pub struct Monitor {
     pub alerts: Alerts,
     pub config: Arc<Config>,
     pub signals: Arc<Signals>,
+    /// Where alerts not filed yet are kept across a restart (see [`SPOOL`]); `None`: in
+    /// memory only.
+    pub spool: Option<std::path::PathBuf>,
 }
+
+/// The file in the data dir that holds alerts sent from memory and not filed yet, so that a
+/// restart before the store is back still files them (and clears what they started). Best
+/// effort: on a full disk it may not be written either.
+pub const SPOOL: &str = "alerts-unfiled.json";
 
 /// What the monitor keeps between looks.
 #[derive(Default)]
@@ -55,6 +63,7 @@ impl Monitor {
     pub async fn run(self, mut stop: watch::Receiver<bool>) {
         let every = Duration::from_secs(self.alerts.config().check_secs);
         let mut memory = Memory::default();
+        self.read_spool(&mut memory);
         loop {
             self.look_once(&mut memory, OffsetDateTime::now_utc()).await;
             tokio::select! {
@@ -153,6 +162,76 @@ impl Monitor {
             memory.unfiled.push(Filing::new(records, outgoing));
         }
         self.file_or_send(memory, now).await;
+        self.write_spool(&memory.unfiled);
+    }
+
+    /// Takes up what an earlier run left unfiled: its alerts are filed (or sent) first, and
+    /// the conditions they started hold.
+    fn read_spool(&self, memory: &mut Memory) {
+        let Some(path) = &self.spool else {
+            return;
+        };
+        let text = match std::fs::read(path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "cannot read the alerts left unfiled");
+                return;
+            }
+        };
+        let unfiled: Vec<Filing> = match serde_json::from_slice(&text) {
+            Ok(unfiled) => unfiled,
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "the alerts left unfiled do not read; they are dropped");
+                return;
+            }
+        };
+        for record in unfiled.iter().flat_map(|f| &f.records) {
+            match record.phase {
+                AlertPhase::Started => {
+                    memory.holding.insert(record.key.clone(), record.clone());
+                }
+                AlertPhase::Cleared => {
+                    memory.holding.remove(&record.key);
+                }
+                AlertPhase::Event | AlertPhase::Digest => {}
+            }
+        }
+        tracing::info!(
+            count = unfiled.len(),
+            "alerts an earlier run could not file are filed now"
+        );
+        memory.unfiled = unfiled;
+    }
+
+    /// Keeps `unfiled` in the spool file, or removes it when nothing is left.
+    fn write_spool(&self, unfiled: &[Filing]) {
+        let Some(path) = &self.spool else {
+            return;
+        };
+        if unfiled.is_empty() {
+            match std::fs::remove_file(path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "cannot remove the alerts left unfiled")
+                }
+            }
+            return;
+        }
+        let written = (|| {
+            let partial = std::path::PathBuf::from(format!("{}.partial", path.display()));
+            let _ = std::fs::remove_file(&partial);
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            let file = crate::files::NewFile::create(path)?;
+            serde_json::to_writer(file.file(), unfiled)?;
+            file.commit()
+        })();
+        if let Err(e) = written {
+            tracing::warn!(path = %path.display(), error = %format!("{e:#}"), "cannot keep the unfiled alerts on disk; they are in memory only");
+        }
     }
 
     /// The store's trouble now: its own report (sled recovering from a failed write), or a

@@ -376,16 +376,14 @@ async fn a_store_that_cannot_write_is_mailed_from_memory_and_filed_when_it_recov
 /// A replica whose PostgreSQL is stopped (a server of the test's own, `pg_ctl stop`; the shared
 /// server cannot be stopped under the other tests): the alert is mailed from memory within the
 /// threshold plus the store's bound, and cleared once the server is started again; the relay's
-/// alerts are filed then, each once.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_replica_losing_its_database_is_mailed_and_cleared_when_it_is_back() {
+/// alerts are filed then, each once. `restart`: the relay is restarted while the server is
+/// down, and the start it sent from memory (kept in the data dir) is filed and cleared by the
+/// next run.
+async fn database_lost(restart: bool) {
     use referral_relay::store::{PgOptions, PgStore};
     let smtp = SmtpServer::start(Options::plain());
     let server = crate::support::postgres::PrivateServer::start();
     let url = server.url();
-    let store = PgStore::connect(&PgOptions::new(url.clone()))
-        .await
-        .unwrap();
     let dir = TempDir::new().unwrap();
     let toml = format!(
         "[storage]\nbackend = \"postgres\"\nurl = \"{url}\"\n\n[api.clients.emr]\nkey = \"{}\"\n\n{}",
@@ -393,7 +391,13 @@ async fn a_replica_losing_its_database_is_mailed_and_cleared_when_it_is_back() {
         alerts_toml(&smtp, "store_unwritable_secs = 1"),
     );
     let config = crate::support::app::config(&toml, dir.path());
-    let app = crate::support::app::spawn_with_store(&config, store).await;
+    let start = async || {
+        let store = PgStore::connect(&PgOptions::new(url.clone()))
+            .await
+            .unwrap();
+        crate::support::app::spawn_with_store(&config, store).await
+    };
+    let mut app = start().await;
     server.stop();
     let started = "STARTED: this replica cannot write to its PostgreSQL database";
     wait_long(&smtp, started).await;
@@ -401,7 +405,17 @@ async fn a_replica_losing_its_database_is_mailed_and_cleared_when_it_is_back() {
     let alerts = alerts_of(&app).await;
     assert_eq!(alerts["active"][0]["key"], "store", "{alerts}");
     assert!(alerts["store_error"].is_string(), "{alerts}");
-    server.resume();
+    if restart {
+        eventually("the unfiled start kept in the data dir", async || {
+            dir.path().join(referral_relay::alerts::SPOOL).exists()
+        })
+        .await;
+        app.stop().await;
+        server.resume();
+        app = start().await;
+    } else {
+        server.resume();
+    }
     wait_long(&smtp, "CLEARED: this replica cannot write").await;
     eventually("both alerts filed", async || {
         let alerts = alerts_of(&app).await;
@@ -417,7 +431,18 @@ async fn a_replica_losing_its_database_is_mailed_and_cleared_when_it_is_back() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(subjects_with(&smtp, started).len(), 1);
     assert_eq!(subjects_with(&smtp, "CLEARED: this replica").len(), 1);
+    assert!(!dir.path().join(referral_relay::alerts::SPOOL).exists());
     app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_losing_its_database_is_mailed_and_cleared_when_it_is_back() {
+    database_lost(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_alert_sent_from_memory_is_filed_and_cleared_after_a_restart() {
+    database_lost(true).await;
 }
 
 /// Waits up to 90 s (the store's reads are bounded at 10 s each) for a mail about `words`.
