@@ -170,10 +170,16 @@ impl Signals {
     }
 
     /// A delivery `integration` received (stored, or a duplicate: the sender is alive).
+    /// On every delivery's path: no allocation once the integration has delivered.
     pub fn delivered(&self, integration: &str) {
-        self.seen()
-            .delivered
-            .insert(integration.to_owned(), OffsetDateTime::now_utc());
+        let now = OffsetDateTime::now_utc();
+        let mut seen = self.seen();
+        match seen.delivered.get_mut(integration) {
+            Some(at) => *at = now,
+            None => {
+                seen.delivered.insert(integration.to_owned(), now);
+            }
+        }
     }
 
     /// When `integration` last delivered, as this process saw it.
