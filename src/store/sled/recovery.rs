@@ -220,6 +220,16 @@ impl Shared {
                 self.dir.join(LIVE_DIR).display()
             )));
         }
+        // sled opened on a full disk can leave a write torn that the next open reads as
+        // corruption (seen: "Read corrupted data", every acknowledged delivery out of reach).
+        // It is opened only once there is room for what opening writes.
+        let live = self.dir.join(LIVE_DIR);
+        let (free, needed) = (free_bytes(&live)?, room_to_open(&live));
+        if free < needed {
+            return Err(StoreError::unavailable(format!(
+                "the disk is still full: {free} bytes free, {needed} needed to reopen the store"
+            )));
+        }
         let open = Open::start(&self.dir, &self.codec, &self.options, &self.feed)?;
         let now = OffsetDateTime::now_utc().unix_timestamp().to_be_bytes();
         open.trees
@@ -244,4 +254,30 @@ impl Shared {
             (None, None) => StoreHealth::Writable,
         }
     }
+}
+
+/// Bytes free to this process on the filesystem holding `dir` (statvfs(3)).
+fn free_bytes(dir: &Path) -> Result<u64, StoreError> {
+    let stat = rustix::fs::statvfs(dir).map_err(|e| {
+        StoreError::unavailable(format!("cannot read the free space of {}", dir.display()))
+            .caused_by(std::io::Error::from(e))
+    })?;
+    Ok(stat.f_bavail.saturating_mul(stat.f_frsize))
+}
+
+/// Free space wanted before the store is opened again: 8 MiB, or an eighth of what its files
+/// take when more (opening writes a snapshot of the page table, which grows with the store).
+fn room_to_open(dir: &Path) -> u64 {
+    fn size(path: &Path) -> u64 {
+        std::fs::read_dir(path).map_or(0, |entries| {
+            entries
+                .filter_map(Result::ok)
+                .map(|e| match e.file_type() {
+                    Ok(t) if t.is_dir() => size(&e.path()),
+                    _ => e.metadata().map_or(0, |m| m.len()),
+                })
+                .sum()
+        })
+    }
+    (8 << 20).max(size(dir) / 8)
 }
