@@ -141,17 +141,7 @@ async fn a_document_given_up_is_mailed_once() {
     assert_no_patient_detail(&mails);
     // Later looks do not send it again.
     let alerts = crate::support::poll::eventually("two more looks", async || {
-        let answer = app
-            .client
-            .get(app.url("/api/v1/alerts"))
-            .header(
-                "authorization",
-                format!("Bearer {}", crate::support::flow::KEY),
-            )
-            .send()
-            .await
-            .unwrap();
-        let body: serde_json::Value = answer.json().await.unwrap();
+        let body: serde_json::Value = crate::support::flow::get_ok(&app, "/api/v1/alerts").await;
         body["alerts"][0]["deliveries"][0]["state"] == "delivered"
     });
     alerts.await;
@@ -178,17 +168,7 @@ async fn an_alert_refused_for_good_is_given_up_and_holds_nothing_back() {
     let app = spawn_app_in(dir.path(), &toml).await;
     let mut alerts = serde_json::Value::Null;
     crate::support::poll::eventually("both alerts given up", async || {
-        let answer = app
-            .client
-            .get(app.url("/api/v1/alerts"))
-            .header(
-                "authorization",
-                format!("Bearer {}", crate::support::flow::KEY),
-            )
-            .send()
-            .await
-            .unwrap();
-        alerts = answer.json().await.unwrap();
+        alerts = crate::support::flow::get_ok(&app, "/api/v1/alerts").await;
         let given_up = alerts["alerts"]
             .as_array()
             .unwrap()

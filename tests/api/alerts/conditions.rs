@@ -6,10 +6,9 @@
 use std::time::Duration;
 
 use reqwest::Method;
-use serde_json::Value;
 use tempfile::TempDir;
 
-use crate::support::app::{TestApp, spawn_app_in};
+use crate::support::app::spawn_app_in;
 use crate::support::destinations::{NEW_SECRET, api as ops_api};
 use crate::support::fixtures::fixture;
 use crate::support::flow;
@@ -19,19 +18,6 @@ use crate::support::poll::eventually;
 use crate::support::smtp::{
     ONCALL, Options, SmtpServer, alerts_toml, assert_no_patient_detail, mail_with, subjects_with,
 };
-
-/// `/api/v1/alerts` as the API client of `flow`.
-async fn alerts_of(app: &TestApp) -> Value {
-    let answer = app
-        .client
-        .get(app.url("/api/v1/alerts"))
-        .header("authorization", format!("Bearer {}", flow::KEY))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(answer.status(), 200);
-    answer.json().await.unwrap()
-}
 
 /// A dead letter in a destination and an Ocean site refusing the relay's token: each is mailed
 /// to every recipient once when it starts; a restart repeats neither (their state is in the
@@ -69,17 +55,17 @@ async fn dead_letters_and_a_failing_site_are_mailed_when_they_start_and_when_the
     app.stop().await;
     let app = spawn_app_in(dir.path(), &toml).await;
     let id = {
-        let dead = ops_api_flow(&app, "/api/v1/destinations/emr/messages?state=dead").await;
+        let dead = flow::get_ok(&app, "/api/v1/destinations/emr/messages?state=dead").await;
         dead["messages"][0]["id"].as_u64().unwrap()
     };
-    let replayed = app
-        .client
-        .post(app.url(&format!("/api/v1/destinations/emr/messages/{id}/replay")))
-        .header("authorization", format!("Bearer {}", flow::KEY))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(replayed.status(), 202);
+    let replayed = flow::call(
+        &app,
+        Method::POST,
+        &format!("/api/v1/destinations/emr/messages/{id}/replay"),
+        None,
+    )
+    .await;
+    assert_eq!(replayed.status, 202, "{}", replayed.body);
     let mails = mail_with(&smtp, "CLEARED: 1 dead letter in destination 'emr'").await;
     let cleared = subjects_with(&smtp, "CLEARED: 1 dead letter ");
     assert!(cleared[0].body.contains("it lasted"), "{}", cleared[0].body);
@@ -90,7 +76,7 @@ async fn dead_letters_and_a_failing_site_are_mailed_when_they_start_and_when_the
     assert_no_patient_detail(&mails);
 
     // The API shows what holds and where each alert went.
-    let alerts = alerts_of(&app).await;
+    let alerts = flow::get_ok(&app, "/api/v1/alerts").await;
     let active: Vec<&str> = alerts["active"]
         .as_array()
         .unwrap()
@@ -115,18 +101,6 @@ async fn dead_letters_and_a_failing_site_are_mailed_when_they_start_and_when_the
         "{actions:?}"
     );
     app.stop().await;
-}
-
-async fn ops_api_flow(app: &TestApp, path: &str) -> Value {
-    let answer = app
-        .client
-        .get(app.url(path))
-        .header("authorization", format!("Bearer {}", flow::KEY))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(answer.status(), 200, "{path}");
-    answer.json().await.unwrap()
 }
 
 /// A destination answering 500 fails for longer than `failing_minutes`: a signed webhook
@@ -347,7 +321,7 @@ async fn a_store_that_cannot_write_is_mailed_from_memory_and_filed_when_it_recov
     );
     assert_no_patient_detail(&mails);
     eventually("the alerts filed", async || {
-        let alerts = alerts_of(&app).await;
+        let alerts = flow::get_ok(&app, "/api/v1/alerts").await;
         let listed = alerts["alerts"].as_array().unwrap().clone();
         let phases: Vec<&str> = listed
             .iter()
@@ -402,7 +376,7 @@ async fn database_lost(restart: bool) {
     let started = "STARTED: this replica cannot write to its PostgreSQL database";
     wait_long(&smtp, started).await;
     // The API still shows what holds, and says why the alerts themselves cannot be read.
-    let alerts = alerts_of(&app).await;
+    let alerts = flow::get_ok(&app, "/api/v1/alerts").await;
     assert_eq!(alerts["active"][0]["key"], "store", "{alerts}");
     assert!(alerts["store_error"].is_string(), "{alerts}");
     if restart {
@@ -418,7 +392,7 @@ async fn database_lost(restart: bool) {
     }
     wait_long(&smtp, "CLEARED: this replica cannot write").await;
     eventually("both alerts filed", async || {
-        let alerts = alerts_of(&app).await;
+        let alerts = flow::get_ok(&app, "/api/v1/alerts").await;
         alerts["alerts"]
             .as_array()
             .unwrap()

@@ -148,23 +148,23 @@ async fn a_disk_that_fills_again_and_again_never_corrupts_the_store() {
     let data = fs.path.join("data");
     let app = spawn_app_in(&data, "[storage]\ncache_mib = 4\n").await;
     let template = String::from_utf8(fixture("v0.11-add-service-request.json")).unwrap();
+    // A fresh referral, numbered `n`: its name and the answer's status.
+    let deliver = async |n: usize| {
+        let name = format!("TST-AGAIN-{n}");
+        let body = unique_v011(&template, &name, &format!("again-{n}"));
+        (name, app.deliver("default", body).await.status)
+    };
     let mut acknowledged = Vec::new();
     let mut n = 0;
     for _cycle in 0..4 {
         let filler = fs.fill(1 << 20);
         loop {
             n += 1;
-            let name = format!("TST-AGAIN-{n}");
-            let reply = app
-                .deliver(
-                    "default",
-                    unique_v011(&template, &name, &format!("again-{n}")),
-                )
-                .await;
-            match reply.status {
+            let (name, status) = deliver(n).await;
+            match status {
                 200 => acknowledged.push(name),
                 503 => break,
-                other => panic!("delivery {n}: {other} {}", reply.body),
+                other => panic!("delivery {n}: {other}"),
             }
             assert!(n < 20_000, "the disk never filled");
         }
@@ -181,14 +181,8 @@ async fn a_disk_that_fills_again_and_again_never_corrupts_the_store() {
         let mut taken = 0;
         crate::support::poll::eventually("17 deliveries after space was freed", async || {
             n += 1;
-            let name = format!("TST-AGAIN-{n}");
-            let reply = app
-                .deliver(
-                    "default",
-                    unique_v011(&template, &name, &format!("again-{n}")),
-                )
-                .await;
-            if reply.status == 200 {
+            let (name, status) = deliver(n).await;
+            if status == 200 {
                 acknowledged.push(name);
                 taken += 1;
             } else {

@@ -64,6 +64,13 @@ pub async fn call(
     answer(request.send().await.unwrap()).await
 }
 
+/// `GET path` as the API client holding [`KEY`]; it must answer 200. Its JSON.
+pub async fn get_ok(app: &TestApp, path: &str) -> Value {
+    let reply = call(app, reqwest::Method::GET, path, None).await;
+    assert_eq!(reply.status, 200, "{path}: {}", reply.body);
+    reply.body
+}
+
 pub async fn post(app: &TestApp, path: &str, body: Value) -> Reply {
     call(app, reqwest::Method::POST, path, Some(body)).await
 }
