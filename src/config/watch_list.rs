@@ -23,6 +23,9 @@ pub struct WatchListConfig {
     pub overdue_days_by_service: BTreeMap<ServiceId, u32>,
     /// A referral Ocean will archive within this many days is `nearing_archival`.
     pub archival_warning_days: u32,
+    /// A referral Ocean closed itself is `closed_by_ocean` for this many days after (0: never
+    /// listed).
+    pub closed_by_ocean_days: u32,
 }
 
 impl WatchListConfig {
@@ -46,6 +49,9 @@ impl WatchListConfig {
             "watch_list.archival_warning_days",
             self.archival_warning_days,
         )?;
+        if self.closed_by_ocean_days > MAX_DAYS {
+            bail!("watch_list.closed_by_ocean_days must be between 0 and {MAX_DAYS} days");
+        }
         for (service, days) in &self.overdue_days_by_service {
             check(
                 &format!("watch_list.overdue_days_by_service.\"{service}\""),
@@ -68,6 +74,7 @@ mod tests {
                 .map(|(s, d)| (ServiceId::parse(s).unwrap(), *d))
                 .collect(),
             archival_warning_days: warning,
+            closed_by_ocean_days: 14,
         }
     }
 

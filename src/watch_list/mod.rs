@@ -20,6 +20,10 @@
 //! - Where both sides set the same thing (the Task status, the current appointment), the one
 //!   set later is taken.
 //!
+//! A Task `completed` from Ocean that the clinic never sent through the relay is labelled
+//! Ocean's (`closed by Ocean`): Ocean closes booked referrals itself, and such an update
+//! reaches the relay although the clinic did not cause it.
+//!
 //! Ocean's terminal states are Completed (Task or ServiceRequest `completed`), Cancelled (the
 //! requester revoked the ServiceRequest), Declined (Task `rejected` or `cancelled`) and
 //! Externally Managed (read from the Task's business status: Ocean does not document how it
@@ -60,14 +64,20 @@ pub enum WatchKind {
     /// Ocean will archive the referral within `archival_warning_days`: see
     /// [`archival_date`].
     NearingArchival,
+    /// Ocean closed the referral as completed within the last `closed_by_ocean_days` although
+    /// the clinic never completed it through the relay (Ocean's nightly closing of booked
+    /// referrals, or someone in Ocean's own screens), and the clinic has sent nothing since:
+    /// someone should check the patient was seen.
+    ClosedByOcean,
 }
 
 impl WatchKind {
-    pub const ALL: [WatchKind; 4] = [
+    pub const ALL: [WatchKind; 5] = [
         WatchKind::Overdue,
         WatchKind::AppointmentPassed,
         WatchKind::RevokedAfterAction,
         WatchKind::NearingArchival,
+        WatchKind::ClosedByOcean,
     ];
 
     /// The name as serialised and as `?kind=` takes it.
@@ -77,6 +87,7 @@ impl WatchKind {
             Self::AppointmentPassed => "appointment_passed",
             Self::RevokedAfterAction => "revoked_after_action",
             Self::NearingArchival => "nearing_archival",
+            Self::ClosedByOcean => "closed_by_ocean",
         }
     }
 
@@ -116,6 +127,7 @@ pub struct WatchCounts {
     pub appointment_passed: usize,
     pub revoked_after_action: usize,
     pub nearing_archival: usize,
+    pub closed_by_ocean: usize,
 }
 
 impl WatchCounts {
@@ -126,6 +138,7 @@ impl WatchCounts {
             WatchKind::AppointmentPassed => self.appointment_passed,
             WatchKind::RevokedAfterAction => self.revoked_after_action,
             WatchKind::NearingArchival => self.nearing_archival,
+            WatchKind::ClosedByOcean => self.closed_by_ocean,
         }
     }
 
@@ -135,6 +148,7 @@ impl WatchCounts {
             WatchKind::AppointmentPassed => &mut self.appointment_passed,
             WatchKind::RevokedAfterAction => &mut self.revoked_after_action,
             WatchKind::NearingArchival => &mut self.nearing_archival,
+            WatchKind::ClosedByOcean => &mut self.closed_by_ocean,
         }
     }
 

@@ -42,6 +42,9 @@ pub fn assess(
     if let Some((since, reason)) = revoked_after_action(&facts) {
         entries.push(entry(WatchKind::RevokedAfterAction, since, None, reason));
     }
+    if let Some((since, reason)) = closed_by_ocean(&facts, config, now) {
+        entries.push(entry(WatchKind::ClosedByOcean, since, None, reason));
+    }
     if let Some((terminal, archival)) = archival_date(&facts) {
         let warning = Duration::days(i64::from(config.archival_warning_days));
         if archival.at >= now && archival.at <= now + warning {
@@ -66,7 +69,8 @@ pub fn assess(
 /// A terminal state, and when the referral reached it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Terminal {
-    /// `completed`, `cancelled by the requester`, `declined` or `externally managed`.
+    /// `completed`, `closed by Ocean` (completed in Ocean without the clinic completing it
+    /// through the relay), `cancelled by the requester`, `declined` or `externally managed`.
     pub state: &'static str,
     pub at: OffsetDateTime,
 }
@@ -132,6 +136,8 @@ pub struct Facts {
     pub revoked: Option<OffsetDateTime>,
     /// Its terminal state, if it is in one.
     pub terminal: Option<Terminal>,
+    /// When Ocean's Task became `completed`, if the clinic never sent `completed` itself.
+    pub closed_by_ocean: Option<OffsetDateTime>,
     /// The clinic acted in Ocean itself: Ocean's Task is past `requested`/`received`, or
     /// Ocean sent an Appointment.
     pub acted_in_ocean: bool,
@@ -201,7 +207,19 @@ impl Facts {
                 at: set_at(Part::ServiceRequest),
             });
         }
+        // Ocean's own completion: its Task says `completed`, and the clinic never sent it.
+        let clinic_completed = statuses
+            .iter()
+            .any(|u| u.task_status.as_deref() == Some("completed"));
+        let mut closed_by_ocean = None;
         match task {
+            Some(("completed", at)) if !clinic_completed => {
+                closed_by_ocean = Some(at);
+                terminals.push(Terminal {
+                    state: "closed by Ocean",
+                    at,
+                });
+            }
             Some(("completed", at)) => terminals.push(Terminal {
                 state: "completed",
                 at,
@@ -275,6 +293,7 @@ impl Facts {
             sent,
             revoked,
             terminal,
+            closed_by_ocean,
             acted_in_ocean: summary
                 .task_status
                 .as_deref()
@@ -348,6 +367,31 @@ fn revoked_after_action(facts: &Facts) -> Option<(OffsetDateTime, String)> {
                 "the requester revoked it on {} after the clinic's update of {}",
                 day(revoked),
                 day(*acted)
+            ),
+        )
+    })
+}
+
+fn closed_by_ocean(
+    facts: &Facts,
+    config: &WatchListConfig,
+    now: OffsetDateTime,
+) -> Option<(OffsetDateTime, String)> {
+    let closed = facts.closed_by_ocean?;
+    let window = Duration::days(i64::from(config.closed_by_ocean_days));
+    let answered = facts.clinic_updates.iter().any(|at| *at > closed);
+    // Still the referral's terminal state (not reopened, revoked or declined since).
+    let current = facts.terminal.is_some_and(|t| t.state == "closed by Ocean");
+    (current && !answered && closed <= now && now - closed < window).then(|| {
+        let appointment = facts
+            .last_appointment
+            .map(|at| format!("; its last appointment was on {}", day(at)))
+            .unwrap_or_default();
+        (
+            closed,
+            format!(
+                "Ocean closed it as completed on {} without the clinic completing it through the relay (Ocean's automatic closing of booked referrals, or someone in Ocean's screens){appointment}",
+                day(closed)
             ),
         )
     })

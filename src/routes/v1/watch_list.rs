@@ -32,7 +32,8 @@ pub struct WatchEntryView {
     service_id: Option<String>,
     kind: WatchKind,
     /// When the condition began (RFC 3339): the day it became overdue, the appointment's
-    /// start, the revocation, or (nearing_archival) when it reached its terminal state.
+    /// start, the revocation, or (nearing_archival, closed_by_ocean) when it reached its
+    /// terminal state.
     #[schema(format = DateTime)]
     since: String,
     /// nearing_archival: when Ocean will archive it (RFC 3339); null for the other kinds.
@@ -63,7 +64,8 @@ pub struct WatchListView {
     computed_at: String,
     /// Entries by kind, counted after the filters.
     counts: WatchCounts,
-    /// By kind (overdue, appointment_passed, revoked_after_action, nearing_archival), then by
+    /// By kind (overdue, appointment_passed, revoked_after_action, nearing_archival,
+    /// closed_by_ocean), then by
     /// `since`, oldest first. A referral may be listed under more than one kind.
     entries: Vec<WatchEntryView>,
 }
@@ -96,7 +98,7 @@ pub async fn get_watch_list(
         .map(|k| {
             WatchKind::parse(k).ok_or_else(|| {
                 AppError::BadRequest(
-                    "kind must be overdue, appointment_passed, revoked_after_action or nearing_archival"
+                    "kind must be overdue, appointment_passed, revoked_after_action, nearing_archival or closed_by_ocean"
                         .into(),
                 )
             })

@@ -41,6 +41,7 @@ fn config(overdue_days: u32, by_service: &[(&str, u32)]) -> WatchListConfig {
             .map(|(s, d)| (ServiceId::parse(s).unwrap(), *d))
             .collect(),
         archival_warning_days: 30,
+        closed_by_ocean_days: 14,
     }
 }
 
@@ -390,6 +391,93 @@ async fn nearing_archival_follows_the_latest_of_oceans_three_rules() {
     app.stop().await;
 }
 
+#[tokio::test]
+async fn a_referral_ocean_closed_itself_is_labelled_as_oceans_and_listed_until_the_clinic_answers()
+{
+    let (app, _ocean) = with_site().await;
+    let config = config(14, &[]);
+    let now = OffsetDateTime::now_utc().replace_nanosecond(0).unwrap();
+    let closed = now - Duration::days(2);
+    // Booked in Ocean, then closed by Ocean's nightly job: the clinic never completed it.
+    new_referral(&app, "WL-CLO-OCEAN", CARDIO, RECENT).await;
+    let appointment = now - Duration::days(9);
+    ocean_appointment(
+        &app,
+        "WL-CLO-OCEAN",
+        CARDIO,
+        &text(appointment),
+        &text(now - Duration::days(20)),
+    )
+    .await;
+    ocean_task(&app, "WL-CLO-OCEAN", CARDIO, "completed", &text(closed)).await;
+    // Completed by the clinic through the relay; Ocean's echo of it is not Ocean's closing.
+    new_referral(&app, "WL-CLO-CLINIC", CARDIO, RECENT).await;
+    for status in ["accepted", "in-progress", "completed"] {
+        clinic_status(&app, "WL-CLO-CLINIC", status).await;
+    }
+    ocean_task(&app, "WL-CLO-CLINIC", CARDIO, "completed", &text(now)).await;
+    // Closed by Ocean, then answered by the clinic (a message to the referrer).
+    new_referral(&app, "WL-CLO-ANSWERED", PHYSIO, RECENT).await;
+    ocean_task(&app, "WL-CLO-ANSWERED", PHYSIO, "completed", &text(closed)).await;
+    accepted(
+        &app,
+        "/api/v1/referrals/WL-CLO-ANSWERED/messages",
+        json!({"text": "Seen on the 3rd; closing on our side too."}),
+    )
+    .await;
+
+    let list = entries(&app, &config, now + Duration::hours(1)).await;
+    let entry = find(&list, "WL-CLO-OCEAN", WatchKind::ClosedByOcean)
+        .unwrap_or_else(|| panic!("closed by Ocean: {list:?}"));
+    assert_eq!(entry.since, closed);
+    assert!(
+        entry
+            .reason
+            .contains("without the clinic completing it through the relay")
+            && entry.reason.contains(&text(appointment)[..10]),
+        "{}",
+        entry.reason
+    );
+    assert!(
+        find(&list, "WL-CLO-CLINIC", WatchKind::ClosedByOcean).is_none(),
+        "{list:?}"
+    );
+    assert!(
+        find(&list, "WL-CLO-ANSWERED", WatchKind::ClosedByOcean).is_none(),
+        "{list:?}"
+    );
+    // Its terminal state is labelled as Ocean's; the clinic's own completion is not.
+    let facts = |referral: &'static str| {
+        let app = &app;
+        async move {
+            let reference = ReferralRef::parse(referral).unwrap();
+            let record = app.store.referral(&reference).await.unwrap().unwrap();
+            let updates = referral_updates(app.store.as_ref(), &reference)
+                .await
+                .unwrap();
+            referral_relay::watch_list::Facts::read(&record, &updates)
+        }
+    };
+    assert_eq!(
+        facts("WL-CLO-OCEAN").await.terminal.unwrap().state,
+        "closed by Ocean"
+    );
+    assert_eq!(
+        facts("WL-CLO-CLINIC").await.terminal.unwrap().state,
+        "completed"
+    );
+    // Listed for closed_by_ocean_days, then no longer; and never with the window at 0.
+    let later = entries(&app, &config, closed + Duration::days(14)).await;
+    assert!(find(&later, "WL-CLO-OCEAN", WatchKind::ClosedByOcean).is_none());
+    let off = WatchListConfig {
+        closed_by_ocean_days: 0,
+        ..config.clone()
+    };
+    let list = entries(&app, &off, now + Duration::hours(1)).await;
+    assert!(find(&list, "WL-CLO-OCEAN", WatchKind::ClosedByOcean).is_none());
+    app.stop().await;
+}
+
 const EMR_KEY: &str = "emr-watch-key-0123456789";
 const PHYSIO_KEY: &str = "physio-watch-key-0123456789";
 
@@ -439,12 +527,13 @@ service_ids = ["{PHYSIO}"]
         )
         .await;
     }
-    // Sent 350 days ago, completed 10 days ago: Ocean archives it in 20 days.
+    // Sent 345 days ago, completed 20 days ago (by Ocean, longer ago than closed_by_ocean_days):
+    // Ocean archives it in 20 days.
     new_referral(
         &app,
         "WL-API-ARCHIVE",
         PHYSIO,
-        &text(now - Duration::days(350)),
+        &text(now - Duration::days(345)),
     )
     .await;
     ocean_task(
@@ -452,7 +541,7 @@ service_ids = ["{PHYSIO}"]
         "WL-API-ARCHIVE",
         PHYSIO,
         "completed",
-        &text(now - Duration::days(10)),
+        &text(now - Duration::days(20)),
     )
     .await;
 
@@ -464,7 +553,7 @@ service_ids = ["{PHYSIO}"]
     );
     assert_eq!(
         all.body["counts"],
-        json!({"overdue": 0, "appointment_passed": 2, "revoked_after_action": 0, "nearing_archival": 1})
+        json!({"overdue": 0, "appointment_passed": 2, "revoked_after_action": 0, "nearing_archival": 1, "closed_by_ocean": 0})
     );
     let entry = &all.body["entries"][0];
     assert_eq!(entry["kind"], "appointment_passed");
@@ -528,7 +617,8 @@ service_ids = ["{PHYSIO}"]
             "overdue",
             "appointment_passed",
             "revoked_after_action",
-            "nearing_archival"
+            "nearing_archival",
+            "closed_by_ocean"
         ]),
         "{kind}"
     );
