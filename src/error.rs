@@ -126,9 +126,11 @@ impl From<OutboxError> for AppError {
         let message = e.to_string();
         match e {
             OutboxError::Invalid(_) => Self::BadRequest(message),
-            OutboxError::NotActionable | OutboxError::NoSite(_) | OutboxError::Build(_) => {
-                Self::Unprocessable(message)
-            }
+            OutboxError::NotActionable
+            | OutboxError::NoSite(_)
+            | OutboxError::NoCategory(_)
+            | OutboxError::NoServiceRequest { .. }
+            | OutboxError::Build(_) => Self::Unprocessable(message),
             OutboxError::NotAllowed { .. }
             | OutboxError::NotDead { .. }
             | OutboxError::Revoked(_) => Self::Conflict(message),

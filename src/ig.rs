@@ -57,8 +57,19 @@ pub fn extension_url(name: &str) -> String {
 /// Identifier systems live on each Ocean host (`https://{host}/NamingSystem/...`), so they are
 /// matched by how they end. The referral reference:
 pub const SYS_EREFERRAL_REFERENCE: &str = "/id-ereferral-reference";
+/// A directory listing (the target of a forward).
+pub const SYS_REFERRAL_TARGET: &str = "/id-referral-target-reference";
 /// The External Service ID of a directory listing.
 pub const SYS_EXTERNAL_SERVICE: &str = "/id-referral-target-external-service";
+/// SNOMED CT, the code system of a ServiceRequest's `category` (Ocean requires one on the
+/// ServiceRequest of a forward).
+pub const SNOMED_CT: &str = "http://snomed.info/sct";
+
+/// Ocean's extension on a Task that takes the referrer's browser to a page of the receiver's
+/// (`valueUri`), seen on Tasks its own clients send.
+pub const EXT_THIRD_PARTY_REDIRECT: &str =
+    "https://ocean.cognisantmd.com/ext-ocean-third-party-redirect-url";
+
 /// Part of Ontario's professional licence systems (`.../ca-on-license-physician`, ...).
 pub const SYS_LICENCE: &str = "/ca-on-license-";
 
@@ -76,6 +87,8 @@ pub enum OutboundEvent {
     NotifyUpdateAppointment,
     /// A message from the clinic to the referrer.
     SendCommunicationFromProvider,
+    /// The referral's ServiceRequest, corrected (its service or category).
+    NotifyDataCorrection,
 }
 
 impl OutboundEvent {
@@ -87,6 +100,7 @@ impl OutboundEvent {
             Self::NotifyAddAppointment => "notify-add-appointment",
             Self::NotifyUpdateAppointment => "notify-update-appointment",
             Self::SendCommunicationFromProvider => "send-communication-from-provider",
+            Self::NotifyDataCorrection => "notify-data-correction",
         }
     }
 }
@@ -132,6 +146,7 @@ mod tests {
             OutboundEvent::NotifyAddAppointment,
             OutboundEvent::NotifyUpdateAppointment,
             OutboundEvent::SendCommunicationFromProvider,
+            OutboundEvent::NotifyDataCorrection,
         ] {
             let stored = serde_json::to_string(&event).unwrap();
             assert_eq!(stored, format!("\"{}\"", event.code()));

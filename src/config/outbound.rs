@@ -23,6 +23,11 @@ pub struct SiteConfig {
     /// External Service IDs whose referrals this site answers for; empty: all.
     #[serde(default)]
     pub service_ids: Vec<ServiceId>,
+    /// Where Ocean takes the referrer's browser after a referral's first Task update (an
+    /// absolute http(s) URL, sent as Ocean's third-party redirect extension), unless the update
+    /// names its own `redirect_url`. Empty: none.
+    #[serde(default)]
+    pub redirect_url: String,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -98,6 +103,11 @@ impl SiteConfig {
         if self.client_id.is_empty() || self.client_secret.is_empty() {
             bail!("sites.{name}: client_id and client_secret are required");
         }
+        if !self.redirect_url.is_empty()
+            && let Err(why) = crate::ocean::outbox::redirect_url(&self.redirect_url)
+        {
+            bail!("sites.{name}.redirect_url {why}");
+        }
         Ok(())
     }
 }
@@ -108,5 +118,37 @@ impl OutboxConfig {
             bail!("outbox.initial_backoff_secs and outbox.request_timeout_secs must be at least 1");
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sites_redirect_must_be_an_absolute_http_url() {
+        let site = |redirect: &str| -> SiteConfig {
+            toml::from_str(&format!(
+                "base_url = \"https://ocean.example\"\nclient_id = \"c\"\nclient_secret = \"s\"\nredirect_url = \"{redirect}\""
+            ))
+            .unwrap()
+        };
+        assert!(site("").validate("main").is_ok());
+        assert!(
+            site("https://clinic.example/after")
+                .validate("main")
+                .is_ok()
+        );
+        for bad in [
+            "clinic.example/after",
+            "ftp://clinic.example/",
+            "https://u:p@clinic.example/",
+        ] {
+            let error = site(bad).validate("main").unwrap_err().to_string();
+            assert!(
+                error.starts_with("sites.main.redirect_url must"),
+                "{bad}: {error}"
+            );
+        }
     }
 }

@@ -6,6 +6,7 @@ mod bundle;
 pub mod changes;
 mod json;
 pub mod message;
+pub mod original;
 pub mod outcome;
 pub mod outgoing;
 mod resources;

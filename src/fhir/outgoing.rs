@@ -1,5 +1,6 @@
-//! Messages the relay sends to Ocean: a message Bundle with a MessageHeader and one focus
-//! resource (Task, Appointment or Communication), as R4 JSON. Each resource is checked against
+//! Messages the relay sends to Ocean: a message Bundle with a MessageHeader and its focus
+//! resource (Task, Appointment, Communication or ServiceRequest, and for a forward the new
+//! ServiceRequest and listing the Task names), as R4 JSON. Each resource is checked against
 //! fhir-sdk's R4B type (through [`fhir_check`]) before it goes out, so a missing required element
 //! or a code outside its value set is a [`BuildError`] here, never a message Ocean refuses.
 
@@ -10,7 +11,8 @@ use time::format_description::well_known::Rfc3339;
 
 use crate::domain::ReferralRef;
 use crate::ig::{
-    EVENT_SYSTEM, EXT_ID_MESSAGE_HEADER, MESSAGE_HEADER_PROFILE, OutboundEvent, extension_url,
+    EVENT_SYSTEM, EXT_ID_MESSAGE_HEADER, EXT_THIRD_PARTY_REDIRECT, MESSAGE_HEADER_PROFILE,
+    OutboundEvent, SYS_REFERRAL_TARGET, extension_url,
 };
 
 /// Why a message could not be built (a resource that does not conform to R4).
@@ -38,6 +40,25 @@ pub struct TaskUpdate<'a> {
     pub reason: Option<&'a str>,
     pub description: Option<&'a str>,
     pub first: bool,
+    /// Where Ocean takes the referrer's browser next (an absolute URL), as Ocean's
+    /// third-party redirect extension on the Task.
+    pub redirect_url: Option<&'a str>,
+}
+
+/// A referral forwarded to another directory listing: a Task `requested` whose `basedOn` is a
+/// new ServiceRequest that `replaces` the referral's, its performer the listing.
+pub struct ForwardUpdate<'a> {
+    /// The referral's Task (as for a status change).
+    pub task_id: &'a str,
+    pub first: bool,
+    /// The target listing's reference in Ocean (`id-referral-target-reference`).
+    pub listing_ref: &'a str,
+    /// The new ServiceRequest's category: a SNOMED CT Coding (`{system, code, display?}`).
+    pub category: Value,
+    /// The patient, as a Reference that holds outside the referral's own messages.
+    pub subject: Value,
+    /// Why it is forwarded (`Task.statusReason.text`).
+    pub reason: Option<&'a str>,
 }
 
 /// A booked (or cancelled) appointment.
@@ -99,21 +120,150 @@ pub fn task_message(
         "description",
         update.description.map(Value::from),
     );
-    let event = if update.first {
+    set(
+        &mut task,
+        "extension",
+        update
+            .redirect_url
+            .map(|url| json!([{ "url": EXT_THIRD_PARTY_REDIRECT, "valueUri": url }])),
+    );
+    let event = task_event(update.first);
+    let task = checked(Kind::Task, task)?;
+    message(
+        referral,
+        event,
+        task,
+        update.task_id,
+        ocean_endpoint,
+        Vec::new(),
+    )
+}
+
+/// The event of a Task message: the referral's first Task is added, later ones update it.
+fn task_event(first: bool) -> OutboundEvent {
+    if first {
         OutboundEvent::NotifyAddProcessRequest
     } else {
         OutboundEvent::NotifyUpdateProcessRequest
-    };
-    let task = checked(Kind::Task, task)?;
-    message(referral, event, task, update.task_id, ocean_endpoint)
+    }
 }
 
-pub fn appointment_message(
+/// The identifier system of directory listings on the Ocean host of `ocean_endpoint` (its
+/// `{base}/svc/fhir/v1/$process-messages`).
+fn listing_system(ocean_endpoint: &str) -> String {
+    let base = ocean_endpoint
+        .strip_suffix("$process-messages")
+        .unwrap_or("urn:referral-relay/");
+    format!("{base}NamingSystem{SYS_REFERRAL_TARGET}")
+}
+
+pub fn forward_message(
     referral: &ReferralRef,
-    update: &AppointmentUpdate<'_>,
+    forward: &ForwardUpdate<'_>,
     ocean_endpoint: &str,
 ) -> Result<OutgoingMessage, BuildError> {
-    // R4 app-1: a participant names a type or an actor. The clinic is the performer.
+    let now = instant(OffsetDateTime::now_utc())?;
+    let request_url = format!("urn:uuid:{}", uuid::Uuid::new_v4());
+    let listing_url = format!("urn:uuid:{}", uuid::Uuid::new_v4());
+    let listing = checked(
+        Kind::PractitionerRole,
+        json!({
+            "resourceType": "PractitionerRole",
+            "identifier": [{
+                "system": listing_system(ocean_endpoint),
+                "value": forward.listing_ref,
+            }],
+        }),
+    )?;
+    let request = checked(
+        Kind::ServiceRequest,
+        json!({
+            "resourceType": "ServiceRequest",
+            "replaces": [service_request(referral)],
+            "status": "active",
+            "intent": "order",
+            "category": [{ "coding": [forward.category] }],
+            "subject": forward.subject,
+            "authoredOn": now,
+            "performer": [{ "reference": listing_url }],
+        }),
+    )?;
+    let mut task = json!({
+        "resourceType": "Task",
+        "id": forward.task_id,
+        "basedOn": [{ "reference": request_url }],
+        "status": "requested",
+        "intent": "order",
+        "code": { "coding": [{ "code": "process-request" }] },
+        "authoredOn": now,
+        "lastModified": now,
+        "owner": { "reference": listing_url },
+    });
+    set(
+        &mut task,
+        "statusReason",
+        forward.reason.map(|r| json!({ "text": r })),
+    );
+    let task = checked(Kind::Task, task)?;
+    message(
+        referral,
+        task_event(forward.first),
+        task,
+        forward.task_id,
+        ocean_endpoint,
+        vec![(request_url, request), (listing_url, listing)],
+    )
+}
+
+/// The referral's ServiceRequest, corrected: `request` is the whole resource as Ocean should
+/// now hold it, its `id` the referral reference.
+pub fn correction_message(
+    referral: &ReferralRef,
+    request: Value,
+    ocean_endpoint: &str,
+) -> Result<OutgoingMessage, BuildError> {
+    let request = checked(Kind::ServiceRequest, request)?;
+    message(
+        referral,
+        OutboundEvent::NotifyDataCorrection,
+        request,
+        referral.as_str(),
+        ocean_endpoint,
+        Vec::new(),
+    )
+}
+
+/// How the patient is to book when there is no date yet: a proposed Appointment whose
+/// `description` and `patientInstruction` are `text`.
+pub fn booking_instructions_message(
+    referral: &ReferralRef,
+    appointment_id: &str,
+    text: &str,
+    ocean_endpoint: &str,
+) -> Result<OutgoingMessage, BuildError> {
+    // R4 app-3: only a proposed (or cancelled) appointment may lack its times.
+    let appointment = json!({
+        "resourceType": "Appointment",
+        "id": appointment_id,
+        "status": "proposed",
+        "description": text,
+        "patientInstruction": text,
+        "basedOn": [service_request(referral)],
+        "participant": [performer("needs-action", None)],
+    });
+    message(
+        referral,
+        OutboundEvent::NotifyAddAppointment,
+        checked(Kind::Appointment, appointment)?,
+        appointment_id,
+        ocean_endpoint,
+        Vec::new(),
+    )
+}
+
+/// The clinic as an Appointment's participant (R4 app-1: a participant names a type or an
+/// actor), with its participation `status`, at `location` when given.
+fn performer(status: &str, location: Option<&str>) -> Value {
     let mut participant = json!({
         "type": [{
             "coding": [{
@@ -122,14 +272,28 @@ pub fn appointment_message(
                 "display": "primary performer",
             }],
         }],
-        "status": if update.confirmed { "accepted" } else { "tentative" },
+        "status": status,
     });
     set(
         &mut participant,
         "actor",
-        update
-            .location
-            .map(|l| json!({ "type": "Location", "display": l })),
+        location.map(|l| json!({ "type": "Location", "display": l })),
+    );
+    participant
+}
+
+pub fn appointment_message(
+    referral: &ReferralRef,
+    update: &AppointmentUpdate<'_>,
+    ocean_endpoint: &str,
+) -> Result<OutgoingMessage, BuildError> {
+    let participant = performer(
+        if update.confirmed {
+            "accepted"
+        } else {
+            "tentative"
+        },
+        update.location,
     );
     let mut appointment = json!({
         "resourceType": "Appointment",
@@ -153,6 +317,7 @@ pub fn appointment_message(
         appointment,
         update.appointment_id,
         ocean_endpoint,
+        Vec::new(),
     )
 }
 
@@ -176,16 +341,19 @@ pub fn communication_message(
         checked(Kind::Communication, communication)?,
         communication_id,
         ocean_endpoint,
+        Vec::new(),
     )
 }
 
-/// Wraps `focus` (a checked resource) in a message Bundle with Ocean's MessageHeader.
+/// Wraps `focus` (a checked resource) in a message Bundle with Ocean's MessageHeader, followed
+/// by the `others` it references (full URL and checked resource).
 fn message(
     referral: &ReferralRef,
     event: OutboundEvent,
     focus: Value,
     focus_id: &str,
     ocean_endpoint: &str,
+    others: Vec<(String, Value)>,
 ) -> Result<OutgoingMessage, BuildError> {
     let header_id = uuid::Uuid::new_v4().to_string();
     // A resource the relay made has a UUID; Ocean's own Task keeps Ocean's id, and its full URL
@@ -221,15 +389,21 @@ fn message(
         }),
     )?;
     // The Bundle itself: type `message`, the header first (R4 bdl-9, bdl-12).
+    let mut entries = vec![
+        json!({ "fullUrl": format!("urn:uuid:{header_id}"), "resource": header }),
+        json!({ "fullUrl": focus_url, "resource": focus }),
+    ];
+    entries.extend(
+        others
+            .into_iter()
+            .map(|(url, resource)| json!({ "fullUrl": url, "resource": resource })),
+    );
     let bundle = json!({
         "resourceType": "Bundle",
         "id": uuid::Uuid::new_v4().to_string(),
         "type": "message",
         "timestamp": instant(OffsetDateTime::now_utc())?,
-        "entry": [
-            { "fullUrl": format!("urn:uuid:{header_id}"), "resource": header },
-            { "fullUrl": focus_url, "resource": focus },
-        ],
+        "entry": entries,
     });
     Ok(OutgoingMessage {
         event,

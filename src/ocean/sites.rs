@@ -15,12 +15,20 @@ pub struct Site {
     /// External Service IDs it answers for; empty: every referral no other site lists.
     service_ids: Vec<ServiceId>,
     client: Arc<OceanClient>,
+    /// `redirect_url` of its config, when set.
+    redirect_url: Option<String>,
 }
 
 impl Site {
     /// Its name in `[sites.NAME]`.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Where the referrer's browser goes after a referral's first Task update, unless the
+    /// update says otherwise.
+    pub fn redirect_url(&self) -> Option<&str> {
+        self.redirect_url.as_deref()
     }
 
     /// Its client (OAuth2 tokens cached, requests bounded by `outbox.request_timeout_secs`).
@@ -48,6 +56,7 @@ impl Sites {
                     name: name.clone(),
                     service_ids: site.service_ids.clone(),
                     client: Arc::new(OceanClient::new(site, timeout)?),
+                    redirect_url: Some(site.redirect_url.clone()).filter(|u| !u.is_empty()),
                 })
             })
             .collect::<anyhow::Result<_>>()?;
@@ -94,6 +103,7 @@ mod tests {
                         name: (*name).to_owned(),
                         service_ids: ids.iter().map(|id| ServiceId::parse(id).unwrap()).collect(),
                         client: Arc::new(OceanClient::new(&config, Duration::from_secs(1)).unwrap()),
+                        redirect_url: None,
                     }
                 })
                 .collect(),

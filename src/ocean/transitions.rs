@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-/// Statuses Ocean acts on (its folders New, Pending Booking and Declined).
+/// Statuses Ocean acts on (its folders New, Pending Booking, Declined and Completed).
 pub const ACTIONABLE: &[&str] = &[
     "requested",
     "received",
@@ -12,7 +12,12 @@ pub const ACTIONABLE: &[&str] = &[
     "ready",
     "rejected",
     "cancelled",
+    "completed",
 ];
+
+/// Statuses a booked referral may be closed as `completed` from, whatever the table says:
+/// Ocean closes booked referrals itself, and its own clients complete them.
+const BOOKED_COMPLETES_FROM: &[&str] = &["received", "accepted", "ready", "in-progress", "on-hold"];
 
 /// The built-in table: current status → statuses it may move to. FHIR's typical Task flow,
 /// plus Ocean's reopening of a declined (rejected or cancelled) referral.
@@ -50,21 +55,31 @@ impl Transitions {
         Self(table)
     }
 
-    /// The statuses `from` may move to that Ocean acts on ([`ACTIONABLE`]), in the table's order.
-    pub fn next(&self, from: &str) -> Vec<String> {
-        self.0
+    /// The statuses `from` may move to that Ocean acts on ([`ACTIONABLE`]), in the table's
+    /// order (and `completed` last for a `booked` referral that may be closed).
+    pub fn next(&self, from: &str, booked: bool) -> Vec<String> {
+        let mut next: Vec<String> = self
+            .0
             .get(from)
             .into_iter()
             .flatten()
             .filter(|to| ACTIONABLE.contains(&to.as_str()))
             .cloned()
-            .collect()
+            .collect();
+        if self.allows(from, "completed", booked) && !next.iter().any(|n| n == "completed") {
+            next.push("completed".into());
+        }
+        next
     }
 
-    pub fn allows(&self, from: &str, to: &str) -> bool {
-        self.0
+    /// Whether a referral at `from` may move to `to`: the table's row, and for a `booked`
+    /// referral also `completed` from any status it may be closed from.
+    pub fn allows(&self, from: &str, to: &str, booked: bool) -> bool {
+        let by_table = self
+            .0
             .get(from)
-            .is_some_and(|next| next.iter().any(|n| n == to))
+            .is_some_and(|next| next.iter().any(|n| n == to));
+        by_table || (booked && to == "completed" && BOOKED_COMPLETES_FROM.contains(&from))
     }
 }
 
@@ -75,21 +90,38 @@ mod tests {
     #[test]
     fn the_table_follows_fhir_and_lets_a_declined_referral_reopen() {
         let t = Transitions::new(&BTreeMap::new());
-        assert!(t.allows("requested", "accepted"));
-        assert!(t.allows("accepted", "in-progress"));
-        assert!(!t.allows("accepted", "requested"));
-        assert!(t.allows("rejected", "accepted"));
-        assert!(!t.allows("completed", "accepted"));
+        assert!(t.allows("requested", "accepted", false));
+        assert!(t.allows("accepted", "in-progress", false));
+        assert!(!t.allows("accepted", "requested", false));
+        assert!(t.allows("rejected", "accepted", false));
+        assert!(!t.allows("completed", "accepted", false));
         let custom = Transitions::new(&BTreeMap::from([(
             "accepted".to_owned(),
             vec!["on-hold".to_owned()],
         )]));
-        assert!(custom.allows("accepted", "on-hold"));
-        assert!(!custom.allows("accepted", "in-progress"));
-        assert!(custom.allows("requested", "accepted"));
-        assert_eq!(t.next("accepted"), ["in-progress", "cancelled"]);
-        // `completed` and `failed` are FHIR's, not statuses Ocean acts on: not offered.
-        assert_eq!(t.next("in-progress"), ["on-hold"]);
-        assert!(t.next("completed").is_empty());
+        assert!(custom.allows("accepted", "on-hold", false));
+        assert!(!custom.allows("accepted", "in-progress", false));
+        assert!(custom.allows("requested", "accepted", false));
+        assert_eq!(t.next("accepted", false), ["in-progress", "cancelled"]);
+        // `failed` is FHIR's, not a status Ocean acts on: not offered.
+        assert_eq!(t.next("in-progress", false), ["on-hold", "completed"]);
+        assert!(t.next("completed", false).is_empty());
+    }
+
+    #[test]
+    fn a_booked_referral_may_be_closed_as_completed() {
+        let t = Transitions::new(&BTreeMap::new());
+        assert!(t.allows("in-progress", "completed", false));
+        assert!(!t.allows("accepted", "completed", false));
+        assert!(t.allows("accepted", "completed", true));
+        assert!(t.allows("on-hold", "completed", true));
+        // Not from a new referral, a declined one, or one already closed.
+        assert!(!t.allows("requested", "completed", true));
+        assert!(!t.allows("rejected", "completed", true));
+        assert!(!t.allows("completed", "completed", true));
+        assert_eq!(
+            t.next("accepted", true),
+            ["in-progress", "cancelled", "completed"]
+        );
     }
 }

@@ -37,17 +37,26 @@ pub enum UpdateKind {
     CancelAppointment,
     /// A message to the referrer.
     Message,
+    /// How to book, when there is no date yet (a proposed Appointment).
+    BookingInstructions,
+    /// The referral forwarded to another listing (a Task `requested` on a new ServiceRequest).
+    Forward,
+    /// The referral's service or category corrected (`notify-data-correction`).
+    Correction,
 }
 
 impl UpdateKind {
     /// The name shown in the API and logs (`status`, `appointment`, `cancel-appointment`,
-    /// `message`), the same as stored.
+    /// `message`, `booking-instructions`, `forward`, `correction`), the same as stored.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Status => "status",
             Self::Appointment => "appointment",
             Self::CancelAppointment => "cancel-appointment",
             Self::Message => "message",
+            Self::BookingInstructions => "booking-instructions",
+            Self::Forward => "forward",
+            Self::Correction => "correction",
         }
     }
 }

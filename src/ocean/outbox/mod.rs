@@ -14,13 +14,16 @@ use std::sync::Arc;
 use time::OffsetDateTime;
 use tokio::sync::{Mutex, Notify};
 
-use self::request::Draft;
-pub use self::request::{DEFAULT_APPOINTMENT_MINUTES, OutboxError, UpdateRequest};
+pub use self::request::{
+    Coding, DEFAULT_APPOINTMENT_MINUTES, OutboxError, UpdateRequest, redirect_url,
+};
+use self::request::{Draft, booked};
 pub use self::task::task_state;
 use self::task::{REVOKED, current_status};
 use super::sites::Sites;
 use super::transitions::Transitions;
 use crate::config::Config;
+use crate::fhir::original::{OriginalRequest, service_request_of};
 use crate::store::{ReferralRecord, Store, StoreError, UpdateRecord, UpdateState};
 
 /// Attempts of [`Outbox::accept`] when other replicas keep changing the referral's Task state.
@@ -62,7 +65,7 @@ impl Outbox {
     ) -> Result<(String, Vec<String>), OutboxError> {
         let task = self.store.task_state(&referral.referral).await?;
         let current = current_status(&task, referral);
-        let next = self.transitions.next(&current);
+        let next = self.transitions.next(&current, booked(&task, referral));
         Ok((current, next))
     }
 
@@ -115,14 +118,47 @@ impl Outbox {
         {
             return Err(OutboxError::Revoked(reference.clone()));
         }
+        let original = if request.needs_the_original() {
+            self.original_request(referral).await?
+        } else {
+            None
+        };
         let draft = Draft {
             referral,
             site: site.name(),
             endpoint: &site.client().messages_url(),
+            redirect_url: site.redirect_url(),
+            original: original.as_ref(),
             now,
         };
         let update = request.into_update(&draft, &mut task, &self.transitions)?;
         Ok(self.store.enqueue_update(update, task, Some(&read)).await?)
+    }
+
+    /// The referral's ServiceRequest as the newest stored message carrying one (and not purged
+    /// by retention) has it.
+    async fn original_request(
+        &self,
+        referral: &ReferralRecord,
+    ) -> Result<Option<OriginalRequest>, StoreError> {
+        let versions = self.store.versions(&referral.referral).await?;
+        let carrying = versions
+            .iter()
+            .rev()
+            .filter(|v| v.summary.carried.service_request && !v.purged);
+        for version in carrying {
+            let Some(raw) = self
+                .store
+                .payload(&referral.referral, version.version)
+                .await?
+            else {
+                continue;
+            };
+            if let Some(read) = std::str::from_utf8(&raw).ok().and_then(service_request_of) {
+                return Ok(Some(read));
+            }
+        }
+        Ok(None)
     }
 
     /// Makes dead letter `id` pending again, its retry horizon starting over, and records

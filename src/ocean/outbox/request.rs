@@ -1,15 +1,22 @@
-//! What a clinic asks the outbox for (a Task status, an appointment booked or cancelled, a
-//! message), checked when it is made, and the FHIR message each becomes once accepted.
+//! What a clinic asks the outbox for (a Task status, an appointment booked or cancelled,
+//! booking instructions, a message, a forward to another listing, a correction of the
+//! referral's service or category), checked when it is made, and the FHIR message each becomes
+//! once accepted.
 
 use time::OffsetDateTime;
 
 use super::super::transitions::{ACTIONABLE, Transitions};
 use super::task::current_status;
+use serde_json::{Value, json};
+
 use crate::domain::ReferralRef;
+use crate::fhir::original::OriginalRequest;
 use crate::fhir::outgoing::{
-    AppointmentUpdate, BuildError, OutgoingMessage, TaskUpdate, appointment_message,
-    communication_message, task_message,
+    AppointmentUpdate, BuildError, ForwardUpdate, OutgoingMessage, TaskUpdate, appointment_message,
+    booking_instructions_message, communication_message, correction_message, forward_message,
+    task_message,
 };
+use crate::ig::SNOMED_CT;
 use crate::store::{
     AppointmentSlot, ReferralRecord, StoreError, TaskState, UpdateKind, UpdateRecord,
 };
@@ -45,6 +52,19 @@ pub enum OutboxError {
     /// A cancellation, but no appointment booked through the relay is current.
     #[error("referral {0} has no current appointment booked through this relay")]
     NoAppointment(ReferralRef),
+    /// A forward without a category, and none in SNOMED CT in the referral's stored messages
+    /// (Ocean requires one on the new ServiceRequest).
+    #[error(
+        "referral {0} has no SNOMED CT category in its stored messages: give `category`, the SNOMED CT code of the forwarded referral's category"
+    )]
+    NoCategory(ReferralRef),
+    /// A forward or correction restates the referral's ServiceRequest, but no stored message
+    /// carries it (or none names the patient usably).
+    #[error("no stored message of referral {referral} {what}")]
+    NoServiceRequest {
+        referral: ReferralRef,
+        what: &'static str,
+    },
     #[error("no update {0}")]
     UnknownUpdate(u64),
     /// Replay and discard apply to dead letters only.
@@ -67,6 +87,7 @@ enum Request {
         status: String,
         reason: Option<String>,
         description: Option<String>,
+        redirect_url: Option<String>,
     },
     Appointment {
         start: OffsetDateTime,
@@ -79,6 +100,79 @@ enum Request {
     Message {
         text: String,
     },
+    BookingInstructions {
+        text: String,
+    },
+    Forward {
+        listing_ref: String,
+        category: Option<Coding>,
+        reason: Option<String>,
+    },
+    Correction {
+        service: Option<Coding>,
+        category: Option<Coding>,
+    },
+}
+
+/// A code the clinic gives: a `code` in a `system` (SNOMED CT unless it names another), with
+/// an optional `display`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Coding {
+    system: String,
+    code: String,
+    display: Option<String>,
+}
+
+impl Coding {
+    /// A code of `system` (SNOMED CT when `None`); the code is not blank and holds no white
+    /// space, as R4's `code` type says.
+    pub fn new(
+        system: Option<String>,
+        code: String,
+        display: Option<String>,
+    ) -> Result<Self, OutboxError> {
+        if code.is_empty() || code.trim() != code || code.contains(['\n', '\r', '\t']) {
+            return Err(OutboxError::Invalid(
+                "a code must not be blank, nor start or end with white space",
+            ));
+        }
+        let system = system.unwrap_or_else(|| SNOMED_CT.to_owned());
+        if reqwest::Url::parse(&system).is_err() && !system.starts_with("urn:") {
+            return Err(OutboxError::Invalid("a code's system must be a URI"));
+        }
+        Ok(Self {
+            system,
+            code,
+            display: display.filter(|d| !d.trim().is_empty()),
+        })
+    }
+
+    fn to_fhir(&self) -> Value {
+        let mut coding = json!({ "system": self.system, "code": self.code });
+        if let Some(display) = &self.display {
+            coding["display"] = Value::from(display.as_str());
+        }
+        coding
+    }
+}
+
+/// Checks a URL to send the referrer's browser to: absolute http(s), with a host and no user
+/// name or password, at most 2048 characters.
+///
+/// # Errors
+/// What is wrong with it, as the end of a sentence naming the field.
+pub fn redirect_url(url: &str) -> Result<String, &'static str> {
+    if url.len() > 2048 {
+        return Err("must be at most 2048 characters");
+    }
+    let parsed = reqwest::Url::parse(url).map_err(|_| "must be an absolute http(s) URL")?;
+    if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
+        return Err("must be an absolute http(s) URL");
+    }
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        return Err("must not carry a user name or password");
+    }
+    Ok(parsed.to_string())
 }
 
 impl UpdateRequest {
@@ -96,7 +190,84 @@ impl UpdateRequest {
             status,
             reason,
             description,
+            redirect_url: None,
         }))
+    }
+
+    /// This status change, taking the referrer's browser to `url` (see [`redirect_url`]) in
+    /// place of the site's default. Other updates carry no redirect: the call is refused.
+    pub fn with_redirect(self, url: Option<String>) -> Result<Self, OutboxError> {
+        let Some(url) = url else { return Ok(self) };
+        let url = redirect_url(&url).map_err(|why| {
+            OutboxError::Invalid(match why {
+                "must not carry a user name or password" => {
+                    "redirect_url must not carry a user name or password"
+                }
+                "must be at most 2048 characters" => "redirect_url must be at most 2048 characters",
+                _ => "redirect_url must be an absolute http(s) URL",
+            })
+        })?;
+        match self.0 {
+            Request::Status {
+                status,
+                reason,
+                description,
+                ..
+            } => Ok(Self(Request::Status {
+                status,
+                reason,
+                description,
+                redirect_url: Some(url),
+            })),
+            _ => Err(OutboxError::Invalid(
+                "only a status change carries a redirect_url",
+            )),
+        }
+    }
+
+    /// How the patient is to book, when there is no date yet; not blank.
+    pub fn booking_instructions(text: String) -> Result<Self, OutboxError> {
+        if text.trim().is_empty() {
+            return Err(OutboxError::Invalid("text must not be empty"));
+        }
+        Ok(Self(Request::BookingInstructions { text }))
+    }
+
+    /// The referral forwarded to the directory listing `listing_ref` (Ocean's reference of the
+    /// listing), under `category` (taken from the referral's messages when `None`).
+    pub fn forward(
+        listing_ref: String,
+        category: Option<Coding>,
+        reason: Option<String>,
+    ) -> Result<Self, OutboxError> {
+        if listing_ref.is_empty()
+            || listing_ref.len() > 200
+            || listing_ref
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_control())
+        {
+            return Err(OutboxError::Invalid(
+                "listing_ref must be 1 to 200 characters without white space",
+            ));
+        }
+        Ok(Self(Request::Forward {
+            listing_ref,
+            category,
+            reason: reason.filter(|r| !r.trim().is_empty()),
+        }))
+    }
+
+    /// The referral's service (`ServiceRequest.code`) or category corrected; at least one.
+    pub fn correction(
+        service: Option<Coding>,
+        category: Option<Coding>,
+    ) -> Result<Self, OutboxError> {
+        if service.is_none() && category.is_none() {
+            return Err(OutboxError::Invalid(
+                "give the corrected service, category or both",
+            ));
+        }
+        Ok(Self(Request::Correction { service, category }))
     }
 
     /// An appointment from `start` to `end` ([`DEFAULT_APPOINTMENT_MINUTES`] after `start`
@@ -146,6 +317,11 @@ pub(super) struct Draft<'a> {
     pub(super) referral: &'a ReferralRecord,
     pub(super) site: &'a str,
     pub(super) endpoint: &'a str,
+    /// The site's redirect for a referral's first Task update.
+    pub(super) redirect_url: Option<&'a str>,
+    /// The referral's ServiceRequest as its newest stored message carrying one has it, read
+    /// when the request [needs it](UpdateRequest::needs_the_original).
+    pub(super) original: Option<&'a OriginalRequest>,
     pub(super) now: OffsetDateTime,
 }
 
@@ -168,7 +344,20 @@ impl UpdateRequest {
     /// Whether a revoked referral refuses it (a status or a booking; a message can still be
     /// sent, and a booked appointment cancelled).
     pub(super) fn needs_a_live_referral(&self) -> bool {
-        matches!(self.0, Request::Status { .. } | Request::Appointment { .. })
+        matches!(
+            self.0,
+            Request::Status { .. }
+                | Request::Appointment { .. }
+                | Request::BookingInstructions { .. }
+                | Request::Forward { .. }
+                | Request::Correction { .. }
+        )
+    }
+
+    /// Whether its message restates the referral's ServiceRequest (read from the stored
+    /// messages).
+    pub(super) fn needs_the_original(&self) -> bool {
+        matches!(self.0, Request::Forward { .. } | Request::Correction { .. })
     }
 
     /// The update this request becomes for `draft`, checked against the referral's Task state
@@ -184,7 +373,16 @@ impl UpdateRequest {
                 status,
                 reason,
                 description,
-            } => status_update(draft, task, transitions, status, reason, description),
+                redirect_url,
+            } => {
+                let change = StatusChange {
+                    status,
+                    reason,
+                    description,
+                    redirect_url,
+                };
+                status_update(draft, task, transitions, change)
+            }
             Request::Appointment {
                 start,
                 end,
@@ -208,21 +406,188 @@ impl UpdateRequest {
                     communication_message(&draft.referral.referral, &id, &text, draft.endpoint)?;
                 Ok(draft.pending(UpdateKind::Message, message))
             }
+            Request::BookingInstructions { text } => {
+                let id = uuid::Uuid::new_v4().to_string();
+                let message = booking_instructions_message(
+                    &draft.referral.referral,
+                    &id,
+                    &text,
+                    draft.endpoint,
+                )?;
+                Ok(draft.pending(UpdateKind::BookingInstructions, message))
+            }
+            Request::Forward {
+                listing_ref,
+                category,
+                reason,
+            } => forward(draft, task, &listing_ref, category, reason.as_deref()),
+            Request::Correction { service, category } => correction(draft, service, category),
         }
     }
 }
 
-/// A Task status change, when the transition table allows it from the current status.
+/// The original ServiceRequest of `draft`, or why there is none.
+fn original<'a>(draft: &Draft<'a>, what: &'static str) -> Result<&'a OriginalRequest, OutboxError> {
+    draft.original.ok_or_else(|| OutboxError::NoServiceRequest {
+        referral: draft.referral.referral.clone(),
+        what,
+    })
+}
+
+/// Task statuses a referral is not forwarded from: its work is over.
+const NOT_FORWARDED_FROM: [&str; 3] = ["completed", "failed", "entered-in-error"];
+
+/// A forward: the referral's Task goes back to `requested`, on a new ServiceRequest for the
+/// listing.
+fn forward(
+    draft: &Draft<'_>,
+    task: &mut TaskState,
+    listing_ref: &str,
+    category: Option<Coding>,
+    reason: Option<&str>,
+) -> Result<UpdateRecord, OutboxError> {
+    let current = current_status(task, draft.referral);
+    if NOT_FORWARDED_FROM.contains(&current.as_str()) {
+        return Err(OutboxError::NotAllowed {
+            referral: draft.referral.referral.clone(),
+            from: current,
+            to: "forwarded".into(),
+        });
+    }
+    let original = original(draft, "carries its ServiceRequest")?;
+    let category = match category {
+        Some(category) => category.to_fhir(),
+        None => original
+            .snomed_category
+            .clone()
+            .ok_or_else(|| OutboxError::NoCategory(draft.referral.referral.clone()))?,
+    };
+    let subject = original
+        .subject
+        .clone()
+        .ok_or_else(|| OutboxError::NoServiceRequest {
+            referral: draft.referral.referral.clone(),
+            what: "names its patient in a way a new ServiceRequest can refer to",
+        })?;
+    let (task_id, first) = task_id(draft, task);
+    let message = forward_message(
+        &draft.referral.referral,
+        &ForwardUpdate {
+            task_id: &task_id,
+            first,
+            listing_ref,
+            category,
+            subject,
+            reason,
+        },
+        draft.endpoint,
+    )?;
+    Ok(UpdateRecord {
+        task_status: Some("requested".into()),
+        task_id: Some(task_id),
+        ..sent_status(draft, task, "requested", UpdateKind::Forward, message)
+    })
+}
+
+/// The referral's ServiceRequest as Ocean should now hold it: what the newest stored message
+/// said of its identity, status, intent, subject and dates, with `service` and `category`
+/// replaced where given.
+fn correction(
+    draft: &Draft<'_>,
+    service: Option<Coding>,
+    category: Option<Coding>,
+) -> Result<UpdateRecord, OutboxError> {
+    let original = original(draft, "carries its ServiceRequest")?;
+    let subject = original
+        .subject
+        .clone()
+        .ok_or_else(|| OutboxError::NoServiceRequest {
+            referral: draft.referral.referral.clone(),
+            what: "names its patient in a way a corrected ServiceRequest can refer to",
+        })?;
+    let sent = &original.resource;
+    let mut request = json!({
+        "resourceType": "ServiceRequest",
+        "id": draft.referral.referral.as_str(),
+        "status": sent["status"].as_str().unwrap_or("active"),
+        "intent": sent["intent"].as_str().unwrap_or("order"),
+        "subject": subject,
+    });
+    for kept in ["identifier", "priority", "authoredOn", "occurrenceDateTime"] {
+        if !sent[kept].is_null() {
+            request[kept] = sent[kept].clone();
+        }
+    }
+    match category {
+        Some(category) => request["category"] = json!([{ "coding": [category.to_fhir()] }]),
+        None if !sent["category"].is_null() => request["category"] = sent["category"].clone(),
+        None => {}
+    }
+    match service {
+        Some(service) => request["code"] = json!({ "coding": [service.to_fhir()] }),
+        None if !sent["code"].is_null() => request["code"] = sent["code"].clone(),
+        None => {}
+    }
+    let message = correction_message(&draft.referral.referral, request, draft.endpoint)?;
+    Ok(draft.pending(UpdateKind::Correction, message))
+}
+
+/// The id of the Task a Task message names, and whether it is the referral's first: Ocean's
+/// own Task for the referral, once its messages carried one (Ocean refuses a Task id it does
+/// not know), else the relay's own, created by its first Task message.
+fn task_id(draft: &Draft<'_>, task: &mut TaskState) -> (String, bool) {
+    let oceans = draft.referral.summary.task_id.clone();
+    let first = !task.task_sent && oceans.is_none();
+    let id = match oceans {
+        Some(id) => task.task_id.insert(id).clone(),
+        None => task
+            .task_id
+            .get_or_insert_with(|| uuid::Uuid::new_v4().to_string())
+            .clone(),
+    };
+    (id, first)
+}
+
+/// The pending update of `kind` carrying a Task message that leaves the Task at `status`,
+/// recorded in `task`.
+fn sent_status(
+    draft: &Draft<'_>,
+    task: &mut TaskState,
+    status: &str,
+    kind: UpdateKind,
+    message: OutgoingMessage,
+) -> UpdateRecord {
+    task.task_sent = true;
+    task.status = Some(status.to_owned());
+    task.status_set_at = Some(draft.now);
+    draft.pending(kind, message)
+}
+
+/// A Task status change as asked.
+struct StatusChange {
+    status: String,
+    reason: Option<String>,
+    description: Option<String>,
+    redirect_url: Option<String>,
+}
+
+/// A Task status change, when the transition table allows it from the current status (and
+/// `completed` also when the referral is booked: Ocean closes booked referrals as completed).
 fn status_update(
     draft: &Draft<'_>,
     task: &mut TaskState,
     transitions: &Transitions,
-    status: String,
-    reason: Option<String>,
-    description: Option<String>,
+    change: StatusChange,
 ) -> Result<UpdateRecord, OutboxError> {
+    let StatusChange {
+        status,
+        reason,
+        description,
+        redirect_url,
+    } = change;
     let current = current_status(task, draft.referral);
-    if !transitions.allows(&current, &status) {
+    let booked = booked(task, draft.referral);
+    if !transitions.allows(&current, &status, booked) {
         return Err(OutboxError::NotAllowed {
             referral: draft.referral.referral.clone(),
             from: current,
@@ -232,18 +597,11 @@ fn status_update(
     if !fhir_check::is_task_status(&status) {
         return Err(OutboxError::NotActionable);
     }
-    // Ocean's own Task for the referral, once its messages carried one, is the Task
-    // to update (Ocean refuses a Task id it does not know); else the relay's own,
-    // created by its first update.
-    let oceans = draft.referral.summary.task_id.clone();
-    let first = !task.task_sent && oceans.is_none();
-    let task_id = match oceans {
-        Some(id) => task.task_id.insert(id).clone(),
-        None => task
-            .task_id
-            .get_or_insert_with(|| uuid::Uuid::new_v4().to_string())
-            .clone(),
-    };
+    let (task_id, first) = task_id(draft, task);
+    // The site's redirect goes with a referral's first Task message only.
+    let redirect_url = redirect_url
+        .as_deref()
+        .or(draft.redirect_url.filter(|_| first));
     let message = task_message(
         &draft.referral.referral,
         &TaskUpdate {
@@ -252,17 +610,26 @@ fn status_update(
             reason: reason.as_deref(),
             description: description.as_deref(),
             first,
+            redirect_url,
         },
         draft.endpoint,
     )?;
-    task.task_sent = true;
-    task.status = Some(status.clone());
-    task.status_set_at = Some(draft.now);
     Ok(UpdateRecord {
-        task_status: Some(status),
+        task_status: Some(status.clone()),
         task_id: Some(task_id),
-        ..draft.pending(UpdateKind::Status, message)
+        ..sent_status(draft, task, &status, UpdateKind::Status, message)
     })
+}
+
+/// Whether the referral has a booked appointment: one the relay booked and did not cancel, or
+/// Ocean's own Appointment `booked`, whichever was set later.
+pub(super) fn booked(task: &TaskState, referral: &ReferralRecord) -> bool {
+    let oceans = referral.summary.appointment_status.as_deref();
+    match (task.appointment(), oceans) {
+        (Some(_), _) => true,
+        (None, Some(status)) => status == "booked",
+        (None, None) => false,
+    }
 }
 
 /// An appointment to book.
@@ -344,7 +711,7 @@ mod tests {
     #[test]
     fn requests_are_checked_when_made() {
         assert!(matches!(
-            UpdateRequest::status("completed".into(), None, None),
+            UpdateRequest::status("failed".into(), None, None),
             Err(OutboxError::NotActionable)
         ));
         assert!(UpdateRequest::status("accepted".into(), None, None).is_ok());

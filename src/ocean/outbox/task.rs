@@ -40,7 +40,7 @@ pub fn task_state<'a>(
     };
     for update in updates {
         match update.kind {
-            UpdateKind::Status => {
+            UpdateKind::Status | UpdateKind::Forward => {
                 task.status.clone_from(&update.task_status);
                 task.status_set_at = Some(update.created_at);
                 task.task_sent = true;
@@ -50,7 +50,7 @@ pub fn task_state<'a>(
             }
             UpdateKind::Appointment => task.set_appointment(update.appointment.as_ref()),
             UpdateKind::CancelAppointment => task.set_appointment(None),
-            UpdateKind::Message => {}
+            UpdateKind::Message | UpdateKind::BookingInstructions | UpdateKind::Correction => {}
         }
     }
     task

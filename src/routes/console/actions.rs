@@ -1,5 +1,6 @@
 //! What a user does to a referral from its page: set its status, book or cancel an appointment,
-//! send a message. Each goes through the same outbox as `/api/v1` (its checks, the transition
+//! send booking instructions or a message, forward it to another listing, correct its service
+//! or category. Each goes through the same outbox as `/api/v1` (its checks, the transition
 //! table, delivery to Ocean with retries), is audited with the user as actor, and leads back to
 //! the referral's page, where the update's delivery state shows.
 
@@ -12,7 +13,7 @@ use time::macros::format_description;
 use super::session::ConsoleUser;
 use super::{ConsoleForm, ConsolePath, PageError};
 use crate::error::AppError;
-use crate::ocean::outbox::UpdateRequest;
+use crate::ocean::outbox::{Coding, UpdateRequest};
 use crate::routes::request;
 use crate::state::AppState;
 
@@ -51,6 +52,8 @@ pub struct StatusForm {
     csrf: Option<String>,
     status: String,
     reason: Option<String>,
+    /// Where Ocean takes the referrer next; empty: the site's default for a first Task.
+    redirect_url: Option<String>,
 }
 
 pub async fn set_status(
@@ -60,7 +63,8 @@ pub async fn set_status(
     ConsoleForm(form): ConsoleForm<StatusForm>,
 ) -> Result<Response, PageError> {
     user.check_csrf(form.csrf.as_deref())?;
-    let request = UpdateRequest::status(form.status, given(form.reason), None)?;
+    let request = UpdateRequest::status(form.status, given(form.reason), None)?
+        .with_redirect(given(form.redirect_url))?;
     accept(&state, &user, &referral, request).await
 }
 
@@ -155,5 +159,78 @@ pub async fn send_message(
 ) -> Result<Response, PageError> {
     user.check_csrf(form.csrf.as_deref())?;
     let request = UpdateRequest::message(form.text)?;
+    accept(&state, &user, &referral, request).await
+}
+
+#[derive(Deserialize)]
+pub struct InstructionsForm {
+    csrf: Option<String>,
+    text: String,
+}
+
+pub async fn booking_instructions(
+    State(state): State<AppState>,
+    user: ConsoleUser,
+    ConsolePath(referral): ConsolePath<String>,
+    ConsoleForm(form): ConsoleForm<InstructionsForm>,
+) -> Result<Response, PageError> {
+    user.check_csrf(form.csrf.as_deref())?;
+    let request = UpdateRequest::booking_instructions(form.text)?;
+    accept(&state, &user, &referral, request).await
+}
+
+#[derive(Deserialize)]
+pub struct ForwardForm {
+    csrf: Option<String>,
+    listing_ref: String,
+    /// A SNOMED CT code; empty: the referral's own.
+    category: Option<String>,
+    reason: Option<String>,
+}
+
+pub async fn forward(
+    State(state): State<AppState>,
+    user: ConsoleUser,
+    ConsolePath(referral): ConsolePath<String>,
+    ConsoleForm(form): ConsoleForm<ForwardForm>,
+) -> Result<Response, PageError> {
+    user.check_csrf(form.csrf.as_deref())?;
+    let category = given(form.category)
+        .map(|code| Coding::new(None, code.trim().to_owned(), None))
+        .transpose()?;
+    let request = UpdateRequest::forward(
+        form.listing_ref.trim().to_owned(),
+        category,
+        given(form.reason),
+    )?;
+    accept(&state, &user, &referral, request).await
+}
+
+#[derive(Deserialize)]
+pub struct CorrectionForm {
+    csrf: Option<String>,
+    /// The corrected service, a SNOMED CT code; empty: unchanged.
+    service: Option<String>,
+    service_display: Option<String>,
+    /// The corrected category, a SNOMED CT code; empty: unchanged.
+    category: Option<String>,
+    category_display: Option<String>,
+}
+
+pub async fn correct(
+    State(state): State<AppState>,
+    user: ConsoleUser,
+    ConsolePath(referral): ConsolePath<String>,
+    ConsoleForm(form): ConsoleForm<CorrectionForm>,
+) -> Result<Response, PageError> {
+    user.check_csrf(form.csrf.as_deref())?;
+    let coding = |code: Option<String>, display: Option<String>| {
+        given(code)
+            .map(|code| Coding::new(None, code.trim().to_owned(), given(display)))
+            .transpose()
+    };
+    let service = coding(form.service, form.service_display)?;
+    let category = coding(form.category, form.category_display)?;
+    let request = UpdateRequest::correction(service, category)?;
     accept(&state, &user, &referral, request).await
 }

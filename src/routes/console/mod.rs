@@ -76,6 +76,18 @@ pub fn router() -> Router<AppState> {
             post(actions::send_message).fallback(method_not_allowed),
         )
         .route(
+            "/console/referrals/{referral}/booking-instructions",
+            post(actions::booking_instructions).fallback(method_not_allowed),
+        )
+        .route(
+            "/console/referrals/{referral}/forward",
+            post(actions::forward).fallback(method_not_allowed),
+        )
+        .route(
+            "/console/referrals/{referral}/correction",
+            post(actions::correct).fallback(method_not_allowed),
+        )
+        .route(
             "/console/watch-list",
             get(pages::watch_list_page).fallback(method_not_allowed),
         )

@@ -58,6 +58,9 @@ fn build() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(updates::book))
         .routes(routes!(updates::cancel))
         .routes(routes!(updates::send_message))
+        .routes(routes!(updates::booking_instructions))
+        .routes(routes!(updates::forward))
+        .routes(routes!(updates::correct))
         .routes(routes!(updates::list_updates))
         .routes(routes!(updates::get_update))
         .routes(routes!(updates::replay))
@@ -141,8 +144,11 @@ mod tests {
             "/api/v1/referrals/{referral}",
             "/api/v1/referrals/{referral}/appointments",
             "/api/v1/referrals/{referral}/appointments/current",
+            "/api/v1/referrals/{referral}/booking-instructions",
+            "/api/v1/referrals/{referral}/correction",
             "/api/v1/referrals/{referral}/documents",
             "/api/v1/referrals/{referral}/documents/{version}/{index}",
+            "/api/v1/referrals/{referral}/forward",
             "/api/v1/referrals/{referral}/messages",
             "/api/v1/referrals/{referral}/status",
             "/api/v1/referrals/{referral}/versions/{version}",

@@ -1,5 +1,5 @@
-//! `/referrals/{referral}/...` updates and `/updates`: a clinic's status changes, appointments
-//! and messages for Ocean, handed to the [`Outbox`](crate::ocean::outbox::Outbox) (`202
+//! `/referrals/{referral}/...` updates and `/updates`: a clinic's status changes, appointments,
+//! booking instructions, messages, forwards and corrections for Ocean, handed to the [`Outbox`](crate::ocean::outbox::Outbox) (`202
 //! {update_id}` means the update is on disk), and the outbox's contents with its dead letters.
 
 use axum::Json;
@@ -12,7 +12,7 @@ use super::extract::{
     Caller, JsonBody, Path, ProblemDoc, Query, after_param, date_time, limit, rfc3339, visible,
 };
 use crate::error::{AppError, Problem};
-use crate::ocean::outbox::UpdateRequest;
+use crate::ocean::outbox::{Coding, UpdateRequest};
 use crate::state::AppState;
 use crate::store::{UpdateRecord, UpdateState};
 
@@ -20,14 +20,72 @@ use crate::store::{UpdateRecord, UpdateState};
 #[serde(deny_unknown_fields)]
 pub struct StatusRequest {
     /// A Task status Ocean acts on: requested, received, accepted, in-progress, on-hold, ready,
-    /// rejected or cancelled.
+    /// rejected, cancelled or completed (from in-progress, or from any started status once the
+    /// referral is booked).
     #[schema(
-        pattern = "^(requested|received|accepted|in-progress|on-hold|ready|rejected|cancelled)$"
+        pattern = "^(requested|received|accepted|in-progress|on-hold|ready|rejected|cancelled|completed)$"
     )]
     status: String,
     /// Why (shown in Ocean, e.g. the reason for declining).
     reason: Option<String>,
     description: Option<String>,
+    /// Where Ocean takes the referrer's browser next: an absolute http(s) URL without user
+    /// name or password, at most 2048 characters (400 otherwise), sent as Ocean's third-party
+    /// redirect extension on the Task. Without it, a referral's first Task carries the site's
+    /// `redirect_url`, if set.
+    #[schema(max_length = 2048)]
+    redirect_url: Option<String>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BookingInstructionsRequest {
+    /// How the patient is to book (shown in Ocean as the appointment's description and
+    /// patient instruction); not blank.
+    #[schema(min_length = 1, pattern = "\\S")]
+    text: String,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ForwardRequest {
+    /// Ocean's reference of the directory listing to forward to (its
+    /// `id-referral-target-reference`): 1 to 200 characters without white space.
+    #[schema(min_length = 1, max_length = 200, pattern = "^\\S+$")]
+    listing_ref: String,
+    /// The SNOMED CT code of the forwarded referral's category; when absent, the SNOMED CT
+    /// category of the referral's stored messages (422 when they carry none).
+    #[schema(min_length = 1, pattern = "^\\S+$")]
+    category: Option<String>,
+    /// Why it is forwarded (the Task's status reason).
+    reason: Option<String>,
+}
+
+/// A code: `code` in `system` (SNOMED CT when absent).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CodeRequest {
+    /// A URI (400 otherwise); SNOMED CT (`http://snomed.info/sct`) when absent.
+    system: Option<String>,
+    /// Not blank, no leading or trailing white space.
+    #[schema(min_length = 1, pattern = "^\\S+(.*\\S)?$")]
+    code: String,
+    display: Option<String>,
+}
+
+impl CodeRequest {
+    fn into_coding(self) -> Result<Coding, crate::ocean::outbox::OutboxError> {
+        Coding::new(self.system, self.code, self.display)
+    }
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CorrectionRequest {
+    /// The corrected service (`ServiceRequest.code`).
+    service: Option<CodeRequest>,
+    /// The corrected category (`ServiceRequest.category`), SNOMED CT unless `system` says.
+    category: Option<CodeRequest>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -134,6 +192,7 @@ async fn accept(
     request_body = StatusRequest,
     responses(
         (status = 202, description = "Stored in the outbox", body = Accepted),
+        (status = 400, description = "`redirect_url` is not an absolute http(s) URL without user name or password", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 409, description = "Not allowed from the current status, or the requester revoked the referral", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 422, description = "A status Ocean does not act on, or no site for the referral", body = ProblemDoc, content_type = "application/problem+json"),
     )
@@ -144,7 +203,83 @@ pub async fn set_status(
     Path(referral): Path<String>,
     JsonBody(request): JsonBody<StatusRequest>,
 ) -> Result<(StatusCode, Json<Accepted>), Problem> {
-    let request = UpdateRequest::status(request.status, request.reason, request.description)?;
+    let request = UpdateRequest::status(request.status, request.reason, request.description)?
+        .with_redirect(request.redirect_url)?;
+    accept(&state, &caller, &referral, request).await
+}
+
+/// Tell the patient how to book when there is no date yet: a proposed Appointment carrying
+/// the text as its description and patient instruction (`notify-add-appointment`).
+#[utoipa::path(
+    post,
+    path = "/referrals/{referral}/booking-instructions",
+    params(("referral" = String, Path, description = "Ocean's referral reference")),
+    request_body = BookingInstructionsRequest,
+    responses(
+        (status = 202, description = "Stored in the outbox", body = Accepted),
+        (status = 409, description = "The requester revoked the referral", body = ProblemDoc, content_type = "application/problem+json"),
+    )
+)]
+pub async fn booking_instructions(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(referral): Path<String>,
+    JsonBody(request): JsonBody<BookingInstructionsRequest>,
+) -> Result<(StatusCode, Json<Accepted>), Problem> {
+    let request = UpdateRequest::booking_instructions(request.text)?;
+    accept(&state, &caller, &referral, request).await
+}
+
+/// Forward the referral to another directory listing: a Task `requested` on a new
+/// ServiceRequest that replaces the referral's, its performer the listing.
+#[utoipa::path(
+    post,
+    path = "/referrals/{referral}/forward",
+    params(("referral" = String, Path, description = "Ocean's referral reference")),
+    request_body = ForwardRequest,
+    responses(
+        (status = 202, description = "Stored in the outbox", body = Accepted),
+        (status = 409, description = "The referral is completed, or the requester revoked it", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 422, description = "No `category` given and none in SNOMED CT in the referral's stored messages, no stored message carries its ServiceRequest, or no site for the referral", body = ProblemDoc, content_type = "application/problem+json"),
+    )
+)]
+pub async fn forward(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(referral): Path<String>,
+    JsonBody(request): JsonBody<ForwardRequest>,
+) -> Result<(StatusCode, Json<Accepted>), Problem> {
+    let category = request
+        .category
+        .map(|code| Coding::new(None, code, None))
+        .transpose()?;
+    let request = UpdateRequest::forward(request.listing_ref, category, request.reason)?;
+    accept(&state, &caller, &referral, request).await
+}
+
+/// Correct the referral's service or category in Ocean (`notify-data-correction` carrying the
+/// corrected ServiceRequest).
+#[utoipa::path(
+    post,
+    path = "/referrals/{referral}/correction",
+    params(("referral" = String, Path, description = "Ocean's referral reference")),
+    request_body = CorrectionRequest,
+    responses(
+        (status = 202, description = "Stored in the outbox", body = Accepted),
+        (status = 400, description = "Neither `service` nor `category` given (a rule between two fields that the schema cannot state), or a code's system is not a URI", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 409, description = "The requester revoked the referral", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 422, description = "No stored message carries the referral's ServiceRequest, or no site for the referral", body = ProblemDoc, content_type = "application/problem+json"),
+    )
+)]
+pub async fn correct(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(referral): Path<String>,
+    JsonBody(request): JsonBody<CorrectionRequest>,
+) -> Result<(StatusCode, Json<Accepted>), Problem> {
+    let service = request.service.map(CodeRequest::into_coding).transpose()?;
+    let category = request.category.map(CodeRequest::into_coding).transpose()?;
+    let request = UpdateRequest::correction(service, category)?;
     accept(&state, &caller, &referral, request).await
 }
 

@@ -111,6 +111,121 @@ async fn actions_go_through_the_outbox_to_ocean_offer_only_allowed_statuses_and_
 }
 
 #[tokio::test]
+async fn the_referral_page_sends_instructions_forwards_corrects_and_redirects_through_the_outbox() {
+    let ocean = crate::support::ocean::MockOcean::start().await;
+    let app = with_referrals(&users_config(&crate::support::flow::config(&ocean, "form"))).await;
+    let mut visitor = Visitor::new(&app);
+    visitor.sign_in("alice", ALICE_PASSWORD).await;
+    let page = visitor.get("/console/referrals/TST-0010-BBBB").await;
+    for form in ["booking-instructions", "forward", "correction"] {
+        assert!(
+            page.html.contains(&format!(
+                "action=\"/console/referrals/TST-0010-BBBB/{form}\""
+            )),
+            "{form}: {}",
+            page.html
+        );
+    }
+    let csrf = page.csrf();
+    let post = async |visitor: &mut Visitor<'_>, path: &str, form: &[(&str, &str)]| {
+        let mut fields = vec![("csrf", csrf.as_str())];
+        fields.extend_from_slice(form);
+        visitor
+            .post(&format!("/console/referrals/TST-0010-BBBB/{path}"), &fields)
+            .await
+    };
+    let done = post(
+        &mut visitor,
+        "status",
+        &[
+            ("status", "accepted"),
+            ("redirect_url", "https://clinic.example/next"),
+        ],
+    )
+    .await;
+    assert_eq!(done.status, 303, "{}", done.html);
+    let bad = post(
+        &mut visitor,
+        "status",
+        &[("status", "in-progress"), ("redirect_url", "not a url")],
+    )
+    .await;
+    assert_eq!(bad.status, 400, "{}", bad.html);
+    let done = post(
+        &mut visitor,
+        "booking-instructions",
+        &[("text", "Call 555-0100 to book.")],
+    )
+    .await;
+    assert_eq!(done.status, 303, "{}", done.html);
+    let done = post(
+        &mut visitor,
+        "correction",
+        &[
+            ("service", ""),
+            ("category", "394579002"),
+            ("category_display", "Cardiology"),
+        ],
+    )
+    .await;
+    assert_eq!(done.status, 303, "{}", done.html);
+    // The v0.10 referral's category is text only: a forward must name one.
+    let refused = post(&mut visitor, "forward", &[("listing_ref", "LISTING-9")]).await;
+    assert_eq!(refused.status, 422, "{}", refused.html);
+    assert!(refused.html.contains("SNOMED CT"), "{}", refused.html);
+    let done = post(
+        &mut visitor,
+        "forward",
+        &[("listing_ref", "LISTING-9"), ("category", "394579002")],
+    )
+    .await;
+    assert_eq!(done.status, 303, "{}", done.html);
+
+    eventually("the four actions reaching Ocean", async || {
+        ocean.delivered().len() == 4
+    })
+    .await;
+    let events: Vec<String> = ocean
+        .delivered()
+        .iter()
+        .map(|m| {
+            m["entry"][0]["resource"]["eventCoding"]["code"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(
+        events,
+        [
+            "notify-add-process-request",
+            "notify-add-appointment",
+            "notify-data-correction",
+            "notify-update-process-request"
+        ]
+    );
+    assert_eq!(
+        ocean.delivered()[0]["entry"][1]["resource"]["extension"][0]["valueUri"],
+        "https://clinic.example/next"
+    );
+    crate::support::peers::assert_valid_r4(&ocean.delivered());
+    let kinds: Vec<String> = app
+        .store
+        .audit_entries(0, 10_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.action == "UPDATE_ACCEPTED")
+        .map(|e| e.details["kind"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        kinds,
+        ["status", "booking-instructions", "correction", "forward"]
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn the_backup_form_counts_exports_marks_only_what_it_wrote_and_names_the_user() {
     let app = with_referrals(&users_config("")).await;
     let mut visitor = Visitor::new(&app);

@@ -10,7 +10,7 @@ use crate::support::flow::*;
 async fn statuses_are_checked_against_what_ocean_acts_on_and_the_state_table() {
     let (app, _ocean) = setup("form").await;
     let path = format!("/api/v1/referrals/{REF}/status");
-    let reply = post(&app, &path, json!({"status": "completed"})).await;
+    let reply = post(&app, &path, json!({"status": "failed"})).await;
     assert_eq!(reply.status, 422, "{}", reply.body);
     let reply = post(&app, &path, json!({"status": "in-progress"})).await;
     assert_eq!(reply.status, 409);

@@ -232,7 +232,9 @@ async fn message(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: Byte
     let parsed: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     // Ocean's own rules apply to a message it would otherwise take.
     let next = match next {
-        None => task_refusal(&inner, &parsed).map(|refusal| Answer::Outcome(422, refusal)),
+        None => message_refusal(&parsed)
+            .or_else(|| task_refusal(&inner, &parsed))
+            .map(|refusal| Answer::Outcome(422, refusal)),
         scripted => scripted,
     };
     let mut status = 200;
@@ -290,6 +292,102 @@ async fn message(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: Byte
         answered: status,
     });
     response
+}
+
+/// The event codes Ocean takes from a receiver.
+const EVENTS: [&str; 6] = [
+    "notify-add-process-request",
+    "notify-update-process-request",
+    "notify-add-appointment",
+    "notify-update-appointment",
+    "send-communication-from-provider",
+    "notify-data-correction",
+];
+
+/// Why Ocean refuses a message whatever the referral's Task, if it does: an event it does not
+/// take; a forward's new ServiceRequest without a SNOMED CT category, not replacing the
+/// referral's, or not performed by a listing; a proposed Appointment without instructions for
+/// the patient, or a booked one without a start; a correction that is not the referral's
+/// ServiceRequest; a redirect that is not an absolute http(s) URL.
+fn message_refusal(bundle: &Value) -> Option<&'static str> {
+    let entries = bundle["entry"].as_array()?;
+    let resources: Vec<&Value> = entries.iter().map(|e| &e["resource"]).collect();
+    let by_url = |url: &str| {
+        entries
+            .iter()
+            .find(|e| e["fullUrl"] == url)
+            .map(|e| &e["resource"])
+    };
+    let header = resources
+        .iter()
+        .find(|r| r["resourceType"] == "MessageHeader")?;
+    let referral = header["extension"][0]["valueString"].as_str()?;
+    let event = header["eventCoding"]["code"].as_str()?;
+    if !EVENTS.contains(&event) {
+        return Some("this event is not taken from a receiver");
+    }
+    let focus = header["focus"][0]["reference"].as_str().and_then(by_url)?;
+    match (event, focus["resourceType"].as_str()?) {
+        ("notify-data-correction", "ServiceRequest") if focus["id"] != referral => {
+            return Some("a correction must carry the referral's own ServiceRequest");
+        }
+        ("notify-data-correction", "ServiceRequest") => {}
+        ("notify-data-correction", _) => return Some("a correction carries a ServiceRequest"),
+        (_, "Task") => {
+            let based_on = focus["basedOn"][0]["reference"].as_str()?;
+            if based_on != format!("ServiceRequest/{referral}") {
+                // A forward: a new ServiceRequest replacing the referral's, for a listing.
+                let request = by_url(based_on)?;
+                if request["replaces"][0]["reference"] != format!("ServiceRequest/{referral}") {
+                    return Some("a forwarded ServiceRequest must replace the referral's");
+                }
+                let snomed = request["category"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .flat_map(|c| c["coding"].as_array().into_iter().flatten())
+                    .any(|c| c["system"] == "http://snomed.info/sct" && c["code"].is_string());
+                if !snomed {
+                    return Some("a forwarded ServiceRequest needs a SNOMED CT category");
+                }
+                let listing = request["performer"][0]["reference"]
+                    .as_str()
+                    .and_then(by_url)?;
+                let names_listing = listing["identifier"].as_array().is_some_and(|ids| {
+                    ids.iter().any(|i| {
+                        i["system"]
+                            .as_str()
+                            .is_some_and(|s| s.ends_with("/id-referral-target-reference"))
+                            && i["value"].is_string()
+                    })
+                });
+                if !names_listing || focus["status"] != "requested" {
+                    return Some("a forward is a requested Task for a listing");
+                }
+            }
+            for extension in focus["extension"].as_array().into_iter().flatten() {
+                if extension["url"]
+                    == "https://ocean.cognisantmd.com/ext-ocean-third-party-redirect-url"
+                {
+                    let url = extension["valueUri"].as_str().unwrap_or_default();
+                    if !(url.starts_with("https://") || url.starts_with("http://")) {
+                        return Some("the redirect must be an absolute http(s) URL");
+                    }
+                }
+            }
+        }
+        (_, "Appointment") => match focus["status"].as_str()? {
+            "proposed" if !focus["patientInstruction"].is_string() => {
+                return Some("a proposed appointment needs instructions for the patient");
+            }
+            "booked" if !focus["start"].is_string() => {
+                return Some("a booked appointment needs its start");
+            }
+            _ => {}
+        },
+        _ => {}
+    }
+    None
 }
 
 /// Why Ocean refuses a Task message, if it does: a Task it does not know for a referral that has

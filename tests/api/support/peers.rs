@@ -188,6 +188,41 @@ fn medplum_modules() -> PathBuf {
         .clone()
 }
 
+/// Medplum's R4 validator's problems with each of `resources` (a Bundle's entries are checked
+/// too), in order; an empty list means valid. Runs `tests/peers/validate_r4.mjs` once for all.
+pub fn medplum_problems(resources: &[Value]) -> Vec<Vec<String>> {
+    use std::io::Write;
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/peers/validate_r4.mjs");
+    let mut child = Command::new("node")
+        .arg(script)
+        .env("MEDPLUM_MODULES", medplum_modules())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("node (20) is needed to validate with Medplum");
+    let input = serde_json::to_vec(resources).unwrap();
+    child.stdin.take().unwrap().write_all(&input).unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(output.status.success(), "the Medplum validator failed");
+    let found: Vec<Vec<String>> = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(found.len(), resources.len());
+    found
+}
+
+/// Panics with Medplum's problems unless every one of `resources` is valid R4.
+pub fn assert_valid_r4(resources: &[Value]) {
+    let problems: Vec<(usize, Vec<String>)> = medplum_problems(resources)
+        .into_iter()
+        .enumerate()
+        .filter(|(_, p)| !p.is_empty())
+        .collect();
+    assert!(
+        problems.is_empty(),
+        "Medplum's R4 validator refused: {problems:?}"
+    );
+}
+
 /// `tests/peers/fhir_server.mjs` on a loopback port: a FHIR server that applies transactions
 /// and validates every resource with Medplum. Killed when dropped.
 pub struct FhirServer {
