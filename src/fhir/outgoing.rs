@@ -216,12 +216,17 @@ pub fn forward_message(
 }
 
 /// The referral's ServiceRequest, corrected: `request` is the whole resource as Ocean should
-/// now hold it, its `id` the referral reference.
+/// now hold it, its `id` the referral reference (which must be a FHIR id to be one).
 pub fn correction_message(
     referral: &ReferralRef,
     request: Value,
     ocean_endpoint: &str,
 ) -> Result<OutgoingMessage, BuildError> {
+    if !super::is_fhir_id(referral.as_str()) {
+        return Err(BuildError(
+            "the referral reference is not a FHIR id (1 to 64 letters, digits, '-' and '.'), so it cannot be its ServiceRequest's id".into(),
+        ));
+    }
     let request = checked(Kind::ServiceRequest, request)?;
     message(
         referral,
@@ -409,4 +414,47 @@ fn message(
         event,
         json: bundle.to_string(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ENDPOINT: &str = "https://ocean.example/svc/fhir/v1/$process-messages";
+
+    fn request(id: &str) -> Value {
+        json!({
+            "resourceType": "ServiceRequest", "id": id, "status": "active", "intent": "order",
+            "subject": {"reference": "Patient/p-1"},
+        })
+    }
+
+    #[test]
+    fn a_correction_names_the_referrals_service_request_at_oceans_address() {
+        let referral = ReferralRef::parse("R-1.a").unwrap();
+        let sent = correction_message(&referral, request("R-1.a"), ENDPOINT).unwrap();
+        let bundle: Value = serde_json::from_str(&sent.json).unwrap();
+        assert_eq!(sent.event, OutboundEvent::NotifyDataCorrection);
+        assert_eq!(
+            bundle["entry"][1]["fullUrl"],
+            "https://ocean.example/svc/fhir/v1/ServiceRequest/R-1.a"
+        );
+        // A reference that cannot be a resource id cannot name the ServiceRequest.
+        let odd = ReferralRef::parse("R_1").unwrap();
+        let refused = correction_message(&odd, request("R_1"), ENDPOINT).unwrap_err();
+        assert!(refused.to_string().contains("not a FHIR id"), "{refused}");
+    }
+
+    #[test]
+    fn booking_instructions_are_a_proposed_appointment_without_times() {
+        let referral = ReferralRef::parse("R-1").unwrap();
+        let id = uuid::Uuid::new_v4().to_string();
+        let sent = booking_instructions_message(&referral, &id, "Call us", ENDPOINT).unwrap();
+        let bundle: Value = serde_json::from_str(&sent.json).unwrap();
+        let appointment = &bundle["entry"][1]["resource"];
+        assert_eq!(appointment["status"], "proposed");
+        assert_eq!(appointment["patientInstruction"], "Call us");
+        assert!(appointment.get("start").is_none());
+        assert_eq!(sent.event, OutboundEvent::NotifyAddAppointment);
+    }
 }

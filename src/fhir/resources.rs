@@ -222,19 +222,13 @@ pub(super) fn task_view(t: &Object<'_>) -> TaskView {
 /// (`.../Type/id`); a `urn:uuid:` name is local to one message and does not count. Only a valid
 /// FHIR id (R4 `id`: 1 to 64 of `A-Z a-z 0-9 - .`) counts: it is sent back to Ocean.
 pub(super) fn server_id(entry: &Entry<'_>) -> Option<String> {
-    let is_fhir_id = |id: &String| {
-        (1..=64).contains(&id.len())
-            && id
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
-    };
     non_empty(entry.resource.text("id"))
         .or_else(|| {
             let url = entry.full_url.as_deref()?;
             let restful = super::bundle::Restful::parse(url)?;
             non_empty(Some(restful.id.to_owned()))
         })
-        .filter(is_fhir_id)
+        .filter(|id| super::is_fhir_id(id))
 }
 
 #[derive(Debug, Default, PartialEq, Eq)]

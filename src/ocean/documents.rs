@@ -282,16 +282,11 @@ fn address(base: &str, document: &DocumentRecord) -> Result<Url, String> {
     }
 }
 
-/// Whether `segment` is a FHIR resource id (FHIR R4 `id`: 1 to 64 of `A-Z a-z 0-9 - .`), and
-/// not only dots (a dot-segment to every URL parser, WHATWG URL §4.1). Nothing else is put in,
-/// or accepted in, a document's address: an encoded `/`, `\` or `;` could reach another path on
-/// a server that decodes them.
+/// Whether `segment` is a FHIR resource id ([`crate::fhir::is_fhir_id`]). Nothing else is put
+/// in, or accepted in, a document's address: an encoded `/`, `\` or `;` could reach another
+/// path on a server that decodes them.
 fn fhir_id(segment: &str) -> bool {
-    (1..=64).contains(&segment.len())
-        && segment
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.'))
-        && !segment.bytes().all(|b| b == b'.')
+    crate::fhir::is_fhir_id(segment)
 }
 
 /// The referral's letter on the site whose FHIR base is `site`.
