@@ -86,6 +86,7 @@ async fn the_watch_list_summary_is_mailed_with_counts_only() {
         "appointment_passed",
         "revoked_after_action",
         "nearing_archival",
+        "closed_by_ocean",
     ] {
         assert!(
             mails[0].body.contains(&format!("{kind}: ")),
