@@ -125,7 +125,9 @@ impl From<OutboxError> for AppError {
     fn from(e: OutboxError) -> Self {
         let message = e.to_string();
         match e {
-            OutboxError::Invalid(_) => Self::BadRequest(message),
+            OutboxError::Invalid(_) | OutboxError::BadText { .. } | OutboxError::Redirect(_) => {
+                Self::BadRequest(message)
+            }
             OutboxError::NotActionable
             | OutboxError::NoSite(_)
             | OutboxError::NoCategory(_)
@@ -133,7 +135,8 @@ impl From<OutboxError> for AppError {
             | OutboxError::Build(_) => Self::Unprocessable(message),
             OutboxError::NotAllowed { .. }
             | OutboxError::NotDead { .. }
-            | OutboxError::Revoked(_) => Self::Conflict(message),
+            | OutboxError::Revoked(_)
+            | OutboxError::Booked(_) => Self::Conflict(message),
             OutboxError::NoAppointment(_) | OutboxError::UnknownUpdate(_) => {
                 Self::NotFound(message)
             }

@@ -148,13 +148,20 @@ fn task_event(first: bool) -> OutboundEvent {
     }
 }
 
-/// The identifier system of directory listings on the Ocean host of `ocean_endpoint` (its
-/// `{base}/svc/fhir/v1/$process-messages`).
-fn listing_system(ocean_endpoint: &str) -> String {
-    let base = ocean_endpoint
+/// Ocean's FHIR base (`{host}/svc/fhir/v1/`) from where it takes messages
+/// (`{base}$process-messages`); a stand-in base when the endpoint is not of that form.
+fn fhir_base(ocean_endpoint: &str) -> &str {
+    ocean_endpoint
         .strip_suffix("$process-messages")
-        .unwrap_or("urn:referral-relay/");
-    format!("{base}NamingSystem{SYS_REFERRAL_TARGET}")
+        .unwrap_or("urn:referral-relay/")
+}
+
+/// The identifier system of directory listings on the Ocean host of `ocean_endpoint`.
+fn listing_system(ocean_endpoint: &str) -> String {
+    format!(
+        "{}NamingSystem{SYS_REFERRAL_TARGET}",
+        fhir_base(ocean_endpoint)
+    )
 }
 
 pub fn forward_message(
@@ -367,10 +374,7 @@ fn message(
         format!("urn:uuid:{focus_id}")
     } else {
         let kind = focus["resourceType"].as_str().unwrap_or("Resource");
-        let base = ocean_endpoint
-            .strip_suffix("$process-messages")
-            .unwrap_or("urn:referral-relay/");
-        format!("{base}{kind}/{focus_id}")
+        format!("{}{kind}/{focus_id}", fhir_base(ocean_endpoint))
     };
     let header = checked(
         Kind::MessageHeader,

@@ -248,8 +248,9 @@ fn referral_system(message: &Value) -> String {
         .unwrap_or_else(|| FALLBACK_REFERRAL_SYSTEM.to_owned())
 }
 
-/// The identifier a Patient is keyed by (see the module's documentation).
-fn patient_key(patient: &Value, referral: &str) -> Value {
+/// The Patient's health card number: its first identifier with a system and a value whose
+/// system is Ontario's health card system or whose type is `JHN`.
+pub(super) fn health_card(patient: &Value) -> Option<&Value> {
     let identifiers = patient["identifier"].as_array().into_iter().flatten();
     let usable = |i: &&Value| i["system"].is_string() && i["value"].is_string();
     let is_hcn = |i: &&Value| {
@@ -258,7 +259,12 @@ fn patient_key(patient: &Value, referral: &str) -> Value {
                 .as_array()
                 .is_some_and(|c| c.iter().any(|c| c["code"] == "JHN"))
     };
-    match identifiers.filter(usable).find(is_hcn) {
+    identifiers.filter(usable).find(is_hcn)
+}
+
+/// The identifier a Patient is keyed by (see the module's documentation).
+fn patient_key(patient: &Value, referral: &str) -> Value {
+    match health_card(patient) {
         Some(i) => json!({"system": i["system"], "value": i["value"]}),
         None => json!({"system": PATIENT_OF_REFERRAL_SYSTEM, "value": referral}),
     }

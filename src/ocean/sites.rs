@@ -56,7 +56,10 @@ impl Sites {
                     name: name.clone(),
                     service_ids: site.service_ids.clone(),
                     client: Arc::new(OceanClient::new(site, timeout)?),
-                    redirect_url: Some(site.redirect_url.clone()).filter(|u| !u.is_empty()),
+                    // Sent as serialised (validated when the config was loaded).
+                    redirect_url: Some(site.redirect_url.as_str())
+                        .filter(|u| !u.is_empty())
+                        .and_then(|u| super::outbox::redirect_url(u).ok()),
                 })
             })
             .collect::<anyhow::Result<_>>()?;

@@ -17,7 +17,14 @@ pub const ACTIONABLE: &[&str] = &[
 
 /// Statuses a booked referral may be closed as `completed` from, whatever the table says:
 /// Ocean closes booked referrals itself, and its own clients complete them.
-const BOOKED_COMPLETES_FROM: &[&str] = &["received", "accepted", "ready", "in-progress", "on-hold"];
+const BOOKED_COMPLETES_FROM: &[&str] = &[
+    "requested",
+    "received",
+    "accepted",
+    "ready",
+    "in-progress",
+    "on-hold",
+];
 
 /// The built-in table: current status → statuses it may move to. FHIR's typical Task flow,
 /// plus Ocean's reopening of a declined (rejected or cancelled) referral.
@@ -115,8 +122,10 @@ mod tests {
         assert!(!t.allows("accepted", "completed", false));
         assert!(t.allows("accepted", "completed", true));
         assert!(t.allows("on-hold", "completed", true));
-        // Not from a new referral, a declined one, or one already closed.
-        assert!(!t.allows("requested", "completed", true));
+        // Ocean closes booked referrals whatever their Task says; not a declined one, nor
+        // one already closed.
+        assert!(t.allows("requested", "completed", true));
+        assert!(!t.allows("requested", "completed", false));
         assert!(!t.allows("rejected", "completed", true));
         assert!(!t.allows("completed", "completed", true));
         assert_eq!(

@@ -136,7 +136,8 @@ pub struct Facts {
     pub revoked: Option<OffsetDateTime>,
     /// Its terminal state, if it is in one.
     pub terminal: Option<Terminal>,
-    /// When Ocean's Task became `completed`, if the clinic never sent `completed` itself.
+    /// When Ocean's Task or ServiceRequest became `completed` (the later), if the clinic never
+    /// sent `completed` itself.
     pub closed_by_ocean: Option<OffsetDateTime>,
     /// The clinic acted in Ocean itself: Ocean's Task is past `requested`/`received`, or
     /// Ocean sent an Appointment.
@@ -201,20 +202,30 @@ impl Facts {
                 at,
             });
         }
-        if summary.service_request_status.as_deref() == Some("completed") {
-            terminals.push(Terminal {
-                state: "completed",
-                at: set_at(Part::ServiceRequest),
-            });
-        }
-        // Ocean's own completion: its Task says `completed`, and the clinic never sent it.
+        // Ocean's own completion: its Task or ServiceRequest says `completed`, and the clinic
+        // never sent it (a dead letter never reached Ocean).
         let clinic_completed = statuses
             .iter()
-            .any(|u| u.task_status.as_deref() == Some("completed"));
+            .any(|u| u.task_status.as_deref() == Some("completed") && u.state != UpdateState::Dead);
         let mut closed_by_ocean = None;
+        if summary.service_request_status.as_deref() == Some("completed") {
+            let at = set_at(Part::ServiceRequest);
+            if clinic_completed {
+                terminals.push(Terminal {
+                    state: "completed",
+                    at,
+                });
+            } else {
+                closed_by_ocean = Some(at);
+                terminals.push(Terminal {
+                    state: "closed by Ocean",
+                    at,
+                });
+            }
+        }
         match task {
             Some(("completed", at)) if !clinic_completed => {
-                closed_by_ocean = Some(at);
+                closed_by_ocean = closed_by_ocean.max(Some(at));
                 terminals.push(Terminal {
                     state: "closed by Ocean",
                     at,

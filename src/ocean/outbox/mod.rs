@@ -14,17 +14,30 @@ use std::sync::Arc;
 use time::OffsetDateTime;
 use tokio::sync::{Mutex, Notify};
 
+use self::request::Draft;
 pub use self::request::{
-    Coding, DEFAULT_APPOINTMENT_MINUTES, OutboxError, UpdateRequest, redirect_url,
+    Coding, DEFAULT_APPOINTMENT_MINUTES, OutboxError, RedirectError, UpdateRequest, redirect_url,
 };
-use self::request::{Draft, booked};
 pub use self::task::task_state;
 use self::task::{REVOKED, current_status};
 use super::sites::Sites;
 use super::transitions::Transitions;
 use crate::config::Config;
-use crate::fhir::original::{OriginalRequest, service_request_of};
+use crate::fhir::message::{OriginalRequest, service_request_of};
 use crate::store::{ReferralRecord, Store, StoreError, UpdateRecord, UpdateState};
+
+/// Whether `referral` has a booked appointment now: the one booked last, by the clinic through
+/// the relay or by Ocean, whichever was set later, and not cancelled since (the watch-list's
+/// reading of both sides, [`Facts`](crate::watch_list::Facts)).
+pub(crate) async fn booked(
+    store: &dyn Store,
+    referral: &ReferralRecord,
+) -> Result<bool, StoreError> {
+    let updates = crate::store::referral_updates(store, &referral.referral).await?;
+    Ok(crate::watch_list::Facts::read(referral, &updates)
+        .booked
+        .is_some())
+}
 
 /// Attempts of [`Outbox::accept`] when other replicas keep changing the referral's Task state.
 const MAX_RACES: usize = 8;
@@ -65,7 +78,9 @@ impl Outbox {
     ) -> Result<(String, Vec<String>), OutboxError> {
         let task = self.store.task_state(&referral.referral).await?;
         let current = current_status(&task, referral);
-        let next = self.transitions.next(&current, booked(&task, referral));
+        let next = self
+            .transitions
+            .next(&current, booked(self.store.as_ref(), referral).await?);
         Ok((current, next))
     }
 
@@ -118,6 +133,7 @@ impl Outbox {
         {
             return Err(OutboxError::Revoked(reference.clone()));
         }
+        let booked = booked(self.store.as_ref(), referral).await?;
         let original = if request.needs_the_original() {
             self.original_request(referral).await?
         } else {
@@ -128,6 +144,7 @@ impl Outbox {
             site: site.name(),
             endpoint: &site.client().messages_url(),
             redirect_url: site.redirect_url(),
+            booked,
             original: original.as_ref(),
             now,
         };

@@ -7,10 +7,11 @@ use time::OffsetDateTime;
 
 use super::super::transitions::{ACTIONABLE, Transitions};
 use super::task::current_status;
+use fhir_check::Kind;
 use serde_json::{Value, json};
 
 use crate::domain::ReferralRef;
-use crate::fhir::original::OriginalRequest;
+use crate::fhir::message::OriginalRequest;
 use crate::fhir::outgoing::{
     AppointmentUpdate, BuildError, ForwardUpdate, OutgoingMessage, TaskUpdate, appointment_message,
     booking_instructions_message, communication_message, correction_message, forward_message,
@@ -31,6 +32,16 @@ pub enum OutboxError {
     /// The request itself is wrong (a blank message, an appointment ending before it starts).
     #[error("{0}")]
     Invalid(&'static str),
+    /// A field's text cannot go into the FHIR element it fills (R4's `string`, `code` or `uri`
+    /// rules).
+    #[error("{field} {rule}")]
+    BadText {
+        field: &'static str,
+        rule: &'static str,
+    },
+    /// A `redirect_url` that is not a page to send a browser to.
+    #[error("redirect_url {0}")]
+    Redirect(RedirectError),
     /// A Task status Ocean does not act on.
     #[error("status must be one Ocean acts on: {}", ACTIONABLE.join(", "))]
     NotActionable,
@@ -52,6 +63,9 @@ pub enum OutboxError {
     /// A cancellation, but no appointment booked through the relay is current.
     #[error("referral {0} has no current appointment booked through this relay")]
     NoAppointment(ReferralRef),
+    /// Booking instructions for a referral with a booked appointment.
+    #[error("referral {0} has a booked appointment: cancel it before sending booking instructions")]
+    Booked(ReferralRef),
     /// A forward without a category, and none in SNOMED CT in the referral's stored messages
     /// (Ocean requires one on the new ServiceRequest).
     #[error(
@@ -131,19 +145,24 @@ impl Coding {
         code: String,
         display: Option<String>,
     ) -> Result<Self, OutboxError> {
-        if code.is_empty() || code.trim() != code || code.contains(['\n', '\r', '\t']) {
-            return Err(OutboxError::Invalid(
-                "a code must not be blank, nor start or end with white space",
-            ));
+        if !crate::fhir::is_fhir_code(&code) {
+            return Err(OutboxError::BadText {
+                field: "code",
+                rule: "must be words separated by single spaces, without control characters",
+            });
         }
         let system = system.unwrap_or_else(|| SNOMED_CT.to_owned());
-        if reqwest::Url::parse(&system).is_err() && !system.starts_with("urn:") {
-            return Err(OutboxError::Invalid("a code's system must be a URI"));
+        let absolute = reqwest::Url::parse(&system).is_ok() || system.starts_with("urn:");
+        if !absolute || !crate::fhir::is_fhir_uri(&system) {
+            return Err(OutboxError::BadText {
+                field: "system",
+                rule: "must be an absolute URI without white space",
+            });
         }
         Ok(Self {
             system,
             code,
-            display: display.filter(|d| !d.trim().is_empty()),
+            display: optional_text("display", display)?,
         })
     }
 
@@ -156,23 +175,57 @@ impl Coding {
     }
 }
 
-/// Checks a URL to send the referrer's browser to: absolute http(s), with a host and no user
-/// name or password, at most 2048 characters.
+/// Why a URL is not one to send the referrer's browser to; its text ends a sentence naming the
+/// field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum RedirectError {
+    #[error("must be an absolute http(s) URL")]
+    NotHttp,
+    #[error("must not carry a user name or password")]
+    Credentials,
+    #[error("must be at most 2048 characters once encoded")]
+    TooLong,
+}
+
+/// A URL to send the referrer's browser to, as it is sent: `url` parsed and serialised by the
+/// WHATWG URL rules (spaces and non-ASCII characters percent-encoded, tabs and line breaks
+/// removed), so it is a valid FHIR `uri`.
 ///
 /// # Errors
-/// What is wrong with it, as the end of a sentence naming the field.
-pub fn redirect_url(url: &str) -> Result<String, &'static str> {
-    if url.len() > 2048 {
-        return Err("must be at most 2048 characters");
-    }
-    let parsed = reqwest::Url::parse(url).map_err(|_| "must be an absolute http(s) URL")?;
+/// Not absolute http(s) with a host, a user name or password in it, or longer than 2048
+/// characters once encoded.
+pub fn redirect_url(url: &str) -> Result<String, RedirectError> {
+    let parsed = reqwest::Url::parse(url).map_err(|_| RedirectError::NotHttp)?;
     if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
-        return Err("must be an absolute http(s) URL");
+        return Err(RedirectError::NotHttp);
     }
     if !parsed.username().is_empty() || parsed.password().is_some() {
-        return Err("must not carry a user name or password");
+        return Err(RedirectError::Credentials);
     }
-    Ok(parsed.to_string())
+    let encoded = String::from(parsed);
+    if encoded.len() > 2048 {
+        return Err(RedirectError::TooLong);
+    }
+    Ok(encoded)
+}
+
+/// `text` of `field`, when it is a FHIR `string`.
+fn fhir_text(field: &'static str, text: String) -> Result<String, OutboxError> {
+    if crate::fhir::is_fhir_string(&text) {
+        Ok(text)
+    } else {
+        Err(OutboxError::BadText {
+            field,
+            rule: "must not hold control characters (other than tabs and line breaks)",
+        })
+    }
+}
+
+/// `text` of `field` when given, checked as [`fhir_text`]; blank is absent.
+fn optional_text(field: &'static str, text: Option<String>) -> Result<Option<String>, OutboxError> {
+    text.filter(|t| !t.trim().is_empty())
+        .map(|t| fhir_text(field, t))
+        .transpose()
 }
 
 impl UpdateRequest {
@@ -188,8 +241,8 @@ impl UpdateRequest {
         }
         Ok(Self(Request::Status {
             status,
-            reason,
-            description,
+            reason: optional_text("reason", reason)?,
+            description: optional_text("description", description)?,
             redirect_url: None,
         }))
     }
@@ -198,15 +251,7 @@ impl UpdateRequest {
     /// place of the site's default. Other updates carry no redirect: the call is refused.
     pub fn with_redirect(self, url: Option<String>) -> Result<Self, OutboxError> {
         let Some(url) = url else { return Ok(self) };
-        let url = redirect_url(&url).map_err(|why| {
-            OutboxError::Invalid(match why {
-                "must not carry a user name or password" => {
-                    "redirect_url must not carry a user name or password"
-                }
-                "must be at most 2048 characters" => "redirect_url must be at most 2048 characters",
-                _ => "redirect_url must be an absolute http(s) URL",
-            })
-        })?;
+        let url = redirect_url(&url).map_err(OutboxError::Redirect)?;
         match self.0 {
             Request::Status {
                 status,
@@ -230,6 +275,7 @@ impl UpdateRequest {
         if text.trim().is_empty() {
             return Err(OutboxError::Invalid("text must not be empty"));
         }
+        let text = fhir_text("text", text)?;
         Ok(Self(Request::BookingInstructions { text }))
     }
 
@@ -240,8 +286,7 @@ impl UpdateRequest {
         category: Option<Coding>,
         reason: Option<String>,
     ) -> Result<Self, OutboxError> {
-        if listing_ref.is_empty()
-            || listing_ref.len() > 200
+        if !(1..=200).contains(&listing_ref.chars().count())
             || listing_ref
                 .chars()
                 .any(|c| c.is_whitespace() || c.is_control())
@@ -253,7 +298,7 @@ impl UpdateRequest {
         Ok(Self(Request::Forward {
             listing_ref,
             category,
-            reason: reason.filter(|r| !r.trim().is_empty()),
+            reason: optional_text("reason", reason)?,
         }))
     }
 
@@ -292,8 +337,8 @@ impl UpdateRequest {
             start,
             end,
             confirmed,
-            location,
-            notes,
+            location: optional_text("location", location)?,
+            notes: optional_text("notes", notes)?,
         }))
     }
 
@@ -307,6 +352,7 @@ impl UpdateRequest {
         if text.trim().is_empty() {
             return Err(OutboxError::Invalid("text must not be empty"));
         }
+        let text = fhir_text("text", text)?;
         Ok(Self(Request::Message { text }))
     }
 }
@@ -319,6 +365,8 @@ pub(super) struct Draft<'a> {
     pub(super) endpoint: &'a str,
     /// The site's redirect for a referral's first Task update.
     pub(super) redirect_url: Option<&'a str>,
+    /// Whether the referral has a booked appointment now (see [`booked`](super::booked)).
+    pub(super) booked: bool,
     /// The referral's ServiceRequest as its newest stored message carrying one has it, read
     /// when the request [needs it](UpdateRequest::needs_the_original).
     pub(super) original: Option<&'a OriginalRequest>,
@@ -407,6 +455,17 @@ impl UpdateRequest {
                 Ok(draft.pending(UpdateKind::Message, message))
             }
             Request::BookingInstructions { text } => {
+                let current = current_status(task, draft.referral);
+                if NOT_FORWARDED_FROM.contains(&current.as_str()) {
+                    return Err(OutboxError::NotAllowed {
+                        referral: draft.referral.referral.clone(),
+                        from: current,
+                        to: "booking instructions".into(),
+                    });
+                }
+                if draft.booked {
+                    return Err(OutboxError::Booked(draft.referral.referral.clone()));
+                }
                 let id = uuid::Uuid::new_v4().to_string();
                 let message = booking_instructions_message(
                     &draft.referral.referral,
@@ -434,7 +493,8 @@ fn original<'a>(draft: &Draft<'a>, what: &'static str) -> Result<&'a OriginalReq
     })
 }
 
-/// Task statuses a referral is not forwarded from: its work is over.
+/// Task statuses a referral is not forwarded from, nor sent booking instructions: its work is
+/// over.
 const NOT_FORWARDED_FROM: [&str; 3] = ["completed", "failed", "entered-in-error"];
 
 /// A forward: the referral's Task goes back to `requested`, on a new ServiceRequest for the
@@ -489,9 +549,11 @@ fn forward(
     })
 }
 
-/// The referral's ServiceRequest as Ocean should now hold it: what the newest stored message
-/// said of its identity, status, intent, subject and dates, with `service` and `category`
-/// replaced where given.
+/// The referral's ServiceRequest as Ocean should now hold it: the newest stored message's, with
+/// `service` and `category` replaced where given. Elements that refer to resources of that
+/// message (`urn:uuid:` or `#` references resolve only inside it) are left out, the patient is
+/// named as [`OriginalRequest::subject`] says, and an element R4 refuses (Ocean's messages are
+/// read leniently) is left out rather than refusing the correction.
 fn correction(
     draft: &Draft<'_>,
     service: Option<Coding>,
@@ -506,30 +568,68 @@ fn correction(
             what: "names its patient in a way a corrected ServiceRequest can refer to",
         })?;
     let sent = &original.resource;
-    let mut request = json!({
+    let mut required = json!({
         "resourceType": "ServiceRequest",
         "id": draft.referral.referral.as_str(),
         "status": sent["status"].as_str().unwrap_or("active"),
         "intent": sent["intent"].as_str().unwrap_or("order"),
         "subject": subject,
     });
-    for kept in ["identifier", "priority", "authoredOn", "occurrenceDateTime"] {
-        if !sent[kept].is_null() {
-            request[kept] = sent[kept].clone();
+    if let Some(category) = category {
+        required["category"] = json!([{ "coding": [category.to_fhir()] }]);
+    }
+    if let Some(service) = service {
+        required["code"] = json!({ "coding": [service.to_fhir()] });
+    }
+    let conforms =
+        |resource: &Value| fhir_check::check(Kind::ServiceRequest, &resource.to_string()).is_ok();
+    let mut request = required.clone();
+    let kept = sent
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter(|(name, value)| {
+            !matches!(
+                name.as_str(),
+                "id" | "meta" | "text" | "contained" | "resourceType"
+            ) && required.get(name.as_str()).is_none()
+                && !refers_inside_its_message(value)
+        });
+    for (name, value) in kept {
+        request[name.as_str()] = value.clone();
+    }
+    if !conforms(&request) {
+        // Keep what R4 takes, element by element.
+        let mut taken = required;
+        for (name, value) in request.as_object().into_iter().flatten() {
+            if taken.get(name.as_str()).is_some() {
+                continue;
+            }
+            let mut trial = taken.clone();
+            trial[name.as_str()] = value.clone();
+            if conforms(&trial) {
+                taken = trial;
+            }
         }
-    }
-    match category {
-        Some(category) => request["category"] = json!([{ "coding": [category.to_fhir()] }]),
-        None if !sent["category"].is_null() => request["category"] = sent["category"].clone(),
-        None => {}
-    }
-    match service {
-        Some(service) => request["code"] = json!({ "coding": [service.to_fhir()] }),
-        None if !sent["code"].is_null() => request["code"] = sent["code"].clone(),
-        None => {}
+        request = taken;
     }
     let message = correction_message(&draft.referral.referral, request, draft.endpoint)?;
     Ok(draft.pending(UpdateKind::Correction, message))
+}
+
+/// Whether `value` holds a reference that resolves only inside the message it came in: a
+/// `urn:uuid:`/`urn:oid:` full URL or a `#` contained resource.
+fn refers_inside_its_message(value: &Value) -> bool {
+    match value {
+        Value::Object(fields) => fields.iter().any(|(name, v)| {
+            (name == "reference"
+                && v.as_str()
+                    .is_some_and(|r| r.starts_with("urn:") || r.starts_with('#')))
+                || refers_inside_its_message(v)
+        }),
+        Value::Array(items) => items.iter().any(refers_inside_its_message),
+        _ => false,
+    }
 }
 
 /// The id of the Task a Task message names, and whether it is the referral's first: Ocean's
@@ -586,8 +686,7 @@ fn status_update(
         redirect_url,
     } = change;
     let current = current_status(task, draft.referral);
-    let booked = booked(task, draft.referral);
-    if !transitions.allows(&current, &status, booked) {
+    if !transitions.allows(&current, &status, draft.booked) {
         return Err(OutboxError::NotAllowed {
             referral: draft.referral.referral.clone(),
             from: current,
@@ -597,11 +696,12 @@ fn status_update(
     if !fhir_check::is_task_status(&status) {
         return Err(OutboxError::NotActionable);
     }
-    let (task_id, first) = task_id(draft, task);
-    // The site's redirect goes with a referral's first Task message only.
+    // The site's redirect goes with the first Task message the relay sends for a referral
+    // (whether Ocean's messages carried a Task or not).
     let redirect_url = redirect_url
         .as_deref()
-        .or(draft.redirect_url.filter(|_| first));
+        .or(draft.redirect_url.filter(|_| !task.task_sent));
+    let (task_id, first) = task_id(draft, task);
     let message = task_message(
         &draft.referral.referral,
         &TaskUpdate {
@@ -619,17 +719,6 @@ fn status_update(
         task_id: Some(task_id),
         ..sent_status(draft, task, &status, UpdateKind::Status, message)
     })
-}
-
-/// Whether the referral has a booked appointment: one the relay booked and did not cancel, or
-/// Ocean's own Appointment `booked`, whichever was set later.
-pub(super) fn booked(task: &TaskState, referral: &ReferralRecord) -> bool {
-    let oceans = referral.summary.appointment_status.as_deref();
-    match (task.appointment(), oceans) {
-        (Some(_), _) => true,
-        (None, Some(status)) => status == "booked",
-        (None, None) => false,
-    }
 }
 
 /// An appointment to book.

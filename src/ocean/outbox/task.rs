@@ -5,14 +5,20 @@ use crate::store::{ReferralRecord, TaskState, UpdateKind, UpdateRecord};
 
 /// `ServiceRequest.status` of a referral the requester cancelled.
 pub(super) const REVOKED: &str = "revoked";
+/// `ServiceRequest.status` (and Task status) of a referral whose work is done.
+const COMPLETED: &str = "completed";
 
 /// The referral's current Task status: `revoked` once the requester revoked the referral (the
-/// transition table has no way out of it), else the newer of what the relay last sent and what
+/// transition table has no way out of it), `completed` once Ocean's ServiceRequest is, else the newer of what the relay last sent and what
 /// Ocean last said (a referral can also be declined or reopened in Ocean's own screens);
 /// `requested` when neither said anything.
 pub(super) fn current_status(task: &TaskState, referral: &ReferralRecord) -> String {
     if referral.summary.service_request_status.as_deref() == Some(REVOKED) {
         return REVOKED.into();
+    }
+    // Ocean closed the ServiceRequest itself: the referral's work is over, as for a Task.
+    if referral.summary.service_request_status.as_deref() == Some(COMPLETED) {
+        return COMPLETED.into();
     }
     let ours_is_newer = task
         .status_set_at

@@ -68,7 +68,7 @@ pub struct CodeRequest {
     /// A URI (400 otherwise); SNOMED CT (`http://snomed.info/sct`) when absent.
     system: Option<String>,
     /// Not blank, no leading or trailing white space.
-    #[schema(min_length = 1, pattern = "^\\S+(.*\\S)?$")]
+    #[schema(min_length = 1, pattern = "^[^\\s]+( [^\\s]+)*$")]
     code: String,
     display: Option<String>,
 }
@@ -123,10 +123,12 @@ pub struct UpdateView {
     id: u64,
     referral: String,
     site: String,
+    /// status, appointment, cancel-appointment, message, booking-instructions, forward or
+    /// correction.
     kind: String,
     task_status: Option<String>,
     event: String,
-    /// pending, delivered or dead.
+    /// pending, delivered, dead or discarded.
     state: String,
     attempts: u32,
     last_error: Option<String>,
@@ -217,7 +219,9 @@ pub async fn set_status(
     request_body = BookingInstructionsRequest,
     responses(
         (status = 202, description = "Stored in the outbox", body = Accepted),
-        (status = 409, description = "The requester revoked the referral", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 400, description = "`text` is blank or holds control characters (other than tabs and line breaks)", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 409, description = "The referral has a booked appointment, is completed, or the requester revoked it", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 422, description = "No site for the referral", body = ProblemDoc, content_type = "application/problem+json"),
     )
 )]
 pub async fn booking_instructions(
@@ -239,8 +243,9 @@ pub async fn booking_instructions(
     request_body = ForwardRequest,
     responses(
         (status = 202, description = "Stored in the outbox", body = Accepted),
+        (status = 400, description = "`listing_ref` is not 1 to 200 characters without white space, `category` is not a FHIR code, or `reason` holds control characters", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 409, description = "The referral is completed, or the requester revoked it", body = ProblemDoc, content_type = "application/problem+json"),
-        (status = 422, description = "No `category` given and none in SNOMED CT in the referral's stored messages, no stored message carries its ServiceRequest, or no site for the referral", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 422, description = "No `category` given and none in SNOMED CT in the referral's stored messages, no stored message carries its ServiceRequest or names its patient usably, or no site for the referral", body = ProblemDoc, content_type = "application/problem+json"),
     )
 )]
 pub async fn forward(
@@ -266,9 +271,9 @@ pub async fn forward(
     request_body = CorrectionRequest,
     responses(
         (status = 202, description = "Stored in the outbox", body = Accepted),
-        (status = 400, description = "Neither `service` nor `category` given (a rule between two fields that the schema cannot state), or a code's system is not a URI", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 400, description = "Neither `service` nor `category` given (a rule between two fields that the schema cannot state), a code that is not a FHIR code, a system that is not an absolute URI, or a display with control characters", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 409, description = "The requester revoked the referral", body = ProblemDoc, content_type = "application/problem+json"),
-        (status = 422, description = "No stored message carries the referral's ServiceRequest, or no site for the referral", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 422, description = "No stored message carries the referral's ServiceRequest or names its patient usably, the referral reference is not a FHIR id (so it cannot be the ServiceRequest's id), or no site for the referral", body = ProblemDoc, content_type = "application/problem+json"),
     )
 )]
 pub async fn correct(
@@ -347,7 +352,10 @@ pub async fn cancel(
     path = "/referrals/{referral}/messages",
     params(("referral" = String, Path, description = "Ocean's referral reference")),
     request_body = MessageRequest,
-    responses((status = 202, description = "Stored in the outbox", body = Accepted))
+    responses(
+        (status = 202, description = "Stored in the outbox", body = Accepted),
+        (status = 400, description = "`text` is blank or holds control characters (other than tabs and line breaks)", body = ProblemDoc, content_type = "application/problem+json"),
+    )
 )]
 pub async fn send_message(
     State(state): State<AppState>,

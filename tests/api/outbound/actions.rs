@@ -10,6 +10,25 @@ use crate::support::fixtures::{fixture, unique_v011};
 use crate::support::flow::*;
 use crate::support::ocean::MockOcean;
 use crate::support::peers::assert_valid_r4;
+use crate::support::watch_list::{CARDIO, message};
+
+/// Ocean's own message `fixture` about the referral, made now with `changes` (see
+/// [`message`]).
+async fn from_ocean(
+    app: &crate::support::app::TestApp,
+    fixture: &str,
+    changes: &[(&str, &str, &str)],
+) {
+    let now = time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    let mut changes = changes.to_vec();
+    changes.push(("Bundle", "timestamp", &now));
+    let answer = app
+        .deliver("default", message(fixture, REF, CARDIO, &changes))
+        .await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+}
 
 /// Ocean's third-party redirect extension on a Task.
 const REDIRECT: &str = "https://ocean.cognisantmd.com/ext-ocean-third-party-redirect-url";
@@ -54,6 +73,18 @@ async fn a_referral_is_completed_once_started_and_booked_or_in_progress_never_wh
     status(&app, "accepted").await;
     let reply = post(&app, &path, json!({"status": "completed"})).await;
     assert_eq!(reply.status, 409, "accepted and not booked: {}", reply.body);
+
+    // Booked through the relay, then cancelled in Ocean (a proposed Appointment, set later):
+    // not booked any more.
+    accepted(
+        &app,
+        &format!("/api/v1/referrals/{REF}/appointments"),
+        json!({"start": "2026-12-02T14:30:00-05:00"}),
+    )
+    .await;
+    from_ocean(&app, "update-appointment-proposed.json", &[]).await;
+    let reply = post(&app, &path, json!({"status": "completed"})).await;
+    assert_eq!(reply.status, 409, "cancelled in Ocean: {}", reply.body);
 
     // Booked, it may be closed as completed, as Ocean itself closes booked referrals.
     accepted(
@@ -121,13 +152,26 @@ async fn booking_instructions_reach_ocean_as_a_proposed_appointment_for_the_pati
     )
     .await;
     assert_eq!(cancel.status, 404, "{}", cancel.body);
-    let blank = post(
+    let path = format!("/api/v1/referrals/{REF}/booking-instructions");
+    for bad in ["  ", "\u{0}\u{1}", "Call us\u{7}"] {
+        let reply = post(&app, &path, json!({"text": bad})).await;
+        assert_eq!(reply.status, 400, "{bad:?}: {}", reply.body);
+    }
+    // Once an appointment is booked, instructions would contradict it.
+    accepted(
         &app,
-        &format!("/api/v1/referrals/{REF}/booking-instructions"),
-        json!({"text": "  "}),
+        &format!("/api/v1/referrals/{REF}/appointments"),
+        json!({"start": "2026-12-20T10:00:00Z", "confirmed": true}),
     )
     .await;
-    assert_eq!(blank.status, 400, "{}", blank.body);
+    let reply = post(&app, &path, json!({"text": "Call us"})).await;
+    assert_eq!(reply.status, 409, "{}", reply.body);
+    assert!(
+        reply.body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("booked appointment")
+    );
     assert_valid_r4(&ocean.delivered());
 }
 
@@ -317,19 +361,26 @@ async fn a_correction_sends_the_referrals_service_request_with_its_new_service_o
 }
 
 #[tokio::test]
-async fn a_redirect_goes_on_its_task_and_the_sites_default_on_a_referrals_first_task_only() {
+async fn a_redirect_goes_on_its_task_and_the_sites_default_on_the_first_task_the_relay_sends() {
     let ocean = MockOcean::start().await;
+    // A space in the site's page: sent percent-encoded, a valid FHIR uri.
     let toml = config(&ocean, "form").replace(
         "token_auth = \"form\"",
-        "token_auth = \"form\"\nredirect_url = \"https://clinic.example/after-referral\"",
+        "token_auth = \"form\"\nredirect_url = \"https://clinic.example/after referral\"",
     );
     let app = spawn_app_with(&toml).await;
-    assert_eq!(
-        app.deliver("default", fixture("v0.11-add-service-request.json"))
-            .await
-            .status,
-        200
-    );
+    for fixture_name in [
+        "v0.11-add-service-request.json",
+        "process-request-task.json",
+    ] {
+        assert_eq!(
+            app.deliver("default", fixture(fixture_name)).await.status,
+            200
+        );
+    }
+    // Ocean's messages carried its Task: the relay's first Task message updates it, and still
+    // carries the site's page.
+    ocean.has_task(REF, "ocean-task-0011");
     let redirect = |message: &Value| {
         resource(message, "Task")["extension"]
             .as_array()
@@ -338,30 +389,33 @@ async fn a_redirect_goes_on_its_task_and_the_sites_default_on_a_referrals_first_
             .find(|e| e["url"] == REDIRECT)
             .map(|e| e["valueUri"].as_str().unwrap().to_owned())
     };
-    let first = sent(&app, &ocean, "status", json!({"status": "accepted"})).await;
+    let first = sent(&app, &ocean, "status", json!({"status": "on-hold"})).await;
+    assert_message(&first, "notify-update-process-request", "Task");
     assert_eq!(
         redirect(&first).as_deref(),
-        Some("https://clinic.example/after-referral")
+        Some("https://clinic.example/after%20referral")
     );
     let own = sent(
         &app,
         &ocean,
         "status",
-        json!({"status": "cancelled", "reason": "Outside our area", "redirect_url": "https://clinic.example/declined?why=area"}),
+        json!({"status": "in-progress", "redirect_url": "https://clinic.example/next step?why=área"}),
     )
     .await;
     assert_eq!(
         redirect(&own).as_deref(),
-        Some("https://clinic.example/declined?why=area")
+        Some("https://clinic.example/next%20step?why=%C3%A1rea")
     );
-    let later = sent(&app, &ocean, "status", json!({"status": "accepted"})).await;
+    let later = sent(&app, &ocean, "status", json!({"status": "on-hold"})).await;
     assert_eq!(redirect(&later), None);
 
     let path = format!("/api/v1/referrals/{REF}/status");
+    let long = format!("https://clinic.example/{}", "é".repeat(1000));
     for bad in [
         "/relative/page",
         "ftp://clinic.example/x",
         "https://user:pw@clinic.example/",
+        long.as_str(),
     ] {
         let reply = post(
             &app,

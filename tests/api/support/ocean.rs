@@ -370,7 +370,9 @@ fn message_refusal(bundle: &Value) -> Option<&'static str> {
                     == "https://ocean.cognisantmd.com/ext-ocean-third-party-redirect-url"
                 {
                     let url = extension["valueUri"].as_str().unwrap_or_default();
-                    if !(url.starts_with("https://") || url.starts_with("http://")) {
+                    let absolute = reqwest::Url::parse(url)
+                        .is_ok_and(|u| matches!(u.scheme(), "http" | "https"));
+                    if !absolute || url.contains(|c: char| c.is_whitespace() || c.is_control()) {
                         return Some("the redirect must be an absolute http(s) URL");
                     }
                 }
