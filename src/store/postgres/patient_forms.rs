@@ -32,7 +32,11 @@ impl PgStore {
             .encode(PATIENT_FORMS, &record.id.to_be_bytes(), record)
     }
 
-    fn open_patient_form(&self, id: i64, stored: &[u8]) -> Result<PatientFormRecord, StoreError> {
+    pub(super) fn open_patient_form(
+        &self,
+        id: i64,
+        stored: &[u8],
+    ) -> Result<PatientFormRecord, StoreError> {
         self.codec
             .decode(PATIENT_FORMS, &to_u64(id).to_be_bytes(), stored)
     }
