@@ -293,6 +293,7 @@ impl AppState {
             Arc::clone(&self.store),
             Arc::clone(&self.config),
             Arc::clone(&self.patient_forms_wake),
+            self.destinations.clone(),
         )
     }
 

@@ -7,7 +7,8 @@
 //! timeout, backoff and retry horizon; work survives restarts (a pending submission is on disk
 //! from its notification until its outcome is saved); every outcome is saved with the
 //! submission, so what failed says why, and audited (`PATIENT_FORM_FETCHED`,
-//! `PATIENT_FORM_FAILED`).
+//! `PATIENT_FORM_FAILED`). A fetched submission is queued for the webhook destinations that
+//! take everything ([`crate::destinations::Destinations::for_patient_forms`]).
 //!
 //! What is retried: 5xx, 429, 408, timeouts and connection failures; also 401 and 403 (a
 //! credential an operator corrects and restarts with is then used), and an answer that does
@@ -28,7 +29,7 @@ use super::crypto::{self, CryptoError, Envelope};
 use crate::backoff::Backoff;
 use crate::config::{Config, PatientEngagementConfig, open_api_credentials};
 use crate::outgoing::answer::{retry_after, transport};
-use crate::store::{PatientFormRecord, PatientFormState, Store, StoreError};
+use crate::store::{PatientFormRecord, PatientFormState, QueuedMessage, Store, StoreError};
 
 /// Longest wait between looks at the pending submissions when nothing wakes the fetcher.
 const IDLE: Duration = Duration::from_secs(5);
@@ -61,6 +62,8 @@ pub struct Fetcher {
     pub config: Arc<Config>,
     /// Notified when a notification was recorded.
     pub wake: Arc<Notify>,
+    /// The webhooks each fetched submission is pushed to.
+    pub destinations: crate::destinations::Destinations,
     http: reqwest::Client,
 }
 
@@ -73,6 +76,7 @@ impl Fetcher {
         store: Arc<dyn Store>,
         config: Arc<Config>,
         wake: Arc<Notify>,
+        destinations: crate::destinations::Destinations,
     ) -> anyhow::Result<Self> {
         let timeout = Duration::from_secs(config.documents.request_timeout_secs);
         // No redirects: the site's credentials go to its own addresses only.
@@ -86,6 +90,7 @@ impl Fetcher {
             store,
             config,
             wake,
+            destinations,
             http,
         })
     }
@@ -203,6 +208,22 @@ impl Fetcher {
             Err(Failure::GiveUp(reason)) => {
                 record.state = PatientFormState::Failed;
                 record.last_error = Some(reason);
+            }
+        }
+        if content.is_some() {
+            // Queued before the submission is saved fetched: a crash in between fetches it
+            // again and queues it again (a receiver drops repeats by `data.id`), rather than
+            // never pushing it.
+            let messages: Vec<QueuedMessage> = self
+                .destinations
+                .for_patient_forms()
+                .map(|d| QueuedMessage::patient_form(&d.name, record.id, now))
+                .collect();
+            if !messages.is_empty() {
+                self.store.enqueue_messages(messages).await?;
+                for destination in self.destinations.for_patient_forms() {
+                    destination.wake.notify_one();
+                }
             }
         }
         self.store.save_patient_form(&record, content).await?;

@@ -105,6 +105,61 @@ impl Content {
     }
 }
 
+/// The `type` of a webhook destination's message carrying a fetched submission.
+pub const WEBHOOK_TYPE: &str = "patient_form.fetched";
+
+/// The JSON a webhook destination is sent for patient form `id` (queued as `message`), read
+/// from the store now: `{type, timestamp, data: {message, id, endpoint, type, patient_ref,
+/// session_id, completion_source, received_at, fetched_at, external_patient_ref, note_id,
+/// demographics, forms, progress_note, patient, note}}`. `None` when it is no longer stored
+/// whole (purged). A receiver drops repeats by `data.id`.
+///
+/// # Errors
+/// The store's.
+pub async fn webhook_body(
+    store: &dyn crate::store::Store,
+    message: &crate::store::QueuedMessage,
+    id: u64,
+    now: time::OffsetDateTime,
+) -> Result<Option<Vec<u8>>, crate::store::StoreError> {
+    let Some(record) = store.patient_form(id).await? else {
+        return Ok(None);
+    };
+    let Some(bytes) = store.patient_form_content(id).await? else {
+        return Ok(None);
+    };
+    if record.purged {
+        return Ok(None);
+    }
+    let content: Content = serde_json::from_slice(&bytes)
+        .map_err(|e| crate::store::StoreError::corrupt("a patient form's content").caused_by(e))?;
+    let body = serde_json::json!({
+        "type": WEBHOOK_TYPE,
+        "timestamp": crate::views::rfc3339(now),
+        "data": {
+            "message": message.id,
+            "id": record.id,
+            "endpoint": record.endpoint,
+            "type": record.kind,
+            "patient_ref": record.patient_ref,
+            "session_id": record.session_id,
+            "completion_source": record.completion_source,
+            "received_at": crate::views::rfc3339(record.received_at),
+            "fetched_at": record.fetched_at.map(crate::views::rfc3339),
+            "external_patient_ref": content.external_patient_ref,
+            "note_id": content.note_id,
+            "demographics": content.demographics(),
+            "forms": content.completed_forms(),
+            "progress_note": content.progress_note(),
+            "patient": content.patient,
+            "note": content.note,
+        }
+    });
+    serde_json::to_vec(&body)
+        .map(Some)
+        .map_err(|e| crate::store::StoreError::failed("cannot encode a message").caused_by(e))
+}
+
 /// A JSON Pointer token (RFC 6901): `~` and `/` escaped.
 fn pointer_escape(token: &str) -> String {
     token.replace('~', "~0").replace('/', "~1")

@@ -1,8 +1,10 @@
 //! Patient Engagement, the collect side: Ocean's notifications at
 //! `/ocean/{name}/patient-engagement` (the challenge, the secret, the site number, replays),
 //! and each submission fetched from a stand-in Ocean that encrypts as the facts say, decrypted,
-//! stored and read back through `/api/v1/patient-forms`; retries, giving up, a restart.
+//! stored and read back through `/api/v1/patient-forms`; retries, giving up, a restart; pushed
+//! to the destinations that take everything.
 
+mod destinations;
 mod endpoint;
 mod fetch;
 
