@@ -95,7 +95,7 @@ fn decrypt(
     ciphertext: &[u8],
     what: &'static str,
 ) -> Result<Vec<u8>, CryptoError> {
-    if ciphertext.is_empty() || ciphertext.len() % 16 != 0 {
+    if ciphertext.is_empty() || !ciphertext.len().is_multiple_of(16) {
         return Err(CryptoError::Malformed(format!(
             "{what} is not a whole number of AES blocks"
         )));

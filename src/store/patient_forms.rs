@@ -140,7 +140,7 @@ impl PatientFormRecord {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Recorded {
     /// Recorded now, pending.
-    New(PatientFormRecord),
+    New(Box<PatientFormRecord>),
     /// The same notification was recorded before, as this id: nothing new was stored.
     Duplicate(u64),
 }

@@ -121,7 +121,7 @@ impl PatientFormStore for PgStore {
         tx.commit()
             .await
             .map_err(db_error("committing a patient form"))?;
-        Ok(Recorded::New(record))
+        Ok(Recorded::New(Box::new(record)))
     }
 
     async fn due_patient_forms(

@@ -87,7 +87,7 @@ impl Open {
                             dedup_tree.insert(dedup.as_bytes(), &id.to_be_bytes())?;
                             let record = new.record(id);
                             put((forms, due, content), codec, &record, None)?;
-                            Ok(Recorded::New(record))
+                            Ok(Recorded::New(Box::new(record)))
                         })
                         .map_err(tx_error)
                 },

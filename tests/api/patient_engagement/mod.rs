@@ -7,6 +7,7 @@
 mod destinations;
 mod endpoint;
 mod fetch;
+mod replicas;
 
 use serde_json::{Value, json};
 

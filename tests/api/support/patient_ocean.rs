@@ -221,13 +221,8 @@ fn sealed(plain: &Value, own_key_iv: bool, encoding: Encoding) -> (HeaderMap, Ve
     (headers, body)
 }
 
-/// Checks the Open API headers, the script and the outage; `Err` is the answer to give.
-fn gate(
-    inner: &Inner,
-    kind: &'static str,
-    headers: &HeaderMap,
-    mut seen: Seen,
-) -> Result<(), Response> {
+/// Checks the Open API headers, the script and the outage; `Some` is the status to answer.
+fn gate(inner: &Inner, kind: &'static str, headers: &HeaderMap, mut seen: Seen) -> Option<u16> {
     let header = |name: &str| {
         headers
             .get(name)
@@ -253,14 +248,24 @@ fn gate(
     };
     seen.answered = refused.unwrap_or(200);
     inner.seen.lock().unwrap().push(seen);
-    match refused {
-        Some(status) => Err((
-            StatusCode::from_u16(status).unwrap(),
-            json!({"error": "scripted"}).to_string(),
-        )
-            .into_response()),
-        None => Ok(()),
+    refused
+}
+
+/// Ocean has nothing at the address: 404, recorded as the last request's answer.
+fn not_found(inner: &Inner) -> Response {
+    if let Some(last) = inner.seen.lock().unwrap().last_mut() {
+        last.answered = 404;
     }
+    StatusCode::NOT_FOUND.into_response()
+}
+
+/// The answer to a refused request.
+fn refusal(status: u16) -> Response {
+    (
+        StatusCode::from_u16(status).unwrap(),
+        json!({"error": "scripted"}).to_string(),
+    )
+        .into_response()
 }
 
 async fn patient(
@@ -276,11 +281,11 @@ async fn patient(
         site_credential: None,
         answered: 0,
     };
-    if let Err(answer) = gate(&inner, "patient", &headers, seen) {
-        return answer;
+    if let Some(status) = gate(&inner, "patient", &headers, seen) {
+        return refusal(status);
     }
     let Some(patient) = inner.patients.lock().unwrap().get(&reference).cloned() else {
-        return StatusCode::NOT_FOUND.into_response();
+        return not_found(&inner);
     };
     let encoding = inner
         .encodings
@@ -307,12 +312,12 @@ async fn note(
         site_credential: None,
         answered: 0,
     };
-    if let Err(answer) = gate(&inner, "note", &headers, seen) {
-        return answer;
+    if let Some(status) = gate(&inner, "note", &headers, seen) {
+        return refusal(status);
     }
     let note = session.and_then(|s| inner.notes.lock().unwrap().get(&(reference, s)).cloned());
     let Some(note) = note else {
-        return StatusCode::NOT_FOUND.into_response();
+        return not_found(&inner);
     };
     let encoding = inner
         .encodings
