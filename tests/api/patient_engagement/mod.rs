@@ -4,6 +4,7 @@
 //! stored and read back through `/api/v1/patient-forms`; retries, giving up, a restart; pushed
 //! to the destinations that take everything.
 
+mod backup;
 mod destinations;
 mod endpoint;
 mod fetch;
