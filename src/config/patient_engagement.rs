@@ -131,6 +131,57 @@ mod tests {
         .unwrap()
     }
 
+    /// Every secret from a `_FILE` variable, none of them printed by `check-config`.
+    #[test]
+    fn secrets_come_from_files_and_are_never_printed() {
+        let file = |text: &str| {
+            let f = tempfile::NamedTempFile::new().unwrap();
+            std::fs::write(f.path(), format!("{text}\n")).unwrap();
+            f
+        };
+        let (secret, sek, credential) = (
+            file("endpoint-secret-from-a-file-0123"),
+            file("Sek-From-File"),
+            file("credential-from-a-file"),
+        );
+        let toml = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(
+            toml.path(),
+            "[sites.main]\nbase_url = \"https://ocean.example\"\nclient_id = \"cid\"\nclient_secret = \"site-secret-value\"\n[patient_engagement.clinic]\nsite = \"main\"\nsite_num = 1234\n",
+        )
+        .unwrap();
+        let path = |f: &tempfile::NamedTempFile| f.path().to_str().unwrap().to_owned();
+        let env = vec![
+            (
+                "RELAY__PATIENT_ENGAGEMENT__CLINIC__SECRET_FILE".to_owned(),
+                path(&secret),
+            ),
+            (
+                "RELAY__PATIENT_ENGAGEMENT__CLINIC__SHARED_ENCRYPTION_KEY_FILE".to_owned(),
+                path(&sek),
+            ),
+            (
+                "RELAY__PATIENT_ENGAGEMENT__CLINIC__SITE_CREDENTIAL_FILE".to_owned(),
+                path(&credential),
+            ),
+        ];
+        let config = super::super::Config::load_with_env(
+            Some(toml.path()),
+            &super::super::Overrides::default(),
+            env.into_iter(),
+        )
+        .unwrap();
+        let endpoint = &config.patient_engagement["clinic"];
+        assert_eq!(endpoint.secret.expose(), "endpoint-secret-from-a-file-0123");
+        assert_eq!(endpoint.shared_encryption_key.expose(), "Sek-From-File");
+        assert_eq!(endpoint.site_credential.expose(), "credential-from-a-file");
+        let printed = config.to_redacted_toml().unwrap();
+        for secret in ["endpoint-secret", "Sek-From-File", "credential-from"] {
+            assert!(!printed.contains(secret), "{secret} printed");
+        }
+        assert!(printed.contains("[patient_engagement.clinic]"), "{printed}");
+    }
+
     #[test]
     fn credentials_default_to_the_sites_and_checks_name_their_key() {
         let sites = BTreeMap::from([("main".to_owned(), site())]);
