@@ -28,6 +28,7 @@ use http_body_util::{BodyExt, Limited};
 use serde_json::{Value, json};
 use time::OffsetDateTime;
 
+use crate::auth::source::ClientAddr;
 use crate::error::AppError;
 use crate::patient_engagement::{KINDS, safe_segment};
 use crate::secret::same_secret;
@@ -90,8 +91,25 @@ async fn read(request: Request, timeout: std::time::Duration) -> Result<Bytes, A
     }
 }
 
+/// Records a refused caller (logged and audited in the interval's report, as every refused
+/// caller is) and builds the 401.
+fn refused(state: &AppState, name: &str, source: std::net::IpAddr, reason: String) -> AppError {
+    state.refused(
+        None,
+        format!("patient_engagement:{name}"),
+        "secret",
+        &reason,
+        source,
+    );
+    AppError::Unauthorized {
+        challenge: CHALLENGE,
+        reason,
+    }
+}
+
 async fn receive(
     State(state): State<AppState>,
+    ClientAddr(source): ClientAddr,
     Path(name): Path<String>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
@@ -103,18 +121,22 @@ async fn receive(
         ));
     };
     let Some(secret) = presented(query.as_deref(), &headers) else {
-        return Err(AppError::Unauthorized {
-            challenge: CHALLENGE,
-            reason: format!(
+        return Err(refused(
+            &state,
+            &name,
+            source,
+            format!(
                 "present the endpoint's secret as ?k= in the Request URL or as {SECRET_HEADER}"
             ),
-        });
+        ));
     };
     if !same_secret(secret.as_bytes(), endpoint.secret.expose().as_bytes()) {
-        return Err(AppError::Unauthorized {
-            challenge: CHALLENGE,
-            reason: "the secret is not this endpoint's".into(),
-        });
+        return Err(refused(
+            &state,
+            &name,
+            source,
+            "the secret is not this endpoint's".into(),
+        ));
     }
     let body = read(request, state.body_timeout).await?;
     let Ok(Value::Object(notification)) = serde_json::from_slice::<Value>(&body) else {

@@ -76,6 +76,18 @@ async fn a_missing_or_wrong_secret_is_refused_by_url_and_by_header() {
         json!([])
     );
     assert!(ocean.seen().is_empty());
+    // Refused callers are reported as every refused caller is: audited (at shutdown at the
+    // latest), counted, never with the secret they sent.
+    let store = std::sync::Arc::clone(&app.store);
+    app.stop().await;
+    let entries = store.audit_entries(0, 1000).await.unwrap();
+    let refused: u64 = entries
+        .iter()
+        .filter(|e| e.action == "AUTH_FAILURE" && e.actor == "patient_engagement:clinic")
+        .map(|e| e.details["count"].as_u64().unwrap())
+        .sum();
+    assert_eq!(refused, 6, "{entries:?}");
+    assert!(!format!("{entries:?}").contains(&wrong));
 }
 
 #[tokio::test]
