@@ -133,31 +133,43 @@ pub async fn webhook_body(
     }
     let content: Content = serde_json::from_slice(&bytes)
         .map_err(|e| crate::store::StoreError::corrupt("a patient form's content").caused_by(e))?;
+    let mut data = submission(&record, &content);
+    data["message"] = message.id.into();
     let body = serde_json::json!({
         "type": WEBHOOK_TYPE,
         "timestamp": crate::views::rfc3339(now),
-        "data": {
-            "message": message.id,
-            "id": record.id,
-            "endpoint": record.endpoint,
-            "type": record.kind,
-            "patient_ref": record.patient_ref,
-            "session_id": record.session_id,
-            "completion_source": record.completion_source,
-            "received_at": crate::views::rfc3339(record.received_at),
-            "fetched_at": record.fetched_at.map(crate::views::rfc3339),
-            "external_patient_ref": content.external_patient_ref,
-            "note_id": content.note_id,
-            "demographics": content.demographics(),
-            "forms": content.completed_forms(),
-            "progress_note": content.progress_note(),
-            "patient": content.patient,
-            "note": content.note,
-        }
+        "data": data,
     });
     serde_json::to_vec(&body)
         .map(Some)
         .map_err(|e| crate::store::StoreError::failed("cannot encode a message").caused_by(e))
+}
+
+/// A submission as JSON, the way destinations and the export archive hold it: `{id, endpoint,
+/// type, state, patient_ref, session_id, completion_source, received_at, fetched_at,
+/// external_patient_ref, note_id, demographics, forms, progress_note, patient, note}`.
+pub fn submission(
+    record: &crate::store::PatientFormRecord,
+    content: &Content,
+) -> serde_json::Value {
+    serde_json::json!({
+        "id": record.id,
+        "endpoint": record.endpoint,
+        "type": record.kind,
+        "state": record.state.as_str(),
+        "patient_ref": record.patient_ref,
+        "session_id": record.session_id,
+        "completion_source": record.completion_source,
+        "received_at": crate::views::rfc3339(record.received_at),
+        "fetched_at": record.fetched_at.map(crate::views::rfc3339),
+        "external_patient_ref": content.external_patient_ref,
+        "note_id": content.note_id,
+        "demographics": content.demographics(),
+        "forms": content.completed_forms(),
+        "progress_note": content.progress_note(),
+        "patient": content.patient,
+        "note": content.note,
+    })
 }
 
 /// A JSON Pointer token (RFC 6901): `~` and `/` escaped.
