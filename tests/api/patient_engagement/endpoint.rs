@@ -7,6 +7,7 @@ use super::{PATH, notification, notify};
 use crate::support::app::spawn_app_with;
 use crate::support::flow::get_ok;
 use crate::support::patient_ocean::{self, PatientOcean, SECRET};
+use crate::support::poll::eventually;
 
 #[tokio::test]
 async fn the_validation_challenge_is_echoed_once_the_secret_is_right() {
@@ -34,7 +35,11 @@ async fn the_validation_challenge_is_echoed_once_the_secret_is_right() {
 #[tokio::test]
 async fn a_missing_or_wrong_secret_is_refused_by_url_and_by_header() {
     let ocean = PatientOcean::start().await;
-    let app = spawn_app_with(&patient_ocean::config(&ocean, "")).await;
+    let app = spawn_app_with(&patient_ocean::config(
+        &ocean,
+        "[server]\nauth_failure_report_secs = 1\n",
+    ))
+    .await;
     let body = notification("690", "1759442545187t415674").to_string();
     let wrong = format!("{}x", &SECRET[..SECRET.len() - 1]);
     for (url, header) in [
@@ -76,18 +81,22 @@ async fn a_missing_or_wrong_secret_is_refused_by_url_and_by_header() {
         json!([])
     );
     assert!(ocean.seen().is_empty());
-    // Refused callers are reported as every refused caller is: audited (at shutdown at the
-    // latest), counted, never with the secret they sent.
-    let store = std::sync::Arc::clone(&app.store);
-    app.stop().await;
-    let entries = store.audit_entries(0, 1000).await.unwrap();
-    let refused: u64 = entries
-        .iter()
-        .filter(|e| e.action == "AUTH_FAILURE" && e.actor == "patient_engagement:clinic")
-        .map(|e| e.details["count"].as_u64().unwrap())
-        .sum();
-    assert_eq!(refused, 6, "{entries:?}");
-    assert!(!format!("{entries:?}").contains(&wrong));
+    // Refused callers are reported as every refused caller is: audited (here each second),
+    // counted, never with the secret they sent.
+    let mut audit = serde_json::Value::Null;
+    eventually("the six refusals audited", async || {
+        audit = get_ok(&app, "/api/v1/audit?limit=500").await;
+        let refused: u64 = audit["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["action"] == "AUTH_FAILURE" && e["actor"] == "patient_engagement:clinic")
+            .map(|e| e["details"]["count"].as_u64().unwrap())
+            .sum();
+        refused == 6
+    })
+    .await;
+    assert!(!audit.to_string().contains(&wrong));
 }
 
 #[tokio::test]
