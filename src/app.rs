@@ -27,6 +27,7 @@ pub struct Application {
     router: Router,
     worker: Worker,
     fetcher: crate::ocean::documents::Fetcher,
+    patient_forms: crate::patient_engagement::fetcher::Fetcher,
     /// One per destination; they hold the store, so they are awaited at shutdown.
     destination_workers: Vec<crate::outgoing::worker::Worker>,
     /// The alerts' monitor and one worker per alert channel.
@@ -128,6 +129,7 @@ impl Application {
             retention: config.retention.clone(),
             worker: state.worker(),
             fetcher: state.fetcher(),
+            patient_forms: state.patient_form_fetcher()?,
             destination_workers: state.destination_workers(),
             alert_workers: state.alert_workers(),
             metrics: state.metrics.clone(),
@@ -169,6 +171,9 @@ impl Application {
         // Tasks holding the store are awaited at the end, so that when this returns the store
         // is the caller's alone (a command run next can open the data dir).
         let mut holding_store = vec![tokio::spawn(self.fetcher.run(self.stopping.subscribe()))];
+        holding_store.push(tokio::spawn(
+            self.patient_forms.run(self.stopping.subscribe()),
+        ));
         let (monitor, alert_workers) = self.alert_workers;
         holding_store.push(tokio::spawn(monitor.run(self.stopping.subscribe())));
         for worker in self.destination_workers.into_iter().chain(alert_workers) {
@@ -305,6 +310,20 @@ async fn retention_pass(store: &dyn Store, config: &crate::config::RetentionConf
                 }
             }
             Err(e) => tracing::error!(error = %e, "retention purge failed"),
+        }
+        // Patients' completed eForms are kept as long as versions: their content goes, their
+        // record (state, dates) stays.
+        match store.purge_patient_forms_before(cutoff(keep_days)).await {
+            Ok(0) => {}
+            Ok(purged) => {
+                tracing::info!(purged, keep_days, "retention purged old patient forms");
+                let details =
+                    serde_json::json!({"keep_days": keep_days, "patient_forms_purged": purged});
+                if let Err(e) = store.audit("RETENTION_PURGE", "retention", details).await {
+                    tracing::error!(error = %e, "cannot audit a retention purge");
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "retention purge of patient forms failed"),
         }
     }
     let days = config.delivered_keep_days;

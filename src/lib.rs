@@ -19,6 +19,7 @@ pub mod ig;
 pub mod intake;
 pub mod ocean;
 pub mod outgoing;
+pub mod patient_engagement;
 pub mod routes;
 pub mod secret;
 pub mod server;

@@ -94,6 +94,8 @@ pub struct AppState {
     pub console_sessions: Arc<Sessions>,
     /// The certificate the listener serves, when it speaks HTTPS (for `/readyz`).
     pub tls_certificate: Option<Arc<crate::server::tls::ServedCertificate>>,
+    /// Wakes the patient forms' fetcher when a notification was recorded.
+    pub patient_forms_wake: Arc<tokio::sync::Notify>,
 }
 
 impl AppState {
@@ -206,6 +208,7 @@ impl AppState {
                 Duration::from_secs(config.console.session_max_secs),
             )),
             tls_certificate: None,
+            patient_forms_wake: Arc::default(),
         })
     }
 
@@ -280,6 +283,18 @@ impl AppState {
             wake: self.intake.documents_wake(),
             signals: Arc::clone(&self.signals),
         }
+    }
+
+    /// The fetcher of patients' completed eForms over this state's store.
+    pub fn patient_form_fetcher(
+        &self,
+    ) -> anyhow::Result<crate::patient_engagement::fetcher::Fetcher> {
+        crate::patient_engagement::fetcher::Fetcher::new(
+            Arc::clone(&self.store),
+            Arc::clone(&self.config),
+            Arc::clone(&self.patient_forms_wake),
+            self.destinations.clone(),
+        )
     }
 
     /// The configuration the state was built from.

@@ -27,6 +27,21 @@ impl Scope {
         !self.service_ids.is_empty()
     }
 
+    /// Whether patients' completed eForms may be read: they are filed under no External Service
+    /// ID, so only by a caller not limited to some (the API and the console alike).
+    ///
+    /// # Errors
+    /// `Forbidden`, naming the caller.
+    pub fn patient_forms(&self) -> Result<(), AppError> {
+        if self.is_limited() {
+            return Err(AppError::Forbidden(format!(
+                "{} is limited to some service ids and may not read patient forms, which have none",
+                self.who
+            )));
+        }
+        Ok(())
+    }
+
     /// Whether referrals filed under `service` (`None`: unassigned) are visible. A limited
     /// caller never sees unassigned referrals.
     pub fn may_see(&self, service: Option<&ServiceId>) -> bool {

@@ -198,8 +198,8 @@ fn write_archive(
     let written = written?;
     output.commit()?;
     eprintln!(
-        "exported {written} referrals and {} documents",
-        archive.documents
+        "exported {written} referrals and {} documents, {} patient forms",
+        archive.documents, archive.patient_forms
     );
     Ok(())
 }

@@ -13,6 +13,7 @@ mod console;
 mod destinations;
 mod integrations;
 mod outbound;
+mod patient_engagement;
 mod server;
 mod storage;
 mod watch_list;
@@ -32,6 +33,7 @@ pub use console::{ConsoleConfig, ConsoleRole, ConsoleUserConfig, hash_password, 
 pub use destinations::{BodyMode, DestinationConfig, DestinationKind, DocumentsMode, signing_key};
 pub use integrations::{AuthConfig, IntegrationConfig, OAuthClient, WebhookSecret};
 pub use outbound::{DocumentsConfig, OutboxConfig, SiteConfig, TokenAuth};
+pub use patient_engagement::{PatientEngagementConfig, open_api_credentials};
 pub use server::{LogConfig, LogFormat, ServerConfig, TlsConfig};
 pub use storage::{Backend, EncryptionKey, RetentionConfig, StorageConfig};
 pub use watch_list::WatchListConfig;
@@ -76,6 +78,9 @@ pub struct Config {
     pub watch_list: WatchListConfig,
     /// Alerts to a person, and the channels they go by.
     pub alerts: AlertsConfig,
+    /// Endpoints Ocean notifies when a patient completes an eForm, by name (part of the URL).
+    #[serde(default)]
+    pub patient_engagement: BTreeMap<String, PatientEngagementConfig>,
 }
 
 /// Values given on the command line, the last layer.
@@ -218,6 +223,7 @@ impl Config {
         for (name, site) in &self.sites {
             site.validate(name)?;
         }
+        patient_engagement::validate(&self.patient_engagement, &self.sites)?;
         for (name, destination) in &self.destinations {
             destination.validate(name)?;
             if let Some(unknown) = destination

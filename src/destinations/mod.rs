@@ -60,6 +60,29 @@ impl Sender {
         config: &DestinationConfig,
         now: OffsetDateTime,
     ) -> Result<(), SendError> {
+        if let Some(id) = message.patient_form {
+            return match self {
+                Self::Webhook(webhook) => {
+                    let body = crate::patient_engagement::webhook_body(store, message, id, now)
+                        .await
+                        .map_err(|e| SendError::Retry {
+                            reason: format!("the store could not read the patient form: {e}"),
+                            after: None,
+                        })?
+                        .ok_or_else(|| {
+                            SendError::Rejected(format!(
+                                "patient form {id} is no longer stored whole (purged by retention)"
+                            ))
+                        })?;
+                    webhook
+                        .post(&message.webhook_id, body, "application/json")
+                        .await
+                }
+                Self::Fhir(_) => Err(SendError::Rejected(
+                    "a FHIR destination takes no patient forms".into(),
+                )),
+            };
+        }
         match self {
             Self::Webhook(webhook) => {
                 let envelope = build_envelope(
@@ -154,6 +177,18 @@ impl Destinations {
 
     pub fn iter(&self) -> impl Iterator<Item = &Arc<Destination>> {
         self.list.iter()
+    }
+
+    /// The destinations patients' completed eForms are pushed to: the webhooks that take
+    /// everything (no `service_ids`, `integrations` or `events` filter; a submission has none
+    /// of those to match). FHIR servers take none: there is no FHIR mapping of them here.
+    pub fn for_patient_forms(&self) -> impl Iterator<Item = &Arc<Destination>> {
+        self.list.iter().filter(|d| {
+            matches!(d.sender, Sender::Webhook(_))
+                && d.route.service_ids.is_empty()
+                && d.route.integrations.is_empty()
+                && d.route.events.is_empty()
+        })
     }
 
     /// Wakes every worker: a delivery was stored, and may have been queued for any of them.

@@ -1,7 +1,8 @@
 //! `export --with-documents`: the CSV export and each exported referral's documents in one ZIP
 //! archive (PKWARE APPNOTE 6.3, as the `zip` crate writes it): `referrals.csv`, then
 //! `{referral}/{file}` for the referral's latest letter and the latest copy of each attachment
-//! that was fetched and not purged. The archive is finished before the export is audited and
+//! that was fetched and not purged, then `patient-forms/{id}.json` for each patient's completed
+//! eForms kept. The archive is finished before the export is audited and
 //! marked, so a run cut off part way marks nothing.
 
 use std::fs::File;
@@ -14,7 +15,9 @@ use zip::{CompressionMethod, ZipWriter};
 
 use super::CsvSink;
 use crate::domain::ReferralRef;
-use crate::store::{DocumentKind, DocumentRecord, DocumentState, Store, sha256_hex};
+use crate::store::{
+    DocumentKind, DocumentRecord, DocumentState, PatientFormState, Store, sha256_hex,
+};
 
 /// The archive being written.
 pub struct ArchiveSink<'s> {
@@ -24,6 +27,8 @@ pub struct ArchiveSink<'s> {
     rows: Arc<Mutex<Vec<ReferralRef>>>,
     /// Documents added so far.
     pub documents: usize,
+    /// Patients' completed eForms added (at the end, `patient-forms/{id}.json`).
+    pub patient_forms: usize,
     /// Folder names used so far, lowercased (archives are unpacked on case-insensitive disks).
     folders: std::collections::HashSet<String>,
 }
@@ -47,6 +52,7 @@ impl<'s> ArchiveSink<'s> {
             store,
             rows,
             documents: 0,
+            patient_forms: 0,
             folders: std::collections::HashSet::new(),
         })
     }
@@ -143,6 +149,7 @@ impl CsvSink for ArchiveSink<'_> {
                 self.documents += 1;
             }
         }
+        self.add_patient_forms().await?;
         let zip = self
             .zip
             .take()
@@ -150,6 +157,54 @@ impl CsvSink for ArchiveSink<'_> {
         let mut out = zip.finish().map_err(io::Error::other)?;
         out.flush()?;
         out.get_ref().sync_all()
+    }
+}
+
+impl ArchiveSink<'_> {
+    /// Every patient's completed eForms that is fetched and not purged, as
+    /// `patient-forms/{id}.json` ([`crate::patient_engagement::submission`]): all of them, not
+    /// only the export's range (they have no modification date or export mark; the archive is
+    /// the clinic's backup of them too). Names are ids: nothing of the patient in a name.
+    async fn add_patient_forms(&mut self) -> io::Result<()> {
+        let mut after = 0;
+        loop {
+            let page = self
+                .store
+                .patient_forms(after, 500)
+                .await
+                .map_err(io::Error::other)?;
+            let Some(last) = page.last() else {
+                return Ok(());
+            };
+            after = last.id;
+            for record in page {
+                if record.state != PatientFormState::Fetched || record.purged {
+                    continue;
+                }
+                let Some(bytes) = self
+                    .store
+                    .patient_form_content(record.id)
+                    .await
+                    .map_err(io::Error::other)?
+                else {
+                    continue;
+                };
+                let content: crate::patient_engagement::Content =
+                    serde_json::from_slice(&bytes).map_err(io::Error::other)?;
+                let json = serde_json::to_vec_pretty(&crate::patient_engagement::submission(
+                    &record, &content,
+                ))
+                .map_err(io::Error::other)?;
+                let zip = self.zip()?;
+                zip.start_file(
+                    format!("patient-forms/{}.json", record.id),
+                    options(CompressionMethod::Deflated),
+                )
+                .map_err(io::Error::other)?;
+                zip.write_all(&json)?;
+                self.patient_forms += 1;
+            }
+        }
     }
 }
 

@@ -9,6 +9,7 @@ pub mod health;
 pub mod metadata;
 pub mod metrics;
 pub mod oauth;
+pub mod patient_engagement;
 pub mod request;
 pub mod stream;
 pub mod v1;
@@ -90,6 +91,7 @@ fn routes(state: AppState) -> Router {
         .merge(webhook::router())
         .merge(health::router())
         .merge(oauth::router())
+        .merge(patient_engagement::router())
         .merge(v1::router())
         .merge(console::router())
         .merge(metadata::router())

@@ -1,5 +1,5 @@
 //! Durable storage, split by concern into traits ([`DeliveryStore`], [`FeedStore`],
-//! [`OutboxStore`], [`QueueStore`], [`AuditStore`], [`MaintenanceStore`], [`ReplicaStore`]) that [`Store`] gathers, so a backend
+//! [`OutboxStore`], [`PatientFormStore`], [`QueueStore`], [`AuditStore`], [`MaintenanceStore`], [`ReplicaStore`]) that [`Store`] gathers, so a backend
 //! can be written one concern at a time. [`SledStore`] is the embedded backend. The store knows
 //! the relay's records, not FHIR.
 
@@ -12,6 +12,7 @@ mod error;
 mod feed;
 mod maintenance;
 mod outbox;
+mod patient_forms;
 mod postgres;
 mod queue;
 mod record;
@@ -37,6 +38,9 @@ pub use outbox::{
     OutboxStore, TaskState, UpdateRecord, UpdateState, open_updates, referral_updates, update,
     updates,
 };
+pub use patient_forms::{
+    NewPatientForm, PatientFormRecord, PatientFormState, PatientFormStore, Recorded,
+};
 pub use queue::{MessageState, QueueRoute, QueueStats, QueueStore, QueuedMessage};
 pub use replicas::{LoginFailures, ReplicaStore};
 pub use seal::Keyring;
@@ -49,6 +53,7 @@ pub trait Store:
     + FeedStore
     + OutboxStore
     + DocumentStore
+    + PatientFormStore
     + QueueStore
     + AuditStore
     + MaintenanceStore
@@ -62,6 +67,7 @@ impl<T> Store for T where
         + FeedStore
         + OutboxStore
         + DocumentStore
+        + PatientFormStore
         + QueueStore
         + AuditStore
         + MaintenanceStore

@@ -104,6 +104,7 @@ impl UpdateRecord {
                 bundle: self.bundle,
             })),
             alert: None,
+            patient_form: None,
         }
     }
 

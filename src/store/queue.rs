@@ -79,6 +79,10 @@ pub struct QueuedMessage {
     /// In an alerts queue ([`super::alert::is_alert_queue`]): the alert it is (`version` is 0).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub alert: Option<Box<AlertRecord>>,
+    /// In a destination's queue: the id of the patient's completed eForms it pushes (see
+    /// [`QueuedMessage::patient_form`]) rather than a referral version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub patient_form: Option<u64>,
 }
 
 impl QueuedMessage {
@@ -114,6 +118,19 @@ impl QueuedMessage {
             next: None,
             update: None,
             alert: None,
+            patient_form: None,
+        }
+    }
+
+    /// A new pending message of `queue` pushing patient form `id`, due at `at`. Its "referral"
+    /// is `patient-form-{id}` (each submission its own chain, so one that is refused holds back
+    /// no other) and its version 0.
+    pub fn patient_form(queue: &str, id: u64, at: OffsetDateTime) -> Self {
+        let referral = ReferralRef::parse(&format!("patient-form-{id}"))
+            .unwrap_or_else(|_| unreachable!("a valid referral ref"));
+        Self {
+            patient_form: Some(id),
+            ..Self::pending(queue, referral, 0, at)
         }
     }
 }

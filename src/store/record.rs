@@ -27,8 +27,11 @@ pub(in crate::store) const DOCUMENTS: &str = "documents";
 pub(in crate::store) const DOCUMENT_BYTES: &str = "document_bytes";
 /// Queued messages (their last errors may echo what a receiver was sent).
 pub(in crate::store) const QUEUE: &str = "queue";
+/// Patients' completed eForms: their records and what was fetched (the patient, the note).
+pub(in crate::store) const PATIENT_FORMS: &str = "patient_forms";
+pub(in crate::store) const PATIENT_FORM_CONTENT: &str = "patient_form_content";
 /// Every sealed kind.
-pub(in crate::store) const SEALED_KINDS: [&str; 8] = [
+pub(in crate::store) const SEALED_KINDS: [&str; 10] = [
     REFERRALS,
     VERSIONS,
     PAYLOADS,
@@ -37,6 +40,8 @@ pub(in crate::store) const SEALED_KINDS: [&str; 8] = [
     DOCUMENTS,
     DOCUMENT_BYTES,
     QUEUE,
+    PATIENT_FORMS,
+    PATIENT_FORM_CONTENT,
 ];
 
 /// Referral ref `\0` version (u64 BE): a version's key in `versions` and `payloads`, and the

@@ -6,6 +6,8 @@
 //! - `v1/`: the `/api/v1` API: referrals, versions, the feed, the CSV export, what Ocean's
 //!   messages make of a referral.
 //! - `outbound/`: the relay's requests to Ocean: status updates and document fetches.
+//! - `patient_engagement/`: eForms completed by patients: Ocean's notifications, and each
+//!   submission fetched, decrypted and read back.
 //! - `ops/`: running the service: connections, metrics, HTTPS, the configuration commands, the
 //!   binary's lifecycle, the source layout's rules.
 //! - `console/`: the web console, over HTTP and in a real browser.
@@ -16,7 +18,7 @@
 //! - `support/`: what the tests share, `eventually` (the one polling helper) among it.
 //!
 //! Which tests run on PostgreSQL as well is decided by the folder they sit in,
-//! [`ON_EITHER_BACKEND`]: `webhook/`, `v1/`, `outbound/` and `ops/` run on the embedded store,
+//! [`ON_EITHER_BACKEND`]: `webhook/`, `v1/`, `outbound/`, `ops/` and `patient_engagement/` run on the embedded store,
 //! then once more with the service on PostgreSQL, so a test put there is covered on both. The
 //! other folders run once: `store/` and `destinations/` choose each test's store themselves, and
 //! `console/` keeps to the embedded store (its password hashing would add a minute to the run).
@@ -28,6 +30,7 @@ mod console;
 mod destinations;
 mod ops;
 mod outbound;
+mod patient_engagement;
 mod store;
 mod support;
 mod v1;
@@ -40,7 +43,13 @@ mod webhook;
 /// [`the_service_tests_pass_on_postgres_too`] runs every test whose path starts with one of
 /// these again, in this same binary. By hand:
 /// `RELAY_TEST_BACKEND=postgres cargo test --test api webhook:: v1:: outbound:: ops::`.
-const ON_EITHER_BACKEND: [&str; 4] = ["webhook::", "v1::", "outbound::", "ops::"];
+const ON_EITHER_BACKEND: [&str; 5] = [
+    "webhook::",
+    "v1::",
+    "outbound::",
+    "ops::",
+    "patient_engagement::",
+];
 
 /// One `cargo test` covers both backends: this runs the tests of the folders of
 /// [`ON_EITHER_BACKEND`] again, in this same test binary, with the service on PostgreSQL, and

@@ -92,6 +92,14 @@ pub fn router() -> Router<AppState> {
             get(pages::watch_list_page).fallback(method_not_allowed),
         )
         .route(
+            "/console/patient-forms",
+            get(pages::patient_forms).fallback(method_not_allowed),
+        )
+        .route(
+            "/console/patient-forms/{id}",
+            get(pages::patient_form).fallback(method_not_allowed),
+        )
+        .route(
             "/console/backup",
             get(backup::form)
                 .post(backup::count)

@@ -8,7 +8,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use minijinja::Environment;
 
-const TEMPLATES: [(&str, &str); 13] = [
+const TEMPLATES: [(&str, &str); 15] = [
     ("status.html", include_str!("templates/status.html")),
     ("outbox.html", include_str!("templates/outbox.html")),
     ("confirm.html", include_str!("templates/confirm.html")),
@@ -21,6 +21,14 @@ const TEMPLATES: [(&str, &str); 13] = [
     ("referrals.html", include_str!("templates/referrals.html")),
     ("referral.html", include_str!("templates/referral.html")),
     ("watch_list.html", include_str!("templates/watch_list.html")),
+    (
+        "patient_forms.html",
+        include_str!("templates/patient_forms.html"),
+    ),
+    (
+        "patient_form.html",
+        include_str!("templates/patient_form.html"),
+    ),
     (
         "destinations.html",
         include_str!("templates/destinations.html"),

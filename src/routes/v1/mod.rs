@@ -1,6 +1,7 @@
 //! The point-of-service API, `/api/v1`: referrals, their versions, the ordered event feed,
 //! updates to Ocean, the CSV backup, the audit log, the alerts, a backup of the whole store, and the
-//! watch-list of referrals that need attention.
+//! watch-list of referrals that need attention, and the eForms patients completed (Patient
+//! Engagement).
 //!
 //! Clients authenticate with their key as a bearer token; a client limited to some External
 //! Service IDs sees nothing else. Every error, unknown paths and methods included, is an RFC 9457
@@ -16,6 +17,7 @@ pub(crate) mod documents;
 mod events;
 pub(crate) mod export;
 pub(crate) mod extract;
+mod patient_forms;
 mod referrals;
 mod updates;
 mod watch_list;
@@ -77,6 +79,8 @@ fn build() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(audit::audit))
         .routes(routes!(backup::backup))
         .routes(routes!(watch_list::get_watch_list))
+        .routes(routes!(patient_forms::list_patient_forms))
+        .routes(routes!(patient_forms::get_patient_form))
         .routes(routes!(openapi))
         .split_for_parts();
     let mut openapi = doc::ApiDoc::openapi().nest(BASE, openapi);
@@ -140,6 +144,8 @@ mod tests {
             "/api/v1/events",
             "/api/v1/export.csv",
             "/api/v1/openapi.json",
+            "/api/v1/patient-forms",
+            "/api/v1/patient-forms/{id}",
             "/api/v1/referrals",
             "/api/v1/referrals/{referral}",
             "/api/v1/referrals/{referral}/appointments",

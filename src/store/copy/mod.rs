@@ -211,6 +211,7 @@ async fn copy_all(
         ("queue", rows::ocean_updates(copy, t, &i).await?),
         ("task_states", rows::task_states(copy, t).await?),
         ("documents", rows::documents(copy, t).await?),
+        ("patient_forms", rows::patient_forms(copy, t).await?),
     ];
     marks::settings(copy, t, data_dir).await?;
     // New rows continue after the copied ids.

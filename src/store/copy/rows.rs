@@ -280,3 +280,44 @@ pub(super) async fn documents(copy: &mut Copier<'_>, t: &Trees) -> Result<u64, S
             )
             .await
 }
+
+/// Patients' completed eForms with their content, each with its dedup key (from
+/// `patient_form_dedup`). Every row is copied [`MIGRATED`](pg::MIGRATED): its state, due and
+/// received times are inside its sealed record, and the first replica with the key settles them.
+pub(super) async fn patient_forms(copy: &mut Copier<'_>, t: &Trees) -> Result<u64, StoreError> {
+    let mut dedup_of: HashMap<u64, String> = HashMap::new();
+    for item in t.patient_form_dedup.iter() {
+        let (key, id) = item.map_err(sled_error)?;
+        let id = crate::store::record::read_u64(&id).map_err(|_| bad("patient form dedup id"))?;
+        dedup_of.insert(id, text(&key, "patient form dedup key")?);
+    }
+    let now = OffsetDateTime::now_utc();
+    copy.tree(
+        &t.patient_forms,
+        "INSERT INTO patient_forms (id, dedup, state, next_attempt_at, received_at, record, content)
+         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (id) DO NOTHING",
+        |key, value| {
+            let id = crate::store::record::read_u64(key).map_err(|_| bad("patient form key"))?;
+            // A record without a dedup key (none is written so) still gets a unique one.
+            let dedup = dedup_of
+                .get(&id)
+                .cloned()
+                .unwrap_or_else(|| format!("migrated-{id}"));
+            let content = t
+                .patient_form_content
+                .get(key)
+                .map_err(sled_error)?
+                .map(|b| b.to_vec());
+            Ok(Some(vec![
+                Box::new(pg::to_i64(id)),
+                Box::new(dedup),
+                Box::new(pg::MIGRATED),
+                Box::new(now),
+                Box::new(now),
+                Box::new(value.to_vec()),
+                Box::new(content),
+            ]))
+        },
+    )
+    .await
+}

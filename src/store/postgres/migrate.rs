@@ -26,6 +26,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "queues",
         include_str!("../../../migrations/postgres/0004_queues.sql"),
     ),
+    (
+        5,
+        "patient_forms",
+        include_str!("../../../migrations/postgres/0005_patient_forms.sql"),
+    ),
 ];
 
 /// Applies the migrations not yet applied (returns their versions), in one transaction under the advisory lock `lock`

@@ -36,7 +36,8 @@ pub(super) async fn refuse_unfinished(client: &tokio_postgres::Client) -> Result
 }
 
 /// Finishes what `migrate` left for a replica with the key, at every start: each update copied
-/// sealed ([`MIGRATED`]) gets its state column from its record, and a signing key copied
+/// sealed ([`MIGRATED`]) gets its state column from its record (a patient form its state,
+/// due and received times), and a signing key copied
 /// unsealed is sealed, when a key is configured.
 pub(super) async fn settle_migration(store: &PgStore) -> Result<(), StoreError> {
     let client = store.client().await?;
@@ -84,6 +85,33 @@ pub(super) async fn settle_migration(store: &PgStore) -> Result<(), StoreError> 
             )
             .await
             .map_err(db_error("settling a migrated update"))?;
+    }
+    // Patients' completed eForms: their columns come from their records.
+    let rows = client
+        .query(
+            "SELECT id, record FROM patient_forms WHERE state = $1",
+            &[&MIGRATED],
+        )
+        .await
+        .map_err(db_error("reading migrated patient forms"))?;
+    for row in &rows {
+        let form = store.open_patient_form(row.get(0), row.get(1))?;
+        client
+            .execute(
+                "UPDATE patient_forms SET state = $2, next_attempt_at = $3, received_at = $4,
+                     purged = $5
+                 WHERE id = $1 AND state = $6",
+                &[
+                    &row.get::<_, i64>(0),
+                    &form.state.as_str(),
+                    &form.next_attempt_at,
+                    &form.received_at,
+                    &form.purged,
+                    &MIGRATED,
+                ],
+            )
+            .await
+            .map_err(db_error("settling a migrated patient form"))?;
     }
     if store.codec.0.is_some()
         && let Some(row) = client

@@ -20,6 +20,7 @@ mod maintenance;
 mod migrate;
 mod migrated;
 mod outbox;
+mod patient_forms;
 mod queue;
 mod records;
 mod replicas;

@@ -22,6 +22,9 @@
 //! - `documents`:   referral ref `\0` version (u64 BE) index (u32 BE) → `DocumentRecord`
 //! - `document_bytes`: same key → the document's bytes as fetched
 //! - `due_documents`: same key → () while the document is pending
+//! - `patient_forms`: id (u64 BE) → `PatientFormRecord`; `patient_form_content`: same key →
+//!   what was fetched (sealed); `patient_form_dedup`: dedup key → id; `due_patient_forms`: id →
+//!   () while pending
 //!
 //! **Recovering from write failures.** Once sled fails to write (a full disk, an I/O error) it
 //! refuses every later operation, for good. So the open database lives behind `Open`, and the
@@ -51,6 +54,7 @@ mod maintenance;
 mod open;
 mod options;
 mod outbox;
+mod patient_forms;
 mod queue;
 mod recovery;
 mod rekey;

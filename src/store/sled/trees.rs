@@ -5,7 +5,8 @@ use sled::transaction::{ConflictableTransactionError, TransactionError};
 
 use crate::store::error::StoreError;
 use crate::store::record::{
-    Codec, DOCUMENT_BYTES, DOCUMENTS, PAYLOADS, QUEUE, REFERRALS, TASK_STATES, UPDATES, VERSIONS,
+    Codec, DOCUMENT_BYTES, DOCUMENTS, PATIENT_FORM_CONTENT, PATIENT_FORMS, PAYLOADS, QUEUE,
+    REFERRALS, TASK_STATES, UPDATES, VERSIONS,
 };
 use crate::store::seal::{KeyId, sealed_key_id, unknown_key};
 
@@ -39,6 +40,11 @@ pub(in crate::store) struct Trees {
     pub(in crate::store) queue: sled::Tree,
     /// The queues' indexes: due heads, each referral's chain, states, counts, pauses.
     pub(in crate::store) queue_index: sled::Tree,
+    /// Patients' completed eForms (see `patient_forms.rs`).
+    pub(in crate::store) patient_forms: sled::Tree,
+    pub(in crate::store) patient_form_content: sled::Tree,
+    pub(in crate::store) patient_form_dedup: sled::Tree,
+    pub(in crate::store) due_patient_forms: sled::Tree,
 }
 
 impl Trees {
@@ -62,6 +68,10 @@ impl Trees {
             due_documents: tree("due_documents")?,
             queue: tree(QUEUE)?,
             queue_index: tree("queue_index")?,
+            patient_forms: tree(PATIENT_FORMS)?,
+            patient_form_content: tree(PATIENT_FORM_CONTENT)?,
+            patient_form_dedup: tree("patient_form_dedup")?,
+            due_patient_forms: tree("due_patient_forms")?,
         })
     }
 }
@@ -129,6 +139,8 @@ impl Trees {
             &self.task_states,
             &self.documents,
             &self.document_bytes,
+            &self.patient_forms,
+            &self.patient_form_content,
         ] {
             for end in [tree.first(), tree.last()] {
                 let Some((_, value)) = end.map_err(unavailable)? else {

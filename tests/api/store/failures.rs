@@ -122,6 +122,51 @@ impl DocumentStore for DiskFull {
 }
 
 #[async_trait]
+impl referral_relay::store::PatientFormStore for DiskFull {
+    async fn record_patient_form(
+        &self,
+        _: &referral_relay::store::NewPatientForm,
+    ) -> Result<referral_relay::store::Recorded, StoreError> {
+        Err(disk_full())
+    }
+    async fn due_patient_forms(
+        &self,
+        _: OffsetDateTime,
+        _: std::time::Duration,
+        _: usize,
+        _: &[u64],
+    ) -> Result<Vec<referral_relay::store::PatientFormRecord>, StoreError> {
+        Ok(Vec::new())
+    }
+    async fn save_patient_form(
+        &self,
+        _: &referral_relay::store::PatientFormRecord,
+        _: Option<Bytes>,
+    ) -> Result<(), StoreError> {
+        Err(disk_full())
+    }
+    async fn patient_forms(
+        &self,
+        _: u64,
+        _: usize,
+    ) -> Result<Vec<referral_relay::store::PatientFormRecord>, StoreError> {
+        Ok(Vec::new())
+    }
+    async fn patient_form(
+        &self,
+        _: u64,
+    ) -> Result<Option<referral_relay::store::PatientFormRecord>, StoreError> {
+        Ok(None)
+    }
+    async fn patient_form_content(&self, _: u64) -> Result<Option<Bytes>, StoreError> {
+        Ok(None)
+    }
+    async fn purge_patient_forms_before(&self, _: OffsetDateTime) -> Result<u64, StoreError> {
+        Err(disk_full())
+    }
+}
+
+#[async_trait]
 impl AuditStore for DiskFull {
     async fn audit(
         &self,

@@ -85,7 +85,21 @@ async fn contents(store: &dyn Store) -> serde_json::Value {
         "referrals": referrals,
         "audit": store.audit_entries(0, 10_000).await.unwrap(),
         "updates": referral_relay::store::updates(store, None, 0, 1000).await.unwrap(),
+        "patient_forms": patient_forms(store).await,
     })
+}
+
+/// Patients' completed eForms, each with its content.
+async fn patient_forms(store: &dyn Store) -> serde_json::Value {
+    let mut forms = Vec::new();
+    for form in store.patient_forms(0, 1000).await.unwrap() {
+        let content = store.patient_form_content(form.id).await.unwrap();
+        forms.push(serde_json::json!({
+            "record": form,
+            "content": content.map(|c| String::from_utf8_lossy(&c).into_owned()),
+        }));
+    }
+    serde_json::Value::Array(forms)
 }
 
 #[tokio::test]
@@ -161,6 +175,31 @@ async fn an_encrypted_embedded_store_moves_to_postgres_whole_and_without_its_key
             .await
             .unwrap()
     );
+    // Patients' completed eForms: one fetched with its content, one pending.
+    for session in ["s-1", "s-2"] {
+        let new = referral_relay::store::NewPatientForm {
+            endpoint: "clinic".into(),
+            kind: "notify-patient-message-forms-completion".into(),
+            patient_ref: "690".into(),
+            session_id: Some(session.into()),
+            completion_source: Some("PORTAL".into()),
+            site_num: "4321".into(),
+            received_at: time::OffsetDateTime::now_utc(),
+        };
+        let referral_relay::store::Recorded::New(mut form) =
+            app.store.record_patient_form(&new).await.unwrap()
+        else {
+            panic!("recorded before");
+        };
+        if session == "s-1" {
+            form.state = referral_relay::store::PatientFormState::Fetched;
+            let content = bytes::Bytes::from("{\"patient\":{\"name\":\"Zoë\"}}");
+            app.store
+                .save_patient_form(&form, Some(content))
+                .await
+                .unwrap();
+        }
+    }
     let record = app.store.referral(&referral).await.unwrap().unwrap();
     let now = time::OffsetDateTime::now_utc();
     assert_eq!(
@@ -190,6 +229,7 @@ async fn an_encrypted_embedded_store_moves_to_postgres_whole_and_without_its_key
         "audit",
         "queue",
         "task_states",
+        "patient_forms",
     ] {
         let line = stdout
             .lines()

@@ -1,5 +1,5 @@
 //! What the tests share: the server in-process on a loopback port ([`app`]), the real binary
-//! ([`binary`]), the synthetic FHIR fixtures ([`fixtures`]), a mock Ocean ([`ocean`]) and a relay
+//! ([`binary`]), the synthetic FHIR fixtures ([`fixtures`]), a mock Ocean ([`ocean`]) and its Open API for Patient Engagement ([`patient_ocean`]) and a relay
 //! talking to it ([`flow`]), a schema of its own on the test PostgreSQL server ([`postgres`]),
 //! certificates and HTTPS clients for the TLS tests ([`pki`]) and an app serving HTTPS ([`tls`]), peers that are not ours
 //! ([`peers`]) and a real SMTP server ([`smtp`]), the one polling helper ([`poll::eventually`]), a signing sender ([`signing`]),
@@ -17,6 +17,7 @@ pub mod disk;
 pub mod fixtures;
 pub mod flow;
 pub mod ocean;
+pub mod patient_ocean;
 pub mod peers;
 pub mod pki;
 pub mod poll;

@@ -1,7 +1,8 @@
 //! The console's referral pages: the list with its filters, one referral with its versions, and
-//! the watch-list.
+//! the watch-list; and the patient forms.
 
 mod list;
+mod patient_forms;
 mod referral;
 mod watch_list;
 
@@ -11,6 +12,7 @@ use axum::response::{IntoResponse, Redirect, Response};
 use crate::state::AppState;
 
 pub use list::referrals;
+pub use patient_forms::{patient_form, patient_forms};
 pub use referral::{document, raw_version, referral};
 pub use watch_list::watch_list_page;
 
