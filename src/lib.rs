@@ -20,6 +20,7 @@ pub mod intake;
 pub mod ocean;
 pub mod outgoing;
 pub mod patient_engagement;
+pub mod progress;
 pub mod routes;
 pub mod secret;
 pub mod server;

@@ -104,7 +104,7 @@ impl SiteConfig {
             bail!("sites.{name}: client_id and client_secret are required");
         }
         if !self.redirect_url.is_empty()
-            && let Err(why) = crate::ocean::outbox::redirect_url(&self.redirect_url)
+            && let Err(why) = crate::domain::RedirectUrl::parse(&self.redirect_url)
         {
             bail!("sites.{name}.redirect_url {why}");
         }

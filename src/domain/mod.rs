@@ -5,9 +5,11 @@
 mod change;
 mod ids;
 mod redact;
+mod redirect;
 mod summary;
 
 pub use change::Change;
 pub use ids::{EventCode, IntegrationName, InvalidId, ReferralRef, ServiceId, path_segment};
 pub use redact::{is_code_like, redact_quoted};
+pub use redirect::{RedirectError, RedirectUrl};
 pub use summary::{Carried, DocumentLink, FieldChange, Part, Summary};

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use super::client::OceanClient;
 use crate::config::Config;
-use crate::domain::ServiceId;
+use crate::domain::{RedirectUrl, ServiceId};
 
 /// One configured Ocean site.
 pub struct Site {
@@ -16,7 +16,7 @@ pub struct Site {
     service_ids: Vec<ServiceId>,
     client: Arc<OceanClient>,
     /// `redirect_url` of its config, when set.
-    redirect_url: Option<String>,
+    redirect_url: Option<RedirectUrl>,
 }
 
 impl Site {
@@ -27,8 +27,8 @@ impl Site {
 
     /// Where the referrer's browser goes after a referral's first Task update, unless the
     /// update says otherwise.
-    pub fn redirect_url(&self) -> Option<&str> {
-        self.redirect_url.as_deref()
+    pub fn redirect_url(&self) -> Option<&RedirectUrl> {
+        self.redirect_url.as_ref()
     }
 
     /// Its client (OAuth2 tokens cached, requests bounded by `outbox.request_timeout_secs`).
@@ -59,7 +59,7 @@ impl Sites {
                     // Sent as serialised (validated when the config was loaded).
                     redirect_url: Some(site.redirect_url.as_str())
                         .filter(|u| !u.is_empty())
-                        .and_then(|u| super::outbox::redirect_url(u).ok()),
+                        .and_then(|u| RedirectUrl::parse(u).ok()),
                 })
             })
             .collect::<anyhow::Result<_>>()?;

@@ -37,7 +37,8 @@ use time::OffsetDateTime;
 use crate::auth::scope::Scope;
 use crate::config::WatchListConfig;
 use crate::domain::{ReferralRef, ServiceId};
-pub use rules::{Archival, Facts, Terminal, archival_date, assess};
+pub use crate::progress::{Facts, Terminal};
+pub use rules::{Archival, archival_date, assess};
 
 use crate::store::{Store, StoreError, referral_updates};
 

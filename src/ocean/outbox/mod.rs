@@ -15,9 +15,7 @@ use time::OffsetDateTime;
 use tokio::sync::{Mutex, Notify};
 
 use self::request::Draft;
-pub use self::request::{
-    Coding, DEFAULT_APPOINTMENT_MINUTES, OutboxError, RedirectError, UpdateRequest, redirect_url,
-};
+pub use self::request::{Coding, DEFAULT_APPOINTMENT_MINUTES, OutboxError, UpdateRequest};
 pub use self::task::task_state;
 use self::task::{REVOKED, current_status};
 use super::sites::Sites;
@@ -28,13 +26,13 @@ use crate::store::{ReferralRecord, Store, StoreError, UpdateRecord, UpdateState}
 
 /// Whether `referral` has a booked appointment now: the one booked last, by the clinic through
 /// the relay or by Ocean, whichever was set later, and not cancelled since (the watch-list's
-/// reading of both sides, [`Facts`](crate::watch_list::Facts)).
+/// reading of both sides, [`Facts`](crate::progress::Facts)).
 pub(crate) async fn booked(
     store: &dyn Store,
     referral: &ReferralRecord,
 ) -> Result<bool, StoreError> {
     let updates = crate::store::referral_updates(store, &referral.referral).await?;
-    Ok(crate::watch_list::Facts::read(referral, &updates)
+    Ok(crate::progress::Facts::read(referral, &updates)
         .booked
         .is_some())
 }

@@ -10,7 +10,7 @@ use super::task::current_status;
 use fhir_check::Kind;
 use serde_json::{Value, json};
 
-use crate::domain::ReferralRef;
+use crate::domain::{RedirectError, RedirectUrl, ReferralRef};
 use crate::fhir::message::OriginalRequest;
 use crate::fhir::outgoing::{
     AppointmentUpdate, BuildError, ForwardUpdate, OutgoingMessage, TaskUpdate, appointment_message,
@@ -101,7 +101,7 @@ enum Request {
         status: String,
         reason: Option<String>,
         description: Option<String>,
-        redirect_url: Option<String>,
+        redirect_url: Option<RedirectUrl>,
     },
     Appointment {
         start: OffsetDateTime,
@@ -175,40 +175,6 @@ impl Coding {
     }
 }
 
-/// Why a URL is not one to send the referrer's browser to; its text ends a sentence naming the
-/// field.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum RedirectError {
-    #[error("must be an absolute http(s) URL")]
-    NotHttp,
-    #[error("must not carry a user name or password")]
-    Credentials,
-    #[error("must be at most 2048 characters once encoded")]
-    TooLong,
-}
-
-/// A URL to send the referrer's browser to, as it is sent: `url` parsed and serialised by the
-/// WHATWG URL rules (spaces and non-ASCII characters percent-encoded, tabs and line breaks
-/// removed), so it is a valid FHIR `uri`.
-///
-/// # Errors
-/// Not absolute http(s) with a host, a user name or password in it, or longer than 2048
-/// characters once encoded.
-pub fn redirect_url(url: &str) -> Result<String, RedirectError> {
-    let parsed = reqwest::Url::parse(url).map_err(|_| RedirectError::NotHttp)?;
-    if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
-        return Err(RedirectError::NotHttp);
-    }
-    if !parsed.username().is_empty() || parsed.password().is_some() {
-        return Err(RedirectError::Credentials);
-    }
-    let encoded = String::from(parsed);
-    if encoded.len() > 2048 {
-        return Err(RedirectError::TooLong);
-    }
-    Ok(encoded)
-}
-
 /// `text` of `field`, when it is a FHIR `string`.
 fn fhir_text(field: &'static str, text: String) -> Result<String, OutboxError> {
     if crate::fhir::is_fhir_string(&text) {
@@ -247,11 +213,11 @@ impl UpdateRequest {
         }))
     }
 
-    /// This status change, taking the referrer's browser to `url` (see [`redirect_url`]) in
+    /// This status change, taking the referrer's browser to `url` (see [`RedirectUrl`]) in
     /// place of the site's default. Other updates carry no redirect: the call is refused.
     pub fn with_redirect(self, url: Option<String>) -> Result<Self, OutboxError> {
         let Some(url) = url else { return Ok(self) };
-        let url = redirect_url(&url).map_err(OutboxError::Redirect)?;
+        let url = RedirectUrl::parse(&url).map_err(OutboxError::Redirect)?;
         match self.0 {
             Request::Status {
                 status,
@@ -364,7 +330,7 @@ pub(super) struct Draft<'a> {
     pub(super) site: &'a str,
     pub(super) endpoint: &'a str,
     /// The site's redirect for a referral's first Task update.
-    pub(super) redirect_url: Option<&'a str>,
+    pub(super) redirect_url: Option<&'a RedirectUrl>,
     /// Whether the referral has a booked appointment now (see [`booked`](super::booked)).
     pub(super) booked: bool,
     /// The referral's ServiceRequest as its newest stored message carrying one has it, read
@@ -668,7 +634,7 @@ struct StatusChange {
     status: String,
     reason: Option<String>,
     description: Option<String>,
-    redirect_url: Option<String>,
+    redirect_url: Option<RedirectUrl>,
 }
 
 /// A Task status change, when the transition table allows it from the current status (and
@@ -699,8 +665,9 @@ fn status_update(
     // The site's redirect goes with the first Task message the relay sends for a referral
     // (whether Ocean's messages carried a Task or not).
     let redirect_url = redirect_url
-        .as_deref()
-        .or(draft.redirect_url.filter(|_| !task.task_sent));
+        .as_ref()
+        .or(draft.redirect_url.filter(|_| !task.task_sent))
+        .map(RedirectUrl::as_str);
     let (task_id, first) = task_id(draft, task);
     let message = task_message(
         &draft.referral.referral,

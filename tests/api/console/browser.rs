@@ -323,7 +323,7 @@ async fn a_user_signs_in_finds_a_referral_reads_its_versions_and_signs_out() {
         .unwrap();
     type_into(
         &browser,
-        "textarea[name=text]",
+        "form[action$='/messages'] textarea[name=text]",
         "Please send the latest imaging report.",
     )
     .await;
