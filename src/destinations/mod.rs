@@ -63,17 +63,29 @@ impl Sender {
         if let Some(id) = message.patient_form {
             return match self {
                 Self::Webhook(webhook) => {
-                    let body = crate::patient_engagement::webhook_body(store, message, id, now)
-                        .await
-                        .map_err(|e| SendError::Retry {
-                            reason: format!("the store could not read the patient form: {e}"),
-                            after: None,
-                        })?
-                        .ok_or_else(|| {
-                            SendError::Rejected(format!(
-                                "patient form {id} is no longer stored whole (purged by retention)"
-                            ))
-                        })?;
+                    use crate::patient_engagement::WebhookBody;
+                    let body =
+                        match crate::patient_engagement::webhook_body(store, message, id, now)
+                            .await
+                            .map_err(|e| SendError::Retry {
+                                reason: format!("the store could not read the patient form: {e}"),
+                                after: None,
+                            })? {
+                            WebhookBody::Ready(body) => body,
+                            WebhookBody::NotYet => {
+                                return Err(SendError::Retry {
+                                    reason: format!(
+                                        "patient form {id} is not saved as fetched yet"
+                                    ),
+                                    after: None,
+                                });
+                            }
+                            WebhookBody::Gone(why) => {
+                                return Err(SendError::Rejected(format!(
+                                    "patient form {id} cannot be sent: {why}"
+                                )));
+                            }
+                        };
                     webhook
                         .post(&message.webhook_id, body, "application/json")
                         .await

@@ -59,15 +59,17 @@ pub fn sek_key(sek: &str) -> Result<Vec<u8>, CryptoError> {
 /// ASCII string gives the same key either way.
 ///
 /// # Errors
-/// Neither an AES key size nor a UTF-8 string of at most 32 bytes.
+/// Neither an AES key size nor a UTF-8 string of at most 32 bytes: [`CryptoError::Decrypt`],
+/// since that is what a wrong SEK gives when its padding happens to check out (about one time
+/// in 256), and a corrected SEK decrypts it.
 pub fn one_time_key(decrypted: &[u8]) -> Result<Vec<u8>, CryptoError> {
     if matches!(decrypted.len(), 16 | 24 | 32) {
         return Ok(decrypted.to_vec());
     }
-    let text = std::str::from_utf8(decrypted).map_err(|_| {
-        CryptoError::Malformed("the decrypted oneTimeKey is neither a key nor text".into())
-    })?;
-    sek_key(text)
+    std::str::from_utf8(decrypted)
+        .ok()
+        .and_then(|text| sek_key(text).ok())
+        .ok_or(CryptoError::Decrypt("oneTimeKey"))
 }
 
 /// The block cipher mode. INFERRED: AES in CBC mode with PKCS#7 padding (CryptoJS's default,
@@ -296,6 +298,11 @@ mod tests {
     fn the_one_time_key_is_raw_bytes_of_a_key_size_or_text_padded_like_the_sek() {
         assert_eq!(one_time_key(&[200u8; 32]).unwrap(), vec![200u8; 32]);
         assert_eq!(one_time_key(b"short").unwrap(), b"short00000000000");
-        assert!(one_time_key(&[0xff; 5]).is_err());
+        // What a wrong SEK decrypts when its padding happens to check out: retried as a key
+        // that does not decrypt, not given up as a malformed answer.
+        assert_eq!(
+            one_time_key(&[0xff; 5]),
+            Err(CryptoError::Decrypt("oneTimeKey"))
+        );
     }
 }

@@ -226,6 +226,16 @@ impl Fetcher {
                 }
             }
         }
+        // Retention may have purged the record while Ocean was asked: a purge stands. (A purge
+        // between this read and the save can still be undone; the window is one store read.)
+        if self
+            .store
+            .patient_form(record.id)
+            .await?
+            .is_some_and(|now| now.purged)
+        {
+            return Ok(());
+        }
         self.store.save_patient_form(&record, content).await?;
         let action = match record.state {
             PatientFormState::Fetched => "PATIENT_FORM_FETCHED",
@@ -406,8 +416,12 @@ impl Fetcher {
             },
             CryptoError::Malformed(_) => Failure::GiveUp(format!("{what}: {e}")),
         })?;
-        let json = serde_json::from_slice(&plain)
-            .map_err(|_| Failure::GiveUp(format!("{what} decrypted, but is not JSON")))?;
+        // What a wrong key decrypts with padding that happens to check out is not JSON: retried
+        // like an answer that does not decrypt.
+        let json = serde_json::from_slice(&plain).map_err(|_| Failure::Retry {
+            reason: format!("{what} decrypted, but is not JSON: is shared_encryption_key right?"),
+            after: None,
+        })?;
         Ok(Opened { json, headers })
     }
 }

@@ -17,6 +17,8 @@ pub mod fetcher;
 
 use serde::{Deserialize, Serialize};
 
+use crate::store::PatientFormState;
+
 /// Notification types a form completion arrives as; others are acknowledged and not stored.
 pub const KINDS: [&str; 2] = [
     "notify-patient-message-forms-completion",
@@ -108,29 +110,45 @@ impl Content {
 /// The `type` of a webhook destination's message carrying a fetched submission.
 pub const WEBHOOK_TYPE: &str = "patient_form.fetched";
 
+/// What a destination's message of a submission is, read from the store now.
+#[derive(Debug)]
+pub enum WebhookBody {
+    /// The JSON body to post.
+    Ready(Vec<u8>),
+    /// Not saved as fetched yet (the message is queued just before the fetch is saved): sent
+    /// once it is.
+    NotYet,
+    /// Never to be sent, and why.
+    Gone(&'static str),
+}
+
 /// The JSON a webhook destination is sent for patient form `id` (queued as `message`), read
 /// from the store now: `{type, timestamp, data: {message, id, endpoint, type, patient_ref,
 /// session_id, completion_source, received_at, fetched_at, external_patient_ref, note_id,
-/// demographics, forms, progress_note, patient, note}}`. `None` when it is no longer stored
-/// whole (purged). A receiver drops repeats by `data.id`.
+/// demographics, forms, progress_note, patient, note}}`. A receiver drops repeats by `data.id`.
 ///
 /// # Errors
-/// The store's.
+/// The store's, or content that does not decode.
 pub async fn webhook_body(
     store: &dyn crate::store::Store,
     message: &crate::store::QueuedMessage,
     id: u64,
     now: time::OffsetDateTime,
-) -> Result<Option<Vec<u8>>, crate::store::StoreError> {
+) -> Result<WebhookBody, crate::store::StoreError> {
     let Some(record) = store.patient_form(id).await? else {
-        return Ok(None);
-    };
-    let Some(bytes) = store.patient_form_content(id).await? else {
-        return Ok(None);
+        return Ok(WebhookBody::Gone("it is no longer stored"));
     };
     if record.purged {
-        return Ok(None);
+        return Ok(WebhookBody::Gone("retention purged it"));
     }
+    match record.state {
+        PatientFormState::Pending => return Ok(WebhookBody::NotYet),
+        PatientFormState::Failed => return Ok(WebhookBody::Gone("its fetch was given up")),
+        PatientFormState::Fetched => {}
+    }
+    let Some(bytes) = store.patient_form_content(id).await? else {
+        return Ok(WebhookBody::Gone("its content is no longer stored"));
+    };
     let content: Content = serde_json::from_slice(&bytes)
         .map_err(|e| crate::store::StoreError::corrupt("a patient form's content").caused_by(e))?;
     let mut data = submission(&record, &content);
@@ -141,7 +159,7 @@ pub async fn webhook_body(
         "data": data,
     });
     serde_json::to_vec(&body)
-        .map(Some)
+        .map(WebhookBody::Ready)
         .map_err(|e| crate::store::StoreError::failed("cannot encode a message").caused_by(e))
 }
 

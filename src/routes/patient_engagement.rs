@@ -167,7 +167,9 @@ async fn receive(
         })?;
     let properties = notification.get("customProperties");
     let session_id = match properties.and_then(|p| p.get("oceanSessionId")) {
+        // Empty is absent: refusing it would only make Ocean retry for 96 hours.
         None | Some(Value::Null) => None,
+        Some(Value::String(s)) if s.is_empty() => None,
         Some(value) => Some(text(value).filter(|s| safe_segment(s)).ok_or_else(|| {
             AppError::Unprocessable(
                 "customProperties.oceanSessionId must be 1 to 128 letters, digits, '-', '.' or '_'"

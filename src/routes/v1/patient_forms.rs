@@ -89,8 +89,7 @@ pub struct PatientFormPage {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct FormFieldView {
     name: String,
-    /// The value as Ocean sent it.
-    #[schema(value_type = Object)]
+    /// The value as Ocean sent it: any JSON value (a string, a number, a list, ...).
     value: serde_json::Value,
     /// The form hid this field from the patient.
     hidden: bool,

@@ -61,3 +61,39 @@ service_ids = ["CARDIO-1"]
     assert_eq!(cardio_messages["messages"], serde_json::json!([]));
     assert_eq!(cardio.received().await["received"], serde_json::json!([]));
 }
+
+/// A destination's message is queued just before its submission is saved as fetched: a worker
+/// that reads it in between waits for the save (a retry), and never takes it for purged.
+#[tokio::test]
+async fn a_message_read_before_its_submission_is_saved_waits_for_it() {
+    use referral_relay::patient_engagement::{WebhookBody, webhook_body};
+    use referral_relay::store::{NewPatientForm, QueuedMessage, Recorded};
+    let app = spawn_app_with("").await;
+    let now = time::OffsetDateTime::now_utc();
+    let Recorded::New(recorded) = app
+        .store
+        .record_patient_form(&NewPatientForm {
+            endpoint: "clinic".into(),
+            kind: "notify-patient-message-forms-completion".into(),
+            patient_ref: "697".into(),
+            session_id: Some("s-697".into()),
+            completion_source: None,
+            site_num: "4321".into(),
+            received_at: now,
+        })
+        .await
+        .unwrap()
+    else {
+        panic!("a new notification is recorded as new");
+    };
+    let message = QueuedMessage::patient_form("emr", recorded.id, now);
+    let body = webhook_body(app.store.as_ref(), &message, recorded.id, now)
+        .await
+        .unwrap();
+    assert!(matches!(body, WebhookBody::NotYet), "{body:?}");
+    let gone = webhook_body(app.store.as_ref(), &message, recorded.id + 100, now)
+        .await
+        .unwrap();
+    assert!(matches!(gone, WebhookBody::Gone(_)), "{gone:?}");
+    app.stop().await;
+}
