@@ -35,14 +35,22 @@ async fn until(app: &TestApp, id: u64, state: &str) -> Value {
     form
 }
 
+/// How many `action` entries the audit log holds once it holds at least one (the entry is
+/// written just after the submission's state is saved).
 async fn audited(app: &TestApp, action: &str) -> usize {
-    let audit = get_ok(app, "/api/v1/audit?limit=500").await;
-    audit["entries"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|e| e["action"] == action)
-        .count()
+    let mut count = 0;
+    eventually(&format!("an {action} audit entry"), async || {
+        let audit = get_ok(app, "/api/v1/audit?limit=500").await;
+        count = audit["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["action"] == action)
+            .count();
+        count > 0
+    })
+    .await;
+    count
 }
 
 #[tokio::test]
@@ -175,7 +183,12 @@ async fn a_submission_pending_at_shutdown_is_fetched_after_the_restart() {
     let config = patient_ocean::config(&ocean, "");
     let app = spawn_app_in(dir.path(), &config).await;
     let id = recorded(&app, "695").await;
-    eventually("a first refused attempt", async || !ocean.seen().is_empty()).await;
+    // The first refused attempt is saved (attempts 1, still pending) before the stop.
+    eventually("a first refused attempt saved", async || {
+        let form = get_ok(&app, &format!("/api/v1/patient-forms/{id}")).await;
+        form["attempts"].as_u64() >= Some(1)
+    })
+    .await;
     app.stop().await;
     let before = ocean.seen().len();
     ocean.down(None);
