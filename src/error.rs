@@ -128,15 +128,16 @@ impl From<OutboxError> for AppError {
             OutboxError::Invalid(_) | OutboxError::BadText { .. } | OutboxError::Redirect(_) => {
                 Self::BadRequest(message)
             }
-            OutboxError::NotActionable
-            | OutboxError::NoSite(_)
-            | OutboxError::NoCategory(_)
-            | OutboxError::NoServiceRequest { .. }
-            | OutboxError::Build(_) => Self::Unprocessable(message),
+            OutboxError::NotActionable | OutboxError::NoSite(_) | OutboxError::Build(_) => {
+                Self::Unprocessable(message)
+            }
             OutboxError::NotAllowed { .. }
             | OutboxError::NotDead { .. }
             | OutboxError::Revoked(_)
-            | OutboxError::Booked(_) => Self::Conflict(message),
+            | OutboxError::Booked(_)
+            // What the referral's stored messages lack: its state, not the request.
+            | OutboxError::NoCategory(_)
+            | OutboxError::NoServiceRequest { .. } => Self::Conflict(message),
             OutboxError::NoAppointment(_) | OutboxError::UnknownUpdate(_) => {
                 Self::NotFound(message)
             }

@@ -54,7 +54,7 @@ pub struct ForwardRequest {
     #[schema(min_length = 1, max_length = 200, pattern = "^\\S+$")]
     listing_ref: String,
     /// The SNOMED CT code of the forwarded referral's category; when absent, the SNOMED CT
-    /// category of the referral's stored messages (422 when they carry none).
+    /// category of the referral's stored messages (409 when they carry none).
     #[schema(min_length = 1, pattern = "^\\S+$")]
     category: Option<String>,
     /// Why it is forwarded (the Task's status reason).
@@ -244,8 +244,8 @@ pub async fn booking_instructions(
     responses(
         (status = 202, description = "Stored in the outbox", body = Accepted),
         (status = 400, description = "`listing_ref` is not 1 to 200 characters without white space, `category` is not a FHIR code, or `reason` holds control characters", body = ProblemDoc, content_type = "application/problem+json"),
-        (status = 409, description = "The referral is completed, or the requester revoked it", body = ProblemDoc, content_type = "application/problem+json"),
-        (status = 422, description = "No `category` given and none in SNOMED CT in the referral's stored messages, no stored message carries its ServiceRequest or names its patient usably, or no site for the referral", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 409, description = "The referral is completed or the requester revoked it; or no `category` given and none in SNOMED CT in the referral's stored messages, or no stored message carries its ServiceRequest or names its patient usably", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 422, description = "No site for the referral", body = ProblemDoc, content_type = "application/problem+json"),
     )
 )]
 pub async fn forward(
@@ -272,8 +272,8 @@ pub async fn forward(
     responses(
         (status = 202, description = "Stored in the outbox", body = Accepted),
         (status = 400, description = "Neither `service` nor `category` given (a rule between two fields that the schema cannot state), a code that is not a FHIR code, a system that is not an absolute URI, or a display with control characters", body = ProblemDoc, content_type = "application/problem+json"),
-        (status = 409, description = "The requester revoked the referral", body = ProblemDoc, content_type = "application/problem+json"),
-        (status = 422, description = "No stored message carries the referral's ServiceRequest or names its patient usably, the referral reference is not a FHIR id (so it cannot be the ServiceRequest's id), or no site for the referral", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 409, description = "The requester revoked the referral, or no stored message carries its ServiceRequest or names its patient usably", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 422, description = "The referral reference is not a FHIR id (so it cannot be the ServiceRequest's id), or no site for the referral", body = ProblemDoc, content_type = "application/problem+json"),
     )
 )]
 pub async fn correct(

@@ -171,7 +171,7 @@ async fn the_referral_page_sends_instructions_forwards_corrects_and_redirects_th
     assert_eq!(done.status, 303, "{}", done.html);
     // The v0.10 referral's category is text only: a forward must name one.
     let refused = post(&mut visitor, "forward", &[("listing_ref", "LISTING-9")]).await;
-    assert_eq!(refused.status, 422, "{}", refused.html);
+    assert_eq!(refused.status, 409, "{}", refused.html);
     assert!(refused.html.contains("SNOMED CT"), "{}", refused.html);
     let done = post(
         &mut visitor,

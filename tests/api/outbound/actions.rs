@@ -181,7 +181,7 @@ async fn a_forward_names_the_listing_on_a_new_service_request_that_replaces_the_
     let path = format!("/api/v1/referrals/{REF}/forward");
     // The fixture's category is text only: Ocean needs SNOMED CT, so the clinic must give one.
     let reply = post(&app, &path, json!({"listing_ref": "LISTING-77"})).await;
-    assert_eq!(reply.status, 422, "{}", reply.body);
+    assert_eq!(reply.status, 409, "{}", reply.body);
     let detail = reply.body["detail"].as_str().unwrap();
     assert!(
         detail.contains("SNOMED CT") && detail.contains("`category`"),
