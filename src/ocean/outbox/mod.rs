@@ -7,6 +7,7 @@
 //! previous update left.
 
 mod request;
+mod restate;
 mod task;
 
 use std::sync::Arc;

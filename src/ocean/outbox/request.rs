@@ -6,16 +6,15 @@
 use time::OffsetDateTime;
 
 use super::super::transitions::{ACTIONABLE, Transitions};
+use super::restate::{NOT_FORWARDED_FROM, correction, forward};
 use super::task::current_status;
-use fhir_check::Kind;
 use serde_json::{Value, json};
 
 use crate::domain::{RedirectError, RedirectUrl, ReferralRef};
 use crate::fhir::message::OriginalRequest;
 use crate::fhir::outgoing::{
-    AppointmentUpdate, BuildError, ForwardUpdate, OutgoingMessage, TaskUpdate, appointment_message,
-    booking_instructions_message, communication_message, correction_message, forward_message,
-    task_message,
+    AppointmentUpdate, BuildError, OutgoingMessage, TaskUpdate, appointment_message,
+    booking_instructions_message, communication_message, task_message,
 };
 use crate::ig::SNOMED_CT;
 use crate::store::{
@@ -166,7 +165,7 @@ impl Coding {
         })
     }
 
-    fn to_fhir(&self) -> Value {
+    pub(super) fn to_fhir(&self) -> Value {
         let mut coding = json!({ "system": self.system, "code": self.code });
         if let Some(display) = &self.display {
             coding["display"] = Value::from(display.as_str());
@@ -341,7 +340,7 @@ pub(super) struct Draft<'a> {
 
 impl Draft<'_> {
     /// The pending update of `kind` carrying `message`.
-    fn pending(&self, kind: UpdateKind, message: OutgoingMessage) -> UpdateRecord {
+    pub(super) fn pending(&self, kind: UpdateKind, message: OutgoingMessage) -> UpdateRecord {
         let referral = self.referral.referral.clone();
         UpdateRecord::pending(
             referral,
@@ -451,157 +450,10 @@ impl UpdateRequest {
     }
 }
 
-/// The original ServiceRequest of `draft`, or why there is none.
-fn original<'a>(draft: &Draft<'a>, what: &'static str) -> Result<&'a OriginalRequest, OutboxError> {
-    draft.original.ok_or_else(|| OutboxError::NoServiceRequest {
-        referral: draft.referral.referral.clone(),
-        what,
-    })
-}
-
-/// Task statuses a referral is not forwarded from, nor sent booking instructions: its work is
-/// over.
-const NOT_FORWARDED_FROM: [&str; 3] = ["completed", "failed", "entered-in-error"];
-
-/// A forward: the referral's Task goes back to `requested`, on a new ServiceRequest for the
-/// listing.
-fn forward(
-    draft: &Draft<'_>,
-    task: &mut TaskState,
-    listing_ref: &str,
-    category: Option<Coding>,
-    reason: Option<&str>,
-) -> Result<UpdateRecord, OutboxError> {
-    let current = current_status(task, draft.referral);
-    if NOT_FORWARDED_FROM.contains(&current.as_str()) {
-        return Err(OutboxError::NotAllowed {
-            referral: draft.referral.referral.clone(),
-            from: current,
-            to: "forwarded".into(),
-        });
-    }
-    let original = original(draft, "carries its ServiceRequest")?;
-    let category = match category {
-        Some(category) => category.to_fhir(),
-        None => original
-            .snomed_category
-            .clone()
-            .ok_or_else(|| OutboxError::NoCategory(draft.referral.referral.clone()))?,
-    };
-    let subject = original
-        .subject
-        .clone()
-        .ok_or_else(|| OutboxError::NoServiceRequest {
-            referral: draft.referral.referral.clone(),
-            what: "names its patient in a way a new ServiceRequest can refer to",
-        })?;
-    let (task_id, first) = task_id(draft, task);
-    let message = forward_message(
-        &draft.referral.referral,
-        &ForwardUpdate {
-            task_id: &task_id,
-            first,
-            listing_ref,
-            category,
-            subject,
-            reason,
-        },
-        draft.endpoint,
-    )?;
-    Ok(UpdateRecord {
-        task_status: Some("requested".into()),
-        task_id: Some(task_id),
-        ..sent_status(draft, task, "requested", UpdateKind::Forward, message)
-    })
-}
-
-/// The referral's ServiceRequest as Ocean should now hold it: the newest stored message's, with
-/// `service` and `category` replaced where given. Elements that refer to resources of that
-/// message (`urn:uuid:` or `#` references resolve only inside it) are left out, the patient is
-/// named as [`OriginalRequest::subject`] says, and an element R4 refuses (Ocean's messages are
-/// read leniently) is left out rather than refusing the correction.
-fn correction(
-    draft: &Draft<'_>,
-    service: Option<Coding>,
-    category: Option<Coding>,
-) -> Result<UpdateRecord, OutboxError> {
-    let original = original(draft, "carries its ServiceRequest")?;
-    let subject = original
-        .subject
-        .clone()
-        .ok_or_else(|| OutboxError::NoServiceRequest {
-            referral: draft.referral.referral.clone(),
-            what: "names its patient in a way a corrected ServiceRequest can refer to",
-        })?;
-    let sent = &original.resource;
-    let mut required = json!({
-        "resourceType": "ServiceRequest",
-        "id": draft.referral.referral.as_str(),
-        "status": sent["status"].as_str().unwrap_or("active"),
-        "intent": sent["intent"].as_str().unwrap_or("order"),
-        "subject": subject,
-    });
-    if let Some(category) = category {
-        required["category"] = json!([{ "coding": [category.to_fhir()] }]);
-    }
-    if let Some(service) = service {
-        required["code"] = json!({ "coding": [service.to_fhir()] });
-    }
-    let conforms =
-        |resource: &Value| fhir_check::check(Kind::ServiceRequest, &resource.to_string()).is_ok();
-    let mut request = required.clone();
-    let kept = sent
-        .as_object()
-        .into_iter()
-        .flatten()
-        .filter(|(name, value)| {
-            !matches!(
-                name.as_str(),
-                "id" | "meta" | "text" | "contained" | "resourceType"
-            ) && required.get(name.as_str()).is_none()
-                && !refers_inside_its_message(value)
-        });
-    for (name, value) in kept {
-        request[name.as_str()] = value.clone();
-    }
-    if !conforms(&request) {
-        // Keep what R4 takes, element by element.
-        let mut taken = required;
-        for (name, value) in request.as_object().into_iter().flatten() {
-            if taken.get(name.as_str()).is_some() {
-                continue;
-            }
-            let mut trial = taken.clone();
-            trial[name.as_str()] = value.clone();
-            if conforms(&trial) {
-                taken = trial;
-            }
-        }
-        request = taken;
-    }
-    let message = correction_message(&draft.referral.referral, request, draft.endpoint)?;
-    Ok(draft.pending(UpdateKind::Correction, message))
-}
-
-/// Whether `value` holds a reference that resolves only inside the message it came in: a
-/// `urn:uuid:`/`urn:oid:` full URL or a `#` contained resource.
-fn refers_inside_its_message(value: &Value) -> bool {
-    match value {
-        Value::Object(fields) => fields.iter().any(|(name, v)| {
-            (name == "reference"
-                && v.as_str()
-                    .is_some_and(|r| r.starts_with("urn:") || r.starts_with('#')))
-                || refers_inside_its_message(v)
-        }),
-        Value::Array(items) => items.iter().any(refers_inside_its_message),
-        _ => false,
-    }
-}
-
 /// The id of the Task a Task message names, and whether it is the referral's first: Ocean's
 /// own Task for the referral, once its messages carried one (Ocean refuses a Task id it does
 /// not know), else the relay's own, created by its first Task message.
-fn task_id(draft: &Draft<'_>, task: &mut TaskState) -> (String, bool) {
+pub(super) fn task_id(draft: &Draft<'_>, task: &mut TaskState) -> (String, bool) {
     let oceans = draft.referral.summary.task_id.clone();
     let first = !task.task_sent && oceans.is_none();
     let id = match oceans {
@@ -616,7 +468,7 @@ fn task_id(draft: &Draft<'_>, task: &mut TaskState) -> (String, bool) {
 
 /// The pending update of `kind` carrying a Task message that leaves the Task at `status`,
 /// recorded in `task`.
-fn sent_status(
+pub(super) fn sent_status(
     draft: &Draft<'_>,
     task: &mut TaskState,
     status: &str,
