@@ -6,6 +6,7 @@
 //! Acceptance is serialised, so each Task status change is checked against the state the
 //! previous update left.
 
+mod draft;
 mod request;
 mod restate;
 mod task;
@@ -15,8 +16,9 @@ use std::sync::Arc;
 use time::OffsetDateTime;
 use tokio::sync::{Mutex, Notify};
 
-use self::request::Draft;
-pub use self::request::{Coding, DEFAULT_APPOINTMENT_MINUTES, OutboxError, UpdateRequest};
+use self::draft::Draft;
+pub use self::draft::OutboxError;
+pub use self::request::{Coding, DEFAULT_APPOINTMENT_MINUTES, UpdateRequest};
 pub use self::task::task_state;
 use self::task::{REVOKED, current_status};
 use super::sites::Sites;

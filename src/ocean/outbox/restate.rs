@@ -5,7 +5,7 @@
 use fhir_check::Kind;
 use serde_json::{Value, json};
 
-use super::request::{Coding, Draft, OutboxError, sent_status, task_id};
+use super::draft::{Draft, OutboxError, sent_status, task_id};
 use super::task::current_status;
 use crate::fhir::message::OriginalRequest;
 use crate::fhir::outgoing::{ForwardUpdate, correction_message, forward_message};
@@ -23,13 +23,13 @@ fn original<'a>(draft: &Draft<'a>, what: &'static str) -> Result<&'a OriginalReq
 /// over.
 pub(super) const NOT_FORWARDED_FROM: [&str; 3] = ["completed", "failed", "entered-in-error"];
 
-/// A forward: the referral's Task goes back to `requested`, on a new ServiceRequest for the
+/// A forward (`category` a FHIR Coding, when the clinic gave one): the referral's Task goes back to `requested`, on a new ServiceRequest for the
 /// listing.
 pub(super) fn forward(
     draft: &Draft<'_>,
     task: &mut TaskState,
     listing_ref: &str,
-    category: Option<Coding>,
+    category: Option<Value>,
     reason: Option<&str>,
 ) -> Result<UpdateRecord, OutboxError> {
     let current = current_status(task, draft.referral);
@@ -42,7 +42,7 @@ pub(super) fn forward(
     }
     let original = original(draft, "carries its ServiceRequest")?;
     let category = match category {
-        Some(category) => category.to_fhir(),
+        Some(category) => category,
         None => original
             .snomed_category
             .clone()
@@ -82,8 +82,8 @@ pub(super) fn forward(
 /// read leniently) is left out rather than refusing the correction.
 pub(super) fn correction(
     draft: &Draft<'_>,
-    service: Option<Coding>,
-    category: Option<Coding>,
+    service: Option<Value>,
+    category: Option<Value>,
 ) -> Result<UpdateRecord, OutboxError> {
     let original = original(draft, "carries its ServiceRequest")?;
     let subject = original
@@ -102,10 +102,10 @@ pub(super) fn correction(
         "subject": subject,
     });
     if let Some(category) = category {
-        required["category"] = json!([{ "coding": [category.to_fhir()] }]);
+        required["category"] = json!([{ "coding": [category] }]);
     }
     if let Some(service) = service {
-        required["code"] = json!({ "coding": [service.to_fhir()] });
+        required["code"] = json!({ "coding": [service] });
     }
     let conforms =
         |resource: &Value| fhir_check::check(Kind::ServiceRequest, &resource.to_string()).is_ok();
