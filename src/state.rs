@@ -92,6 +92,8 @@ pub struct AppState {
     pub backups: Arc<tokio::sync::Semaphore>,
     /// Signed-in users of the web console.
     pub console_sessions: Arc<Sessions>,
+    /// The console's OpenID Connect relying party (used when `[console.oidc]` is set).
+    pub oidc: Arc<crate::auth::oidc::OidcRelyingParty>,
     /// The certificate the listener serves, when it speaks HTTPS (for `/readyz`).
     pub tls_certificate: Option<Arc<crate::server::tls::ServedCertificate>>,
     /// Wakes the patient forms' fetcher when a notification was recorded.
@@ -162,6 +164,11 @@ impl AppState {
             integrations.insert(name.to_string(), integration);
         }
         let sites = Arc::new(Sites::from_config(config)?);
+        let console_sessions = Arc::new(Sessions::new(
+            Arc::clone(&store),
+            Duration::from_secs(config.console.session_idle_secs),
+            Duration::from_secs(config.console.session_max_secs),
+        ));
         let outbox = Arc::new(Outbox::new(config, Arc::clone(&sites), Arc::clone(&store)));
         let metrics = Metrics::new();
         let destinations = crate::destinations::Destinations::from_config(config)?;
@@ -203,10 +210,8 @@ impl AppState {
             ),
             trusted_proxies: Arc::new(config.server.trusted_proxies.clone()),
             backups: Arc::new(tokio::sync::Semaphore::new(1)),
-            console_sessions: Arc::new(Sessions::new(
-                Duration::from_secs(config.console.session_idle_secs),
-                Duration::from_secs(config.console.session_max_secs),
-            )),
+            console_sessions,
+            oidc: Arc::default(),
             tls_certificate: None,
             patient_forms_wake: Arc::default(),
         })

@@ -10,6 +10,7 @@ pub mod bearer;
 pub mod budget;
 pub mod hmac;
 pub mod limiter;
+pub mod oidc;
 pub mod refusals;
 pub mod scope;
 pub mod session;

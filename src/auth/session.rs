@@ -1,120 +1,199 @@
-//! Sessions of the web console: an opaque random id in a cookie, the user it belongs to, and the
-//! token every form of that session must carry (CSRF).
+//! Sessions of the web console: an opaque random id in a cookie, the account it belongs to, and
+//! the token every form of that session must carry (CSRF). Kept in the store
+//! ([`ConsoleStore`](crate::store::ConsoleStore)), so any replica serves any request, a restart
+//! signs nobody out, and signing out ends the session everywhere.
 //!
-//! Ids are 32 random bytes (base64url); only their SHA-256 is kept, so a memory dump does not
-//! hand out live sessions. A session ends when unused for the idle limit, at the absolute limit
-//! after its login, at logout, or when the process restarts (sessions are held in memory: behind
-//! a load balancer, pin console users to one replica).
+//! Ids are 32 random bytes (base64url); only their SHA-256 is kept, so the store (or a dump of
+//! it) does not hand out live sessions, and ids never reach a log. A session ends when unused
+//! for the idle limit, at the absolute limit after its sign-in, at sign-out, or when an admin
+//! ends its account's sessions. Its last use is written at most every [`touch_every`] (a
+//! minute, less for short idle limits), so the idle limit holds to within that.
+//!
+//! Also kept here: sign-ins through the identity provider between leaving for it and coming
+//! back ([`Sessions::begin_sign_in`]), each usable once and for [`SIGN_IN_LIMIT`].
 
-use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use time::OffsetDateTime;
 
 use crate::secret::same_secret;
+use crate::store::{ConsoleCutoffs, ConsoleSessionRecord, PendingSignIn, Store, StoreError};
 
 /// The name of the session cookie.
 pub const COOKIE: &str = "relay_console";
 
-/// Sessions at most; past this the oldest is ended to make room.
-const MAX_SESSIONS: usize = 10_000;
+/// The start of the account of a person signed in through the identity provider, followed by
+/// their subject (`sub`). Local user names cannot hold a `:`, so the two never meet.
+pub const OIDC_ACCOUNT: &str = "oidc:";
 
-/// One signed-in user's session, as the handlers see it.
+/// How long a sign-in may spend at the identity provider (the user typing a password, MFA).
+pub const SIGN_IN_LIMIT: Duration = Duration::from_secs(600);
+
+/// Sign-ins kept at once while their users are at the identity provider; past this, new ones
+/// are refused until some come back or expire (a flood of unauthenticated starts cannot grow
+/// the store without bound).
+const MAX_PENDING_SIGN_INS: usize = 10_000;
+
+/// One signed-in session, as the handlers see it.
 #[derive(Debug, Clone)]
 pub struct Session {
-    /// The console user's name (config key).
-    pub user: String,
+    /// Whose session: a local user's name, or `oidc:<subject>`.
+    pub account: String,
+    /// The name pages and the audit trail show.
+    pub name: String,
+    /// `staff` or `admin`, as decided at sign-in.
+    pub role: String,
+    /// External Service IDs the session may see (empty: all), as decided at sign-in.
+    pub service_ids: Vec<String>,
     /// The token forms of this session carry.
     pub csrf: String,
-    /// When the user last looked at the referral list before this session began: what changed
-    /// after it is new to them for the whole session. `None` on a first session.
+    /// When the account last looked at the referral list before this session began: what
+    /// changed after it is new to them for the whole session. `None` on a first session.
     pub changes_since: Option<OffsetDateTime>,
+    pub created_at: OffsetDateTime,
+    pub last_used_at: OffsetDateTime,
 }
 
-struct Held {
-    session: Session,
-    created: Instant,
-    last_used: Instant,
+/// Who a new session is for.
+#[derive(Debug, Clone)]
+pub struct NewSession {
+    pub account: String,
+    pub name: String,
+    pub role: &'static str,
+    pub service_ids: Vec<String>,
 }
 
-/// Every live session of this process.
+impl From<ConsoleSessionRecord> for Session {
+    fn from(r: ConsoleSessionRecord) -> Self {
+        Self {
+            account: r.account,
+            name: r.name,
+            role: r.role,
+            service_ids: r.service_ids,
+            csrf: r.csrf,
+            changes_since: r.changes_since,
+            created_at: r.created_at,
+            last_used_at: r.last_used_at,
+        }
+    }
+}
+
+/// The console's sessions, in the store.
 pub struct Sessions {
+    store: Arc<dyn Store>,
     idle: Duration,
     absolute: Duration,
-    held: Mutex<HashMap<String, Held>>,
-    /// Per user: when they last looked at the referral list (survives their logout, not a
-    /// restart).
-    visits: Mutex<HashMap<String, OffsetDateTime>>,
+}
+
+/// How stale a session's recorded last use may get before it is written again: a minute, or
+/// a quarter of the idle limit when that is shorter.
+pub fn touch_every(idle: Duration) -> Duration {
+    (idle / 4).min(Duration::from_secs(60))
 }
 
 impl Sessions {
-    pub fn new(idle: Duration, absolute: Duration) -> Self {
+    /// Sessions ending when unused for `idle` or `absolute` after their start.
+    pub fn new(store: Arc<dyn Store>, idle: Duration, absolute: Duration) -> Self {
         Self {
+            store,
             idle,
             absolute,
-            held: Mutex::new(HashMap::new()),
-            visits: Mutex::new(HashMap::new()),
         }
     }
 
-    /// Starts a session for `user`; returns the id for the cookie.
-    pub fn start(&self, user: &str) -> String {
+    fn cutoffs(&self, now: OffsetDateTime) -> ConsoleCutoffs {
+        ConsoleCutoffs {
+            idle_before: now - self.idle,
+            started_before: now - self.absolute,
+            sign_ins_before: now - SIGN_IN_LIMIT,
+        }
+    }
+
+    /// Starts a session for `who`; returns the id for the cookie. Expired sessions and
+    /// abandoned sign-ins are removed first.
+    ///
+    /// # Errors
+    /// The store's, when it cannot keep the session.
+    pub async fn start(&self, who: NewSession) -> Result<String, StoreError> {
+        let now = OffsetDateTime::now_utc();
+        self.store.purge_console(self.cutoffs(now)).await?;
+        let changes_since = self.store.console_visit(&who.account).await?;
         let id = random_token();
-        let now = Instant::now();
-        let changes_since = self
-            .visits
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(user)
-            .copied();
-        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
-        held.retain(|_, h| self.alive(h, now));
-        if held.len() >= MAX_SESSIONS
-            && let Some(oldest) = held
-                .iter()
-                .min_by_key(|(_, h)| h.created)
-                .map(|(k, _)| k.clone())
-        {
-            held.remove(&oldest);
-        }
-        held.insert(
-            digest(&id),
-            Held {
-                session: Session {
-                    user: user.to_owned(),
-                    csrf: random_token(),
-                    changes_since,
-                },
-                created: now,
-                last_used: now,
-            },
-        );
-        id
+        self.store
+            .save_console_session(&ConsoleSessionRecord {
+                id_digest: digest(&id),
+                account: who.account,
+                name: who.name,
+                role: who.role.to_owned(),
+                service_ids: who.service_ids,
+                csrf: random_token(),
+                created_at: now,
+                last_used_at: now,
+                changes_since,
+            })
+            .await?;
+        Ok(id)
     }
 
-    /// The live session with this cookie id, marked used now; `None` when unknown or expired
-    /// (an expired one is removed).
-    pub fn find(&self, id: &str) -> Option<Session> {
+    /// The live session with this cookie id, marked used now; `None` when unknown, ended or
+    /// expired (an expired one is removed).
+    ///
+    /// # Errors
+    /// The store's.
+    pub async fn find(&self, id: &str) -> Result<Option<Session>, StoreError> {
         let key = digest(id);
-        let now = Instant::now();
-        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
-        let alive = held.get(&key).is_some_and(|h| self.alive(h, now));
-        if !alive {
-            held.remove(&key);
-            return None;
+        let Some(record) = self.store.console_session(&key).await? else {
+            return Ok(None);
+        };
+        let now = OffsetDateTime::now_utc();
+        if record.expired(&self.cutoffs(now)) {
+            self.store.end_console_session(&key).await?;
+            return Ok(None);
         }
-        let h = held.get_mut(&key)?;
-        h.last_used = now;
-        Some(h.session.clone())
+        if now - record.last_used_at >= touch_every(self.idle) {
+            self.store.touch_console_session(&key, now).await?;
+        }
+        Ok(Some(record.into()))
     }
 
-    /// Ends the session with this cookie id (logout). Returns its user, if it was live.
-    pub fn end(&self, id: &str) -> Option<String> {
-        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
-        held.remove(&digest(id)).map(|h| h.session.user)
+    /// Ends the session with this cookie id (sign-out), on every replica. Returns it, if it was
+    /// live.
+    ///
+    /// # Errors
+    /// The store's.
+    pub async fn end(&self, id: &str) -> Result<Option<Session>, StoreError> {
+        Ok(self
+            .store
+            .end_console_session(&digest(id))
+            .await?
+            .map(Session::from))
+    }
+
+    /// Ends every session of `account`; returns how many were live or kept.
+    ///
+    /// # Errors
+    /// The store's.
+    pub async fn end_all(&self, account: &str) -> Result<u64, StoreError> {
+        self.store.end_console_sessions_of(account).await
+    }
+
+    /// Every live session, oldest first.
+    ///
+    /// # Errors
+    /// The store's.
+    pub async fn live(&self) -> Result<Vec<Session>, StoreError> {
+        let cutoffs = self.cutoffs(OffsetDateTime::now_utc());
+        Ok(self
+            .store
+            .console_sessions()
+            .await?
+            .into_iter()
+            .filter(|s| !s.expired(&cutoffs))
+            .map(Session::from)
+            .collect())
     }
 
     /// Whether `presented` is the session's form token (constant time).
@@ -122,15 +201,52 @@ impl Sessions {
         same_secret(presented.as_bytes(), session.csrf.as_bytes())
     }
 
-    /// Records that `user` looks at the referral list now (their next session marks what
+    /// Records that `account` looks at the referral list now (their next session marks what
     /// changes after this).
-    pub fn looked_at_list(&self, user: &str, now: OffsetDateTime) {
-        let mut visits = self.visits.lock().unwrap_or_else(|p| p.into_inner());
-        visits.insert(user.to_owned(), now);
+    ///
+    /// # Errors
+    /// The store's.
+    pub async fn looked_at_list(
+        &self,
+        account: &str,
+        now: OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        self.store.save_console_visit(account, now).await
     }
 
-    fn alive(&self, h: &Held, now: Instant) -> bool {
-        now.duration_since(h.last_used) < self.idle && now.duration_since(h.created) < self.absolute
+    /// Keeps a sign-in leaving for the identity provider with `state`, until it comes back
+    /// (at most [`SIGN_IN_LIMIT`]). `false` when too many are at the provider already.
+    ///
+    /// # Errors
+    /// The store's.
+    pub async fn begin_sign_in(
+        &self,
+        state: &str,
+        nonce: String,
+        pkce_verifier: String,
+    ) -> Result<bool, StoreError> {
+        let now = OffsetDateTime::now_utc();
+        self.store.purge_console(self.cutoffs(now)).await?;
+        let pending = PendingSignIn {
+            state_digest: digest(state),
+            nonce,
+            pkce_verifier,
+            created_at: now,
+        };
+        self.store
+            .begin_sign_in(&pending, MAX_PENDING_SIGN_INS)
+            .await
+    }
+
+    /// The sign-in that left with `state`, removed so it is used once; `None` when unknown,
+    /// used already, or older than [`SIGN_IN_LIMIT`].
+    ///
+    /// # Errors
+    /// The store's.
+    pub async fn take_sign_in(&self, state: &str) -> Result<Option<PendingSignIn>, StoreError> {
+        let pending = self.store.take_sign_in(&digest(state)).await?;
+        let limit = OffsetDateTime::now_utc() - SIGN_IN_LIMIT;
+        Ok(pending.filter(|p| p.created_at >= limit))
     }
 }
 
@@ -151,30 +267,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_session_ends_at_logout_and_when_idle() {
-        let sessions = Sessions::new(Duration::from_millis(500), Duration::from_secs(60));
-        let id = sessions.start("alice");
-        let session = sessions.find(&id).unwrap();
-        assert_eq!(session.user, "alice");
-        assert!(Sessions::csrf_matches(&session, &session.csrf));
-        assert!(!Sessions::csrf_matches(&session, "forged"));
-        assert!(sessions.find("another id").is_none());
-        std::thread::sleep(Duration::from_millis(700));
-        assert!(sessions.find(&id).is_none(), "idle too long");
-        let id = sessions.start("alice");
-        assert_eq!(sessions.end(&id).as_deref(), Some("alice"));
-        assert!(sessions.find(&id).is_none());
-    }
-
-    #[test]
-    fn a_session_ends_at_its_absolute_limit_even_when_used() {
-        let sessions = Sessions::new(Duration::from_secs(60), Duration::from_millis(400));
-        let id = sessions.start("bob");
-        for _ in 0..3 {
-            assert!(sessions.find(&id).is_some());
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        std::thread::sleep(Duration::from_millis(400));
-        assert!(sessions.find(&id).is_none());
+    fn the_last_use_is_written_at_most_every_minute_and_often_enough_for_short_limits() {
+        assert_eq!(
+            touch_every(Duration::from_secs(3600)),
+            Duration::from_secs(60)
+        );
+        assert_eq!(
+            touch_every(Duration::from_secs(2)),
+            Duration::from_millis(500)
+        );
     }
 }

@@ -184,7 +184,7 @@ impl SmtpConfig {
 const MAX_TIMEOUT_SECS: u64 = 3600;
 
 /// Whether `host` names this machine.
-fn is_loopback(host: &str) -> bool {
+pub(super) fn is_loopback(host: &str) -> bool {
     let host = host.trim_start_matches('[').trim_end_matches(']');
     host.eq_ignore_ascii_case("localhost")
         || host

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use anyhow::bail;
 use serde::{Deserialize, Serialize};
 
+use super::oidc::OidcConfig;
 use crate::domain::ServiceId;
 use crate::secret::Secret;
 
@@ -22,6 +23,12 @@ pub struct ConsoleConfig {
     pub session_idle_secs: u64,
     /// A session ends this long after its login, used or not (seconds).
     pub session_max_secs: u64,
+    /// Whether the users of `users` may sign in with their passwords (the break-glass accounts
+    /// when `oidc` is set); `false` switches them off.
+    pub local_users: bool,
+    /// Sign-in through the organisation's OpenID Connect provider.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oidc: Option<OidcConfig>,
 }
 
 /// One person who may sign in to the console.
@@ -80,6 +87,13 @@ impl ConsoleConfig {
                     hash.algorithm
                 );
             }
+        }
+        if let Some(oidc) = &self.oidc {
+            oidc.validate()?;
+        } else if !self.local_users {
+            bail!(
+                "console.local_users = false leaves no way to sign in: configure [console.oidc] first"
+            );
         }
         if self.session_idle_secs == 0 || self.session_max_secs < self.session_idle_secs {
             bail!(

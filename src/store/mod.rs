@@ -1,10 +1,11 @@
 //! Durable storage, split by concern into traits ([`DeliveryStore`], [`FeedStore`],
-//! [`OutboxStore`], [`PatientFormStore`], [`QueueStore`], [`AuditStore`], [`MaintenanceStore`], [`ReplicaStore`]) that [`Store`] gathers, so a backend
+//! [`OutboxStore`], [`PatientFormStore`], [`QueueStore`], [`AuditStore`], [`MaintenanceStore`], [`ReplicaStore`], [`ConsoleStore`]) that [`Store`] gathers, so a backend
 //! can be written one concern at a time. [`SledStore`] is the embedded backend. The store knows
 //! the relay's records, not FHIR.
 
 mod alert;
 mod audit;
+mod console;
 mod copy;
 mod deliveries;
 mod documents;
@@ -26,6 +27,7 @@ pub use self::postgres::{MIGRATIONS as POSTGRES_MIGRATIONS, PgOptions, PgStore};
 pub use self::sled::{LOCK_FILE, SledOptions, SledStore};
 pub use alert::{ALERTS_QUEUE, AlertPhase, AlertRecord, is_alert_queue};
 pub use audit::{AUDIT_GENESIS, AuditBreak, AuditEntry, AuditStore, ChainCheck, verify_chain};
+pub use console::{ConsoleCutoffs, ConsoleSessionRecord, ConsoleStore, PendingSignIn};
 pub use deliveries::{
     DeliveryStore, Merged, NewDelivery, PartTimes, PutOutcome, ReferralRecord, ServiceAssignment,
     VersionRecord, delivery_key, merge, sha256_hex,
@@ -58,6 +60,7 @@ pub trait Store:
     + AuditStore
     + MaintenanceStore
     + ReplicaStore
+    + ConsoleStore
     + 'static
 {
 }
@@ -72,6 +75,7 @@ impl<T> Store for T where
         + AuditStore
         + MaintenanceStore
         + ReplicaStore
+        + ConsoleStore
         + 'static
 {
 }

@@ -3,7 +3,8 @@
 //! binary and every page is sent with a strict Content-Security-Policy, `no-store` and
 //! `no-referrer`. Patient details never appear in a URL: pages are addressed by referral ref.
 //!
-//! Users and their roles come from `[console.users]`; sessions and their form tokens from
+//! Users and their roles come from `[console.users]` or the identity provider's claims
+//! (`[console.oidc]`); sessions and their form tokens from
 //! [`Sessions`](crate::auth::session::Sessions). The pages read through the same store calls and
 //! the same service scoping as `/api/v1`.
 
@@ -11,8 +12,10 @@ mod actions;
 mod admin;
 mod backup;
 mod destinations;
+mod oidc;
 mod pages;
 mod session;
+mod sessions;
 mod templates;
 mod views;
 
@@ -38,6 +41,22 @@ pub fn router() -> Router<AppState> {
             get(session::login_form)
                 .post(session::login)
                 .fallback(method_not_allowed),
+        )
+        .route(
+            "/console/oidc/start",
+            get(oidc::start).fallback(method_not_allowed),
+        )
+        .route(
+            "/console/oidc/callback",
+            get(oidc::callback).fallback(method_not_allowed),
+        )
+        .route(
+            "/console/sessions",
+            get(sessions::list).fallback(method_not_allowed),
+        )
+        .route(
+            "/console/sessions/end",
+            post(sessions::end).fallback(method_not_allowed),
         )
         .route(
             "/console/logout",

@@ -20,7 +20,7 @@ use serde::Deserialize;
 use super::templates::render;
 use super::{ConsoleForm, PageError};
 use crate::auth::scope::Scope;
-use crate::auth::session::{COOKIE, Session, Sessions, random_token};
+use crate::auth::session::{COOKIE, NewSession, OIDC_ACCOUNT, Session, Sessions, random_token};
 use crate::auth::source::{ClientAddr, TrustedProxies};
 use crate::config::{ConsoleRole, ConsoleUserConfig, verify_password};
 use crate::domain::ServiceId;
@@ -54,9 +54,15 @@ impl ConsoleUser {
         Scope::new(self.name.clone(), self.service_ids.clone())
     }
 
-    /// The actor of this user's audit entries.
+    /// The actor of this user's audit entries: `console:<name>` for a local user, and
+    /// `console:<name> (oidc:<subject>)` for one signed in through the identity provider (the
+    /// subject is what identifies them there; the name alone may be shared or change).
     pub fn actor(&self) -> String {
-        format!("console:{}", self.name)
+        if self.session.account.starts_with(OIDC_ACCOUNT) {
+            format!("console:{} ({})", self.name, self.session.account)
+        } else {
+            format!("console:{}", self.name)
+        }
     }
 
     /// What every page's header shows.
@@ -79,12 +85,19 @@ impl ConsoleUser {
     }
 }
 
-/// Where a request without a live session goes.
-pub struct SignInFirst;
+/// Why a page that needs a signed-in user is not shown: no live session (to the sign-in page),
+/// or the store could not say (a 503 page).
+pub enum SignInFirst {
+    NoSession,
+    Store(PageError),
+}
 
 impl IntoResponse for SignInFirst {
     fn into_response(self) -> Response {
-        Redirect::to("/console/login").into_response()
+        match self {
+            SignInFirst::NoSession => Redirect::to("/console/login").into_response(),
+            SignInFirst::Store(e) => e.into_response(),
+        }
     }
 }
 
@@ -92,26 +105,55 @@ impl FromRequestParts<AppState> for ConsoleUser {
     type Rejection = SignInFirst;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, SignInFirst> {
-        let id = cookie_value(&parts.headers, COOKIE).ok_or(SignInFirst)?;
-        let session = state.console_sessions.find(&id).ok_or(SignInFirst)?;
-        // A user removed from the config (and restarted) or renamed has no account any more.
-        let user = state
-            .config()
-            .console
-            .users
-            .get(&session.user)
-            .ok_or(SignInFirst)?;
+        let id = cookie_value(&parts.headers, COOKIE).ok_or(SignInFirst::NoSession)?;
+        let session = state
+            .console_sessions
+            .find(&id)
+            .await
+            .map_err(|e| SignInFirst::Store(PageError(e.into())))?
+            .ok_or(SignInFirst::NoSession)?;
+        let config = state.config();
+        let (role, service_ids) = if session.account.starts_with(OIDC_ACCOUNT) {
+            // Decided from the identity provider's claims at sign-in; signed out when the
+            // provider is no longer configured.
+            if config.console.oidc.is_none() {
+                return Err(SignInFirst::NoSession);
+            }
+            let role = match session.role.as_str() {
+                "admin" => ConsoleRole::Admin,
+                _ => ConsoleRole::Staff,
+            };
+            let ids = session
+                .service_ids
+                .iter()
+                .filter_map(|id| ServiceId::parse(id).ok())
+                .collect();
+            (role, ids)
+        } else {
+            // A local user removed from the config (and reloaded) or renamed has no account any
+            // more, and none at all once local users are switched off; their role is the
+            // config's as it is now.
+            if !config.console.local_users {
+                return Err(SignInFirst::NoSession);
+            }
+            let user = config
+                .console
+                .users
+                .get(&session.account)
+                .ok_or(SignInFirst::NoSession)?;
+            (user.role, user.service_ids.clone())
+        };
         Ok(ConsoleUser {
-            name: session.user.clone(),
-            role: user.role,
-            service_ids: user.service_ids.clone(),
+            name: session.name.clone(),
+            role,
+            service_ids,
             session,
         })
     }
 }
 
 /// The value of cookie `name` in the request's `Cookie` headers.
-fn cookie_value(headers: &HeaderMap, name: &str) -> Option<String> {
+pub(super) fn cookie_value(headers: &HeaderMap, name: &str) -> Option<String> {
     headers
         .get_all(header::COOKIE)
         .iter()
@@ -124,7 +166,7 @@ fn cookie_value(headers: &HeaderMap, name: &str) -> Option<String> {
 
 /// Whether cookies must be `Secure`: configured so, the listener speaks HTTPS, or the request
 /// reached a trusted proxy over HTTPS (`X-Forwarded-Proto: https` from a peer in `server.trusted_proxies`).
-fn secure_cookies(state: &AppState, peer: Option<IpAddr>, headers: &HeaderMap) -> bool {
+pub(super) fn secure_cookies(state: &AppState, peer: Option<IpAddr>, headers: &HeaderMap) -> bool {
     let config = state.config();
     if config.console.secure_cookies || config.server.tls.enabled() {
         return true;
@@ -140,7 +182,12 @@ fn secure_cookies(state: &AppState, peer: Option<IpAddr>, headers: &HeaderMap) -
 }
 
 /// A `Set-Cookie` value for the console's path.
-fn set_cookie(name: &'static str, value: String, secure: bool, max_age_secs: i64) -> HeaderValue {
+pub(super) fn set_cookie(
+    name: &'static str,
+    value: String,
+    secure: bool,
+    max_age_secs: i64,
+) -> HeaderValue {
     let cookie = Cookie::build((name, value))
         .path("/console")
         .http_only(true)
@@ -152,7 +199,7 @@ fn set_cookie(name: &'static str, value: String, secure: bool, max_age_secs: i64
     HeaderValue::from_str(&cookie.to_string()).unwrap_or(HeaderValue::from_static(""))
 }
 
-/// The sign-in page (or, with no user configured, how to add one).
+/// The sign-in page (or, with no way to sign in configured, how to add one).
 pub async fn login_form(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -161,30 +208,48 @@ pub async fn login_form(
     login_page(&state, Some(peer.ip()), &headers, None, "")
 }
 
-fn login_page(
+/// Whether local users may sign in with a password: some are configured and they are not
+/// switched off.
+fn passwords_allowed(state: &AppState) -> bool {
+    let console = &state.config().console;
+    console.local_users && !console.users.is_empty()
+}
+
+pub(super) fn login_page(
     state: &AppState,
     peer: Option<IpAddr>,
     headers: &HeaderMap,
     problem: Option<&str>,
     name: &str,
 ) -> Response {
-    if state.config().console.users.is_empty() {
+    let config = state.config();
+    let oidc_label = config.console.oidc.as_ref().map(|o| o.label.clone());
+    let passwords = passwords_allowed(state);
+    if !passwords && oidc_label.is_none() {
         return render("setup.html", minijinja::context! {});
     }
     let token = random_token();
     let mut response = render(
         "login.html",
-        minijinja::context! { login_csrf => token, problem => problem, name => name },
+        minijinja::context! {
+            login_csrf => token,
+            problem => problem,
+            name => name,
+            passwords => passwords,
+            oidc_label => oidc_label,
+        },
     );
-    response.headers_mut().append(
-        header::SET_COOKIE,
-        set_cookie(
-            LOGIN_COOKIE,
-            token,
-            secure_cookies(state, peer, headers),
-            3600,
-        ),
-    );
+    if passwords {
+        response.headers_mut().append(
+            header::SET_COOKIE,
+            set_cookie(
+                LOGIN_COOKIE,
+                token,
+                secure_cookies(state, peer, headers),
+                3600,
+            ),
+        );
+    }
     response
 }
 
@@ -203,8 +268,16 @@ pub async fn login(
     headers: HeaderMap,
     ConsoleForm(form): ConsoleForm<LoginForm>,
 ) -> Result<Response, PageError> {
-    if state.config().console.users.is_empty() {
-        return Ok(login_page(&state, Some(peer.ip()), &headers, None, ""));
+    if !passwords_allowed(&state) {
+        let mut response = login_page(
+            &state,
+            Some(peer.ip()),
+            &headers,
+            Some("Signing in with a password is switched off here."),
+            "",
+        );
+        *response.status_mut() = StatusCode::FORBIDDEN;
+        return Ok(response);
     }
     // The sign-in page again, with `status` and `message` (and the user name kept in the form).
     let again = |status: StatusCode, message: &str, user: &str| {
@@ -279,7 +352,19 @@ pub async fn login(
         ));
     }
     attempt.succeeded().await;
-    signed_in(&state, peer, &headers, &form.user, &account, source).await
+    let user = user.expect("a matching password belongs to a configured user");
+    let who = NewSession {
+        account: form.user.clone(),
+        name: form.user.clone(),
+        role: user.role.as_str(),
+        service_ids: user
+            .service_ids
+            .iter()
+            .map(|s| s.as_str().to_owned())
+            .collect(),
+    };
+    let details = serde_json::json!({ "source": source.to_string() });
+    signed_in(&state, peer, &headers, who, &account, details, false).await
 }
 
 /// A sign-in form must carry the token of the sign-in page that set its cookie (a form posted
@@ -300,28 +385,29 @@ fn from_the_sign_in_page(headers: &HeaderMap, csrf: Option<&str>) -> Result<(), 
     }
 }
 
-/// After a successful sign-in of `user`: audited, a session started, its cookie set (and the
-/// sign-in form's cleared), and on to the referrals.
-async fn signed_in(
+/// After a successful sign-in of `who`: audited as `actor` with `details`, a session
+/// started, its cookie set (and the sign-in form's cleared), and on to the referrals.
+pub(super) async fn signed_in(
     state: &AppState,
     peer: SocketAddr,
     headers: &HeaderMap,
-    user: &str,
-    account: &str,
-    source: std::net::IpAddr,
+    who: NewSession,
+    actor: &str,
+    details: serde_json::Value,
+    from_elsewhere: bool,
 ) -> Result<Response, PageError> {
-    state
-        .store
-        .audit(
-            "CONSOLE_LOGIN",
-            account,
-            serde_json::json!({ "source": source.to_string() }),
-        )
-        .await?;
-    let id = state.console_sessions.start(user);
+    state.store.audit("CONSOLE_LOGIN", actor, details).await?;
+    let id = state.console_sessions.start(who).await?;
     let secure = secure_cookies(state, Some(peer.ip()), headers);
     let max_age = i64::try_from(state.config().console.session_max_secs).unwrap_or(i64::MAX);
-    let mut response = Redirect::to("/console/referrals").into_response();
+    // A sign-in through the identity provider arrives from another site, and the browser would
+    // not send the new `SameSite=Strict` cookie along a redirect that began there: it gets a
+    // page of our own that moves on to the referrals.
+    let mut response = if from_elsewhere {
+        render("signed_in.html", minijinja::context! {})
+    } else {
+        Redirect::to("/console/referrals").into_response()
+    };
     let headers = response.headers_mut();
     headers.append(header::SET_COOKIE, set_cookie(COOKIE, id, secure, max_age));
     headers.append(
@@ -379,7 +465,7 @@ pub async fn logout(
 ) -> Result<Response, PageError> {
     user.check_csrf(form.csrf.as_deref())?;
     if let Some(id) = cookie_value(&headers, COOKIE) {
-        state.console_sessions.end(&id);
+        state.console_sessions.end(&id).await?;
     }
     state
         .store

@@ -31,6 +31,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "patient_forms",
         include_str!("../../../migrations/postgres/0005_patient_forms.sql"),
     ),
+    (
+        6,
+        "console_sessions",
+        include_str!("../../../migrations/postgres/0006_console_sessions.sql"),
+    ),
 ];
 
 /// Applies the migrations not yet applied (returns their versions), in one transaction under the advisory lock `lock`

@@ -12,6 +12,7 @@
 //! - the audit chain is one chain: the sequencer links entries from every replica in order.
 
 mod audit;
+mod console;
 mod deliveries;
 mod documents;
 mod feed;

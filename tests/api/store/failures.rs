@@ -6,10 +6,11 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use referral_relay::domain::ReferralRef;
 use referral_relay::store::{
-    AuditEntry, AuditStore, ChangedReferrals, DeliveryStore, DocumentRecord, DocumentStore,
-    EventRecord, FeedStore, MaintenanceStore, MessageState, ModifiedBatch, NewDelivery,
-    OutboxStore, PutOutcome, QueueStats, QueueStore, QueuedMessage, ReferralRecord, ReplicaStore,
-    StoreError, TaskState, UpdateRecord, VersionRecord,
+    AuditEntry, AuditStore, ChangedReferrals, ConsoleCutoffs, ConsoleSessionRecord, ConsoleStore,
+    DeliveryStore, DocumentRecord, DocumentStore, EventRecord, FeedStore, MaintenanceStore,
+    MessageState, ModifiedBatch, NewDelivery, OutboxStore, PendingSignIn, PutOutcome, QueueStats,
+    QueueStore, QueuedMessage, ReferralRecord, ReplicaStore, StoreError, TaskState, UpdateRecord,
+    VersionRecord,
 };
 use time::OffsetDateTime;
 
@@ -183,6 +184,46 @@ impl AuditStore for DiskFull {
 
 /// Shares nothing, like the embedded store.
 impl ReplicaStore for DiskFull {}
+
+#[async_trait]
+impl ConsoleStore for DiskFull {
+    async fn save_console_session(&self, _: &ConsoleSessionRecord) -> Result<(), StoreError> {
+        Err(disk_full())
+    }
+    async fn console_session(&self, _: &str) -> Result<Option<ConsoleSessionRecord>, StoreError> {
+        Ok(None)
+    }
+    async fn touch_console_session(&self, _: &str, _: OffsetDateTime) -> Result<(), StoreError> {
+        Err(disk_full())
+    }
+    async fn end_console_session(
+        &self,
+        _: &str,
+    ) -> Result<Option<ConsoleSessionRecord>, StoreError> {
+        Err(disk_full())
+    }
+    async fn end_console_sessions_of(&self, _: &str) -> Result<u64, StoreError> {
+        Err(disk_full())
+    }
+    async fn console_sessions(&self) -> Result<Vec<ConsoleSessionRecord>, StoreError> {
+        Ok(Vec::new())
+    }
+    async fn begin_sign_in(&self, _: &PendingSignIn, _: usize) -> Result<bool, StoreError> {
+        Err(disk_full())
+    }
+    async fn take_sign_in(&self, _: &str) -> Result<Option<PendingSignIn>, StoreError> {
+        Err(disk_full())
+    }
+    async fn console_visit(&self, _: &str) -> Result<Option<OffsetDateTime>, StoreError> {
+        Ok(None)
+    }
+    async fn save_console_visit(&self, _: &str, _: OffsetDateTime) -> Result<(), StoreError> {
+        Err(disk_full())
+    }
+    async fn purge_console(&self, _: ConsoleCutoffs) -> Result<u64, StoreError> {
+        Err(disk_full())
+    }
+}
 
 #[async_trait]
 impl QueueStore for DiskFull {

@@ -54,10 +54,16 @@ fn init_logs() {
 
 /// Loads `toml` as the config file, listening on 127.0.0.1:0 with `data_dir`.
 pub fn config(toml: &str, data_dir: &Path) -> Config {
+    config_on(toml, data_dir, "127.0.0.1:0".parse().unwrap())
+}
+
+/// As [`config`], listening on `listen` (a loopback address a test reserved, for a peer that
+/// must know the relay's address before it starts).
+pub fn config_on(toml: &str, data_dir: &Path, listen: std::net::SocketAddr) -> Config {
     let file = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(file.path(), toml).unwrap();
     let overrides = Overrides {
-        listen: Some("127.0.0.1:0".parse().unwrap()),
+        listen: Some(listen),
         data_dir: Some(data_dir.to_path_buf()),
         ..Overrides::default()
     };
@@ -72,8 +78,13 @@ pub async fn spawn_app() -> TestApp {
 /// The service with `toml` layered over the defaults, on the real sled store, or on a schema of
 /// its own in PostgreSQL when `RELAY_TEST_BACKEND=postgres` (see [`super::postgres`]).
 pub async fn spawn_app_with(toml: &str) -> TestApp {
+    spawn_app_on(toml, "127.0.0.1:0".parse().unwrap()).await
+}
+
+/// As [`spawn_app_with`], listening on `listen`.
+pub async fn spawn_app_on(toml: &str, listen: std::net::SocketAddr) -> TestApp {
     let dir = TempDir::new().unwrap();
-    let config = config(toml, dir.path());
+    let config = config_on(toml, dir.path(), listen);
     if super::postgres::postgres_backend() {
         let schema = super::postgres::Schema::new();
         let keys = referral_relay::app::keyring(&config.storage).unwrap();

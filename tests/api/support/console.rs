@@ -56,6 +56,21 @@ impl Page {
             .unwrap_or("")
     }
 
+    /// The `Set-Cookie` value that sets cookie `name` to something (not clears it), if any.
+    pub fn set_cookie_named(&self, name: &str) -> Option<String> {
+        self.headers
+            .get_all(SET_COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .find(|v| {
+                v.split(';')
+                    .next()
+                    .and_then(|pair| pair.split_once('='))
+                    .is_some_and(|(n, value)| n == name && !value.is_empty())
+            })
+            .map(str::to_owned)
+    }
+
     /// The value of the first hidden `csrf` field.
     pub fn csrf(&self) -> String {
         let start = self
@@ -92,7 +107,13 @@ impl<'a> Visitor<'a> {
         }
     }
 
+    /// `path` on the app (or `base`); an absolute `http(s)://` URL (another server, such as the
+    /// identity provider) as it is. Cookies go to every server, as a browser's do to every port
+    /// of one host.
     fn url(&self, path: &str) -> String {
+        if path.starts_with("http://") || path.starts_with("https://") {
+            return path.to_owned();
+        }
         match &self.base {
             Some(base) => format!("{base}{path}"),
             None => self.app.url(path),

@@ -2,7 +2,7 @@
 //! ([`binary`]), the synthetic FHIR fixtures ([`fixtures`]), a mock Ocean ([`ocean`]) and its Open API for Patient Engagement ([`patient_ocean`]) and a relay
 //! talking to it ([`flow`]), a schema of its own on the test PostgreSQL server ([`postgres`]),
 //! certificates and HTTPS clients for the TLS tests ([`pki`]) and an app serving HTTPS ([`tls`]), peers that are not ours
-//! ([`peers`]) and a real SMTP server ([`smtp`]), the one polling helper ([`poll::eventually`]), a signing sender ([`signing`]),
+//! ([`peers`]) and a real SMTP server ([`smtp`]), a real OpenID provider ([`oidc`]), the one polling helper ([`poll::eventually`]), a signing sender ([`signing`]),
 //! the console's users and a signed-in visitor ([`console`]), the destination tests' service and
 //! API ([`destinations`]), keys and patient details for encryption at rest ([`at_rest`]), a small filesystem that fills
 //! up ([`disk`]), and
@@ -17,6 +17,7 @@ pub mod disk;
 pub mod fixtures;
 pub mod flow;
 pub mod ocean;
+pub mod oidc;
 pub mod patient_ocean;
 pub mod peers;
 pub mod pki;

@@ -80,9 +80,14 @@ pub async fn referrals(
             .ok_or_else(|| AppError::BadRequest("page: not a page of this list".into()))?
     };
     let previous_visit = user.session.changes_since;
-    state
+    // What is new to the user next time; a store that cannot keep it does not hide the list.
+    if let Err(e) = state
         .console_sessions
-        .looked_at_list(&user.name, OffsetDateTime::now_utc());
+        .looked_at_list(&user.session.account, OffsetDateTime::now_utc())
+        .await
+    {
+        tracing::warn!(error = %e.chain(), "could not record the console user's visit to the list");
+    }
     let keep = |r: &ReferralRecord| {
         scope.sees(r)
             && service

@@ -1,0 +1,218 @@
+//! Console sessions on PostgreSQL (tables `console_sessions`, `console_sign_ins` and
+//! `console_visits`, migration 6): every replica reads the same sessions. Each statement is
+//! one row operation, so a touch (an `UPDATE`) never brings back a session another replica
+//! ended, and a sign-in's `DELETE … RETURNING` hands it to one replica only.
+
+use async_trait::async_trait;
+use serde_json::Value;
+use time::OffsetDateTime;
+
+use super::{PgStore, db_error};
+use crate::store::console::{ConsoleCutoffs, ConsoleSessionRecord, ConsoleStore, PendingSignIn};
+use crate::store::error::StoreError;
+
+/// `record` as the JSON its column holds.
+fn to_json<T: serde::Serialize>(record: &T) -> Result<Value, StoreError> {
+    serde_json::to_value(record)
+        .map_err(|e| StoreError::corrupt("a console record does not encode").caused_by(e))
+}
+
+/// The record a `record` column holds.
+fn from_json<T: serde::de::DeserializeOwned>(value: Value) -> Result<T, StoreError> {
+    serde_json::from_value(value)
+        .map_err(|e| StoreError::corrupt("a console record does not decode").caused_by(e))
+}
+
+#[async_trait]
+impl ConsoleStore for PgStore {
+    async fn save_console_session(&self, record: &ConsoleSessionRecord) -> Result<(), StoreError> {
+        let json = to_json(record)?;
+        self.client()
+            .await?
+            .execute(
+                "INSERT INTO console_sessions (id_digest, account, created_at, last_used_at, record)
+                 VALUES ($1, $2, $3, $4, $5)
+                 ON CONFLICT (id_digest) DO UPDATE SET account = $2, created_at = $3,
+                     last_used_at = $4, record = $5",
+                &[
+                    &record.id_digest,
+                    &record.account,
+                    &record.created_at,
+                    &record.last_used_at,
+                    &json,
+                ],
+            )
+            .await
+            .map_err(db_error("saving a console session"))?;
+        Ok(())
+    }
+
+    async fn console_session(
+        &self,
+        id_digest: &str,
+    ) -> Result<Option<ConsoleSessionRecord>, StoreError> {
+        let row = self
+            .client()
+            .await?
+            .query_opt(
+                "SELECT record, last_used_at FROM console_sessions WHERE id_digest = $1",
+                &[&id_digest],
+            )
+            .await
+            .map_err(db_error("reading a console session"))?;
+        row.map(|row| {
+            let mut record: ConsoleSessionRecord = from_json(row.get(0))?;
+            record.last_used_at = row.get(1);
+            Ok(record)
+        })
+        .transpose()
+    }
+
+    async fn touch_console_session(
+        &self,
+        id_digest: &str,
+        at: OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        // The column is the truth for `last_used_at`; the JSON keeps the value of its start.
+        self.client()
+            .await?
+            .execute(
+                "UPDATE console_sessions SET last_used_at = greatest(last_used_at, $2)
+                 WHERE id_digest = $1",
+                &[&id_digest, &at],
+            )
+            .await
+            .map_err(db_error("marking a console session used"))?;
+        Ok(())
+    }
+
+    async fn end_console_session(
+        &self,
+        id_digest: &str,
+    ) -> Result<Option<ConsoleSessionRecord>, StoreError> {
+        let row = self
+            .client()
+            .await?
+            .query_opt(
+                "DELETE FROM console_sessions WHERE id_digest = $1 RETURNING record",
+                &[&id_digest],
+            )
+            .await
+            .map_err(db_error("ending a console session"))?;
+        row.map(|row| from_json(row.get(0))).transpose()
+    }
+
+    async fn end_console_sessions_of(&self, account: &str) -> Result<u64, StoreError> {
+        self.client()
+            .await?
+            .execute(
+                "DELETE FROM console_sessions WHERE account = $1",
+                &[&account],
+            )
+            .await
+            .map_err(db_error("ending an account's console sessions"))
+    }
+
+    async fn console_sessions(&self) -> Result<Vec<ConsoleSessionRecord>, StoreError> {
+        let rows = self
+            .client()
+            .await?
+            .query(
+                "SELECT record, last_used_at FROM console_sessions ORDER BY created_at",
+                &[],
+            )
+            .await
+            .map_err(db_error("listing console sessions"))?;
+        rows.into_iter()
+            .map(|row| {
+                let mut record: ConsoleSessionRecord = from_json(row.get(0))?;
+                record.last_used_at = row.get(1);
+                Ok(record)
+            })
+            .collect()
+    }
+
+    async fn begin_sign_in(
+        &self,
+        pending: &PendingSignIn,
+        max_pending: usize,
+    ) -> Result<bool, StoreError> {
+        let json = to_json(pending)?;
+        let max = i64::try_from(max_pending).unwrap_or(i64::MAX);
+        // One statement: the count and the insert see the same snapshot; replicas racing at the
+        // cap may pass it by a few, which the cap's purpose (a bounded table) allows.
+        let inserted = self
+            .client()
+            .await?
+            .execute(
+                "INSERT INTO console_sign_ins (state_digest, created_at, record)
+                 SELECT $1, $2, $3 WHERE (SELECT count(*) FROM console_sign_ins) < $4",
+                &[&pending.state_digest, &pending.created_at, &json, &max],
+            )
+            .await
+            .map_err(db_error("keeping a sign-in"))?;
+        Ok(inserted == 1)
+    }
+
+    async fn take_sign_in(&self, state_digest: &str) -> Result<Option<PendingSignIn>, StoreError> {
+        let row = self
+            .client()
+            .await?
+            .query_opt(
+                "DELETE FROM console_sign_ins WHERE state_digest = $1 RETURNING record",
+                &[&state_digest],
+            )
+            .await
+            .map_err(db_error("taking a sign-in"))?;
+        row.map(|row| from_json(row.get(0))).transpose()
+    }
+
+    async fn console_visit(&self, account: &str) -> Result<Option<OffsetDateTime>, StoreError> {
+        let row = self
+            .client()
+            .await?
+            .query_opt(
+                "SELECT at FROM console_visits WHERE account = $1",
+                &[&account],
+            )
+            .await
+            .map_err(db_error("reading a console visit"))?;
+        Ok(row.map(|row| row.get(0)))
+    }
+
+    async fn save_console_visit(
+        &self,
+        account: &str,
+        at: OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        self.client()
+            .await?
+            .execute(
+                "INSERT INTO console_visits (account, at) VALUES ($1, $2)
+                 ON CONFLICT (account) DO UPDATE SET at = $2",
+                &[&account, &at],
+            )
+            .await
+            .map_err(db_error("saving a console visit"))?;
+        Ok(())
+    }
+
+    async fn purge_console(&self, cutoffs: ConsoleCutoffs) -> Result<u64, StoreError> {
+        let client = self.client().await?;
+        let sessions = client
+            .execute(
+                "DELETE FROM console_sessions WHERE last_used_at < $1 OR created_at < $2",
+                &[&cutoffs.idle_before, &cutoffs.started_before],
+            )
+            .await
+            .map_err(db_error("purging console sessions"))?;
+        let sign_ins = client
+            .execute(
+                "DELETE FROM console_sign_ins WHERE created_at < $1",
+                &[&cutoffs.sign_ins_before],
+            )
+            .await
+            .map_err(db_error("purging sign-ins"))?;
+        Ok(sessions + sign_ins)
+    }
+}
