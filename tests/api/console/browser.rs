@@ -19,7 +19,7 @@ const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 const CHROMIUM: &str = "/usr/bin/chromium";
 
 /// ChromeDriver on a free loopback port, stopped on drop.
-struct Driver {
+pub(super) struct Driver {
     child: Child,
     port: u16,
     _profile: tempfile::TempDir,
@@ -35,7 +35,7 @@ impl Drop for Driver {
 }
 
 impl Driver {
-    async fn start() -> Self {
+    pub(super) async fn start() -> Self {
         assert!(
             std::path::Path::new(CHROMEDRIVER).exists() && std::path::Path::new(CHROMIUM).exists(),
             "the browser tests need Debian's chromium and chromium-driver ({CHROMIUM}, {CHROMEDRIVER}); .ci/run installs them"
@@ -70,7 +70,7 @@ impl Driver {
     }
 
     /// A headless Chromium session that reaches nothing but loopback on its own.
-    async fn browser(&self) -> Client {
+    pub(super) async fn browser(&self) -> Client {
         let mut caps = serde_json::Map::new();
         caps.insert("browserName".into(), "chrome".into());
         caps.insert(
@@ -108,13 +108,13 @@ fn screenshots() -> PathBuf {
     dir
 }
 
-async fn screenshot(browser: &Client, name: &str) {
+pub(super) async fn screenshot(browser: &Client, name: &str) {
     let png = browser.screenshot().await.unwrap();
     assert!(png.starts_with(b"\x89PNG"), "a PNG screenshot");
     std::fs::write(screenshots().join(format!("{name}.png")), png).unwrap();
 }
 
-async fn click(browser: &Client, css: &str) {
+pub(super) async fn click(browser: &Client, css: &str) {
     browser
         .find(Locator::Css(css))
         .await
@@ -124,7 +124,7 @@ async fn click(browser: &Client, css: &str) {
         .unwrap();
 }
 
-async fn type_into(browser: &Client, css: &str, text: &str) {
+pub(super) async fn type_into(browser: &Client, css: &str, text: &str) {
     browser
         .find(Locator::Css(css))
         .await
@@ -134,7 +134,7 @@ async fn type_into(browser: &Client, css: &str, text: &str) {
         .unwrap();
 }
 
-async fn text_of(browser: &Client, css: &str) -> String {
+pub(super) async fn text_of(browser: &Client, css: &str) -> String {
     browser
         .find(Locator::Css(css))
         .await

@@ -6,6 +6,7 @@
 mod admin;
 mod browser;
 mod oidc;
+mod oidc_browser;
 mod patient_forms;
 mod referrals;
 mod sign_in;

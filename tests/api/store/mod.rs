@@ -8,6 +8,7 @@ mod at_rest;
 mod audit;
 mod backpressure;
 mod backup;
+mod console_sessions;
 mod crash;
 mod disk_full;
 mod failures;

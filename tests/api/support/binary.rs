@@ -51,12 +51,23 @@ pub fn launch(
     args: &[&str],
     env: &[(&str, &str)],
 ) -> Relay {
+    launch_on("127.0.0.1:0", data_dir, config, args, env)
+}
+
+/// As [`launch`], listening on `listen` (a loopback address the test reserved).
+pub fn launch_on(
+    listen: &str,
+    data_dir: &Path,
+    config: Option<&Path>,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> Relay {
     let mut command = command(&["serve"], env);
     if let Some(config) = config {
         command.arg("--config").arg(config);
     }
     command
-        .args(["--listen", "127.0.0.1:0"])
+        .args(["--listen", listen])
         .arg("--data-dir")
         .arg(data_dir)
         .args(args);
