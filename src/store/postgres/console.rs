@@ -23,6 +23,32 @@ fn from_json<T: serde::de::DeserializeOwned>(value: Value) -> Result<T, StoreErr
         .map_err(|e| StoreError::corrupt("a console record does not decode").caused_by(e))
 }
 
+/// A session from a row of `record, last_used_at`: the column is the truth for its last use
+/// (a touch updates only the column).
+fn session_from(row: &tokio_postgres::Row) -> Result<ConsoleSessionRecord, StoreError> {
+    let mut record: ConsoleSessionRecord = from_json(row.get(0))?;
+    record.last_used_at = row.get(1);
+    Ok(record)
+}
+
+impl PgStore {
+    /// The `record` of the row `sql` returns, if any.
+    async fn console_record<T: serde::de::DeserializeOwned>(
+        &self,
+        sql: &str,
+        key: &str,
+        what: &'static str,
+    ) -> Result<Option<T>, StoreError> {
+        let row = self
+            .client()
+            .await?
+            .query_opt(sql, &[&key])
+            .await
+            .map_err(db_error(what))?;
+        row.map(|row| from_json(row.get(0))).transpose()
+    }
+}
+
 #[async_trait]
 impl ConsoleStore for PgStore {
     async fn save_console_session(&self, record: &ConsoleSessionRecord) -> Result<(), StoreError> {
@@ -60,12 +86,7 @@ impl ConsoleStore for PgStore {
             )
             .await
             .map_err(db_error("reading a console session"))?;
-        row.map(|row| {
-            let mut record: ConsoleSessionRecord = from_json(row.get(0))?;
-            record.last_used_at = row.get(1);
-            Ok(record)
-        })
-        .transpose()
+        row.as_ref().map(session_from).transpose()
     }
 
     async fn touch_console_session(
@@ -90,16 +111,12 @@ impl ConsoleStore for PgStore {
         &self,
         id_digest: &str,
     ) -> Result<Option<ConsoleSessionRecord>, StoreError> {
-        let row = self
-            .client()
-            .await?
-            .query_opt(
-                "DELETE FROM console_sessions WHERE id_digest = $1 RETURNING record",
-                &[&id_digest],
-            )
-            .await
-            .map_err(db_error("ending a console session"))?;
-        row.map(|row| from_json(row.get(0))).transpose()
+        self.console_record(
+            "DELETE FROM console_sessions WHERE id_digest = $1 RETURNING record",
+            id_digest,
+            "ending a console session",
+        )
+        .await
     }
 
     async fn end_console_sessions_of(&self, account: &str) -> Result<u64, StoreError> {
@@ -123,13 +140,7 @@ impl ConsoleStore for PgStore {
             )
             .await
             .map_err(db_error("listing console sessions"))?;
-        rows.into_iter()
-            .map(|row| {
-                let mut record: ConsoleSessionRecord = from_json(row.get(0))?;
-                record.last_used_at = row.get(1);
-                Ok(record)
-            })
-            .collect()
+        rows.iter().map(session_from).collect()
     }
 
     async fn begin_sign_in(
@@ -155,16 +166,12 @@ impl ConsoleStore for PgStore {
     }
 
     async fn take_sign_in(&self, state_digest: &str) -> Result<Option<PendingSignIn>, StoreError> {
-        let row = self
-            .client()
-            .await?
-            .query_opt(
-                "DELETE FROM console_sign_ins WHERE state_digest = $1 RETURNING record",
-                &[&state_digest],
-            )
-            .await
-            .map_err(db_error("taking a sign-in"))?;
-        row.map(|row| from_json(row.get(0))).transpose()
+        self.console_record(
+            "DELETE FROM console_sign_ins WHERE state_digest = $1 RETURNING record",
+            state_digest,
+            "taking a sign-in",
+        )
+        .await
     }
 
     async fn console_visit(&self, account: &str) -> Result<Option<OffsetDateTime>, StoreError> {

@@ -83,7 +83,12 @@ async fn a_browser_signed_in_through_the_provider_stays_signed_in_across_replica
     );
     screenshot(&browser, "oidc-provider-sign-in").await;
     type_into(&browser, "input[name=login]", "ada").await;
-    type_into(&browser, "input[name=password]", "her password at the provider").await;
+    type_into(
+        &browser,
+        "input[name=password]",
+        "her password at the provider",
+    )
+    .await;
     click(&browser, "#sign-in").await;
     browser
         .wait()
@@ -94,7 +99,11 @@ async fn a_browser_signed_in_through_the_provider_stays_signed_in_across_replica
         browser.current_url().await.unwrap().path(),
         "/console/referrals"
     );
-    assert!(text_of(&browser, "table.referrals").await.contains("TST-0011-AAAA"));
+    assert!(
+        text_of(&browser, "table.referrals")
+            .await
+            .contains("TST-0011-AAAA")
+    );
     screenshot(&browser, "oidc-signed-in").await;
 
     // Page after page, alternating between the replicas: never signed out.

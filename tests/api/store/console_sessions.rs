@@ -118,7 +118,10 @@ async fn the_limits(store: Arc<dyn Store>) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert!(absolute.find(&id).await.unwrap().is_none(), "past the limit");
+    assert!(
+        absolute.find(&id).await.unwrap().is_none(),
+        "past the limit"
+    );
     // Expired sessions are removed when the next one starts.
     absolute.start(who("next")).await.unwrap();
     let left: Vec<String> = store
