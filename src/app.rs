@@ -89,7 +89,9 @@ impl Application {
             .integrations
             .values()
             .any(|i| matches!(i.auth, AuthConfig::Oauth2 { .. }));
-        let shared_signing_key = if uses_oauth2 && config.oauth2.signing_key.is_empty() {
+        // The console's sign-in cookies are signed under the same key (see auth::oidc).
+        let needs_key = uses_oauth2 || config.console.oidc.is_some();
+        let shared_signing_key = if needs_key && config.oauth2.signing_key.is_empty() {
             store
                 .shared_signing_key(&crate::auth::token::generate_key()?)
                 .await

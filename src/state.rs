@@ -112,6 +112,17 @@ impl AppState {
             .integrations
             .values()
             .any(|i| matches!(i.auth, AuthConfig::Oauth2 { .. }));
+        // The console's sign-in cookies need the key only when sign-in through a provider is on
+        // (else a random one, never used, so no key file is made for it).
+        let sign_in_key = if config.console.oidc.is_some() {
+            crate::auth::token::signing_key(
+                &config.oauth2,
+                shared_signing_key.clone(),
+                &config.server.data_dir,
+            )?
+        } else {
+            crate::auth::token::generate_key()?
+        };
         let tokens = if uses_oauth2 {
             Some(Arc::new(TokenIssuer::load(
                 &config.oauth2,
@@ -211,7 +222,7 @@ impl AppState {
             trusted_proxies: Arc::new(config.server.trusted_proxies.clone()),
             backups: Arc::new(tokio::sync::Semaphore::new(1)),
             console_sessions,
-            oidc: Arc::default(),
+            oidc: Arc::new(crate::auth::oidc::OidcRelyingParty::new(&sign_in_key)),
             tls_certificate: None,
             patient_forms_wake: Arc::default(),
         })

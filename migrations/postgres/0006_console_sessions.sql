@@ -12,13 +12,6 @@ CREATE TABLE console_sessions (
 );
 CREATE INDEX console_sessions_account ON console_sessions (account);
 
--- Sign-ins through the identity provider between leaving for it and coming back (minutes).
-CREATE TABLE console_sign_ins (
-    state_digest text        PRIMARY KEY,
-    created_at   timestamptz NOT NULL,
-    record       jsonb       NOT NULL
-);
-
 -- When each console account last looked at the referral list.
 CREATE TABLE console_visits (
     account text        PRIMARY KEY,

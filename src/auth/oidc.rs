@@ -6,32 +6,45 @@
 //!
 //! The provider's metadata and keys are kept for [`METADATA_TTL`]; an ID token signed with a
 //! key they do not hold has them fetched again once before it is refused (key rotation,
-//! OpenID Connect Core §10.1.1). Requests go through our own `reqwest` client, which follows no
-//! redirects (the crate's advice against SSRF) and reads at most [`MAX_RESPONSE_BYTES`].
+//! OpenID Connect Core §10.1.1). A failure to read them is remembered for [`FAILURE_MEMORY`],
+//! so sign-ins during an outage are answered at once rather than each waiting out a timeout.
+//! Requests go through our own `reqwest` client, which follows no redirects (the crate's advice
+//! against SSRF) and reads at most [`MAX_RESPONSE_BYTES`].
+//!
+//! Between leaving for the provider and coming back, a sign-in lives only in the browser: its
+//! `state`, `nonce` and PKCE verifier in a cookie holding a JWT (RFC 7519, HS256) signed with
+//! a key every replica shares ([`SignInSeal`]), valid for [`SIGN_IN_LIMIT`]. Nothing is kept on
+//! the server, so starting sign-ins costs an attacker's requests and nothing of the store's;
+//! the provider's codes are single-use, so an answer cannot be used twice.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::time::{Duration, Instant};
 
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use openidconnect::core::{
     CoreAuthDisplay, CoreAuthPrompt, CoreClientAuthMethod, CoreErrorResponseType, CoreGenderClaim,
-    CoreJsonWebKey, CoreJweContentEncryptionAlgorithm, CoreJwsSigningAlgorithm,
-    CoreProviderMetadata, CoreResponseType, CoreRevocableToken, CoreRevocationErrorResponse,
-    CoreTokenIntrospectionResponse, CoreTokenType,
+    CoreJsonWebKey, CoreJweContentEncryptionAlgorithm, CoreJwsSigningAlgorithm, CoreResponseType,
+    CoreRevocableToken, CoreRevocationErrorResponse, CoreTokenIntrospectionResponse, CoreTokenType,
 };
 use openidconnect::{
     AdditionalClaims, AsyncHttpClient, AuthType, AuthenticationFlow, AuthorizationCode,
     ClaimsVerificationError, Client, ClientId, ClientSecret, CsrfToken, EmptyExtraTokenFields,
     EndpointMaybeSet, EndpointNotSet, EndpointSet, HttpRequest, HttpResponse, IdTokenFields,
-    IssuerUrl, JsonWebKeySet, Nonce, PkceCodeChallenge, PkceCodeVerifier, RedirectUrl, Scope,
+    IssuerUrl, JsonWebKeySet, LogoutRequest, Nonce, PkceCodeChallenge, PkceCodeVerifier,
+    PostLogoutRedirectUrl, ProviderMetadataWithLogout, RedirectUrl, RequestTokenError, Scope,
     SignatureVerificationError, StandardErrorResponse, StandardTokenResponse, TokenResponse as _,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+use time::OffsetDateTime;
 use tokio::sync::Mutex;
 
 use crate::config::OidcConfig;
-use crate::store::PendingSignIn;
+
+/// The provider's metadata as discovery gives it, with its `end_session_endpoint` (OpenID
+/// Connect RP-Initiated Logout 1.0) when it has one.
+type Metadata = ProviderMetadataWithLogout;
 
 /// How long the provider's metadata and keys are used before they are fetched again.
 pub const METADATA_TTL: Duration = Duration::from_secs(3600);
@@ -41,6 +54,18 @@ pub const MAX_RESPONSE_BYTES: usize = 1 << 20;
 
 /// The bound on one request to the provider.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a failure to read the provider's metadata is answered from memory.
+pub const FAILURE_MEMORY: Duration = Duration::from_secs(10);
+
+/// How long a sign-in may spend at the identity provider (the person typing a password, MFA).
+pub const SIGN_IN_LIMIT: Duration = Duration::from_secs(600);
+
+/// The longest `sub` taken (OpenID Connect Core §2: at most 255 ASCII characters).
+const MAX_SUBJECT: usize = 255;
+
+/// The longest name shown and audited, in characters; a longer one is cut.
+const MAX_NAME: usize = 200;
 
 /// Every claim of the ID token beyond the standard ones (`groups`, `roles`, ...), as sent.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -88,6 +113,9 @@ pub enum OidcError {
         "the identity provider {issuer} could not be reached or its discovery document read: {reason}"
     )]
     Discovery { issuer: String, reason: String },
+    /// The token request did not reach the provider, or had no answer in time.
+    #[error("the identity provider's token endpoint could not be reached: {0}")]
+    Unreachable(String),
     /// The provider did not exchange the code (or its answer was not a token response).
     #[error("the identity provider did not exchange the sign-in code: {0}")]
     Exchange(String),
@@ -99,13 +127,84 @@ pub enum OidcError {
     Config(String),
 }
 
-/// A sign-in leaving for the provider: where to send the browser, and what to keep until it
-/// comes back.
+/// A sign-in leaving for the provider: where to send the browser, and what it carries until it
+/// comes back (see [`SignInSeal`]).
 pub struct Started {
     pub url: String,
+    pub pending: Pending,
+}
+
+/// What a sign-in's answer must match: the `state` sent, the `nonce` the ID token must carry,
+/// the PKCE code verifier (RFC 7636) the token request proves the code with.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Pending {
     pub state: String,
     pub nonce: String,
     pub pkce_verifier: String,
+}
+
+/// The claims of the sign-in cookie's JWT.
+#[derive(Serialize, Deserialize)]
+struct PendingClaims {
+    aud: String,
+    iat: i64,
+    exp: i64,
+    #[serde(flatten)]
+    pending: Pending,
+}
+
+/// The `aud` of the sign-in cookie's JWT: it is good for nothing else.
+const PENDING_AUDIENCE: &str = "referral-relay console sign-in";
+
+/// Signs and opens the sign-in cookie: a JWT signed with HS256 under a key derived from the
+/// relay's own signing key (HMAC-SHA256 of a fixed label), so a token the relay issues for
+/// something else never passes for one.
+pub struct SignInSeal {
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+}
+
+impl SignInSeal {
+    /// The seal under `base_key` (the relay's signing key, shared by replicas).
+    pub fn new(base_key: &[u8]) -> Self {
+        let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, base_key);
+        let derived = aws_lc_rs::hmac::sign(&key, PENDING_AUDIENCE.as_bytes());
+        Self {
+            encoding: EncodingKey::from_secret(derived.as_ref()),
+            decoding: DecodingKey::from_secret(derived.as_ref()),
+        }
+    }
+
+    /// The cookie value carrying `pending` until [`SIGN_IN_LIMIT`] from now.
+    ///
+    /// # Errors
+    /// The JWT cannot be made (serialisation; not expected).
+    pub fn seal(&self, pending: &Pending) -> Result<String, OidcError> {
+        let now = OffsetDateTime::now_utc().unix_timestamp();
+        let limit = i64::try_from(SIGN_IN_LIMIT.as_secs()).unwrap_or(600);
+        let claims = PendingClaims {
+            aud: PENDING_AUDIENCE.into(),
+            iat: now,
+            exp: now + limit,
+            pending: pending.clone(),
+        };
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
+            .map_err(|e| OidcError::Config(format!("cannot sign the sign-in cookie: {e}")))
+    }
+
+    /// The sign-in `cookie` carries, when its signature holds, it has not expired and its
+    /// `state` is `returned` (compared in constant time); else `None`.
+    pub fn open(&self, cookie: &str, returned: &str) -> Option<Pending> {
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.set_audience(&[PENDING_AUDIENCE]);
+        validation.set_required_spec_claims(&["exp", "aud"]);
+        validation.leeway = 0;
+        let claims = jsonwebtoken::decode::<PendingClaims>(cookie, &self.decoding, &validation)
+            .ok()?
+            .claims;
+        crate::secret::same_secret(claims.pending.state.as_bytes(), returned.as_bytes())
+            .then_some(claims.pending)
+    }
 }
 
 /// The person the provider vouched for, from the checked ID token.
@@ -119,26 +218,24 @@ pub struct Person {
     pub role_values: Vec<String>,
 }
 
+/// The provider's metadata as last read, or why it could not be.
 struct Cached {
     issuer: String,
-    metadata: CoreProviderMetadata,
+    metadata: Result<Metadata, String>,
     fetched: Instant,
 }
 
-/// The relying party: the HTTP client and the provider's metadata while it is fresh.
+/// The relying party: the HTTP client, the provider's metadata while it is fresh, and the
+/// sign-in cookie's seal.
 pub struct OidcRelyingParty {
     http: OidcHttp,
     cached: Mutex<Option<Cached>>,
-}
-
-impl Default for OidcRelyingParty {
-    fn default() -> Self {
-        Self::new()
-    }
+    pub seal: SignInSeal,
 }
 
 impl OidcRelyingParty {
-    pub fn new() -> Self {
+    /// `base_key`: the relay's signing key (see [`SignInSeal::new`]).
+    pub fn new(base_key: &[u8]) -> Self {
         let client = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .timeout(REQUEST_TIMEOUT)
@@ -147,43 +244,48 @@ impl OidcRelyingParty {
         Self {
             http: OidcHttp(client),
             cached: Mutex::new(None),
+            seal: SignInSeal::new(base_key),
         }
     }
 
-    /// The provider's metadata (with its keys): the kept copy while fresh, unless `refresh`.
-    async fn metadata(
-        &self,
-        config: &OidcConfig,
-        refresh: bool,
-    ) -> Result<CoreProviderMetadata, OidcError> {
-        let mut cached = self.cached.lock().await;
-        if let Some(c) = cached.as_ref()
-            && !refresh
-            && c.issuer == config.issuer
-            && c.fetched.elapsed() < METADATA_TTL
-        {
-            return Ok(c.metadata.clone());
-        }
+    /// The provider's metadata (with its keys): the kept copy while fresh (a failure while it
+    /// is [`FAILURE_MEMORY`] old), else read now. One request reads it at a time; the others
+    /// wait for that reading and take its result.
+    async fn metadata(&self, config: &OidcConfig) -> Result<Metadata, OidcError> {
         let discovery = |reason: String| OidcError::Discovery {
             issuer: config.issuer.clone(),
             reason,
         };
-        let issuer = IssuerUrl::new(config.issuer.clone()).map_err(|e| discovery(e.to_string()))?;
-        // Discovery checks that the document names this issuer, and fetches its JWKS.
-        let metadata = CoreProviderMetadata::discover_async(issuer, &self.http)
-            .await
-            .map_err(|e| discovery(error_chain(&e)))?;
+        let mut cached = self.cached.lock().await;
+        if let Some(c) = cached.as_ref()
+            && c.issuer == config.issuer
+        {
+            let fresh = match &c.metadata {
+                Ok(_) => METADATA_TTL,
+                Err(_) => FAILURE_MEMORY,
+            };
+            if c.fetched.elapsed() < fresh {
+                return c.metadata.clone().map_err(discovery);
+            }
+        }
+        // Discovery checks that the document names exactly this issuer, and fetches its JWKS.
+        let metadata = match IssuerUrl::new(config.issuer.clone()) {
+            Ok(issuer) => Metadata::discover_async(issuer, &self.http)
+                .await
+                .map_err(|e| error_chain(&e)),
+            Err(e) => Err(e.to_string()),
+        };
         *cached = Some(Cached {
             issuer: config.issuer.clone(),
             metadata: metadata.clone(),
             fetched: Instant::now(),
         });
-        Ok(metadata)
+        metadata.map_err(discovery)
     }
 
     /// Re-reads only the keys of the kept metadata (rotation), or everything when none is kept.
-    async fn refreshed_keys(&self, config: &OidcConfig) -> Result<CoreProviderMetadata, OidcError> {
-        let metadata = self.metadata(config, false).await?;
+    async fn refreshed_keys(&self, config: &OidcConfig) -> Result<Metadata, OidcError> {
+        let metadata = self.metadata(config).await?;
         let keys = JsonWebKeySet::fetch_async(metadata.jwks_uri(), &self.http)
             .await
             .map_err(|e| OidcError::Discovery {
@@ -195,15 +297,12 @@ impl OidcRelyingParty {
         if let Some(c) = cached.as_mut()
             && c.issuer == config.issuer
         {
-            c.metadata = metadata.clone();
+            c.metadata = Ok(metadata.clone());
         }
         Ok(metadata)
     }
 
-    fn client(
-        config: &OidcConfig,
-        metadata: CoreProviderMetadata,
-    ) -> Result<OidcClient, OidcError> {
+    fn client(config: &OidcConfig, metadata: Metadata) -> Result<OidcClient, OidcError> {
         let secret = config
             .client_secret()
             .map_err(|e| OidcError::Config(e.to_string()))?;
@@ -235,7 +334,7 @@ impl OidcRelyingParty {
     /// # Errors
     /// [`OidcError::Discovery`] when the provider cannot be read; [`OidcError::Config`].
     pub async fn start(&self, config: &OidcConfig) -> Result<Started, OidcError> {
-        let client = Self::client(config, self.metadata(config, false).await?)?;
+        let client = Self::client(config, self.metadata(config).await?)?;
         let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
         let mut request = client.authorize_url(
             AuthenticationFlow::<CoreResponseType>::AuthorizationCode,
@@ -248,9 +347,11 @@ impl OidcRelyingParty {
         let (url, state, nonce) = request.set_pkce_challenge(challenge).url();
         Ok(Started {
             url: url.to_string(),
-            state: state.secret().clone(),
-            nonce: nonce.secret().clone(),
-            pkce_verifier: verifier.secret().clone(),
+            pending: Pending {
+                state: state.secret().clone(),
+                nonce: nonce.secret().clone(),
+                pkce_verifier: verifier.secret().clone(),
+            },
         })
     }
 
@@ -258,21 +359,26 @@ impl OidcRelyingParty {
     /// `pending`) and checks the ID token against `pending`'s nonce.
     ///
     /// # Errors
-    /// [`OidcError::Exchange`], [`OidcError::IdToken`], [`OidcError::Discovery`].
+    /// [`OidcError::Exchange`] (the provider refused the code), [`OidcError::Unreachable`],
+    /// [`OidcError::IdToken`] (a check failed, or the subject is unusable),
+    /// [`OidcError::Discovery`].
     pub async fn finish(
         &self,
         config: &OidcConfig,
         code: &str,
-        pending: &PendingSignIn,
+        pending: &Pending,
     ) -> Result<Person, OidcError> {
-        let client = Self::client(config, self.metadata(config, false).await?)?;
+        let client = Self::client(config, self.metadata(config).await?)?;
         let response = client
             .exchange_code(AuthorizationCode::new(code.to_owned()))
             .map_err(|e| OidcError::Exchange(e.to_string()))?
             .set_pkce_verifier(PkceCodeVerifier::new(pending.pkce_verifier.clone()))
             .request_async(&self.http)
             .await
-            .map_err(|e| OidcError::Exchange(error_chain(&e)))?;
+            .map_err(|e| match e {
+                RequestTokenError::Request(e) => OidcError::Unreachable(error_chain(&e)),
+                other => OidcError::Exchange(error_chain(&other)),
+            })?;
         let token = response
             .id_token()
             .ok_or_else(|| OidcError::IdToken("the token response holds no ID token".into()))?;
@@ -300,10 +406,22 @@ impl OidcRelyingParty {
                 .map(str::to_owned)
         };
         let subject = claims.subject().as_str().to_owned();
-        let name = text("name")
+        if subject.is_empty()
+            || subject.len() > MAX_SUBJECT
+            || !subject.bytes().all(|b| b.is_ascii_graphic())
+        {
+            return Err(OidcError::IdToken(format!(
+                "its subject (sub) is not 1 to {MAX_SUBJECT} printable ASCII characters"
+            )));
+        }
+        let name: String = text("name")
             .or_else(|| text("preferred_username"))
             .or_else(|| text("email"))
-            .unwrap_or_else(|| subject.clone());
+            .unwrap_or_else(|| subject.clone())
+            .chars()
+            .filter(|c| !c.is_control())
+            .take(MAX_NAME)
+            .collect();
         let role_values = match all.get(&config.role_claim) {
             Some(Value::String(one)) => vec![one.clone()],
             Some(Value::Array(many)) => many
@@ -318,6 +436,32 @@ impl OidcRelyingParty {
             name,
             role_values,
         })
+    }
+}
+
+impl OidcRelyingParty {
+    /// Where to send the browser after the relay's own sign-out so that the provider's session
+    /// ends too (OpenID Connect RP-Initiated Logout 1.0): its `end_session_endpoint` with our
+    /// `client_id` and, as `post_logout_redirect_uri`, the console's sign-in page on the
+    /// callback's origin (register it at the provider). `None` when the provider has no such
+    /// endpoint or cannot be read now (the relay's sign-out stands on its own).
+    pub async fn logout_url(&self, config: &OidcConfig) -> Option<String> {
+        let metadata = self.metadata(config).await.ok()?;
+        let endpoint = metadata
+            .additional_metadata()
+            .end_session_endpoint
+            .clone()?;
+        let mut back = reqwest::Url::parse(&config.redirect_uri).ok()?;
+        back.set_path("/console/login");
+        back.set_query(None);
+        let back = PostLogoutRedirectUrl::new(back.to_string()).ok()?;
+        Some(
+            LogoutRequest::from(endpoint)
+                .set_client_id(ClientId::new(config.client_id.clone()))
+                .set_post_logout_redirect_uri(back)
+                .http_get_url()
+                .to_string(),
+        )
     }
 }
 

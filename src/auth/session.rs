@@ -8,9 +8,6 @@
 //! for the idle limit, at the absolute limit after its sign-in, at sign-out, or when an admin
 //! ends its account's sessions. Its last use is written at most every [`touch_every`] (a
 //! minute, less for short idle limits), so the idle limit holds to within that.
-//!
-//! Also kept here: sign-ins through the identity provider between leaving for it and coming
-//! back ([`Sessions::begin_sign_in`]), each usable once and for [`SIGN_IN_LIMIT`].
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,7 +17,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use time::OffsetDateTime;
 
 use crate::secret::same_secret;
-use crate::store::{ConsoleCutoffs, ConsoleSessionRecord, PendingSignIn, Store, StoreError};
+use crate::store::{ConsoleCutoffs, ConsoleSessionRecord, Store, StoreError};
 
 /// The name of the session cookie.
 pub const COOKIE: &str = "relay_console";
@@ -28,14 +25,6 @@ pub const COOKIE: &str = "relay_console";
 /// The start of the account of a person signed in through the identity provider, followed by
 /// their subject (`sub`). Local user names cannot hold a `:`, so the two never meet.
 pub const OIDC_ACCOUNT: &str = "oidc:";
-
-/// How long a sign-in may spend at the identity provider (the user typing a password, MFA).
-pub const SIGN_IN_LIMIT: Duration = Duration::from_secs(600);
-
-/// Sign-ins kept at once while their users are at the identity provider; past this, new ones
-/// are refused until some come back or expire (a flood of unauthenticated starts cannot grow
-/// the store without bound).
-const MAX_PENDING_SIGN_INS: usize = 10_000;
 
 /// One signed-in session, as the handlers see it.
 #[derive(Debug, Clone)]
@@ -48,6 +37,8 @@ pub struct Session {
     pub role: String,
     /// External Service IDs the session may see (empty: all), as decided at sign-in.
     pub service_ids: Vec<String>,
+    /// The identity provider a person signed in through; `None` for a local user.
+    pub issuer: Option<String>,
     /// The token forms of this session carry.
     pub csrf: String,
     /// When the account last looked at the referral list before this session began: what
@@ -64,6 +55,8 @@ pub struct NewSession {
     pub name: String,
     pub role: &'static str,
     pub service_ids: Vec<String>,
+    /// The identity provider (`iss`) they signed in through; `None` for a local user.
+    pub issuer: Option<String>,
 }
 
 impl From<ConsoleSessionRecord> for Session {
@@ -73,6 +66,7 @@ impl From<ConsoleSessionRecord> for Session {
             name: r.name,
             role: r.role,
             service_ids: r.service_ids,
+            issuer: r.issuer,
             csrf: r.csrf,
             changes_since: r.changes_since,
             created_at: r.created_at,
@@ -108,7 +102,6 @@ impl Sessions {
         ConsoleCutoffs {
             idle_before: now - self.idle,
             started_before: now - self.absolute,
-            sign_ins_before: now - SIGN_IN_LIMIT,
         }
     }
 
@@ -129,6 +122,7 @@ impl Sessions {
                 name: who.name,
                 role: who.role.to_owned(),
                 service_ids: who.service_ids,
+                issuer: who.issuer,
                 csrf: random_token(),
                 created_at: now,
                 last_used_at: now,
@@ -212,41 +206,6 @@ impl Sessions {
         now: OffsetDateTime,
     ) -> Result<(), StoreError> {
         self.store.save_console_visit(account, now).await
-    }
-
-    /// Keeps a sign-in leaving for the identity provider with `state`, until it comes back
-    /// (at most [`SIGN_IN_LIMIT`]). `false` when too many are at the provider already.
-    ///
-    /// # Errors
-    /// The store's.
-    pub async fn begin_sign_in(
-        &self,
-        state: &str,
-        nonce: String,
-        pkce_verifier: String,
-    ) -> Result<bool, StoreError> {
-        let now = OffsetDateTime::now_utc();
-        self.store.purge_console(self.cutoffs(now)).await?;
-        let pending = PendingSignIn {
-            state_digest: digest(state),
-            nonce,
-            pkce_verifier,
-            created_at: now,
-        };
-        self.store
-            .begin_sign_in(&pending, MAX_PENDING_SIGN_INS)
-            .await
-    }
-
-    /// The sign-in that left with `state`, removed so it is used once; `None` when unknown,
-    /// used already, or older than [`SIGN_IN_LIMIT`].
-    ///
-    /// # Errors
-    /// The store's.
-    pub async fn take_sign_in(&self, state: &str) -> Result<Option<PendingSignIn>, StoreError> {
-        let pending = self.store.take_sign_in(&digest(state)).await?;
-        let limit = OffsetDateTime::now_utc() - SIGN_IN_LIMIT;
-        Ok(pending.filter(|p| p.created_at >= limit))
     }
 }
 

@@ -49,6 +49,26 @@ pub enum TokenError {
     Malformed,
 }
 
+/// The relay's signing key: `oauth2.signing_key` when configured, else `shared` (the key
+/// replicas share through their store), else the one generated earlier in `data_dir`, or one
+/// generated there now. Also the base of the console's sign-in cookie key.
+///
+/// # Errors
+/// The key file cannot be read or written.
+pub fn signing_key(
+    config: &OAuth2Config,
+    shared: Option<Vec<u8>>,
+    data_dir: &Path,
+) -> anyhow::Result<Vec<u8>> {
+    if !config.signing_key.is_empty() {
+        Ok(config.signing_key.expose().as_bytes().to_vec())
+    } else if let Some(shared) = shared {
+        Ok(shared)
+    } else {
+        load_or_generate_key(data_dir)
+    }
+}
+
 /// Issues and verifies tokens. Built once at start.
 pub struct TokenIssuer {
     encoding: EncodingKey,
@@ -65,13 +85,7 @@ impl TokenIssuer {
         shared: Option<Vec<u8>>,
         data_dir: &Path,
     ) -> anyhow::Result<Self> {
-        let key = if !config.signing_key.is_empty() {
-            config.signing_key.expose().as_bytes().to_vec()
-        } else if let Some(shared) = shared {
-            shared
-        } else {
-            load_or_generate_key(data_dir)?
-        };
+        let key = signing_key(config, shared, data_dir)?;
         let mut decoding = vec![DecodingKey::from_secret(&key)];
         decoding.extend(
             config

@@ -1,7 +1,6 @@
 //! The web console's sessions, kept in the store so that every replica serves every request
 //! and a restart signs nobody out: each signed-in session (by the SHA-256 of its id, never the
-//! id), each sign-in through an identity provider between leaving for it and coming back, and
-//! when each user last looked at the referral list.
+//! id), and when each user last looked at the referral list.
 //!
 //! The store keeps what it is given; when a session has expired is the console's rule
 //! ([`crate::auth::session`]), applied on reading and by [`ConsoleStore::purge_console`].
@@ -25,6 +24,10 @@ pub struct ConsoleSessionRecord {
     /// `staff` or `admin`, as decided at sign-in (a local user's is read from the config on
     /// every request instead).
     pub role: String,
+    /// The identity provider (`iss`) a person signed in through; `None` for a local user. A
+    /// session from another issuer than the configured one is over.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<String>,
     /// External Service IDs the session may see; empty sees all.
     pub service_ids: Vec<String>,
     /// The token every form of the session carries (CSRF).
@@ -37,26 +40,12 @@ pub struct ConsoleSessionRecord {
     pub changes_since: Option<OffsetDateTime>,
 }
 
-/// A sign-in through the identity provider that has left for it and not come back yet: what
-/// the answer must match.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PendingSignIn {
-    /// SHA-256 (lowercase hex) of the `state` sent to the provider: the key.
-    pub state_digest: String,
-    /// The `nonce` the ID token must carry.
-    pub nonce: String,
-    /// The PKCE code verifier (RFC 7636) the token request proves the code with.
-    pub pkce_verifier: String,
-    pub created_at: OffsetDateTime,
-}
-
 /// What [`ConsoleStore::purge_console`] removes: sessions unused since `idle_before` or begun
-/// before `started_before`, and sign-ins begun before `sign_ins_before`.
+/// before `started_before`.
 #[derive(Debug, Clone, Copy)]
 pub struct ConsoleCutoffs {
     pub idle_before: OffsetDateTime,
     pub started_before: OffsetDateTime,
-    pub sign_ins_before: OffsetDateTime,
 }
 
 /// Console sessions, shared by every process that opens the store.
@@ -91,18 +80,6 @@ pub trait ConsoleStore: Send + Sync {
     /// Every session kept, oldest first.
     async fn console_sessions(&self) -> Result<Vec<ConsoleSessionRecord>, StoreError>;
 
-    /// Keeps a sign-in that is leaving for the identity provider, unless `max_pending` are kept
-    /// already (then `false`, and nothing is kept).
-    async fn begin_sign_in(
-        &self,
-        pending: &PendingSignIn,
-        max_pending: usize,
-    ) -> Result<bool, StoreError>;
-
-    /// Removes and returns the sign-in whose `state` has this digest: each is used once, even
-    /// when two answers with it reach two replicas at once.
-    async fn take_sign_in(&self, state_digest: &str) -> Result<Option<PendingSignIn>, StoreError>;
-
     /// When `account` last looked at the referral list.
     async fn console_visit(&self, account: &str) -> Result<Option<OffsetDateTime>, StoreError>;
 
@@ -110,8 +87,7 @@ pub trait ConsoleStore: Send + Sync {
     async fn save_console_visit(&self, account: &str, at: OffsetDateTime)
     -> Result<(), StoreError>;
 
-    /// Removes expired sessions and abandoned sign-ins (see [`ConsoleCutoffs`]); returns how
-    /// many were removed.
+    /// Removes expired sessions (see [`ConsoleCutoffs`]); returns how many were removed.
     async fn purge_console(&self, cutoffs: ConsoleCutoffs) -> Result<u64, StoreError>;
 }
 

@@ -27,7 +27,7 @@ pub use self::postgres::{MIGRATIONS as POSTGRES_MIGRATIONS, PgOptions, PgStore};
 pub use self::sled::{LOCK_FILE, SledOptions, SledStore};
 pub use alert::{ALERTS_QUEUE, AlertPhase, AlertRecord, is_alert_queue};
 pub use audit::{AUDIT_GENESIS, AuditBreak, AuditEntry, AuditStore, ChainCheck, verify_chain};
-pub use console::{ConsoleCutoffs, ConsoleSessionRecord, ConsoleStore, PendingSignIn};
+pub use console::{ConsoleCutoffs, ConsoleSessionRecord, ConsoleStore};
 pub use deliveries::{
     DeliveryStore, Merged, NewDelivery, PartTimes, PutOutcome, ReferralRecord, ServiceAssignment,
     VersionRecord, delivery_key, merge, sha256_hex,

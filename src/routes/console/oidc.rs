@@ -2,12 +2,14 @@
 //! [`crate::auth::oidc`]): `/console/oidc/start` sends the browser to the provider, and the
 //! provider sends it back to `/console/oidc/callback` with a code.
 //!
-//! Between the two, the sign-in is kept in the store (so the answer may reach any replica) under
-//! the digest of its `state`, and the browser holds the `state` in a short-lived cookie
-//! (`SameSite=Lax`: the answer is a top-level navigation from the provider's site). The answer
-//! must carry the same `state` as the cookie, and its sign-in is taken from the store once.
-//! The claims of the checked ID token decide the role and the services (`[console.oidc]`); a
-//! person they give nothing is refused with a page saying so.
+//! Between the two, the browser carries the sign-in (its `state`, `nonce` and PKCE verifier)
+//! in a short-lived signed cookie ([`SignInSeal`](crate::auth::oidc::SignInSeal); `SameSite=Lax`:
+//! the answer is a top-level navigation from the provider's site), so the answer may reach any
+//! replica and nothing is kept on the server for sign-ins that never come back. The answer must
+//! carry the cookie's `state`. The claims of the checked ID token decide the role and the
+//! services (`[console.oidc]`); a person they give nothing is refused with a page saying so.
+//! Failures that are the provider's (unreachable) are 502 pages; answers that fail a check are
+//! 401 pages and are reported like failed logins (`AUTH_FAILURE`, grouped per interval).
 
 use std::net::SocketAddr;
 
@@ -19,18 +21,18 @@ use serde::Deserialize;
 
 use super::session::{cookie_value, login_page, secure_cookies, signed_in};
 use super::{ConsoleQuery, PageError};
-use crate::auth::oidc::OidcError;
-use crate::auth::session::{NewSession, OIDC_ACCOUNT, SIGN_IN_LIMIT};
+use crate::auth::oidc::{OidcError, SIGN_IN_LIMIT};
+use crate::auth::session::{NewSession, OIDC_ACCOUNT};
 use crate::auth::source::ClientAddr;
 use crate::state::AppState;
 
-/// The cookie holding the `state` of a sign-in at the identity provider.
+/// The cookie holding the signed sign-in while the browser is at the identity provider.
 const STATE_COOKIE: &str = "relay_console_oidc";
 
 /// The longest `code` or `state` read from the provider's answer, in bytes.
 const MAX_PARAMETER: usize = 4096;
 
-/// A `Set-Cookie` for the sign-in's `state` (empty and expired: cleared).
+/// A `Set-Cookie` for the signed sign-in (empty and expired: cleared).
 fn state_cookie(value: String, secure: bool, max_age_secs: i64) -> HeaderValue {
     let cookie = Cookie::build((STATE_COOKIE, value))
         .path("/console/oidc")
@@ -57,10 +59,10 @@ fn refused(
 }
 
 /// What a failure to reach or believe the provider shows, and with which status: the provider
-/// unreachable is the provider's fault (502), a refused token the sign-in's (401).
+/// unreachable is the provider's fault (502), a refused answer the sign-in's (401).
 fn failure(error: &OidcError) -> (StatusCode, &'static str) {
     match error {
-        OidcError::Discovery { .. } => (
+        OidcError::Discovery { .. } | OidcError::Unreachable(_) => (
             StatusCode::BAD_GATEWAY,
             "The identity provider could not be reached. Try again in a moment; if it keeps failing, tell your administrator.",
         ),
@@ -75,7 +77,8 @@ fn failure(error: &OidcError) -> (StatusCode, &'static str) {
     }
 }
 
-/// `GET /console/oidc/start`: keeps a new sign-in and sends the browser to the provider.
+/// `GET /console/oidc/start`: sends the browser to the provider, carrying the sign-in in a
+/// signed cookie.
 pub async fn start(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -91,38 +94,22 @@ pub async fn start(
             "Sign-in through an identity provider is not set up here.",
         ));
     };
-    let started = match state.oidc.start(oidc).await {
-        Ok(started) => started,
+    let started = state.oidc.start(oidc).await;
+    let sealed = started.and_then(|s| Ok((state.oidc.seal.seal(&s.pending)?, s.url)));
+    let (sealed, url) = match sealed {
+        Ok(sealed) => sealed,
         Err(e) => {
             tracing::warn!(error = %e, "console sign-in could not start at the identity provider");
             let (status, problem) = failure(&e);
             return Ok(refused(&state, peer, &headers, status, problem));
         }
     };
-    let kept = state
-        .console_sessions
-        .begin_sign_in(&started.state, started.nonce, started.pkce_verifier)
-        .await?;
-    if !kept {
-        let mut response = refused(
-            &state,
-            peer,
-            &headers,
-            StatusCode::SERVICE_UNAVAILABLE,
-            "Too many sign-ins are in progress right now; try again in a few minutes.",
-        );
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static("60"));
-        return Ok(response);
-    }
     let secure = secure_cookies(&state, Some(peer.ip()), &headers);
     let max_age = i64::try_from(SIGN_IN_LIMIT.as_secs()).unwrap_or(600);
-    let mut response = Redirect::to(&started.url).into_response();
-    response.headers_mut().append(
-        header::SET_COOKIE,
-        state_cookie(started.state, secure, max_age),
-    );
+    let mut response = Redirect::to(&url).into_response();
+    response
+        .headers_mut()
+        .append(header::SET_COOKIE, state_cookie(sealed, secure, max_age));
     Ok(response)
 }
 
@@ -144,15 +131,9 @@ pub async fn callback(
     ConsoleQuery(answer): ConsoleQuery<Answer>,
 ) -> Result<Response, PageError> {
     let config = state.config();
-    let secure = secure_cookies(&state, Some(peer.ip()), &headers);
-    let clear = state_cookie(String::new(), secure, 0);
-    let fail = |status: StatusCode, problem: &str| {
-        let mut response = refused(&state, peer, &headers, status, problem);
-        response
-            .headers_mut()
-            .append(header::SET_COOKIE, clear.clone());
-        response
-    };
+    // A failed answer leaves the browser's sign-in cookie alone: a link with a wrong `state`
+    // must not cancel a sign-in in progress. It expires by itself.
+    let fail = |status: StatusCode, problem: &str| refused(&state, peer, &headers, status, problem);
     let Some(oidc) = config.console.oidc.as_ref() else {
         return Ok(fail(
             StatusCode::NOT_FOUND,
@@ -173,38 +154,36 @@ pub async fn callback(
             "This address is where the identity provider sends you back after signing in; it was opened without a sign-in. Start again.",
         ));
     };
-    let from_this_browser = cookie_value(&headers, STATE_COOKIE)
-        .is_some_and(|cookie| crate::secret::same_secret(cookie.as_bytes(), returned.as_bytes()));
-    if code.len() > MAX_PARAMETER || returned.len() > MAX_PARAMETER || !from_this_browser {
+    let pending = (code.len() <= MAX_PARAMETER && returned.len() <= MAX_PARAMETER)
+        .then(|| cookie_value(&headers, STATE_COOKIE))
+        .flatten()
+        .and_then(|cookie| state.oidc.seal.open(&cookie, &returned));
+    let Some(pending) = pending else {
         state.refused(
             None,
             "console:(identity provider)".into(),
             "console",
-            "console sign-in: the answer's state is not this browser's",
+            "console sign-in: the answer's state is not this browser's sign-in",
             source,
         );
         return Ok(fail(
             StatusCode::FORBIDDEN,
-            "This sign-in was not started in this browser (or it was started again since). Start again.",
-        ));
-    }
-    let Some(pending) = state.console_sessions.take_sign_in(&returned).await? else {
-        return Ok(fail(
-            StatusCode::FORBIDDEN,
-            "This sign-in has expired or was used already. Start again.",
+            "This sign-in was not started in this browser, has expired (after 10 minutes), or was started again since. Start again.",
         ));
     };
     let person = match state.oidc.finish(oidc, &code, &pending).await {
         Ok(person) => person,
         Err(e) => {
-            tracing::warn!(error = %e, "console sign-in through the identity provider refused");
-            state.refused(
-                None,
-                "console:(identity provider)".into(),
-                "console",
-                "console sign-in: the identity provider's answer failed a check",
-                source,
-            );
+            tracing::warn!(error = %e, "console sign-in through the identity provider failed");
+            if matches!(e, OidcError::Exchange(_) | OidcError::IdToken(_)) {
+                state.refused(
+                    None,
+                    "console:(identity provider)".into(),
+                    "console",
+                    "console sign-in: the identity provider's answer failed a check",
+                    source,
+                );
+            }
             let (status, problem) = failure(&e);
             return Ok(fail(status, problem));
         }
@@ -212,18 +191,15 @@ pub async fn callback(
     let account = format!("{OIDC_ACCOUNT}{}", person.subject);
     let actor = format!("console:{} ({account})", person.name);
     let Some(granted) = oidc.grant(&person.role_values) else {
-        state
-            .store
-            .audit(
-                "CONSOLE_LOGIN_REFUSED",
-                &actor,
-                serde_json::json!({
-                    "source": source.to_string(),
-                    "issuer": oidc.issuer,
-                    "reason": format!("no {} value maps to a console role", oidc.role_claim),
-                }),
-            )
-            .await?;
+        // Reported like other refused sign-ins: grouped per interval, so a person going round
+        // through the provider again and again cannot grow the audit trail.
+        state.refused(
+            None,
+            actor,
+            "console",
+            "console sign-in: the identity provider's claims give no console role",
+            source,
+        );
         return Ok(fail(
             StatusCode::FORBIDDEN,
             &format!(
@@ -241,6 +217,7 @@ pub async fn callback(
             .iter()
             .map(|s| s.as_str().to_owned())
             .collect(),
+        issuer: Some(oidc.issuer.clone()),
     };
     let details = serde_json::json!({
         "source": source.to_string(),
@@ -250,6 +227,9 @@ pub async fn callback(
         "role": granted.role.as_str(),
     });
     let mut response = signed_in(&state, peer, &headers, who, &actor, details, true).await?;
-    response.headers_mut().append(header::SET_COOKIE, clear);
+    let secure = secure_cookies(&state, Some(peer.ip()), &headers);
+    response
+        .headers_mut()
+        .append(header::SET_COOKIE, state_cookie(String::new(), secure, 0));
     Ok(response)
 }

@@ -113,35 +113,45 @@ impl FromRequestParts<AppState> for ConsoleUser {
             .map_err(|e| SignInFirst::Store(PageError(e.into())))?
             .ok_or(SignInFirst::NoSession)?;
         let config = state.config();
-        let (role, service_ids) = if session.account.starts_with(OIDC_ACCOUNT) {
-            // Decided from the identity provider's claims at sign-in; signed out when the
-            // provider is no longer configured.
-            if config.console.oidc.is_none() {
-                return Err(SignInFirst::NoSession);
-            }
-            let role = match session.role.as_str() {
-                "admin" => ConsoleRole::Admin,
-                _ => ConsoleRole::Staff,
-            };
-            let ids = session
-                .service_ids
-                .iter()
-                .filter_map(|id| ServiceId::parse(id).ok())
-                .collect();
-            (role, ids)
+        let granted = if session.account.starts_with(OIDC_ACCOUNT) {
+            // Decided from the identity provider's claims at sign-in. Over once sign-in through
+            // that provider is not configured any more (none, or another issuer).
+            let same_provider = config
+                .console
+                .oidc
+                .as_ref()
+                .is_some_and(|o| session.issuer.as_deref() == Some(o.issuer.as_str()));
+            same_provider.then(|| {
+                let role = match session.role.as_str() {
+                    "admin" => ConsoleRole::Admin,
+                    _ => ConsoleRole::Staff,
+                };
+                let ids = session
+                    .service_ids
+                    .iter()
+                    .filter_map(|id| ServiceId::parse(id).ok())
+                    .collect();
+                (role, ids)
+            })
         } else {
-            // A local user removed from the config (and reloaded) or renamed has no account any
-            // more, and none at all once local users are switched off; their role is the
-            // config's as it is now.
-            if !config.console.local_users {
-                return Err(SignInFirst::NoSession);
-            }
-            let user = config
+            // A local user removed from the config or renamed has no account any more, and
+            // none at all once local users are switched off; their role is the config's as it
+            // is now.
+            config
                 .console
                 .users
                 .get(&session.account)
-                .ok_or(SignInFirst::NoSession)?;
-            (user.role, user.service_ids.clone())
+                .filter(|_| config.console.local_users)
+                .map(|user| (user.role, user.service_ids.clone()))
+        };
+        let Some((role, service_ids)) = granted else {
+            // Ended for good, so it does not come back if the config does.
+            state
+                .console_sessions
+                .end(&id)
+                .await
+                .map_err(|e| SignInFirst::Store(PageError(e.into())))?;
+            return Err(SignInFirst::NoSession);
         };
         Ok(ConsoleUser {
             name: session.name.clone(),
@@ -362,6 +372,7 @@ pub async fn login(
             .iter()
             .map(|s| s.as_str().to_owned())
             .collect(),
+        issuer: None,
     };
     let details = serde_json::json!({ "source": source.to_string() });
     signed_in(&state, peer, &headers, who, &account, details, false).await
@@ -471,7 +482,25 @@ pub async fn logout(
         .store
         .audit("CONSOLE_LOGOUT", &user.actor(), serde_json::json!({}))
         .await?;
-    let mut response = Redirect::to("/console/login").into_response();
+    // A person signed in through the identity provider is sent on to end their session there
+    // too: otherwise the next person at a shared workstation would be signed in as them
+    // without a password.
+    let config = state.config();
+    let provider_logout = match config.console.oidc.as_ref() {
+        Some(oidc) if user.session.account.starts_with(OIDC_ACCOUNT) => {
+            state.oidc.logout_url(oidc).await
+        }
+        _ => None,
+    };
+    // A page that moves on, not a redirect: the console's Content-Security-Policy lets a form's
+    // answer redirect only to the console itself (`form-action 'self'`).
+    let mut response = match provider_logout {
+        Some(url) => render(
+            "signed_out.html",
+            minijinja::context! { provider_logout => url },
+        ),
+        None => Redirect::to("/console/login").into_response(),
+    };
     response.headers_mut().append(
         header::SET_COOKIE,
         set_cookie(

@@ -1,14 +1,13 @@
-//! Console sessions on PostgreSQL (tables `console_sessions`, `console_sign_ins` and
-//! `console_visits`, migration 6): every replica reads the same sessions. Each statement is
-//! one row operation, so a touch (an `UPDATE`) never brings back a session another replica
-//! ended, and a sign-in's `DELETE … RETURNING` hands it to one replica only.
+//! Console sessions on PostgreSQL (tables `console_sessions` and `console_visits`, migration
+//! 6): every replica reads the same sessions. Each statement is one row operation, so a touch
+//! (an `UPDATE`) never brings back a session another replica ended.
 
 use async_trait::async_trait;
 use serde_json::Value;
 use time::OffsetDateTime;
 
 use super::{PgStore, db_error};
-use crate::store::console::{ConsoleCutoffs, ConsoleSessionRecord, ConsoleStore, PendingSignIn};
+use crate::store::console::{ConsoleCutoffs, ConsoleSessionRecord, ConsoleStore};
 use crate::store::error::StoreError;
 
 /// `record` as the JSON its column holds.
@@ -143,37 +142,6 @@ impl ConsoleStore for PgStore {
         rows.iter().map(session_from).collect()
     }
 
-    async fn begin_sign_in(
-        &self,
-        pending: &PendingSignIn,
-        max_pending: usize,
-    ) -> Result<bool, StoreError> {
-        let json = to_json(pending)?;
-        let max = i64::try_from(max_pending).unwrap_or(i64::MAX);
-        // One statement: the count and the insert see the same snapshot; replicas racing at the
-        // cap may pass it by a few, which the cap's purpose (a bounded table) allows.
-        let inserted = self
-            .client()
-            .await?
-            .execute(
-                "INSERT INTO console_sign_ins (state_digest, created_at, record)
-                 SELECT $1, $2, $3 WHERE (SELECT count(*) FROM console_sign_ins) < $4",
-                &[&pending.state_digest, &pending.created_at, &json, &max],
-            )
-            .await
-            .map_err(db_error("keeping a sign-in"))?;
-        Ok(inserted == 1)
-    }
-
-    async fn take_sign_in(&self, state_digest: &str) -> Result<Option<PendingSignIn>, StoreError> {
-        self.console_record(
-            "DELETE FROM console_sign_ins WHERE state_digest = $1 RETURNING record",
-            state_digest,
-            "taking a sign-in",
-        )
-        .await
-    }
-
     async fn console_visit(&self, account: &str) -> Result<Option<OffsetDateTime>, StoreError> {
         let row = self
             .client()
@@ -205,21 +173,13 @@ impl ConsoleStore for PgStore {
     }
 
     async fn purge_console(&self, cutoffs: ConsoleCutoffs) -> Result<u64, StoreError> {
-        let client = self.client().await?;
-        let sessions = client
+        self.client()
+            .await?
             .execute(
                 "DELETE FROM console_sessions WHERE last_used_at < $1 OR created_at < $2",
                 &[&cutoffs.idle_before, &cutoffs.started_before],
             )
             .await
-            .map_err(db_error("purging console sessions"))?;
-        let sign_ins = client
-            .execute(
-                "DELETE FROM console_sign_ins WHERE created_at < $1",
-                &[&cutoffs.sign_ins_before],
-            )
-            .await
-            .map_err(db_error("purging sign-ins"))?;
-        Ok(sessions + sign_ins)
+            .map_err(db_error("purging console sessions"))
     }
 }

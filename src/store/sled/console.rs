@@ -1,7 +1,6 @@
-//! Console sessions in the embedded store: `console_sessions` (id digest → session),
-//! `console_sign_ins` (state digest → pending sign-in) and `console_visits` (account → when
-//! it last looked at the list, µs). Writes go through the one writer, so a touch cannot bring
-//! back a session a sign-out removed, and a sign-in is taken once.
+//! Console sessions in the embedded store: `console_sessions` (id digest → session) and
+//! `console_visits` (account → when it last looked at the list, µs). Writes go through the one
+//! writer, so a touch cannot bring back a session a sign-out removed.
 
 use async_trait::async_trait;
 use time::OffsetDateTime;
@@ -9,7 +8,7 @@ use time::OffsetDateTime;
 use super::handle::SledStore;
 use super::trees::unavailable;
 use super::writer::Target;
-use crate::store::console::{ConsoleCutoffs, ConsoleSessionRecord, ConsoleStore, PendingSignIn};
+use crate::store::console::{ConsoleCutoffs, ConsoleSessionRecord, ConsoleStore};
 use crate::store::error::StoreError;
 use crate::store::record::{decode, encode, from_micros, micros, read_u64};
 
@@ -123,37 +122,6 @@ impl ConsoleStore for SledStore {
         Ok(sessions)
     }
 
-    async fn begin_sign_in(
-        &self,
-        pending: &PendingSignIn,
-        max_pending: usize,
-    ) -> Result<bool, StoreError> {
-        let value = encode(pending)?;
-        let key = pending.state_digest.clone();
-        self.console_write(move |t| {
-            let tree = &t.trees.console_sign_ins;
-            if tree.len() >= max_pending {
-                return Ok(false);
-            }
-            tree.insert(key.as_bytes(), value).map_err(unavailable)?;
-            Ok(true)
-        })
-        .await
-    }
-
-    async fn take_sign_in(&self, state_digest: &str) -> Result<Option<PendingSignIn>, StoreError> {
-        let key = state_digest.to_owned();
-        self.console_write(move |t| {
-            t.trees
-                .console_sign_ins
-                .remove(key.as_bytes())
-                .map_err(unavailable)?
-                .map(|v| decode(&v))
-                .transpose()
-        })
-        .await
-    }
-
     async fn console_visit(&self, account: &str) -> Result<Option<OffsetDateTime>, StoreError> {
         let key = account.to_owned();
         self.off_worker(move |open| {
@@ -191,14 +159,6 @@ impl ConsoleStore for SledStore {
                 let record: ConsoleSessionRecord = decode(&value)?;
                 if record.expired(&cutoffs) {
                     t.trees.console_sessions.remove(key).map_err(unavailable)?;
-                    removed += 1;
-                }
-            }
-            for item in &t.trees.console_sign_ins {
-                let (key, value) = item.map_err(unavailable)?;
-                let pending: PendingSignIn = decode(&value)?;
-                if pending.created_at < cutoffs.sign_ins_before {
-                    t.trees.console_sign_ins.remove(key).map_err(unavailable)?;
                     removed += 1;
                 }
             }

@@ -25,8 +25,8 @@
 //! - `patient_forms`: id (u64 BE) → `PatientFormRecord`; `patient_form_content`: same key →
 //!   what was fetched (sealed); `patient_form_dedup`: dedup key → id; `due_patient_forms`: id →
 //!   () while pending
-//! - `console_sessions`: session id digest → `ConsoleSessionRecord`; `console_sign_ins`: state
-//!   digest → `PendingSignIn`; `console_visits`: console account → µs (u64 BE)
+//! - `console_sessions`: session id digest → `ConsoleSessionRecord`; `console_visits`: console
+//!   account → µs (u64 BE)
 //!
 //! **Recovering from write failures.** Once sled fails to write (a full disk, an I/O error) it
 //! refuses every later operation, for good. So the open database lives behind `Open`, and the

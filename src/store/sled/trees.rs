@@ -47,7 +47,6 @@ pub(in crate::store) struct Trees {
     pub(in crate::store) due_patient_forms: sled::Tree,
     /// The console's sessions (see `console.rs`).
     pub(in crate::store) console_sessions: sled::Tree,
-    pub(in crate::store) console_sign_ins: sled::Tree,
     pub(in crate::store) console_visits: sled::Tree,
 }
 
@@ -77,7 +76,6 @@ impl Trees {
             patient_form_dedup: tree("patient_form_dedup")?,
             due_patient_forms: tree("due_patient_forms")?,
             console_sessions: tree("console_sessions")?,
-            console_sign_ins: tree("console_sign_ins")?,
             console_visits: tree("console_visits")?,
         })
     }

@@ -1,16 +1,19 @@
 //! Console sign-in through a real OpenID provider (`oidc-provider` from npm, on loopback; see
 //! [`crate::support::oidc`]), walked by the browser stand-in: the role and services the groups
-//! claim gives, a person it gives nothing refused, every spoiled answer refused (state, nonce,
-//! expiry, signature, audience, issuer, `alg: none`), a rotated key fetched, sessions ended by
-//! an admin, and the break-glass accounts switched off. The browser and the replicas are in
-//! `oidc_browser.rs`.
+//! claim gives, a person it gives nothing refused, signing out at the provider too, every
+//! spoiled answer refused (state, nonce, expiry, signature, audience, issuer, `alg: none`, an
+//! unusable subject), the provider down, a rotated key fetched, sessions ended by an admin or by
+//! a change of provider, and the break-glass accounts switched off. The browser and the
+//! replicas are in `oidc_browser.rs`.
 
 use std::net::{SocketAddr, TcpListener};
 
 use serde_json::{Value, json};
 
-use crate::support::app::{TestApp, spawn_app_on};
-use crate::support::console::{ALICE_PASSWORD, Page, Visitor, audit_actions, users_config};
+use crate::support::app::{TestApp, spawn_app_in, spawn_app_in_on, spawn_app_on};
+use crate::support::console::{
+    ALICE_PASSWORD, Page, Visitor, audit_actions, refused_sign_ins, users_config,
+};
 use crate::support::fixtures::fixture;
 use crate::support::oidc::OidcProvider;
 
@@ -33,16 +36,22 @@ pub fn provider_config(relays: &[SocketAddr]) -> Value {
         .iter()
         .map(|r| format!("http://{r}/console/oidc/callback"))
         .collect();
+    let sign_in_pages: Vec<String> = relays
+        .iter()
+        .map(|r| format!("http://{r}/console/login"))
+        .collect();
     json!({
         "clients": [{
             "client_id": CLIENT_ID,
             "client_secret": CLIENT_SECRET,
             "redirect_uris": callbacks,
+            "post_logout_redirect_uris": sign_in_pages,
         }],
         "accounts": {
             "ada": {"sub": "u-ada-7f3", "name": "Ada Admin", "email": "ada@clinic.test", "groups": ["relay-admins", "everyone"]},
             "sam": {"sub": "u-sam-2c9", "name": "Sam Staff", "email": "sam@clinic.test", "groups": ["relay-staff", "cardio-team"]},
             "nora": {"sub": "u-nora-5d1", "name": "Nora Nobody", "email": "nora@clinic.test", "groups": ["everyone"]},
+            "long": {"sub": "s".repeat(300), "name": "Long Subject", "groups": ["relay-staff"]},
         },
     })
 }
@@ -74,11 +83,9 @@ label = "Sign in with Clinic ID"
 async fn relay_and_provider() -> (TestApp, OidcProvider) {
     let address = reserved_address();
     let provider = OidcProvider::start(&provider_config(&[address]));
-    let app = spawn_app_on(
-        &relay_config(&provider, address, &users_config("")),
-        address,
-    )
-    .await;
+    // Refused sign-ins are reported every second rather than every minute.
+    let users = users_config("[server]\nauth_failure_report_secs = 1");
+    let app = spawn_app_on(&relay_config(&provider, address, &users), address).await;
     for name in [
         "v0.11-add-service-request.json",
         "update-task-accepted.json",
@@ -165,6 +172,29 @@ pub async fn sign_in_as(visitor: &mut Visitor<'_>, provider: &OidcProvider, logi
     visitor.get(&location).await
 }
 
+/// Posts the provider's sign-out form on `page` (its own confirmation page), confirming; the
+/// provider's answer, not followed.
+async fn confirm_sign_out(visitor: &mut Visitor<'_>, provider: &OidcProvider, page: &Page) -> Page {
+    let field = |name: &str| {
+        let at = page
+            .html
+            .find(name)
+            .unwrap_or_else(|| panic!("{name} in {}", page.html));
+        let start = at + name.len();
+        page.html[start..start + page.html[start..].find('"').unwrap()].to_owned()
+    };
+    let action = field("action=\"");
+    let xsrf = field("name=\"xsrf\" value=\"");
+    let action = if action.starts_with('/') {
+        format!("{}{action}", provider.issuer)
+    } else {
+        action
+    };
+    visitor
+        .post(&action, &[("xsrf", &xsrf), ("logout", "yes")])
+        .await
+}
+
 /// Whether the visitor's session opens the referral list.
 async fn signed_in(visitor: &mut Visitor<'_>) -> bool {
     let list = visitor.get("/console/referrals").await;
@@ -234,11 +264,31 @@ async fn people_sign_in_with_the_role_and_services_their_groups_give() {
     assert!(refused.set_cookie_named("relay_console").is_none());
     assert!(!signed_in(&mut nora).await);
 
-    // Sign-out ends Sam's session for good.
+    // Sam signs out: the session ends for good, and the browser goes on to the provider to end
+    // the session there too (RP-initiated logout), then back to the sign-in page.
     let page = sam.get("/console/referrals").await;
     let out = sam.post("/console/logout", &[("csrf", &page.csrf())]).await;
-    assert_eq!(out.status, 303);
+    assert_eq!(out.status, 200, "{}", out.html);
+    let marker = "id=\"provider-sign-out\" href=\"";
+    let at = out.html.find(marker).unwrap() + marker.len();
+    let escaped = &out.html[at..at + out.html[at..].find('"').unwrap()];
+    assert!(out.html.contains(&format!("url={escaped}")), "{}", out.html);
+    // As the browser reads the attribute (minijinja escapes `/` and `&`).
+    let logout_url = escaped.replace("&#x2f;", "/").replace("&amp;", "&");
+    let logout = reqwest::Url::parse(&logout_url).unwrap();
+    assert!(logout_url.starts_with(&provider.issuer), "{logout_url}");
+    let query: Vec<(String, String)> = logout.query_pairs().into_owned().collect();
+    assert!(query.contains(&("client_id".into(), CLIENT_ID.into())));
+    assert!(query.contains(&("post_logout_redirect_uri".into(), app.url("/console/login"))));
     assert!(!signed_in(&mut sam).await);
+    let confirm = sam.get(&logout_url).await;
+    assert_eq!(confirm.status, 200, "{}", confirm.html);
+    let back = confirm_sign_out(&mut sam, &provider, &confirm).await;
+    assert_eq!(back.location(), app.url("/console/login"), "{}", back.html);
+    // The next person at this browser meets the provider's sign-in form, not Sam's session.
+    let next = to_the_provider(&mut sam, &provider).await;
+    assert_eq!(next.status, 200);
+    assert!(next.html.contains("name=\"login\""), "{}", next.html);
 
     let audit = audit_actions(&app).await;
     let has = |action: &str, actor: &str| audit.iter().any(|(a, b)| a == action && b == actor);
@@ -247,11 +297,12 @@ async fn people_sign_in_with_the_role_and_services_their_groups_give() {
         "{audit:?}"
     );
     assert!(has("CONSOLE_LOGIN", "console:Sam Staff (oidc:u-sam-2c9)"));
-    assert!(has(
-        "CONSOLE_LOGIN_REFUSED",
-        "console:Nora Nobody (oidc:u-nora-5d1)"
-    ));
     assert!(has("CONSOLE_LOGOUT", "console:Sam Staff (oidc:u-sam-2c9)"));
+    let refusals = refused_sign_ins(&app, 1).await;
+    assert_eq!(
+        refusals["console:Nora Nobody (oidc:u-nora-5d1)"],
+        ["console sign-in: the identity provider's claims give no console role"]
+    );
     app.stop().await;
 }
 
@@ -286,7 +337,14 @@ async fn every_spoiled_answer_is_refused_and_signs_nobody_in() {
         );
     }
 
-    // A tampered state: refused before the code is used.
+    // A subject longer than OpenID Connect allows (255): refused.
+    let mut visitor = Visitor::new(&app);
+    let page = sign_in_as(&mut visitor, &provider, "long").await;
+    assert_eq!(page.status, 401, "{}", page.html);
+    assert!(!signed_in(&mut visitor).await);
+
+    // A tampered state: refused before the code is used, and without spoiling the sign-in in
+    // progress: the right answer still signs in afterwards.
     let mut visitor = Visitor::new(&app);
     let answer = provider_answer(&mut visitor, &provider, "ada").await;
     let mut url = reqwest::Url::parse(answer.location()).unwrap();
@@ -305,6 +363,8 @@ async fn every_spoiled_answer_is_refused_and_signs_nobody_in() {
     let page = visitor.get(url.as_str()).await;
     assert_eq!(page.status, 403, "{}", page.html);
     assert!(!signed_in(&mut visitor).await);
+    assert_eq!(visitor.get(answer.location()).await.status, 200);
+    assert!(signed_in(&mut visitor).await);
 
     // The right answer, but in another browser (no state cookie): refused.
     let mut visitor = Visitor::new(&app);
@@ -314,7 +374,7 @@ async fn every_spoiled_answer_is_refused_and_signs_nobody_in() {
     assert_eq!(page.status, 403, "{}", page.html);
     assert!(!signed_in(&mut stranger).await);
 
-    // The same answer twice: the second finds its sign-in used.
+    // The same answer twice: the provider refuses its code the second time.
     let mut visitor = Visitor::new(&app);
     let answer = provider_answer(&mut visitor, &provider, "ada").await;
     let callback = answer.location().to_owned();
@@ -324,8 +384,8 @@ async fn every_spoiled_answer_is_refused_and_signs_nobody_in() {
         .cookies
         .insert("relay_console_oidc".into(), state_cookie);
     let again = visitor.get(&callback).await;
-    assert_eq!(again.status, 403, "{}", again.html);
-    assert!(again.html.contains("expired or was used already"));
+    assert_eq!(again.status, 401, "{}", again.html);
+    assert!(again.html.contains("could not be verified"));
 
     // A callback opened without a sign-in, and the provider's own refusal.
     let mut visitor = Visitor::new(&app);
@@ -340,6 +400,51 @@ async fn every_spoiled_answer_is_refused_and_signs_nobody_in() {
     let mut visitor = Visitor::new(&app);
     assert_eq!(sign_in_as(&mut visitor, &provider, "ada").await.status, 200);
     assert!(signed_in(&mut visitor).await);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_provider_that_is_down_gets_a_page_saying_so_not_a_failed_login() {
+    let (app, provider) = relay_and_provider().await;
+    // The relay knows the provider (a first sign-in read its metadata); then it goes down
+    // while a person is at its sign-in page.
+    let mut first = Visitor::new(&app);
+    assert_eq!(sign_in_as(&mut first, &provider, "ada").await.status, 200);
+    let mut visitor = Visitor::new(&app);
+    let answer = provider_answer(&mut visitor, &provider, "sam").await;
+    drop(provider);
+    let page = visitor.get(answer.location()).await;
+    assert_eq!(page.status, 502, "{}", page.html);
+    assert!(page.html.contains("could not be reached"), "{}", page.html);
+    assert!(!signed_in(&mut visitor).await);
+    // Not a failed login: nothing for the refusal reports.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let audit = audit_actions(&app).await;
+    assert!(!audit.iter().any(|(a, _)| a == "AUTH_FAILURE"), "{audit:?}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_session_from_a_provider_no_longer_configured_is_over() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let address = reserved_address();
+    let provider = OidcProvider::start(&provider_config(&[address]));
+    let app = spawn_app_in_on(dir.path(), &relay_config(&provider, address, ""), address).await;
+    let mut visitor = Visitor::new(&app);
+    assert_eq!(sign_in_as(&mut visitor, &provider, "ada").await.status, 200);
+    let cookies = visitor.cookies.clone();
+    app.stop().await;
+    // The same data dir, another provider: Ada's session is over, and stays over.
+    let other = OidcProvider::start(&provider_config(&[address]));
+    let app = spawn_app_in(dir.path(), &relay_config(&other, address, "")).await;
+    let mut visitor = Visitor::new(&app);
+    visitor.cookies = cookies.clone();
+    assert!(!signed_in(&mut visitor).await);
+    app.stop().await;
+    let app = spawn_app_in(dir.path(), &relay_config(&provider, address, "")).await;
+    let mut visitor = Visitor::new(&app);
+    visitor.cookies = cookies;
+    assert!(!signed_in(&mut visitor).await, "ended, not suspended");
     app.stop().await;
 }
 

@@ -1,7 +1,7 @@
 //! Signing in through a real OpenID provider in headless Chromium, on two real `serve`
 //! processes sharing one PostgreSQL schema: the browser goes from one replica to the other
 //! without being signed out, a replica's restart keeps the session, and signing out on one ends
-//! it on the other.
+//! it on the other and at the provider.
 
 use fantoccini::{Client, Locator};
 
@@ -12,6 +12,15 @@ use crate::support::binary::{Relay, launch_on, terminate};
 use crate::support::fixtures::fixture;
 use crate::support::oidc::OidcProvider;
 use crate::support::postgres::Schema;
+
+/// Waits for an element matching `css`; on a timeout, fails with the page the browser is on.
+async fn wait_for(browser: &Client, css: &str) {
+    if browser.wait().for_element(Locator::Css(css)).await.is_err() {
+        let url = browser.current_url().await.unwrap();
+        let source = browser.source().await.unwrap_or_default();
+        panic!("no {css} on {url}:\n{source}");
+    }
+}
 
 /// Opens `url` and returns the path the browser ended on.
 async fn visit(browser: &Client, url: &str) -> String {
@@ -68,11 +77,7 @@ async fn a_browser_signed_in_through_the_provider_stays_signed_in_across_replica
         "/console/login"
     );
     click(&browser, "#oidc-sign-in").await;
-    browser
-        .wait()
-        .for_element(Locator::Css("input[name=login]"))
-        .await
-        .unwrap();
+    wait_for(&browser, "input[name=login]").await;
     assert!(
         browser
             .current_url()
@@ -90,11 +95,7 @@ async fn a_browser_signed_in_through_the_provider_stays_signed_in_across_replica
     )
     .await;
     click(&browser, "#sign-in").await;
-    browser
-        .wait()
-        .for_element(Locator::Css("table.referrals"))
-        .await
-        .unwrap();
+    wait_for(&browser, "table.referrals").await;
     assert_eq!(
         browser.current_url().await.unwrap().path(),
         "/console/referrals"
@@ -123,15 +124,17 @@ async fn a_browser_signed_in_through_the_provider_stays_signed_in_across_replica
     let b = tokio::task::block_in_place(|| start("b", "127.0.0.1:0"));
     assert!(signed_in_on(&browser, &b).await);
 
-    // Signing out on B ends the session on A too.
+    // Signing out on B ends the session on A too, and at the provider (which asks first).
     click(&browser, "form.logout button").await;
-    browser
-        .wait()
-        .for_element(Locator::Css("form.login, #oidc-sign-in"))
-        .await
-        .unwrap();
+    wait_for(&browser, "#sign-out").await;
+    screenshot(&browser, "oidc-provider-sign-out").await;
+    click(&browser, "#sign-out").await;
+    wait_for(&browser, "#oidc-sign-in").await;
     assert!(!signed_in_on(&browser, &a).await);
     assert!(!signed_in_on(&browser, &b).await);
+    // The provider's session is over too: the next sign-in asks for a password again.
+    click(&browser, "#oidc-sign-in").await;
+    wait_for(&browser, "input[name=login]").await;
     browser.close().await.unwrap();
     let mut a = a;
     let mut b = b;

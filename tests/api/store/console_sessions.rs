@@ -1,14 +1,13 @@
 //! The console's sessions in the store, on both backends (`ConsoleStore` through
 //! `auth::session::Sessions`, as the console uses it): idle and absolute limits, sign-out and an
-//! account's sessions ended, a touch that cannot bring back an ended session, sign-ins used once
-//! and capped, visits kept; on sled across a reopening, on PostgreSQL across two stores on one
+//! account's sessions ended, a touch that cannot bring back an ended session, visits kept; on sled across a reopening, on PostgreSQL across two stores on one
 //! schema (two replicas).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use referral_relay::auth::session::{NewSession, Sessions};
-use referral_relay::store::{PendingSignIn, SledStore, Store};
+use referral_relay::store::{SledStore, Store};
 use time::OffsetDateTime;
 
 use crate::support::postgres::Schema;
@@ -19,6 +18,7 @@ fn who(account: &str) -> NewSession {
         name: format!("{account} name"),
         role: "staff",
         service_ids: vec!["CARDIO-RAPID-01".into()],
+        issuer: None,
     }
 }
 
@@ -68,31 +68,6 @@ async fn the_contract(one: Arc<dyn Store>, other: Arc<dyn Store>) {
         since.map(|t| t.unix_timestamp()),
         Some(seen.unix_timestamp())
     );
-
-    // A sign-in is taken once, wherever the answer arrives.
-    assert!(
-        sessions
-            .begin_sign_in("state-1", "nonce-1".into(), "verifier-1".into())
-            .await
-            .unwrap()
-    );
-    let taken = elsewhere.take_sign_in("state-1").await.unwrap().unwrap();
-    assert_eq!(taken.nonce, "nonce-1");
-    assert_eq!(taken.pkce_verifier, "verifier-1");
-    assert!(sessions.take_sign_in("state-1").await.unwrap().is_none());
-    // An old one is refused, and at the cap nothing more is kept.
-    let old = PendingSignIn {
-        state_digest: "d".repeat(64),
-        nonce: "n".into(),
-        pkce_verifier: "v".into(),
-        created_at: OffsetDateTime::now_utc() - Duration::from_secs(3600),
-    };
-    assert!(one.begin_sign_in(&old, 1).await.unwrap());
-    let full = PendingSignIn {
-        state_digest: "e".repeat(64),
-        ..old.clone()
-    };
-    assert!(!other.begin_sign_in(&full, 1).await.unwrap());
 }
 
 /// Idle and absolute limits, with the store's clock as the sessions see it.

@@ -8,8 +8,8 @@ use referral_relay::domain::ReferralRef;
 use referral_relay::store::{
     AuditEntry, AuditStore, ChangedReferrals, ConsoleCutoffs, ConsoleSessionRecord, ConsoleStore,
     DeliveryStore, DocumentRecord, DocumentStore, EventRecord, FeedStore, MaintenanceStore,
-    MessageState, ModifiedBatch, NewDelivery, OutboxStore, PendingSignIn, PutOutcome, QueueStats,
-    QueueStore, QueuedMessage, ReferralRecord, ReplicaStore, StoreError, TaskState, UpdateRecord,
+    MessageState, ModifiedBatch, NewDelivery, OutboxStore, PutOutcome, QueueStats, QueueStore,
+    QueuedMessage, ReferralRecord, ReplicaStore, StoreError, TaskState, UpdateRecord,
     VersionRecord,
 };
 use time::OffsetDateTime;
@@ -207,12 +207,6 @@ impl ConsoleStore for DiskFull {
     }
     async fn console_sessions(&self) -> Result<Vec<ConsoleSessionRecord>, StoreError> {
         Ok(Vec::new())
-    }
-    async fn begin_sign_in(&self, _: &PendingSignIn, _: usize) -> Result<bool, StoreError> {
-        Err(disk_full())
-    }
-    async fn take_sign_in(&self, _: &str) -> Result<Option<PendingSignIn>, StoreError> {
-        Err(disk_full())
     }
     async fn console_visit(&self, _: &str) -> Result<Option<OffsetDateTime>, StoreError> {
         Ok(None)

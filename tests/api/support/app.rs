@@ -115,7 +115,12 @@ async fn sled_app(config: Config, dir: TempDir) -> TestApp {
 
 /// The service with `toml` on the sled store in `data_dir`, which outlives it (restart tests).
 pub async fn spawn_app_in(data_dir: &Path, toml: &str) -> TestApp {
-    let config = config(toml, data_dir);
+    spawn_app_in_on(data_dir, toml, "127.0.0.1:0".parse().unwrap()).await
+}
+
+/// As [`spawn_app_in`], listening on `listen`.
+pub async fn spawn_app_in_on(data_dir: &Path, toml: &str, listen: std::net::SocketAddr) -> TestApp {
+    let config = config_on(toml, data_dir, listen);
     let options = referral_relay::app::sled_options(&config.storage).unwrap();
     let store: Arc<dyn Store> = Arc::new(SledStore::open_opts(data_dir, options).unwrap());
     spawn_with_store(&config, store).await
