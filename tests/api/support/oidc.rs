@@ -26,22 +26,11 @@ fn oidc_provider_modules() -> PathBuf {
     static MODULES: OnceLock<PathBuf> = OnceLock::new();
     MODULES
         .get_or_init(|| {
-            let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/peers-node-oidc");
-            let (name, version) = OIDC_PROVIDER.rsplit_once('@').unwrap();
-            let installed =
-                std::fs::read_to_string(dir.join("node_modules").join(name).join("package.json"))
-                    .is_ok_and(|p| p.contains(&format!("\"version\": \"{version}\"")));
-            if !installed {
-                std::fs::create_dir_all(&dir).unwrap();
-                let npm = Command::new("npm")
-                    .args(["install", "--no-audit", "--no-fund", "--silent", "--prefix"])
-                    .arg(&dir)
-                    .arg(OIDC_PROVIDER)
-                    .status()
-                    .expect("npm (Node 20) is needed for the OpenID Connect sign-in tests");
-                assert!(npm.success(), "npm install {OIDC_PROVIDER} failed");
-            }
-            dir
+            super::peers::npm_packages(
+                "peers-node-oidc",
+                &[OIDC_PROVIDER],
+                "the OpenID Connect sign-in tests",
+            )
         })
         .clone()
 }

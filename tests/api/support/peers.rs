@@ -166,26 +166,33 @@ impl Drop for WebhookReceiver {
 fn medplum_modules() -> PathBuf {
     static MODULES: OnceLock<PathBuf> = OnceLock::new();
     MODULES
-        .get_or_init(|| {
-            let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/peers-node");
-            let installed = MEDPLUM.iter().all(|package| {
-                let (name, version) = package.rsplit_once('@').unwrap();
-                std::fs::read_to_string(dir.join("node_modules").join(name).join("package.json"))
-                    .is_ok_and(|p| p.contains(&format!("\"version\": \"{version}\"")))
-            });
-            if !installed {
-                std::fs::create_dir_all(&dir).unwrap();
-                let npm = Command::new("npm")
-                    .args(["install", "--no-audit", "--no-fund", "--silent", "--prefix"])
-                    .arg(&dir)
-                    .args(MEDPLUM)
-                    .status()
-                    .expect("npm (Node 20) is needed for the FHIR destination tests");
-                assert!(npm.success(), "npm install {MEDPLUM:?} failed");
-            }
-            dir
-        })
+        .get_or_init(|| npm_packages("peers-node", &MEDPLUM, "the FHIR destination tests"))
         .clone()
+}
+
+/// The directory `target/<dir>` holding `packages` (`name@version`, pinned) under
+/// `node_modules`, installed there with npm unless every one is at its version already.
+/// Panics, naming `needed_by`, when npm is missing or fails: a peer is never skipped.
+pub fn npm_packages(dir: &str, packages: &[&str], needed_by: &str) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("target")
+        .join(dir);
+    let installed = packages.iter().all(|package| {
+        let (name, version) = package.rsplit_once('@').unwrap();
+        std::fs::read_to_string(dir.join("node_modules").join(name).join("package.json"))
+            .is_ok_and(|p| p.contains(&format!("\"version\": \"{version}\"")))
+    });
+    if !installed {
+        std::fs::create_dir_all(&dir).unwrap();
+        let npm = Command::new("npm")
+            .args(["install", "--no-audit", "--no-fund", "--silent", "--prefix"])
+            .arg(&dir)
+            .args(packages)
+            .status()
+            .unwrap_or_else(|e| panic!("npm (Node 20) is needed for {needed_by}: {e}"));
+        assert!(npm.success(), "npm install {packages:?} failed");
+    }
+    dir
 }
 
 /// Medplum's R4 validator's problems with each of `resources` (a Bundle's entries are checked
