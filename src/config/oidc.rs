@@ -263,6 +263,68 @@ mod tests {
         loopback.validate().unwrap();
     }
 
+    /// The issue's example, as an operator writes it, loads through the whole config; the
+    /// secret may come from a `_FILE` variable instead.
+    #[test]
+    fn the_documented_keys_load_as_written() {
+        let toml = r#"
+[console]
+local_users = false
+
+[console.oidc]
+issuer = "https://login.microsoftonline.com/0b5e4c1a-tenant/v2.0"
+client_id = "relay-console"
+client_secret = "s3cret-from-the-portal"
+redirect_uri = "https://relay.example/console/oidc/callback"
+scopes = ["openid", "profile", "email"]
+role_claim = "groups"
+admin_values = ["relay-admins"]
+staff_values = ["relay-staff"]
+[console.oidc.service_ids]
+"cardio-team" = ["CARDIO-RAPID-01"]
+"#;
+        let load = |text: &str, env: Vec<(String, String)>| {
+            let file = tempfile::NamedTempFile::new().unwrap();
+            std::fs::write(file.path(), text).unwrap();
+            crate::config::Config::load_with_env(
+                Some(file.path()),
+                &crate::config::Overrides::default(),
+                env.into_iter(),
+            )
+        };
+        let config = load(toml, Vec::new()).unwrap();
+        assert!(!config.console.local_users);
+        let oidc = config.console.oidc.as_ref().unwrap();
+        assert_eq!(
+            oidc.client_secret().unwrap().expose(),
+            "s3cret-from-the-portal"
+        );
+        let granted = oidc
+            .grant(&["relay-staff".into(), "cardio-team".into()])
+            .unwrap();
+        assert_eq!(granted.service_ids[0].as_str(), "CARDIO-RAPID-01");
+        // The secret from a file a variable names.
+        let secret = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(secret.path(), "from-the-mounted-secret\n").unwrap();
+        let without = toml.replace("client_secret = \"s3cret-from-the-portal\"\n", "");
+        let env = vec![(
+            "RELAY__CONSOLE__OIDC__CLIENT_SECRET_FILE".to_owned(),
+            secret.path().to_str().unwrap().to_owned(),
+        )];
+        let config = load(&without, env).unwrap();
+        let oidc = config.console.oidc.unwrap();
+        assert_eq!(
+            oidc.client_secret().unwrap().expose(),
+            "from-the-mounted-secret"
+        );
+        // No provider and no password accounts: nobody could sign in.
+        let refused = load("[console]\nlocal_users = false\n", Vec::new()).unwrap_err();
+        assert!(
+            format!("{refused:#}").contains("local_users"),
+            "{refused:#}"
+        );
+    }
+
     #[test]
     fn the_secret_may_come_from_a_file() {
         let file = tempfile::NamedTempFile::new().unwrap();

@@ -1,7 +1,8 @@
 //! Signing in through a real OpenID provider in headless Chromium, on two real `serve`
-//! processes sharing one PostgreSQL schema: the browser goes from one replica to the other
-//! without being signed out, a replica's restart keeps the session, and signing out on one ends
-//! it on the other and at the provider.
+//! processes sharing one PostgreSQL schema: the role the groups give, the browser going from one
+//! replica to the other without being signed out, a replica's restart keeping the session,
+//! signing out on one ending it on the other and at the provider, and a person scoped to one
+//! service refused another's referral.
 
 use fantoccini::{Client, Locator};
 
@@ -61,14 +62,20 @@ async fn a_browser_signed_in_through_the_provider_stays_signed_in_across_replica
     let a = tokio::task::block_in_place(|| start("a", &a_address.to_string()));
     let mut b = tokio::task::block_in_place(|| start("b", "127.0.0.1:0"));
     let client = reqwest::Client::new();
-    let delivered = client
-        .post(format!("http://{}/fhir/default/$process-message", a.addr))
-        .header("content-type", FHIR_JSON)
-        .body(fixture("v0.11-add-service-request.json"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(delivered.status(), 200);
+    // A cardiology referral (TST-0011-AAAA) and a physiotherapy one (TST-0010-BBBB).
+    for name in [
+        "v0.11-add-service-request.json",
+        "v0.10-add-service-request.json",
+    ] {
+        let delivered = client
+            .post(format!("http://{}/fhir/default/$process-message", a.addr))
+            .header("content-type", FHIR_JSON)
+            .body(fixture(name))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(delivered.status(), 200);
+    }
 
     let driver = Driver::start().await;
     let browser = driver.browser().await;
@@ -132,9 +139,37 @@ async fn a_browser_signed_in_through_the_provider_stays_signed_in_across_replica
     wait_for(&browser, "#oidc-sign-in").await;
     assert!(!signed_in_on(&browser, &a).await);
     assert!(!signed_in_on(&browser, &b).await);
-    // The provider's session is over too: the next sign-in asks for a password again.
+    // The provider's session is over too: the next sign-in asks for a password again. Sam,
+    // whose groups make him staff of the cardiology service only, signs in: he sees that
+    // service's referral and is refused the other's.
     click(&browser, "#oidc-sign-in").await;
     wait_for(&browser, "input[name=login]").await;
+    type_into(&browser, "input[name=login]", "sam").await;
+    type_into(
+        &browser,
+        "input[name=password]",
+        "his password at the provider",
+    )
+    .await;
+    click(&browser, "#sign-in").await;
+    wait_for(&browser, "table.referrals").await;
+    assert!(
+        text_of(&browser, "header .who")
+            .await
+            .contains("Sam Staff (staff)")
+    );
+    let list = text_of(&browser, "table.referrals").await;
+    assert!(
+        list.contains("TST-0011-AAAA") && !list.contains("TST-0010-BBBB"),
+        "{list}"
+    );
+    visit(
+        &browser,
+        &format!("http://{}/console/referrals/TST-0010-BBBB", b.addr),
+    )
+    .await;
+    assert_eq!(text_of(&browser, "main h1").await, "Not allowed");
+    screenshot(&browser, "oidc-scoped-refused").await;
     browser.close().await.unwrap();
     let mut a = a;
     let mut b = b;
