@@ -419,7 +419,7 @@ impl OidcRelyingParty {
             .or_else(|| text("email"))
             .unwrap_or_else(|| subject.clone())
             .chars()
-            .filter(|c| !c.is_control())
+            .filter(|c| !c.is_control() && !invisible(*c))
             .take(MAX_NAME)
             .collect();
         let role_values = match all.get(&config.role_claim) {
@@ -463,6 +463,13 @@ impl OidcRelyingParty {
                 .to_string(),
         )
     }
+}
+
+/// Characters that change how the text around them looks without showing themselves
+/// (zero-width characters, bidirectional controls, the byte-order mark): a name holding them
+/// could pass for another's on the console's pages.
+fn invisible(c: char) -> bool {
+    matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FEFF}')
 }
 
 /// `error` and its sources, `: `-separated.

@@ -9,7 +9,9 @@
 // DIR holds the npm packages (node_modules). CONFIG is JSON:
 //   {"clients": [{"client_id", "client_secret", "redirect_uris": [...]}],
 //    "accounts": {"LOGIN": {"sub", "name", "email", "groups": [...]}}}
-// Other client metadata (e.g. `post_logout_redirect_uris`) is passed to the library as is. Any
+// `"rp_initiated_logout": false` leaves out the end_session_endpoint (a provider without
+// RP-initiated logout). Other client metadata (e.g. `post_logout_redirect_uris`) is passed to
+// the library as is. Any
 // password signs a configured LOGIN in. Scope `profile` releases `name`, `preferred_username`
 // (the LOGIN unless the account has one) and `groups`, `email` releases `email` and
 // `email_verified`; every released claim is in the ID token too (RS256). Prints its port on the
@@ -222,7 +224,8 @@ function makeProvider(issuer) {
     features: {
       devInteractions: { enabled: false },
       rpInitiatedLogout: {
-        enabled: true,
+        // `"rp_initiated_logout": false` in the config: a provider without an end_session_endpoint.
+        enabled: config.rp_initiated_logout !== false,
         async logoutSource(ctx, form) {
           ctx.type = 'html';
           ctx.body = page('Sign out', `${form}

@@ -64,7 +64,7 @@ fn failure(error: &OidcError) -> (StatusCode, &'static str) {
     match error {
         OidcError::Discovery { .. } | OidcError::Unreachable(_) => (
             StatusCode::BAD_GATEWAY,
-            "The identity provider could not be reached. Try again in a moment; if it keeps failing, tell your administrator.",
+            "The identity provider could not be reached. Start the sign-in again in a moment; if it keeps failing, tell your administrator.",
         ),
         OidcError::Config(_) => (
             StatusCode::INTERNAL_SERVER_ERROR,

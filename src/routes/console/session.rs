@@ -494,12 +494,18 @@ pub async fn logout(
     };
     // A page that moves on, not a redirect: the console's Content-Security-Policy lets a form's
     // answer redirect only to the console itself (`form-action 'self'`).
-    let mut response = match provider_logout {
-        Some(url) => render(
+    let mut response = match (
+        provider_logout,
+        user.session.account.starts_with(OIDC_ACCOUNT),
+    ) {
+        (Some(url), _) => render(
             "signed_out.html",
             minijinja::context! { provider_logout => url },
         ),
-        None => Redirect::to("/console/login").into_response(),
+        // The provider's session could not be ended from here: say so, rather than let the next
+        // person at this computer find it open.
+        (None, true) => render("signed_out.html", minijinja::context! {}),
+        (None, false) => Redirect::to("/console/login").into_response(),
     };
     response.headers_mut().append(
         header::SET_COOKIE,

@@ -52,6 +52,7 @@ pub fn provider_config(relays: &[SocketAddr]) -> Value {
             "sam": {"sub": "u-sam-2c9", "name": "Sam Staff", "email": "sam@clinic.test", "groups": ["relay-staff", "cardio-team"]},
             "nora": {"sub": "u-nora-5d1", "name": "Nora Nobody", "email": "nora@clinic.test", "groups": ["everyone"]},
             "long": {"sub": "s".repeat(300), "name": "Long Subject", "groups": ["relay-staff"]},
+            "bidi": {"sub": "u-bidi-9e0", "name": "Eve\u{202E}nimdA\u{200B}", "groups": ["relay-staff"]},
         },
     })
 }
@@ -337,6 +338,15 @@ async fn every_spoiled_answer_is_refused_and_signs_nobody_in() {
         );
     }
 
+    // A name with invisible characters is shown without them.
+    let mut visitor = Visitor::new(&app);
+    assert_eq!(
+        sign_in_as(&mut visitor, &provider, "bidi").await.status,
+        200
+    );
+    let list = visitor.get("/console/referrals").await;
+    assert!(list.html.contains("EvenimdA (staff)"), "{}", list.html);
+
     // A subject longer than OpenID Connect allows (255): refused.
     let mut visitor = Visitor::new(&app);
     let page = sign_in_as(&mut visitor, &provider, "long").await;
@@ -421,6 +431,30 @@ async fn a_provider_that_is_down_gets_a_page_saying_so_not_a_failed_login() {
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     let audit = audit_actions(&app).await;
     assert!(!audit.iter().any(|(a, _)| a == "AUTH_FAILURE"), "{audit:?}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn signing_out_says_so_when_the_provider_cannot_end_its_own_session() {
+    let address = reserved_address();
+    let mut config = provider_config(&[address]);
+    config["rp_initiated_logout"] = json!(false);
+    let provider = OidcProvider::start(&config);
+    let app = spawn_app_on(&relay_config(&provider, address, ""), address).await;
+    let mut visitor = Visitor::new(&app);
+    assert_eq!(sign_in_as(&mut visitor, &provider, "ada").await.status, 200);
+    let page = visitor.get("/console/referrals").await;
+    let out = visitor
+        .post("/console/logout", &[("csrf", &page.csrf())])
+        .await;
+    assert_eq!(out.status, 200, "{}", out.html);
+    assert!(
+        out.html.contains("id=\"provider-still-signed-in\""),
+        "{}",
+        out.html
+    );
+    assert!(!out.html.contains("http-equiv=\"refresh\""));
+    assert!(!signed_in(&mut visitor).await);
     app.stop().await;
 }
 
