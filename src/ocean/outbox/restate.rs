@@ -97,8 +97,8 @@ pub(super) fn correction(
     let mut required = json!({
         "resourceType": "ServiceRequest",
         "id": draft.referral.referral.as_str(),
-        "status": sent["status"].as_str().unwrap_or("active"),
-        "intent": sent["intent"].as_str().unwrap_or("order"),
+        "status": code_of(&sent["status"], &REQUEST_STATUSES).unwrap_or("active"),
+        "intent": code_of(&sent["intent"], &REQUEST_INTENTS).unwrap_or("order"),
         "subject": subject,
     });
     if let Some(category) = category {
@@ -141,6 +141,36 @@ pub(super) fn correction(
     }
     let message = correction_message(&draft.referral.referral, request, draft.endpoint)?;
     Ok(draft.pending(UpdateKind::Correction, message))
+}
+
+/// R4's request-status codes (`ServiceRequest.status`, required).
+const REQUEST_STATUSES: [&str; 7] = [
+    "draft",
+    "active",
+    "on-hold",
+    "revoked",
+    "completed",
+    "entered-in-error",
+    "unknown",
+];
+
+/// R4's request-intent codes (`ServiceRequest.intent`, required).
+const REQUEST_INTENTS: [&str; 9] = [
+    "proposal",
+    "plan",
+    "directive",
+    "order",
+    "original-order",
+    "reflex-order",
+    "filler-order",
+    "instance-order",
+    "option",
+];
+
+/// `value` when it is one of `codes`: a stored message read leniently may hold a code R4 does
+/// not know (`pending-review`), which a corrected ServiceRequest cannot carry.
+fn code_of<'a>(value: &'a Value, codes: &[&str]) -> Option<&'a str> {
+    value.as_str().filter(|code| codes.contains(code))
 }
 
 /// Whether `value` holds a reference that resolves only inside the message it came in: a

@@ -357,6 +357,25 @@ async fn a_correction_sends_the_referrals_service_request_with_its_new_service_o
     )
     .await;
     assert_eq!(reply.status, 400, "{}", reply.body);
+
+    // A referral whose ServiceRequest status R4 does not know (`pending-review`, read
+    // leniently when it came): its correction carries `active`, not the unknown code
+    // (schemathesis found the 422 this gave).
+    assert_eq!(
+        app.deliver("default", fixture("unknown-servicerequest-status.json"))
+            .await
+            .status,
+        200
+    );
+    let id = accepted(
+        &app,
+        "/api/v1/referrals/TST-0012-CCCC/correction",
+        json!({"service": {"code": "183519002"}}),
+    )
+    .await;
+    until_state(&app, id, "delivered").await;
+    let message = ocean.delivered().last().cloned().unwrap();
+    assert_eq!(resource(&message, "ServiceRequest")["status"], "active");
     assert_valid_r4(&ocean.delivered());
 }
 
