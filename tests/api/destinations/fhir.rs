@@ -185,7 +185,12 @@ events = ["new-referral"]
     let replayed = api(&app, reqwest::Method::POST, &replay, None).await;
     assert_eq!(replayed.status, 202, "{}", replayed.body);
     server.wait_for(6).await;
-    assert_eq!(messages(&app, "delivered").await.len(), 6);
+    // The relay marks a message delivered once the server's answer is read: just after the
+    // server has it.
+    crate::support::poll::eventually("six messages delivered", async || {
+        messages(&app, "delivered").await.len() == 6
+    })
+    .await;
 
     // The destination whose token the server never issued keeps its version pending
     // (credentials are an operator's to fix), saying why.

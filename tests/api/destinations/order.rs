@@ -290,6 +290,13 @@ async fn a_version_waits_for_its_documents_and_carries_them() {
         .deliver("default", fixture("v0.11-add-service-request.json"))
         .await;
     assert_eq!(first_version.status, 200);
+    // The first version's letter is asked for (and served slowly) before the second version
+    // arrives: Ocean's stand-in serves the letter's answers in the order asked, so a second
+    // fetch that overtook the first would take the first version's answer (it did, under load).
+    crate::support::poll::eventually("the first version's letter asked for", async || {
+        !ocean.document_requests().is_empty()
+    })
+    .await;
     let attachment = String::from_utf8(fixture("attachment-added.json"))
         .unwrap()
         .replace("https://test.cognisantmd.com", &ocean.base_url());
