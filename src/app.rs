@@ -45,6 +45,8 @@ pub struct Application {
     refusals: Arc<Refusals>,
     /// How often refused authentication is reported.
     refusals_every: Duration,
+    /// The screening services, whose counts are added to the store in the background.
+    screening: Arc<crate::screening::Screening>,
 }
 
 /// Descriptors kept free of client connections: the store's files, connections to Ocean,
@@ -77,6 +79,11 @@ impl Application {
             if integration.auth == AuthConfig::None {
                 tracing::warn!(integration = %name, "integration accepts unauthenticated requests (auth scheme none); use it only for connectivity tests");
             }
+        }
+        if !config.screening.is_empty() && config.cds_hooks.auth == crate::config::CdsAuth::None {
+            tracing::warn!(
+                "the screening services (/cds-services) answer anyone (cds_hooks.auth scheme none)"
+            );
         }
         let tls = crate::server::tls::Tls::from_config(config)?;
         let hangup = crate::server::tls::Hangup::install();
@@ -125,6 +132,7 @@ impl Application {
             tls,
             hangup,
             refusals: Arc::clone(&state.refusals),
+            screening: Arc::clone(&state.screening),
             refusals_every: Duration::from_secs(server.auth_failure_report_secs),
             listener,
             store: Arc::clone(&state.store),
@@ -187,6 +195,11 @@ impl Application {
             self.refusals_every,
             self.stopping.subscribe(),
         )));
+        holding_store.push(tokio::spawn(crate::screening::record_tallies(
+            Arc::clone(&self.screening),
+            Arc::clone(&self.store),
+            self.stopping.subscribe(),
+        )));
         if self.retention.keep_days > 0 || self.retention.delivered_keep_days > 0 {
             holding_store.push(tokio::spawn(retention(
                 Arc::clone(&self.store),
@@ -224,6 +237,10 @@ impl Application {
         // Refusals counted since the last report are not lost at shutdown.
         if let Err(e) = self.refusals.report(self.store.as_ref()).await {
             tracing::error!(error = %e, "cannot report authentication failures");
+        }
+        // And neither are screening counts.
+        if let Err(e) = self.screening.tallies.record(self.store.as_ref()).await {
+            tracing::error!(error = %e, "cannot record screening counts");
         }
         // A send in progress is allowed to finish: cutting it off could post it twice.
         self.stopping.send_replace(true);

@@ -22,6 +22,7 @@ pub mod outgoing;
 pub mod patient_engagement;
 pub mod progress;
 pub mod routes;
+pub mod screening;
 pub mod secret;
 pub mod server;
 pub mod signals;

@@ -98,6 +98,10 @@ pub struct AppState {
     pub tls_certificate: Option<Arc<crate::server::tls::ServedCertificate>>,
     /// Wakes the patient forms' fetcher when a notification was recorded.
     pub patient_forms_wake: Arc<tokio::sync::Notify>,
+    /// The listings' screening services (CDS Hooks) and their counts.
+    pub screening: Arc<crate::screening::Screening>,
+    /// How CDS Hooks callers are authenticated.
+    pub cds_auth: Arc<crate::auth::cds_client::CdsClientAuth>,
 }
 
 impl AppState {
@@ -225,6 +229,10 @@ impl AppState {
             oidc: Arc::new(crate::auth::oidc::OidcRelyingParty::new(&sign_in_key)),
             tls_certificate: None,
             patient_forms_wake: Arc::default(),
+            screening: Arc::new(crate::screening::Screening::new(config)),
+            cds_auth: Arc::new(crate::auth::cds_client::CdsClientAuth::new(
+                &config.cds_hooks.auth,
+            )),
         })
     }
 

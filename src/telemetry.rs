@@ -78,6 +78,8 @@ const UNAUTHENTICATED_BYTES: &str = "relay_unauthenticated_body_bytes";
 const TLS_CERT_EXPIRY: &str = "relay_tls_cert_expiry_seconds";
 const TLS_RELOAD_FAILURES: &str = "relay_tls_reload_failures_total";
 const TLS_HANDSHAKE_FAILURES: &str = "relay_tls_handshake_failures_total";
+const CDS_ANSWERS: &str = "relay_cds_hooks_answers_total";
+const CDS_CARDS: &str = "relay_cds_hooks_cards_total";
 
 /// The application's metrics. Cheap to clone.
 #[derive(Clone)]
@@ -150,6 +152,11 @@ impl Metrics {
             );
             describe_counter!(TOKEN_FETCHES, "OAuth2 tokens fetched from Ocean, by site and result");
             describe_counter!(EXPORT_ROWS, "Referrals written to CSV exports");
+            describe_counter!(
+                CDS_ANSWERS,
+                "CDS Hooks screening calls answered, by service and outcome (cards, no_card, timeout, refused)"
+            );
+            describe_counter!(CDS_CARDS, "Screening cards given, by service, rule and indicator");
             describe_gauge!(CONNECTIONS_OPEN, "Open client connections");
             describe_counter!(
                 CONNECTIONS_SHED,
@@ -354,6 +361,22 @@ impl Metrics {
 
     pub fn tls_reload_failure(&self) {
         self.with(|| metrics::counter!(TLS_RELOAD_FAILURES).increment(1));
+    }
+
+    /// One answered CDS Hooks call of screening service `service` (a configured id).
+    pub fn cds_answer(&self, service: &str, outcome: &'static str) {
+        self.with(|| {
+            metrics::counter!(CDS_ANSWERS, "service" => service.to_owned(), "outcome" => outcome)
+                .increment(1);
+        });
+    }
+
+    /// One screening card given.
+    pub fn cds_card(&self, service: &str, rule: &'static str, indicator: &'static str) {
+        self.with(|| {
+            metrics::counter!(CDS_CARDS, "service" => service.to_owned(), "rule" => rule, "indicator" => indicator)
+                .increment(1);
+        });
     }
 
     pub fn export_rows(&self, rows: u64) {

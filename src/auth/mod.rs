@@ -8,6 +8,7 @@ pub mod api;
 pub mod basic;
 pub mod bearer;
 pub mod budget;
+pub mod cds_client;
 pub mod hmac;
 pub mod limiter;
 pub mod oidc;

@@ -15,6 +15,7 @@ mod integrations;
 mod oidc;
 mod outbound;
 mod patient_engagement;
+mod screening;
 mod server;
 mod storage;
 mod watch_list;
@@ -36,6 +37,9 @@ pub use integrations::{AuthConfig, IntegrationConfig, OAuthClient, WebhookSecret
 pub use oidc::{CALLBACK_PATH as OIDC_CALLBACK_PATH, Granted, OidcConfig};
 pub use outbound::{DocumentsConfig, OutboxConfig, SiteConfig, TokenAuth};
 pub use patient_engagement::{PatientEngagementConfig, open_api_credentials};
+pub use screening::{
+    CdsAuth, CdsHooksConfig, Indicator, RequiredItem, ScreeningRule, ScreeningRules,
+};
 pub use server::{LogConfig, LogFormat, ServerConfig, TlsConfig};
 pub use storage::{Backend, EncryptionKey, RetentionConfig, StorageConfig};
 pub use watch_list::WatchListConfig;
@@ -83,6 +87,11 @@ pub struct Config {
     /// Endpoints Ocean notifies when a patient completes an eForm, by name (part of the URL).
     #[serde(default)]
     pub patient_engagement: BTreeMap<String, PatientEngagementConfig>,
+    /// Acceptance rules by External Service ID, answered to Ocean's `order-sign` CDS Hooks calls.
+    #[serde(default)]
+    pub screening: BTreeMap<crate::domain::ServiceId, ScreeningRules>,
+    /// The CDS Hooks endpoints: authentication and answer time.
+    pub cds_hooks: CdsHooksConfig,
 }
 
 /// Values given on the command line, the last layer.
@@ -222,6 +231,8 @@ impl Config {
         self.outbox.validate()?;
         self.documents.validate()?;
         self.watch_list.validate()?;
+        self.cds_hooks.validate()?;
+        screening::validate(&self.screening)?;
         for (name, site) in &self.sites {
             site.validate(name)?;
         }

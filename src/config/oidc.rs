@@ -187,7 +187,7 @@ impl OidcConfig {
 }
 
 /// `https`, or `http` to this machine.
-fn secure_or_loopback(url: &reqwest::Url) -> bool {
+pub(super) fn secure_or_loopback(url: &reqwest::Url) -> bool {
     match url.scheme() {
         "https" => true,
         "http" => url.host_str().is_some_and(super::alerts::is_loopback),

@@ -4,6 +4,7 @@
 
 mod bundle;
 pub mod changes;
+pub mod draft;
 mod json;
 pub mod message;
 pub mod outcome;

@@ -1,8 +1,9 @@
 //! HTTP routes: one `router()` per module (the webhook, the token endpoint, the FHIR
-//! metadata, health, metrics, and `/api/v1` in its own folder), merged here under the layers
+//! metadata, health, metrics, CDS Hooks, and `/api/v1` in its own folder), merged here under the layers
 //! every request goes through: a request id and span, the metrics of each route, and a 500
 //! for a handler that panics.
 
+pub mod cds_hooks;
 pub mod console;
 pub mod download;
 pub mod health;
@@ -92,6 +93,7 @@ fn routes(state: AppState) -> Router {
         .merge(health::router())
         .merge(oauth::router())
         .merge(patient_engagement::router())
+        .merge(cds_hooks::router())
         .merge(v1::router())
         .merge(console::router())
         .merge(metadata::router())

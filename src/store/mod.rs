@@ -1,5 +1,5 @@
 //! Durable storage, split by concern into traits ([`DeliveryStore`], [`FeedStore`],
-//! [`OutboxStore`], [`PatientFormStore`], [`QueueStore`], [`AuditStore`], [`MaintenanceStore`], [`ReplicaStore`], [`ConsoleStore`]) that [`Store`] gathers, so a backend
+//! [`OutboxStore`], [`PatientFormStore`], [`QueueStore`], [`AuditStore`], [`MaintenanceStore`], [`ReplicaStore`], [`ConsoleStore`], [`ScreeningStore`]) that [`Store`] gathers, so a backend
 //! can be written one concern at a time. [`SledStore`] is the embedded backend. The store knows
 //! the relay's records, not FHIR.
 
@@ -18,6 +18,7 @@ mod postgres;
 mod queue;
 mod record;
 mod replicas;
+mod screening;
 mod seal;
 mod sled;
 mod update;
@@ -45,6 +46,7 @@ pub use patient_forms::{
 };
 pub use queue::{MessageState, QueueRoute, QueueStats, QueueStore, QueuedMessage};
 pub use replicas::{LoginFailures, ReplicaStore};
+pub use screening::{NO_CARD, SCREENED, ScreeningStore, ScreeningTally};
 pub use seal::Keyring;
 pub use update::{AppointmentSlot, OCEAN_QUEUE, OceanUpdate, UpdateKind};
 
@@ -61,6 +63,7 @@ pub trait Store:
     + MaintenanceStore
     + ReplicaStore
     + ConsoleStore
+    + ScreeningStore
     + 'static
 {
 }
@@ -76,6 +79,7 @@ impl<T> Store for T where
         + MaintenanceStore
         + ReplicaStore
         + ConsoleStore
+        + ScreeningStore
         + 'static
 {
 }

@@ -14,6 +14,7 @@ mod backup;
 mod destinations;
 mod oidc;
 mod pages;
+mod screening;
 mod session;
 mod sessions;
 mod templates;
@@ -127,6 +128,10 @@ pub fn router() -> Router<AppState> {
         .route(
             "/console/backup/export.csv",
             post(backup::export).fallback(method_not_allowed),
+        )
+        .route(
+            "/console/screening",
+            get(screening::page).fallback(method_not_allowed),
         )
         .route(
             "/console/outbox",

@@ -8,7 +8,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use minijinja::Environment;
 
-const TEMPLATES: [(&str, &str); 18] = [
+const TEMPLATES: [(&str, &str); 19] = [
     ("status.html", include_str!("templates/status.html")),
     ("outbox.html", include_str!("templates/outbox.html")),
     ("confirm.html", include_str!("templates/confirm.html")),
@@ -19,6 +19,7 @@ const TEMPLATES: [(&str, &str); 18] = [
     ("signed_in.html", include_str!("templates/signed_in.html")),
     ("signed_out.html", include_str!("templates/signed_out.html")),
     ("sessions.html", include_str!("templates/sessions.html")),
+    ("screening.html", include_str!("templates/screening.html")),
     ("setup.html", include_str!("templates/setup.html")),
     ("error.html", include_str!("templates/error.html")),
     ("referrals.html", include_str!("templates/referrals.html")),

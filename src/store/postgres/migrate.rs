@@ -36,6 +36,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "console_sessions",
         include_str!("../../../migrations/postgres/0006_console_sessions.sql"),
     ),
+    (
+        7,
+        "screening_tallies",
+        include_str!("../../../migrations/postgres/0007_screening_tallies.sql"),
+    ),
 ];
 
 /// Applies the migrations not yet applied (returns their versions), in one transaction under the advisory lock `lock`

@@ -25,6 +25,7 @@ mod patient_forms;
 mod queue;
 mod records;
 mod replicas;
+mod screening;
 mod sequencer;
 
 use std::sync::Arc;

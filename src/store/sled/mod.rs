@@ -27,6 +27,7 @@
 //!   () while pending
 //! - `console_sessions`: session id digest → `ConsoleSessionRecord`; `console_visits`: console
 //!   account → µs (u64 BE)
+//! - `screening_tallies`: `YYYY-MM-DD \0 service \0 rule \0 indicator` → count (u64 BE)
 //!
 //! **Recovering from write failures.** Once sled fails to write (a full disk, an I/O error) it
 //! refuses every later operation, for good. So the open database lives behind `Open`, and the
@@ -61,6 +62,7 @@ mod patient_forms;
 mod queue;
 mod recovery;
 mod rekey;
+mod screening;
 mod snapshot;
 mod stopped;
 mod trees;

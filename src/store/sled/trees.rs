@@ -48,6 +48,8 @@ pub(in crate::store) struct Trees {
     /// The console's sessions (see `console.rs`).
     pub(in crate::store) console_sessions: sled::Tree,
     pub(in crate::store) console_visits: sled::Tree,
+    /// How often each screening rule fired (see `screening.rs`).
+    pub(in crate::store) screening_tallies: sled::Tree,
 }
 
 impl Trees {
@@ -77,6 +79,7 @@ impl Trees {
             due_patient_forms: tree("due_patient_forms")?,
             console_sessions: tree("console_sessions")?,
             console_visits: tree("console_visits")?,
+            screening_tallies: tree("screening_tallies")?,
         })
     }
 }

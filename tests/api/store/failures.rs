@@ -9,8 +9,8 @@ use referral_relay::store::{
     AuditEntry, AuditStore, ChangedReferrals, ConsoleCutoffs, ConsoleSessionRecord, ConsoleStore,
     DeliveryStore, DocumentRecord, DocumentStore, EventRecord, FeedStore, MaintenanceStore,
     MessageState, ModifiedBatch, NewDelivery, OutboxStore, PutOutcome, QueueStats, QueueStore,
-    QueuedMessage, ReferralRecord, ReplicaStore, StoreError, TaskState, UpdateRecord,
-    VersionRecord,
+    QueuedMessage, ReferralRecord, ReplicaStore, ScreeningStore, ScreeningTally, StoreError,
+    TaskState, UpdateRecord, VersionRecord,
 };
 use time::OffsetDateTime;
 
@@ -216,6 +216,16 @@ impl ConsoleStore for DiskFull {
     }
     async fn purge_console(&self, _: ConsoleCutoffs) -> Result<u64, StoreError> {
         Err(disk_full())
+    }
+}
+
+#[async_trait]
+impl ScreeningStore for DiskFull {
+    async fn add_screening_tallies(&self, _: &[ScreeningTally]) -> Result<(), StoreError> {
+        Err(disk_full())
+    }
+    async fn screening_tallies(&self, _: time::Date) -> Result<Vec<ScreeningTally>, StoreError> {
+        Ok(Vec::new())
     }
 }
 
