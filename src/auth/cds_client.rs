@@ -6,7 +6,7 @@
 //! and a `jti` used once.
 //!
 //! The keys are the configured `public_key` and the client's JWK Set at `jwks_url`: fetched
-//! when first needed, kept an hour, fetched again at most once a minute for a `kid` it does not
+//! when first needed, kept an hour, fetched again at most every 10 seconds for a `kid` it does not
 //! hold (a rotated key works at once, random `kid`s cannot make the relay hammer the client).
 //! A `jku` header is not followed: only the configured set is trusted.
 //!
@@ -26,8 +26,9 @@ use crate::config::CdsAuth;
 
 /// How long a fetched JWK Set is used.
 const KEYS_FRESH: Duration = Duration::from_secs(3600);
-/// The least time between two fetches of the JWK Set.
-const REFETCH_AFTER: Duration = Duration::from_secs(60);
+/// The least time between two fetches of the JWK Set for key ids it lacked: a rotated key is
+/// taken within this, and tokens naming random key ids cannot make the relay hammer the client.
+const REFETCH_AFTER: Duration = Duration::from_secs(10);
 /// A JWK Set larger than this is refused.
 const MAX_JWKS_BYTES: usize = 256 * 1024;
 /// The longest a token may live from now: CDS Hooks 2.0 says `exp` is at most 5 minutes out.
@@ -77,9 +78,22 @@ struct KeySet {
 
 #[derive(Deserialize)]
 struct Claims {
-    exp: u64,
+    /// Required by the validation; optional here so that its absence is reported as such.
+    #[serde(default)]
+    exp: Option<u64>,
     #[serde(default)]
     jti: Option<String>,
+}
+
+/// The `alg` a JWT's header names, if it has a readable header.
+fn header_alg(token: &str) -> Option<String> {
+    use base64::Engine;
+    let header = token.split('.').next()?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(header.trim_end_matches('='))
+        .ok()?;
+    let value: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    value.get("alg")?.as_str().map(str::to_owned)
 }
 
 /// Checks CDS Hooks calls against `[cds_hooks.auth]`.
@@ -169,12 +183,20 @@ impl CdsClientAuth {
         jwks_url: &str,
     ) -> Result<(), CdsAuthError> {
         let refused = |reason: &str| CdsAuthError::Refused(reason.to_owned());
+        let not_allowed = "the JWT's alg is not an asymmetric algorithm CDS Hooks allows (RS384 or ES384 are asked for)";
+        // `none` and unknown algorithms are not in jsonwebtoken's list: name them first.
+        if !header_alg(token).is_some_and(|alg| ALGORITHMS.iter().any(|a| format!("{a:?}") == alg))
+        {
+            return Err(if header_alg(token).is_some() {
+                refused(not_allowed)
+            } else {
+                refused("the bearer token is not a JWT")
+            });
+        }
         let header = jsonwebtoken::decode_header(token)
             .map_err(|_| refused("the bearer token is not a JWT"))?;
         if !ALGORITHMS.contains(&header.alg) {
-            return Err(refused(
-                "the JWT's alg is not an asymmetric algorithm CDS Hooks allows (RS384 or ES384 are asked for)",
-            ));
+            return Err(refused(not_allowed));
         }
         let mut validation = Validation::new(header.alg);
         validation.leeway = LEEWAY_SECS;
@@ -216,7 +238,10 @@ impl CdsClientAuth {
     /// used before; remembers its `jti`.
     fn fresh(&self, claims: Claims) -> Result<(), CdsAuthError> {
         let now = jsonwebtoken::get_current_timestamp();
-        if claims.exp > now + MAX_LIFETIME_SECS + LEEWAY_SECS {
+        let Some(exp) = claims.exp else {
+            return Err(CdsAuthError::Refused("the JWT lacks exp".into()));
+        };
+        if exp > now + MAX_LIFETIME_SECS + LEEWAY_SECS {
             return Err(CdsAuthError::Refused(
                 "the JWT's exp is more than 5 minutes ahead (CDS Hooks 2.0)".into(),
             ));
@@ -234,7 +259,7 @@ impl CdsClientAuth {
         {
             seen.remove(&oldest);
         }
-        if seen.insert(jti, claims.exp).is_some() {
+        if seen.insert(jti, exp).is_some() {
             return Err(CdsAuthError::Refused(
                 "the JWT's jti was used before".into(),
             ));

@@ -293,7 +293,7 @@ pub enum CdsAuth {
         /// The base URL the client calls, ending `/cds-services`.
         audience: String,
         /// The client's JWK Set (https; http only on loopback). Fetched when first needed, kept
-        /// an hour, fetched again for a key id it does not hold (at most once a minute).
+        /// an hour, fetched again for a key id it does not hold (at most every 10 seconds).
         #[serde(default)]
         jwks_url: String,
         /// A PEM public key (RSA or EC) the client signs with, instead of or besides `jwks_url`.

@@ -23,7 +23,8 @@ pub struct DraftReferral {
     pub birth_date: Option<BirthDate>,
     /// The patient's postal code (home address first), upper case without spaces.
     pub postal_code: Option<String>,
-    /// The eForm's items; `None` when the request carries no QuestionnaireResponse.
+    /// The eForm's items; `None` when the request carries no QuestionnaireResponse with a list
+    /// of items.
     pub items: Option<Vec<FormItem>>,
     /// Codes of the ServiceRequest's `code`, `category` and `reasonCode`.
     pub codings: Vec<DraftCoding>,
@@ -79,7 +80,10 @@ pub fn read_draft(request: &Value) -> DraftReferral {
             .filter(move |r| r.get("resourceType").and_then(Value::as_str) == Some(kind))
     };
     let patient = of_kind("Patient").next();
-    let forms: Vec<&Value> = of_kind("QuestionnaireResponse").collect();
+    // A form whose `item` is not a list cannot say what was answered: as good as no form.
+    let forms: Vec<&Value> = of_kind("QuestionnaireResponse")
+        .filter(|f| f.get("item").is_some_and(Value::is_array))
+        .collect();
     let items = (!forms.is_empty()).then(|| {
         let mut items = Vec::new();
         for form in forms {

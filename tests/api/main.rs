@@ -14,11 +14,12 @@
 //! - `destinations/`: pushing versions to the clinic's systems.
 //! - `store/`: the stores and the data dir: encryption at rest, audit, backups, crashes, a full
 //!   disk, `migrate`, PostgreSQL and replicas.
+//! - `screening/`: the CDS Hooks services that screen referrals before they are sent.
 //! - `alerts/`: telling a person: alerts by e-mail through a real SMTP server.
 //! - `support/`: what the tests share, `eventually` (the one polling helper) among it.
 //!
 //! Which tests run on PostgreSQL as well is decided by the folder they sit in,
-//! [`ON_EITHER_BACKEND`]: `webhook/`, `v1/`, `outbound/`, `ops/` and `patient_engagement/` run on the embedded store,
+//! [`ON_EITHER_BACKEND`]: `webhook/`, `v1/`, `outbound/`, `ops/`, `patient_engagement/` and `screening/` run on the embedded store,
 //! then once more with the service on PostgreSQL, so a test put there is covered on both. The
 //! other folders run once: `store/` and `destinations/` choose each test's store themselves, and
 //! `console/` keeps to the embedded store (its password hashing would add a minute to the run).
@@ -31,6 +32,7 @@ mod destinations;
 mod ops;
 mod outbound;
 mod patient_engagement;
+mod screening;
 mod store;
 mod support;
 mod v1;
@@ -43,12 +45,13 @@ mod webhook;
 /// [`the_service_tests_pass_on_postgres_too`] runs every test whose path starts with one of
 /// these again, in this same binary. By hand:
 /// `RELAY_TEST_BACKEND=postgres cargo test --test api webhook:: v1:: outbound:: ops::`.
-const ON_EITHER_BACKEND: [&str; 5] = [
+const ON_EITHER_BACKEND: [&str; 6] = [
     "webhook::",
     "v1::",
     "outbound::",
     "ops::",
     "patient_engagement::",
+    "screening::",
 ];
 
 /// One `cargo test` covers both backends: this runs the tests of the folders of

@@ -17,6 +17,9 @@ use crate::screening::configured_rules;
 use crate::state::AppState;
 use crate::store::{NO_CARD, SCREENED, ScreeningTally};
 
+/// Before any count: "in all" reads from here (a date both stores' date types hold).
+const COUNTING_BEGAN: time::Date = time::macros::date!(2000 - 01 - 01);
+
 /// Days the first count column covers.
 const RECENT_DAYS: i64 = 30;
 
@@ -116,7 +119,7 @@ pub async fn page(State(state): State<AppState>, user: ConsoleUser) -> Result<Re
     let scope = user.scope();
     let today = OffsetDateTime::now_utc().date();
     let recent_from = today - Duration::days(RECENT_DAYS - 1);
-    let tallies = state.store.screening_tallies(time::Date::MIN).await?;
+    let tallies = state.store.screening_tallies(COUNTING_BEGAN).await?;
     let listings: Vec<ListingView> = state
         .screening
         .listings()

@@ -2,7 +2,7 @@
 //! ([`binary`]), the synthetic FHIR fixtures ([`fixtures`]), a mock Ocean ([`ocean`]) and its Open API for Patient Engagement ([`patient_ocean`]) and a relay
 //! talking to it ([`flow`]), a schema of its own on the test PostgreSQL server ([`postgres`]),
 //! certificates and HTTPS clients for the TLS tests ([`pki`]) and an app serving HTTPS ([`tls`]), peers that are not ours
-//! ([`peers`]) and a real SMTP server ([`smtp`]), a real OpenID provider ([`oidc`]), the one polling helper ([`poll::eventually`]), a signing sender ([`signing`]),
+//! ([`peers`]) and a CDS Hooks client ([`cds`]) and a real SMTP server ([`smtp`]), a real OpenID provider ([`oidc`]), the one polling helper ([`poll::eventually`]), a signing sender ([`signing`]),
 //! the console's users and a signed-in visitor ([`console`]), the destination tests' service and
 //! API ([`destinations`]), keys and patient details for encryption at rest ([`at_rest`]), a small filesystem that fills
 //! up ([`disk`]), and
@@ -11,6 +11,7 @@
 pub mod app;
 pub mod at_rest;
 pub mod binary;
+pub mod cds;
 pub mod console;
 pub mod destinations;
 pub mod disk;

