@@ -29,6 +29,7 @@ use crate::auth::bearer::CHALLENGE;
 use crate::auth::cds_client::CdsAuthError;
 use crate::auth::source::ClientAddr;
 use crate::error::AppError;
+use crate::screening::Listing;
 use crate::screening::cards::{CdsResponse, HOOK};
 use crate::state::AppState;
 
@@ -103,22 +104,26 @@ async fn service(
             "no CDS service of that id is configured (GET /cds-services lists them)".into(),
         ));
     };
-    let service_id = listing.service_id.clone();
     let cds_id = listing.cds_id.clone();
     match tokio::time::timeout(
         budget(&state),
-        answer(&state, &cds_id, source, &headers, request),
+        answer(&state, listing, source, &headers, request),
     )
     .await
     {
         Ok(Ok(response)) => Ok(response),
         Ok(Err(e)) => {
-            state.metrics.cds_answer(&cds_id, "refused");
+            let outcome = match e {
+                AppError::Unauthorized { .. } => "unauthorized",
+                AppError::Busy(_) => "unavailable",
+                _ => "invalid",
+            };
+            state.metrics.cds_answer(&cds_id, outcome);
             Err(e)
         }
         Err(_) => {
             state.metrics.cds_answer(&cds_id, "timeout");
-            tracing::warn!(service = %service_id, "a CDS Hooks answer was not ready in time; answered with no card");
+            tracing::warn!(service = %cds_id, "a CDS Hooks answer was not ready in time; answered with no card");
             Ok(Json(CdsResponse { cards: Vec::new() }).into_response())
         }
     }
@@ -126,53 +131,47 @@ async fn service(
 
 async fn answer(
     state: &AppState,
-    cds_id: &str,
+    listing: &Listing,
     source: std::net::IpAddr,
     headers: &HeaderMap,
     request: Request,
 ) -> Result<Response, AppError> {
-    authenticate(state, headers, Some(cds_id), source).await?;
+    authenticate(state, headers, Some(&listing.cds_id), source).await?;
     let body = read(request, state.max_body_bytes).await?;
     let screening = Arc::clone(&state.screening);
-    let id = cds_id.to_owned();
+    let id = listing.cds_id.clone();
     let today = OffsetDateTime::now_utc().date();
-    let screened = tokio::task::spawn_blocking(move || {
+    // Parsing a large body and reading it is CPU work: off the request threads.
+    let findings = tokio::task::spawn_blocking(move || {
         let request: Value = serde_json::from_slice(&body)
             .ok()
             .filter(Value::is_object)
             .ok_or_else(|| AppError::BadRequest("the body is not a JSON object".into()))?;
-        match request.get("hook").and_then(Value::as_str) {
-            Some(HOOK) => {}
-            _ => {
-                return Err(AppError::BadRequest(format!(
-                    "hook must be \"{HOOK}\": this CDS service answers Ocean's {HOOK} hook"
-                )));
-            }
+        if request.get("hook").and_then(Value::as_str) != Some(HOOK) {
+            return Err(AppError::BadRequest(format!(
+                "hook must be \"{HOOK}\": this CDS service answers Ocean's {HOOK} hook"
+            )));
         }
-        let listing = screening
+        Ok(screening
             .listing(&id)
-            .ok_or_else(|| AppError::Internal(anyhow::anyhow!("the CDS service went away")))?;
-        let findings = listing.screen(&request, today);
-        Ok((listing.cards(&findings), findings))
+            .map(|l| l.screen(&request, today))
+            .unwrap_or_default())
     })
     .await
     .map_err(|e| AppError::Internal(anyhow::anyhow!("screening stopped: {e}")))??;
-    let (cards, findings) = screened;
-    let listing = state
-        .screening
-        .listing(cds_id)
-        .ok_or_else(|| AppError::Internal(anyhow::anyhow!("the CDS service went away")))?;
+    let cards = listing.cards(&findings);
     state
         .screening
         .tallies
         .count(&listing.service_id, today, &findings);
-    state
-        .metrics
-        .cds_answer(cds_id, if cards.is_empty() { "no_card" } else { "cards" });
+    let outcome = if cards.is_empty() { "no_card" } else { "cards" };
+    state.metrics.cds_answer(&listing.cds_id, outcome);
     for finding in &findings {
-        state
-            .metrics
-            .cds_card(cds_id, finding.rule.as_str(), finding.indicator.as_str());
+        state.metrics.cds_card(
+            &listing.cds_id,
+            finding.rule.as_str(),
+            finding.indicator.as_str(),
+        );
     }
     tracing::debug!(service = %listing.service_id, cards = cards.len(), "screened a draft referral");
     Ok(Json(CdsResponse { cards }).into_response())

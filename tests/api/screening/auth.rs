@@ -37,6 +37,15 @@ async fn a_static_bearer_token_is_required_when_configured() {
     assert_eq!(refused.body["resourceType"], "OperationOutcome");
     assert_eq!(status(&app, Some("cds-token-0123456789abcdeX")).await, 401);
     assert_eq!(status(&app, Some("cds-token-0123456789abcdef")).await, 200);
+    let outcome = async |outcome: &str| {
+        app.metric_sum(
+            "relay_cds_hooks_answers_total",
+            &[("service", "physio"), ("outcome", outcome)],
+        )
+        .await
+    };
+    assert_eq!(outcome("unauthorized").await, 2.0);
+    assert_eq!(outcome("cards").await, 1.0);
     // Discovery too.
     assert_eq!(app.get("/cds-services").await.status, 401);
     let discovery = app

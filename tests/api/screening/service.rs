@@ -298,6 +298,13 @@ async fn an_unknown_service_is_404_and_a_request_that_is_not_order_sign_is_400()
     );
     let answer = app.get("/cds-services/physio").await;
     assert_eq!(answer.status, 405);
+    let invalid = app
+        .metric_sum(
+            "relay_cds_hooks_answers_total",
+            &[("service", "physio"), ("outcome", "invalid")],
+        )
+        .await;
+    assert_eq!(invalid, 2.0);
 }
 
 #[tokio::test]
