@@ -232,6 +232,7 @@ impl AppState {
             screening: Arc::new(crate::screening::Screening::new(config)),
             cds_auth: Arc::new(crate::auth::cds_client::CdsClientAuth::new(
                 &config.cds_hooks.auth,
+                Duration::from_millis(config.cds_hooks.answer_within_ms),
             )),
         })
     }

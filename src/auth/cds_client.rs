@@ -2,12 +2,15 @@
 //! token, or a JWT the client signed, as CDS Hooks 2.0 §"Trusting CDS Clients" describes:
 //! `Authorization: Bearer <JWT>` signed with an asymmetric key (RS256/384/512, PS256/384/512,
 //! ES256/384; never HMAC or `none`), `iss` = the configured issuer, `aud` = the URL called
-//! (`<audience>/<id>`, or `<audience>` for discovery), `exp` no more than 5 minutes ahead,
-//! and a `jti` used once.
+//! (`<audience>/<id>`) or the base `<audience>` (which discovery's URL is, and which a client
+//! may send for every call: Ocean's choice is not public), `exp` no more than 5 minutes ahead,
+//! `nbf` (if any) passed, no `crit` header, and a `jti` used once.
 //!
-//! The keys are the configured `public_key` and the client's JWK Set at `jwks_url`: fetched
-//! when first needed, kept an hour, fetched again at most every 10 seconds for a `kid` it does not
-//! hold (a rotated key works at once, random `kid`s cannot make the relay hammer the client).
+//! The keys are the configured `public_key` and the client's JWK Set at `jwks_url` (its
+//! signing keys: `use` absent or `sig`): fetched when first needed, kept an hour, fetched again
+//! for a `kid` it does not hold, and never tried twice within 10 seconds, whether the try
+//! succeeded or not (a rotated key is taken within seconds; random `kid`s or keys that are down
+//! cannot make the relay hammer the client).
 //! A `jku` header is not followed: only the configured set is trusted.
 //!
 //! Used `jti`s are kept in memory until their `exp`, per process: a replay to another replica
@@ -71,13 +74,23 @@ struct ClientKey {
     key: DecodingKey,
 }
 
+/// What was read of the client's JWK Set, and when it was last tried.
+#[derive(Default)]
 struct KeySet {
-    keys: Vec<ClientKey>,
-    fetched: Instant,
+    /// The keys of the last good reading, and when it was.
+    keys: Option<(Vec<ClientKey>, Instant)>,
+    /// The last try, good or not: tries are this far apart at least (see [`REFETCH_AFTER`]).
+    tried: Option<Instant>,
+    /// Why the last try failed, if it did.
+    failed: Option<String>,
 }
 
 #[derive(Deserialize)]
 struct Claims {
+    /// A string: one issuer (an array is refused as malformed).
+    #[serde(default)]
+    #[allow(dead_code)]
+    iss: Option<String>,
     /// Required by the validation; optional here so that its absence is reported as such.
     #[serde(default)]
     exp: Option<u64>,
@@ -85,28 +98,39 @@ struct Claims {
     jti: Option<String>,
 }
 
-/// The `alg` a JWT's header names, if it has a readable header.
-fn header_alg(token: &str) -> Option<String> {
+/// A JWT's header as JSON, if it has a readable one.
+fn header_json(token: &str) -> Option<serde_json::Value> {
     use base64::Engine;
     let header = token.split('.').next()?;
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(header.trim_end_matches('='))
         .ok()?;
-    let value: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
-    value.get("alg")?.as_str().map(str::to_owned)
+    serde_json::from_slice(&bytes).ok()
+}
+
+/// The `alg` a JWT's header names.
+fn header_alg(token: &str) -> Option<String> {
+    header_json(token)?.get("alg")?.as_str().map(str::to_owned)
+}
+
+/// Whether a JWT's header has `name`.
+fn header_names(token: &str, name: &str) -> bool {
+    header_json(token).is_some_and(|h| h.get(name).is_some())
 }
 
 /// Checks CDS Hooks calls against `[cds_hooks.auth]`.
 pub struct CdsClientAuth {
     config: CdsAuth,
     configured_keys: Vec<ClientKey>,
-    fetched: tokio::sync::Mutex<Option<KeySet>>,
+    fetched: tokio::sync::Mutex<KeySet>,
     http: reqwest::Client,
     seen: std::sync::Mutex<HashMap<String, u64>>,
 }
 
 impl CdsClientAuth {
-    pub fn new(config: &CdsAuth) -> Self {
+    /// `answer_within`: the answer time; a reading of the JWK Set is given up before it ends,
+    /// so that keys that cannot be read answer 503 rather than run out the time.
+    pub fn new(config: &CdsAuth, answer_within: Duration) -> Self {
         let mut configured_keys = Vec::new();
         if let CdsAuth::Jwt { public_key, .. } = config
             && !public_key.is_empty()
@@ -124,10 +148,10 @@ impl CdsClientAuth {
         Self {
             config: config.clone(),
             configured_keys,
-            fetched: tokio::sync::Mutex::new(None),
+            fetched: tokio::sync::Mutex::new(KeySet::default()),
             http: reqwest::Client::builder()
                 .redirect(reqwest::redirect::Policy::none())
-                .timeout(Duration::from_secs(5))
+                .timeout((answer_within * 3 / 4).min(Duration::from_secs(5)))
                 .build()
                 .unwrap_or_default(),
             seen: std::sync::Mutex::new(HashMap::new()),
@@ -184,6 +208,11 @@ impl CdsClientAuth {
     ) -> Result<(), CdsAuthError> {
         let refused = |reason: &str| CdsAuthError::Refused(reason.to_owned());
         let not_allowed = "the JWT's alg is not an asymmetric algorithm CDS Hooks allows (RS384 or ES384 are asked for)";
+        if header_names(token, "crit") {
+            return Err(refused(
+                "the JWT's header has crit: the relay understands no extension (RFC 7515 §4.1.11)",
+            ));
+        }
         // `none` and unknown algorithms are not in jsonwebtoken's list: name them first.
         if !header_alg(token).is_some_and(|alg| ALGORITHMS.iter().any(|a| format!("{a:?}") == alg))
         {
@@ -200,6 +229,7 @@ impl CdsClientAuth {
         }
         let mut validation = Validation::new(header.alg);
         validation.leeway = LEEWAY_SECS;
+        validation.validate_nbf = true;
         validation.set_issuer(&[issuer]);
         validation.set_audience(audiences);
         validation.set_required_spec_claims(&["exp", "iss", "aud"]);
@@ -228,7 +258,10 @@ impl CdsClientAuth {
                 "the JWT's aud is not the URL of the CDS service called"
             }
             Some(ErrorKind::MissingRequiredClaim(_)) => "the JWT lacks exp, iss or aud",
-            Some(ErrorKind::ImmatureSignature) => "the JWT is not valid yet",
+            Some(ErrorKind::ImmatureSignature) => "the JWT is not valid yet (nbf)",
+            Some(ErrorKind::Json(_)) => {
+                "the JWT's claims are malformed (exp, nbf and iat are numbers; iss and jti strings)"
+            }
             _ => "the JWT's signature does not verify with the CDS client's keys",
         };
         Err(refused(reason))
@@ -246,9 +279,14 @@ impl CdsClientAuth {
                 "the JWT's exp is more than 5 minutes ahead (CDS Hooks 2.0)".into(),
             ));
         }
-        let Some(jti) = claims.jti.filter(|j| !j.is_empty() && j.len() <= 512) else {
+        let Some(jti) = claims.jti.filter(|j| !j.is_empty()) else {
             return Err(CdsAuthError::Refused("the JWT has no jti".into()));
         };
+        if jti.len() > 512 {
+            return Err(CdsAuthError::Refused(
+                "the JWT's jti is longer than 512 characters".into(),
+            ));
+        }
         let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
         seen.retain(|_, exp| *exp + LEEWAY_SECS >= now);
         if seen.len() >= MAX_SEEN
@@ -278,26 +316,36 @@ impl CdsClientAuth {
     ) -> Result<Vec<DecodingKey>, CdsAuthError> {
         let mut all: Vec<ClientKey> = self.configured_keys.clone();
         if !jwks_url.is_empty() {
-            let mut fetched = self.fetched.lock().await;
-            let stale = fetched.as_ref().is_none_or(|s| {
-                s.fetched.elapsed() > KEYS_FRESH || (refetch && s.fetched.elapsed() > REFETCH_AFTER)
-            });
-            if stale {
+            let mut set = self.fetched.lock().await;
+            let fresh = set
+                .keys
+                .as_ref()
+                .is_some_and(|(_, at)| at.elapsed() <= KEYS_FRESH);
+            // Never two tries within REFETCH_AFTER, good or failed: neither unknown key ids nor
+            // a client whose keys are down make the relay hammer it.
+            let may_try = set.tried.is_none_or(|at| at.elapsed() > REFETCH_AFTER);
+            if (!fresh || refetch || set.keys.is_none()) && may_try {
+                set.tried = Some(Instant::now());
                 match self.fetch(jwks_url).await {
                     Ok(keys) => {
-                        *fetched = Some(KeySet {
-                            keys,
-                            fetched: Instant::now(),
-                        });
+                        set.keys = Some((keys, Instant::now()));
+                        set.failed = None;
                     }
-                    // Keys read before are used while the client's set cannot be read.
-                    Err(e) if fetched.is_none() => return Err(e),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cannot read the CDS client's JWK Set again; using the keys read before");
+                    Err(CdsAuthError::Keys(reason)) => {
+                        tracing::warn!(reason = %reason, "cannot read the CDS client's JWK Set; keys read before (if any) are used, and it is tried again in 10 s at the earliest");
+                        set.failed = Some(reason);
                     }
+                    Err(e) => return Err(e),
                 }
             }
-            all.extend(fetched.iter().flat_map(|s| s.keys.iter().cloned()));
+            match (&set.keys, &set.failed) {
+                (Some((keys, _)), _) => all.extend(keys.iter().cloned()),
+                // With a configured key besides, that key may still verify the token.
+                (None, Some(reason)) if self.configured_keys.is_empty() => {
+                    return Err(CdsAuthError::Keys(reason.clone()));
+                }
+                (None, _) => {}
+            }
         }
         let alg_name = format!("{alg:?}");
         Ok(all
@@ -352,8 +400,10 @@ impl CdsClientAuth {
             .keys
             .into_iter()
             .filter_map(|value| {
-                // A private key published by mistake is not used.
-                if value.get("d").is_some() {
+                // A private key published by mistake is not used, nor one for encryption.
+                if value.get("d").is_some()
+                    || value.get("use").is_some_and(|u| u.as_str() != Some("sig"))
+                {
                     return None;
                 }
                 let jwk: Jwk = serde_json::from_value(value).ok()?;

@@ -90,10 +90,17 @@ impl Indicator {
 /// QuestionnaireResponse; optionally with the label a card calls it by (else the item's own
 /// `text` in the response, else the linkId).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(untagged)]
+#[serde(
+    untagged,
+    expecting = "a linkId, or { link_id = \"...\", label = \"...\" }"
+)]
 pub enum RequiredItem {
     LinkId(String),
-    Labelled { link_id: String, label: String },
+    Labelled {
+        link_id: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        label: Option<String>,
+    },
 }
 
 impl RequiredItem {
@@ -106,7 +113,7 @@ impl RequiredItem {
     pub fn label(&self) -> Option<&str> {
         match self {
             Self::LinkId(_) => None,
-            Self::Labelled { label, .. } => Some(label),
+            Self::Labelled { label, .. } => label.as_deref(),
         }
     }
 }
@@ -273,6 +280,9 @@ pub struct CdsHooksConfig {
     /// Every answer is given within this many milliseconds (1 to 10,000); what is not decided by
     /// then answers with no card.
     pub answer_within_ms: u64,
+    /// The largest request body taken, in bytes (413 past it): a draft referral is tens of
+    /// kilobytes; its documents are links, not content.
+    pub max_body_bytes: usize,
 }
 
 /// How a CDS Hooks client authenticates. Whether Ocean sends anything is not public: `none`
@@ -317,6 +327,9 @@ impl CdsHooksConfig {
         if !(1..=MAX_ANSWER_MS).contains(&self.answer_within_ms) {
             bail!("cds_hooks.answer_within_ms must be between 1 and {MAX_ANSWER_MS}");
         }
+        if !(1024..=64 * 1024 * 1024).contains(&self.max_body_bytes) {
+            bail!("cds_hooks.max_body_bytes must be between 1024 and 67108864");
+        }
         match &self.auth {
             CdsAuth::None => Ok(()),
             CdsAuth::Bearer { tokens } => {
@@ -352,6 +365,11 @@ impl CdsHooksConfig {
                             "cds_hooks.auth.jwks_url must be an https URL (http only on loopback, for tests)"
                         );
                     }
+                }
+                if public_key.contains("PRIVATE KEY") {
+                    bail!(
+                        "cds_hooks.auth.public_key holds a private key: give its public half (openssl pkey -pubout), and keep the private one with the client"
+                    );
                 }
                 if !public_key.is_empty()
                     && jsonwebtoken::DecodingKey::from_rsa_pem(public_key.as_bytes()).is_err()
@@ -423,7 +441,7 @@ mod tests {
     fn items_take_a_label_and_indicators_override_the_default() {
         let c = load(
             "[screening.\"PHYSIO-EAST-02\"]\n\
-             required_answers = [\"reason\", { link_id = \"ecg.date\", label = \"Date of the latest ECG\" }]\n\
+             required_answers = [\"reason\", { link_id = \"ecg.date\", label = \"Date of the latest ECG\" }, { link_id = \"history\" }]\n\
              indicators = { declined_codes = \"critical\" }\n",
         )
         .unwrap();

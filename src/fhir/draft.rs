@@ -26,8 +26,14 @@ pub struct DraftReferral {
     /// The eForm's items; `None` when the request carries no QuestionnaireResponse with a list
     /// of items.
     pub items: Option<Vec<FormItem>>,
+    /// Whether reading the eForm stopped early (items nested deeper than 32, or more than
+    /// 10,000): an item not found may then be there.
+    pub items_cut: bool,
     /// Codes of the ServiceRequest's `code`, `category` and `reasonCode`.
     pub codings: Vec<DraftCoding>,
+    /// The External Service IDs of the listings the draft is addressed to (the target
+    /// PractitionerRole's identifier, the MessageHeader's destination); empty when it names none.
+    pub service_ids: Vec<String>,
 }
 
 /// A birth date: a day, or the first and last day of the month or year given (FHIR `date`
@@ -79,27 +85,73 @@ pub fn read_draft(request: &Value) -> DraftReferral {
             .copied()
             .filter(move |r| r.get("resourceType").and_then(Value::as_str) == Some(kind))
     };
-    let patient = of_kind("Patient").next();
+    let patients: Vec<&Value> = of_kind("Patient").collect();
     // A form whose `item` is not a list cannot say what was answered: as good as no form.
     let forms: Vec<&Value> = of_kind("QuestionnaireResponse")
         .filter(|f| f.get("item").is_some_and(Value::is_array))
         .collect();
+    let mut items_cut = false;
     let items = (!forms.is_empty()).then(|| {
         let mut items = Vec::new();
         for form in forms {
-            read_items(form, &mut items, 0);
+            items_cut |= !read_items(form, &mut items, 0);
         }
         items
     });
-    DraftReferral {
-        birth_date: patient
-            .and_then(|p| p.get("birthDate"))
-            .and_then(Value::as_str)
-            .and_then(birth_date),
-        postal_code: patient.and_then(postal_code),
-        items,
-        codings: of_kind("ServiceRequest").flat_map(codings).collect(),
+    let mut service_ids: Vec<String> = Vec::new();
+    for role in of_kind("PractitionerRole") {
+        service_ids.extend(external_service(role));
     }
+    for header in of_kind("MessageHeader") {
+        for destination in header
+            .get("destination")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            if let Some(receiver) = destination.get("receiver") {
+                service_ids.extend(external_service(receiver));
+            }
+        }
+    }
+    service_ids.sort_unstable();
+    service_ids.dedup();
+    // Each fact from the first Patient that has it: the draft's Patient may lack what the
+    // `patient` prefetch holds.
+    DraftReferral {
+        birth_date: patients.iter().find_map(|p| {
+            p.get("birthDate")
+                .and_then(Value::as_str)
+                .and_then(birth_date)
+        }),
+        postal_code: patients.iter().find_map(|p| postal_code(p)),
+        items,
+        items_cut,
+        codings: of_kind("ServiceRequest").flat_map(codings).collect(),
+        service_ids,
+    }
+}
+
+/// The External Service IDs of a PractitionerRole's `identifier`s, or of a Reference's
+/// `identifier` (`MessageHeader.destination.receiver`), by the system's suffix.
+fn external_service(value: &Value) -> Vec<String> {
+    let identifiers: Vec<&Value> = match value.get("identifier") {
+        Some(Value::Array(list)) => list.iter().collect(),
+        Some(one @ Value::Object(_)) => vec![one],
+        _ => Vec::new(),
+    };
+    identifiers
+        .into_iter()
+        .filter(|i| {
+            i.get("system")
+                .and_then(Value::as_str)
+                .is_some_and(|s| s.ends_with(crate::ig::SYS_EXTERNAL_SERVICE))
+        })
+        .filter_map(|i| i.get("value").and_then(Value::as_str))
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .map(str::to_owned)
+        .collect()
 }
 
 /// The resources of `value`: itself, or a Bundle's entries (a message Bundle, or a searchset
@@ -196,19 +248,19 @@ pub fn normal_postal(text: &str) -> String {
         .collect()
 }
 
-/// Every item of a QuestionnaireResponse, depth first.
-fn read_items(node: &Value, into: &mut Vec<FormItem>, depth: usize) {
+/// Every item of a QuestionnaireResponse, depth first; false when it stopped early (too deep,
+/// too many).
+fn read_items(node: &Value, into: &mut Vec<FormItem>, depth: usize) -> bool {
+    let Some(items) = node.get("item").and_then(Value::as_array) else {
+        return true;
+    };
     if depth > MAX_ITEM_DEPTH {
-        return;
+        return false;
     }
-    for item in node
-        .get("item")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
+    let mut whole = true;
+    for item in items {
         if into.len() >= MAX_ITEMS {
-            return;
+            return false;
         }
         let answers = item.get("answer").and_then(Value::as_array);
         let values = || {
@@ -235,11 +287,12 @@ fn read_items(node: &Value, into: &mut Vec<FormItem>, depth: usize) {
                     .any(|(key, value)| key == "valueAttachment" && value.is_object()),
             });
         }
-        read_items(item, into, depth + 1);
+        whole &= read_items(item, into, depth + 1);
         for answer in answers.into_iter().flatten() {
-            read_items(answer, into, depth + 1);
+            whole &= read_items(answer, into, depth + 1);
         }
     }
+    whole
 }
 
 /// Whether an answer's value says something (an empty string or object does not).
@@ -389,6 +442,45 @@ mod tests {
         assert!(find("ecg").attachment && find("ecg.date").answered && !find("empty").answered);
         assert_eq!(draft.codings[0].code, "29857009");
         assert_eq!(draft.codings[0].display.as_deref(), Some("Chest pain"));
+    }
+
+    #[test]
+    fn each_patient_fact_comes_from_the_first_patient_holding_it_and_listings_are_read() {
+        let bundle = message(vec![
+            json!({"resourceType": "MessageHeader", "destination": [{"receiver": {"identifier":
+                {"system": "https://x.example/svc/fhir/v1/NamingSystem/id-referral-target-external-service", "value": "CARDIO-RAPID-01"}}}]}),
+            json!({"resourceType": "PractitionerRole", "identifier": [{"system": "https://x.example/svc/fhir/v1/NamingSystem/id-referral-target-external-service", "value": " PHYSIO-EAST-02 "}]}),
+            json!({"resourceType": "Patient", "address": [{"postalCode": "M4W 1A8"}]}),
+        ]);
+        let mut body = request(bundle);
+        body["prefetch"]["patient"] = json!({"resourceType": "Patient", "birthDate": "1940-02-03", "address": [{"postalCode": "K1A 0B1"}]});
+        let draft = read_draft(&body);
+        assert_eq!(draft.birth_date.unwrap().earliest, date!(1940 - 02 - 03));
+        assert_eq!(draft.postal_code.as_deref(), Some("M4W1A8"));
+        assert_eq!(draft.service_ids, ["CARDIO-RAPID-01", "PHYSIO-EAST-02"]);
+    }
+
+    #[test]
+    fn a_form_too_deep_or_too_long_is_read_in_part_and_says_so() {
+        let mut item = json!({"linkId": "deepest", "answer": [{"valueString": "x"}]});
+        for depth in 0..40 {
+            item = json!({"linkId": format!("level-{depth}"), "item": [item]});
+        }
+        let deep = read_draft(&request(message(vec![
+            json!({"resourceType": "QuestionnaireResponse", "item": [item]}),
+        ])));
+        assert!(deep.items_cut);
+        assert!(!deep.items.unwrap().iter().any(|i| i.link_id == "deepest"));
+        let many: Vec<Value> = (0..MAX_ITEMS + 5)
+            .map(|i| json!({"linkId": format!("i{i}")}))
+            .collect();
+        let long = read_draft(&request(message(vec![
+            json!({"resourceType": "QuestionnaireResponse", "item": many}),
+        ])));
+        assert!(long.items_cut);
+        let fixture = include_str!("../../fhir-fixtures/v0.11-add-service-request.json");
+        let whole = read_draft(&request(serde_json::from_str(fixture).unwrap()));
+        assert!(!whole.items_cut);
     }
 
     #[test]

@@ -2,10 +2,12 @@
 //! `[screening."<External Service ID>"]`) and `POST /cds-services/{id}` (the cards for a draft
 //! referral; see [`crate::screening`]).
 //!
-//! In order: the service must be configured (404); the caller must authenticate as
-//! `[cds_hooks.auth]` says (401; 503 when the client's keys cannot be read); the body must be a
-//! JSON object naming the `order-sign` hook (400). Everything after that answers 200: a
-//! prefetch that is missing or malformed leaves its rules without a card. The whole answer is
+//! In order: the caller must authenticate as `[cds_hooks.auth]` says (401; 503 when the
+//! client's keys cannot be read); the service must be configured (404); the body must be
+//! uncompressed (415), within `cds_hooks.max_body_bytes` (413), and a JSON object naming the
+//! `order-sign` hook (400). Everything after that answers 200: a prefetch that is missing or
+//! malformed leaves its rules without a card, and a draft addressed to another listing gets no
+//! card at all (a client calls every service it discovered). The whole answer is
 //! bounded by `cds_hooks.answer_within_ms`: past it, the answer is 200 with no card, so
 //! screening never holds a referral up.
 //!
@@ -19,6 +21,7 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, Request, State};
 use axum::http::HeaderMap;
+use axum::http::header::{CONTENT_ENCODING, CONTENT_LENGTH};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use http_body_util::{BodyExt, Limited};
@@ -35,8 +38,17 @@ use crate::state::AppState;
 
 pub fn router() -> Router<AppState> {
     Router::new()
-        .route("/cds-services", get(discovery))
-        .route("/cds-services/{id}", post(service))
+        .route("/cds-services", get(discovery).fallback(method_not_allowed))
+        .route(
+            "/cds-services/{id}",
+            post(service).fallback(method_not_allowed),
+        )
+}
+
+async fn method_not_allowed() -> AppError {
+    AppError::MethodNotAllowed(
+        "GET /cds-services lists the screening services, POST /cds-services/{id} screens a referral",
+    )
 }
 
 /// The answer time configured.
@@ -99,54 +111,102 @@ async fn service(
     headers: HeaderMap,
     request: Request,
 ) -> Result<Response, AppError> {
+    let started = tokio::time::Instant::now();
+    let within = budget(&state);
+    // The caller first, so that service ids cannot be probed without credentials.
+    match tokio::time::timeout(within, authenticate(&state, &headers, Some(&id), source)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            if let Some(listing) = state.screening.listing(&id) {
+                state.metrics.cds_answer(&listing.cds_id, outcome(&e));
+            }
+            return Err(e);
+        }
+        Err(_) => return Ok(late(&state, state.screening.listing(&id))),
+    }
     let Some(listing) = state.screening.listing(&id) else {
         return Err(AppError::NotFound(
             "no CDS service of that id is configured (GET /cds-services lists them)".into(),
         ));
     };
-    let cds_id = listing.cds_id.clone();
-    match tokio::time::timeout(
-        budget(&state),
-        answer(&state, listing, source, &headers, request),
-    )
-    .await
-    {
+    let left = within.saturating_sub(started.elapsed());
+    match tokio::time::timeout(left, answer(&state, listing, &headers, request)).await {
         Ok(Ok(response)) => Ok(response),
         Ok(Err(e)) => {
-            let outcome = match e {
-                AppError::Unauthorized { .. } => "unauthorized",
-                AppError::Busy(_) => "unavailable",
-                _ => "invalid",
-            };
-            state.metrics.cds_answer(&cds_id, outcome);
+            state.metrics.cds_answer(&listing.cds_id, outcome(&e));
             Err(e)
         }
-        Err(_) => {
-            state.metrics.cds_answer(&cds_id, "timeout");
-            tracing::warn!(service = %cds_id, "a CDS Hooks answer was not ready in time; answered with no card");
-            Ok(Json(CdsResponse { cards: Vec::new() }).into_response())
-        }
+        Err(_) => Ok(late(&state, Some(listing))),
     }
+}
+
+/// The metric outcome of a refused call.
+fn outcome(e: &AppError) -> &'static str {
+    match e {
+        AppError::Unauthorized { .. } => "unauthorized",
+        AppError::Busy(_) => "unavailable",
+        _ => "invalid",
+    }
+}
+
+/// The answer when the time is up: no card, counted.
+fn late(state: &AppState, listing: Option<&Listing>) -> Response {
+    if let Some(listing) = listing {
+        state.metrics.cds_answer(&listing.cds_id, "timeout");
+        let today = OffsetDateTime::now_utc().date();
+        state
+            .screening
+            .tallies
+            .count_late(&listing.service_id, today);
+        tracing::warn!(service = %listing.service_id, "a CDS Hooks answer was not ready in time; answered with no card");
+    }
+    Json(CdsResponse { cards: Vec::new() }).into_response()
 }
 
 async fn answer(
     state: &AppState,
     listing: &Listing,
-    source: std::net::IpAddr,
     headers: &HeaderMap,
     request: Request,
 ) -> Result<Response, AppError> {
-    authenticate(state, headers, Some(&listing.cds_id), source).await?;
-    let body = read(request, state.max_body_bytes).await?;
+    let limit = state.config().cds_hooks.max_body_bytes;
+    match headers.get(CONTENT_ENCODING).map(|v| v.as_bytes()) {
+        None => {}
+        Some(coding) if coding.eq_ignore_ascii_case(b"identity") => {}
+        Some(_) => {
+            return Err(AppError::UnsupportedEncoding(
+                "send the CDS Hooks request uncompressed (no Content-Encoding)".into(),
+            ));
+        }
+    }
+    let declared = headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > limit as u64) {
+        return Err(AppError::PayloadTooLarge { limit });
+    }
+    let body = read(request, limit).await?;
     let screening = Arc::clone(&state.screening);
     let id = listing.cds_id.clone();
     let today = OffsetDateTime::now_utc().date();
+    // One screening per core at a time; the permit goes with the work, which outlives a
+    // request whose time ran out.
+    let permit = Arc::clone(&state.screening.parsing)
+        .acquire_owned()
+        .await
+        .map_err(|e| AppError::Internal(anyhow::anyhow!("screening stopped: {e}")))?;
     // Parsing a large body and reading it is CPU work: off the request threads.
-    let findings = tokio::task::spawn_blocking(move || {
+    let screened = tokio::task::spawn_blocking(move || {
+        let _permit = permit;
         let request: Value = serde_json::from_slice(&body)
             .ok()
             .filter(Value::is_object)
-            .ok_or_else(|| AppError::BadRequest("the body is not a JSON object".into()))?;
+            .ok_or_else(|| {
+                AppError::BadRequest(
+                    "the body is not a JSON object (or is nested deeper than 128 levels)".into(),
+                )
+            })?;
         if request.get("hook").and_then(Value::as_str) != Some(HOOK) {
             return Err(AppError::BadRequest(format!(
                 "hook must be \"{HOOK}\": this CDS service answers Ocean's {HOOK} hook"
@@ -154,11 +214,15 @@ async fn answer(
         }
         Ok(screening
             .listing(&id)
-            .map(|l| l.screen(&request, today))
-            .unwrap_or_default())
+            .and_then(|l| l.screen(&request, today)))
     })
     .await
     .map_err(|e| AppError::Internal(anyhow::anyhow!("screening stopped: {e}")))??;
+    let Some(findings) = screened else {
+        // Addressed to another listing: its rules are not this listing's business.
+        state.metrics.cds_answer(&listing.cds_id, "other_listing");
+        return Ok(Json(CdsResponse { cards: Vec::new() }).into_response());
+    };
     let cards = listing.cards(&findings);
     state
         .screening

@@ -65,8 +65,21 @@ pub struct Source {
     pub url: Option<String>,
 }
 
-/// `text` cut to [`MAX_SUMMARY_CHARS`] characters, ending with `…` when cut.
+/// Characters a card shows as written: control characters become spaces, and zero-width and
+/// bidirectional controls (which could make text read differently than it is) go.
+fn printable(text: &str) -> String {
+    text.chars()
+        .filter(|c| {
+            !matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{061C}' | '\u{FEFF}')
+        })
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
+}
+
+/// `text` cut to [`MAX_SUMMARY_CHARS`] characters, ending with `…` when cut; plain text on one
+/// line (see [`printable`]).
 pub fn summary(text: &str) -> String {
+    let text = printable(text);
     let text = text.trim();
     if text.chars().count() <= MAX_SUMMARY_CHARS {
         return text.to_owned();
@@ -81,11 +94,7 @@ pub fn summary(text: &str) -> String {
 /// (never as a link or an image).
 pub fn plain(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        if c.is_control() {
-            out.push(' ');
-            continue;
-        }
+    for c in printable(text).chars() {
         if matches!(
             c,
             '\\' | '`'
@@ -134,5 +143,9 @@ mod tests {
             "\\[x\\]\\(http://e\\.example\\)"
         );
         assert_eq!(plain("a\nb"), "a b");
+        assert_eq!(
+            summary("Pain\u{1b}[31m \u{202E}score\u{200B}\nnow"),
+            "Pain [31m score now"
+        );
     }
 }

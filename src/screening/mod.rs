@@ -18,7 +18,7 @@ use time::Date;
 
 use crate::config::{Config, Indicator, ScreeningRule, ScreeningRules};
 use crate::domain::ServiceId;
-use crate::store::{NO_CARD, SCREENED, ScreeningTally, Store, StoreError};
+use crate::store::{LATE, NO_CARD, SCREENED, ScreeningTally, Store, StoreError};
 use cards::{Card, Discovery, HOOK, PREFETCH, ServiceEntry, Source};
 use rules::Finding;
 
@@ -36,10 +36,19 @@ pub struct Listing {
 
 impl Listing {
     /// The findings of its rules on the draft referral of `request` (an `order-sign` request
-    /// body), on `today` (UTC).
-    pub fn screen(&self, request: &Value, today: Date) -> Vec<Finding> {
+    /// body), on `today` (UTC); `None` when the draft is addressed to another listing (a client
+    /// calls every service it discovered: another listing's rules say nothing about it).
+    pub fn screen(&self, request: &Value, today: Date) -> Option<Vec<Finding>> {
         let draft = crate::fhir::draft::read_draft(request);
-        rules::findings(&self.rules, &draft, today)
+        if !draft.service_ids.is_empty()
+            && !draft
+                .service_ids
+                .iter()
+                .any(|s| s == self.service_id.as_str())
+        {
+            return None;
+        }
+        Some(rules::findings(&self.rules, &draft, today))
     }
 
     /// `findings` as cards.
@@ -66,6 +75,10 @@ pub struct Screening {
     /// By CDS service id.
     listings: BTreeMap<String, Listing>,
     pub tallies: Tallies,
+    /// Requests parsed and screened at once: a permit per core, so a flood of large bodies
+    /// (with `cds_hooks.auth` none, from anyone) queues for CPU and memory instead of taking
+    /// them all; a request not screened within its answer time gets no card.
+    pub parsing: Arc<tokio::sync::Semaphore>,
 }
 
 impl Screening {
@@ -83,9 +96,11 @@ impl Screening {
                 (listing.cds_id.clone(), listing)
             })
             .collect();
+        let cores = std::thread::available_parallelism().map_or(2, usize::from);
         Self {
             listings,
             tallies: Tallies::default(),
+            parsing: Arc::new(tokio::sync::Semaphore::new(cores.max(2))),
         }
     }
 
@@ -149,6 +164,15 @@ impl Tallies {
             );
             *pending.entry(key).or_default() += 1;
         }
+    }
+
+    /// Counts one call of `service` on `day` answered with no card because its answer was not
+    /// ready in time.
+    pub fn count_late(&self, service: &ServiceId, day: Date) {
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        *pending
+            .entry((day, service.clone(), SCREENED, LATE))
+            .or_default() += 1;
     }
 
     /// Adds the pending counts to the store; on failure they are kept for the next try.

@@ -45,6 +45,9 @@ pub fn findings(rules: &ScreeningRules, draft: &DraftReferral, today: Date) -> V
 
 type Found = Option<(ScreeningRule, String, String)>;
 
+/// The oldest age taken as real, in years.
+const MAX_AGE: u32 = 130;
+
 /// Whole years from `born` to `on`; `None` before birth.
 fn years(born: Date, on: Date) -> Option<u32> {
     let mut years = on.year() - born.year();
@@ -68,6 +71,10 @@ fn age(rules: &ScreeningRules, draft: &DraftReferral, today: Date) -> Found {
         return None;
     }
     let (youngest, oldest) = ages(draft.birth_date?, today)?;
+    // A birth date this far back is a placeholder (0001-01-01), not an age.
+    if oldest > MAX_AGE {
+        return None;
+    }
     let too_young = rules.min_age_years.is_some_and(|min| oldest < min);
     let too_old = rules.max_age_years.is_some_and(|max| youngest > max);
     if !too_young && !too_old {
@@ -139,7 +146,8 @@ fn missing(rules: &ScreeningRules, draft: &DraftReferral, rule: ScreeningRule) -
         ScreeningRule::Answers => (&rules.required_answers, |i| i.answered),
         _ => (&rules.required_attachments, |i| i.attachment),
     };
-    if required.is_empty() {
+    // An item not found in a form read only in part may be in the rest.
+    if required.is_empty() || draft.items_cut {
         return None;
     }
     let items = draft.items.as_deref()?;
@@ -281,6 +289,8 @@ mod tests {
     fn an_unknown_or_future_birth_date_gives_no_card() {
         assert!(findings(&adults(), &DraftReferral::default(), TODAY).is_empty());
         assert!(findings(&adults(), &born(date!(2030 - 01 - 01)), TODAY).is_empty());
+        // A placeholder, not an age.
+        assert!(findings(&adults(), &born(date!(0001 - 01 - 01)), TODAY).is_empty());
         // Born in 2008: 17 or 18 today, so no card.
         let year = DraftReferral {
             birth_date: Some(BirthDate {
@@ -321,7 +331,7 @@ mod tests {
                 RequiredItem::LinkId("history".into()),
                 RequiredItem::Labelled {
                     link_id: "ecg.date".into(),
-                    label: "Date of the latest ECG".into(),
+                    label: Some("Date of the latest ECG".into()),
                 },
             ],
             required_attachments: vec![RequiredItem::LinkId("ecg".into())],
@@ -357,8 +367,13 @@ mod tests {
             found[1].summary,
             "Attach what this service needs: ECG tracing"
         );
-        // No eForm at all: nothing can be said.
+        // No eForm at all, or one read only in part: nothing can be said.
         assert!(findings(&rules, &DraftReferral::default(), TODAY).is_empty());
+        let cut = DraftReferral {
+            items_cut: true,
+            ..draft
+        };
+        assert!(findings(&rules, &cut, TODAY).is_empty());
     }
 
     #[test]

@@ -46,7 +46,7 @@ pub use patient_forms::{
 };
 pub use queue::{MessageState, QueueRoute, QueueStats, QueueStore, QueuedMessage};
 pub use replicas::{LoginFailures, ReplicaStore};
-pub use screening::{NO_CARD, SCREENED, ScreeningStore, ScreeningTally};
+pub use screening::{LATE, NO_CARD, SCREENED, ScreeningStore, ScreeningTally};
 pub use seal::Keyring;
 pub use update::{AppointmentSlot, OCEAN_QUEUE, OceanUpdate, UpdateKind};
 

@@ -14,6 +14,9 @@ pub const SCREENED: &str = "screened";
 /// The `indicator` of a screened referral that got no card.
 pub const NO_CARD: &str = "none";
 
+/// The `indicator` of a call whose answer was not ready in time (answered with no card).
+pub const LATE: &str = "late";
+
 /// One count: how many times `rule` gave a card with `indicator` on `day` (UTC) for `service_id`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ScreeningTally {

@@ -8,7 +8,9 @@ It prints its port, then serves:
   POST /token       {"aud", "iss", "alg"?, "kid"?, "exp_in"?, "jti"?, "omit"?: [claims],
                      "header_kid"?: false} -> {"token"}; kid "stranger" is a key never
                      published, alg "HS256" signs with a shared secret, "none" not at all
+                    "claims"?: {...}, "headers"?: {...} are merged into the token's as given
   POST /rotate      {"kid", "alg", "retire"?: [kids]}: publish a new key, drop others
+  POST /keys_down   {"down": true|false}: /jwks.json answers 500 (still counted) while down
   POST /pem         {"kid"} -> {"pem"}: a key's public half as PEM
   POST /validate    {"what": "discovery" | "response", "document"} -> {"errors": [...]}
 """
@@ -35,6 +37,7 @@ jsonschema.Draft202012Validator.check_schema(SCHEMA)
 LOCK = threading.Lock()
 KEYS = {}  # kid -> {"alg", "private", "published"}
 STATS = {"jwks_fetches": 0}
+DOWN = {"down": False}
 
 
 def make_key(alg):
@@ -83,6 +86,8 @@ class Handler(BaseHTTPRequestHandler):
         with LOCK:
             if self.path == "/jwks.json":
                 STATS["jwks_fetches"] += 1
+                if DOWN["down"]:
+                    return self.answer(500, {})
                 keys = [public_jwk(k, v) for k, v in KEYS.items() if v["published"]]
                 return self.answer(200, {"keys": keys})
             if self.path == "/stats":
@@ -99,6 +104,9 @@ class Handler(BaseHTTPRequestHandler):
                 add_key(request["kid"], request["alg"])
                 for kid in request.get("retire", []):
                     KEYS.pop(kid, None)
+                return self.answer(200, {})
+            if self.path == "/keys_down":
+                DOWN["down"] = bool(request["down"])
                 return self.answer(200, {})
             if self.path == "/pem":
                 public = KEYS[request["kid"]]["private"].public_key()
@@ -130,9 +138,11 @@ def token(request):
     }
     for name in request.get("omit", []):
         claims.pop(name, None)
+    claims.update(request.get("claims", {}))
     headers = {"typ": "JWT"}
     if request.get("header_kid", True):
         headers["kid"] = kid
+    headers.update(request.get("headers", {}))
     signing_key = key["private"]
     if alg.startswith("HS"):
         signing_key = "a-shared-secret-no-cds-client-may-use-000"

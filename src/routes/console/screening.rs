@@ -15,7 +15,7 @@ use super::templates::render;
 use crate::config::{ScreeningRule, ScreeningRules};
 use crate::screening::configured_rules;
 use crate::state::AppState;
-use crate::store::{NO_CARD, SCREENED, ScreeningTally};
+use crate::store::{LATE, NO_CARD, SCREENED, ScreeningTally};
 
 /// Before any count: "in all" reads from here (a date both stores' date types hold).
 const COUNTING_BEGAN: time::Date = time::macros::date!(2000 - 01 - 01);
@@ -80,15 +80,14 @@ fn says(rule: ScreeningRule, rules: &ScreeningRules) -> String {
     }
 }
 
-/// The counts of one service, summed over days: referrals screened first (all, then by their
-/// most urgent card), then each rule's cards.
+/// The counts of one service, summed over days: referrals screened first, then by their most
+/// urgent card (none, late: answered with no card when its time ran out), then each rule's cards.
 fn counts(tallies: &[&ScreeningTally], recent_from: time::Date) -> Vec<CountRow> {
-    let mut by: BTreeMap<(bool, String, String), CountRow> = BTreeMap::new();
+    let mut by: BTreeMap<(u8, String, String), CountRow> = BTreeMap::new();
     for t in tallies {
-        let screened = t.rule == SCREENED;
-        let mut add = |what: String, indicator: String| {
+        let mut add = |order: u8, what: String, indicator: String| {
             let row = by
-                .entry((!screened, what.clone(), indicator.clone()))
+                .entry((order, what.clone(), indicator.clone()))
                 .or_insert_with(|| CountRow {
                     what,
                     indicator,
@@ -99,16 +98,16 @@ fn counts(tallies: &[&ScreeningTally], recent_from: time::Date) -> Vec<CountRow>
                 row.recent += t.count;
             }
         };
-        if screened {
-            add("referrals screened".into(), String::new());
-            let outcome = if t.indicator == NO_CARD {
-                "with no card".to_owned()
-            } else {
-                format!("most urgent card {}", t.indicator)
+        if t.rule == SCREENED {
+            add(0, "referrals screened".into(), String::new());
+            let (order, outcome) = match t.indicator.as_str() {
+                NO_CARD => (1, "with no card".to_owned()),
+                LATE => (3, "answered late, with no card".to_owned()),
+                other => (2, format!("most urgent card {other}")),
             };
-            add(outcome, t.indicator.clone());
+            add(order, outcome, t.indicator.clone());
         } else {
-            add(t.rule.clone(), t.indicator.clone());
+            add(4, t.rule.clone(), t.indicator.clone());
         }
     }
     by.into_values().collect()
@@ -152,6 +151,7 @@ pub async fn page(State(state): State<AppState>, user: ConsoleUser) -> Result<Re
             listings => listings,
             recent_days => RECENT_DAYS,
             scheme => state.cds_auth.scheme(),
+            configured => state.screening.listings().count(),
             ..user.header()
         },
     ))

@@ -4,7 +4,7 @@
 use serde_json::{Value, json};
 
 use crate::support::app::{TestApp, spawn_app_with};
-use crate::support::cds::{CdsClient, ISSUER, RULES, call, cards, order_sign};
+use crate::support::cds::{CdsClient, ISSUER, RULES, call, cards, physio_draft};
 use crate::support::poll::eventually;
 
 const AUDIENCE: &str = "https://relay.clinic.example/cds-services";
@@ -18,7 +18,9 @@ fn jwt_config(keys: &str) -> String {
 
 /// The status of a screening call with `token`.
 async fn status(app: &TestApp, token: Option<&str>) -> u16 {
-    call(app, "physio", &order_sign(|_| {}), token).await.status
+    call(app, "physio", &physio_draft(|_| {}), token)
+        .await
+        .status
 }
 
 #[tokio::test]
@@ -27,7 +29,7 @@ async fn a_static_bearer_token_is_required_when_configured() {
         "{RULES}\n[cds_hooks.auth]\nscheme = \"bearer\"\ntokens = [\"cds-token-0123456789abcdef\"]\n"
     ))
     .await;
-    let refused = call(&app, "physio", &order_sign(|_| {}), None).await;
+    let refused = call(&app, "physio", &physio_draft(|_| {}), None).await;
     assert_eq!(refused.status, 401);
     assert!(
         refused.challenge.starts_with("Bearer"),
@@ -37,6 +39,9 @@ async fn a_static_bearer_token_is_required_when_configured() {
     assert_eq!(refused.body["resourceType"], "OperationOutcome");
     assert_eq!(status(&app, Some("cds-token-0123456789abcdeX")).await, 401);
     assert_eq!(status(&app, Some("cds-token-0123456789abcdef")).await, 200);
+    // Which service ids exist is not told to a caller without the token.
+    let probe = call(&app, "NEURO-99", &physio_draft(|_| {}), None).await;
+    assert_eq!(probe.status, 401);
     let outcome = async |outcome: &str| {
         app.metric_sum(
             "relay_cds_hooks_answers_total",
@@ -65,7 +70,7 @@ async fn a_client_jwt_is_checked_against_the_clients_jwk_set() {
     // RS384 and ES384, as CDS Hooks 2.0 asks of clients.
     for kid in ["rsa-1", "ec-1"] {
         let token = peer.token(SERVICE_URL, json!({"kid": kid})).await;
-        let answer = call(&app, "physio", &order_sign(|_| {}), Some(&token)).await;
+        let answer = call(&app, "physio", &physio_draft(|_| {}), Some(&token)).await;
         assert_eq!(cards(&peer, &answer).await.len(), 2, "{kid}");
     }
     // Discovery's audience is the base URL.
@@ -78,7 +83,14 @@ async fn a_client_jwt_is_checked_against_the_clients_jwk_set() {
         .await
         .unwrap();
     assert_eq!(discovery.status(), 200);
-    let refusals: [(Value, &str); 10] = [
+    let refusals: [(Value, &str); 14] = [
+        (json!({"claims": {"nbf": 4_102_444_800u64}}), "nbf"),
+        (
+            json!({"headers": {"crit": ["exp-extension"], "exp-extension": 1}}),
+            "crit",
+        ),
+        (json!({"claims": {"exp": "soon"}}), "malformed"),
+        (json!({"jti": "j".repeat(600)}), "longer than 512"),
         (json!({"iss": "https://someone.else.example"}), "iss"),
         (
             json!({"aud": "https://relay.clinic.example/cds-services/CARDIO-RAPID-01"}),
@@ -95,7 +107,7 @@ async fn a_client_jwt_is_checked_against_the_clients_jwk_set() {
     ];
     for (overrides, reason) in refusals {
         let token = peer.token(SERVICE_URL, overrides.clone()).await;
-        let answer = call(&app, "physio", &order_sign(|_| {}), Some(&token)).await;
+        let answer = call(&app, "physio", &physio_draft(|_| {}), Some(&token)).await;
         assert_eq!(answer.status, 401, "{overrides}: {}", answer.body);
         assert!(
             answer.diagnostics().contains(reason),
@@ -106,7 +118,7 @@ async fn a_client_jwt_is_checked_against_the_clients_jwk_set() {
     // A token is used once.
     let token = peer.token(SERVICE_URL, json!({"jti": "once-only"})).await;
     assert_eq!(status(&app, Some(&token)).await, 200);
-    let again = call(&app, "physio", &order_sign(|_| {}), Some(&token)).await;
+    let again = call(&app, "physio", &physio_draft(|_| {}), Some(&token)).await;
     assert_eq!(again.status, 401);
     assert!(again.diagnostics().contains("used before"));
     assert_eq!(status(&app, None).await, 401);
@@ -163,6 +175,35 @@ async fn a_configured_public_key_verifies_without_a_jwk_set() {
 }
 
 #[tokio::test]
+async fn keys_that_cannot_be_read_are_tried_again_after_10_s_however_often_they_are_needed() {
+    let peer = CdsClient::start();
+    peer.keys_down(true).await;
+    let app = spawn_app_with(&jwt_config(&format!("jwks_url = \"{}\"", peer.jwks_url()))).await;
+    for _ in 0..10 {
+        let token = peer.token(SERVICE_URL, json!({})).await;
+        let answer = call(&app, "physio", &physio_draft(|_| {}), Some(&token)).await;
+        assert_eq!(answer.status, 503, "{}", answer.body);
+        assert!(
+            answer.diagnostics().contains("answered 500"),
+            "{}",
+            answer.body
+        );
+    }
+    assert_eq!(peer.jwks_fetches().await, 1);
+    peer.keys_down(false).await;
+    eventually("the keys read again", async || {
+        let token = peer.token(SERVICE_URL, json!({})).await;
+        status(&app, Some(&token)).await == 200
+    })
+    .await;
+    assert!(
+        peer.jwks_fetches().await <= 3,
+        "{}",
+        peer.jwks_fetches().await
+    );
+}
+
+#[tokio::test]
 async fn unreadable_client_keys_are_503_not_a_verdict_on_the_caller() {
     let peer = CdsClient::start();
     // Nothing listens there.
@@ -176,7 +217,7 @@ async fn unreadable_client_keys_are_503_not_a_verdict_on_the_caller() {
     )))
     .await;
     let token = peer.token(SERVICE_URL, json!({})).await;
-    let answer = call(&app, "physio", &order_sign(|_| {}), Some(&token)).await;
+    let answer = call(&app, "physio", &physio_draft(|_| {}), Some(&token)).await;
     assert_eq!(answer.status, 503, "{}", answer.body);
     assert!(
         answer.diagnostics().contains("keys could not be read"),

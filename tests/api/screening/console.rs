@@ -2,7 +2,7 @@
 //! words and how often each fired, for the listings the user may see.
 
 use crate::support::app::spawn_app_with;
-use crate::support::cds::{RULES, born, call, order_sign};
+use crate::support::cds::{RULES, born, call, order_sign, physio_draft};
 use crate::support::console::{ALICE_PASSWORD, BOB_PASSWORD, Visitor, users_config};
 use crate::support::poll::eventually;
 
@@ -20,7 +20,9 @@ async fn the_screening_page_shows_each_listings_rules_and_how_often_they_fired()
         );
     }
     assert_eq!(
-        call(&app, "physio", &order_sign(|_| {}), None).await.status,
+        call(&app, "physio", &physio_draft(|_| {}), None)
+            .await
+            .status,
         200
     );
 

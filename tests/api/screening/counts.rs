@@ -4,7 +4,7 @@
 use time::OffsetDateTime;
 
 use crate::support::app::spawn_app_with;
-use crate::support::cds::{RULES, born, call, order_sign};
+use crate::support::cds::{RULES, born, call, order_sign, physio_draft};
 use crate::support::poll::eventually;
 
 #[tokio::test]
@@ -25,7 +25,7 @@ async fn each_answer_and_card_is_counted_by_rule_and_indicator_without_patient_d
         200
     );
     assert_eq!(call(&app, "CARDIO-RAPID-01", &fine, None).await.status, 200);
-    let declined = order_sign(|d| {
+    let declined = physio_draft(|d| {
         d.item(
             "pain.score",
             "Pain score",

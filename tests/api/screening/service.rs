@@ -6,8 +6,9 @@ use serde_json::json;
 
 use crate::support::app::spawn_app_with;
 use crate::support::cds::{
-    CdsClient, RULES, born, call, cards, order_sign, request_with, summaries,
+    CdsClient, RULES, born, call, cards, order_sign, physio_draft, request_with, summaries,
 };
+use crate::support::poll::eventually;
 
 const NOTICE: &str = "Include the latest ECG.";
 
@@ -137,7 +138,7 @@ async fn required_answers_attachments_and_declined_codes_name_what_to_fix() {
     let peer = CdsClient::start();
     let app = spawn_app_with(RULES).await;
     // The fixture answers referral.reason, and has no pain score and no imaging report.
-    let answer = call(&app, "physio", &order_sign(|_| {}), None).await;
+    let answer = call(&app, "physio", &physio_draft(|_| {}), None).await;
     let got = cards(&peer, &answer).await;
     assert_eq!(
         summaries(&got),
@@ -166,13 +167,13 @@ async fn required_answers_attachments_and_declined_codes_name_what_to_fix() {
             json!([{"valueAttachment": {"contentType": "application/pdf", "url": "Binary/report-1", "title": "MRI"}}]),
         );
     };
-    let answer = call(&app, "physio", &order_sign(complete), None).await;
+    let answer = call(&app, "physio", &physio_draft(complete), None).await;
     assert_eq!(cards(&peer, &answer).await, Vec::<serde_json::Value>::new());
     // An answer that is text where a file is needed, and an empty answer, do not count.
     let answer = call(
         &app,
         "physio",
-        &order_sign(|d| {
+        &physio_draft(|d| {
             d.item("pain.score", "Pain score", json!([{"valueString": " "}]));
             d.item(
                 "imaging.report",
@@ -185,7 +186,7 @@ async fn required_answers_attachments_and_declined_codes_name_what_to_fix() {
     .await;
     assert_eq!(cards(&peer, &answer).await.len(), 2);
     // A reason this listing does not take, by system and code: critical, as configured.
-    let declined = order_sign(|d| {
+    let declined = physio_draft(|d| {
         complete(d);
         d.reason(
             "http://snomed.info/sct",
@@ -204,7 +205,7 @@ async fn required_answers_attachments_and_declined_codes_name_what_to_fix() {
     let answer = call(
         &app,
         "physio",
-        &order_sign(|d| {
+        &physio_draft(|d| {
             complete(d);
             d.reason(
                 "https://clinic.example/reasons",
@@ -219,7 +220,7 @@ async fn required_answers_attachments_and_declined_codes_name_what_to_fix() {
     let answer = call(
         &app,
         "physio",
-        &order_sign(|d| {
+        &physio_draft(|d| {
             complete(d);
             d.reason("http://loinc.org", "394609007", "Not SNOMED");
         }),
@@ -287,7 +288,7 @@ async fn an_unknown_service_is_404_and_a_request_that_is_not_order_sign_is_400()
         .await;
     assert_eq!(answer.status, 400);
     assert!(answer.diagnostics().contains("not a JSON object"));
-    let mut other_hook = order_sign(|_| {});
+    let mut other_hook = physio_draft(|_| {});
     other_hook["hook"] = json!("patient-view");
     let answer = call(&app, "physio", &other_hook, None).await;
     assert_eq!(answer.status, 400);
@@ -298,13 +299,73 @@ async fn an_unknown_service_is_404_and_a_request_that_is_not_order_sign_is_400()
     );
     let answer = app.get("/cds-services/physio").await;
     assert_eq!(answer.status, 405);
+    assert!(
+        answer.diagnostics().contains("POST /cds-services/{id}"),
+        "{}",
+        answer.body
+    );
+    // Compressed bodies are not taken; a body declared larger than the limit is refused at once.
+    let gzipped = app
+        .client
+        .post(app.url("/cds-services/physio"))
+        .header("content-type", "application/json")
+        .header("content-encoding", "gzip")
+        .body(vec![0x1f, 0x8b, 0x08, 0x00])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(gzipped.status(), 415);
     let invalid = app
         .metric_sum(
             "relay_cds_hooks_answers_total",
             &[("service", "physio"), ("outcome", "invalid")],
         )
         .await;
-    assert_eq!(invalid, 2.0);
+    assert_eq!(invalid, 3.0);
+}
+
+#[tokio::test]
+async fn a_draft_addressed_to_another_listing_gets_no_card_from_this_one() {
+    let peer = CdsClient::start();
+    let app = spawn_app_with(RULES).await;
+    // The fixture is addressed to CARDIO-RAPID-01: physiotherapy's rules (and cardiology's
+    // notice, from the other side) say nothing about it.
+    let answer = call(&app, "physio", &order_sign(|_| {}), None).await;
+    assert!(cards(&peer, &answer).await.is_empty());
+    let answer = call(&app, "CARDIO-RAPID-01", &physio_draft(|_| {}), None).await;
+    assert!(cards(&peer, &answer).await.is_empty());
+    let other = app
+        .metric_sum(
+            "relay_cds_hooks_answers_total",
+            &[("service", "physio"), ("outcome", "other_listing")],
+        )
+        .await;
+    assert_eq!(other, 1.0);
+    // A draft that names no listing is screened by the one called.
+    let unaddressed = order_sign(|d| {
+        d.addressed_to("");
+        d.resource("MessageHeader")["destination"] = json!([]);
+    });
+    let answer = call(&app, "physio", &unaddressed, None).await;
+    assert_eq!(cards(&peer, &answer).await.len(), 2);
+}
+
+#[tokio::test]
+async fn a_body_past_the_limit_is_413() {
+    let app = spawn_app_with(&format!("{RULES}\n[cds_hooks]\nmax_body_bytes = 2048\n")).await;
+    let answer = call(&app, "physio", &physio_draft(|_| {}), None).await;
+    assert_eq!(answer.status, 413);
+    assert_eq!(answer.body["resourceType"], "OperationOutcome");
+    // Declared larger than the limit and never sent: refused at once, not waited for.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    stream
+        .write_all(b"POST /cds-services/physio HTTP/1.1\r\nHost: relay\r\nContent-Type: application/json\r\nContent-Length: 999999999\r\n\r\n{")
+        .await
+        .unwrap();
+    let mut head = [0u8; 12];
+    stream.read_exact(&mut head).await.unwrap();
+    assert_eq!(&head, b"HTTP/1.1 413");
 }
 
 #[tokio::test]
@@ -332,23 +393,26 @@ async fn cards_hold_no_more_of_the_patient_than_the_request_did() {
 
 #[tokio::test]
 async fn an_answer_not_ready_in_time_is_200_with_no_card() {
-    let peer = CdsClient::start();
-    // The client's keys live on a server that takes connections and never answers.
-    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let toml = format!(
-        "{RULES}\n[cds_hooks]\nanswer_within_ms = 400\n[cds_hooks.auth]\nscheme = \"jwt\"\nissuer = \"{}\"\naudience = \"https://relay.clinic.example/cds-services\"\njwks_url = \"http://{}/jwks.json\"\n",
-        crate::support::cds::ISSUER,
-        silent.local_addr().unwrap()
+    let app = spawn_app_with(&format!("{RULES}\n[cds_hooks]\nanswer_within_ms = 400\n")).await;
+    // A client that sends its headers and then one byte of a body it never finishes.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    stream
+        .write_all(b"POST /cds-services/physio HTTP/1.1\r\nHost: relay\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let mut chunk = [0u8; 1024];
+    while !answer.ends_with(b"{\"cards\":[]}") {
+        let read = stream.read(&mut chunk).await.unwrap();
+        assert!(read > 0, "closed: {}", String::from_utf8_lossy(&answer));
+        answer.extend_from_slice(&chunk[..read]);
+    }
+    assert!(
+        answer.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&answer)
     );
-    let app = spawn_app_with(&toml).await;
-    let token = peer
-        .token(
-            "https://relay.clinic.example/cds-services/physio",
-            json!({}),
-        )
-        .await;
-    let answer = call(&app, "physio", &order_sign(|_| {}), Some(&token)).await;
-    assert!(cards(&peer, &answer).await.is_empty());
     let timeouts = app
         .metric_sum(
             "relay_cds_hooks_answers_total",
@@ -356,5 +420,17 @@ async fn an_answer_not_ready_in_time_is_200_with_no_card() {
         )
         .await;
     assert_eq!(timeouts, 1.0);
-    drop(silent);
+    // Counted as a referral screened late, with no card.
+    let today = time::OffsetDateTime::now_utc().date();
+    let store = app.store.clone();
+    eventually("the late answer counted", async || {
+        let tallies = store.screening_tallies(today).await.unwrap();
+        tallies.iter().any(|t| {
+            t.service_id == "PHYSIO-EAST-02"
+                && t.rule == "screened"
+                && t.indicator == "late"
+                && t.count == 1
+        })
+    })
+    .await;
 }

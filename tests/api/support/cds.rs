@@ -91,7 +91,7 @@ impl CdsClient {
     }
 
     /// A JWT for `aud`: `overrides` are merged into the request (`iss`, `alg`, `kid`, `exp_in`,
-    /// `jti`, `omit`, `header_kid`; see the script).
+    /// `jti`, `omit`, `header_kid`, `claims`, `headers`; see the script).
     pub async fn token(&self, aud: &str, overrides: Value) -> String {
         let mut request = json!({"aud": aud, "iss": ISSUER});
         for (key, value) in overrides.as_object().unwrap() {
@@ -105,6 +105,11 @@ impl CdsClient {
     pub async fn rotate(&self, kid: &str, alg: &str, retire: &[&str]) {
         self.call("/rotate", json!({"kid": kid, "alg": alg, "retire": retire}))
             .await;
+    }
+
+    /// Makes its JWK Set answer 500 (`down`) or the keys again.
+    pub async fn keys_down(&self, down: bool) {
+        self.call("/keys_down", json!({"down": down})).await;
     }
 
     /// A key's public half as PEM.
@@ -153,6 +158,15 @@ pub fn order_sign(edit: impl FnOnce(&mut Draft)) -> Value {
     request_with(json!({ "v11Bundle": bundle }))
 }
 
+/// As [`order_sign`], addressed to the physiotherapy listing of [`RULES`] (the fixture is
+/// addressed to CARDIO-RAPID-01).
+pub fn physio_draft(edit: impl FnOnce(&mut Draft)) -> Value {
+    order_sign(|d| {
+        d.addressed_to("PHYSIO-EAST-02");
+        edit(d);
+    })
+}
+
 /// An `order-sign` request with `prefetch` as given.
 pub fn request_with(prefetch: Value) -> Value {
     json!({
@@ -177,6 +191,22 @@ impl Draft<'_> {
             .map(|e| &mut e["resource"])
             .find(|r| r["resourceType"] == kind)
             .unwrap()
+    }
+
+    /// Makes the target listing's External Service ID `service`.
+    pub fn addressed_to(&mut self, service: &str) {
+        for entry in self.0["entry"].as_array_mut().unwrap() {
+            for identifier in entry["resource"]["identifier"]
+                .as_array_mut()
+                .into_iter()
+                .flatten()
+            {
+                let system = identifier["system"].as_str().unwrap_or_default();
+                if system.ends_with("/id-referral-target-external-service") {
+                    identifier["value"] = json!(service);
+                }
+            }
+        }
     }
 
     pub fn birth_date(&mut self, date: &str) {
