@@ -29,6 +29,7 @@ use serde_json::Value;
 use time::OffsetDateTime;
 
 use crate::auth::bearer::CHALLENGE;
+use crate::auth::budget::Held;
 use crate::auth::cds_client::CdsAuthError;
 use crate::auth::source::ClientAddr;
 use crate::error::AppError;
@@ -130,7 +131,7 @@ async fn service(
         ));
     };
     let left = within.saturating_sub(started.elapsed());
-    match tokio::time::timeout(left, answer(&state, listing, &headers, request)).await {
+    match tokio::time::timeout(left, answer(&state, listing, source, &headers, request)).await {
         Ok(Ok(response)) => Ok(response),
         Ok(Err(e)) => {
             state.metrics.cds_answer(&listing.cds_id, outcome(&e));
@@ -166,6 +167,7 @@ fn late(state: &AppState, listing: Option<&Listing>) -> Response {
 async fn answer(
     state: &AppState,
     listing: &Listing,
+    source: std::net::IpAddr,
     headers: &HeaderMap,
     request: Request,
 ) -> Result<Response, AppError> {
@@ -186,7 +188,10 @@ async fn answer(
     if declared.is_some_and(|length| length > limit as u64) {
         return Err(AppError::PayloadTooLarge { limit });
     }
-    let body = read(request, limit).await?;
+    // Held until the screening is done: the body stays in memory that long.
+    let mut account =
+        (state.cds_auth.scheme() == "none").then(|| state.unauthenticated.account(source));
+    let body = read(request, limit, account.as_mut()).await?;
     let screening = Arc::clone(&state.screening);
     let id = listing.cds_id.clone();
     let today = OffsetDateTime::now_utc().date();
@@ -198,7 +203,7 @@ async fn answer(
         .map_err(|e| AppError::Internal(anyhow::anyhow!("screening stopped: {e}")))?;
     // Parsing a large body and reading it is CPU work: off the request threads.
     let screened = tokio::task::spawn_blocking(move || {
-        let _permit = permit;
+        let _held = (permit, account);
         let request: Value = serde_json::from_slice(&body)
             .ok()
             .filter(Value::is_object)
@@ -241,15 +246,32 @@ async fn answer(
     Ok(Json(CdsResponse { cards }).into_response())
 }
 
-/// The body, within `limit` bytes (413 past it).
-async fn read(request: Request, limit: usize) -> Result<Bytes, AppError> {
-    match Limited::new(request.into_body(), limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-            Err(AppError::PayloadTooLarge { limit })
+/// The body, within `limit` bytes (413 past it). With `account`, every byte is also taken from
+/// the budget of bodies whose sender is not authenticated (503 when it cannot hold them): with
+/// `cds_hooks.auth` none, anyone's body is such a body.
+async fn read(
+    request: Request,
+    limit: usize,
+    mut account: Option<&mut Held>,
+) -> Result<Bytes, AppError> {
+    let mut body = Limited::new(request.into_body(), limit);
+    let mut bytes = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| {
+            if e.is::<http_body_util::LengthLimitError>() {
+                AppError::PayloadTooLarge { limit }
+            } else {
+                AppError::BadRequest("the request body could not be read completely".into())
+            }
+        })?;
+        if let Ok(data) = frame.into_data() {
+            if let Some(account) = account.as_deref_mut() {
+                account
+                    .take(data.len())
+                    .map_err(|e| AppError::Busy(e.to_string()))?;
+            }
+            bytes.extend_from_slice(&data);
         }
-        Err(_) => Err(AppError::BadRequest(
-            "the request body could not be read completely".into(),
-        )),
     }
+    Ok(bytes.freeze())
 }

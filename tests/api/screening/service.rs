@@ -369,6 +369,31 @@ async fn a_body_past_the_limit_is_413() {
 }
 
 #[tokio::test]
+async fn anyones_bodies_share_the_unauthenticated_budget_when_calls_are_not_authenticated() {
+    // With scheme none every body is unauthenticated: one larger than the budget is 503.
+    let toml = format!(
+        "{RULES}\n[server]\nmax_body_bytes = 2048\nmax_unauthenticated_body_bytes = 4096\n"
+    );
+    let app = spawn_app_with(&toml).await;
+    let mut big = physio_draft(|_| {});
+    big["padding"] = json!("x".repeat(8192));
+    let answer = call(&app, "physio", &big, None).await;
+    assert_eq!(answer.status, 503, "{}", answer.body);
+    assert!(
+        answer.diagnostics().contains("unauthenticated"),
+        "{}",
+        answer.body
+    );
+    // A caller with the bearer token is not held to it.
+    let toml = format!(
+        "{toml}\n[cds_hooks.auth]\nscheme = \"bearer\"\ntokens = [\"cds-token-0123456789abcdef\"]\n"
+    );
+    let app = spawn_app_with(&toml).await;
+    let answer = call(&app, "physio", &big, Some("cds-token-0123456789abcdef")).await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+}
+
+#[tokio::test]
 async fn cards_hold_no_more_of_the_patient_than_the_request_did() {
     let peer = CdsClient::start();
     let app = spawn_app_with(RULES).await;
