@@ -212,6 +212,7 @@ async fn copy_all(
         ("task_states", rows::task_states(copy, t).await?),
         ("documents", rows::documents(copy, t).await?),
         ("patient_forms", rows::patient_forms(copy, t).await?),
+        ("screening_tallies", rows::screening_tallies(copy, t).await?),
     ];
     marks::settings(copy, t, data_dir).await?;
     // New rows continue after the copied ids.

@@ -249,6 +249,26 @@ pub(super) async fn task_states(copy: &mut Copier<'_>, t: &Trees) -> Result<u64,
             .await
 }
 
+/// Screening counts, as they are.
+pub(super) async fn screening_tallies(copy: &mut Copier<'_>, t: &Trees) -> Result<u64, StoreError> {
+    copy.tree(
+        &t.screening_tallies,
+        "INSERT INTO screening_tallies (day, service_id, rule, indicator, count)
+         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (day, service_id, rule, indicator) DO NOTHING",
+        |key, value| {
+            let tally = embedded::screening_tally(key, value)?;
+            Ok(Some(vec![
+                Box::new(tally.day),
+                Box::new(tally.service_id),
+                Box::new(tally.rule),
+                Box::new(tally.indicator),
+                Box::new(pg::to_i64(tally.count)),
+            ]))
+        },
+    )
+    .await
+}
+
 /// Documents with their bytes. A document's state column only tells claims what is pending,
 /// which `due_documents` says without opening the record; a pending one is due at once.
 pub(super) async fn documents(copy: &mut Copier<'_>, t: &Trees) -> Result<u64, StoreError> {

@@ -75,6 +75,7 @@ pub use dir::LOCK_FILE;
 pub(in crate::store) mod for_copy {
     pub(in crate::store) use super::apply::DeliveryRef;
     pub(in crate::store) use super::queue::{open_messages, queue_referrals};
+    pub(in crate::store) use super::screening::decode as screening_tally;
     pub(in crate::store) use super::stopped::Stopped;
     pub(in crate::store) use super::trees::{AUDIT_HEAD, EVENT_SEQ, QUEUE_SEQ, SEAL_KEYS, Trees};
 }

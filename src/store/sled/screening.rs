@@ -32,7 +32,7 @@ fn key(tally: &ScreeningTally) -> Vec<u8> {
 }
 
 /// The tally a key and value hold.
-fn decode(key: &[u8], value: &[u8]) -> Result<ScreeningTally, StoreError> {
+pub(in crate::store) fn decode(key: &[u8], value: &[u8]) -> Result<ScreeningTally, StoreError> {
     let corrupt = || StoreError::corrupt("a screening count's key does not decode");
     let text = std::str::from_utf8(key).map_err(|_| corrupt())?;
     let mut parts = text.split('\0');

@@ -86,6 +86,13 @@ async fn contents(store: &dyn Store) -> serde_json::Value {
         "audit": store.audit_entries(0, 10_000).await.unwrap(),
         "updates": referral_relay::store::updates(store, None, 0, 1000).await.unwrap(),
         "patient_forms": patient_forms(store).await,
+        "screening": store
+            .screening_tallies(time::macros::date!(2000 - 01 - 01))
+            .await
+            .unwrap()
+            .iter()
+            .map(|t| (t.day.to_string(), t.service_id.clone(), t.rule.clone(), t.indicator.clone(), t.count))
+            .collect::<Vec<_>>(),
     })
 }
 
@@ -200,6 +207,21 @@ async fn an_encrypted_embedded_store_moves_to_postgres_whole_and_without_its_key
                 .unwrap();
         }
     }
+    // Screening counts.
+    let tally = |day, rule: &str, count| referral_relay::store::ScreeningTally {
+        day,
+        service_id: "CARDIO-RAPID-01".into(),
+        rule: rule.into(),
+        indicator: "warning".into(),
+        count,
+    };
+    app.store
+        .add_screening_tallies(&[
+            tally(time::macros::date!(2026 - 11 - 30), "age", 3),
+            tally(time::macros::date!(2026 - 12 - 01), "catchment", 1),
+        ])
+        .await
+        .unwrap();
     let record = app.store.referral(&referral).await.unwrap().unwrap();
     let now = time::OffsetDateTime::now_utc();
     assert_eq!(
@@ -230,6 +252,7 @@ async fn an_encrypted_embedded_store_moves_to_postgres_whole_and_without_its_key
         "queue",
         "task_states",
         "patient_forms",
+        "screening_tallies",
     ] {
         let line = stdout
             .lines()
