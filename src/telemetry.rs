@@ -154,7 +154,7 @@ impl Metrics {
             describe_counter!(EXPORT_ROWS, "Referrals written to CSV exports");
             describe_counter!(
                 CDS_ANSWERS,
-                "CDS Hooks screening calls answered, by service and outcome (cards, no_card, timeout, unauthorized, unavailable, invalid)"
+                "CDS Hooks screening calls answered, by service and outcome (cards, no_card, other_listing, timeout, invalid; unauthorized and unavailable under service any)"
             );
             describe_counter!(CDS_CARDS, "Screening cards given, by service, rule and indicator");
             describe_gauge!(CONNECTIONS_OPEN, "Open client connections");

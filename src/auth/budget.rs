@@ -1,7 +1,7 @@
 //! The memory the webhook spends on bodies whose sender is not authenticated yet (an `hmac`
 //! integration must read the body to check its signature, and undo its compression when it was
-//! signed before being compressed), and the CDS Hooks services on bodies of callers that
-//! authenticate with nothing (`cds_hooks.auth` none).
+//! signed before being compressed); the CDS Hooks services keep a budget of their own, of the
+//! same kind, for callers that authenticate with nothing (`cds_hooks.auth` none).
 //!
 //! Bytes count as they arrive or are decoded, never as declared. All such bodies together hold
 //! at most the budget, and one client (an IPv4 address, or an IPv6 /64) at most its share, so a

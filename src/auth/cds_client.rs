@@ -122,7 +122,9 @@ fn header_names(token: &str, name: &str) -> bool {
 pub struct CdsClientAuth {
     config: CdsAuth,
     configured_keys: Vec<ClientKey>,
-    fetched: tokio::sync::Mutex<KeySet>,
+    keys: std::sync::Mutex<KeySet>,
+    /// One reading of the JWK Set at a time.
+    reading: tokio::sync::Mutex<()>,
     http: reqwest::Client,
     seen: std::sync::Mutex<HashMap<String, u64>>,
 }
@@ -148,7 +150,8 @@ impl CdsClientAuth {
         Self {
             config: config.clone(),
             configured_keys,
-            fetched: tokio::sync::Mutex::new(KeySet::default()),
+            keys: std::sync::Mutex::new(KeySet::default()),
+            reading: tokio::sync::Mutex::new(()),
             http: reqwest::Client::builder()
                 .redirect(reqwest::redirect::Policy::none())
                 .timeout((answer_within * 3 / 4).min(Duration::from_secs(5)))
@@ -234,12 +237,18 @@ impl CdsClientAuth {
         validation.set_audience(audiences);
         validation.set_required_spec_claims(&["exp", "iss", "aud"]);
         let kid = header.kid.as_deref();
-        let mut keys = self.candidates(kid, header.alg, jwks_url, false).await?;
+        let (mut keys, mut failure) = self.candidates(kid, header.alg, jwks_url, false).await;
         if keys.is_empty() && !jwks_url.is_empty() {
-            keys = self.candidates(kid, header.alg, jwks_url, true).await?;
+            (keys, failure) = self.candidates(kid, header.alg, jwks_url, true).await;
         }
+        // A key the relay cannot read may be the one: the client's trouble is not a verdict.
+        let unreadable = |failure: Option<String>, refusal: &str| match failure {
+            Some(reason) => CdsAuthError::Keys(reason),
+            None => refused(refusal),
+        };
         if keys.is_empty() {
-            return Err(refused(
+            return Err(unreadable(
+                failure,
                 "no key of the CDS client's has the JWT's kid and alg",
             ));
         }
@@ -262,7 +271,12 @@ impl CdsClientAuth {
             Some(ErrorKind::Json(_)) => {
                 "the JWT's claims are malformed (exp, nbf and iat are numbers; iss and jti strings)"
             }
-            _ => "the JWT's signature does not verify with the CDS client's keys",
+            _ => {
+                return Err(unreadable(
+                    failure,
+                    "the JWT's signature does not verify with the CDS client's keys",
+                ));
+            }
         };
         Err(refused(reason))
     }
@@ -305,62 +319,72 @@ impl CdsClientAuth {
         Ok(())
     }
 
+    /// Whether the JWK Set should be read now: it was never read, is an hour old, or `refetch`
+    /// asks for it; and no try (good or failed) was made within [`REFETCH_AFTER`].
+    fn wants_reading(&self, refetch: bool) -> bool {
+        let set = self.keys.lock().unwrap_or_else(|e| e.into_inner());
+        let fresh = set
+            .keys
+            .as_ref()
+            .is_some_and(|(_, at)| at.elapsed() <= KEYS_FRESH);
+        (!fresh || refetch) && set.tried.is_none_or(|at| at.elapsed() > REFETCH_AFTER)
+    }
+
     /// The keys a token with `kid` and `alg` may be signed with: the configured public key and
-    /// the JWK Set's (read again when `refetch` and the last reading is a minute old).
+    /// the JWK Set's (read again first when [`Self::wants_reading`]), and why the last reading of
+    /// the set failed, if it did. Only a caller that needs a reading waits for one: the others
+    /// use the keys at hand.
     async fn candidates(
         &self,
         kid: Option<&str>,
         alg: Algorithm,
         jwks_url: &str,
         refetch: bool,
-    ) -> Result<Vec<DecodingKey>, CdsAuthError> {
+    ) -> (Vec<DecodingKey>, Option<String>) {
         let mut all: Vec<ClientKey> = self.configured_keys.clone();
+        let mut failure = None;
         if !jwks_url.is_empty() {
-            let mut set = self.fetched.lock().await;
-            let fresh = set
-                .keys
-                .as_ref()
-                .is_some_and(|(_, at)| at.elapsed() <= KEYS_FRESH);
-            // Never two tries within REFETCH_AFTER, good or failed: neither unknown key ids nor
-            // a client whose keys are down make the relay hammer it.
-            let may_try = set.tried.is_none_or(|at| at.elapsed() > REFETCH_AFTER);
-            if (!fresh || refetch || set.keys.is_none()) && may_try {
-                set.tried = Some(Instant::now());
-                match self.fetch(jwks_url).await {
-                    Ok(keys) => {
-                        set.keys = Some((keys, Instant::now()));
-                        set.failed = None;
+            if self.wants_reading(refetch) {
+                let _one_reading = self.reading.lock().await;
+                // Another caller may have read it while this one waited.
+                if self.wants_reading(refetch) {
+                    self.keys.lock().unwrap_or_else(|e| e.into_inner()).tried =
+                        Some(Instant::now());
+                    let read = self.fetch(jwks_url).await;
+                    let mut set = self.keys.lock().unwrap_or_else(|e| e.into_inner());
+                    match read {
+                        Ok(keys) => {
+                            set.keys = Some((keys, Instant::now()));
+                            set.failed = None;
+                        }
+                        Err(reason) => {
+                            tracing::warn!(reason = %reason, "cannot read the CDS client's JWK Set; keys read before (if any) are used, and it is tried again in 10 s at the earliest");
+                            set.failed = Some(reason);
+                        }
                     }
-                    Err(CdsAuthError::Keys(reason)) => {
-                        tracing::warn!(reason = %reason, "cannot read the CDS client's JWK Set; keys read before (if any) are used, and it is tried again in 10 s at the earliest");
-                        set.failed = Some(reason);
-                    }
-                    Err(e) => return Err(e),
                 }
             }
-            match (&set.keys, &set.failed) {
-                (Some((keys, _)), _) => all.extend(keys.iter().cloned()),
-                // With a configured key besides, that key may still verify the token.
-                (None, Some(reason)) if self.configured_keys.is_empty() => {
-                    return Err(CdsAuthError::Keys(reason.clone()));
-                }
-                (None, _) => {}
+            let set = self.keys.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some((keys, _)) = &set.keys {
+                all.extend(keys.iter().cloned());
             }
+            failure = set.failed.clone();
         }
         let alg_name = format!("{alg:?}");
-        Ok(all
+        let keys = all
             .into_iter()
             .filter(|k| kid.is_none() || k.kid.is_none() || k.kid.as_deref() == kid)
             .filter(|k| k.alg.as_deref().is_none_or(|a| a == alg_name))
             .filter(|k| k.key.family() == alg.family())
             .map(|k| k.key)
-            .collect())
+            .collect();
+        (keys, failure)
     }
 
     /// Reads the JWK Set; keys it cannot use (other types, private or malformed ones) are left
     /// out, not fatal.
-    async fn fetch(&self, url: &str) -> Result<Vec<ClientKey>, CdsAuthError> {
-        let keys_error = |what: &str| CdsAuthError::Keys(what.to_owned());
+    async fn fetch(&self, url: &str) -> Result<Vec<ClientKey>, String> {
+        let keys_error = |what: &str| what.to_owned();
         let mut response = self
             .http
             .get(url)
@@ -375,17 +399,16 @@ impl CdsClientAuth {
                 })
             })?;
         if !response.status().is_success() {
-            return Err(CdsAuthError::Keys(format!(
-                "answered {}",
-                response.status().as_u16()
-            )));
+            return Err(format!("answered {}", response.status().as_u16()));
         }
         let mut body = Vec::new();
-        while let Some(chunk) = response
-            .chunk()
-            .await
-            .map_err(|_| keys_error("the answer broke off"))?
-        {
+        while let Some(chunk) = response.chunk().await.map_err(|e| {
+            keys_error(if e.is_timeout() {
+                "timed out"
+            } else {
+                "the answer broke off"
+            })
+        })? {
             body.extend_from_slice(&chunk);
             if body.len() > MAX_JWKS_BYTES {
                 return Err(keys_error("the JWK Set is larger than 256 KiB"));

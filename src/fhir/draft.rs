@@ -16,6 +16,9 @@ const MAX_ITEM_DEPTH: usize = 32;
 /// At most this many eForm items are read: a real form has a few hundred.
 const MAX_ITEMS: usize = 10_000;
 
+/// At most this many codings of what is asked for are read: a referral has a few.
+const MAX_CODINGS: usize = 1_000;
+
 /// The facts of a draft referral screening looks at. Holds patient data: never logged.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct DraftReferral {
@@ -127,7 +130,10 @@ pub fn read_draft(request: &Value) -> DraftReferral {
         postal_code: patients.iter().find_map(|p| postal_code(p)),
         items,
         items_cut,
-        codings: of_kind("ServiceRequest").flat_map(codings).collect(),
+        codings: of_kind("ServiceRequest")
+            .flat_map(codings)
+            .take(MAX_CODINGS)
+            .collect(),
         service_ids,
     }
 }

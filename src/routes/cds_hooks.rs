@@ -37,6 +37,9 @@ use crate::screening::Listing;
 use crate::screening::cards::{CdsResponse, HOOK};
 use crate::state::AppState;
 
+/// The `service` label of calls refused before the service was looked up.
+const UNAUTHENTICATED: &str = "any";
+
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/cds-services", get(discovery).fallback(method_not_allowed))
@@ -118,9 +121,9 @@ async fn service(
     match tokio::time::timeout(within, authenticate(&state, &headers, Some(&id), source)).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => {
-            if let Some(listing) = state.screening.listing(&id) {
-                state.metrics.cds_answer(&listing.cds_id, outcome(&e));
-            }
+            // Counted under no service: the id of a caller not let in is not trusted, and
+            // counting it would tell /metrics readers which ids exist.
+            state.metrics.cds_answer(UNAUTHENTICATED, outcome(&e));
             return Err(e);
         }
         Err(_) => return Ok(late(&state, state.screening.listing(&id))),
@@ -190,7 +193,7 @@ async fn answer(
     }
     // Held until the screening is done: the body stays in memory that long.
     let mut account =
-        (state.cds_auth.scheme() == "none").then(|| state.unauthenticated.account(source));
+        (state.cds_auth.scheme() == "none").then(|| state.screening.bodies.account(source));
     let body = read(request, limit, account.as_mut()).await?;
     let screening = Arc::clone(&state.screening);
     let id = listing.cds_id.clone();
@@ -209,7 +212,7 @@ async fn answer(
             .filter(Value::is_object)
             .ok_or_else(|| {
                 AppError::BadRequest(
-                    "the body is not a JSON object (or is nested deeper than 128 levels)".into(),
+                    "the body is not a JSON object (or is nested 128 levels deep or more)".into(),
                 )
             })?;
         if request.get("hook").and_then(Value::as_str) != Some(HOOK) {
@@ -247,7 +250,7 @@ async fn answer(
 }
 
 /// The body, within `limit` bytes (413 past it). With `account`, every byte is also taken from
-/// the budget of bodies whose sender is not authenticated (503 when it cannot hold them): with
+/// the screening's budget of unauthenticated bodies (503 when it cannot hold them): with
 /// `cds_hooks.auth` none, anyone's body is such a body.
 async fn read(
     request: Request,

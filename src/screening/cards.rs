@@ -65,15 +65,30 @@ pub struct Source {
     pub url: Option<String>,
 }
 
-/// Characters a card shows as written: control characters become spaces, and zero-width and
-/// bidirectional controls (which could make text read differently than it is) go.
+/// Characters a card shows as written: control characters and line or paragraph separators
+/// become spaces, and invisible format characters (zero-width, bidirectional controls, soft
+/// hyphens, variation selectors, tags: text that could read differently than it is) go.
 fn printable(text: &str) -> String {
     text.chars()
-        .filter(|c| {
-            !matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{061C}' | '\u{FEFF}')
+        .filter(|c| !invisible(*c))
+        .map(|c| {
+            if c.is_control() || matches!(c, '\u{2028}' | '\u{2029}') {
+                ' '
+            } else {
+                c
+            }
         })
-        .map(|c| if c.is_control() { ' ' } else { c })
         .collect()
+}
+
+/// Format characters (Unicode category Cf and the like) that show nothing.
+fn invisible(c: char) -> bool {
+    matches!(c,
+        '\u{00AD}' | '\u{034F}' | '\u{061C}' | '\u{115F}' | '\u{1160}' | '\u{17B4}' | '\u{17B5}'
+        | '\u{180B}'..='\u{180F}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}'
+        | '\u{2060}'..='\u{206F}' | '\u{3164}' | '\u{FE00}'..='\u{FE0F}' | '\u{FEFF}'
+        | '\u{FFA0}' | '\u{FFF0}'..='\u{FFFB}' | '\u{1D173}'..='\u{1D17A}'
+        | '\u{E0000}'..='\u{E0FFF}')
 }
 
 /// `text` cut to [`MAX_SUMMARY_CHARS`] characters, ending with `…` when cut; plain text on one

@@ -79,6 +79,10 @@ pub struct Screening {
     /// (with `cds_hooks.auth` none, from anyone) queues for CPU and memory instead of taking
     /// them all; a request not screened within its answer time gets no card.
     pub parsing: Arc<tokio::sync::Semaphore>,
+    /// Bodies held from callers that authenticate with nothing (`cds_hooks.auth` none): four
+    /// bodies' worth in all, two for one client. Their own budget, so that a flood here never
+    /// refuses the webhook's deliveries.
+    pub bodies: Arc<crate::auth::budget::Budget>,
 }
 
 impl Screening {
@@ -101,6 +105,10 @@ impl Screening {
             listings,
             tallies: Tallies::default(),
             parsing: Arc::new(tokio::sync::Semaphore::new(cores.max(2))),
+            bodies: crate::auth::budget::Budget::new(
+                config.cds_hooks.max_body_bytes.saturating_mul(4),
+                config.cds_hooks.max_body_bytes.saturating_mul(2),
+            ),
         }
     }
 

@@ -45,6 +45,9 @@ pub fn findings(rules: &ScreeningRules, draft: &DraftReferral, today: Date) -> V
 
 type Found = Option<(ScreeningRule, String, String)>;
 
+/// The most declined services or reasons a card names.
+const MAX_NAMED: usize = 5;
+
 /// The oldest age taken as real, in years.
 const MAX_AGE: u32 = 130;
 
@@ -159,9 +162,9 @@ fn missing(rules: &ScreeningRules, draft: &DraftReferral, rule: ScreeningRule) -
     if missing.is_empty() {
         return None;
     }
-    let (what, verb) = match rule {
-        ScreeningRule::Answers => ("Answer", "answered"),
-        _ => ("Attach", "attached to"),
+    let (what, needs) = match rule {
+        ScreeningRule::Answers => ("Answer", "these questions of the referral form answered"),
+        _ => ("Attach", "these attached to the referral form"),
     };
     let list: String = missing
         .iter()
@@ -170,7 +173,7 @@ fn missing(rules: &ScreeningRules, draft: &DraftReferral, rule: ScreeningRule) -
     Some((
         rule,
         format!("{what} what this service needs: {}", missing.join("; ")),
-        format!("This service needs these {verb} the referral form before it is sent:{list}"),
+        format!("This service needs {needs} before it is sent:{list}"),
     ))
 }
 
@@ -186,21 +189,29 @@ fn declined(rules: &ScreeningRules, draft: &DraftReferral) -> Found {
     if rules.declined_codes.is_empty() {
         return None;
     }
+    // Each name once, the first few shown: a request cannot make this rule's work or its card grow
+    // with the square of its codings.
+    let mut seen: std::collections::HashSet<&str> = std::collections::HashSet::new();
     let mut names: Vec<String> = Vec::new();
+    let mut more = 0usize;
     for coding in &draft.codings {
         if rules
             .declined_codes
             .iter()
             .any(|c| matches(c, coding.system.as_deref(), &coding.code))
         {
-            let name = coding
-                .display
-                .clone()
-                .unwrap_or_else(|| coding.code.clone());
-            if !names.contains(&name) {
-                names.push(name);
+            let name = coding.display.as_deref().unwrap_or(&coding.code);
+            if seen.insert(name) {
+                if names.len() < MAX_NAMED {
+                    names.push(name.to_owned());
+                } else {
+                    more += 1;
+                }
             }
         }
+    }
+    if more > 0 {
+        names.push(format!("{more} more"));
     }
     if names.is_empty() {
         return None;

@@ -81,16 +81,17 @@ fn says(rule: ScreeningRule, rules: &ScreeningRules) -> String {
 }
 
 /// The counts of one service, summed over days: referrals screened first, then by their most
-/// urgent card (none, late: answered with no card when its time ran out), then each rule's cards.
+/// urgent card from none to critical, then the calls answered late (no card, not counted as
+/// screened), then each rule's cards in the order cards come.
 fn counts(tallies: &[&ScreeningTally], recent_from: time::Date) -> Vec<CountRow> {
-    let mut by: BTreeMap<(u8, String, String), CountRow> = BTreeMap::new();
+    let mut by: BTreeMap<(usize, String), CountRow> = BTreeMap::new();
     for t in tallies {
-        let mut add = |order: u8, what: String, indicator: String| {
+        let mut add = |order: usize, what: String, indicator: &str| {
             let row = by
-                .entry((order, what.clone(), indicator.clone()))
+                .entry((order, indicator.to_owned()))
                 .or_insert_with(|| CountRow {
                     what,
-                    indicator,
+                    indicator: indicator.to_owned(),
                     ..CountRow::default()
                 });
             row.total += t.count;
@@ -99,15 +100,30 @@ fn counts(tallies: &[&ScreeningTally], recent_from: time::Date) -> Vec<CountRow>
             }
         };
         if t.rule == SCREENED {
-            add(0, "referrals screened".into(), String::new());
-            let (order, outcome) = match t.indicator.as_str() {
-                NO_CARD => (1, "with no card".to_owned()),
-                LATE => (3, "answered late, with no card".to_owned()),
-                other => (2, format!("most urgent card {other}")),
-            };
-            add(order, outcome, t.indicator.clone());
+            let urgency = ["none", "info", "warning", "critical"]
+                .iter()
+                .position(|i| *i == t.indicator);
+            match (t.indicator.as_str(), urgency) {
+                (LATE, _) => add(5, "answered late, with no card".into(), LATE),
+                (_, Some(0)) => {
+                    add(0, "referrals screened".into(), "");
+                    add(1, "with no card".into(), NO_CARD);
+                }
+                (other, urgency) => {
+                    add(0, "referrals screened".into(), "");
+                    add(
+                        1 + urgency.unwrap_or(4),
+                        format!("most urgent card {other}"),
+                        other,
+                    );
+                }
+            }
         } else {
-            add(4, t.rule.clone(), t.indicator.clone());
+            let order = ScreeningRule::ALL
+                .iter()
+                .position(|r| r.as_str() == t.rule)
+                .unwrap_or(ScreeningRule::ALL.len());
+            add(10 + order, t.rule.clone(), &t.indicator);
         }
     }
     by.into_values().collect()

@@ -42,15 +42,17 @@ async fn a_static_bearer_token_is_required_when_configured() {
     // Which service ids exist is not told to a caller without the token.
     let probe = call(&app, "NEURO-99", &physio_draft(|_| {}), None).await;
     assert_eq!(probe.status, 401);
-    let outcome = async |outcome: &str| {
+    let outcome = async |service: &str, outcome: &str| {
         app.metric_sum(
             "relay_cds_hooks_answers_total",
-            &[("service", "physio"), ("outcome", outcome)],
+            &[("service", service), ("outcome", outcome)],
         )
         .await
     };
-    assert_eq!(outcome("unauthorized").await, 2.0);
-    assert_eq!(outcome("cards").await, 1.0);
+    // Refusals are counted under no service: which ids exist is not told on /metrics either.
+    assert_eq!(outcome("any", "unauthorized").await, 3.0);
+    assert_eq!(outcome("physio", "unauthorized").await, 0.0);
+    assert_eq!(outcome("physio", "cards").await, 1.0);
     // Discovery too.
     assert_eq!(app.get("/cds-services").await.status, 401);
     let discovery = app
@@ -201,6 +203,19 @@ async fn keys_that_cannot_be_read_are_tried_again_after_10_s_however_often_they_
         "{}",
         peer.jwks_fetches().await
     );
+    // A public key configured besides: it still verifies its tokens while the set is down, and
+    // a token of a key only the set holds is 503, not a refusal.
+    peer.keys_down(true).await;
+    let pem = peer.pem("ec-1").await;
+    let both = format!(
+        "jwks_url = \"{}\"\npublic_key = '''\n{pem}'''",
+        peer.jwks_url()
+    );
+    let app = spawn_app_with(&jwt_config(&both)).await;
+    let token = peer.token(SERVICE_URL, json!({"kid": "ec-1"})).await;
+    assert_eq!(status(&app, Some(&token)).await, 200);
+    let token = peer.token(SERVICE_URL, json!({"kid": "rsa-1"})).await;
+    assert_eq!(status(&app, Some(&token)).await, 503);
 }
 
 #[tokio::test]
