@@ -267,6 +267,15 @@ impl Config {
     }
 }
 
+/// Loads `text` as the config file over the defaults, with no environment (for the sections'
+/// tests).
+#[cfg(test)]
+pub(crate) fn load_text(text: &str) -> anyhow::Result<Config> {
+    let file = tempfile::NamedTempFile::new()?;
+    std::fs::write(file.path(), text)?;
+    Config::load_with_env(Some(file.path()), &Overrides::default(), std::iter::empty())
+}
+
 /// Whether the key (its path, lower case) holds a file's path, so that a variable naming it
 /// (`RELAY__SERVER__TLS__CERT_FILE`) sets the path rather than reading the file.
 fn names_a_path(key: &[&str]) -> bool {

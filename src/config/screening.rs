@@ -402,15 +402,7 @@ pub fn validate(screening: &BTreeMap<ServiceId, ScreeningRules>) -> anyhow::Resu
 mod tests {
     use super::*;
 
-    fn load(text: &str) -> anyhow::Result<crate::config::Config> {
-        let file = tempfile::NamedTempFile::new().unwrap();
-        std::fs::write(file.path(), text).unwrap();
-        crate::config::Config::load_with_env(
-            Some(file.path()),
-            &crate::config::Overrides::default(),
-            std::iter::empty(),
-        )
-    }
+    use crate::config::load_text as load;
 
     /// The example, as written.
     #[test]

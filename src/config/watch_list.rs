@@ -91,15 +91,7 @@ mod tests {
 
     #[test]
     fn a_config_file_sets_a_service_its_own_days() {
-        let load = |text: &str| {
-            let file = tempfile::NamedTempFile::new().unwrap();
-            std::fs::write(file.path(), text).unwrap();
-            crate::config::Config::load_with_env(
-                Some(file.path()),
-                &crate::config::Overrides::default(),
-                std::iter::empty(),
-            )
-        };
+        let load = crate::config::load_text;
         let c = load("").unwrap().watch_list;
         assert_eq!((c.overdue_days, c.archival_warning_days), (14, 30));
         assert!(c.overdue_days_by_service.is_empty());

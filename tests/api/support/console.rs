@@ -89,6 +89,8 @@ impl<'a> Visitor<'a> {
             app,
             client: reqwest::Client::builder()
                 .redirect(reqwest::redirect::Policy::none())
+                // A page that never comes fails the test rather than hanging the suite.
+                .timeout(std::time::Duration::from_secs(60))
                 .build()
                 .unwrap(),
             base: None,

@@ -66,7 +66,10 @@ impl OidcProvider {
         Self {
             child,
             issuer: format!("http://127.0.0.1:{port}"),
-            client: reqwest::Client::new(),
+            client: reqwest::Client::builder()
+                .timeout(std::time::Duration::from_secs(60))
+                .build()
+                .unwrap(),
         }
     }
 
