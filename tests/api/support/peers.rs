@@ -72,22 +72,44 @@ pub fn python() -> PathBuf {
         .clone()
 }
 
-/// Starts a peer that prints its loopback port on its first line of stdout.
+/// How long a peer may take to print its port.
+const PEER_START: Duration = Duration::from_secs(30);
+
+/// Starts a peer that prints its loopback port on its first line of stdout. One that has not
+/// printed it within [`PEER_START`] is killed and started once more (a Node peer was once seen
+/// never to finish loading its modules under the full suite's load); twice, and the test fails
+/// rather than waits forever.
 pub fn spawn(mut command: Command, what: &str) -> (Child, u16) {
-    let mut child = command
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let port = line
-        .trim()
-        .parse()
-        .unwrap_or_else(|_| panic!("{what} did not start: {line:?}"));
-    (child, port)
+    command.stdout(Stdio::piped()).stderr(Stdio::inherit());
+    for attempt in 1..=2 {
+        let mut child = command
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
+        let stdout = child.stdout.take().unwrap();
+        let (sender, first_line) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = sender.send(line);
+        });
+        match first_line.recv_timeout(PEER_START) {
+            Ok(line) => {
+                let port = line
+                    .trim()
+                    .parse()
+                    .unwrap_or_else(|_| panic!("{what} did not start: {line:?}"));
+                return (child, port);
+            }
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                eprintln!(
+                    "{what} printed no port within {PEER_START:?} (attempt {attempt}); killed"
+                );
+            }
+        }
+    }
+    panic!("{what} did not start, twice");
 }
 
 /// `tests/peers/webhook_receiver.py` on a loopback port, accepting what any of its secrets
